@@ -1,0 +1,40 @@
+"""engine_py — ENGINE and GMoE on a CPU, with a C core.
+
+ENGINE: a frozen language model encodes each node's text once into an
+on-disk layer cache; a small side structure (one G-Ladder per selected
+layer) learns over the graph, and dynamic early exit stops the encoder for a
+node once its prediction settles.
+
+GMoE: LoRA fine-tuning with a mixture of LoRA experts routed by a graph
+(a GCN over expert nodes plus the token node).
+
+The public API lives in this package; engine_py._core is the C extension.
+"""
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+# The default build links OpenBLAS from the scipy-openblas32 wheel. Importing
+# it loads that library into the process (by soname), which is how the
+# extension finds it in editable installs, where the relative rpath to
+# site-packages does not apply. A build against the system OpenBLAS
+# (ENGINE_PY_BLAS=system) does not need it.
+try:  # pragma: no cover - trivial
+    import scipy_openblas32 as _scipy_openblas32  # noqa: F401
+except ImportError:  # pragma: no cover
+    _scipy_openblas32 = None
+
+from . import _core  # noqa: E402
+from ._core import get_num_threads, set_num_threads  # noqa: E402,F401
+
+
+def info() -> dict:
+    """Build and runtime facts: version, BLAS in use and its thread count,
+    OpenMP threads, compiler flags."""
+    d = dict(_core.build_info())
+    d["version"] = __version__
+    d["num_threads"] = get_num_threads()
+    return d
+
+
+__all__ = ["__version__", "get_num_threads", "set_num_threads", "info"]

@@ -1,0 +1,146 @@
+/*
+ * _core.c — module init for engine_py._core, and the core-level functions:
+ * threads, build information and the fp16/bf16 converters.
+ */
+#define EG_PY_IMPORT_ARRAY_HERE
+#include "_core.h"
+
+#include <string.h>
+
+PyObject *eg_py_raise(const eg_err *err, PyObject *corrupt_type)
+{
+    PyObject *type;
+    switch (err->status) {
+    case EG_ENOMEM: type = PyExc_MemoryError; break;
+    case EG_EIO: type = PyExc_OSError; break;
+    case EG_ECORRUPT: type = corrupt_type != NULL ? corrupt_type : PyExc_ValueError; break;
+    case EG_ESTATE: type = PyExc_RuntimeError; break;
+    case EG_EINTR: type = PyExc_KeyboardInterrupt; break;
+    case EG_EINVAL:
+    case EG_EOVERFLOW:
+    default: type = PyExc_ValueError; break;
+    }
+    PyErr_SetString(type, err->msg[0] != '\0' ? err->msg : eg_status_name(err->status));
+    return NULL;
+}
+
+int eg_py_enter(int *busy, const char *what)
+{
+    if (*busy) {
+        PyErr_Format(PyExc_RuntimeError,
+                     "%s is already in use by another thread; use one object per thread",
+                     what);
+        return -1;
+    }
+    *busy = 1;
+    return 0;
+}
+
+void eg_py_leave(int *busy)
+{
+    *busy = 0;
+}
+
+static PyObject *py_set_num_threads(PyObject *self, PyObject *arg)
+{
+    (void)self;
+    long n = PyLong_AsLong(arg);
+    if (n == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (n < 1 || n > 4096) {
+        PyErr_Format(PyExc_ValueError, "set_num_threads: n must be in [1, 4096], got %ld", n);
+        return NULL;
+    }
+    eg_set_num_threads((int)n);
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_get_num_threads(PyObject *self, PyObject *noargs)
+{
+    (void)self;
+    (void)noargs;
+    return PyLong_FromLong(eg_get_num_threads());
+}
+
+static PyObject *py_build_info(PyObject *self, PyObject *noargs)
+{
+    (void)self;
+    (void)noargs;
+    return Py_BuildValue("{s:s,s:s,s:s,s:i,s:i,s:s}",
+                         "version", EG_VERSION_STRING,
+                         "blas", eg_blas_name(),
+                         "blas_config", eg_blas_config(),
+                         "blas_threads", eg_blas_get_num_threads(),
+                         "omp_threads", eg_omp_max_threads(),
+                         "build_flags", eg_build_flags());
+}
+
+/* Convert a 1-D-or-any-shape array between float32 and a 16-bit format.
+ * kind: 0 = f16, 1 = bf16. direction: 0 = to f32, 1 = from f32. The 16-bit
+ * side is carried as uint16. */
+static PyObject *convert16(PyObject *arg, int kind, int to_f32)
+{
+    int in_type = to_f32 ? NPY_UINT16 : NPY_FLOAT32;
+    int out_type = to_f32 ? NPY_FLOAT32 : NPY_UINT16;
+    PyArrayObject *in = (PyArrayObject *)PyArray_FROM_OTF(arg, in_type, NPY_ARRAY_IN_ARRAY);
+    if (in == NULL) {
+        return NULL;
+    }
+    PyArrayObject *out = (PyArrayObject *)PyArray_SimpleNew(PyArray_NDIM(in), PyArray_DIMS(in), out_type);
+    if (out == NULL) {
+        Py_DECREF(in);
+        return NULL;
+    }
+    size_t n = (size_t)PyArray_SIZE(in);
+    const void *src = PyArray_DATA(in);
+    void *dst = PyArray_DATA(out);
+    Py_BEGIN_ALLOW_THREADS
+    if (to_f32) {
+        (kind == 0 ? eg_f16_to_f32 : eg_bf16_to_f32)((const uint16_t *)src, (float *)dst, n);
+    } else {
+        (kind == 0 ? eg_f32_to_f16 : eg_f32_to_bf16)((const float *)src, (uint16_t *)dst, n);
+    }
+    Py_END_ALLOW_THREADS
+    Py_DECREF(in);
+    return (PyObject *)out;
+}
+
+static PyObject *py_f16_to_f32(PyObject *s, PyObject *a) { (void)s; return convert16(a, 0, 1); }
+static PyObject *py_f32_to_f16(PyObject *s, PyObject *a) { (void)s; return convert16(a, 0, 0); }
+static PyObject *py_bf16_to_f32(PyObject *s, PyObject *a) { (void)s; return convert16(a, 1, 1); }
+static PyObject *py_f32_to_bf16(PyObject *s, PyObject *a) { (void)s; return convert16(a, 1, 0); }
+
+static PyMethodDef core_methods[] = {
+    {"set_num_threads", py_set_num_threads, METH_O,
+     "set_num_threads(n)\n--\n\nUse n threads for OpenMP regions and BLAS calls alike."},
+    {"get_num_threads", py_get_num_threads, METH_NOARGS,
+     "get_num_threads()\n--\n\nThe thread count the core uses."},
+    {"build_info", py_build_info, METH_NOARGS,
+     "build_info()\n--\n\nVersion, BLAS and its thread count, OpenMP threads, build flags."},
+    {"f16_to_f32", py_f16_to_f32, METH_O, "Half bits (uint16 array) to float32."},
+    {"f32_to_f16", py_f32_to_f16, METH_O, "float32 to half bits (uint16), round to nearest even."},
+    {"bf16_to_f32", py_bf16_to_f32, METH_O, "bfloat16 bits (uint16 array) to float32."},
+    {"f32_to_bf16", py_f32_to_bf16, METH_O, "float32 to bfloat16 bits (uint16), round to nearest even."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef core_module = {
+    PyModuleDef_HEAD_INIT, "engine_py._core",
+    "C core of engine_py. Use the public API in engine_py instead.", -1,
+    core_methods, NULL, NULL, NULL, NULL,
+};
+
+PyMODINIT_FUNC PyInit__core(void)
+{
+    import_array();
+    PyObject *m = PyModule_Create(&core_module);
+    if (m == NULL) {
+        return NULL;
+    }
+    if (eg_py_init_io(m) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

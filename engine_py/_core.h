@@ -1,0 +1,39 @@
+/*
+ * _core.h — shared by the engine_py/_core*.c files, the only C files that
+ * include Python.h and the NumPy headers. Each _core_<area>.c converts and
+ * checks Python arguments under the GIL, releases the GIL around the core
+ * call and maps eg_status to an exception with the core's message.
+ *
+ * The extension is one module (engine_py._core) built from several files:
+ * _core.c holds PyInit__core and calls each area's eg_py_init_<area>(module).
+ */
+#ifndef ENGINE_PY_CORE_H
+#define ENGINE_PY_CORE_H
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#define NPY_NO_DEPRECATED_API NPY_1_25_API_VERSION
+#define PY_ARRAY_UNIQUE_SYMBOL engine_py_ARRAY_API
+#ifndef EG_PY_IMPORT_ARRAY_HERE
+#define NO_IMPORT_ARRAY
+#endif
+#include <numpy/arrayobject.h>
+
+#include "eg.h"
+
+/* Raise the Python exception matching err->status with err->msg and return
+ * NULL. `corrupt_type` is used for EG_ECORRUPT (a format-specific ValueError
+ * or OSError subclass); NULL means ValueError. */
+PyObject *eg_py_raise(const eg_err *err, PyObject *corrupt_type);
+
+/* A busy flag, checked and set under the GIL, makes an object used from two
+ * Python threads at once raise RuntimeError instead of racing in C. */
+int eg_py_enter(int *busy, const char *what);
+void eg_py_leave(int *busy);
+
+/* Area initialisers: add functions, types and exceptions to the module.
+ * Return 0 on success, -1 with an exception set. */
+int eg_py_init_io(PyObject *module);
+
+#endif
