@@ -1,7 +1,8 @@
 """Command line: `python -m engine_py <command>`.
 
 Commands:
-  info    version, BLAS in use and its thread count, OpenMP threads, build flags
+  info            version, BLAS in use and its thread count, OpenMP threads, build flags
+  bench NAME ...  run a benchmark (see `python -m engine_py bench --help`)
 """
 from __future__ import annotations
 
@@ -20,12 +21,35 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    import importlib
+
+    from .bench import NAMES
+
+    name = args.name.replace("-", "_")
+    if name not in NAMES:
+        print(f"unknown benchmark {args.name!r}; known: {', '.join(NAMES)}", file=sys.stderr)
+        return 2
+    try:
+        mod = importlib.import_module(f"engine_py.bench.{name}")
+    except ModuleNotFoundError as exc:
+        if exc.name == f"engine_py.bench.{name}":
+            print(f"benchmark {args.name!r} is not implemented yet", file=sys.stderr)
+            return 2
+        raise
+    return int(mod.main(args.rest) or 0)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m engine_py", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("info", help="show version, BLAS, threads and build flags")
     p.set_defaults(func=_cmd_info)
+    p = sub.add_parser("bench", help="run a benchmark and update BENCHMARKS.md")
+    p.add_argument("name", help="encoder | cache | engine | early-exit | gmoe")
+    p.add_argument("rest", nargs=argparse.REMAINDER, help="options of that benchmark")
+    p.set_defaults(func=_cmd_bench)
     args = parser.parse_args(argv)
     return args.func(args)
 
