@@ -1,10 +1,715 @@
 /*
- * _core_bert.c — Python glue for the BERT-family encoder.
+ * _core_bert.c — Python glue for the BERT-family encoder (csrc/models/bert.c).
+ *
+ * Types:
+ *   BertModel(vocab_size, hidden_size, num_layers, num_heads,
+ *             intermediate_size, max_position, type_vocab_size, layer_norm_eps)
+ *       param_specs() -> [(name, shape)], set_param(name, float32 array),
+ *       get_param(name) -> copy, check_complete(), num_floats,
+ *       encode_layers(ids, offsets, layers) -> float32 (len(layers), n_seq, D),
+ *       flops(lengths) -> float
+ *   BertState(model): a packed state stepped layer by layer (early exit):
+ *       embed(ids, offsets), run_layers(last), pool() -> (n_seq, D),
+ *       compact(keep), layer, n_seq, n_tokens
+ * Functions: _bench_sgemm(n, reps) -> seconds of `reps` n x n x n sgemms.
+ *
+ * Arguments are converted and range-checked under the GIL; the core runs
+ * with the GIL released. A model counts the calls using it: set_param
+ * refuses while any runs, and one object used from two threads at once
+ * raises RuntimeError (busy flags).
  */
 #include "_core.h"
 
+#include "eg_bert.h"
+
+#include <string.h>
+#include <time.h>
+
+typedef struct {
+    PyObject_HEAD
+    eg_bert *model;
+    eg_bert_state state; /* used by encode_layers */
+    int busy;            /* encode_layers / set_param running */
+    int users;           /* calls currently computing with the weights */
+} BertModelObject;
+
+typedef struct {
+    PyObject_HEAD
+    BertModelObject *owner;
+    eg_bert_state state;
+    int busy;
+} BertStateObject;
+
+static PyTypeObject BertModelType;
+static PyTypeObject BertStateType;
+
+/* ------------------------------------------------------------- helpers */
+
+/* Convert and check packed ids (int32 1-D) and offsets (int64 1-D, n+1,
+ * from 0, non-decreasing, ending at len(ids)). The core checks lengths and
+ * vocabulary ranges with precise messages; here only what keeps the core's
+ * reads in bounds. */
+static int convert_batch(PyObject *ids_obj, PyObject *off_obj, PyArrayObject **ids,
+                         PyArrayObject **off, int *n_seq)
+{
+    *ids = (PyArrayObject *)PyArray_FROM_OTF(ids_obj, NPY_INT32, NPY_ARRAY_IN_ARRAY | NPY_ARRAY_FORCECAST);
+    if (*ids == NULL) {
+        return -1;
+    }
+    *off = (PyArrayObject *)PyArray_FROM_OTF(off_obj, NPY_INT64, NPY_ARRAY_IN_ARRAY);
+    if (*off == NULL) {
+        return -1;
+    }
+    if (PyArray_NDIM(*ids) != 1 || PyArray_NDIM(*off) != 1) {
+        PyErr_SetString(PyExc_ValueError, "ids and offsets must be 1-D arrays");
+        return -1;
+    }
+    npy_intp n_off = PyArray_DIM(*off, 0);
+    if (n_off < 1) {
+        PyErr_SetString(PyExc_ValueError, "offsets must have n_seq + 1 >= 1 entries");
+        return -1;
+    }
+    if (n_off - 1 > 0x7fffffff) {
+        PyErr_SetString(PyExc_ValueError, "too many sequences in one batch");
+        return -1;
+    }
+    const int64_t *o = (const int64_t *)PyArray_DATA(*off);
+    if (o[0] != 0) {
+        PyErr_Format(PyExc_ValueError, "offsets must start at 0, got %lld", (long long)o[0]);
+        return -1;
+    }
+    for (npy_intp i = 0; i + 1 < n_off; i++) {
+        if (o[i + 1] < o[i]) {
+            PyErr_Format(PyExc_ValueError, "offsets must not decrease (entry %zd)", (Py_ssize_t)(i + 1));
+            return -1;
+        }
+    }
+    if (o[n_off - 1] != (int64_t)PyArray_DIM(*ids, 0)) {
+        PyErr_Format(PyExc_ValueError, "offsets end at %lld but there are %zd ids",
+                     (long long)o[n_off - 1], (Py_ssize_t)PyArray_DIM(*ids, 0));
+        return -1;
+    }
+    *n_seq = (int)(n_off - 1);
+    return 0;
+}
+
+/* ------------------------------------------------------------ BertModel */
+
+static int model_init(BertModelObject *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"vocab_size", "hidden_size", "num_layers", "num_heads",
+                             "intermediate_size", "max_position", "type_vocab_size",
+                             "layer_norm_eps", NULL};
+    eg_bert_config c;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "iiiiiiif", kwlist, &c.vocab_size,
+                                     &c.hidden_size, &c.num_layers, &c.num_heads,
+                                     &c.intermediate_size, &c.max_position,
+                                     &c.type_vocab_size, &c.layer_norm_eps)) {
+        return -1;
+    }
+    if (self->model != NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "BertModel is already initialised");
+        return -1;
+    }
+    eg_err err;
+    eg_err_clear(&err);
+    eg_status st;
+    eg_bert *m = NULL;
+    Py_BEGIN_ALLOW_THREADS
+    st = eg_bert_create(&m, &c, &err);
+    Py_END_ALLOW_THREADS
+    if (st != EG_OK) {
+        eg_py_raise(&err, NULL);
+        return -1;
+    }
+    self->model = m;
+    eg_bert_state_init(&self->state);
+    return 0;
+}
+
+static void model_dealloc(BertModelObject *self)
+{
+    eg_bert_state_free(&self->state);
+    eg_bert_free(self->model);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int model_ready(BertModelObject *self)
+{
+    if (self->model == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "BertModel is not initialised");
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *model_param_specs(BertModelObject *self, PyObject *noargs)
+{
+    (void)noargs;
+    if (model_ready(self) < 0) {
+        return NULL;
+    }
+    size_t n = eg_bert_num_params(self->model);
+    PyObject *list = PyList_New((Py_ssize_t)n);
+    if (list == NULL) {
+        return NULL;
+    }
+    for (size_t i = 0; i < n; i++) {
+        const char *name;
+        int nd;
+        int64_t shape[2];
+        eg_bert_param_info(self->model, i, &name, &nd, shape);
+        PyObject *item = nd == 1 ? Py_BuildValue("(s(L))", name, (long long)shape[0])
+                                 : Py_BuildValue("(s(LL))", name, (long long)shape[0],
+                                                 (long long)shape[1]);
+        if (item == NULL) {
+            Py_DECREF(list);
+            return NULL;
+        }
+        PyList_SET_ITEM(list, (Py_ssize_t)i, item);
+    }
+    return list;
+}
+
+static PyObject *model_set_param(BertModelObject *self, PyObject *args)
+{
+    const char *name;
+    PyObject *obj;
+    PyArrayObject *arr = NULL;
+    PyObject *ret = NULL;
+    if (!PyArg_ParseTuple(args, "sO", &name, &obj) || model_ready(self) < 0) {
+        return NULL;
+    }
+    if (self->users > 0 || self->busy) {
+        PyErr_SetString(PyExc_RuntimeError, "cannot change BertModel weights while it is computing");
+        return NULL;
+    }
+    arr = (PyArrayObject *)PyArray_FROM_OTF(obj, NPY_FLOAT32, NPY_ARRAY_IN_ARRAY | NPY_ARRAY_FORCECAST);
+    if (arr == NULL) {
+        goto fail;
+    }
+    int nd = PyArray_NDIM(arr);
+    int64_t shape[2] = {0, 0};
+    for (int i = 0; i < nd && i < 2; i++) {
+        shape[i] = (int64_t)PyArray_DIM(arr, i);
+    }
+    eg_err err;
+    eg_err_clear(&err);
+    eg_status st;
+    self->busy = 1;
+    Py_BEGIN_ALLOW_THREADS
+    st = eg_bert_set_param(self->model, name, (const float *)PyArray_DATA(arr), nd, shape, &err);
+    Py_END_ALLOW_THREADS
+    self->busy = 0;
+    if (st != EG_OK) {
+        eg_py_raise(&err, NULL);
+        goto fail;
+    }
+    ret = Py_None;
+    Py_INCREF(ret);
+fail:
+    Py_XDECREF(arr);
+    return ret;
+}
+
+static PyObject *model_get_param(BertModelObject *self, PyObject *arg)
+{
+    const char *name = PyUnicode_AsUTF8(arg);
+    if (name == NULL || model_ready(self) < 0) {
+        return NULL;
+    }
+    size_t count = 0;
+    const float *p = eg_bert_get_param(self->model, name, &count);
+    if (p == NULL) {
+        PyErr_Format(PyExc_KeyError, "unknown BERT tensor %s", name);
+        return NULL;
+    }
+    size_t n = eg_bert_num_params(self->model);
+    const char *want = strncmp(name, "bert.", 5) == 0 ? name + 5 : name;
+    npy_intp dims[2] = {(npy_intp)count, 0};
+    int nd = 1;
+    for (size_t i = 0; i < n; i++) {
+        const char *nm;
+        int d;
+        int64_t shape[2];
+        eg_bert_param_info(self->model, i, &nm, &d, shape);
+        if (strcmp(nm, want) == 0) {
+            nd = d;
+            dims[0] = (npy_intp)shape[0];
+            dims[1] = (npy_intp)shape[1];
+            break;
+        }
+    }
+    PyArrayObject *out = (PyArrayObject *)PyArray_SimpleNew(nd, dims, NPY_FLOAT32);
+    if (out == NULL) {
+        return NULL;
+    }
+    memcpy(PyArray_DATA(out), p, count * sizeof(float));
+    return (PyObject *)out;
+}
+
+static PyObject *model_check_complete(BertModelObject *self, PyObject *noargs)
+{
+    (void)noargs;
+    if (model_ready(self) < 0) {
+        return NULL;
+    }
+    eg_err err;
+    eg_err_clear(&err);
+    if (eg_bert_check_complete(self->model, &err) != EG_OK) {
+        return eg_py_raise(&err, NULL);
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *model_encode_layers(BertModelObject *self, PyObject *args)
+{
+    PyObject *ids_obj, *off_obj, *layers_obj;
+    PyArrayObject *ids = NULL, *off = NULL, *layers = NULL, *out = NULL;
+    int entered = 0;
+    if (!PyArg_ParseTuple(args, "OOO", &ids_obj, &off_obj, &layers_obj) || model_ready(self) < 0) {
+        return NULL;
+    }
+    int n_seq = 0;
+    if (convert_batch(ids_obj, off_obj, &ids, &off, &n_seq) < 0) {
+        goto fail;
+    }
+    layers = (PyArrayObject *)PyArray_FROM_OTF(layers_obj, NPY_INT32, NPY_ARRAY_IN_ARRAY);
+    if (layers == NULL) {
+        goto fail;
+    }
+    if (PyArray_NDIM(layers) != 1) {
+        PyErr_SetString(PyExc_ValueError, "layers must be a 1-D sequence of layer indices");
+        goto fail;
+    }
+    const eg_bert_config *c = eg_bert_get_config(self->model);
+    const int K = (int)PyArray_DIM(layers, 0);
+    const int32_t *lay = (const int32_t *)PyArray_DATA(layers);
+    int top = 0;
+    for (int k = 0; k < K; k++) {
+        if (lay[k] < 0 || lay[k] > c->num_layers) {
+            PyErr_Format(PyExc_IndexError, "layer index %d out of range: the model has hidden states 0..%d",
+                         (int)lay[k], c->num_layers);
+            goto fail;
+        }
+        top = lay[k] > top ? lay[k] : top;
+    }
+    npy_intp dims[3] = {K, n_seq, c->hidden_size};
+    out = (PyArrayObject *)PyArray_SimpleNew(3, dims, NPY_FLOAT32);
+    if (out == NULL) {
+        goto fail;
+    }
+    if (eg_py_enter(&self->busy, "BertModel") < 0) {
+        goto fail;
+    }
+    entered = 1;
+    self->users++;
+    eg_err err;
+    eg_err_clear(&err);
+    eg_status st = EG_OK;
+    float *o = (float *)PyArray_DATA(out);
+    const size_t plane = (size_t)n_seq * (size_t)c->hidden_size;
+    Py_BEGIN_ALLOW_THREADS
+    st = eg_bert_embed(self->model, &self->state, (const int32_t *)PyArray_DATA(ids),
+                       (const int64_t *)PyArray_DATA(off), n_seq, &err);
+    for (int l = 0; st == EG_OK && l <= top; l++) {
+        if (l > 0) {
+            st = eg_bert_run_layers(self->model, &self->state, l, &err);
+        }
+        for (int k = 0; st == EG_OK && k < K; k++) {
+            if (lay[k] == l) {
+                eg_bert_pool(&self->state, o + (size_t)k * plane);
+            }
+        }
+    }
+    Py_END_ALLOW_THREADS
+    self->users--;
+    if (st != EG_OK) {
+        eg_py_raise(&err, NULL);
+        goto fail;
+    }
+    eg_py_leave(&self->busy);
+    Py_DECREF(ids);
+    Py_DECREF(off);
+    Py_DECREF(layers);
+    return (PyObject *)out;
+fail:
+    if (entered) {
+        eg_py_leave(&self->busy);
+    }
+    Py_XDECREF(ids);
+    Py_XDECREF(off);
+    Py_XDECREF(layers);
+    Py_XDECREF(out);
+    return NULL;
+}
+
+static PyObject *model_flops(BertModelObject *self, PyObject *arg)
+{
+    if (model_ready(self) < 0) {
+        return NULL;
+    }
+    PyArrayObject *len = (PyArrayObject *)PyArray_FROM_OTF(arg, NPY_INT64, NPY_ARRAY_IN_ARRAY);
+    if (len == NULL) {
+        return NULL;
+    }
+    if (PyArray_NDIM(len) != 1 || PyArray_DIM(len, 0) > 0x7fffffff) {
+        Py_DECREF(len);
+        PyErr_SetString(PyExc_ValueError, "lengths must be a 1-D array");
+        return NULL;
+    }
+    double f = eg_bert_flops(eg_bert_get_config(self->model), (const int64_t *)PyArray_DATA(len),
+                             (int)PyArray_DIM(len, 0));
+    Py_DECREF(len);
+    return PyFloat_FromDouble(f);
+}
+
+static PyObject *model_get_num_floats(BertModelObject *self, void *closure)
+{
+    (void)closure;
+    if (model_ready(self) < 0) {
+        return NULL;
+    }
+    return PyLong_FromSize_t(eg_bert_num_floats(self->model));
+}
+
+static PyObject *model_get_config(BertModelObject *self, void *closure)
+{
+    (void)closure;
+    if (model_ready(self) < 0) {
+        return NULL;
+    }
+    const eg_bert_config *c = eg_bert_get_config(self->model);
+    return Py_BuildValue("{s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:d}", "vocab_size", c->vocab_size,
+                         "hidden_size", c->hidden_size, "num_layers", c->num_layers, "num_heads",
+                         c->num_heads, "intermediate_size", c->intermediate_size, "max_position",
+                         c->max_position, "type_vocab_size", c->type_vocab_size,
+                         "layer_norm_eps", (double)c->layer_norm_eps);
+}
+
+static PyMethodDef model_methods[] = {
+    {"param_specs", (PyCFunction)model_param_specs, METH_NOARGS,
+     "param_specs()\n--\n\nList of (name, shape) of every parameter, in load order."},
+    {"set_param", (PyCFunction)model_set_param, METH_VARARGS,
+     "set_param(name, array)\n--\n\nCopy a float32 tensor in; ValueError names a wrong shape."},
+    {"get_param", (PyCFunction)model_get_param, METH_O,
+     "get_param(name)\n--\n\nA copy of a parameter (float32)."},
+    {"check_complete", (PyCFunction)model_check_complete, METH_NOARGS,
+     "check_complete()\n--\n\nValueError naming the first parameter never set."},
+    {"encode_layers", (PyCFunction)model_encode_layers, METH_VARARGS,
+     "encode_layers(ids, offsets, layers)\n--\n\nMean-pooled hidden states, float32 "
+     "(len(layers), n_seq, hidden): ids int32 packed, offsets int64 (n_seq + 1)."},
+    {"flops", (PyCFunction)model_flops, METH_O,
+     "flops(lengths)\n--\n\nFLOPs of all layers on sequences of these lengths."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef model_getset[] = {
+    {"num_floats", (getter)model_get_num_floats, NULL, "number of float parameters", NULL},
+    {"config", (getter)model_get_config, NULL, "the hyper-parameters (dict)", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject BertModelType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "engine_py._core.BertModel",
+    .tp_basicsize = sizeof(BertModelObject),
+    .tp_dealloc = (destructor)model_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "BertModel(vocab_size, hidden_size, num_layers, num_heads, intermediate_size, "
+              "max_position, type_vocab_size, layer_norm_eps)\n--\n\n"
+              "BERT-family encoder weights and a packed forward pass (C core).",
+    .tp_methods = model_methods,
+    .tp_getset = model_getset,
+    .tp_init = (initproc)model_init,
+    .tp_new = PyType_GenericNew,
+};
+
+/* ------------------------------------------------------------ BertState */
+
+static int state_init(BertStateObject *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"model", NULL};
+    PyObject *model;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!", kwlist, &BertModelType, &model)) {
+        return -1;
+    }
+    if (((BertModelObject *)model)->model == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "BertModel is not initialised");
+        return -1;
+    }
+    if (self->owner != NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "BertState is already initialised");
+        return -1;
+    }
+    Py_INCREF(model);
+    self->owner = (BertModelObject *)model;
+    eg_bert_state_init(&self->state);
+    return 0;
+}
+
+static void state_dealloc(BertStateObject *self)
+{
+    if (self->owner != NULL) {
+        eg_bert_state_free(&self->state);
+    }
+    Py_XDECREF(self->owner);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int state_enter(BertStateObject *self)
+{
+    if (self->owner == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "BertState is not initialised");
+        return -1;
+    }
+    if (eg_py_enter(&self->busy, "BertState") < 0) {
+        return -1;
+    }
+    self->owner->users++;
+    return 0;
+}
+
+static void state_leave(BertStateObject *self)
+{
+    self->owner->users--;
+    eg_py_leave(&self->busy);
+}
+
+static PyObject *state_embed(BertStateObject *self, PyObject *args)
+{
+    PyObject *ids_obj, *off_obj;
+    PyArrayObject *ids = NULL, *off = NULL;
+    PyObject *ret = NULL;
+    if (!PyArg_ParseTuple(args, "OO", &ids_obj, &off_obj)) {
+        return NULL;
+    }
+    int n_seq = 0;
+    if (convert_batch(ids_obj, off_obj, &ids, &off, &n_seq) < 0 || state_enter(self) < 0) {
+        goto fail;
+    }
+    eg_err err;
+    eg_err_clear(&err);
+    eg_status st;
+    Py_BEGIN_ALLOW_THREADS
+    st = eg_bert_embed(self->owner->model, &self->state, (const int32_t *)PyArray_DATA(ids),
+                       (const int64_t *)PyArray_DATA(off), n_seq, &err);
+    Py_END_ALLOW_THREADS
+    state_leave(self);
+    if (st != EG_OK) {
+        eg_py_raise(&err, NULL);
+        goto fail;
+    }
+    ret = Py_None;
+    Py_INCREF(ret);
+fail:
+    Py_XDECREF(ids);
+    Py_XDECREF(off);
+    return ret;
+}
+
+static PyObject *state_run_layers(BertStateObject *self, PyObject *arg)
+{
+    long last = PyLong_AsLong(arg);
+    if (last == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (state_enter(self) < 0) {
+        return NULL;
+    }
+    const eg_bert_config *c = eg_bert_get_config(self->owner->model);
+    if (last < 0 || last > c->num_layers) {
+        state_leave(self);
+        PyErr_Format(PyExc_IndexError, "layer %ld out of range: the model has hidden states 0..%d",
+                     last, c->num_layers);
+        return NULL;
+    }
+    eg_err err;
+    eg_err_clear(&err);
+    eg_status st;
+    Py_BEGIN_ALLOW_THREADS
+    st = eg_bert_run_layers(self->owner->model, &self->state, (int)last, &err);
+    Py_END_ALLOW_THREADS
+    state_leave(self);
+    if (st != EG_OK) {
+        return eg_py_raise(&err, NULL);
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *state_pool(BertStateObject *self, PyObject *noargs)
+{
+    (void)noargs;
+    if (state_enter(self) < 0) {
+        return NULL;
+    }
+    if (self->state.layer < 0) {
+        state_leave(self);
+        PyErr_SetString(PyExc_RuntimeError, "BertState is empty: call embed first");
+        return NULL;
+    }
+    npy_intp dims[2] = {self->state.n_seq, self->state.hidden};
+    PyArrayObject *out = (PyArrayObject *)PyArray_SimpleNew(2, dims, NPY_FLOAT32);
+    if (out == NULL) {
+        state_leave(self);
+        return NULL;
+    }
+    float *o = (float *)PyArray_DATA(out);
+    Py_BEGIN_ALLOW_THREADS
+    eg_bert_pool(&self->state, o);
+    Py_END_ALLOW_THREADS
+    state_leave(self);
+    return (PyObject *)out;
+}
+
+static PyObject *state_compact(BertStateObject *self, PyObject *arg)
+{
+    PyArrayObject *keep = (PyArrayObject *)PyArray_FROM_OTF(arg, NPY_INT32, NPY_ARRAY_IN_ARRAY);
+    if (keep == NULL) {
+        return NULL;
+    }
+    if (PyArray_NDIM(keep) != 1 || PyArray_DIM(keep, 0) > 0x7fffffff) {
+        Py_DECREF(keep);
+        PyErr_SetString(PyExc_ValueError, "keep must be a 1-D array of sequence indices");
+        return NULL;
+    }
+    if (state_enter(self) < 0) {
+        Py_DECREF(keep);
+        return NULL;
+    }
+    eg_err err;
+    eg_err_clear(&err);
+    eg_status st = eg_bert_compact(&self->state, (const int *)PyArray_DATA(keep),
+                                   (int)PyArray_DIM(keep, 0), &err);
+    state_leave(self);
+    Py_DECREF(keep);
+    if (st != EG_OK) {
+        return eg_py_raise(&err, NULL);
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *state_get_layer(BertStateObject *self, void *c) { (void)c; return PyLong_FromLong(self->state.layer); }
+static PyObject *state_get_n_seq(BertStateObject *self, void *c) { (void)c; return PyLong_FromLong(self->state.n_seq); }
+static PyObject *state_get_n_tok(BertStateObject *self, void *c) { (void)c; return PyLong_FromSize_t(self->state.n_tok); }
+
+static PyMethodDef state_methods[] = {
+    {"embed", (PyCFunction)state_embed, METH_VARARGS,
+     "embed(ids, offsets)\n--\n\nFill the state with hidden state 0 of the packed sequences."},
+    {"run_layers", (PyCFunction)state_run_layers, METH_O,
+     "run_layers(last)\n--\n\nAdvance to hidden state `last`."},
+    {"pool", (PyCFunction)state_pool, METH_NOARGS,
+     "pool()\n--\n\nMean-pooled current hidden state, float32 (n_seq, hidden)."},
+    {"compact", (PyCFunction)state_compact, METH_O,
+     "compact(keep)\n--\n\nKeep only these sequences (strictly increasing indices)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef state_getset[] = {
+    {"layer", (getter)state_get_layer, NULL, "hidden-state index held (-1: empty)", NULL},
+    {"n_seq", (getter)state_get_n_seq, NULL, "number of sequences held", NULL},
+    {"n_tokens", (getter)state_get_n_tok, NULL, "number of tokens held", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject BertStateType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "engine_py._core.BertState",
+    .tp_basicsize = sizeof(BertStateObject),
+    .tp_dealloc = (destructor)state_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "BertState(model)\n--\n\nPacked hidden states stepped layer by layer.",
+    .tp_methods = state_methods,
+    .tp_getset = state_getset,
+    .tp_init = (initproc)state_init,
+    .tp_new = PyType_GenericNew,
+};
+
+/* ---------------------------------------------------------- sgemm bench */
+
+static PyObject *py_bench_sgemm(PyObject *self, PyObject *args)
+{
+    (void)self;
+    int n, reps;
+    if (!PyArg_ParseTuple(args, "ii", &n, &reps)) {
+        return NULL;
+    }
+    if (n < 1 || n > 8192 || reps < 1 || reps > 100000) {
+        PyErr_SetString(PyExc_ValueError, "_bench_sgemm: n in [1, 8192], reps in [1, 100000]");
+        return NULL;
+    }
+    size_t nn = (size_t)n * (size_t)n;
+    float *a = eg_aligned_alloc(nn * sizeof(float)), *b = eg_aligned_alloc(nn * sizeof(float));
+    float *c = eg_aligned_alloc(nn * sizeof(float));
+    if (a == NULL || b == NULL || c == NULL) {
+        eg_aligned_free(a);
+        eg_aligned_free(b);
+        eg_aligned_free(c);
+        return PyErr_NoMemory();
+    }
+    double secs;
+    Py_BEGIN_ALLOW_THREADS
+    uint64_t rng = 1;
+    for (size_t i = 0; i < nn; i++) {
+        a[i] = eg_rng_uniform(&rng) - 0.5f;
+        b[i] = eg_rng_uniform(&rng) - 0.5f;
+    }
+    /* one untimed call warms up the threads and caches */
+    eg_sgemm(0, 1, n, n, n, 1.0f, a, n, b, n, 0.0f, c, n);
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    for (int r = 0; r < reps; r++) {
+        eg_sgemm(0, 1, n, n, n, 1.0f, a, n, b, n, 0.0f, c, n);
+    }
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    secs = (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec);
+    Py_END_ALLOW_THREADS
+    eg_aligned_free(a);
+    eg_aligned_free(b);
+    eg_aligned_free(c);
+    return PyFloat_FromDouble(secs);
+}
+
+static PyObject *py_bert_profile(PyObject *self, PyObject *args)
+{
+    (void)self;
+    int reset = 0;
+    if (!PyArg_ParseTuple(args, "|p", &reset)) {
+        return NULL;
+    }
+    eg_bert_profile p;
+    eg_bert_profile_get(&p);
+    if (reset) {
+        eg_bert_profile_reset();
+    }
+    return Py_BuildValue("{s:d,s:d,s:d,s:d,s:d,s:d,s:d,s:d}", "embed", p.embed, "qkv_gemm",
+                         p.qkv_gemm, "attention", p.attention, "out_gemm", p.out_gemm,
+                         "layernorm", p.layernorm, "ffn_in_gemm", p.ffn_in_gemm, "gelu", p.gelu,
+                         "ffn_out_gemm", p.ffn_out_gemm);
+}
+
+static PyMethodDef bert_functions[] = {
+    {"_bench_sgemm", py_bench_sgemm, METH_VARARGS,
+     "_bench_sgemm(n, reps)\n--\n\nSeconds taken by `reps` n x n x n sgemm calls (benchmarks)."},
+    {"_bert_profile", py_bert_profile, METH_VARARGS,
+     "_bert_profile(reset=False)\n--\n\nPer-stage seconds accumulated while EG_BERT_PROFILE=1."},
+    {NULL, NULL, 0, NULL},
+};
+
 int eg_py_init_bert(PyObject *module)
 {
-    (void)module;
-    return 0;
+    if (PyType_Ready(&BertModelType) < 0 || PyType_Ready(&BertStateType) < 0) {
+        return -1;
+    }
+    Py_INCREF(&BertModelType);
+    if (PyModule_AddObject(module, "BertModel", (PyObject *)&BertModelType) < 0) {
+        Py_DECREF(&BertModelType);
+        return -1;
+    }
+    Py_INCREF(&BertStateType);
+    if (PyModule_AddObject(module, "BertState", (PyObject *)&BertStateType) < 0) {
+        Py_DECREF(&BertStateType);
+        return -1;
+    }
+    return PyModule_AddFunctions(module, bert_functions);
 }

@@ -12,6 +12,7 @@
 #include "eg.h"
 
 #include <cblas.h>
+#include <stdio.h>
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -34,6 +35,112 @@ int BLAS(openblas_get_num_threads)(void);
 char *BLAS(openblas_get_config)(void);
 
 static int g_num_threads = 0; /* 0: not set yet, use the runtime default */
+
+/* One thread pool for everything. OpenBLAS (pthreads build) keeps its own
+ * worker threads, which spin for a long while after each call: the core's
+ * OpenMP regions that follow a GEMM then share the cores with spinning BLAS
+ * threads (and OpenMP's spinning threads slow the next GEMM), which on a
+ * 2-core machine made everything that is not GEMM several times slower.
+ * OpenBLAS >= 0.3.27 lets the caller run its parallel jobs instead; we run
+ * them on OpenMP's threads, so BLAS and the core's kernels share one pool.
+ * All jobs of one call must run at the same time (OpenBLAS's GEMM threads
+ * wait for each other's packed panels), so each job gets its own thread; if
+ * OpenMP cannot give that many (a call from inside a parallel region, which
+ * the core never does, or a thread limit), the jobs run on plain pthreads.
+ * Enabled for the scipy-openblas32 build (prefix scipy_; new enough and
+ * private to this module), not for a system OpenBLAS. */
+#define EG_SCIPY_TEST_scipy_ 1 /* EG_SCIPY_TEST_ alone stays undefined: 0 in #if */
+#if EG_CAT(EG_SCIPY_TEST_, EG_BLAS_PREFIX) && defined(_OPENMP) && !defined(EG_BLAS_NO_CALLBACK)
+#include <pthread.h>
+
+typedef void (*eg_dojob_fn)(int thread_num, void *jobdata, int dojob_data);
+void BLAS(openblas_set_threads_callback_function)(
+    void (*cb)(int, eg_dojob_fn, int, size_t, void *, int));
+
+typedef struct {
+    eg_dojob_fn dojob;
+    int index;
+    void *jobdata;
+    int dojob_data;
+} pthread_job;
+
+static void *run_pthread_job(void *arg)
+{
+    pthread_job *j = arg;
+    j->dojob(j->index, j->jobdata, j->dojob_data);
+    return NULL;
+}
+
+/* Run numjobs jobs on numjobs concurrent pthreads (job 0 on the caller). */
+static int run_on_pthreads(eg_dojob_fn dojob, int numjobs, size_t elsize, void *jobdata,
+                           int dojob_data)
+{
+    pthread_t tids[64];
+    pthread_job jobs[64];
+    if (numjobs > 64) {
+        return -1;
+    }
+    int started = 0;
+    for (int i = 1; i < numjobs; i++) {
+        jobs[i] = (pthread_job){dojob, i, (char *)jobdata + (size_t)i * elsize, dojob_data};
+        if (pthread_create(&tids[i], NULL, run_pthread_job, &jobs[i]) != 0) {
+            break;
+        }
+        started = i;
+    }
+    if (started != numjobs - 1) {
+        /* cannot run them concurrently: wait for the started ones, report */
+        for (int i = 1; i <= started; i++) {
+            pthread_join(tids[i], NULL);
+        }
+        return -1;
+    }
+    dojob(0, jobdata, dojob_data);
+    for (int i = 1; i < numjobs; i++) {
+        pthread_join(tids[i], NULL);
+    }
+    return 0;
+}
+
+static void omp_blas_callback(int sync, eg_dojob_fn dojob, int numjobs, size_t elsize,
+                              void *jobdata, int dojob_data)
+{
+    (void)sync;
+    if (numjobs <= 1) {
+        if (numjobs == 1) {
+            dojob(0, jobdata, dojob_data);
+        }
+        return;
+    }
+    int team_ok = 1;
+    if (!omp_in_parallel()) {
+#pragma omp parallel num_threads(numjobs)
+        {
+            /* every thread sees the same team size, so all agree */
+            if (omp_get_num_threads() == numjobs) {
+                int i = omp_get_thread_num();
+                dojob(i, (char *)jobdata + (size_t)i * elsize, dojob_data);
+            } else {
+#pragma omp single
+                team_ok = 0;
+            }
+        }
+    } else {
+        team_ok = 0;
+    }
+    if (!team_ok && run_on_pthreads(dojob, numjobs, elsize, jobdata, dojob_data) != 0) {
+        /* Last resort, never seen in practice: the jobs one after another
+         * would deadlock, so there is nothing safe left to do. */
+        static const char msg[] = "engine_py: cannot start threads for a BLAS call\n";
+        fputs(msg, stderr);
+    }
+}
+
+__attribute__((constructor)) static void eg_blas_install_callback(void)
+{
+    BLAS(openblas_set_threads_callback_function)(omp_blas_callback);
+}
+#endif
 
 void eg_sgemm(int transA, int transB, int M, int N, int K, float alpha,
               const float *A, int lda, const float *B, int ldb, float beta,

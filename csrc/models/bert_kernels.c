@@ -1,17 +1,21 @@
 /*
  * bert_kernels.c — the element-wise and attention kernels of the BERT
  * encoder: LayerNorm (plain and fused with bias + residual), exact GELU with
- * a vectorisable erf, and per-(sequence, head) self-attention on packed
- * sequences.
+ * a vectorisable erf, per-(sequence, head) self-attention on packed
+ * sequences, and mean pooling.
  *
  * Speed without -ffast-math: glibc's erff and expf are scalar and branchy
  * (erff costs ~15 ns here, which would make GELU as slow as the FFN GEMMs),
- * so erf and exp are written branch-free below and the hot loops are
- * compiled for several instruction sets (target_clones: the loader picks
- * AVX-512, AVX2 or baseline at run time; no -march flag needed). Without
- * fast-math the compiler never reassociates, so every clone computes the
- * same sums in the same order; the reductions that would otherwise stay
- * scalar use fixed lanes of partial sums (deterministic too).
+ * so erf and exp are written branch-free (bert_simd.h) and the hot loops are
+ * compiled three times — baseline x86-64, AVX2 and AVX-512 — through
+ * `#pragma GCC target`; the first call picks the best set the CPU supports
+ * (no -march flag needed at build time). Each copy is also compiled with
+ * -fno-trapping-math (no FP exceptions are enabled, so both arms of a select
+ * may be evaluated; gcc will not if-convert erf's selects otherwise). None of
+ * this changes a result: there is no -ffast-math, no reassociation and no
+ * FMA contraction (-std=c11 keeps fp-contract off), so every copy computes
+ * the same sums in the same order. Reductions that would stay scalar use
+ * fixed lanes of partial sums (deterministic as well).
  *
  * Threads: OpenMP over rows, or over (sequence, head) pairs for attention;
  * every output element is written by exactly one thread, so results do not
@@ -26,112 +30,105 @@
 #include <omp.h>
 #endif
 
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) && \
-    !defined(EG_NO_CLONES)
-#define EG_HOT __attribute__((target_clones("default", "arch=haswell", "arch=skylake-avx512")))
-#else
-#define EG_HOT
+#define LANES 16
+#define EG_CAT2_(a, b) a##b
+#define EG_CAT2(a, b) EG_CAT2_(a, b)
+
+typedef struct {
+    void (*erf_loop)(float *, const float *, size_t);
+    void (*bias_gelu_row)(float *, const float *, const float *, int);
+    void (*layernorm_row)(float *, const float *, const float *, const float *, int, float);
+    void (*add3_row)(float *, const float *, const float *, const float *, int);
+    void (*attention_head)(float *, const float *, const float *, const float *, const float *,
+                           int, int, int, float *);
+    void (*add_row)(float *, const float *, int);
+} kernel_set;
+
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC push_options
+#pragma GCC optimize("no-trapping-math")
+#endif
+#define SFX(name) EG_CAT2(name, _base)
+#include "bert_simd.h"
+#undef SFX
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC pop_options
 #endif
 
-#define LANES 16
+#if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__) && !defined(EG_NO_SIMD_CLONES)
+#define EG_X86_CLONES 1
+#pragma GCC push_options
+#pragma GCC target("avx2,fma,bmi2")
+#if !defined(__clang__)
+#pragma GCC optimize("no-trapping-math")
+#endif
+#define SFX(name) EG_CAT2(name, _avx2)
+#include "bert_simd.h"
+#undef SFX
+#pragma GCC pop_options
+
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma,bmi2")
+#if !defined(__clang__)
+#pragma GCC optimize("no-trapping-math")
+#endif
+#define SFX(name) EG_CAT2(name, _avx512)
+#include "bert_simd.h"
+#undef SFX
+#pragma GCC pop_options
+#endif
+
+#define KSET(sfx)                                                                        \
+    {                                                                                    \
+        EG_CAT2(erf_loop, sfx), EG_CAT2(bias_gelu_row, sfx), EG_CAT2(layernorm_row, sfx), \
+        EG_CAT2(add3_row, sfx), EG_CAT2(attention_head, sfx), EG_CAT2(add_row, sfx)       \
+    }
+
+static const kernel_set k_base = KSET(_base);
+#ifdef EG_X86_CLONES
+static const kernel_set k_avx2 = KSET(_avx2);
+static const kernel_set k_avx512 = KSET(_avx512);
+#endif
+
+/* The kernel set for this CPU. __builtin_cpu_supports reads a table filled
+ * at program start, so calling this on every kernel entry is cheap and
+ * needs no lock. */
+static const kernel_set *K(void)
+{
+#ifdef EG_X86_CLONES
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+        __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq")) {
+        return &k_avx512;
+    }
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+        return &k_avx2;
+    }
+#endif
+    return &k_base;
+}
+
+/* Name of the kernel set in use (for build info and benchmarks). */
+const char *eg_bert_kernel_isa(void)
+{
+#ifdef EG_X86_CLONES
+    const kernel_set *k = K();
+    return k == &k_avx512 ? "avx512" : k == &k_avx2 ? "avx2" : "baseline";
+#else
+    return "baseline";
+#endif
+}
 
 /* ------------------------------------------------------------ exp and erf */
 
-/* e^x for x <= 0 (inputs below -87 give ~0 rather than denormals). Range
- * reduction x = n ln2 + r, |r| <= ln2/2, then the degree-7 Taylor polynomial
- * of e^r (truncation error < 6e-9 relative) and 2^n put in the exponent
- * bits. Branch-free so loops calling it vectorise. */
-static inline float exp_nonpos(float x)
-{
-    /* written so that NaN also lands in [-87, 0]: the integer conversion
-     * below must never see NaN or a huge value */
-    x = x >= -87.0f ? x : -87.0f;
-    x = x <= 0.0f ? x : 0.0f;
-    const float shifter = 12582912.0f; /* 1.5 * 2^23: adding it rounds to integer */
-    float n = (x * 1.44269504088896341f + shifter) - shifter;
-    float r = (x - n * 0.693145751953125f) - n * 1.42860682030941723e-6f;
-    float p = 1.0f / 5040.0f;
-    p = p * r + 1.0f / 720.0f;
-    p = p * r + 1.0f / 120.0f;
-    p = p * r + 1.0f / 24.0f;
-    p = p * r + 1.0f / 6.0f;
-    p = p * r + 0.5f;
-    p = p * r + 1.0f;
-    p = p * r + 1.0f;
-    uint32_t e = (uint32_t)((int32_t)n + 127) << 23;
-    float scale;
-    memcpy(&scale, &e, sizeof scale);
-    return p * scale;
-}
-
-/* erf(z). |z| < 1: the Maclaurin series (terms through z^23, truncation
- * < 2e-9). |z| >= 1: erf = 1 - erfc with the Chebyshev-fitted erfc of
- * Numerical Recipes (fractional error < 1.2e-7 of erfc, itself < 0.16
- * there, so < 2e-8 absolute). Both branches are computed and one selected,
- * so there is no branch in a loop. */
-static inline float erf_one(float z)
-{
-    float a = fabsf(z);
-    /* series: (2/sqrt(pi)) * a * sum_n (-1)^n a^(2n) / (n! (2n+1)) */
-    float x2 = a * a;
-    float s = (float)(-1.0 / (39916800.0 * 23.0));
-    s = s * x2 + (float)(1.0 / (3628800.0 * 21.0));
-    s = s * x2 + (float)(-1.0 / (362880.0 * 19.0));
-    s = s * x2 + (float)(1.0 / (40320.0 * 17.0));
-    s = s * x2 + (float)(-1.0 / (5040.0 * 15.0));
-    s = s * x2 + (float)(1.0 / (720.0 * 13.0));
-    s = s * x2 + (float)(-1.0 / (120.0 * 11.0));
-    s = s * x2 + (float)(1.0 / (24.0 * 9.0));
-    s = s * x2 + (float)(-1.0 / (6.0 * 7.0));
-    s = s * x2 + (float)(1.0 / (2.0 * 5.0));
-    s = s * x2 + (float)(-1.0 / 3.0);
-    s = s * x2 + 1.0f;
-    float small = 1.12837916709551257f * a * s;
-    /* tail: erfc(a) = t exp(-a^2 + P(t)), t = 1 / (1 + a/2) */
-    float ac = a > 10.0f ? 10.0f : a;
-    float t = 1.0f / (1.0f + 0.5f * ac);
-    float p = 0.17087277f;
-    p = p * t - 0.82215223f;
-    p = p * t + 1.48851587f;
-    p = p * t - 1.13520398f;
-    p = p * t + 0.27886807f;
-    p = p * t - 0.18628806f;
-    p = p * t + 0.09678418f;
-    p = p * t + 0.37409196f;
-    p = p * t + 1.00002368f;
-    p = p * t - 1.26551223f;
-    float big = 1.0f - t * exp_nonpos(p - ac * ac);
-    float r = a < 1.0f ? small : big;
-    return z < 0.0f ? -r : r;
-}
-
-EG_HOT
 void eg_bert_erf(float *out, const float *inp, size_t n)
 {
-    for (size_t i = 0; i < n; i++) {
-        out[i] = erf_one(inp[i]);
-    }
-}
-
-/* GELU of one row with an optional bias added first (the Linear's bias). */
-EG_HOT
-static void bias_gelu_row(float *out, const float *inp, const float *bias, int C)
-{
-    if (bias != NULL) {
-        for (int i = 0; i < C; i++) {
-            float x = inp[i] + bias[i];
-            out[i] = 0.5f * x * (1.0f + erf_one(x * 0.707106781186547524f));
-        }
-    } else {
-        for (int i = 0; i < C; i++) {
-            float x = inp[i];
-            out[i] = 0.5f * x * (1.0f + erf_one(x * 0.707106781186547524f));
-        }
-    }
+    K()->erf_loop(out, inp, n);
 }
 
 void eg_bert_gelu_forward(float *out, const float *inp, size_t n)
 {
+    const kernel_set *k = K();
     // out (n), inp (n): done in chunks so the threads share the work
     const size_t chunk = 4096;
     long nchunks = (long)((n + chunk - 1) / chunk);
@@ -139,79 +136,30 @@ void eg_bert_gelu_forward(float *out, const float *inp, size_t n)
     for (long c = 0; c < nchunks; c++) {
         size_t lo = (size_t)c * chunk;
         size_t len = n - lo < chunk ? n - lo : chunk;
-        bias_gelu_row(out + lo, inp + lo, NULL, (int)len);
+        k->bias_gelu_row(out + lo, inp + lo, NULL, (int)len);
     }
 }
 
 /* out (N,C) = gelu(inp + bias), row-wise; out may equal inp. */
 void eg_bert_bias_gelu_forward(float *out, const float *inp, const float *bias, size_t N, int C)
 {
+    const kernel_set *k = K();
 #pragma omp parallel for schedule(static)
     for (long r = 0; r < (long)N; r++) {
-        bias_gelu_row(out + (size_t)r * C, inp + (size_t)r * C, bias, C);
+        k->bias_gelu_row(out + (size_t)r * C, inp + (size_t)r * C, bias, C);
     }
 }
 
 /* ---------------------------------------------------------------- LayerNorm */
 
-/* Normalise one row x (C) into out. Sums run in LANES fixed partial sums
- * (so they vectorise and stay deterministic) and are combined in double. */
-EG_HOT
-static void layernorm_row(float *out, const float *x, const float *w, const float *b, int C,
-                          float eps)
-{
-    float part[LANES] = {0};
-    int i = 0;
-    for (; i + LANES <= C; i += LANES) {
-        for (int l = 0; l < LANES; l++) {
-            part[l] += x[i + l];
-        }
-    }
-    double sum = 0.0;
-    for (int l = 0; l < LANES; l++) {
-        sum += part[l];
-    }
-    for (; i < C; i++) {
-        sum += x[i];
-    }
-    float mean = (float)(sum / C);
-    float pv[LANES] = {0};
-    i = 0;
-    for (; i + LANES <= C; i += LANES) {
-        for (int l = 0; l < LANES; l++) {
-            float d = x[i + l] - mean;
-            pv[l] += d * d;
-        }
-    }
-    double var = 0.0;
-    for (int l = 0; l < LANES; l++) {
-        var += pv[l];
-    }
-    for (; i < C; i++) {
-        double d = (double)x[i] - mean;
-        var += d * d;
-    }
-    float rstd = (float)(1.0 / sqrt(var / C + (double)eps));
-    for (i = 0; i < C; i++) {
-        out[i] = (x[i] - mean) * rstd * w[i] + b[i];
-    }
-}
-
 void eg_bert_layernorm_forward(float *out, const float *inp, const float *weight,
                                const float *bias, size_t N, int C, float eps)
 {
+    const kernel_set *k = K();
     // out (N,C), inp (N,C), weight (C), bias (C)
 #pragma omp parallel for schedule(static)
     for (long r = 0; r < (long)N; r++) {
-        layernorm_row(out + (size_t)r * C, inp + (size_t)r * C, weight, bias, C, eps);
-    }
-}
-
-EG_HOT
-static void add3_row(float *dst, const float *x, const float *xb, const float *res, int C)
-{
-    for (int i = 0; i < C; i++) {
-        dst[i] = (x[i] + xb[i]) + res[i];
+        k->layernorm_row(out + (size_t)r * C, inp + (size_t)r * C, weight, bias, C, eps);
     }
 }
 
@@ -221,14 +169,15 @@ void eg_bert_residual_layernorm_forward(float *out, const float *x, const float 
                                         const float *res, const float *weight,
                                         const float *bias, size_t N, int C, float eps)
 {
+    const kernel_set *k = K();
     // out (N,C), x (N,C), xbias (C), res (N,C), weight (C), bias (C).
     // The sum is written into out first (element by element, so aliasing
     // out with x or res is safe) and normalised in place.
 #pragma omp parallel for schedule(static)
     for (long r = 0; r < (long)N; r++) {
         size_t o = (size_t)r * C;
-        add3_row(out + o, x + o, xbias, res + o, C);
-        layernorm_row(out + o, out + o, weight, bias, C, eps);
+        k->add3_row(out + o, x + o, xbias, res + o, C);
+        k->layernorm_row(out + o, out + o, weight, bias, C, eps);
     }
 }
 
@@ -243,123 +192,11 @@ size_t eg_bert_attention_scratch(int max_len, int dh)
     return (size_t)dh * Lp + L * dp + Lp + dp + 4 * LANES;
 }
 
-/* One (sequence, head): q,k,v rows at stride 3D from `base`, bias added on
- * load. Scores s_j = (q_i . k_j) / sqrt(dh) through a transposed K so the
- * inner loop runs over contiguous j; softmax with fixed-lane max and sum;
- * out_i = sum_j p_j v_j with the inner loop over the head's dh columns. */
-EG_HOT
-static void attention_head(float *out, const float *base, const float *bq, const float *bk,
-                           const float *bv, int L, int D, int dh, float *scratch)
-{
-    size_t Lp = ((size_t)L + LANES - 1) / LANES * LANES;
-    size_t dp = ((size_t)dh + LANES - 1) / LANES * LANES;
-    float *Kt = scratch;                 /* (dh, Lp) */
-    float *V = Kt + (size_t)dh * Lp;     /* (L, dp)  */
-    float *s = V + (size_t)L * dp;       /* (Lp)     */
-    float *q = s + Lp;                   /* (dp)     */
-    const size_t row = (size_t)3 * D;
-    const float scale = 1.0f / sqrtf((float)dh);
-
-    for (int j = 0; j < L; j++) {
-        const float *k = base + (size_t)j * row + D;
-        const float *v = base + (size_t)j * row + 2 * D;
-        for (int d = 0; d < dh; d++) {
-            Kt[(size_t)d * Lp + j] = bk != NULL ? k[d] + bk[d] : k[d];
-        }
-        float *vd = V + (size_t)j * dp;
-        for (int d = 0; d < dh; d++) {
-            vd[d] = bv != NULL ? v[d] + bv[d] : v[d];
-        }
-    }
-    for (int i = 0; i < L; i++) {
-        const float *qi = base + (size_t)i * row;
-        for (int d = 0; d < dh; d++) {
-            q[d] = (bq != NULL ? qi[d] + bq[d] : qi[d]) * scale;
-        }
-        for (int j = 0; j < L; j++) {
-            s[j] = 0.0f;
-        }
-        for (int d = 0; d < dh; d++) {
-            const float qd = q[d];
-            const float *kt = Kt + (size_t)d * Lp;
-            for (int j = 0; j < L; j++) {
-                s[j] += qd * kt[j];
-            }
-        }
-        /* max over j in fixed lanes */
-        float mx[LANES];
-        for (int l = 0; l < LANES; l++) {
-            mx[l] = -INFINITY;
-        }
-        int j = 0;
-        for (; j + LANES <= L; j += LANES) {
-            for (int l = 0; l < LANES; l++) {
-                mx[l] = s[j + l] > mx[l] ? s[j + l] : mx[l];
-            }
-        }
-        float m = -INFINITY;
-        for (int l = 0; l < LANES; l++) {
-            m = mx[l] > m ? mx[l] : m;
-        }
-        for (; j < L; j++) {
-            m = s[j] > m ? s[j] : m;
-        }
-        float sp[LANES] = {0};
-        for (j = 0; j < L; j++) {
-            s[j] = exp_nonpos(s[j] - m);
-        }
-        j = 0;
-        for (; j + LANES <= L; j += LANES) {
-            for (int l = 0; l < LANES; l++) {
-                sp[l] += s[j + l];
-            }
-        }
-        float sum = 0.0f;
-        for (int l = 0; l < LANES; l++) {
-            sum += sp[l];
-        }
-        for (; j < L; j++) {
-            sum += s[j];
-        }
-        const float inv = 1.0f / sum;
-        float acc[256];
-        float *o = out + (size_t)i * D;
-        if (dh <= 256) {
-            for (int d = 0; d < dh; d++) {
-                acc[d] = 0.0f;
-            }
-            for (j = 0; j < L; j++) {
-                const float p = s[j];
-                const float *vj = V + (size_t)j * dp;
-                for (int d = 0; d < dh; d++) {
-                    acc[d] += p * vj[d];
-                }
-            }
-            for (int d = 0; d < dh; d++) {
-                o[d] = acc[d] * inv;
-            }
-        } else {
-            for (int d = 0; d < dh; d++) {
-                o[d] = 0.0f;
-            }
-            for (j = 0; j < L; j++) {
-                const float p = s[j];
-                const float *vj = V + (size_t)j * dp;
-                for (int d = 0; d < dh; d++) {
-                    o[d] += p * vj[d];
-                }
-            }
-            for (int d = 0; d < dh; d++) {
-                o[d] *= inv;
-            }
-        }
-    }
-}
-
 void eg_bert_attention_forward_bias(float *out, const float *qkv, const float *bqkv,
                                     const int64_t *offsets, int n_seq, int D, int n_heads,
                                     float *scratch)
 {
+    const kernel_set *k = K();
     // out (n_tok, D), qkv (n_tok, 3D), bqkv (3D) or NULL, offsets (n_seq + 1)
     const int dh = D / n_heads;
     int64_t max_len = 0;
@@ -385,7 +222,7 @@ void eg_bert_attention_forward_bias(float *out, const float *qkv, const float *b
         const float *bq = bqkv != NULL ? bqkv + (size_t)h * dh : NULL;
         const float *bk = bqkv != NULL ? bqkv + D + (size_t)h * dh : NULL;
         const float *bv = bqkv != NULL ? bqkv + 2 * (size_t)D + (size_t)h * dh : NULL;
-        attention_head(out + (size_t)lo * D + (size_t)h * dh, base, bq, bk, bv, L, D, dh,
+        k->attention_head(out + (size_t)lo * D + (size_t)h * dh, base, bq, bk, bv, L, D, dh,
                        scratch + (size_t)tid * per_thread);
     }
 }
@@ -398,16 +235,9 @@ void eg_bert_attention_forward(float *out, const float *qkv, const int64_t *offs
 
 /* ---------------------------------------------------------------- pooling */
 
-EG_HOT
-static void add_row(float *acc, const float *x, int C)
-{
-    for (int i = 0; i < C; i++) {
-        acc[i] += x[i];
-    }
-}
-
 void eg_bert_pool(const eg_bert_state *s, float *out)
 {
+    const kernel_set *k = K();
     // out (n_seq, D): float sums divided by the count, as torch's
     // sum(h * mask) / sum(mask) does in sentence-transformers.
     const int D = s->hidden;
@@ -419,7 +249,7 @@ void eg_bert_pool(const eg_bert_state *s, float *out)
         }
         const int64_t lo = s->offsets[i], hi = s->offsets[i + 1];
         for (int64_t t = lo; t < hi; t++) {
-            add_row(o, s->h + (size_t)t * D, D);
+            k->add_row(o, s->h + (size_t)t * D, D);
         }
         const float cnt = (float)(hi - lo);
         for (int c = 0; c < D; c++) {

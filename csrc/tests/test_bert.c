@@ -541,6 +541,47 @@ static void test_model_forward(void)
     CHECK_CLOSE(fl, want, 1e-6);
 }
 
+
+/* GEMMs big enough for OpenBLAS to split into threads, run through the
+ * OpenMP job callback (core/blas.c), and once from inside a parallel region
+ * (the pthread fallback, which must not deadlock), against the naive loop. */
+static void test_threaded_gemm(void)
+{
+    const int M = 300, N = 260, Kd = 384;
+    uint64_t rng = 3;
+    float *a = malloc((size_t)M * Kd * sizeof *a), *b = malloc((size_t)N * Kd * sizeof *b);
+    float *c = malloc((size_t)M * N * sizeof *c), *c2 = malloc((size_t)M * N * sizeof *c);
+    float *r = malloc((size_t)M * N * sizeof *r);
+    fill_normal(a, (size_t)M * Kd, &rng, 1.0f);
+    fill_normal(b, (size_t)N * Kd, &rng, 1.0f);
+    eg_sgemm_naive(0, 1, M, N, Kd, 1.0f, a, Kd, b, Kd, 0.0f, r, N);
+    for (int rep = 0; rep < 3; rep++) {
+        eg_sgemm(0, 1, M, N, Kd, 1.0f, a, Kd, b, Kd, 0.0f, c, N);
+        double worst = 0.0;
+        for (size_t i = 0; i < (size_t)M * N; i++) {
+            double d = fabs((double)c[i] - r[i]);
+            worst = d > worst ? d : worst;
+        }
+        CHECK(worst <= 1e-3, "threaded sgemm error %g", worst);
+    }
+    int done = 0;
+#pragma omp parallel num_threads(2)
+    {
+#pragma omp single
+        {
+            eg_sgemm(0, 1, M, N, Kd, 1.0f, a, Kd, b, Kd, 0.0f, c2, N);
+            done = 1;
+        }
+    }
+    CHECK(done && memcmp(c, c2, (size_t)M * N * sizeof *c) == 0,
+          "sgemm from inside a parallel region gives the same bits");
+    free(a);
+    free(b);
+    free(c);
+    free(c2);
+    free(r);
+}
+
 int main(void)
 {
     eg_set_num_threads(2);
@@ -548,6 +589,7 @@ int main(void)
     test_layernorm();
     test_attention();
     test_model_forward();
+    test_threaded_gemm();
     eg_set_num_threads(1);
     test_attention();
     return eg_test_report("test_bert");

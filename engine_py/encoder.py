@@ -1,0 +1,368 @@
+"""BERT-family text encoder with a sentence-transformers style API.
+
+    >>> enc = Encoder.from_pretrained(engine_py.models.minilm_path())
+    >>> emb = enc.encode(["a text", "another"])              # (2, 384) float32
+    >>> states = enc.encode_layers(texts, layers=[0, 3, 6])  # (3, N, 384)
+
+The forward pass runs in C (csrc/models/bert.c) on packed sequences: the
+tokens of a batch are stacked into one matrix, so no GEMM ever touches a pad
+token, and attention runs per sequence at its own length (no padding, hence
+no attention mask). Texts are still sorted by length inside encode (like
+sentence-transformers) so that batches group similar lengths; results come
+back in the caller's order and do not depend on batch size or order.
+
+Pooling is masked mean pooling over every token of a text, [CLS] and [SEP]
+included (sentence-transformers' `pooling_mode_mean_tokens`). `encode`
+L2-normalises when asked, or when the model folder's modules.json lists a
+Normalize module (as sentence-transformers does for all-MiniLM-L6-v2).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import sys
+import warnings
+from typing import Any, Iterable, Optional, Sequence
+
+import numpy as np
+
+from . import _core
+
+__all__ = ["Encoder"]
+
+# Bumped when the meaning of the computed states changes, so caches keyed by
+# fingerprint() are invalidated.
+_FINGERPRINT_VERSION = "engine_py.encoder/1"
+
+_TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json",
+                    "special_tokens_map.json", "added_tokens.json")
+_LAYER_RE = re.compile(r"^(?:bert\.)?encoder\.layer\.(\d+)\.")
+
+
+def _read_json(path: str, what: str) -> Any:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{what} {path} is not valid JSON: {exc}") from None
+
+
+def _int_field(cfg: dict, key: str, path: str) -> int:
+    if key not in cfg:
+        raise ValueError(f"{path}: config.json has no {key!r}")
+    v = cfg[key]
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise ValueError(f"{path}: config.json {key!r} must be an integer, got {v!r}")
+    return v
+
+
+def _check_config(cfg: Any, path: str) -> dict:
+    """The BERT hyper-parameters from config.json, or ValueError saying what is
+    unsupported."""
+    if not isinstance(cfg, dict):
+        raise ValueError(f"{path}: config.json must hold a JSON object")
+    model_type = cfg.get("model_type")
+    archs = cfg.get("architectures") or []
+    if not isinstance(archs, list):
+        archs = [archs]
+    bert_arch = all(isinstance(a, str) and a.startswith("Bert") for a in archs) and archs
+    if model_type != "bert" and not (model_type is None and bert_arch):
+        raise ValueError(
+            f"{path}: unsupported architecture {', '.join(map(str, archs)) or '(none)'} "
+            f"(model_type {model_type!r}); engine_py.Encoder runs BERT-family encoders "
+            "(model_type 'bert': BERT, MiniLM, BGE, E5 ...)")
+    if archs and not bert_arch:
+        raise ValueError(f"{path}: unsupported architecture {archs!r} for model_type 'bert'")
+    act = cfg.get("hidden_act", "gelu")
+    if act != "gelu":
+        raise ValueError(
+            f"{path}: hidden_act {act!r} is not supported; engine_py's BERT uses the exact "
+            "erf GELU ('gelu')")
+    pet = cfg.get("position_embedding_type", "absolute")
+    if pet != "absolute":
+        raise ValueError(f"{path}: position_embedding_type {pet!r} is not supported (only 'absolute')")
+    if cfg.get("is_decoder") or cfg.get("add_cross_attention"):
+        raise ValueError(f"{path}: decoder / cross-attention BERT models are not supported")
+    eps = cfg.get("layer_norm_eps", 1e-12)
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)):
+        raise ValueError(f"{path}: config.json 'layer_norm_eps' must be a number, got {eps!r}")
+    out = dict(
+        vocab_size=_int_field(cfg, "vocab_size", path),
+        hidden_size=_int_field(cfg, "hidden_size", path),
+        num_layers=_int_field(cfg, "num_hidden_layers", path),
+        num_heads=_int_field(cfg, "num_attention_heads", path),
+        intermediate_size=_int_field(cfg, "intermediate_size", path),
+        max_position=_int_field(cfg, "max_position_embeddings", path),
+        type_vocab_size=cfg.get("type_vocab_size", 2),
+        layer_norm_eps=float(eps),
+    )
+    if "embedding_size" in cfg and cfg["embedding_size"] != out["hidden_size"]:
+        raise ValueError(f"{path}: embedding_size != hidden_size (factorised embeddings) is not supported")
+    return out
+
+
+def _to_float32(name: str, arr: np.ndarray) -> np.ndarray:
+    dt = arr.dtype
+    if dt == np.float32:
+        return arr
+    if dt in (np.float16, np.float64) or dt.name == "bfloat16":
+        return arr.astype(np.float32)
+    raise ValueError(f"tensor {name} has dtype {dt}, expected a floating-point type "
+                     "(float32, float16, bfloat16)")
+
+
+def _check_texts(texts: Any) -> list:
+    if isinstance(texts, (str, bytes)):
+        raise TypeError("texts must be a list of str, got a single "
+                        f"{type(texts).__name__}; wrap one text in a list")
+    if not isinstance(texts, (list, tuple)):
+        raise TypeError(f"texts must be a list of str, got {type(texts).__name__}")
+    for i, t in enumerate(texts):
+        if not isinstance(t, str):
+            raise TypeError(f"texts[{i}] must be str, got {type(t).__name__}")
+    return list(texts)
+
+
+def _check_batch_size(batch_size: Any) -> int:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    return int(batch_size)
+
+
+class Encoder:
+    """A frozen BERT-family encoder (fp32, C core). Build with from_pretrained.
+
+    Attributes: num_layers, hidden_size, max_length (tokens, special tokens
+    included), config (the folder's config.json as a dict), tokenizer,
+    normalize (whether encode L2-normalises by default), path.
+    """
+
+    def __init__(self, *, model: "_core.BertModel", tokenizer: Any, config: dict, path: str,
+                 max_length: int, normalize: bool, source_dtypes: dict) -> None:
+        self._model = model
+        self.tokenizer = tokenizer
+        self.config = config
+        self.path = path
+        self.max_length = max_length
+        self.normalize = normalize
+        self.pooling = "mean"
+        self._source_dtypes = source_dtypes
+        self._fingerprint: Optional[str] = None
+        # digests of the tokenizer files as loaded (they are part of the fingerprint)
+        self._tokenizer_files = []
+        for fname in _TOKENIZER_FILES:
+            p = os.path.join(path, fname)
+            if os.path.isfile(p):
+                with open(p, "rb") as f:
+                    self._tokenizer_files.append([fname, hashlib.sha256(f.read()).hexdigest()])
+        c = model.config
+        self.num_layers = c["num_layers"]
+        self.hidden_size = c["hidden_size"]
+
+    # ------------------------------------------------------------ loading
+
+    @classmethod
+    def from_pretrained(cls, path: str, max_length: Optional[int] = None) -> "Encoder":
+        """Load a Hugging Face model folder (config.json, model.safetensors or
+        a sharded index, vocab.txt or tokenizer.json).
+
+        max_length caps the tokens per text, [CLS] and [SEP] included; by
+        default the folder's sentence_bert_config.json max_seq_length, else the
+        tokenizer's model_max_length, always at most max_position_embeddings.
+        """
+        from .io import load_state
+        from .tokenizer import WordPieceTokenizer
+
+        path = os.fspath(path)
+        if not os.path.isdir(path):
+            raise FileNotFoundError(f"model folder {path!r} does not exist or is not a directory")
+        cfg_path = os.path.join(path, "config.json")
+        if not os.path.isfile(cfg_path):
+            raise FileNotFoundError(f"{path}: no config.json (expected a Hugging Face model folder)")
+        config = _read_json(cfg_path, "config")
+        hp = _check_config(config, path)
+        if not any(os.path.isfile(os.path.join(path, f)) for f in ("vocab.txt", "tokenizer.json")):
+            raise FileNotFoundError(f"{path}: no vocabulary (expected vocab.txt or tokenizer.json)")
+        tokenizer = WordPieceTokenizer.from_pretrained(path)
+        if tokenizer.vocab_size > hp["vocab_size"]:
+            raise ValueError(f"{path}: the tokenizer has {tokenizer.vocab_size} tokens but the "
+                             f"model's vocab_size is {hp['vocab_size']}")
+
+        # max_length: argument > sentence-transformers config > tokenizer > positions
+        if max_length is not None:
+            if isinstance(max_length, bool) or not isinstance(max_length, (int, np.integer)):
+                raise TypeError(f"max_length must be an int or None, got {type(max_length).__name__}")
+            if max_length < 2:
+                raise ValueError(f"max_length must be >= 2 ([CLS] and [SEP]), got {max_length}")
+            ml = int(max_length)
+        else:
+            ml = None
+            st_cfg = os.path.join(path, "sentence_bert_config.json")
+            if os.path.isfile(st_cfg):
+                v = _read_json(st_cfg, "sentence-transformers config").get("max_seq_length")
+                if isinstance(v, int) and not isinstance(v, bool) and v >= 2:
+                    ml = v
+            if ml is None:
+                v = getattr(tokenizer, "max_length", None)
+                if isinstance(v, int) and v >= 2:
+                    ml = v
+            if ml is None:
+                ml = hp["max_position"]
+        ml = min(ml, hp["max_position"])
+
+        normalize = False
+        mod_path = os.path.join(path, "modules.json")
+        if os.path.isfile(mod_path):
+            mods = _read_json(mod_path, "modules.json")
+            if isinstance(mods, list):
+                normalize = any(isinstance(m, dict) and str(m.get("type", "")).endswith(".Normalize")
+                                for m in mods)
+        pool_cfg = os.path.join(path, "1_Pooling", "config.json")
+        if os.path.isfile(pool_cfg):
+            pc = _read_json(pool_cfg, "pooling config")
+            if isinstance(pc, dict) and not pc.get("pooling_mode_mean_tokens", True):
+                modes = [k for k, v in pc.items() if k.startswith("pooling_mode_") and v is True]
+                warnings.warn(f"{path}: the model's sentence-transformers pooling is {modes}; "
+                              "engine_py.Encoder always uses mean pooling", stacklevel=2)
+
+        model = _core.BertModel(**hp)
+        state = load_state(path)
+        source_dtypes = {}
+        by_name = {}
+        for key in state:
+            by_name[key[5:] if key.startswith("bert.") else key] = key
+            m = _LAYER_RE.match(key)
+            if m and int(m.group(1)) >= hp["num_layers"]:
+                raise ValueError(f"{path}: tensor {key} belongs to layer {m.group(1)} but "
+                                 f"config.json says num_hidden_layers={hp['num_layers']}")
+        for name, shape in model.param_specs():
+            key = by_name.get(name)
+            if key is None:
+                raise ValueError(f"{path}: weights are missing tensor {name} (expected shape "
+                                 f"{tuple(shape)})")
+            arr = np.asarray(state[key])
+            source_dtypes[name] = str(arr.dtype)
+            model.set_param(name, _to_float32(key, arr))
+        del state
+        model.check_complete()
+        return cls(model=model, tokenizer=tokenizer, config=config, path=path, max_length=ml,
+                   normalize=normalize, source_dtypes=source_dtypes)
+
+    def __repr__(self) -> str:
+        return (f"Encoder(path={self.path!r}, num_layers={self.num_layers}, "
+                f"hidden_size={self.hidden_size}, max_length={self.max_length}, "
+                f"normalize={self.normalize})")
+
+    # --------------------------------------------------------- tokenizing
+
+    def tokenize(self, texts: Sequence[str], max_length: Optional[int] = None) -> list:
+        """Token ids of each text, [CLS] and [SEP] included, truncated to
+        max_length (default: the encoder's). list of int32 arrays."""
+        texts = _check_texts(texts)
+        ml = self.max_length if max_length is None else max_length
+        if isinstance(ml, bool) or not isinstance(ml, (int, np.integer)):
+            raise TypeError(f"max_length must be an int or None, got {type(ml).__name__}")
+        if ml < 2:
+            raise ValueError(f"max_length must be >= 2 ([CLS] and [SEP]), got {ml}")
+        if ml > self.config["max_position_embeddings"]:
+            raise ValueError(f"max_length {ml} exceeds the model's max_position_embeddings "
+                             f"{self.config['max_position_embeddings']}")
+        if not texts:
+            return []
+        return [np.asarray(t, dtype=np.int32) for t in
+                self.tokenizer.encode_batch(texts, max_length=int(ml), add_special_tokens=True)]
+
+    # ----------------------------------------------------------- encoding
+
+    def _layers(self, layers: Optional[Iterable[int]]) -> list:
+        if layers is None:
+            return list(range(self.num_layers + 1))
+        if isinstance(layers, (int, np.integer)) and not isinstance(layers, bool):
+            raise TypeError("layers must be a list of layer indices (e.g. [layer]) or None")
+        out = []
+        for v in layers:
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+                raise TypeError(f"layer indices must be ints, got {type(v).__name__}")
+            if not 0 <= v <= self.num_layers:
+                raise IndexError(f"layer index {v} out of range: this model has hidden states "
+                                 f"0..{self.num_layers} (0 = embeddings, {self.num_layers} = last)")
+            out.append(int(v))
+        return out
+
+    def _run(self, texts: list, layers: list, batch_size: int, show_progress_bar: Optional[bool]) -> np.ndarray:
+        n = len(texts)
+        out = np.empty((len(layers), n, self.hidden_size), dtype=np.float32)
+        if n == 0 or not layers:
+            return out
+        ids = self.tokenize(texts)
+        lengths = np.fromiter((len(t) for t in ids), dtype=np.int64, count=n)
+        order = np.argsort(-lengths, kind="stable")  # longest first, ties in input order
+        n_batches = (n + batch_size - 1) // batch_size
+        if show_progress_bar is None:
+            show_progress_bar = n_batches >= 8 and sys.stderr.isatty()
+        starts = range(0, n, batch_size)
+        if show_progress_bar:
+            from tqdm.auto import tqdm
+
+            starts = tqdm(starts, total=n_batches, desc="Batches", unit="batch")
+        lay = np.asarray(layers, dtype=np.int32)
+        for s in starts:
+            idx = order[s:s + batch_size]
+            offsets = np.zeros(len(idx) + 1, dtype=np.int64)
+            np.cumsum(lengths[idx], out=offsets[1:])
+            packed = np.concatenate([ids[i] for i in idx])
+            out[:, idx, :] = self._model.encode_layers(packed, offsets, lay)
+        return out
+
+    def encode(self, texts: Sequence[str], batch_size: int = 32,
+               show_progress_bar: Optional[bool] = None,
+               normalize_embeddings: bool = False) -> np.ndarray:
+        """Sentence embeddings, float32 (len(texts), hidden_size): masked mean
+        of the last hidden state, L2-normalised when normalize_embeddings or
+        when the model folder asks for it (modules.json Normalize)."""
+        texts = _check_texts(texts)
+        batch_size = _check_batch_size(batch_size)
+        emb = self._run(texts, [self.num_layers], batch_size, show_progress_bar)[0]
+        if normalize_embeddings or self.normalize:
+            norm = np.linalg.norm(emb, axis=1, keepdims=True)
+            emb /= np.maximum(norm, 1e-12)  # torch.nn.functional.normalize's eps
+        return emb
+
+    def encode_layers(self, texts: Sequence[str], layers: Optional[Iterable[int]] = None,
+                      batch_size: int = 32, show_progress_bar: Optional[bool] = None) -> np.ndarray:
+        """Masked mean pooling of hidden state l for each requested l
+        (0 = embedding output, num_layers = last; None = all), float32
+        (len(layers), len(texts), hidden_size). Never normalised."""
+        texts = _check_texts(texts)
+        layers = self._layers(layers)
+        batch_size = _check_batch_size(batch_size)
+        return self._run(texts, layers, batch_size, show_progress_bar)
+
+    # -------------------------------------------------------- fingerprint
+
+    def fingerprint(self) -> str:
+        """Hex SHA-256 identifying what encode_layers computes: every weight's
+        name, shape, source dtype and bytes (as used, float32), the config,
+        the tokenizer files, max_length, pooling and normalisation. Any
+        change to one of them changes the fingerprint. Computed once (hashing
+        the weights takes ~0.1 s per 100 MB) and cached."""
+        if self._fingerprint is not None:
+            return self._fingerprint
+        h = hashlib.sha256()
+
+        def put(obj: Any) -> None:
+            b = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str).encode()
+            h.update(len(b).to_bytes(8, "little"))
+            h.update(b)
+
+        put(_FINGERPRINT_VERSION)
+        put(self.config)
+        put({"max_length": self.max_length, "pooling": self.pooling, "normalize": self.normalize})
+        put(self._tokenizer_files)
+        for name, shape in self._model.param_specs():
+            put([name, list(shape), self._source_dtypes.get(name, "float32")])
+            h.update(self._model.get_param(name).tobytes())
+        self._fingerprint = h.hexdigest()
+        return self._fingerprint
