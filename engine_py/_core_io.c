@@ -289,6 +289,22 @@ static PyObject *py_safetensors_load(PyObject *self, PyObject *args)
             goto fail;
         }
         PyObject *arr = tensor_array(m, t, widen);
+        if (arr == NULL && PyErr_ExceptionMatches(PyExc_ValueError) &&
+            !PyErr_ExceptionMatches(SafetensorsError)) {
+            /* NumPy refused the shape (e.g. zero-size with a dimension past
+             * its size limit): say which file and tensor. */
+            PyObject *type, *value, *tb;
+            PyErr_Fetch(&type, &value, &tb);
+            PyObject *shape = shape_tuple(t);
+            if (shape != NULL) {
+                PyErr_Format(SafetensorsError, "%U: tensor %R: NumPy cannot represent shape %R: %S", m->path,
+                             name, shape, value != NULL ? value : Py_None);
+                Py_DECREF(shape);
+            }
+            Py_XDECREF(type);
+            Py_XDECREF(value);
+            Py_XDECREF(tb);
+        }
         if (arr == NULL || PyDict_SetItem(tensors, name, arr) < 0) {
             Py_DECREF(name);
             Py_XDECREF(arr);

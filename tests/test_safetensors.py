@@ -429,3 +429,15 @@ def test_random_corruption_never_crashes(tmp_path):
         except SafetensorsError:
             outcomes["error"] += 1
     assert outcomes["error"] > 0  # most header corruptions are caught
+
+
+def test_shapes_numpy_cannot_hold(tmp_path):
+    # valid for the format (zero bytes / too many dims) but not for NumPy:
+    # still a clear SafetensorsError naming the file and the tensor
+    p = raw_file(tmp_path / "z.safetensors", {"a": entry(shape=(2**62, 0), offsets=(0, 0))})
+    with pytest.raises(SafetensorsError, match="NumPy cannot represent"):
+        eio.load_safetensors(p)
+    assert eio.read_safetensors_header(p)[0]["a"][1] == (2**62, 0)
+    p = raw_file(tmp_path / "d.safetensors", {"a": entry(shape=(1,) * 65, offsets=(0, 4))}, bytes(4))
+    with pytest.raises(SafetensorsError, match="65 dimensions"):
+        eio.load_safetensors(p)
