@@ -26,11 +26,11 @@ ALL_DTYPES = [np.bool_, np.uint8, np.int8, np.int16, np.uint16, np.float16, np.i
 def rand_array(rng, dtype, shape):
     dtype = np.dtype(dtype)
     if dtype.kind == "b":
-        return rng.random(shape) < 0.5
+        return np.asarray(rng.random(shape) < 0.5)
     if dtype.kind == "f":
-        return rng.standard_normal(shape).astype(dtype)
+        return np.asarray(rng.standard_normal(shape), dtype=dtype)
     info = np.iinfo(dtype)
-    return rng.integers(info.min, info.max, size=shape, dtype=dtype, endpoint=True)
+    return np.asarray(rng.integers(info.min, info.max, size=shape, dtype=dtype, endpoint=True))
 
 
 def raw_file(path, header, data=b"", hlen=None):
@@ -441,3 +441,31 @@ def test_shapes_numpy_cannot_hold(tmp_path):
     p = raw_file(tmp_path / "d.safetensors", {"a": entry(shape=(1,) * 65, offsets=(0, 4))}, bytes(4))
     with pytest.raises(SafetensorsError, match="65 dimensions"):
         eio.load_safetensors(p)
+
+
+def test_property_matches_reference_writer(tmp_path):
+    """Random names (any Unicode text), dtypes and shapes: our bytes equal the
+    reference writer's, and both readers give the arrays back."""
+    hyp = pytest.importorskip("hypothesis")
+    st = pytest.importorskip("hypothesis.strategies")
+    st_numpy = pytest.importorskip("safetensors.numpy")
+    p = tmp_path / "h.safetensors"
+
+    @hyp.settings(max_examples=60, deadline=None, database=None)
+    @hyp.given(st.dictionaries(
+        st.text(max_size=6).filter(lambda s: s != "__metadata__"),
+        st.tuples(st.sampled_from(ALL_DTYPES), st.lists(st.integers(0, 3), max_size=3), st.integers(0, 2**31)),
+        max_size=6))
+    def check(spec):
+        t = {name: rand_array(np.random.default_rng(seed), dt, tuple(shape))
+             for name, (dt, shape, seed) in spec.items()}
+        eio.save_safetensors(p, t)
+        assert p.read_bytes() == st_numpy.save(t)
+        back = eio.load_safetensors(p)
+        theirs = st_numpy.load_file(str(p))
+        for k, v in t.items():
+            np.testing.assert_array_equal(back[k], v)
+            assert back[k].dtype == v.dtype and back[k].shape == v.shape
+            np.testing.assert_array_equal(theirs[k], v)
+
+    check()
