@@ -37,20 +37,32 @@ typedef struct eg_json_member eg_json_member;
 struct eg_json {
     eg_json_type type;
     /* NUMBER: `is_int` is 1 when the text is an integer literal that fits in
-     * int64 (then `i` holds it exactly); `d` always holds the nearest double.
-     * `str`/`len` hold the number's text. */
+     * int64 (then `i` holds it exactly); `d` always holds the nearest double
+     * (parsed in the C locale's format, as JSON requires). */
     int is_int;
     int64_t i;
     double d;
-    /* STRING: decoded UTF-8, NUL-terminated, `len` bytes (may contain NUL
-     * bytes from \u0000). NUMBER: the literal text. */
-    const char *str;
-    size_t len;
-    /* ARRAY: `n` values in `items`. OBJECT: `n` members in `members`, in
-     * document order. */
-    size_t n;
-    eg_json *items;
-    eg_json_member *members;
+    /* The two views below share storage (40-byte values keep big headers
+     * cheap); which one is meaningful depends on `type`. */
+    union {
+        /* STRING: decoded UTF-8, NUL-terminated, `len` bytes (may contain
+         * NUL bytes from \u0000), in the arena. NUMBER: the literal's text,
+         * pointing INTO THE INPUT (not NUL-terminated; valid while the input
+         * is). */
+        struct {
+            const char *str;
+            size_t len;
+        };
+        /* ARRAY: `n` values in `items`. OBJECT: `n` members in `members`,
+         * in document order. */
+        struct {
+            size_t n;
+            union {
+                eg_json *items;
+                eg_json_member *members;
+            };
+        };
+    };
 };
 
 struct eg_json_member {

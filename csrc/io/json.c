@@ -10,6 +10,7 @@
  */
 #include "eg_json.h"
 
+#include <locale.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -273,6 +274,21 @@ static eg_status parse_string(parser *p, const char **out, size_t *out_len)
     return EG_OK;
 }
 
+/* strtod honours LC_NUMERIC; JSON always uses '.'. If the current locale's
+ * decimal point differs, rewrite the '.' to it before converting. */
+static double parse_double(char *text)
+{
+    struct lconv *lc = localeconv();
+    const char *dp = lc != NULL ? lc->decimal_point : NULL;
+    if (dp != NULL && dp[0] != '\0' && dp[0] != '.' && dp[1] == '\0') {
+        char *dot = strchr(text, '.');
+        if (dot != NULL) {
+            *dot = dp[0];
+        }
+    }
+    return strtod(text, NULL);
+}
+
 static eg_status parse_number(parser *p, eg_json *v)
 {
     size_t start = p->pos;
@@ -324,27 +340,31 @@ static eg_status parse_number(parser *p, eg_json *v)
             p->pos++;
         }
     }
-    size_t n = p->len > 0 ? p->pos - start : 0;
-    char *text = eg_arena_alloc(p->arena, n + 1);
+    size_t n = p->pos - start;
+    v->type = EG_JSON_NUMBER;
+    v->str = (const char *)s + start;
+    v->len = n;
+    v->is_int = 0;
+    v->i = 0;
+    if (integral && fits && mag <= (uint64_t)INT64_MAX + (neg ? 1u : 0u)) {
+        /* exact int64; its double is the correctly rounded conversion */
+        v->is_int = 1;
+        v->i = neg ? (mag == (uint64_t)INT64_MAX + 1u ? INT64_MIN : -(int64_t)mag) : (int64_t)mag;
+        v->d = (neg && mag == 0) ? -0.0 : (double)v->i;
+        return EG_OK;
+    }
+    /* strtod needs a NUL-terminated copy; JSON numbers are short in
+     * practice, long ones go through a temporary heap copy. */
+    char small[64];
+    char *text = n < sizeof small ? small : malloc(n + 1);
     if (text == NULL) {
         return eg_seterr(p->err, EG_ENOMEM, "out of memory parsing JSON number");
     }
     memcpy(text, s + start, n);
     text[n] = '\0';
-    v->type = EG_JSON_NUMBER;
-    v->str = text;
-    v->len = n;
-    v->d = strtod(text, NULL);
-    v->is_int = 0;
-    v->i = 0;
-    if (integral && fits) {
-        if (!neg && mag <= (uint64_t)INT64_MAX) {
-            v->is_int = 1;
-            v->i = (int64_t)mag;
-        } else if (neg && mag <= (uint64_t)INT64_MAX + 1u) {
-            v->is_int = 1;
-            v->i = mag == (uint64_t)INT64_MAX + 1u ? INT64_MIN : -(int64_t)mag;
-        }
+    v->d = parse_double(text);
+    if (text != small) {
+        free(text);
     }
     return EG_OK;
 }

@@ -95,16 +95,16 @@ static eg_status json_size(const eg_json *v, const char *what, const char *field
     }
     if (!v->is_int) {
         return eg_seterr(err, EG_ECORRUPT,
-                         "%s: tensor \"%.200s\": %s must hold integers in range, found %.60s",
-                         what, tname, field, v->str);
+                         "%s: tensor \"%.200s\": %s must hold integers in range, found %.*s",
+                         what, tname, field, (int)(v->len < 60 ? v->len : 60), v->str);
     }
     if (v->i < 0) {
-        return eg_seterr(err, EG_ECORRUPT, "%s: tensor \"%.200s\": %s must not be negative, found %.60s",
-                         what, tname, field, v->str);
+        return eg_seterr(err, EG_ECORRUPT, "%s: tensor \"%.200s\": %s must not be negative, found %.*s",
+                         what, tname, field, (int)(v->len < 60 ? v->len : 60), v->str);
     }
     if ((uint64_t)v->i > (uint64_t)SIZE_MAX) {
-        return eg_seterr(err, EG_EOVERFLOW, "%s: tensor \"%.200s\": %s value %.60s does not fit in size_t",
-                         what, tname, field, v->str);
+        return eg_seterr(err, EG_EOVERFLOW, "%s: tensor \"%.200s\": %s value %.*s does not fit in size_t",
+                         what, tname, field, (int)(v->len < 60 ? v->len : 60), v->str);
     }
     *out = (size_t)v->i;
     return EG_OK;

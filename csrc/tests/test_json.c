@@ -7,6 +7,7 @@
 #include "eg_json.h"
 #include "eg_test.h"
 
+#include <locale.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -126,6 +127,30 @@ static void test_rejects(void)
     CHECK(parse_n(doc, n, 0, 0, &v, &err) == EG_OK, "whole doc accepted: %s", err.msg);
 }
 
+static void test_number_text_and_locale(void)
+{
+    const char *doc = "[3.5, -12, 1e-2, 123456789012345678901234567890]";
+    eg_json *v;
+    eg_err err;
+    eg_arena_reset(&arena);
+    CHECK(eg_json_parse(doc, strlen(doc), &arena, 0, 0, &v, &err) == EG_OK, "numbers: %s", err.msg);
+    CHECK(v->items[0].str == doc + 1 && v->items[0].len == 3, "number text points into the input");
+    CHECK(v->items[1].is_int && v->items[1].i == -12 && v->items[1].d == -12.0, "int and its double");
+    CHECK(v->items[2].d == 0.01, "1e-2");
+    CHECK(!v->items[3].is_int && v->items[3].len == 30 && v->items[3].d > 1.2e29 && v->items[3].d < 1.3e29,
+          "long integer: text kept, double approximated");
+    CHECK(eg_json_parse("-0", 2, &arena, 0, 0, &v, &err) == EG_OK && v->is_int && signbit(v->d), "-0.0");
+    /* a comma-decimal locale must not change how JSON numbers parse */
+    const char *locs[] = {"de_DE.UTF-8", "de_DE.utf8", "fr_FR.UTF-8", "C.UTF-8"};
+    for (size_t k = 0; k < sizeof locs / sizeof locs[0]; k++) {
+        if (setlocale(LC_NUMERIC, locs[k]) != NULL) {
+            CHECK(eg_json_parse("2.5", 3, &arena, 0, 0, &v, &err) == EG_OK && v->d == 2.5,
+                  "2.5 under locale %s: %g", locs[k], v->d);
+        }
+    }
+    setlocale(LC_NUMERIC, "C");
+}
+
 static void test_utf8(void)
 {
     CHECK(eg_utf8_valid((const unsigned char *)"", 0), "empty");
@@ -143,6 +168,7 @@ int main(void)
     eg_arena_init(&arena);
     test_values();
     test_rejects();
+    test_number_text_and_locale();
     test_utf8();
     eg_arena_free(&arena);
     return eg_test_report("test_json");
