@@ -226,7 +226,8 @@ def load_state(path_or_dir, bf16: str = "float32") -> Dict[str, np.ndarray]:
     p = os.fspath(path_or_dir)
     if os.path.isdir(p):
         names = sorted(os.listdir(p))
-        for cand in ("model.safetensors.index.json", "model.safetensors"):
+        # transformers' order: the single file first, then the index
+        for cand in ("model.safetensors", "model.safetensors.index.json"):
             if cand in names:
                 return load_state(os.path.join(p, cand), bf16=bf16)
         indexes = [n for n in names if n.endswith(".safetensors.index.json")]

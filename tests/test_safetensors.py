@@ -84,6 +84,14 @@ def test_metadata_round_trip(tmp_path):
     assert os.path.getsize(p) == 16  # 8 + "{}" padded to 8
 
 
+def test_metadata_null_means_none(tmp_path):
+    # the reference implementation reads "__metadata__": null as no metadata
+    p = raw_file(tmp_path / "n.safetensors", '{"__metadata__":null,"a":{"dtype":"U8","shape":[1],'
+                 '"data_offsets":[0,1]}}', b"\x05")
+    t, meta = eio.load_safetensors(p, return_metadata=True)
+    assert meta is None and t["a"][0] == 5
+
+
 def test_names_needing_escapes(tmp_path):
     p = tmp_path / "n.safetensors"
     names = ["a\"b", "back\\slash", "new\nline", "ctl\x01\x1f", "é☃😀", "", " "]

@@ -189,6 +189,9 @@ static eg_status parse_tensor(const eg_json_member *m, const char *what, eg_st_f
 
 static eg_status parse_metadata(const eg_json *v, const char *what, eg_st_file *f, eg_err *err)
 {
+    if (v->type == EG_JSON_NULL) {
+        return EG_OK; /* the reference reads null as "no metadata" */
+    }
     if (v->type != EG_JSON_OBJECT) {
         return eg_seterr(err, EG_ECORRUPT, "%s: __metadata__ must be an object mapping strings to strings, found %s",
                          what, eg_json_type_name(v->type));
@@ -206,7 +209,7 @@ static eg_status parse_metadata(const eg_json *v, const char *what, eg_st_file *
         const eg_json_member *m = &v->members[k];
         if (m->value.type != EG_JSON_STRING) {
             return eg_seterr(err, EG_ECORRUPT,
-                             "%s: __metadata__ values must be strings, but \"%.200s\" is a %s",
+                             "%s: __metadata__ values must be strings, but \"%.200s\" holds a JSON %s",
                              what, m->key, eg_json_type_name(m->value.type));
         }
         f->meta[k].key = m->key;

@@ -96,6 +96,7 @@ static void test_valid(void)
     ACCEPT("{}", 0);
     ACCEPT("{}      ", 0);
     ACCEPT("{\"__metadata__\":{}}", 0);
+    ACCEPT("{\"__metadata__\":null}", 0); /* the reference reads null as no metadata */
     ACCEPT("{\"a\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[0,1],\"extra\":[1]}}", 1);
     /* offsets need not be in header order */
     ACCEPT("{\"b\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[1,2]},"
