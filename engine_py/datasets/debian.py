@@ -29,7 +29,7 @@ __all__ = ["parse_dumpavail", "graph_from_dumpavail", "debian_packages", "versio
            "parse_relations", "default_cache_dir"]
 
 # Bump when the graph construction changes, so old cache entries are not reused.
-_FORMAT_VERSION = 1
+_FORMAT_VERSION = 2
 _DEP_FIELDS = ("Pre-Depends", "Depends", "Recommends")
 
 
@@ -136,14 +136,15 @@ def parse_dumpavail(text: str) -> list:
 
 def description_text(desc: str) -> tuple:
     """(short, long) from a Description value as parse_dumpavail returns it.
-    In the long part a line "." is an empty line (paragraph break); other
-    lines lose their leading space (verbatim lines keep the rest)."""
+    parse_dumpavail already removed the one leading space of each
+    continuation line, so lines are kept as they are (a verbatim line keeps
+    its extra indentation), except that a line "." is an empty line
+    (paragraph break)."""
     lines = desc.split("\n")
     short = lines[0].strip()
     body = []
     for ln in lines[1:]:
-        s = ln[1:] if ln.startswith(" ") else ln
-        body.append("" if s.strip() == "." else s.rstrip())
+        body.append("" if ln.strip() == "." else ln.rstrip())
     return short, "\n".join(body).strip("\n")
 
 
