@@ -19,7 +19,6 @@ import csv
 import gzip
 import io
 import json
-import os
 from pathlib import Path
 
 import numpy as np
