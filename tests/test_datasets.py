@@ -420,3 +420,31 @@ def test_demo_graph():
     assert all(isinstance(t, str) and ": " in t for t in g.texts)
     assert "make_demo.py" in g.provenance and "apt" in g.provenance
     assert (g.degrees() == 0).mean() < 0.05
+
+
+def test_debian_parser_never_crashes_on_junk():
+    hypothesis = pytest.importorskip("hypothesis")
+    st = hypothesis.strategies
+    line = st.one_of(
+        st.sampled_from(["", " .", "Package: a", "Package: b", "Version: 1:2~x-3", "Version: ²:1",
+                         "Section: x/y", "Section:", "Depends: a | b (>= 1", "Provides: c, d",
+                         "Recommends: ,|,", "Architecture: all", "Description: d", "  verbatim",
+                         ":", "no colon here"]),
+        st.text(alphabet="Pa ckge:|,()<>[]~0123456789\t.-", max_size=30))
+
+    @hypothesis.settings(max_examples=200, deadline=None)
+    @hypothesis.given(st.lists(line, max_size=30), st.text(max_size=12), st.text(max_size=12))
+    def check(lines, v1, v2):
+        text = "\n".join(lines)
+        recs = parse_dumpavail(text)
+        assert all("Package" in r for r in recs)
+        try:
+            g = graph_from_dumpavail(text, min_section_size=1)
+        except ValueError as e:
+            assert "no package records" in str(e)
+        else:
+            g.validate()
+        assert version_compare(v1, v2) == -version_compare(v2, v1)
+        assert version_compare(v1, v1) == 0
+
+    check()

@@ -29,7 +29,7 @@ __all__ = ["parse_dumpavail", "graph_from_dumpavail", "debian_packages", "versio
            "parse_relations", "default_cache_dir"]
 
 # Bump when the graph construction changes, so old cache entries are not reused.
-_FORMAT_VERSION = 2
+_FORMAT_VERSION = 3
 _DEP_FIELDS = ("Pre-Depends", "Depends", "Recommends")
 
 
@@ -77,7 +77,7 @@ def _split_version(v: str):
     epoch = 0
     if ":" in v:
         e, v = v.split(":", 1)
-        epoch = int(e) if e.isdigit() else 0
+        epoch = int(e) if e.isascii() and e.isdigit() else 0
     if "-" in v:
         up, rev = v.rsplit("-", 1)
     else:
@@ -113,7 +113,8 @@ def parse_dumpavail(text: str) -> list:
     records = []
     cur: dict = {}
     last = None
-    for line in text.splitlines():
+    for line in text.split("\n"):
+        line = line.rstrip("\r")
         if not line.strip():
             if cur:
                 if "Package" in cur:
