@@ -290,3 +290,19 @@ def test_concurrent_use_raises_or_works():
     assert len(errors) + len(results) == 4
     assert all(np.array_equal(r, expect) for r in results)
     assert all("already in use" in e for e in errors)
+
+
+@needs_minilm
+@pytest.mark.parametrize("lowercase", [True, False])
+def test_every_code_point(tmp_path, lowercase):
+    # Every code point (surrogates excepted) alone and between letters, so
+    # the generated Unicode tables are checked end to end against HF.
+    folder = write_variant(MINILM, str(tmp_path / "v"), lowercase=lowercase, strip_accents=None)
+    tok = WordPieceTokenizer.from_pretrained(folder)
+    cps = [c for c in range(0x110000) if not 0xD800 <= c <= 0xDFFF]
+    texts = []
+    for i in range(0, len(cps), 256):
+        block = [chr(c) for c in cps[i:i + 256]]
+        texts.append(" ".join(block))
+        texts.append(" ".join("a" + c + "b" for c in block))
+    assert_same(tok.encode_batch(texts, truncation=False), hf_ids(folder, texts), texts)
