@@ -11,7 +11,13 @@ on thousands of real multilingual texts.
 Settings are read from the model folder: ``tokenizer.json`` when present (the
 most precise source), otherwise ``vocab.txt`` with ``tokenizer_config.json``
 (do_lower_case, strip_accents, tokenize_chinese_chars) and
-``special_tokens_map.json``. Nothing is downloaded.
+``special_tokens_map.json``. Nothing is downloaded. The ``truncation`` and
+``padding`` sections of tokenizer.json are ignored: the default max_length is
+the model's (tokenizer_config.json model_max_length capped by config.json
+max_position_embeddings), and results are unpadded arrays.
+
+Divergence from HF, on purpose: HF silently skips truncation when max_length
+is smaller than the number of special tokens; here that is a ValueError.
 """
 import json
 import os

@@ -306,3 +306,29 @@ def test_every_code_point(tmp_path, lowercase):
         texts.append(" ".join(block))
         texts.append(" ".join("a" + c + "b" for c in block))
     assert_same(tok.encode_batch(texts, truncation=False), hf_ids(folder, texts), texts)
+
+
+@needs_minilm
+def test_random_strings_match_hf():
+    # Property test: random mixes of arbitrary code points, ASCII words,
+    # accents, CJK, whitespace and special-token fragments.
+    hyp = pytest.importorskip("hypothesis")
+    st = hyp.strategies
+    tok = WordPieceTokenizer.from_pretrained(MINILM)
+    ref = tokenizers.Tokenizer.from_file(os.path.join(MINILM, "tokenizer.json"))
+    ref.no_padding()
+    ref.no_truncation()
+    piece = st.one_of(
+        st.text(st.characters(blacklist_categories=("Cs",)), max_size=8),
+        st.sampled_from(["hello", "World", "[MASK]", "[SEP", "##", " ", "\u00a0", "\t", "é",
+                         "e\u0301", "İ", "中文", "한", "😀", "\u200d", "\x00", "ß", "'", "..."]),
+    )
+    texts_st = st.lists(st.lists(piece, max_size=12).map("".join), min_size=1, max_size=20)
+
+    @hyp.settings(max_examples=100, derandomize=True, deadline=None)
+    @hyp.given(texts_st)
+    def check(batch):
+        ours = tok.encode_batch(batch, truncation=False)
+        assert [list(a) for a in ours] == [e.ids for e in ref.encode_batch(batch)]
+
+    check()
