@@ -198,6 +198,34 @@ static void test_tokenizer(void)
     want100[102] = -1;
     expect(wp, longw, 0, 1, want100, "100 chars -> a ##a*99");
 
+    /* Long text: buffered normalisation is flushed at whitespace only, so a
+     * word straddling the flush size stays whole. */
+    {
+        static char big[20000];
+        size_t p = 0;
+        for (int i = 0; i < 1500; i++) {
+            memcpy(big + p, "hello ", 6);
+            p += 6;
+        }
+        memcpy(big + p, "unaffable", 9);
+        p += 9;
+        big[p] = '\0';
+        int32_t want_big[1506];
+        want_big[0] = 2;
+        for (int i = 0; i < 1500; i++) {
+            want_big[1 + i] = 17;
+        }
+        want_big[1501] = 5;
+        want_big[1502] = 6;
+        want_big[1503] = 7;
+        want_big[1504] = 3;
+        want_big[1505] = -1;
+        expect(wp, big, 0, 1, want_big, "long text");
+        memset(big, 'a', 1500);
+        big[1500] = '\0';
+        expect(wp, big, 0, 1, (const int32_t[]){2, 1, 3, -1}, "one 1500-char word");
+    }
+
     /* Invalid UTF-8 is refused with the text index and offset. */
     const char *texts[2] = {"ok", "bad\xc3"};
     size_t lens[2] = {2, 4};

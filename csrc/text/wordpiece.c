@@ -362,38 +362,26 @@ static int push_mapped(const eg_wordpiece *wp, wp_scratch *s, uint32_t cp, unsig
     return 0;
 }
 
-/* BertNormalizer over the valid UTF-8 bytes t[0..n) into s->norm. */
-static int normalize(const eg_wordpiece *wp, wp_scratch *s, const uint8_t *t, size_t n)
+/* BertNormalizer of one code point, appended to s->norm. */
+static int normalize_cp(const eg_wordpiece *wp, wp_scratch *s, uint32_t cp)
 {
-    s->n_norm = 0;
-    size_t i = 0;
-    while (i < n) {
-        uint32_t cp;
-        size_t k = eg_utf8_decode1(t + i, n - i, &cp);
-        if (k == 0) {
-            return -2; /* cannot happen: validated by the caller */
+    unsigned f = eg_uni_flags(cp);
+    if (wp->cfg.clean_text) {
+        if (f & EG_UNI_DROP) {
+            return 0;
         }
-        i += k;
-        unsigned f = eg_uni_flags(cp);
-        if (wp->cfg.clean_text) {
-            if (f & EG_UNI_DROP) {
-                continue;
-            }
-            if (f & EG_UNI_WS) {
-                cp = ' ';
-                f = eg_uni_flags(cp);
-            }
-        }
-        if (wp->cfg.handle_chinese_chars && is_cjk(cp)) {
-            if (push_norm(s, ' ') != 0 || push_mapped(wp, s, cp, f) != 0 ||
-                push_norm(s, ' ') != 0) {
-                return -1;
-            }
-        } else if (push_mapped(wp, s, cp, f) != 0) {
-            return -1;
+        if (f & EG_UNI_WS) {
+            cp = ' ';
+            f = eg_uni_flags(cp);
         }
     }
-    return 0;
+    if (wp->cfg.handle_chinese_chars && is_cjk(cp)) {
+        if (push_norm(s, ' ') != 0 || push_mapped(wp, s, cp, f) != 0 || push_norm(s, ' ') != 0) {
+            return -1;
+        }
+        return 0;
+    }
+    return push_mapped(wp, s, cp, f);
 }
 
 /* WordPiece of the word s->norm[a..b) appended to s->ids. */
@@ -443,15 +431,10 @@ static int wordpiece_word(const eg_wordpiece *wp, wp_scratch *s, size_t a, size_
     return 0;
 }
 
-/* Normalise, pre-tokenise and WordPiece t[0..n) (no added tokens inside),
- * stopping once s->n_ids >= limit (whole words only). */
-static int encode_segment(const eg_wordpiece *wp, wp_scratch *s, const uint8_t *t, size_t n,
-                          size_t limit)
+/* BertPreTokenizer + WordPiece over s->norm[0..n_norm), stopping once
+ * s->n_ids >= limit (whole words only); empties s->norm. */
+static int flush_words(const eg_wordpiece *wp, wp_scratch *s, size_t limit)
 {
-    int rc = normalize(wp, s, t, n);
-    if (rc != 0) {
-        return rc;
-    }
     size_t i = 0, m = s->n_norm;
     while (i < m && s->n_ids < limit) {
         unsigned f = eg_uni_flags(s->norm[i]);
@@ -470,7 +453,39 @@ static int encode_segment(const eg_wordpiece *wp, wp_scratch *s, const uint8_t *
         }
         i = j;
     }
+    s->n_norm = 0;
     return 0;
+}
+
+/* Normalised code points buffered before the words in them are tokenized.
+ * The buffer is flushed only right after a whitespace code point, where no
+ * word can continue, so chunking never changes the result; it bounds memory
+ * and lets truncation stop early on long texts. */
+#define WP_CHUNK 1024
+
+/* Normalise, pre-tokenise and WordPiece the valid UTF-8 t[0..n) (no added
+ * tokens inside), stopping once s->n_ids >= limit (whole words only). */
+static int encode_segment(const eg_wordpiece *wp, wp_scratch *s, const uint8_t *t, size_t n,
+                          size_t limit)
+{
+    s->n_norm = 0;
+    size_t i = 0;
+    while (i < n && s->n_ids < limit) {
+        uint32_t cp;
+        size_t k = eg_utf8_decode1(t + i, n - i, &cp);
+        if (k == 0) {
+            return -2; /* cannot happen: validated by the caller */
+        }
+        i += k;
+        if (normalize_cp(wp, s, cp) != 0) {
+            return -1;
+        }
+        if (s->n_norm >= WP_CHUNK && (eg_uni_flags(s->norm[s->n_norm - 1]) & EG_UNI_PWS) &&
+            flush_words(wp, s, limit) != 0) {
+            return -1;
+        }
+    }
+    return flush_words(wp, s, limit);
 }
 
 /* All pieces of one text (without specials), at most `limit` of them kept. */
