@@ -89,8 +89,7 @@ eg_status eg_json_parse(const char *text, size_t len, eg_arena *arena, int max_d
  * object). Linear scan; the first match wins. */
 const eg_json *eg_json_get(const eg_json *obj, const char *key);
 
-/* 1 if `s[0..len)` is valid UTF-8 (strict, as above), else 0. */
-int eg_utf8_valid(const unsigned char *s, size_t len);
+
 
 const char *eg_json_type_name(eg_json_type t);
 

@@ -45,54 +45,6 @@ const char *eg_json_type_name(eg_json_type t)
 
 /* Length of the UTF-8 sequence starting at s[0] (1..4), or 0 if s[0..len)
  * does not start with a valid, shortest-form, non-surrogate sequence. */
-static size_t utf8_seq(const unsigned char *s, size_t len, uint32_t *cp)
-{
-    unsigned char c = s[0];
-    if (c < 0x80) {
-        *cp = c;
-        return 1;
-    }
-    size_t n;
-    uint32_t v, min;
-    if (c >= 0xC2 && c <= 0xDF) {
-        n = 2; v = c & 0x1F; min = 0x80;
-    } else if (c >= 0xE0 && c <= 0xEF) {
-        n = 3; v = c & 0x0F; min = 0x800;
-    } else if (c >= 0xF0 && c <= 0xF4) {
-        n = 4; v = c & 0x07; min = 0x10000;
-    } else {
-        return 0;
-    }
-    if (len < n) {
-        return 0;
-    }
-    for (size_t k = 1; k < n; k++) {
-        if ((s[k] & 0xC0) != 0x80) {
-            return 0;
-        }
-        v = (v << 6) | (s[k] & 0x3F);
-    }
-    if (v < min || v > 0x10FFFF || (v >= 0xD800 && v <= 0xDFFF)) {
-        return 0;
-    }
-    *cp = v;
-    return n;
-}
-
-int eg_utf8_valid(const unsigned char *s, size_t len)
-{
-    size_t i = 0;
-    while (i < len) {
-        uint32_t cp;
-        size_t n = utf8_seq(s + i, len - i, &cp);
-        if (n == 0) {
-            return 0;
-        }
-        i += n;
-    }
-    return 1;
-}
-
 static eg_status fail(parser *p, const char *what)
 {
     return eg_seterr(p->err, EG_ECORRUPT, "invalid JSON at byte %zu: %s", p->pos, what);
@@ -142,30 +94,6 @@ static int read_hex4(parser *p, uint32_t *out)
     return 0;
 }
 
-static size_t put_utf8(unsigned char *d, uint32_t cp)
-{
-    if (cp < 0x80) {
-        d[0] = (unsigned char)cp;
-        return 1;
-    }
-    if (cp < 0x800) {
-        d[0] = (unsigned char)(0xC0 | (cp >> 6));
-        d[1] = (unsigned char)(0x80 | (cp & 0x3F));
-        return 2;
-    }
-    if (cp < 0x10000) {
-        d[0] = (unsigned char)(0xE0 | (cp >> 12));
-        d[1] = (unsigned char)(0x80 | ((cp >> 6) & 0x3F));
-        d[2] = (unsigned char)(0x80 | (cp & 0x3F));
-        return 3;
-    }
-    d[0] = (unsigned char)(0xF0 | (cp >> 18));
-    d[1] = (unsigned char)(0x80 | ((cp >> 12) & 0x3F));
-    d[2] = (unsigned char)(0x80 | ((cp >> 6) & 0x3F));
-    d[3] = (unsigned char)(0x80 | (cp & 0x3F));
-    return 4;
-}
-
 /* p->pos is at the opening quote. Two passes: validate and measure, then
  * decode into an arena buffer (escapes never grow the text: \uXXXX is six
  * bytes for at most three, a surrogate pair twelve for four). */
@@ -207,7 +135,7 @@ static eg_status parse_string(parser *p, const char **out, size_t *out_len)
             continue;
         }
         uint32_t cp;
-        size_t n = utf8_seq(p->s + end, p->len - end, &cp);
+        size_t n = eg_utf8_decode1(p->s + end, p->len - end, &cp);
         if (n == 0) {
             p->pos = end;
             return fail(p, "invalid UTF-8 in string");
@@ -262,7 +190,7 @@ static eg_status parse_string(parser *p, const char **out, size_t *out_len)
                 }
                 cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
             }
-            k += put_utf8(d + k, cp);
+            k += eg_utf8_encode1(cp, d + k); /* cp is never a surrogate here */
             break;
         }
         }

@@ -262,7 +262,7 @@ static eg_status parse_into(const unsigned char *buf, size_t size, const char *w
     f->header_len = n;
     f->data_start = 8 + n;
     const unsigned char *h = buf + 8;
-    if (!eg_utf8_valid(h, n)) {
+    if (!eg_utf8_valid((const char *)h, n, NULL)) {
         return eg_seterr(err, EG_ECORRUPT, "%s: header is not valid UTF-8", what);
     }
     eg_json *root;
@@ -536,7 +536,7 @@ eg_status eg_st_build_header(const eg_st_write_entry *entries, size_t n,
         if ((unsigned)e->dtype >= EG_ST_NUM_DTYPES) {
             return eg_seterr(err, EG_EINVAL, "tensor %zu: invalid dtype code %d", k, (int)e->dtype);
         }
-        if (!eg_utf8_valid((const unsigned char *)e->name, e->name_len)) {
+        if (!eg_utf8_valid(e->name, e->name_len, NULL)) {
             return eg_seterr(err, EG_EINVAL, "tensor %zu: name is not valid UTF-8", k);
         }
         if (e->name_len == 12 && memcmp(e->name, "__metadata__", 12) == 0) {
@@ -564,8 +564,8 @@ eg_status eg_st_build_header(const eg_st_write_entry *entries, size_t n,
         }
     }
     for (size_t k = 0; k < n_meta; k++) {
-        if (!eg_utf8_valid((const unsigned char *)meta[k].key, meta[k].key_len) ||
-            !eg_utf8_valid((const unsigned char *)meta[k].value, meta[k].value_len)) {
+        if (!eg_utf8_valid(meta[k].key, meta[k].key_len, NULL) ||
+            !eg_utf8_valid(meta[k].value, meta[k].value_len, NULL)) {
             return eg_seterr(err, EG_EINVAL, "metadata entry %zu is not valid UTF-8", k);
         }
     }

@@ -153,14 +153,14 @@ static void test_number_text_and_locale(void)
 
 static void test_utf8(void)
 {
-    CHECK(eg_utf8_valid((const unsigned char *)"", 0), "empty");
-    CHECK(eg_utf8_valid((const unsigned char *)"a\xc3\xa9\xf4\x8f\xbf\xbf", 7), "U+10FFFF ok");
-    CHECK(!eg_utf8_valid((const unsigned char *)"\xf4\x90\x80\x80", 4), "above U+10FFFF");
-    CHECK(!eg_utf8_valid((const unsigned char *)"\xe0\x80\xaf", 3), "overlong 3-byte");
-    CHECK(!eg_utf8_valid((const unsigned char *)"\xc1\xbf", 2), "overlong 2-byte");
-    CHECK(!eg_utf8_valid((const unsigned char *)"\xed\xbf\xbf", 3), "surrogate");
-    CHECK(!eg_utf8_valid((const unsigned char *)"\xc3", 1), "truncated");
-    CHECK(!eg_utf8_valid((const unsigned char *)"\xf8\x88\x80\x80\x80", 5), "5-byte form");
+    CHECK(eg_utf8_valid("", 0, NULL), "empty");
+    CHECK(eg_utf8_valid("a\xc3\xa9\xf4\x8f\xbf\xbf", 7, NULL), "U+10FFFF ok");
+    CHECK(!eg_utf8_valid("\xf4\x90\x80\x80", 4, NULL), "above U+10FFFF");
+    CHECK(!eg_utf8_valid("\xe0\x80\xaf", 3, NULL), "overlong 3-byte");
+    CHECK(!eg_utf8_valid("\xc1\xbf", 2, NULL), "overlong 2-byte");
+    CHECK(!eg_utf8_valid("\xed\xbf\xbf", 3, NULL), "surrogate");
+    CHECK(!eg_utf8_valid("\xc3", 1, NULL), "truncated");
+    CHECK(!eg_utf8_valid("\xf8\x88\x80\x80\x80", 5, NULL), "5-byte form");
 }
 
 int main(void)

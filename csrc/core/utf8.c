@@ -1,9 +1,10 @@
 /*
  * utf8.c — strict UTF-8 decoding and encoding (RFC 3629): no overlong forms,
- * no surrogates, nothing above U+10FFFF, no truncated sequences. The
- * tokenizer never trusts its input to be valid: it checks with these.
+ * no surrogates, nothing above U+10FFFF, no truncated sequences. Shared by
+ * the JSON reader (safetensors headers) and the tokenizer, neither of which
+ * trusts its input to be valid.
  */
-#include "eg_text.h"
+#include "eg.h"
 
 size_t eg_utf8_decode1(const uint8_t *s, size_t n, uint32_t *cp)
 {
