@@ -440,7 +440,7 @@ eg_status eg_bert_embed(const eg_bert *m, eg_bert_state *s, const int32_t *ids,
     s->n_seq = n_seq;
     s->n_tok = n_tok;
     const float *word = m->buf + m->word, *pos = m->buf + m->pos, *type = m->buf + m->type;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if ((double)n_tok * D >= (double)(1 << 20))
     for (long i = 0; i < (long)n_seq; i++) {
         for (int64_t t = offsets[i]; t < offsets[i + 1]; t++) {
             const float *w = word + (size_t)ids[t] * D;

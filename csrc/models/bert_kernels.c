@@ -31,6 +31,19 @@
 #endif
 
 #define LANES 16
+#define EG_QB 4 /* query rows per attention block */
+/* Below this many elements a memory-bound pass (LayerNorm, pooling) runs on
+ * one thread: it takes < 0.5 ms, and every parallel region is a barrier
+ * that costs far more than that when the cores are shared with other
+ * processes (measured: 2 threads ran at half the speed of 1 under load). */
+#define EG_PAR_MIN (1 << 20)
+/* GCC/Clang generic vector of 16 floats; the compiler maps it onto whatever
+ * registers the instruction set of each kernel copy has. */
+typedef float v16f __attribute__((vector_size(64)));
+#if defined(__GNUC__) && !defined(__clang__)
+/* v16f values only cross static, always-inlined helpers: no ABI to keep */
+#pragma GCC diagnostic ignored "-Wpsabi"
+#endif
 #define EG_CAT2_(a, b) a##b
 #define EG_CAT2(a, b) EG_CAT2_(a, b)
 
@@ -157,7 +170,7 @@ void eg_bert_layernorm_forward(float *out, const float *inp, const float *weight
 {
     const kernel_set *k = K();
     // out (N,C), inp (N,C), weight (C), bias (C)
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if ((double)N * C >= EG_PAR_MIN)
     for (long r = 0; r < (long)N; r++) {
         k->layernorm_row(out + (size_t)r * C, inp + (size_t)r * C, weight, bias, C, eps);
     }
@@ -173,7 +186,7 @@ void eg_bert_residual_layernorm_forward(float *out, const float *x, const float 
     // out (N,C), x (N,C), xbias (C), res (N,C), weight (C), bias (C).
     // The sum is written into out first (element by element, so aliasing
     // out with x or res is safe) and normalised in place.
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if ((double)N * C >= EG_PAR_MIN)
     for (long r = 0; r < (long)N; r++) {
         size_t o = (size_t)r * C;
         k->add3_row(out + o, x + o, xbias, res + o, C);
@@ -185,11 +198,11 @@ void eg_bert_residual_layernorm_forward(float *out, const float *x, const float 
 
 size_t eg_bert_attention_scratch(int max_len, int dh)
 {
-    /* Kt (dh, L) + V (L, dh) + scores (L) + q (dh), each padded to LANES */
+    /* Kt (dh, Lp) + V (Lp, dp) + Q (QB, dp) + S (QB, Lp); see bert_simd.h */
     size_t L = (size_t)(max_len > 0 ? max_len : 1);
     size_t Lp = (L + LANES - 1) / LANES * LANES;
     size_t dp = ((size_t)dh + LANES - 1) / LANES * LANES;
-    return (size_t)dh * Lp + L * dp + Lp + dp + 4 * LANES;
+    return (size_t)dh * Lp + Lp * dp + EG_QB * dp + EG_QB * Lp + 4 * LANES;
 }
 
 void eg_bert_attention_forward_bias(float *out, const float *qkv, const float *bqkv,
@@ -241,7 +254,7 @@ void eg_bert_pool(const eg_bert_state *s, float *out)
     // out (n_seq, D): float sums divided by the count, as torch's
     // sum(h * mask) / sum(mask) does in sentence-transformers.
     const int D = s->hidden;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if ((double)s->n_tok * D >= EG_PAR_MIN)
     for (long i = 0; i < (long)s->n_seq; i++) {
         float *o = out + (size_t)i * D;
         for (int c = 0; c < D; c++) {

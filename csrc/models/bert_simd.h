@@ -6,6 +6,19 @@
  * includes it, after defining SFX and LANES.
  */
 
+/* 16-float vector loads/stores without alignment assumptions. */
+static inline __attribute__((always_inline)) v16f SFX(ld16)(const float *p)
+{
+    v16f v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+static inline __attribute__((always_inline)) void SFX(st16)(float *p, v16f v)
+{
+    memcpy(p, &v, sizeof v);
+}
+
 /* e^x for x <= 0 (inputs below -87 give ~0 rather than denormals). Range
  * reduction x = n ln2 + r, |r| <= ln2/2, then the degree-7 Taylor polynomial
  * of e^r (truncation error < 6e-9 relative) and 2^n put in the exponent
@@ -146,113 +159,140 @@ static void SFX(add3_row)(float *dst, const float *x, const float *xb, const flo
     }
 }
 
-/* One (sequence, head): q,k,v rows at stride 3D from `base`, bias added on
- * load. Scores s_j = (q_i . k_j) / sqrt(dh) through a transposed K so the
- * inner loop runs over contiguous j; softmax with fixed-lane max and sum;
- * out_i = sum_j p_j v_j with the inner loop over the head's dh columns. */
+/* One (sequence, head) of attention, in blocks of QB query rows so that
+ * every key/value vector loaded is used QB times. Written with GCC's
+ * generic 16-float vectors (v16f): each instruction-set copy lowers them to
+ * one AVX-512, two AVX or four SSE registers. Scratch (floats, all blocks
+ * 64-byte multiples, see eg_bert_attention_scratch):
+ *   Kt (dh, Lp)   keys transposed, columns j >= L zero
+ *   V  (Lp, dp)   values, rows j >= L and columns d >= dh zero
+ *   Q  (QB, dp)   the block's queries, pre-scaled by 1/sqrt(dh)
+ *   S  (QB, Lp)   scores, then probabilities (unnormalised)
+ * Scores for j >= L are set to -inf so they vanish in the softmax. */
 static void SFX(attention_head)(float *out, const float *base, const float *bq, const float *bk,
-                           const float *bv, int L, int D, int dh, float *scratch)
+                                const float *bv, int L, int D, int dh, float *scratch)
 {
-    size_t Lp = ((size_t)L + LANES - 1) / LANES * LANES;
-    size_t dp = ((size_t)dh + LANES - 1) / LANES * LANES;
-    float *Kt = scratch;                 /* (dh, Lp) */
-    float *V = Kt + (size_t)dh * Lp;     /* (L, dp)  */
-    float *s = V + (size_t)L * dp;       /* (Lp)     */
-    float *q = s + Lp;                   /* (dp)     */
+    const size_t Lp = ((size_t)L + LANES - 1) / LANES * LANES;
+    const size_t dp = ((size_t)dh + LANES - 1) / LANES * LANES;
+    float *Kt = scratch;
+    float *V = Kt + (size_t)dh * Lp;
+    float *Q = V + Lp * dp;
+    float *S = Q + (size_t)EG_QB * dp;
     const size_t row = (size_t)3 * D;
     const float scale = 1.0f / sqrtf((float)dh);
 
-    for (int j = 0; j < L; j++) {
-        const float *k = base + (size_t)j * row + D;
-        const float *v = base + (size_t)j * row + 2 * D;
-        for (int d = 0; d < dh; d++) {
-            Kt[(size_t)d * Lp + j] = bk != NULL ? k[d] + bk[d] : k[d];
-        }
-        float *vd = V + (size_t)j * dp;
-        for (int d = 0; d < dh; d++) {
-            vd[d] = bv != NULL ? v[d] + bv[d] : v[d];
-        }
-    }
-    for (int i = 0; i < L; i++) {
-        const float *qi = base + (size_t)i * row;
-        for (int d = 0; d < dh; d++) {
-            q[d] = (bq != NULL ? qi[d] + bq[d] : qi[d]) * scale;
-        }
-        for (int j = 0; j < L; j++) {
-            s[j] = 0.0f;
-        }
-        for (int d = 0; d < dh; d++) {
-            const float qd = q[d];
-            const float *kt = Kt + (size_t)d * Lp;
-            for (int j = 0; j < L; j++) {
-                s[j] += qd * kt[j];
-            }
-        }
-        /* max over j in fixed lanes */
-        float mx[LANES];
-        for (int l = 0; l < LANES; l++) {
-            mx[l] = -INFINITY;
-        }
-        int j = 0;
-        for (; j + LANES <= L; j += LANES) {
-            for (int l = 0; l < LANES; l++) {
-                mx[l] = s[j + l] > mx[l] ? s[j + l] : mx[l];
-            }
-        }
-        float m = -INFINITY;
-        for (int l = 0; l < LANES; l++) {
-            m = mx[l] > m ? mx[l] : m;
-        }
-        for (; j < L; j++) {
-            m = s[j] > m ? s[j] : m;
-        }
-        float sp[LANES] = {0};
-        for (j = 0; j < L; j++) {
-            s[j] = SFX(exp_nonpos)(s[j] - m);
-        }
-        j = 0;
-        for (; j + LANES <= L; j += LANES) {
-            for (int l = 0; l < LANES; l++) {
-                sp[l] += s[j + l];
-            }
-        }
-        float sum = 0.0f;
-        for (int l = 0; l < LANES; l++) {
-            sum += sp[l];
-        }
-        for (; j < L; j++) {
-            sum += s[j];
-        }
-        const float inv = 1.0f / sum;
-        float acc[256];
-        float *o = out + (size_t)i * D;
-        if (dh <= 256) {
+    for (size_t j = 0; j < Lp; j++) {
+        float *vd = V + j * dp;
+        if (j < (size_t)L) {
+            const float *k = base + j * row + D;
+            const float *v = base + j * row + 2 * (size_t)D;
             for (int d = 0; d < dh; d++) {
-                acc[d] = 0.0f;
-            }
-            for (j = 0; j < L; j++) {
-                const float p = s[j];
-                const float *vj = V + (size_t)j * dp;
-                for (int d = 0; d < dh; d++) {
-                    acc[d] += p * vj[d];
-                }
+                Kt[(size_t)d * Lp + j] = bk != NULL ? k[d] + bk[d] : k[d];
             }
             for (int d = 0; d < dh; d++) {
-                o[d] = acc[d] * inv;
+                vd[d] = bv != NULL ? v[d] + bv[d] : v[d];
+            }
+            for (size_t d = (size_t)dh; d < dp; d++) {
+                vd[d] = 0.0f;
             }
         } else {
             for (int d = 0; d < dh; d++) {
-                o[d] = 0.0f;
+                Kt[(size_t)d * Lp + j] = 0.0f;
             }
-            for (j = 0; j < L; j++) {
-                const float p = s[j];
-                const float *vj = V + (size_t)j * dp;
+            for (size_t d = 0; d < dp; d++) {
+                vd[d] = 0.0f;
+            }
+        }
+    }
+    for (int i0 = 0; i0 < L; i0 += EG_QB) {
+        const int nq = L - i0 < EG_QB ? L - i0 : EG_QB;
+        for (int r = 0; r < EG_QB; r++) {
+            float *qr = Q + (size_t)r * dp;
+            if (r < nq) {
+                const float *qi = base + (size_t)(i0 + r) * row;
                 for (int d = 0; d < dh; d++) {
-                    o[d] += p * vj[d];
+                    qr[d] = (bq != NULL ? qi[d] + bq[d] : qi[d]) * scale;
+                }
+            } else {
+                for (int d = 0; d < dh; d++) {
+                    qr[d] = 0.0f;
                 }
             }
+        }
+        /* scores: S[r][j] = q_r . k_j */
+        for (size_t jb = 0; jb < Lp; jb += LANES) {
+            v16f acc[EG_QB];
+            for (int r = 0; r < EG_QB; r++) {
+                acc[r] = (v16f){0};
+            }
             for (int d = 0; d < dh; d++) {
-                o[d] *= inv;
+                v16f k = SFX(ld16)(Kt + (size_t)d * Lp + jb);
+                for (int r = 0; r < EG_QB; r++) {
+                    acc[r] += Q[(size_t)r * dp + d] * k;
+                }
+            }
+            for (int r = 0; r < EG_QB; r++) {
+                SFX(st16)(S + (size_t)r * Lp + jb, acc[r]);
+            }
+        }
+        /* softmax numerators per row, with fixed-lane max and sum */
+        float inv[EG_QB];
+        for (int r = 0; r < EG_QB; r++) {
+            float *s = S + (size_t)r * Lp;
+            for (size_t j = (size_t)L; j < Lp; j++) {
+                s[j] = -INFINITY;
+            }
+            float mx[LANES];
+            for (int l = 0; l < LANES; l++) {
+                mx[l] = -INFINITY;
+            }
+            for (size_t j = 0; j < Lp; j += LANES) {
+                for (int l = 0; l < LANES; l++) {
+                    mx[l] = s[j + l] > mx[l] ? s[j + l] : mx[l];
+                }
+            }
+            float m = -INFINITY;
+            for (int l = 0; l < LANES; l++) {
+                m = mx[l] > m ? mx[l] : m;
+            }
+            for (size_t j = 0; j < Lp; j++) {
+                s[j] = SFX(exp_nonpos)(s[j] - m);
+            }
+            for (size_t j = (size_t)L; j < Lp; j++) {
+                s[j] = 0.0f; /* exp of -inf - m is ~0 but not exactly: force it */
+            }
+            float sp[LANES] = {0};
+            for (size_t j = 0; j < Lp; j += LANES) {
+                for (int l = 0; l < LANES; l++) {
+                    sp[l] += s[j + l];
+                }
+            }
+            float sum = 0.0f;
+            for (int l = 0; l < LANES; l++) {
+                sum += sp[l];
+            }
+            inv[r] = 1.0f / sum;
+        }
+        /* out_r = sum_j p_rj v_j / sum_r */
+        for (size_t db = 0; db < dp; db += LANES) {
+            v16f acc[EG_QB];
+            for (int r = 0; r < EG_QB; r++) {
+                acc[r] = (v16f){0};
+            }
+            for (int j = 0; j < L; j++) {
+                v16f v = SFX(ld16)(V + (size_t)j * dp + db);
+                for (int r = 0; r < EG_QB; r++) {
+                    acc[r] += S[(size_t)r * Lp + j] * v;
+                }
+            }
+            const int nd = dh - (int)db < LANES ? dh - (int)db : LANES;
+            for (int r = 0; r < nq; r++) {
+                float tmp[LANES];
+                SFX(st16)(tmp, acc[r] * inv[r]);
+                float *o = out + (size_t)(i0 + r) * D + db;
+                for (int d = 0; d < nd; d++) {
+                    o[d] = tmp[d];
+                }
             }
         }
     }
