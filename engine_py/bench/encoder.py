@@ -197,7 +197,8 @@ def main(argv: list | None = None) -> int:
         f"All timings (s): " + "; ".join(f"{k} " + ", ".join(f"{t:.3f}" for t in v)
                                          for k, v in times.items()),
         f"Load average during the run: {load[0]:.2f}, {load[1]:.2f}, {load[2]:.2f} "
-        f"(the machine is shared; both sides see the same load).",
+        f"(the machine is shared; both sides see the same load). "
+        f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}.",
         "",
         machine_line(),
     ]
