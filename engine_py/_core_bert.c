@@ -688,7 +688,16 @@ static PyObject *py_bert_profile(PyObject *self, PyObject *args)
                          "ffn_out_gemm", p.ffn_out_gemm);
 }
 
+static PyObject *py_bert_kernel_isa(PyObject *self, PyObject *noargs)
+{
+    (void)self;
+    (void)noargs;
+    return PyUnicode_FromString(eg_bert_kernel_isa());
+}
+
 static PyMethodDef bert_functions[] = {
+    {"_bert_kernel_isa", py_bert_kernel_isa, METH_NOARGS,
+     "_bert_kernel_isa()\n--\n\nWhich compiled copy of the BERT kernels runs here: avx512, avx2, baseline."},
     {"_bench_sgemm", py_bench_sgemm, METH_VARARGS,
      "_bench_sgemm(n, reps)\n--\n\nSeconds taken by `reps` n x n x n sgemm calls (benchmarks)."},
     {"_bert_profile", py_bert_profile, METH_VARARGS,
