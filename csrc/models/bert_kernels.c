@@ -157,7 +157,9 @@ void eg_bert_gelu_forward(float *out, const float *inp, size_t n)
 void eg_bert_bias_gelu_forward(float *out, const float *inp, const float *bias, size_t N, int C)
 {
     const kernel_set *k = K();
-#pragma omp parallel for schedule(static)
+    /* dynamic chunks: if one thread is descheduled (shared cores) the
+     * others take its rows; every element is computed the same way */
+#pragma omp parallel for schedule(dynamic, 16)
     for (long r = 0; r < (long)N; r++) {
         k->bias_gelu_row(out + (size_t)r * C, inp + (size_t)r * C, bias, C);
     }
