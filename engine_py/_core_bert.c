@@ -630,15 +630,19 @@ static PyTypeObject BertStateType = {
 static PyObject *py_bench_sgemm(PyObject *self, PyObject *args)
 {
     (void)self;
-    int n, reps;
-    if (!PyArg_ParseTuple(args, "ii", &n, &reps)) {
+    int n, reps, m = -1, k = -1;
+    if (!PyArg_ParseTuple(args, "ii|ii", &n, &reps, &m, &k)) {
         return NULL;
     }
-    if (n < 1 || n > 8192 || reps < 1 || reps > 100000) {
-        PyErr_SetString(PyExc_ValueError, "_bench_sgemm: n in [1, 8192], reps in [1, 100000]");
+    m = m < 0 ? n : m;
+    k = k < 0 ? n : k;
+    if (n < 1 || n > 8192 || m < 1 || m > 8192 || k < 1 || k > 8192 || reps < 1 || reps > 100000) {
+        PyErr_SetString(PyExc_ValueError,
+                        "_bench_sgemm: n, m, k in [1, 8192], reps in [1, 100000]");
         return NULL;
     }
-    size_t nn = (size_t)n * (size_t)n;
+    size_t nn = (size_t)m * k > (size_t)n * k ? (size_t)m * k : (size_t)n * k;
+    nn = (size_t)m * n > nn ? (size_t)m * n : nn;
     float *a = eg_aligned_alloc(nn * sizeof(float)), *b = eg_aligned_alloc(nn * sizeof(float));
     float *c = eg_aligned_alloc(nn * sizeof(float));
     if (a == NULL || b == NULL || c == NULL) {
@@ -655,11 +659,11 @@ static PyObject *py_bench_sgemm(PyObject *self, PyObject *args)
         b[i] = eg_rng_uniform(&rng) - 0.5f;
     }
     /* one untimed call warms up the threads and caches */
-    eg_sgemm(0, 1, n, n, n, 1.0f, a, n, b, n, 0.0f, c, n);
+    eg_sgemm(0, 1, m, n, k, 1.0f, a, k, b, k, 0.0f, c, n);
     struct timespec t0, t1;
     clock_gettime(CLOCK_MONOTONIC, &t0);
     for (int r = 0; r < reps; r++) {
-        eg_sgemm(0, 1, n, n, n, 1.0f, a, n, b, n, 0.0f, c, n);
+        eg_sgemm(0, 1, m, n, k, 1.0f, a, k, b, k, 0.0f, c, n);
     }
     clock_gettime(CLOCK_MONOTONIC, &t1);
     secs = (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec);
@@ -699,7 +703,8 @@ static PyMethodDef bert_functions[] = {
     {"_bert_kernel_isa", py_bert_kernel_isa, METH_NOARGS,
      "_bert_kernel_isa()\n--\n\nWhich compiled copy of the BERT kernels runs here: avx512, avx2, baseline."},
     {"_bench_sgemm", py_bench_sgemm, METH_VARARGS,
-     "_bench_sgemm(n, reps)\n--\n\nSeconds taken by `reps` n x n x n sgemm calls (benchmarks)."},
+     "_bench_sgemm(n, reps, m=n, k=n)\n--\n\nSeconds taken by `reps` sgemm calls C(m,n) = "
+     "A(m,k) B(n,k)^T, the layout of a Linear layer (benchmarks)."},
     {"_bert_profile", py_bert_profile, METH_VARARGS,
      "_bert_profile(reset=False)\n--\n\nPer-stage seconds accumulated while EG_BERT_PROFILE=1."},
     {NULL, NULL, 0, NULL},
