@@ -125,3 +125,34 @@ eg_status eg_graph_build(eg_graph **out, int64_t num_nodes, const int64_t *src,
     *out = g;
     return EG_OK;
 }
+
+/* ------------------------------------------------------- reverse CSR */
+#include "eg_ops.h"
+
+void eg_csr_reverse(int64_t *rptr, int64_t *rdst, int64_t *reid, const int64_t *ptr,
+                    const int64_t *src, int64_t n)
+{
+    for (int64_t u = 0; u <= n; u++) {
+        rptr[u] = 0;
+    }
+    int64_t E = ptr[n];
+    for (int64_t e = 0; e < E; e++) {
+        rptr[src[e] + 1]++;
+    }
+    for (int64_t u = 0; u < n; u++) {
+        rptr[u + 1] += rptr[u];
+    }
+    /* fill in forward order, using rdst slots' count through a cursor pass */
+    for (int64_t v = 0; v < n; v++) {
+        for (int64_t e = ptr[v]; e < ptr[v + 1]; e++) {
+            int64_t u = src[e];
+            int64_t slot = rptr[u]++;
+            rdst[slot] = v;
+            reid[slot] = e;
+        }
+    }
+    for (int64_t u = n; u > 0; u--) {
+        rptr[u] = rptr[u - 1];
+    }
+    rptr[0] = 0;
+}
