@@ -145,7 +145,11 @@ static void test_api(void)
     eg_ladder_config bad = cfg;
     bad.gnn = EG_GNN_GAT;
     bad.heads = 5;
-    CHECK(eg_ladder_create(&m2 + 0, &bad, 1, &err) != EG_OK || (eg_ladder_free(m2), 0), "heads must divide");
+    eg_ladder *m3 = NULL;
+    CHECK(eg_ladder_create(&m3, &bad, 1, &err) == EG_EINVAL && m3 == NULL, "heads must divide width");
+    bad = cfg;
+    bad.T = 0.0f;
+    CHECK(eg_ladder_create(&m3, &bad, 1, &err) == EG_EINVAL, "T must be positive");
     free(H);
     eg_ladder_free(m);
     eg_ladder_free(m2);
