@@ -311,6 +311,12 @@ int eg_ladder_has_head(const eg_ladder *m, int i)
     return i >= 0 && i < m->cfg.num_ladders && m->lo[i].has_head;
 }
 
+void eg_ladder_batch_dims(const eg_ladder *m, int64_t *num_nodes, int64_t *num_graphs)
+{
+    *num_nodes = m->begun ? m->N : 0;
+    *num_graphs = m->begun ? m->G : 0;
+}
+
 void eg_ladder_zero_grad(eg_ladder *m)
 {
     memset(m->grad, 0, m->total * sizeof(float));

@@ -87,6 +87,8 @@ int eg_ladder_has_head(const eg_ladder *m, int i);
 eg_status eg_ladder_begin(eg_ladder *m, int64_t G, const int64_t *graph_ptr, int64_t N,
                           const int64_t *ptr, const int64_t *src, int training, uint64_t seed,
                           eg_err *err);
+/* Nodes and subgraphs of the current batch (0, 0 before the first begin). */
+void eg_ladder_batch_dims(const eg_ladder *m, int64_t *num_nodes, int64_t *num_graphs);
 /* Run ladder i (i must be the next one) on its layer's states H (N, D),
  * which must be finite. If the ladder has a head and logits != NULL, writes
  * its logits (G, C). */
