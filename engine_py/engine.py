@@ -477,4 +477,5 @@ def _safetensors():
     except ImportError as exc:  # pragma: no cover
         raise ImportError("saving needs engine_py.io.save_safetensors (not in this build) or the "
                           "`safetensors` package") from exc
-    return (lambda p, d: save_file({k: np.ascontiguousarray(v) for k, v in d.items()}, p)), load_file
+    # np.ascontiguousarray would turn 0-d tensors (the gates) into 1-d: copy instead
+    return (lambda p, d: save_file({k: np.array(v, copy=True, order="C") for k, v in d.items()}, p)), load_file
