@@ -12,6 +12,7 @@ from engine_py.engine import EngineClassifier, InMemoryStates, NotFittedError
 from engine_py.graph import Graph
 
 torch = pytest.importorskip("torch")
+torch.set_num_threads(1)  # tiny tensors; keep torch's thread pool from competing with ours
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "reference"))
 from engine_ref import EngineRef  # noqa: E402
 
