@@ -466,16 +466,6 @@ class EngineClassifier:
 
 
 def _safetensors():
-    """(save, load) from engine_py.io, falling back to the `safetensors` package."""
-    try:
-        from .io import load_safetensors, save_safetensors  # type: ignore[attr-defined]
-        return save_safetensors, load_safetensors
-    except ImportError:
-        pass
-    try:
-        from safetensors.numpy import load_file, save_file
-    except ImportError as exc:  # pragma: no cover
-        raise ImportError("saving needs engine_py.io.save_safetensors (not in this build) or the "
-                          "`safetensors` package") from exc
-    # np.ascontiguousarray would turn 0-d tensors (the gates) into 1-d: copy instead
-    return (lambda p, d: save_file({k: np.array(v, copy=True, order="C") for k, v in d.items()}, p)), load_file
+    """(save, load) from engine_py.io (imported lazily)."""
+    from .io import load_safetensors, save_safetensors
+    return save_safetensors, load_safetensors
