@@ -307,7 +307,8 @@ static PyObject *Ladder_param_table(LadderObject *self, PyObject *noargs)
         for (int j = 0; j < d->ndim; j++) {
             PyTuple_SET_ITEM(shape, j, PyLong_FromLongLong(d->shape[j]));
         }
-        PyObject *item = Py_BuildValue("(snNi)", d->name, (Py_ssize_t)d->offset, shape, d->decay);
+        PyObject *item = Py_BuildValue("(snNii)", d->name, (Py_ssize_t)d->offset, shape, d->decay,
+                                       d->trainable);
         if (item == NULL) {
             Py_DECREF(list);
             return NULL;
@@ -754,7 +755,7 @@ static PyObject *Ladder_has_head(LadderObject *self, PyObject *arg)
 
 static PyMethodDef Ladder_methods[] = {
     {"param_table", (PyCFunction)Ladder_param_table, METH_NOARGS,
-     "[(name, offset, shape, decay)] in buffer order."},
+     "[(name, offset, shape, decay, trainable)] in buffer order."},
     {"buffer", (PyCFunction)Ladder_buffer, METH_O,
      "buffer(kind) -> float32 view of 'param', 'grad', 'm' or 'v' (owned by the model)."},
     {"begin", (PyCFunction)Ladder_begin, METH_VARARGS,

@@ -18,7 +18,10 @@ Model (docs/ALGORITHMS.md §A.2) and documented choices:
 * each GNN conv is followed by norm -> activation -> dropout, except the last
   conv of the last ladder, which is followed by nothing.
 * AdamW decays every parameter (a single torch parameter group).
-* ``norm="bn"`` (BatchNorm) is not implemented and raises NotImplementedError.
+* ``norm="bn"``: torch BatchNorm1d over the batch's nodes (batch statistics and
+  running-estimate updates while training, running estimates when predicting);
+  its running_mean / running_var / num_batches_tracked are buffers in the
+  state dict, as in PyTorch.
 """
 from __future__ import annotations
 
@@ -38,7 +41,7 @@ __all__ = ["EngineClassifier", "InMemoryStates", "NotFittedError"]
 
 _GNN = {"sage": 0, "gcn": 1, "gat": 2}
 _ACT = {"elu": 0, "relu": 1}
-_NORM = {"id": 0, "ln": 1}
+_NORM = {"id": 0, "ln": 1, "bn": 2}
 _FORMAT = "engine_py.EngineClassifier"
 _FORMAT_VERSION = 1
 
@@ -194,10 +197,8 @@ class EngineClassifier:
             raise ValueError(f"gnn must be one of {sorted(_GNN)}, got {self.gnn!r}")
         if self.activation not in _ACT:
             raise ValueError(f"activation must be one of {sorted(_ACT)}, got {self.activation!r}")
-        if self.norm == "bn":
-            raise NotImplementedError("norm='bn' (BatchNorm) is not implemented yet; use 'id' or 'ln'")
         if self.norm not in _NORM:
-            raise ValueError(f"norm must be 'id' or 'ln', got {self.norm!r}")
+            raise ValueError(f"norm must be 'id', 'ln' or 'bn', got {self.norm!r}")
         if self.sampler not in ("khop", "rw"):
             raise ValueError(f"sampler must be 'khop' or 'rw', got {self.sampler!r}")
         if self.gnn_layers not in (1, 2):
@@ -312,6 +313,8 @@ class EngineClassifier:
                 for bi, s in enumerate(range(0, perm.size, bs)):
                     t = perm[s:s + bs]
                     b = self._sample(graph, t, _seed64(self.seed, 3, epoch))
+                    if self.norm == "bn" and b.num_nodes < 2:
+                        continue   # BatchNorm cannot train on one node (torch raises); skip it
                     loss = self.model_.train_batch(b.graph_ptr, b.indptr, b.indices,
                                                    self._gather(cache, b), y[t],
                                                    _seed64(self.seed, 4, epoch, bi),
@@ -401,9 +404,12 @@ class EngineClassifier:
         """Parameters by PyTorch-style name (copies, float32)."""
         self._check_fitted()
         out = OrderedDict()
-        for name, off, shape, _decay in self._table:
+        for name, off, shape, _decay, _trainable in self._table:
             size = int(np.prod(shape)) if shape else 1
-            out[name] = self._params[off:off + size].reshape(shape).copy()
+            a = self._params[off:off + size].reshape(shape).copy()
+            if name.endswith("num_batches_tracked"):
+                a = a.astype(np.int64)   # an int64 buffer in torch
+            out[name] = a
         return out
 
     def load_state_dict(self, sd):
@@ -413,7 +419,7 @@ class EngineClassifier:
         extra = [k for k in sd if k not in names]
         if missing or extra:
             raise ValueError(f"state dict mismatch: missing {missing[:5]}, unexpected {extra[:5]}")
-        for name, off, shape, _decay in self._table:
+        for name, off, shape, _decay, _trainable in self._table:
             a = np.asarray(sd[name], dtype=np.float32)
             if tuple(a.shape) != tuple(shape):
                 raise ValueError(f"{name}: shape {a.shape}, expected {tuple(shape)}")

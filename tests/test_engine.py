@@ -77,12 +77,59 @@ def test_parity_logits_and_grads(gnn, layers, early, norm):
     grads = m.buffer("grad")
     tparams = dict(ref.named_parameters())
     gmax = max(float(p.grad.abs().max()) for p in tparams.values())
-    for name, off, shape, _ in est._table:
+    for name, off, shape, _, trainable in est._table:
+        if not trainable:
+            continue
         size = int(np.prod(shape)) if shape else 1
         ours = grads[off:off + size].reshape(shape)
         theirs = tparams[name].grad.numpy()
         tol = 1e-4 * float(np.abs(theirs).max()) + 1e-6 * gmax
         assert np.abs(ours - theirs).max() <= tol, name
+
+
+@pytest.mark.parametrize("gnn,layers", [("sage", 2), ("gcn", 1), ("gat", 2)])
+def test_parity_batchnorm_train_and_eval(gnn, layers):
+    rng = np.random.default_rng(4)
+    est, ref = _model(gnn, layers, True, "bn")
+    _sync(est, ref, rng)
+    b, Hs, y = _batch(5)
+    m = est.model_
+    # training mode (dropout is 0): batch statistics, running-estimate updates
+    m.begin(b.graph_ptr, b.indptr, b.indices, True, 0)
+    outs = [m.forward_step(i, Hs[i]) for i in range(K)]
+    loss, _ = m.loss(y)
+    m.zero_grad()
+    m.backward()
+    ref.train()
+    tl = _ref_forward(ref, b, Hs)
+    tloss = EngineRef.loss(tl, torch.tensor(y))
+    tloss.backward()
+    for o, t in zip(outs, tl):
+        np.testing.assert_allclose(o, t.detach().numpy(), rtol=0, atol=1e-5)
+    tparams = dict(ref.named_parameters())
+    grads = m.buffer("grad")
+    gmax = max(float(p.grad.abs().max()) for p in tparams.values())
+    for name, off, shape, _, trainable in est._table:
+        if trainable:
+            size = int(np.prod(shape)) if shape else 1
+            theirs = tparams[name].grad.numpy()
+            assert np.abs(grads[off:off + size].reshape(shape) - theirs).max() <= \
+                1e-4 * float(np.abs(theirs).max()) + 1e-6 * gmax, name
+    sd, tsd = est.state_dict(), ref.state_dict()
+    assert set(sd) == set(tsd)
+    for n in sd:
+        if "running" in n or "num_batches" in n:
+            np.testing.assert_allclose(sd[n], tsd[n].numpy(), rtol=1e-5, atol=1e-6, err_msg=n)
+    assert sd["ladders.0.norms.0.num_batches_tracked"].dtype == np.int64
+    # evaluation mode: running estimates
+    ref.eval()
+    b2, Hs2, _ = _batch(6)
+    m.begin(b2.graph_ptr, b2.indptr, b2.indices, False, 0)
+    outs = [m.forward_step(i, Hs2[i]) for i in range(K)]
+    with torch.no_grad():
+        tl = _ref_forward(ref, b2, Hs2)
+    for o, t in zip(outs, tl):
+        np.testing.assert_allclose(o, t.numpy(), rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize("gnn,layers,early,norm", [("sage", 2, True, "ln"), ("gcn", 1, False, "id"),
@@ -167,7 +214,8 @@ def test_learns_and_graph_helps(data):
 
 
 @pytest.mark.parametrize("kw", [dict(sampler="rw", gnn="gcn", gnn_layers=2, walk_steps=16),
-                                dict(gnn="gat", norm="ln", early_exit=False, heads=2)])
+                                dict(gnn="gat", norm="ln", early_exit=False, heads=2),
+                                dict(norm="bn", gnn_layers=2)])
 def test_other_configs_learn(data, kw):
     cache, ei, y, tr, va, te = data
     est = _fit(data, epochs=15, **kw)
@@ -248,8 +296,8 @@ def test_bad_inputs(data):
         est.fit(cache, Graph(ei, 601), y, tr)
     with pytest.raises(ValueError, match="not in the cache"):
         EngineClassifier(layers=[0, 7]).fit(cache, g, y, tr)
-    with pytest.raises(NotImplementedError, match="bn"):
-        EngineClassifier(norm="bn").fit(cache, g, y, tr)
+    with pytest.raises(ValueError, match="norm"):
+        EngineClassifier(norm="batch").fit(cache, g, y, tr)
     with pytest.raises(ValueError, match="gnn"):
         EngineClassifier(gnn="gin").fit(cache, g, y, tr)
     with pytest.raises(TypeError, match="gather"):
@@ -283,3 +331,16 @@ def test_ladder_object_guards():
         m.loss(np.array([0, 1]))
     with pytest.raises(ValueError):
         m.begin(np.array([0, 2]), np.array([0, 1, 2]), np.array([1, 5]), False, 0)
+
+
+def test_batchnorm_skips_single_node_batch():
+    # 3 nodes, no edges, batch_size 2 -> the last batch is one isolated node
+    cache = InMemoryStates(np.random.default_rng(0).normal(size=(2, 3, 4)).astype(np.float32))
+    g = Graph(np.zeros((2, 0), np.int64), 3)
+    est = EngineClassifier(norm="bn", reduced_dim=4, hidden=4, epochs=2, batch_size=2,
+                           show_progress_bar=False).fit(cache, g, np.array([0, 1, 0]), [0, 1, 2])
+    assert est.predict([0, 1, 2]).shape == (3,)
+    m = est.model_
+    m.begin(np.array([0, 1]), np.array([0, 0]), np.array([], np.int64), True, 0)
+    with pytest.raises(ValueError, match="BatchNorm"):
+        m.forward_step(0, np.zeros((1, 4), np.float32))

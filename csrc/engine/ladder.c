@@ -27,7 +27,8 @@ typedef struct {
     int in, out;
     size_t w, b, w2, as, ad;   /* sage: lin_l.weight, lin_l.bias, lin_r.weight; gcn: lin.weight, bias;
                                   gat: lin.weight, bias, -, att_src, att_dst */
-    size_t nw, nb;             /* LayerNorm after the conv */
+    size_t nw, nb;             /* LayerNorm / BatchNorm affine after the conv */
+    size_t rm, rv, nbt;        /* BatchNorm running statistics (buffers) */
     int post;                  /* norm -> act -> dropout after the conv */
 } layer_off;
 
@@ -111,6 +112,7 @@ static size_t add_param(eg_ladder *m, int *ok, int decay, int ndim, int64_t s0, 
     size_t padded = (size + 15) & ~(size_t)15;
     d->offset = m->total;
     d->decay = decay;
+    d->trainable = 1;
     if (eg_add_ovf(m->total, padded, &m->total)) {
         *ok = 0;
     }
@@ -163,7 +165,7 @@ eg_status eg_ladder_create(eg_ladder **out, const eg_ladder_config *cfg, uint64_
     if (c->act != EG_ACT_ELU && c->act != EG_ACT_RELU) {
         return eg_seterr(err, EG_EINVAL, "ladder: unknown activation %d", c->act);
     }
-    if (c->norm != EG_NORM_ID && c->norm != EG_NORM_LN) {
+    if (c->norm != EG_NORM_ID && c->norm != EG_NORM_LN && c->norm != EG_NORM_BN) {
         return eg_seterr(err, EG_EINVAL, "ladder: unknown norm %d", c->norm);
     }
     if (!(c->dropout >= 0.0f && c->dropout < 1.0f)) {
@@ -216,9 +218,19 @@ eg_status eg_ladder_create(eg_ladder **out, const eg_ladder_config *cfg, uint64_
                 L->ad = add_param(m, &ok, 1, 3, 1, c->heads, F, "ladders.%d.gnn.%d.att_dst", i, j);
                 L->b = add_param(m, &ok, 1, 1, L->out, 0, 0, "ladders.%d.gnn.%d.bias", i, j);
             }
-            if (c->norm == EG_NORM_LN && L->post) {
+            if (c->norm != EG_NORM_ID && L->post) {
                 L->nw = add_param(m, &ok, 1, 1, L->out, 0, 0, "ladders.%d.norms.%d.weight", i, j);
                 L->nb = add_param(m, &ok, 1, 1, L->out, 0, 0, "ladders.%d.norms.%d.bias", i, j);
+            }
+            if (c->norm == EG_NORM_BN && L->post) {
+                L->rm = add_param(m, &ok, 0, 1, L->out, 0, 0, "ladders.%d.norms.%d.running_mean", i, j);
+                L->rv = add_param(m, &ok, 0, 1, L->out, 0, 0, "ladders.%d.norms.%d.running_var", i, j);
+                L->nbt = add_param(m, &ok, 0, 0, 0, 0, 0, "ladders.%d.norms.%d.num_batches_tracked", i, j);
+                if (ok) {
+                    m->desc[m->nparams - 1].trainable = 0;
+                    m->desc[m->nparams - 2].trainable = 0;
+                    m->desc[m->nparams - 3].trainable = 0;
+                }
             }
         }
     }
@@ -256,7 +268,9 @@ eg_status eg_ladder_create(eg_ladder **out, const eg_ladder_config *cfg, uint64_
         const char *nm = d->name;
         size_t len = strlen(nm);
         int is_bias = len >= 4 && strcmp(nm + len - 4, "bias") == 0;
-        if (strstr(nm, "projector.1.") != NULL || strstr(nm, ".norms.") != NULL) {
+        if (!d->trainable) {
+            init_const(p, d->size, strstr(nm, "running_var") != NULL ? 1.0f : 0.0f);
+        } else if (strstr(nm, "projector.1.") != NULL || strstr(nm, ".norms.") != NULL) {
             init_const(p, d->size, is_bias ? 0.0f : 1.0f);
         } else if (strstr(nm, "gates.") != NULL) {
             init_const(p, d->size, 0.0f);
@@ -328,6 +342,9 @@ void eg_ladder_adamw_step(eg_ladder *m, float lr, float weight_decay, float beta
     m->step++;
     for (int pi = 0; pi < m->nparams; pi++) {
         const eg_param_desc *d = &m->desc[pi];
+        if (!d->trainable) {
+            continue;
+        }
         eg_adamw_config c = {lr, beta1, beta2, eps, d->decay ? weight_decay : 0.0f};
         eg_adamw_step(m->param + d->offset, m->grad + d->offset, m->m + d->offset,
                       m->v + d->offset, NULL, d->size, &c, m->step);
@@ -496,6 +513,29 @@ eg_status eg_ladder_forward_step(eg_ladder *m, int i, const float *H, float *log
             ALLOC(la->nmean, N);
             ALLOC(la->nrstd, N);
             eg_layernorm_forward(la->nout, la->nmean, la->nrstd, la->conv, P + L->nw, P + L->nb, N, L->out);
+        } else if (c->norm == EG_NORM_BN) {
+            ALLOC(la->nout, no);
+            ALLOC(la->nmean, L->out);
+            ALLOC(la->nrstd, L->out);
+            if (m->training) {
+                if (N < 2) {
+                    return eg_seterr(err, EG_EINVAL,
+                                     "BatchNorm needs more than one node per training batch (got %d)", N);
+                }
+                float *var, *Pw = m->param;
+                ALLOC(var, L->out);
+                eg_batchnorm_forward_train(la->nout, la->nmean, la->nrstd, var, la->conv, P + L->nw,
+                                           P + L->nb, N, L->out);
+                /* torch: momentum 0.1, unbiased variance in the running estimate */
+                for (int q = 0; q < L->out; q++) {
+                    Pw[L->rm + q] = 0.9f * Pw[L->rm + q] + 0.1f * la->nmean[q];
+                    Pw[L->rv + q] = 0.9f * Pw[L->rv + q] + 0.1f * var[q];
+                }
+                Pw[L->nbt] += 1.0f;
+            } else {
+                eg_batchnorm_forward_eval(la->nout, la->nmean, la->nrstd, la->conv, P + L->nw, P + L->nb,
+                                          P + L->rm, P + L->rv, N, L->out);
+            }
         } else {
             la->nout = la->conv;
         }
@@ -625,6 +665,10 @@ eg_status eg_ladder_backward(eg_ladder *m, eg_err *err)
                 if (c->norm == EG_NORM_LN) {
                     eg_layernorm_backward(t2, GR + L->nw, GR + L->nb, t1, la->conv, P + L->nw,
                                           la->nmean, la->nrstd, N, L->out);
+                    dconv = t2;
+                } else if (c->norm == EG_NORM_BN) {
+                    eg_batchnorm_backward(t2, GR + L->nw, GR + L->nb, t1, la->conv, P + L->nw,
+                                          la->nmean, la->nrstd, N, L->out, m->training);
                     dconv = t2;
                 } else {
                     dconv = t1;

@@ -32,7 +32,7 @@ extern "C" {
 
 enum { EG_GNN_SAGE = 0, EG_GNN_GCN = 1, EG_GNN_GAT = 2 };
 enum { EG_ACT_ELU = 0, EG_ACT_RELU = 1 };
-enum { EG_NORM_ID = 0, EG_NORM_LN = 1 };
+enum { EG_NORM_ID = 0, EG_NORM_LN = 1, EG_NORM_BN = 2 };
 
 typedef struct {
     int num_ladders;    /* K >= 1 */
@@ -59,6 +59,7 @@ typedef struct {
     int ndim;                     /* 0 (scalar) .. 3 */
     int64_t shape[3];
     int decay;                    /* AdamW weight decay applies */
+    int trainable;                /* 0 for BatchNorm running statistics (buffers) */
 } eg_param_desc;
 
 typedef struct eg_ladder eg_ladder;
@@ -83,7 +84,8 @@ int eg_ladder_has_head(const eg_ladder *m, int i);
 
 /* Start a batch of G subgraphs over N nodes: graph_ptr (G+1) as in eg_batch
  * (non-empty subgraphs, root first), in-neighbour CSR ptr (N+1), src (E),
- * batch-local, no self-loops. training: dropout on, drawn from `seed`. */
+ * batch-local, no self-loops. training: dropout on, drawn from `seed`, and
+ * BatchNorm uses (and updates the running estimates from) batch statistics. */
 eg_status eg_ladder_begin(eg_ladder *m, int64_t G, const int64_t *graph_ptr, int64_t N,
                           const int64_t *ptr, const int64_t *src, int training, uint64_t seed,
                           eg_err *err);
@@ -100,7 +102,7 @@ eg_status eg_ladder_loss(eg_ladder *m, const int64_t *labels, float *loss, float
 /* Gradient of the last loss, ACCUMULATED into the gradient buffer. */
 eg_status eg_ladder_backward(eg_ladder *m, eg_err *err);
 void eg_ladder_zero_grad(eg_ladder *m);
-/* One AdamW step (PyTorch semantics) on every parameter; increments the step count. */
+/* One AdamW step (PyTorch semantics) on every trainable parameter; increments the step count. */
 void eg_ladder_adamw_step(eg_ladder *m, float lr, float weight_decay, float beta1, float beta2,
                           float eps);
 

@@ -37,6 +37,23 @@ void eg_layernorm_backward(float *dinp, float *dw, float *db, const float *dout,
                            const float *inp, const float *w, const float *mean,
                            const float *rstd, int N, int C);
 
+/* BatchNorm1d over the rows (torch semantics, eps = 1e-5).
+ * Training: per-column batch mean and biased variance -> out; saves mean,
+ * rstd (C); var_unbiased (C, may be NULL) receives the unbiased variance for
+ * the caller's running-statistics update. N >= 2. */
+void eg_batchnorm_forward_train(float *out, float *mean, float *rstd, float *var_unbiased,
+                                const float *inp, const float *w, const float *b, int N, int C);
+/* Evaluation with running statistics; writes mean = running_mean and
+ * rstd = 1/sqrt(running_var + eps) (C) so the backward below can be used. */
+void eg_batchnorm_forward_eval(float *out, float *mean, float *rstd, const float *inp,
+                               const float *w, const float *b, const float *running_mean,
+                               const float *running_var, int N, int C);
+/* train = 1: gradient through the batch statistics; train = 0: through the
+ * fixed affine map of eval mode. dinp assigned; dw, db accumulated. */
+void eg_batchnorm_backward(float *dinp, float *dw, float *db, const float *dout, const float *inp,
+                           const float *w, const float *mean, const float *rstd, int N, int C,
+                           int train);
+
 /* Elementwise activations over n values. Backward uses the forward input. */
 void eg_relu_forward(float *out, const float *inp, size_t n);
 void eg_relu_backward(float *dinp, const float *dout, const float *inp, size_t n);

@@ -28,10 +28,13 @@ static float *states(uint64_t seed)
     return H;
 }
 
+static int g_training = 0;
+static float g_eps = 5e-4f;
+
 static double run_loss(eg_ladder *m, const float *H)
 {
     eg_err err;
-    eg_ladder_begin(m, 3, GP, N, PTR, SRC, 0, 0, &err);
+    eg_ladder_begin(m, 3, GP, N, PTR, SRC, g_training, 0, &err);
     for (int i = 0; i < K; i++) {
         eg_ladder_forward_step(m, i, H + (size_t)i * N * D, NULL, &err);
     }
@@ -62,10 +65,13 @@ static void gradcheck_model(int gnn, int layers, int norm, int early)
     int bad = 0, checked = 0;
     for (int pi = 0; pi < eg_ladder_num_params(m); pi++) {
         const eg_param_desc *d = eg_ladder_param(m, pi);
+        if (!d->trainable) {
+            continue; /* BatchNorm running statistics: buffers, no gradient */
+        }
         size_t step = d->size > 3 ? d->size / 3 : 1;
         for (size_t q = 0; q < d->size; q += step) {
             float *x = P + d->offset + q;
-            float keep = *x, eps = 5e-4f;
+            float keep = *x, eps = g_eps;
             *x = keep + eps;
             double lp = run_loss(m, H);
             *x = keep - eps;
@@ -103,6 +109,23 @@ static void test_api(void)
         CHECK(eg_ladder_param(m, pi)->offset % 16 == 0, "aligned offsets");
     }
     CHECK(found == 3, "expected parameter names");
+    {
+        eg_ladder_config bcfg = cfg;
+        bcfg.norm = EG_NORM_BN;
+        eg_ladder *mb;
+        CHECK(eg_ladder_create(&mb, &bcfg, 1, &err) == EG_OK, "create bn");
+        int nbuf = 0;
+        for (int pi = 0; pi < eg_ladder_num_params(mb); pi++) {
+            const eg_param_desc *d = eg_ladder_param(mb, pi);
+            if (strstr(d->name, "running_var") != NULL) {
+                CHECK(eg_ladder_params(mb)[d->offset] == 1.0f && !d->trainable, "running_var buffer starts at 1");
+            }
+            nbuf += !d->trainable;
+        }
+        /* K ladders x 2 layers, minus the last ladder's last layer, x 3 buffers */
+        CHECK(nbuf == (K * 2 - 1) * 3, "bn buffers: %d", nbuf);
+        eg_ladder_free(mb);
+    }
     float *H = states(3);
     float lg[9], lg2[9];
     /* training twice with the same seed gives identical results */
@@ -165,5 +188,12 @@ int main(void)
             gradcheck_model(gnn, layers, EG_NORM_LN, layers == 2 ? 0 : 1);
         }
     }
+    /* BatchNorm: train mode (batch statistics, dropout 0) and eval mode */
+    g_eps = 2e-4f; /* BN + ReLU kinks: 5e-4 crosses one, 2e-4 and 1e-4 agree */
+    for (g_training = 1; g_training >= 0; g_training--) {
+        gradcheck_model(EG_GNN_SAGE, 2, EG_NORM_BN, 1);
+        gradcheck_model(EG_GNN_GCN, 1, EG_NORM_BN, 0);
+    }
+    g_training = 0;
     return eg_test_report("test_ladder");
 }

@@ -164,6 +164,62 @@ static void test_layernorm(void)
     free(x); free(w); free(b); free(out); free(mean); free(rstd); free(R); free(dx); free(dw); free(db);
 }
 
+/* ------------------------------------------------------------ batchnorm */
+
+typedef struct { const float *x, *w, *b, *rm, *rv; float *mean, *rstd; int N, C, train; } bn_ctx;
+static void bn_fwd(void *c, float *out)
+{
+    bn_ctx *k = c;
+    if (k->train) {
+        eg_batchnorm_forward_train(out, k->mean, k->rstd, NULL, k->x, k->w, k->b, k->N, k->C);
+    } else {
+        eg_batchnorm_forward_eval(out, k->mean, k->rstd, k->x, k->w, k->b, k->rm, k->rv, k->N, k->C);
+    }
+}
+
+static void test_batchnorm(void)
+{
+    int N = 7, C = 5;
+    float *x = rnd((size_t)N * C, 2), *w = rnd(C, 1), *b = rnd(C, 1), *rm = rnd(C, 1), *rv = rnd(C, 1);
+    for (int c = 0; c < C; c++) {
+        rv[c] = 0.5f + fabsf(rv[c]);
+    }
+    float *out = zeros((size_t)N * C), *mean = zeros(C), *rstd = zeros(C), *vu = zeros(C);
+    eg_batchnorm_forward_train(out, mean, rstd, vu, x, w, b, N, C);
+    int ok = 1;
+    for (int c = 0; c < C; c++) {
+        double m = 0, v = 0;
+        for (int i = 0; i < N; i++) {
+            m += x[i * C + c];
+        }
+        m /= N;
+        for (int i = 0; i < N; i++) {
+            v += (x[i * C + c] - m) * (x[i * C + c] - m);
+        }
+        ok &= fabs(vu[c] - v / (N - 1)) < 1e-5 * (1 + v);
+        for (int i = 0; i < N; i++) {
+            double ref = (x[i * C + c] - m) / sqrt(v / N + 1e-5) * w[c] + b[c];
+            ok &= fabs(out[i * C + c] - ref) < 1e-4;
+        }
+    }
+    CHECK(ok, "batchnorm train forward and unbiased variance");
+    float *R = rnd((size_t)N * C, 1), *dx = zeros((size_t)N * C), *dw = zeros(C), *db = zeros(C);
+    for (int train = 1; train >= 0; train--) {
+        bn_ctx k = {x, w, b, rm, rv, mean, rstd, N, C, train};
+        bn_fwd(&k, out);
+        memset(dw, 0, C * sizeof(float));
+        memset(db, 0, C * sizeof(float));
+        eg_batchnorm_backward(dx, dw, db, R, x, w, mean, rstd, N, C, train);
+        gc_var vars[] = {{"x", x, dx, (size_t)N * C}, {"w", w, dw, C}, {"b", b, db, C}};
+        gradcheck(train ? "batchnorm(train)" : "batchnorm(eval)", bn_fwd, &k, R, (size_t)N * C, vars, 3,
+                  1e-2f, 1e-2, 1e-3);
+    }
+    eg_batchnorm_forward_eval(out, mean, rstd, x, w, b, rm, rv, N, C);
+    CHECK_CLOSE(out[3], (x[3] - rm[3]) / sqrt(rv[3] + 1e-5) * w[3] + b[3], 1e-5);
+    free(x); free(w); free(b); free(rm); free(rv); free(out); free(mean); free(rstd); free(vu);
+    free(R); free(dx); free(dw); free(db);
+}
+
 /* ---------------------------------------------------------- activations */
 
 typedef struct { const float *x; size_t n; int kind; } act_ctx;
@@ -538,6 +594,7 @@ int main(void)
     eg_set_num_threads(2);
     test_linear();
     test_layernorm();
+    test_batchnorm();
     test_activations();
     test_ce();
     test_reverse();

@@ -92,8 +92,9 @@ class Ladder(nn.Module):
               "gat": lambda a, b: GATConv(a, b, heads)}[gnn]
         self.gnn = nn.ModuleList([mk(a, b) for a, b in dims])
         self.post = [not (last and j == gnn_layers - 1) for j in range(gnn_layers)]
-        if norm == "ln":
-            self.norms = nn.ModuleList([nn.LayerNorm(b) for (a, b), p in zip(dims, self.post) if p])
+        if norm in ("ln", "bn"):
+            mk_norm = nn.LayerNorm if norm == "ln" else nn.BatchNorm1d
+            self.norms = nn.ModuleList([mk_norm(b) for (a, b), p in zip(dims, self.post) if p])
 
 
 class EngineRef(nn.Module):
@@ -131,7 +132,7 @@ class EngineRef(nn.Module):
             for j, conv in enumerate(lad.gnn):
                 x = conv(x, edge_index)
                 if lad.post[j]:
-                    if self.norm == "ln":
+                    if self.norm in ("ln", "bn"):
                         x = lad.norms[ni](x)
                         ni += 1
                     x = self.act(x)
