@@ -293,6 +293,9 @@ class EngineClassifier:
         if y[used].min() < 0:
             raise ValueError("labels of training/validation nodes must be >= 0")
         num_classes = int(y[used].max()) + 1
+        if num_classes > (1 << 20):
+            raise ValueError(f"labels out of range: the largest label is {num_classes - 1}; "
+                             "labels must be class indices 0 .. C-1")
         if num_classes < 2:
             raise ValueError("need at least two classes among the training/validation labels")
         self.layers_ = layers

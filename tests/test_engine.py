@@ -286,6 +286,9 @@ def test_bad_inputs(data):
     bad[tr[0]] = -3
     with pytest.raises(ValueError, match=">= 0"):
         est.fit(cache, g, bad, tr)
+    bad[tr[0]] = 10**9
+    with pytest.raises(ValueError, match="out of range"):
+        est.fit(cache, g, bad, tr)
     with pytest.raises(ValueError, match="integers"):
         est.fit(cache, g, y + 0.5, tr)
     with pytest.raises(ValueError, match="outside"):

@@ -154,7 +154,7 @@ eg_status eg_ladder_create(eg_ladder **out, const eg_ladder_config *cfg, uint64_
                          c->in_dim, c->reduced_dim, c->hidden);
     }
     if (c->num_classes < 2 || c->num_classes > (1 << 20)) {
-        return eg_seterr(err, EG_EINVAL, "ladder: num_classes must be >= 2, got %d", c->num_classes);
+        return eg_seterr(err, EG_EINVAL, "ladder: num_classes must be in [2, 2^20], got %d", c->num_classes);
     }
     if (c->gnn < EG_GNN_SAGE || c->gnn > EG_GNN_GAT) {
         return eg_seterr(err, EG_EINVAL, "ladder: unknown gnn kind %d", c->gnn);
