@@ -347,3 +347,32 @@ def test_batchnorm_skips_single_node_batch():
     m.begin(np.array([0, 1]), np.array([0, 0]), np.array([], np.int64), True, 0)
     with pytest.raises(ValueError, match="BatchNorm"):
         m.forward_step(0, np.zeros((1, 4), np.float32))
+
+
+def test_ladder_used_from_two_threads_raises():
+    import threading
+    rng = np.random.default_rng(0)
+    g = Graph(rng.integers(0, 3000, size=(2, 15000)), 3000)
+    b = g.sample(np.arange(512), "khop")
+    m = engine_py._core.Ladder(4, 256, 128, 64, 5, 0, 1, 0, 0, 1, True, 0.0, 0.1, 0)
+    Hs = [rng.standard_normal((b.num_nodes, 256), dtype=np.float32) for _ in range(4)]
+    y = rng.integers(0, 5, 512)
+    errors, seen = [], []
+
+    def work():
+        try:
+            for _ in range(2):
+                m.train_batch(b.graph_ptr, b.indptr, b.indices, Hs, y, 0, 1e-3, 0.0)
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    t = threading.Thread(target=work)
+    t.start()
+    while t.is_alive():
+        try:
+            m.zero_grad()
+        except RuntimeError as e:
+            seen.append(str(e))
+    t.join()
+    assert not errors
+    assert seen and "another thread" in seen[0]
