@@ -351,21 +351,24 @@ def test_batchnorm_skips_single_node_batch():
 
 def test_ladder_used_from_two_threads_raises():
     import threading
+    import time
     rng = np.random.default_rng(0)
     g = Graph(rng.integers(0, 3000, size=(2, 15000)), 3000)
-    b = g.sample(np.arange(512), "khop")
+    b = g.sample(np.arange(256), "khop")
     m = engine_py._core.Ladder(4, 256, 128, 64, 5, 0, 1, 0, 0, 1, True, 0.0, 0.1, 0)
     Hs = [rng.standard_normal((b.num_nodes, 256), dtype=np.float32) for _ in range(4)]
-    y = rng.integers(0, 5, 512)
+    y = rng.integers(0, 5, 256)
     errors, seen = [], []
 
     def work():
         try:
-            for _ in range(2):
+            for _ in range(3):
                 m.train_batch(b.graph_ptr, b.indptr, b.indices, Hs, y, 0, 1e-3, 0.0)
         except Exception as e:  # pragma: no cover - reported below
             errors.append(e)
 
+    old = engine_py.get_num_threads()
+    engine_py.set_num_threads(1)   # the worker's C call must not compete with this loop
     t = threading.Thread(target=work)
     t.start()
     while t.is_alive():
@@ -373,6 +376,8 @@ def test_ladder_used_from_two_threads_raises():
             m.zero_grad()
         except RuntimeError as e:
             seen.append(str(e))
+        time.sleep(0.002)   # do not starve the worker of the CPU
     t.join()
+    engine_py.set_num_threads(old)
     assert not errors
     assert seen and "another thread" in seen[0]
