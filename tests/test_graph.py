@@ -130,6 +130,8 @@ def test_sampler_bad_inputs():
         g.sample([0], "bfs")
     with pytest.raises(ValueError, match="restart"):
         g.sample([0], "rw", restart=2.0)
+    with pytest.raises(ValueError, match="walk_steps"):
+        g.sample([0], "rw", walk_steps=(1 << 20) + 1)
     with pytest.raises(ValueError, match="max_neighbors"):
         g.sample([0], "khop", max_neighbors=0)
     b = g.sample(np.array([], dtype=np.int64))

@@ -398,8 +398,8 @@ eg_status eg_sample_rw(const eg_graph *g, const int64_t *targets, int64_t num_ta
                        eg_err *err)
 {
     memset(out, 0, sizeof *out);
-    if (walk_steps < 0 || walk_steps > ((int64_t)1 << 24)) {
-        return eg_seterr(err, EG_EINVAL, "rw sampler: walk_steps must be in [0, 2^24], got %lld",
+    if (walk_steps < 0 || walk_steps > ((int64_t)1 << 20)) {
+        return eg_seterr(err, EG_EINVAL, "rw sampler: walk_steps must be in [0, 2^20], got %lld",
                          (long long)walk_steps);
     }
     if (!(restart >= 0.0f && restart <= 1.0f)) {

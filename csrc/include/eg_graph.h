@@ -63,7 +63,8 @@ eg_status eg_sample_khop(const eg_graph *g, const int64_t *targets, int64_t num_
  * neighbours) the walk jumps back to the target without an edge; otherwise it
  * moves to a uniform random neighbour and the traversed edge is recorded.
  * Subgraph: visited nodes in first-visit order (root first) and the traversed
- * edges in both directions, deduplicated. walk_steps in [0, 1<<24],
+ * edges in both directions, deduplicated. walk_steps in [0, 1<<20]
+ * (per-thread scratch is ~56 bytes per step),
  * restart in [0, 1]. */
 eg_status eg_sample_rw(const eg_graph *g, const int64_t *targets, int64_t num_targets,
                        int64_t walk_steps, float restart, uint64_t seed, eg_batch *out,
