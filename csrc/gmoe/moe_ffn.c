@@ -87,7 +87,7 @@ eg_status eg_moe_ffn_forward(float *y, float *G, float *U, float *Hl, const floa
     if (check_r(d, err) < 0) {
         return EG_EINVAL;
     }
-    const int T = d->T, H = d->H, I = d->I, E = d->E, K = d->K, r = d->r;
+    const int T = d->T, H = d->H, I = d->inner, E = d->E, K = d->K, r = d->r;
     const int swi = d->kind == EG_MOE_SWIGLU;
     const float s = d->scale, p = d->p;
     const uint64_t seed = d->seed;
@@ -262,7 +262,7 @@ eg_status eg_moe_ffn_backward(float *dx, float *dw, eg_moe_ffn_grads *grd, const
     if (check_r(d, err) < 0) {
         return EG_EINVAL;
     }
-    const int T = d->T, H = d->H, I = d->I, E = d->E, K = d->K, r = d->r;
+    const int T = d->T, H = d->H, I = d->inner, E = d->E, K = d->K, r = d->r;
     const int swi = d->kind == EG_MOE_SWIGLU;
     const float s = d->scale, p = d->p;
     const uint64_t seed = d->seed;

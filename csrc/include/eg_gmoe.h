@@ -66,7 +66,7 @@ enum { EG_MOE_SWIGLU = 0, EG_MOE_GELU = 1 };
 
 typedef struct {
     int kind;       /* EG_MOE_SWIGLU or EG_MOE_GELU */
-    int T, H, I, E, K, r;
+    int T, H, inner, E, K, r; /* inner = FFN intermediate size I (not "I": complex.h) */
     float scale;    /* alpha / r */
     float p;        /* LoRA dropout */
     uint64_t seed;  /* dropout stream of this call */
