@@ -137,12 +137,18 @@ class GMoERef:
         h = h.reshape(T, N + 1, -1)[:, :N, :]
         return (h @ p.T).squeeze(-1)
 
-    def forward(self, x_np, running=None):
-        x = torch.tensor(x_np, dtype=self.dtype)
+    def forward(self, x, running=None):
+        """x: numpy array or torch tensor (kept as is, so it may be a leaf)."""
+        if not torch.is_tensor(x):
+            x = torch.tensor(x, dtype=self.dtype)
         T, N, K = x.shape[0], self.N, self.K
         logits = self.logits(x)
         probs = torch.softmax(logits, dim=-1)
-        topv, topi = torch.topk(probs, K, dim=-1)
+        # Experts with the same closed neighbourhood in the graph get identical
+        # logits (exact ties are structural, not rare): ties go to the lower
+        # index, as in the engine, via a stable sort.
+        sv, si = torch.sort(probs, dim=-1, descending=True, stable=True)
+        topv, topi = sv[:, :K], si[:, :K]
         w = topv / topv.sum(dim=-1, keepdim=True) if self.router != "switch" else topv
         outs = torch.stack([self.expert_out(e, x) for e in range(N)])  # (N, T, H)
         y = torch.zeros_like(x)
@@ -171,19 +177,19 @@ class GMoERef:
         i = torch.arange(1, N + 1, dtype=self.dtype)
         logq = i * torch.log(lam) - lam - torch.lgamma(i + 1)
         q = torch.softmax(logq, dim=0)  # normalised Poisson pmf over 1..N
-        v, _ = torch.sort(probs, dim=-1, descending=True)
+        v, _ = torch.sort(probs, dim=-1, descending=True, stable=True)
         return self._term(q[None, :], v).sum(dim=-1).mean()
 
     def normal(self, topi, w, running):
         N, K = self.N, self.K
         cur = torch.zeros(N, dtype=self.dtype).index_add(0, topi.flatten(), w.flatten())
         c = running + K * cur
-        v, _ = torch.sort(c, descending=True)
+        v, _ = torch.sort(c, descending=True, stable=True)
         v = v / c.sum()
         sigma = torch.clamp(self.params["normal_sigma"], min=SIGMA_MIN)
         dist = torch.distributions.Normal(torch.tensor(N / 2.0, dtype=self.dtype), sigma)
         q = torch.softmax(dist.log_prob(torch.arange(N, dtype=self.dtype)), dim=0)
-        q, _ = torch.sort(q, descending=True)
+        q, _ = torch.sort(q, descending=True, stable=True)
         return self._term(q, v).sum()
 
 
