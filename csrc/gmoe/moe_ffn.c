@@ -35,13 +35,6 @@ static inline float gelu_f(float g)
     return 0.5f * g * (1.0f + erff(g * 0.70710678118654752f));
 }
 
-static inline float gelu_grad(float g)
-{
-    float cdf = 0.5f * (1.0f + erff(g * 0.70710678118654752f));
-    float pdf = expf(-0.5f * g * g) * 0.39894228040143268f;
-    return cdf + g * pdf;
-}
-
 /* Mask stream index of (token t, expert e, projection proj, column c). */
 static inline uint64_t mask_index(int t, int e, int E, int proj, int dim, int c)
 {
@@ -315,13 +308,8 @@ eg_status eg_moe_ffn_backward(float *dx, float *dw, eg_moe_ffn_grads *grd, const
             const float *A0 = prm->A[0] + (size_t)e * r * H, *B0 = prm->B[0] + (size_t)e * I * r;
             const float *A2 = prm->A[2] + (size_t)e * r * I, *B2 = prm->B[2] + (size_t)e * H * r;
             uint64_t mb2 = mask_index(t, e, E, 2, I, 0);
-            float dot = 0.0f;
-            for (int i = 0; i < I; i++) {
-                float a, sg;
-                a = swi ? silu_f(g[i], &sg) * u[i] : gelu_f(g[i]);
-                dot += dat[i] * a;
-                adm[i] = a * eg_gmoe_dropout(seed, mb2 + (uint64_t)i, p);
-            }
+            /* dh2 needs only dy, so one fused pass over I can then compute the
+             * activation (one exp per element), dw's dot product and dg/du. */
             float dh2[MAX_R], dh0[MAX_R], dh1[MAX_R];
             float lor = 0.0f;
             for (int k = 0; k < r; k++) {
@@ -333,21 +321,31 @@ eg_status eg_moe_ffn_backward(float *dx, float *dw, eg_moe_ffn_grads *grd, const
                 dh2[k] = s * wj * acc;
                 dH2[m * r + k] = dh2[k];
             }
-            dw[m] = dot + s * lor + dyb;
+            float dot = 0.0f;
             for (int i = 0; i < I; i++) {
+                float mk = p > 0.0f ? eg_gmoe_dropout(seed, mb2 + (uint64_t)i, p) : 1.0f;
                 float back = 0.0f;
                 for (int k = 0; k < r; k++) {
                     back += A2[(size_t)k * I + i] * dh2[k];
                 }
-                float da = wj * dat[i] + back * eg_gmoe_dropout(seed, mb2 + (uint64_t)i, p);
+                float gi = g[i], a, dact;
+                float da_pre = wj * dat[i] + back * mk;
                 if (swi) {
-                    float sg, si = silu_f(g[i], &sg);
-                    dgm[i] = da * u[i] * sg * (1.0f + g[i] * (1.0f - sg));
-                    dum[i] = da * si;
+                    float sg = 1.0f / (1.0f + expf(-gi));
+                    float si = gi * sg;
+                    a = si * u[i];
+                    dgm[i] = da_pre * u[i] * sg * (1.0f + gi * (1.0f - sg));
+                    dum[i] = da_pre * si;
                 } else {
-                    dgm[i] = da * gelu_grad(g[i]);
+                    float cdf = 0.5f * (1.0f + erff(gi * 0.70710678118654752f));
+                    a = gi * cdf;
+                    dact = cdf + gi * expf(-0.5f * gi * gi) * 0.39894228040143268f;
+                    dgm[i] = da_pre * dact;
                 }
+                dot += dat[i] * a;
+                adm[i] = a * mk;
             }
+            dw[m] = dot + s * lor + dyb;
             for (int k = 0; k < r; k++) {
                 dh0[k] = 0.0f;
                 dh1[k] = 0.0f;
