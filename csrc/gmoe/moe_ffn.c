@@ -23,16 +23,72 @@
 #define MAX_R 64
 #define COL_BLOCK 128
 
-static inline float silu_f(float g, float *sg_out)
+/* exp(x) without a libm call, so loops using it vectorise: x = n ln2 + f,
+ * |f| <= ln2/2, e^f by its degree-7 Taylor polynomial (relative error below
+ * 2e-7, about 1 float ulp), times 2^n built in the exponent bits. Inputs are
+ * clamped to [-87, 88] (results stay normal and finite). */
+/* c ? a : b as bit operations: GCC does not if-convert float selects without
+ * -ffinite-math-only, and a branch stops the loop from vectorising. */
+static inline float select_f(int c, float a, float b)
 {
-    float sg = 1.0f / (1.0f + expf(-g));
-    *sg_out = sg;
-    return g * sg;
+    int32_t ia, ib, r;
+    memcpy(&ia, &a, sizeof ia);
+    memcpy(&ib, &b, sizeof ib);
+    int32_t m = -(int32_t)c;
+    r = (ia & m) | (ib & ~m);
+    float f;
+    memcpy(&f, &r, sizeof f);
+    return f;
+}
+
+static inline float exp_vec(float x)
+{
+    x = select_f(x < -87.0f, -87.0f, x);
+    x = select_f(x > 88.0f, 88.0f, x);
+    float t = x * 1.44269504088896341f + 12582912.0f; /* round to nearest via 1.5*2^23 */
+    float n = t - 12582912.0f;
+    float f = x - n * 0.693145751953125f - n * 1.42860682030941723e-6f;
+    float q = 1.0f / 5040.0f;
+    q = q * f + 1.0f / 720.0f;
+    q = q * f + 1.0f / 120.0f;
+    q = q * f + 1.0f / 24.0f;
+    q = q * f + 1.0f / 6.0f;
+    q = q * f + 0.5f;
+    q = q * f + 1.0f;
+    q = q * f + 1.0f;
+    int32_t bits = ((int32_t)n + 127) << 23;
+    float sc;
+    memcpy(&sc, &bits, sizeof sc);
+    return q * sc;
 }
 
 static inline float gelu_f(float g)
 {
     return 0.5f * g * (1.0f + erff(g * 0.70710678118654752f));
+}
+
+/* One slot's SwiGLU backward over the intermediate dimension: da = wj dabar
+ * + back * mask; dg = da u silu'(g); du = da silu(g); ad = a * mask. Returns
+ * dabar . a. A separate function with restrict pointers so it vectorises. */
+static float swiglu_backward_row(float *restrict dg, float *restrict du, float *restrict ad,
+                                 const float *restrict g, const float *restrict u,
+                                 const float *restrict dat, const float *restrict back,
+                                 const float *restrict mk, float wj, int n)
+{
+    float dot = 0.0f;
+    #pragma omp simd reduction(+:dot)
+    for (int i = 0; i < n; i++) {
+        float gi = g[i];
+        float da = wj * dat[i] + back[i] * mk[i];
+        float sg = 1.0f / (1.0f + exp_vec(-gi));
+        float si = gi * sg;
+        float a = si * u[i];
+        dg[i] = da * u[i] * sg * (1.0f + gi * (1.0f - sg));
+        du[i] = da * si;
+        dot += dat[i] * a;
+        ad[i] = a * mk[i];
+    }
+    return dot;
 }
 
 /* Mask stream index of (token t, expert e, projection proj, column c). */
@@ -42,24 +98,94 @@ static inline uint64_t mask_index(int t, int e, int E, int proj, int dim, int c)
            (uint64_t)c;
 }
 
-/* h (r) = A (r,n) drop(v) (n). */
-static void lora_down(float *h, const float *A, const float *v, int n, int r, float p,
-                      uint64_t seed, uint64_t mbase)
+/* h (r) = A (r,n) (v * mk) (n); mk is a dropout row (all ones without dropout). */
+static void lora_down(float *h, const float *A, const float *v, const float *mk, int n, int r)
 {
     for (int k = 0; k < r; k++) {
         const float *a = A + (size_t)k * n;
         float acc = 0.0f;
-        if (p > 0.0f) {
-            for (int c = 0; c < n; c++) {
-                acc += a[c] * v[c] * eg_gmoe_dropout(seed, mbase + (uint64_t)c, p);
-            }
-        } else {
-            for (int c = 0; c < n; c++) {
-                acc += a[c] * v[c];
-            }
+        #pragma omp simd reduction(+:acc)
+        for (int c = 0; c < n; c++) {
+            acc += a[c] * v[c] * mk[c];
         }
         h[k] = acc;
     }
+}
+
+/* Dropout row of (t, e, proj) into buf (n), or the shared all-ones row. */
+static const float *mask_row(float *buf, const float *ones, int t, int e, int E, int proj, int n,
+                             float p, uint64_t seed)
+{
+    if (p <= 0.0f) {
+        return ones;
+    }
+    uint64_t mb = mask_index(t, e, E, proj, n, 0);
+    for (int c = 0; c < n; c++) {
+        buf[c] = eg_gmoe_dropout(seed, mb + (uint64_t)c, p);
+    }
+    return buf;
+}
+
+/* BT (E, r, out) = B (E, out, r) transposed per expert, so the rank-r paths
+ * read contiguous rows. NULL on ENOMEM. */
+static float *transpose_B(const float *B, int E, int out, int r)
+{
+    float *BT = eg_aligned_alloc((size_t)E * out * r * sizeof(float));
+    if (BT == NULL) {
+        return NULL;
+    }
+    for (int e = 0; e < E; e++) {
+        for (int o = 0; o < out; o++) {
+            for (int k = 0; k < r; k++) {
+                BT[((size_t)e * r + k) * out + o] = B[((size_t)e * out + o) * r + k];
+            }
+        }
+    }
+    return BT;
+}
+
+/* Scratch shared by forward and backward: transposed B's, a ones row and
+ * per-thread rows (activation + three mask rows). */
+typedef struct {
+    float *BT[3];
+    float *ones;
+    float *rows;  /* nthr * 4 * W */
+    size_t W;
+} ffn_scratch;
+
+static void scratch_free(ffn_scratch *sc)
+{
+    for (int q = 0; q < 3; q++) {
+        eg_aligned_free(sc->BT[q]);
+    }
+    eg_aligned_free(sc->ones);
+    eg_aligned_free(sc->rows);
+}
+
+static int scratch_init(ffn_scratch *sc, const eg_moe_ffn_params *prm, const eg_moe_ffn_dims *d)
+{
+    const int swi = d->kind == EG_MOE_SWIGLU;
+    const int out[3] = {d->inner, d->inner, d->H};
+    memset(sc, 0, sizeof *sc);
+    sc->W = (size_t)(d->inner > d->H ? d->inner : d->H);
+    int ok = 1;
+    for (int q = 0; q < 3; q++) {
+        if (q == 1 && !swi) {
+            continue;
+        }
+        sc->BT[q] = transpose_B(prm->B[q], d->E, out[q], d->r);
+        ok = ok && sc->BT[q] != NULL;
+    }
+    sc->ones = eg_aligned_alloc(sc->W * sizeof(float));
+    sc->rows = eg_aligned_alloc((size_t)omp_get_max_threads() * 4 * sc->W * sizeof(float));
+    if (!ok || sc->ones == NULL || sc->rows == NULL) {
+        scratch_free(sc);
+        return -1;
+    }
+    for (size_t c = 0; c < sc->W; c++) {
+        sc->ones[c] = 1.0f;
+    }
+    return 0;
 }
 
 static int check_r(const eg_moe_ffn_dims *d, eg_err *err)
@@ -85,16 +211,14 @@ eg_status eg_moe_ffn_forward(float *y, float *G, float *U, float *Hl, const floa
     const float s = d->scale, p = d->p;
     const uint64_t seed = d->seed;
     const size_t M = (size_t)T * (size_t)K, TI = (size_t)T * (size_t)I;
-    const int nthr = omp_get_max_threads();
+    ffn_scratch sc;
     float *G0 = eg_aligned_alloc(TI * sizeof(float));
     float *U0 = swi ? eg_aligned_alloc(TI * sizeof(float)) : NULL;
     float *abar = eg_aligned_alloc(TI * sizeof(float));
-    float *tmp = eg_aligned_alloc((size_t)nthr * (size_t)I * sizeof(float));
-    if (G0 == NULL || abar == NULL || tmp == NULL || (swi && U0 == NULL)) {
+    if (G0 == NULL || abar == NULL || (swi && U0 == NULL) || scratch_init(&sc, prm, d) < 0) {
         eg_aligned_free(G0);
         eg_aligned_free(U0);
         eg_aligned_free(abar);
-        eg_aligned_free(tmp);
         return eg_seterr(err, EG_ENOMEM, "moe_ffn forward: out of memory (T=%d, I=%d)", T, I);
     }
     eg_sgemm(0, 1, T, I, H, 1.0f, x, H, prm->W_in, H, 0.0f, G0, I);
@@ -105,61 +229,81 @@ eg_status eg_moe_ffn_forward(float *y, float *G, float *U, float *Hl, const floa
 
     #pragma omp parallel for schedule(static)
     for (int t = 0; t < T; t++) {
-        float *ad = tmp + (size_t)omp_get_thread_num() * (size_t)I;
+        float *rows = sc.rows + (size_t)omp_get_thread_num() * 4 * sc.W;
+        float *ad = rows, *mb0 = rows + sc.W, *mb1 = rows + 2 * sc.W, *mb2 = rows + 3 * sc.W;
         const float *xt = x + (size_t)t * H;
         const float *g0 = G0 + (size_t)t * I;
         const float *u0 = swi ? U0 + (size_t)t * I : NULL;
         float *ab = abar + (size_t)t * I;
         float *yt = y + (size_t)t * H;
         float wsum = 0.0f;
+        memset(ab, 0, (size_t)I * sizeof(float));
+        memset(yt, 0, (size_t)H * sizeof(float));
         for (int j = 0; j < K; j++) {
             size_t m = (size_t)t * K + (size_t)j;
             int e = idx[m];
             float wj = w[m];
             wsum += wj;
             float *h0 = H0 + m * r, *h1 = H1 + m * r, *h2 = H2 + m * r;
-            const float *A0 = prm->A[0] + (size_t)e * r * H, *B0 = prm->B[0] + (size_t)e * I * r;
-            const float *A2 = prm->A[2] + (size_t)e * r * I, *B2 = prm->B[2] + (size_t)e * H * r;
-            lora_down(h0, A0, xt, H, r, p, seed, mask_index(t, e, E, 0, H, 0));
+            const float *A0 = prm->A[0] + (size_t)e * r * H, *A2 = prm->A[2] + (size_t)e * r * I;
+            const float *BT0 = sc.BT[0] + (size_t)e * r * I, *BT2 = sc.BT[2] + (size_t)e * r * H;
+            const float *mk0 = mask_row(mb0, sc.ones, t, e, E, 0, H, p, seed);
+            const float *mk2 = mask_row(mb2, sc.ones, t, e, E, 2, I, p, seed);
+            lora_down(h0, A0, xt, mk0, H, r);
             float *g = G + m * I;
-            for (int i = 0; i < I; i++) {
-                float acc = 0.0f;
-                for (int k = 0; k < r; k++) {
-                    acc += B0[(size_t)i * r + k] * h0[k];
+            if (prm->b_in != NULL) {
+                #pragma omp simd
+                for (int i = 0; i < I; i++) {
+                    g[i] = g0[i] + prm->b_in[i];
                 }
-                g[i] = g0[i] + (prm->b_in != NULL ? prm->b_in[i] : 0.0f) + s * acc;
+            } else {
+                memcpy(g, g0, (size_t)I * sizeof(float));
+            }
+            for (int k = 0; k < r; k++) {
+                const float *bk = BT0 + (size_t)k * I;
+                const float c = s * h0[k];
+                #pragma omp simd
+                for (int i = 0; i < I; i++) {
+                    g[i] += c * bk[i];
+                }
             }
             if (swi) {
                 const float *A1 = prm->A[1] + (size_t)e * r * H;
-                const float *B1 = prm->B[1] + (size_t)e * I * r;
-                lora_down(h1, A1, xt, H, r, p, seed, mask_index(t, e, E, 1, H, 0));
+                const float *BT1 = sc.BT[1] + (size_t)e * r * I;
+                const float *mk1 = mask_row(mb1, sc.ones, t, e, E, 1, H, p, seed);
+                lora_down(h1, A1, xt, mk1, H, r);
                 float *u = U + m * I;
-                for (int i = 0; i < I; i++) {
-                    float acc = 0.0f;
-                    for (int k = 0; k < r; k++) {
-                        acc += B1[(size_t)i * r + k] * h1[k];
+                memcpy(u, u0, (size_t)I * sizeof(float));
+                for (int k = 0; k < r; k++) {
+                    const float *bk = BT1 + (size_t)k * I;
+                    const float c = s * h1[k];
+                    #pragma omp simd
+                    for (int i = 0; i < I; i++) {
+                        u[i] += c * bk[i];
                     }
-                    u[i] = u0[i] + s * acc;
                 }
+                #pragma omp simd
                 for (int i = 0; i < I; i++) {
-                    float sg;
-                    ad[i] = silu_f(g[i], &sg) * u[i];
+                    float sg = 1.0f / (1.0f + exp_vec(-g[i]));
+                    ad[i] = g[i] * sg * u[i];
                 }
             } else {
                 for (int i = 0; i < I; i++) {
                     ad[i] = gelu_f(g[i]);
                 }
             }
+            #pragma omp simd
             for (int i = 0; i < I; i++) {
-                ab[i] = (j == 0 ? 0.0f : ab[i]) + wj * ad[i];
+                ab[i] += wj * ad[i];
             }
-            lora_down(h2, A2, ad, I, r, p, seed, mask_index(t, e, E, 2, I, 0));
-            for (int hh = 0; hh < H; hh++) {
-                float acc = 0.0f;
-                for (int k = 0; k < r; k++) {
-                    acc += B2[(size_t)hh * r + k] * h2[k];
+            lora_down(h2, A2, ad, mk2, I, r);
+            for (int k = 0; k < r; k++) {
+                const float *bk = BT2 + (size_t)k * H;
+                const float c = wj * s * h2[k];
+                #pragma omp simd
+                for (int hh = 0; hh < H; hh++) {
+                    yt[hh] += c * bk[hh];
                 }
-                yt[hh] = (j == 0 ? 0.0f : yt[hh]) + wj * s * acc;
             }
         }
         if (prm->b_out != NULL) {
@@ -172,7 +316,7 @@ eg_status eg_moe_ffn_forward(float *y, float *G, float *U, float *Hl, const floa
     eg_aligned_free(G0);
     eg_aligned_free(U0);
     eg_aligned_free(abar);
-    eg_aligned_free(tmp);
+    scratch_free(&sc);
     return EG_OK;
 }
 
@@ -270,8 +414,11 @@ eg_status eg_moe_ffn_backward(float *dx, float *dw, eg_moe_ffn_grads *grd, const
     int32_t *order = malloc((M > 0 ? M : 1) * sizeof(int32_t));
     size_t *off = calloc((size_t)E + 2, sizeof(size_t));
     eg_status st = EG_OK;
+    ffn_scratch sc;
+    memset(&sc, 0, sizeof sc);
     if (dab == NULL || dG == NULL || Ad == NULL || dG0 == NULL || dHl == NULL ||
-        order == NULL || off == NULL || (swi && (dU == NULL || dU0 == NULL))) {
+        order == NULL || off == NULL || (swi && (dU == NULL || dU0 == NULL)) ||
+        scratch_init(&sc, prm, d) < 0) {
         st = eg_seterr(err, EG_ENOMEM, "moe_ffn backward: out of memory (T=%d, I=%d)", T, I);
         goto done;
     }
@@ -284,6 +431,8 @@ eg_status eg_moe_ffn_backward(float *dx, float *dw, eg_moe_ffn_grads *grd, const
 
     #pragma omp parallel for schedule(static)
     for (int t = 0; t < T; t++) {
+        float *rows = sc.rows + (size_t)omp_get_thread_num() * 4 * sc.W;
+        float *back = rows, *mb0 = rows + sc.W, *mb1 = rows + 2 * sc.W, *mb2 = rows + 3 * sc.W;
         const float *dyt = dy + (size_t)t * H;
         const float *dat = dab + (size_t)t * I;
         float *dxt = dx + (size_t)t * H;
@@ -296,6 +445,10 @@ eg_status eg_moe_ffn_backward(float *dx, float *dw, eg_moe_ffn_grads *grd, const
             }
         }
         memset(dxt, 0, (size_t)H * sizeof(float));
+        memset(dg0, 0, (size_t)I * sizeof(float));
+        if (swi) {
+            memset(du0, 0, (size_t)I * sizeof(float));
+        }
         for (int j = 0; j < K; j++) {
             size_t m = (size_t)t * K + (size_t)j;
             int e = idx[m];
@@ -305,93 +458,97 @@ eg_status eg_moe_ffn_backward(float *dx, float *dw, eg_moe_ffn_grads *grd, const
             float *adm = Ad + m * I;
             float *dgm = dG + m * I;
             float *dum = swi ? dU + m * I : NULL;
-            const float *A0 = prm->A[0] + (size_t)e * r * H, *B0 = prm->B[0] + (size_t)e * I * r;
-            const float *A2 = prm->A[2] + (size_t)e * r * I, *B2 = prm->B[2] + (size_t)e * H * r;
-            uint64_t mb2 = mask_index(t, e, E, 2, I, 0);
+            const float *A0 = prm->A[0] + (size_t)e * r * H, *A2 = prm->A[2] + (size_t)e * r * I;
+            const float *BT0 = sc.BT[0] + (size_t)e * r * I, *BT2 = sc.BT[2] + (size_t)e * r * H;
+            const float *mk0 = mask_row(mb0, sc.ones, t, e, E, 0, H, p, seed);
+            const float *mk2 = mask_row(mb2, sc.ones, t, e, E, 2, I, p, seed);
             /* dh2 needs only dy, so one fused pass over I can then compute the
              * activation (one exp per element), dw's dot product and dg/du. */
             float dh2[MAX_R], dh0[MAX_R], dh1[MAX_R];
             float lor = 0.0f;
             for (int k = 0; k < r; k++) {
+                const float *bk = BT2 + (size_t)k * H;
                 float acc = 0.0f;
+                #pragma omp simd reduction(+:acc)
                 for (int hh = 0; hh < H; hh++) {
-                    acc += B2[(size_t)hh * r + k] * dyt[hh];
+                    acc += bk[hh] * dyt[hh];
                 }
                 lor += acc * H2[m * r + k];
                 dh2[k] = s * wj * acc;
                 dH2[m * r + k] = dh2[k];
             }
+            /* back = A2^T dh2, by rows of A2 so the loops below vectorise */
+            memset(back, 0, (size_t)I * sizeof(float));
+            for (int k = 0; k < r; k++) {
+                const float *ak = A2 + (size_t)k * I;
+                const float c = dh2[k];
+                #pragma omp simd
+                for (int i = 0; i < I; i++) {
+                    back[i] += c * ak[i];
+                }
+            }
             float dot = 0.0f;
-            for (int i = 0; i < I; i++) {
-                float mk = p > 0.0f ? eg_gmoe_dropout(seed, mb2 + (uint64_t)i, p) : 1.0f;
-                float back = 0.0f;
-                for (int k = 0; k < r; k++) {
-                    back += A2[(size_t)k * I + i] * dh2[k];
-                }
-                float gi = g[i], a, dact;
-                float da_pre = wj * dat[i] + back * mk;
-                if (swi) {
-                    float sg = 1.0f / (1.0f + expf(-gi));
-                    float si = gi * sg;
-                    a = si * u[i];
-                    dgm[i] = da_pre * u[i] * sg * (1.0f + gi * (1.0f - sg));
-                    dum[i] = da_pre * si;
-                } else {
+            if (swi) {
+                dot = swiglu_backward_row(dgm, dum, adm, g, u, dat, back, mk2, wj, I);
+            } else {
+                for (int i = 0; i < I; i++) {
+                    float gi = g[i];
+                    float da = wj * dat[i] + back[i] * mk2[i];
                     float cdf = 0.5f * (1.0f + erff(gi * 0.70710678118654752f));
-                    a = gi * cdf;
-                    dact = cdf + gi * expf(-0.5f * gi * gi) * 0.39894228040143268f;
-                    dgm[i] = da_pre * dact;
+                    float a = gi * cdf;
+                    dgm[i] = da * (cdf + gi * expf(-0.5f * gi * gi) * 0.39894228040143268f);
+                    dot += dat[i] * a;
+                    adm[i] = a * mk2[i];
                 }
-                dot += dat[i] * a;
-                adm[i] = a * mk;
             }
             dw[m] = dot + s * lor + dyb;
             for (int k = 0; k < r; k++) {
-                dh0[k] = 0.0f;
-                dh1[k] = 0.0f;
-            }
-            for (int i = 0; i < I; i++) {
-                for (int k = 0; k < r; k++) {
-                    dh0[k] += B0[(size_t)i * r + k] * dgm[i];
+                const float *bk = BT0 + (size_t)k * I;
+                float acc = 0.0f;
+                #pragma omp simd reduction(+:acc)
+                for (int i = 0; i < I; i++) {
+                    acc += bk[i] * dgm[i];
                 }
-            }
-            for (int k = 0; k < r; k++) {
-                dh0[k] *= s;
+                dh0[k] = s * acc;
                 dH0[m * r + k] = dh0[k];
             }
+            #pragma omp simd
             for (int i = 0; i < I; i++) {
-                dg0[i] = (j == 0 ? 0.0f : dg0[i]) + dgm[i];
+                dg0[i] += dgm[i];
             }
-            uint64_t mb0 = mask_index(t, e, E, 0, H, 0);
-            for (int hh = 0; hh < H; hh++) {
-                float acc = 0.0f;
-                for (int k = 0; k < r; k++) {
-                    acc += A0[(size_t)k * H + hh] * dh0[k];
+            for (int k = 0; k < r; k++) {
+                const float *ak = A0 + (size_t)k * H;
+                const float c = dh0[k];
+                #pragma omp simd
+                for (int hh = 0; hh < H; hh++) {
+                    dxt[hh] += c * ak[hh] * mk0[hh];
                 }
-                dxt[hh] += acc * eg_gmoe_dropout(seed, mb0 + (uint64_t)hh, p);
             }
             if (swi) {
                 const float *A1 = prm->A[1] + (size_t)e * r * H;
-                const float *B1 = prm->B[1] + (size_t)e * I * r;
-                for (int i = 0; i < I; i++) {
-                    for (int k = 0; k < r; k++) {
-                        dh1[k] += B1[(size_t)i * r + k] * dum[i];
-                    }
-                }
+                const float *BT1 = sc.BT[1] + (size_t)e * r * I;
+                const float *mk1 = mask_row(mb1, sc.ones, t, e, E, 1, H, p, seed);
                 for (int k = 0; k < r; k++) {
-                    dh1[k] *= s;
+                    const float *bk = BT1 + (size_t)k * I;
+                    float acc = 0.0f;
+                    #pragma omp simd reduction(+:acc)
+                    for (int i = 0; i < I; i++) {
+                        acc += bk[i] * dum[i];
+                    }
+                    dh1[k] = s * acc;
                     dH1[m * r + k] = dh1[k];
                 }
+                #pragma omp simd
                 for (int i = 0; i < I; i++) {
-                    du0[i] = (j == 0 ? 0.0f : du0[i]) + dum[i];
+                    du0[i] += dum[i];
                 }
-                uint64_t mb1 = mask_index(t, e, E, 1, H, 0);
-                for (int hh = 0; hh < H; hh++) {
-                    float acc = 0.0f;
-                    for (int k = 0; k < r; k++) {
-                        acc += A1[(size_t)k * H + hh] * dh1[k];
+                for (int k = 0; k < r; k++) {
+                    const float *ak = A1 + (size_t)k * H;
+                    const float c = dh1[k];
+                    #pragma omp simd
+                    for (int hh = 0; hh < H; hh++) {
+                        dxt[hh] += c * ak[hh] * mk1[hh];
                     }
-                    dxt[hh] += acc * eg_gmoe_dropout(seed, mb1 + (uint64_t)hh, p);
                 }
             }
         }
@@ -439,6 +596,7 @@ eg_status eg_moe_ffn_backward(float *dx, float *dw, eg_moe_ffn_grads *grd, const
         expert_reduce(grd->B[2], 0, s, H2, &ys, H, order, off, d);
     }
 done:
+    scratch_free(&sc);
     eg_aligned_free(dab);
     eg_aligned_free(dG);
     eg_aligned_free(dU);
