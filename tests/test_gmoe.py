@@ -385,3 +385,17 @@ def test_bad_inputs():
         _core._gmoe_balance_forward(np.zeros((2, 3), np.float32), np.array([[0, 7]] * 2, np.int32))
     with pytest.raises(ValueError):
         _core._gmoe_topk_forward(np.zeros((2, 3), np.float32), 4, True)
+
+
+def test_busy_object_raises():
+    layer = make("swiglu", "linear")
+    x = np.zeros((3, H), np.float32)
+    layer._lock.acquire()  # as if another thread were inside forward
+    try:
+        with pytest.raises(RuntimeError, match="another thread"):
+            layer.forward(x)
+        with pytest.raises(RuntimeError, match="another thread"):
+            layer.step()
+    finally:
+        layer._lock.release()
+    layer.forward(x)

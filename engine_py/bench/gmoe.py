@@ -124,14 +124,70 @@ def _torch_layer(torch, layer, kind):
     return forward, list(P.values())
 
 
-def _time(fn, repeats):
-    fn()  # warm-up
-    ts = []
+def _time_pair(fa, fb, repeats):
+    """Median seconds of fa and fb, runs interleaved (a, b, a, b, ...) so that
+    load changes on a shared machine hit both sides alike."""
+    fa()
+    fb()  # warm-up
+    ta, tb = [], []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return statistics.median(ts)
+        fa()
+        ta.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        fb()
+        tb.append(time.perf_counter() - t0)
+    return statistics.median(ta), statistics.median(tb)
+
+
+def _bench_size(torch, MoELoRAFFN, args, nthreads, H, I, routers):
+    rng = np.random.default_rng(0)
+    if args.kind == "swiglu":
+        bw = {"W1": rng.normal(0, 0.02, (I, H)), "W3": rng.normal(0, 0.02, (I, H)),
+              "W2": rng.normal(0, 0.02, (H, I))}
+    else:
+        bw = {"Wi": rng.normal(0, 0.02, (I, H)), "bi": rng.normal(0, 0.02, I),
+              "Wo": rng.normal(0, 0.02, (H, I)), "bo": rng.normal(0, 0.02, H)}
+    x = rng.normal(0, 1, (args.tokens, H)).astype(np.float32)
+    dy = rng.normal(0, 1, (args.tokens, H)).astype(np.float32)
+    rows = []
+    for router in routers:
+        layer = MoELoRAFFN(bw, kind=args.kind, num_experts=E, top_k=K, r=R, lora_alpha=ALPHA,
+                           router=router, gcn_dim=G, seed=0)
+        sd = layer.state_dict()
+        for k in sd:  # non-zero B so every LoRA path does real work
+            if k.endswith("lora_B.weight"):
+                sd[k] = rng.normal(0, 0.02, sd[k].shape).astype(np.float32)
+        layer.load_state_dict(sd)
+        fwd, params = _torch_layer(torch, layer, args.kind)
+        xt = torch.tensor(x, requires_grad=True)
+        dyt = torch.tensor(dy)
+
+        # same function: compare outputs once
+        y_e, _ = layer.forward(x, training=False)
+        with torch.no_grad():
+            y_t, _ = fwd(torch.tensor(x))
+        err = float(np.abs(y_e - y_t.numpy()).max() / max(np.abs(y_t.numpy()).max(), 1e-12))
+
+        def run_engine():
+            layer.zero_grad()
+            layer.forward(x, training=True)
+            layer.backward(dy)
+
+        def run_torch():
+            for p in params:
+                p.grad = None
+            xt.grad = None
+            y, aux = fwd(xt)
+            ((y * dyt).sum() + aux).backward()
+
+        te, tt = _time_pair(run_engine, run_torch, args.repeats)
+        rows.append((nthreads, f"{H}/{I}", router, args.tokens / te, args.tokens / tt, tt / te,
+                     err))
+        print(f"threads {nthreads} H/I {H}/{I} router {router:6s}: engine_py "
+              f"{args.tokens / te:8.0f} tok/s, torch {args.tokens / tt:8.0f} tok/s, ratio "
+              f"{tt / te:5.2f}x (max rel diff of y {err:.1e})", flush=True)
+    return rows
 
 
 def main(argv=None) -> int:
@@ -143,8 +199,9 @@ def main(argv=None) -> int:
     ap.add_argument("--routers", default="graph,linear")
     ap.add_argument("--sizes", default=",".join(f"{h}/{i}" for h, i in SIZES),
                     help="comma-separated H/I pairs")
-    ap.add_argument("--threads", type=int, default=None,
-                    help="threads for both sides (default: engine_py's current setting)")
+    ap.add_argument("--threads", default=None,
+                    help="comma-separated thread counts, each used by both sides "
+                         "(default: engine_py's current setting)")
     ap.add_argument("--no-write", action="store_true", help="do not update BENCHMARKS.md")
     args = ap.parse_args(argv)
     try:
@@ -156,70 +213,32 @@ def main(argv=None) -> int:
     from engine_py.bench import machine_line, write_section
     from engine_py.gmoe import MoELoRAFFN
 
-    if args.threads is not None:
-        engine_py.set_num_threads(args.threads)
-    nthreads = engine_py.get_num_threads()
-    torch.set_num_threads(nthreads)
+    thread_list = ([int(v) for v in args.threads.split(",") if v] if args.threads
+                   else [engine_py.get_num_threads()])
     routers = [r for r in args.routers.split(",") if r]
     sizes = [tuple(int(v) for v in s.split("/")) for s in args.sizes.split(",") if s]
     rows = []
-    for H, I in sizes:
-        rng = np.random.default_rng(0)
-        if args.kind == "swiglu":
-            bw = {"W1": rng.normal(0, 0.02, (I, H)), "W3": rng.normal(0, 0.02, (I, H)),
-                  "W2": rng.normal(0, 0.02, (H, I))}
-        else:
-            bw = {"Wi": rng.normal(0, 0.02, (I, H)), "bi": rng.normal(0, 0.02, I),
-                  "Wo": rng.normal(0, 0.02, (H, I)), "bo": rng.normal(0, 0.02, H)}
-        x = rng.normal(0, 1, (args.tokens, H)).astype(np.float32)
-        dy = rng.normal(0, 1, (args.tokens, H)).astype(np.float32)
-        for router in routers:
-            layer = MoELoRAFFN(bw, kind=args.kind, num_experts=E, top_k=K, r=R, lora_alpha=ALPHA,
-                               router=router, gcn_dim=G, seed=0)
-            sd = layer.state_dict()
-            for k in sd:  # non-zero B so every LoRA path does real work
-                if k.endswith("lora_B.weight"):
-                    sd[k] = rng.normal(0, 0.02, sd[k].shape).astype(np.float32)
-            layer.load_state_dict(sd)
-            fwd, params = _torch_layer(torch, layer, args.kind)
-            xt = torch.tensor(x, requires_grad=True)
-            dyt = torch.tensor(dy)
-
-            # same function: compare outputs once
-            y_e, _ = layer.forward(x, training=False)
-            with torch.no_grad():
-                y_t, _ = fwd(torch.tensor(x))
-            err = float(np.abs(y_e - y_t.numpy()).max() / max(np.abs(y_t.numpy()).max(), 1e-12))
-
-            def run_engine():
-                layer.zero_grad()
-                layer.forward(x, training=True)
-                layer.backward(dy)
-
-            def run_torch():
-                for p in params:
-                    p.grad = None
-                xt.grad = None
-                y, aux = fwd(xt)
-                ((y * dyt).sum() + aux).backward()
-
-            te = _time(run_engine, args.repeats)
-            tt = _time(run_torch, args.repeats)
-            rows.append((f"{H}/{I}", router, args.tokens / te, args.tokens / tt, tt / te, err))
-            print(f"H/I {H}/{I} router {router:6s}: engine_py {args.tokens / te:10.0f} tok/s, "
-                  f"torch {args.tokens / tt:10.0f} tok/s, ratio {tt / te:5.2f}x "
-                  f"(max rel diff of y {err:.1e})", flush=True)
+    old_threads = engine_py.get_num_threads()
+    for nthreads in thread_list:
+        engine_py.set_num_threads(nthreads)
+        torch.set_num_threads(nthreads)
+        for H, I in sizes:
+            rows += _bench_size(torch, MoELoRAFFN, args, nthreads, H, I, routers)
+    engine_py.set_num_threads(old_threads)
     md = [f"## GMoE layer (MoE-LoRA FFN, {args.kind}) forward + backward",
           "",
           f"`python -m engine_py bench gmoe` — {E} experts, top-{K}, r {R}, alpha {ALPHA:g}, "
-          f"GCN dim {G}, {args.tokens} tokens, float32, median of {args.repeats}. "
+          f"GCN dim {G}, {args.tokens} tokens, float32, median of {args.repeats} "
+          "interleaved runs. "
           "PyTorch side: autograd, frozen products once, each expert on its routed tokens "
-          f"only (index_select/index_add), batched dense GCN; torch threads = {nthreads}.",
+          "only (index_select/index_add), batched dense GCN; both sides use the thread count "
+          "of the row.",
           "",
-          "| H/I | router | engine_py tokens/s | PyTorch tokens/s | speed-up | max rel diff y |",
-          "|---|---|---:|---:|---:|---:|"]
-    for h, r, e, t, ratio, err in rows:
-        md.append(f"| {h} | {r} | {e:,.0f} | {t:,.0f} | {ratio:.2f}x | {err:.1e} |")
+          "| threads | H/I | router | engine_py tokens/s | PyTorch tokens/s | speed-up | "
+          "max rel diff y |",
+          "|---:|---|---|---:|---:|---:|---:|"]
+    for n, h, r, e, t, ratio, err in rows:
+        md.append(f"| {n} | {h} | {r} | {e:,.0f} | {t:,.0f} | {ratio:.2f}x | {err:.1e} |")
     md += ["", f"Machine: {machine_line()}", ""]
     text = "\n".join(md)
     print(text)
