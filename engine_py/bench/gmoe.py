@@ -1,7 +1,7 @@
 """Benchmark: GMoE MoE-LoRA FFN forward + backward, engine_py vs PyTorch.
 
-    python -m engine_py bench gmoe [--tokens 2048] [--repeats 5] [--kind swiglu]
-                                   [--routers graph,linear] [--no-write]
+    python -m engine_py bench gmoe [--tokens 2048] [--repeats 5] [--kinds swiglu,gelu]
+                                   [--routers graph,linear] [--threads 1,2] [--no-write]
 
 8 experts, top-2, r 2, alpha 4, hidden/intermediate 384/1536 and 576/1536,
 2,048 tokens, in float32 on the CPU. The PyTorch side is an efficient autograd
@@ -17,6 +17,7 @@ backward; the median of the repeats is reported.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 
@@ -140,9 +141,9 @@ def _time_pair(fa, fb, repeats):
     return statistics.median(ta), statistics.median(tb)
 
 
-def _bench_size(torch, MoELoRAFFN, args, nthreads, H, I, routers):
+def _bench_size(torch, MoELoRAFFN, args, kind, nthreads, H, I, routers):
     rng = np.random.default_rng(0)
-    if args.kind == "swiglu":
+    if kind == "swiglu":
         bw = {"W1": rng.normal(0, 0.02, (I, H)), "W3": rng.normal(0, 0.02, (I, H)),
               "W2": rng.normal(0, 0.02, (H, I))}
     else:
@@ -152,14 +153,14 @@ def _bench_size(torch, MoELoRAFFN, args, nthreads, H, I, routers):
     dy = rng.normal(0, 1, (args.tokens, H)).astype(np.float32)
     rows = []
     for router in routers:
-        layer = MoELoRAFFN(bw, kind=args.kind, num_experts=E, top_k=K, r=R, lora_alpha=ALPHA,
+        layer = MoELoRAFFN(bw, kind=kind, num_experts=E, top_k=K, r=R, lora_alpha=ALPHA,
                            router=router, gcn_dim=G, seed=0)
         sd = layer.state_dict()
         for k in sd:  # non-zero B so every LoRA path does real work
             if k.endswith("lora_B.weight"):
                 sd[k] = rng.normal(0, 0.02, sd[k].shape).astype(np.float32)
         layer.load_state_dict(sd)
-        fwd, params = _torch_layer(torch, layer, args.kind)
+        fwd, params = _torch_layer(torch, layer, kind)
         xt = torch.tensor(x, requires_grad=True)
         dyt = torch.tensor(dy)
 
@@ -182,9 +183,9 @@ def _bench_size(torch, MoELoRAFFN, args, nthreads, H, I, routers):
             ((y * dyt).sum() + aux).backward()
 
         te, tt = _time_pair(run_engine, run_torch, args.repeats)
-        rows.append((nthreads, f"{H}/{I}", router, args.tokens / te, args.tokens / tt, tt / te,
+        rows.append((nthreads, kind, f"{H}/{I}", router, args.tokens / te, args.tokens / tt, tt / te,
                      err))
-        print(f"threads {nthreads} H/I {H}/{I} router {router:6s}: engine_py "
+        print(f"threads {nthreads} {kind:6s} H/I {H}/{I} router {router:6s}: engine_py "
               f"{args.tokens / te:8.0f} tok/s, torch {args.tokens / tt:8.0f} tok/s, ratio "
               f"{tt / te:5.2f}x (max rel diff of y {err:.1e})", flush=True)
     return rows
@@ -195,7 +196,8 @@ def main(argv=None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tokens", type=int, default=2048)
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--kind", choices=("swiglu", "gelu"), default="swiglu")
+    ap.add_argument("--kinds", default="swiglu,gelu",
+                    help="FFN kinds, comma-separated (swiglu: Llama/SmolLM; gelu: BERT/MiniLM)")
     ap.add_argument("--routers", default="graph,linear")
     ap.add_argument("--sizes", default=",".join(f"{h}/{i}" for h, i in SIZES),
                     help="comma-separated H/I pairs")
@@ -216,16 +218,22 @@ def main(argv=None) -> int:
     thread_list = ([int(v) for v in args.threads.split(",") if v] if args.threads
                    else [engine_py.get_num_threads()])
     routers = [r for r in args.routers.split(",") if r]
+    kinds = [k for k in args.kinds.split(",") if k]
+    if any(k not in ("swiglu", "gelu") for k in kinds):
+        ap.error("--kinds takes swiglu and/or gelu")
+    load0 = os.getloadavg()[0]
     sizes = [tuple(int(v) for v in s.split("/")) for s in args.sizes.split(",") if s]
     rows = []
     old_threads = engine_py.get_num_threads()
     for nthreads in thread_list:
         engine_py.set_num_threads(nthreads)
         torch.set_num_threads(nthreads)
-        for H, I in sizes:
-            rows += _bench_size(torch, MoELoRAFFN, args, nthreads, H, I, routers)
+        for kind in kinds:
+            for H, I in sizes:
+                rows += _bench_size(torch, MoELoRAFFN, args, kind, nthreads, H, I, routers)
     engine_py.set_num_threads(old_threads)
-    md = [f"## GMoE layer (MoE-LoRA FFN, {args.kind}) forward + backward",
+    load1 = os.getloadavg()[0]
+    md = ["## GMoE layer (MoE-LoRA FFN) forward + backward",
           "",
           f"`python -m engine_py bench gmoe` — {E} experts, top-{K}, r {R}, alpha {ALPHA:g}, "
           f"GCN dim {G}, {args.tokens} tokens, float32, median of {args.repeats} "
@@ -234,12 +242,14 @@ def main(argv=None) -> int:
           "only (index_select/index_add), batched dense GCN; both sides use the thread count "
           "of the row.",
           "",
-          "| threads | H/I | router | engine_py tokens/s | PyTorch tokens/s | speed-up | "
+          "| threads | FFN | H/I | router | engine_py tokens/s | PyTorch tokens/s | speed-up | "
           "max rel diff y |",
-          "|---:|---|---|---:|---:|---:|---:|"]
-    for n, h, r, e, t, ratio, err in rows:
-        md.append(f"| {n} | {h} | {r} | {e:,.0f} | {t:,.0f} | {ratio:.2f}x | {err:.1e} |")
-    md += ["", f"Machine: {machine_line()}", ""]
+          "|---:|---|---|---|---:|---:|---:|---:|"]
+    for n, kd, h, r, e, t, ratio, err in rows:
+        md.append(f"| {n} | {kd} | {h} | {r} | {e:,.0f} | {t:,.0f} | {ratio:.2f}x | {err:.1e} |")
+    md += ["", f"Machine: {machine_line()}; 1-minute load average {load0:.1f} at the start, "
+           f"{load1:.1f} at the end (other jobs share the CPUs: rows with more threads than "
+           "idle cores are noisy).", ""]
     text = "\n".join(md)
     print(text)
     if not args.no_write:
