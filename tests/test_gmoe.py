@@ -399,3 +399,24 @@ def test_busy_object_raises():
     finally:
         layer._lock.release()
     layer.forward(x)
+
+
+@pytest.mark.parametrize("kind", ["gelu", "swiglu"])
+def test_activation_accuracy_wide_range(kind):
+    # Frozen identity projections and B = 0: y is the bare activation of x.
+    n = 16
+    eye = np.eye(n)
+    bw = ({"Wi": eye, "bi": np.zeros(n), "Wo": eye, "bo": np.zeros(n)} if kind == "gelu"
+          else {"W1": eye, "W3": eye, "W2": eye})
+    layer = MoELoRAFFN(bw, kind=kind, router="linear", num_experts=4, top_k=2)
+    x = np.linspace(-30, 30, 64 * n).reshape(64, n).astype(np.float32)
+    y, _ = layer.forward(x, training=False)
+    xt = torch.tensor(x, dtype=torch.float64, requires_grad=True)
+    ref = torch.nn.functional.gelu(xt) if kind == "gelu" else torch.nn.functional.silu(xt) * xt
+    np.testing.assert_allclose(y, ref.detach().numpy(), rtol=2e-6, atol=3e-7)
+    dy = np.ones_like(y)
+    dx = layer.backward(dy, loss_coefs={})
+    ref.backward(torch.ones_like(ref))
+    # dx also holds the router path (through the weights); with identical experts and
+    # renormalised weights that path is exactly zero
+    np.testing.assert_allclose(dx, xt.grad.numpy(), rtol=5e-6, atol=1e-6)
