@@ -200,6 +200,16 @@ def main(argv: list | None = None) -> int:
     stage_total = sum(prof.values())
     for k, v in sorted(prof.items(), key=lambda kv: -kv[1]):
         lines.append(f"| {k} | {v:.3f} | {100.0 * v / max(stage_total, 1e-12):.0f}% |")
+    gemm_s = sum(v for k, v in prof.items() if k.endswith("gemm"))
+    gemm_flops = flops - 4.0 * float((lengths.astype(np.float64) ** 2).sum()) * enc.hidden_size * L
+    lines += [
+        "",
+        f"GEMMs take {100.0 * gemm_s / max(stage_total, 1e-12):.0f}% of engine_py's model time, at "
+        f"{gemm_flops / max(gemm_s, 1e-12) / 1e9:.0f} GFLOP/s (OpenBLAS on the real tokens only). "
+        f"Even with every other stage free, engine_py would reach "
+        f"{best['torch_model'] / max(gemm_s * best['eng_model'] / prof_total, 1e-12):.2f}x PyTorch's "
+        f"model time: beyond that the GEMM kernels themselves must get faster.",
+    ]
     lines += [
         "",
         f"All timings (s): " + "; ".join(f"{k} " + ", ".join(f"{t:.3f}" for t in v)
