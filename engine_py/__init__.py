@@ -30,7 +30,8 @@ from . import datasets, io  # noqa: E402,F401
 from .tokenizer import TokenizerFormatError, WordPieceTokenizer  # noqa: E402,F401
 from .graph import Batch, Graph  # noqa: E402,F401
 from .engine import EngineClassifier, InMemoryStates, NotFittedError  # noqa: E402,F401
-from . import gmoe, plot  # noqa: E402,F401
+from . import gmoe, models, plot  # noqa: E402,F401
+from .encoder import Encoder  # noqa: E402,F401
 from .gmoe import MoELoRAFFN  # noqa: E402,F401
 from .io import SafetensorsError, load_safetensors, load_state, save_safetensors  # noqa: E402,F401
 
@@ -49,5 +50,5 @@ __all__ = [
     "io", "datasets", "SafetensorsError", "load_safetensors", "save_safetensors", "load_state",
     "WordPieceTokenizer", "TokenizerFormatError",
     "Graph", "Batch", "EngineClassifier", "InMemoryStates", "NotFittedError",
-    "gmoe", "plot", "MoELoRAFFN",
+    "gmoe", "plot", "MoELoRAFFN", "models", "Encoder",
 ]
