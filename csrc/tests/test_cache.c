@@ -1,0 +1,328 @@
+/*
+ * test_cache.c — CRC32C against known vectors (hardware and table paths),
+ * and the layer cache file: create, write in pieces, reopen, gather in each
+ * dtype, verify, and detection of flipped bytes in every region, truncation
+ * and garbage.
+ */
+#include "eg_cache.h"
+#include "eg_test.h"
+
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static void test_crc32c(void)
+{
+    const char *v = "123456789";
+    CHECK(eg_crc32c(0, v, 9) == 0xE3069283u, "crc32c(123456789) = %08x", eg_crc32c(0, v, 9));
+    CHECK(eg_crc32c_sw(0, v, 9) == 0xE3069283u, "table crc32c(123456789)");
+    CHECK(eg_crc32c(0, "", 0) == 0, "empty");
+    uint8_t zeros[32] = {0}, ones[32], inc[32];
+    memset(ones, 0xff, sizeof ones);
+    for (int i = 0; i < 32; i++) {
+        inc[i] = (uint8_t)i;
+    }
+    /* RFC 3720 B.4 test vectors */
+    CHECK(eg_crc32c(0, zeros, 32) == 0x8A9136AAu, "32 zeros: %08x", eg_crc32c(0, zeros, 32));
+    CHECK(eg_crc32c(0, ones, 32) == 0x62A8AB43u, "32 0xff: %08x", eg_crc32c(0, ones, 32));
+    CHECK(eg_crc32c(0, inc, 32) == 0x46DD794Eu, "0..31: %08x", eg_crc32c(0, inc, 32));
+    /* both implementations agree on every length and alignment, and chain */
+    uint8_t buf[1000];
+    uint64_t st = 42;
+    for (int i = 0; i < 1000; i++) {
+        buf[i] = (uint8_t)eg_rng_next(&st);
+    }
+    int agree = 1, chains = 1;
+    for (int off = 0; off < 9; off++) {
+        for (int len = 0; len < 300; len += 7) {
+            uint32_t a = eg_crc32c(0, buf + off, (size_t)len), b = eg_crc32c_sw(0, buf + off, (size_t)len);
+            agree &= a == b;
+            uint32_t c = eg_crc32c(eg_crc32c(0, buf + off, (size_t)len / 3), buf + off + len / 3, (size_t)(len - len / 3));
+            chains &= c == a;
+        }
+    }
+    CHECK(agree, "hardware and table CRC agree (%s)", eg_crc32c_impl());
+    CHECK(chains, "CRC chains over splits");
+}
+
+#define K 3
+#define D 20
+#define N 100
+
+static const char *PATH = "build/test_cache.egc";
+
+static float value(int k, int r, int d) { return (float)(k * 1000 + r) + (float)d / 64.0f; }
+
+static void fill(float *src, const int64_t *rows, size_t n)
+{
+    for (int k = 0; k < K; k++) {
+        for (size_t i = 0; i < n; i++) {
+            for (int d = 0; d < D; d++) {
+                src[((size_t)k * n + i) * D + (size_t)d] = value(k, (int)rows[i], d);
+            }
+        }
+    }
+}
+
+static eg_cache *make(eg_cache_dtype dt, int write_all)
+{
+    int32_t layers[K] = {0, 2, 6};
+    eg_cache_params p;
+    memset(&p, 0, sizeof p);
+    p.dtype = dt;
+    p.num_nodes = N;
+    p.dim = D;
+    p.num_layers = K;
+    p.layers = layers;
+    p.chunk_rows = 16;
+    p.fp_str = "fake-encoder";
+    memset(p.fp_sha256, 7, 32);
+    eg_cache *c = NULL;
+    eg_err err;
+    eg_err_clear(&err);
+    eg_status st = eg_cache_create(&c, PATH, &p, &err);
+    CHECK(st == EG_OK, "create: %s", err.msg);
+    if (st != EG_OK || !write_all) {
+        return c;
+    }
+    /* write in uneven batches, out of order */
+    static float src[K * N * D];
+    int64_t rows[N];
+    int starts[] = {50, 0, 37, 81};
+    int ends[] = {81, 37, 50, 100};
+    for (int b = 0; b < 4; b++) {
+        size_t n = 0;
+        for (int r = starts[b]; r < ends[b]; r++) {
+            rows[n++] = r;
+        }
+        fill(src, rows, n);
+        st = eg_cache_write_rows(c, rows, n, src, &err);
+        CHECK(st == EG_OK, "write batch %d: %s", b, err.msg);
+    }
+    return c;
+}
+
+static void test_roundtrip(eg_cache_dtype dt, float tol)
+{
+    eg_err err;
+    eg_err_clear(&err);
+    eg_cache *c = make(dt, 1);
+    if (c == NULL) {
+        return;
+    }
+    CHECK(eg_cache_sync(c, &err) == EG_OK, "sync: %s", err.msg);
+    eg_cache_close(c);
+    CHECK(eg_cache_open(&c, PATH, 0, &err) == EG_OK, "open: %s", err.msg);
+    if (c == NULL) {
+        return;
+    }
+    eg_cache_info info;
+    eg_cache_get_info(c, &info);
+    CHECK(info.num_nodes == N && info.rows_done == N && info.dim == D && info.num_layers == K, "info");
+    CHECK(info.layers[2] == 6 && strcmp(info.fp_str, "fake-encoder") == 0, "layers and fingerprint");
+    CHECK(info.data_offset % EG_CACHE_PAGE == 0 && info.layer_stride % EG_CACHE_PAGE == 0, "aligned layers");
+    int64_t ids[5] = {99, 0, 15, 16, 50};
+    float out[5 * D];
+    for (uint32_t k = 0; k < K; k++) {
+        CHECK(eg_cache_gather(c, k, ids, 5, out, &err) == EG_OK, "gather: %s", err.msg);
+        float maxerr = 0;
+        for (int i = 0; i < 5; i++) {
+            for (int d = 0; d < D; d++) {
+                float e = fabsf(out[i * D + d] - value((int)k, (int)ids[i], d));
+                float rel = e / fabsf(value((int)k, (int)ids[i], d) + 1e-3f);
+                maxerr = rel > maxerr ? rel : maxerr;
+            }
+        }
+        CHECK(maxerr <= tol, "dtype %d layer %u relative error %g", dt, k, maxerr);
+    }
+    CHECK(eg_cache_verify(c, &err) == EG_OK, "verify: %s", err.msg);
+    int64_t bad = N;
+    CHECK(eg_cache_gather(c, 0, &bad, 1, out, &err) == EG_EINVAL, "out-of-range id refused");
+    CHECK(eg_cache_write_rows(c, ids, 1, out, &err) == EG_ESTATE, "read-only handle refuses writes");
+    eg_cache_close(c);
+}
+
+static void test_partial_and_resume(void)
+{
+    eg_err err;
+    eg_err_clear(&err);
+    eg_cache *c = make(EG_CACHE_F16, 0);
+    if (c == NULL) {
+        return;
+    }
+    int64_t rows[10];
+    float src[K * 10 * D];
+    for (int i = 0; i < 10; i++) {
+        rows[i] = 20 + i;
+    }
+    fill(src, rows, 10);
+    CHECK(eg_cache_write_rows(c, rows, 10, src, &err) == EG_OK, "write: %s", err.msg);
+    eg_cache_close(c);
+    CHECK(eg_cache_open(&c, PATH, 1, &err) == EG_OK, "reopen: %s", err.msg);
+    if (c == NULL) {
+        return;
+    }
+    eg_cache_info info;
+    eg_cache_get_info(c, &info);
+    CHECK(info.rows_done == 10, "10 rows done, got %llu", (unsigned long long)info.rows_done);
+    const uint64_t *bm = eg_cache_bitmap(c);
+    CHECK(((bm[0] >> 20) & 0x3ff) == 0x3ff && (bm[0] & 0xfffff) == 0, "bitmap bits");
+    float out[D];
+    int64_t id = 5;
+    CHECK(eg_cache_gather(c, 0, &id, 1, out, &err) == EG_EINVAL && strstr(err.msg, "not computed") != NULL,
+          "row not done refused: %s", err.msg);
+    id = 21;
+    CHECK(eg_cache_gather(c, 1, &id, 1, out, &err) == EG_OK, "done row of an incomplete chunk: %s", err.msg);
+    eg_cache *c2 = NULL;
+    CHECK(eg_cache_open(&c2, PATH, 1, &err) == EG_ESTATE, "second writer refused: %s", err.msg);
+    /* grow, then the old rows survive */
+    uint8_t dig[32] = {1};
+    CHECK(eg_cache_grow(c, 300, &err) == EG_OK, "grow: %s", err.msg);
+    CHECK(eg_cache_set_num_nodes(c, 250, dig, &err) == EG_OK, "set_num_nodes: %s", err.msg);
+    CHECK(eg_cache_gather(c, 1, &id, 1, out, &err) == EG_OK && fabsf(out[3] - value(1, 21, 3)) < 0.5f, "row kept by grow");
+    eg_cache_close(c);
+    CHECK(eg_cache_open(&c, PATH, 0, &err) == EG_OK, "reopen grown: %s", err.msg);
+    if (c != NULL) {
+        eg_cache_get_info(c, &info);
+        CHECK(info.capacity == 300 && info.num_nodes == 250 && info.rows_done == 10 && info.texts_digest[0] == 1,
+              "grown info");
+        eg_cache_close(c);
+    }
+}
+
+static long file_size(void)
+{
+    FILE *f = fopen(PATH, "rb");
+    if (f == NULL) {
+        return -1;
+    }
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fclose(f);
+    return n;
+}
+
+static void flip(long off)
+{
+    int fd = open(PATH, O_RDWR);
+    uint8_t b = 0;
+    if (pread(fd, &b, 1, off) != 1) {
+        CHECK(0, "pread");
+    }
+    b ^= 0x10;
+    if (pwrite(fd, &b, 1, off) != 1) {
+        CHECK(0, "pwrite");
+    }
+    close(fd);
+}
+
+static void test_corruption(void)
+{
+    eg_err err;
+    eg_err_clear(&err);
+    eg_cache *c = make(EG_CACHE_F32, 1);
+    if (c == NULL) {
+        return;
+    }
+    eg_cache_sync(c, &err);
+    eg_cache_info info;
+    eg_cache_get_info(c, &info);
+    eg_cache_close(c);
+    long slot = (long)(info.data_offset - EG_CACHE_PAGE) / 2;
+    /* offsets: header field, layer table, fingerprint, slot A bitmap, slot B
+     * checksum table, data (layer 1 row 40) */
+    long offs[] = {33, 512 + 4, 1536 + 2, 4096 + 128 + 1, 4096 + slot + 128 + 16 + 3,
+                   (long)info.data_offset + (long)info.layer_stride + 40 * D * 4 + 5};
+    const char *names[] = {"header", "layer table", "fingerprint", "bitmap", "checksums", "data"};
+    for (int i = 0; i < 6; i++) {
+        flip(offs[i]);
+        eg_status st = eg_cache_open(&c, PATH, 0, &err);
+        if (i < 3) {
+            CHECK(st == EG_ECORRUPT, "open detects %s damage: %s", names[i], err.msg);
+        } else {
+            CHECK(st == EG_OK, "open survives one damaged slot or data (%s): %s", names[i], err.msg);
+            if (c != NULL) {
+                CHECK(eg_cache_verify(c, &err) == EG_ECORRUPT, "verify detects %s damage", names[i]);
+                if (i == 5) {
+                    CHECK(strstr(err.msg, "layer 2 (index 1), rows 32-47") != NULL, "names layer and rows: %s", err.msg);
+                    float out[D];
+                    int64_t id = 33;
+                    CHECK(eg_cache_gather(c, 1, &id, 1, out, &err) == EG_ECORRUPT, "gather refuses a bad chunk");
+                    id = 60;
+                    CHECK(eg_cache_gather(c, 1, &id, 1, out, &err) == EG_OK, "other chunks still readable");
+                }
+                eg_cache_close(c);
+                c = NULL;
+            }
+        }
+        flip(offs[i]); /* undo */
+    }
+    CHECK(eg_cache_open(&c, PATH, 0, &err) == EG_OK, "restored file opens");
+    if (c != NULL) {
+        CHECK(eg_cache_verify(c, &err) == EG_OK, "restored file verifies: %s", err.msg);
+        eg_cache_close(c);
+    }
+    /* lazy check in gather without verify() */
+    long doff = (long)info.data_offset + 70 * D * 4;
+    flip(doff);
+    CHECK(eg_cache_open(&c, PATH, 0, &err) == EG_OK, "open");
+    if (c != NULL) {
+        float out[D];
+        int64_t id = 64;
+        CHECK(eg_cache_gather(c, 0, &id, 1, out, &err) == EG_ECORRUPT, "first read of a bad chunk refused: %s", err.msg);
+        eg_cache_close(c);
+    }
+    /* truncation and garbage */
+    long size = file_size();
+    CHECK(truncate(PATH, size - 1) == 0, "truncate");
+    CHECK(eg_cache_open(&c, PATH, 0, &err) == EG_ECORRUPT, "truncated file: %s", err.msg);
+    CHECK(truncate(PATH, 100) == 0, "truncate");
+    CHECK(eg_cache_open(&c, PATH, 0, &err) == EG_ECORRUPT, "tiny file: %s", err.msg);
+    FILE *f = fopen(PATH, "wb");
+    for (int i = 0; i < 10000; i++) {
+        fputc(i * 7 & 0xff, f);
+    }
+    fclose(f);
+    CHECK(eg_cache_open(&c, PATH, 0, &err) == EG_ECORRUPT, "garbage: %s", err.msg);
+    CHECK(eg_cache_open(&c, "build/does-not-exist.egc", 0, &err) == EG_EIO, "missing file");
+    unlink(PATH);
+}
+
+static void test_bad_params(void)
+{
+    eg_err err;
+    eg_err_clear(&err);
+    int32_t layers[2] = {1, 1};
+    eg_cache_params p;
+    memset(&p, 0, sizeof p);
+    p.dtype = EG_CACHE_F16;
+    p.num_nodes = 10;
+    p.dim = 8;
+    p.num_layers = 2;
+    p.layers = layers;
+    eg_cache *c = NULL;
+    CHECK(eg_cache_create(&c, PATH, &p, &err) == EG_EINVAL, "duplicate layers refused");
+    layers[1] = 2;
+    p.dim = 0;
+    CHECK(eg_cache_create(&c, PATH, &p, &err) == EG_EINVAL, "dim 0 refused");
+    p.dim = 8;
+    p.capacity = 5;
+    CHECK(eg_cache_create(&c, PATH, &p, &err) == EG_EINVAL, "capacity < N refused");
+    p.capacity = EG_CACHE_MAX_ROWS + 1;
+    CHECK(eg_cache_create(&c, PATH, &p, &err) == EG_EINVAL, "huge capacity refused");
+    CHECK(c == NULL, "no handle on failure");
+}
+
+int main(void)
+{
+    test_crc32c();
+    test_roundtrip(EG_CACHE_F32, 0.0f);
+    test_roundtrip(EG_CACHE_F16, 1.0f / 1024);
+    test_roundtrip(EG_CACHE_BF16, 1.0f / 128);
+    test_partial_and_resume();
+    test_corruption();
+    test_bad_params();
+    return eg_test_report("test_cache");
+}
