@@ -23,6 +23,10 @@
  * chunk the first time they touch it and refuse rows of a chunk that fails;
  * eg_cache_verify checks everything with pread (no RSS growth).
  */
+/* pread/pwrite, fdatasync, flock, O_CLOEXEC, strndup (setup.py does not set it) */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
 #include "eg_cache.h"
 
 #include <errno.h>
@@ -610,7 +614,7 @@ static eg_status lock_fd(int fd, const char *path, eg_err *err)
 {
     if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
         if (errno == EWOULDBLOCK) {
-            return eg_seterr(err, EG_ESTATE, "layer cache %s is being written by another process", path);
+            return eg_seterr(err, EG_ESTATE, "layer cache %s is open for writing elsewhere (another process or another LayerCache object)", path);
         }
         return eg_seterr(err, EG_EIO, "layer cache %s: cannot lock: %s", path, strerror(errno));
     }
