@@ -27,7 +27,7 @@ import numpy as np
 from . import _core
 from ._core import CacheCorruptError
 
-__all__ = ["LayerCache", "CacheCorruptError", "DTYPES"]
+__all__ = ["LayerCache", "CacheCorruptError", "DTYPES", "build_with_dask"]
 
 #: Storage dtypes and their codes in the file.
 DTYPES = {"float32": 0, "float16": 1, "bfloat16": 2}
@@ -134,7 +134,7 @@ class LayerCache:
     @classmethod
     def build(cls, path, encoder, texts, layers=None, dtype="float16", batch_size: int = 64,
               show_progress_bar=None, *, overwrite: bool = False, capacity: int | None = None,
-              chunk_rows: int = 256) -> "LayerCache":
+              chunk_rows: int = 256, client=None, max_in_flight: int | None = None) -> "LayerCache":
         """Encode `texts` and store the states of `layers` at `path`.
 
         If `path` holds a partial cache of the same encoder fingerprint,
@@ -143,6 +143,13 @@ class LayerCache:
         damaged file) raises FileExistsError (CacheCorruptError) unless
         `overwrite=True`. `capacity` reserves rows for later `append`s
         (default: exactly len(texts)); `chunk_rows` is the checksum granule.
+
+        Scale-out: with `client` (a dask.distributed.Client, or any executor
+        with `submit(fn, *args)` returning futures with `.result()`, such as
+        concurrent.futures.ThreadPoolExecutor), batches are encoded by the
+        workers, up to `max_in_flight` at once (default 4), and this process
+        writes each result as it arrives. It stays the only writer, so the
+        crash-safety protocol and resume are unchanged.
         """
         texts = _as_texts(texts)
         n = len(texts)
@@ -181,7 +188,7 @@ class LayerCache:
                                    fp_sha, fp_str, digest)
         cache = cls(f, path)
         try:
-            cache._fill(encoder, texts, 0, int(batch_size), show_progress_bar)
+            cache._fill(encoder, texts, 0, int(batch_size), show_progress_bar, client, max_in_flight)
         except BaseException:
             cache.close()
             raise
@@ -197,7 +204,8 @@ class LayerCache:
             raise FileNotFoundError(f"no layer cache at {path}")
         return cls(_core.cache_open(path, writable=False), path)
 
-    def _fill(self, encoder, texts: Sequence[str], offset: int, batch_size: int, show) -> None:
+    def _fill(self, encoder, texts: Sequence[str], offset: int, batch_size: int, show,
+              client=None, max_in_flight: int | None = None) -> None:
         """Encode and write every row not done yet; texts[i - offset] is row i."""
         info = self._f.info()
         K, D, N = len(info["layers"]), info["dim"], info["num_nodes"]
@@ -208,27 +216,64 @@ class LayerCache:
             return
         if missing[0] < offset:
             raise RuntimeError("internal: rows before the appended range are missing")
+        batches = [missing[s:s + batch_size] for s in range(0, missing.size, batch_size)]
         bar = _progress(show, N, N - missing.size, "encoding nodes")
+
+        def write(ids, states):
+            states = np.ascontiguousarray(states, dtype=np.float32)
+            if states.shape != (K, ids.size, D):
+                raise ValueError(
+                    f"encoder.encode_layers returned shape {states.shape}, expected "
+                    f"(len(layers)={K}, batch={ids.size}, hidden_size={D})")
+            self._f.write_rows(ids, states)
+            if bar is not None:
+                bar.update(ids.size)
+
         try:
-            for s in range(0, missing.size, batch_size):
-                ids = missing[s:s + batch_size]
-                batch = [texts[int(i) - offset] for i in ids]
-                states = encoder.encode_layers(batch, layers=layers, batch_size=batch_size,
-                                               show_progress_bar=False)
-                states = np.ascontiguousarray(states, dtype=np.float32)
-                if states.shape != (K, ids.size, D):
-                    raise ValueError(
-                        f"encoder.encode_layers returned shape {states.shape}, expected "
-                        f"(len(layers)={K}, batch={ids.size}, hidden_size={D})")
-                self._f.write_rows(ids, states)
-                if bar is not None:
-                    bar.update(ids.size)
+            if client is None:
+                for ids in batches:
+                    batch = [texts[int(i) - offset] for i in ids]
+                    write(ids, _encode_batch(encoder, batch, layers, batch_size))
+            else:
+                self._fill_distributed(client, encoder, texts, offset, batches, layers, batch_size,
+                                       max_in_flight or 4, write)
         finally:
             if bar is not None:
                 bar.close()
         # both state slots hold the finished state, so verify() can demand both
         self._f.sync()
         self._info = self._f.info()
+
+    @staticmethod
+    def _fill_distributed(client, encoder, texts, offset, batches, layers, batch_size, max_in_flight,
+                          write) -> None:
+        if not hasattr(client, "submit"):
+            raise TypeError("client must have submit(fn, *args) (dask.distributed.Client, "
+                            "concurrent.futures executors)")
+        if max_in_flight < 1:
+            raise ValueError("max_in_flight must be >= 1")
+        enc = encoder
+        if hasattr(client, "scatter"):  # dask: ship the encoder to the workers once
+            enc = client.scatter(encoder, broadcast=True)
+        pending: list = []
+        it = iter(batches)
+        try:
+            while True:
+                while len(pending) < max_in_flight:
+                    ids = next(it, None)
+                    if ids is None:
+                        break
+                    batch = [texts[int(i) - offset] for i in ids]
+                    pending.append((ids, client.submit(_encode_batch, enc, batch, layers, batch_size)))
+                if not pending:
+                    break
+                ids, fut = pending.pop(0)  # in order: what is committed is a prefix of the work
+                write(ids, fut.result())
+        finally:
+            for _, fut in pending:
+                cancel = getattr(fut, "cancel", None)
+                if cancel is not None:
+                    cancel()
 
     # -------------------------------------------------------------- growth
     def append(self, encoder, texts, batch_size: int = 64, show_progress_bar=None) -> np.ndarray:
@@ -403,6 +448,19 @@ class LayerCache:
         state = "complete" if self.complete else f"{self.rows_done}/{self.num_nodes} rows done"
         return (f"LayerCache({self._path!r}, layers={self.layers}, num_nodes={self.num_nodes}, "
                 f"dim={self.dim}, dtype={self.dtype!r}, {state})")
+
+
+def _encode_batch(encoder, texts, layers, batch_size):
+    """Run on a worker (or here): one batch of texts to float32 (K, n, D)."""
+    return np.asarray(encoder.encode_layers(texts, layers=layers, batch_size=batch_size,
+                                            show_progress_bar=False), dtype=np.float32)
+
+
+def build_with_dask(path, encoder, texts, client, **kwargs) -> LayerCache:
+    """`LayerCache.build(path, encoder, texts, client=client, **kwargs)`: batches
+    encoded by the Dask workers, written here as they complete. `client` is a
+    dask.distributed.Client (or any executor with submit/result)."""
+    return LayerCache.build(path, encoder, texts, client=client, **kwargs)
 
 
 def _differences(info: dict, fp_sha: bytes, layers, code: int, dim: int, n: int, digest: bytes) -> list[str]:

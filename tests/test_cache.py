@@ -487,6 +487,56 @@ def test_interrupted_append_resumes_with_build(tmp_path):
     np.testing.assert_array_equal(fin.gather(2, np.arange(150)), to_f16(expected(enc, texts_of(150), 2)))
 
 
+# ---------------------------------------------------------------- scale-out
+
+def test_build_with_executor_client(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from engine_py.cache import build_with_dask
+
+    texts = texts_of(400)
+    ref = tmp_path / "ref.egc"
+    LayerCache.build(ref, FakeEncoder(), texts, layers=[0, 3], batch_size=25, chunk_rows=64)
+    with ThreadPoolExecutor(3) as ex:
+        c = build_with_dask(tmp_path / "c.egc", FakeEncoder(delay=0.002), texts, ex, layers=[0, 3],
+                            batch_size=25, chunk_rows=64, max_in_flight=5)
+    assert c.complete and c.verify()
+    assert data_region(tmp_path / "c.egc") == data_region(ref)
+
+    class DaskLike:
+        """submit + scatter, like dask.distributed.Client, run inline."""
+
+        def __init__(self):
+            self.scattered = 0
+
+        def scatter(self, obj, broadcast=False):
+            self.scattered += 1
+            return obj
+
+        def submit(self, fn, *args):
+            class Done:
+                def __init__(self, v):
+                    self.v = v
+
+                def result(self):
+                    return self.v
+
+            return Done(fn(*args))
+
+    client = DaskLike()
+    enc = FakeEncoder(fail_after=3)
+    with pytest.raises(KeyboardInterrupt):
+        LayerCache.build(tmp_path / "d.egc", enc, texts, layers=[0, 3], batch_size=25, chunk_rows=64,
+                         client=client, max_in_flight=2)
+    assert client.scattered == 1
+    part = LayerCache.open(tmp_path / "d.egc")
+    assert part.rows_done == 50  # batches complete in order: a prefix was committed
+    c = LayerCache.build(tmp_path / "d.egc", FakeEncoder(), texts, layers=[0, 3], batch_size=25, client=client)
+    assert data_region(tmp_path / "d.egc") == data_region(ref)
+    with pytest.raises(TypeError):
+        LayerCache.build(tmp_path / "e.egc", FakeEncoder(), texts, client=object())
+
+
 # ---------------------------------------------------------------- crash test
 
 def _child(path, counter, n, batch):
