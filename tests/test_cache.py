@@ -393,6 +393,54 @@ def test_flipped_bytes_detected_in_every_region(tmp_path):
     assert LayerCache.open(path).verify()
 
 
+def test_random_flips_never_return_wrong_values(tmp_path):
+    """Property: after one flipped bit anywhere in the used part of the file,
+    open() either refuses or every read returns the original values or
+    raises CacheCorruptError; verify() always raises."""
+    texts = texts_of(90)
+    path = tmp_path / "c.egc"
+    LayerCache.build(path, FakeEncoder(hidden_size=8), texts, layers=[1, 2], chunk_rows=16, dtype="float16")
+    ref = LayerCache.open(path)
+    info = ref.info()
+    truth = {l: ref.gather(l, np.arange(90)) for l in (1, 2)}
+    ref.close()
+    pristine = path.read_bytes()
+    used = [(0, info["data_offset"])] + [
+        (info["data_offset"] + k * info["layer_stride"],
+         info["data_offset"] + k * info["layer_stride"] + 90 * 8 * 2) for k in range(2)]
+    rng = random.Random(1234)
+    for _ in range(80):
+        lo, hi = rng.choice(used)
+        off = rng.randrange(lo, hi)
+        path.write_bytes(pristine)
+        flip_byte(path, off, 1 << rng.randrange(8))
+        try:
+            c = LayerCache.open(path)
+        except CacheCorruptError:
+            assert off < 4096, f"offset {off}: only header damage may stop open()"
+            continue
+        for l in (1, 2):
+            for ids in (np.arange(0, 90, 7), np.arange(90)):
+                try:
+                    got = c.gather(l, ids)
+                except CacheCorruptError:
+                    continue
+                np.testing.assert_array_equal(got, truth[l][ids], err_msg=f"offset {off}")
+        with pytest.raises(CacheCorruptError):
+            c.verify()
+        c.close()
+
+
+def test_progress_bar_and_repr(tmp_path, capsys):
+    c = LayerCache.build(tmp_path / "c.egc", FakeEncoder(), texts_of(30), layers=[0], batch_size=10,
+                         show_progress_bar=True)
+    assert "30/30" in capsys.readouterr().err
+    assert "complete" in repr(c) and "layers=[0]" in repr(c)
+    with c:
+        pass
+    assert c.closed
+
+
 def test_gather_checks_chunks_without_verify(tmp_path):
     path = tmp_path / "c.egc"
     LayerCache.build(path, FakeEncoder(), texts_of(150), layers=[0, 2], chunk_rows=32, dtype="float32")

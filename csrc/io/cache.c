@@ -19,15 +19,14 @@
  * rename it into place.
  *
  * Data integrity: rows are checksummed per chunk of `chunk_rows` rows per
- * layer once all of a chunk's rows are done. Reads through the map check a
- * chunk the first time they touch it and refuse rows of a chunk that fails;
- * eg_cache_verify checks everything with pread (no RSS growth).
+ * layer once all of a chunk's rows are done. The read side (gather, layer
+ * maps, lazy chunk checks, verify) is in cache_read.c.
  */
 /* pread/pwrite, fdatasync, flock, O_CLOEXEC, strndup (setup.py does not set it) */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
 #endif
-#include "eg_cache.h"
+#include "cache_internal.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -43,77 +42,9 @@
 #error "the layer cache code assumes a little-endian host (the file is little-endian)"
 #endif
 
-/* Header page field offsets. */
-#define H_MAGIC 0
-#define H_VERSION 8
-#define H_HEADER_SIZE 12
-#define H_DTYPE 16
-#define H_ELEM 20
-#define H_NLAYERS 24
-#define H_CHUNK 28
-#define H_DIM 32
-#define H_CAPACITY 40
-#define H_SLOT_SIZE 48
-#define H_STATE_OFF 56
-#define H_DATA_OFF 64
-#define H_STRIDE 72
-#define H_FILE_SIZE 80
-#define H_FP_SHA 88
-#define H_FP_LEN 120
-#define H_FLAGS 124
-#define H_LAYERS 512
-#define H_FP_STR 1536
-#define H_CRC (EG_CACHE_PAGE - 4)
-
-/* State slot field offsets. */
-#define S_MAGIC 0
-#define S_CRC 4
-#define S_SEQ 8
-#define S_NODES 16
-#define S_DONE 24
-#define S_DIGEST 32
-#define S_BITMAP 128
-
-#define SLOT_MAGIC "EGST"
-#define IO_BUF (1u << 20)
-#define MAX_CHUNK_BYTES (256ull << 20)
-
-/* Chunk check states (in memory only). */
-#define CK_UNCHECKED 0
-#define CK_GOOD 1
-#define CK_BAD 2
-#define CK_PENDING 3
-
-struct eg_cache {
-    int fd;
-    int writable;
-    int broken;            /* a write failed half-way; the handle refuses writes */
-    char *path;
-    eg_cache_info h;
-    uint64_t row_bytes;
-    uint64_t nchunks;      /* chunks per layer, ceil(capacity / chunk_rows) */
-    uint64_t bitmap_words;
-    uint64_t crc_off;      /* checksum table offset within a slot */
-    uint64_t slot_size;
-    uint64_t state_off;
-    uint8_t *slot;         /* image of the newest committed state slot */
-    int active;            /* 0 or 1: the slot holding that state */
-    uint8_t *ck;           /* K * nchunks chunk check states */
-    uint8_t *map;          /* whole-file read-only map, made on first read */
-    size_t map_len;
-    uint8_t *scratch;      /* conversion buffer for write_rows */
-    size_t scratch_len;
-};
-
 /* ------------------------------------------------------------- utilities */
 
-static inline void put32(uint8_t *p, uint32_t v) { memcpy(p, &v, 4); }
-static inline void put64(uint8_t *p, uint64_t v) { memcpy(p, &v, 8); }
-static inline uint32_t get32(const uint8_t *p) { uint32_t v; memcpy(&v, p, 4); return v; }
-static inline uint64_t get64(const uint8_t *p) { uint64_t v; memcpy(&v, p, 8); return v; }
 
-static inline int mul64(uint64_t a, uint64_t b, uint64_t *o) { return __builtin_mul_overflow(a, b, o); }
-static inline int add64(uint64_t a, uint64_t b, uint64_t *o) { return __builtin_add_overflow(a, b, o); }
 
 static int round_up(uint64_t v, uint64_t a, uint64_t *o)
 {
@@ -156,7 +87,7 @@ static eg_status pwrite_all(int fd, const void *buf, uint64_t n, uint64_t off, e
 }
 
 /* Read exactly n bytes; a short file is corruption (sizes were validated). */
-static eg_status pread_all(int fd, void *buf, uint64_t n, uint64_t off, eg_err *err)
+eg_status eg_cachei_pread_all(int fd, void *buf, uint64_t n, uint64_t off, eg_err *err)
 {
     uint8_t *p = (uint8_t *)buf;
     while (n > 0) {
@@ -219,32 +150,7 @@ static eg_status sync_dir_of(const char *path, eg_err *err)
     return EG_OK;
 }
 
-static inline int bit_get(const uint64_t *bm, uint64_t r) { return (int)((bm[r >> 6] >> (r & 63)) & 1u); }
-static inline void bit_set(uint64_t *bm, uint64_t r) { bm[r >> 6] |= (uint64_t)1 << (r & 63); }
 
-/* 1 when every bit in [lo, hi) is set. */
-static int bits_all_set(const uint64_t *bm, uint64_t lo, uint64_t hi)
-{
-    while (lo < hi && (lo & 63) != 0) {
-        if (!bit_get(bm, lo)) {
-            return 0;
-        }
-        lo++;
-    }
-    while (hi - lo >= 64) {
-        if (bm[lo >> 6] != ~(uint64_t)0) {
-            return 0;
-        }
-        lo += 64;
-    }
-    while (lo < hi) {
-        if (!bit_get(bm, lo)) {
-            return 0;
-        }
-        lo++;
-    }
-    return 1;
-}
 
 static uint64_t popcount_range(const uint64_t *bm, uint64_t words)
 {
@@ -255,41 +161,13 @@ static uint64_t popcount_range(const uint64_t *bm, uint64_t words)
     return n;
 }
 
-static inline uint64_t *bitmap_of(const eg_cache *c) { return (uint64_t *)(c->slot + S_BITMAP); }
-static inline uint32_t *crcs_of(const eg_cache *c) { return (uint32_t *)(c->slot + c->crc_off); }
 
-/* Rows [lo, hi) of chunk ch (hi clipped to the rows in use). */
-static void chunk_rows_range(const eg_cache *c, uint64_t ch, uint64_t *lo, uint64_t *hi)
-{
-    *lo = ch * c->h.chunk_rows;
-    uint64_t e = *lo + c->h.chunk_rows;
-    *hi = e < c->h.num_nodes ? e : c->h.num_nodes;
-}
 
-static int chunk_complete(const eg_cache *c, uint64_t ch)
-{
-    uint64_t lo, hi;
-    chunk_rows_range(c, ch, &lo, &hi);
-    return lo < hi && bits_all_set(bitmap_of(c), lo, hi);
-}
 
-/* CRC of (layer index k, chunk ch) seeds the chunk's checksum, so rows that
- * land in the wrong layer or chunk do not verify. */
-static uint32_t chunk_seed(uint64_t k, uint64_t ch)
-{
-    uint8_t b[16];
-    put64(b, k);
-    put64(b + 8, ch);
-    return eg_crc32c(0, b, sizeof b);
-}
 
-static uint64_t layer_off(const eg_cache *c, uint64_t k)
-{
-    return c->h.data_offset + k * c->h.layer_stride;
-}
 
 /* Checksum of chunk ch of layer k read with pread through buf (IO_BUF bytes). */
-static eg_status chunk_crc_pread(const eg_cache *c, uint64_t k, uint64_t ch, uint8_t *buf,
+eg_status eg_cachei_chunk_crc_pread(const eg_cache *c, uint64_t k, uint64_t ch, uint8_t *buf,
                                  uint32_t *out, eg_err *err)
 {
     uint64_t lo, hi;
@@ -299,7 +177,7 @@ static eg_status chunk_crc_pread(const eg_cache *c, uint64_t k, uint64_t ch, uin
     uint32_t crc = chunk_seed(k, ch);
     while (left > 0) {
         uint64_t step = left < IO_BUF ? left : IO_BUF;
-        eg_status st = pread_all(c->fd, buf, step, off, err);
+        eg_status st = eg_cachei_pread_all(c->fd, buf, step, off, err);
         if (st != EG_OK) {
             return st;
         }
@@ -311,13 +189,6 @@ static eg_status chunk_crc_pread(const eg_cache *c, uint64_t k, uint64_t ch, uin
     return EG_OK;
 }
 
-static uint32_t chunk_crc_map(const eg_cache *c, uint64_t k, uint64_t ch)
-{
-    uint64_t lo, hi;
-    chunk_rows_range(c, ch, &lo, &hi);
-    const uint8_t *p = c->map + layer_off(c, k) + lo * c->row_bytes;
-    return eg_crc32c(chunk_seed(k, ch), p, (size_t)((hi - lo) * c->row_bytes));
-}
 
 /* ---------------------------------------------------------------- layout */
 
@@ -417,7 +288,7 @@ static int all_zero(const uint8_t *p, size_t n)
 
 /* Parse and validate a header page into c (layout included). num_nodes is
  * not in the header; a provisional 1 is set until a slot is read. */
-static eg_status decode_header(eg_cache *c, const uint8_t *pg, eg_err *err)
+eg_status eg_cachei_decode_header(eg_cache *c, const uint8_t *pg, eg_err *err)
 {
     eg_cache_info *h = &c->h;
     if (memcmp(pg + H_MAGIC, EG_CACHE_MAGIC, 8) != 0) {
@@ -484,7 +355,7 @@ static eg_status decode_header(eg_cache *c, const uint8_t *pg, eg_err *err)
 /* ------------------------------------------------------------ state slots */
 
 /* 1 when a slot image is internally consistent; else 0 and *why says why. */
-static int slot_valid(const eg_cache *c, const uint8_t *s, const char **why)
+int eg_cachei_slot_valid(const eg_cache *c, const uint8_t *s, const char **why)
 {
     if (memcmp(s + S_MAGIC, SLOT_MAGIC, 4) != 0) {
         *why = "bad magic";
@@ -581,7 +452,7 @@ void eg_cache_close(eg_cache *c)
     free(c);
 }
 
-static eg_cache *new_handle(const char *path, eg_err *err)
+eg_cache *eg_cachei_new_handle(const char *path, eg_err *err)
 {
     eg_cache *c = calloc(1, sizeof *c);
     if (c == NULL || (c->path = strdup(path)) == NULL) {
@@ -666,7 +537,7 @@ static eg_status write_new_file(eg_cache *c, const char *tmp, int *fd_out, eg_er
 eg_status eg_cache_create(eg_cache **out, const char *path, const eg_cache_params *p, eg_err *err)
 {
     *out = NULL;
-    eg_cache *c = new_handle(path, err);
+    eg_cache *c = eg_cachei_new_handle(path, err);
     if (c == NULL) {
         return EG_ENOMEM;
     }
@@ -743,7 +614,7 @@ fail:
 eg_status eg_cache_open(eg_cache **out, const char *path, int writable, eg_err *err)
 {
     *out = NULL;
-    eg_cache *c = new_handle(path, err);
+    eg_cache *c = eg_cachei_new_handle(path, err);
     if (c == NULL) {
         return EG_ENOMEM;
     }
@@ -774,8 +645,8 @@ eg_status eg_cache_open(eg_cache **out, const char *path, int writable, eg_err *
         st = eg_seterr(err, EG_ENOMEM, "layer cache: out of memory");
         goto fail;
     }
-    if ((st = pread_all(c->fd, pg, EG_CACHE_PAGE, 0, err)) != EG_OK ||
-        (st = decode_header(c, pg, err)) != EG_OK) {
+    if ((st = eg_cachei_pread_all(c->fd, pg, EG_CACHE_PAGE, 0, err)) != EG_OK ||
+        (st = eg_cachei_decode_header(c, pg, err)) != EG_OK) {
         goto fail;
     }
     if ((uint64_t)sb.st_size != c->h.file_size) {
@@ -791,12 +662,12 @@ eg_status eg_cache_open(eg_cache **out, const char *path, int writable, eg_err *
         st = eg_seterr(err, EG_ENOMEM, "layer cache: out of memory");
         goto fail;
     }
-    if ((st = pread_all(c->fd, c->slot, c->slot_size, c->state_off, err)) != EG_OK ||
-        (st = pread_all(c->fd, other, c->slot_size, c->state_off + c->slot_size, err)) != EG_OK) {
+    if ((st = eg_cachei_pread_all(c->fd, c->slot, c->slot_size, c->state_off, err)) != EG_OK ||
+        (st = eg_cachei_pread_all(c->fd, other, c->slot_size, c->state_off + c->slot_size, err)) != EG_OK) {
         goto fail;
     }
     const char *why0 = "", *why1 = "";
-    int v0 = slot_valid(c, c->slot, &why0), v1 = slot_valid(c, other, &why1);
+    int v0 = eg_cachei_slot_valid(c, c->slot, &why0), v1 = eg_cachei_slot_valid(c, other, &why1);
     if (!v0 && !v1) {
         st = eg_seterr(err, EG_ECORRUPT, "layer cache %s: both state slots are damaged (A: %s, B: %s)",
                        path, why0, why1);
@@ -860,7 +731,7 @@ static eg_status ensure_scratch(eg_cache *c, size_t bytes, eg_err *err)
     return EG_OK;
 }
 
-static void describe_chunk(const eg_cache *c, uint64_t k, uint64_t ch, char *buf, size_t len)
+void eg_cachei_describe_chunk(const eg_cache *c, uint64_t k, uint64_t ch, char *buf, size_t len)
 {
     uint64_t lo, hi;
     chunk_rows_range(c, ch, &lo, &hi);
@@ -899,12 +770,12 @@ eg_status eg_cache_write_rows(eg_cache *c, const int64_t *rows, size_t n, const 
         }
         for (uint64_t k = 0; k < K; k++) {
             uint32_t crc;
-            if ((st = chunk_crc_pread(c, k, ch, c->scratch, &crc, err)) != EG_OK) {
+            if ((st = eg_cachei_chunk_crc_pread(c, k, ch, c->scratch, &crc, err)) != EG_OK) {
                 return st;
             }
             if (crc != crcs_of(c)[k * c->nchunks + ch]) {
                 char d[160];
-                describe_chunk(c, k, ch, d, sizeof d);
+                eg_cachei_describe_chunk(c, k, ch, d, sizeof d);
                 c->ck[k * c->nchunks + ch] = CK_BAD;
                 return eg_seterr(err, EG_ECORRUPT, "layer cache %s: %s: checksum mismatch; refusing to rewrite part of a damaged chunk",
                                  c->path, d);
@@ -971,7 +842,7 @@ eg_status eg_cache_write_rows(eg_cache *c, const int64_t *rows, size_t n, const 
         }
         for (uint64_t k = 0; k < K; k++) {
             uint32_t crc;
-            if ((st = chunk_crc_pread(c, k, ch, c->scratch, &crc, err)) != EG_OK) {
+            if ((st = eg_cachei_chunk_crc_pread(c, k, ch, c->scratch, &crc, err)) != EG_OK) {
                 c->broken = 1;
                 return st;
             }
@@ -1022,7 +893,7 @@ eg_status eg_cache_grow(eg_cache *c, uint64_t capacity, eg_err *err)
         return eg_seterr(err, EG_EINVAL, "layer cache: new capacity %llu must exceed %llu",
                          (unsigned long long)capacity, (unsigned long long)c->h.capacity);
     }
-    eg_cache *g = new_handle(c->path, err);
+    eg_cache *g = eg_cachei_new_handle(c->path, err);
     if (g == NULL) {
         return EG_ENOMEM;
     }
@@ -1055,7 +926,7 @@ eg_status eg_cache_grow(eg_cache *c, uint64_t capacity, eg_err *err)
         uint64_t left = c->h.num_nodes * c->row_bytes, off = 0;
         while (left > 0) {
             uint64_t step = left < IO_BUF ? left : IO_BUF;
-            if ((st = pread_all(c->fd, buf, step, layer_off(c, k) + off, err)) != EG_OK ||
+            if ((st = eg_cachei_pread_all(c->fd, buf, step, layer_off(c, k) + off, err)) != EG_OK ||
                 (st = pwrite_all(g->fd, buf, step, layer_off(g, k) + off, err)) != EG_OK) {
                 goto fail_unlink;
             }
@@ -1092,282 +963,9 @@ fail:
 
 /* ------------------------------------------------------------------ reads */
 
-static eg_status ensure_map(eg_cache *c, eg_err *err)
-{
-    if (c->map != NULL) {
-        return EG_OK;
-    }
-    void *p = mmap(NULL, (size_t)c->h.file_size, PROT_READ, MAP_SHARED, c->fd, 0);
-    if (p == MAP_FAILED) {
-        return eg_seterr(err, EG_EIO, "layer cache %s: mmap failed: %s", c->path, strerror(errno));
-    }
-    c->map = p;
-    c->map_len = (size_t)c->h.file_size;
-    return EG_OK;
-}
 
-/* Check the chunks listed (all of layer k), in parallel; report the bad ones. */
-static eg_status check_chunks(eg_cache *c, uint64_t k, const uint64_t *list, size_t m, eg_err *err)
-{
-    uint8_t *ck = c->ck + k * c->nchunks;
-    const uint32_t *crcs = crcs_of(c) + k * c->nchunks;
-#pragma omp parallel for schedule(dynamic, 1) if (m > 1)
-    for (size_t i = 0; i < m; i++) {
-        uint64_t ch = list[i];
-        ck[ch] = chunk_crc_map(c, k, ch) == crcs[ch] ? CK_GOOD : CK_BAD;
-    }
-    size_t bad = 0;
-    char first[160] = "";
-    for (size_t i = 0; i < m; i++) {
-        if (ck[list[i]] == CK_BAD) {
-            if (bad == 0) {
-                describe_chunk(c, k, list[i], first, sizeof first);
-            }
-            bad++;
-        }
-    }
-    if (bad > 0) {
-        return eg_seterr(err, EG_ECORRUPT, "layer cache %s: %s: checksum mismatch%s (%zu damaged chunk%s read); "
-                         "run verify() for the full list, rebuild the cache",
-                         c->path, first, bad > 1 ? " and more" : "", bad, bad > 1 ? "s" : "");
-    }
-    return EG_OK;
-}
 
-eg_status eg_cache_check_layer(eg_cache *c, uint32_t k, eg_err *err)
-{
-    if (k >= c->h.num_layers) {
-        return eg_seterr(err, EG_EINVAL, "layer cache: layer index %u out of range", k);
-    }
-    eg_status st = ensure_map(c, err);
-    if (st != EG_OK) {
-        return st;
-    }
-    uint64_t used = (c->h.num_nodes + c->h.chunk_rows - 1) / c->h.chunk_rows;
-    uint64_t *list = malloc((size_t)used * sizeof *list);
-    if (list == NULL) {
-        return eg_seterr(err, EG_ENOMEM, "layer cache: out of memory");
-    }
-    size_t m = 0;
-    uint8_t *ck = c->ck + (uint64_t)k * c->nchunks;
-    size_t bad_known = 0;
-    uint64_t first_bad = 0;
-    for (uint64_t ch = 0; ch < used; ch++) {
-        if (ck[ch] == CK_BAD) {
-            if (bad_known++ == 0) {
-                first_bad = ch;
-            }
-        } else if (ck[ch] == CK_UNCHECKED && chunk_complete(c, ch)) {
-            list[m++] = ch;
-        }
-    }
-    st = check_chunks(c, k, list, m, err);
-    free(list);
-    if (st == EG_OK && bad_known > 0) {
-        char d[160];
-        describe_chunk(c, k, first_bad, d, sizeof d);
-        st = eg_seterr(err, EG_ECORRUPT, "layer cache %s: %s: checksum mismatch (known bad)", c->path, d);
-    }
-    return st;
-}
 
-eg_status eg_cache_gather(eg_cache *c, uint32_t k, const int64_t *ids, size_t n, float *out, eg_err *err)
-{
-    if (k >= c->h.num_layers) {
-        return eg_seterr(err, EG_EINVAL, "layer cache: layer index %u out of range", k);
-    }
-    eg_status st = ensure_map(c, err);
-    if (st != EG_OK) {
-        return st;
-    }
-    const uint64_t N = c->h.num_nodes, R = c->h.chunk_rows;
-    const uint64_t *bm = bitmap_of(c);
-    size_t missing = 0;
-    int64_t first_missing = -1;
-    for (size_t i = 0; i < n; i++) {
-        if (ids[i] < 0 || (uint64_t)ids[i] >= N) {
-            return eg_seterr(err, EG_EINVAL, "layer cache: node id %lld out of range [0, %llu)",
-                             (long long)ids[i], (unsigned long long)N);
-        }
-        if (!bit_get(bm, (uint64_t)ids[i])) {
-            if (missing++ == 0) {
-                first_missing = ids[i];
-            }
-        }
-    }
-    if (missing > 0) {
-        return eg_seterr(err, EG_EINVAL, "layer cache %s: %zu requested row%s not computed yet (first: %lld; "
-                         "the cache is incomplete: resume it with LayerCache.build)",
-                         c->path, missing, missing > 1 ? "s are" : " is", (long long)first_missing);
-    }
-    uint8_t *ck = c->ck + (uint64_t)k * c->nchunks;
-    size_t cap = n < c->nchunks ? n : (size_t)c->nchunks;
-    uint64_t *list = malloc((cap > 0 ? cap : 1) * sizeof *list);
-    if (list == NULL) {
-        return eg_seterr(err, EG_ENOMEM, "layer cache: out of memory");
-    }
-    size_t m = 0;
-    for (size_t i = 0; i < n; i++) {
-        uint64_t ch = (uint64_t)ids[i] / R;
-        if (ck[ch] == CK_UNCHECKED && chunk_complete(c, ch)) {
-            ck[ch] = CK_PENDING;
-            list[m++] = ch;
-        }
-    }
-    st = check_chunks(c, k, list, m, err);
-    free(list);
-    if (st != EG_OK) {
-        return st;
-    }
-    for (size_t i = 0; i < n; i++) {
-        uint64_t ch = (uint64_t)ids[i] / R;
-        if (ck[ch] == CK_BAD) {
-            char d[160];
-            describe_chunk(c, k, ch, d, sizeof d);
-            return eg_seterr(err, EG_ECORRUPT, "layer cache %s: %s: checksum mismatch (known bad); node %lld refused",
-                             c->path, d, (long long)ids[i]);
-        }
-    }
-    const uint64_t D = c->h.dim;
-    const uint8_t *base = c->map + layer_off(c, k);
-    const size_t rb = (size_t)c->row_bytes;
-    const eg_cache_dtype dt = c->h.dtype;
-    long long nn = (long long)n;
-#pragma omp parallel for schedule(static) if (n * D > 65536)
-    for (long long i = 0; i < nn; i++) {
-        const uint8_t *row = base + (size_t)ids[i] * rb;
-        float *o = out + (size_t)i * D;
-        if (dt == EG_CACHE_F16) {
-            eg_f16_to_f32((const uint16_t *)row, o, (size_t)D);
-        } else if (dt == EG_CACHE_BF16) {
-            eg_bf16_to_f32((const uint16_t *)row, o, (size_t)D);
-        } else {
-            memcpy(o, row, rb);
-        }
-    }
-    return EG_OK;
-}
 
-eg_status eg_cache_map_layer(eg_cache *c, uint32_t k, void **base, size_t *len, const void **data, eg_err *err)
-{
-    if (k >= c->h.num_layers) {
-        return eg_seterr(err, EG_EINVAL, "layer cache: layer index %u out of range", k);
-    }
-    size_t l = (size_t)(c->h.num_nodes * c->row_bytes);
-    void *p = mmap(NULL, l, PROT_READ, MAP_SHARED, c->fd, (off_t)layer_off(c, k));
-    if (p == MAP_FAILED) {
-        return eg_seterr(err, EG_EIO, "layer cache %s: mmap of layer %d failed: %s", c->path,
-                         c->h.layers[k], strerror(errno));
-    }
-    *base = p;
-    *len = l;
-    *data = p;
-    return EG_OK;
-}
 
-void eg_cache_unmap(void *base, size_t len)
-{
-    if (base != NULL) {
-        munmap(base, len);
-    }
-}
 
-eg_status eg_cache_verify(eg_cache *c, eg_err *err)
-{
-    eg_status st = EG_OK;
-    uint8_t *pg = eg_aligned_alloc(EG_CACHE_PAGE);
-    uint8_t *s = eg_aligned_alloc((size_t)c->slot_size);
-    eg_cache *tmp = new_handle(c->path, err);
-    if (pg == NULL || s == NULL || tmp == NULL) {
-        st = eg_seterr(err, EG_ENOMEM, "layer cache: out of memory");
-        goto done;
-    }
-    /* the header on disk must still decode to the same geometry */
-    if ((st = pread_all(c->fd, pg, EG_CACHE_PAGE, 0, err)) != EG_OK ||
-        (st = decode_header(tmp, pg, err)) != EG_OK) {
-        goto done;
-    }
-    if (tmp->h.file_size != c->h.file_size || memcmp(tmp->h.fp_sha256, c->h.fp_sha256, 32) != 0) {
-        st = eg_seterr(err, EG_ECORRUPT, "layer cache %s: header changed on disk since open", c->path);
-        goto done;
-    }
-    for (int i = 0; i < 2; i++) {
-        const char *why = "";
-        if ((st = pread_all(c->fd, s, c->slot_size, c->state_off + (uint64_t)i * c->slot_size, err)) != EG_OK) {
-            goto done;
-        }
-        if (!slot_valid(c, s, &why)) {
-            st = eg_seterr(err, EG_ECORRUPT, "layer cache %s: state slot %c (bitmap and checksum table) is damaged: %s",
-                           c->path, 'A' + i, why);
-            goto done;
-        }
-        if (i == c->active && memcmp(s + 8, c->slot + 8, (size_t)c->slot_size - 8) != 0) {
-            st = eg_seterr(err, EG_ECORRUPT, "layer cache %s: state slot %c changed on disk since it was written",
-                           c->path, 'A' + i);
-            goto done;
-        }
-    }
-    /* every complete chunk of every layer, read with pread */
-    const uint64_t K = c->h.num_layers;
-    const uint64_t used = (c->h.num_nodes + c->h.chunk_rows - 1) / c->h.chunk_rows;
-    long long total = (long long)(K * used);
-    int io_failed = 0;
-    char io_msg[EG_ERR_MSG_LEN] = "";
-#pragma omp parallel
-    {
-        uint8_t *buf = malloc(IO_BUF);
-#pragma omp for schedule(dynamic, 4)
-        for (long long t = 0; t < total; t++) {
-            uint64_t k = (uint64_t)t / used, ch = (uint64_t)t % used;
-            if (!chunk_complete(c, ch)) {
-                continue;
-            }
-            eg_err e;
-            eg_err_clear(&e);
-            uint32_t crc = 0;
-            if (buf == NULL || chunk_crc_pread(c, k, ch, buf, &crc, &e) != EG_OK) {
-#pragma omp critical(eg_cache_verify_io)
-                {
-                    if (!io_failed) {
-                        io_failed = 1;
-                        snprintf(io_msg, sizeof io_msg, "%s", buf == NULL ? "out of memory" : e.msg);
-                    }
-                }
-                continue;
-            }
-            c->ck[k * c->nchunks + ch] = crc == crcs_of(c)[k * c->nchunks + ch] ? CK_GOOD : CK_BAD;
-        }
-        free(buf);
-    }
-    if (io_failed) {
-        st = eg_seterr(err, EG_EIO, "layer cache %s: verify: %s", c->path, io_msg);
-        goto done;
-    }
-    size_t bad = 0, pos = 0;
-    char list[EG_ERR_MSG_LEN - 96] = "";
-    for (uint64_t k = 0; k < K; k++) {
-        for (uint64_t ch = 0; ch < used; ch++) {
-            if (c->ck[k * c->nchunks + ch] != CK_BAD) {
-                continue;
-            }
-            if (bad < 4 && pos < sizeof list) {
-                char d[160];
-                describe_chunk(c, k, ch, d, sizeof d);
-                int w = snprintf(list + pos, sizeof list - pos, "%s%s", bad > 0 ? "; " : "", d);
-                if (w > 0) {
-                    pos += (size_t)w;
-                }
-            }
-            bad++;
-        }
-    }
-    if (bad > 0) {
-        st = eg_seterr(err, EG_ECORRUPT, "layer cache %s: %zu chunk%s fail their checksum: %s%s", c->path,
-                       bad, bad > 1 ? "s" : "", list, bad > 4 ? "; ..." : "");
-    }
-done:
-    eg_aligned_free(pg);
-    eg_aligned_free(s);
-    eg_cache_close(tmp);
-    return st;
-}
