@@ -585,6 +585,21 @@ def test_build_with_executor_client(tmp_path):
         LayerCache.build(tmp_path / "e.egc", FakeEncoder(), texts, client=object())
 
 
+def test_build_with_real_dask_client(tmp_path):
+    distributed = pytest.importorskip("distributed")
+    texts = texts_of(300)
+    ref = tmp_path / "ref.egc"
+    LayerCache.build(ref, FakeEncoder(), texts, layers=[1, 4], batch_size=20)
+    from engine_py.cache import build_with_dask
+
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
+                                  dashboard_address=None) as cluster, distributed.Client(cluster) as client:
+        c = build_with_dask(tmp_path / "c.egc", FakeEncoder(delay=0.002), texts, client, layers=[1, 4],
+                            batch_size=20, max_in_flight=4)
+    assert c.complete and c.verify()
+    assert data_region(tmp_path / "c.egc") == data_region(ref)
+
+
 # ---------------------------------------------------------------- crash test
 
 def _child(path, counter, n, batch):
