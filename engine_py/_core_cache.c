@@ -174,7 +174,12 @@ static PyObject *py_cache_open(PyObject *mod, PyObject *args, PyObject *kw)
     static char *kwlist[] = {"path", "writable", NULL};
     PyObject *path = NULL;
     int writable = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "O&|p", kwlist, PyUnicode_FSConverter, &path, &writable)) {
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O&|i", kwlist, PyUnicode_FSConverter, &path, &writable)) {
+        return NULL;
+    }
+    if (writable < 0 || writable > 2) {
+        Py_DECREF(path);
+        PyErr_Format(PyExc_ValueError, "writable must be 0 (read-only), 1 (writer) or 2 (data worker), got %d", writable);
         return NULL;
     }
     eg_cache *c = NULL;
@@ -269,10 +274,11 @@ static PyObject *cf_done_mask(CacheFileObject *self, PyObject *noargs)
     return (PyObject *)out;
 }
 
-static PyObject *cf_write_rows(CacheFileObject *self, PyObject *args)
+/* write_rows (mode 0), write_data (1), mark_rows (2: no states). */
+static PyObject *rows_call(CacheFileObject *self, PyObject *args, int mode)
 {
-    PyObject *rows_obj, *src_obj;
-    if (!PyArg_ParseTuple(args, "OO", &rows_obj, &src_obj)) {
+    PyObject *rows_obj, *src_obj = Py_None;
+    if (mode == 2 ? !PyArg_ParseTuple(args, "O", &rows_obj) : !PyArg_ParseTuple(args, "OO", &rows_obj, &src_obj)) {
         return NULL;
     }
     if (enter(self) < 0) {
@@ -283,24 +289,39 @@ static PyObject *cf_write_rows(CacheFileObject *self, PyObject *args)
     eg_cache_info h;
     eg_cache_get_info(self->c, &h);
     rows = (PyArrayObject *)PyArray_FROM_OTF(rows_obj, NPY_INT64, NPY_ARRAY_IN_ARRAY);
-    src = (PyArrayObject *)PyArray_FROM_OTF(src_obj, NPY_FLOAT32, NPY_ARRAY_IN_ARRAY);
-    if (rows == NULL || src == NULL) {
+    if (rows == NULL) {
         goto fail;
     }
     npy_intp n = PyArray_SIZE(rows);
-    if (PyArray_NDIM(rows) != 1 || PyArray_NDIM(src) != 3 || PyArray_DIM(src, 0) != (npy_intp)h.num_layers ||
-        PyArray_DIM(src, 1) != n || PyArray_DIM(src, 2) != (npy_intp)h.dim) {
-        PyErr_Format(PyExc_ValueError, "write_rows: rows must be 1-D (n,) and states (K=%u, n, D=%llu) float32",
-                     h.num_layers, (unsigned long long)h.dim);
+    if (PyArray_NDIM(rows) != 1) {
+        PyErr_SetString(PyExc_ValueError, "rows must be 1-D");
         goto fail;
+    }
+    if (mode != 2) {
+        src = (PyArrayObject *)PyArray_FROM_OTF(src_obj, NPY_FLOAT32, NPY_ARRAY_IN_ARRAY);
+        if (src == NULL) {
+            goto fail;
+        }
+        if (PyArray_NDIM(src) != 3 || PyArray_DIM(src, 0) != (npy_intp)h.num_layers ||
+            PyArray_DIM(src, 1) != n || PyArray_DIM(src, 2) != (npy_intp)h.dim) {
+            PyErr_Format(PyExc_ValueError, "states must be float32 (K=%u, n=%zd, D=%llu)",
+                         h.num_layers, (Py_ssize_t)n, (unsigned long long)h.dim);
+            goto fail;
+        }
     }
     eg_err err;
     eg_err_clear(&err);
     eg_status st;
     const int64_t *r = (const int64_t *)PyArray_DATA(rows);
-    const float *s = (const float *)PyArray_DATA(src);
+    const float *s = src != NULL ? (const float *)PyArray_DATA(src) : NULL;
     Py_BEGIN_ALLOW_THREADS
-    st = eg_cache_write_rows(self->c, r, (size_t)n, s, &err);
+    if (mode == 0) {
+        st = eg_cache_write_rows(self->c, r, (size_t)n, s, &err);
+    } else if (mode == 1) {
+        st = eg_cache_write_data(self->c, r, (size_t)n, s, &err);
+    } else {
+        st = eg_cache_mark_rows(self->c, r, (size_t)n, &err);
+    }
     Py_END_ALLOW_THREADS
     if (st != EG_OK) {
         eg_py_raise(&err, CacheCorruptError);
@@ -313,6 +334,10 @@ fail:
     eg_py_leave(&self->busy);
     return ret;
 }
+
+static PyObject *cf_write_rows(CacheFileObject *self, PyObject *args) { return rows_call(self, args, 0); }
+static PyObject *cf_write_data(CacheFileObject *self, PyObject *args) { return rows_call(self, args, 1); }
+static PyObject *cf_mark_rows(CacheFileObject *self, PyObject *args) { return rows_call(self, args, 2); }
 
 static PyObject *cf_set_num_nodes(CacheFileObject *self, PyObject *args)
 {
@@ -583,6 +608,10 @@ static PyMethodDef cf_methods[] = {
     {"done_mask", (PyCFunction)cf_done_mask, METH_NOARGS, "Bool array (N,): rows committed."},
     {"write_rows", (PyCFunction)cf_write_rows, METH_VARARGS,
      "write_rows(rows int64 (n,), states float32 (K, n, D)): write, sync, commit."},
+    {"write_data", (PyCFunction)cf_write_data, METH_VARARGS,
+     "write_data(rows, states): write and sync rows without claiming them (writer or data worker)."},
+    {"mark_rows", (PyCFunction)cf_mark_rows, METH_VARARGS,
+     "mark_rows(rows): claim rows written by write_data: bitmap, chunk checksums, commit."},
     {"set_num_nodes", (PyCFunction)cf_set_num_nodes, METH_VARARGS,
      "set_num_nodes(n, texts_digest): grow the rows in use within the capacity."},
     {"grow", (PyCFunction)cf_grow, METH_VARARGS, "grow(capacity): rewrite with more room (temp + rename)."},
@@ -617,7 +646,7 @@ static PyMethodDef cache_functions[] = {
     {"cache_create", (PyCFunction)(void (*)(void))py_cache_create, METH_VARARGS | METH_KEYWORDS,
      "cache_create(path, dtype, num_nodes, capacity, dim, layers, chunk_rows, fp_sha256, fp_str, texts_digest)"},
     {"cache_open", (PyCFunction)(void (*)(void))py_cache_open, METH_VARARGS | METH_KEYWORDS,
-     "cache_open(path, writable=False) -> CacheFile"},
+     "cache_open(path, writable=0) -> CacheFile (0 read-only, 1 writer with lock, 2 data worker)"},
     {"crc32c", (PyCFunction)py_crc32c, METH_VARARGS, "crc32c(data, crc=0) -> int (CRC-32C, Castagnoli)."},
     {"crc32c_impl", (PyCFunction)py_crc32c_impl, METH_NOARGS, "'sse4.2' or 'slice-by-8'."},
     {NULL, NULL, 0, NULL},

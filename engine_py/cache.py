@@ -134,7 +134,8 @@ class LayerCache:
     @classmethod
     def build(cls, path, encoder, texts, layers=None, dtype="float16", batch_size: int = 64,
               show_progress_bar=None, *, overwrite: bool = False, capacity: int | None = None,
-              chunk_rows: int = 256, client=None, max_in_flight: int | None = None) -> "LayerCache":
+              chunk_rows: int = 256, client=None, max_in_flight: int | None = None,
+              worker_writes: bool = False) -> "LayerCache":
         """Encode `texts` and store the states of `layers` at `path`.
 
         If `path` holds a partial cache of the same encoder fingerprint,
@@ -147,9 +148,13 @@ class LayerCache:
         Scale-out: with `client` (a dask.distributed.Client, or any executor
         with `submit(fn, *args)` returning futures with `.result()`, such as
         concurrent.futures.ThreadPoolExecutor), batches are encoded by the
-        workers, up to `max_in_flight` at once (default 4), and this process
-        writes each result as it arrives. It stays the only writer, so the
-        crash-safety protocol and resume are unchanged.
+        workers, up to `max_in_flight` at once (default 4). By default the
+        states come back here and this process writes them. With
+        `worker_writes=True` (workers must see `path`: same machine or a
+        shared filesystem) each worker writes and syncs its own, disjoint
+        rows into the file and returns only their ids; this process then
+        claims them (bitmap, checksums, commit). Either way one process owns
+        the state, so the crash-safety protocol and resume are unchanged.
         """
         texts = _as_texts(texts)
         n = len(texts)
@@ -188,7 +193,8 @@ class LayerCache:
                                    fp_sha, fp_str, digest)
         cache = cls(f, path)
         try:
-            cache._fill(encoder, texts, 0, int(batch_size), show_progress_bar, client, max_in_flight)
+            cache._fill(encoder, texts, 0, int(batch_size), show_progress_bar, client, max_in_flight,
+                        worker_writes)
         except BaseException:
             cache.close()
             raise
@@ -205,7 +211,7 @@ class LayerCache:
         return cls(_core.cache_open(path, writable=False), path)
 
     def _fill(self, encoder, texts: Sequence[str], offset: int, batch_size: int, show,
-              client=None, max_in_flight: int | None = None) -> None:
+              client=None, max_in_flight: int | None = None, worker_writes: bool = False) -> None:
         """Encode and write every row not done yet; texts[i - offset] is row i."""
         info = self._f.info()
         K, D, N = len(info["layers"]), info["dim"], info["num_nodes"]
@@ -220,6 +226,11 @@ class LayerCache:
         bar = _progress(show, N, N - missing.size, "encoding nodes")
 
         def write(ids, states):
+            if states is None:  # a worker wrote the rows: claim them
+                self._f.mark_rows(ids)
+                if bar is not None:
+                    bar.update(ids.size)
+                return
             states = np.ascontiguousarray(states, dtype=np.float32)
             if states.shape != (K, ids.size, D):
                 raise ValueError(
@@ -235,8 +246,9 @@ class LayerCache:
                     batch = [texts[int(i) - offset] for i in ids]
                     write(ids, _encode_batch(encoder, batch, layers, batch_size))
             else:
+                target = (self._path, info["fp_sha256"]) if worker_writes else None
                 self._fill_distributed(client, encoder, texts, offset, batches, layers, batch_size,
-                                       max_in_flight or 4, write)
+                                       max_in_flight or 4, write, target)
         finally:
             if bar is not None:
                 bar.close()
@@ -246,7 +258,7 @@ class LayerCache:
 
     @staticmethod
     def _fill_distributed(client, encoder, texts, offset, batches, layers, batch_size, max_in_flight,
-                          write) -> None:
+                          write, target) -> None:
         if not hasattr(client, "submit"):
             raise TypeError("client must have submit(fn, *args) (dask.distributed.Client, "
                             "concurrent.futures executors)")
@@ -264,11 +276,22 @@ class LayerCache:
                     if ids is None:
                         break
                     batch = [texts[int(i) - offset] for i in ids]
-                    pending.append((ids, client.submit(_encode_batch, enc, batch, layers, batch_size)))
+                    if target is None:
+                        fut = client.submit(_encode_batch, enc, batch, layers, batch_size)
+                    else:
+                        fut = client.submit(_encode_and_write, enc, batch, layers, batch_size, target[0],
+                                            ids, target[1])
+                    pending.append((ids, fut))
                 if not pending:
                     break
                 ids, fut = pending.pop(0)  # in order: what is committed is a prefix of the work
-                write(ids, fut.result())
+                res = fut.result()
+                if target is None:
+                    write(ids, res)
+                else:
+                    if not np.array_equal(res, ids):
+                        raise RuntimeError("a worker returned rows it was not given")
+                    write(ids, None)
         finally:
             for _, fut in pending:
                 cancel = getattr(fut, "cancel", None)
@@ -454,6 +477,20 @@ def _encode_batch(encoder, texts, layers, batch_size):
     """Run on a worker (or here): one batch of texts to float32 (K, n, D)."""
     return np.asarray(encoder.encode_layers(texts, layers=layers, batch_size=batch_size,
                                             show_progress_bar=False), dtype=np.float32)
+
+
+def _encode_and_write(encoder, texts, layers, batch_size, path, ids, fp_sha256):
+    """Run on a worker: encode one batch and write its rows (disjoint from
+    every other worker's) into the cache file, synced but not yet claimed."""
+    states = _encode_batch(encoder, texts, layers, batch_size)
+    f = _core.cache_open(path, writable=2)
+    try:
+        if f.info()["fp_sha256"] != fp_sha256:
+            raise ValueError(f"{path} is not the cache this build is writing")
+        f.write_data(ids, states)
+    finally:
+        f.close()
+    return ids
 
 
 def build_with_dask(path, encoder, texts, client, **kwargs) -> LayerCache:

@@ -585,6 +585,50 @@ def test_build_with_executor_client(tmp_path):
         LayerCache.build(tmp_path / "e.egc", FakeEncoder(), texts, client=object())
 
 
+def test_worker_writes_mode(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    texts = texts_of(400)
+    ref = tmp_path / "ref.egc"
+    LayerCache.build(ref, FakeEncoder(), texts, layers=[0, 3], batch_size=25, chunk_rows=64)
+    with ThreadPoolExecutor(3) as ex:
+        c = LayerCache.build(tmp_path / "c.egc", FakeEncoder(delay=0.002), texts, layers=[0, 3], batch_size=25,
+                             chunk_rows=64, client=ex, worker_writes=True)
+    assert c.complete and c.verify()
+    assert data_region(tmp_path / "c.egc") == data_region(ref)
+
+
+def test_data_worker_handle_rules(tmp_path):
+    """Rows written by a data worker are unclaimed until the writer marks them:
+    a crash in between loses nothing but that work."""
+    enc = FakeEncoder()
+    texts = texts_of(100)
+    path = str(tmp_path / "c.egc")
+    with pytest.raises(KeyboardInterrupt):
+        LayerCache.build(path, FakeEncoder(fail_after=0), texts, layers=[0, 2], chunk_rows=16)
+    w = _core.cache_open(path, writable=2)
+    ids = np.arange(10, 30, dtype=np.int64)
+    w.write_data(ids, enc.encode_layers([texts[i] for i in ids], layers=[0, 2]))
+    with pytest.raises(RuntimeError, match="data worker"):
+        w.mark_rows(ids)
+    with pytest.raises(RuntimeError, match="data worker"):
+        w.sync()
+    with pytest.raises(ValueError, match="states"):
+        w.write_data(ids, np.zeros((2, 3, 24), np.float32))
+    w.close()
+    assert LayerCache.open(path).rows_done == 0  # written, not claimed
+    f = _core.cache_open(path, writable=1)
+    f.mark_rows(ids)
+    f.close()
+    part = LayerCache.open(path)
+    assert part.rows_done == 20
+    np.testing.assert_array_equal(part.gather(2, ids), to_f16(expected(enc, [texts[i] for i in ids], 2)))
+    c = LayerCache.build(path, enc, texts, layers=[0, 2], chunk_rows=16)
+    assert c.complete and c.verify()
+    with pytest.raises(ValueError, match="writable"):
+        _core.cache_open(path, writable=3)
+
+
 def test_build_with_real_dask_client(tmp_path):
     distributed = pytest.importorskip("distributed")
     texts = texts_of(300)
@@ -596,8 +640,11 @@ def test_build_with_real_dask_client(tmp_path):
                                   dashboard_address=None) as cluster, distributed.Client(cluster) as client:
         c = build_with_dask(tmp_path / "c.egc", FakeEncoder(delay=0.002), texts, client, layers=[1, 4],
                             batch_size=20, max_in_flight=4)
-    assert c.complete and c.verify()
+        d = build_with_dask(tmp_path / "d.egc", FakeEncoder(delay=0.002), texts, client, layers=[1, 4],
+                            batch_size=20, max_in_flight=4, worker_writes=True)
+    assert c.complete and c.verify() and d.complete and d.verify()
     assert data_region(tmp_path / "c.egc") == data_region(ref)
+    assert data_region(tmp_path / "d.egc") == data_region(ref)
 
 
 # ---------------------------------------------------------------- crash test

@@ -95,9 +95,12 @@ eg_status eg_cache_create(eg_cache **out, const char *path, const eg_cache_param
 
 /* Open and validate an existing cache: header checksum and every field,
  * derived sizes, exact file size, and the newest state slot whose checksum
- * holds (EG_ECORRUPT if none). writable=1 opens read-write and takes an
- * exclusive advisory lock (EG_ESTATE if another process holds it). Data
- * chunks are checked lazily (gather, map_layer) or by eg_cache_verify. */
+ * holds (EG_ECORRUPT if none). writable: 0 read-only; 1 the writer: opens
+ * read-write and takes an exclusive advisory lock (EG_ESTATE if another
+ * handle holds it); 2 a data worker: read-write without the lock, allowed
+ * only eg_cache_write_data (the writer then claims the rows with
+ * eg_cache_mark_rows). Data chunks are checked lazily (gather, map_layer)
+ * or by eg_cache_verify. */
 eg_status eg_cache_open(eg_cache **out, const char *path, int writable, eg_err *err);
 
 /* Close the file and free the handle (NULL is allowed). Mapped layers
@@ -116,6 +119,15 @@ const uint64_t *eg_cache_bitmap(const eg_cache *c);
  * chunks this completes are committed to the older state slot + fdatasync.
  * Rewriting a completed row is allowed (its chunk checksum is recomputed). */
 eg_status eg_cache_write_rows(eg_cache *c, const int64_t *rows, size_t n, const float *src, eg_err *err);
+
+/* Scale-out split of eg_cache_write_rows. eg_cache_write_data (writer or
+ * data-worker handle) converts, pwrites and fdatasyncs rows without claiming
+ * them; eg_cache_mark_rows (writer only) then sets their bits, checksums the
+ * chunks they complete and commits. Rows written but not marked are simply
+ * unclaimed, so a crash in between is safe. Callers give each worker
+ * disjoint rows. */
+eg_status eg_cache_write_data(eg_cache *c, const int64_t *rows, size_t n, const float *src, eg_err *err);
+eg_status eg_cache_mark_rows(eg_cache *c, const int64_t *rows, size_t n, eg_err *err);
 
 /* Grow the number of rows in use to num_nodes (<= capacity) with new,
  * not-yet-done rows, and record a new texts digest; committed at once. */

@@ -627,7 +627,7 @@ eg_status eg_cache_open(eg_cache **out, const char *path, int writable, eg_err *
     }
     c->writable = writable;
     c->h.writable = writable;
-    if (writable && (st = lock_fd(c->fd, path, err)) != EG_OK) {
+    if (writable == 1 && (st = lock_fd(c->fd, path, err)) != EG_OK) {
         goto fail;
     }
     struct stat sb;
@@ -706,8 +706,9 @@ const uint64_t *eg_cache_bitmap(const eg_cache *c)
 
 static eg_status check_writable(const eg_cache *c, eg_err *err)
 {
-    if (!c->writable) {
-        return eg_seterr(err, EG_ESTATE, "layer cache %s is open read-only", c->path);
+    if (c->writable != 1) {
+        return eg_seterr(err, EG_ESTATE, "layer cache %s is open %s", c->path,
+                         c->writable == 0 ? "read-only" : "as a data worker (it may only write_data)");
     }
     if (c->broken) {
         return eg_seterr(err, EG_ESTATE, "layer cache %s: an earlier write failed; reopen the file", c->path);
@@ -740,35 +741,28 @@ void eg_cachei_describe_chunk(const eg_cache *c, uint64_t k, uint64_t ch, char *
              (unsigned long long)ch);
 }
 
-eg_status eg_cache_write_rows(eg_cache *c, const int64_t *rows, size_t n, const float *src, eg_err *err)
+static eg_status check_rows(const eg_cache *c, const int64_t *rows, size_t n, eg_err *err)
 {
-    eg_status st = check_writable(c, err);
-    if (st != EG_OK || n == 0) {
-        return st;
-    }
-    const uint64_t K = c->h.num_layers, N = c->h.num_nodes, D = c->h.dim;
     for (size_t i = 0; i < n; i++) {
-        if (rows[i] < 0 || (uint64_t)rows[i] >= N || (i > 0 && rows[i] <= rows[i - 1])) {
+        if (rows[i] < 0 || (uint64_t)rows[i] >= c->h.num_nodes || (i > 0 && rows[i] <= rows[i - 1])) {
             return eg_seterr(err, EG_EINVAL, "layer cache: rows must be strictly increasing in [0, %llu)",
-                             (unsigned long long)N);
+                             (unsigned long long)c->h.num_nodes);
         }
     }
-    uint64_t *bm = bitmap_of(c);
-    const uint8_t *buf = NULL;
-    /* A rewrite of rows in a complete chunk: check the chunk first, so the new
-     * checksum does not bless damage in the rows not rewritten. */
-    if ((st = ensure_scratch(c, IO_BUF, err)) != EG_OK) {
-        return st;
-    }
-    for (size_t i = 0; i < n; i++) {
+    return EG_OK;
+}
+
+/* A rewrite of rows in a complete chunk: check the chunk first, so the new
+ * checksum does not bless damage in the rows not rewritten. */
+static eg_status guard_complete_chunks(eg_cache *c, const int64_t *rows, size_t n, eg_err *err)
+{
+    eg_status st = ensure_scratch(c, IO_BUF, err);
+    for (size_t i = 0; st == EG_OK && i < n; i++) {
         uint64_t ch = (uint64_t)rows[i] / c->h.chunk_rows;
-        if (i > 0 && (uint64_t)rows[i - 1] / c->h.chunk_rows == ch) {
+        if ((i > 0 && (uint64_t)rows[i - 1] / c->h.chunk_rows == ch) || !chunk_complete(c, ch)) {
             continue;
         }
-        if (!chunk_complete(c, ch)) {
-            continue;
-        }
-        for (uint64_t k = 0; k < K; k++) {
+        for (uint64_t k = 0; k < c->h.num_layers; k++) {
             uint32_t crc;
             if ((st = eg_cachei_chunk_crc_pread(c, k, ch, c->scratch, &crc, err)) != EG_OK) {
                 return st;
@@ -782,15 +776,24 @@ eg_status eg_cache_write_rows(eg_cache *c, const int64_t *rows, size_t n, const 
             }
         }
     }
+    return st;
+}
+
+/* Convert and pwrite the rows of every layer, then fdatasync. */
+static eg_status write_data(eg_cache *c, const int64_t *rows, size_t n, const float *src, eg_err *err)
+{
+    const uint64_t D = c->h.dim;
     uint64_t bytes;
+    eg_status st;
     if (mul64(n, c->row_bytes, &bytes) || bytes > SIZE_MAX) {
         return eg_seterr(err, EG_EOVERFLOW, "layer cache: batch too large");
     }
     if (c->h.dtype != EG_CACHE_F32 && (st = ensure_scratch(c, (size_t)bytes, err)) != EG_OK) {
         return st;
     }
-    for (uint64_t k = 0; k < K; k++) {
+    for (uint64_t k = 0; k < c->h.num_layers; k++) {
         const float *sk = src + k * n * D;
+        const uint8_t *buf;
         if (c->h.dtype == EG_CACHE_F16) {
             eg_f32_to_f16(sk, (uint16_t *)c->scratch, n * D);
             buf = c->scratch;
@@ -809,18 +812,20 @@ eg_status eg_cache_write_rows(eg_cache *c, const int64_t *rows, size_t n, const 
             st = pwrite_all(c->fd, buf + i * c->row_bytes, (j - i) * c->row_bytes,
                             layer_off(c, k) + (uint64_t)rows[i] * c->row_bytes, err);
             if (st != EG_OK) {
-                c->broken = 1;
                 return st;
             }
             i = j;
         }
     }
-    /* the rows are durable before any state claims them */
-    if ((st = sync_fd(c->fd, err)) != EG_OK) {
-        c->broken = 1;
-        return st;
-    }
-    if ((st = ensure_scratch(c, IO_BUF, err)) != EG_OK) {
+    return sync_fd(c->fd, err);
+}
+
+/* Set the rows' bits, checksum the chunks they complete, commit. */
+static eg_status mark_rows(eg_cache *c, const int64_t *rows, size_t n, eg_err *err)
+{
+    uint64_t *bm = bitmap_of(c);
+    eg_status st = ensure_scratch(c, IO_BUF, err);
+    if (st != EG_OK) {
         return st;
     }
     for (size_t i = 0; i < n; i++) {
@@ -834,16 +839,16 @@ eg_status eg_cache_write_rows(eg_cache *c, const int64_t *rows, size_t n, const 
         if (i > 0 && (uint64_t)rows[i - 1] / c->h.chunk_rows == ch) {
             continue;
         }
-        for (uint64_t k = 0; k < K; k++) {
+        for (uint64_t k = 0; k < c->h.num_layers; k++) {
             c->ck[k * c->nchunks + ch] = CK_UNCHECKED;
         }
         if (!chunk_complete(c, ch)) {
             continue;
         }
-        for (uint64_t k = 0; k < K; k++) {
+        for (uint64_t k = 0; k < c->h.num_layers; k++) {
             uint32_t crc;
             if ((st = eg_cachei_chunk_crc_pread(c, k, ch, c->scratch, &crc, err)) != EG_OK) {
-                c->broken = 1;
+                c->broken = 1; /* the in-memory state is ahead of the file */
                 return st;
             }
             crcs_of(c)[k * c->nchunks + ch] = crc;
@@ -851,6 +856,48 @@ eg_status eg_cache_write_rows(eg_cache *c, const int64_t *rows, size_t n, const 
         }
     }
     return commit(c, err);
+}
+
+eg_status eg_cache_write_rows(eg_cache *c, const int64_t *rows, size_t n, const float *src, eg_err *err)
+{
+    eg_status st = check_writable(c, err);
+    if (st != EG_OK || n == 0) {
+        return st;
+    }
+    if ((st = check_rows(c, rows, n, err)) != EG_OK || (st = guard_complete_chunks(c, rows, n, err)) != EG_OK) {
+        return st;
+    }
+    /* the rows are durable before any state claims them */
+    if ((st = write_data(c, rows, n, src, err)) != EG_OK) {
+        c->broken = 1;
+        return st;
+    }
+    return mark_rows(c, rows, n, err);
+}
+
+eg_status eg_cache_write_data(eg_cache *c, const int64_t *rows, size_t n, const float *src, eg_err *err)
+{
+    if (c->writable == 0) {
+        return eg_seterr(err, EG_ESTATE, "layer cache %s is open read-only", c->path);
+    }
+    eg_status st = EG_OK;
+    if (n == 0 || (st = check_rows(c, rows, n, err)) != EG_OK ||
+        (st = guard_complete_chunks(c, rows, n, err)) != EG_OK) {
+        return st;
+    }
+    return write_data(c, rows, n, src, err);
+}
+
+eg_status eg_cache_mark_rows(eg_cache *c, const int64_t *rows, size_t n, eg_err *err)
+{
+    eg_status st = check_writable(c, err);
+    if (st != EG_OK || n == 0) {
+        return st;
+    }
+    if ((st = check_rows(c, rows, n, err)) != EG_OK) {
+        return st;
+    }
+    return mark_rows(c, rows, n, err);
 }
 
 eg_status eg_cache_set_num_nodes(eg_cache *c, uint64_t num_nodes, const uint8_t digest[32], eg_err *err)

@@ -325,6 +325,46 @@ static void test_rewrite_rows(void)
     unlink(PATH);
 }
 
+static void test_worker_split(void)
+{
+    eg_err err;
+    eg_err_clear(&err);
+    eg_cache *c = make(EG_CACHE_BF16, 0), *w = NULL;
+    if (c == NULL) {
+        return;
+    }
+    CHECK(eg_cache_open(&w, PATH, 2, &err) == EG_OK, "data worker opens while the writer holds the lock: %s", err.msg);
+    if (w == NULL) {
+        eg_cache_close(c);
+        return;
+    }
+    int64_t rows[16];
+    float src[K * 16 * D];
+    for (int i = 0; i < 16; i++) {
+        rows[i] = 16 + i; /* exactly chunk 1 */
+    }
+    fill(src, rows, 16);
+    CHECK(eg_cache_write_data(w, rows, 16, src, &err) == EG_OK, "worker writes: %s", err.msg);
+    CHECK(eg_cache_mark_rows(w, rows, 16, &err) == EG_ESTATE, "worker may not claim rows");
+    eg_cache_close(w);
+    float out[D];
+    CHECK(eg_cache_gather(c, 0, &rows[3], 1, out, &err) == EG_EINVAL, "unclaimed rows are not readable");
+    CHECK(eg_cache_mark_rows(c, rows, 16, &err) == EG_OK, "writer claims: %s", err.msg);
+    CHECK(eg_cache_gather(c, 2, &rows[3], 1, out, &err) == EG_OK && fabsf(out[1] - value(2, 19, 1)) < 8.0f,
+          "claimed row read back: %s", err.msg);
+    eg_cache_info info;
+    eg_cache_get_info(c, &info);
+    CHECK(info.rows_done == 16, "16 rows done");
+    eg_cache_close(c);
+    CHECK(eg_cache_open(&c, PATH, 0, &err) == EG_OK, "reopen");
+    if (c != NULL) {
+        CHECK(eg_cache_sync(c, &err) == EG_ESTATE, "read-only handle refuses commits");
+        CHECK(eg_cache_verify(c, &err) == EG_OK, "chunk checksum written by the claim verifies: %s", err.msg);
+        eg_cache_close(c);
+    }
+    unlink(PATH);
+}
+
 static void test_bad_params(void)
 {
     eg_err err;
@@ -359,6 +399,7 @@ int main(void)
     test_partial_and_resume();
     test_corruption();
     test_rewrite_rows();
+    test_worker_split();
     test_bad_params();
     return eg_test_report("test_cache");
 }
