@@ -266,7 +266,10 @@ class LayerCache:
             raise ValueError("max_in_flight must be >= 1")
         enc = encoder
         if hasattr(client, "scatter"):  # dask: ship the encoder to the workers once
-            enc = client.scatter(encoder, broadcast=True)
+            try:  # hash=False: a fresh key, never one a previous build is releasing
+                enc = client.scatter(encoder, broadcast=True, hash=False)
+            except TypeError:
+                enc = client.scatter(encoder, broadcast=True)
         pending: list = []
         it = iter(batches)
         try:

@@ -493,10 +493,14 @@ static eg_status lock_fd(int fd, const char *path, eg_err *err)
 }
 
 /* Write a complete new file for c's header and slot image (both slots, the
- * newer one with seq c->h.seq) under tmp; leaves it open in *fd_out. */
-static eg_status write_new_file(eg_cache *c, const char *tmp, int *fd_out, eg_err *err)
+ * newer one with seq c->h.seq) under tmp; leaves it open in *fd_out.
+ * *locked says whether tmp is ours (only then may the caller unlink it): it
+ * is truncated only after its lock is taken, so two processes creating the
+ * same path cannot spoil each other's file. */
+static eg_status write_new_file(eg_cache *c, const char *tmp, int *fd_out, int *locked, eg_err *err)
 {
-    int fd = open(tmp, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    *locked = 0;
+    int fd = open(tmp, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
     if (fd < 0) {
         return eg_seterr(err, EG_EIO, "layer cache: cannot create %s: %s", tmp, strerror(errno));
     }
@@ -505,7 +509,8 @@ static eg_status write_new_file(eg_cache *c, const char *tmp, int *fd_out, eg_er
         close(fd);
         return st;
     }
-    if (ftruncate(fd, (off_t)c->h.file_size) != 0) {
+    *locked = 1;
+    if (ftruncate(fd, 0) != 0 || ftruncate(fd, (off_t)c->h.file_size) != 0) {
         st = eg_seterr(err, EG_EIO, "layer cache: cannot size %s to %llu bytes: %s", tmp,
                        (unsigned long long)c->h.file_size, strerror(errno));
         close(fd);
@@ -587,7 +592,8 @@ eg_status eg_cache_create(eg_cache **out, const char *path, const eg_cache_param
     }
     memcpy(tmp, path, pl);
     memcpy(tmp + pl, ".tmp", 5);
-    st = write_new_file(c, tmp, &c->fd, err);
+    int locked = 0;
+    st = write_new_file(c, tmp, &c->fd, &locked, err);
     if (st == EG_OK) {
         st = sync_fd(c->fd, err);
     }
@@ -598,7 +604,9 @@ eg_status eg_cache_create(eg_cache **out, const char *path, const eg_cache_param
         st = sync_dir_of(path, err);
     }
     if (st != EG_OK) {
-        unlink(tmp);
+        if (locked) {
+            unlink(tmp);
+        }
         goto fail;
     }
     c->writable = 1;
@@ -966,8 +974,12 @@ eg_status eg_cache_grow(eg_cache *c, uint64_t capacity, eg_err *err)
     }
     memcpy(tmp, c->path, pl);
     memcpy(tmp + pl, ".tmp", 5);
-    if ((st = write_new_file(g, tmp, &g->fd, err)) != EG_OK) {
-        goto fail_unlink;
+    int locked = 0;
+    if ((st = write_new_file(g, tmp, &g->fd, &locked, err)) != EG_OK) {
+        if (locked) {
+            goto fail_unlink;
+        }
+        goto fail;
     }
     for (uint64_t k = 0; k < c->h.num_layers; k++) {
         uint64_t left = c->h.num_nodes * c->row_bytes, off = 0;
