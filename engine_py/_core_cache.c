@@ -234,7 +234,12 @@ static PyObject *cf_info(CacheFileObject *self, PyObject *noargs)
         return NULL;
     }
     for (uint32_t i = 0; i < h.num_layers; i++) {
-        PyTuple_SET_ITEM(layers, i, PyLong_FromLong(h.layers[i]));
+        PyObject *v = PyLong_FromLong(h.layers[i]);
+        if (v == NULL) {
+            Py_DECREF(layers);
+            return NULL;
+        }
+        PyTuple_SET_ITEM(layers, i, v);
     }
     return Py_BuildValue("{s:i,s:I,s:N,s:K,s:K,s:K,s:K,s:I,s:K,s:K,s:K,s:K,s:y#,s:s,s:y#,s:O}",
                          "dtype", (int)h.dtype, "elem_size", h.elem_size, "layers", layers,
@@ -416,15 +421,14 @@ static PyObject *cf_verify(CacheFileObject *self, PyObject *noargs)
     return simple_call(self, eg_cache_verify);
 }
 
-static int get_layer_index(CacheFileObject *self, PyObject *args, unsigned int *k)
+static int check_layer_index(CacheFileObject *self, unsigned int k)
 {
     eg_cache_info h;
     eg_cache_get_info(self->c, &h);
-    if (*k >= h.num_layers) {
-        PyErr_Format(PyExc_IndexError, "layer index %u out of range for %u cached layers", *k, h.num_layers);
+    if (k >= h.num_layers) {
+        PyErr_Format(PyExc_IndexError, "layer index %u out of range for %u cached layers", k, h.num_layers);
         return -1;
     }
-    (void)args;
     return 0;
 }
 
@@ -437,7 +441,7 @@ static PyObject *cf_check_layer(CacheFileObject *self, PyObject *args)
     if (enter(self) < 0) {
         return NULL;
     }
-    if (get_layer_index(self, args, &k) < 0) {
+    if (check_layer_index(self, k) < 0) {
         eg_py_leave(&self->busy);
         return NULL;
     }
@@ -467,7 +471,7 @@ static PyObject *cf_gather(CacheFileObject *self, PyObject *args, PyObject *kw)
     }
     PyArrayObject *ids = NULL, *out = NULL;
     PyObject *ret = NULL;
-    if (get_layer_index(self, args, &k) < 0) {
+    if (check_layer_index(self, k) < 0) {
         goto fail;
     }
     eg_cache_info h;
@@ -537,7 +541,7 @@ static PyObject *cf_map_layer(CacheFileObject *self, PyObject *args)
     }
     PyObject *ret = NULL;
     CacheMapObject *m = NULL;
-    if (get_layer_index(self, args, &k) < 0) {
+    if (check_layer_index(self, k) < 0) {
         goto fail;
     }
     eg_cache_info h;
@@ -567,11 +571,13 @@ static PyObject *cf_map_layer(CacheFileObject *self, PyObject *args)
     if (arr == NULL) {
         goto fail;
     }
-    if (PyArray_SetBaseObject((PyArrayObject *)arr, (PyObject *)m) < 0) {
-        Py_DECREF(arr);
-        goto fail; /* SetBaseObject stole the reference even on failure */
-    }
+    /* SetBaseObject steals the reference to m, even when it fails */
+    int rc = PyArray_SetBaseObject((PyArrayObject *)arr, (PyObject *)m);
     m = NULL;
+    if (rc < 0) {
+        Py_DECREF(arr);
+        goto fail;
+    }
     ret = arr;
 fail:
     Py_XDECREF(m);

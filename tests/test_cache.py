@@ -178,6 +178,30 @@ def test_layer_view_read_only_zero_copy(tmp_path):
     assert LayerCache.open(path).layer(1, dtype=np.float16).dtype == np.float16
 
 
+@pytest.mark.skipif(not os.path.exists("/proc/self/maps"), reason="needs /proc")
+def test_views_release_their_mappings(tmp_path):
+    c = LayerCache.build(tmp_path / "c.egc", FakeEncoder(), texts_of(50), layers=[0, 1])
+
+    def maps():
+        with open("/proc/self/maps") as f:
+            return sum(1 for line in f if "c.egc" in line)
+
+    c.layer(0)  # the handle's own whole-file map (for checks and gather) stays
+    base = maps()
+    views = [c.layer(l) for _ in range(100) for l in (0, 1)]
+    assert maps() >= base + 100
+    del views
+    assert maps() == base
+    c.close()
+    assert maps() == base - 1
+    f = _core.cache_open(str(tmp_path / "c.egc"))
+    with pytest.raises(IndexError):
+        f.map_layer(2)
+    with pytest.raises(IndexError):
+        f.gather(7, np.array([0]))
+    f.close()
+
+
 def test_bfloat16_views(tmp_path):
     enc = FakeEncoder()
     texts = texts_of(50)
