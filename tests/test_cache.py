@@ -371,6 +371,69 @@ def test_open_bad_files(tmp_path):
 
 # ---------------------------------------------------------------- corruption
 
+@pytest.mark.parametrize("field,offset,fmt,value", [
+    ("version", 8, "<I", 2),
+    ("dtype", 16, "<I", 7),
+    ("elem size", 20, "<I", 4),
+    ("K = 0", 24, "<I", 0),
+    ("K huge", 24, "<I", 1 << 31),
+    ("chunk_rows = 0", 28, "<I", 0),
+    ("dim = 0", 32, "<Q", 0),
+    ("dim huge", 32, "<Q", 1 << 62),
+    ("capacity huge", 40, "<Q", (1 << 64) - 1),
+    ("capacity overflow", 40, "<Q", 1 << 45),
+    ("slot size", 48, "<Q", 4096 * 1000),
+    ("data offset", 64, "<Q", 4096),
+    ("file size", 80, "<Q", 1 << 40),
+    ("fingerprint length", 120, "<I", 5000),
+    ("flags", 124, "<I", 1),
+    ("negative layer", 512, "<i", -3),
+    ("duplicate layer", 516, "<i", 0),
+    ("layer past K", 512 + 4 * 5, "<i", 9),
+    ("reserved", 200, "<I", 1),
+])
+def test_open_rejects_bad_header_with_valid_crc(tmp_path, field, offset, fmt, value):
+    """A header whose CRC holds but whose fields lie is still refused, with
+    overflow-checked sizes (what a crafted file would try)."""
+    import struct
+
+    path = tmp_path / "c.egc"
+    LayerCache.build(path, FakeEncoder(), texts_of(20), layers=[0, 3])
+    data = bytearray(path.read_bytes())
+    struct.pack_into(fmt, data, offset, value)
+    struct.pack_into("<I", data, 4092, _core.crc32c(bytes(data[:4092])))
+    path.write_bytes(bytes(data))
+    with pytest.raises(CacheCorruptError):
+        LayerCache.open(path)
+
+
+@pytest.mark.parametrize("case", ["nodes 0", "nodes > capacity", "done > nodes", "popcount", "bit past N"])
+def test_open_rejects_bad_state_with_valid_crc(tmp_path, case):
+    import struct
+
+    path = tmp_path / "c.egc"
+    LayerCache.build(path, FakeEncoder(), texts_of(100), layers=[0], capacity=300)
+    info = LayerCache.open(path).info()
+    slot = (info["data_offset"] - 4096) // 2
+    data = bytearray(path.read_bytes())
+    for base in (4096, 4096 + slot):  # both slots, so there is no fallback
+        if case == "nodes 0":
+            struct.pack_into("<Q", data, base + 16, 0)
+        elif case == "nodes > capacity":
+            struct.pack_into("<Q", data, base + 16, 301)
+        elif case == "done > nodes":
+            struct.pack_into("<Q", data, base + 24, 101)
+        elif case == "popcount":
+            data[base + 128] &= 0xFE  # clear row 0's bit, done count unchanged
+        else:
+            data[base + 128 + 100 // 8] |= 1 << (100 % 8)  # row 100 >= N
+            struct.pack_into("<Q", data, base + 24, 101)
+        struct.pack_into("<I", data, base + 4, _core.crc32c(bytes(data[base + 8:base + slot])))
+    path.write_bytes(bytes(data))
+    with pytest.raises(CacheCorruptError, match="both state slots"):
+        LayerCache.open(path)
+
+
 def _regions(info):
     slot = (info["data_offset"] - 4096) // 2
     bitmap_words = (info["capacity"] + 63) // 64
