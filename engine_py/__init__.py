@@ -26,6 +26,9 @@ except ImportError:  # pragma: no cover
 
 from . import _core  # noqa: E402
 from ._core import get_num_threads, set_num_threads  # noqa: E402,F401
+from . import datasets, io  # noqa: E402,F401
+from .tokenizer import TokenizerFormatError, WordPieceTokenizer  # noqa: E402,F401
+from .io import SafetensorsError, load_safetensors, load_state, save_safetensors  # noqa: E402,F401
 
 
 def info() -> dict:
@@ -37,4 +40,8 @@ def info() -> dict:
     return d
 
 
-__all__ = ["__version__", "get_num_threads", "set_num_threads", "info"]
+__all__ = [
+    "__version__", "get_num_threads", "set_num_threads", "info",
+    "io", "datasets", "SafetensorsError", "load_safetensors", "save_safetensors", "load_state",
+    "WordPieceTokenizer", "TokenizerFormatError",
+]

@@ -136,6 +136,24 @@ void eg_f32_to_f16(const float *src, uint16_t *dst, size_t n);
 void eg_bf16_to_f32(const uint16_t *src, float *dst, size_t n);
 void eg_f32_to_bf16(const float *src, uint16_t *dst, size_t n);
 
+/* -------------------------------------------------------------------- UTF-8 */
+/* Strict (RFC 3629) decoding shared by the JSON reader and the tokenizer. */
+
+/* Decode one code point from s[0..n). Returns the number of bytes used (1..4)
+ * and stores the code point in *cp; returns 0 if the bytes at s do not start
+ * a well-formed UTF-8 sequence (truncated, stray continuation byte, overlong
+ * form, surrogate U+D800..U+DFFF, above U+10FFFF, or n == 0). */
+size_t eg_utf8_decode1(const uint8_t *s, size_t n, uint32_t *cp);
+
+/* Encode cp into out (4 bytes of room). Returns 1..4, or 0 if cp is a
+ * surrogate or above U+10FFFF. */
+size_t eg_utf8_encode1(uint32_t cp, uint8_t out[4]);
+
+/* Check that s[0..n) is entirely well-formed UTF-8. Returns 1 if it is;
+ * otherwise 0 and the byte offset of the first bad sequence in *bad_at
+ * (bad_at may be NULL). */
+int eg_utf8_valid(const char *s, size_t n, size_t *bad_at);
+
 /* --------------------------------------------------------------- build info */
 /* Compiler flags the core was built with (set by the build). */
 const char *eg_build_flags(void);

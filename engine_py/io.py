@@ -1,0 +1,262 @@
+"""Weights on disk: safetensors (read and written by the C core), ``.npz``,
+and Hugging Face model folders.
+
+Reading maps the file and validates its header rule by rule like the
+reference implementation (``huggingface/safetensors``); aligned tensors are
+returned as read-only NumPy views into the mapping (the mapping stays alive
+while any view does), misaligned ones are copied. Writing goes through a
+temporary file in the same folder, ``fsync`` and ``rename``, so a crash never
+leaves a half-written file under the final name.
+
+Pickle-based checkpoints (``.bin``, ``.pt``) are never loaded: unpickling can
+run arbitrary code. The error says how to export one to safetensors.
+
+torch is optional: ``save_safetensors`` accepts torch tensors and imports
+torch only when it meets one.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Dict, Mapping, Optional, Tuple
+
+import numpy as np
+
+from . import _core
+from ._core import SafetensorsError
+
+__all__ = [
+    "SafetensorsError",
+    "load_safetensors",
+    "save_safetensors",
+    "read_safetensors_header",
+    "load_state",
+]
+
+# numpy (kind, itemsize) -> safetensors dtype
+_NP_TO_ST = {
+    ("b", 1): "BOOL",
+    ("u", 1): "U8",
+    ("i", 1): "I8",
+    ("i", 2): "I16",
+    ("u", 2): "U16",
+    ("f", 2): "F16",
+    ("i", 4): "I32",
+    ("u", 4): "U32",
+    ("f", 4): "F32",
+    ("f", 8): "F64",
+    ("i", 8): "I64",
+    ("u", 8): "U64",
+}
+_ST_ITEMSIZE = {"BOOL": 1, "U8": 1, "I8": 1, "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
+                "I32": 4, "U32": 4, "F32": 4, "F64": 8, "I64": 8, "U64": 8}
+_PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+def _check_bf16(bf16: str) -> bool:
+    if bf16 not in ("float32", "raw"):
+        raise ValueError("bf16 must be 'float32' (widen to float32) or 'raw' (uint16 bits), got %r" % (bf16,))
+    return bf16 == "float32"
+
+
+def load_safetensors(path, bf16: str = "float32", return_metadata: bool = False):
+    """Load every tensor of a safetensors file as a dict name -> ndarray.
+
+    The file is validated like the reference implementation does; a file
+    breaking a rule raises :class:`SafetensorsError` naming the file and the
+    rule. Aligned tensors are read-only views into a shared read-only memory
+    mapping (copy one with ``np.array(x)`` to write to it); misaligned ones
+    are copied. Dict order is the header's order.
+
+    bf16: ``"float32"`` (default; NumPy has no bfloat16) widens BF16 tensors
+    to float32 exactly; ``"raw"`` returns their bits as uint16. F16 is
+    returned as ``np.float16``.
+
+    With ``return_metadata=True`` returns ``(tensors, metadata)`` where
+    metadata is the ``__metadata__`` dict, or None when the file has none.
+    """
+    tensors, metadata = _core.safetensors_load(os.fspath(path), _check_bf16(bf16))
+    return (tensors, metadata) if return_metadata else tensors
+
+
+def read_safetensors_header(path) -> Tuple[Dict[str, Tuple[str, Tuple[int, ...], Tuple[int, int]]],
+                                           Optional[Dict[str, str]]]:
+    """Validate a safetensors file and return its header without touching
+    the data: ``({name: (dtype, shape, (begin, end))}, metadata or None)``.
+    Offsets are relative to the data section, as in the file."""
+    return _core.safetensors_header(os.fspath(path))
+
+
+def _torch_to_numpy(name: str, t) -> Tuple[str, np.ndarray]:
+    import torch  # only reached when the caller passed a torch tensor
+
+    t = t.detach()
+    if t.device.type != "cpu":
+        t = t.cpu()
+    t = t.contiguous()
+    if t.dtype == torch.bfloat16:
+        return "BF16", t.view(torch.int16).numpy().view(np.uint16)
+    try:
+        arr = t.numpy()
+    except TypeError as exc:
+        raise SafetensorsError("tensor %r: torch dtype %s cannot be saved: %s" % (name, t.dtype, exc)) from None
+    return "", arr
+
+
+def _as_entry(name: Any, value: Any) -> Tuple[str, str, np.ndarray]:
+    if not isinstance(name, str):
+        raise TypeError("tensor names must be str, got %r" % (name,))
+    st = ""
+    if isinstance(value, tuple) and len(value) == 2 and isinstance(value[0], str):
+        # explicit dtype, e.g. ("BF16", uint16 bits)
+        st, value = value
+        if st not in _ST_ITEMSIZE:
+            raise SafetensorsError("tensor %r: unknown safetensors dtype %r (known: %s)"
+                                   % (name, st, " ".join(sorted(_ST_ITEMSIZE))))
+    if type(value).__module__.startswith("torch"):
+        st2, arr = _torch_to_numpy(name, value)
+        st = st or st2
+    else:
+        arr = np.asarray(value)
+    dt = arr.dtype
+    if not st:
+        if dt.name == "bfloat16" and dt.itemsize == 2:  # ml_dtypes / jax bfloat16
+            st, arr = "BF16", arr.view(np.uint16)
+        else:
+            st = _NP_TO_ST.get((dt.kind, dt.itemsize), "")
+            if not st:
+                raise SafetensorsError(
+                    "tensor %r: dtype %s cannot be stored in safetensors (supported: bool, int8-64, "
+                    "uint8-64, float16, float32, float64, bfloat16)" % (name, dt))
+    elif dt.hasobject or dt.itemsize != _ST_ITEMSIZE[st] or dt.kind not in "biuf":
+        raise SafetensorsError("tensor %r: a %s array cannot be stored as %s" % (name, dt, st))
+    # little-endian, C order; asarray keeps 0-d arrays 0-d
+    if dt.itemsize > 1 and dt.byteorder not in ("<", "|") and not (dt.byteorder == "=" and np.little_endian):
+        dt = dt.newbyteorder("<")
+    arr = np.asarray(arr, dtype=dt, order="C")
+    return name, st, arr
+
+
+def save_safetensors(path, tensors: Mapping[str, Any], metadata: Optional[Mapping[str, str]] = None) -> None:
+    """Write ``tensors`` (name -> NumPy array, torch tensor, or
+    ``(safetensors_dtype, array)`` such as ``("BF16", uint16_bits)``) to a
+    safetensors file readable by the reference implementation, with an
+    optional str -> str ``metadata``.
+
+    Layout matches the reference writer (tensors by dtype then name, compact
+    JSON header padded with spaces to 8 bytes). The file is written to a
+    temporary name in the same folder, fsynced and renamed into place.
+    torch bfloat16 is stored as BF16; NumPy arrays keep their dtype.
+    """
+    if not isinstance(tensors, Mapping):
+        raise TypeError("tensors must be a mapping name -> array, got %s" % type(tensors).__name__)
+    entries = [_as_entry(k, v) for k, v in tensors.items()]
+    meta = None
+    if metadata is not None:
+        if not isinstance(metadata, Mapping):
+            raise TypeError("metadata must be a mapping str -> str, got %s" % type(metadata).__name__)
+        meta = []
+        for k, v in metadata.items():
+            if not isinstance(k, str) or not isinstance(v, str):
+                raise TypeError("metadata must map str to str; got %r: %r" % (k, v))
+            meta.append((k, v))
+    _core.safetensors_save(os.fspath(path), entries, meta)
+
+
+def _pickle_error(path: str) -> ValueError:
+    folder, base = os.path.split(path)
+    stem = os.path.splitext(base)[0]
+    out = os.path.join(folder, "model.safetensors" if stem == "pytorch_model" else stem + ".safetensors")
+    return ValueError(
+        "%s is a PyTorch pickle checkpoint; engine_py never unpickles (it can run arbitrary code). "
+        "Export it to safetensors once, with torch installed:\n"
+        "  python -c \"import torch, engine_py.io as eio; eio.save_safetensors(%r, "
+        "torch.load(%r, map_location='cpu', weights_only=True))\"" % (path, out, path))
+
+
+def _load_npz(path: str) -> Dict[str, np.ndarray]:
+    with np.load(path, allow_pickle=False) as z:
+        if not hasattr(z, "files"):
+            raise ValueError("%s: expected an .npz archive of named arrays" % path)
+        return {k: z[k] for k in z.files}
+
+
+def _load_sharded(index_path: str, bf16: str) -> Dict[str, np.ndarray]:
+    folder = os.path.dirname(index_path)
+    with open(index_path, "rb") as fh:
+        try:
+            index = json.loads(fh.read().decode("utf-8"))
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise SafetensorsError("%s: not a valid JSON index: %s" % (index_path, exc)) from None
+    wmap = index.get("weight_map") if isinstance(index, dict) else None
+    if not isinstance(wmap, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in wmap.items()):
+        raise SafetensorsError("%s: \"weight_map\" must map tensor names to shard file names" % index_path)
+    shards = sorted(set(wmap.values()))
+    for s in shards:
+        if os.path.basename(s) != s or s in (".", ".."):
+            raise SafetensorsError("%s: shard %r must be a file name in the same folder" % (index_path, s))
+    out: Dict[str, np.ndarray] = {}
+    for s in shards:
+        for name, arr in load_safetensors(os.path.join(folder, s), bf16=bf16).items():
+            if name in out:
+                raise SafetensorsError("%s: tensor %r appears in more than one shard" % (index_path, name))
+            if wmap.get(name) != s:
+                raise SafetensorsError("%s: tensor %r is in shard %s but the index maps it to %r"
+                                       % (index_path, name, s, wmap.get(name)))
+            out[name] = arr
+    missing = [k for k in wmap if k not in out]
+    if missing:
+        raise SafetensorsError("%s: %d tensor(s) listed in the index are missing from their shards, e.g. %r"
+                               % (index_path, len(missing), missing[0]))
+    return {k: out[k] for k in wmap}
+
+
+def load_state(path_or_dir, bf16: str = "float32") -> Dict[str, np.ndarray]:
+    """Load a state dict (name -> ndarray) from
+
+    - a Hugging Face model folder: ``model.safetensors``, or shards listed
+      in ``model.safetensors.index.json`` (as ``save_pretrained`` writes);
+    - a ``.safetensors`` file, or a ``*.safetensors.index.json`` index;
+    - a ``.npz`` archive (loaded with ``allow_pickle=False``).
+
+    PyTorch pickles (``.bin``, ``.pt``, a folder holding only
+    ``pytorch_model.bin``) raise ValueError with a one-line export command.
+    """
+    _check_bf16(bf16)
+    p = os.fspath(path_or_dir)
+    if os.path.isdir(p):
+        names = sorted(os.listdir(p))
+        # transformers' order: the single file first, then the index
+        for cand in ("model.safetensors", "model.safetensors.index.json"):
+            if cand in names:
+                return load_state(os.path.join(p, cand), bf16=bf16)
+        indexes = [n for n in names if n.endswith(".safetensors.index.json")]
+        files = [n for n in names if n.endswith(".safetensors")]
+        if len(indexes) == 1:
+            return _load_sharded(os.path.join(p, indexes[0]), bf16)
+        if len(files) == 1 and not indexes:
+            return load_safetensors(os.path.join(p, files[0]), bf16=bf16)
+        if indexes or files:
+            raise ValueError("%s: several safetensors files or indexes (%s); pass the one to load"
+                             % (p, ", ".join(indexes + files)))
+        npz = [n for n in names if n.endswith(".npz")]
+        if len(npz) == 1:
+            return _load_npz(os.path.join(p, npz[0]))
+        pickles = [n for n in names if n.endswith(_PICKLE_SUFFIXES)]
+        if pickles:
+            first = "pytorch_model.bin" if "pytorch_model.bin" in pickles else pickles[0]
+            raise _pickle_error(os.path.join(p, first))
+        raise FileNotFoundError("%s: no model.safetensors, model.safetensors.index.json or .npz in this folder" % p)
+    low = p.lower()
+    if low.endswith(".safetensors.index.json"):
+        return _load_sharded(p, bf16)
+    if low.endswith(".safetensors"):
+        return load_safetensors(p, bf16=bf16)
+    if low.endswith(".npz"):
+        return _load_npz(p)
+    if low.endswith(_PICKLE_SUFFIXES):
+        raise _pickle_error(p)
+    if not os.path.exists(p):
+        raise FileNotFoundError("%s: no such file or folder" % p)
+    raise ValueError("%s: unknown weights format (expected .safetensors, a safetensors index, .npz, "
+                     "or a model folder)" % p)
