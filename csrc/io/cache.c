@@ -402,13 +402,48 @@ static void seal_slot(eg_cache *c, uint64_t seq)
     put32(s + S_CRC, eg_crc32c(0, s + 8, (size_t)c->slot_size - 8));
 }
 
-/* Commit the in-memory state into the older slot and make it the newest. */
+/* Record that image bytes [off, off + len) changed (for both slots). */
+static void touch(eg_cache *c, uint64_t off, uint64_t len)
+{
+    int r = off < c->crc_off ? 0 : 1;
+    for (int s = 0; s < 2; s++) {
+        if (c->dirty_hi[s][r] <= c->dirty_lo[s][r]) {
+            c->dirty_lo[s][r] = off;
+            c->dirty_hi[s][r] = off + len;
+        } else {
+            c->dirty_lo[s][r] = off < c->dirty_lo[s][r] ? off : c->dirty_lo[s][r];
+            c->dirty_hi[s][r] = off + len > c->dirty_hi[s][r] ? off + len : c->dirty_hi[s][r];
+        }
+    }
+}
+
+/* Slot s holds exactly the image (clean) or anything (all dirty). */
+static void set_slot_clean(eg_cache *c, int s, int clean)
+{
+    c->dirty_lo[s][0] = S_BITMAP;
+    c->dirty_hi[s][0] = clean ? S_BITMAP : c->crc_off;
+    c->dirty_lo[s][1] = c->crc_off;
+    c->dirty_hi[s][1] = clean ? c->crc_off : c->slot_size;
+}
+
+/* Commit the in-memory state into the older slot and make it the newest.
+ * The older slot held a complete image two commits ago (or is marked all
+ * dirty), so writing the fixed fields and the dirty ranges makes it a
+ * complete image of the new state; its CRC covers the whole slot, so a torn
+ * write leaves it invalid and the newest slot, untouched here, is used. */
 static eg_status commit(eg_cache *c, eg_err *err)
 {
     uint64_t seq = c->h.seq + 1;
-    int target = c->active ^ 1;
+    int t = c->active ^ 1;
+    uint64_t base = c->state_off + (uint64_t)t * c->slot_size;
     seal_slot(c, seq);
-    eg_status st = pwrite_all(c->fd, c->slot, c->slot_size, c->state_off + (uint64_t)target * c->slot_size, err);
+    eg_status st = pwrite_all(c->fd, c->slot, S_BITMAP, base, err);
+    for (int r = 0; r < 2 && st == EG_OK; r++) {
+        uint64_t lo = c->dirty_lo[t][r], hi = c->dirty_hi[t][r];
+        if (hi > lo) {
+            st = pwrite_all(c->fd, c->slot + lo, hi - lo, base + lo, err);
+        }
+    }
     if (st == EG_OK) {
         st = sync_fd(c->fd, err);
     }
@@ -416,7 +451,8 @@ static eg_status commit(eg_cache *c, eg_err *err)
         c->broken = 1;
         return st;
     }
-    c->active = target;
+    set_slot_clean(c, t, 1);
+    c->active = t;
     c->h.seq = seq;
     return EG_OK;
 }
@@ -535,6 +571,8 @@ static eg_status write_new_file(eg_cache *c, const char *tmp, int *fd_out, int *
         st = pwrite_all(fd, c->slot, c->slot_size, c->state_off, err);
     }
     c->active = 0;
+    set_slot_clean(c, 0, st == EG_OK);
+    set_slot_clean(c, 1, st == EG_OK);
     *fd_out = fd;
     return st;
 }
@@ -686,6 +724,9 @@ eg_status eg_cache_open(eg_cache **out, const char *path, int writable, eg_err *
         memcpy(c->slot, other, (size_t)c->slot_size);
         c->active = 1;
     }
+    /* the other slot may be torn or older: its first commit rewrites it whole */
+    set_slot_clean(c, c->active, 1);
+    set_slot_clean(c, c->active ^ 1, 0);
     c->h.seq = get64(c->slot + S_SEQ);
     c->h.num_nodes = get64(c->slot + S_NODES);
     c->h.rows_done = get64(c->slot + S_DONE);
@@ -839,6 +880,7 @@ static eg_status mark_rows(eg_cache *c, const int64_t *rows, size_t n, eg_err *e
     for (size_t i = 0; i < n; i++) {
         if (!bit_get(bm, (uint64_t)rows[i])) {
             bit_set(bm, (uint64_t)rows[i]);
+            touch(c, S_BITMAP + ((uint64_t)rows[i] >> 6) * 8, 8);
             c->h.rows_done++;
         }
     }
@@ -860,6 +902,7 @@ static eg_status mark_rows(eg_cache *c, const int64_t *rows, size_t n, eg_err *e
                 return st;
             }
             crcs_of(c)[k * c->nchunks + ch] = crc;
+            touch(c, c->crc_off + (k * c->nchunks + ch) * 4, 4);
             c->ck[k * c->nchunks + ch] = CK_GOOD;
         }
     }

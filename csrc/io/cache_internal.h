@@ -65,6 +65,10 @@ struct eg_cache {
     uint64_t state_off;
     uint8_t *slot;         /* image of the newest committed state slot */
     int active;            /* 0 or 1: the slot holding that state */
+    /* Per slot, the byte ranges of the image (0: bitmap, 1: checksum table
+     * and padding) that differ from what that slot holds on disk; a commit
+     * writes the fixed fields plus these ranges, not the whole slot. */
+    uint64_t dirty_lo[2][2], dirty_hi[2][2];
     uint8_t *ck;           /* K * nchunks chunk check states */
     uint8_t *map;          /* whole-file read-only map, made on first read */
     size_t map_len;
