@@ -396,6 +396,22 @@ class LayerCache:
             raise ValueError(f"node_ids must be 1-D, got shape {ids.shape}")
         return self._f.gather(k, ids, out)
 
+    def gather_layers(self, node_ids, layers=None, out: np.ndarray | None = None) -> np.ndarray:
+        """float32 (len(layers), n, D): `gather` for several layers (default:
+        all cached layers, in file order) — what a G-Ladder batch needs."""
+        layers = self.layers if layers is None else [int(l) for l in layers]
+        ids = np.asarray(node_ids)
+        shape = (len(layers), ids.shape[0] if ids.ndim == 1 else -1, self.dim)
+        if out is None:
+            if ids.ndim != 1:
+                raise ValueError(f"node_ids must be 1-D, got shape {ids.shape}")
+            out = np.empty(shape, dtype=np.float32)
+        elif out.shape != shape or out.dtype != np.float32 or not out.flags.c_contiguous:
+            raise ValueError(f"out must be a C-contiguous float32 array of shape {shape}")
+        for i, l in enumerate(layers):
+            self.gather(l, ids, out=out[i])
+        return out
+
     def verify(self) -> bool:
         """Check the header, both state slots and every complete chunk of
         every layer (read with pread, without growing memory). Returns True,

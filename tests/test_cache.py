@@ -251,6 +251,23 @@ def test_gather_arguments(tmp_path):
         c.gather(4, [1])
 
 
+def test_gather_layers(tmp_path):
+    enc = FakeEncoder()
+    texts = texts_of(80)
+    c = LayerCache.build(tmp_path / "c.egc", enc, texts, layers=[0, 2, 4], dtype="float32")
+    ids = np.array([5, 79, 0])
+    got = c.gather_layers(ids)
+    np.testing.assert_array_equal(got, enc.encode_layers([texts[i] for i in ids], layers=[0, 2, 4]))
+    sub = c.gather_layers(ids, layers=[4, 0])
+    np.testing.assert_array_equal(sub[0], got[2])
+    out = np.empty((2, 3, 24), np.float32)
+    assert c.gather_layers(ids, layers=[4, 0], out=out) is out
+    with pytest.raises(ValueError):
+        c.gather_layers(ids, out=out)
+    with pytest.raises(KeyError):
+        c.gather_layers(ids, layers=[1])
+
+
 def test_gather_matches_numpy_many_threads(tmp_path):
     enc = FakeEncoder(hidden_size=64)
     texts = texts_of(3000)
