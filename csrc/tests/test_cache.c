@@ -365,6 +365,87 @@ static void test_worker_split(void)
     unlink(PATH);
 }
 
+/* Random mutations of the header page and of both state slots, with their
+ * CRCs recomputed so the parser's own checks are what stands between the
+ * bytes and memory: open must fail cleanly or give a handle that reads,
+ * gathers and verifies without touching memory it should not (ASan run). */
+static void test_mutation_fuzz(void)
+{
+    eg_err err;
+    eg_err_clear(&err);
+    eg_cache *c = make(EG_CACHE_F16, 1);
+    if (c == NULL) {
+        return;
+    }
+    eg_cache_sync(c, &err);
+    eg_cache_info info;
+    eg_cache_get_info(c, &info);
+    eg_cache_close(c);
+    FILE *f = fopen(PATH, "rb");
+    size_t size = (size_t)file_size();
+    uint8_t *orig = malloc(size), *buf = malloc(size);
+    CHECK(f != NULL && orig != NULL && buf != NULL && fread(orig, 1, size, f) == size, "read file");
+    if (f != NULL) {
+        fclose(f);
+    }
+    uint64_t slot = (info.data_offset - EG_CACHE_PAGE) / 2;
+    uint64_t rng = 99;
+    int opened = 0, refused = 0, bad_status = 0;
+    for (int it = 0; it < 1000; it++) {
+        memcpy(buf, orig, size);
+        int region = (int)eg_rng_below(&rng, 3); /* header, slot A, slot B (both slots for B) */
+        int nmut = 1 + (int)eg_rng_below(&rng, 4);
+        for (int m = 0; m < nmut; m++) {
+            uint64_t off;
+            if (region == 0) {
+                off = eg_rng_below(&rng, EG_CACHE_PAGE - 4);
+            } else {
+                off = EG_CACHE_PAGE + 8 + eg_rng_below(&rng, slot - 8);
+            }
+            uint8_t v = (uint8_t)eg_rng_next(&rng);
+            buf[off] = eg_rng_below(&rng, 2) ? v : (uint8_t)(buf[off] ^ (1u << (v & 7)));
+            if (region == 2) {
+                buf[off + slot] = buf[off];
+            }
+        }
+        uint32_t crc = eg_crc32c(0, buf, EG_CACHE_PAGE - 4);
+        memcpy(buf + EG_CACHE_PAGE - 4, &crc, 4);
+        for (uint64_t s = 0; s < 2; s++) {
+            uint8_t *sp = buf + EG_CACHE_PAGE + s * slot;
+            crc = eg_crc32c(0, sp + 8, (size_t)slot - 8);
+            memcpy(sp + 4, &crc, 4);
+        }
+        f = fopen(PATH, "wb");
+        if (f == NULL || fwrite(buf, 1, size, f) != size) {
+            CHECK(0, "write file");
+        }
+        if (f != NULL) {
+            fclose(f);
+        }
+        eg_status st = eg_cache_open(&c, PATH, 0, &err);
+        if (st != EG_OK) {
+            refused++;
+            bad_status += st != EG_ECORRUPT;
+            continue;
+        }
+        opened++;
+        eg_cache_get_info(c, &info);
+        float out[D];
+        for (uint32_t k = 0; k < info.num_layers && info.dim == D; k++) {
+            int64_t id = (int64_t)eg_rng_below(&rng, info.num_nodes);
+            (void)eg_cache_gather(c, k, &id, 1, out, &err);
+            (void)eg_cache_check_layer(c, k, &err);
+        }
+        (void)eg_cache_verify(c, &err);
+        eg_cache_close(c);
+    }
+    CHECK(bad_status == 0, "every refusal is EG_ECORRUPT (%d were not)", bad_status);
+    CHECK(refused > 150 && opened > 150, "mutations both refused (%d) and harmless (%d)", refused, opened);
+    free(orig);
+    free(buf);
+    unlink(PATH);
+}
+
 static void test_bad_params(void)
 {
     eg_err err;
@@ -400,6 +481,7 @@ int main(void)
     test_corruption();
     test_rewrite_rows();
     test_worker_split();
+    test_mutation_fuzz();
     test_bad_params();
     return eg_test_report("test_cache");
 }
