@@ -19,8 +19,10 @@
  * rename it into place.
  *
  * Data integrity: rows are checksummed per chunk of `chunk_rows` rows per
- * layer once all of a chunk's rows are done. The read side (gather, layer
- * maps, lazy chunk checks, verify) is in cache_read.c.
+ * layer once all of a chunk's rows are done. This file holds the format,
+ * the state slots and commits, and the life cycle (create, open, grow);
+ * writing rows is in cache_write.c, the read side (gather, layer maps,
+ * lazy chunk checks, verify) in cache_read.c.
  */
 /* pread/pwrite, fdatasync, flock, O_CLOEXEC, strndup (setup.py does not set it) */
 #ifndef _GNU_SOURCE
@@ -66,7 +68,7 @@ static uint32_t elem_size_of(uint32_t dtype)
     }
 }
 
-static eg_status pwrite_all(int fd, const void *buf, uint64_t n, uint64_t off, eg_err *err)
+eg_status eg_cachei_pwrite_all(int fd, const void *buf, uint64_t n, uint64_t off, eg_err *err)
 {
     const uint8_t *p = (const uint8_t *)buf;
     while (n > 0) {
@@ -111,7 +113,7 @@ eg_status eg_cachei_pread_all(int fd, void *buf, uint64_t n, uint64_t off, eg_er
     return EG_OK;
 }
 
-static eg_status sync_fd(int fd, eg_err *err)
+eg_status eg_cachei_sync_fd(int fd, eg_err *err)
 {
     if (fdatasync(fd) != 0) {
         return eg_seterr(err, EG_EIO, "layer cache: fdatasync failed: %s", strerror(errno));
@@ -403,7 +405,7 @@ static void seal_slot(eg_cache *c, uint64_t seq)
 }
 
 /* Record that image bytes [off, off + len) changed (for both slots). */
-static void touch(eg_cache *c, uint64_t off, uint64_t len)
+void eg_cachei_touch(eg_cache *c, uint64_t off, uint64_t len)
 {
     int r = off < c->crc_off ? 0 : 1;
     for (int s = 0; s < 2; s++) {
@@ -431,21 +433,21 @@ static void set_slot_clean(eg_cache *c, int s, int clean)
  * dirty), so writing the fixed fields and the dirty ranges makes it a
  * complete image of the new state; its CRC covers the whole slot, so a torn
  * write leaves it invalid and the newest slot, untouched here, is used. */
-static eg_status commit(eg_cache *c, eg_err *err)
+eg_status eg_cachei_commit(eg_cache *c, eg_err *err)
 {
     uint64_t seq = c->h.seq + 1;
     int t = c->active ^ 1;
     uint64_t base = c->state_off + (uint64_t)t * c->slot_size;
     seal_slot(c, seq);
-    eg_status st = pwrite_all(c->fd, c->slot, S_BITMAP, base, err);
+    eg_status st = eg_cachei_pwrite_all(c->fd, c->slot, S_BITMAP, base, err);
     for (int r = 0; r < 2 && st == EG_OK; r++) {
         uint64_t lo = c->dirty_lo[t][r], hi = c->dirty_hi[t][r];
         if (hi > lo) {
-            st = pwrite_all(c->fd, c->slot + lo, hi - lo, base + lo, err);
+            st = eg_cachei_pwrite_all(c->fd, c->slot + lo, hi - lo, base + lo, err);
         }
     }
     if (st == EG_OK) {
-        st = sync_fd(c->fd, err);
+        st = eg_cachei_sync_fd(c->fd, err);
     }
     if (st != EG_OK) {
         c->broken = 1;
@@ -558,17 +560,17 @@ static eg_status write_new_file(eg_cache *c, const char *tmp, int *fd_out, int *
         return eg_seterr(err, EG_ENOMEM, "layer cache: out of memory");
     }
     encode_header(c, pg);
-    st = pwrite_all(fd, pg, EG_CACHE_PAGE, 0, err);
+    st = eg_cachei_pwrite_all(fd, pg, EG_CACHE_PAGE, 0, err);
     eg_aligned_free(pg);
     /* slot 1 gets seq-1, slot 0 gets seq: both valid, slot 0 newest */
     uint64_t seq = c->h.seq;
     if (st == EG_OK) {
         seal_slot(c, seq - 1);
-        st = pwrite_all(fd, c->slot, c->slot_size, c->state_off + c->slot_size, err);
+        st = eg_cachei_pwrite_all(fd, c->slot, c->slot_size, c->state_off + c->slot_size, err);
     }
     if (st == EG_OK) {
         seal_slot(c, seq);
-        st = pwrite_all(fd, c->slot, c->slot_size, c->state_off, err);
+        st = eg_cachei_pwrite_all(fd, c->slot, c->slot_size, c->state_off, err);
     }
     c->active = 0;
     set_slot_clean(c, 0, st == EG_OK);
@@ -633,7 +635,7 @@ eg_status eg_cache_create(eg_cache **out, const char *path, const eg_cache_param
     int locked = 0;
     st = write_new_file(c, tmp, &c->fd, &locked, err);
     if (st == EG_OK) {
-        st = sync_fd(c->fd, err);
+        st = eg_cachei_sync_fd(c->fd, err);
     }
     if (st == EG_OK && rename(tmp, path) != 0) {
         st = eg_seterr(err, EG_EIO, "layer cache: cannot rename %s to %s: %s", tmp, path, strerror(errno));
@@ -753,7 +755,7 @@ const uint64_t *eg_cache_bitmap(const eg_cache *c)
     return bitmap_of(c);
 }
 
-static eg_status check_writable(const eg_cache *c, eg_err *err)
+eg_status eg_cachei_check_writable(const eg_cache *c, eg_err *err)
 {
     if (c->writable != 1) {
         return eg_seterr(err, EG_ESTATE, "layer cache %s is open %s", c->path,
@@ -767,223 +769,9 @@ static eg_status check_writable(const eg_cache *c, eg_err *err)
 
 /* ----------------------------------------------------------------- writes */
 
-static eg_status ensure_scratch(eg_cache *c, size_t bytes, eg_err *err)
-{
-    if (c->scratch_len >= bytes) {
-        return EG_OK;
-    }
-    void *p = realloc(c->scratch, bytes);
-    if (p == NULL) {
-        return eg_seterr(err, EG_ENOMEM, "layer cache: out of memory for a %zu-byte batch", bytes);
-    }
-    c->scratch = p;
-    c->scratch_len = bytes;
-    return EG_OK;
-}
-
-void eg_cachei_describe_chunk(const eg_cache *c, uint64_t k, uint64_t ch, char *buf, size_t len)
-{
-    uint64_t lo, hi;
-    chunk_rows_range(c, ch, &lo, &hi);
-    snprintf(buf, len, "layer %d (index %llu), rows %llu-%llu (chunk %llu)", c->h.layers[k],
-             (unsigned long long)k, (unsigned long long)lo, (unsigned long long)(hi - 1),
-             (unsigned long long)ch);
-}
-
-static eg_status check_rows(const eg_cache *c, const int64_t *rows, size_t n, eg_err *err)
-{
-    for (size_t i = 0; i < n; i++) {
-        if (rows[i] < 0 || (uint64_t)rows[i] >= c->h.num_nodes || (i > 0 && rows[i] <= rows[i - 1])) {
-            return eg_seterr(err, EG_EINVAL, "layer cache: rows must be strictly increasing in [0, %llu)",
-                             (unsigned long long)c->h.num_nodes);
-        }
-    }
-    return EG_OK;
-}
-
-/* A rewrite of rows in a complete chunk: check the chunk first, so the new
- * checksum does not bless damage in the rows not rewritten. */
-static eg_status guard_complete_chunks(eg_cache *c, const int64_t *rows, size_t n, eg_err *err)
-{
-    eg_status st = ensure_scratch(c, IO_BUF, err);
-    for (size_t i = 0; st == EG_OK && i < n; i++) {
-        uint64_t ch = (uint64_t)rows[i] / c->h.chunk_rows;
-        if ((i > 0 && (uint64_t)rows[i - 1] / c->h.chunk_rows == ch) || !chunk_complete(c, ch)) {
-            continue;
-        }
-        for (uint64_t k = 0; k < c->h.num_layers; k++) {
-            uint32_t crc;
-            if ((st = eg_cachei_chunk_crc_pread(c, k, ch, c->scratch, &crc, err)) != EG_OK) {
-                return st;
-            }
-            if (crc != crcs_of(c)[k * c->nchunks + ch]) {
-                char d[160];
-                eg_cachei_describe_chunk(c, k, ch, d, sizeof d);
-                c->ck[k * c->nchunks + ch] = CK_BAD;
-                return eg_seterr(err, EG_ECORRUPT, "layer cache %s: %s: checksum mismatch; refusing to rewrite part of a damaged chunk",
-                                 c->path, d);
-            }
-        }
-    }
-    return st;
-}
-
-/* Convert and pwrite the rows of every layer, then fdatasync. */
-static eg_status write_data(eg_cache *c, const int64_t *rows, size_t n, const float *src, eg_err *err)
-{
-    const uint64_t D = c->h.dim;
-    uint64_t bytes;
-    eg_status st;
-    if (mul64(n, c->row_bytes, &bytes) || bytes > SIZE_MAX) {
-        return eg_seterr(err, EG_EOVERFLOW, "layer cache: batch too large");
-    }
-    if (c->h.dtype != EG_CACHE_F32 && (st = ensure_scratch(c, (size_t)bytes, err)) != EG_OK) {
-        return st;
-    }
-    for (uint64_t k = 0; k < c->h.num_layers; k++) {
-        const float *sk = src + k * n * D;
-        const uint8_t *buf;
-        if (c->h.dtype == EG_CACHE_F16) {
-            eg_f32_to_f16(sk, (uint16_t *)c->scratch, n * D);
-            buf = c->scratch;
-        } else if (c->h.dtype == EG_CACHE_BF16) {
-            eg_f32_to_bf16(sk, (uint16_t *)c->scratch, n * D);
-            buf = c->scratch;
-        } else {
-            buf = (const uint8_t *)sk;
-        }
-        size_t i = 0;
-        while (i < n) {
-            size_t j = i + 1;
-            while (j < n && rows[j] == rows[j - 1] + 1) {
-                j++;
-            }
-            st = pwrite_all(c->fd, buf + i * c->row_bytes, (j - i) * c->row_bytes,
-                            layer_off(c, k) + (uint64_t)rows[i] * c->row_bytes, err);
-            if (st != EG_OK) {
-                return st;
-            }
-            i = j;
-        }
-    }
-    return sync_fd(c->fd, err);
-}
-
-/* Set the rows' bits, checksum the chunks they complete, commit. */
-static eg_status mark_rows(eg_cache *c, const int64_t *rows, size_t n, eg_err *err)
-{
-    uint64_t *bm = bitmap_of(c);
-    eg_status st = ensure_scratch(c, IO_BUF, err);
-    if (st != EG_OK) {
-        return st;
-    }
-    for (size_t i = 0; i < n; i++) {
-        if (!bit_get(bm, (uint64_t)rows[i])) {
-            bit_set(bm, (uint64_t)rows[i]);
-            touch(c, S_BITMAP + ((uint64_t)rows[i] >> 6) * 8, 8);
-            c->h.rows_done++;
-        }
-    }
-    for (size_t i = 0; i < n; i++) {
-        uint64_t ch = (uint64_t)rows[i] / c->h.chunk_rows;
-        if (i > 0 && (uint64_t)rows[i - 1] / c->h.chunk_rows == ch) {
-            continue;
-        }
-        for (uint64_t k = 0; k < c->h.num_layers; k++) {
-            c->ck[k * c->nchunks + ch] = CK_UNCHECKED;
-        }
-        if (!chunk_complete(c, ch)) {
-            continue;
-        }
-        for (uint64_t k = 0; k < c->h.num_layers; k++) {
-            uint32_t crc;
-            if ((st = eg_cachei_chunk_crc_pread(c, k, ch, c->scratch, &crc, err)) != EG_OK) {
-                c->broken = 1; /* the in-memory state is ahead of the file */
-                return st;
-            }
-            crcs_of(c)[k * c->nchunks + ch] = crc;
-            touch(c, c->crc_off + (k * c->nchunks + ch) * 4, 4);
-            c->ck[k * c->nchunks + ch] = CK_GOOD;
-        }
-    }
-    return commit(c, err);
-}
-
-eg_status eg_cache_write_rows(eg_cache *c, const int64_t *rows, size_t n, const float *src, eg_err *err)
-{
-    eg_status st = check_writable(c, err);
-    if (st != EG_OK || n == 0) {
-        return st;
-    }
-    if ((st = check_rows(c, rows, n, err)) != EG_OK || (st = guard_complete_chunks(c, rows, n, err)) != EG_OK) {
-        return st;
-    }
-    /* the rows are durable before any state claims them */
-    if ((st = write_data(c, rows, n, src, err)) != EG_OK) {
-        c->broken = 1;
-        return st;
-    }
-    return mark_rows(c, rows, n, err);
-}
-
-eg_status eg_cache_write_data(eg_cache *c, const int64_t *rows, size_t n, const float *src, eg_err *err)
-{
-    if (c->writable == 0) {
-        return eg_seterr(err, EG_ESTATE, "layer cache %s is open read-only", c->path);
-    }
-    eg_status st = EG_OK;
-    if (n == 0 || (st = check_rows(c, rows, n, err)) != EG_OK ||
-        (st = guard_complete_chunks(c, rows, n, err)) != EG_OK) {
-        return st;
-    }
-    return write_data(c, rows, n, src, err);
-}
-
-eg_status eg_cache_mark_rows(eg_cache *c, const int64_t *rows, size_t n, eg_err *err)
-{
-    eg_status st = check_writable(c, err);
-    if (st != EG_OK || n == 0) {
-        return st;
-    }
-    if ((st = check_rows(c, rows, n, err)) != EG_OK) {
-        return st;
-    }
-    return mark_rows(c, rows, n, err);
-}
-
-eg_status eg_cache_set_num_nodes(eg_cache *c, uint64_t num_nodes, const uint8_t digest[32], eg_err *err)
-{
-    eg_status st = check_writable(c, err);
-    if (st != EG_OK) {
-        return st;
-    }
-    if (num_nodes < c->h.num_nodes || num_nodes > c->h.capacity) {
-        return eg_seterr(err, EG_EINVAL, "layer cache: number of nodes can only grow within the capacity (%llu..%llu), got %llu",
-                         (unsigned long long)c->h.num_nodes, (unsigned long long)c->h.capacity,
-                         (unsigned long long)num_nodes);
-    }
-    /* the old last chunk gains not-done rows: it becomes incomplete */
-    uint64_t ch = (c->h.num_nodes - 1) / c->h.chunk_rows;
-    for (uint64_t k = 0; k < c->h.num_layers; k++) {
-        c->ck[k * c->nchunks + ch] = CK_UNCHECKED;
-    }
-    c->h.num_nodes = num_nodes;
-    memcpy(c->h.texts_digest, digest, 32);
-    return commit(c, err);
-}
-
-eg_status eg_cache_sync(eg_cache *c, eg_err *err)
-{
-    eg_status st = check_writable(c, err);
-    if (st != EG_OK) {
-        return st;
-    }
-    return commit(c, err);
-}
-
 eg_status eg_cache_grow(eg_cache *c, uint64_t capacity, eg_err *err)
 {
-    eg_status st = check_writable(c, err);
+    eg_status st = eg_cachei_check_writable(c, err);
     if (st != EG_OK) {
         return st;
     }
@@ -1029,14 +817,14 @@ eg_status eg_cache_grow(eg_cache *c, uint64_t capacity, eg_err *err)
         while (left > 0) {
             uint64_t step = left < IO_BUF ? left : IO_BUF;
             if ((st = eg_cachei_pread_all(c->fd, buf, step, layer_off(c, k) + off, err)) != EG_OK ||
-                (st = pwrite_all(g->fd, buf, step, layer_off(g, k) + off, err)) != EG_OK) {
+                (st = eg_cachei_pwrite_all(g->fd, buf, step, layer_off(g, k) + off, err)) != EG_OK) {
                 goto fail_unlink;
             }
             off += step;
             left -= step;
         }
     }
-    if ((st = sync_fd(g->fd, err)) != EG_OK) {
+    if ((st = eg_cachei_sync_fd(g->fd, err)) != EG_OK) {
         goto fail_unlink;
     }
     if (rename(tmp, c->path) != 0) {

@@ -1,7 +1,7 @@
 /*
- * cache_internal.h — private to csrc/io/cache.c (format, life cycle, writes)
- * and csrc/io/cache_read.c (gather, layer maps, verify): the handle
- * structure, the file's field offsets and small helpers.
+ * cache_internal.h — private to csrc/io/cache.c (format, life cycle,
+ * growth), cache_write.c (rows in, commits) and cache_read.c (gather, layer
+ * maps, verify): the handle structure, the file's field offsets and helpers.
  */
 #ifndef EG_CACHE_INTERNAL_H
 #define EG_CACHE_INTERNAL_H
@@ -160,7 +160,8 @@ static inline uint32_t chunk_crc_map(const eg_cache *c, uint64_t k, uint64_t ch)
     return eg_crc32c(chunk_seed(k, ch), p, (size_t)((hi - lo) * c->row_bytes));
 }
 
-/* Shared between cache.c and cache_read.c (defined in cache.c). */
+/* Shared by cache.c, cache_write.c and cache_read.c (defined in cache.c,
+ * except describe_chunk in cache_write.c). */
 eg_status eg_cachei_pread_all(int fd, void *buf, uint64_t n, uint64_t off, eg_err *err);
 eg_status eg_cachei_chunk_crc_pread(const eg_cache *c, uint64_t k, uint64_t ch, uint8_t *buf,
                                     uint32_t *out, eg_err *err);
@@ -168,5 +169,13 @@ void eg_cachei_describe_chunk(const eg_cache *c, uint64_t k, uint64_t ch, char *
 eg_status eg_cachei_decode_header(eg_cache *c, const uint8_t *pg, eg_err *err);
 int eg_cachei_slot_valid(const eg_cache *c, const uint8_t *s, const char **why);
 eg_cache *eg_cachei_new_handle(const char *path, eg_err *err);
+eg_status eg_cachei_pwrite_all(int fd, const void *buf, uint64_t n, uint64_t off, eg_err *err);
+eg_status eg_cachei_sync_fd(int fd, eg_err *err);
+/* Record that state-image bytes [off, off + len) changed. */
+void eg_cachei_touch(eg_cache *c, uint64_t off, uint64_t len);
+/* Commit the in-memory state into the older slot (writes, fdatasync). */
+eg_status eg_cachei_commit(eg_cache *c, eg_err *err);
+/* EG_ESTATE unless c is the locked writer and no write has failed. */
+eg_status eg_cachei_check_writable(const eg_cache *c, eg_err *err);
 
 #endif
