@@ -28,6 +28,10 @@ from . import _core  # noqa: E402
 from ._core import get_num_threads, set_num_threads  # noqa: E402,F401
 from . import datasets, io  # noqa: E402,F401
 from .tokenizer import TokenizerFormatError, WordPieceTokenizer  # noqa: E402,F401
+from .graph import Batch, Graph  # noqa: E402,F401
+from .engine import EngineClassifier, InMemoryStates, NotFittedError  # noqa: E402,F401
+from . import gmoe, plot  # noqa: E402,F401
+from .gmoe import MoELoRAFFN  # noqa: E402,F401
 from .io import SafetensorsError, load_safetensors, load_state, save_safetensors  # noqa: E402,F401
 
 
@@ -44,4 +48,6 @@ __all__ = [
     "__version__", "get_num_threads", "set_num_threads", "info",
     "io", "datasets", "SafetensorsError", "load_safetensors", "save_safetensors", "load_state",
     "WordPieceTokenizer", "TokenizerFormatError",
+    "Graph", "Batch", "EngineClassifier", "InMemoryStates", "NotFittedError",
+    "gmoe", "plot", "MoELoRAFFN",
 ]

@@ -1,10 +1,812 @@
 /*
- * _core_engine.c — Python glue for graph, samplers, ops and the G-Ladder.
+ * _core_engine.c — Python glue for graphs, samplers and the G-Ladder.
+ *
+ * Types added to engine_py._core:
+ *   Graph(src, dst, num_nodes, undirected)   CSR graph (eg_graph.h)
+ *       .num_nodes .num_edges .indptr() .indices()
+ *       .sample_khop(targets, max_neighbors, seed) -> (nodes, graph_ptr, indptr, indices)
+ *       .sample_rw(targets, walk_steps, restart, seed) -> same tuple
+ *   Ladder(num_ladders, in_dim, reduced_dim, hidden, num_classes, gnn, gnn_layers,
+ *          act, norm, heads, early_exit, dropout, T, seed)   G-Ladder (eg_engine.h)
+ *       .param_table() .buffer(kind) (a float32 view owned by the model)
+ *       .begin() .forward_step() .loss() .backward() .zero_grad() .adamw_step()
+ *       .train_batch() .predict_batch()  (whole batch, one GIL release)
+ * Arguments are converted and range-checked here under the GIL; the core runs
+ * with the GIL released; a busy flag rejects use from two threads at once.
  */
 #include "_core.h"
+#include "eg_engine.h"
+#include "eg_graph.h"
+
+#include <string.h>
+
+/* ------------------------------------------------------------ helpers */
+
+static PyArrayObject *as_i64(PyObject *o, int ndim, const char *what)
+{
+    PyArrayObject *a = (PyArrayObject *)PyArray_FROM_OTF(o, NPY_INT64, NPY_ARRAY_IN_ARRAY);
+    if (a == NULL) {
+        return NULL;
+    }
+    if (PyArray_NDIM(a) != ndim) {
+        PyErr_Format(PyExc_ValueError, "%s must be a %d-D integer array, got %d-D", what, ndim,
+                     PyArray_NDIM(a));
+        Py_DECREF(a);
+        return NULL;
+    }
+    return a;
+}
+
+static PyObject *batch_to_tuple(eg_batch *b)
+{
+    npy_intp n1 = (npy_intp)b->num_nodes, n2 = (npy_intp)b->num_graphs + 1,
+             n3 = (npy_intp)b->num_nodes + 1, n4 = (npy_intp)b->num_edges;
+    PyObject *a1 = PyArray_SimpleNew(1, &n1, NPY_INT64);
+    PyObject *a2 = PyArray_SimpleNew(1, &n2, NPY_INT64);
+    PyObject *a3 = PyArray_SimpleNew(1, &n3, NPY_INT64);
+    PyObject *a4 = PyArray_SimpleNew(1, &n4, NPY_INT64);
+    PyObject *res = NULL;
+    if (a1 && a2 && a3 && a4) {
+        memcpy(PyArray_DATA((PyArrayObject *)a1), b->nodes, (size_t)n1 * 8);
+        memcpy(PyArray_DATA((PyArrayObject *)a2), b->graph_ptr, (size_t)n2 * 8);
+        memcpy(PyArray_DATA((PyArrayObject *)a3), b->indptr, (size_t)n3 * 8);
+        memcpy(PyArray_DATA((PyArrayObject *)a4), b->indices, (size_t)n4 * 8);
+        res = PyTuple_Pack(4, a1, a2, a3, a4);
+    }
+    Py_XDECREF(a1);
+    Py_XDECREF(a2);
+    Py_XDECREF(a3);
+    Py_XDECREF(a4);
+    return res;
+}
+
+/* -------------------------------------------------------------- Graph */
+
+typedef struct {
+    PyObject_HEAD
+    eg_graph *g;
+    int busy;
+} GraphObject;
+
+static void Graph_dealloc(GraphObject *self)
+{
+    eg_graph_free(self->g);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int Graph_init(GraphObject *self, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"src", "dst", "num_nodes", "undirected", NULL};
+    PyObject *so, *dob;
+    long long n;
+    int undirected = 1;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOL|p", kwlist, &so, &dob, &n, &undirected)) {
+        return -1;
+    }
+    if (self->g != NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "Graph is already initialised");
+        return -1;
+    }
+    PyArrayObject *src = NULL, *dst = NULL;
+    int rc = -1;
+    src = as_i64(so, 1, "src");
+    if (src == NULL) {
+        goto fail;
+    }
+    dst = as_i64(dob, 1, "dst");
+    if (dst == NULL) {
+        goto fail;
+    }
+    if (PyArray_DIM(src, 0) != PyArray_DIM(dst, 0)) {
+        PyErr_SetString(PyExc_ValueError, "src and dst must have the same length");
+        goto fail;
+    }
+    eg_err err;
+    eg_err_clear(&err);
+    eg_status st;
+    eg_graph *g = NULL;
+    const int64_t *s = PyArray_DATA(src), *d = PyArray_DATA(dst);
+    int64_t E = (int64_t)PyArray_DIM(src, 0);
+    Py_BEGIN_ALLOW_THREADS
+    st = eg_graph_build(&g, (int64_t)n, s, d, E, undirected, &err);
+    Py_END_ALLOW_THREADS
+    if (st != EG_OK) {
+        eg_py_raise(&err, NULL);
+        goto fail;
+    }
+    self->g = g;
+    rc = 0;
+fail:
+    Py_XDECREF(src);
+    Py_XDECREF(dst);
+    return rc;
+}
+
+static int graph_ready(GraphObject *self)
+{
+    if (self->g == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "Graph is not initialised");
+        return 0;
+    }
+    return 1;
+}
+
+static PyObject *Graph_get_num_nodes(GraphObject *self, void *c)
+{
+    return graph_ready(self) ? PyLong_FromLongLong(self->g->num_nodes) : NULL;
+}
+
+static PyObject *Graph_get_num_edges(GraphObject *self, void *c)
+{
+    return graph_ready(self) ? PyLong_FromLongLong(self->g->num_edges) : NULL;
+}
+
+static PyObject *Graph_copy_array(GraphObject *self, int which)
+{
+    if (!graph_ready(self)) {
+        return NULL;
+    }
+    npy_intp n = which == 0 ? (npy_intp)self->g->num_nodes + 1 : (npy_intp)self->g->num_edges;
+    PyObject *a = PyArray_SimpleNew(1, &n, NPY_INT64);
+    if (a != NULL && n > 0) {
+        memcpy(PyArray_DATA((PyArrayObject *)a), which == 0 ? self->g->indptr : self->g->indices,
+               (size_t)n * 8);
+    }
+    return a;
+}
+
+static PyObject *Graph_indptr(GraphObject *self, PyObject *noargs) { return Graph_copy_array(self, 0); }
+static PyObject *Graph_indices(GraphObject *self, PyObject *noargs) { return Graph_copy_array(self, 1); }
+
+static PyObject *Graph_sample(GraphObject *self, PyObject *args, int kind)
+{
+    PyObject *to;
+    long long cap_or_steps = 0;
+    double restart = 0.0;
+    unsigned long long seed;
+    if (kind == 0) {
+        if (!PyArg_ParseTuple(args, "OLK", &to, &cap_or_steps, &seed)) {
+            return NULL;
+        }
+    } else if (!PyArg_ParseTuple(args, "OLdK", &to, &cap_or_steps, &restart, &seed)) {
+        return NULL;
+    }
+    if (!graph_ready(self)) {
+        return NULL;
+    }
+    PyArrayObject *t = as_i64(to, 1, "targets");
+    if (t == NULL) {
+        return NULL;
+    }
+    if (eg_py_enter(&self->busy, "Graph") < 0) {
+        Py_DECREF(t);
+        return NULL;
+    }
+    eg_batch b;
+    eg_err err;
+    eg_err_clear(&err);
+    eg_status st;
+    const int64_t *tp = PyArray_DATA(t);
+    int64_t nt = (int64_t)PyArray_DIM(t, 0);
+    Py_BEGIN_ALLOW_THREADS
+    if (kind == 0) {
+        st = eg_sample_khop(self->g, tp, nt, (int64_t)cap_or_steps, (uint64_t)seed, &b, &err);
+    } else {
+        st = eg_sample_rw(self->g, tp, nt, (int64_t)cap_or_steps, (float)restart, (uint64_t)seed, &b, &err);
+    }
+    Py_END_ALLOW_THREADS
+    eg_py_leave(&self->busy);
+    Py_DECREF(t);
+    if (st != EG_OK) {
+        return eg_py_raise(&err, NULL);
+    }
+    PyObject *res = batch_to_tuple(&b);
+    eg_batch_free(&b);
+    return res;
+}
+
+static PyObject *Graph_sample_khop(GraphObject *self, PyObject *args) { return Graph_sample(self, args, 0); }
+static PyObject *Graph_sample_rw(GraphObject *self, PyObject *args) { return Graph_sample(self, args, 1); }
+
+static PyMethodDef Graph_methods[] = {
+    {"indptr", (PyCFunction)Graph_indptr, METH_NOARGS, "CSR row pointer (copy), in-neighbours."},
+    {"indices", (PyCFunction)Graph_indices, METH_NOARGS, "CSR column indices (copy)."},
+    {"sample_khop", (PyCFunction)Graph_sample_khop, METH_VARARGS,
+     "sample_khop(targets, max_neighbors, seed) -> (nodes, graph_ptr, indptr, indices)"},
+    {"sample_rw", (PyCFunction)Graph_sample_rw, METH_VARARGS,
+     "sample_rw(targets, walk_steps, restart, seed) -> (nodes, graph_ptr, indptr, indices)"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef Graph_getset[] = {
+    {"num_nodes", (getter)Graph_get_num_nodes, NULL, "number of nodes", NULL},
+    {"num_edges", (getter)Graph_get_num_edges, NULL, "stored directed edges", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject GraphType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "engine_py._core.Graph",
+    .tp_basicsize = sizeof(GraphObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "In-neighbour CSR graph. Use engine_py.Graph.",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Graph_init,
+    .tp_dealloc = (destructor)Graph_dealloc,
+    .tp_methods = Graph_methods,
+    .tp_getset = Graph_getset,
+};
+
+/* ------------------------------------------------------------- Ladder */
+
+typedef struct {
+    PyObject_HEAD
+    eg_ladder *m;
+    int busy;
+} LadderObject;
+
+static void Ladder_dealloc(LadderObject *self)
+{
+    eg_ladder_free(self->m);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int Ladder_init(LadderObject *self, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"num_ladders", "in_dim", "reduced_dim", "hidden", "num_classes", "gnn",
+                             "gnn_layers", "act", "norm", "heads", "early_exit", "dropout", "T",
+                             "seed", NULL};
+    eg_ladder_config c;
+    memset(&c, 0, sizeof c);
+    unsigned long long seed;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "iiiiiiiiiipffK", kwlist, &c.num_ladders, &c.in_dim,
+                                     &c.reduced_dim, &c.hidden, &c.num_classes, &c.gnn,
+                                     &c.gnn_layers, &c.act, &c.norm, &c.heads, &c.early_exit,
+                                     &c.dropout, &c.T, &seed)) {
+        return -1;
+    }
+    if (self->m != NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "Ladder is already initialised");
+        return -1;
+    }
+    eg_err err;
+    eg_err_clear(&err);
+    if (eg_ladder_create(&self->m, &c, (uint64_t)seed, &err) != EG_OK) {
+        eg_py_raise(&err, NULL);
+        return -1;
+    }
+    return 0;
+}
+
+static int ladder_ready(LadderObject *self)
+{
+    if (self->m == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "Ladder is not initialised");
+        return 0;
+    }
+    return 1;
+}
+
+static PyObject *Ladder_param_table(LadderObject *self, PyObject *noargs)
+{
+    if (!ladder_ready(self)) {
+        return NULL;
+    }
+    int n = eg_ladder_num_params(self->m);
+    PyObject *list = PyList_New(n);
+    if (list == NULL) {
+        return NULL;
+    }
+    for (int i = 0; i < n; i++) {
+        const eg_param_desc *d = eg_ladder_param(self->m, i);
+        PyObject *shape = PyTuple_New(d->ndim);
+        if (shape == NULL) {
+            Py_DECREF(list);
+            return NULL;
+        }
+        for (int j = 0; j < d->ndim; j++) {
+            PyTuple_SET_ITEM(shape, j, PyLong_FromLongLong(d->shape[j]));
+        }
+        PyObject *item = Py_BuildValue("(snNii)", d->name, (Py_ssize_t)d->offset, shape, d->decay,
+                                       d->trainable);
+        if (item == NULL) {
+            Py_DECREF(list);
+            return NULL;
+        }
+        PyList_SET_ITEM(list, i, item);
+    }
+    return list;
+}
+
+static PyObject *Ladder_buffer(LadderObject *self, PyObject *arg)
+{
+    if (!ladder_ready(self)) {
+        return NULL;
+    }
+    const char *kind = PyUnicode_AsUTF8(arg);
+    if (kind == NULL) {
+        return NULL;
+    }
+    float *p;
+    if (strcmp(kind, "param") == 0) {
+        p = eg_ladder_params(self->m);
+    } else if (strcmp(kind, "grad") == 0) {
+        p = eg_ladder_grads(self->m);
+    } else if (strcmp(kind, "m") == 0) {
+        p = eg_ladder_adam_m(self->m);
+    } else if (strcmp(kind, "v") == 0) {
+        p = eg_ladder_adam_v(self->m);
+    } else {
+        PyErr_Format(PyExc_ValueError, "buffer kind must be param, grad, m or v, got %s", kind);
+        return NULL;
+    }
+    npy_intp n = (npy_intp)eg_ladder_total_floats(self->m);
+    PyObject *a = PyArray_SimpleNewFromData(1, &n, NPY_FLOAT32, p);
+    if (a == NULL) {
+        return NULL;
+    }
+    Py_INCREF(self);
+    if (PyArray_SetBaseObject((PyArrayObject *)a, (PyObject *)self) < 0) {
+        Py_DECREF(a);
+        return NULL;
+    }
+    return a;
+}
+
+static PyObject *Ladder_get_step(LadderObject *self, void *c)
+{
+    return ladder_ready(self) ? PyLong_FromLong(*eg_ladder_step_count(self->m)) : NULL;
+}
+
+static int Ladder_set_step(LadderObject *self, PyObject *v, void *c)
+{
+    if (!ladder_ready(self)) {
+        return -1;
+    }
+    long s = v ? PyLong_AsLong(v) : -1;
+    if (s == -1 && PyErr_Occurred()) {
+        return -1;
+    }
+    if (s < 0) {
+        PyErr_SetString(PyExc_ValueError, "step count must be >= 0");
+        return -1;
+    }
+    *eg_ladder_step_count(self->m) = s;
+    return 0;
+}
+
+/* Parsed batch arrays, held while the GIL is released. */
+typedef struct {
+    PyArrayObject *gp, *ptr, *src, *labels;
+    PyArrayObject *H[64];
+    int nH;
+} batch_args;
+
+static void batch_args_free(batch_args *b)
+{
+    Py_XDECREF(b->gp);
+    Py_XDECREF(b->ptr);
+    Py_XDECREF(b->src);
+    Py_XDECREF(b->labels);
+    for (int i = 0; i < b->nH; i++) {
+        Py_XDECREF(b->H[i]);
+    }
+}
+
+static int parse_graph(LadderObject *self, batch_args *b, PyObject *gpo, PyObject *ptro, PyObject *srco)
+{
+    b->gp = as_i64(gpo, 1, "graph_ptr");
+    if (b->gp == NULL) {
+        return -1;
+    }
+    b->ptr = as_i64(ptro, 1, "indptr");
+    if (b->ptr == NULL) {
+        return -1;
+    }
+    b->src = as_i64(srco, 1, "indices");
+    if (b->src == NULL) {
+        return -1;
+    }
+    if (PyArray_DIM(b->gp, 0) < 2 || PyArray_DIM(b->ptr, 0) < 2) {
+        PyErr_SetString(PyExc_ValueError, "batch: need at least one subgraph and one node");
+        return -1;
+    }
+    const int64_t *gp = PyArray_DATA(b->gp), *p = PyArray_DATA(b->ptr);
+    npy_intp G = PyArray_DIM(b->gp, 0) - 1, N = PyArray_DIM(b->ptr, 0) - 1;
+    if (gp[G] != (int64_t)N) {
+        PyErr_Format(PyExc_ValueError, "batch: graph_ptr[-1] = %lld but indptr has %lld nodes",
+                     (long long)gp[G], (long long)N);
+        return -1;
+    }
+    if (p[N] != (int64_t)PyArray_DIM(b->src, 0) || p[0] != 0) {
+        PyErr_SetString(PyExc_ValueError, "batch: indptr[0] must be 0 and indptr[-1] == len(indices)");
+        return -1;
+    }
+    return 0;
+}
+
+static PyArrayObject *parse_states(LadderObject *self, PyObject *o, npy_intp N, int i)
+{
+    const eg_ladder_config *c = eg_ladder_get_config(self->m);
+    PyArrayObject *a = (PyArrayObject *)PyArray_FROM_OTF(o, NPY_FLOAT32, NPY_ARRAY_IN_ARRAY);
+    if (a == NULL) {
+        return NULL;
+    }
+    if (PyArray_NDIM(a) != 2 || PyArray_DIM(a, 0) != N || PyArray_DIM(a, 1) != c->in_dim) {
+        PyErr_Format(PyExc_ValueError, "states of ladder %d must have shape (%lld, %d)", i,
+                     (long long)N, c->in_dim);
+        Py_DECREF(a);
+        return NULL;
+    }
+    return a;
+}
+
+static PyObject *Ladder_begin(LadderObject *self, PyObject *args)
+{
+    PyObject *gpo, *ptro, *srco;
+    int training;
+    unsigned long long seed;
+    if (!PyArg_ParseTuple(args, "OOOpK", &gpo, &ptro, &srco, &training, &seed) || !ladder_ready(self)) {
+        return NULL;
+    }
+    batch_args b;
+    memset(&b, 0, sizeof b);
+    PyObject *res = NULL;
+    if (parse_graph(self, &b, gpo, ptro, srco) < 0 || eg_py_enter(&self->busy, "Ladder") < 0) {
+        goto fail;
+    }
+    eg_err err;
+    eg_err_clear(&err);
+    eg_status st;
+    int64_t G = PyArray_DIM(b.gp, 0) - 1, N = PyArray_DIM(b.ptr, 0) - 1;
+    Py_BEGIN_ALLOW_THREADS
+    st = eg_ladder_begin(self->m, G, PyArray_DATA(b.gp), N, PyArray_DATA(b.ptr), PyArray_DATA(b.src),
+                         training, (uint64_t)seed, &err);
+    Py_END_ALLOW_THREADS
+    eg_py_leave(&self->busy);
+    if (st != EG_OK) {
+        eg_py_raise(&err, NULL);
+        goto fail;
+    }
+    res = Py_None;
+    Py_INCREF(res);
+fail:
+    batch_args_free(&b);
+    return res;
+}
+
+static PyObject *Ladder_forward_step(LadderObject *self, PyObject *args)
+{
+    int i;
+    PyObject *ho;
+    int64_t N, G;
+    if (!PyArg_ParseTuple(args, "iO", &i, &ho) || !ladder_ready(self)) {
+        return NULL;
+    }
+    eg_ladder_batch_dims(self->m, &N, &G);
+    if (G == 0) {
+        PyErr_SetString(PyExc_RuntimeError, "Ladder.forward_step: call begin() first");
+        return NULL;
+    }
+    const eg_ladder_config *c = eg_ladder_get_config(self->m);
+    PyArrayObject *H = parse_states(self, ho, (npy_intp)N, i);
+    if (H == NULL) {
+        return NULL;
+    }
+    PyObject *logits = NULL;
+    int has = eg_ladder_has_head(self->m, i);
+    if (has) {
+        npy_intp dims[2] = {(npy_intp)G, c->num_classes};
+        logits = PyArray_SimpleNew(2, dims, NPY_FLOAT32);
+        if (logits == NULL) {
+            Py_DECREF(H);
+            return NULL;
+        }
+    }
+    if (eg_py_enter(&self->busy, "Ladder") < 0) {
+        Py_DECREF(H);
+        Py_XDECREF(logits);
+        return NULL;
+    }
+    eg_err err;
+    eg_err_clear(&err);
+    eg_status st;
+    float *lp = has ? PyArray_DATA((PyArrayObject *)logits) : NULL;
+    Py_BEGIN_ALLOW_THREADS
+    st = eg_ladder_forward_step(self->m, i, PyArray_DATA(H), lp, &err);
+    Py_END_ALLOW_THREADS
+    eg_py_leave(&self->busy);
+    Py_DECREF(H);
+    if (st != EG_OK) {
+        Py_XDECREF(logits);
+        return eg_py_raise(&err, NULL);
+    }
+    if (!has) {
+        Py_RETURN_NONE;
+    }
+    return logits;
+}
+
+static PyObject *Ladder_loss(LadderObject *self, PyObject *arg)
+{
+    if (!ladder_ready(self)) {
+        return NULL;
+    }
+    const eg_ladder_config *c = eg_ladder_get_config(self->m);
+    PyArrayObject *y = as_i64(arg, 1, "labels");
+    if (y == NULL) {
+        return NULL;
+    }
+    int64_t N, G;
+    eg_ladder_batch_dims(self->m, &N, &G);
+    if ((int64_t)PyArray_DIM(y, 0) != G) {
+        PyErr_Format(PyExc_ValueError, "need %lld labels (one per subgraph), got %lld", (long long)G,
+                     (long long)PyArray_DIM(y, 0));
+        Py_DECREF(y);
+        return NULL;
+    }
+    npy_intp K = c->num_ladders;
+    PyObject *hl = PyArray_SimpleNew(1, &K, NPY_FLOAT32);
+    if (hl == NULL || eg_py_enter(&self->busy, "Ladder") < 0) {
+        Py_DECREF(y);
+        Py_XDECREF(hl);
+        return NULL;
+    }
+    eg_err err;
+    eg_err_clear(&err);
+    float loss = 0.0f;
+    eg_status st = eg_ladder_loss(self->m, PyArray_DATA(y), &loss,
+                                  PyArray_DATA((PyArrayObject *)hl), &err);
+    eg_py_leave(&self->busy);
+    Py_DECREF(y);
+    if (st != EG_OK) {
+        Py_DECREF(hl);
+        return eg_py_raise(&err, NULL);
+    }
+    return Py_BuildValue("(dN)", (double)loss, hl);
+}
+
+static PyObject *Ladder_backward(LadderObject *self, PyObject *noargs)
+{
+    if (!ladder_ready(self) || eg_py_enter(&self->busy, "Ladder") < 0) {
+        return NULL;
+    }
+    eg_err err;
+    eg_err_clear(&err);
+    eg_status st;
+    Py_BEGIN_ALLOW_THREADS
+    st = eg_ladder_backward(self->m, &err);
+    Py_END_ALLOW_THREADS
+    eg_py_leave(&self->busy);
+    if (st != EG_OK) {
+        return eg_py_raise(&err, NULL);
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *Ladder_zero_grad(LadderObject *self, PyObject *noargs)
+{
+    if (!ladder_ready(self) || eg_py_enter(&self->busy, "Ladder") < 0) {
+        return NULL;
+    }
+    eg_ladder_zero_grad(self->m);
+    eg_py_leave(&self->busy);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Ladder_adamw_step(LadderObject *self, PyObject *args)
+{
+    float lr, wd, b1 = 0.9f, b2 = 0.999f, eps = 1e-8f;
+    if (!PyArg_ParseTuple(args, "ff|fff", &lr, &wd, &b1, &b2, &eps) || !ladder_ready(self)) {
+        return NULL;
+    }
+    if (eg_py_enter(&self->busy, "Ladder") < 0) {
+        return NULL;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    eg_ladder_adamw_step(self->m, lr, wd, b1, b2, eps);
+    Py_END_ALLOW_THREADS
+    eg_py_leave(&self->busy);
+    Py_RETURN_NONE;
+}
+
+/* Shared by train_batch / predict_batch: parse (graph_ptr, indptr, indices, states list). */
+static int parse_full(LadderObject *self, batch_args *b, PyObject *gpo, PyObject *ptro,
+                      PyObject *srco, PyObject *hlist)
+{
+    const eg_ladder_config *c = eg_ladder_get_config(self->m);
+    if (parse_graph(self, b, gpo, ptro, srco) < 0) {
+        return -1;
+    }
+    PyObject *seq = PySequence_Fast(hlist, "states must be a sequence of arrays");
+    if (seq == NULL) {
+        return -1;
+    }
+    if (PySequence_Fast_GET_SIZE(seq) != c->num_ladders) {
+        PyErr_Format(PyExc_ValueError, "need %d state arrays (one per ladder), got %zd",
+                     c->num_ladders, PySequence_Fast_GET_SIZE(seq));
+        Py_DECREF(seq);
+        return -1;
+    }
+    npy_intp N = PyArray_DIM(b->ptr, 0) - 1;
+    for (int i = 0; i < c->num_ladders; i++) {
+        b->H[i] = parse_states(self, PySequence_Fast_GET_ITEM(seq, i), N, i);
+        if (b->H[i] == NULL) {
+            Py_DECREF(seq);
+            return -1;
+        }
+        b->nH = i + 1;
+    }
+    Py_DECREF(seq);
+    return 0;
+}
+
+static PyObject *Ladder_train_batch(LadderObject *self, PyObject *args)
+{
+    PyObject *gpo, *ptro, *srco, *hlist, *yo;
+    unsigned long long seed;
+    float lr, wd;
+    if (!PyArg_ParseTuple(args, "OOOOOKff", &gpo, &ptro, &srco, &hlist, &yo, &seed, &lr, &wd) ||
+        !ladder_ready(self)) {
+        return NULL;
+    }
+    const eg_ladder_config *c = eg_ladder_get_config(self->m);
+    batch_args b;
+    memset(&b, 0, sizeof b);
+    PyObject *res = NULL;
+    if (parse_full(self, &b, gpo, ptro, srco, hlist) < 0) {
+        goto fail;
+    }
+    b.labels = as_i64(yo, 1, "labels");
+    if (b.labels == NULL) {
+        goto fail;
+    }
+    int64_t G = PyArray_DIM(b.gp, 0) - 1, N = PyArray_DIM(b.ptr, 0) - 1;
+    if (PyArray_DIM(b.labels, 0) != G) {
+        PyErr_Format(PyExc_ValueError, "need %lld labels, got %lld", (long long)G,
+                     (long long)PyArray_DIM(b.labels, 0));
+        goto fail;
+    }
+    if (eg_py_enter(&self->busy, "Ladder") < 0) {
+        goto fail;
+    }
+    eg_err err;
+    eg_err_clear(&err);
+    eg_status st;
+    float loss = 0.0f;
+    Py_BEGIN_ALLOW_THREADS
+    st = eg_ladder_begin(self->m, G, PyArray_DATA(b.gp), N, PyArray_DATA(b.ptr), PyArray_DATA(b.src),
+                         1, (uint64_t)seed, &err);
+    for (int i = 0; st == EG_OK && i < c->num_ladders; i++) {
+        st = eg_ladder_forward_step(self->m, i, PyArray_DATA(b.H[i]), NULL, &err);
+    }
+    if (st == EG_OK) {
+        st = eg_ladder_loss(self->m, PyArray_DATA(b.labels), &loss, NULL, &err);
+    }
+    if (st == EG_OK) {
+        eg_ladder_zero_grad(self->m);
+        st = eg_ladder_backward(self->m, &err);
+    }
+    if (st == EG_OK) {
+        eg_ladder_adamw_step(self->m, lr, wd, 0.9f, 0.999f, 1e-8f);
+    }
+    Py_END_ALLOW_THREADS
+    eg_py_leave(&self->busy);
+    if (st != EG_OK) {
+        eg_py_raise(&err, NULL);
+        goto fail;
+    }
+    res = PyFloat_FromDouble((double)loss);
+fail:
+    batch_args_free(&b);
+    return res;
+}
+
+static PyObject *Ladder_predict_batch(LadderObject *self, PyObject *args)
+{
+    PyObject *gpo, *ptro, *srco, *hlist;
+    if (!PyArg_ParseTuple(args, "OOOO", &gpo, &ptro, &srco, &hlist) || !ladder_ready(self)) {
+        return NULL;
+    }
+    const eg_ladder_config *c = eg_ladder_get_config(self->m);
+    batch_args b;
+    memset(&b, 0, sizeof b);
+    PyObject *res = NULL;
+    if (parse_full(self, &b, gpo, ptro, srco, hlist) < 0) {
+        goto fail;
+    }
+    int64_t G = PyArray_DIM(b.gp, 0) - 1, N = PyArray_DIM(b.ptr, 0) - 1;
+    npy_intp dims[3] = {c->num_ladders, (npy_intp)G, c->num_classes};
+    res = PyArray_ZEROS(3, dims, NPY_FLOAT32, 0);
+    if (res == NULL || eg_py_enter(&self->busy, "Ladder") < 0) {
+        Py_CLEAR(res);
+        goto fail;
+    }
+    float *out = PyArray_DATA((PyArrayObject *)res);
+    eg_err err;
+    eg_err_clear(&err);
+    eg_status st;
+    Py_BEGIN_ALLOW_THREADS
+    st = eg_ladder_begin(self->m, G, PyArray_DATA(b.gp), N, PyArray_DATA(b.ptr), PyArray_DATA(b.src),
+                         0, 0, &err);
+    for (int i = 0; st == EG_OK && i < c->num_ladders; i++) {
+        st = eg_ladder_forward_step(self->m, i, PyArray_DATA(b.H[i]),
+                                    out + (size_t)i * (size_t)G * (size_t)c->num_classes, &err);
+    }
+    Py_END_ALLOW_THREADS
+    eg_py_leave(&self->busy);
+    if (st != EG_OK) {
+        Py_CLEAR(res);
+        eg_py_raise(&err, NULL);
+    }
+fail:
+    batch_args_free(&b);
+    return res;
+}
+
+static PyObject *Ladder_has_head(LadderObject *self, PyObject *arg)
+{
+    long i = PyLong_AsLong(arg);
+    if ((i == -1 && PyErr_Occurred()) || !ladder_ready(self)) {
+        return NULL;
+    }
+    return PyBool_FromLong(eg_ladder_has_head(self->m, (int)i));
+}
+
+static PyMethodDef Ladder_methods[] = {
+    {"param_table", (PyCFunction)Ladder_param_table, METH_NOARGS,
+     "[(name, offset, shape, decay, trainable)] in buffer order."},
+    {"buffer", (PyCFunction)Ladder_buffer, METH_O,
+     "buffer(kind) -> float32 view of 'param', 'grad', 'm' or 'v' (owned by the model)."},
+    {"begin", (PyCFunction)Ladder_begin, METH_VARARGS,
+     "begin(graph_ptr, indptr, indices, training, seed): start a batch."},
+    {"forward_step", (PyCFunction)Ladder_forward_step, METH_VARARGS,
+     "forward_step(i, states) -> exit logits (G, C) or None."},
+    {"loss", (PyCFunction)Ladder_loss, METH_O, "loss(labels) -> (summed loss, per-head losses)."},
+    {"backward", (PyCFunction)Ladder_backward, METH_NOARGS, "Accumulate gradients of the last loss."},
+    {"zero_grad", (PyCFunction)Ladder_zero_grad, METH_NOARGS, "Zero the gradient buffer."},
+    {"adamw_step", (PyCFunction)Ladder_adamw_step, METH_VARARGS,
+     "adamw_step(lr, weight_decay, beta1=0.9, beta2=0.999, eps=1e-8)."},
+    {"train_batch", (PyCFunction)Ladder_train_batch, METH_VARARGS,
+     "train_batch(graph_ptr, indptr, indices, states, labels, seed, lr, wd) -> loss."},
+    {"predict_batch", (PyCFunction)Ladder_predict_batch, METH_VARARGS,
+     "predict_batch(graph_ptr, indptr, indices, states) -> logits (K, G, C) (zeros for ladders without a head)."},
+    {"has_head", (PyCFunction)Ladder_has_head, METH_O, "has_head(i) -> bool."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef Ladder_getset[] = {
+    {"step", (getter)Ladder_get_step, (setter)Ladder_set_step, "AdamW step count", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject LadderType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "engine_py._core.Ladder",
+    .tp_basicsize = sizeof(LadderObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "G-Ladder side structure. Use engine_py.EngineClassifier.",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Ladder_init,
+    .tp_dealloc = (destructor)Ladder_dealloc,
+    .tp_methods = Ladder_methods,
+    .tp_getset = Ladder_getset,
+};
 
 int eg_py_init_engine(PyObject *module)
 {
-    (void)module;
+    if (PyType_Ready(&GraphType) < 0 || PyType_Ready(&LadderType) < 0) {
+        return -1;
+    }
+    Py_INCREF(&GraphType);
+    if (PyModule_AddObject(module, "Graph", (PyObject *)&GraphType) < 0) {
+        Py_DECREF(&GraphType);
+        return -1;
+    }
+    Py_INCREF(&LadderType);
+    if (PyModule_AddObject(module, "Ladder", (PyObject *)&LadderType) < 0) {
+        Py_DECREF(&LadderType);
+        return -1;
+    }
     return 0;
 }

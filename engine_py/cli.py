@@ -2,6 +2,7 @@
 
 Commands:
   info            version, BLAS in use and its thread count, OpenMP threads, build flags
+  demo            the main job: ENGINE on the shipped Debian demo graph with MiniLM
   bench NAME ...  run a benchmark (see `python -m engine_py bench --help`)
 """
 from __future__ import annotations
@@ -19,6 +20,12 @@ def _cmd_info(args: argparse.Namespace) -> int:
               "num_threads", "build_flags"):
         print(f"{k:<{width}}  {d[k]}")
     return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import main as demo_main
+
+    return demo_main(args.rest)
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
@@ -46,6 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("info", help="show version, BLAS, threads and build flags")
     p.set_defaults(func=_cmd_info)
+    p = sub.add_parser("demo", help="the main job (see `python -m engine_py demo --help`)")
+    p.add_argument("rest", nargs=argparse.REMAINDER, help="options of the demo")
+    p.set_defaults(func=_cmd_demo)
     p = sub.add_parser("bench", help="run a benchmark and update BENCHMARKS.md")
     p.add_argument("name", help="encoder | cache | engine | early-exit | gmoe")
     p.add_argument("rest", nargs=argparse.REMAINDER, help="options of that benchmark")

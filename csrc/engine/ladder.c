@@ -1,0 +1,725 @@
+/*
+ * ladder.c — the ENGINE G-Ladder model: parameter layout and initialisation,
+ * the ladder-at-a-time forward, the summed exit-head loss, the backward and
+ * the AdamW step. Built only from the ops in eg_ops.h and eg_optim.h.
+ *
+ * Per ladder i (0-based here; ALGORITHMS.md counts from 1):
+ *   p_i = Linear(ReLU(LayerNorm(Linear(H_i))))                  projector
+ *   x_0 = p_0;  x_i = a_i p_i + (1 - a_i) z_{i-1},  a_i = sigmoid(alpha_i / T)
+ *   z_i = GNN_i(x_i): each conv is followed by norm -> act -> dropout, except
+ *         the last conv of the last ladder, which is followed by nothing
+ *   o_i = [z_i(root) ; mean_subgraph z_i],  logits_i = head_i(o_i)
+ * Heads: exit_heads.i for i < K-1 when early_exit, the classifier for K-1.
+ */
+#include "eg_engine.h"
+#include "eg_ops.h"
+#include "eg_optim.h"
+
+#include <limits.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define MAX_LADDERS 64
+
+typedef struct {
+    int in, out;
+    size_t w, b, w2, as, ad;   /* sage: lin_l.weight, lin_l.bias, lin_r.weight; gcn: lin.weight, bias;
+                                  gat: lin.weight, bias, -, att_src, att_dst */
+    size_t nw, nb;             /* LayerNorm / BatchNorm affine after the conv */
+    size_t rm, rv, nbt;        /* BatchNorm running statistics (buffers) */
+    int post;                  /* norm -> act -> dropout after the conv */
+} layer_off;
+
+typedef struct {
+    size_t p0w, p0b, p1w, p1b, p3w, p3b;
+    layer_off L[2];
+    size_t alpha;
+    size_t hw, hb;
+    int has_head;
+} ladder_off;
+
+typedef struct {
+    float *in, *conv, *s1, *s2, *s3, *s4, *nout, *nmean, *nrstd, *aout, *mask, *out;
+} layer_act;
+
+typedef struct {
+    float *H, *l1, *lnout, *mean, *rstd, *r, *p, *x, *z, *o, *logits, *probs;
+    float a;
+    layer_act L[2];
+} ladder_act;
+
+struct eg_ladder {
+    eg_ladder_config cfg;
+    int nparams, cap_params;
+    eg_param_desc *desc;
+    size_t total;
+    float *param, *grad, *m, *v;
+    long step;
+    ladder_off lo[MAX_LADDERS];
+    /* batch state */
+    eg_arena arena;
+    int begun, next, have_loss, training;
+    uint64_t seed;
+    int64_t N, G, E;
+    int64_t *graph_ptr, *labels;
+    eg_gnn_graph g;
+    ladder_act act[MAX_LADDERS];
+};
+
+/* ------------------------------------------------------------ parameters */
+
+static size_t add_param(eg_ladder *m, int *ok, int decay, int ndim, int64_t s0, int64_t s1, int64_t s2,
+                        const char *fmt, ...)
+    __attribute__((format(printf, 8, 9)));
+
+static size_t add_param(eg_ladder *m, int *ok, int decay, int ndim, int64_t s0, int64_t s1, int64_t s2,
+                        const char *fmt, ...)
+{
+    if (!*ok) {
+        return 0;
+    }
+    if (m->nparams == m->cap_params) {
+        int nc = m->cap_params ? 2 * m->cap_params : 64;
+        eg_param_desc *d = realloc(m->desc, (size_t)nc * sizeof *d);
+        if (d == NULL) {
+            *ok = 0;
+            return 0;
+        }
+        m->desc = d;
+        m->cap_params = nc;
+    }
+    eg_param_desc *d = &m->desc[m->nparams++];
+    memset(d, 0, sizeof *d);
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(d->name, sizeof d->name, fmt, ap);
+    va_end(ap);
+    d->ndim = ndim;
+    d->shape[0] = s0;
+    d->shape[1] = s1;
+    d->shape[2] = s2;
+    size_t size = 1;
+    for (int i = 0; i < ndim; i++) {
+        if (eg_mul_ovf(size, (size_t)d->shape[i], &size)) {
+            *ok = 0;
+            return 0;
+        }
+    }
+    d->size = size;
+    /* keep every tensor 64-byte aligned inside the buffers */
+    size_t padded = (size + 15) & ~(size_t)15;
+    d->offset = m->total;
+    d->decay = decay;
+    d->trainable = 1;
+    if (eg_add_ovf(m->total, padded, &m->total)) {
+        *ok = 0;
+    }
+    return d->offset;
+}
+
+static void init_uniform(float *p, size_t n, float bound, uint64_t seed, uint64_t stream)
+{
+    uint64_t s = eg_rng_derive(seed, stream);
+    for (size_t i = 0; i < n; i++) {
+        p[i] = bound * (2.0f * eg_rng_uniform(&s) - 1.0f);
+    }
+}
+
+static void init_const(float *p, size_t n, float c)
+{
+    for (size_t i = 0; i < n; i++) {
+        p[i] = c;
+    }
+}
+
+static int layer_in(const eg_ladder_config *c, int j) { return j == 0 ? c->reduced_dim : c->hidden; }
+static int layer_out(const eg_ladder_config *c, int j)
+{
+    return (c->gnn_layers == 2 && j == 0) ? c->hidden : c->reduced_dim;
+}
+
+eg_status eg_ladder_create(eg_ladder **out, const eg_ladder_config *cfg, uint64_t seed, eg_err *err)
+{
+    *out = NULL;
+    const eg_ladder_config *c = cfg;
+    if (c->num_ladders < 1 || c->num_ladders > MAX_LADDERS) {
+        return eg_seterr(err, EG_EINVAL, "ladder: number of ladders must be in [1, %d], got %d",
+                         MAX_LADDERS, c->num_ladders);
+    }
+    if (c->in_dim < 1 || c->reduced_dim < 1 || c->hidden < 1 || c->in_dim > (1 << 20) ||
+        c->reduced_dim > (1 << 16) || c->hidden > (1 << 16)) {
+        return eg_seterr(err, EG_EINVAL, "ladder: dimensions must be positive (in_dim %d, reduced_dim %d, hidden %d)",
+                         c->in_dim, c->reduced_dim, c->hidden);
+    }
+    if (c->num_classes < 2 || c->num_classes > (1 << 20)) {
+        return eg_seterr(err, EG_EINVAL, "ladder: num_classes must be in [2, 2^20], got %d", c->num_classes);
+    }
+    if (c->gnn < EG_GNN_SAGE || c->gnn > EG_GNN_GAT) {
+        return eg_seterr(err, EG_EINVAL, "ladder: unknown gnn kind %d", c->gnn);
+    }
+    if (c->gnn_layers < 1 || c->gnn_layers > 2) {
+        return eg_seterr(err, EG_EINVAL, "ladder: gnn_layers must be 1 or 2, got %d", c->gnn_layers);
+    }
+    if (c->act != EG_ACT_ELU && c->act != EG_ACT_RELU) {
+        return eg_seterr(err, EG_EINVAL, "ladder: unknown activation %d", c->act);
+    }
+    if (c->norm != EG_NORM_ID && c->norm != EG_NORM_LN && c->norm != EG_NORM_BN) {
+        return eg_seterr(err, EG_EINVAL, "ladder: unknown norm %d", c->norm);
+    }
+    if (!(c->dropout >= 0.0f && c->dropout < 1.0f)) {
+        return eg_seterr(err, EG_EINVAL, "ladder: dropout must be in [0, 1), got %g", (double)c->dropout);
+    }
+    if (!(c->T > 0.0f) || !isfinite(c->T)) {
+        return eg_seterr(err, EG_EINVAL, "ladder: T must be a positive number, got %g", (double)c->T);
+    }
+    if (c->gnn == EG_GNN_GAT) {
+        for (int j = 0; j < c->gnn_layers; j++) {
+            if (c->heads < 1 || layer_out(c, j) % c->heads != 0) {
+                return eg_seterr(err, EG_EINVAL,
+                                 "ladder: GAT layer width %d is not divisible by heads=%d",
+                                 layer_out(c, j), c->heads);
+            }
+        }
+    }
+    eg_ladder *m = calloc(1, sizeof *m);
+    if (m == NULL) {
+        return eg_seterr(err, EG_ENOMEM, "ladder: out of memory");
+    }
+    m->cfg = *c;
+    eg_arena_init(&m->arena);
+    int ok = 1;
+    const int K = c->num_ladders, D = c->in_dim, k = c->reduced_dim, C = c->num_classes;
+    for (int i = 0; i < K; i++) {
+        ladder_off *lo = &m->lo[i];
+        lo->p0w = add_param(m, &ok, 1, 2, k, D, 0, "ladders.%d.projector.0.weight", i);
+        lo->p0b = add_param(m, &ok, 1, 1, k, 0, 0, "ladders.%d.projector.0.bias", i);
+        lo->p1w = add_param(m, &ok, 1, 1, k, 0, 0, "ladders.%d.projector.1.weight", i);
+        lo->p1b = add_param(m, &ok, 1, 1, k, 0, 0, "ladders.%d.projector.1.bias", i);
+        lo->p3w = add_param(m, &ok, 1, 2, k, k, 0, "ladders.%d.projector.3.weight", i);
+        lo->p3b = add_param(m, &ok, 1, 1, k, 0, 0, "ladders.%d.projector.3.bias", i);
+        for (int j = 0; j < c->gnn_layers; j++) {
+            layer_off *L = &lo->L[j];
+            L->in = layer_in(c, j);
+            L->out = layer_out(c, j);
+            L->post = !(i == K - 1 && j == c->gnn_layers - 1);
+            if (c->gnn == EG_GNN_SAGE) {
+                L->w = add_param(m, &ok, 1, 2, L->out, L->in, 0, "ladders.%d.gnn.%d.lin_l.weight", i, j);
+                L->b = add_param(m, &ok, 1, 1, L->out, 0, 0, "ladders.%d.gnn.%d.lin_l.bias", i, j);
+                L->w2 = add_param(m, &ok, 1, 2, L->out, L->in, 0, "ladders.%d.gnn.%d.lin_r.weight", i, j);
+            } else if (c->gnn == EG_GNN_GCN) {
+                L->w = add_param(m, &ok, 1, 2, L->out, L->in, 0, "ladders.%d.gnn.%d.lin.weight", i, j);
+                L->b = add_param(m, &ok, 1, 1, L->out, 0, 0, "ladders.%d.gnn.%d.bias", i, j);
+            } else {
+                int F = L->out / c->heads;
+                L->w = add_param(m, &ok, 1, 2, L->out, L->in, 0, "ladders.%d.gnn.%d.lin.weight", i, j);
+                L->as = add_param(m, &ok, 1, 3, 1, c->heads, F, "ladders.%d.gnn.%d.att_src", i, j);
+                L->ad = add_param(m, &ok, 1, 3, 1, c->heads, F, "ladders.%d.gnn.%d.att_dst", i, j);
+                L->b = add_param(m, &ok, 1, 1, L->out, 0, 0, "ladders.%d.gnn.%d.bias", i, j);
+            }
+            if (c->norm != EG_NORM_ID && L->post) {
+                L->nw = add_param(m, &ok, 1, 1, L->out, 0, 0, "ladders.%d.norms.%d.weight", i, j);
+                L->nb = add_param(m, &ok, 1, 1, L->out, 0, 0, "ladders.%d.norms.%d.bias", i, j);
+            }
+            if (c->norm == EG_NORM_BN && L->post) {
+                L->rm = add_param(m, &ok, 0, 1, L->out, 0, 0, "ladders.%d.norms.%d.running_mean", i, j);
+                L->rv = add_param(m, &ok, 0, 1, L->out, 0, 0, "ladders.%d.norms.%d.running_var", i, j);
+                L->nbt = add_param(m, &ok, 0, 0, 0, 0, 0, "ladders.%d.norms.%d.num_batches_tracked", i, j);
+                if (ok) {
+                    m->desc[m->nparams - 1].trainable = 0;
+                    m->desc[m->nparams - 2].trainable = 0;
+                    m->desc[m->nparams - 3].trainable = 0;
+                }
+            }
+        }
+    }
+    for (int i = 1; i < K; i++) {
+        m->lo[i].alpha = add_param(m, &ok, 1, 0, 0, 0, 0, "gates.%d.alpha", i);
+    }
+    for (int i = 0; i < K; i++) {
+        m->lo[i].has_head = c->early_exit || i == K - 1;
+        if (c->early_exit && i < K - 1) {
+            m->lo[i].hw = add_param(m, &ok, 1, 2, C, 2 * k, 0, "exit_heads.%d.weight", i);
+            m->lo[i].hb = add_param(m, &ok, 1, 1, C, 0, 0, "exit_heads.%d.bias", i);
+        }
+    }
+    m->lo[K - 1].hw = add_param(m, &ok, 1, 2, C, 2 * k, 0, "classifier.weight");
+    m->lo[K - 1].hb = add_param(m, &ok, 1, 1, C, 0, 0, "classifier.bias");
+    size_t bytes;
+    if (ok && !eg_mul_ovf(m->total, sizeof(float), &bytes)) {
+        m->param = eg_aligned_alloc(bytes);
+        m->grad = eg_aligned_alloc(bytes);
+        m->m = eg_aligned_alloc(bytes);
+        m->v = eg_aligned_alloc(bytes);
+    }
+    if (!ok || m->param == NULL || m->grad == NULL || m->m == NULL || m->v == NULL) {
+        eg_ladder_free(m);
+        return eg_seterr(err, EG_ENOMEM, "ladder: out of memory for parameters");
+    }
+    memset(m->param, 0, bytes);
+    memset(m->grad, 0, bytes);
+    memset(m->m, 0, bytes);
+    memset(m->v, 0, bytes);
+    /* initialisers: torch.nn.Linear / LayerNorm; PyG glorot for GCN and GAT */
+    for (int pi = 0; pi < m->nparams; pi++) {
+        eg_param_desc *d = &m->desc[pi];
+        float *p = m->param + d->offset;
+        const char *nm = d->name;
+        size_t len = strlen(nm);
+        int is_bias = len >= 4 && strcmp(nm + len - 4, "bias") == 0;
+        if (!d->trainable) {
+            init_const(p, d->size, strstr(nm, "running_var") != NULL ? 1.0f : 0.0f);
+        } else if (strstr(nm, "projector.1.") != NULL || strstr(nm, ".norms.") != NULL) {
+            init_const(p, d->size, is_bias ? 0.0f : 1.0f);
+        } else if (strstr(nm, "gates.") != NULL) {
+            init_const(p, d->size, 0.0f);
+        } else if (c->gnn != EG_GNN_SAGE && strstr(nm, ".gnn.") != NULL) {
+            if (is_bias) {
+                init_const(p, d->size, 0.0f);
+            } else {
+                int64_t a = d->shape[d->ndim - 2], b = d->shape[d->ndim - 1];
+                init_uniform(p, d->size, (float)sqrt(6.0 / (double)(a + b)), seed, (uint64_t)pi);
+            }
+        } else {
+            /* Linear: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weight and bias */
+            int64_t fan_in = is_bias ? m->desc[pi - 1].shape[1] : d->shape[1];
+            if (is_bias && strstr(nm, "lin_l.bias") != NULL) {
+                fan_in = m->desc[pi - 1].shape[1];
+            }
+            init_uniform(p, d->size, (float)(1.0 / sqrt((double)fan_in)), seed, (uint64_t)pi);
+        }
+    }
+    *out = m;
+    return EG_OK;
+}
+
+void eg_ladder_free(eg_ladder *m)
+{
+    if (m == NULL) {
+        return;
+    }
+    eg_arena_free(&m->arena);
+    eg_aligned_free(m->param);
+    eg_aligned_free(m->grad);
+    eg_aligned_free(m->m);
+    eg_aligned_free(m->v);
+    free(m->desc);
+    free(m);
+}
+
+const eg_ladder_config *eg_ladder_get_config(const eg_ladder *m) { return &m->cfg; }
+int eg_ladder_num_params(const eg_ladder *m) { return m->nparams; }
+const eg_param_desc *eg_ladder_param(const eg_ladder *m, int i)
+{
+    return (i >= 0 && i < m->nparams) ? &m->desc[i] : NULL;
+}
+size_t eg_ladder_total_floats(const eg_ladder *m) { return m->total; }
+float *eg_ladder_params(eg_ladder *m) { return m->param; }
+float *eg_ladder_grads(eg_ladder *m) { return m->grad; }
+float *eg_ladder_adam_m(eg_ladder *m) { return m->m; }
+float *eg_ladder_adam_v(eg_ladder *m) { return m->v; }
+long *eg_ladder_step_count(eg_ladder *m) { return &m->step; }
+int eg_ladder_has_head(const eg_ladder *m, int i)
+{
+    return i >= 0 && i < m->cfg.num_ladders && m->lo[i].has_head;
+}
+
+void eg_ladder_batch_dims(const eg_ladder *m, int64_t *num_nodes, int64_t *num_graphs)
+{
+    *num_nodes = m->begun ? m->N : 0;
+    *num_graphs = m->begun ? m->G : 0;
+}
+
+void eg_ladder_zero_grad(eg_ladder *m)
+{
+    memset(m->grad, 0, m->total * sizeof(float));
+}
+
+void eg_ladder_adamw_step(eg_ladder *m, float lr, float weight_decay, float beta1, float beta2,
+                          float eps)
+{
+    m->step++;
+    for (int pi = 0; pi < m->nparams; pi++) {
+        const eg_param_desc *d = &m->desc[pi];
+        if (!d->trainable) {
+            continue;
+        }
+        eg_adamw_config c = {lr, beta1, beta2, eps, d->decay ? weight_decay : 0.0f};
+        eg_adamw_step(m->param + d->offset, m->grad + d->offset, m->m + d->offset,
+                      m->v + d->offset, NULL, d->size, &c, m->step);
+    }
+}
+
+/* ---------------------------------------------------------------- batch */
+
+#define ALLOC(ptr, count)                                                             \
+    do {                                                                              \
+        (ptr) = eg_arena_alloc_n(&m->arena, (size_t)(count) > 0 ? (size_t)(count) : 1, \
+                                 sizeof *(ptr));                                      \
+        if ((ptr) == NULL) {                                                          \
+            return eg_seterr(err, EG_ENOMEM, "ladder: out of memory for activations"); \
+        }                                                                             \
+    } while (0)
+
+eg_status eg_ladder_begin(eg_ladder *m, int64_t G, const int64_t *graph_ptr, int64_t N,
+                          const int64_t *ptr, const int64_t *src, int training, uint64_t seed,
+                          eg_err *err)
+{
+    m->begun = 0;
+    m->have_loss = 0;
+    eg_arena_reset(&m->arena);
+    int widest = m->cfg.in_dim > 2 * m->cfg.reduced_dim ? m->cfg.in_dim : 2 * m->cfg.reduced_dim;
+    if (widest < m->cfg.hidden) {
+        widest = m->cfg.hidden;
+    }
+    if (G < 1 || N < G || N > INT_MAX / 4 || (size_t)N > SIZE_MAX / 16 / (size_t)widest) {
+        return eg_seterr(err, EG_EINVAL, "ladder batch: need 1 <= subgraphs (%lld) <= nodes (%lld) < 2^29",
+                         (long long)G, (long long)N);
+    }
+    if (graph_ptr[0] != 0 || graph_ptr[G] != N) {
+        return eg_seterr(err, EG_EINVAL, "ladder batch: graph_ptr must start at 0 and end at num_nodes");
+    }
+    for (int64_t g = 0; g < G; g++) {
+        if (graph_ptr[g + 1] <= graph_ptr[g]) {
+            return eg_seterr(err, EG_EINVAL, "ladder batch: subgraph %lld is empty or graph_ptr decreases",
+                             (long long)g);
+        }
+    }
+    int64_t E = ptr[N];
+    if (ptr[0] != 0 || E < 0 || E > INT64_MAX / 64) {
+        return eg_seterr(err, EG_EINVAL, "ladder batch: bad indptr");
+    }
+    for (int64_t v = 0; v < N; v++) {
+        if (ptr[v + 1] < ptr[v]) {
+            return eg_seterr(err, EG_EINVAL, "ladder batch: indptr decreases at node %lld", (long long)v);
+        }
+        for (int64_t j = ptr[v]; j < ptr[v + 1]; j++) {
+            if (src[j] < 0 || src[j] >= N || src[j] == v) {
+                return eg_seterr(err, EG_EINVAL,
+                                 "ladder batch: edge %lld has source %lld (must be in [0, %lld), no self-loops)",
+                                 (long long)j, (long long)src[j], (long long)N);
+            }
+        }
+    }
+    m->N = N;
+    m->G = G;
+    m->E = E;
+    int64_t *gp, *p, *s, *rp, *rd, *re;
+    ALLOC(gp, G + 1);
+    ALLOC(p, N + 1);
+    ALLOC(s, E);
+    ALLOC(rp, N + 1);
+    ALLOC(rd, E);
+    ALLOC(re, E);
+    memcpy(gp, graph_ptr, (size_t)(G + 1) * sizeof(int64_t));
+    memcpy(p, ptr, (size_t)(N + 1) * sizeof(int64_t));
+    if (E > 0) {
+        memcpy(s, src, (size_t)E * sizeof(int64_t));
+    }
+    eg_csr_reverse(rp, rd, re, p, s, N);
+    m->graph_ptr = gp;
+    m->g = (eg_gnn_graph){N, E, p, s, rp, rd, re};
+    m->training = training;
+    m->seed = seed;
+    m->next = 0;
+    m->begun = 1;
+    memset(m->act, 0, sizeof m->act);
+    return EG_OK;
+}
+
+static void act_forward(int kind, float *out, const float *in, size_t n)
+{
+    (kind == EG_ACT_ELU ? eg_elu_forward : eg_relu_forward)(out, in, n);
+}
+
+static void act_backward(int kind, float *din, const float *dout, const float *in, size_t n)
+{
+    (kind == EG_ACT_ELU ? eg_elu_backward : eg_relu_backward)(din, dout, in, n);
+}
+
+eg_status eg_ladder_forward_step(eg_ladder *m, int i, const float *H, float *logits, eg_err *err)
+{
+    const eg_ladder_config *c = &m->cfg;
+    if (!m->begun || i != m->next || i >= c->num_ladders) {
+        return eg_seterr(err, EG_ESTATE, "ladder: forward_step(%d) out of order (next is %d%s)", i,
+                         m->next, m->begun ? "" : ", no batch begun");
+    }
+    const int N = (int)m->N, D = c->in_dim, k = c->reduced_dim, C = c->num_classes;
+    const size_t ND = (size_t)N * (size_t)D;
+    for (size_t q = 0; q < ND; q++) {
+        if (!isfinite(H[q])) {
+            return eg_seterr(err, EG_EINVAL,
+                             "ladder %d: the layer states contain NaN or inf (node row %zu of the batch)",
+                             i, q / (size_t)D);
+        }
+    }
+    const ladder_off *lo = &m->lo[i];
+    ladder_act *a = &m->act[i];
+    const float *P = m->param;
+    ALLOC(a->H, ND);
+    memcpy(a->H, H, ND * sizeof(float));
+    ALLOC(a->l1, (size_t)N * k);
+    ALLOC(a->lnout, (size_t)N * k);
+    ALLOC(a->mean, N);
+    ALLOC(a->rstd, N);
+    ALLOC(a->r, (size_t)N * k);
+    ALLOC(a->p, (size_t)N * k);
+    eg_linear_forward(a->l1, a->H, P + lo->p0w, P + lo->p0b, N, D, k);
+    eg_layernorm_forward(a->lnout, a->mean, a->rstd, a->l1, P + lo->p1w, P + lo->p1b, N, k);
+    eg_relu_forward(a->r, a->lnout, (size_t)N * k);
+    eg_linear_forward(a->p, a->r, P + lo->p3w, P + lo->p3b, N, k, k);
+    if (i == 0) {
+        a->x = a->p;
+        a->a = 1.0f;
+    } else {
+        const float *zp = m->act[i - 1].z;
+        float gate = 1.0f / (1.0f + expf(-P[lo->alpha] / c->T));
+        a->a = gate;
+        ALLOC(a->x, (size_t)N * k);
+        for (size_t q = 0; q < (size_t)N * k; q++) {
+            a->x[q] = gate * a->p[q] + (1.0f - gate) * zp[q];
+        }
+    }
+    float *cur = a->x;
+    for (int j = 0; j < c->gnn_layers; j++) {
+        const layer_off *L = &lo->L[j];
+        layer_act *la = &a->L[j];
+        size_t no = (size_t)N * L->out;
+        la->in = cur;
+        ALLOC(la->conv, no);
+        if (c->gnn == EG_GNN_SAGE) {
+            ALLOC(la->s1, (size_t)N * L->in);
+            eg_sage_forward(la->conv, la->s1, cur, P + L->w, P + L->b, P + L->w2, &m->g, L->in, L->out);
+        } else if (c->gnn == EG_GNN_GCN) {
+            ALLOC(la->s1, no);
+            ALLOC(la->s2, N);
+            eg_gcn_forward(la->conv, la->s1, la->s2, cur, P + L->w, P + L->b, &m->g, L->in, L->out);
+        } else {
+            int Hh = c->heads;
+            ALLOC(la->s1, no);
+            ALLOC(la->s2, (size_t)N * Hh);
+            ALLOC(la->s3, (size_t)N * Hh);
+            ALLOC(la->s4, (size_t)(m->E + N) * Hh);
+            eg_gat_forward(la->conv, la->s1, la->s2, la->s3, la->s4, cur, P + L->w, P + L->as,
+                           P + L->ad, P + L->b, &m->g, L->in, Hh, L->out / Hh);
+        }
+        if (!L->post) {
+            cur = la->conv;
+            continue;
+        }
+        if (c->norm == EG_NORM_LN) {
+            ALLOC(la->nout, no);
+            ALLOC(la->nmean, N);
+            ALLOC(la->nrstd, N);
+            eg_layernorm_forward(la->nout, la->nmean, la->nrstd, la->conv, P + L->nw, P + L->nb, N, L->out);
+        } else if (c->norm == EG_NORM_BN) {
+            ALLOC(la->nout, no);
+            ALLOC(la->nmean, L->out);
+            ALLOC(la->nrstd, L->out);
+            if (m->training) {
+                if (N < 2) {
+                    return eg_seterr(err, EG_EINVAL,
+                                     "BatchNorm needs more than one node per training batch (got %d)", N);
+                }
+                float *var, *Pw = m->param;
+                ALLOC(var, L->out);
+                eg_batchnorm_forward_train(la->nout, la->nmean, la->nrstd, var, la->conv, P + L->nw,
+                                           P + L->nb, N, L->out);
+                /* torch: momentum 0.1, unbiased variance in the running estimate */
+                for (int q = 0; q < L->out; q++) {
+                    Pw[L->rm + q] = 0.9f * Pw[L->rm + q] + 0.1f * la->nmean[q];
+                    Pw[L->rv + q] = 0.9f * Pw[L->rv + q] + 0.1f * var[q];
+                }
+                Pw[L->nbt] += 1.0f;
+            } else {
+                eg_batchnorm_forward_eval(la->nout, la->nmean, la->nrstd, la->conv, P + L->nw, P + L->nb,
+                                          P + L->rm, P + L->rv, N, L->out);
+            }
+        } else {
+            la->nout = la->conv;
+        }
+        ALLOC(la->aout, no);
+        act_forward(c->act, la->aout, la->nout, no);
+        if (m->training && c->dropout > 0.0f) {
+            ALLOC(la->out, no);
+            ALLOC(la->mask, no);
+            eg_dropout_forward(la->out, la->mask, la->aout, no, c->dropout,
+                               eg_rng_derive(m->seed, (uint64_t)(i * 16 + j)));
+        } else {
+            la->out = la->aout;
+            la->mask = NULL;
+        }
+        cur = la->out;
+    }
+    a->z = cur;
+    if (lo->has_head) {
+        ALLOC(a->o, (size_t)m->G * 2 * k);
+        ALLOC(a->logits, (size_t)m->G * C);
+        eg_readout_forward(a->o, a->z, m->graph_ptr, m->G, k);
+        eg_linear_forward(a->logits, a->o, P + lo->hw, P + lo->hb, (int)m->G, 2 * k, C);
+        if (logits != NULL) {
+            memcpy(logits, a->logits, (size_t)m->G * C * sizeof(float));
+        }
+    }
+    m->next = i + 1;
+    return EG_OK;
+}
+
+eg_status eg_ladder_loss(eg_ladder *m, const int64_t *labels, float *loss, float *head_losses,
+                         eg_err *err)
+{
+    const eg_ladder_config *c = &m->cfg;
+    if (!m->begun || m->next != c->num_ladders) {
+        return eg_seterr(err, EG_ESTATE, "ladder: loss needs a full forward (%d of %d ladders run)",
+                         m->next, c->num_ladders);
+    }
+    for (int64_t g = 0; g < m->G; g++) {
+        if (labels[g] < 0 || labels[g] >= c->num_classes) {
+            return eg_seterr(err, EG_EINVAL, "ladder: label %lld of target %lld is outside [0, %d)",
+                             (long long)labels[g], (long long)g, c->num_classes);
+        }
+    }
+    ALLOC(m->labels, m->G);
+    memcpy(m->labels, labels, (size_t)m->G * sizeof(int64_t));
+    double total = 0.0;
+    for (int i = 0; i < c->num_ladders; i++) {
+        float li = 0.0f;
+        if (m->lo[i].has_head) {
+            ALLOC(m->act[i].probs, (size_t)m->G * c->num_classes);
+            li = eg_softmax_ce_forward(m->act[i].probs, m->act[i].logits, labels, (int)m->G,
+                                       c->num_classes);
+            total += li;
+        }
+        if (head_losses != NULL) {
+            head_losses[i] = li;
+        }
+    }
+    *loss = (float)total;
+    m->have_loss = 1;
+    return EG_OK;
+}
+
+eg_status eg_ladder_backward(eg_ladder *m, eg_err *err)
+{
+    const eg_ladder_config *c = &m->cfg;
+    if (!m->have_loss) {
+        return eg_seterr(err, EG_ESTATE, "ladder: backward needs eg_ladder_loss first");
+    }
+    const int N = (int)m->N, D = c->in_dim, k = c->reduced_dim, C = c->num_classes, K = c->num_ladders;
+    const int G = (int)m->G;
+    const float *P = m->param;
+    float *GR = m->grad;
+    const size_t Nk = (size_t)N * k;
+    float *dz, *dx_next = NULL, *dlogits, *dout, *t1, *t2, *t3, *scratch;
+    int widest = k > c->hidden ? k : c->hidden;
+    size_t scr = (size_t)N * widest;
+    if (c->gnn == EG_GNN_GAT) {
+        size_t g1 = eg_gat_scratch_size(N, m->E, c->heads, widest / c->heads + 1);
+        scr = g1 > scr ? g1 : scr;
+    }
+    ALLOC(dz, (size_t)N * widest);
+    ALLOC(dlogits, (size_t)G * C);
+    ALLOC(dout, (size_t)G * 2 * k);
+    ALLOC(t1, (size_t)N * widest);
+    ALLOC(t2, (size_t)N * widest);
+    ALLOC(t3, (size_t)N * widest);
+    ALLOC(scratch, scr);
+    float *dprev;
+    ALLOC(dprev, Nk);
+    float *dr;
+    ALLOC(dr, Nk);
+    (void)D;
+    for (int i = K - 1; i >= 0; i--) {
+        const ladder_off *lo = &m->lo[i];
+        ladder_act *a = &m->act[i];
+        /* gradient reaching z_i: from ladder i+1's gate and from head i */
+        if (i < K - 1) {
+            float w = 1.0f - m->act[i + 1].a;
+            for (size_t q = 0; q < Nk; q++) {
+                dz[q] = w * dx_next[q];
+            }
+        } else {
+            memset(dz, 0, Nk * sizeof(float));
+        }
+        if (lo->has_head) {
+            memset(dlogits, 0, (size_t)G * C * sizeof(float));
+            eg_softmax_ce_backward(dlogits, a->probs, m->labels, G, C, 1.0f);
+            eg_linear_backward(dout, GR + lo->hw, GR + lo->hb, dlogits, a->o, P + lo->hw, G, 2 * k, C);
+            eg_readout_backward(dz, dout, m->graph_ptr, G, k);
+        }
+        /* GNN layers, last to first; `cur` holds d(layer output) */
+        float *cur = dz;
+        for (int j = c->gnn_layers - 1; j >= 0; j--) {
+            const layer_off *L = &lo->L[j];
+            layer_act *la = &a->L[j];
+            size_t no = (size_t)N * L->out;
+            float *dconv = cur;
+            if (L->post) {
+                if (la->mask != NULL) {
+                    eg_dropout_backward(t1, cur, la->mask, no);
+                } else {
+                    memcpy(t1, cur, no * sizeof(float));
+                }
+                act_backward(c->act, t1, t1, la->nout, no);
+                if (c->norm == EG_NORM_LN) {
+                    eg_layernorm_backward(t2, GR + L->nw, GR + L->nb, t1, la->conv, P + L->nw,
+                                          la->nmean, la->nrstd, N, L->out);
+                    dconv = t2;
+                } else if (c->norm == EG_NORM_BN) {
+                    eg_batchnorm_backward(t2, GR + L->nw, GR + L->nb, t1, la->conv, P + L->nw,
+                                          la->nmean, la->nrstd, N, L->out, m->training);
+                    dconv = t2;
+                } else {
+                    dconv = t1;
+                }
+            }
+            /* d input of this conv goes to t3, then becomes `cur` (via dprev for j == 0) */
+            float *din = (j == 0) ? dprev : t3;
+            if (c->gnn == EG_GNN_SAGE) {
+                eg_sage_backward(din, GR + L->w, GR + L->b, GR + L->w2, dconv, la->in, la->s1,
+                                 P + L->w, P + L->w2, &m->g, scratch, L->in, L->out);
+            } else if (c->gnn == EG_GNN_GCN) {
+                eg_gcn_backward(din, GR + L->w, GR + L->b, dconv, la->in, la->s2, P + L->w, &m->g,
+                                scratch, L->in, L->out);
+            } else {
+                int Hh = c->heads;
+                eg_gat_backward(din, GR + L->w, GR + L->as, GR + L->ad, GR + L->b, dconv, la->in,
+                                la->s1, la->s2, la->s3, la->s4, P + L->w, P + L->as, P + L->ad,
+                                &m->g, scratch, L->in, Hh, L->out / Hh);
+            }
+            if (j > 0) {
+                /* move to a buffer not used by the next (earlier) layer's temporaries */
+                memcpy(dz, t3, (size_t)N * L->in * sizeof(float));
+                cur = dz;
+            }
+        }
+        /* dprev = dL/dx_i.  Gate and projector. */
+        float *dp = dr;
+        if (i > 0) {
+            const float *zp = m->act[i - 1].z;
+            float g = a->a;
+            double da = 0.0;
+            for (size_t q = 0; q < Nk; q++) {
+                da += (double)dprev[q] * ((double)a->p[q] - (double)zp[q]);
+                dp[q] = g * dprev[q];
+            }
+            GR[lo->alpha] += (float)(da * g * (1.0 - g) / c->T);
+        } else {
+            memcpy(dp, dprev, Nk * sizeof(float));
+        }
+        eg_linear_backward(t1, GR + lo->p3w, GR + lo->p3b, dp, a->r, P + lo->p3w, N, k, k);
+        eg_relu_backward(t1, t1, a->lnout, Nk);
+        eg_layernorm_backward(t2, GR + lo->p1w, GR + lo->p1b, t1, a->l1, P + lo->p1w, a->mean,
+                              a->rstd, N, k);
+        eg_linear_backward(NULL, GR + lo->p0w, GR + lo->p0b, t2, a->H, P + lo->p0w, N, D, k);
+        /* keep dL/dx_i for z_{i-1}: swap dprev into dx_next */
+        if (i > 0) {
+            if (dx_next == NULL) {
+                ALLOC(dx_next, Nk);
+            }
+            memcpy(dx_next, dprev, Nk * sizeof(float));
+        }
+    }
+    return EG_OK;
+}

@@ -1,0 +1,262 @@
+/*
+ * graph_router.c — the GMoE graph router (ALGORITHMS.md §B.2) without a
+ * per-batch graph.
+ *
+ * Every token sees the same (N+1)-node graph: N expert nodes with features
+ * u = relu(X Ws^T) and one token node t = relu(x Wt^T), linked to every expert.
+ * The normalised adjacency Ahat is constant, so GCN layer 1,
+ *   Z1[t] = Ahat [u; t_t] W1^T,
+ * splits into a shared term Ahat[:, :N] (u W1^T), computed once per batch,
+ * plus the rank-one term Ahat[:, N] (t_t W1^T) per token. Later layers are a
+ * batched GEMM over all T*(N+1) node rows followed by the small per-token
+ * product with Ahat. No token limit and no graph building per batch.
+ * act = ReLU after every GCN layer; the logit of expert e is
+ * relu(Z_L[t, e]) . pvec (a shared g -> 1 projection without bias, which would
+ * cancel in the softmax anyway).
+ */
+#include "eg_gmoe.h"
+
+#include <string.h>
+
+static void relu_copy(float *dst, const float *src, size_t n)
+{
+    #pragma omp parallel for schedule(static) if (n > 65536)
+    for (size_t i = 0; i < n; i++) {
+        dst[i] = src[i] > 0.0f ? src[i] : 0.0f;
+    }
+}
+
+/* out[t] (Nn,g) = Ahat (or Ahat^T) Q[t] for every token. */
+static void apply_adj(float *out, const float *Q, const float *Ahat, int T, int Nn, int g,
+                      int transpose)
+{
+    #pragma omp parallel for schedule(static)
+    for (int t = 0; t < T; t++) {
+        const float *q = Q + (size_t)t * Nn * g;
+        float *o = out + (size_t)t * Nn * g;
+        for (int n = 0; n < Nn; n++) {
+            float *on = o + (size_t)n * g;
+            memset(on, 0, (size_t)g * sizeof(float));
+            for (int f = 0; f < Nn; f++) {
+                float a = transpose ? Ahat[(size_t)f * Nn + n] : Ahat[(size_t)n * Nn + f];
+                if (a == 0.0f) {
+                    continue;
+                }
+                const float *qf = q + (size_t)f * g;
+                for (int c = 0; c < g; c++) {
+                    on[c] += a * qf[c];
+                }
+            }
+        }
+    }
+}
+
+eg_status eg_graph_router_forward(float *logits, float *Zt, float *Z, const float *x,
+                                  const float *X, const float *Ws, const float *Wt,
+                                  const float *Wl, const float *pvec, const float *Ahat,
+                                  const eg_graph_router_dims *d, eg_err *err)
+{
+    // x (T,H), X (N,H), Ws/Wt (g,H), Wl (L,g,g), pvec (g), Ahat (N+1,N+1)
+    const int T = d->T, H = d->H, N = d->N, g = d->g, L = d->L, Nn = N + 1;
+    const size_t nodes = (size_t)T * Nn, layer = nodes * g;
+    float *U = eg_aligned_alloc((size_t)N * g * sizeof(float));
+    float *P1 = eg_aligned_alloc((size_t)N * g * sizeof(float));
+    float *Cs = eg_aligned_alloc((size_t)Nn * g * sizeof(float));
+    float *tt = eg_aligned_alloc((size_t)T * g * sizeof(float));
+    float *q1 = eg_aligned_alloc((size_t)T * g * sizeof(float));
+    float *Hp = L > 1 ? eg_aligned_alloc(layer * sizeof(float)) : NULL;
+    float *Q = L > 1 ? eg_aligned_alloc(layer * sizeof(float)) : NULL;
+    eg_status st = EG_OK;
+    if (U == NULL || P1 == NULL || Cs == NULL || tt == NULL || q1 == NULL ||
+        (L > 1 && (Hp == NULL || Q == NULL))) {
+        st = eg_seterr(err, EG_ENOMEM, "graph router forward: out of memory (T=%d)", T);
+        goto done;
+    }
+    eg_sgemm(0, 1, N, g, H, 1.0f, X, H, Ws, H, 0.0f, U, g);
+    relu_copy(U, U, (size_t)N * g);
+    eg_sgemm(0, 1, T, g, H, 1.0f, x, H, Wt, H, 0.0f, Zt, g);
+    relu_copy(tt, Zt, (size_t)T * g);
+    /* layer 1, shared expert term and per-token rank-one term */
+    eg_sgemm(0, 1, N, g, g, 1.0f, U, g, Wl, g, 0.0f, P1, g);
+    eg_sgemm(0, 1, T, g, g, 1.0f, tt, g, Wl, g, 0.0f, q1, g);
+    for (int n = 0; n < Nn; n++) {
+        for (int c = 0; c < g; c++) {
+            float acc = 0.0f;
+            for (int f = 0; f < N; f++) {
+                acc += Ahat[(size_t)n * Nn + f] * P1[(size_t)f * g + c];
+            }
+            Cs[(size_t)n * g + c] = acc;
+        }
+    }
+    #pragma omp parallel for schedule(static)
+    for (int t = 0; t < T; t++) {
+        float *z = Z + (size_t)t * Nn * g;
+        const float *qt = q1 + (size_t)t * g;
+        for (int n = 0; n < Nn; n++) {
+            float a = Ahat[(size_t)n * Nn + N];
+            for (int c = 0; c < g; c++) {
+                z[(size_t)n * g + c] = Cs[(size_t)n * g + c] + a * qt[c];
+            }
+        }
+    }
+    for (int l = 1; l < L; l++) {
+        relu_copy(Hp, Z + (size_t)(l - 1) * layer, layer);
+        eg_sgemm(0, 1, (int)nodes, g, g, 1.0f, Hp, g, Wl + (size_t)l * g * g, g, 0.0f, Q, g);
+        apply_adj(Z + (size_t)l * layer, Q, Ahat, T, Nn, g, 0);
+    }
+    {
+        const float *ZL = Z + (size_t)(L - 1) * layer;
+        #pragma omp parallel for schedule(static)
+        for (int t = 0; t < T; t++) {
+            for (int e = 0; e < N; e++) {
+                const float *z = ZL + ((size_t)t * Nn + e) * g;
+                float acc = 0.0f;
+                for (int c = 0; c < g; c++) {
+                    acc += (z[c] > 0.0f ? z[c] : 0.0f) * pvec[c];
+                }
+                logits[(size_t)t * N + e] = acc;
+            }
+        }
+    }
+done:
+    eg_aligned_free(U);
+    eg_aligned_free(P1);
+    eg_aligned_free(Cs);
+    eg_aligned_free(tt);
+    eg_aligned_free(q1);
+    eg_aligned_free(Hp);
+    eg_aligned_free(Q);
+    return st;
+}
+
+eg_status eg_graph_router_backward(float *dx, float *dWs, float *dWt, float *dWl,
+                                   float *dpvec, const float *dlogits, const float *x,
+                                   const float *X, const float *Ws, const float *Wt,
+                                   const float *Wl, const float *pvec, const float *Ahat,
+                                   const float *Zt, const float *Z,
+                                   const eg_graph_router_dims *d, eg_err *err)
+{
+    const int T = d->T, H = d->H, N = d->N, g = d->g, L = d->L, Nn = N + 1;
+    const size_t nodes = (size_t)T * Nn, layer = nodes * g;
+    float *dH = eg_aligned_alloc(layer * sizeof(float));
+    float *dZ = eg_aligned_alloc(layer * sizeof(float));
+    float *Hp = L > 1 ? eg_aligned_alloc(layer * sizeof(float)) : NULL;
+    float *Upre = eg_aligned_alloc((size_t)N * g * sizeof(float));
+    float *U = eg_aligned_alloc((size_t)N * g * sizeof(float));
+    float *tt = eg_aligned_alloc((size_t)T * g * sizeof(float));
+    float *dq = eg_aligned_alloc((size_t)T * g * sizeof(float));
+    float *dtt = eg_aligned_alloc((size_t)T * g * sizeof(float));
+    float *Sn = eg_aligned_alloc((size_t)Nn * g * sizeof(float));
+    float *dP = eg_aligned_alloc((size_t)N * g * sizeof(float));
+    float *dU = eg_aligned_alloc((size_t)N * g * sizeof(float));
+    eg_status st = EG_OK;
+    if (dH == NULL || dZ == NULL || (L > 1 && Hp == NULL) || Upre == NULL || U == NULL ||
+        tt == NULL || dq == NULL || dtt == NULL || Sn == NULL || dP == NULL || dU == NULL) {
+        st = eg_seterr(err, EG_ENOMEM, "graph router backward: out of memory (T=%d)", T);
+        goto done;
+    }
+    const float *ZL = Z + (size_t)(L - 1) * layer;
+    /* logits = relu(Z_L[:, :N]) . pvec */
+    #pragma omp parallel for schedule(static)
+    for (int c = 0; c < g; c++) {
+        double acc = 0.0;
+        for (int t = 0; t < T; t++) {
+            for (int e = 0; e < N; e++) {
+                float z = ZL[((size_t)t * Nn + e) * g + c];
+                acc += (double)dlogits[(size_t)t * N + e] * (z > 0.0f ? z : 0.0f);
+            }
+        }
+        dpvec[c] += (float)acc;
+    }
+    #pragma omp parallel for schedule(static)
+    for (int t = 0; t < T; t++) {
+        for (int n = 0; n < Nn; n++) {
+            float *dh = dH + ((size_t)t * Nn + n) * g;
+            float dl = n < N ? dlogits[(size_t)t * N + n] : 0.0f;
+            for (int c = 0; c < g; c++) {
+                dh[c] = dl * pvec[c];
+            }
+        }
+    }
+    for (int l = L - 1; l >= 0; l--) {
+        const float *Zl = Z + (size_t)l * layer;
+        #pragma omp parallel for schedule(static)
+        for (size_t i = 0; i < layer; i++) {
+            dZ[i] = Zl[i] > 0.0f ? dH[i] : 0.0f;
+        }
+        if (l == 0) {
+            break;
+        }
+        /* Z_l[t] = Ahat Q[t], Q = relu(Z_{l-1}) W_l^T */
+        apply_adj(dH, dZ, Ahat, T, Nn, g, 1); /* dH now holds dQ */
+        relu_copy(Hp, Z + (size_t)(l - 1) * layer, layer);
+        eg_sgemm(1, 0, g, g, (int)nodes, 1.0f, dH, g, Hp, g, 1.0f, dWl + (size_t)l * g * g, g);
+        /* dH_{l-1} = dQ W_l, computed into dZ then swapped */
+        eg_sgemm(0, 0, (int)nodes, g, g, 1.0f, dH, g, Wl + (size_t)l * g * g, g, 0.0f, dZ, g);
+        float *sw = dH;
+        dH = dZ;
+        dZ = sw;
+    }
+    /* layer 1: Z1[t, n] = sum_{f<N} Ahat[n,f] P1_f + Ahat[n,N] q1_t */
+    #pragma omp parallel for schedule(static)
+    for (int t = 0; t < T; t++) {
+        float *o = dq + (size_t)t * g;
+        memset(o, 0, (size_t)g * sizeof(float));
+        for (int n = 0; n < Nn; n++) {
+            float a = Ahat[(size_t)n * Nn + N];
+            const float *dz = dZ + ((size_t)t * Nn + n) * g;
+            for (int c = 0; c < g; c++) {
+                o[c] += a * dz[c];
+            }
+        }
+    }
+    #pragma omp parallel for schedule(static)
+    for (int nc = 0; nc < Nn * g; nc++) {
+        int n = nc / g, c = nc % g;
+        float acc = 0.0f;
+        for (int t = 0; t < T; t++) {
+            acc += dZ[((size_t)t * Nn + n) * g + c];
+        }
+        Sn[nc] = acc;
+    }
+    for (int f = 0; f < N; f++) {
+        for (int c = 0; c < g; c++) {
+            float acc = 0.0f;
+            for (int n = 0; n < Nn; n++) {
+                acc += Ahat[(size_t)n * Nn + f] * Sn[(size_t)n * g + c];
+            }
+            dP[(size_t)f * g + c] = acc;
+        }
+    }
+    eg_sgemm(0, 1, N, g, H, 1.0f, X, H, Ws, H, 0.0f, Upre, g);
+    relu_copy(U, Upre, (size_t)N * g);
+    relu_copy(tt, Zt, (size_t)T * g);
+    eg_sgemm(1, 0, g, g, N, 1.0f, dP, g, U, g, 1.0f, dWl, g);
+    eg_sgemm(1, 0, g, g, T, 1.0f, dq, g, tt, g, 1.0f, dWl, g);
+    eg_sgemm(0, 0, N, g, g, 1.0f, dP, g, Wl, g, 0.0f, dU, g);
+    eg_sgemm(0, 0, T, g, g, 1.0f, dq, g, Wl, g, 0.0f, dtt, g);
+    for (size_t i = 0; i < (size_t)N * g; i++) {
+        dU[i] = Upre[i] > 0.0f ? dU[i] : 0.0f;
+    }
+    #pragma omp parallel for schedule(static) if (T > 64)
+    for (size_t i = 0; i < (size_t)T * g; i++) {
+        dtt[i] = Zt[i] > 0.0f ? dtt[i] : 0.0f;
+    }
+    eg_sgemm(1, 0, g, H, N, 1.0f, dU, g, X, H, 1.0f, dWs, H);
+    eg_sgemm(1, 0, g, H, T, 1.0f, dtt, g, x, H, 1.0f, dWt, H);
+    eg_sgemm(0, 0, T, H, g, 1.0f, dtt, g, Wt, H, 1.0f, dx, H);
+done:
+    /* dH/dZ may have been swapped; both are freed either way */
+    eg_aligned_free(dH);
+    eg_aligned_free(dZ);
+    eg_aligned_free(Hp);
+    eg_aligned_free(Upre);
+    eg_aligned_free(U);
+    eg_aligned_free(tt);
+    eg_aligned_free(dq);
+    eg_aligned_free(dtt);
+    eg_aligned_free(Sn);
+    eg_aligned_free(dP);
+    eg_aligned_free(dU);
+    return st;
+}

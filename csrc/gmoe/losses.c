@@ -1,0 +1,234 @@
+/*
+ * losses.c — GMoE coordination losses (ALGORITHMS.md §B.3).
+ *
+ * Poisson distinction pushes each token's sorted router distribution toward
+ * a Poisson(lambda) profile over ranks 1..N (a few confident experts); Normal
+ * balance pushes the sorted expert load toward a flat-topped Normal profile.
+ * Both compare sorted vectors: the permutation is fixed in forward and the
+ * gradient flows to the entries at their sorted positions. The reference's
+ * absolute-value form q |log(q / (v + eps))| is the default; kl != 0 gives
+ * the true KL term q log(q / (v + eps)). eps is the caller's (1e-8 by default
+ * in engine_py.gmoe). Sums are in double.
+ */
+#include "eg_gmoe.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Descending stable order of v (n small): insertion sort of indices. */
+static void argsort_desc_f(int32_t *perm, const float *v, int n)
+{
+    for (int i = 0; i < n; i++) {
+        int32_t cur = i;
+        int j = i - 1;
+        while (j >= 0 && v[perm[j]] < v[cur]) {
+            perm[j + 1] = perm[j];
+            j--;
+        }
+        perm[j + 1] = cur;
+    }
+}
+
+static void argsort_desc_d(int32_t *perm, const double *v, int n)
+{
+    for (int i = 0; i < n; i++) {
+        int32_t cur = i;
+        int j = i - 1;
+        while (j >= 0 && v[perm[j]] < v[cur]) {
+            perm[j + 1] = perm[j];
+            j--;
+        }
+        perm[j + 1] = cur;
+    }
+}
+
+static double clampd(double v, double lo, double hi)
+{
+    return v < lo ? lo : (v > hi ? hi : v);
+}
+
+/* q_i (i = 1..N stored at [i-1]) = lambda^i / i! normalised. */
+static void poisson_profile(double *q, double lam, int N)
+{
+    double mx = -INFINITY;
+    for (int i = 1; i <= N; i++) {
+        q[i - 1] = i * log(lam) - lgamma((double)i + 1.0);
+        mx = q[i - 1] > mx ? q[i - 1] : mx;
+    }
+    double s = 0.0;
+    for (int i = 0; i < N; i++) {
+        q[i] = exp(q[i] - mx);
+        s += q[i];
+    }
+    for (int i = 0; i < N; i++) {
+        q[i] /= s;
+    }
+}
+
+static inline double term(double q, double v, int kl, float eps)
+{
+    double r = log(q) - log(v + (double)eps);
+    return q * (kl ? r : fabs(r));
+}
+
+/* d term / d q and the sign factor for d term / d v. */
+static inline void term_grad(double q, double v, int kl, float eps, double *dq, double *sgn)
+{
+    double r = log(q) - log(v + (double)eps);
+    if (kl) {
+        *dq = r + 1.0;
+        *sgn = 1.0;
+    } else {
+        double sg = r > 0.0 ? 1.0 : (r < 0.0 ? -1.0 : 0.0);
+        *dq = fabs(r) + sg;
+        *sgn = sg;
+    }
+}
+
+double eg_poisson_loss_forward(int32_t *perm, const float *probs, float lambda_raw, int T,
+                               int N, int kl, float eps)
+{
+    double q[1024];
+    if (N > 1024 || T <= 0) {
+        return NAN; /* caller validates N <= 1024 */
+    }
+    poisson_profile(q, clampd(lambda_raw, 1.0, 2.0), N);
+    double total = 0.0;
+    for (int t = 0; t < T; t++) {
+        const float *p = probs + (size_t)t * N;
+        int32_t *pm = perm + (size_t)t * N;
+        argsort_desc_f(pm, p, N);
+        double s = 0.0;
+        for (int i = 0; i < N; i++) {
+            s += term(q[i], p[pm[i]], kl, eps);
+        }
+        total += s;
+    }
+    return total / T;
+}
+
+void eg_poisson_loss_backward(float *dprobs, float *dlambda, float coef, const float *probs,
+                              const int32_t *perm, float lambda_raw, int T, int N, int kl,
+                              float eps)
+{
+    double q[1024], dq[1024];
+    if (N > 1024 || T <= 0) {
+        return;
+    }
+    double lam = clampd(lambda_raw, 1.0, 2.0);
+    poisson_profile(q, lam, N);
+    memset(dq, 0, sizeof(double) * (size_t)N);
+    const double c = (double)coef / T;
+    for (int t = 0; t < T; t++) {
+        const float *p = probs + (size_t)t * N;
+        const int32_t *pm = perm + (size_t)t * N;
+        float *dp = dprobs + (size_t)t * N;
+        for (int i = 0; i < N; i++) {
+            double v = p[pm[i]], gq, sg;
+            term_grad(q[i], v, kl, eps, &gq, &sg);
+            dq[i] += c * gq;
+            dp[pm[i]] += (float)(-c * q[i] * sg / (v + (double)eps));
+        }
+    }
+    if (lambda_raw >= 1.0f && lambda_raw <= 2.0f) {
+        /* q_i = w_i / sum w, w_i = lam^i / i!: dq_i/dlam = q_i (i - mean_i) / lam */
+        double mean = 0.0;
+        for (int i = 0; i < N; i++) {
+            mean += (i + 1) * q[i];
+        }
+        double g = 0.0;
+        for (int i = 0; i < N; i++) {
+            g += dq[i] * q[i] * ((i + 1) - mean) / lam;
+        }
+        *dlambda += (float)g;
+    }
+}
+
+/* Unsorted Normal profile q_i, i = 0..N-1, normalised, and its sort order. */
+static void normal_profile(double *q, int32_t *qperm, double sigma, int N)
+{
+    double mu = N / 2.0, s = 0.0;
+    for (int i = 0; i < N; i++) {
+        double z = (i - mu) / sigma;
+        q[i] = exp(-0.5 * z * z);
+        s += q[i];
+    }
+    for (int i = 0; i < N; i++) {
+        q[i] /= s;
+    }
+    argsort_desc_d(qperm, q, N);
+}
+
+double eg_normal_loss_forward(double *c, int32_t *perm, const double *running,
+                              const int32_t *idx, const float *w, float sigma_raw,
+                              float sigma_min, int T, int N, int K, int kl, float eps)
+{
+    double q[1024];
+    int32_t qp[1024];
+    if (N > 1024) {
+        return NAN;
+    }
+    for (int e = 0; e < N; e++) {
+        c[e] = running != NULL ? running[e] : 0.0;
+    }
+    for (size_t m = 0; m < (size_t)T * K; m++) {
+        c[idx[m]] += (double)K * w[m];
+    }
+    double S = 0.0;
+    for (int e = 0; e < N; e++) {
+        S += c[e];
+    }
+    argsort_desc_d(perm, c, N);
+    normal_profile(q, qp, sigma_raw > sigma_min ? sigma_raw : sigma_min, N);
+    double L = 0.0;
+    for (int i = 0; i < N; i++) {
+        L += term(q[qp[i]], c[perm[i]] / S, kl, eps);
+    }
+    return L;
+}
+
+void eg_normal_loss_backward(float *dw, float *dsigma, float coef, const double *c,
+                             const int32_t *perm, const int32_t *idx, float sigma_raw,
+                             float sigma_min, int T, int N, int K, int kl, float eps)
+{
+    double q[1024], dc[1024], dqs[1024];
+    int32_t qp[1024];
+    if (N > 1024) {
+        return;
+    }
+    double sigma = sigma_raw > sigma_min ? sigma_raw : sigma_min;
+    normal_profile(q, qp, sigma, N);
+    double S = 0.0;
+    for (int e = 0; e < N; e++) {
+        S += c[e];
+        dc[e] = 0.0;
+    }
+    double dvv = 0.0;
+    for (int i = 0; i < N; i++) {
+        double v = c[perm[i]] / S, gq, sg;
+        term_grad(q[qp[i]], v, kl, eps, &gq, &sg);
+        dqs[i] = coef * gq;
+        double dv = -(double)coef * q[qp[i]] * sg / (v + (double)eps);
+        dc[perm[i]] += dv / S;
+        dvv += dv * v;
+    }
+    for (int e = 0; e < N; e++) {
+        dc[e] -= dvv / S;
+    }
+    for (size_t m = 0; m < (size_t)T * K; m++) {
+        dw[m] += (float)((double)K * dc[idx[m]]);
+    }
+    if (sigma_raw >= sigma_min) {
+        double mu = N / 2.0, mean = 0.0;
+        for (int i = 0; i < N; i++) {
+            mean += q[i] * (i - mu) * (i - mu);
+        }
+        double g = 0.0, s3 = sigma * sigma * sigma;
+        for (int i = 0; i < N; i++) {
+            int j = qp[i];
+            g += dqs[i] * q[j] * ((j - mu) * (j - mu) - mean) / s3;
+        }
+        *dsigma += (float)g;
+    }
+}

@@ -1,0 +1,112 @@
+/*
+ * eg_engine.h — the ENGINE G-Ladder side structure (docs/ALGORITHMS.md §A.2).
+ *
+ * One ladder per selected encoder layer: projector (Linear D->k, LayerNorm,
+ * ReLU, Linear k->k), a 1- or 2-layer GNN (SAGE / GCN / GAT), a gated
+ * recurrence x_i = a_i P_i(H_i) + (1 - a_i) z_{i-1} with a_i = sigmoid(alpha_i/T),
+ * the readout [z(root) ; mean z] per subgraph and a classifier; optionally an
+ * exit head per ladder (ENGINE Early; the last ladder's head is the
+ * classifier), trained with the sum of the heads' cross-entropies.
+ *
+ * Memory (docs/DESIGN.md §3): parameters, gradients and the AdamW moments are
+ * four aligned buffers with one layout, described by a table of
+ * {name, offset, shape, decay}. Activations live in the model's arena, reset
+ * by eg_ladder_begin and kept until the next begin, so a forward can be
+ * followed by a backward. The model copies everything it is given; it keeps
+ * no pointer to caller memory after a call returns.
+ *
+ * Calling sequence for one batch:
+ *   eg_ladder_begin(batch) -> eg_ladder_forward_step(0..K-1, H_i) in order
+ *   [-> eg_ladder_loss(labels) -> eg_ladder_backward -> eg_ladder_adamw_step]
+ * forward_step returns ladder i's exit-head logits when it has a head, so a
+ * dynamic early-exit policy can stop after any ladder.
+ */
+#ifndef EG_ENGINE_H
+#define EG_ENGINE_H
+
+#include "eg.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+enum { EG_GNN_SAGE = 0, EG_GNN_GCN = 1, EG_GNN_GAT = 2 };
+enum { EG_ACT_ELU = 0, EG_ACT_RELU = 1 };
+enum { EG_NORM_ID = 0, EG_NORM_LN = 1, EG_NORM_BN = 2 };
+
+typedef struct {
+    int num_ladders;    /* K >= 1 */
+    int in_dim;         /* D: encoder state width */
+    int reduced_dim;    /* k */
+    int hidden;         /* hidden width of a 2-layer GNN */
+    int num_classes;    /* C >= 2 */
+    int gnn;            /* EG_GNN_* */
+    int gnn_layers;     /* 1 or 2 */
+    int act;            /* EG_ACT_* */
+    int norm;           /* EG_NORM_* */
+    int heads;          /* GAT heads (layer widths must be divisible) */
+    int early_exit;     /* exit head per ladder, summed loss */
+    float dropout;      /* after each non-final GNN layer, in [0, 1) */
+    float T;            /* gate temperature > 0 */
+} eg_ladder_config;
+
+#define EG_PARAM_NAME_LEN 96
+
+typedef struct {
+    char name[EG_PARAM_NAME_LEN]; /* PyTorch-style, e.g. ladders.0.gnn.0.lin_l.weight */
+    size_t offset;                /* in floats, into each of param/grad/m/v */
+    size_t size;                  /* floats */
+    int ndim;                     /* 0 (scalar) .. 3 */
+    int64_t shape[3];
+    int decay;                    /* AdamW weight decay applies */
+    int trainable;                /* 0 for BatchNorm running statistics (buffers) */
+} eg_param_desc;
+
+typedef struct eg_ladder eg_ladder;
+
+/* Validate cfg, allocate and initialise (PyTorch/PyG default initialisers
+ * drawn from `seed`). *out owned by the caller (eg_ladder_free). */
+eg_status eg_ladder_create(eg_ladder **out, const eg_ladder_config *cfg, uint64_t seed, eg_err *err);
+void eg_ladder_free(eg_ladder *m);
+
+const eg_ladder_config *eg_ladder_get_config(const eg_ladder *m);
+int eg_ladder_num_params(const eg_ladder *m);
+const eg_param_desc *eg_ladder_param(const eg_ladder *m, int i);
+size_t eg_ladder_total_floats(const eg_ladder *m);
+/* The four buffers (each eg_ladder_total_floats long), owned by the model. */
+float *eg_ladder_params(eg_ladder *m);
+float *eg_ladder_grads(eg_ladder *m);
+float *eg_ladder_adam_m(eg_ladder *m);
+float *eg_ladder_adam_v(eg_ladder *m);
+long *eg_ladder_step_count(eg_ladder *m);
+/* Does ladder i have an exit head (early_exit, or i == K-1)? */
+int eg_ladder_has_head(const eg_ladder *m, int i);
+
+/* Start a batch of G subgraphs over N nodes: graph_ptr (G+1) as in eg_batch
+ * (non-empty subgraphs, root first), in-neighbour CSR ptr (N+1), src (E),
+ * batch-local, no self-loops. training: dropout on, drawn from `seed`, and
+ * BatchNorm uses (and updates the running estimates from) batch statistics. */
+eg_status eg_ladder_begin(eg_ladder *m, int64_t G, const int64_t *graph_ptr, int64_t N,
+                          const int64_t *ptr, const int64_t *src, int training, uint64_t seed,
+                          eg_err *err);
+/* Nodes and subgraphs of the current batch (0, 0 before the first begin). */
+void eg_ladder_batch_dims(const eg_ladder *m, int64_t *num_nodes, int64_t *num_graphs);
+/* Run ladder i (i must be the next one) on its layer's states H (N, D),
+ * which must be finite. If the ladder has a head and logits != NULL, writes
+ * its logits (G, C). */
+eg_status eg_ladder_forward_step(eg_ladder *m, int i, const float *H, float *logits, eg_err *err);
+/* After all K steps: sum over heads of the mean cross-entropy; labels (G) in
+ * [0, C). head_losses (K, may be NULL) gets each head's loss (0 if none). */
+eg_status eg_ladder_loss(eg_ladder *m, const int64_t *labels, float *loss, float *head_losses,
+                         eg_err *err);
+/* Gradient of the last loss, ACCUMULATED into the gradient buffer. */
+eg_status eg_ladder_backward(eg_ladder *m, eg_err *err);
+void eg_ladder_zero_grad(eg_ladder *m);
+/* One AdamW step (PyTorch semantics) on every trainable parameter; increments the step count. */
+void eg_ladder_adamw_step(eg_ladder *m, float lr, float weight_decay, float beta1, float beta2,
+                          float eps);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,155 @@
+/*
+ * eg_ops.h — neural-network ops as forward/backward pairs, and the graph
+ * convolutions (SAGE, GCN, GAT) with PyG semantics.
+ *
+ * Conventions (docs/DESIGN.md §3): argument order outputs, inputs, saved,
+ * dims (llm.c). Kernels return void and trust their arguments. Backward
+ * ACCUMULATES (+=) into parameter gradients and ASSIGNS activation gradients,
+ * unless the comment says otherwise. Activation-gradient pointers documented
+ * as "may be NULL" are skipped (e.g. a frozen input). All tensors are
+ * row-major float32; weights have PyTorch layout (out, in). Threads: OpenMP
+ * by output row, no atomics; BLAS is never called inside a parallel region.
+ */
+#ifndef EG_OPS_H
+#define EG_OPS_H
+
+#include "eg.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---------------------------------------------------------------- dense */
+
+/* inp (N,C), w (OC,C), b (OC) or NULL -> out (N,OC) = inp w^T + b */
+void eg_linear_forward(float *out, const float *inp, const float *w, const float *b,
+                       int N, int C, int OC);
+/* dinp (N,C) assigned (may be NULL); dw (OC,C) += dout^T inp; db (OC) += colsum
+ * (may be NULL). */
+void eg_linear_backward(float *dinp, float *dw, float *db, const float *dout, const float *inp,
+                        const float *w, int N, int C, int OC);
+
+/* LayerNorm over the last dim, eps = 1e-5 (torch default), affine.
+ * inp (N,C), w/b (C) -> out (N,C); saves mean, rstd (N). */
+void eg_layernorm_forward(float *out, float *mean, float *rstd, const float *inp,
+                          const float *w, const float *b, int N, int C);
+void eg_layernorm_backward(float *dinp, float *dw, float *db, const float *dout,
+                           const float *inp, const float *w, const float *mean,
+                           const float *rstd, int N, int C);
+
+/* BatchNorm1d over the rows (torch semantics, eps = 1e-5).
+ * Training: per-column batch mean and biased variance -> out; saves mean,
+ * rstd (C); var_unbiased (C, may be NULL) receives the unbiased variance for
+ * the caller's running-statistics update. N >= 2. */
+void eg_batchnorm_forward_train(float *out, float *mean, float *rstd, float *var_unbiased,
+                                const float *inp, const float *w, const float *b, int N, int C);
+/* Evaluation with running statistics; writes mean = running_mean and
+ * rstd = 1/sqrt(running_var + eps) (C) so the backward below can be used. */
+void eg_batchnorm_forward_eval(float *out, float *mean, float *rstd, const float *inp,
+                               const float *w, const float *b, const float *running_mean,
+                               const float *running_var, int N, int C);
+/* train = 1: gradient through the batch statistics; train = 0: through the
+ * fixed affine map of eval mode. dinp assigned; dw, db accumulated. */
+void eg_batchnorm_backward(float *dinp, float *dw, float *db, const float *dout, const float *inp,
+                           const float *w, const float *mean, const float *rstd, int N, int C,
+                           int train);
+
+/* Elementwise activations over n values. Backward uses the forward input. */
+void eg_relu_forward(float *out, const float *inp, size_t n);
+void eg_relu_backward(float *dinp, const float *dout, const float *inp, size_t n);
+/* ELU with alpha = 1 (torch default). */
+void eg_elu_forward(float *out, const float *inp, size_t n);
+void eg_elu_backward(float *dinp, const float *dout, const float *inp, size_t n);
+
+/* Inverted dropout: mask[i] = 0 with probability p, else 1/(1-p); out = inp *
+ * mask. The draw for element i is a hash of (seed, i), so the mask does not
+ * depend on the thread count. p in [0, 1); p == 0 gives mask = 1. */
+void eg_dropout_forward(float *out, float *mask, const float *inp, size_t n, float p,
+                        uint64_t seed);
+void eg_dropout_backward(float *dinp, const float *dout, const float *mask, size_t n);
+
+/* -------------------------------------------------------------- losses */
+
+/* Softmax cross-entropy, mean over N rows. logits (N,C), labels (N) in
+ * [0, C) -> probs (N,C) saved; returns the mean loss (double accumulation). */
+float eg_softmax_ce_forward(float *probs, const float *logits, const int64_t *labels, int N, int C);
+/* dlogits (N,C) += scale * (probs - onehot) / N   (accumulates, so several
+ * heads can share one buffer; zero it first otherwise). */
+void eg_softmax_ce_backward(float *dlogits, const float *probs, const int64_t *labels, int N,
+                            int C, float scale);
+
+/* ------------------------------------------------------------- graphs */
+
+/* A batch graph for message passing: in-edges of v are
+ * src[ptr[v] .. ptr[v+1]-1]; the reverse CSR lists out-edges of u as
+ * rdst[rptr[u] .. rptr[u+1]-1] with reid[] the matching forward edge ids.
+ * No self-loops (GCN and GAT add their own). */
+typedef struct {
+    int64_t n;
+    int64_t num_edges;
+    const int64_t *ptr;
+    const int64_t *src;
+    const int64_t *rptr;
+    const int64_t *rdst;
+    const int64_t *reid;
+} eg_gnn_graph;
+
+/* Fill the reverse CSR (rptr (n+1), rdst (E), reid (E)) of (ptr, src).
+ * Deterministic: out-edges of u are in forward edge order. */
+void eg_csr_reverse(int64_t *rptr, int64_t *rdst, int64_t *reid, const int64_t *ptr,
+                    const int64_t *src, int64_t n);
+
+/* PyG SAGEConv, mean aggregation, root weight:
+ * out = lin_l(mean_{u->v} inp[u]) + lin_r(inp[v]); lin_l has the bias, lin_r
+ * none. Nodes without in-edges aggregate zeros. inp (N,C), wl/wr (OC,C),
+ * bl (OC) -> out (N,OC); saves agg (N,C). */
+void eg_sage_forward(float *out, float *agg, const float *inp, const float *wl, const float *bl,
+                     const float *wr, const eg_gnn_graph *g, int C, int OC);
+/* dinp (N,C) assigned (may be NULL); scratch (N,C). */
+void eg_sage_backward(float *dinp, float *dwl, float *dbl, float *dwr, const float *dout,
+                      const float *inp, const float *agg, const float *wl, const float *wr,
+                      const eg_gnn_graph *g, float *scratch, int C, int OC);
+
+/* PyG GCNConv: h = inp w^T; out[v] = sum_{u in N(v) + v} dinv[u] dinv[v] h[u] + b
+ * with dinv = (in-degree + 1)^-1/2. b may be NULL. Saves h (N,OC), dinv (N). */
+void eg_gcn_forward(float *out, float *h, float *dinv, const float *inp, const float *w,
+                    const float *b, const eg_gnn_graph *g, int C, int OC);
+/* dinp assigned (may be NULL); db may be NULL; scratch (N,OC). */
+void eg_gcn_backward(float *dinp, float *dw, float *db, const float *dout, const float *inp,
+                     const float *dinv, const float *w, const eg_gnn_graph *g, float *scratch,
+                     int C, int OC);
+
+/* PyG GATConv (concat=True, negative_slope=0.2, add_self_loops=True, no
+ * attention dropout): h = inp w^T viewed (N,H,F); a_s[n,h] = <h[n,h], att_src[h]>,
+ * a_d likewise; e(u->v) = LeakyReLU(a_s[u] + a_d[v]); softmax over the
+ * in-edges of v plus its self-loop; out[v,h] = sum att * h[u,h]; + b.
+ * w (H*F, C), att_src/att_dst (H*F), b (H*F) or NULL.
+ * Saves h (N,H*F), a_s (N,H), a_d (N,H), att (E+N, H): rows 0..E-1 are the
+ * graph's edges in forward order, row E+v the self-loop of v. */
+void eg_gat_forward(float *out, float *h, float *as, float *ad, float *att, const float *inp,
+                    const float *w, const float *att_src, const float *att_dst, const float *b,
+                    const eg_gnn_graph *g, int C, int H, int F);
+/* dinp assigned (may be NULL); db may be NULL; scratch floats:
+ * eg_gat_scratch_size(N, E, H, F). */
+size_t eg_gat_scratch_size(int64_t N, int64_t E, int H, int F);
+void eg_gat_backward(float *dinp, float *dw, float *datt_src, float *datt_dst, float *db,
+                     const float *dout, const float *inp, const float *h, const float *as,
+                     const float *ad, const float *att, const float *w, const float *att_src,
+                     const float *att_dst, const eg_gnn_graph *g, float *scratch, int C, int H,
+                     int F);
+
+/* Subgraph readout: for subgraph g with nodes graph_ptr[g] .. graph_ptr[g+1]-1
+ * (root first, non-empty), out[g] = [z[root] ; mean z] (G, 2C). */
+void eg_readout_forward(float *out, const float *z, const int64_t *graph_ptr, int64_t G, int C);
+/* dz (N,C) ACCUMULATES (+=): z usually feeds more than one consumer. */
+void eg_readout_backward(float *dz, const float *dout, const int64_t *graph_ptr, int64_t G, int C);
+
+/* Per-subgraph mean pooling: out[g] = mean of z over subgraph g (G, C). */
+void eg_meanpool_forward(float *out, const float *z, const int64_t *graph_ptr, int64_t G, int C);
+/* dz ACCUMULATES (+=). */
+void eg_meanpool_backward(float *dz, const float *dout, const int64_t *graph_ptr, int64_t G, int C);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,480 @@
+"""ENGINE: the G-Ladder side structure trained on cached encoder states.
+
+:class:`EngineClassifier` is a scikit-learn style estimator. ``fit`` drives
+the epoch loop from Python one batch at a time (Ctrl-C works, a tqdm bar shows
+loss and validation accuracy); each batch is sampled in C, the rows of the
+selected layers are gathered from the cache, and the forward, backward and
+AdamW step run in C (csrc/engine/ladder.c) with the GIL released.
+
+The cache is anything with ``layers`` (cached layer ids), ``num_nodes``,
+``dim`` and ``gather(layer, node_ids) -> float32 (n, dim)``: an
+``engine_py.cache.LayerCache`` or :class:`InMemoryStates` for states in memory.
+
+Model (docs/ALGORITHMS.md §A.2) and documented choices:
+
+* heads: with ``early_exit`` every ladder but the last has an exit head
+  ``exit_heads.i``; the last ladder's head is ``classifier``; the loss is the
+  sum of their cross-entropies. Without it only the classifier is trained.
+* each GNN conv is followed by norm -> activation -> dropout, except the last
+  conv of the last ladder, which is followed by nothing.
+* AdamW decays every parameter (a single torch parameter group).
+* ``norm="bn"``: torch BatchNorm1d over the batch's nodes (batch statistics and
+  running-estimate updates while training, running estimates when predicting);
+  its running_mean / running_var / num_batches_tracked are buffers in the
+  state dict, as in PyTorch.
+"""
+from __future__ import annotations
+
+import inspect
+import json
+import math
+import os
+import sys
+from collections import OrderedDict
+
+import numpy as np
+
+from . import _core
+from .graph import Batch, Graph
+
+__all__ = ["EngineClassifier", "InMemoryStates", "NotFittedError"]
+
+_GNN = {"sage": 0, "gcn": 1, "gat": 2}
+_ACT = {"elu": 0, "relu": 1}
+_NORM = {"id": 0, "ln": 1, "bn": 2}
+_FORMAT = "engine_py.EngineClassifier"
+_FORMAT_VERSION = 1
+
+
+class NotFittedError(ValueError, AttributeError):
+    """The estimator is used before ``fit`` (or ``load``)."""
+
+
+class InMemoryStates:
+    """Per-layer node states held in memory, with the LayerCache interface.
+
+    ``InMemoryStates({0: H0, 3: H3})`` or ``InMemoryStates(array, layers)`` with
+    ``array`` of shape (L, N, D) and ``layers`` its L layer ids (default
+    ``range(L)``). Arrays are kept as float32.
+    """
+
+    def __init__(self, states, layers=None):
+        if isinstance(states, dict):
+            if layers is not None:
+                raise ValueError("give layers only with an (L, N, D) array")
+            if not states:
+                raise ValueError("states is empty")
+            self.layers = [int(k) for k in states]
+            arrs = [np.ascontiguousarray(states[k], dtype=np.float32) for k in states]
+        else:
+            a = np.asarray(states)
+            if a.ndim != 3:
+                raise ValueError(f"states must be a dict of (N, D) arrays or an (L, N, D) array, got shape {a.shape}")
+            self.layers = list(range(a.shape[0])) if layers is None else [int(x) for x in layers]
+            if len(self.layers) != a.shape[0]:
+                raise ValueError(f"{len(self.layers)} layer ids for {a.shape[0]} layers")
+            arrs = [np.ascontiguousarray(a[i], dtype=np.float32) for i in range(a.shape[0])]
+        if len(set(self.layers)) != len(self.layers):
+            raise ValueError(f"duplicate layer ids in {self.layers}")
+        shapes = {x.shape for x in arrs}
+        if len(shapes) != 1 or arrs[0].ndim != 2:
+            raise ValueError(f"every layer must be an (N, D) array of one shape, got {sorted(shapes)}")
+        self._states = dict(zip(self.layers, arrs))
+        self.num_nodes, self.dim = arrs[0].shape
+
+    def gather(self, layer, node_ids) -> np.ndarray:
+        if layer not in self._states:
+            raise KeyError(f"layer {layer} is not cached (cached: {self.layers})")
+        ids = np.asarray(node_ids, dtype=np.int64)
+        if ids.size and (ids.min() < 0 or ids.max() >= self.num_nodes):
+            raise IndexError(f"node ids must be in [0, {self.num_nodes})")
+        return self._states[layer][ids]
+
+
+def _as_ids(x, n, what):
+    a = np.asarray(x)
+    if a.ndim != 1:
+        raise ValueError(f"{what} must be a 1-D array of node ids, got shape {a.shape}")
+    if a.dtype == bool:
+        if a.shape[0] != n:
+            raise ValueError(f"boolean {what} must have length {n}, got {a.shape[0]}")
+        a = np.flatnonzero(a)
+    elif a.size and not np.issubdtype(a.dtype, np.integer):
+        raise ValueError(f"{what} must hold integer node ids, got dtype {a.dtype}")
+    a = a.astype(np.int64, copy=False)
+    if a.size and (a.min() < 0 or a.max() >= n):
+        bad = a[(a < 0) | (a >= n)][0]
+        raise ValueError(f"{what}: node id {bad} is outside [0, {n})")
+    return a
+
+
+def _check_cache(cache):
+    for attr in ("layers", "num_nodes", "dim", "gather"):
+        if not hasattr(cache, attr):
+            raise TypeError(f"cache must have .layers, .num_nodes, .dim and .gather(); missing .{attr} "
+                            "(use engine_py.engine.InMemoryStates for arrays in memory)")
+
+
+def _softmax(z):
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def _seed64(*parts):
+    # a stable 64-bit seed from small integers (no Python hash randomisation)
+    s = 0x9E3779B97F4A7C15
+    for p in parts:
+        s = (s ^ (int(p) & 0xFFFFFFFFFFFFFFFF)) * 0xBF58476D1CE4E5B9 & 0xFFFFFFFFFFFFFFFF
+        s ^= s >> 31
+    return s
+
+
+class EngineClassifier:
+    """ENGINE node classifier (G-Ladder side structure over cached LLM states).
+
+    Parameters are the ones of the paper's reference configuration; see
+    docs/ALGORITHMS.md §A. ``layers=None`` uses every layer in the cache.
+    ``r`` (optional) sets ``reduced_dim = dim // r`` at fit time. ``heads`` is
+    the GAT head count (used with ``gnn="gat"``).
+    """
+
+    def __init__(self, layers=None, reduced_dim=128, hidden=64, gnn="sage", gnn_layers=1,
+                 activation="elu", norm="id", dropout=0.5, sampler="khop", max_neighbors=None,
+                 walk_steps=64, restart=0.5, T=0.1, lr=1e-3, weight_decay=5e-4, epochs=200,
+                 patience=20, batch_size=256, early_exit=True, seed=0, show_progress_bar=None,
+                 r=None, heads=4):
+        self.layers = layers
+        self.reduced_dim = reduced_dim
+        self.hidden = hidden
+        self.gnn = gnn
+        self.gnn_layers = gnn_layers
+        self.activation = activation
+        self.norm = norm
+        self.dropout = dropout
+        self.sampler = sampler
+        self.max_neighbors = max_neighbors
+        self.walk_steps = walk_steps
+        self.restart = restart
+        self.T = T
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.epochs = epochs
+        self.patience = patience
+        self.batch_size = batch_size
+        self.early_exit = early_exit
+        self.seed = seed
+        self.show_progress_bar = show_progress_bar
+        self.r = r
+        self.heads = heads
+
+    # ------------------------------------------------------------ params
+    @classmethod
+    def _param_names(cls):
+        sig = inspect.signature(cls.__init__)
+        return [p for p in sig.parameters if p != "self"]
+
+    def get_params(self, deep=True):
+        return {k: getattr(self, k) for k in self._param_names()}
+
+    def set_params(self, **params):
+        valid = set(self._param_names())
+        for k, v in params.items():
+            if k not in valid:
+                raise ValueError(f"invalid parameter {k!r} for EngineClassifier; valid: {sorted(valid)}")
+            setattr(self, k, v)
+        return self
+
+    def __repr__(self):
+        defaults = {p.name: p.default for p in inspect.signature(type(self).__init__).parameters.values()
+                    if p.name != "self"}
+        changed = [f"{k}={v!r}" for k, v in self.get_params().items() if defaults.get(k) != v]
+        return f"EngineClassifier({', '.join(changed)})"
+
+    # ------------------------------------------------------- validation
+    def _validate_hparams(self):
+        if self.gnn not in _GNN:
+            raise ValueError(f"gnn must be one of {sorted(_GNN)}, got {self.gnn!r}")
+        if self.activation not in _ACT:
+            raise ValueError(f"activation must be one of {sorted(_ACT)}, got {self.activation!r}")
+        if self.norm not in _NORM:
+            raise ValueError(f"norm must be 'id', 'ln' or 'bn', got {self.norm!r}")
+        if self.sampler not in ("khop", "rw"):
+            raise ValueError(f"sampler must be 'khop' or 'rw', got {self.sampler!r}")
+        if self.gnn_layers not in (1, 2):
+            raise ValueError(f"gnn_layers must be 1 or 2, got {self.gnn_layers!r}")
+        if not (0.0 <= float(self.dropout) < 1.0):
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if not (float(self.T) > 0 and math.isfinite(float(self.T))):
+            raise ValueError(f"T must be > 0, got {self.T}")
+        if int(self.batch_size) < 1 or int(self.epochs) < 0 or int(self.patience) < 1:
+            raise ValueError("batch_size and patience must be >= 1 and epochs >= 0")
+        if not (float(self.lr) > 0):
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if float(self.weight_decay) < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+
+    def _resolve_layers(self, cache):
+        cached = [int(x) for x in cache.layers]
+        layers = cached if self.layers is None else [int(x) for x in self.layers]
+        if not layers:
+            raise ValueError("no layers selected")
+        missing = [l for l in layers if l not in cached]
+        if missing:
+            raise ValueError(f"layers {missing} are not in the cache (cached: {cached})")
+        return layers
+
+    def _as_graph(self, graph, num_nodes):
+        if not isinstance(graph, Graph):
+            graph = Graph(graph, num_nodes=num_nodes)
+        if graph.num_nodes != num_nodes:
+            raise ValueError(f"the graph has {graph.num_nodes} nodes but the cache has {num_nodes}")
+        return graph
+
+    # --------------------------------------------------------- batching
+    def _sample(self, graph, targets, seed):
+        return graph.sample(targets, self.sampler, max_neighbors=self.max_neighbors,
+                           walk_steps=self.walk_steps, restart=self.restart, seed=seed)
+
+    def _gather(self, cache, batch: Batch):
+        return [np.ascontiguousarray(cache.gather(l, batch.nodes), dtype=np.float32)
+                for l in self.layers_]
+
+    def _predict_logits(self, cache, graph, node_ids, all_heads=False):
+        out = []
+        bs = int(self.batch_size)
+        eval_seed = _seed64(self.seed, 0xE7A1)
+        for s in range(0, len(node_ids), bs):
+            t = node_ids[s:s + bs]
+            b = self._sample(graph, t, eval_seed)
+            z = self.model_.predict_batch(b.graph_ptr, b.indptr, b.indices, self._gather(cache, b))
+            out.append(z if all_heads else z[-1])
+        if not out:
+            k = len(self.layers_)
+            shape = (k, 0, self.num_classes_) if all_heads else (0, self.num_classes_)
+            return np.zeros(shape, np.float32)
+        return np.concatenate(out, axis=1 if all_heads else 0)
+
+    # --------------------------------------------------------------- fit
+    def _build(self, num_layers, dim, num_classes):
+        k = int(self.reduced_dim) if self.r is None else max(1, dim // int(self.r))
+        self.reduced_dim_ = k
+        self.model_ = _core.Ladder(num_layers, int(dim), k, int(self.hidden), int(num_classes),
+                                   _GNN[self.gnn], int(self.gnn_layers), _ACT[self.activation],
+                                   _NORM[self.norm], int(self.heads), bool(self.early_exit),
+                                   float(self.dropout), float(self.T), _seed64(self.seed, 1))
+        self._table = self.model_.param_table()
+        self._params = self.model_.buffer("param")
+
+    def fit(self, cache, graph, labels, train_idx, val_idx=None):
+        """Train on ``train_idx``; early-stop on accuracy over ``val_idx``.
+
+        ``labels`` holds one integer class per node (length ``cache.num_nodes``;
+        entries outside the train/validation sets are ignored and may be -1).
+        Returns self. The best-validation weights are restored at the end.
+        """
+        self._validate_hparams()
+        _check_cache(cache)
+        n = int(cache.num_nodes)
+        layers = self._resolve_layers(cache)
+        graph = self._as_graph(graph, n)
+        y = np.asarray(labels)
+        if y.ndim != 1 or y.shape[0] != n:
+            raise ValueError(f"labels must have one entry per node ({n}), got shape {y.shape}")
+        if y.size and not np.issubdtype(y.dtype, np.integer):
+            if not np.all(np.isfinite(y)) or not np.all(y == np.round(y)):
+                raise ValueError("labels must be integers")
+        y = y.astype(np.int64)
+        train_idx = _as_ids(train_idx, n, "train_idx")
+        if train_idx.size == 0:
+            raise ValueError("train_idx is empty: nothing to train on")
+        val_idx = None if val_idx is None else _as_ids(val_idx, n, "val_idx")
+        used = train_idx if val_idx is None else np.concatenate([train_idx, val_idx])
+        if y[used].min() < 0:
+            raise ValueError("labels of training/validation nodes must be >= 0")
+        num_classes = int(y[used].max()) + 1
+        if num_classes > (1 << 20):
+            raise ValueError(f"labels out of range: the largest label is {num_classes - 1}; "
+                             "labels must be class indices 0 .. C-1")
+        if num_classes < 2:
+            raise ValueError("need at least two classes among the training/validation labels")
+        self.layers_ = layers
+        self.num_classes_ = num_classes
+        self.classes_ = np.arange(num_classes)
+        self.in_dim_ = int(cache.dim)
+        self._build(len(layers), self.in_dim_, num_classes)
+        self.cache_, self.graph_ = cache, graph
+        self.history_ = []
+        rng = np.random.default_rng(_seed64(self.seed, 2))
+        best_acc, best_epoch, best = -1.0, -1, None
+        bar = self._progress(int(self.epochs))
+        bs = int(self.batch_size)
+        try:
+            for epoch in range(int(self.epochs)):
+                perm = train_idx[rng.permutation(train_idx.size)]
+                total, count = 0.0, 0
+                for bi, s in enumerate(range(0, perm.size, bs)):
+                    t = perm[s:s + bs]
+                    b = self._sample(graph, t, _seed64(self.seed, 3, epoch))
+                    if self.norm == "bn" and b.num_nodes < 2:
+                        continue   # BatchNorm cannot train on one node (torch raises); skip it
+                    loss = self.model_.train_batch(b.graph_ptr, b.indptr, b.indices,
+                                                   self._gather(cache, b), y[t],
+                                                   _seed64(self.seed, 4, epoch, bi),
+                                                   float(self.lr), float(self.weight_decay))
+                    if not math.isfinite(loss):
+                        raise FloatingPointError(f"training loss became {loss} at epoch {epoch}; lower lr")
+                    total += loss * t.size
+                    count += t.size
+                rec = {"epoch": epoch, "loss": total / max(count, 1)}
+                if val_idx is not None and val_idx.size:
+                    acc = float(np.mean(self._predict_logits(cache, graph, val_idx).argmax(1) == y[val_idx]))
+                    rec["val_acc"] = acc
+                    if acc > best_acc:
+                        best_acc, best_epoch, best = acc, epoch, self._params.copy()
+                self.history_.append(rec)
+                if bar is not None:
+                    bar.set_postfix({k: round(v, 4) for k, v in rec.items() if k != "epoch"})
+                    bar.update(1)
+                if best is not None and epoch - best_epoch >= int(self.patience):
+                    break
+        finally:
+            if bar is not None:
+                bar.close()
+        if best is not None:
+            self._params[:] = best
+        self.best_epoch_ = best_epoch
+        self.best_val_acc_ = best_acc if best is not None else None
+        self.n_epochs_ = len(self.history_)
+        return self
+
+    def _progress(self, total):
+        show = self.show_progress_bar
+        if show is None:
+            show = sys.stderr.isatty()
+        if not show:
+            return None
+        try:
+            from tqdm.auto import tqdm
+        except ImportError:  # pragma: no cover
+            return None
+        return tqdm(total=total, desc="ENGINE", unit="epoch")
+
+    # ----------------------------------------------------------- predict
+    def _check_fitted(self):
+        if getattr(self, "model_", None) is None:
+            raise NotFittedError("this EngineClassifier is not fitted yet; call fit() or load() first")
+
+    def _resolve_data(self, cache, graph):
+        cache = cache if cache is not None else getattr(self, "cache_", None)
+        if cache is None:
+            raise ValueError("no cache: pass cache= (a loaded model does not keep one)")
+        _check_cache(cache)
+        if int(cache.dim) != self.in_dim_:
+            raise ValueError(f"cache dim {cache.dim} != the model's input dim {self.in_dim_}")
+        missing = [l for l in self.layers_ if l not in [int(x) for x in cache.layers]]
+        if missing:
+            raise ValueError(f"layers {missing} are not in the cache")
+        if graph is None:
+            graph = getattr(self, "graph_", None)
+            if graph is None:
+                raise ValueError("no graph: pass graph= (a loaded model does not keep one)")
+        return cache, self._as_graph(graph, int(cache.num_nodes))
+
+    def predict_logits(self, node_ids, cache=None, graph=None, all_heads=False):
+        """Logits of the final classifier (n, C); with ``all_heads`` the
+        (K, n, C) logits of every ladder's head (zeros where it has none)."""
+        self._check_fitted()
+        cache, graph = self._resolve_data(cache, graph)
+        ids = _as_ids(node_ids, int(cache.num_nodes), "node_ids")
+        return self._predict_logits(cache, graph, ids, all_heads=all_heads)
+
+    def predict_proba(self, node_ids, cache=None, graph=None):
+        return _softmax(self.predict_logits(node_ids, cache, graph).astype(np.float64))
+
+    def predict(self, node_ids, cache=None, graph=None):
+        return self.predict_logits(node_ids, cache, graph).argmax(axis=1)
+
+    def score(self, node_ids, y, cache=None, graph=None):
+        y = np.asarray(y)
+        p = self.predict(node_ids, cache, graph)
+        if y.shape != p.shape:
+            raise ValueError(f"y has shape {y.shape}, expected {p.shape}")
+        return float(np.mean(p == y))
+
+    # --------------------------------------------------------- weights
+    def state_dict(self):
+        """Parameters by PyTorch-style name (copies, float32)."""
+        self._check_fitted()
+        out = OrderedDict()
+        for name, off, shape, _decay, _trainable in self._table:
+            size = int(np.prod(shape)) if shape else 1
+            a = self._params[off:off + size].reshape(shape).copy()
+            if name.endswith("num_batches_tracked"):
+                a = a.astype(np.int64)   # an int64 buffer in torch
+            out[name] = a
+        return out
+
+    def load_state_dict(self, sd):
+        self._check_fitted()
+        names = [t[0] for t in self._table]
+        missing = [k for k in names if k not in sd]
+        extra = [k for k in sd if k not in names]
+        if missing or extra:
+            raise ValueError(f"state dict mismatch: missing {missing[:5]}, unexpected {extra[:5]}")
+        for name, off, shape, _decay, _trainable in self._table:
+            a = np.asarray(sd[name], dtype=np.float32)
+            if tuple(a.shape) != tuple(shape):
+                raise ValueError(f"{name}: shape {a.shape}, expected {tuple(shape)}")
+            if not np.all(np.isfinite(a)):
+                raise ValueError(f"{name} contains NaN or inf")
+            self._params[off:off + a.size] = a.reshape(-1)
+        return self
+
+    def _config(self):
+        params = self.get_params()
+        params["show_progress_bar"] = None
+        return {"format": _FORMAT, "version": _FORMAT_VERSION, "params": params,
+                "layers": self.layers_, "num_classes": self.num_classes_, "in_dim": self.in_dim_,
+                "reduced_dim": self.reduced_dim_}
+
+    def save(self, path):
+        """Write ``path/config.json`` and ``path/model.safetensors``."""
+        self._check_fitted()
+        save_st, _ = _safetensors()
+        os.makedirs(path, exist_ok=True)
+        save_st(os.path.join(path, "model.safetensors"), dict(self.state_dict()))
+        tmp = os.path.join(path, "config.json.tmp")
+        with open(tmp, "w") as f:
+            json.dump(self._config(), f, indent=2)
+        os.replace(tmp, os.path.join(path, "config.json"))
+
+    @classmethod
+    def load(cls, path):
+        """Rebuild a fitted estimator from :meth:`save` output. Pass ``cache=``
+        and ``graph=`` to predict with it."""
+        _, load_st = _safetensors()
+        with open(os.path.join(path, "config.json")) as f:
+            cfg = json.load(f)
+        if not isinstance(cfg, dict) or cfg.get("format") != _FORMAT:
+            raise ValueError(f"{path} is not a saved EngineClassifier")
+        if cfg.get("version") != _FORMAT_VERSION:
+            raise ValueError(f"unsupported EngineClassifier format version {cfg.get('version')}")
+        est = cls(**cfg["params"])
+        est._validate_hparams()
+        est.layers_ = [int(x) for x in cfg["layers"]]
+        est.num_classes_ = int(cfg["num_classes"])
+        est.classes_ = np.arange(est.num_classes_)
+        est.in_dim_ = int(cfg["in_dim"])
+        est._build(len(est.layers_), est.in_dim_, est.num_classes_)
+        if est.reduced_dim_ != int(cfg["reduced_dim"]):
+            raise ValueError("config reduced_dim does not match the parameters")
+        est.load_state_dict(load_st(os.path.join(path, "model.safetensors")))
+        est.cache_ = est.graph_ = None
+        return est
+
+
+def _safetensors():
+    """(save, load) from engine_py.io (imported lazily)."""
+    from .io import load_safetensors, save_safetensors
+    return save_safetensors, load_safetensors

@@ -1,0 +1,1 @@
+"""PyTorch / NumPy reference implementations used by the tests and benchmarks."""

@@ -1,0 +1,383 @@
+"""EngineClassifier: parity with the PyTorch reference (tests/reference/
+engine_ref.py), learning on a planted-partition graph, determinism, the
+estimator API, save/load, and bad inputs."""
+import os
+import sys
+
+import numpy as np
+import pytest
+
+import engine_py
+from engine_py.engine import EngineClassifier, InMemoryStates, NotFittedError
+from engine_py.graph import Graph
+
+torch = pytest.importorskip("torch")
+torch.set_num_threads(1)  # tiny tensors; keep torch's thread pool from competing with ours
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "reference"))
+from engine_ref import EngineRef  # noqa: E402
+
+K, D, C, k, HID = 3, 12, 4, 8, 6
+
+
+def _model(gnn, layers, early, norm, T=0.5):
+    est = EngineClassifier(reduced_dim=k, hidden=HID, gnn=gnn, gnn_layers=layers, norm=norm,
+                           early_exit=early, dropout=0.0, heads=2, T=T)
+    est.layers_, est.num_classes_, est.in_dim_ = list(range(K)), C, D
+    est._build(K, D, C)
+    ref = EngineRef(K, D, k, HID, C, gnn, layers, "elu", norm, 0.0, T, early, 2)
+    return est, ref
+
+
+def _sync(est, ref, rng):
+    sd = est.state_dict()
+    for name in sd:
+        if name.startswith("gates."):
+            sd[name] = np.asarray(rng.normal(scale=0.3), dtype=np.float32).reshape(())
+    est.load_state_dict(sd)
+    ref.load_state_dict({n: torch.tensor(v) for n, v in sd.items()}, strict=True)
+
+
+def _batch(seed, n_targets=20):
+    rng = np.random.default_rng(seed)
+    g = Graph(rng.integers(0, 80, size=(2, 220)), 80)
+    b = g.sample(rng.choice(80, n_targets, replace=False), "khop", max_neighbors=6, seed=seed)
+    Hs = [rng.normal(size=(b.num_nodes, D)).astype(np.float32) for _ in range(K)]
+    y = rng.integers(0, C, size=n_targets)
+    return b, Hs, y
+
+
+def _ref_forward(ref, b, Hs):
+    return ref([torch.tensor(h) for h in Hs], torch.tensor(b.edge_index), torch.tensor(b.graph_ptr))
+
+
+CONFIGS = [(g, l, e, n) for g in ("sage", "gcn", "gat") for l in (1, 2) for e in (True, False)
+           for n in ("id", "ln")]
+
+
+@pytest.mark.parametrize("gnn,layers,early,norm", CONFIGS)
+def test_parity_logits_and_grads(gnn, layers, early, norm):
+    rng = np.random.default_rng(1)
+    est, ref = _model(gnn, layers, early, norm)
+    _sync(est, ref, rng)
+    b, Hs, y = _batch(2)
+    m = est.model_
+    m.begin(b.graph_ptr, b.indptr, b.indices, False, 0)
+    outs = [m.forward_step(i, Hs[i]) for i in range(K)]
+    loss, _ = m.loss(y)
+    m.zero_grad()
+    m.backward()
+    tl = _ref_forward(ref, b, Hs)
+    tloss = EngineRef.loss(tl, torch.tensor(y))
+    tloss.backward()
+    for i, (o, t) in enumerate(zip(outs, tl)):
+        assert (o is None) == (t is None), f"ladder {i} head presence"
+        if o is not None:
+            np.testing.assert_allclose(o, t.detach().numpy(), rtol=0, atol=1e-5)
+    assert abs(loss - tloss.item()) < 1e-5
+    grads = m.buffer("grad")
+    tparams = dict(ref.named_parameters())
+    gmax = max(float(p.grad.abs().max()) for p in tparams.values())
+    for name, off, shape, _, trainable in est._table:
+        if not trainable:
+            continue
+        size = int(np.prod(shape)) if shape else 1
+        ours = grads[off:off + size].reshape(shape)
+        theirs = tparams[name].grad.numpy()
+        tol = 1e-4 * float(np.abs(theirs).max()) + 1e-6 * gmax
+        assert np.abs(ours - theirs).max() <= tol, name
+
+
+@pytest.mark.parametrize("gnn,layers", [("sage", 2), ("gcn", 1), ("gat", 2)])
+def test_parity_batchnorm_train_and_eval(gnn, layers):
+    rng = np.random.default_rng(4)
+    est, ref = _model(gnn, layers, True, "bn")
+    _sync(est, ref, rng)
+    b, Hs, y = _batch(5)
+    m = est.model_
+    # training mode (dropout is 0): batch statistics, running-estimate updates
+    m.begin(b.graph_ptr, b.indptr, b.indices, True, 0)
+    outs = [m.forward_step(i, Hs[i]) for i in range(K)]
+    loss, _ = m.loss(y)
+    m.zero_grad()
+    m.backward()
+    ref.train()
+    tl = _ref_forward(ref, b, Hs)
+    tloss = EngineRef.loss(tl, torch.tensor(y))
+    tloss.backward()
+    for o, t in zip(outs, tl):
+        np.testing.assert_allclose(o, t.detach().numpy(), rtol=0, atol=1e-5)
+    tparams = dict(ref.named_parameters())
+    grads = m.buffer("grad")
+    gmax = max(float(p.grad.abs().max()) for p in tparams.values())
+    for name, off, shape, _, trainable in est._table:
+        if trainable:
+            size = int(np.prod(shape)) if shape else 1
+            theirs = tparams[name].grad.numpy()
+            assert np.abs(grads[off:off + size].reshape(shape) - theirs).max() <= \
+                1e-4 * float(np.abs(theirs).max()) + 1e-6 * gmax, name
+    sd, tsd = est.state_dict(), ref.state_dict()
+    assert set(sd) == set(tsd)
+    for n in sd:
+        if "running" in n or "num_batches" in n:
+            np.testing.assert_allclose(sd[n], tsd[n].numpy(), rtol=1e-5, atol=1e-6, err_msg=n)
+    assert sd["ladders.0.norms.0.num_batches_tracked"].dtype == np.int64
+    # evaluation mode: running estimates
+    ref.eval()
+    b2, Hs2, _ = _batch(6)
+    m.begin(b2.graph_ptr, b2.indptr, b2.indices, False, 0)
+    outs = [m.forward_step(i, Hs2[i]) for i in range(K)]
+    with torch.no_grad():
+        tl = _ref_forward(ref, b2, Hs2)
+    for o, t in zip(outs, tl):
+        np.testing.assert_allclose(o, t.numpy(), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("gnn,layers,early,norm", [("sage", 2, True, "ln"), ("gcn", 1, False, "id"),
+                                                   ("gat", 1, True, "id")])
+def test_parity_ten_adamw_steps(gnn, layers, early, norm):
+    rng = np.random.default_rng(3)
+    est, ref = _model(gnn, layers, early, norm)
+    _sync(est, ref, rng)
+    opt = torch.optim.AdamW(ref.parameters(), lr=1e-2, weight_decay=5e-2)
+    batches = [_batch(10 + s) for s in range(3)]
+    m = est.model_
+    for step in range(10):
+        b, Hs, y = batches[step % 3]
+        m.begin(b.graph_ptr, b.indptr, b.indices, False, 0)
+        for i in range(K):
+            m.forward_step(i, Hs[i])
+        loss, _ = m.loss(y)
+        m.zero_grad()
+        m.backward()
+        m.adamw_step(1e-2, 5e-2)
+        opt.zero_grad()
+        tloss = EngineRef.loss(_ref_forward(ref, b, Hs), torch.tensor(y))
+        tloss.backward()
+        opt.step()
+        assert abs(loss - tloss.item()) <= 1e-4 * max(1.0, abs(tloss.item())), step
+    sd = est.state_dict()
+    for n, p in ref.named_parameters():
+        np.testing.assert_allclose(sd[n], p.detach().numpy(), rtol=1e-3, atol=1e-4, err_msg=n)
+
+
+# ------------------------------------------------------------- learning
+
+def sbm(n=600, classes=3, p_in=0.04, p_out=0.002, noise=4.5, layers=3, dim=16, seed=0):
+    """Planted partition: neighbours share labels; node states are noisy class
+    means (different noise per layer), so a node alone is hard to classify."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, classes, size=n)
+    same = y[:, None] == y[None, :]
+    p = np.where(same, p_in, p_out)
+    a = np.triu(rng.random((n, n)) < p, 1)
+    src, dst = np.nonzero(a)
+    means = rng.normal(size=(classes, dim))
+    states = np.stack([means[y] + noise * rng.normal(size=(n, dim)) for _ in range(layers)])
+    return InMemoryStates(states.astype(np.float32)), np.stack([src, dst]), y
+
+
+@pytest.fixture(scope="module")
+def data():
+    cache, ei, y = sbm()
+    idx = np.random.default_rng(1).permutation(len(y))
+    return cache, ei, y, idx[:300], idx[300:400], idx[400:]
+
+
+def _fit(data, **kw):
+    cache, ei, y, tr, va, te = data
+    params = dict(reduced_dim=16, hidden=16, epochs=40, patience=10, batch_size=64, lr=1e-2,
+                  dropout=0.2, seed=0, show_progress_bar=False)
+    params.update(kw)
+    graph = kw.pop("graph", None)
+    params.pop("graph", None)
+    est = EngineClassifier(**params)
+    est.fit(cache, Graph(ei, cache.num_nodes) if graph is None else graph, y, tr, va)
+    return est
+
+
+def test_learns_and_graph_helps(data):
+    cache, ei, y, tr, va, te = data
+    est = _fit(data)
+    acc = est.score(te, y[te])
+    empty = Graph(np.zeros((2, 0), np.int64), cache.num_nodes)   # ego graph = the node: an MLP
+    mlp = _fit(data, graph=empty)
+    acc_mlp = mlp.score(te, y[te], graph=empty)
+    assert acc > 0.85, acc                   # chance is 1/3
+    assert acc > acc_mlp + 0.1, (acc, acc_mlp)
+    assert est.history_ and "val_acc" in est.history_[0]
+    assert est.best_val_acc_ == max(h["val_acc"] for h in est.history_)
+    # best weights restored: validation accuracy now equals the best seen
+    assert abs(est.score(va, y[va]) - est.best_val_acc_) < 1e-12
+    p = est.predict_proba(te)
+    assert p.shape == (len(te), 3) and np.allclose(p.sum(1), 1)
+    assert np.array_equal(p.argmax(1), est.predict(te))
+
+
+@pytest.mark.parametrize("kw", [dict(sampler="rw", gnn="gcn", gnn_layers=2, walk_steps=16),
+                                dict(gnn="gat", norm="ln", early_exit=False, heads=2),
+                                dict(norm="bn", gnn_layers=2)])
+def test_other_configs_learn(data, kw):
+    cache, ei, y, tr, va, te = data
+    est = _fit(data, epochs=15, **kw)
+    assert est.score(te, y[te]) > 0.6
+
+
+def test_deterministic(data):
+    a = _fit(data, epochs=3, sampler="rw", walk_steps=8)
+    b = _fit(data, epochs=3, sampler="rw", walk_steps=8)
+    c = _fit(data, epochs=3, sampler="rw", walk_steps=8, seed=1)
+    sa, sb, sc = a.state_dict(), b.state_dict(), c.state_dict()
+    assert all(np.array_equal(sa[n], sb[n]) for n in sa)
+    assert not all(np.array_equal(sa[n], sc[n]) for n in sa)
+    assert [h["loss"] for h in a.history_] == [h["loss"] for h in b.history_]
+
+
+def test_state_dict_names(data):
+    est = _fit(data, epochs=1, gnn_layers=2)
+    names = list(est.state_dict())
+    for n in ["ladders.0.projector.0.weight", "ladders.0.projector.1.bias", "ladders.2.projector.3.weight",
+              "ladders.0.gnn.0.lin_l.weight", "ladders.0.gnn.1.lin_r.weight", "gates.1.alpha",
+              "classifier.weight", "exit_heads.0.weight", "exit_heads.1.bias"]:
+        assert n in names, n
+    assert "gates.0.alpha" not in names and "exit_heads.2.weight" not in names
+    assert est.state_dict()["gates.1.alpha"].shape == ()
+    ref = EngineRef(3, 16, 16, 16, 3, "sage", 2, "elu", "id", 0.0, 0.1, True, 4)
+    ref.load_state_dict({n: torch.tensor(v) for n, v in est.state_dict().items()}, strict=True)
+
+
+def test_params_api():
+    est = EngineClassifier(hidden=32)
+    p = est.get_params()
+    assert p["hidden"] == 32 and p["gnn"] == "sage" and "layers" in p
+    assert est.set_params(lr=0.5, gnn="gcn") is est and est.lr == 0.5
+    with pytest.raises(ValueError, match="invalid parameter"):
+        est.set_params(nope=1)
+    assert "hidden=32" in repr(est)
+
+
+def test_save_load_roundtrip(data, tmp_path):
+    cache, ei, y, tr, va, te = data
+    est = _fit(data, epochs=2, norm="ln")
+    path = str(tmp_path / "model")
+    est.save(path)
+    assert os.path.exists(os.path.join(path, "model.safetensors"))
+    est2 = EngineClassifier.load(path)
+    g = Graph(ei, cache.num_nodes)
+    np.testing.assert_array_equal(est.predict_proba(te), est2.predict_proba(te, cache=cache, graph=g))
+    assert est2.get_params()["norm"] == "ln"
+    st = pytest.importorskip("safetensors.torch")
+    ref = EngineRef(3, 16, 16, 16, 3, "sage", 1, "elu", "ln", 0.0, 0.1, True, 4)
+    ref.load_state_dict(st.load_file(os.path.join(path, "model.safetensors")), strict=True)
+    with pytest.raises(NotFittedError):
+        EngineClassifier().save(path)
+
+
+# ------------------------------------------------------------ bad input
+
+def test_bad_inputs(data):
+    cache, ei, y, tr, va, te = data
+    g = Graph(ei, cache.num_nodes)
+    est = EngineClassifier(epochs=1, show_progress_bar=False)
+    with pytest.raises(NotFittedError):
+        est.predict(te)
+    with pytest.raises(ValueError, match="one entry per node"):
+        est.fit(cache, g, y[:-1], tr)
+    bad = y.copy()
+    bad[tr[0]] = -3
+    with pytest.raises(ValueError, match=">= 0"):
+        est.fit(cache, g, bad, tr)
+    bad[tr[0]] = 10**9
+    with pytest.raises(ValueError, match="out of range"):
+        est.fit(cache, g, bad, tr)
+    with pytest.raises(ValueError, match="integers"):
+        est.fit(cache, g, y + 0.5, tr)
+    with pytest.raises(ValueError, match="outside"):
+        est.fit(cache, g, y, np.array([0, 600]))
+    with pytest.raises(ValueError, match="empty"):
+        est.fit(cache, g, y, np.array([], dtype=np.int64))
+    with pytest.raises(ValueError, match="nodes"):
+        est.fit(cache, Graph(ei, 601), y, tr)
+    with pytest.raises(ValueError, match="not in the cache"):
+        EngineClassifier(layers=[0, 7]).fit(cache, g, y, tr)
+    with pytest.raises(ValueError, match="norm"):
+        EngineClassifier(norm="batch").fit(cache, g, y, tr)
+    with pytest.raises(ValueError, match="gnn"):
+        EngineClassifier(gnn="gin").fit(cache, g, y, tr)
+    with pytest.raises(TypeError, match="gather"):
+        est.fit(np.zeros((600, 16)), g, y, tr)
+    states = np.stack([cache.gather(l, np.arange(600)) for l in cache.layers])
+    states[1, tr[5], 3] = np.nan
+    with pytest.raises(ValueError, match="NaN or inf"):
+        est.fit(InMemoryStates(states), g, y, tr)
+    states[1, tr[5], 3] = np.inf
+    with pytest.raises(ValueError, match="NaN or inf"):
+        est.fit(InMemoryStates(states), g, y, tr)
+    est = _fit(data, epochs=1)
+    with pytest.raises(ValueError, match="outside"):
+        est.predict(np.array([5, -1]))
+    with pytest.raises(ValueError, match="shape"):
+        est.score(te, y[te][:-1])
+    with pytest.raises(ValueError, match="GAT"):
+        EngineClassifier(gnn="gat", heads=5, reduced_dim=16, epochs=1).fit(cache, g, y, tr)
+
+
+def test_ladder_object_guards():
+    m = engine_py._core.Ladder(2, 4, 4, 4, 2, 0, 1, 0, 0, 1, True, 0.0, 0.1, 0)
+    with pytest.raises(RuntimeError, match="begin"):
+        m.forward_step(0, np.zeros((3, 4), np.float32))
+    m.begin(np.array([0, 2]), np.array([0, 1, 2]), np.array([1, 0]), False, 0)
+    with pytest.raises(ValueError, match="shape"):
+        m.forward_step(0, np.zeros((3, 4), np.float32))
+    with pytest.raises(RuntimeError, match="out of order"):
+        m.forward_step(1, np.zeros((2, 4), np.float32))
+    with pytest.raises(ValueError, match="labels"):
+        m.loss(np.array([0, 1]))
+    with pytest.raises(ValueError):
+        m.begin(np.array([0, 2]), np.array([0, 1, 2]), np.array([1, 5]), False, 0)
+
+
+def test_batchnorm_skips_single_node_batch():
+    # 3 nodes, no edges, batch_size 2 -> the last batch is one isolated node
+    cache = InMemoryStates(np.random.default_rng(0).normal(size=(2, 3, 4)).astype(np.float32))
+    g = Graph(np.zeros((2, 0), np.int64), 3)
+    est = EngineClassifier(norm="bn", reduced_dim=4, hidden=4, epochs=2, batch_size=2,
+                           show_progress_bar=False).fit(cache, g, np.array([0, 1, 0]), [0, 1, 2])
+    assert est.predict([0, 1, 2]).shape == (3,)
+    m = est.model_
+    m.begin(np.array([0, 1]), np.array([0, 0]), np.array([], np.int64), True, 0)
+    with pytest.raises(ValueError, match="BatchNorm"):
+        m.forward_step(0, np.zeros((1, 4), np.float32))
+
+
+def test_ladder_used_from_two_threads_raises():
+    import threading
+    import time
+    rng = np.random.default_rng(0)
+    g = Graph(rng.integers(0, 3000, size=(2, 15000)), 3000)
+    b = g.sample(np.arange(256), "khop")
+    m = engine_py._core.Ladder(4, 256, 128, 64, 5, 0, 1, 0, 0, 1, True, 0.0, 0.1, 0)
+    Hs = [rng.standard_normal((b.num_nodes, 256), dtype=np.float32) for _ in range(4)]
+    y = rng.integers(0, 5, 256)
+    errors, seen = [], []
+
+    def work():
+        try:
+            for _ in range(3):
+                m.train_batch(b.graph_ptr, b.indptr, b.indices, Hs, y, 0, 1e-3, 0.0)
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    old = engine_py.get_num_threads()
+    engine_py.set_num_threads(1)   # the worker's C call must not compete with this loop
+    t = threading.Thread(target=work)
+    t.start()
+    while t.is_alive():
+        try:
+            m.zero_grad()
+        except RuntimeError as e:
+            seen.append(str(e))
+        time.sleep(0.002)   # do not starve the worker of the CPU
+    t.join()
+    engine_py.set_num_threads(old)
+    assert not errors
+    assert seen and "another thread" in seen[0]
