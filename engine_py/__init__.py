@@ -32,6 +32,7 @@ from .graph import Batch, Graph  # noqa: E402,F401
 from .engine import EngineClassifier, InMemoryStates, NotFittedError  # noqa: E402,F401
 from . import gmoe, models, plot  # noqa: E402,F401
 from .encoder import Encoder  # noqa: E402,F401
+from .cache import CacheCorruptError, LayerCache  # noqa: E402,F401
 from .gmoe import MoELoRAFFN  # noqa: E402,F401
 from .io import SafetensorsError, load_safetensors, load_state, save_safetensors  # noqa: E402,F401
 
@@ -51,4 +52,5 @@ __all__ = [
     "WordPieceTokenizer", "TokenizerFormatError",
     "Graph", "Batch", "EngineClassifier", "InMemoryStates", "NotFittedError",
     "gmoe", "plot", "MoELoRAFFN", "models", "Encoder",
+    "LayerCache", "CacheCorruptError",
 ]
