@@ -60,6 +60,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("name", help="encoder | cache | engine | early-exit | gmoe")
     p.add_argument("rest", nargs=argparse.REMAINDER, help="options of that benchmark")
     p.set_defaults(func=_cmd_bench)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # `demo` and `bench NAME` own their options: hand them everything after the
+    # command (argparse's REMAINDER does not capture leading --options).
+    if argv and argv[0] == "demo":
+        return _cmd_demo(argparse.Namespace(rest=argv[1:]))
+    if len(argv) >= 2 and argv[0] == "bench" and not argv[1].startswith("-"):
+        return _cmd_bench(argparse.Namespace(name=argv[1], rest=argv[2:]))
     args = parser.parse_args(argv)
     return args.func(args)
 
