@@ -377,6 +377,8 @@ def main(argv: list[str]) -> int:
     for name, cells in NOTEBOOKS.items():
         if argv and name not in argv:
             continue
+        for i, cell in enumerate(cells):
+            cell.id = f"{name.split('_')[0]}-{i:02d}"  # stable ids: regenerating gives no diff noise
         nb = new_notebook(cells=cells, metadata={
             "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
             "language_info": {"name": "python"},
