@@ -408,7 +408,7 @@ def main(argv=None) -> int:
           "|---|---:|---:|---:|---:|",
           f"| engine_py | {_med(eng_t):.2f} s | {_med(eng_ev):.2f} s | {_pm(val_e)} | {_pm(acc_e)} |",
           f"| PyTorch {torch.__version__} reference | {_med(ref_t):.2f} s | {_med(ref_ev):.2f} s | {_pm(val_r)} | {_pm(acc_r)} |",
-          f"| ratio (torch / engine_py) | **{ratio:.1f}x** | {_med(ref_ev) / _med(eng_ev):.1f}x | | "
+          f"| ratio (torch / engine_py); test difference | **{ratio:.2f}x** | {_med(ref_ev) / _med(eng_ev):.2f}x | | "
           f"{100 * (statistics.mean(acc_e) - statistics.mean(acc_r)):+.2f} pt |",
           "",
           f"Sampling + gathering (shared, not in either step time): median {_med(prep_t):.2f} s per epoch. "
@@ -442,7 +442,10 @@ def main(argv=None) -> int:
                f"| ENGINE (PyTorch reference, same batches) | {_pm(val_r)} | {_pm(acc_r)} |",
                f"| MLP on last layer (no edges) | {_pm([x[1] for x in base['MLP']])} | {_pm([x[0] for x in base['MLP']])} |",
                f"| SAGE on last layer | {_pm([x[1] for x in base['SAGE']])} | {_pm([x[0] for x in base['SAGE']])} |"]
-    md += ["", f"Machine: {machine_line()}"]
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    md += ["", f"Machine: {machine_line()}; 1-minute load average at the end of the run {load:.1f} "
+           f"(other jobs share the machine: absolute times are noisy, the two sides of each "
+           f"comparison are interleaved batch by batch so their ratio is not)."]
     text = "\n".join(md)
     print()
     print(text)
