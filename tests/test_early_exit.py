@@ -223,3 +223,14 @@ def test_bad_input(setup, tmp_path):
     assert clf.predict_new(enc, ["a b"], [[0, 1]], fake, graph=graph).shape == (1,)
     # a new node without links is a one-node subgraph
     assert clf.predict_new(enc, ["a b"], [[]], cache, graph=graph).shape == (1,)
+
+
+def test_exit_histogram():
+    import matplotlib
+    matplotlib.use("Agg")
+    from engine_py.plot import exit_histogram
+    ax = exit_histogram([np.array([1, 1, 2, 6]), np.array([2, 6, 6])], [0, 1, 2, 6], label=["a", "b"])
+    heights = [p.get_height() for p in ax.patches]
+    assert heights == [0, 2, 1, 1, 0, 0, 1, 2]
+    with pytest.raises(ValueError, match="not one of"):
+        exit_histogram(np.array([3]), [0, 1, 2])
