@@ -97,7 +97,7 @@ EARLY_EXIT = [
         "import engine_py\n"
         "from engine_py import EngineClassifier, Encoder, Graph, LayerCache\n"
         "from engine_py.models import minilm_path\n\n"
-        "engine_py.set_num_threads(2)\n"
+        "engine_py.set_num_threads(1)   # tiny ladder batches: one thread is fastest on a shared machine\n"
         "g = engine_py.datasets.demo_graph()\n"
         "enc = Encoder.from_pretrained(minilm_path(), max_length=128)\n"
         "layers = list(range(enc.num_layers + 1))\n"
@@ -120,7 +120,7 @@ EARLY_EXIT = [
         "neighbors = [nb[~is_test[nb]] for nb in neighbors]\n"
         "texts = [g.texts[v] for v in g.test_idx]\n"
         "y = g.labels[g.test_idx]\n"
-        "clf = EngineClassifier(layers=layers, early_exit=True, epochs=40, seed=0, show_progress_bar=False)\n"
+        "clf = EngineClassifier(layers=layers, early_exit=True, epochs=15, seed=0, show_progress_bar=False)\n"
         "clf.fit(cache, graph, g.labels, g.train_idx, g.val_idx)\n"
         "print(clf.n_epochs_, 'epochs, best val acc', round(clf.best_val_acc_, 3))"),
     new_markdown_cell("## Full depth vs dynamic exit, same code path"),
