@@ -234,3 +234,22 @@ def test_exit_histogram():
     assert heights == [0, 2, 1, 1, 0, 0, 1, 2]
     with pytest.raises(ValueError, match="not one of"):
         exit_histogram(np.array([3]), [0, 1, 2])
+
+
+def test_real_layer_cache_fingerprint(setup, tmp_path):
+    """predict_new against a LayerCache file: the encoder that built it is
+    accepted (and agrees with the in-memory states), another one is refused."""
+    from engine_py import LayerCache
+    clf, enc, texts, graph = (setup[k] for k in ("clf", "enc", "texts", "graph"))
+    lc = LayerCache.build(str(tmp_path / "c.cache"), enc, texts, layers=[0, 2, 3, 4], dtype="float32",
+                          show_progress_bar=False)
+    nb = [np.array([1, 2, 3]), np.array([5])]
+    new = ["graph node text", "debian package"]
+    a = clf.predict_new(enc, new, nb, lc, graph=graph, exit="none")
+    b = clf.predict_new(enc, new, nb, setup["cache"], graph=graph, exit="none")
+    np.testing.assert_array_equal(a, b)
+    other = tmp_path / "other"
+    make_tiny(str(other), layers=4, seed=11)
+    with pytest.raises(ValueError, match="fingerprint"):
+        clf.predict_new(Encoder.from_pretrained(str(other)), ["x"], [[0]], lc, graph=graph)
+    lc.close()
