@@ -11,6 +11,8 @@
  *       .param_table() .buffer(kind) (a float32 view owned by the model)
  *       .begin() .forward_step() .loss() .backward() .zero_grad() .adamw_step()
  *       .train_batch() .predict_batch()  (whole batch, one GIL release)
+ *       .keep(mask)  (eval: drop exited subgraphs between forward steps)
+ *   exit_reset / exit_step / exit_decide   the early-exit policy (exit.c)
  * Arguments are converted and range-checked here under the GIL; the core runs
  * with the GIL released; a busy flag rejects use from two threads at once.
  */
@@ -753,6 +755,41 @@ static PyObject *Ladder_has_head(LadderObject *self, PyObject *arg)
     return PyBool_FromLong(eg_ladder_has_head(self->m, (int)i));
 }
 
+static PyObject *Ladder_keep(LadderObject *self, PyObject *arg)
+{
+    if (!ladder_ready(self)) {
+        return NULL;
+    }
+    int64_t N, G;
+    eg_ladder_batch_dims(self->m, &N, &G);
+    PyArrayObject *k = (PyArrayObject *)PyArray_FROM_OTF(arg, NPY_UINT8, NPY_ARRAY_IN_ARRAY | NPY_ARRAY_FORCECAST);
+    if (k == NULL) {
+        return NULL;
+    }
+    if (PyArray_NDIM(k) != 1 || PyArray_DIM(k, 0) != (npy_intp)G || G == 0) {
+        PyErr_Format(PyExc_ValueError, "keep must be a 1-D mask with one entry per subgraph (%lld)",
+                     (long long)G);
+        Py_DECREF(k);
+        return NULL;
+    }
+    if (eg_py_enter(&self->busy, "Ladder") < 0) {
+        Py_DECREF(k);
+        return NULL;
+    }
+    eg_err err;
+    eg_err_clear(&err);
+    eg_status st;
+    Py_BEGIN_ALLOW_THREADS
+    st = eg_ladder_keep(self->m, PyArray_DATA(k), &err);
+    Py_END_ALLOW_THREADS
+    eg_py_leave(&self->busy);
+    Py_DECREF(k);
+    if (st != EG_OK) {
+        return eg_py_raise(&err, NULL);
+    }
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef Ladder_methods[] = {
     {"param_table", (PyCFunction)Ladder_param_table, METH_NOARGS,
      "[(name, offset, shape, decay, trainable)] in buffer order."},
@@ -772,6 +809,8 @@ static PyMethodDef Ladder_methods[] = {
     {"predict_batch", (PyCFunction)Ladder_predict_batch, METH_VARARGS,
      "predict_batch(graph_ptr, indptr, indices, states) -> logits (K, G, C) (zeros for ladders without a head)."},
     {"has_head", (PyCFunction)Ladder_has_head, METH_O, "has_head(i) -> bool."},
+    {"keep", (PyCFunction)Ladder_keep, METH_O,
+     "keep(mask): eval only, after a forward_step: keep only the subgraphs with mask[g] (early exit)."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -793,8 +832,189 @@ static PyTypeObject LadderType = {
     .tp_getset = Ladder_getset,
 };
 
+/* ------------------------------------------------------- exit policy */
+
+/* A state array: exact dtype, 1-D (or 2-D for probs), C-contiguous, writable. */
+static int check_state(PyObject *o, int type, int ndim, npy_intp n, npy_intp C, const char *what)
+{
+    if (!PyArray_Check(o) || PyArray_TYPE((PyArrayObject *)o) != type ||
+        PyArray_NDIM((PyArrayObject *)o) != ndim || !PyArray_IS_C_CONTIGUOUS((PyArrayObject *)o) ||
+        !PyArray_ISWRITEABLE((PyArrayObject *)o) || PyArray_DIM((PyArrayObject *)o, 0) != n ||
+        (ndim == 2 && PyArray_DIM((PyArrayObject *)o, 1) != C)) {
+        PyErr_Format(PyExc_ValueError, "exit state: %s must be a writable C-contiguous array of the "
+                     "policy's dtype and shape", what);
+        return -1;
+    }
+    return 0;
+}
+
+static int exit_state_from(eg_exit_state *s, PyObject *last, PyObject *streak, PyObject *exit_at,
+                           PyObject *probs, int patience, float threshold)
+{
+    if (!PyArray_Check(probs) || PyArray_NDIM((PyArrayObject *)probs) != 2) {
+        PyErr_SetString(PyExc_ValueError, "exit state: probs must be a 2-D float32 array");
+        return -1;
+    }
+    npy_intp n = PyArray_DIM((PyArrayObject *)probs, 0), C = PyArray_DIM((PyArrayObject *)probs, 1);
+    if (C < 1 || C > 0x7fffffff) {
+        PyErr_SetString(PyExc_ValueError, "exit state: need at least one class");
+        return -1;
+    }
+    if (check_state(probs, NPY_FLOAT32, 2, n, C, "probs") < 0 ||
+        check_state(last, NPY_INT64, 1, n, 0, "last") < 0 ||
+        check_state(streak, NPY_INT32, 1, n, 0, "streak") < 0 ||
+        check_state(exit_at, NPY_INT32, 1, n, 0, "exit_at") < 0) {
+        return -1;
+    }
+    *s = (eg_exit_state){(int64_t)n, (int)C, patience, threshold,
+                         PyArray_DATA((PyArrayObject *)last), PyArray_DATA((PyArrayObject *)streak),
+                         PyArray_DATA((PyArrayObject *)exit_at), PyArray_DATA((PyArrayObject *)probs)};
+    return 0;
+}
+
+static PyObject *py_exit_reset(PyObject *mod, PyObject *args)
+{
+    PyObject *last, *streak, *exit_at, *probs;
+    int patience;
+    float threshold;
+    if (!PyArg_ParseTuple(args, "OOOOif", &last, &streak, &exit_at, &probs, &patience, &threshold)) {
+        return NULL;
+    }
+    eg_exit_state s;
+    if (exit_state_from(&s, last, streak, exit_at, probs, patience, threshold) < 0) {
+        return NULL;
+    }
+    eg_err err;
+    eg_err_clear(&err);
+    if (eg_exit_reset(&s, &err) != EG_OK) {
+        return eg_py_raise(&err, NULL);
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_exit_step(PyObject *mod, PyObject *args)
+{
+    PyObject *last, *streak, *exit_at, *probs, *idxo, *lo;
+    int patience, ladder, final;
+    float threshold;
+    if (!PyArg_ParseTuple(args, "OOOOifipOO", &last, &streak, &exit_at, &probs, &patience, &threshold,
+                          &ladder, &final, &idxo, &lo)) {
+        return NULL;
+    }
+    eg_exit_state s;
+    if (exit_state_from(&s, last, streak, exit_at, probs, patience, threshold) < 0) {
+        return NULL;
+    }
+    PyArrayObject *idx = as_i64(idxo, 1, "idx"), *L = NULL;
+    PyObject *act = NULL;
+    if (idx == NULL) {
+        return NULL;
+    }
+    L = (PyArrayObject *)PyArray_FROM_OTF(lo, NPY_FLOAT32, NPY_ARRAY_IN_ARRAY);
+    if (L == NULL) {
+        goto fail;
+    }
+    npy_intp m = PyArray_DIM(idx, 0);
+    if (PyArray_NDIM(L) != 2 || PyArray_DIM(L, 0) != m || PyArray_DIM(L, 1) != s.C) {
+        PyErr_Format(PyExc_ValueError, "exit step: logits must have shape (%lld, %d)", (long long)m, s.C);
+        goto fail;
+    }
+    act = PyArray_SimpleNew(1, &m, NPY_BOOL);
+    if (act == NULL) {
+        goto fail;
+    }
+    eg_err err;
+    eg_err_clear(&err);
+    eg_status st = eg_exit_step(&s, ladder, final, (int64_t)m, PyArray_DATA(idx), PyArray_DATA(L),
+                                PyArray_DATA((PyArrayObject *)act), NULL, &err);
+    if (st != EG_OK) {
+        Py_CLEAR(act);
+        eg_py_raise(&err, NULL);
+    }
+fail:
+    Py_XDECREF(idx);
+    Py_XDECREF(L);
+    return act;
+}
+
+static PyObject *py_exit_decide(PyObject *mod, PyObject *args)
+{
+    PyObject *lo, *hho;
+    int patience;
+    float threshold;
+    if (!PyArg_ParseTuple(args, "OifO", &lo, &patience, &threshold, &hho)) {
+        return NULL;
+    }
+    PyArrayObject *L = (PyArrayObject *)PyArray_FROM_OTF(lo, NPY_FLOAT32, NPY_ARRAY_IN_ARRAY);
+    PyArrayObject *hh = NULL;
+    PyObject *probs = NULL, *exit_at = NULL, *last = NULL, *streak = NULL, *res = NULL;
+    if (L == NULL) {
+        return NULL;
+    }
+    if (PyArray_NDIM(L) != 3 || PyArray_DIM(L, 0) < 1 || PyArray_DIM(L, 2) < 1 ||
+        PyArray_DIM(L, 0) > 4096 || PyArray_DIM(L, 2) > 0x7fffffff) {
+        PyErr_SetString(PyExc_ValueError, "logits must have shape (K, n, C) with K, C >= 1");
+        goto fail;
+    }
+    npy_intp K = PyArray_DIM(L, 0), n = PyArray_DIM(L, 1), C = PyArray_DIM(L, 2);
+    if (hho != Py_None) {
+        hh = (PyArrayObject *)PyArray_FROM_OTF(hho, NPY_UINT8, NPY_ARRAY_IN_ARRAY | NPY_ARRAY_FORCECAST);
+        if (hh == NULL) {
+            goto fail;
+        }
+        if (PyArray_NDIM(hh) != 1 || PyArray_DIM(hh, 0) != K) {
+            PyErr_SetString(PyExc_ValueError, "has_head must have one entry per ladder");
+            goto fail;
+        }
+    }
+    npy_intp d2[2] = {n, C};
+    probs = PyArray_ZEROS(2, d2, NPY_FLOAT32, 0);
+    exit_at = PyArray_ZEROS(1, &n, NPY_INT32, 0);
+    last = PyArray_ZEROS(1, &n, NPY_INT64, 0);
+    streak = PyArray_ZEROS(1, &n, NPY_INT32, 0);
+    if (probs == NULL || exit_at == NULL || last == NULL || streak == NULL) {
+        goto fail;
+    }
+    eg_exit_state s = {(int64_t)n, (int)C, patience, threshold,
+                       PyArray_DATA((PyArrayObject *)last), PyArray_DATA((PyArrayObject *)streak),
+                       PyArray_DATA((PyArrayObject *)exit_at), PyArray_DATA((PyArrayObject *)probs)};
+    eg_err err;
+    eg_err_clear(&err);
+    eg_status st;
+    Py_BEGIN_ALLOW_THREADS
+    st = eg_exit_decide(&s, (int)K, PyArray_DATA(L), hh ? PyArray_DATA(hh) : NULL, &err);
+    Py_END_ALLOW_THREADS
+    if (st != EG_OK) {
+        eg_py_raise(&err, NULL);
+        goto fail;
+    }
+    res = Py_BuildValue("(OO)", probs, exit_at);
+fail:
+    Py_XDECREF(L);
+    Py_XDECREF(hh);
+    Py_XDECREF(probs);
+    Py_XDECREF(exit_at);
+    Py_XDECREF(last);
+    Py_XDECREF(streak);
+    return res;
+}
+
+static PyMethodDef exit_functions[] = {
+    {"exit_reset", py_exit_reset, METH_VARARGS,
+     "exit_reset(last, streak, exit_at, probs, patience, threshold): validate and reset a policy state."},
+    {"exit_step", py_exit_step, METH_VARARGS,
+     "exit_step(last, streak, exit_at, probs, patience, threshold, ladder, final, idx, logits) -> "
+     "still-active mask (bool, len(idx)). Refuses exited targets."},
+    {"exit_decide", py_exit_decide, METH_VARARGS,
+     "exit_decide(logits (K, n, C), patience, threshold, has_head or None) -> (probs, exit_at)."},
+    {NULL, NULL, 0, NULL},
+};
+
 int eg_py_init_engine(PyObject *module)
 {
+    if (PyModule_AddFunctions(module, exit_functions) < 0) {
+        return -1;
+    }
     if (PyType_Ready(&GraphType) < 0 || PyType_Ready(&LadderType) < 0) {
         return -1;
     }

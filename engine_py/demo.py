@@ -25,29 +25,6 @@ def _default_cache_dir() -> str:
         os.path.expanduser("~"), ".cache", "engine_py")
 
 
-def exit_layers_from_heads(head_logits: np.ndarray, patience: int = 1) -> np.ndarray:
-    """Index of the ladder at which each node would exit under the paper's rule.
-
-    head_logits: (K, n, C) logits of every ladder's exit head. A node exits at
-    the first ladder i whose argmax has agreed with the previous ladder's
-    argmax `patience` times in a row; nodes that never settle use the last
-    ladder (K - 1). This is computed from all heads, so it measures *where* a
-    node would stop; it does not skip work (live early exit does).
-    """
-    pred = head_logits.argmax(axis=2)                 # (K, n)
-    k, n = pred.shape
-    exit_at = np.full(n, k - 1, dtype=np.int64)
-    done = np.zeros(n, dtype=bool)
-    streak = np.zeros(n, dtype=np.int64)
-    for i in range(1, k):
-        agree = pred[i] == pred[i - 1]
-        streak = np.where(agree, streak + 1, 0)
-        now = (streak >= patience) & ~done            # `& ~done`, not `== not_visited`
-        exit_at[now] = i
-        done |= now
-    return exit_at
-
-
 def run(cache_dir: str | None = None, epochs: int = 200, threads: int | None = None,
         seed: int = 0, show_progress_bar: bool | None = None) -> dict:
     """Run the demo and return its numbers (also printed)."""
@@ -94,9 +71,11 @@ def run(cache_dir: str | None = None, epochs: int = 200, threads: int | None = N
         print(f"{name:<36} test acc {100 * acc:5.1f}%   trained in {t_fit:5.1f} s")
 
     engine = results[runs[0][0]]["model"]
-    heads = engine.predict_logits(g.test_idx, cache=cache, graph=graph, all_heads=True)
-    exit_at = exit_layers_from_heads(heads, patience=1)
-    exit_pred = heads[exit_at, np.arange(len(exit_at))].argmax(axis=1)
+    # dynamic early exit (the C rule, engine_py.early_exit): ladders run only
+    # for test nodes that have not exited yet
+    exit_pred, exit_layer = engine.predict(g.test_idx, cache=cache, graph=graph, exit="dynamic",
+                                           patience=1, return_exit_layer=True)
+    exit_at = np.searchsorted(layers, exit_layer)
     exit_acc = float(np.mean(exit_pred == g.labels[g.test_idx]))
     counts = np.bincount(exit_at, minlength=len(layers))
     print()

@@ -392,8 +392,150 @@ class EngineClassifier:
     def predict_proba(self, node_ids, cache=None, graph=None):
         return _softmax(self.predict_logits(node_ids, cache, graph).astype(np.float64))
 
-    def predict(self, node_ids, cache=None, graph=None):
-        return self.predict_logits(node_ids, cache, graph).argmax(axis=1)
+    def predict(self, node_ids, cache=None, graph=None, *, exit="none", patience=1, threshold=None,
+                return_exit_layer=False, encoder=None, texts=None):
+        """Class of each node.
+
+        ``exit="none"``: every ladder for every node. ``exit="dynamic"``: a
+        node stops at the first ladder whose head agrees with the previous
+        head ``patience`` times in a row (or whose top probability reaches
+        ``threshold``), and the ladders are computed only for the subgraphs of
+        nodes that have not exited (engine_py.early_exit). With
+        ``encoder`` and ``texts`` (one text per graph node) no cache is used:
+        the subgraph nodes are encoded on the fly, layer by layer, and the
+        encoder stops for nodes no longer needed (the paper's Table 4
+        setting). ``return_exit_layer``: also return the LLM layer each node
+        exited at.
+        """
+        if exit == "none" and encoder is None and texts is None and not return_exit_layer:
+            return self.predict_logits(node_ids, cache, graph).argmax(axis=1)
+        probs, ladder = self._predict_exit(node_ids, cache, graph, exit, patience, threshold,
+                                           encoder, texts)
+        pred = probs.argmax(axis=1)
+        if return_exit_layer:
+            return pred, np.asarray(self.layers_, np.int64)[ladder]
+        return pred
+
+    # ------------------------------------------------------- early exit
+    def _exit_args(self, exit, patience, threshold):
+        from .early_exit import _patience, _threshold
+        if exit not in ("none", "dynamic"):
+            raise ValueError(f"exit must be 'none' or 'dynamic', got {exit!r}")
+        if exit == "dynamic" and not self.early_exit and len(self.layers_) > 1:
+            raise ValueError("exit='dynamic' needs exit heads: fit with early_exit=True")
+        _patience(patience), _threshold(threshold)   # validate early
+        return exit == "dynamic", patience, threshold
+
+    def _check_encoder(self, encoder):
+        if not hasattr(encoder, "_model") or not hasattr(encoder, "tokenize"):
+            raise TypeError("encoder must be an engine_py.Encoder")
+        if int(encoder.hidden_size) != self.in_dim_:
+            raise ValueError(f"the encoder's hidden size {encoder.hidden_size} != the model's input dim "
+                             f"{self.in_dim_}")
+        if list(self.layers_) != sorted(set(self.layers_)) or max(self.layers_) > int(encoder.num_layers):
+            raise ValueError(f"live mode needs increasing layers within the encoder's 0..{encoder.num_layers}, "
+                             f"the model uses {self.layers_}")
+
+    def _predict_exit(self, node_ids, cache, graph, exit, patience, threshold, encoder, texts):
+        from .early_exit import ExitPolicy, run_batch
+        self._check_fitted()
+        dynamic, patience, threshold = self._exit_args(exit, patience, threshold)
+        if (encoder is None) != (texts is None):
+            raise ValueError("live mode needs both encoder= and texts=")
+        if encoder is None:
+            cache, graph = self._resolve_data(cache, graph)
+            n = int(cache.num_nodes)
+        else:
+            self._check_encoder(encoder)
+            texts = list(texts)
+            n = len(texts)
+            if graph is None:
+                graph = getattr(self, "graph_", None)
+                if graph is None:
+                    raise ValueError("no graph: pass graph=")
+            graph = self._as_graph(graph, n)
+            cache = None
+        ids = _as_ids(node_ids, n, "node_ids")
+        policy = ExitPolicy(len(ids), self.num_classes_, patience, threshold)
+        bs = int(self.batch_size)
+        eval_seed = _seed64(self.seed, 0xE7A1)
+        self.last_encoder_layers_ = 0
+        for s in range(0, len(ids), bs):
+            t = ids[s:s + bs]
+            b = self._sample(graph, t, eval_seed)
+            kw = {}
+            if encoder is not None:
+                keys, seq_of = np.unique(b.nodes, return_inverse=True)
+                kw = dict(seq_of=seq_of.astype(np.int64), encoder=encoder,
+                          token_ids=encoder.tokenize([texts[k] for k in keys]))
+            self.last_encoder_layers_ += run_batch(self.model_, self.layers_, b,
+                                                   np.arange(s, s + len(t), dtype=np.int64), policy,
+                                                   dynamic, cache=cache, **kw)
+        return policy.probs, policy.exit_ladder.astype(np.int64)
+
+    def predict_new(self, encoder, texts, neighbors, cache, graph=None, *, exit="dynamic", patience=1,
+                    threshold=None, batch_size=64, return_exit_layer=False):
+        """Classify new nodes from their texts and their links to known nodes.
+
+        ``neighbors[j]`` holds the existing node ids new node j links to. Each
+        new node gets the subgraph the model was trained with, built on the
+        known graph plus the new node (``khop``: the node, its neighbours (at
+        most ``max_neighbors``, seeded) and the induced edges among them); its
+        neighbours' states come from ``cache``, its own from ``encoder``, run
+        layer by layer: after each of the model's layers the ladder runs and
+        nodes that exited are dropped from the encoder batch. ``exit="none"``
+        is the full-depth baseline through the same code. Returns the classes
+        (and with ``return_exit_layer`` the LLM layer each node exited at).
+        """
+        from .early_exit import ExitPolicy, run_batch
+        self._check_fitted()
+        dynamic, patience, threshold = self._exit_args(exit, patience, threshold)
+        self._check_encoder(encoder)
+        cache, graph = self._resolve_data(cache, graph)
+        if self.sampler != "khop":
+            raise ValueError("predict_new supports sampler='khop' only (a random walk through a new node "
+                             "could reach other new nodes)")
+        fp = getattr(cache, "fingerprint", None)
+        if isinstance(fp, str) and fp and fp != encoder.fingerprint()[:len(fp)]:
+            raise ValueError("the encoder's fingerprint differs from the cache's: the cached states "
+                             "were computed by another encoder (or tokenizer / max_length)")
+        if isinstance(texts, str):
+            raise TypeError("texts must be a list of strings")
+        texts = list(texts)
+        neighbors = list(neighbors)
+        if len(texts) != len(neighbors):
+            raise ValueError(f"{len(texts)} texts but {len(neighbors)} neighbour lists")
+        bs = int(batch_size)
+        if bs < 1:
+            raise ValueError("batch_size must be >= 1")
+        n, m = int(cache.num_nodes), len(texts)
+        src, dst = [], []
+        for j, nb in enumerate(neighbors):
+            a = np.unique(_as_ids(np.asarray(nb, dtype=np.int64).reshape(-1), n, f"neighbors[{j}]"))
+            src.append(a)
+            dst.append(np.full(a.size, n + j, np.int64))
+        ei = graph.edge_index
+        if m:
+            s_new, d_new = np.concatenate(src), np.concatenate(dst)
+            ei = np.concatenate([ei, np.stack([s_new, d_new]), np.stack([d_new, s_new])], axis=1)
+        aug = Graph(ei, num_nodes=n + m, undirected=False)
+        policy = ExitPolicy(m, self.num_classes_, patience, threshold)
+        eval_seed = _seed64(self.seed, 0xE7A1)
+        self.last_encoder_layers_ = 0
+        for s in range(0, m, bs):
+            t = np.arange(s, min(m, s + bs), dtype=np.int64)
+            b = self._sample(aug, n + t, eval_seed)
+            new = b.nodes >= n
+            seq_of = np.full(len(b.nodes), -1, np.int64)
+            keys, inv = np.unique(b.nodes[new] - n, return_inverse=True)
+            seq_of[new] = inv
+            self.last_encoder_layers_ += run_batch(
+                self.model_, self.layers_, b, t, policy, dynamic, cache=cache, seq_of=seq_of,
+                token_ids=encoder.tokenize([texts[k] for k in keys]), encoder=encoder)
+        pred = policy.probs.argmax(axis=1)
+        if return_exit_layer:
+            return pred, np.asarray(self.layers_, np.int64)[policy.exit_ladder]
+        return pred
 
     def score(self, node_ids, y, cache=None, graph=None):
         y = np.asarray(y)

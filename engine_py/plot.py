@@ -5,7 +5,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-__all__ = ["expert_load"]
+__all__ = ["expert_load", "exit_histogram"]
 
 
 def expert_load(load: Any, ax: Any = None, title: str | None = None,
@@ -44,5 +44,46 @@ def expert_load(load: Any, ax: Any = None, title: str | None = None,
     ax.set_xlabel("expert")
     ax.set_ylabel("fraction of routed slots")
     ax.set_title(title or "Expert load")
+    ax.legend(fontsize="small")
+    return ax
+
+
+def exit_histogram(exit_layers: Any, layers: Sequence[int], ax: Any = None, title: str | None = None,
+                   label: str | None = None) -> Any:
+    """Bar chart of how many nodes exited at each of the model's LLM layers.
+
+    ``exit_layers``: the LLM layer each node exited at (as returned by
+    ``predict(..., return_exit_layer=True)``) or a list of such arrays (one
+    group of bars each, e.g. patience 1 and 2); ``layers``: the model's layers
+    (``clf.layers_``). The legend gives each group's mean exit layer. Returns
+    the matplotlib Axes.
+    """
+    import matplotlib.pyplot as plt
+
+    layers = [int(l) for l in layers]
+    if not layers:
+        raise ValueError("layers is empty")
+    groups = exit_layers if isinstance(exit_layers, (list, tuple)) and len(exit_layers) and \
+        np.ndim(exit_layers[0]) == 1 else [exit_layers]
+    labels = label if isinstance(label, (list, tuple)) else [label] * len(groups)
+    if ax is None:
+        _, ax = plt.subplots(figsize=(max(4.0, 0.7 * len(layers) + 2), 3.2))
+    xs = np.arange(len(layers))
+    width = 0.8 / len(groups)
+    for i, e in enumerate(groups):
+        e = np.asarray(e, dtype=np.int64).ravel()
+        bad = ~np.isin(e, layers)
+        if bad.any():
+            raise ValueError(f"exit layer {e[bad][0]} is not one of the model's layers {layers}")
+        counts = np.array([(e == l).sum() for l in layers])
+        name = labels[i] or (f"group {i}" if len(groups) > 1 else "nodes")
+        mean = float(e.mean()) if e.size else float("nan")
+        ax.bar(xs + (i - (len(groups) - 1) / 2) * width, counts, width=width,
+               label=f"{name} (mean layer {mean:.2f})")
+    ax.set_xticks(xs)
+    ax.set_xticklabels([str(l) for l in layers])
+    ax.set_xlabel("LLM layer at exit")
+    ax.set_ylabel("nodes")
+    ax.set_title(title or "Early-exit layers")
     ax.legend(fontsize="small")
     return ax

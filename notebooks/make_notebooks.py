@@ -465,6 +465,77 @@ GMOE = [
 
 NOTEBOOKS["04_gmoe_layer.ipynb"] = GMOE
 
+EARLY_EXIT = [
+    new_markdown_cell(
+        "# 03 — Dynamic early exit on new nodes\n\n"
+        "ENGINE (Early) puts an exit head on every ladder. A node stops at the first ladder whose "
+        "prediction agrees with the previous ladder's `patience` times in a row (patience 1 is the "
+        "paper's rule). engine_py makes that *skip work*: a new node arrives with its text and its "
+        "links to known nodes; the encoder runs on its text layer by layer, the ladder runs after "
+        "each layer, and the encoder stops for the node as soon as it exits. Its neighbours' "
+        "states come from the layer cache. Small data: the Debian-package demo graph."),
+    new_code_cell(
+        "import os, tempfile, time\n"
+        "import numpy as np\n"
+        "import engine_py\n"
+        "from engine_py import EngineClassifier, Encoder, Graph, LayerCache\n"
+        "from engine_py.models import minilm_path\n\n"
+        "engine_py.set_num_threads(1)   # tiny ladder batches: one thread is fastest on a shared machine\n"
+        "g = engine_py.datasets.demo_graph()\n"
+        "enc = Encoder.from_pretrained(minilm_path(), max_length=128)\n"
+        "layers = list(range(enc.num_layers + 1))\n"
+        "tmp = tempfile.mkdtemp()\n"
+        "t0 = time.perf_counter()\n"
+        "cache = LayerCache.build(os.path.join(tmp, 'demo.cache'), enc, g.texts, layers=layers,\n"
+        "                         dtype='float16', batch_size=64, show_progress_bar=False)\n"
+        "print(cache, f'{time.perf_counter() - t0:.1f} s')"),
+    new_markdown_cell(
+        "## Hold the test nodes out\n\n"
+        "Every edge touching a test node is removed from the graph ENGINE trains on; at prediction "
+        "time each test node brings its text and its links to known nodes."),
+    new_code_cell(
+        "is_test = np.zeros(g.num_nodes, bool)\n"
+        "is_test[g.test_idx] = True\n"
+        "ei = np.asarray(g.edge_index)\n"
+        "graph = Graph(ei[:, ~(is_test[ei[0]] | is_test[ei[1]])], g.num_nodes)\n"
+        "full = Graph(ei, g.num_nodes)\n"
+        "neighbors = [full.indices[full.indptr[v]:full.indptr[v + 1]] for v in g.test_idx]\n"
+        "neighbors = [nb[~is_test[nb]] for nb in neighbors]\n"
+        "texts = [g.texts[v] for v in g.test_idx]\n"
+        "y = g.labels[g.test_idx]\n"
+        "clf = EngineClassifier(layers=layers, early_exit=True, epochs=15, seed=0, show_progress_bar=False)\n"
+        "clf.fit(cache, graph, g.labels, g.train_idx, g.val_idx)\n"
+        "print(clf.n_epochs_, 'epochs, best val acc', round(clf.best_val_acc_, 3))"),
+    new_markdown_cell("## Full depth vs dynamic exit, same code path"),
+    new_code_cell(
+        "results = {}\n"
+        "for name, kw in [('none', dict(exit='none')), ('patience 1', dict(exit='dynamic', patience=1)),\n"
+        "                 ('patience 2', dict(exit='dynamic', patience=2))]:\n"
+        "    t0 = time.perf_counter()\n"
+        "    pred, layer = clf.predict_new(enc, texts, neighbors, cache, graph=graph,\n"
+        "                                  return_exit_layer=True, **kw)\n"
+        "    results[name] = (time.perf_counter() - t0, float((pred == y).mean()), layer)\n"
+        "base = results['none']\n"
+        "for name, (t, acc, layer) in results.items():\n"
+        "    print(f'{name:<11} {t:6.2f} s  speed-up {base[0] / t:4.2f}x  acc {acc:.3f}  '\n"
+        "          f'mean exit layer {layer.mean():.2f} (bound {6 / layer.mean():.2f}x)')\n"
+        "assert results['patience 1'][2].mean() < base[2].mean()"),
+    new_code_cell(
+        "from engine_py.plot import exit_histogram\n"
+        "ax = exit_histogram([results['patience 1'][2], results['patience 2'][2]], layers,\n"
+        "                    label=['patience 1', 'patience 2'])"),
+    new_markdown_cell(
+        "With 6 encoder layers the speed-up is bounded by 6 / (mean exit layer). Patience 1 stops "
+        "most nodes after layer 1; patience 2 trades part of the speed for safety. "
+        "`python -m engine_py bench early-exit` measures this on all test nodes and writes "
+        "BENCHMARKS.md. The same exit rule also works without new nodes: "
+        "`clf.predict(ids, exit='dynamic')` on the cache (ladders only) and "
+        "`clf.predict(ids, encoder=enc, texts=g.texts, exit='dynamic')` encoding every subgraph "
+        "node on the fly."),
+]
+
+NOTEBOOKS["03_early_exit.ipynb"] = EARLY_EXIT
+
 
 def main(argv: list[str]) -> int:
     for name, cells in NOTEBOOKS.items():

@@ -60,7 +60,7 @@ struct eg_ladder {
     ladder_off lo[MAX_LADDERS];
     /* batch state */
     eg_arena arena;
-    int begun, next, have_loss, training;
+    int begun, next, have_loss, training, compacted;
     uint64_t seed;
     int64_t N, G, E;
     int64_t *graph_ptr, *labels;
@@ -423,6 +423,7 @@ eg_status eg_ladder_begin(eg_ladder *m, int64_t G, const int64_t *graph_ptr, int
     m->training = training;
     m->seed = seed;
     m->next = 0;
+    m->compacted = 0;
     m->begun = 1;
     memset(m->act, 0, sizeof m->act);
     return EG_OK;
@@ -570,6 +571,9 @@ eg_status eg_ladder_loss(eg_ladder *m, const int64_t *labels, float *loss, float
                          eg_err *err)
 {
     const eg_ladder_config *c = &m->cfg;
+    if (m->compacted) {
+        return eg_seterr(err, EG_ESTATE, "ladder: loss is not defined after eg_ladder_keep");
+    }
     if (!m->begun || m->next != c->num_ladders) {
         return eg_seterr(err, EG_ESTATE, "ladder: loss needs a full forward (%d of %d ladders run)",
                          m->next, c->num_ladders);
@@ -721,5 +725,80 @@ eg_status eg_ladder_backward(eg_ladder *m, eg_err *err)
             memcpy(dx_next, dprev, Nk * sizeof(float));
         }
     }
+    return EG_OK;
+}
+
+/* ------------------------------------------------------ subset (early exit) */
+
+eg_status eg_ladder_keep(eg_ladder *m, const uint8_t *keep, eg_err *err)
+{
+    const eg_ladder_config *c = &m->cfg;
+    if (!m->begun || m->next < 1 || m->next >= c->num_ladders) {
+        return eg_seterr(err, EG_ESTATE, "ladder keep: needs a batch after 1 .. K-1 forward steps (%d run)",
+                         m->next);
+    }
+    if (m->training) {
+        return eg_seterr(err, EG_ESTATE, "ladder keep: not allowed on a training batch");
+    }
+    const int64_t G = m->G, N = m->N;
+    int64_t G2 = 0, N2 = 0, E2 = 0;
+    for (int64_t g = 0; g < G; g++) {
+        if (keep[g]) {
+            G2++;
+            N2 += m->graph_ptr[g + 1] - m->graph_ptr[g];
+            E2 += m->g.ptr[m->graph_ptr[g + 1]] - m->g.ptr[m->graph_ptr[g]];
+        }
+    }
+    if (G2 == 0) {
+        return eg_seterr(err, EG_EINVAL, "ladder keep: keeps no subgraph");
+    }
+    const int k = c->reduced_dim;
+    int64_t *gp, *p, *s, *rp, *rd, *re, *newid;
+    float *z;
+    ALLOC(gp, G2 + 1);
+    ALLOC(p, N2 + 1);
+    ALLOC(s, E2);
+    ALLOC(rp, N2 + 1);
+    ALLOC(rd, E2);
+    ALLOC(re, E2);
+    ALLOC(newid, N);
+    ALLOC(z, (size_t)N2 * k);
+    const float *zold = m->act[m->next - 1].z;
+    int64_t gw = 0, nw = 0, ew = 0;
+    gp[0] = 0;
+    p[0] = 0;
+    for (int64_t g = 0; g < G; g++) {
+        if (!keep[g]) {
+            continue;
+        }
+        int64_t a = m->graph_ptr[g], b = m->graph_ptr[g + 1];
+        for (int64_t v = a; v < b; v++) {
+            newid[v] = nw + (v - a);
+        }
+        for (int64_t v = a; v < b; v++) {
+            memcpy(z + (size_t)nw * k, zold + (size_t)v * k, (size_t)k * sizeof(float));
+            for (int64_t j = m->g.ptr[v]; j < m->g.ptr[v + 1]; j++) {
+                /* subgraphs are disjoint: a source outside [a, b) is a malformed batch */
+                int64_t u = m->g.src[j];
+                if (u < a || u >= b) {
+                    return eg_seterr(err, EG_EINVAL, "ladder keep: edge %lld crosses subgraphs",
+                                     (long long)j);
+                }
+                s[ew++] = newid[u];
+            }
+            nw++;
+            p[nw] = ew;
+        }
+        gp[++gw] = nw;
+    }
+    eg_csr_reverse(rp, rd, re, p, s, N2);
+    m->graph_ptr = gp;
+    m->g = (eg_gnn_graph){N2, E2, p, s, rp, rd, re};
+    m->N = N2;
+    m->G = G2;
+    m->E = E2;
+    m->act[m->next - 1].z = z;
+    m->compacted = 1;
+    m->have_loss = 0;
     return EG_OK;
 }

@@ -106,6 +106,54 @@ void eg_ladder_zero_grad(eg_ladder *m);
 void eg_ladder_adamw_step(eg_ladder *m, float lr, float weight_decay, float beta1, float beta2,
                           float eps);
 
+/* Eval only: after forward_step(i) (and before step i+1), keep only the
+ * subgraphs g with keep[g] != 0 (G entries, at least one non-zero): the batch
+ * graph, the subgraph table and the recurrent state z_i are compacted in
+ * order, so the next forward_step takes states (N', D) for the kept nodes
+ * only (the nodes of the kept subgraphs, in their batch order). Used by
+ * dynamic early exit to stop computing ladders for exited targets. Not
+ * allowed on a training batch; after it, loss/backward refuse the batch. */
+eg_status eg_ladder_keep(eg_ladder *m, const uint8_t *keep, eg_err *err);
+
+/* ------------------------------------------------ dynamic early exit (exit.c)
+ * Per-target state of the exit policy (docs/ALGORITHMS.md §A.5). A target
+ * exits at the first ladder with a head whose argmax has agreed with the
+ * previous head's argmax `patience` times in a row (patience 1 = the paper's
+ * rule: two consecutive agreeing heads), or, when threshold > 0, whose
+ * largest softmax probability is >= threshold; at the last ladder every
+ * remaining target exits. An exited target's output (the softmax of the head
+ * it exited at) is frozen: updating it again is an error, never an overwrite
+ * (the reference's mask `(cur == last) == not_visited` re-selects exited
+ * targets; ours is `(cur == last) & not_visited`).
+ * All arrays are owned by the caller and sized for n targets. */
+typedef struct {
+    int64_t n;          /* targets */
+    int C;              /* classes >= 1 */
+    int patience;       /* >= 1 */
+    float threshold;    /* <= 0: off; else in (0, 1] */
+    int64_t *last;      /* (n) argmax of the previous head, -1 before the first */
+    int32_t *streak;    /* (n) consecutive agreements so far */
+    int32_t *exit_at;   /* (n) ladder index the target exited at, -1 while active */
+    float *probs;       /* (n, C) output: frozen once exited */
+} eg_exit_state;
+
+/* Validate the scalars and reset the arrays (last = -1, streak = 0,
+ * exit_at = -1, probs = 0). */
+eg_status eg_exit_reset(eg_exit_state *s, eg_err *err);
+/* One head's update for the m still-active targets idx (m distinct ids in
+ * [0, n), none exited) with their logits (m, C), finite. `final`: the last
+ * ladder, everyone exits. active_out (m, may be NULL): 1 if the target is
+ * still active after this ladder. *num_exited (may be NULL): targets that
+ * exited at this ladder. Validates everything before changing any state. */
+eg_status eg_exit_step(eg_exit_state *s, int ladder, int final, int64_t m, const int64_t *idx,
+                       const float *logits, uint8_t *active_out, int64_t *num_exited, eg_err *err);
+/* The whole policy from every head's logits (K, n, C) at once (has_head (K),
+ * NULL = every ladder has a head; the last must have one): fills s->probs and
+ * s->exit_at (s is reset first). Measures where targets exit; it saves no
+ * work (the live and cached predictors stop computing instead). */
+eg_status eg_exit_decide(eg_exit_state *s, int K, const float *logits, const uint8_t *has_head,
+                         eg_err *err);
+
 #ifdef __cplusplus
 }
 #endif

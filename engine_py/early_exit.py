@@ -1,0 +1,164 @@
+"""Dynamic early exit for ENGINE (docs/ALGORITHMS.md §A.5) that skips work.
+
+The rule itself is C (csrc/engine/exit.c): a target exits at the first ladder
+whose head's argmax has agreed with the previous head's argmax ``patience``
+times in a row (patience 1 is the paper's rule), or whose largest probability
+is >= ``threshold``; its output is then frozen. This module drives the G-Ladder
+one ladder at a time and, after each ladder, drops the exited targets' subgraphs
+from the ladder batch (``Ladder.keep``) and, in live mode, the sequences no
+longer needed from the encoder batch (``BertState.compact``) before the encoder
+is advanced to the next selected layer. Three state sources share one loop:
+
+* cached: every node's states come from the layer cache;
+* live, new nodes: the new node's own states come from the encoder, run layer by
+  layer; its neighbours' states come from the cache;
+* live, transductive (no cache): every subgraph node is encoded on the fly.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import _core
+
+__all__ = ["ExitPolicy", "exit_decide"]
+
+
+def _threshold(threshold):
+    if threshold is None:
+        return -1.0
+    t = float(threshold)
+    if not (0.0 < t <= 1.0):
+        raise ValueError(f"threshold must be in (0, 1] or None, got {threshold}")
+    return t
+
+
+def _patience(patience):
+    if isinstance(patience, bool) or not isinstance(patience, (int, np.integer)) or patience < 1:
+        raise ValueError(f"patience must be an int >= 1, got {patience!r}")
+    return int(patience)
+
+
+class ExitPolicy:
+    """Per-target exit state over ``n`` targets and ``C`` classes (C core).
+
+    ``step(ladder, final, idx, logits)`` updates the still-active targets
+    ``idx`` with that ladder's head logits and returns their still-active
+    mask; updating an exited target raises (its output is frozen).
+    ``probs`` (n, C) and ``exit_ladder`` (n; -1 while active) are the results.
+    """
+
+    def __init__(self, n, num_classes, patience=1, threshold=None):
+        self.patience = _patience(patience)
+        self.threshold = _threshold(threshold)
+        self.last = np.empty(int(n), np.int64)
+        self.streak = np.empty(int(n), np.int32)
+        self.exit_ladder = np.empty(int(n), np.int32)
+        self.probs = np.empty((int(n), int(num_classes)), np.float32)
+        _core.exit_reset(self.last, self.streak, self.exit_ladder, self.probs, self.patience,
+                         self.threshold)
+
+    def step(self, ladder, final, idx, logits):
+        return _core.exit_step(self.last, self.streak, self.exit_ladder, self.probs, self.patience,
+                               self.threshold, int(ladder), bool(final),
+                               np.ascontiguousarray(idx, np.int64), np.ascontiguousarray(logits, np.float32))
+
+
+def exit_decide(head_logits, patience=1, threshold=None, has_head=None):
+    """The exit rule applied to every head's logits (K, n, C) at once.
+
+    Returns ``(probs (n, C), exit_ladder (n,))``: the frozen output and the
+    ladder index each target exits at. This measures where targets would stop;
+    it saves no work (``EngineClassifier.predict(exit="dynamic")`` does).
+    """
+    z = np.ascontiguousarray(head_logits, dtype=np.float32)
+    if z.ndim != 3:
+        raise ValueError(f"head_logits must have shape (K, n, C), got {z.shape}")
+    hh = None if has_head is None else np.asarray(has_head, dtype=np.uint8)
+    return _core.exit_decide(z, _patience(patience), _threshold(threshold), hh)
+
+
+def _nodes_of(graph_ptr, graphs):
+    """Batch-node indices of the given subgraphs, in order."""
+    if len(graphs) == 0:
+        return np.zeros(0, np.int64)
+    return np.concatenate([np.arange(graph_ptr[g], graph_ptr[g + 1]) for g in graphs]).astype(np.int64)
+
+
+class _LiveEncoder:
+    """The encoder batch of one ladder batch: one sequence per distinct encoded
+    node, advanced layer by layer, compacted to the sequences still needed."""
+
+    def __init__(self, encoder, token_ids):
+        self.state = _core.BertState(encoder._model)
+        self.held = np.arange(len(token_ids), dtype=np.int64)   # sequence ids held, in state order
+        lengths = np.fromiter((len(t) for t in token_ids), np.int64, count=len(token_ids))
+        offsets = np.zeros(len(token_ids) + 1, np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        self.state.embed(np.concatenate(token_ids).astype(np.int32), offsets)
+        self.layers_run = 0   # sequence-layers actually computed (for reports)
+
+    def states(self, layer, needed):
+        """Pooled states of hidden state ``layer`` for the sorted sequence ids
+        ``needed`` (a subset of those held); drops every other sequence."""
+        if len(needed) < len(self.held):
+            pos = np.searchsorted(self.held, needed)
+            self.state.compact(pos.astype(np.int32))
+            self.held = needed
+        cur = self.state.layer
+        if layer < cur:
+            raise ValueError("live mode needs the model's layers in increasing order")
+        self.layers_run += (layer - cur) * len(self.held)
+        self.state.run_layers(int(layer))
+        return self.state.pool()
+
+
+def run_batch(model, layers, batch, targets, policy, dynamic, cache=None, seq_of=None,
+              token_ids=None, encoder=None):
+    """Run one ladder batch with early exit.
+
+    ``batch``: a graph.Batch (one subgraph per target; ``targets`` are the
+    policy indices of its subgraphs). A batch node j takes its states from the
+    encoder when ``seq_of[j] >= 0`` (sequence ``seq_of[j]`` of ``token_ids``),
+    else from ``cache.gather(layer, batch.nodes[j])``. Returns the number of
+    sequence-layers the encoder computed.
+    """
+    K = len(layers)
+    gp = batch.graph_ptr
+    G = len(gp) - 1
+    live = None
+    if seq_of is not None and len(token_ids):
+        live = _LiveEncoder(encoder, token_ids)
+    model.begin(gp, batch.indptr, batch.indices, False, 0)
+    active = np.arange(G, dtype=np.int64)
+    sel = np.arange(len(batch.nodes), dtype=np.int64)
+    for i in range(K):
+        D = None
+        from_cache = sel if seq_of is None else sel[seq_of[sel] < 0]
+        enc_rows = None if seq_of is None else sel[seq_of[sel] >= 0]
+        if cache is not None and len(from_cache):
+            hc = np.asarray(cache.gather(layers[i], batch.nodes[from_cache]), dtype=np.float32)
+            D = hc.shape[1]
+        if live is not None and len(enc_rows):
+            needed = np.unique(seq_of[enc_rows])
+            pooled = live.states(layers[i], needed)
+            D = pooled.shape[1]
+        H = np.empty((len(sel), D), np.float32)
+        if seq_of is None:
+            H[:] = hc
+        else:
+            mask = seq_of[sel] >= 0
+            if (~mask).any():
+                H[~mask] = hc
+            if mask.any():
+                H[mask] = pooled[np.searchsorted(needed, seq_of[enc_rows])]
+        logits = model.forward_step(i, H)
+        if logits is None or (not dynamic and i < K - 1):
+            continue
+        still = policy.step(i, i == K - 1, targets[active], logits)
+        if i == K - 1 or not still.any():
+            break
+        if not still.all():
+            model.keep(still)
+            active = active[still]
+            sel = _nodes_of(gp, active)   # original batch rows of the kept subgraphs, in order
+    return 0 if live is None else live.layers_run
