@@ -33,6 +33,8 @@ from .engine import EngineClassifier, InMemoryStates, NotFittedError  # noqa: E4
 from . import gmoe, models, plot  # noqa: E402,F401
 from .encoder import Encoder  # noqa: E402,F401
 from .cache import CacheCorruptError, LayerCache  # noqa: E402,F401
+from . import early_exit  # noqa: E402,F401
+from .early_exit import ExitPolicy, exit_decide  # noqa: E402,F401
 from .gmoe import MoELoRAFFN  # noqa: E402,F401
 from .io import SafetensorsError, load_safetensors, load_state, save_safetensors  # noqa: E402,F401
 
@@ -52,5 +54,5 @@ __all__ = [
     "WordPieceTokenizer", "TokenizerFormatError",
     "Graph", "Batch", "EngineClassifier", "InMemoryStates", "NotFittedError",
     "gmoe", "plot", "MoELoRAFFN", "models", "Encoder",
-    "LayerCache", "CacheCorruptError",
+    "LayerCache", "CacheCorruptError", "early_exit", "ExitPolicy", "exit_decide",
 ]
