@@ -1,0 +1,157 @@
+"""Regenerate the seed corpora under csrc/fuzz/corpus/<target>/.
+
+Run from the repository root with the extension built in place:
+    python csrc/fuzz/make_corpus.py
+Seeds are small valid (and a few nearly valid) inputs in each harness's input
+format (see the header comment of csrc/fuzz/fuzz_<target>.c); the whole corpus
+stays well under 1 MB. The fuzzers add what they find to their own working
+corpus (build/fuzz/corpus), not to these folders.
+"""
+import os
+import shutil
+import struct
+import sys
+import tempfile
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.abspath(os.path.join(HERE, "..", "..")))
+
+
+def out_dir(name):
+    d = os.path.join(HERE, "corpus", name)
+    shutil.rmtree(d, ignore_errors=True)
+    os.makedirs(d)
+    return d
+
+
+def put(d, name, data):
+    with open(os.path.join(d, name), "wb") as f:
+        f.write(data)
+
+
+def safetensors_seeds():
+    from safetensors.numpy import save
+    d = out_dir("safetensors")
+    put(d, "f32_i64_meta", save({"w": np.arange(6, dtype=np.float32).reshape(2, 3),
+                                 "ids": np.array([1, -2, 3], dtype=np.int64)},
+                                metadata={"format": "np", "k": "v"}))
+    put(d, "f16_scalar_empty", save({"s": np.array(1.5, dtype=np.float16),
+                                     "e": np.zeros((0, 4), dtype=np.float32)}))
+    put(d, "many_dtypes", save({"b": np.array([True, False]), "u8": np.arange(3, dtype=np.uint8),
+                                "i8": np.arange(2, dtype=np.int8), "i16": np.arange(2, dtype=np.int16),
+                                "u16": np.arange(2, dtype=np.uint16), "i32": np.arange(2, dtype=np.int32),
+                                "u32": np.arange(2, dtype=np.uint32), "f64": np.arange(2, dtype=np.float64),
+                                "u64": np.arange(2, dtype=np.uint64)}))
+    import torch
+    from safetensors.torch import save as tsave
+    put(d, "bf16_unicode_name", tsave({"poids.\u00e9\u4e2d": torch.ones(2, 2, dtype=torch.bfloat16)}))
+    put(d, "empty", save({}))
+    hdr = b'{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}'
+    put(d, "hand_made", struct.pack("<Q", len(hdr)) + hdr + b"\0\0\x80\x3f")
+
+
+class FakeEncoder:
+    def __init__(self, num_layers=3, hidden_size=8, fail_after=None):
+        self.num_layers = num_layers
+        self.hidden_size = hidden_size
+        self.fail_after = fail_after
+        self.calls = 0
+
+    def fingerprint(self):
+        return "fuzz-seed-encoder"
+
+    def encode_layers(self, texts, layers=None, batch_size=64, show_progress_bar=False):
+        self.calls += 1
+        if self.fail_after is not None and self.calls > self.fail_after:
+            raise KeyboardInterrupt
+        out = np.empty((len(layers), len(texts), self.hidden_size), np.float32)
+        for i, t in enumerate(texts):
+            for j, l in enumerate(layers):
+                out[j, i] = np.sin(len(t) * (l + 1) + 0.37 * np.arange(self.hidden_size))
+        return out
+
+
+def cache_seeds():
+    from engine_py.cache import LayerCache
+    d = out_dir("cache")
+    tmp = tempfile.mkdtemp()
+    texts = ["node %d" % i for i in range(10)]
+    specs = [("f16_2layers", dict(layers=[0, 2], dtype="float16")),
+             ("f32_chunk4", dict(layers=[1], dtype="float32", chunk_rows=4)),
+             ("bf16_capacity", dict(layers=[3, 0], dtype="bfloat16", capacity=20, chunk_rows=3))]
+    for name, kw in specs:
+        p = os.path.join(tmp, name + ".egc")
+        LayerCache.build(p, FakeEncoder(), texts, batch_size=4, show_progress_bar=False, **kw).close()
+        with open(p, "rb") as f:
+            put(d, name, b"\x0f" + f.read())
+    # a partial cache: the build stops after its first batch
+    p = os.path.join(tmp, "partial.egc")
+    try:
+        LayerCache.build(p, FakeEncoder(fail_after=1), texts, layers=[0, 1], batch_size=3,
+                         chunk_rows=2, show_progress_bar=False)
+    except KeyboardInterrupt:
+        pass
+    with open(p, "rb") as f:
+        put(d, "partial", b"\x0f" + f.read())
+    shutil.rmtree(tmp)
+
+
+def json_seeds():
+    d = out_dir("json")
+    docs = {
+        "object": b'{"a": 1, "b": [true, false, null], "c": {"d": "e\\u00e9\\ud83d\\ude00"}}',
+        "numbers": b'[0, -0, 1.5e10, -2.25E-3, 9223372036854775807, -9223372036854775808, 1e400]',
+        "st_header": b'{"__metadata__":{"format":"pt"},"w":{"dtype":"F32","shape":[2,3],"data_offsets":[0,24]}}',
+        "tokenizer_config": b'{"do_lower_case": true, "model_max_length": 512, "cls_token": "[CLS]",'
+                            b' "added_tokens_decoder": {"0": {"content": "[PAD]", "special": true}}}',
+        "escapes": b'"\\"\\\\\\/\\b\\f\\n\\r\\t\\u0000"',
+        "nested": b'[[[[[[[[{"x":[[[]]]}]]]]]]]]',
+        "dup_keys": b'{"k": 1, "k": 2}',
+    }
+    for name, doc in docs.items():
+        put(d, name, b"\x00" + doc)
+        put(d, name + "_strict", b"\x01" + doc)
+    put(d, "depth4", b"\x08" + docs["nested"])
+
+
+def wordpiece_seeds():
+    d = out_dir("wordpiece")
+    vocab = "\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "un", "##aff", "##able",
+                       "hello", ",", "!", "cafe", "a", "##a", "\u4e2d", "x", "##x", "hello"]).encode()
+    added = "[MASK]\n[CLS]\n[SEP]".encode()
+    texts = ["Hello, unaffable caf\u00e9!", "\u4e2d\u6587 a aa xx", "[CLS] [MASK] x", "",
+             "tab\there\u00a0nbsp \u0301accent", "UNAFFABLE" * 5]
+    body = vocab + b"\xff" + added + b"\xff" + b"\xfe".join(t.encode() for t in texts)
+    #           flags: clean, chinese, strip, lower, special, prefix "##"
+    put(d, "bert_uncased", bytes([0x1F, 16, 100, 1, 2, 3]) + body)
+    put(d, "bert_cased_nospecial", bytes([0x03, 0, 100, 1, 2, 3]) + body)
+    put(d, "truncate2", bytes([0x1F, 2, 5, 1, 2, 3]) + body)
+    put(d, "no_added", bytes([0x0F, 0, 100, 1, 2, 3]) + vocab + b"\xff\xff" + "a\u00e9b".encode())
+
+
+def graph_seeds():
+    d = out_dir("graph")
+
+    def enc(n, flags, steps, restart, seed, edges):
+        b = struct.pack("<HBBBQ", n + 2, flags, steps, restart, seed)
+        return b + b"".join(struct.pack("<hh", s, t) for s, t in edges)
+
+    ring = [(i, (i + 1) % 10) for i in range(10)]
+    put(d, "ring_undirected", enc(10, 1 | (10 << 1), 20, 64, 12345, ring))
+    put(d, "ring_directed", enc(10, 0 | (12 << 1), 5, 0, 7, ring))
+    star = [(0, i) for i in range(1, 30)] + [(3, 3), (0, 1), (1, 0)]
+    put(d, "star_dups_loops", enc(30, 1 | (11 << 1), 40, 128, 99, star))
+    put(d, "bad_ids", enc(5, 1, 3, 10, 1, [(0, 5), (-1, 2)]))
+    put(d, "empty", enc(0, 1, 0, 0, 0, []))
+
+
+if __name__ == "__main__":
+    safetensors_seeds()
+    cache_seeds()
+    json_seeds()
+    wordpiece_seeds()
+    graph_seeds()
+    total = sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(os.path.join(HERE, "corpus")) for f in fs)
+    print("corpus: %d bytes" % total)
