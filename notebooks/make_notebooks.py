@@ -166,9 +166,9 @@ ENGINE = [
         "    gate = f'{gates[i]:.3f}' if i else '   -  '\n"
         "    print(f'{i:6d} {l:6d}  {gate:>8}  {100 * head_acc[i]:6.1f}%')"),
     new_code_cell(
-        "from engine_py.demo import exit_layers_from_heads\n"
-        "exit_at = exit_layers_from_heads(heads, patience=1)\n"
-        "exit_acc = float((heads[exit_at, np.arange(len(exit_at))].argmax(1) == test_y).mean())\n"
+        "from engine_py.early_exit import exit_decide\n"
+        "probs, exit_at = exit_decide(heads, patience=1)   # the C exit rule, applied to all heads\n"
+        "exit_acc = float((probs.argmax(1) == test_y).mean())\n"
         "print('exit ladder histogram:', np.bincount(exit_at, minlength=len(layers)).tolist())\n"
         "print(f'accuracy with early exit {100 * exit_acc:.1f}% vs full depth '\n"
         "      f'{100 * head_acc[-1]:.1f}%; mean exit layer {np.mean(exit_at):.2f}')\n"
