@@ -115,7 +115,7 @@ void eg_ladder_adamw_step(eg_ladder *m, float lr, float weight_decay, float beta
  * allowed on a training batch; after it, loss/backward refuse the batch. */
 eg_status eg_ladder_keep(eg_ladder *m, const uint8_t *keep, eg_err *err);
 
-/* ------------------------------------------------ dynamic early exit (exit.c)
+/* ------------------------------------------- dynamic early exit, in exit.c
  * Per-target state of the exit policy (docs/ALGORITHMS.md §A.5). A target
  * exits at the first ladder with a head whose argmax has agreed with the
  * previous head's argmax `patience` times in a row (patience 1 = the paper's
