@@ -69,8 +69,11 @@ def blas_config():
 
 
 blas = blas_config()
-cflags = ["-O3", "-std=c11", "-fopenmp", "-fvisibility=hidden", "-Wall", "-Wextra",
-          "-Wno-unused-parameter", "-Wno-missing-field-initializers"]
+# -fno-trapping-math: we never read floating-point exception flags, and without
+# it gcc will not turn a select such as `x > 0 ? a : b * c` into a vector blend
+# (it must not evaluate b * c where C would not).
+cflags = ["-O3", "-fno-trapping-math", "-std=c11", "-fopenmp", "-fvisibility=hidden", "-Wall",
+          "-Wextra", "-Wno-unused-parameter", "-Wno-missing-field-initializers"]
 ldflags = ["-fopenmp"]
 if os.environ.get("ENGINE_PY_SANITIZE") == "1":
     san = ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-g"]

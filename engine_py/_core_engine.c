@@ -479,10 +479,10 @@ fail:
 
 static PyObject *Ladder_forward_step(LadderObject *self, PyObject *args)
 {
-    int i;
+    int i, keep_states = 1;
     PyObject *ho;
     int64_t N, G;
-    if (!PyArg_ParseTuple(args, "iO", &i, &ho) || !ladder_ready(self)) {
+    if (!PyArg_ParseTuple(args, "iO|p", &i, &ho, &keep_states) || !ladder_ready(self)) {
         return NULL;
     }
     eg_ladder_batch_dims(self->m, &N, &G);
@@ -515,7 +515,7 @@ static PyObject *Ladder_forward_step(LadderObject *self, PyObject *args)
     eg_status st;
     float *lp = has ? PyArray_DATA((PyArrayObject *)logits) : NULL;
     Py_BEGIN_ALLOW_THREADS
-    st = eg_ladder_forward_step(self->m, i, PyArray_DATA(H), lp, &err);
+    st = (keep_states ? eg_ladder_forward_step : eg_ladder_forward_eval)(self->m, i, PyArray_DATA(H), lp, &err);
     Py_END_ALLOW_THREADS
     eg_py_leave(&self->busy);
     Py_DECREF(H);
@@ -676,22 +676,14 @@ static PyObject *Ladder_train_batch(LadderObject *self, PyObject *args)
     eg_err_clear(&err);
     eg_status st;
     float loss = 0.0f;
+    const float *H[64];
+    for (int i = 0; i < c->num_ladders; i++) {
+        H[i] = PyArray_DATA(b.H[i]);
+    }
     Py_BEGIN_ALLOW_THREADS
-    st = eg_ladder_begin(self->m, G, PyArray_DATA(b.gp), N, PyArray_DATA(b.ptr), PyArray_DATA(b.src),
-                         1, (uint64_t)seed, &err);
-    for (int i = 0; st == EG_OK && i < c->num_ladders; i++) {
-        st = eg_ladder_forward_step(self->m, i, PyArray_DATA(b.H[i]), NULL, &err);
-    }
-    if (st == EG_OK) {
-        st = eg_ladder_loss(self->m, PyArray_DATA(b.labels), &loss, NULL, &err);
-    }
-    if (st == EG_OK) {
-        eg_ladder_zero_grad(self->m);
-        st = eg_ladder_backward(self->m, &err);
-    }
-    if (st == EG_OK) {
-        eg_ladder_adamw_step(self->m, lr, wd, 0.9f, 0.999f, 1e-8f);
-    }
+    st = eg_ladder_train_step(self->m, G, PyArray_DATA(b.gp), N, PyArray_DATA(b.ptr),
+                              PyArray_DATA(b.src), H, PyArray_DATA(b.labels), (uint64_t)seed, lr, wd,
+                              &loss, &err);
     Py_END_ALLOW_THREADS
     eg_py_leave(&self->busy);
     if (st != EG_OK) {
@@ -732,7 +724,7 @@ static PyObject *Ladder_predict_batch(LadderObject *self, PyObject *args)
     st = eg_ladder_begin(self->m, G, PyArray_DATA(b.gp), N, PyArray_DATA(b.ptr), PyArray_DATA(b.src),
                          0, 0, &err);
     for (int i = 0; st == EG_OK && i < c->num_ladders; i++) {
-        st = eg_ladder_forward_step(self->m, i, PyArray_DATA(b.H[i]),
+        st = eg_ladder_forward_eval(self->m, i, PyArray_DATA(b.H[i]),
                                     out + (size_t)i * (size_t)G * (size_t)c->num_classes, &err);
     }
     Py_END_ALLOW_THREADS
@@ -798,7 +790,8 @@ static PyMethodDef Ladder_methods[] = {
     {"begin", (PyCFunction)Ladder_begin, METH_VARARGS,
      "begin(graph_ptr, indptr, indices, training, seed): start a batch."},
     {"forward_step", (PyCFunction)Ladder_forward_step, METH_VARARGS,
-     "forward_step(i, states) -> exit logits (G, C) or None."},
+     "forward_step(i, states, keep_states=True) -> exit logits (G, C) or None. keep_states=False: "
+     "prediction only (no copy of states; backward refused)."},
     {"loss", (PyCFunction)Ladder_loss, METH_O, "loss(labels) -> (summed loss, per-head losses)."},
     {"backward", (PyCFunction)Ladder_backward, METH_NOARGS, "Accumulate gradients of the last loss."},
     {"zero_grad", (PyCFunction)Ladder_zero_grad, METH_NOARGS, "Zero the gradient buffer."},

@@ -151,7 +151,7 @@ def run_batch(model, layers, batch, targets, policy, dynamic, cache=None, seq_of
                 H[~mask] = hc
             if mask.any():
                 H[mask] = pooled[np.searchsorted(needed, seq_of[enc_rows])]
-        logits = model.forward_step(i, H)
+        logits = model.forward_step(i, H, False)   # prediction: no copy kept for a backward
         if logits is None or (not dynamic and i < K - 1):
             continue
         still = policy.step(i, i == K - 1, targets[active], logits)

@@ -8,15 +8,9 @@
  */
 #include "eg.h"
 
-#include <math.h>
+/* eg_rng_next and eg_rng_derive are static inline in eg.h. */
 
-uint64_t eg_rng_next(uint64_t *state)
-{
-    uint64_t z = (*state += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
+#include <math.h>
 
 float eg_rng_uniform(uint64_t *state)
 {
@@ -43,10 +37,4 @@ float eg_rng_normal(uint64_t *state)
     double u1 = ((double)(eg_rng_next(state) >> 11) + 1.0) * 0x1.0p-53;
     double u2 = (double)(eg_rng_next(state) >> 11) * 0x1.0p-53;
     return (float)(sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2));
-}
-
-uint64_t eg_rng_derive(uint64_t seed, uint64_t stream)
-{
-    uint64_t s = seed ^ (stream * 0xD1342543DE82EF95ull + 0x2545F4914F6CDD1Dull);
-    return eg_rng_next(&s);
 }

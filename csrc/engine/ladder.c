@@ -15,6 +15,7 @@
 #include "eg_ops.h"
 #include "eg_optim.h"
 
+#include <float.h>
 #include <limits.h>
 #include <math.h>
 #include <stdio.h>
@@ -45,7 +46,8 @@ typedef struct {
 } layer_act;
 
 typedef struct {
-    float *H, *l1, *lnout, *mean, *rstd, *r, *p, *x, *z, *o, *logits, *probs;
+    const float *H;   /* this ladder's states: arena copy, or borrowed for one call */
+    float *l1, *mean, *rstd, *r, *p, *x, *z, *o, *logits, *probs;
     float a;
     layer_act L[2];
 } ladder_act;
@@ -61,6 +63,7 @@ struct eg_ladder {
     /* batch state */
     eg_arena arena;
     int begun, next, have_loss, training, compacted;
+    int states_kept;   /* every forward of this batch kept (or borrows) its states: backward allowed */
     uint64_t seed;
     int64_t N, G, E;
     int64_t *graph_ptr, *labels;
@@ -424,6 +427,7 @@ eg_status eg_ladder_begin(eg_ladder *m, int64_t G, const int64_t *graph_ptr, int
     m->seed = seed;
     m->next = 0;
     m->compacted = 0;
+    m->states_kept = 1;
     m->begun = 1;
     memset(m->act, 0, sizeof m->act);
     return EG_OK;
@@ -434,12 +438,45 @@ static void act_forward(int kind, float *out, const float *in, size_t n)
     (kind == EG_ACT_ELU ? eg_elu_forward : eg_relu_forward)(out, in, n);
 }
 
-static void act_backward(int kind, float *din, const float *dout, const float *in, size_t n)
+static void act_backward(int kind, float *din, const float *dout, const float *out, size_t n)
 {
-    (kind == EG_ACT_ELU ? eg_elu_backward : eg_relu_backward)(din, dout, in, n);
+    (kind == EG_ACT_ELU ? eg_elu_backward : eg_relu_backward)(din, dout, out, n);
 }
 
-eg_status eg_ladder_forward_step(eg_ladder *m, int i, const float *H, float *logits, eg_err *err)
+/* Index of the first row of H (N, D) holding NaN or inf, or -1. The row test
+ * has no early exit, so the compiler vectorises it; the search for the row
+ * only runs on bad input. */
+static int64_t first_nonfinite_row(const float *H, int64_t N, int D)
+{
+    int bad = 0;
+    #pragma omp parallel for schedule(static) reduction(| : bad) if (EG_OMP_WORTH(N, D))
+    for (int64_t r = 0; r < N; r++) {
+        const float *h = H + (size_t)r * (size_t)D;
+        int ok = 1;
+        for (int j = 0; j < D; j++) {
+            ok &= fabsf(h[j]) <= FLT_MAX;
+        }
+        bad |= !ok;
+    }
+    if (!bad) {
+        return -1;
+    }
+    for (int64_t r = 0; r < N; r++) {
+        for (int j = 0; j < D; j++) {
+            if (!isfinite(H[(size_t)r * D + j])) {
+                return r;
+            }
+        }
+    }
+    return -1;
+}
+
+/* keep_states: copy H into the arena so a later eg_ladder_backward can use it
+ * (the public step); otherwise H is only borrowed for this call (the one-call
+ * train/predict entry points, which guarantee it outlives the backward) or
+ * not needed after it (prediction). */
+static eg_status forward_step(eg_ladder *m, int i, const float *H, float *logits, int keep_states,
+                              eg_err *err)
 {
     const eg_ladder_config *c = &m->cfg;
     if (!m->begun || i != m->next || i >= c->num_ladders) {
@@ -448,27 +485,32 @@ eg_status eg_ladder_forward_step(eg_ladder *m, int i, const float *H, float *log
     }
     const int N = (int)m->N, D = c->in_dim, k = c->reduced_dim, C = c->num_classes;
     const size_t ND = (size_t)N * (size_t)D;
-    for (size_t q = 0; q < ND; q++) {
-        if (!isfinite(H[q])) {
-            return eg_seterr(err, EG_EINVAL,
-                             "ladder %d: the layer states contain NaN or inf (node row %zu of the batch)",
-                             i, q / (size_t)D);
-        }
+    int64_t bad_row = first_nonfinite_row(H, N, D);
+    if (bad_row >= 0) {
+        return eg_seterr(err, EG_EINVAL,
+                         "ladder %d: the layer states contain NaN or inf (node row %lld of the batch)",
+                         i, (long long)bad_row);
     }
     const ladder_off *lo = &m->lo[i];
     ladder_act *a = &m->act[i];
     const float *P = m->param;
-    ALLOC(a->H, ND);
-    memcpy(a->H, H, ND * sizeof(float));
+    if (keep_states) {
+        float *copy;
+        ALLOC(copy, ND);
+        memcpy(copy, H, ND * sizeof(float));
+        a->H = copy;
+    } else {
+        a->H = H;
+    }
+    m->states_kept &= keep_states;
     ALLOC(a->l1, (size_t)N * k);
-    ALLOC(a->lnout, (size_t)N * k);
     ALLOC(a->mean, N);
     ALLOC(a->rstd, N);
     ALLOC(a->r, (size_t)N * k);
     ALLOC(a->p, (size_t)N * k);
     eg_linear_forward(a->l1, a->H, P + lo->p0w, P + lo->p0b, N, D, k);
-    eg_layernorm_forward(a->lnout, a->mean, a->rstd, a->l1, P + lo->p1w, P + lo->p1b, N, k);
-    eg_relu_forward(a->r, a->lnout, (size_t)N * k);
+    eg_layernorm_forward(a->r, a->mean, a->rstd, a->l1, P + lo->p1w, P + lo->p1b, N, k);
+    eg_relu_forward(a->r, a->r, (size_t)N * k);   /* in place: the backward needs only r */
     eg_linear_forward(a->p, a->r, P + lo->p3w, P + lo->p3b, N, k, k);
     if (i == 0) {
         a->x = a->p;
@@ -567,6 +609,16 @@ eg_status eg_ladder_forward_step(eg_ladder *m, int i, const float *H, float *log
     return EG_OK;
 }
 
+eg_status eg_ladder_forward_step(eg_ladder *m, int i, const float *H, float *logits, eg_err *err)
+{
+    return forward_step(m, i, H, logits, 1, err);
+}
+
+eg_status eg_ladder_forward_eval(eg_ladder *m, int i, const float *H, float *logits, eg_err *err)
+{
+    return forward_step(m, i, H, logits, 0, err);
+}
+
 eg_status eg_ladder_loss(eg_ladder *m, const int64_t *labels, float *loss, float *head_losses,
                          eg_err *err)
 {
@@ -609,6 +661,9 @@ eg_status eg_ladder_backward(eg_ladder *m, eg_err *err)
     const eg_ladder_config *c = &m->cfg;
     if (!m->have_loss) {
         return eg_seterr(err, EG_ESTATE, "ladder: backward needs eg_ladder_loss first");
+    }
+    if (!m->states_kept) {
+        return eg_seterr(err, EG_ESTATE, "ladder: backward after eg_ladder_forward_eval (states not kept)");
     }
     const int N = (int)m->N, D = c->in_dim, k = c->reduced_dim, C = c->num_classes, K = c->num_ladders;
     const int G = (int)m->G;
@@ -665,7 +720,7 @@ eg_status eg_ladder_backward(eg_ladder *m, eg_err *err)
                 } else {
                     memcpy(t1, cur, no * sizeof(float));
                 }
-                act_backward(c->act, t1, t1, la->nout, no);
+                act_backward(c->act, t1, t1, la->aout, no);
                 if (c->norm == EG_NORM_LN) {
                     eg_layernorm_backward(t2, GR + L->nw, GR + L->nb, t1, la->conv, P + L->nw,
                                           la->nmean, la->nrstd, N, L->out);
@@ -713,7 +768,7 @@ eg_status eg_ladder_backward(eg_ladder *m, eg_err *err)
             memcpy(dp, dprev, Nk * sizeof(float));
         }
         eg_linear_backward(t1, GR + lo->p3w, GR + lo->p3b, dp, a->r, P + lo->p3w, N, k, k);
-        eg_relu_backward(t1, t1, a->lnout, Nk);
+        eg_relu_backward(t1, t1, a->r, Nk);
         eg_layernorm_backward(t2, GR + lo->p1w, GR + lo->p1b, t1, a->l1, P + lo->p1w, a->mean,
                               a->rstd, N, k);
         eg_linear_backward(NULL, GR + lo->p0w, GR + lo->p0b, t2, a->H, P + lo->p0w, N, D, k);
@@ -801,4 +856,33 @@ eg_status eg_ladder_keep(eg_ladder *m, const uint8_t *keep, eg_err *err)
     m->compacted = 1;
     m->have_loss = 0;
     return EG_OK;
+}
+
+/* ------------------------------------------------------- one-call training */
+
+eg_status eg_ladder_train_step(eg_ladder *m, int64_t G, const int64_t *graph_ptr, int64_t N,
+                               const int64_t *ptr, const int64_t *src, const float *const *H,
+                               const int64_t *labels, uint64_t seed, float lr, float weight_decay,
+                               float *loss, eg_err *err)
+{
+    eg_status st = eg_ladder_begin(m, G, graph_ptr, N, ptr, src, 1, seed, err);
+    for (int i = 0; st == EG_OK && i < m->cfg.num_ladders; i++) {
+        /* H outlives this call, so the backward below may borrow it */
+        st = forward_step(m, i, H[i], NULL, 0, err);
+    }
+    m->states_kept = 1;
+    if (st == EG_OK) {
+        st = eg_ladder_loss(m, labels, loss, NULL, err);
+    }
+    if (st == EG_OK) {
+        eg_ladder_zero_grad(m);
+        st = eg_ladder_backward(m, err);
+    }
+    if (st == EG_OK) {
+        eg_ladder_adamw_step(m, lr, weight_decay, 0.9f, 0.999f, 1e-8f);
+    }
+    /* the borrowed pointers die with the caller's arrays: forbid a later backward */
+    m->states_kept = 0;
+    m->have_loss = 0;
+    return st;
 }

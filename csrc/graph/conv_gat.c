@@ -29,7 +29,7 @@ void eg_gat_forward(float *out, float *h, float *as, float *ad, float *att, cons
         return;
     }
     eg_linear_forward(h, inp, w, NULL, N, C, HF);
-    #pragma omp parallel for schedule(static)
+    #pragma omp parallel for schedule(static) if (EG_OMP_WORTH(g->n + g->ptr[g->n], HF))
     for (int64_t n = 0; n < g->n; n++) {
         const float *hn = h + (size_t)n * HF;
         for (int k = 0; k < H; k++) {
@@ -42,7 +42,7 @@ void eg_gat_forward(float *out, float *h, float *as, float *ad, float *att, cons
             ad[(size_t)n * H + k] = d;
         }
     }
-    #pragma omp parallel for schedule(static)
+    #pragma omp parallel for schedule(static) if (EG_OMP_WORTH(g->n + g->ptr[g->n], HF))
     for (int64_t v = 0; v < g->n; v++) {
         int64_t b0 = g->ptr[v], b1 = g->ptr[v + 1];
         float *o = out + (size_t)v * HF;
@@ -102,7 +102,7 @@ void eg_gat_backward(float *dinp, float *dw, float *datt_src, float *datt_dst, f
     float *das = ds + (size_t)(E + N) * H;      /* (N, H) */
     float *dad = das + (size_t)N * H;           /* (N, H) */
     /* per destination: d att, softmax and LeakyReLU backward */
-    #pragma omp parallel for schedule(static)
+    #pragma omp parallel for schedule(static) if (EG_OMP_WORTH(g->n + g->ptr[g->n], HF))
     for (int64_t v = 0; v < g->n; v++) {
         int64_t b0 = g->ptr[v], b1 = g->ptr[v + 1];
         for (int k = 0; k < H; k++) {
@@ -141,7 +141,7 @@ void eg_gat_backward(float *dinp, float *dw, float *datt_src, float *datt_dst, f
         }
     }
     /* per source: messages and source-side score gradients */
-    #pragma omp parallel for schedule(static)
+    #pragma omp parallel for schedule(static) if (EG_OMP_WORTH(g->n + g->ptr[g->n], HF))
     for (int64_t u = 0; u < g->n; u++) {
         float *dhu = dh + (size_t)u * HF;
         for (int k = 0; k < H; k++) {
@@ -169,7 +169,7 @@ void eg_gat_backward(float *dinp, float *dw, float *datt_src, float *datt_dst, f
         }
     }
     /* attention vectors and bias: one thread per output element */
-    #pragma omp parallel for schedule(static)
+    #pragma omp parallel for schedule(static) if (EG_OMP_WORTH(g->n, HF))
     for (int i = 0; i < HF; i++) {
         int k = i / F;
         double s1 = 0.0, s2 = 0.0, s3 = 0.0;

@@ -21,7 +21,7 @@ void eg_gcn_forward(float *out, float *h, float *dinv, const float *inp, const f
     for (int64_t v = 0; v < g->n; v++) {
         dinv[v] = (float)(1.0 / sqrt((double)(g->ptr[v + 1] - g->ptr[v] + 1)));
     }
-    #pragma omp parallel for schedule(static)
+    #pragma omp parallel for schedule(static) if (EG_OMP_WORTH(g->n + g->ptr[g->n], OC))
     for (int64_t v = 0; v < g->n; v++) {
         float *o = out + (size_t)v * OC;
         const float *hv = h + (size_t)v * OC;
@@ -54,7 +54,7 @@ void eg_gcn_backward(float *dinp, float *dw, float *db, const float *dout, const
         return;
     }
     float *dh = scratch;
-    #pragma omp parallel for schedule(static)
+    #pragma omp parallel for schedule(static) if (EG_OMP_WORTH(g->n + g->ptr[g->n], OC))
     for (int64_t u = 0; u < g->n; u++) {
         float *d = dh + (size_t)u * OC;
         const float *du = dout + (size_t)u * OC;
@@ -72,7 +72,7 @@ void eg_gcn_backward(float *dinp, float *dw, float *db, const float *dout, const
         }
     }
     if (db != NULL) {
-        #pragma omp parallel for schedule(static)
+        #pragma omp parallel for schedule(static) if (EG_OMP_WORTH(g->n, OC))
         for (int c = 0; c < OC; c++) {
             double s = 0.0;
             for (int64_t v = 0; v < g->n; v++) {

@@ -11,7 +11,7 @@
 
 static void mean_aggregate(float *agg, const float *inp, const eg_gnn_graph *g, int C)
 {
-    #pragma omp parallel for schedule(static)
+    #pragma omp parallel for schedule(static) if (EG_OMP_WORTH(g->n + g->ptr[g->n], C))
     for (int64_t v = 0; v < g->n; v++) {
         float *a = agg + (size_t)v * C;
         memset(a, 0, (size_t)C * sizeof(float));
@@ -58,7 +58,7 @@ void eg_sage_backward(float *dinp, float *dwl, float *dbl, float *dwr, const flo
     if (dinp == NULL) {
         return;
     }
-    #pragma omp parallel for schedule(static)
+    #pragma omp parallel for schedule(static) if (EG_OMP_WORTH(g->n + g->ptr[g->n], C))
     for (int64_t u = 0; u < g->n; u++) {
         float *d = dinp + (size_t)u * C;
         for (int64_t j = g->rptr[u]; j < g->rptr[u + 1]; j++) {

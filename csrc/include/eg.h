@@ -117,7 +117,14 @@ void eg_sgemm_naive(int transA, int transB, int M, int N, int K, float alpha,
 /* ---------------------------------------------------------------------- RNG */
 /* Explicit-state generator (splitmix64 stream): the caller owns the state, so
  * results depend only on the seed, never on global state or thread count. */
-uint64_t eg_rng_next(uint64_t *state);
+/* Inline: the dropout and sampler loops call it once per element. */
+static inline uint64_t eg_rng_next(uint64_t *state)
+{
+    uint64_t z = (*state += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
 /* Uniform float in [0, 1) with 24 random bits. */
 float eg_rng_uniform(uint64_t *state);
 /* Uniform integer in [0, n), n >= 1, without modulo bias. */
@@ -125,7 +132,11 @@ uint64_t eg_rng_below(uint64_t *state, uint64_t n);
 /* Standard normal (Box-Muller). */
 float eg_rng_normal(uint64_t *state);
 /* Derive an independent stream seed from (seed, stream id). */
-uint64_t eg_rng_derive(uint64_t seed, uint64_t stream);
+static inline uint64_t eg_rng_derive(uint64_t seed, uint64_t stream)
+{
+    uint64_t s = seed ^ (stream * 0xD1342543DE82EF95ull + 0x2545F4914F6CDD1Dull);
+    return eg_rng_next(&s);
+}
 
 /* -------------------------------------------------------------- fp16 / bf16 */
 /* IEEE half and bfloat16 conversions. float -> half/bf16 rounds to nearest

@@ -12,8 +12,11 @@
  * four aligned buffers with one layout, described by a table of
  * {name, offset, shape, decay}. Activations live in the model's arena, reset
  * by eg_ladder_begin and kept until the next begin, so a forward can be
- * followed by a backward. The model copies everything it is given; it keeps
- * no pointer to caller memory after a call returns.
+ * followed by a backward. The model keeps no pointer to caller memory after a
+ * call returns: eg_ladder_forward_step copies the states the backward needs;
+ * eg_ladder_forward_eval (prediction) and eg_ladder_train_step (one call for
+ * a whole training step) use them in place, which saves a copy of the
+ * largest tensor of the batch.
  *
  * Calling sequence for one batch:
  *   eg_ladder_begin(batch) -> eg_ladder_forward_step(0..K-1, H_i) in order
@@ -95,6 +98,16 @@ void eg_ladder_batch_dims(const eg_ladder *m, int64_t *num_nodes, int64_t *num_g
  * which must be finite. If the ladder has a head and logits != NULL, writes
  * its logits (G, C). */
 eg_status eg_ladder_forward_step(eg_ladder *m, int i, const float *H, float *logits, eg_err *err);
+/* As eg_ladder_forward_step, but H is not kept: a backward on this batch is
+ * refused (EG_ESTATE). For prediction. */
+eg_status eg_ladder_forward_eval(eg_ladder *m, int i, const float *H, float *logits, eg_err *err);
+/* A whole training step in one call: begin (training), the K forward steps on
+ * H[0..K-1] (each (N, D), used in place), the summed loss (written to *loss),
+ * zero_grad, backward, AdamW (betas 0.9/0.999, eps 1e-8). */
+eg_status eg_ladder_train_step(eg_ladder *m, int64_t G, const int64_t *graph_ptr, int64_t N,
+                               const int64_t *ptr, const int64_t *src, const float *const *H,
+                               const int64_t *labels, uint64_t seed, float lr, float weight_decay,
+                               float *loss, eg_err *err);
 /* After all K steps: sum over heads of the mean cross-entropy; labels (G) in
  * [0, C). head_losses (K, may be NULL) gets each head's loss (0 if none). */
 eg_status eg_ladder_loss(eg_ladder *m, const int64_t *labels, float *loss, float *head_losses,

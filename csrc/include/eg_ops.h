@@ -15,9 +15,40 @@
 
 #include "eg.h"
 
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
 #ifdef __cplusplus
 extern "C" {
 #endif
+
+/* Loops doing fewer than EG_OMP_MIN_WORK element updates run on the calling
+ * thread. A fork/join costs a few microseconds on an idle machine, but when
+ * the other core is busy the barrier waits for a descheduled thread (a
+ * scheduler time slice), which made 2-thread ladder training many times
+ * slower than 1 thread on a loaded machine. Loops below this size take tens
+ * of microseconds alone, so they gain little from a second thread anyway. */
+#define EG_OMP_MIN_WORK ((size_t)1 << 17)
+#define EG_OMP_WORTH(rows, cols) ((size_t)(rows) * (size_t)(cols) >= EG_OMP_MIN_WORK)
+
+/* Column sums of row-major matrices (bias and norm gradients) are done by
+ * giving each thread of a parallel region a contiguous block of columns and
+ * walking the rows in order, EG_COL_BLOCK columns at a time in double
+ * accumulators: memory is read row by row (no stride-C access), and every
+ * column is summed in row order by one thread, so the result does not depend
+ * on the thread count. eg_thread_columns gives the calling thread its block. */
+#define EG_COL_BLOCK 256
+static inline void eg_thread_columns(int C, int *c0, int *c1)
+{
+#ifdef _OPENMP
+    int t = omp_get_thread_num(), nt = omp_get_num_threads();
+#else
+    int t = 0, nt = 1;
+#endif
+    *c0 = (int)((int64_t)C * t / nt);
+    *c1 = (int)((int64_t)C * (t + 1) / nt);
+}
 
 /* ---------------------------------------------------------------- dense */
 
@@ -54,16 +85,20 @@ void eg_batchnorm_backward(float *dinp, float *dw, float *db, const float *dout,
                            const float *w, const float *mean, const float *rstd, int N, int C,
                            int train);
 
-/* Elementwise activations over n values. Backward uses the forward input. */
+/* Elementwise activations over n values. The backward takes the forward's
+ * OUTPUT (ReLU: out > 0 exactly when inp > 0; ELU: exp(inp) = out + 1), so a
+ * caller keeps one tensor and the ELU backward needs no exponential. Both
+ * work in place (out == inp, dinp == dout). */
 void eg_relu_forward(float *out, const float *inp, size_t n);
-void eg_relu_backward(float *dinp, const float *dout, const float *inp, size_t n);
+void eg_relu_backward(float *dinp, const float *dout, const float *out, size_t n);
 /* ELU with alpha = 1 (torch default). */
 void eg_elu_forward(float *out, const float *inp, size_t n);
-void eg_elu_backward(float *dinp, const float *dout, const float *inp, size_t n);
+void eg_elu_backward(float *dinp, const float *dout, const float *out, size_t n);
 
-/* Inverted dropout: mask[i] = 0 with probability p, else 1/(1-p); out = inp *
- * mask. The draw for element i is a hash of (seed, i), so the mask does not
- * depend on the thread count. p in [0, 1); p == 0 gives mask = 1. */
+/* Inverted dropout: mask[i] = 0 with probability p (to 1/65536), else
+ * 1/(1-p); out = inp * mask. The draw for element i is a hash of (seed, i / 4),
+ * so the mask does not depend on the thread count. p in [0, 1); p == 0 gives
+ * mask = 1. */
 void eg_dropout_forward(float *out, float *mask, const float *inp, size_t n, float p,
                         uint64_t seed);
 void eg_dropout_backward(float *dinp, const float *dout, const float *mask, size_t n);

@@ -13,7 +13,7 @@ void eg_batchnorm_forward_train(float *out, float *mean, float *rstd, float *var
                                 const float *inp, const float *w, const float *b, int N, int C)
 {
     // inp (N,C) -> out (N,C); mean, rstd, var_unbiased (C)
-    #pragma omp parallel for schedule(static)
+    #pragma omp parallel for schedule(static) if (EG_OMP_WORTH(N, C))
     for (int c = 0; c < C; c++) {
         double m = 0.0, v = 0.0;
         for (int i = 0; i < N; i++) {
@@ -45,7 +45,7 @@ void eg_batchnorm_forward_eval(float *out, float *mean, float *rstd, const float
         mean[c] = running_mean[c];
         rstd[c] = (float)(1.0 / sqrt((double)running_var[c] + 1e-5));
     }
-    #pragma omp parallel for schedule(static)
+    #pragma omp parallel for schedule(static) if (EG_OMP_WORTH(N, C))
     for (int i = 0; i < N; i++) {
         for (int c = 0; c < C; c++) {
             size_t q = (size_t)i * C + c;
@@ -58,7 +58,7 @@ void eg_batchnorm_backward(float *dinp, float *dw, float *db, const float *dout,
                            const float *w, const float *mean, const float *rstd, int N, int C,
                            int train)
 {
-    #pragma omp parallel for schedule(static)
+    #pragma omp parallel for schedule(static) if (EG_OMP_WORTH(N, C))
     for (int c = 0; c < C; c++) {
         double sdy = 0.0, sdyx = 0.0;
         for (int i = 0; i < N; i++) {

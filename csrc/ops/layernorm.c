@@ -11,7 +11,7 @@ void eg_layernorm_forward(float *out, float *mean, float *rstd, const float *inp
                           const float *w, const float *b, int N, int C)
 {
     // inp (N,C), w (C), b (C) -> out (N,C), mean (N), rstd (N)
-    #pragma omp parallel for schedule(static)
+    #pragma omp parallel for schedule(static) if (EG_OMP_WORTH(N, C))
     for (int i = 0; i < N; i++) {
         const float *x = inp + (size_t)i * C;
         double m = 0.0, v = 0.0;
@@ -39,7 +39,7 @@ void eg_layernorm_backward(float *dinp, float *dw, float *db, const float *dout,
                            const float *rstd, int N, int C)
 {
     // dout (N,C), inp (N,C) -> dinp (N,C) assigned; dw, db (C) accumulated
-    #pragma omp parallel for schedule(static)
+    #pragma omp parallel for schedule(static) if (EG_OMP_WORTH(N, C))
     for (int i = 0; i < N; i++) {
         const float *x = inp + (size_t)i * C;
         const float *dy = dout + (size_t)i * C;
@@ -58,15 +58,27 @@ void eg_layernorm_backward(float *dinp, float *dw, float *db, const float *dout,
             dx[j] = (float)(r * ((double)dy[j] * w[j] - s1 - xh * s2));
         }
     }
-    #pragma omp parallel for schedule(static)
-    for (int j = 0; j < C; j++) {
-        double sw = 0.0, sb = 0.0;
-        for (int i = 0; i < N; i++) {
-            float xh = (inp[(size_t)i * C + j] - mean[i]) * rstd[i];
-            sw += (double)dout[(size_t)i * C + j] * xh;
-            sb += dout[(size_t)i * C + j];
+    /* column sums: see EG_COL_BLOCK in eg_ops.h */
+    #pragma omp parallel if (EG_OMP_WORTH(N, C))
+    {
+        int c0, c1;
+        eg_thread_columns(C, &c0, &c1);
+        for (int b0 = c0; b0 < c1; b0 += EG_COL_BLOCK) {
+            int nb = c1 - b0 < EG_COL_BLOCK ? c1 - b0 : EG_COL_BLOCK;
+            double sw[EG_COL_BLOCK] = {0}, sb[EG_COL_BLOCK] = {0};
+            for (int i = 0; i < N; i++) {
+                const float *x = inp + (size_t)i * C + b0, *dy = dout + (size_t)i * C + b0;
+                float m = mean[i], r = rstd[i];
+                for (int j = 0; j < nb; j++) {
+                    float xh = (x[j] - m) * r;
+                    sw[j] += (double)dy[j] * xh;
+                    sb[j] += dy[j];
+                }
+            }
+            for (int j = 0; j < nb; j++) {
+                dw[b0 + j] += (float)sw[j];
+                db[b0 + j] += (float)sb[j];
+            }
         }
-        dw[j] += (float)sw;
-        db[j] += (float)sb;
     }
 }

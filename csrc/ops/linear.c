@@ -19,7 +19,7 @@ void eg_linear_forward(float *out, const float *inp, const float *w, const float
         eg_sgemm(0, 1, N, OC, C, 1.0f, inp, C, w, C, 0.0f, out, OC);
     }
     if (b != NULL) {
-        #pragma omp parallel for schedule(static)
+        #pragma omp parallel for schedule(static) if (EG_OMP_WORTH(N, OC))
         for (int i = 0; i < N; i++) {
             float *o = out + (size_t)i * OC;
             for (int j = 0; j < OC; j++) {
@@ -44,13 +44,24 @@ void eg_linear_backward(float *dinp, float *dw, float *db, const float *dout, co
     }
     eg_sgemm(1, 0, OC, C, N, 1.0f, dout, OC, inp, C, 1.0f, dw, C);
     if (db != NULL) {
-        #pragma omp parallel for schedule(static)
-        for (int j = 0; j < OC; j++) {
-            double s = 0.0;
-            for (int i = 0; i < N; i++) {
-                s += dout[(size_t)i * OC + j];
+        /* column sums: see EG_COL_BLOCK in eg_ops.h */
+        #pragma omp parallel if (EG_OMP_WORTH(N, OC))
+        {
+            int c0, c1;
+            eg_thread_columns(OC, &c0, &c1);
+            for (int b0 = c0; b0 < c1; b0 += EG_COL_BLOCK) {
+                int nb = c1 - b0 < EG_COL_BLOCK ? c1 - b0 : EG_COL_BLOCK;
+                double s[EG_COL_BLOCK] = {0};
+                for (int i = 0; i < N; i++) {
+                    const float *d = dout + (size_t)i * OC + b0;
+                    for (int j = 0; j < nb; j++) {
+                        s[j] += d[j];
+                    }
+                }
+                for (int j = 0; j < nb; j++) {
+                    db[b0 + j] += (float)s[j];
+                }
             }
-            db[j] += (float)s;
         }
     }
 }

@@ -6,7 +6,7 @@
 
 void eg_meanpool_forward(float *out, const float *z, const int64_t *graph_ptr, int64_t G, int C)
 {
-    #pragma omp parallel for schedule(static)
+    #pragma omp parallel for schedule(static) if (EG_OMP_WORTH(graph_ptr[G], C))
     for (int64_t g = 0; g < G; g++) {
         int64_t a = graph_ptr[g], b = graph_ptr[g + 1];
         float *o = out + (size_t)g * C;
@@ -28,7 +28,7 @@ void eg_meanpool_forward(float *out, const float *z, const int64_t *graph_ptr, i
 
 void eg_meanpool_backward(float *dz, const float *dout, const int64_t *graph_ptr, int64_t G, int C)
 {
-    #pragma omp parallel for schedule(static)
+    #pragma omp parallel for schedule(static) if (EG_OMP_WORTH(graph_ptr[G], C))
     for (int64_t g = 0; g < G; g++) {
         int64_t a = graph_ptr[g], b = graph_ptr[g + 1];
         const float *d = dout + (size_t)g * C;
@@ -45,7 +45,7 @@ void eg_meanpool_backward(float *dz, const float *dout, const int64_t *graph_ptr
 void eg_readout_forward(float *out, const float *z, const int64_t *graph_ptr, int64_t G, int C)
 {
     // z (N,C) -> out (G, 2C)
-    #pragma omp parallel for schedule(static)
+    #pragma omp parallel for schedule(static) if (EG_OMP_WORTH(graph_ptr[G], C))
     for (int64_t g = 0; g < G; g++) {
         int64_t a = graph_ptr[g], b = graph_ptr[g + 1];
         float *o = out + (size_t)g * 2 * C;
@@ -69,7 +69,7 @@ void eg_readout_forward(float *out, const float *z, const int64_t *graph_ptr, in
 
 void eg_readout_backward(float *dz, const float *dout, const int64_t *graph_ptr, int64_t G, int C)
 {
-    #pragma omp parallel for schedule(static)
+    #pragma omp parallel for schedule(static) if (EG_OMP_WORTH(graph_ptr[G], C))
     for (int64_t g = 0; g < G; g++) {
         int64_t a = graph_ptr[g], b = graph_ptr[g + 1];
         const float *d = dout + (size_t)g * 2 * C;

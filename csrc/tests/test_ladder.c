@@ -144,6 +144,39 @@ static void test_api(void)
     CHECK(memcmp(lg, lg2, sizeof lg) == 0, "deterministic logits");
     CHECK(memcmp(eg_ladder_params(m), eg_ladder_params(m2), eg_ladder_total_floats(m) * 4) == 0,
           "deterministic step");
+    /* the one-call training step is the same step as the public sequence */
+    {
+        float loss_seq, loss_one;
+        CHECK(eg_ladder_begin(m, 3, GP, N, PTR, SRC, 1, 43, &err) == EG_OK, "begin");
+        for (int i = 0; i < K; i++) {
+            CHECK(eg_ladder_forward_step(m, i, H + (size_t)i * N * D, NULL, &err) == EG_OK, "step");
+        }
+        CHECK(eg_ladder_loss(m, LABELS, &loss_seq, NULL, &err) == EG_OK, "loss");
+        eg_ladder_zero_grad(m);
+        CHECK(eg_ladder_backward(m, &err) == EG_OK, "backward");
+        eg_ladder_adamw_step(m, 1e-2f, 1e-2f, 0.9f, 0.999f, 1e-8f);
+        const float *Hs[K] = {H, H + (size_t)N * D, H + (size_t)2 * N * D};
+        CHECK(eg_ladder_train_step(m2, 3, GP, N, PTR, SRC, Hs, LABELS, 43, 1e-2f, 1e-2f, &loss_one,
+                                   &err) == EG_OK, "train_step: %s", err.msg);
+        CHECK(loss_seq == loss_one, "train_step loss %g vs %g", loss_one, loss_seq);
+        CHECK(memcmp(eg_ladder_params(m), eg_ladder_params(m2), eg_ladder_total_floats(m) * 4) == 0,
+              "train_step updates the parameters like the public sequence");
+        CHECK(memcmp(eg_ladder_grads(m), eg_ladder_grads(m2), eg_ladder_total_floats(m) * 4) == 0,
+              "train_step gradients");
+        CHECK(eg_ladder_backward(m2, &err) == EG_ESTATE, "no backward after train_step (borrowed states)");
+        /* prediction forward: same logits as the kept-states forward, backward refused */
+        CHECK(eg_ladder_begin(m2, 3, GP, N, PTR, SRC, 0, 0, &err) == EG_OK, "begin");
+        for (int i = 0; i < K; i++) {
+            CHECK(eg_ladder_forward_eval(m2, i, Hs[i], lg2, &err) == EG_OK, "eval step");
+        }
+        CHECK(eg_ladder_begin(m, 3, GP, N, PTR, SRC, 0, 0, &err) == EG_OK, "begin");
+        for (int i = 0; i < K; i++) {
+            CHECK(eg_ladder_forward_step(m, i, Hs[i], lg, &err) == EG_OK, "step");
+        }
+        CHECK(memcmp(lg, lg2, sizeof lg) == 0, "forward_eval logits == forward_step logits");
+        CHECK(eg_ladder_loss(m2, LABELS, &loss_one, NULL, &err) == EG_OK, "loss after eval forward");
+        CHECK(eg_ladder_backward(m2, &err) == EG_ESTATE, "backward after forward_eval refused");
+    }
     /* order and validation */
     CHECK(eg_ladder_begin(m, 3, GP, N, PTR, SRC, 0, 0, &err) == EG_OK, "begin");
     CHECK(eg_ladder_forward_step(m, 1, H, NULL, &err) == EG_ESTATE, "out of order");

@@ -245,7 +245,7 @@ static void test_activations(void)
         ok &= out[i] == (x[i] > 0 ? x[i] : 0.0f);
     }
     CHECK(ok, "relu forward");
-    eg_relu_backward(dx, R, x, n);
+    eg_relu_backward(dx, R, out, n);
     act_ctx k = {x, n, 0};
     gc_var v1[] = {{"x", x, dx, n}};
     gradcheck("relu", act_fwd, &k, R, n, v1, 1, 1e-2f, 1e-3, 1e-4);
@@ -255,7 +255,7 @@ static void test_activations(void)
         ok &= fabs(out[i] - (x[i] > 0 ? x[i] : expm1(x[i]))) < 1e-6;
     }
     CHECK(ok, "elu forward");
-    eg_elu_backward(dx, R, x, n);
+    eg_elu_backward(dx, R, out, n);
     k.kind = 1;
     gradcheck("elu", act_fwd, &k, R, n, v1, 1, 1e-2f, 1e-3, 1e-4);
 

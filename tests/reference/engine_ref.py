@@ -1,6 +1,8 @@
 """Plain-PyTorch reference of the ENGINE G-Ladder, written from
-docs/ALGORITHMS.md §A.2 (PyG is not installed: SAGEConv, GCNConv and GATConv
-are transcribed here with PyG's semantics and parameter names).
+docs/ALGORITHMS.md §A.2. SAGEConv, GCNConv and GATConv are transcribed here
+with PyG's semantics and parameter names, so the parity tests need only torch;
+``EngineRef(..., pyg=True)`` uses torch_geometric's own layers instead (the
+benchmark's PyG pipeline, and a test that the transcription matches PyG).
 
 Used only by the parity tests: same parameter names as
 EngineClassifier.state_dict(), so ``load_state_dict(strict=True)`` checks the
@@ -84,12 +86,19 @@ class GATConv(nn.Module):
 
 
 class Ladder(nn.Module):
-    def __init__(self, D, k, hidden, gnn, gnn_layers, norm, last, heads):
+    def __init__(self, D, k, hidden, gnn, gnn_layers, norm, last, heads, pyg=False):
         super().__init__()
         self.projector = nn.Sequential(nn.Linear(D, k), nn.LayerNorm(k), nn.ReLU(), nn.Linear(k, k))
         dims = [(k, k)] if gnn_layers == 1 else [(k, hidden), (hidden, k)]
-        mk = {"sage": lambda a, b: SAGEConv(a, b), "gcn": lambda a, b: GCNConv(a, b),
-              "gat": lambda a, b: GATConv(a, b, heads)}[gnn]
+        if pyg:
+            # the real PyG layers (same parameter names): for the benchmark's PyG pipeline
+            import torch_geometric.nn as pyg_nn
+            mk = {"sage": lambda a, b: pyg_nn.SAGEConv(a, b, aggr="mean"),
+                  "gcn": lambda a, b: pyg_nn.GCNConv(a, b),
+                  "gat": lambda a, b: pyg_nn.GATConv(a, b // heads, heads=heads)}[gnn]
+        else:
+            mk = {"sage": lambda a, b: SAGEConv(a, b), "gcn": lambda a, b: GCNConv(a, b),
+                  "gat": lambda a, b: GATConv(a, b, heads)}[gnn]
         self.gnn = nn.ModuleList([mk(a, b) for a, b in dims])
         self.post = [not (last and j == gnn_layers - 1) for j in range(gnn_layers)]
         if norm in ("ln", "bn"):
@@ -101,11 +110,11 @@ class EngineRef(nn.Module):
     """K ladders, gates, readout [root ; mean], classifier, optional exit heads."""
 
     def __init__(self, K, D, k, hidden, C, gnn="sage", gnn_layers=1, activation="elu", norm="id",
-                 dropout=0.0, T=0.1, early_exit=True, heads=4):
+                 dropout=0.0, T=0.1, early_exit=True, heads=4, pyg=False):
         super().__init__()
         self.K, self.T, self.norm, self.dropout = K, T, norm, dropout
         self.act = F.elu if activation == "elu" else F.relu
-        self.ladders = nn.ModuleList([Ladder(D, k, hidden, gnn, gnn_layers, norm, i == K - 1, heads)
+        self.ladders = nn.ModuleList([Ladder(D, k, hidden, gnn, gnn_layers, norm, i == K - 1, heads, pyg)
                                       for i in range(K)])
         self.gates = nn.ModuleDict({str(i): nn.ParameterDict({"alpha": nn.Parameter(torch.zeros(()))})
                                     for i in range(1, K)})
