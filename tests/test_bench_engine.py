@@ -24,6 +24,12 @@ def test_bench_engine_smoke(tmp_path, monkeypatch, capsys):
     text = md.read_text()
     assert "<!-- bench:engine:begin -->" in text and "<!-- bench:engine:end -->" in text
     assert "200 nodes" in text and "random 200-node induced subgraph" in text
+    pyg = True
+    try:
+        import torch_geometric  # noqa: F401
+    except ImportError:
+        pyg = False
+    assert ("| PyTorch Geometric" in text) == pyg   # the end-to-end PyG row exists when PyG does
     for row in ("| engine_py |", "PyTorch", "| layer cache (engine_py) |",
                 "re-encoded by engine_py's MiniLM encoder", "| MLP on last layer", "| SAGE on last layer"):
         assert row in text, row

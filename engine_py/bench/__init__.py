@@ -26,8 +26,25 @@ def machine_line() -> str:
     env = ", ".join(f"{k}={os.environ[k]}" for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
                     if k in os.environ) or "OPENBLAS_* unset"
     return (f"{datetime.date.today().isoformat()}, {platform.processor() or platform.machine()}, "
-            f"{os.cpu_count()} CPUs, engine_py {info['version']} with {info['blas']} "
+            f"{os.cpu_count()} CPUs, engine_py {info['version']}{_git_commit()} with {info['blas']} "
             f"({engine_py.get_num_threads()} threads), {env}, Python {platform.python_version()}")
+
+
+def _git_commit() -> str:
+    """' (commit abc1234[+changes])' when run from a git checkout, else ''."""
+    import subprocess
+
+    here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    try:
+        rev = subprocess.run(["git", "-C", here, "rev-parse", "--short", "HEAD"], capture_output=True,
+                             text=True, timeout=10)
+        dirty = subprocess.run(["git", "-C", here, "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    if rev.returncode != 0:
+        return ""
+    return f" (commit {rev.stdout.strip()}{'+changes' if dirty.stdout.strip() else ''})"
 
 
 def write_section(name: str, markdown: str, path: str | None = None) -> str:
