@@ -6,7 +6,8 @@
  *
  * Speed without -ffast-math: glibc's erff and expf are scalar and branchy
  * (erff costs ~15 ns here, which would make GELU as slow as the FFN GEMMs),
- * so erf and exp are written branch-free (bert_simd.h) and the hot loops are
+ * so erf and exp are written branch-free (csrc/include/eg_vmath.h, one copy
+ * per instruction set through bert_simd.h) and the hot loops are
  * compiled three times — baseline x86-64, AVX2 and AVX-512 — through
  * `#pragma GCC target`; the first call picks the best set the CPU supports
  * (no -march flag needed at build time). Each copy is also compiled with
