@@ -23,34 +23,9 @@
 #define MAX_R 64
 #define COL_BLOCK 128
 
-/* exp, sigmoid and the normal cdf/pdf without libm calls come from
- * eg_vmath.h (shared with the BERT kernels), so the loops using them
- * vectorise. */
-#include "eg_vmath.h"
-
-/* One slot's SwiGLU backward over the intermediate dimension: da = wj dabar
- * + back * mask; dg = da u silu'(g); du = da silu(g); ad = a * mask. Returns
- * dabar . a. A separate function with restrict pointers so it vectorises. */
-static float swiglu_backward_row(float *restrict dg, float *restrict du, float *restrict ad,
-                                 const float *restrict g, const float *restrict u,
-                                 const float *restrict dat, const float *restrict back,
-                                 const float *restrict mk, float wj, int n)
-{
-    float dot = 0.0f;
-    #pragma omp simd reduction(+:dot)
-    for (int i = 0; i < n; i++) {
-        float gi = g[i];
-        float da = wj * dat[i] + back[i] * mk[i];
-        float sg = eg_vm_sigmoid(gi);
-        float si = gi * sg;
-        float a = si * u[i];
-        dg[i] = da * u[i] * sg * (1.0f + gi * (1.0f - sg));
-        du[i] = da * si;
-        dot += dat[i] * a;
-        ad[i] = a * mk[i];
-    }
-    return dot;
-}
+/* The activations (SwiGLU, exact GELU) and their backward run per slot row
+ * in moe_act.c, compiled once per instruction set and picked at run time. */
+#include "moe_act.h"
 
 /* Backward of one slot's input projection (W_in or W_up plus its LoRA pair)
  * given dgm (I), the gradient of its pre-activation: dh (r) = s BT dgm is
@@ -204,6 +179,7 @@ eg_status eg_moe_ffn_forward(float *y, float *G, float *U, float *Hl, const floa
     const float s = d->scale, p = d->p;
     const uint64_t seed = d->seed;
     const size_t M = (size_t)T * (size_t)K, TI = (size_t)T * (size_t)I;
+    const eg_moe_act_kernels *act = eg_moe_act();
     ffn_scratch sc;
     float *G0 = eg_aligned_alloc(TI * sizeof(float));
     float *U0 = swi ? eg_aligned_alloc(TI * sizeof(float)) : NULL;
@@ -275,16 +251,9 @@ eg_status eg_moe_ffn_forward(float *y, float *G, float *U, float *Hl, const floa
                         u[i] += c * bk[i];
                     }
                 }
-                #pragma omp simd
-                for (int i = 0; i < I; i++) {
-                    float sg = eg_vm_sigmoid(g[i]);
-                    ad[i] = g[i] * sg * u[i];
-                }
+                act->forward_row(ad, g, u, I);
             } else {
-                #pragma omp simd
-                for (int i = 0; i < I; i++) {
-                    ad[i] = eg_vm_gelu(g[i]);
-                }
+                act->forward_row(ad, g, NULL, I);
             }
             #pragma omp simd
             for (int i = 0; i < I; i++) {
@@ -398,6 +367,7 @@ eg_status eg_moe_ffn_backward(float *dx, float *dw, eg_moe_ffn_grads *grd, const
     const float s = d->scale, p = d->p;
     const uint64_t seed = d->seed;
     const size_t M = (size_t)T * (size_t)K, TI = (size_t)T * (size_t)I, MI = M * (size_t)I;
+    const eg_moe_act_kernels *act = eg_moe_act();
     float *dab = eg_aligned_alloc(TI * sizeof(float));
     float *dG = eg_aligned_alloc(MI * sizeof(float));
     float *dU = swi ? eg_aligned_alloc(MI * sizeof(float)) : NULL;
@@ -481,21 +451,7 @@ eg_status eg_moe_ffn_backward(float *dx, float *dw, eg_moe_ffn_grads *grd, const
                     back[i] += c * ak[i];
                 }
             }
-            float dot = 0.0f;
-            if (swi) {
-                dot = swiglu_backward_row(dgm, dum, adm, g, u, dat, back, mk2, wj, I);
-            } else {
-                #pragma omp simd reduction(+:dot)
-                for (int i = 0; i < I; i++) {
-                    float gi = g[i];
-                    float da = wj * dat[i] + back[i] * mk2[i];
-                    float cdf = eg_vm_normal_cdf(gi);
-                    float a = gi * cdf;
-                    dgm[i] = da * (cdf + gi * eg_vm_normal_pdf(gi));
-                    dot += dat[i] * a;
-                    adm[i] = a * mk2[i];
-                }
-            }
+            const float dot = act->backward_row(dgm, dum, adm, g, u, dat, back, mk2, wj, I);
             dw[m] = dot + s * lor + dyb;
             lora_input_backward(dH0 + m * r, dg0, dxt, dgm, BT0, A0, mk0, s, I, H, r);
             if (swi) {

@@ -5,13 +5,12 @@
  * plus the one softmax row used by the routers and the cross-entropy.
  * Not part of the public API (eg.h): only kernels include it.
  *
- * Every function is static inline. A file that compiles its hot loops
- * several times for different instruction sets (bert_kernels.c includes
- * bert_simd.h under `#pragma GCC target("avx2...")`, `("avx512...")` and
- * the baseline, and picks one copy at run time) includes this header once
- * per copy with EG_VMATH_NAME(name) defined to give that copy's functions a
- * suffix. Without EG_VMATH_NAME the functions are named eg_vm_<name>
- * (csrc/gmoe); the header has no include guard for that reason, only the
+ * Every function is static inline. Kernels that compile their hot loops
+ * once per instruction set (eg_isa.h: bert_simd.h for the BERT kernels,
+ * csrc/gmoe/moe_act_simd.h for the MoE FFN's activations) include this
+ * header once per copy with EG_VMATH_NAME(name) defined to give that copy's
+ * functions a suffix; without EG_VMATH_NAME the functions are named
+ * eg_vm_<name>. The header has no include guard for that reason; only the
  * softmax section (libm, double; one copy is enough) has one.
  *
  * Selects are bit operations (select below): gcc does not if-convert a

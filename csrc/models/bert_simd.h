@@ -1,9 +1,10 @@
 /*
- * bert_simd.h — the hot loops of the BERT kernels, included several times by
- * bert_kernels.c, each time under a different `#pragma GCC target` and with
- * SFX(name) giving the functions a per-instruction-set suffix; bert_kernels.c
- * picks one set at run time. Not a public header: only bert_kernels.c
- * includes it, after defining SFX and LANES.
+ * bert_simd.h — the hot loops of the BERT kernels, included by
+ * bert_kernels.c once per instruction set through eg_isa.h (each time under
+ * a different `#pragma GCC target`, with SFX(name) giving the functions a
+ * per-instruction-set suffix); bert_kernels.c picks one set at run time.
+ * Not a public header: only bert_kernels.c includes it, after defining
+ * LANES.
  */
 
 /* 16-float vector loads/stores without alignment assumptions. */
