@@ -221,13 +221,17 @@ void eg_sgemm(int transA, int transB, int M, int N, int K, float alpha,
         return;
     }
 #ifdef EG_BLAS_CALLBACK
-    /* If the callback has to skip the jobs, OpenBLAS may already have
-     * scaled C by beta (its GEMV path does so before threading): keep C to
-     * redo the product from. Only a multi-threaded call can reach the
-     * callback. Without memory for the copy the call goes ahead; a failure
-     * then leaves the sticky error and C unreliable. */
+    /* If the callback has to skip the jobs, C must still be as the caller
+     * gave it for the serial redo. OpenBLAS's threaded GEMM applies beta
+     * inside the jobs, so a skipped call leaves C untouched; but a product
+     * with one row or one column may be forwarded to GEMV, which scales C
+     * by beta before threading: keep a copy of that vector (cheap). Only a
+     * multi-threaded call can reach the callback. Without memory for the
+     * copy the call goes ahead; a failure then leaves the sticky error and
+     * C unreliable. test_core.c:test_blas_thread_failure checks all three
+     * shapes against this OpenBLAS. */
     float *saved = NULL;
-    if (beta != 0.0f && BLAS(openblas_get_num_threads)() > 1) {
+    if (beta != 0.0f && (M == 1 || N == 1) && BLAS(openblas_get_num_threads)() > 1) {
         saved = malloc((size_t)M * (size_t)N * sizeof(float));
         if (saved != NULL) {
             for (int i = 0; i < M; i++) {
@@ -248,7 +252,7 @@ void eg_sgemm(int transA, int transB, int M, int N, int K, float alpha,
                 memcpy(C + (size_t)i * ldc, saved + (size_t)i * N, (size_t)N * sizeof(float));
             }
         }
-        if (saved != NULL || beta == 0.0f) {
+        if (saved != NULL || beta == 0.0f || (M > 1 && N > 1)) {
             eg_sgemm_naive(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
         }
     }
