@@ -67,13 +67,14 @@ static PyObject *py_build_info(PyObject *self, PyObject *noargs)
 {
     (void)self;
     (void)noargs;
-    return Py_BuildValue("{s:s,s:s,s:s,s:i,s:i,s:s}",
+    return Py_BuildValue("{s:s,s:s,s:s,s:i,s:i,s:s,s:z}",
                          "version", EG_VERSION_STRING,
                          "blas", eg_blas_name(),
                          "blas_config", eg_blas_config(),
                          "blas_threads", eg_blas_get_num_threads(),
                          "omp_threads", eg_omp_max_threads(),
-                         "build_flags", eg_build_flags());
+                         "build_flags", eg_build_flags(),
+                         "blas_error", eg_blas_last_error());
 }
 
 /* Convert a 1-D-or-any-shape array between float32 and a 16-bit format.
@@ -117,7 +118,8 @@ static PyMethodDef core_methods[] = {
     {"get_num_threads", py_get_num_threads, METH_NOARGS,
      "get_num_threads()\n--\n\nThe thread count the core uses."},
     {"build_info", py_build_info, METH_NOARGS,
-     "build_info()\n--\n\nVersion, BLAS and its thread count, OpenMP threads, build flags."},
+     "build_info()\n--\n\nVersion, BLAS and its thread count, OpenMP threads, build flags,\n"
+     "the sticky BLAS error (None if none)."},
     {"f16_to_f32", py_f16_to_f32, METH_O, "Half bits (uint16 array) to float32."},
     {"f32_to_f16", py_f32_to_f16, METH_O, "float32 to half bits (uint16), round to nearest even."},
     {"bf16_to_f32", py_bf16_to_f32, METH_O, "bfloat16 bits (uint16 array) to float32."},
