@@ -83,6 +83,25 @@ static inline float EG_VMATH_NAME(exp_nonpos)(float x)
     return EG_VMATH_NAME(exp_reduced)(x);
 }
 
+/* e^x - 1 for x <= 0 (positive inputs and NaN are treated as 0), without the
+ * cancellation of exp(x) - 1 near 0: the degree-8 Taylor polynomial for
+ * x > -0.3 (truncation < 0.3^9/9! ~ 6e-11), exp(x) - 1 below (there
+ * 1 - e^x >= 0.26, so exp's ~1 ulp stays ~2 ulp). Both are computed. */
+static inline float EG_VMATH_NAME(expm1_nonpos)(float x)
+{
+    x = EG_VMATH_NAME(select)(x <= 0.0f, x, 0.0f);
+    float far = EG_VMATH_NAME(exp_nonpos)(x) - 1.0f;
+    float p = 1.0f / 40320.0f;
+    p = p * x + 1.0f / 5040.0f;
+    p = p * x + 1.0f / 720.0f;
+    p = p * x + 1.0f / 120.0f;
+    p = p * x + 1.0f / 24.0f;
+    p = p * x + 1.0f / 6.0f;
+    p = p * x + 0.5f;
+    p = p * x + 1.0f;
+    return EG_VMATH_NAME(select)(x > -0.3f, p * x, far);
+}
+
 /* 1 / (1 + e^-x). */
 static inline float EG_VMATH_NAME(sigmoid)(float x)
 {
