@@ -266,6 +266,7 @@ static PyObject *model_encode_layers(BertModelObject *self, PyObject *args)
 {
     PyObject *ids_obj, *off_obj, *layers_obj;
     PyArrayObject *ids = NULL, *off = NULL, *layers = NULL, *out = NULL;
+    int64_t *goff = NULL;
     int entered = 0;
     if (!PyArg_ParseTuple(args, "OOO", &ids_obj, &off_obj, &layers_obj) || model_ready(self) < 0) {
         return NULL;
@@ -299,6 +300,12 @@ static PyObject *model_encode_layers(BertModelObject *self, PyObject *args)
     if (out == NULL) {
         goto fail;
     }
+    /* offsets of one group of sequences, rebased to start at 0 */
+    goff = PyMem_Malloc(((size_t)n_seq + 1) * sizeof(int64_t));
+    if (goff == NULL) {
+        PyErr_NoMemory();
+        goto fail;
+    }
     if (eg_py_enter(&self->busy, "BertModel") < 0) {
         goto fail;
     }
@@ -307,27 +314,56 @@ static PyObject *model_encode_layers(BertModelObject *self, PyObject *args)
     eg_err err;
     eg_err_clear(&err);
     eg_status st = EG_OK;
+    int stop = 0;
     float *o = (float *)PyArray_DATA(out);
     const size_t plane = (size_t)n_seq * (size_t)c->hidden_size;
+    const int32_t *all_ids = (const int32_t *)PyArray_DATA(ids);
+    const int64_t *all_off = (const int64_t *)PyArray_DATA(off);
+    /* Sequences are encoded independently (packed, per-sequence attention),
+     * so the batch is run in groups of at most EG_PY_CHUNK_TOKENS tokens (at
+     * least one sequence each) and a layer at a time, with a signal check
+     * between steps: Ctrl-C waits for one layer of one group, not for the
+     * whole batch. Results do not depend on the grouping. */
     Py_BEGIN_ALLOW_THREADS
-    st = eg_bert_embed(self->model, &self->state, (const int32_t *)PyArray_DATA(ids),
-                       (const int64_t *)PyArray_DATA(off), n_seq, &err);
-    for (int l = 0; st == EG_OK && l <= top; l++) {
-        if (l > 0) {
-            st = eg_bert_run_layers(self->model, &self->state, l, &err);
+    int s0 = 0;
+    do {
+        int s1 = s0;
+        while (s1 < n_seq && (s1 == s0 || all_off[s1 + 1] - all_off[s0] <= EG_PY_CHUNK_TOKENS)) {
+            s1++;
         }
-        for (int k = 0; st == EG_OK && k < K; k++) {
-            if (lay[k] == l) {
-                eg_bert_pool(&self->state, o + (size_t)k * plane);
+        for (int i = s0; i <= s1; i++) {
+            goff[i - s0] = all_off[i] - all_off[s0];
+        }
+        st = eg_bert_embed(self->model, &self->state, all_ids + all_off[s0], goff, s1 - s0, &err);
+        for (int l = 0; st == EG_OK && !stop && l <= top; l++) {
+            if (l > 0) {
+                EG_PY_CHECK_SIGNALS(stop);
+                if (stop) {
+                    break;
+                }
+                st = eg_bert_run_layers(self->model, &self->state, l, &err);
+            }
+            for (int k = 0; st == EG_OK && k < K; k++) {
+                if (lay[k] == l) {
+                    eg_bert_pool(&self->state, o + (size_t)k * plane + (size_t)s0 * (size_t)c->hidden_size);
+                }
             }
         }
-    }
+        s0 = s1;
+        if (st == EG_OK && !stop && s0 < n_seq) {
+            EG_PY_CHECK_SIGNALS(stop);
+        }
+    } while (st == EG_OK && !stop && s0 < n_seq);
     Py_END_ALLOW_THREADS
     self->users--;
+    if (stop) {
+        goto fail;   /* KeyboardInterrupt (or what a signal handler raised) is set */
+    }
     if (st != EG_OK) {
         eg_py_raise(&err, NULL);
         goto fail;
     }
+    PyMem_Free(goff);
     eg_py_leave(&self->busy);
     Py_DECREF(ids);
     Py_DECREF(off);
@@ -337,6 +373,7 @@ fail:
     if (entered) {
         eg_py_leave(&self->busy);
     }
+    PyMem_Free(goff);
     Py_XDECREF(ids);
     Py_XDECREF(off);
     Py_XDECREF(layers);

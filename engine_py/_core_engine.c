@@ -676,24 +676,33 @@ static PyObject *Ladder_train_batch(LadderObject *self, PyObject *args)
     eg_err_clear(&err);
     eg_status st;
     float loss = 0.0f;
+    int stop = 0;
+    /* A signal check between the steps (each ladder, the backward pass):
+     * Ctrl-C stops the batch before the AdamW step, so the parameters are
+     * either untouched or fully updated (see EG_PY_CHECK_SIGNALS). */
     Py_BEGIN_ALLOW_THREADS
     st = eg_ladder_begin(self->m, G, PyArray_DATA(b.gp), N, PyArray_DATA(b.ptr), PyArray_DATA(b.src),
                          1, (uint64_t)seed, &err);
-    for (int i = 0; st == EG_OK && i < c->num_ladders; i++) {
+    for (int i = 0; st == EG_OK && !stop && i < c->num_ladders; i++) {
         st = eg_ladder_forward_step(self->m, i, PyArray_DATA(b.H[i]), NULL, &err);
+        EG_PY_CHECK_SIGNALS(stop);
     }
-    if (st == EG_OK) {
+    if (st == EG_OK && !stop) {
         st = eg_ladder_loss(self->m, PyArray_DATA(b.labels), &loss, NULL, &err);
     }
-    if (st == EG_OK) {
+    if (st == EG_OK && !stop) {
         eg_ladder_zero_grad(self->m);
         st = eg_ladder_backward(self->m, &err);
+        EG_PY_CHECK_SIGNALS(stop);
     }
-    if (st == EG_OK) {
+    if (st == EG_OK && !stop) {
         eg_ladder_adamw_step(self->m, lr, wd, 0.9f, 0.999f, 1e-8f);
     }
     Py_END_ALLOW_THREADS
     eg_py_leave(&self->busy);
+    if (stop) {
+        goto fail;   /* KeyboardInterrupt is set */
+    }
     if (st != EG_OK) {
         eg_py_raise(&err, NULL);
         goto fail;
@@ -728,16 +737,22 @@ static PyObject *Ladder_predict_batch(LadderObject *self, PyObject *args)
     eg_err err;
     eg_err_clear(&err);
     eg_status st;
+    int stop = 0;
     Py_BEGIN_ALLOW_THREADS
     st = eg_ladder_begin(self->m, G, PyArray_DATA(b.gp), N, PyArray_DATA(b.ptr), PyArray_DATA(b.src),
                          0, 0, &err);
-    for (int i = 0; st == EG_OK && i < c->num_ladders; i++) {
+    for (int i = 0; st == EG_OK && !stop && i < c->num_ladders; i++) {
         st = eg_ladder_forward_step(self->m, i, PyArray_DATA(b.H[i]),
                                     out + (size_t)i * (size_t)G * (size_t)c->num_classes, &err);
+        if (i + 1 < c->num_ladders) {
+            EG_PY_CHECK_SIGNALS(stop);
+        }
     }
     Py_END_ALLOW_THREADS
     eg_py_leave(&self->busy);
-    if (st != EG_OK) {
+    if (stop) {
+        Py_CLEAR(res);   /* KeyboardInterrupt is set */
+    } else if (st != EG_OK) {
         Py_CLEAR(res);
         eg_py_raise(&err, NULL);
     }
