@@ -21,7 +21,7 @@
 static int g_threads_gen = 0;
 static _Thread_local int t_threads_gen = 0;
 
-static void sync_thread_count(void)
+void eg_py_sync_threads(void)
 {
     if (t_threads_gen != g_threads_gen) {
         t_threads_gen = g_threads_gen;
@@ -59,7 +59,7 @@ int eg_py_enter(int *busy, const char *what)
         return -1;
     }
     *busy = 1;
-    sync_thread_count();
+    eg_py_sync_threads();
     return 0;
 }
 
@@ -96,7 +96,7 @@ static PyObject *py_build_info(PyObject *self, PyObject *noargs)
 {
     (void)self;
     (void)noargs;
-    sync_thread_count();   /* report what a core call from this thread uses */
+    eg_py_sync_threads();   /* report what a core call from this thread uses */
     return Py_BuildValue("{s:s,s:s,s:s,s:i,s:i,s:s}",
                          "version", EG_VERSION_STRING,
                          "blas", eg_blas_name(),

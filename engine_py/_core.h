@@ -32,6 +32,11 @@ PyObject *eg_py_raise(const eg_err *err, PyObject *corrupt_type);
 int eg_py_enter(int *busy, const char *what);
 void eg_py_leave(int *busy);
 
+/* Apply the thread count of set_num_threads() to OpenMP in the calling
+ * thread (OpenMP keeps it per thread). eg_py_enter calls it; a method that
+ * runs core code without eg_py_enter calls it itself, under the GIL. */
+void eg_py_sync_threads(void);
+
 /* Ctrl-C inside long calls. Python runs signal handlers only between
  * bytecodes, so a core call that runs for seconds with the GIL released
  * would delay KeyboardInterrupt by as long. Long calls are therefore split

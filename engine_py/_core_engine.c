@@ -10,11 +10,14 @@
  *          act, norm, heads, early_exit, dropout, T, seed)   G-Ladder (eg_engine.h)
  *       .param_table() .buffer(kind) (a float32 view owned by the model)
  *       .begin() .forward_step() .loss() .backward() .zero_grad() .adamw_step()
- *       .train_batch() .predict_batch()  (whole batch, one GIL release)
+ *       .train_batch() .predict_batch()  (whole batch; GIL released, with a
+ *                                          signal check after each ladder and
+ *                                          after backward: Ctrl-C stops it)
  *       .keep(mask)  (eval: drop exited subgraphs between forward steps)
  *   exit_reset / exit_step / exit_decide   the early-exit policy (exit.c)
  * Arguments are converted and range-checked here under the GIL; the core runs
- * with the GIL released; a busy flag rejects use from two threads at once.
+ * with the GIL released; a busy flag rejects use of a Ladder from two threads
+ * at once. A Graph is immutable and sampled by any number of threads.
  */
 #include "_core.h"
 #include "eg_engine.h"
@@ -67,7 +70,6 @@ static PyObject *batch_to_tuple(eg_batch *b)
 typedef struct {
     PyObject_HEAD
     eg_graph *g;
-    int busy;
 } GraphObject;
 
 static void Graph_dealloc(GraphObject *self)
@@ -180,10 +182,10 @@ static PyObject *Graph_sample(GraphObject *self, PyObject *args, int kind)
     if (t == NULL) {
         return NULL;
     }
-    if (eg_py_enter(&self->busy, "Graph") < 0) {
-        Py_DECREF(t);
-        return NULL;
-    }
+    /* The graph is immutable once built (init refuses a second build) and
+     * the samplers only read it (const eg_graph *; the batch is the call's
+     * own), so any number of threads may sample at once: no busy flag. */
+    eg_py_sync_threads();
     eg_batch b;
     eg_err err;
     eg_err_clear(&err);
@@ -197,7 +199,6 @@ static PyObject *Graph_sample(GraphObject *self, PyObject *args, int kind)
         st = eg_sample_rw(self->g, tp, nt, (int64_t)cap_or_steps, (float)restart, (uint64_t)seed, &b, &err);
     }
     Py_END_ALLOW_THREADS
-    eg_py_leave(&self->busy);
     Py_DECREF(t);
     if (st != EG_OK) {
         return eg_py_raise(&err, NULL);

@@ -588,15 +588,28 @@ class EngineClassifier:
 
     @exclusive("this EngineClassifier")
     def save(self, path):
-        """Write ``path/config.json`` and ``path/model.safetensors``."""
+        """Write ``path/config.json`` and ``path/model.safetensors``.
+
+        Each file goes to a temporary name, is synced and renamed into place
+        (the config last), so a failure (a full disk, Ctrl-C) leaves the
+        previous files as they were and no partial file."""
         self._check_fitted()
         save_st, _ = _safetensors()
         os.makedirs(path, exist_ok=True)
-        save_st(os.path.join(path, "model.safetensors"), dict(self.state_dict()))
         tmp = os.path.join(path, "config.json.tmp")
-        with open(tmp, "w") as f:
-            json.dump(self._config(), f, indent=2)
-        os.replace(tmp, os.path.join(path, "config.json"))
+        try:
+            with open(tmp, "w") as f:
+                json.dump(self._config(), f, indent=2)
+                f.flush()
+                os.fsync(f.fileno())
+            save_st(os.path.join(path, "model.safetensors"), dict(self.state_dict()))
+            os.replace(tmp, os.path.join(path, "config.json"))
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
 
     @classmethod
     def load(cls, path):
