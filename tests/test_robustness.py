@@ -316,7 +316,7 @@ def test_cache_two_objects_run_in_parallel(two_caches, one_thread):
     outs = [np.empty((ids.size, two_caches[0].dim), np.float32) for _ in range(2)]
 
     def call(c, i):
-        for _ in range(8):
+        for _ in range(6):
             c.gather(1, ids, out=outs[i])
         return outs[i].copy()
 
@@ -512,7 +512,7 @@ def test_sigint_during_encode(tmp_path, method, batch_size):
     """, delay=0.7, tmp_path=tmp_path)
 
 
-def test_sigint_during_fit_keeps_saved_model(tmp_path):
+def test_sigint_during_fit_keeps_saved_model(tmp_path, one_thread):
     _interrupt("""
         from engine_py import EngineClassifier, Graph
         from engine_py.engine import InMemoryStates
@@ -537,8 +537,8 @@ def test_sigint_during_fit_keeps_saved_model(tmp_path):
     np.testing.assert_array_equal(logits, np.load(tmp_path / "logits.npy"))
 
 
-def test_sigint_during_build_then_resume_is_bit_identical(tmp_path, demo):
-    texts = [" ".join(demo.texts[i:i + 3]) for i in range(400)]
+def test_sigint_during_build_then_resume_is_bit_identical(tmp_path, demo, one_thread):
+    texts = [" ".join(demo.texts[i:i + 2]) for i in range(300)]
     (tmp_path / "texts.json").write_text(json.dumps(texts))
     _interrupt("""
         import json
@@ -548,7 +548,7 @@ def test_sigint_during_build_then_resume_is_bit_identical(tmp_path, demo):
         texts = json.load(open("texts.json"))
         started()
         run(lambda: LayerCache.build("cache.egc", enc, texts, layers=[0, 3, 6], batch_size=16))
-    """, delay=1.0, tmp_path=tmp_path)
+    """, delay=0.7, tmp_path=tmp_path)
     path = tmp_path / "cache.egc"
     c = LayerCache.open(path)
     assert c.verify()
