@@ -300,6 +300,36 @@ static PyObject *model_encode_layers(BertModelObject *self, PyObject *args)
     if (out == NULL) {
         goto fail;
     }
+    /* The core checks each group it is given; check the whole batch here
+     * first (same messages), so that a bad sequence fails before any work and
+     * the message counts sequences and positions from the batch start. */
+    {
+        const int64_t *o = (const int64_t *)PyArray_DATA(off);
+        const int32_t *t = (const int32_t *)PyArray_DATA(ids);
+        for (int i = 0; i < n_seq; i++) {
+            int64_t len = o[i + 1] - o[i];
+            if (len < 1) {
+                PyErr_Format(PyExc_ValueError,
+                             "sequence %d is empty (every sequence needs at least one token)", i);
+                goto fail;
+            }
+            if (len > c->max_position) {
+                PyErr_Format(PyExc_ValueError,
+                             "sequence %d has %lld tokens, more than max_position_embeddings %d",
+                             i, (long long)len, c->max_position);
+                goto fail;
+            }
+        }
+        npy_intp n_tok = PyArray_DIM(ids, 0);
+        for (npy_intp i = 0; i < n_tok; i++) {
+            if (t[i] < 0 || t[i] >= c->vocab_size) {
+                PyErr_Format(PyExc_ValueError,
+                             "token id %d at position %zd is outside the vocabulary [0, %d)",
+                             (int)t[i], (Py_ssize_t)i, c->vocab_size);
+                goto fail;
+            }
+        }
+    }
     /* offsets of one group of sequences, rebased to start at 0 */
     goff = PyMem_Malloc(((size_t)n_seq + 1) * sizeof(int64_t));
     if (goff == NULL) {

@@ -438,6 +438,28 @@ def test_tokenizer_two_objects_run_in_parallel(long_texts, one_thread):
                                 _ids_equal)
 
 
+def test_encode_layers_errors_name_positions_in_the_whole_batch():
+    # encode_layers runs a batch in groups of <= 2048 tokens (for Ctrl-C); a
+    # bad id or length must still be reported before any work, counted from
+    # the start of the batch, not of its group
+    enc = Encoder.from_pretrained(minilm_path())
+    ids = np.full(3000, 1000, np.int32)
+    off = np.arange(0, 3001, 100, dtype=np.int64)
+    ids[2500] = -1
+    with pytest.raises(ValueError, match="token id -1 at position 2500 "):
+        enc._model.encode_layers(ids, off, np.array([6], np.int32))
+    ids[2500] = 1000
+    off2 = np.concatenate([off[:26], off[25:]])   # sequence 25 is empty
+    with pytest.raises(ValueError, match="sequence 25 is empty"):
+        enc._model.encode_layers(ids, off2, np.array([6], np.int32))
+    np.testing.assert_array_equal(enc._model.encode_layers(ids, off, np.array([6], np.int32)),
+                                  np.concatenate([enc._model.encode_layers(ids[:1500], off[:16],
+                                                                           np.array([6], np.int32)),
+                                                  enc._model.encode_layers(ids[1500:], off[15:] - 1500,
+                                                                           np.array([6], np.int32))],
+                                                 axis=1))
+
+
 # ------------------------------------------------------------------ Ctrl-C
 
 _CHILD_PRELUDE = """
