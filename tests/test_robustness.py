@@ -38,7 +38,9 @@ from engine_py.gmoe import MoELoRAFFN
 from engine_py.models import minilm_path
 from engine_py.tokenizer import WordPieceTokenizer
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# subprocesses import the engine_py this process imported (the source tree,
+# or the sanitized build of .ci/asan-pytest)
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(engine_py.__file__)))
 BUSY = "in use by another thread"
 
 
