@@ -16,6 +16,8 @@
   RLIMIT_FSIZE (EFBIG, always) in a subprocess: LayerCache.build,
   io.save_safetensors and EngineClassifier.save raise OSError and leave
   either the old file or a valid, resumable one, never a torn one.
+* Property tests (hypothesis) for the Python-side parsers: tokenizer folders,
+  apt-cache dumpavail text, TAG folders give their documented exception type.
 """
 import json
 import os
