@@ -175,6 +175,7 @@ static PyObject *py_lora_forward(PyObject *self, PyObject *args)
     }
     eg_err err = {0};
     eg_status st;
+    eg_py_sync_threads();   /* this thread's OpenMP team size */
     Py_BEGIN_ALLOW_THREADS
     st = eg_lora_linear_forward(F32(o[0]), F32(o[1]), x, W, b, A, B, (int)sx[0], (int)sx[1],
                                 (int)sW[0], (int)sA[0], scale, p, seed, &err);
@@ -217,6 +218,7 @@ static PyObject *py_lora_backward(PyObject *self, PyObject *args)
     }
     eg_err err = {0};
     eg_status st;
+    eg_py_sync_threads();   /* this thread's OpenMP team size */
     Py_BEGIN_ALLOW_THREADS
     st = eg_lora_linear_backward(F32(dx), dA, dB, dout, x, W, A, B, h, (int)sx[0], (int)sx[1],
                                  (int)sW[0], (int)sA[0], scale, p, seed, &err);
@@ -361,6 +363,7 @@ static PyObject *py_ffn_forward(PyObject *self, PyObject *args)
     eg_err err = {0};
     eg_status st;
     float *Up = out[2] == Py_None ? NULL : F32(out[2]);
+    eg_py_sync_threads();   /* this thread's OpenMP team size */
     Py_BEGIN_ALLOW_THREADS
     st = eg_moe_ffn_forward(F32(out[0]), F32(out[1]), Up, F32(out[3]), x, idx, w, &prm, &d,
                             &err);
@@ -420,6 +423,7 @@ static PyObject *py_ffn_backward(PyObject *self, PyObject *args)
     }
     eg_err err = {0};
     eg_status st;
+    eg_py_sync_threads();   /* this thread's OpenMP team size */
     Py_BEGIN_ALLOW_THREADS
     st = eg_moe_ffn_backward(F32(res[0]), F32(res[1]), &grd, dy, x, idx, w, G, swi ? U : NULL,
                              Hl, &prm, &d, &err);
@@ -455,6 +459,7 @@ static PyObject *py_topk_forward(PyObject *self, PyObject *args)
     if (gmoe_all_made(o, 4) < 0) {
         return NULL;
     }
+    eg_py_sync_threads();   /* this thread's OpenMP team size */
     Py_BEGIN_ALLOW_THREADS
     eg_router_topk_forward(F32(o[0]), F32(o[1]), PyArray_DATA((PyArrayObject *)o[2]), F32(o[3]),
                            lg, (int)sl[0], (int)sl[1], K, renorm);
@@ -486,6 +491,7 @@ static PyObject *py_topk_backward(PyObject *self, PyObject *args)
     if (dl == NULL) {
         return NULL;
     }
+    eg_py_sync_threads();   /* this thread's OpenMP team size */
     Py_BEGIN_ALLOW_THREADS
     eg_router_topk_backward(F32(dl), dw, dp, p, idx, w, (int)sp[0], (int)sp[1], (int)si[1], renorm);
     Py_END_ALLOW_THREADS
@@ -507,6 +513,7 @@ static PyObject *py_linear_router_forward(PyObject *self, PyObject *args)
     if (lg == NULL) {
         return NULL;
     }
+    eg_py_sync_threads();   /* this thread's OpenMP team size */
     Py_BEGIN_ALLOW_THREADS
     eg_linear_router_forward(F32(lg), x, W, (int)sx[0], (int)sx[1], (int)sW[0]);
     Py_END_ALLOW_THREADS
@@ -531,6 +538,7 @@ static PyObject *py_linear_router_backward(PyObject *self, PyObject *args)
         gmoe_arr(odl, "dlogits", NPY_FLOAT32, 2, sl, 0, 0, &dl) < 0) {
         return NULL;
     }
+    eg_py_sync_threads();   /* this thread's OpenMP team size */
     Py_BEGIN_ALLOW_THREADS
     eg_linear_router_backward(dx, dW, dl, x, W, (int)sx[0], (int)sx[1], (int)sW[0]);
     Py_END_ALLOW_THREADS
@@ -585,6 +593,7 @@ static PyObject *py_graph_forward(PyObject *self, PyObject *args)
     }
     eg_err err = {0};
     eg_status st;
+    eg_py_sync_threads();   /* this thread's OpenMP team size */
     Py_BEGIN_ALLOW_THREADS
     st = eg_graph_router_forward(F32(out[0]), F32(out[1]), F32(out[2]), pp[0], pp[1], pp[2],
                                  pp[3], pp[4], pp[5], pp[6], &d, &err);
@@ -622,6 +631,7 @@ static PyObject *py_graph_backward(PyObject *self, PyObject *args)
     }
     eg_err err = {0};
     eg_status st;
+    eg_py_sync_threads();   /* this thread's OpenMP team size */
     Py_BEGIN_ALLOW_THREADS
     st = eg_graph_router_backward(dx, dWs, dWt, dWl, dp, dl, pp[0], pp[1], pp[2], pp[3], pp[4],
                                   pp[5], pp[6], Zt, Z, &d, &err);

@@ -253,6 +253,7 @@ static PyObject *py_adamw_step(PyObject *self, PyObject *args)
     }
     eg_adamw_config cfg = {lr, b1, b2, eps, wd};
     size_t n = (size_t)PyArray_SIZE((PyArrayObject *)op);
+    eg_py_sync_threads();   /* this thread's OpenMP team size */
     Py_BEGIN_ALLOW_THREADS
     eg_adamw_step(p, g, m, v, NULL, n, &cfg, t);
     Py_END_ALLOW_THREADS
