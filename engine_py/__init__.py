@@ -41,7 +41,9 @@ from .io import SafetensorsError, load_safetensors, load_state, save_safetensors
 
 def info() -> dict:
     """Build and runtime facts: version, BLAS in use and its thread count,
-    OpenMP threads, compiler flags."""
+    OpenMP threads, compiler flags, and ``blas_error``: None, or the message
+    of the first failure to start threads for a BLAS call (sticky; the core
+    then ran those products serially, so results stayed right)."""
     d = dict(_core.build_info())
     d["version"] = __version__
     d["num_threads"] = get_num_threads()

@@ -6,6 +6,30 @@
 #include "_core.h"
 
 #include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+/* OpenMP keeps the thread count per thread: omp_set_num_threads in
+ * set_num_threads() reaches the calling thread only, and a Python thread
+ * started later would still run OpenMP regions with the default count.
+ * set_num_threads bumps a generation; eg_py_enter (the entry of every long
+ * method) re-applies the count in a thread that has not seen the latest
+ * generation. Only OpenMP's per-thread value is set there: BLAS's count is
+ * process-wide and was set by set_num_threads. Read and written under the
+ * GIL. */
+static int g_threads_gen = 0;
+static _Thread_local int t_threads_gen = 0;
+
+void eg_py_sync_threads(void)
+{
+    if (t_threads_gen != g_threads_gen) {
+        t_threads_gen = g_threads_gen;
+#ifdef _OPENMP
+        omp_set_num_threads(eg_get_num_threads());
+#endif
+    }
+}
 
 PyObject *eg_py_raise(const eg_err *err, PyObject *corrupt_type)
 {
@@ -24,6 +48,8 @@ PyObject *eg_py_raise(const eg_err *err, PyObject *corrupt_type)
     return NULL;
 }
 
+unsigned long eg_py_main_thread = 0;
+
 int eg_py_enter(int *busy, const char *what)
 {
     if (*busy) {
@@ -33,6 +59,7 @@ int eg_py_enter(int *busy, const char *what)
         return -1;
     }
     *busy = 1;
+    eg_py_sync_threads();
     return 0;
 }
 
@@ -53,6 +80,8 @@ static PyObject *py_set_num_threads(PyObject *self, PyObject *arg)
         return NULL;
     }
     eg_set_num_threads((int)n);
+    g_threads_gen++;
+    t_threads_gen = g_threads_gen;
     Py_RETURN_NONE;
 }
 
@@ -67,13 +96,15 @@ static PyObject *py_build_info(PyObject *self, PyObject *noargs)
 {
     (void)self;
     (void)noargs;
-    return Py_BuildValue("{s:s,s:s,s:s,s:i,s:i,s:s}",
+    eg_py_sync_threads();   /* report what a core call from this thread uses */
+    return Py_BuildValue("{s:s,s:s,s:s,s:i,s:i,s:s,s:z}",
                          "version", EG_VERSION_STRING,
                          "blas", eg_blas_name(),
                          "blas_config", eg_blas_config(),
                          "blas_threads", eg_blas_get_num_threads(),
                          "omp_threads", eg_omp_max_threads(),
-                         "build_flags", eg_build_flags());
+                         "build_flags", eg_build_flags(),
+                         "blas_error", eg_blas_last_error());
 }
 
 /* Convert a 1-D-or-any-shape array between float32 and a 16-bit format.
@@ -117,7 +148,8 @@ static PyMethodDef core_methods[] = {
     {"get_num_threads", py_get_num_threads, METH_NOARGS,
      "get_num_threads()\n--\n\nThe thread count the core uses."},
     {"build_info", py_build_info, METH_NOARGS,
-     "build_info()\n--\n\nVersion, BLAS and its thread count, OpenMP threads, build flags."},
+     "build_info()\n--\n\nVersion, BLAS and its thread count, OpenMP threads, build flags,\n"
+     "the sticky BLAS error (None if none)."},
     {"f16_to_f32", py_f16_to_f32, METH_O, "Half bits (uint16 array) to float32."},
     {"f32_to_f16", py_f32_to_f16, METH_O, "float32 to half bits (uint16), round to nearest even."},
     {"bf16_to_f32", py_bf16_to_f32, METH_O, "bfloat16 bits (uint16 array) to float32."},
@@ -136,6 +168,22 @@ PyMODINIT_FUNC PyInit__core(void)
     import_array();
     PyObject *m = PyModule_Create(&core_module);
     if (m == NULL) {
+        return NULL;
+    }
+    /* the thread that receives signals (see EG_PY_CHECK_SIGNALS) */
+    PyObject *threading = PyImport_ImportModule("threading");
+    PyObject *main_thread = threading != NULL ? PyObject_CallMethod(threading, "main_thread", NULL) : NULL;
+    PyObject *ident = main_thread != NULL ? PyObject_GetAttrString(main_thread, "ident") : NULL;
+    Py_XDECREF(threading);
+    Py_XDECREF(main_thread);
+    if (ident == NULL) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    eg_py_main_thread = PyLong_AsUnsignedLong(ident);
+    Py_DECREF(ident);
+    if (PyErr_Occurred()) {
+        Py_DECREF(m);
         return NULL;
     }
     if (eg_py_init_io(m) < 0 || eg_py_init_text(m) < 0 || eg_py_init_bert(m) < 0 ||

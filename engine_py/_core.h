@@ -32,6 +32,33 @@ PyObject *eg_py_raise(const eg_err *err, PyObject *corrupt_type);
 int eg_py_enter(int *busy, const char *what);
 void eg_py_leave(int *busy);
 
+/* Apply the thread count of set_num_threads() to OpenMP in the calling
+ * thread (OpenMP keeps it per thread). eg_py_enter calls it; a method that
+ * runs core code without eg_py_enter calls it itself, under the GIL. */
+void eg_py_sync_threads(void);
+
+/* Ctrl-C inside long calls. Python runs signal handlers only between
+ * bytecodes, so a core call that runs for seconds with the GIL released
+ * would delay KeyboardInterrupt by as long. Long calls are therefore split
+ * by the glue into bounded steps (a BERT layer over <= EG_PY_CHUNK_TOKENS
+ * tokens, one ladder, the backward pass ...); between two steps, inside a
+ * Py_BEGIN_ALLOW_THREADS block, EG_PY_CHECK_SIGNALS(stop) takes the GIL back
+ * for a moment and runs pending handlers, in the main thread only (other
+ * threads never receive signals, so they keep running without the GIL).
+ * stop becomes 1 when a handler raised (KeyboardInterrupt): the caller
+ * stops, leaves the allow-threads block, frees what it made and returns
+ * NULL with that exception. The core itself stays free of Python. */
+extern unsigned long eg_py_main_thread;
+#define EG_PY_CHUNK_TOKENS 2048
+#define EG_PY_CHECK_SIGNALS(stop)                                   \
+    do {                                                            \
+        if (PyThread_get_thread_ident() == eg_py_main_thread) {     \
+            Py_BLOCK_THREADS                                        \
+            (stop) = PyErr_CheckSignals() < 0;                      \
+            Py_UNBLOCK_THREADS                                      \
+        }                                                           \
+    } while (0)
+
 /* Area initialisers: add functions, types and exceptions to the module.
  * Return 0 on success, -1 with an exception set. */
 int eg_py_init_io(PyObject *module);      /* _core_io.c: safetensors */

@@ -115,6 +115,7 @@ static int model_init(BertModelObject *self, PyObject *args, PyObject *kwds)
     eg_err_clear(&err);
     eg_status st;
     eg_bert *m = NULL;
+    eg_py_sync_threads();   /* this thread's OpenMP team size */
     Py_BEGIN_ALLOW_THREADS
     st = eg_bert_create(&m, &c, &err);
     Py_END_ALLOW_THREADS
@@ -197,6 +198,7 @@ static PyObject *model_set_param(BertModelObject *self, PyObject *args)
     eg_err_clear(&err);
     eg_status st;
     self->busy = 1;
+    eg_py_sync_threads();   /* this thread's OpenMP team size */
     Py_BEGIN_ALLOW_THREADS
     st = eg_bert_set_param(self->model, name, (const float *)PyArray_DATA(arr), nd, shape, &err);
     Py_END_ALLOW_THREADS
@@ -266,6 +268,7 @@ static PyObject *model_encode_layers(BertModelObject *self, PyObject *args)
 {
     PyObject *ids_obj, *off_obj, *layers_obj;
     PyArrayObject *ids = NULL, *off = NULL, *layers = NULL, *out = NULL;
+    int64_t *goff = NULL;
     int entered = 0;
     if (!PyArg_ParseTuple(args, "OOO", &ids_obj, &off_obj, &layers_obj) || model_ready(self) < 0) {
         return NULL;
@@ -299,6 +302,42 @@ static PyObject *model_encode_layers(BertModelObject *self, PyObject *args)
     if (out == NULL) {
         goto fail;
     }
+    /* The core checks each group it is given; check the whole batch here
+     * first (same messages), so that a bad sequence fails before any work and
+     * the message counts sequences and positions from the batch start. */
+    {
+        const int64_t *o = (const int64_t *)PyArray_DATA(off);
+        const int32_t *t = (const int32_t *)PyArray_DATA(ids);
+        for (int i = 0; i < n_seq; i++) {
+            int64_t len = o[i + 1] - o[i];
+            if (len < 1) {
+                PyErr_Format(PyExc_ValueError,
+                             "sequence %d is empty (every sequence needs at least one token)", i);
+                goto fail;
+            }
+            if (len > c->max_position) {
+                PyErr_Format(PyExc_ValueError,
+                             "sequence %d has %lld tokens, more than max_position_embeddings %d",
+                             i, (long long)len, c->max_position);
+                goto fail;
+            }
+        }
+        npy_intp n_tok = PyArray_DIM(ids, 0);
+        for (npy_intp i = 0; i < n_tok; i++) {
+            if (t[i] < 0 || t[i] >= c->vocab_size) {
+                PyErr_Format(PyExc_ValueError,
+                             "token id %d at position %zd is outside the vocabulary [0, %d)",
+                             (int)t[i], (Py_ssize_t)i, c->vocab_size);
+                goto fail;
+            }
+        }
+    }
+    /* offsets of one group of sequences, rebased to start at 0 */
+    goff = PyMem_Malloc(((size_t)n_seq + 1) * sizeof(int64_t));
+    if (goff == NULL) {
+        PyErr_NoMemory();
+        goto fail;
+    }
     if (eg_py_enter(&self->busy, "BertModel") < 0) {
         goto fail;
     }
@@ -307,27 +346,57 @@ static PyObject *model_encode_layers(BertModelObject *self, PyObject *args)
     eg_err err;
     eg_err_clear(&err);
     eg_status st = EG_OK;
+    int stop = 0;
     float *o = (float *)PyArray_DATA(out);
     const size_t plane = (size_t)n_seq * (size_t)c->hidden_size;
+    const int32_t *all_ids = (const int32_t *)PyArray_DATA(ids);
+    const int64_t *all_off = (const int64_t *)PyArray_DATA(off);
+    /* Sequences are encoded independently (packed, per-sequence attention),
+     * so the batch is run in groups of at most EG_PY_CHUNK_TOKENS tokens (at
+     * least one sequence each) and a layer at a time, with a signal check
+     * between steps: Ctrl-C waits for one layer of one group, not for the
+     * whole batch. Results do not depend on the grouping. */
+    eg_py_sync_threads();   /* this thread's OpenMP team size */
     Py_BEGIN_ALLOW_THREADS
-    st = eg_bert_embed(self->model, &self->state, (const int32_t *)PyArray_DATA(ids),
-                       (const int64_t *)PyArray_DATA(off), n_seq, &err);
-    for (int l = 0; st == EG_OK && l <= top; l++) {
-        if (l > 0) {
-            st = eg_bert_run_layers(self->model, &self->state, l, &err);
+    int s0 = 0;
+    do {
+        int s1 = s0;
+        while (s1 < n_seq && (s1 == s0 || all_off[s1 + 1] - all_off[s0] <= EG_PY_CHUNK_TOKENS)) {
+            s1++;
         }
-        for (int k = 0; st == EG_OK && k < K; k++) {
-            if (lay[k] == l) {
-                eg_bert_pool(&self->state, o + (size_t)k * plane);
+        for (int i = s0; i <= s1; i++) {
+            goff[i - s0] = all_off[i] - all_off[s0];
+        }
+        st = eg_bert_embed(self->model, &self->state, all_ids + all_off[s0], goff, s1 - s0, &err);
+        for (int l = 0; st == EG_OK && !stop && l <= top; l++) {
+            if (l > 0) {
+                EG_PY_CHECK_SIGNALS(stop);
+                if (stop) {
+                    break;
+                }
+                st = eg_bert_run_layers(self->model, &self->state, l, &err);
+            }
+            for (int k = 0; st == EG_OK && k < K; k++) {
+                if (lay[k] == l) {
+                    eg_bert_pool(&self->state, o + (size_t)k * plane + (size_t)s0 * (size_t)c->hidden_size);
+                }
             }
         }
-    }
+        s0 = s1;
+        if (st == EG_OK && !stop && s0 < n_seq) {
+            EG_PY_CHECK_SIGNALS(stop);
+        }
+    } while (st == EG_OK && !stop && s0 < n_seq);
     Py_END_ALLOW_THREADS
     self->users--;
+    if (stop) {
+        goto fail;   /* KeyboardInterrupt (or what a signal handler raised) is set */
+    }
     if (st != EG_OK) {
         eg_py_raise(&err, NULL);
         goto fail;
     }
+    PyMem_Free(goff);
     eg_py_leave(&self->busy);
     Py_DECREF(ids);
     Py_DECREF(off);
@@ -337,6 +406,7 @@ fail:
     if (entered) {
         eg_py_leave(&self->busy);
     }
+    PyMem_Free(goff);
     Py_XDECREF(ids);
     Py_XDECREF(off);
     Py_XDECREF(layers);
@@ -491,6 +561,7 @@ static PyObject *state_embed(BertStateObject *self, PyObject *args)
     eg_err err;
     eg_err_clear(&err);
     eg_status st;
+    eg_py_sync_threads();   /* this thread's OpenMP team size */
     Py_BEGIN_ALLOW_THREADS
     st = eg_bert_embed(self->owner->model, &self->state, (const int32_t *)PyArray_DATA(ids),
                        (const int64_t *)PyArray_DATA(off), n_seq, &err);
@@ -527,6 +598,7 @@ static PyObject *state_run_layers(BertStateObject *self, PyObject *arg)
     eg_err err;
     eg_err_clear(&err);
     eg_status st;
+    eg_py_sync_threads();   /* this thread's OpenMP team size */
     Py_BEGIN_ALLOW_THREADS
     st = eg_bert_run_layers(self->owner->model, &self->state, (int)last, &err);
     Py_END_ALLOW_THREADS
@@ -555,6 +627,7 @@ static PyObject *state_pool(BertStateObject *self, PyObject *noargs)
         return NULL;
     }
     float *o = (float *)PyArray_DATA(out);
+    eg_py_sync_threads();   /* this thread's OpenMP team size */
     Py_BEGIN_ALLOW_THREADS
     eg_bert_pool(&self->state, o);
     Py_END_ALLOW_THREADS
@@ -652,6 +725,7 @@ static PyObject *py_bench_sgemm(PyObject *self, PyObject *args)
         return PyErr_NoMemory();
     }
     double secs;
+    eg_py_sync_threads();   /* this thread's OpenMP team size */
     Py_BEGIN_ALLOW_THREADS
     uint64_t rng = 1;
     for (size_t i = 0; i < nn; i++) {

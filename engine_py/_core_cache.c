@@ -153,6 +153,7 @@ static PyObject *py_cache_create(PyObject *mod, PyObject *args, PyObject *kw)
     eg_err_clear(&err);
     eg_status st;
     const char *cpath = PyBytes_AS_STRING(path);
+    eg_py_sync_threads();   /* this thread's OpenMP team size */
     Py_BEGIN_ALLOW_THREADS
     st = eg_cache_create(&c, cpath, &p, &err);
     Py_END_ALLOW_THREADS
@@ -187,6 +188,7 @@ static PyObject *py_cache_open(PyObject *mod, PyObject *args, PyObject *kw)
     eg_err_clear(&err);
     eg_status st;
     const char *cpath = PyBytes_AS_STRING(path);
+    eg_py_sync_threads();   /* this thread's OpenMP team size */
     Py_BEGIN_ALLOW_THREADS
     st = eg_cache_open(&c, cpath, writable, &err);
     Py_END_ALLOW_THREADS
@@ -206,6 +208,7 @@ static PyObject *py_crc32c(PyObject *mod, PyObject *args)
         return NULL;
     }
     uint32_t r;
+    eg_py_sync_threads();   /* this thread's OpenMP team size */
     Py_BEGIN_ALLOW_THREADS
     r = eg_crc32c(crc, b.buf, (size_t)b.len);
     Py_END_ALLOW_THREADS
@@ -319,6 +322,7 @@ static PyObject *rows_call(CacheFileObject *self, PyObject *args, int mode)
     eg_status st;
     const int64_t *r = (const int64_t *)PyArray_DATA(rows);
     const float *s = src != NULL ? (const float *)PyArray_DATA(src) : NULL;
+    eg_py_sync_threads();   /* this thread's OpenMP team size */
     Py_BEGIN_ALLOW_THREADS
     if (mode == 0) {
         st = eg_cache_write_rows(self->c, r, (size_t)n, s, &err);
@@ -358,6 +362,7 @@ static PyObject *cf_set_num_nodes(CacheFileObject *self, PyObject *args)
     eg_err err;
     eg_err_clear(&err);
     eg_status st;
+    eg_py_sync_threads();   /* this thread's OpenMP team size */
     Py_BEGIN_ALLOW_THREADS
     st = eg_cache_set_num_nodes(self->c, n, d, &err);
     Py_END_ALLOW_THREADS
@@ -380,6 +385,7 @@ static PyObject *cf_grow(CacheFileObject *self, PyObject *args)
     eg_err err;
     eg_err_clear(&err);
     eg_status st;
+    eg_py_sync_threads();   /* this thread's OpenMP team size */
     Py_BEGIN_ALLOW_THREADS
     st = eg_cache_grow(self->c, cap, &err);
     Py_END_ALLOW_THREADS
@@ -399,6 +405,7 @@ static PyObject *simple_call(CacheFileObject *self, eg_status (*fn)(eg_cache *, 
     eg_err err;
     eg_err_clear(&err);
     eg_status st;
+    eg_py_sync_threads();   /* this thread's OpenMP team size */
     Py_BEGIN_ALLOW_THREADS
     st = fn(self->c, &err);
     Py_END_ALLOW_THREADS
@@ -448,6 +455,7 @@ static PyObject *cf_check_layer(CacheFileObject *self, PyObject *args)
     eg_err err;
     eg_err_clear(&err);
     eg_status st;
+    eg_py_sync_threads();   /* this thread's OpenMP team size */
     Py_BEGIN_ALLOW_THREADS
     st = eg_cache_check_layer(self->c, k, &err);
     Py_END_ALLOW_THREADS
@@ -515,6 +523,7 @@ static PyObject *cf_gather(CacheFileObject *self, PyObject *args, PyObject *kw)
     eg_err_clear(&err);
     eg_status st;
     float *o = (float *)PyArray_DATA(out);
+    eg_py_sync_threads();   /* this thread's OpenMP team size */
     Py_BEGIN_ALLOW_THREADS
     st = eg_cache_gather(self->c, k, id, (size_t)n, o, &err);
     Py_END_ALLOW_THREADS
@@ -596,6 +605,7 @@ static PyObject *cf_close(CacheFileObject *self, PyObject *noargs)
     }
     eg_cache *c = self->c;
     self->c = NULL;
+    eg_py_sync_threads();   /* this thread's OpenMP team size */
     Py_BEGIN_ALLOW_THREADS
     eg_cache_close(c);
     Py_END_ALLOW_THREADS

@@ -10,11 +10,13 @@
  *          act, norm, heads, early_exit, dropout, T, seed)   G-Ladder (eg_engine.h)
  *       .param_table() .buffer(kind) (a float32 view owned by the model)
  *       .begin() .forward_step() .loss() .backward() .zero_grad() .adamw_step()
- *       .train_batch() .predict_batch()  (whole batch, one GIL release)
+ *       .train_batch() .predict_batch()  (whole batch, GIL released; predict
+ *                                          checks signals after each ladder)
  *       .keep(mask)  (eval: drop exited subgraphs between forward steps)
  *   exit_reset / exit_step / exit_decide   the early-exit policy (exit.c)
  * Arguments are converted and range-checked here under the GIL; the core runs
- * with the GIL released; a busy flag rejects use from two threads at once.
+ * with the GIL released; a busy flag rejects use of a Ladder from two threads
+ * at once. A Graph is immutable and sampled by any number of threads.
  */
 #include "_core.h"
 #include "eg_engine.h"
@@ -67,7 +69,6 @@ static PyObject *batch_to_tuple(eg_batch *b)
 typedef struct {
     PyObject_HEAD
     eg_graph *g;
-    int busy;
 } GraphObject;
 
 static void Graph_dealloc(GraphObject *self)
@@ -109,6 +110,7 @@ static int Graph_init(GraphObject *self, PyObject *args, PyObject *kw)
     eg_graph *g = NULL;
     const int64_t *s = PyArray_DATA(src), *d = PyArray_DATA(dst);
     int64_t E = (int64_t)PyArray_DIM(src, 0);
+    eg_py_sync_threads();   /* this thread's OpenMP team size */
     Py_BEGIN_ALLOW_THREADS
     st = eg_graph_build(&g, (int64_t)n, s, d, E, undirected, &err);
     Py_END_ALLOW_THREADS
@@ -180,16 +182,17 @@ static PyObject *Graph_sample(GraphObject *self, PyObject *args, int kind)
     if (t == NULL) {
         return NULL;
     }
-    if (eg_py_enter(&self->busy, "Graph") < 0) {
-        Py_DECREF(t);
-        return NULL;
-    }
+    /* The graph is immutable once built (init refuses a second build) and
+     * the samplers only read it (const eg_graph *; the batch is the call's
+     * own), so any number of threads may sample at once: no busy flag. */
+    eg_py_sync_threads();
     eg_batch b;
     eg_err err;
     eg_err_clear(&err);
     eg_status st;
     const int64_t *tp = PyArray_DATA(t);
     int64_t nt = (int64_t)PyArray_DIM(t, 0);
+    eg_py_sync_threads();   /* this thread's OpenMP team size */
     Py_BEGIN_ALLOW_THREADS
     if (kind == 0) {
         st = eg_sample_khop(self->g, tp, nt, (int64_t)cap_or_steps, (uint64_t)seed, &b, &err);
@@ -197,7 +200,6 @@ static PyObject *Graph_sample(GraphObject *self, PyObject *args, int kind)
         st = eg_sample_rw(self->g, tp, nt, (int64_t)cap_or_steps, (float)restart, (uint64_t)seed, &b, &err);
     }
     Py_END_ALLOW_THREADS
-    eg_py_leave(&self->busy);
     Py_DECREF(t);
     if (st != EG_OK) {
         return eg_py_raise(&err, NULL);
@@ -461,6 +463,7 @@ static PyObject *Ladder_begin(LadderObject *self, PyObject *args)
     eg_err_clear(&err);
     eg_status st;
     int64_t G = PyArray_DIM(b.gp, 0) - 1, N = PyArray_DIM(b.ptr, 0) - 1;
+    eg_py_sync_threads();   /* this thread's OpenMP team size */
     Py_BEGIN_ALLOW_THREADS
     st = eg_ladder_begin(self->m, G, PyArray_DATA(b.gp), N, PyArray_DATA(b.ptr), PyArray_DATA(b.src),
                          training, (uint64_t)seed, &err);
@@ -514,6 +517,7 @@ static PyObject *Ladder_forward_step(LadderObject *self, PyObject *args)
     eg_err_clear(&err);
     eg_status st;
     float *lp = has ? PyArray_DATA((PyArrayObject *)logits) : NULL;
+    eg_py_sync_threads();   /* this thread's OpenMP team size */
     Py_BEGIN_ALLOW_THREADS
     st = (keep_states ? eg_ladder_forward_step : eg_ladder_forward_eval)(self->m, i, PyArray_DATA(H), lp, &err);
     Py_END_ALLOW_THREADS
@@ -576,6 +580,7 @@ static PyObject *Ladder_backward(LadderObject *self, PyObject *noargs)
     eg_err err;
     eg_err_clear(&err);
     eg_status st;
+    eg_py_sync_threads();   /* this thread's OpenMP team size */
     Py_BEGIN_ALLOW_THREADS
     st = eg_ladder_backward(self->m, &err);
     Py_END_ALLOW_THREADS
@@ -605,6 +610,7 @@ static PyObject *Ladder_adamw_step(LadderObject *self, PyObject *args)
     if (eg_py_enter(&self->busy, "Ladder") < 0) {
         return NULL;
     }
+    eg_py_sync_threads();   /* this thread's OpenMP team size */
     Py_BEGIN_ALLOW_THREADS
     eg_ladder_adamw_step(self->m, lr, wd, b1, b2, eps);
     Py_END_ALLOW_THREADS
@@ -680,6 +686,10 @@ static PyObject *Ladder_train_batch(LadderObject *self, PyObject *args)
     for (int i = 0; i < c->num_ladders; i++) {
         H[i] = PyArray_DATA(b.H[i]);
     }
+    /* One C call for the whole step (~0.1-0.2 s for a default Debian batch):
+     * a Ctrl-C during it is raised by Python as soon as it returns, with the
+     * parameters fully updated, never half-way through AdamW. */
+    eg_py_sync_threads();   /* this thread's OpenMP team size */
     Py_BEGIN_ALLOW_THREADS
     st = eg_ladder_train_step(self->m, G, PyArray_DATA(b.gp), N, PyArray_DATA(b.ptr),
                               PyArray_DATA(b.src), H, PyArray_DATA(b.labels), (uint64_t)seed, lr, wd,
@@ -720,16 +730,23 @@ static PyObject *Ladder_predict_batch(LadderObject *self, PyObject *args)
     eg_err err;
     eg_err_clear(&err);
     eg_status st;
+    int stop = 0;
+    eg_py_sync_threads();   /* this thread's OpenMP team size */
     Py_BEGIN_ALLOW_THREADS
     st = eg_ladder_begin(self->m, G, PyArray_DATA(b.gp), N, PyArray_DATA(b.ptr), PyArray_DATA(b.src),
                          0, 0, &err);
-    for (int i = 0; st == EG_OK && i < c->num_ladders; i++) {
+    for (int i = 0; st == EG_OK && !stop && i < c->num_ladders; i++) {
         st = eg_ladder_forward_eval(self->m, i, PyArray_DATA(b.H[i]),
                                     out + (size_t)i * (size_t)G * (size_t)c->num_classes, &err);
+        if (i + 1 < c->num_ladders) {
+            EG_PY_CHECK_SIGNALS(stop);
+        }
     }
     Py_END_ALLOW_THREADS
     eg_py_leave(&self->busy);
-    if (st != EG_OK) {
+    if (stop) {
+        Py_CLEAR(res);   /* KeyboardInterrupt is set */
+    } else if (st != EG_OK) {
         Py_CLEAR(res);
         eg_py_raise(&err, NULL);
     }
@@ -771,6 +788,7 @@ static PyObject *Ladder_keep(LadderObject *self, PyObject *arg)
     eg_err err;
     eg_err_clear(&err);
     eg_status st;
+    eg_py_sync_threads();   /* this thread's OpenMP team size */
     Py_BEGIN_ALLOW_THREADS
     st = eg_ladder_keep(self->m, PyArray_DATA(k), &err);
     Py_END_ALLOW_THREADS
@@ -974,6 +992,7 @@ static PyObject *py_exit_decide(PyObject *mod, PyObject *args)
     eg_err err;
     eg_err_clear(&err);
     eg_status st;
+    eg_py_sync_threads();   /* this thread's OpenMP team size */
     Py_BEGIN_ALLOW_THREADS
     st = eg_exit_decide(&s, (int)K, PyArray_DATA(L), hh ? PyArray_DATA(hh) : NULL, &err);
     Py_END_ALLOW_THREADS

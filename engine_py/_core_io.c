@@ -106,6 +106,7 @@ static MappingObject *open_mapping(PyObject *path_arg)
     eg_err_clear(&err);
     eg_status st;
     const char *cpath = PyBytes_AS_STRING(pbytes);
+    eg_py_sync_threads();   /* this thread's OpenMP team size */
     Py_BEGIN_ALLOW_THREADS
     st = eg_st_open(cpath, &m->file, &err);
     Py_END_ALLOW_THREADS
@@ -203,6 +204,7 @@ static PyObject *tensor_array(MappingObject *m, const eg_st_tensor *t, int widen
         size_t n = t->nbytes / 2;
         float *dst = PyArray_DATA(out);
         int ok = 1;
+        eg_py_sync_threads();   /* this thread's OpenMP team size */
         Py_BEGIN_ALLOW_THREADS
         if (((uintptr_t)src & 1u) == 0) {
             eg_bf16_to_f32((const uint16_t *)(const void *)src, dst, n);
@@ -247,6 +249,7 @@ static PyObject *tensor_array(MappingObject *m, const eg_st_tensor *t, int widen
         void *dst = PyArray_DATA(out);
         size_t nb = t->nbytes;
         if (nb > 0) {
+            eg_py_sync_threads();   /* this thread's OpenMP team size */
             Py_BEGIN_ALLOW_THREADS
             memcpy(dst, src, nb);
             Py_END_ALLOW_THREADS
@@ -475,6 +478,7 @@ static PyObject *py_safetensors_save(PyObject *self, PyObject *args)
     eg_status st;
     const char *cpath = PyBytes_AS_STRING(pbytes);
     const eg_st_meta *mp = metas != NULL ? meta : NULL;
+    eg_py_sync_threads();   /* this thread's OpenMP team size */
     Py_BEGIN_ALLOW_THREADS
     st = eg_st_write(cpath, ents, (size_t)n, mp, (size_t)n_meta, &err);
     Py_END_ALLOW_THREADS

@@ -26,6 +26,7 @@ import numpy as np
 
 from . import _core
 from ._core import CacheCorruptError
+from ._guard import exclusive
 
 __all__ = ["LayerCache", "CacheCorruptError", "DTYPES", "build_with_dask"]
 
@@ -302,6 +303,7 @@ class LayerCache:
                     cancel()
 
     # -------------------------------------------------------------- growth
+    @exclusive("this LayerCache")
     def append(self, encoder, texts, batch_size: int = 64, show_progress_bar=None) -> np.ndarray:
         """Encode new nodes and add them after the existing ones; returns their
         ids (int64). Grows the file when the capacity is exceeded (a new file

@@ -16,9 +16,11 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
     d = engine_py.info()
     width = max(len(k) for k in d)
-    for k in ("version", "blas", "blas_config", "blas_threads", "omp_threads",
-              "num_threads", "build_flags"):
-        print(f"{k:<{width}}  {d[k]}")
+    order = ["version", "blas", "blas_config", "blas_threads", "omp_threads", "num_threads",
+             "build_flags", "blas_error"]
+    for k in order + sorted(set(d) - set(order)):
+        if k in d:
+            print(f"{k:<{width}}  {d[k] if d[k] is not None else '-'}")
     return 0
 
 

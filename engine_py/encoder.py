@@ -29,6 +29,7 @@ from typing import Any, Iterable, Optional, Sequence
 import numpy as np
 
 from . import _core
+from ._guard import in_use_guard
 
 __all__ = ["Encoder"]
 
@@ -292,6 +293,11 @@ class Encoder:
         return out
 
     def _run(self, texts: list, layers: list, batch_size: int, show_progress_bar: Optional[bool]) -> np.ndarray:
+        with in_use_guard(self, "this Encoder"):
+            return self._run_unguarded(texts, layers, batch_size, show_progress_bar)
+
+    def _run_unguarded(self, texts: list, layers: list, batch_size: int,
+                       show_progress_bar: Optional[bool]) -> np.ndarray:
         n = len(texts)
         out = np.empty((len(layers), n, self.hidden_size), dtype=np.float32)
         if n == 0 or not layers:

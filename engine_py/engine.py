@@ -35,6 +35,7 @@ from collections import OrderedDict
 import numpy as np
 
 from . import _core
+from ._guard import exclusive
 from .graph import Batch, Graph
 
 __all__ = ["EngineClassifier", "InMemoryStates", "NotFittedError"]
@@ -266,6 +267,7 @@ class EngineClassifier:
         self._table = self.model_.param_table()
         self._params = self.model_.buffer("param")
 
+    @exclusive("this EngineClassifier")
     def fit(self, cache, graph, labels, train_idx, val_idx=None):
         """Train on ``train_idx``; early-stop on accuracy over ``val_idx``.
 
@@ -381,6 +383,7 @@ class EngineClassifier:
                 raise ValueError("no graph: pass graph= (a loaded model does not keep one)")
         return cache, self._as_graph(graph, int(cache.num_nodes))
 
+    @exclusive("this EngineClassifier")
     def predict_logits(self, node_ids, cache=None, graph=None, all_heads=False):
         """Logits of the final classifier (n, C); with ``all_heads`` the
         (K, n, C) logits of every ladder's head (zeros where it has none)."""
@@ -392,6 +395,7 @@ class EngineClassifier:
     def predict_proba(self, node_ids, cache=None, graph=None):
         return _softmax(self.predict_logits(node_ids, cache, graph).astype(np.float64))
 
+    @exclusive("this EngineClassifier")
     def predict(self, node_ids, cache=None, graph=None, *, exit="none", patience=1, threshold=None,
                 return_exit_layer=False, encoder=None, texts=None):
         """Class of each node.
@@ -473,6 +477,7 @@ class EngineClassifier:
                                                    dynamic, cache=cache, **kw)
         return policy.probs, policy.exit_ladder.astype(np.int64)
 
+    @exclusive("this EngineClassifier")
     def predict_new(self, encoder, texts, neighbors, cache, graph=None, *, exit="dynamic", patience=1,
                     threshold=None, batch_size=64, return_exit_layer=False):
         """Classify new nodes from their texts and their links to known nodes.
@@ -557,6 +562,7 @@ class EngineClassifier:
             out[name] = a
         return out
 
+    @exclusive("this EngineClassifier")
     def load_state_dict(self, sd):
         self._check_fitted()
         names = [t[0] for t in self._table]
@@ -580,16 +586,30 @@ class EngineClassifier:
                 "layers": self.layers_, "num_classes": self.num_classes_, "in_dim": self.in_dim_,
                 "reduced_dim": self.reduced_dim_}
 
+    @exclusive("this EngineClassifier")
     def save(self, path):
-        """Write ``path/config.json`` and ``path/model.safetensors``."""
+        """Write ``path/config.json`` and ``path/model.safetensors``.
+
+        Each file goes to a temporary name, is synced and renamed into place
+        (the config last), so a failure (a full disk, Ctrl-C) leaves the
+        previous files as they were and no partial file."""
         self._check_fitted()
         save_st, _ = _safetensors()
         os.makedirs(path, exist_ok=True)
-        save_st(os.path.join(path, "model.safetensors"), dict(self.state_dict()))
         tmp = os.path.join(path, "config.json.tmp")
-        with open(tmp, "w") as f:
-            json.dump(self._config(), f, indent=2)
-        os.replace(tmp, os.path.join(path, "config.json"))
+        try:
+            with open(tmp, "w") as f:
+                json.dump(self._config(), f, indent=2)
+                f.flush()
+                os.fsync(f.fileno())
+            save_st(os.path.join(path, "model.safetensors"), dict(self.state_dict()))
+            os.replace(tmp, os.path.join(path, "config.json"))
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
 
     @classmethod
     def load(cls, path):

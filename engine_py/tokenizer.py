@@ -103,15 +103,24 @@ class WordPieceTokenizer:
         model_dir = os.fspath(model_dir)
         if not os.path.isdir(model_dir):
             raise FileNotFoundError("model folder %r does not exist or is not a directory" % model_dir)
-        tj = os.path.join(model_dir, "tokenizer.json")
-        tc_path = os.path.join(model_dir, "tokenizer_config.json")
-        tc = _read_json(tc_path) if os.path.isfile(tc_path) else {}
-        if not isinstance(tc, dict):
-            raise TokenizerFormatError("%s must hold a JSON object" % tc_path)
-        max_length = cls._model_max_length(model_dir, tc)
-        if os.path.isfile(tj):
-            return cls._from_tokenizer_json(tj, max_length)
-        return cls._from_vocab_txt(model_dir, tc, max_length)
+        try:
+            tj = os.path.join(model_dir, "tokenizer.json")
+            tc_path = os.path.join(model_dir, "tokenizer_config.json")
+            tc = _read_json(tc_path) if os.path.isfile(tc_path) else {}
+            if not isinstance(tc, dict):
+                raise TokenizerFormatError("%s must hold a JSON object" % tc_path)
+            max_length = cls._model_max_length(model_dir, tc)
+            if os.path.isfile(tj):
+                return cls._from_tokenizer_json(tj, max_length)
+            return cls._from_vocab_txt(model_dir, tc, max_length)
+        except TokenizerFormatError:
+            raise
+        except (TypeError, KeyError, IndexError, AttributeError, ValueError) as exc:
+            # a field of the wrong JSON type or shape somewhere in the files
+            # (found by the property tests in tests/test_robustness.py), or
+            # settings the core refuses (special ids outside the vocabulary)
+            raise TokenizerFormatError("%s: malformed or unsupported tokenizer files (%s: %s)"
+                                       % (model_dir, type(exc).__name__, exc)) from exc
 
     @staticmethod
     def _model_max_length(model_dir, tc):

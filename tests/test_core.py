@@ -41,6 +41,7 @@ def test_info_fields():
     assert "OpenBLAS" in d["blas_config"]
     assert "-O3" in d["build_flags"] and "-fopenmp" in d["build_flags"]
     assert "fast-math" not in d["build_flags"]
+    assert d["blas_error"] is None  # sticky; set only if BLAS threads could not start
 
 
 def test_cli_info_runs():

@@ -14,6 +14,7 @@
  * active targets.
  */
 #include "eg_engine.h"
+#include "eg_vmath.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -103,22 +104,12 @@ eg_status eg_exit_step(eg_exit_state *s, int ladder, int final, int64_t m, const
         int64_t t = idx[r];
         const float *z = logits + (size_t)r * (size_t)C;
         float *p = s->probs + (size_t)t * (size_t)C;
-        int best = 0;
-        float mx = z[0];
+        int best = 0;   /* first index of the maximum, as torch.argmax */
         for (int c = 1; c < C; c++) {
-            if (z[c] > mx) {
-                mx = z[c];
-                best = c;
-            }
+            best = z[c] > z[best] ? c : best;
         }
-        double sum = 0.0;
-        for (int c = 0; c < C; c++) {
-            sum += exp((double)z[c] - (double)mx);
-        }
-        for (int c = 0; c < C; c++) {
-            p[c] = (float)(exp((double)z[c] - (double)mx) / sum);
-        }
-        float pmax = (float)(1.0 / sum);   /* softmax of the argmax */
+        double lse = eg_softmax_row(p, z, C);
+        float pmax = (float)exp((double)z[best] - lse);   /* softmax of the argmax */
         if (s->last[t] == best) {
             s->streak[t] += 1;
         } else {

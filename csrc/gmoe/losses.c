@@ -16,21 +16,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* Descending stable order of v (n small): insertion sort of indices. */
-static void argsort_desc_f(int32_t *perm, const float *v, int n)
-{
-    for (int i = 0; i < n; i++) {
-        int32_t cur = i;
-        int j = i - 1;
-        while (j >= 0 && v[perm[j]] < v[cur]) {
-            perm[j + 1] = perm[j];
-            j--;
-        }
-        perm[j + 1] = cur;
-    }
-}
-
-static void argsort_desc_d(int32_t *perm, const double *v, int n)
+/* Descending stable order of v (n small): insertion sort of indices. Float
+ * rows are sorted through a double copy (exact, so the same order). */
+static void argsort_desc(int32_t *perm, const double *v, int n)
 {
     for (int i = 0; i < n; i++) {
         int32_t cur = i;
@@ -89,7 +77,7 @@ static inline void term_grad(double q, double v, int kl, float eps, double *dq, 
 double eg_poisson_loss_forward(int32_t *perm, const float *probs, float lambda_raw, int T,
                                int N, int kl, float eps)
 {
-    double q[1024];
+    double q[1024], pd[1024];
     if (N > 1024 || T <= 0) {
         return NAN; /* caller validates N <= 1024 */
     }
@@ -98,7 +86,10 @@ double eg_poisson_loss_forward(int32_t *perm, const float *probs, float lambda_r
     for (int t = 0; t < T; t++) {
         const float *p = probs + (size_t)t * N;
         int32_t *pm = perm + (size_t)t * N;
-        argsort_desc_f(pm, p, N);
+        for (int i = 0; i < N; i++) {
+            pd[i] = p[i];
+        }
+        argsort_desc(pm, pd, N);
         double s = 0.0;
         for (int i = 0; i < N; i++) {
             s += term(q[i], p[pm[i]], kl, eps);
@@ -157,7 +148,7 @@ static void normal_profile(double *q, int32_t *qperm, double sigma, int N)
     for (int i = 0; i < N; i++) {
         q[i] /= s;
     }
-    argsort_desc_d(qperm, q, N);
+    argsort_desc(qperm, q, N);
 }
 
 double eg_normal_loss_forward(double *c, int32_t *perm, const double *running,
@@ -179,7 +170,7 @@ double eg_normal_loss_forward(double *c, int32_t *perm, const double *running,
     for (int e = 0; e < N; e++) {
         S += c[e];
     }
-    argsort_desc_d(perm, c, N);
+    argsort_desc(perm, c, N);
     normal_profile(q, qp, sigma_raw > sigma_min ? sigma_raw : sigma_min, N);
     double L = 0.0;
     for (int i = 0; i < N; i++) {

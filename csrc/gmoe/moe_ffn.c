@@ -23,85 +23,40 @@
 #define MAX_R 64
 #define COL_BLOCK 128
 
-/* exp(x) without a libm call, so loops using it vectorise: x = n ln2 + f,
- * |f| <= ln2/2, e^f by its degree-7 Taylor polynomial (relative error below
- * 2e-7, about 1 float ulp), times 2^n built in the exponent bits. Inputs are
- * clamped to [-87, 88] (results stay normal and finite). */
-/* c ? a : b as bit operations: GCC does not if-convert float selects without
- * -ffinite-math-only, and a branch stops the loop from vectorising. */
-static inline float select_f(int c, float a, float b)
-{
-    int32_t ia, ib, r;
-    memcpy(&ia, &a, sizeof ia);
-    memcpy(&ib, &b, sizeof ib);
-    int32_t m = -(int32_t)c;
-    r = (ia & m) | (ib & ~m);
-    float f;
-    memcpy(&f, &r, sizeof f);
-    return f;
-}
+/* The activations (SwiGLU, exact GELU) and their backward run per slot row
+ * in moe_act.c, compiled once per instruction set and picked at run time. */
+#include "moe_act.h"
 
-static inline float exp_vec(float x)
+/* Backward of one slot's input projection (W_in or W_up plus its LoRA pair)
+ * given dgm (I), the gradient of its pre-activation: dh (r) = s BT dgm is
+ * stored for the B reduction, dg0 (I) += dgm feeds the frozen product's
+ * GEMM, and dxt (H) += (A^T dh) * mk is the LoRA path's input gradient. */
+static void lora_input_backward(float *restrict dh, float *restrict dg0, float *restrict dxt,
+                                const float *restrict dgm, const float *restrict BT,
+                                const float *restrict A, const float *restrict mk, float s,
+                                int I, int H, int r)
 {
-    x = select_f(x < -87.0f, -87.0f, x);
-    x = select_f(x > 88.0f, 88.0f, x);
-    float t = x * 1.44269504088896341f + 12582912.0f; /* round to nearest via 1.5*2^23 */
-    float n = t - 12582912.0f;
-    float f = x - n * 0.693145751953125f - n * 1.42860682030941723e-6f;
-    float q = 1.0f / 5040.0f;
-    q = q * f + 1.0f / 720.0f;
-    q = q * f + 1.0f / 120.0f;
-    q = q * f + 1.0f / 24.0f;
-    q = q * f + 1.0f / 6.0f;
-    q = q * f + 0.5f;
-    q = q * f + 1.0f;
-    q = q * f + 1.0f;
-    int32_t bits = ((int32_t)n + 127) << 23;
-    float sc;
-    memcpy(&sc, &bits, sizeof sc);
-    return q * sc;
-}
-
-/* Standard normal cdf Phi(g) and pdf phi(g) for the exact (erf) GELU,
- * g Phi(g). erfc(z) = poly(t) e^{-z^2}, t = 1 / (1 + p z) (Abramowitz &
- * Stegun 7.1.26, |error| <= 1.5e-7, i.e. float32 resolution) shares its
- * exponential e^{-g^2/2} with the pdf, and has no libm call, so the loops
- * vectorise. */
-static inline float normal_cdf_pdf(float g, float *pdf)
-{
-    float z = fabsf(g) * 0.70710678118654752f;
-    float t = 1.0f / (1.0f + 0.3275911f * z);
-    float poly = t * (0.254829592f +
-                      t * (-0.284496736f + t * (1.421413741f +
-                                                t * (-1.453152027f + t * 1.061405429f))));
-    float e = exp_vec(-0.5f * g * g);
-    float h = 0.5f * poly * e; /* Phi(-|g|) */
-    *pdf = e * 0.39894228040143268f;
-    return select_f(g >= 0.0f, 1.0f - h, h);
-}
-
-/* One slot's SwiGLU backward over the intermediate dimension: da = wj dabar
- * + back * mask; dg = da u silu'(g); du = da silu(g); ad = a * mask. Returns
- * dabar . a. A separate function with restrict pointers so it vectorises. */
-static float swiglu_backward_row(float *restrict dg, float *restrict du, float *restrict ad,
-                                 const float *restrict g, const float *restrict u,
-                                 const float *restrict dat, const float *restrict back,
-                                 const float *restrict mk, float wj, int n)
-{
-    float dot = 0.0f;
-    #pragma omp simd reduction(+:dot)
-    for (int i = 0; i < n; i++) {
-        float gi = g[i];
-        float da = wj * dat[i] + back[i] * mk[i];
-        float sg = 1.0f / (1.0f + exp_vec(-gi));
-        float si = gi * sg;
-        float a = si * u[i];
-        dg[i] = da * u[i] * sg * (1.0f + gi * (1.0f - sg));
-        du[i] = da * si;
-        dot += dat[i] * a;
-        ad[i] = a * mk[i];
+    for (int k = 0; k < r; k++) {
+        const float *bk = BT + (size_t)k * I;
+        float acc = 0.0f;
+        #pragma omp simd reduction(+:acc)
+        for (int i = 0; i < I; i++) {
+            acc += bk[i] * dgm[i];
+        }
+        dh[k] = s * acc;
     }
-    return dot;
+    #pragma omp simd
+    for (int i = 0; i < I; i++) {
+        dg0[i] += dgm[i];
+    }
+    for (int k = 0; k < r; k++) {
+        const float *ak = A + (size_t)k * H;
+        const float c = dh[k];
+        #pragma omp simd
+        for (int hh = 0; hh < H; hh++) {
+            dxt[hh] += c * ak[hh] * mk[hh];
+        }
+    }
 }
 
 /* Mask stream index of (token t, expert e, projection proj, column c). */
@@ -224,6 +179,7 @@ eg_status eg_moe_ffn_forward(float *y, float *G, float *U, float *Hl, const floa
     const float s = d->scale, p = d->p;
     const uint64_t seed = d->seed;
     const size_t M = (size_t)T * (size_t)K, TI = (size_t)T * (size_t)I;
+    const eg_moe_act_kernels *act = eg_moe_act();
     ffn_scratch sc;
     float *G0 = eg_aligned_alloc(TI * sizeof(float));
     float *U0 = swi ? eg_aligned_alloc(TI * sizeof(float)) : NULL;
@@ -295,17 +251,9 @@ eg_status eg_moe_ffn_forward(float *y, float *G, float *U, float *Hl, const floa
                         u[i] += c * bk[i];
                     }
                 }
-                #pragma omp simd
-                for (int i = 0; i < I; i++) {
-                    float sg = 1.0f / (1.0f + exp_vec(-g[i]));
-                    ad[i] = g[i] * sg * u[i];
-                }
+                act->forward_row(ad, g, u, I);
             } else {
-                #pragma omp simd
-                for (int i = 0; i < I; i++) {
-                    float pdf;
-                    ad[i] = g[i] * normal_cdf_pdf(g[i], &pdf);
-                }
+                act->forward_row(ad, g, NULL, I);
             }
             #pragma omp simd
             for (int i = 0; i < I; i++) {
@@ -419,6 +367,7 @@ eg_status eg_moe_ffn_backward(float *dx, float *dw, eg_moe_ffn_grads *grd, const
     const float s = d->scale, p = d->p;
     const uint64_t seed = d->seed;
     const size_t M = (size_t)T * (size_t)K, TI = (size_t)T * (size_t)I, MI = M * (size_t)I;
+    const eg_moe_act_kernels *act = eg_moe_act();
     float *dab = eg_aligned_alloc(TI * sizeof(float));
     float *dG = eg_aligned_alloc(MI * sizeof(float));
     float *dU = swi ? eg_aligned_alloc(MI * sizeof(float)) : NULL;
@@ -479,7 +428,7 @@ eg_status eg_moe_ffn_backward(float *dx, float *dw, eg_moe_ffn_grads *grd, const
             const float *mk2 = mask_row(mb2, sc.ones, t, e, E, 2, I, p, seed);
             /* dh2 needs only dy, so one fused pass over I can then compute the
              * activation (one exp per element), dw's dot product and dg/du. */
-            float dh2[MAX_R], dh0[MAX_R], dh1[MAX_R];
+            float dh2[MAX_R];
             float lor = 0.0f;
             for (int k = 0; k < r; k++) {
                 const float *bk = BT2 + (size_t)k * H;
@@ -502,70 +451,14 @@ eg_status eg_moe_ffn_backward(float *dx, float *dw, eg_moe_ffn_grads *grd, const
                     back[i] += c * ak[i];
                 }
             }
-            float dot = 0.0f;
-            if (swi) {
-                dot = swiglu_backward_row(dgm, dum, adm, g, u, dat, back, mk2, wj, I);
-            } else {
-                #pragma omp simd reduction(+:dot)
-                for (int i = 0; i < I; i++) {
-                    float gi = g[i], pdf;
-                    float da = wj * dat[i] + back[i] * mk2[i];
-                    float cdf = normal_cdf_pdf(gi, &pdf);
-                    float a = gi * cdf;
-                    dgm[i] = da * (cdf + gi * pdf);
-                    dot += dat[i] * a;
-                    adm[i] = a * mk2[i];
-                }
-            }
+            const float dot = act->backward_row(dgm, dum, adm, g, u, dat, back, mk2, wj, I);
             dw[m] = dot + s * lor + dyb;
-            for (int k = 0; k < r; k++) {
-                const float *bk = BT0 + (size_t)k * I;
-                float acc = 0.0f;
-                #pragma omp simd reduction(+:acc)
-                for (int i = 0; i < I; i++) {
-                    acc += bk[i] * dgm[i];
-                }
-                dh0[k] = s * acc;
-                dH0[m * r + k] = dh0[k];
-            }
-            #pragma omp simd
-            for (int i = 0; i < I; i++) {
-                dg0[i] += dgm[i];
-            }
-            for (int k = 0; k < r; k++) {
-                const float *ak = A0 + (size_t)k * H;
-                const float c = dh0[k];
-                #pragma omp simd
-                for (int hh = 0; hh < H; hh++) {
-                    dxt[hh] += c * ak[hh] * mk0[hh];
-                }
-            }
+            lora_input_backward(dH0 + m * r, dg0, dxt, dgm, BT0, A0, mk0, s, I, H, r);
             if (swi) {
                 const float *A1 = prm->A[1] + (size_t)e * r * H;
                 const float *BT1 = sc.BT[1] + (size_t)e * r * I;
                 const float *mk1 = mask_row(mb1, sc.ones, t, e, E, 1, H, p, seed);
-                for (int k = 0; k < r; k++) {
-                    const float *bk = BT1 + (size_t)k * I;
-                    float acc = 0.0f;
-                    #pragma omp simd reduction(+:acc)
-                    for (int i = 0; i < I; i++) {
-                        acc += bk[i] * dum[i];
-                    }
-                    dh1[k] = s * acc;
-                    dH1[m * r + k] = dh1[k];
-                }
-                #pragma omp simd
-                for (int i = 0; i < I; i++) {
-                    du0[i] += dum[i];
-                }
-                for (int k = 0; k < r; k++) {
-                    const float *ak = A1 + (size_t)k * H;
-                    const float c = dh1[k];
-                    #pragma omp simd
-                    for (int hh = 0; hh < H; hh++) {
-                        dxt[hh] += c * ak[hh] * mk1[hh];
-                    }
-                }
+                lora_input_backward(dH1 + m * r, du0, dxt, dum, BT1, A1, mk1, s, I, H, r);
             }
         }
     }

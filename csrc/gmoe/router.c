@@ -6,6 +6,7 @@
  * Everything here is O(T N); parallel over tokens where it matters.
  */
 #include "eg_gmoe.h"
+#include "eg_vmath.h"
 
 #include <math.h>
 #include <string.h>
@@ -18,18 +19,7 @@ void eg_router_topk_forward(float *probs, float *lse, int32_t *idx, float *w,
     for (int t = 0; t < T; t++) {
         const float *l = logits + (size_t)t * N;
         float *pr = probs + (size_t)t * N;
-        float mx = l[0];
-        for (int e = 1; e < N; e++) {
-            mx = l[e] > mx ? l[e] : mx;
-        }
-        double sum = 0.0;
-        for (int e = 0; e < N; e++) {
-            sum += exp((double)l[e] - (double)mx);
-        }
-        lse[t] = (float)((double)mx + log(sum));
-        for (int e = 0; e < N; e++) {
-            pr[e] = (float)(exp((double)l[e] - (double)mx) / sum);
-        }
+        lse[t] = (float)eg_softmax_row(pr, l, N);
         int32_t *it = idx + (size_t)t * K;
         float *wt = w + (size_t)t * K;
         /* selection: K passes of argmax over the unchosen, ties -> lower index */

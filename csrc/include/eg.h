@@ -101,6 +101,15 @@ int eg_omp_max_threads(void);
  * openblas ..."), owned by the library. */
 const char *eg_blas_name(void);
 const char *eg_blas_config(void);
+/* The sticky BLAS error: NULL while none happened, else a static message
+ * (owned by the library) about the first one. Set when OpenBLAS's parallel
+ * jobs could not be given threads; eg_sgemm then computed that product
+ * serially in the calling thread, so results stay right (see blas.c). */
+const char *eg_blas_last_error(void);
+/* Test hook: on != 0 makes every multi-threaded BLAS call behave as if no
+ * thread could be started. Returns 0 when this build has no BLAS thread
+ * callback (system OpenBLAS): the hook then does nothing. */
+int eg_blas_test_fail_threads(int on);
 
 /* ---------------------------------------------------------------------- BLAS */
 /* Row-major sgemm: C = alpha * op(A) op(B) + beta * C. transX is 0 or 1.

@@ -6,14 +6,15 @@
  *
  * Speed without -ffast-math: glibc's erff and expf are scalar and branchy
  * (erff costs ~15 ns here, which would make GELU as slow as the FFN GEMMs),
- * so erf and exp are written branch-free (bert_simd.h) and the hot loops are
- * compiled three times — baseline x86-64, AVX2 and AVX-512 — through
- * `#pragma GCC target`; the first call picks the best set the CPU supports
- * (no -march flag needed at build time). Each copy is also compiled with
+ * so erf and exp are written branch-free (csrc/include/eg_vmath.h) and the
+ * hot loops (bert_simd.h) are compiled three times — baseline x86-64, AVX2
+ * and AVX-512 — under `#pragma GCC target` by csrc/include/eg_isa.h (shared
+ * with csrc/gmoe); the first call picks the best set the CPU supports (no
+ * -march flag needed at build time). Each copy is also compiled with
  * -fno-trapping-math (no FP exceptions are enabled, so both arms of a select
- * may be evaluated; gcc will not if-convert erf's selects otherwise). None of
- * this changes a result: there is no -ffast-math, no reassociation and no
- * FMA contraction (-std=c11 keeps fp-contract off), so every copy computes
+ * may be evaluated). None of this changes a result: there is no
+ * -ffast-math, no reassociation and no FMA contraction (-std=c11 keeps
+ * fp-contract off), so every copy computes
  * the same sums in the same order. Reductions that would stay scalar use
  * fixed lanes of partial sums (deterministic as well).
  *
@@ -22,6 +23,7 @@
  * depend on the thread count or schedule. No BLAS is called here.
  */
 #include "eg_bert.h"
+#include "eg_isa.h"
 
 #include <math.h>
 #include <stdint.h>
@@ -44,8 +46,6 @@ typedef float v16f __attribute__((vector_size(64)));
 /* v16f values only cross static, always-inlined helpers: no ABI to keep */
 #pragma GCC diagnostic ignored "-Wpsabi"
 #endif
-#define EG_CAT2_(a, b) a##b
-#define EG_CAT2(a, b) EG_CAT2_(a, b)
 
 typedef struct {
     void (*erf_loop)(float *, const float *, size_t);
@@ -57,39 +57,9 @@ typedef struct {
     void (*add_row)(float *, const float *, int);
 } kernel_set;
 
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC push_options
-#pragma GCC optimize("no-trapping-math")
-#endif
-#define SFX(name) EG_CAT2(name, _base)
-#include "bert_simd.h"
-#undef SFX
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC pop_options
-#endif
-
-#if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__) && !defined(EG_NO_SIMD_CLONES)
-#define EG_X86_CLONES 1
-#pragma GCC push_options
-#pragma GCC target("avx2,fma,bmi2")
-#if !defined(__clang__)
-#pragma GCC optimize("no-trapping-math")
-#endif
-#define SFX(name) EG_CAT2(name, _avx2)
-#include "bert_simd.h"
-#undef SFX
-#pragma GCC pop_options
-
-#pragma GCC push_options
-#pragma GCC target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma,bmi2")
-#if !defined(__clang__)
-#pragma GCC optimize("no-trapping-math")
-#endif
-#define SFX(name) EG_CAT2(name, _avx512)
-#include "bert_simd.h"
-#undef SFX
-#pragma GCC pop_options
-#endif
+/* the kernel copies: bert_simd.h once per instruction set (eg_isa.h) */
+#define EG_ISA_BODY "../models/bert_simd.h"
+#include "eg_isa.h"
 
 #define KSET(sfx)                                                                        \
     {                                                                                    \
@@ -103,19 +73,14 @@ static const kernel_set k_avx2 = KSET(_avx2);
 static const kernel_set k_avx512 = KSET(_avx512);
 #endif
 
-/* The kernel set for this CPU. __builtin_cpu_supports reads a table filled
- * at program start, so calling this on every kernel entry is cheap and
- * needs no lock. */
+/* The kernel set for this CPU (cheap enough to ask on every kernel entry). */
 static const kernel_set *K(void)
 {
 #ifdef EG_X86_CLONES
-    __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
-        __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq")) {
-        return &k_avx512;
-    }
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
-        return &k_avx2;
+    switch (eg_isa_level()) {
+    case 2: return &k_avx512;
+    case 1: return &k_avx2;
+    default: break;
     }
 #endif
     return &k_base;

@@ -1,9 +1,10 @@
 /*
- * bert_simd.h — the hot loops of the BERT kernels, included several times by
- * bert_kernels.c, each time under a different `#pragma GCC target` and with
- * SFX(name) giving the functions a per-instruction-set suffix; bert_kernels.c
- * picks one set at run time. Not a public header: only bert_kernels.c
- * includes it, after defining SFX and LANES.
+ * bert_simd.h — the hot loops of the BERT kernels, included by
+ * bert_kernels.c once per instruction set through eg_isa.h (each time under
+ * a different `#pragma GCC target`, with SFX(name) giving the functions a
+ * per-instruction-set suffix); bert_kernels.c picks one set at run time.
+ * Not a public header: only bert_kernels.c includes it, after defining
+ * LANES.
  */
 
 /* 16-float vector loads/stores without alignment assumptions. */
@@ -19,103 +20,16 @@ static inline __attribute__((always_inline)) void SFX(st16)(float *p, v16f v)
     memcpy(p, &v, sizeof v);
 }
 
-/* e^x for x <= 0 (inputs below -87 give ~0 rather than denormals). Range
- * reduction x = n ln2 + r, |r| <= ln2/2, then the degree-7 Taylor polynomial
- * of e^r (truncation error < 6e-9 relative) and 2^n put in the exponent
- * bits. Branch-free so loops calling it vectorise. */
-static inline float SFX(exp_nonpos)(float x)
-{
-    /* written so that NaN also lands in [-87, 0]: the integer conversion
-     * below must never see NaN or a huge value */
-    x = x >= -87.0f ? x : -87.0f;
-    x = x <= 0.0f ? x : 0.0f;
-    const float shifter = 12582912.0f; /* 1.5 * 2^23: adding it rounds to integer */
-    float n = (x * 1.44269504088896341f + shifter) - shifter;
-    float r = (x - n * 0.693145751953125f) - n * 1.42860682030941723e-6f;
-    float p = 1.0f / 5040.0f;
-    p = p * r + 1.0f / 720.0f;
-    p = p * r + 1.0f / 120.0f;
-    p = p * r + 1.0f / 24.0f;
-    p = p * r + 1.0f / 6.0f;
-    p = p * r + 0.5f;
-    p = p * r + 1.0f;
-    p = p * r + 1.0f;
-    uint32_t e = (uint32_t)((int32_t)n + 127) << 23;
-    float scale;
-    memcpy(&scale, &e, sizeof scale);
-    return p * scale;
-}
-
-/* erf(z). |z| < 1: the Maclaurin series (terms through z^23, truncation
- * < 2e-9). |z| >= 1: erf = 1 - erfc with the Chebyshev-fitted erfc of
- * Numerical Recipes (fractional error < 1.2e-7 of erfc, itself < 0.16
- * there, so < 2e-8 absolute). Both branches are computed and one selected,
- * so there is no branch in a loop. */
-static inline float SFX(erf_one)(float z)
-{
-    float a = fabsf(z);
-    /* series: (2/sqrt(pi)) * a * sum_n (-1)^n a^(2n) / (n! (2n+1)) */
-    float x2 = a * a;
-    float s = (float)(-1.0 / (39916800.0 * 23.0));
-    s = s * x2 + (float)(1.0 / (3628800.0 * 21.0));
-    s = s * x2 + (float)(-1.0 / (362880.0 * 19.0));
-    s = s * x2 + (float)(1.0 / (40320.0 * 17.0));
-    s = s * x2 + (float)(-1.0 / (5040.0 * 15.0));
-    s = s * x2 + (float)(1.0 / (720.0 * 13.0));
-    s = s * x2 + (float)(-1.0 / (120.0 * 11.0));
-    s = s * x2 + (float)(1.0 / (24.0 * 9.0));
-    s = s * x2 + (float)(-1.0 / (6.0 * 7.0));
-    s = s * x2 + (float)(1.0 / (2.0 * 5.0));
-    s = s * x2 + (float)(-1.0 / 3.0);
-    s = s * x2 + 1.0f;
-    float small = 1.12837916709551257f * a * s;
-    /* tail: erfc(a) = t exp(-a^2 + P(t)), t = 1 / (1 + a/2) */
-    float ac = a > 10.0f ? 10.0f : a;
-    float t = 1.0f / (1.0f + 0.5f * ac);
-    float p = 0.17087277f;
-    p = p * t - 0.82215223f;
-    p = p * t + 1.48851587f;
-    p = p * t - 1.13520398f;
-    p = p * t + 0.27886807f;
-    p = p * t - 0.18628806f;
-    p = p * t + 0.09678418f;
-    p = p * t + 0.37409196f;
-    p = p * t + 1.00002368f;
-    p = p * t - 1.26551223f;
-    float big = 1.0f - t * SFX(exp_nonpos)(p - ac * ac);
-    float r = a < 1.0f ? small : big;
-    return z < 0.0f ? -r : r;
-}
-
-/* GELU(x) = x Phi(x), Phi(x) = erfc(-x / sqrt 2) / 2, with the same erfc
- * formula as erf_one's tail used on both sides of 0 (Phi = 1 - erfc(a)/2
- * for x >= 0, erfc(a)/2 for x < 0, a = |x| / sqrt 2): one branch-free path
- * instead of erf_one's two. Phi's absolute error is < 6e-8 (half of erfc's
- * 1.2e-7 relative error), so GELU's is < 6e-8 |x|. */
-static inline float SFX(gelu_one)(float x)
-{
-    float a = fabsf(x) * 0.707106781186547524f;
-    float ac = a > 10.0f ? 10.0f : a;
-    float t = 1.0f / (1.0f + 0.5f * ac);
-    float p = 0.17087277f;
-    p = p * t - 0.82215223f;
-    p = p * t + 1.48851587f;
-    p = p * t - 1.13520398f;
-    p = p * t + 0.27886807f;
-    p = p * t - 0.18628806f;
-    p = p * t + 0.09678418f;
-    p = p * t + 0.37409196f;
-    p = p * t + 1.00002368f;
-    p = p * t - 1.26551223f;
-    float half_erfc = 0.5f * t * SFX(exp_nonpos)(p - ac * ac);
-    float phi = x >= 0.0f ? 1.0f - half_erfc : half_erfc;
-    return x * phi;
-}
+/* exp, erf and GELU: one copy of csrc/include/eg_vmath.h per instruction
+ * set, named SFX(vm_<name>). */
+#define EG_VMATH_NAME(name) SFX(vm_##name)
+#include "eg_vmath.h"
+#undef EG_VMATH_NAME
 
 static void SFX(erf_loop)(float *out, const float *inp, size_t n)
 {
     for (size_t i = 0; i < n; i++) {
-        out[i] = SFX(erf_one)(inp[i]);
+        out[i] = SFX(vm_erf)(inp[i]);
     }
 }
 
@@ -125,12 +39,12 @@ static void SFX(bias_gelu_row)(float *out, const float *inp, const float *bias, 
     if (bias != NULL) {
         for (int i = 0; i < C; i++) {
             float x = inp[i] + bias[i];
-            out[i] = SFX(gelu_one)(x);
+            out[i] = SFX(vm_gelu)(x);
         }
     } else {
         for (int i = 0; i < C; i++) {
             float x = inp[i];
-            out[i] = SFX(gelu_one)(x);
+            out[i] = SFX(vm_gelu)(x);
         }
     }
 }
@@ -281,7 +195,7 @@ static void SFX(attention_head)(float *out, const float *base, const float *bq, 
                 m = mx[l] > m ? mx[l] : m;
             }
             for (size_t j = 0; j < Lp; j++) {
-                s[j] = SFX(exp_nonpos)(s[j] - m);
+                s[j] = SFX(vm_exp_nonpos)(s[j] - m);
             }
             for (size_t j = (size_t)L; j < Lp; j++) {
                 s[j] = 0.0f; /* exp of -inf - m is ~0 but not exactly: force it */

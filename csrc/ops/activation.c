@@ -8,6 +8,7 @@
  * the sign of a random activation mispredicts half the time.
  */
 #include "eg_ops.h"
+#include "eg_vmath.h"
 
 #include <math.h>
 
@@ -32,7 +33,9 @@ void eg_elu_forward(float *out, const float *inp, size_t n)
 {
     #pragma omp parallel for schedule(static) if (n >= EG_OMP_MIN_WORK)
     for (size_t i = 0; i < n; i++) {
-        out[i] = inp[i] > 0.0f ? inp[i] : expm1f(inp[i]);
+        float x = inp[i];
+        /* x <= 0 is false for NaN, so NaN passes through as in torch */
+        out[i] = eg_vm_select(x <= 0.0f, eg_vm_expm1_nonpos(x), x);
     }
 }
 

@@ -3,6 +3,7 @@
  * torch.nn.functional.cross_entropy with its default reduction).
  */
 #include "eg_ops.h"
+#include "eg_vmath.h"
 
 #include <math.h>
 
@@ -14,18 +15,7 @@ float eg_softmax_ce_forward(float *probs, const float *logits, const int64_t *la
     for (int i = 0; i < N; i++) {
         const float *x = logits + (size_t)i * C;
         float *p = probs + (size_t)i * C;
-        float mx = x[0];
-        for (int j = 1; j < C; j++) {
-            mx = x[j] > mx ? x[j] : mx;
-        }
-        double s = 0.0;
-        for (int j = 0; j < C; j++) {
-            s += exp((double)(x[j] - mx));
-        }
-        for (int j = 0; j < C; j++) {
-            p[j] = (float)(exp((double)(x[j] - mx)) / s);
-        }
-        total += log(s) - (double)(x[labels[i]] - mx);
+        total += eg_softmax_row(p, x, C) - (double)x[labels[i]];
     }
     return N > 0 ? (float)(total / N) : 0.0f;
 }

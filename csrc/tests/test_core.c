@@ -5,6 +5,7 @@
 #include "eg.h"
 #include "eg_test.h"
 
+#include <stdio.h>
 #include <string.h>
 
 static uint32_t bits_of(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
@@ -208,6 +209,54 @@ static void test_threads(void)
     CHECK(strlen(eg_blas_name()) > 0 && strlen(eg_blas_config()) > 0, "BLAS described");
 }
 
+/* The BLAS thread callback's failure path (csrc/core/blas.c), forced by the
+ * test hook: no job may run, the sticky error is set, and eg_sgemm must
+ * still return the right product (it redoes it serially). Shapes big enough
+ * for OpenBLAS to use both threads, and an M = 1 case (OpenBLAS may take
+ * its GEMV path, which scales C by beta before threading). */
+static void test_blas_thread_failure(void)
+{
+    CHECK(eg_blas_last_error() == NULL, "no BLAS error before the hook: %s",
+          eg_blas_last_error() ? eg_blas_last_error() : "");
+    eg_set_num_threads(2);
+    if (!eg_blas_test_fail_threads(1)) {
+        printf("test_blas_thread_failure: no BLAS thread callback in this build, skipped\n");
+        return;
+    }
+    const int shapes[3][3] = {{256, 192, 320}, {1, 2048, 2048}, {300, 1, 4096}};
+    for (int sh = 0; sh < 3; sh++) {
+        const int M = shapes[sh][0], N = shapes[sh][1], K = shapes[sh][2];
+        float *A = malloc(sizeof(float) * M * K), *B = malloc(sizeof(float) * N * K);
+        float *C1 = malloc(sizeof(float) * M * N), *C2 = malloc(sizeof(float) * M * N);
+        uint64_t s = 5 + (uint64_t)sh;
+        for (int i = 0; i < M * K; i++) A[i] = eg_rng_normal(&s);
+        for (int i = 0; i < N * K; i++) B[i] = eg_rng_normal(&s);
+        for (int b = 0; b < 2; b++) {
+            const float beta = b ? 0.75f : 0.0f;
+            for (int i = 0; i < M * N; i++) C1[i] = C2[i] = b ? eg_rng_normal(&s) : NAN;
+            eg_sgemm(0, 1, M, N, K, 0.5f, A, K, B, K, beta, C1, N);
+            eg_sgemm_naive(0, 1, M, N, K, 0.5f, A, K, B, K, beta, C2, N);
+            double md = 0;
+            int bad = 0; /* NaN-aware: fmax would skip NaN differences */
+            for (int i = 0; i < M * N; i++) {
+                double d = fabs((double)C1[i] - C2[i]);
+                bad += !(d < 1e-3);
+                md = d > md ? d : md;
+            }
+            CHECK(bad == 0, "failed BLAS threads: (%d,%d,%d) beta=%g still right: %d bad, max %g",
+                  M, N, K, beta, bad, md);
+            if (sh == 0 && b == 0) {
+                const char *e = eg_blas_last_error();
+                CHECK(e != NULL && strstr(e, "threads") != NULL, "sticky error set: %s",
+                      e ? e : "(none)");
+            }
+        }
+        free(A); free(B); free(C1); free(C2);
+    }
+    eg_blas_test_fail_threads(0);
+    CHECK(eg_blas_last_error() != NULL, "the error is sticky");
+}
+
 int main(void)
 {
     test_status();
@@ -216,5 +265,6 @@ int main(void)
     test_half();
     test_sgemm();
     test_threads();
+    test_blas_thread_failure();
     return eg_test_report("test_core");
 }

@@ -12,6 +12,8 @@
 #include "eg.h"
 #include "eg_gmoe.h"
 #include "eg_test.h"
+#include "eg_isa.h"
+#include "../gmoe/moe_act.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -449,6 +451,49 @@ static void test_graph(void)
     free(dx); free(dWs); free(dWt); free(dWl); free(dp);
 }
 
+/* The activation rows exist once per instruction set (moe_act.c); every
+ * copy this CPU can run must give the same bits as the baseline one (fixed
+ * reduction lanes, no FMA contraction), over ordinary values, the clamped
+ * ranges of exp/erfc and a length that is not a multiple of the lanes. */
+static void test_act_copies(void)
+{
+    enum { N = 613 };
+    float g[N], u[N], dat[N], back[N], mk[N];
+    for (int i = 0; i < N; i++) {
+        g[i] = i < 40 ? (float)(i - 20) * 6.0f : 4.0f * (float)eg_rng_normal(&rng);
+        u[i] = (float)eg_rng_normal(&rng);
+        dat[i] = (float)eg_rng_normal(&rng);
+        back[i] = (float)eg_rng_normal(&rng);
+        mk[i] = i % 3 == 0 ? 0.0f : 1.25f;
+    }
+    const eg_moe_act_kernels *b = eg_moe_act_copy(0);
+    CHECK(b != NULL && eg_moe_act() != NULL, "baseline activation copy present");
+    for (int level = 1; level <= 2; level++) {
+        const eg_moe_act_kernels *k = eg_moe_act_copy(level);
+        if (k == NULL || eg_isa_level() < level) {
+            continue; /* not built, or this CPU cannot run it */
+        }
+        for (int swi = 0; swi < 2; swi++) {
+            const float *up = swi ? u : NULL;
+            static float o1[7][N], o2[7][N];
+            b->forward_row(o1[0], g, up, N);
+            k->forward_row(o2[0], g, up, N);
+            float d1 = b->backward_row(o1[1], swi ? o1[2] : NULL, o1[3], g, up, dat, back, mk,
+                                       0.7f, N);
+            float d2 = k->backward_row(o2[1], swi ? o2[2] : NULL, o2[3], g, up, dat, back, mk,
+                                       0.7f, N);
+            int same = memcmp(&d1, &d2, sizeof d1) == 0;
+            for (int q = 0; q < 4; q++) {
+                if (q == 2 && !swi) {
+                    continue;
+                }
+                same = same && memcmp(o1[q], o2[q], sizeof o1[q]) == 0;
+            }
+            CHECK(same, "activation copy %d (swiglu=%d) bit-identical to baseline", level, swi);
+        }
+    }
+}
+
 int main(void)
 {
     eg_set_num_threads(2);
@@ -466,5 +511,6 @@ int main(void)
     test_route(1, 3, 1);
     test_route(1, 4, 1);
     test_graph();
+    test_act_copies();
     return eg_test_report("test_gmoe");
 }

@@ -26,7 +26,7 @@ def machine_line() -> str:
     env = ", ".join(f"{k}={os.environ[k]}" for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
                     if k in os.environ) or "OPENBLAS_* unset"
     return (f"{datetime.date.today().isoformat()}, {platform.processor() or platform.machine()}, "
-            f"{os.cpu_count()} CPUs, engine_py {info['version']}{_git_commit()} with {info['blas']} "
+            f"{os.cpu_count()} CPUs, engine_py {info['version']}{_COMMIT_AT_START} with {info['blas']} "
             f"({engine_py.get_num_threads()} threads), {env}, Python {platform.python_version()}")
 
 
@@ -75,3 +75,8 @@ def write_section(name: str, markdown: str, path: str | None = None) -> str:
         f.write(text)
     os.replace(tmp, path)
     return path
+
+
+# Read when the benchmark starts: commits made while a long run goes on must
+# not be credited with its numbers.
+_COMMIT_AT_START = _git_commit()

@@ -70,6 +70,15 @@ def load_tag_dir(path) -> TextGraph:
     root = Path(path)
     if not root.is_dir():
         raise FileNotFoundError(f"tag dir {root} does not exist or is not a directory")
+    try:
+        return _load_tag_dir(root)
+    except (TypeError, KeyError, IndexError, AttributeError, OverflowError) as exc:
+        # a value of the wrong JSON type somewhere (a list as a label name,
+        # a huge integer ...), found by tests/test_robustness.py's property tests
+        raise ValueError(f"{root}: malformed tag dir ({type(exc).__name__}: {exc})") from exc
+
+
+def _load_tag_dir(root: Path) -> TextGraph:
     meta = {}
     if (root / "meta.json").exists():
         meta = json.loads((root / "meta.json").read_text(encoding="utf-8"))
