@@ -1,4 +1,5 @@
 """The core base from Python: threads, build info, fp16/bf16 conversion."""
+import os
 import subprocess
 import sys
 
@@ -96,3 +97,18 @@ def test_conversion_keeps_shape():
 def test_conversion_refuses_unsafe_casts():
     with pytest.raises(TypeError):
         _core.f32_to_f16(np.zeros(3, np.float64))
+
+
+def test_gomp_spincount_default_and_user_value():
+    """engine_py shortens libgomp's idle spin before loading the core (a busy
+    second core made 2-thread training ~10x slower with the default), and a
+    value the user set is kept."""
+    code = "import os, engine_py; print(os.environ['GOMP_SPINCOUNT'])"
+    env = {k: v for k, v in os.environ.items() if k != "GOMP_SPINCOUNT"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert out == ["10000"]
+    env["GOMP_SPINCOUNT"] = "12345"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert out == ["12345"]

@@ -23,7 +23,8 @@ def machine_line() -> str:
     import engine_py
 
     info = engine_py.info()
-    env = ", ".join(f"{k}={os.environ[k]}" for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+    env = ", ".join(f"{k}={os.environ[k]}" for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE",
+                                                          "GOMP_SPINCOUNT", "OMP_WAIT_POLICY")
                     if k in os.environ) or "OPENBLAS_* unset"
     return (f"{datetime.date.today().isoformat()}, {platform.processor() or platform.machine()}, "
             f"{os.cpu_count()} CPUs, engine_py {info['version']}{_COMMIT_AT_START} with {info['blas']} "
