@@ -59,6 +59,32 @@ extern unsigned long eg_py_main_thread;
         }                                                           \
     } while (0)
 
+/* ------------------------------------------------------ argument helpers
+ * Shared by the glue files. Each returns a new reference (or 0) on success,
+ * NULL (or -1) with a Python exception set on failure. */
+
+/* `o` converted to an aligned, C-contiguous array of `type`: NumPy's safe
+ * casting (TypeError otherwise) unless `flags` adds NPY_ARRAY_FORCECAST.
+ * Then, when ndim >= 0, the number of dimensions must be ndim and, when
+ * shape != NULL, dimension i must be shape[i] (an entry < 0 matches any
+ * size); if not, ValueError with the printf-style message fmt, .... */
+PyArrayObject *eg_py_array(PyObject *o, int type, int flags, int ndim, const npy_intp *shape,
+                           const char *fmt, ...);
+
+/* Check, without converting, that `o` is an array the core may write into:
+ * an ndarray of exactly `type` with ndim dimensions matching shape (entries
+ * < 0 match any size), C-contiguous and writeable. ValueError with the
+ * printf-style message fmt, ... otherwise. */
+int eg_py_check_out(PyObject *o, int type, int ndim, const npy_intp *shape, const char *fmt, ...);
+
+/* A new array of `type` and shape dims holding a copy of the bytes at src
+ * (src may be NULL when the array is empty). */
+PyObject *eg_py_array_copy(int nd, const npy_intp *dims, int type, const void *src);
+
+/* The end of a call into the core: leave *busy (when busy is not NULL),
+ * then return None if st is EG_OK, else raise err (eg_py_raise). */
+PyObject *eg_py_finish(int *busy, eg_status st, const eg_err *err, PyObject *corrupt_type);
+
 /* Area initialisers: add functions, types and exceptions to the module.
  * Return 0 on success, -1 with an exception set. */
 int eg_py_init_io(PyObject *module);      /* _core_io.c: safetensors */

@@ -52,16 +52,17 @@ static PyTypeObject BertStateType;
 static int convert_batch(PyObject *ids_obj, PyObject *off_obj, PyArrayObject **ids,
                          PyArrayObject **off, int *n_seq)
 {
-    *ids = (PyArrayObject *)PyArray_FROM_OTF(ids_obj, NPY_INT32, NPY_ARRAY_IN_ARRAY | NPY_ARRAY_FORCECAST);
+    static const char one_d[] = "ids and offsets must be 1-D arrays";
+    *ids = eg_py_array(ids_obj, NPY_INT32, NPY_ARRAY_FORCECAST, -1, NULL, one_d);
     if (*ids == NULL) {
         return -1;
     }
-    *off = (PyArrayObject *)PyArray_FROM_OTF(off_obj, NPY_INT64, NPY_ARRAY_IN_ARRAY);
+    *off = eg_py_array(off_obj, NPY_INT64, 0, 1, NULL, one_d);
     if (*off == NULL) {
         return -1;
     }
-    if (PyArray_NDIM(*ids) != 1 || PyArray_NDIM(*off) != 1) {
-        PyErr_SetString(PyExc_ValueError, "ids and offsets must be 1-D arrays");
+    if (PyArray_NDIM(*ids) != 1) {
+        PyErr_SetString(PyExc_ValueError, one_d);
         return -1;
     }
     npy_intp n_off = PyArray_DIM(*off, 0);
@@ -202,13 +203,7 @@ static PyObject *model_set_param(BertModelObject *self, PyObject *args)
     Py_BEGIN_ALLOW_THREADS
     st = eg_bert_set_param(self->model, name, (const float *)PyArray_DATA(arr), nd, shape, &err);
     Py_END_ALLOW_THREADS
-    self->busy = 0;
-    if (st != EG_OK) {
-        eg_py_raise(&err, NULL);
-        goto fail;
-    }
-    ret = Py_None;
-    Py_INCREF(ret);
+    ret = eg_py_finish(&self->busy, st, &err, NULL);
 fail:
     Py_XDECREF(arr);
     return ret;
@@ -242,12 +237,7 @@ static PyObject *model_get_param(BertModelObject *self, PyObject *arg)
             break;
         }
     }
-    PyArrayObject *out = (PyArrayObject *)PyArray_SimpleNew(nd, dims, NPY_FLOAT32);
-    if (out == NULL) {
-        return NULL;
-    }
-    memcpy(PyArray_DATA(out), p, count * sizeof(float));
-    return (PyObject *)out;
+    return eg_py_array_copy(nd, dims, NPY_FLOAT32, p);
 }
 
 static PyObject *model_check_complete(BertModelObject *self, PyObject *noargs)
@@ -258,10 +248,8 @@ static PyObject *model_check_complete(BertModelObject *self, PyObject *noargs)
     }
     eg_err err;
     eg_err_clear(&err);
-    if (eg_bert_check_complete(self->model, &err) != EG_OK) {
-        return eg_py_raise(&err, NULL);
-    }
-    Py_RETURN_NONE;
+    eg_status st = eg_bert_check_complete(self->model, &err);
+    return eg_py_finish(NULL, st, &err, NULL);
 }
 
 static PyObject *model_encode_layers(BertModelObject *self, PyObject *args)
@@ -277,12 +265,9 @@ static PyObject *model_encode_layers(BertModelObject *self, PyObject *args)
     if (convert_batch(ids_obj, off_obj, &ids, &off, &n_seq) < 0) {
         goto fail;
     }
-    layers = (PyArrayObject *)PyArray_FROM_OTF(layers_obj, NPY_INT32, NPY_ARRAY_IN_ARRAY);
+    layers = eg_py_array(layers_obj, NPY_INT32, 0, 1, NULL,
+                         "layers must be a 1-D sequence of layer indices");
     if (layers == NULL) {
-        goto fail;
-    }
-    if (PyArray_NDIM(layers) != 1) {
-        PyErr_SetString(PyExc_ValueError, "layers must be a 1-D sequence of layer indices");
         goto fail;
     }
     const eg_bert_config *c = eg_bert_get_config(self->model);
@@ -419,13 +404,14 @@ static PyObject *model_flops(BertModelObject *self, PyObject *arg)
     if (model_ready(self) < 0) {
         return NULL;
     }
-    PyArrayObject *len = (PyArrayObject *)PyArray_FROM_OTF(arg, NPY_INT64, NPY_ARRAY_IN_ARRAY);
+    static const char msg[] = "lengths must be a 1-D array";
+    PyArrayObject *len = eg_py_array(arg, NPY_INT64, 0, 1, NULL, msg);
     if (len == NULL) {
         return NULL;
     }
-    if (PyArray_NDIM(len) != 1 || PyArray_DIM(len, 0) > 0x7fffffff) {
+    if (PyArray_DIM(len, 0) > 0x7fffffff) {
         Py_DECREF(len);
-        PyErr_SetString(PyExc_ValueError, "lengths must be a 1-D array");
+        PyErr_SetString(PyExc_ValueError, msg);
         return NULL;
     }
     double f = eg_bert_flops(eg_bert_get_config(self->model), (const int64_t *)PyArray_DATA(len),
@@ -567,12 +553,7 @@ static PyObject *state_embed(BertStateObject *self, PyObject *args)
                        (const int64_t *)PyArray_DATA(off), n_seq, &err);
     Py_END_ALLOW_THREADS
     state_leave(self);
-    if (st != EG_OK) {
-        eg_py_raise(&err, NULL);
-        goto fail;
-    }
-    ret = Py_None;
-    Py_INCREF(ret);
+    ret = eg_py_finish(NULL, st, &err, NULL);
 fail:
     Py_XDECREF(ids);
     Py_XDECREF(off);
@@ -603,10 +584,7 @@ static PyObject *state_run_layers(BertStateObject *self, PyObject *arg)
     st = eg_bert_run_layers(self->owner->model, &self->state, (int)last, &err);
     Py_END_ALLOW_THREADS
     state_leave(self);
-    if (st != EG_OK) {
-        return eg_py_raise(&err, NULL);
-    }
-    Py_RETURN_NONE;
+    return eg_py_finish(NULL, st, &err, NULL);
 }
 
 static PyObject *state_pool(BertStateObject *self, PyObject *noargs)
@@ -637,13 +615,14 @@ static PyObject *state_pool(BertStateObject *self, PyObject *noargs)
 
 static PyObject *state_compact(BertStateObject *self, PyObject *arg)
 {
-    PyArrayObject *keep = (PyArrayObject *)PyArray_FROM_OTF(arg, NPY_INT32, NPY_ARRAY_IN_ARRAY);
+    static const char msg[] = "keep must be a 1-D array of sequence indices";
+    PyArrayObject *keep = eg_py_array(arg, NPY_INT32, 0, 1, NULL, msg);
     if (keep == NULL) {
         return NULL;
     }
-    if (PyArray_NDIM(keep) != 1 || PyArray_DIM(keep, 0) > 0x7fffffff) {
+    if (PyArray_DIM(keep, 0) > 0x7fffffff) {
         Py_DECREF(keep);
-        PyErr_SetString(PyExc_ValueError, "keep must be a 1-D array of sequence indices");
+        PyErr_SetString(PyExc_ValueError, msg);
         return NULL;
     }
     if (state_enter(self) < 0) {
@@ -656,10 +635,7 @@ static PyObject *state_compact(BertStateObject *self, PyObject *arg)
                                    (int)PyArray_DIM(keep, 0), &err);
     state_leave(self);
     Py_DECREF(keep);
-    if (st != EG_OK) {
-        return eg_py_raise(&err, NULL);
-    }
-    Py_RETURN_NONE;
+    return eg_py_finish(NULL, st, &err, NULL);
 }
 
 static PyObject *state_get_layer(BertStateObject *self, void *c) { (void)c; return PyLong_FromLong(self->state.layer); }
