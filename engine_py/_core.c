@@ -263,3 +263,42 @@ PyObject *eg_py_finish(int *busy, eg_status st, const eg_err *err, PyObject *cor
     }
     Py_RETURN_NONE;
 }
+
+int eg_py_ready(const void *handle, const char *what)
+{
+    if (handle == NULL) {
+        PyErr_Format(PyExc_RuntimeError, "%s is not initialised", what);
+        return -1;
+    }
+    return 0;
+}
+
+int eg_py_init_once(const void *handle, const char *what)
+{
+    if (handle != NULL) {
+        PyErr_Format(PyExc_RuntimeError, "%s is already initialised", what);
+        return -1;
+    }
+    return 0;
+}
+
+PyObject *eg_py_set_base(PyObject *arr, PyObject *owner)
+{
+    if (arr == NULL) {
+        return NULL;
+    }
+    Py_INCREF(owner);
+    if (PyArray_SetBaseObject((PyArrayObject *)arr, owner) < 0) {   /* steals owner */
+        Py_DECREF(arr);
+        return NULL;
+    }
+    return arr;
+}
+
+int eg_py_add_type(PyObject *module, const char *name, PyTypeObject *type)
+{
+    if (PyType_Ready(type) < 0) {
+        return -1;
+    }
+    return PyModule_AddObjectRef(module, name, (PyObject *)type);
+}

@@ -85,6 +85,21 @@ PyObject *eg_py_array_copy(int nd, const npy_intp *dims, int type, const void *s
  * then return None if st is EG_OK, else raise err (eg_py_raise). */
 PyObject *eg_py_finish(int *busy, eg_status st, const eg_err *err, PyObject *corrupt_type);
 
+/* An object's core handle: eg_py_ready raises RuntimeError "<what> is not
+ * initialised" when handle is NULL (a method called before __init__ or
+ * after a failed one); eg_py_init_once raises RuntimeError "<what> is
+ * already initialised" when it is not (a second __init__). 0 or -1. */
+int eg_py_ready(const void *handle, const char *what);
+int eg_py_init_once(const void *handle, const char *what);
+
+/* Make `owner` (a new reference is taken) the base of the view arr, so the
+ * memory arr points into lives as long as arr. Returns arr, or NULL (arr
+ * dropped) with an exception; arr may be NULL (a failed constructor). */
+PyObject *eg_py_set_base(PyObject *arr, PyObject *owner);
+
+/* PyType_Ready(type), then add it to the module as `name`. 0 or -1. */
+int eg_py_add_type(PyObject *module, const char *name, PyTypeObject *type);
+
 /* Area initialisers: add functions, types and exceptions to the module.
  * Return 0 on success, -1 with an exception set. */
 int eg_py_init_io(PyObject *module);      /* _core_io.c: safetensors */

@@ -108,8 +108,7 @@ static int model_init(BertModelObject *self, PyObject *args, PyObject *kwds)
                                      &c.type_vocab_size, &c.layer_norm_eps)) {
         return -1;
     }
-    if (self->model != NULL) {
-        PyErr_SetString(PyExc_RuntimeError, "BertModel is already initialised");
+    if (eg_py_init_once(self->model, "BertModel") < 0) {
         return -1;
     }
     eg_err err;
@@ -138,11 +137,7 @@ static void model_dealloc(BertModelObject *self)
 
 static int model_ready(BertModelObject *self)
 {
-    if (self->model == NULL) {
-        PyErr_SetString(PyExc_RuntimeError, "BertModel is not initialised");
-        return -1;
-    }
-    return 0;
+    return eg_py_ready(self->model, "BertModel");
 }
 
 static PyObject *model_param_specs(BertModelObject *self, PyObject *noargs)
@@ -490,12 +485,7 @@ static int state_init(BertStateObject *self, PyObject *args, PyObject *kwds)
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!", kwlist, &BertModelType, &model)) {
         return -1;
     }
-    if (((BertModelObject *)model)->model == NULL) {
-        PyErr_SetString(PyExc_RuntimeError, "BertModel is not initialised");
-        return -1;
-    }
-    if (self->owner != NULL) {
-        PyErr_SetString(PyExc_RuntimeError, "BertState is already initialised");
+    if (model_ready((BertModelObject *)model) < 0 || eg_py_init_once(self->owner, "BertState") < 0) {
         return -1;
     }
     Py_INCREF(model);
@@ -515,11 +505,7 @@ static void state_dealloc(BertStateObject *self)
 
 static int state_enter(BertStateObject *self)
 {
-    if (self->owner == NULL) {
-        PyErr_SetString(PyExc_RuntimeError, "BertState is not initialised");
-        return -1;
-    }
-    if (eg_py_enter(&self->busy, "BertState") < 0) {
+    if (eg_py_ready(self->owner, "BertState") < 0 || eg_py_enter(&self->busy, "BertState") < 0) {
         return -1;
     }
     self->owner->users++;
@@ -762,17 +748,8 @@ static PyMethodDef bert_functions[] = {
 
 int eg_py_init_bert(PyObject *module)
 {
-    if (PyType_Ready(&BertModelType) < 0 || PyType_Ready(&BertStateType) < 0) {
-        return -1;
-    }
-    Py_INCREF(&BertModelType);
-    if (PyModule_AddObject(module, "BertModel", (PyObject *)&BertModelType) < 0) {
-        Py_DECREF(&BertModelType);
-        return -1;
-    }
-    Py_INCREF(&BertStateType);
-    if (PyModule_AddObject(module, "BertState", (PyObject *)&BertStateType) < 0) {
-        Py_DECREF(&BertStateType);
+    if (eg_py_add_type(module, "BertModel", &BertModelType) < 0 ||
+        eg_py_add_type(module, "BertState", &BertStateType) < 0) {
         return -1;
     }
     return PyModule_AddFunctions(module, bert_functions);

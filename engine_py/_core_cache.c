@@ -541,17 +541,7 @@ static PyObject *cf_map_layer(CacheFileObject *self, PyObject *args)
     /* no NPY_ARRAY_WRITEABLE: the mapping is PROT_READ */
     PyObject *arr = PyArray_New(&PyArray_Type, 2, dims, type, NULL, (void *)data, 0,
                                 NPY_ARRAY_C_CONTIGUOUS | NPY_ARRAY_ALIGNED, NULL);
-    if (arr == NULL) {
-        goto fail;
-    }
-    /* SetBaseObject steals the reference to m, even when it fails */
-    int rc = PyArray_SetBaseObject((PyArrayObject *)arr, (PyObject *)m);
-    m = NULL;
-    if (rc < 0) {
-        Py_DECREF(arr);
-        goto fail;
-    }
-    ret = arr;
+    ret = eg_py_set_base(arr, (PyObject *)m);
 fail:
     Py_XDECREF(m);
     eg_py_leave(&self->busy);
@@ -634,11 +624,8 @@ static PyMethodDef cache_functions[] = {
 
 int eg_py_init_cache(PyObject *module)
 {
-    if (PyType_Ready(&CacheMapType) < 0 || PyType_Ready(&CacheFileType) < 0) {
-        return -1;
-    }
-    if (PyModule_AddObjectRef(module, "CacheFile", (PyObject *)&CacheFileType) < 0 ||
-        PyModule_AddObjectRef(module, "_CacheMap", (PyObject *)&CacheMapType) < 0) {
+    if (eg_py_add_type(module, "CacheFile", &CacheFileType) < 0 ||
+        eg_py_add_type(module, "_CacheMap", &CacheMapType) < 0) {
         return -1;
     }
     CacheCorruptError = PyErr_NewExceptionWithDoc(

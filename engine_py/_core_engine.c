@@ -79,8 +79,7 @@ static int Graph_init(GraphObject *self, PyObject *args, PyObject *kw)
     if (!PyArg_ParseTupleAndKeywords(args, kw, "OOL|p", kwlist, &so, &dob, &n, &undirected)) {
         return -1;
     }
-    if (self->g != NULL) {
-        PyErr_SetString(PyExc_RuntimeError, "Graph is already initialised");
+    if (eg_py_init_once(self->g, "Graph") < 0) {
         return -1;
     }
     PyArrayObject *src = NULL, *dst = NULL;
@@ -119,13 +118,10 @@ fail:
     return rc;
 }
 
+/* 1 if initialised, else 0 with RuntimeError */
 static int graph_ready(GraphObject *self)
 {
-    if (self->g == NULL) {
-        PyErr_SetString(PyExc_RuntimeError, "Graph is not initialised");
-        return 0;
-    }
-    return 1;
+    return eg_py_ready(self->g, "Graph") == 0;
 }
 
 static PyObject *Graph_get_num_nodes(GraphObject *self, void *c)
@@ -257,8 +253,7 @@ static int Ladder_init(LadderObject *self, PyObject *args, PyObject *kw)
                                      &c.dropout, &c.T, &seed)) {
         return -1;
     }
-    if (self->m != NULL) {
-        PyErr_SetString(PyExc_RuntimeError, "Ladder is already initialised");
+    if (eg_py_init_once(self->m, "Ladder") < 0) {
         return -1;
     }
     eg_err err;
@@ -270,13 +265,10 @@ static int Ladder_init(LadderObject *self, PyObject *args, PyObject *kw)
     return 0;
 }
 
+/* 1 if initialised, else 0 with RuntimeError */
 static int ladder_ready(LadderObject *self)
 {
-    if (self->m == NULL) {
-        PyErr_SetString(PyExc_RuntimeError, "Ladder is not initialised");
-        return 0;
-    }
-    return 1;
+    return eg_py_ready(self->m, "Ladder") == 0;
 }
 
 static PyObject *Ladder_param_table(LadderObject *self, PyObject *noargs)
@@ -333,16 +325,7 @@ static PyObject *Ladder_buffer(LadderObject *self, PyObject *arg)
         return NULL;
     }
     npy_intp n = (npy_intp)eg_ladder_total_floats(self->m);
-    PyObject *a = PyArray_SimpleNewFromData(1, &n, NPY_FLOAT32, p);
-    if (a == NULL) {
-        return NULL;
-    }
-    Py_INCREF(self);
-    if (PyArray_SetBaseObject((PyArrayObject *)a, (PyObject *)self) < 0) {
-        Py_DECREF(a);
-        return NULL;
-    }
-    return a;
+    return eg_py_set_base(PyArray_SimpleNewFromData(1, &n, NPY_FLOAT32, p), (PyObject *)self);
 }
 
 static PyObject *Ladder_get_step(LadderObject *self, void *c)
@@ -983,17 +966,8 @@ int eg_py_init_engine(PyObject *module)
     if (PyModule_AddFunctions(module, exit_functions) < 0) {
         return -1;
     }
-    if (PyType_Ready(&GraphType) < 0 || PyType_Ready(&LadderType) < 0) {
-        return -1;
-    }
-    Py_INCREF(&GraphType);
-    if (PyModule_AddObject(module, "Graph", (PyObject *)&GraphType) < 0) {
-        Py_DECREF(&GraphType);
-        return -1;
-    }
-    Py_INCREF(&LadderType);
-    if (PyModule_AddObject(module, "Ladder", (PyObject *)&LadderType) < 0) {
-        Py_DECREF(&LadderType);
+    if (eg_py_add_type(module, "Graph", &GraphType) < 0 ||
+        eg_py_add_type(module, "Ladder", &LadderType) < 0) {
         return -1;
     }
     return 0;

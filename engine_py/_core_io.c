@@ -258,15 +258,7 @@ static PyObject *tensor_array(MappingObject *m, const eg_st_tensor *t, int widen
     }
     PyObject *arr = PyArray_NewFromDescr(&PyArray_Type, descr, t->ndim, dims, NULL, (void *)src,
                                          NPY_ARRAY_C_CONTIGUOUS | NPY_ARRAY_ALIGNED, NULL);
-    if (arr == NULL) {
-        return NULL;
-    }
-    Py_INCREF(m);
-    if (PyArray_SetBaseObject((PyArrayObject *)arr, (PyObject *)m) < 0) {
-        Py_DECREF(arr);
-        return NULL;
-    }
-    return arr;
+    return eg_py_set_base(arr, (PyObject *)m);
 }
 
 /* safetensors_load's value for one tensor: the array (tensor_array), with
@@ -509,12 +501,7 @@ static PyMethodDef io_methods[] = {
 
 int eg_py_init_io(PyObject *module)
 {
-    if (PyType_Ready(&MappingType) < 0) {
-        return -1;
-    }
-    Py_INCREF(&MappingType);
-    if (PyModule_AddObject(module, "SafetensorsMapping", (PyObject *)&MappingType) < 0) {
-        Py_DECREF(&MappingType);
+    if (eg_py_add_type(module, "SafetensorsMapping", &MappingType) < 0) {
         return -1;
     }
     SafetensorsError = PyErr_NewExceptionWithDoc(

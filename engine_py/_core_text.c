@@ -62,8 +62,7 @@ static int wp_init(WordPieceObject *self, PyObject *args, PyObject *kwds)
                                      &strip, &lower, &maxc, &prefix)) {
         return -1;
     }
-    if (self->wp != NULL) {
-        PyErr_SetString(PyExc_RuntimeError, "WordPiece is already initialised");
+    if (eg_py_init_once(self->wp, "WordPiece") < 0) {
         return -1;
     }
     int rc = -1;
@@ -145,13 +144,10 @@ fail:
     return rc;
 }
 
+/* 1 if initialised, else 0 with RuntimeError */
 static int wp_ready(WordPieceObject *self)
 {
-    if (self->wp == NULL) {
-        PyErr_SetString(PyExc_RuntimeError, "WordPiece is not initialised");
-        return 0;
-    }
-    return 1;
+    return eg_py_ready(self->wp, "WordPiece") == 0;
 }
 
 static PyObject *wp_encode_batch(WordPieceObject *self, PyObject *args, PyObject *kwds)
@@ -301,13 +297,5 @@ static PyTypeObject WordPieceType = {
 
 int eg_py_init_text(PyObject *module)
 {
-    if (PyType_Ready(&WordPieceType) < 0) {
-        return -1;
-    }
-    Py_INCREF(&WordPieceType);
-    if (PyModule_AddObject(module, "WordPiece", (PyObject *)&WordPieceType) < 0) {
-        Py_DECREF(&WordPieceType);
-        return -1;
-    }
-    return 0;
+    return eg_py_add_type(module, "WordPiece", &WordPieceType);
 }
