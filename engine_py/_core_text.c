@@ -16,7 +16,6 @@
 #include "_core.h"
 #include "eg_text.h"
 
-#include <string.h>
 
 typedef struct {
     PyObject_HEAD
@@ -47,6 +46,20 @@ static const char *utf8_of(PyObject *o, const char *what, Py_ssize_t index, Py_s
         return NULL;
     }
     return s;
+}
+
+/* utf8_of for every item of the tuple t: p[i], len[i]. 0 or -1. */
+static int utf8_all(PyObject *t, const char *what, const char **p, size_t *len)
+{
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(t); i++) {
+        Py_ssize_t n;
+        p[i] = utf8_of(PyTuple_GET_ITEM(t, i), what, i, &n);
+        if (p[i] == NULL) {
+            return -1;
+        }
+        len[i] = (size_t)n;
+    }
+    return 0;
 }
 
 static int wp_init(WordPieceObject *self, PyObject *args, PyObject *kwds)
@@ -88,13 +101,8 @@ static int wp_init(WordPieceObject *self, PyObject *args, PyObject *kwds)
         PyErr_NoMemory();
         goto fail;
     }
-    for (Py_ssize_t i = 0; i < nt; i++) {
-        Py_ssize_t len;
-        tp[i] = utf8_of(PyTuple_GET_ITEM(tokens, i), "tokens", i, &len);
-        if (tp[i] == NULL) {
-            goto fail;
-        }
-        tl[i] = (size_t)len;
+    if (utf8_all(tokens, "tokens", tp, tl) < 0) {
+        goto fail;
     }
     for (Py_ssize_t i = 0; i < na; i++) {
         PyObject *pair = PyTuple_GET_ITEM(added, i);
@@ -193,13 +201,8 @@ static PyObject *wp_encode_batch(WordPieceObject *self, PyObject *args, PyObject
         PyErr_NoMemory();
         goto fail;
     }
-    for (Py_ssize_t i = 0; i < n; i++) {
-        Py_ssize_t len;
-        tp[i] = utf8_of(PyTuple_GET_ITEM(texts, i), "texts", i, &len);
-        if (tp[i] == NULL) {
-            goto fail;
-        }
-        tl[i] = (size_t)len;
+    if (utf8_all(texts, "texts", tp, tl) < 0) {
+        goto fail;
     }
     if (eg_py_enter(&self->busy, "WordPiece tokenizer") != 0) {
         goto fail;
@@ -223,13 +226,10 @@ static PyObject *wp_encode_batch(WordPieceObject *self, PyObject *args, PyObject
     }
     for (Py_ssize_t i = 0; i < n; i++) {
         npy_intp dim = (npy_intp)ol[i];
-        PyObject *arr = PyArray_SimpleNew(1, &dim, NPY_INT32);
+        PyObject *arr = eg_py_array_copy(1, &dim, NPY_INT32, ids[i]);
         if (arr == NULL) {
             Py_CLEAR(result);
             goto fail;
-        }
-        if (ol[i] > 0) {
-            memcpy(PyArray_DATA((PyArrayObject *)arr), ids[i], ol[i] * sizeof(int32_t));
         }
         PyList_SET_ITEM(result, i, arr);
     }
