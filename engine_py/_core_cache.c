@@ -58,11 +58,20 @@ static void cachefile_dealloc(CacheFileObject *self)
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
-/* Enter a method: the handle must be open and not in use by another thread. */
-static int enter(CacheFileObject *self)
+/* 0 if the handle is open, else -1 with ValueError. */
+static int check_open(CacheFileObject *self)
 {
     if (self->c == NULL) {
         PyErr_SetString(PyExc_ValueError, "the layer cache file is closed");
+        return -1;
+    }
+    return 0;
+}
+
+/* Enter a method: the handle must be open and not in use by another thread. */
+static int enter(CacheFileObject *self)
+{
+    if (check_open(self) < 0) {
         return -1;
     }
     return eg_py_enter(&self->busy, "this LayerCache");
@@ -226,8 +235,7 @@ static PyObject *py_crc32c_impl(PyObject *mod, PyObject *noargs)
 static PyObject *cf_info(CacheFileObject *self, PyObject *noargs)
 {
     (void)noargs;
-    if (self->c == NULL) {
-        PyErr_SetString(PyExc_ValueError, "the layer cache file is closed");
+    if (check_open(self) < 0) {
         return NULL;
     }
     eg_cache_info h;
