@@ -1,6 +1,7 @@
 /*
- * _core.c — module init for engine_py._core, and the core-level functions:
- * threads, build information and the fp16/bf16 converters.
+ * _core.c — module init for engine_py._core, the core-level functions
+ * (threads, build information, the fp16/bf16 converters) and the argument
+ * helpers the glue files share (declared in _core.h).
  */
 #define EG_PY_IMPORT_ARRAY_HERE
 #include "_core.h"

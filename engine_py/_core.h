@@ -5,7 +5,8 @@
  * call and maps eg_status to an exception with the core's message.
  *
  * The extension is one module (engine_py._core) built from several files:
- * _core.c holds PyInit__core and calls each area's eg_py_init_<area>(module).
+ * _core.c holds PyInit__core and calls each area's eg_py_init_<area>(module);
+ * it also defines the argument helpers declared below.
  */
 #ifndef ENGINE_PY_CORE_H
 #define ENGINE_PY_CORE_H
@@ -67,7 +68,8 @@ extern unsigned long eg_py_main_thread;
  * casting (TypeError otherwise) unless `flags` adds NPY_ARRAY_FORCECAST.
  * Then, when ndim >= 0, the number of dimensions must be ndim and, when
  * shape != NULL, dimension i must be shape[i] (an entry < 0 matches any
- * size); if not, ValueError with the printf-style message fmt, .... */
+ * size); if not, ValueError with the printf-style message fmt, ...
+ * (fmt may be NULL when ndim < 0: nothing is checked). */
 PyArrayObject *eg_py_array(PyObject *o, int type, int flags, int ndim, const npy_intp *shape,
                            const char *fmt, ...);
 
