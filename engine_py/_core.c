@@ -1,10 +1,12 @@
 /*
- * _core.c — module init for engine_py._core, and the core-level functions:
- * threads, build information and the fp16/bf16 converters.
+ * _core.c — module init for engine_py._core, the core-level functions
+ * (threads, build information, the fp16/bf16 converters) and the argument
+ * helpers the glue files share (declared in _core.h).
  */
 #define EG_PY_IMPORT_ARRAY_HERE
 #include "_core.h"
 
+#include <stdarg.h>
 #include <string.h>
 #ifdef _OPENMP
 #include <omp.h>
@@ -193,4 +195,111 @@ PyMODINIT_FUNC PyInit__core(void)
         return NULL;
     }
     return m;
+}
+
+/* ------------------------------------------------------ argument helpers */
+
+/* dims of `a` match ndim and shape (entries < 0 match any size) */
+static int shape_matches(PyArrayObject *a, int ndim, const npy_intp *shape)
+{
+    if (ndim < 0) {
+        return 1;
+    }
+    if (PyArray_NDIM(a) != ndim) {
+        return 0;
+    }
+    for (int i = 0; shape != NULL && i < ndim; i++) {
+        if (shape[i] >= 0 && PyArray_DIM(a, i) != shape[i]) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+PyArrayObject *eg_py_array(PyObject *o, int type, int flags, int ndim, const npy_intp *shape,
+                           const char *fmt, ...)
+{
+    PyArrayObject *a = (PyArrayObject *)PyArray_FROM_OTF(o, type, NPY_ARRAY_IN_ARRAY | flags);
+    if (a == NULL || shape_matches(a, ndim, shape)) {
+        return a;
+    }
+    va_list ap;
+    va_start(ap, fmt);
+    PyErr_FormatV(PyExc_ValueError, fmt, ap);
+    va_end(ap);
+    Py_DECREF(a);
+    return NULL;
+}
+
+int eg_py_check_out(PyObject *o, int type, int ndim, const npy_intp *shape, const char *fmt, ...)
+{
+    if (PyArray_Check(o) && PyArray_TYPE((PyArrayObject *)o) == type &&
+        shape_matches((PyArrayObject *)o, ndim, shape) &&
+        PyArray_IS_C_CONTIGUOUS((PyArrayObject *)o) && PyArray_ISWRITEABLE((PyArrayObject *)o)) {
+        return 0;
+    }
+    va_list ap;
+    va_start(ap, fmt);
+    PyErr_FormatV(PyExc_ValueError, fmt, ap);
+    va_end(ap);
+    return -1;
+}
+
+PyObject *eg_py_array_copy(int nd, const npy_intp *dims, int type, const void *src)
+{
+    PyObject *a = PyArray_SimpleNew(nd, (npy_intp *)dims, type);
+    if (a != NULL && PyArray_NBYTES((PyArrayObject *)a) > 0) {
+        memcpy(PyArray_DATA((PyArrayObject *)a), src, (size_t)PyArray_NBYTES((PyArrayObject *)a));
+    }
+    return a;
+}
+
+PyObject *eg_py_finish(int *busy, eg_status st, const eg_err *err, PyObject *corrupt_type)
+{
+    if (busy != NULL) {
+        eg_py_leave(busy);
+    }
+    if (st != EG_OK) {
+        return eg_py_raise(err, corrupt_type);
+    }
+    Py_RETURN_NONE;
+}
+
+int eg_py_ready(const void *handle, const char *what)
+{
+    if (handle == NULL) {
+        PyErr_Format(PyExc_RuntimeError, "%s is not initialised", what);
+        return -1;
+    }
+    return 0;
+}
+
+int eg_py_init_once(const void *handle, const char *what)
+{
+    if (handle != NULL) {
+        PyErr_Format(PyExc_RuntimeError, "%s is already initialised", what);
+        return -1;
+    }
+    return 0;
+}
+
+PyObject *eg_py_set_base(PyObject *arr, PyObject *owner)
+{
+    if (arr == NULL) {
+        return NULL;
+    }
+    Py_INCREF(owner);
+    if (PyArray_SetBaseObject((PyArrayObject *)arr, owner) < 0) {   /* steals owner */
+        Py_DECREF(arr);
+        return NULL;
+    }
+    return arr;
+}
+
+int eg_py_add_type(PyObject *module, const char *name, PyTypeObject *type)
+{
+    if (PyType_Ready(type) < 0) {
+        return -1;
+    }
+    return PyModule_AddObjectRef(module, name, (PyObject *)type);
 }

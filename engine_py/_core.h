@@ -5,7 +5,8 @@
  * call and maps eg_status to an exception with the core's message.
  *
  * The extension is one module (engine_py._core) built from several files:
- * _core.c holds PyInit__core and calls each area's eg_py_init_<area>(module).
+ * _core.c holds PyInit__core and calls each area's eg_py_init_<area>(module);
+ * it also defines the argument helpers declared below.
  */
 #ifndef ENGINE_PY_CORE_H
 #define ENGINE_PY_CORE_H
@@ -58,6 +59,48 @@ extern unsigned long eg_py_main_thread;
             Py_UNBLOCK_THREADS                                      \
         }                                                           \
     } while (0)
+
+/* ------------------------------------------------------ argument helpers
+ * Shared by the glue files. Each returns a new reference (or 0) on success,
+ * NULL (or -1) with a Python exception set on failure. */
+
+/* `o` converted to an aligned, C-contiguous array of `type`: NumPy's safe
+ * casting (TypeError otherwise) unless `flags` adds NPY_ARRAY_FORCECAST.
+ * Then, when ndim >= 0, the number of dimensions must be ndim and, when
+ * shape != NULL, dimension i must be shape[i] (an entry < 0 matches any
+ * size); if not, ValueError with the printf-style message fmt, ...
+ * (fmt may be NULL when ndim < 0: nothing is checked). */
+PyArrayObject *eg_py_array(PyObject *o, int type, int flags, int ndim, const npy_intp *shape,
+                           const char *fmt, ...);
+
+/* Check, without converting, that `o` is an array the core may write into:
+ * an ndarray of exactly `type` with ndim dimensions matching shape (entries
+ * < 0 match any size), C-contiguous and writeable. ValueError with the
+ * printf-style message fmt, ... otherwise. */
+int eg_py_check_out(PyObject *o, int type, int ndim, const npy_intp *shape, const char *fmt, ...);
+
+/* A new array of `type` and shape dims holding a copy of the bytes at src
+ * (src may be NULL when the array is empty). */
+PyObject *eg_py_array_copy(int nd, const npy_intp *dims, int type, const void *src);
+
+/* The end of a call into the core: leave *busy (when busy is not NULL),
+ * then return None if st is EG_OK, else raise err (eg_py_raise). */
+PyObject *eg_py_finish(int *busy, eg_status st, const eg_err *err, PyObject *corrupt_type);
+
+/* An object's core handle: eg_py_ready raises RuntimeError "<what> is not
+ * initialised" when handle is NULL (a method called before __init__ or
+ * after a failed one); eg_py_init_once raises RuntimeError "<what> is
+ * already initialised" when it is not (a second __init__). 0 or -1. */
+int eg_py_ready(const void *handle, const char *what);
+int eg_py_init_once(const void *handle, const char *what);
+
+/* Make `owner` (a new reference is taken) the base of the view arr, so the
+ * memory arr points into lives as long as arr. Returns arr, or NULL (arr
+ * dropped) with an exception; arr may be NULL (a failed constructor). */
+PyObject *eg_py_set_base(PyObject *arr, PyObject *owner);
+
+/* PyType_Ready(type), then add it to the module as `name`. 0 or -1. */
+int eg_py_add_type(PyObject *module, const char *name, PyTypeObject *type);
 
 /* Area initialisers: add functions, types and exceptions to the module.
  * Return 0 on success, -1 with an exception set. */

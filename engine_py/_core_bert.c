@@ -52,16 +52,17 @@ static PyTypeObject BertStateType;
 static int convert_batch(PyObject *ids_obj, PyObject *off_obj, PyArrayObject **ids,
                          PyArrayObject **off, int *n_seq)
 {
-    *ids = (PyArrayObject *)PyArray_FROM_OTF(ids_obj, NPY_INT32, NPY_ARRAY_IN_ARRAY | NPY_ARRAY_FORCECAST);
+    static const char one_d[] = "ids and offsets must be 1-D arrays";
+    *ids = eg_py_array(ids_obj, NPY_INT32, NPY_ARRAY_FORCECAST, -1, NULL, one_d);
     if (*ids == NULL) {
         return -1;
     }
-    *off = (PyArrayObject *)PyArray_FROM_OTF(off_obj, NPY_INT64, NPY_ARRAY_IN_ARRAY);
+    *off = eg_py_array(off_obj, NPY_INT64, 0, 1, NULL, one_d);
     if (*off == NULL) {
         return -1;
     }
-    if (PyArray_NDIM(*ids) != 1 || PyArray_NDIM(*off) != 1) {
-        PyErr_SetString(PyExc_ValueError, "ids and offsets must be 1-D arrays");
+    if (PyArray_NDIM(*ids) != 1) {
+        PyErr_SetString(PyExc_ValueError, one_d);
         return -1;
     }
     npy_intp n_off = PyArray_DIM(*off, 0);
@@ -107,8 +108,7 @@ static int model_init(BertModelObject *self, PyObject *args, PyObject *kwds)
                                      &c.type_vocab_size, &c.layer_norm_eps)) {
         return -1;
     }
-    if (self->model != NULL) {
-        PyErr_SetString(PyExc_RuntimeError, "BertModel is already initialised");
+    if (eg_py_init_once(self->model, "BertModel") < 0) {
         return -1;
     }
     eg_err err;
@@ -137,11 +137,7 @@ static void model_dealloc(BertModelObject *self)
 
 static int model_ready(BertModelObject *self)
 {
-    if (self->model == NULL) {
-        PyErr_SetString(PyExc_RuntimeError, "BertModel is not initialised");
-        return -1;
-    }
-    return 0;
+    return eg_py_ready(self->model, "BertModel");
 }
 
 static PyObject *model_param_specs(BertModelObject *self, PyObject *noargs)
@@ -202,13 +198,7 @@ static PyObject *model_set_param(BertModelObject *self, PyObject *args)
     Py_BEGIN_ALLOW_THREADS
     st = eg_bert_set_param(self->model, name, (const float *)PyArray_DATA(arr), nd, shape, &err);
     Py_END_ALLOW_THREADS
-    self->busy = 0;
-    if (st != EG_OK) {
-        eg_py_raise(&err, NULL);
-        goto fail;
-    }
-    ret = Py_None;
-    Py_INCREF(ret);
+    ret = eg_py_finish(&self->busy, st, &err, NULL);
 fail:
     Py_XDECREF(arr);
     return ret;
@@ -242,12 +232,7 @@ static PyObject *model_get_param(BertModelObject *self, PyObject *arg)
             break;
         }
     }
-    PyArrayObject *out = (PyArrayObject *)PyArray_SimpleNew(nd, dims, NPY_FLOAT32);
-    if (out == NULL) {
-        return NULL;
-    }
-    memcpy(PyArray_DATA(out), p, count * sizeof(float));
-    return (PyObject *)out;
+    return eg_py_array_copy(nd, dims, NPY_FLOAT32, p);
 }
 
 static PyObject *model_check_complete(BertModelObject *self, PyObject *noargs)
@@ -258,10 +243,8 @@ static PyObject *model_check_complete(BertModelObject *self, PyObject *noargs)
     }
     eg_err err;
     eg_err_clear(&err);
-    if (eg_bert_check_complete(self->model, &err) != EG_OK) {
-        return eg_py_raise(&err, NULL);
-    }
-    Py_RETURN_NONE;
+    eg_status st = eg_bert_check_complete(self->model, &err);
+    return eg_py_finish(NULL, st, &err, NULL);
 }
 
 static PyObject *model_encode_layers(BertModelObject *self, PyObject *args)
@@ -277,12 +260,9 @@ static PyObject *model_encode_layers(BertModelObject *self, PyObject *args)
     if (convert_batch(ids_obj, off_obj, &ids, &off, &n_seq) < 0) {
         goto fail;
     }
-    layers = (PyArrayObject *)PyArray_FROM_OTF(layers_obj, NPY_INT32, NPY_ARRAY_IN_ARRAY);
+    layers = eg_py_array(layers_obj, NPY_INT32, 0, 1, NULL,
+                         "layers must be a 1-D sequence of layer indices");
     if (layers == NULL) {
-        goto fail;
-    }
-    if (PyArray_NDIM(layers) != 1) {
-        PyErr_SetString(PyExc_ValueError, "layers must be a 1-D sequence of layer indices");
         goto fail;
     }
     const eg_bert_config *c = eg_bert_get_config(self->model);
@@ -419,13 +399,14 @@ static PyObject *model_flops(BertModelObject *self, PyObject *arg)
     if (model_ready(self) < 0) {
         return NULL;
     }
-    PyArrayObject *len = (PyArrayObject *)PyArray_FROM_OTF(arg, NPY_INT64, NPY_ARRAY_IN_ARRAY);
+    static const char msg[] = "lengths must be a 1-D array";
+    PyArrayObject *len = eg_py_array(arg, NPY_INT64, 0, 1, NULL, msg);
     if (len == NULL) {
         return NULL;
     }
-    if (PyArray_NDIM(len) != 1 || PyArray_DIM(len, 0) > 0x7fffffff) {
+    if (PyArray_DIM(len, 0) > 0x7fffffff) {
         Py_DECREF(len);
-        PyErr_SetString(PyExc_ValueError, "lengths must be a 1-D array");
+        PyErr_SetString(PyExc_ValueError, msg);
         return NULL;
     }
     double f = eg_bert_flops(eg_bert_get_config(self->model), (const int64_t *)PyArray_DATA(len),
@@ -504,12 +485,7 @@ static int state_init(BertStateObject *self, PyObject *args, PyObject *kwds)
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!", kwlist, &BertModelType, &model)) {
         return -1;
     }
-    if (((BertModelObject *)model)->model == NULL) {
-        PyErr_SetString(PyExc_RuntimeError, "BertModel is not initialised");
-        return -1;
-    }
-    if (self->owner != NULL) {
-        PyErr_SetString(PyExc_RuntimeError, "BertState is already initialised");
+    if (model_ready((BertModelObject *)model) < 0 || eg_py_init_once(self->owner, "BertState") < 0) {
         return -1;
     }
     Py_INCREF(model);
@@ -529,11 +505,7 @@ static void state_dealloc(BertStateObject *self)
 
 static int state_enter(BertStateObject *self)
 {
-    if (self->owner == NULL) {
-        PyErr_SetString(PyExc_RuntimeError, "BertState is not initialised");
-        return -1;
-    }
-    if (eg_py_enter(&self->busy, "BertState") < 0) {
+    if (eg_py_ready(self->owner, "BertState") < 0 || eg_py_enter(&self->busy, "BertState") < 0) {
         return -1;
     }
     self->owner->users++;
@@ -567,12 +539,7 @@ static PyObject *state_embed(BertStateObject *self, PyObject *args)
                        (const int64_t *)PyArray_DATA(off), n_seq, &err);
     Py_END_ALLOW_THREADS
     state_leave(self);
-    if (st != EG_OK) {
-        eg_py_raise(&err, NULL);
-        goto fail;
-    }
-    ret = Py_None;
-    Py_INCREF(ret);
+    ret = eg_py_finish(NULL, st, &err, NULL);
 fail:
     Py_XDECREF(ids);
     Py_XDECREF(off);
@@ -603,10 +570,7 @@ static PyObject *state_run_layers(BertStateObject *self, PyObject *arg)
     st = eg_bert_run_layers(self->owner->model, &self->state, (int)last, &err);
     Py_END_ALLOW_THREADS
     state_leave(self);
-    if (st != EG_OK) {
-        return eg_py_raise(&err, NULL);
-    }
-    Py_RETURN_NONE;
+    return eg_py_finish(NULL, st, &err, NULL);
 }
 
 static PyObject *state_pool(BertStateObject *self, PyObject *noargs)
@@ -637,13 +601,14 @@ static PyObject *state_pool(BertStateObject *self, PyObject *noargs)
 
 static PyObject *state_compact(BertStateObject *self, PyObject *arg)
 {
-    PyArrayObject *keep = (PyArrayObject *)PyArray_FROM_OTF(arg, NPY_INT32, NPY_ARRAY_IN_ARRAY);
+    static const char msg[] = "keep must be a 1-D array of sequence indices";
+    PyArrayObject *keep = eg_py_array(arg, NPY_INT32, 0, 1, NULL, msg);
     if (keep == NULL) {
         return NULL;
     }
-    if (PyArray_NDIM(keep) != 1 || PyArray_DIM(keep, 0) > 0x7fffffff) {
+    if (PyArray_DIM(keep, 0) > 0x7fffffff) {
         Py_DECREF(keep);
-        PyErr_SetString(PyExc_ValueError, "keep must be a 1-D array of sequence indices");
+        PyErr_SetString(PyExc_ValueError, msg);
         return NULL;
     }
     if (state_enter(self) < 0) {
@@ -656,10 +621,7 @@ static PyObject *state_compact(BertStateObject *self, PyObject *arg)
                                    (int)PyArray_DIM(keep, 0), &err);
     state_leave(self);
     Py_DECREF(keep);
-    if (st != EG_OK) {
-        return eg_py_raise(&err, NULL);
-    }
-    Py_RETURN_NONE;
+    return eg_py_finish(NULL, st, &err, NULL);
 }
 
 static PyObject *state_get_layer(BertStateObject *self, void *c) { (void)c; return PyLong_FromLong(self->state.layer); }
@@ -786,17 +748,8 @@ static PyMethodDef bert_functions[] = {
 
 int eg_py_init_bert(PyObject *module)
 {
-    if (PyType_Ready(&BertModelType) < 0 || PyType_Ready(&BertStateType) < 0) {
-        return -1;
-    }
-    Py_INCREF(&BertModelType);
-    if (PyModule_AddObject(module, "BertModel", (PyObject *)&BertModelType) < 0) {
-        Py_DECREF(&BertModelType);
-        return -1;
-    }
-    Py_INCREF(&BertStateType);
-    if (PyModule_AddObject(module, "BertState", (PyObject *)&BertStateType) < 0) {
-        Py_DECREF(&BertStateType);
+    if (eg_py_add_type(module, "BertModel", &BertModelType) < 0 ||
+        eg_py_add_type(module, "BertState", &BertStateType) < 0) {
         return -1;
     }
     return PyModule_AddFunctions(module, bert_functions);

@@ -58,11 +58,20 @@ static void cachefile_dealloc(CacheFileObject *self)
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
-/* Enter a method: the handle must be open and not in use by another thread. */
-static int enter(CacheFileObject *self)
+/* 0 if the handle is open, else -1 with ValueError. */
+static int check_open(CacheFileObject *self)
 {
     if (self->c == NULL) {
         PyErr_SetString(PyExc_ValueError, "the layer cache file is closed");
+        return -1;
+    }
+    return 0;
+}
+
+/* Enter a method: the handle must be open and not in use by another thread. */
+static int enter(CacheFileObject *self)
+{
+    if (check_open(self) < 0) {
         return -1;
     }
     return eg_py_enter(&self->busy, "this LayerCache");
@@ -226,8 +235,7 @@ static PyObject *py_crc32c_impl(PyObject *mod, PyObject *noargs)
 static PyObject *cf_info(CacheFileObject *self, PyObject *noargs)
 {
     (void)noargs;
-    if (self->c == NULL) {
-        PyErr_SetString(PyExc_ValueError, "the layer cache file is closed");
+    if (check_open(self) < 0) {
         return NULL;
     }
     eg_cache_info h;
@@ -296,24 +304,16 @@ static PyObject *rows_call(CacheFileObject *self, PyObject *args, int mode)
     PyObject *ret = NULL;
     eg_cache_info h;
     eg_cache_get_info(self->c, &h);
-    rows = (PyArrayObject *)PyArray_FROM_OTF(rows_obj, NPY_INT64, NPY_ARRAY_IN_ARRAY);
+    rows = eg_py_array(rows_obj, NPY_INT64, 0, 1, NULL, "rows must be 1-D");
     if (rows == NULL) {
         goto fail;
     }
-    npy_intp n = PyArray_SIZE(rows);
-    if (PyArray_NDIM(rows) != 1) {
-        PyErr_SetString(PyExc_ValueError, "rows must be 1-D");
-        goto fail;
-    }
+    npy_intp n = PyArray_DIM(rows, 0);
     if (mode != 2) {
-        src = (PyArrayObject *)PyArray_FROM_OTF(src_obj, NPY_FLOAT32, NPY_ARRAY_IN_ARRAY);
+        const npy_intp shape[3] = {(npy_intp)h.num_layers, n, (npy_intp)h.dim};
+        src = eg_py_array(src_obj, NPY_FLOAT32, 0, 3, shape, "states must be float32 (K=%u, n=%zd, D=%llu)",
+                          h.num_layers, (Py_ssize_t)n, (unsigned long long)h.dim);
         if (src == NULL) {
-            goto fail;
-        }
-        if (PyArray_NDIM(src) != 3 || PyArray_DIM(src, 0) != (npy_intp)h.num_layers ||
-            PyArray_DIM(src, 1) != n || PyArray_DIM(src, 2) != (npy_intp)h.dim) {
-            PyErr_Format(PyExc_ValueError, "states must be float32 (K=%u, n=%zd, D=%llu)",
-                         h.num_layers, (Py_ssize_t)n, (unsigned long long)h.dim);
             goto fail;
         }
     }
@@ -332,11 +332,7 @@ static PyObject *rows_call(CacheFileObject *self, PyObject *args, int mode)
         st = eg_cache_mark_rows(self->c, r, (size_t)n, &err);
     }
     Py_END_ALLOW_THREADS
-    if (st != EG_OK) {
-        eg_py_raise(&err, CacheCorruptError);
-        goto fail;
-    }
-    ret = Py_NewRef(Py_None);
+    ret = eg_py_finish(NULL, st, &err, CacheCorruptError);
 fail:
     Py_XDECREF(rows);
     Py_XDECREF(src);
@@ -366,11 +362,7 @@ static PyObject *cf_set_num_nodes(CacheFileObject *self, PyObject *args)
     Py_BEGIN_ALLOW_THREADS
     st = eg_cache_set_num_nodes(self->c, n, d, &err);
     Py_END_ALLOW_THREADS
-    eg_py_leave(&self->busy);
-    if (st != EG_OK) {
-        return eg_py_raise(&err, CacheCorruptError);
-    }
-    Py_RETURN_NONE;
+    return eg_py_finish(&self->busy, st, &err, CacheCorruptError);
 }
 
 static PyObject *cf_grow(CacheFileObject *self, PyObject *args)
@@ -389,11 +381,7 @@ static PyObject *cf_grow(CacheFileObject *self, PyObject *args)
     Py_BEGIN_ALLOW_THREADS
     st = eg_cache_grow(self->c, cap, &err);
     Py_END_ALLOW_THREADS
-    eg_py_leave(&self->busy);
-    if (st != EG_OK) {
-        return eg_py_raise(&err, CacheCorruptError);
-    }
-    Py_RETURN_NONE;
+    return eg_py_finish(&self->busy, st, &err, CacheCorruptError);
 }
 
 /* Methods taking no argument and returning None: sync, verify. */
@@ -409,11 +397,7 @@ static PyObject *simple_call(CacheFileObject *self, eg_status (*fn)(eg_cache *, 
     Py_BEGIN_ALLOW_THREADS
     st = fn(self->c, &err);
     Py_END_ALLOW_THREADS
-    eg_py_leave(&self->busy);
-    if (st != EG_OK) {
-        return eg_py_raise(&err, CacheCorruptError);
-    }
-    Py_RETURN_NONE;
+    return eg_py_finish(&self->busy, st, &err, CacheCorruptError);
 }
 
 static PyObject *cf_sync(CacheFileObject *self, PyObject *noargs)
@@ -459,11 +443,7 @@ static PyObject *cf_check_layer(CacheFileObject *self, PyObject *args)
     Py_BEGIN_ALLOW_THREADS
     st = eg_cache_check_layer(self->c, k, &err);
     Py_END_ALLOW_THREADS
-    eg_py_leave(&self->busy);
-    if (st != EG_OK) {
-        return eg_py_raise(&err, CacheCorruptError);
-    }
-    Py_RETURN_NONE;
+    return eg_py_finish(&self->busy, st, &err, CacheCorruptError);
 }
 
 static PyObject *cf_gather(CacheFileObject *self, PyObject *args, PyObject *kw)
@@ -484,12 +464,8 @@ static PyObject *cf_gather(CacheFileObject *self, PyObject *args, PyObject *kw)
     }
     eg_cache_info h;
     eg_cache_get_info(self->c, &h);
-    ids = (PyArrayObject *)PyArray_FROM_OTF(ids_obj, NPY_INT64, NPY_ARRAY_IN_ARRAY);
+    ids = eg_py_array(ids_obj, NPY_INT64, 0, 1, NULL, "gather: node_ids must be 1-D");
     if (ids == NULL) {
-        goto fail;
-    }
-    if (PyArray_NDIM(ids) != 1) {
-        PyErr_SetString(PyExc_ValueError, "gather: node_ids must be 1-D");
         goto fail;
     }
     npy_intp n = PyArray_DIM(ids, 0);
@@ -501,20 +477,16 @@ static PyObject *cf_gather(CacheFileObject *self, PyObject *args, PyObject *kw)
             goto fail;
         }
     }
+    npy_intp dims[2] = {n, (npy_intp)h.dim};
     if (out_obj == Py_None) {
-        npy_intp dims[2] = {n, (npy_intp)h.dim};
         out = (PyArrayObject *)PyArray_SimpleNew(2, dims, NPY_FLOAT32);
         if (out == NULL) {
             goto fail;
         }
     } else {
-        if (!PyArray_Check(out_obj) || PyArray_TYPE((PyArrayObject *)out_obj) != NPY_FLOAT32 ||
-            PyArray_NDIM((PyArrayObject *)out_obj) != 2 || PyArray_DIM((PyArrayObject *)out_obj, 0) != n ||
-            PyArray_DIM((PyArrayObject *)out_obj, 1) != (npy_intp)h.dim ||
-            !PyArray_IS_C_CONTIGUOUS((PyArrayObject *)out_obj) ||
-            !PyArray_ISWRITEABLE((PyArrayObject *)out_obj)) {
-            PyErr_Format(PyExc_ValueError, "gather: out must be a writable C-contiguous float32 array of shape (%zd, %llu)",
-                         (Py_ssize_t)n, (unsigned long long)h.dim);
+        if (eg_py_check_out(out_obj, NPY_FLOAT32, 2, dims, "gather: out must be a writable "
+                            "C-contiguous float32 array of shape (%zd, %llu)",
+                            (Py_ssize_t)n, (unsigned long long)h.dim) < 0) {
             goto fail;
         }
         out = (PyArrayObject *)Py_NewRef(out_obj);
@@ -577,17 +549,7 @@ static PyObject *cf_map_layer(CacheFileObject *self, PyObject *args)
     /* no NPY_ARRAY_WRITEABLE: the mapping is PROT_READ */
     PyObject *arr = PyArray_New(&PyArray_Type, 2, dims, type, NULL, (void *)data, 0,
                                 NPY_ARRAY_C_CONTIGUOUS | NPY_ARRAY_ALIGNED, NULL);
-    if (arr == NULL) {
-        goto fail;
-    }
-    /* SetBaseObject steals the reference to m, even when it fails */
-    int rc = PyArray_SetBaseObject((PyArrayObject *)arr, (PyObject *)m);
-    m = NULL;
-    if (rc < 0) {
-        Py_DECREF(arr);
-        goto fail;
-    }
-    ret = arr;
+    ret = eg_py_set_base(arr, (PyObject *)m);
 fail:
     Py_XDECREF(m);
     eg_py_leave(&self->busy);
@@ -670,11 +632,8 @@ static PyMethodDef cache_functions[] = {
 
 int eg_py_init_cache(PyObject *module)
 {
-    if (PyType_Ready(&CacheMapType) < 0 || PyType_Ready(&CacheFileType) < 0) {
-        return -1;
-    }
-    if (PyModule_AddObjectRef(module, "CacheFile", (PyObject *)&CacheFileType) < 0 ||
-        PyModule_AddObjectRef(module, "_CacheMap", (PyObject *)&CacheMapType) < 0) {
+    if (eg_py_add_type(module, "CacheFile", &CacheFileType) < 0 ||
+        eg_py_add_type(module, "_CacheMap", &CacheMapType) < 0) {
         return -1;
     }
     CacheCorruptError = PyErr_NewExceptionWithDoc(

@@ -26,17 +26,14 @@
 
 /* ------------------------------------------------------------ helpers */
 
-static PyArrayObject *as_i64(PyObject *o, int ndim, const char *what)
+/* A 1-D int64 array (ids, pointers, labels). */
+static PyArrayObject *as_i64(PyObject *o, const char *what)
 {
-    PyArrayObject *a = (PyArrayObject *)PyArray_FROM_OTF(o, NPY_INT64, NPY_ARRAY_IN_ARRAY);
-    if (a == NULL) {
-        return NULL;
-    }
-    if (PyArray_NDIM(a) != ndim) {
-        PyErr_Format(PyExc_ValueError, "%s must be a %d-D integer array, got %d-D", what, ndim,
+    PyArrayObject *a = eg_py_array(o, NPY_INT64, 0, -1, NULL, NULL);
+    if (a != NULL && PyArray_NDIM(a) != 1) {
+        PyErr_Format(PyExc_ValueError, "%s must be a 1-D integer array, got %d-D", what,
                      PyArray_NDIM(a));
-        Py_DECREF(a);
-        return NULL;
+        Py_CLEAR(a);
     }
     return a;
 }
@@ -45,16 +42,12 @@ static PyObject *batch_to_tuple(eg_batch *b)
 {
     npy_intp n1 = (npy_intp)b->num_nodes, n2 = (npy_intp)b->num_graphs + 1,
              n3 = (npy_intp)b->num_nodes + 1, n4 = (npy_intp)b->num_edges;
-    PyObject *a1 = PyArray_SimpleNew(1, &n1, NPY_INT64);
-    PyObject *a2 = PyArray_SimpleNew(1, &n2, NPY_INT64);
-    PyObject *a3 = PyArray_SimpleNew(1, &n3, NPY_INT64);
-    PyObject *a4 = PyArray_SimpleNew(1, &n4, NPY_INT64);
+    PyObject *a1 = eg_py_array_copy(1, &n1, NPY_INT64, b->nodes);
+    PyObject *a2 = eg_py_array_copy(1, &n2, NPY_INT64, b->graph_ptr);
+    PyObject *a3 = eg_py_array_copy(1, &n3, NPY_INT64, b->indptr);
+    PyObject *a4 = eg_py_array_copy(1, &n4, NPY_INT64, b->indices);
     PyObject *res = NULL;
     if (a1 && a2 && a3 && a4) {
-        memcpy(PyArray_DATA((PyArrayObject *)a1), b->nodes, (size_t)n1 * 8);
-        memcpy(PyArray_DATA((PyArrayObject *)a2), b->graph_ptr, (size_t)n2 * 8);
-        memcpy(PyArray_DATA((PyArrayObject *)a3), b->indptr, (size_t)n3 * 8);
-        memcpy(PyArray_DATA((PyArrayObject *)a4), b->indices, (size_t)n4 * 8);
         res = PyTuple_Pack(4, a1, a2, a3, a4);
     }
     Py_XDECREF(a1);
@@ -86,17 +79,16 @@ static int Graph_init(GraphObject *self, PyObject *args, PyObject *kw)
     if (!PyArg_ParseTupleAndKeywords(args, kw, "OOL|p", kwlist, &so, &dob, &n, &undirected)) {
         return -1;
     }
-    if (self->g != NULL) {
-        PyErr_SetString(PyExc_RuntimeError, "Graph is already initialised");
+    if (eg_py_init_once(self->g, "Graph") < 0) {
         return -1;
     }
     PyArrayObject *src = NULL, *dst = NULL;
     int rc = -1;
-    src = as_i64(so, 1, "src");
+    src = as_i64(so, "src");
     if (src == NULL) {
         goto fail;
     }
-    dst = as_i64(dob, 1, "dst");
+    dst = as_i64(dob, "dst");
     if (dst == NULL) {
         goto fail;
     }
@@ -126,13 +118,10 @@ fail:
     return rc;
 }
 
+/* 1 if initialised, else 0 with RuntimeError */
 static int graph_ready(GraphObject *self)
 {
-    if (self->g == NULL) {
-        PyErr_SetString(PyExc_RuntimeError, "Graph is not initialised");
-        return 0;
-    }
-    return 1;
+    return eg_py_ready(self->g, "Graph") == 0;
 }
 
 static PyObject *Graph_get_num_nodes(GraphObject *self, void *c)
@@ -151,12 +140,7 @@ static PyObject *Graph_copy_array(GraphObject *self, int which)
         return NULL;
     }
     npy_intp n = which == 0 ? (npy_intp)self->g->num_nodes + 1 : (npy_intp)self->g->num_edges;
-    PyObject *a = PyArray_SimpleNew(1, &n, NPY_INT64);
-    if (a != NULL && n > 0) {
-        memcpy(PyArray_DATA((PyArrayObject *)a), which == 0 ? self->g->indptr : self->g->indices,
-               (size_t)n * 8);
-    }
-    return a;
+    return eg_py_array_copy(1, &n, NPY_INT64, which == 0 ? self->g->indptr : self->g->indices);
 }
 
 static PyObject *Graph_indptr(GraphObject *self, PyObject *noargs) { return Graph_copy_array(self, 0); }
@@ -178,7 +162,7 @@ static PyObject *Graph_sample(GraphObject *self, PyObject *args, int kind)
     if (!graph_ready(self)) {
         return NULL;
     }
-    PyArrayObject *t = as_i64(to, 1, "targets");
+    PyArrayObject *t = as_i64(to, "targets");
     if (t == NULL) {
         return NULL;
     }
@@ -269,8 +253,7 @@ static int Ladder_init(LadderObject *self, PyObject *args, PyObject *kw)
                                      &c.dropout, &c.T, &seed)) {
         return -1;
     }
-    if (self->m != NULL) {
-        PyErr_SetString(PyExc_RuntimeError, "Ladder is already initialised");
+    if (eg_py_init_once(self->m, "Ladder") < 0) {
         return -1;
     }
     eg_err err;
@@ -282,13 +265,10 @@ static int Ladder_init(LadderObject *self, PyObject *args, PyObject *kw)
     return 0;
 }
 
+/* 1 if initialised, else 0 with RuntimeError */
 static int ladder_ready(LadderObject *self)
 {
-    if (self->m == NULL) {
-        PyErr_SetString(PyExc_RuntimeError, "Ladder is not initialised");
-        return 0;
-    }
-    return 1;
+    return eg_py_ready(self->m, "Ladder") == 0;
 }
 
 static PyObject *Ladder_param_table(LadderObject *self, PyObject *noargs)
@@ -345,16 +325,7 @@ static PyObject *Ladder_buffer(LadderObject *self, PyObject *arg)
         return NULL;
     }
     npy_intp n = (npy_intp)eg_ladder_total_floats(self->m);
-    PyObject *a = PyArray_SimpleNewFromData(1, &n, NPY_FLOAT32, p);
-    if (a == NULL) {
-        return NULL;
-    }
-    Py_INCREF(self);
-    if (PyArray_SetBaseObject((PyArrayObject *)a, (PyObject *)self) < 0) {
-        Py_DECREF(a);
-        return NULL;
-    }
-    return a;
+    return eg_py_set_base(PyArray_SimpleNewFromData(1, &n, NPY_FLOAT32, p), (PyObject *)self);
 }
 
 static PyObject *Ladder_get_step(LadderObject *self, void *c)
@@ -399,15 +370,15 @@ static void batch_args_free(batch_args *b)
 
 static int parse_graph(LadderObject *self, batch_args *b, PyObject *gpo, PyObject *ptro, PyObject *srco)
 {
-    b->gp = as_i64(gpo, 1, "graph_ptr");
+    b->gp = as_i64(gpo, "graph_ptr");
     if (b->gp == NULL) {
         return -1;
     }
-    b->ptr = as_i64(ptro, 1, "indptr");
+    b->ptr = as_i64(ptro, "indptr");
     if (b->ptr == NULL) {
         return -1;
     }
-    b->src = as_i64(srco, 1, "indices");
+    b->src = as_i64(srco, "indices");
     if (b->src == NULL) {
         return -1;
     }
@@ -432,17 +403,9 @@ static int parse_graph(LadderObject *self, batch_args *b, PyObject *gpo, PyObjec
 static PyArrayObject *parse_states(LadderObject *self, PyObject *o, npy_intp N, int i)
 {
     const eg_ladder_config *c = eg_ladder_get_config(self->m);
-    PyArrayObject *a = (PyArrayObject *)PyArray_FROM_OTF(o, NPY_FLOAT32, NPY_ARRAY_IN_ARRAY);
-    if (a == NULL) {
-        return NULL;
-    }
-    if (PyArray_NDIM(a) != 2 || PyArray_DIM(a, 0) != N || PyArray_DIM(a, 1) != c->in_dim) {
-        PyErr_Format(PyExc_ValueError, "states of ladder %d must have shape (%lld, %d)", i,
-                     (long long)N, c->in_dim);
-        Py_DECREF(a);
-        return NULL;
-    }
-    return a;
+    const npy_intp shape[2] = {N, c->in_dim};
+    return eg_py_array(o, NPY_FLOAT32, 0, 2, shape, "states of ladder %d must have shape (%lld, %d)",
+                       i, (long long)N, c->in_dim);
 }
 
 static PyObject *Ladder_begin(LadderObject *self, PyObject *args)
@@ -468,13 +431,7 @@ static PyObject *Ladder_begin(LadderObject *self, PyObject *args)
     st = eg_ladder_begin(self->m, G, PyArray_DATA(b.gp), N, PyArray_DATA(b.ptr), PyArray_DATA(b.src),
                          training, (uint64_t)seed, &err);
     Py_END_ALLOW_THREADS
-    eg_py_leave(&self->busy);
-    if (st != EG_OK) {
-        eg_py_raise(&err, NULL);
-        goto fail;
-    }
-    res = Py_None;
-    Py_INCREF(res);
+    res = eg_py_finish(&self->busy, st, &err, NULL);
 fail:
     batch_args_free(&b);
     return res;
@@ -539,7 +496,7 @@ static PyObject *Ladder_loss(LadderObject *self, PyObject *arg)
         return NULL;
     }
     const eg_ladder_config *c = eg_ladder_get_config(self->m);
-    PyArrayObject *y = as_i64(arg, 1, "labels");
+    PyArrayObject *y = as_i64(arg, "labels");
     if (y == NULL) {
         return NULL;
     }
@@ -584,11 +541,7 @@ static PyObject *Ladder_backward(LadderObject *self, PyObject *noargs)
     Py_BEGIN_ALLOW_THREADS
     st = eg_ladder_backward(self->m, &err);
     Py_END_ALLOW_THREADS
-    eg_py_leave(&self->busy);
-    if (st != EG_OK) {
-        return eg_py_raise(&err, NULL);
-    }
-    Py_RETURN_NONE;
+    return eg_py_finish(&self->busy, st, &err, NULL);
 }
 
 static PyObject *Ladder_zero_grad(LadderObject *self, PyObject *noargs)
@@ -665,7 +618,7 @@ static PyObject *Ladder_train_batch(LadderObject *self, PyObject *args)
     if (parse_full(self, &b, gpo, ptro, srco, hlist) < 0) {
         goto fail;
     }
-    b.labels = as_i64(yo, 1, "labels");
+    b.labels = as_i64(yo, "labels");
     if (b.labels == NULL) {
         goto fail;
     }
@@ -771,13 +724,14 @@ static PyObject *Ladder_keep(LadderObject *self, PyObject *arg)
     }
     int64_t N, G;
     eg_ladder_batch_dims(self->m, &N, &G);
-    PyArrayObject *k = (PyArrayObject *)PyArray_FROM_OTF(arg, NPY_UINT8, NPY_ARRAY_IN_ARRAY | NPY_ARRAY_FORCECAST);
+    static const char msg[] = "keep must be a 1-D mask with one entry per subgraph (%lld)";
+    const npy_intp shape[1] = {(npy_intp)G};
+    PyArrayObject *k = eg_py_array(arg, NPY_UINT8, NPY_ARRAY_FORCECAST, 1, shape, msg, (long long)G);
     if (k == NULL) {
         return NULL;
     }
-    if (PyArray_NDIM(k) != 1 || PyArray_DIM(k, 0) != (npy_intp)G || G == 0) {
-        PyErr_Format(PyExc_ValueError, "keep must be a 1-D mask with one entry per subgraph (%lld)",
-                     (long long)G);
+    if (G == 0) {
+        PyErr_Format(PyExc_ValueError, msg, (long long)G);
         Py_DECREF(k);
         return NULL;
     }
@@ -792,12 +746,8 @@ static PyObject *Ladder_keep(LadderObject *self, PyObject *arg)
     Py_BEGIN_ALLOW_THREADS
     st = eg_ladder_keep(self->m, PyArray_DATA(k), &err);
     Py_END_ALLOW_THREADS
-    eg_py_leave(&self->busy);
     Py_DECREF(k);
-    if (st != EG_OK) {
-        return eg_py_raise(&err, NULL);
-    }
-    Py_RETURN_NONE;
+    return eg_py_finish(&self->busy, st, &err, NULL);
 }
 
 static PyMethodDef Ladder_methods[] = {
@@ -845,18 +795,12 @@ static PyTypeObject LadderType = {
 
 /* ------------------------------------------------------- exit policy */
 
-/* A state array: exact dtype, 1-D (or 2-D for probs), C-contiguous, writable. */
+/* A state array: exact dtype, 1-D (n,) or, for probs, 2-D (n, C), C-contiguous, writable. */
 static int check_state(PyObject *o, int type, int ndim, npy_intp n, npy_intp C, const char *what)
 {
-    if (!PyArray_Check(o) || PyArray_TYPE((PyArrayObject *)o) != type ||
-        PyArray_NDIM((PyArrayObject *)o) != ndim || !PyArray_IS_C_CONTIGUOUS((PyArrayObject *)o) ||
-        !PyArray_ISWRITEABLE((PyArrayObject *)o) || PyArray_DIM((PyArrayObject *)o, 0) != n ||
-        (ndim == 2 && PyArray_DIM((PyArrayObject *)o, 1) != C)) {
-        PyErr_Format(PyExc_ValueError, "exit state: %s must be a writable C-contiguous array of the "
-                     "policy's dtype and shape", what);
-        return -1;
-    }
-    return 0;
+    const npy_intp shape[2] = {n, C};
+    return eg_py_check_out(o, type, ndim, shape, "exit state: %s must be a writable C-contiguous "
+                           "array of the policy's dtype and shape", what);
 }
 
 static int exit_state_from(eg_exit_state *s, PyObject *last, PyObject *streak, PyObject *exit_at,
@@ -916,18 +860,16 @@ static PyObject *py_exit_step(PyObject *mod, PyObject *args)
     if (exit_state_from(&s, last, streak, exit_at, probs, patience, threshold) < 0) {
         return NULL;
     }
-    PyArrayObject *idx = as_i64(idxo, 1, "idx"), *L = NULL;
+    PyArrayObject *idx = as_i64(idxo, "idx"), *L = NULL;
     PyObject *act = NULL;
     if (idx == NULL) {
         return NULL;
     }
-    L = (PyArrayObject *)PyArray_FROM_OTF(lo, NPY_FLOAT32, NPY_ARRAY_IN_ARRAY);
-    if (L == NULL) {
-        goto fail;
-    }
     npy_intp m = PyArray_DIM(idx, 0);
-    if (PyArray_NDIM(L) != 2 || PyArray_DIM(L, 0) != m || PyArray_DIM(L, 1) != s.C) {
-        PyErr_Format(PyExc_ValueError, "exit step: logits must have shape (%lld, %d)", (long long)m, s.C);
+    const npy_intp lshape[2] = {m, s.C};
+    L = eg_py_array(lo, NPY_FLOAT32, 0, 2, lshape, "exit step: logits must have shape (%lld, %d)",
+                    (long long)m, s.C);
+    if (L == NULL) {
         goto fail;
     }
     act = PyArray_SimpleNew(1, &m, NPY_BOOL);
@@ -956,25 +898,22 @@ static PyObject *py_exit_decide(PyObject *mod, PyObject *args)
     if (!PyArg_ParseTuple(args, "OifO", &lo, &patience, &threshold, &hho)) {
         return NULL;
     }
-    PyArrayObject *L = (PyArrayObject *)PyArray_FROM_OTF(lo, NPY_FLOAT32, NPY_ARRAY_IN_ARRAY);
+    static const char lmsg[] = "logits must have shape (K, n, C) with K, C >= 1";
+    PyArrayObject *L = eg_py_array(lo, NPY_FLOAT32, 0, 3, NULL, lmsg);
     PyArrayObject *hh = NULL;
     PyObject *probs = NULL, *exit_at = NULL, *last = NULL, *streak = NULL, *res = NULL;
     if (L == NULL) {
         return NULL;
     }
-    if (PyArray_NDIM(L) != 3 || PyArray_DIM(L, 0) < 1 || PyArray_DIM(L, 2) < 1 ||
-        PyArray_DIM(L, 0) > 4096 || PyArray_DIM(L, 2) > 0x7fffffff) {
-        PyErr_SetString(PyExc_ValueError, "logits must have shape (K, n, C) with K, C >= 1");
+    npy_intp K = PyArray_DIM(L, 0), n = PyArray_DIM(L, 1), C = PyArray_DIM(L, 2);
+    if (K < 1 || C < 1 || K > 4096 || C > 0x7fffffff) {
+        PyErr_SetString(PyExc_ValueError, lmsg);
         goto fail;
     }
-    npy_intp K = PyArray_DIM(L, 0), n = PyArray_DIM(L, 1), C = PyArray_DIM(L, 2);
     if (hho != Py_None) {
-        hh = (PyArrayObject *)PyArray_FROM_OTF(hho, NPY_UINT8, NPY_ARRAY_IN_ARRAY | NPY_ARRAY_FORCECAST);
+        hh = eg_py_array(hho, NPY_UINT8, NPY_ARRAY_FORCECAST, 1, &K,
+                         "has_head must have one entry per ladder");
         if (hh == NULL) {
-            goto fail;
-        }
-        if (PyArray_NDIM(hh) != 1 || PyArray_DIM(hh, 0) != K) {
-            PyErr_SetString(PyExc_ValueError, "has_head must have one entry per ladder");
             goto fail;
         }
     }
@@ -1027,17 +966,8 @@ int eg_py_init_engine(PyObject *module)
     if (PyModule_AddFunctions(module, exit_functions) < 0) {
         return -1;
     }
-    if (PyType_Ready(&GraphType) < 0 || PyType_Ready(&LadderType) < 0) {
-        return -1;
-    }
-    Py_INCREF(&GraphType);
-    if (PyModule_AddObject(module, "Graph", (PyObject *)&GraphType) < 0) {
-        Py_DECREF(&GraphType);
-        return -1;
-    }
-    Py_INCREF(&LadderType);
-    if (PyModule_AddObject(module, "Ladder", (PyObject *)&LadderType) < 0) {
-        Py_DECREF(&LadderType);
+    if (eg_py_add_type(module, "Graph", &GraphType) < 0 ||
+        eg_py_add_type(module, "Ladder", &LadderType) < 0) {
         return -1;
     }
     return 0;

@@ -258,79 +258,47 @@ static PyObject *tensor_array(MappingObject *m, const eg_st_tensor *t, int widen
     }
     PyObject *arr = PyArray_NewFromDescr(&PyArray_Type, descr, t->ndim, dims, NULL, (void *)src,
                                          NPY_ARRAY_C_CONTIGUOUS | NPY_ARRAY_ALIGNED, NULL);
-    if (arr == NULL) {
-        return NULL;
-    }
-    Py_INCREF(m);
-    if (PyArray_SetBaseObject((PyArrayObject *)arr, (PyObject *)m) < 0) {
-        Py_DECREF(arr);
-        return NULL;
+    return eg_py_set_base(arr, (PyObject *)m);
+}
+
+/* safetensors_load's value for one tensor: the array (tensor_array), with
+ * NumPy's refusal of a shape (e.g. zero-size with a dimension past its size
+ * limit) turned into a SafetensorsError naming the file and tensor. */
+static PyObject *loaded_array(MappingObject *m, const eg_st_tensor *t, PyObject *name, int widen)
+{
+    PyObject *arr = tensor_array(m, t, widen);
+    if (arr == NULL && PyErr_ExceptionMatches(PyExc_ValueError) &&
+        !PyErr_ExceptionMatches(SafetensorsError)) {
+        PyObject *type, *value, *tb;
+        PyErr_Fetch(&type, &value, &tb);
+        PyObject *shape = shape_tuple(t);
+        if (shape != NULL) {
+            PyErr_Format(SafetensorsError, "%U: tensor %R: NumPy cannot represent shape %R: %S", m->path,
+                         name, shape, value != NULL ? value : Py_None);
+            Py_DECREF(shape);
+        }
+        Py_XDECREF(type);
+        Py_XDECREF(value);
+        Py_XDECREF(tb);
     }
     return arr;
 }
 
-static PyObject *py_safetensors_load(PyObject *self, PyObject *args)
+/* safetensors_header's value for one tensor: (dtype, shape, (begin, end)). */
+static PyObject *header_entry(const eg_st_tensor *t)
 {
-    (void)self;
-    PyObject *path, *tensors = NULL, *md = NULL, *result = NULL;
-    int widen = 1;
-    if (!PyArg_ParseTuple(args, "Op:safetensors_load", &path, &widen)) {
+    PyObject *shape = shape_tuple(t);
+    if (shape == NULL) {
         return NULL;
     }
-    MappingObject *m = open_mapping(path);
-    if (m == NULL) {
-        return NULL;
-    }
-    tensors = PyDict_New();
-    if (tensors == NULL) {
-        goto fail;
-    }
-    for (size_t k = 0; k < m->file.n_tensors; k++) {
-        const eg_st_tensor *t = &m->file.tensors[k];
-        PyObject *name = PyUnicode_DecodeUTF8(t->name, (Py_ssize_t)t->name_len, "strict");
-        if (name == NULL) {
-            goto fail;
-        }
-        PyObject *arr = tensor_array(m, t, widen);
-        if (arr == NULL && PyErr_ExceptionMatches(PyExc_ValueError) &&
-            !PyErr_ExceptionMatches(SafetensorsError)) {
-            /* NumPy refused the shape (e.g. zero-size with a dimension past
-             * its size limit): say which file and tensor. */
-            PyObject *type, *value, *tb;
-            PyErr_Fetch(&type, &value, &tb);
-            PyObject *shape = shape_tuple(t);
-            if (shape != NULL) {
-                PyErr_Format(SafetensorsError, "%U: tensor %R: NumPy cannot represent shape %R: %S", m->path,
-                             name, shape, value != NULL ? value : Py_None);
-                Py_DECREF(shape);
-            }
-            Py_XDECREF(type);
-            Py_XDECREF(value);
-            Py_XDECREF(tb);
-        }
-        if (arr == NULL || PyDict_SetItem(tensors, name, arr) < 0) {
-            Py_DECREF(name);
-            Py_XDECREF(arr);
-            goto fail;
-        }
-        Py_DECREF(name);
-        Py_DECREF(arr);
-    }
-    md = metadata_dict(&m->file);
-    if (md == NULL) {
-        goto fail;
-    }
-    result = PyTuple_Pack(2, tensors, md);
-fail:
-    Py_XDECREF(tensors);
-    Py_XDECREF(md);
-    Py_DECREF(m);
-    return result;
+    return Py_BuildValue("(sN(nn))", eg_st_dtype_name(t->dtype), shape, (Py_ssize_t)t->begin,
+                         (Py_ssize_t)t->end);
 }
 
-static PyObject *py_safetensors_header(PyObject *self, PyObject *path)
+/* Open and validate the file at `path`; return ({name: value}, metadata or
+ * None), value from loaded_array (header_only 0) or header_entry (1). */
+static PyObject *read_file(PyObject *path, int header_only, int widen)
 {
-    (void)self;
     PyObject *tensors = NULL, *md = NULL, *result = NULL;
     MappingObject *m = open_mapping(path);
     if (m == NULL) {
@@ -343,16 +311,13 @@ static PyObject *py_safetensors_header(PyObject *self, PyObject *path)
     for (size_t k = 0; k < m->file.n_tensors; k++) {
         const eg_st_tensor *t = &m->file.tensors[k];
         PyObject *name = PyUnicode_DecodeUTF8(t->name, (Py_ssize_t)t->name_len, "strict");
-        PyObject *shape = shape_tuple(t);
-        PyObject *info = NULL;
-        if (name != NULL && shape != NULL) {
-            info = Py_BuildValue("(sO(nn))", eg_st_dtype_name(t->dtype), shape,
-                                 (Py_ssize_t)t->begin, (Py_ssize_t)t->end);
+        PyObject *value = NULL;
+        if (name != NULL) {
+            value = header_only ? header_entry(t) : loaded_array(m, t, name, widen);
         }
-        int bad = info == NULL || PyDict_SetItem(tensors, name, info) < 0;
+        int bad = value == NULL || PyDict_SetItem(tensors, name, value) < 0;
         Py_XDECREF(name);
-        Py_XDECREF(shape);
-        Py_XDECREF(info);
+        Py_XDECREF(value);
         if (bad) {
             goto fail;
         }
@@ -367,6 +332,23 @@ fail:
     Py_XDECREF(md);
     Py_DECREF(m);
     return result;
+}
+
+static PyObject *py_safetensors_load(PyObject *self, PyObject *args)
+{
+    (void)self;
+    PyObject *path;
+    int widen = 1;
+    if (!PyArg_ParseTuple(args, "Op:safetensors_load", &path, &widen)) {
+        return NULL;
+    }
+    return read_file(path, 0, widen);
+}
+
+static PyObject *py_safetensors_header(PyObject *self, PyObject *path)
+{
+    (void)self;
+    return read_file(path, 1, 0);
 }
 
 /* safetensors_save(path, entries, metadata): entries is a sequence of
@@ -519,12 +501,7 @@ static PyMethodDef io_methods[] = {
 
 int eg_py_init_io(PyObject *module)
 {
-    if (PyType_Ready(&MappingType) < 0) {
-        return -1;
-    }
-    Py_INCREF(&MappingType);
-    if (PyModule_AddObject(module, "SafetensorsMapping", (PyObject *)&MappingType) < 0) {
-        Py_DECREF(&MappingType);
+    if (eg_py_add_type(module, "SafetensorsMapping", &MappingType) < 0) {
         return -1;
     }
     SafetensorsError = PyErr_NewExceptionWithDoc(

@@ -16,7 +16,6 @@
 #include "_core.h"
 #include "eg_text.h"
 
-#include <string.h>
 
 typedef struct {
     PyObject_HEAD
@@ -49,6 +48,20 @@ static const char *utf8_of(PyObject *o, const char *what, Py_ssize_t index, Py_s
     return s;
 }
 
+/* utf8_of for every item of the tuple t: p[i], len[i]. 0 or -1. */
+static int utf8_all(PyObject *t, const char *what, const char **p, size_t *len)
+{
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(t); i++) {
+        Py_ssize_t n;
+        p[i] = utf8_of(PyTuple_GET_ITEM(t, i), what, i, &n);
+        if (p[i] == NULL) {
+            return -1;
+        }
+        len[i] = (size_t)n;
+    }
+    return 0;
+}
+
 static int wp_init(WordPieceObject *self, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"tokens", "added", "unk_id", "cls_id", "sep_id", "clean_text",
@@ -62,8 +75,7 @@ static int wp_init(WordPieceObject *self, PyObject *args, PyObject *kwds)
                                      &strip, &lower, &maxc, &prefix)) {
         return -1;
     }
-    if (self->wp != NULL) {
-        PyErr_SetString(PyExc_RuntimeError, "WordPiece is already initialised");
+    if (eg_py_init_once(self->wp, "WordPiece") < 0) {
         return -1;
     }
     int rc = -1;
@@ -89,13 +101,8 @@ static int wp_init(WordPieceObject *self, PyObject *args, PyObject *kwds)
         PyErr_NoMemory();
         goto fail;
     }
-    for (Py_ssize_t i = 0; i < nt; i++) {
-        Py_ssize_t len;
-        tp[i] = utf8_of(PyTuple_GET_ITEM(tokens, i), "tokens", i, &len);
-        if (tp[i] == NULL) {
-            goto fail;
-        }
-        tl[i] = (size_t)len;
+    if (utf8_all(tokens, "tokens", tp, tl) < 0) {
+        goto fail;
     }
     for (Py_ssize_t i = 0; i < na; i++) {
         PyObject *pair = PyTuple_GET_ITEM(added, i);
@@ -145,13 +152,10 @@ fail:
     return rc;
 }
 
+/* 1 if initialised, else 0 with RuntimeError */
 static int wp_ready(WordPieceObject *self)
 {
-    if (self->wp == NULL) {
-        PyErr_SetString(PyExc_RuntimeError, "WordPiece is not initialised");
-        return 0;
-    }
-    return 1;
+    return eg_py_ready(self->wp, "WordPiece") == 0;
 }
 
 static PyObject *wp_encode_batch(WordPieceObject *self, PyObject *args, PyObject *kwds)
@@ -197,13 +201,8 @@ static PyObject *wp_encode_batch(WordPieceObject *self, PyObject *args, PyObject
         PyErr_NoMemory();
         goto fail;
     }
-    for (Py_ssize_t i = 0; i < n; i++) {
-        Py_ssize_t len;
-        tp[i] = utf8_of(PyTuple_GET_ITEM(texts, i), "texts", i, &len);
-        if (tp[i] == NULL) {
-            goto fail;
-        }
-        tl[i] = (size_t)len;
+    if (utf8_all(texts, "texts", tp, tl) < 0) {
+        goto fail;
     }
     if (eg_py_enter(&self->busy, "WordPiece tokenizer") != 0) {
         goto fail;
@@ -227,13 +226,10 @@ static PyObject *wp_encode_batch(WordPieceObject *self, PyObject *args, PyObject
     }
     for (Py_ssize_t i = 0; i < n; i++) {
         npy_intp dim = (npy_intp)ol[i];
-        PyObject *arr = PyArray_SimpleNew(1, &dim, NPY_INT32);
+        PyObject *arr = eg_py_array_copy(1, &dim, NPY_INT32, ids[i]);
         if (arr == NULL) {
             Py_CLEAR(result);
             goto fail;
-        }
-        if (ol[i] > 0) {
-            memcpy(PyArray_DATA((PyArrayObject *)arr), ids[i], ol[i] * sizeof(int32_t));
         }
         PyList_SET_ITEM(result, i, arr);
     }
@@ -301,13 +297,5 @@ static PyTypeObject WordPieceType = {
 
 int eg_py_init_text(PyObject *module)
 {
-    if (PyType_Ready(&WordPieceType) < 0) {
-        return -1;
-    }
-    Py_INCREF(&WordPieceType);
-    if (PyModule_AddObject(module, "WordPiece", (PyObject *)&WordPieceType) < 0) {
-        Py_DECREF(&WordPieceType);
-        return -1;
-    }
-    return 0;
+    return eg_py_add_type(module, "WordPiece", &WordPieceType);
 }
