@@ -419,6 +419,9 @@ def main(argv=None) -> int:
                     help="layer cache folder (default $ENGINE_PY_CACHE or ~/.cache/engine_py)")
     ap.add_argument("--threads", type=int, default=None, help="engine_py and torch threads")
     ap.add_argument("--no-write", action="store_true", help="do not update BENCHMARKS.md")
+    ap.add_argument("--section", default="engine",
+                    help="BENCHMARKS.md section to write (default: engine), e.g. engine-2threads for a "
+                         "second configuration next to the main table")
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args(argv)
     log = (lambda *a, **k: None) if args.quiet else (lambda *a, **k: print(*a, **k, flush=True))
@@ -561,5 +564,5 @@ def main(argv=None) -> int:
     print()
     print(text)
     if not args.no_write:
-        print(f"\nwrote {write_section('engine', text)}")
+        print(f"\nwrote {write_section(args.section, text)}")
     return 0
