@@ -23,9 +23,10 @@ def machine_line() -> str:
     import engine_py
 
     info = engine_py.info()
-    env = ", ".join(f"{k}={os.environ[k]}" for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE",
-                                                          "GOMP_SPINCOUNT", "OMP_WAIT_POLICY")
-                    if k in os.environ) or "OPENBLAS_* unset"
+    blas_env = [f"{k}={os.environ[k]}" for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+                if k in os.environ] or ["OPENBLAS_* unset"]
+    omp_env = [f"{k}={os.environ[k]}" for k in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY") if k in os.environ]
+    env = ", ".join(blas_env + omp_env)
     return (f"{datetime.date.today().isoformat()}, {platform.processor() or platform.machine()}, "
             f"{os.cpu_count()} CPUs, engine_py {info['version']}{_COMMIT_AT_START} with {info['blas']} "
             f"({engine_py.get_num_threads()} threads), {env}, Python {platform.python_version()}")
