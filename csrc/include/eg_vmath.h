@@ -40,6 +40,19 @@ static inline float EG_VMATH_NAME(select)(int c, float a, float b)
     return f;
 }
 
+/* q(r) = 1 + r/2 + r^2/6 + ... + r^6/7!, so that e^r ~ 1 + r q(r) (degree 7)
+ * and e^r - 1 ~ r q(r) without cancellation. */
+static inline float EG_VMATH_NAME(taylor_exp_q)(float r)
+{
+    float p = 1.0f / 5040.0f;
+    p = p * r + 1.0f / 720.0f;
+    p = p * r + 1.0f / 120.0f;
+    p = p * r + 1.0f / 24.0f;
+    p = p * r + 1.0f / 6.0f;
+    p = p * r + 0.5f;
+    return p * r + 1.0f;
+}
+
 /* e^x for x already in [-87, 88] (normal, finite results). Range reduction
  * x = n ln2 + r, |r| <= ln2/2 (ln2 split in two for exactness), the
  * degree-7 Taylor polynomial of e^r (truncation error < 6e-9 relative) and
@@ -49,14 +62,7 @@ static inline float EG_VMATH_NAME(exp_reduced)(float x)
     const float shifter = 12582912.0f; /* 1.5 * 2^23: adding it rounds to integer */
     float n = (x * 1.44269504088896341f + shifter) - shifter;
     float r = (x - n * 0.693145751953125f) - n * 1.42860682030941723e-6f;
-    float p = 1.0f / 5040.0f;
-    p = p * r + 1.0f / 720.0f;
-    p = p * r + 1.0f / 120.0f;
-    p = p * r + 1.0f / 24.0f;
-    p = p * r + 1.0f / 6.0f;
-    p = p * r + 0.5f;
-    p = p * r + 1.0f;
-    p = p * r + 1.0f;
+    float p = EG_VMATH_NAME(taylor_exp_q)(r) * r + 1.0f;
     uint32_t e = (uint32_t)((int32_t)n + 127) << 23;
     float scale;
     memcpy(&scale, &e, sizeof scale);
@@ -84,22 +90,14 @@ static inline float EG_VMATH_NAME(exp_nonpos)(float x)
 }
 
 /* e^x - 1 for x <= 0 (positive inputs and NaN are treated as 0), without the
- * cancellation of exp(x) - 1 near 0: the degree-8 Taylor polynomial for
- * x > -0.3 (truncation < 0.3^9/9! ~ 6e-11), exp(x) - 1 below (there
- * 1 - e^x >= 0.26, so exp's ~1 ulp stays ~2 ulp). Both are computed. */
+ * cancellation of exp(x) - 1 near 0: x q(x), the degree-7 Taylor polynomial,
+ * for x > -0.3 (truncation < 0.3^7/8! ~ 5e-8 relative), exp(x) - 1 below
+ * (there 1 - e^x >= 0.26, so exp's ~1 ulp stays ~2 ulp). Both are computed. */
 static inline float EG_VMATH_NAME(expm1_nonpos)(float x)
 {
     x = EG_VMATH_NAME(select)(x <= 0.0f, x, 0.0f);
     float far = EG_VMATH_NAME(exp_nonpos)(x) - 1.0f;
-    float p = 1.0f / 40320.0f;
-    p = p * x + 1.0f / 5040.0f;
-    p = p * x + 1.0f / 720.0f;
-    p = p * x + 1.0f / 120.0f;
-    p = p * x + 1.0f / 24.0f;
-    p = p * x + 1.0f / 6.0f;
-    p = p * x + 0.5f;
-    p = p * x + 1.0f;
-    return EG_VMATH_NAME(select)(x > -0.3f, p * x, far);
+    return EG_VMATH_NAME(select)(x > -0.3f, EG_VMATH_NAME(taylor_exp_q)(x) * x, far);
 }
 
 /* 1 / (1 + e^-x). */
