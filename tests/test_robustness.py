@@ -928,3 +928,52 @@ def test_tag_dir_mutations_raise_value_errors(tmp_path_factory):
             pass
 
     check()
+
+
+def _csv_files():
+    """A valid 6-node CSV graph (load_csv_tag layout) that the mutations start from."""
+    nodes = "node_id,title,abstract,label,split\n" + "".join(
+        f"{i},Title {i},Abstract of paper {i},{'ab'[i % 2]},{['train', 'train', 'val', 'test'][i % 4]}\n"
+        for i in range(6))
+    return {"nodes.csv": nodes, "edges.csv": "src,dst\n0,1\n1,2\n2,3\n3,4\n4,5\n5,0\n"}
+
+
+def test_csv_tag_mutations_raise_value_errors(tmp_path_factory):
+    """Byte-level mutations of the CSV tables (and deleted files): load_csv_tag
+    either loads a graph or raises ValueError / FileNotFoundError, nothing else
+    (no TypeError, KeyError, IndexError or OverflowError from deep inside)."""
+    from engine_py.datasets.io import load_csv_tag
+    folder = tmp_path_factory.mktemp("csvtag")
+    base = _csv_files()
+    for k, v in base.items():
+        (folder / k).write_text(v)
+    assert load_csv_tag(folder).num_nodes == 6
+
+    @_PROPS
+    @given(st.data())
+    def check(data):
+        files = {k: v.encode() for k, v in base.items()}
+        name = data.draw(st.sampled_from(sorted(files)))
+        if data.draw(st.booleans()) and data.draw(st.booleans()):
+            files.pop(name)
+        else:
+            s = files[name]
+            for _ in range(data.draw(st.integers(1, 3))):
+                i = data.draw(st.integers(0, len(s)))
+                j = data.draw(st.integers(i, min(len(s), i + 8)))
+                s = s[:i] + data.draw(st.sampled_from(
+                    [b"", b",", b"\n", b"-1", b"99", b"x", b'"', b"1e999", b"\xff", b"nan"])) + s[j:]
+            files[name] = s
+        for k in base:
+            p = folder / k
+            if k in files:
+                p.write_bytes(files[k])
+            elif p.exists():
+                p.unlink()
+        try:
+            g = load_csv_tag(folder)
+        except (ValueError, FileNotFoundError):
+            return
+        g.validate()   # what loads is a consistent graph
+
+    check()

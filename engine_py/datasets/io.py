@@ -288,6 +288,11 @@ def load_csv_tag(path, *, nodes_file: str = "nodes.csv", edges_file=None,
         columns = rows[0].keys() if rows else []
     if not rows:
         raise ValueError(f"{npath}: no rows")
+    for i, row in enumerate(rows):
+        # csv.DictReader puts extra fields under the key None and fills missing ones with None
+        if None in row or None in row.values():
+            raise ValueError(f"{npath}: data row {i + 1} has {'more' if None in row else 'fewer'} "
+                             "fields than the header")
     idc = id_column or _pick(columns, _ID_COLUMNS)
     labc = label_column or _pick(columns, _LABEL_COLUMNS)
     if labc is None or labc not in columns:
