@@ -336,7 +336,6 @@ static PyObject *model_encode_layers(BertModelObject *self, PyObject *args)
      * least one sequence each) and a layer at a time, with a signal check
      * between steps: Ctrl-C waits for one layer of one group, not for the
      * whole batch. Results do not depend on the grouping. */
-    eg_py_sync_threads();   /* this thread's OpenMP team size */
     Py_BEGIN_ALLOW_THREADS
     int s0 = 0;
     do {

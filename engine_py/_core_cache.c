@@ -567,7 +567,6 @@ static PyObject *cf_close(CacheFileObject *self, PyObject *noargs)
     }
     eg_cache *c = self->c;
     self->c = NULL;
-    eg_py_sync_threads();   /* this thread's OpenMP team size */
     Py_BEGIN_ALLOW_THREADS
     eg_cache_close(c);
     Py_END_ALLOW_THREADS

@@ -426,7 +426,6 @@ static PyObject *Ladder_begin(LadderObject *self, PyObject *args)
     eg_err_clear(&err);
     eg_status st;
     int64_t G = PyArray_DIM(b.gp, 0) - 1, N = PyArray_DIM(b.ptr, 0) - 1;
-    eg_py_sync_threads();   /* this thread's OpenMP team size */
     Py_BEGIN_ALLOW_THREADS
     st = eg_ladder_begin(self->m, G, PyArray_DATA(b.gp), N, PyArray_DATA(b.ptr), PyArray_DATA(b.src),
                          training, (uint64_t)seed, &err);
@@ -474,7 +473,6 @@ static PyObject *Ladder_forward_step(LadderObject *self, PyObject *args)
     eg_err_clear(&err);
     eg_status st;
     float *lp = has ? PyArray_DATA((PyArrayObject *)logits) : NULL;
-    eg_py_sync_threads();   /* this thread's OpenMP team size */
     Py_BEGIN_ALLOW_THREADS
     st = (keep_states ? eg_ladder_forward_step : eg_ladder_forward_eval)(self->m, i, PyArray_DATA(H), lp, &err);
     Py_END_ALLOW_THREADS
@@ -537,7 +535,6 @@ static PyObject *Ladder_backward(LadderObject *self, PyObject *noargs)
     eg_err err;
     eg_err_clear(&err);
     eg_status st;
-    eg_py_sync_threads();   /* this thread's OpenMP team size */
     Py_BEGIN_ALLOW_THREADS
     st = eg_ladder_backward(self->m, &err);
     Py_END_ALLOW_THREADS
@@ -563,7 +560,6 @@ static PyObject *Ladder_adamw_step(LadderObject *self, PyObject *args)
     if (eg_py_enter(&self->busy, "Ladder") < 0) {
         return NULL;
     }
-    eg_py_sync_threads();   /* this thread's OpenMP team size */
     Py_BEGIN_ALLOW_THREADS
     eg_ladder_adamw_step(self->m, lr, wd, b1, b2, eps);
     Py_END_ALLOW_THREADS
@@ -642,7 +638,6 @@ static PyObject *Ladder_train_batch(LadderObject *self, PyObject *args)
     /* One C call for the whole step (~0.1-0.2 s for a default Debian batch):
      * a Ctrl-C during it is raised by Python as soon as it returns, with the
      * parameters fully updated, never half-way through AdamW. */
-    eg_py_sync_threads();   /* this thread's OpenMP team size */
     Py_BEGIN_ALLOW_THREADS
     st = eg_ladder_train_step(self->m, G, PyArray_DATA(b.gp), N, PyArray_DATA(b.ptr),
                               PyArray_DATA(b.src), H, PyArray_DATA(b.labels), (uint64_t)seed, lr, wd,
@@ -684,7 +679,6 @@ static PyObject *Ladder_predict_batch(LadderObject *self, PyObject *args)
     eg_err_clear(&err);
     eg_status st;
     int stop = 0;
-    eg_py_sync_threads();   /* this thread's OpenMP team size */
     Py_BEGIN_ALLOW_THREADS
     st = eg_ladder_begin(self->m, G, PyArray_DATA(b.gp), N, PyArray_DATA(b.ptr), PyArray_DATA(b.src),
                          0, 0, &err);
@@ -742,7 +736,6 @@ static PyObject *Ladder_keep(LadderObject *self, PyObject *arg)
     eg_err err;
     eg_err_clear(&err);
     eg_status st;
-    eg_py_sync_threads();   /* this thread's OpenMP team size */
     Py_BEGIN_ALLOW_THREADS
     st = eg_ladder_keep(self->m, PyArray_DATA(k), &err);
     Py_END_ALLOW_THREADS

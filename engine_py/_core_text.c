@@ -211,7 +211,6 @@ static PyObject *wp_encode_batch(WordPieceObject *self, PyObject *args, PyObject
     eg_err err;
     eg_err_clear(&err);
     eg_status st;
-    eg_py_sync_threads();   /* this thread's OpenMP team size */
     Py_BEGIN_ALLOW_THREADS
     st = eg_wordpiece_encode_batch(self->wp, tp, tl, (size_t)n, (size_t)max_length, add_special,
                                    ids, ol, &err);
