@@ -37,6 +37,9 @@ import os as _os  # noqa: E402
 _os.environ.setdefault("GOMP_SPINCOUNT", "10000")
 
 from . import _core  # noqa: E402
+from ._isa import check_isa_env as _check_isa_env  # noqa: E402
+
+_check_isa_env(_core)
 from ._core import get_num_threads, set_num_threads  # noqa: E402,F401
 from . import datasets, io  # noqa: E402,F401
 from .tokenizer import TokenizerFormatError, WordPieceTokenizer  # noqa: E402,F401

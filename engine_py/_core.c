@@ -5,6 +5,7 @@
  */
 #define EG_PY_IMPORT_ARRAY_HERE
 #include "_core.h"
+#include "eg_isa.h"
 
 #include <stdarg.h>
 #include <string.h>
@@ -144,7 +145,16 @@ static PyObject *py_f32_to_f16(PyObject *s, PyObject *a) { (void)s; return conve
 static PyObject *py_bf16_to_f32(PyObject *s, PyObject *a) { (void)s; return convert16(a, 1, 1); }
 static PyObject *py_f32_to_bf16(PyObject *s, PyObject *a) { (void)s; return convert16(a, 1, 0); }
 
+/* The SIMD copy of the dispatched kernels in use and the CPU's best
+ * (csrc/core/isa.c); engine_py/_isa.py checks ENGINE_PY_ISA against them. */
+static PyObject *py_isa_levels(PyObject *self, PyObject *noargs)
+{
+    return Py_BuildValue("(ss)", eg_isa_name(eg_isa_level()), eg_isa_name(eg_isa_cpu_level()));
+}
+
 static PyMethodDef core_methods[] = {
+    {"isa_levels", py_isa_levels, METH_NOARGS,
+     "isa_levels()\n--\n\n(level in use, CPU's best level), each 'generic', 'avx2' or 'avx512'."},
     {"set_num_threads", py_set_num_threads, METH_O,
      "set_num_threads(n)\n--\n\nUse n threads for OpenMP regions and BLAS calls alike."},
     {"get_num_threads", py_get_num_threads, METH_NOARGS,

@@ -9,7 +9,8 @@ tokens of a batch are stacked into one matrix, so no GEMM ever touches a pad
 token, and attention runs per sequence at its own length (no padding, hence
 no attention mask). Texts are still sorted by length inside encode (like
 sentence-transformers) so that batches group similar lengths; results come
-back in the caller's order and do not depend on batch size or order.
+back in the caller's order and agree across batch sizes and orders within the
+numerical contract (engine_py.testing; bit-identical for the same call).
 
 Pooling is masked mean pooling over every token of a text, [CLS] and [SEP]
 included (sentence-transformers' `pooling_mode_mean_tokens`). `encode`

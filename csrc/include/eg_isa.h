@@ -16,9 +16,9 @@
  * order as long as the body fixes its reduction order (fixed lanes, not
  * `omp simd reduction`, whose order follows the vector width).
  *
- * eg_isa_level() gives 2 (AVX-512 F/VL/BW/DQ), 1 (AVX2 + FMA) or 0.
- * __builtin_cpu_supports reads a table filled at program start, so calling
- * it on every kernel entry is cheap and needs no lock.
+ * eg_isa_level() gives 2 (AVX-512 F/VL/BW/DQ), 1 (AVX2 + FMA) or 0, capped
+ * by ENGINE_PY_ISA; it is computed once and cached, so calling it on every
+ * kernel entry is cheap and needs no lock.
  */
 #ifndef EG_ISA_H
 #define EG_ISA_H
@@ -30,20 +30,21 @@
 #define EG_X86_CLONES 1
 #endif
 
-static inline int eg_isa_level(void)
-{
-#ifdef EG_X86_CLONES
-    __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
-        __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq")) {
-        return 2;
-    }
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
-        return 1;
-    }
-#endif
-    return 0;
-}
+/* The SIMD level the core's dispatched kernels use: the CPU's best level
+ * (2 AVX-512 F/VL/BW/DQ, 1 AVX2 + FMA, 0 baseline), capped by the
+ * environment variable ENGINE_PY_ISA (generic|avx2|avx512|auto), read once
+ * at the first call. The cap exists so that one machine can run the AVX2
+ * and generic copies of every kernel (CI does: they must give the same bits).
+ * An unknown value or a level above the CPU's is ignored here (the core
+ * never fails on an environment variable); engine_py's import checks the
+ * value first and raises with a clear message. Defined in core/isa.c. */
+int eg_isa_level(void);
+
+/* The CPU's own best level, ignoring ENGINE_PY_ISA. */
+int eg_isa_cpu_level(void);
+
+/* "generic", "avx2" or "avx512" for a level 0..2. */
+const char *eg_isa_name(int level);
 #endif /* EG_ISA_H */
 
 #ifdef EG_ISA_BODY

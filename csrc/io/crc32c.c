@@ -9,6 +9,7 @@
  * first use (guarded by a once-flag), so there is no large literal table.
  */
 #include "eg_cache.h"
+#include "eg_isa.h"
 
 #include <stdatomic.h>
 #include <string.h>
@@ -117,8 +118,10 @@ static int use_hw(void)
     int s = atomic_load_explicit(&hw_state, memory_order_relaxed);
     if (s == 0) {
 #ifdef EG_CRC_HAVE_SSE42
+        /* ENGINE_PY_ISA=generic (eg_isa_level 0) selects the software loop
+         * too, so that path is exercised on every machine */
         __builtin_cpu_init();
-        s = __builtin_cpu_supports("sse4.2") ? 2 : 1;
+        s = __builtin_cpu_supports("sse4.2") && eg_isa_level() > 0 ? 2 : 1;
 #else
         s = 1;
 #endif
