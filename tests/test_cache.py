@@ -575,7 +575,9 @@ def test_busy_flag_between_threads(tmp_path):
     threads = [threading.Thread(target=worker) for _ in range(3)]
     for t in threads:
         t.start()
-    time.sleep(1.0)
+    deadline = time.monotonic() + 300   # a hang guard: the refusal is the event awaited
+    while not errors and time.monotonic() < deadline:
+        time.sleep(0.01)
     done.set()
     for t in threads:
         t.join()
