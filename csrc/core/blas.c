@@ -10,6 +10,7 @@
  * Makefile) to `scipy_` or left empty.
  */
 #include "eg.h"
+#include "eg_isa.h"
 
 #include <cblas.h>
 #include <stdatomic.h>
@@ -36,6 +37,7 @@
 void BLAS(openblas_set_num_threads)(int num_threads);
 int BLAS(openblas_get_num_threads)(void);
 char *BLAS(openblas_get_config)(void);
+char *BLAS(openblas_get_corename)(void);
 
 static int g_num_threads = 0; /* 0: not set yet, use the runtime default */
 
@@ -330,4 +332,19 @@ const char *eg_blas_config(void)
 const char *eg_build_flags(void)
 {
     return EG_BUILD_FLAGS;
+}
+
+const char *eg_blas_corename(void)
+{
+    const char *c = BLAS(openblas_get_corename)();
+    return c != NULL ? c : "";
+}
+
+const char *eg_isa_name(void)
+{
+    switch (eg_isa_level()) {
+    case 2: return "avx512";
+    case 1: return "avx2";
+    default: return "generic";
+    }
 }
