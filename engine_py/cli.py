@@ -59,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("demo", help="the main job (see `python -m engine_py demo --help`)")
     p.add_argument("rest", nargs=argparse.REMAINDER, help="options of the demo")
     p.set_defaults(func=_cmd_demo)
-    p = sub.add_parser("bench", help="run a benchmark and update BENCHMARKS.md")
+    p = sub.add_parser("bench", help="run a benchmark and print its table (--out PATH also writes "
+                                     "it: .json, else markdown)")
     p.add_argument("name", help="encoder | cache | engine | early-exit | gmoe")
     p.add_argument("rest", nargs=argparse.REMAINDER, help="options of that benchmark")
     p.set_defaults(func=_cmd_bench)
