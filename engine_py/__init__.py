@@ -55,13 +55,20 @@ from .io import SafetensorsError, load_safetensors, load_state, save_safetensors
 
 
 def info() -> dict:
-    """Build and runtime facts: version, BLAS in use and its thread count,
-    OpenMP threads, compiler flags, and ``blas_error``: None, or the message
-    of the first failure to start threads for a BLAS call (sticky; the core
-    then ran those products serially, so results stayed right)."""
+    """Build and runtime facts: version, BLAS in use (``blas_version``,
+    ``blas_corename``: the kernel OpenBLAS picked for this CPU) and its thread
+    count, OpenMP threads, compiler flags, ``isa``: the SIMD level of the
+    core's own kernels (avx512 / avx2 / generic), ``cpu``: the CPU model, and
+    ``blas_error``: None, or the message of the first failure to start
+    threads for a BLAS call (sticky; the core then ran those products
+    serially, so results stayed right)."""
+    from ._machine import blas_version, cpu_model
+
     d = dict(_core.build_info())
     d["version"] = __version__
     d["num_threads"] = get_num_threads()
+    d["cpu"] = cpu_model()
+    d["blas_version"] = blas_version(d.get("blas_config", ""))
     return d
 
 

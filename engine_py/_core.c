@@ -100,13 +100,15 @@ static PyObject *py_build_info(PyObject *self, PyObject *noargs)
     (void)self;
     (void)noargs;
     eg_py_sync_threads();   /* report what a core call from this thread uses */
-    return Py_BuildValue("{s:s,s:s,s:s,s:i,s:i,s:s,s:z}",
+    return Py_BuildValue("{s:s,s:s,s:s,s:s,s:i,s:i,s:s,s:s,s:z}",
                          "version", EG_VERSION_STRING,
                          "blas", eg_blas_name(),
                          "blas_config", eg_blas_config(),
+                         "blas_corename", eg_blas_corename(),
                          "blas_threads", eg_blas_get_num_threads(),
                          "omp_threads", eg_omp_max_threads(),
                          "build_flags", eg_build_flags(),
+                         "isa", eg_isa_name(eg_isa_level()),
                          "blas_error", eg_blas_last_error());
 }
 
@@ -160,7 +162,8 @@ static PyMethodDef core_methods[] = {
     {"get_num_threads", py_get_num_threads, METH_NOARGS,
      "get_num_threads()\n--\n\nThe thread count the core uses."},
     {"build_info", py_build_info, METH_NOARGS,
-     "build_info()\n--\n\nVersion, BLAS and its thread count, OpenMP threads, build flags,\n"
+     "build_info()\n--\n\nVersion, BLAS (config, kernel 'blas_corename') and its thread count,\n"
+     "OpenMP threads, build flags, the core's SIMD level 'isa' (avx512 / avx2 / generic),\n"
      "the sticky BLAS error (None if none)."},
     {"f16_to_f32", py_f16_to_f32, METH_O, "Half bits (uint16 array) to float32."},
     {"f32_to_f16", py_f32_to_f16, METH_O, "float32 to half bits (uint16), round to nearest even."},

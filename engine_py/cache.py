@@ -18,6 +18,7 @@ show_progress_bar=False) -> float32 (len(layers), n, D)`, `num_layers`,
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import sys
 from typing import Any, Iterable, Sequence
@@ -27,6 +28,7 @@ import numpy as np
 from . import _core
 from ._core import CacheCorruptError
 from ._guard import exclusive
+from ._progress import progress
 
 __all__ = ["LayerCache", "CacheCorruptError", "DTYPES", "build_with_dask"]
 
@@ -34,7 +36,8 @@ __all__ = ["LayerCache", "CacheCorruptError", "DTYPES", "build_with_dask"]
 DTYPES = {"float32": 0, "float16": 1, "bfloat16": 2}
 _DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
 _MOD = 1 << 256
-# Show a progress bar by default (on a TTY) when at least this many rows remain.
+_log = logging.getLogger(__name__)
+# Report progress by default (a bar, or log lines) when at least this many rows remain.
 _LONG_JOB_ROWS = 2000
 
 
@@ -105,16 +108,8 @@ def _resolve_layers(encoder, layers) -> list[int]:
 
 
 def _progress(show, total: int, initial: int, desc: str):
-    remaining = total - initial
-    if show is None:
-        show = remaining >= _LONG_JOB_ROWS and hasattr(sys.stderr, "isatty") and sys.stderr.isatty()
-    if not show:
-        return None
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # pragma: no cover - tqdm is a dependency
-        return None
-    return tqdm(total=total, initial=initial, desc=desc, unit="node")
+    return progress(total, desc, "node", show, logger=_log, initial=initial,
+                    long=total - initial >= _LONG_JOB_ROWS)
 
 
 class LayerCache:
@@ -229,8 +224,7 @@ class LayerCache:
         def write(ids, states):
             if states is None:  # a worker wrote the rows: claim them
                 self._f.mark_rows(ids)
-                if bar is not None:
-                    bar.update(ids.size)
+                bar.update(ids.size)
                 return
             states = np.ascontiguousarray(states, dtype=np.float32)
             if states.shape != (K, ids.size, D):
@@ -238,10 +232,9 @@ class LayerCache:
                     f"encoder.encode_layers returned shape {states.shape}, expected "
                     f"(len(layers)={K}, batch={ids.size}, hidden_size={D})")
             self._f.write_rows(ids, states)
-            if bar is not None:
-                bar.update(ids.size)
+            bar.update(ids.size)
 
-        try:
+        with bar:
             if client is None:
                 for ids in batches:
                     batch = [texts[int(i) - offset] for i in ids]
@@ -250,9 +243,6 @@ class LayerCache:
                 target = (self._path, info["fp_sha256"]) if worker_writes else None
                 self._fill_distributed(client, encoder, texts, offset, batches, layers, batch_size,
                                        max_in_flight or 4, write, target)
-        finally:
-            if bar is not None:
-                bar.close()
         # both state slots hold the finished state, so verify() can demand both
         self._f.sync()
         self._info = self._f.info()

@@ -1,7 +1,8 @@
 """Command line: `python -m engine_py <command>`.
 
 Commands:
-  info            version, BLAS in use and its thread count, OpenMP threads, build flags
+  info            version, CPU, the core's SIMD level, BLAS (version, kernel, threads),
+                  OpenMP threads, build flags
   demo            the main job: ENGINE on the shipped Debian demo graph with MiniLM
   bench NAME ...  run a benchmark (see `python -m engine_py bench --help`)
 """
@@ -16,8 +17,8 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
     d = engine_py.info()
     width = max(len(k) for k in d)
-    order = ["version", "blas", "blas_config", "blas_threads", "omp_threads", "num_threads",
-             "build_flags", "blas_error"]
+    order = ["version", "cpu", "isa", "blas", "blas_version", "blas_corename", "blas_config",
+             "blas_threads", "omp_threads", "num_threads", "build_flags", "blas_error"]
     for k in order + sorted(set(d) - set(order)):
         if k in d:
             print(f"{k:<{width}}  {d[k] if d[k] is not None else '-'}")
@@ -53,12 +54,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m engine_py", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("info", help="show version, BLAS, threads and build flags")
+    p = sub.add_parser("info", help="show version, CPU, SIMD level, BLAS, threads and build flags")
     p.set_defaults(func=_cmd_info)
     p = sub.add_parser("demo", help="the main job (see `python -m engine_py demo --help`)")
     p.add_argument("rest", nargs=argparse.REMAINDER, help="options of the demo")
     p.set_defaults(func=_cmd_demo)
-    p = sub.add_parser("bench", help="run a benchmark and update BENCHMARKS.md")
+    p = sub.add_parser("bench", help="run a benchmark and print its table (--out PATH also writes "
+                                     "it: .json, else markdown)")
     p.add_argument("name", help="encoder | cache | engine | early-exit | gmoe")
     p.add_argument("rest", nargs=argparse.REMAINDER, help="options of that benchmark")
     p.set_defaults(func=_cmd_bench)

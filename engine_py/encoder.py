@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 import sys
@@ -31,8 +32,11 @@ import numpy as np
 
 from . import _core
 from ._guard import in_use_guard
+from ._progress import progress
 
 __all__ = ["Encoder"]
+
+_log = logging.getLogger(__name__)
 
 # Bumped when the meaning of the computed states changes, so caches keyed by
 # fingerprint() are invalidated.
@@ -307,20 +311,16 @@ class Encoder:
         lengths = np.fromiter((len(t) for t in ids), dtype=np.int64, count=n)
         order = np.argsort(-lengths, kind="stable")  # longest first, ties in input order
         n_batches = (n + batch_size - 1) // batch_size
-        if show_progress_bar is None:
-            show_progress_bar = n_batches >= 8 and sys.stderr.isatty()
-        starts = range(0, n, batch_size)
-        if show_progress_bar:
-            from tqdm.auto import tqdm
-
-            starts = tqdm(starts, total=n_batches, desc="Batches", unit="batch")
         lay = np.asarray(layers, dtype=np.int32)
-        for s in starts:
-            idx = order[s:s + batch_size]
-            offsets = np.zeros(len(idx) + 1, dtype=np.int64)
-            np.cumsum(lengths[idx], out=offsets[1:])
-            packed = np.concatenate([ids[i] for i in idx])
-            out[:, idx, :] = self._model.encode_layers(packed, offsets, lay)
+        with progress(n, "encoding texts", "text", show_progress_bar, logger=_log,
+                      long=n_batches >= 8) as bar:
+            for s in range(0, n, batch_size):
+                idx = order[s:s + batch_size]
+                offsets = np.zeros(len(idx) + 1, dtype=np.int64)
+                np.cumsum(lengths[idx], out=offsets[1:])
+                packed = np.concatenate([ids[i] for i in idx])
+                out[:, idx, :] = self._model.encode_layers(packed, offsets, lay)
+                bar.update(len(idx))
         return out
 
     def encode(self, texts: Sequence[str], batch_size: int = 32,

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import logging
 import math
 import os
 import sys
@@ -36,6 +37,7 @@ import numpy as np
 
 from . import _core
 from ._guard import exclusive
+from ._progress import progress
 from .graph import Batch, Graph
 
 __all__ = ["EngineClassifier", "InMemoryStates", "NotFittedError"]
@@ -45,6 +47,7 @@ _ACT = {"elu": 0, "relu": 1}
 _NORM = {"id": 0, "ln": 1, "bn": 2}
 _FORMAT = "engine_py.EngineClassifier"
 _FORMAT_VERSION = 1
+_log = logging.getLogger(__name__)
 
 
 class NotFittedError(ValueError, AttributeError):
@@ -268,12 +271,14 @@ class EngineClassifier:
         self._params = self.model_.buffer("param")
 
     @exclusive("this EngineClassifier")
-    def fit(self, cache, graph, labels, train_idx, val_idx=None):
+    def fit(self, cache, graph, labels, train_idx, val_idx=None, *, show_progress_bar=None):
         """Train on ``train_idx``; early-stop on accuracy over ``val_idx``.
 
         ``labels`` holds one integer class per node (length ``cache.num_nodes``;
         entries outside the train/validation sets are ignored and may be -1).
         Returns self. The best-validation weights are restored at the end.
+        ``show_progress_bar`` overrides the estimator's setting for this call
+        (None: use it; see engine_py._progress for what auto shows).
         """
         self._validate_hparams()
         _check_cache(cache)
@@ -309,9 +314,10 @@ class EngineClassifier:
         self.history_ = []
         rng = np.random.default_rng(_seed64(self.seed, 2))
         best_acc, best_epoch, best = -1.0, -1, None
-        bar = self._progress(int(self.epochs))
         bs = int(self.batch_size)
-        try:
+        nb = -(-train_idx.size // bs)
+        bar = self._progress(int(self.epochs), "epoch", show_progress_bar)
+        with bar:
             for epoch in range(int(self.epochs)):
                 perm = train_idx[rng.permutation(train_idx.size)]
                 total, count = 0.0, 0
@@ -328,6 +334,7 @@ class EngineClassifier:
                         raise FloatingPointError(f"training loss became {loss} at epoch {epoch}; lower lr")
                     total += loss * t.size
                     count += t.size
+                    bar.tick(f"batch {bi + 1}/{nb}")
                 rec = {"epoch": epoch, "loss": total / max(count, 1)}
                 if val_idx is not None and val_idx.size:
                     acc = float(np.mean(self._predict_logits(cache, graph, val_idx).argmax(1) == y[val_idx]))
@@ -335,14 +342,10 @@ class EngineClassifier:
                     if acc > best_acc:
                         best_acc, best_epoch, best = acc, epoch, self._params.copy()
                 self.history_.append(rec)
-                if bar is not None:
-                    bar.set_postfix({k: round(v, 4) for k, v in rec.items() if k != "epoch"})
-                    bar.update(1)
+                bar.set_postfix({k: v for k, v in rec.items() if k != "epoch"})
+                bar.update(1)
                 if best is not None and epoch - best_epoch >= int(self.patience):
                     break
-        finally:
-            if bar is not None:
-                bar.close()
         if best is not None:
             self._params[:] = best
         self.best_epoch_ = best_epoch
@@ -350,17 +353,11 @@ class EngineClassifier:
         self.n_epochs_ = len(self.history_)
         return self
 
-    def _progress(self, total):
-        show = self.show_progress_bar
-        if show is None:
-            show = sys.stderr.isatty()
-        if not show:
-            return None
-        try:
-            from tqdm.auto import tqdm
-        except ImportError:  # pragma: no cover
-            return None
-        return tqdm(total=total, desc="ENGINE", unit="epoch")
+    def _progress(self, total_or_iterable, unit, show=None, desc="ENGINE", long=True):
+        """A progress bar / log lines (engine_py._progress) for this estimator's
+        long loops: ``show`` (a call's show_progress_bar) else the estimator's."""
+        show = self.show_progress_bar if show is None else show
+        return progress(total_or_iterable, desc, unit, show, logger=_log, long=long)
 
     # ----------------------------------------------------------- predict
     def _check_fitted(self):
@@ -464,7 +461,9 @@ class EngineClassifier:
         bs = int(self.batch_size)
         eval_seed = _seed64(self.seed, 0xE7A1)
         self.last_encoder_layers_ = 0
-        for s in range(0, len(ids), bs):
+        starts = range(0, len(ids), bs)
+        for s in self._progress(starts, "batch", desc="ENGINE predict",
+                                long=len(starts) >= (8 if encoder is not None else 200)):
             t = ids[s:s + bs]
             b = self._sample(graph, t, eval_seed)
             kw = {}
@@ -527,7 +526,8 @@ class EngineClassifier:
         policy = ExitPolicy(m, self.num_classes_, patience, threshold)
         eval_seed = _seed64(self.seed, 0xE7A1)
         self.last_encoder_layers_ = 0
-        for s in range(0, m, bs):
+        starts = range(0, m, bs)
+        for s in self._progress(starts, "batch", desc="ENGINE predict_new", long=len(starts) >= 8):
             t = np.arange(s, min(m, s + bs), dtype=np.int64)
             b = self._sample(aug, n + t, eval_seed)
             new = b.nodes >= n

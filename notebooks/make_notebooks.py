@@ -527,8 +527,8 @@ EARLY_EXIT = [
     new_markdown_cell(
         "With 6 encoder layers the speed-up is bounded by 6 / (mean exit layer). Patience 1 stops "
         "most nodes after layer 1; patience 2 trades part of the speed for safety. "
-        "`python -m engine_py bench early-exit` measures this on all test nodes and writes "
-        "BENCHMARKS.md. The same exit rule also works without new nodes: "
+        "`python -m engine_py bench early-exit` measures this on all test nodes and prints "
+        "its table (`--out BENCHMARKS.md` updates that file). The same exit rule also works without new nodes: "
         "`clf.predict(ids, exit='dynamic')` on the cache (ladders only) and "
         "`clf.predict(ids, encoder=enc, texts=g.texts, exit='dynamic')` encoding every subgraph "
         "node on the fly."),

@@ -371,7 +371,7 @@ def test_progress_bar(tiny_uncased, capsys):
     enc = Encoder.from_pretrained(path)
     texts = _texts(2, 20, False)
     out = enc.encode(texts, batch_size=4, show_progress_bar=True)
-    assert "Batches" in capsys.readouterr().err
+    assert "encoding texts" in capsys.readouterr().err
     np.testing.assert_array_equal(out, enc.encode(texts, batch_size=4, show_progress_bar=False))
     assert capsys.readouterr().err == ""
 
@@ -560,7 +560,7 @@ def test_minilm_path_error_names_pip_command(monkeypatch):
         models.minilm_path()
 
 
-def test_bench_encoder_smoke(tiny_uncased, tmp_path, capsys):
+def test_bench_encoder_smoke(tiny_uncased, tmp_path, capsys, monkeypatch):
     """The benchmark's code path on a tiny model (speed is not asserted)."""
     from engine_py.bench import encoder as bench
 
@@ -568,14 +568,16 @@ def test_bench_encoder_smoke(tiny_uncased, tmp_path, capsys):
     texts = tmp_path / "texts.txt"
     texts.write_text("\n".join(t for t in _texts(4, 40, False) if t) + "\n", encoding="utf-8")
     out_md = tmp_path / "BENCH.md"
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)                # the benchmark writes only where --out says
     old = engine_py.get_num_threads()
     try:
-        os.environ["ENGINE_PY_BENCHMARKS_MD"] = str(out_md)
         assert bench.main(["--model", path, "--texts", str(texts), "--reps", "1",
-                           "--max-length", "32", "--batch-size", "8"]) == 0
+                           "--max-length", "32", "--batch-size", "8", "--out", str(out_md)]) == 0
     finally:
-        os.environ.pop("ENGINE_PY_BENCHMARKS_MD", None)
         engine_py.set_num_threads(old)
+    assert os.listdir(cwd) == []
     text = out_md.read_text(encoding="utf-8")
     assert "<!-- bench:encoder:begin -->" in text and "ratio engine_py / PyTorch" in text
     diff = float(text.split("engine_py vs PyTorch: ")[1].split(".\n")[0].rstrip("."))

@@ -36,6 +36,7 @@
 void BLAS(openblas_set_num_threads)(int num_threads);
 int BLAS(openblas_get_num_threads)(void);
 char *BLAS(openblas_get_config)(void);
+char *BLAS(openblas_get_corename)(void);
 
 static int g_num_threads = 0; /* 0: not set yet, use the runtime default */
 
@@ -331,3 +332,10 @@ const char *eg_build_flags(void)
 {
     return EG_BUILD_FLAGS;
 }
+
+const char *eg_blas_corename(void)
+{
+    const char *c = BLAS(openblas_get_corename)();
+    return c != NULL ? c : "";
+}
+

@@ -101,6 +101,10 @@ int eg_omp_max_threads(void);
  * openblas ..."), owned by the library. */
 const char *eg_blas_name(void);
 const char *eg_blas_config(void);
+/* The compute kernel OpenBLAS picked for this CPU (openblas_get_corename:
+ * "Haswell", "SkylakeX", "Zen" ...; OPENBLAS_CORETYPE overrides its choice),
+ * owned by the library; "" if OpenBLAS does not say. */
+const char *eg_blas_corename(void);
 /* The sticky BLAS error: NULL while none happened, else a static message
  * (owned by the library) about the first one. Set when OpenBLAS's parallel
  * jobs could not be given threads; eg_sgemm then computed that product
@@ -177,6 +181,8 @@ int eg_utf8_valid(const char *s, size_t n, size_t *bad_at);
 /* --------------------------------------------------------------- build info */
 /* Compiler flags the core was built with (set by the build). */
 const char *eg_build_flags(void);
+/* The instruction set of the core's run-time dispatched kernels: see
+ * eg_isa.h (eg_isa_level, eg_isa_name). */
 
 #ifdef __cplusplus
 }

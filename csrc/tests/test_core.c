@@ -3,6 +3,7 @@
  * thread control.
  */
 #include "eg.h"
+#include "eg_isa.h"
 #include "eg_test.h"
 
 #include <stdio.h>
@@ -257,6 +258,17 @@ static void test_blas_thread_failure(void)
     CHECK(eg_blas_last_error() != NULL, "the error is sticky");
 }
 
+/* What benchmarks report about the machine: the core's SIMD level, as
+ * eg_isa_level decides it, and OpenBLAS's kernel. */
+static void test_machine_facts(void)
+{
+    static const char *names[] = {"generic", "avx2", "avx512"};
+    int level = eg_isa_level();
+    CHECK(level >= 0 && level <= 2 && strcmp(eg_isa_name(level), names[level]) == 0,
+          "isa %s, level %d", eg_isa_name(level), level);
+    CHECK(strlen(eg_blas_corename()) > 0, "OpenBLAS names its kernel");
+}
+
 int main(void)
 {
     test_status();
@@ -266,5 +278,6 @@ int main(void)
     test_sgemm();
     test_threads();
     test_blas_thread_failure();
+    test_machine_facts();
     return eg_test_report("test_core");
 }

@@ -51,7 +51,8 @@ def _time(fn, repeats: int) -> float:
 
 def main(argv=None) -> int:
     import engine_py
-    from engine_py.bench import machine_line, write_section
+    from engine_py._progress import progress
+    from engine_py.bench import add_output_args, finish, machine_line, progress_show, start_run
     from engine_py.cache import LayerCache
 
     ap = argparse.ArgumentParser(prog="python -m engine_py bench cache", description=__doc__,
@@ -62,8 +63,9 @@ def main(argv=None) -> int:
     ap.add_argument("--calls", type=int, default=20, help="gathers per timing")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--dir", default=None, help="where to put the cache files (default: a temp dir)")
-    ap.add_argument("--no-write", action="store_true", help="do not update BENCHMARKS.md")
+    add_output_args(ap, "cache")
     args = ap.parse_args(argv)
+    run = start_run()
 
     n, d = args.nodes, args.dim
     texts = [str(i) for i in range(n)]
@@ -75,7 +77,11 @@ def main(argv=None) -> int:
 
     results = []  # (label, seconds)
     build_lines = []
-    with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
+    builds = {}
+    threads0 = engine_py.get_num_threads()
+    n_steps = 4 + 3 * len({1, threads0}) + 3   # builds, gathers, NumPy references
+    bar = progress(n_steps, "bench cache", "step", progress_show(args), logger="engine_py.bench")
+    with bar, tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         caches = {}
         for dt in ("float16", "bfloat16", "float32"):
             path = os.path.join(tmp, f"bench_{dt}.egc")
@@ -87,6 +93,8 @@ def main(argv=None) -> int:
             caches[dt].verify()
             tv = time.perf_counter() - t0
             size = os.path.getsize(path)
+            builds[dt] = {"file_bytes": size, "build_s": tb, "verify_s": tv, "nodes": n}
+            bar.update(1)
             build_lines.append(f"| {dt} | {size / 1e6:.0f} MB | {n / tb:,.0f} nodes/s ({size / tb / 1e9:.2f} GB/s) "
                                f"| {size / tv / 1e9:.2f} GB/s |")
 
@@ -103,6 +111,8 @@ def main(argv=None) -> int:
         for s0 in range(0, n7, 64):
             enc7.encode_layers(texts[s0:s0 + 64], layers=list(range(7)))
         gen = time.perf_counter() - gen
+        builds["float16, 7 layers x 384, batch 64"] = {"nodes": n7, "build_s": tb, "generation_s": gen}
+        bar.update(1)
         build_lines.append(f"| float16, 7 layers x 384, batch 64 ({n7} nodes) | "
                            f"{os.path.getsize(os.path.join(tmp, 'minilm_shaped.egc')) / 1e6:.0f} MB | "
                            f"{n7 / max(tb - gen, 1e-9):,.0f} nodes/s of cache overhead "
@@ -113,7 +123,6 @@ def main(argv=None) -> int:
         ram16 = ram32.astype(np.float16)
         mm16 = caches["float16"].layer(0)
 
-        threads0 = engine_py.get_num_threads()
         for th in sorted({1, threads0}):
             engine_py.set_num_threads(th)
             for dt in ("float16", "bfloat16", "float32"):
@@ -122,14 +131,18 @@ def main(argv=None) -> int:
                 results.append((f"engine_py gather, {dt} cache (mmap), {th} thread{'s' if th > 1 else ''}",
                                 _time(lambda c=c, out=out: [c.gather(0, ids, out=out) for ids in id_batches],
                                       args.repeats)))
+                bar.update(1)
         engine_py.set_num_threads(threads0)
         results.append(("np.take, float32 array in RAM",
                         _time(lambda: [np.take(ram32, ids, axis=0) for ids in id_batches], args.repeats)))
+        bar.update(1)
         results.append(("np.take + astype, float16 array in RAM",
                         _time(lambda: [np.take(ram16, ids, axis=0).astype(np.float32) for ids in id_batches],
                               args.repeats)))
+        bar.update(1)
         results.append(("fancy index + astype, float16 mmap view",
                         _time(lambda: [mm16[ids].astype(np.float32) for ids in id_batches], args.repeats)))
+        bar.update(1)
         # check the answers agree before reporting speed
         ids = id_batches[0]
         assert np.array_equal(caches["float32"].gather(0, ids), ram32[ids])
@@ -139,11 +152,11 @@ def main(argv=None) -> int:
         del f32, mm16
 
     base = dict(results)["np.take + astype, float16 array in RAM"]
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    machine = run.stop(threads=threads0)
     lines = [
         "## Layer cache: gather (training hot path)",
         "",
-        f"{machine_line()}; crc32c: {engine_py._core.crc32c_impl()}; load average {load:.1f} "
+        f"Machine: {machine_line(machine)}; crc32c: {engine_py._core.crc32c_impl()} "
         "(OpenMP threads suffer when the cores are shared with other jobs)",
         "",
         f"`python -m engine_py bench cache --nodes {n} --dim {d} --batch {args.batch}`: "
@@ -162,10 +175,12 @@ def main(argv=None) -> int:
         "|---|---:|---:|---:|",
     ] + build_lines
     md = "\n".join(lines)
-    print(md)
-    if not args.no_write:
-        path = write_section("cache", md)
-        print(f"\nwritten to {path}")
+    res = {"nodes": n, "dim": d, "batch": args.batch, "calls": args.calls, "repeats": args.repeats,
+           "crc32c": engine_py._core.crc32c_impl(),
+           "gather": {label: {"seconds": t, "rows_per_s": rows / t, "gb_per_s": out_bytes / t / 1e9,
+                              "speed_vs_np_take_astype_fp16": base / t} for label, t in results},
+           "build": builds}
+    finish(args, "cache", md, machine, res, argv)
     return 0
 
 

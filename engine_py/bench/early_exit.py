@@ -42,16 +42,21 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=2, help="timed repeats per mode (best is reported)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--max-test", type=int, default=None, help="use only the first N test nodes")
-    p.add_argument("--no-write", action="store_true", help="do not write BENCHMARKS.md")
+    from engine_py.bench import add_output_args
+
+    add_output_args(p, "early_exit")
     args = p.parse_args(argv)
 
     import engine_py
     from engine_py import EngineClassifier, Encoder, Graph, LayerCache
-    from engine_py.bench import machine_line, write_section
+    from engine_py._progress import progress
+    from engine_py.bench import finish, machine_line, progress_show, start_run
     from engine_py.datasets import demo_graph
     from engine_py.demo import _default_cache_dir
     from engine_py.models import minilm_path
 
+    run_info = start_run()
+    show = progress_show(args)
     if args.threads:
         engine_py.set_num_threads(args.threads)
     g = demo_graph()
@@ -60,7 +65,7 @@ def main(argv=None) -> int:
     cache_dir = args.cache_dir or _default_cache_dir()
     os.makedirs(cache_dir, exist_ok=True)
     cache = LayerCache.build(os.path.join(cache_dir, "debian-demo.minilm.cache"), enc, g.texts,
-                             layers=layers, dtype="float16", batch_size=64)
+                             layers=layers, dtype="float16", batch_size=64, show_progress_bar=show)
 
     test = np.asarray(g.test_idx, dtype=np.int64)
     if args.max_test:
@@ -81,9 +86,10 @@ def main(argv=None) -> int:
 
     t0 = time.perf_counter()
     clf = EngineClassifier(layers=layers, early_exit=True, epochs=args.epochs, seed=0,
-                           show_progress_bar=False)
+                           show_progress_bar=show)
     clf.fit(cache, graph, g.labels, g.train_idx, g.val_idx)
     t_fit = time.perf_counter() - t0
+    clf.set_params(show_progress_bar=False)   # one progress over the modes below, none per call
     print(f"trained ENGINE on {len(g.train_idx)} nodes in {t_fit:.1f} s ({clf.n_epochs_} epochs, "
           f"best val acc {clf.best_val_acc_:.3f})")
 
@@ -97,7 +103,7 @@ def main(argv=None) -> int:
              ("dynamic, patience 2", dict(exit="dynamic", patience=2)),
              ("dynamic, patience 3", dict(exit="dynamic", patience=3))]
     rows = []
-    for name, kw in modes:
+    for name, kw in progress(modes, "bench early-exit", "mode", show, logger="engine_py.bench"):
         t, (pred, layer) = _timed(lambda: run(**kw), args.repeats)
         acc = float(np.mean(pred == y))
         rows.append(dict(name=name, t=t, acc=acc, layer=layer, seq_layers=clf.last_encoder_layers_))
@@ -111,11 +117,11 @@ def main(argv=None) -> int:
 
     base = rows[0]
     L = layers[-1]
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    machine = run_info.stop()
     lines = [
         "## Dynamic early exit: new nodes, live MiniLM layer by layer",
         "",
-        f"{machine_line()}; load average {load:.1f} (the machine is shared; OpenMP threads suffer)",
+        f"Machine: {machine_line(machine)} (OpenMP threads suffer when the cores are shared)",
         "",
         f"`python -m engine_py bench early-exit --epochs {args.epochs}"
         + (f" --threads {args.threads}" if args.threads else "")
@@ -164,10 +170,16 @@ def main(argv=None) -> int:
               f"needs a mean exit layer <= {L / 5:.1f}."]
     md = "\n".join(lines)
     print()
-    print(md)
-    if not args.no_write:
-        path = write_section("early_exit", md)
-        print(f"\nwritten to {path}")
+    results = {
+        "epochs": args.epochs, "epochs_run": clf.n_epochs_, "fit_s": t_fit, "test_nodes": len(test),
+        "batch_size": args.batch_size, "repeats": args.repeats,
+        "live": [{"exit": r["name"], "seconds": r["t"], "speedup": base["t"] / r["t"], "test_acc": r["acc"],
+                  "mean_exit_layer": float(r["layer"].mean()),
+                  "exit_layer_counts": {int(l): int((r["layer"] == l).sum()) for l in layers},
+                  "encoder_sequence_layers": int(r["seq_layers"])} for r in rows],
+        "cached": [{"exit": name, "seconds": t, "test_acc": acc} for name, t, acc in cached],
+    }
+    finish(args, "early_exit", md, machine, results, argv)
     return 0
 
 

@@ -49,12 +49,15 @@ def main(argv: list | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--reps", type=int, default=6, help="timed repetitions per side (median reported)")
-    p.add_argument("--no-write", action="store_true", help="do not update BENCHMARKS.md")
+    from engine_py.bench import add_output_args
+
+    add_output_args(p, "encoder")
     args = p.parse_args(argv)
 
     import engine_py
     from engine_py import _core
-    from engine_py.bench import machine_line, write_section
+    from engine_py._progress import progress
+    from engine_py.bench import finish, machine_line, progress_show, start_run
     from engine_py.encoder import Encoder
 
     try:
@@ -68,6 +71,7 @@ def main(argv: list | None = None) -> int:
 
         args.model = minilm_path()
     texts = _load_texts(args.texts)
+    run = start_run()
     engine_py.set_num_threads(args.threads)
     torch.set_num_threads(args.threads)
 
@@ -126,7 +130,8 @@ def main(argv: list | None = None) -> int:
     run_engine_model_only(packed)
 
     times = {k: [] for k in ("eng", "eng_model", "torch", "torch_model")}
-    for _ in range(args.reps):
+    for _ in progress(range(args.reps), "bench encoder", "rep", progress_show(args),
+                      logger="engine_py.bench"):
         t0 = time.perf_counter()
         run_engine()
         times["eng"].append(time.perf_counter() - t0)
@@ -167,7 +172,7 @@ def main(argv: list | None = None) -> int:
     eng_gflops = flops / best["eng_model"] / 1e9
     torch_gflops = flops / best["torch_model"] / 1e9
     eng_gflops_best = flops / min(times["eng_model"]) / 1e9
-    load = os.getloadavg()
+    machine = run.stop(threads=args.threads)
 
     lines = [
         "## Encoder: engine_py vs PyTorch + transformers",
@@ -214,17 +219,22 @@ def main(argv: list | None = None) -> int:
         "",
         f"All timings (s): " + "; ".join(f"{k} " + ", ".join(f"{t:.3f}" for t in v)
                                          for k, v in times.items()),
-        f"Load average during the run: {load[0]:.2f}, {load[1]:.2f}, {load[2]:.2f} "
-        f"(the machine is shared; both sides see the same load). "
-        f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}.",
         "",
-        machine_line(),
+        f"Machine: {machine_line(machine)} (the machine may be shared; both sides see the same load).",
     ]
     md = "\n".join(lines)
-    print(md)
-    if not args.no_write:
-        path = write_section("encoder", md)
-        print(f"\nwrote {path}")
+    results = {
+        "model": args.model, "texts": len(texts), "tokens": n_tok, "padded_token_slots": padded,
+        "max_length": args.max_length, "batch_size": bs, "threads": args.threads, "reps": args.reps,
+        "max_abs_diff": maxdiff, "torch_version": torch.__version__,
+        "tokens_per_s": {"engine_py": eng_tps, "torch": torch_tps},
+        "tokens_per_s_model_only": {"engine_py": eng_m_tps, "torch": torch_m_tps},
+        "ratio_end_to_end": ratio_e2e, "ratio_model_only": ratio_model,
+        "gflops_model_only": {"engine_py": eng_gflops, "torch": torch_gflops},
+        "sgemm_gflops": sgemm_gflops, "bert_kernels": _core._bert_kernel_isa(),
+        "profile_s": prof, "times_s": times,
+    }
+    finish(args, "encoder", md, machine, results, argv)
     return 0
 
 

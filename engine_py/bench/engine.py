@@ -2,7 +2,7 @@
 
     python -m engine_py bench engine [--dataset debian|demo] [--subsample N]
         [--epochs 20] [--patience 5] [--seeds 3] [--live-batches 5] [--no-hf]
-        [--cache-dir DIR] [--threads T] [--no-write]
+        [--cache-dir DIR] [--threads T] [--out PATH [--section NAME]]
 
 Three measurements, all in the same run, on the same layer cache (every
 MiniLM-L6 layer 0..6, mean-pooled, float16; built once into --cache-dir,
@@ -34,8 +34,7 @@ default $ENGINE_PY_CACHE or ~/.cache/engine_py, and reused afterwards):
     same epochs, patience and seeds. Selection on validation; test reported.
 
 --subsample N keeps a random induced subgraph of N nodes (and builds its own
-cache); the BENCHMARKS.md table states the dataset, size, epochs and seeds
-that were run.
+cache); the table states the dataset, size, epochs and seeds that were run.
 """
 from __future__ import annotations
 
@@ -396,7 +395,8 @@ def _pm(xs):
 def main(argv=None) -> int:
     import engine_py
     from engine_py import Encoder, Graph
-    from engine_py.bench import machine_line, write_section
+    from engine_py._progress import progress
+    from engine_py.bench import add_output_args, finish, machine_line, progress_show, start_run
     from engine_py.models import minilm_path
 
     ap = argparse.ArgumentParser(prog="python -m engine_py bench engine", description=__doc__,
@@ -418,12 +418,14 @@ def main(argv=None) -> int:
     ap.add_argument("--cache-dir", default=None,
                     help="layer cache folder (default $ENGINE_PY_CACHE or ~/.cache/engine_py)")
     ap.add_argument("--threads", type=int, default=None, help="engine_py and torch threads")
-    ap.add_argument("--no-write", action="store_true", help="do not update BENCHMARKS.md")
     ap.add_argument("--section", default="engine",
-                    help="BENCHMARKS.md section to write (default: engine), e.g. engine-2threads for a "
+                    help="section name in a markdown --out (default: engine), e.g. engine-2threads for a "
                          "second configuration next to the main table")
     ap.add_argument("--quiet", action="store_true")
+    add_output_args(ap, "engine")
     args = ap.parse_args(argv)
+    run = start_run()
+    show = progress_show(args)
     log = (lambda *a, **k: None) if args.quiet else (lambda *a, **k: print(*a, **k, flush=True))
 
     import torch
@@ -453,7 +455,7 @@ def main(argv=None) -> int:
         except ImportError:
             pyg_epochs = 0
     runs = [run_pair(cache, graph, g, s, hp, args.epochs, args.patience, EngineRef, log, pyg_epochs)
-            for s in seeds]
+            for s in progress(seeds, "bench engine (a)", "seed", show, logger="engine_py.bench")]
     pyg_t = [x for r in runs for x in r["pyg"]]
     pyg_v = [x for r in runs for x in r["pyg_val"]]
     # the same epochs of the other sides, for a like-for-like median
@@ -480,7 +482,9 @@ def main(argv=None) -> int:
     base = None
     if not args.no_baselines:
         log("(c) baselines on the last layer")
-        base = run_baselines(cache, graph, g, seeds, args.epochs, args.patience, layers[-1], log)
+        base = run_baselines(cache, graph, g, progress(seeds, "bench engine (c)", "seed", show,
+                                                       logger="engine_py.bench"),
+                             args.epochs, args.patience, layers[-1], log)
 
     nb = -(-g.train_idx.size // 256)
     what = (f"{'full Debian package graph of this machine' if args.dataset == 'debian' and not args.subsample else args.dataset + ' graph'}"
@@ -556,13 +560,34 @@ def main(argv=None) -> int:
                f"| ENGINE (PyTorch reference, same batches) | {_pm(val_r)} | {_pm(acc_r)} |",
                f"| MLP on last layer (no edges) | {_pm([x[1] for x in base['MLP']])} | {_pm([x[0] for x in base['MLP']])} |",
                f"| SAGE on last layer | {_pm([x[1] for x in base['SAGE']])} | {_pm([x[0] for x in base['SAGE']])} |"]
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    md += ["", f"Machine: {machine_line()}; 1-minute load average at the end of the run {load:.1f} "
-           f"(other jobs share the machine: absolute times are noisy, the two sides of each "
-           f"comparison are interleaved batch by batch so their ratio is not)."]
+    machine = run.stop(threads=threads)
+    md += ["", f"Machine: {machine_line(machine)} (other jobs may share the machine: absolute times "
+           f"are noisy; the two sides of each comparison are interleaved batch by batch so their "
+           f"ratio is not)."]
     text = "\n".join(md)
     print()
-    print(text)
-    if not args.no_write:
-        print(f"\nwrote {write_section(args.section, text)}")
+    results = {
+        "dataset": args.dataset, "subsample": args.subsample, "nodes": g.num_nodes,
+        "edges": g.num_edges, "classes": g.num_classes, "epochs": args.epochs,
+        "patience": args.patience, "seeds": seeds, "threads": threads,
+        "cache": {"path": cache.path, "built": built, "seconds": t_cache},
+        "a": {"epoch_s_median": {"engine_py": _med(eng_t), "torch": _med(ref_t)},
+              "eval_s_median": {"engine_py": _med(eng_ev), "torch": _med(ref_ev)},
+              "ratio_torch_over_engine_py": ratio, "sample_gather_s_median": _med(prep_t),
+              "test_acc": {"engine_py": acc_e, "torch": acc_r},
+              "best_val_acc": {"engine_py": val_e, "torch": val_r},
+              "epochs_run": [r["epochs_run"] for r in runs]},
+    }
+    if pyg_t:
+        results["a_pyg"] = {"epoch_s_median": {"engine_py": _med(eng_first), "torch": _med(ref_first),
+                                               "pyg": _med(pyg_t)},
+                            "val_acc": {"engine_py": val_first, "pyg": pyg_v}}
+    if live is not None:
+        results["b"] = {"per_batch_s_median": {k: _med(v) for k, v in live["rows"].items() if v},
+                        "batches_per_epoch": live["batches_per_epoch"],
+                        "subgraph_sizes": live["sizes"]}
+    if base is not None:
+        results["c"] = {name: [{"test_acc": a, "best_val_acc": v, "seconds": t, "epochs": e}
+                               for a, v, t, e in rows] for name, rows in base.items()}
+    finish(args, "engine", text, machine, results, argv)
     return 0

@@ -1,7 +1,7 @@
 """Benchmark: GMoE MoE-LoRA FFN forward + backward, engine_py vs PyTorch.
 
     python -m engine_py bench gmoe [--tokens 2048] [--repeats 5] [--kinds swiglu,gelu]
-                                   [--routers graph,linear] [--threads 1,2] [--no-write]
+                                   [--routers graph,linear] [--threads 1,2] [--out PATH]
 
 8 experts, top-2, r 2, alpha 4, hidden/intermediate 384/1536 and 576/1536,
 2,048 tokens, in float32 on the CPU. The PyTorch side is an efficient autograd
@@ -17,7 +17,6 @@ backward; the median of the repeats is reported.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import time
 
@@ -204,7 +203,9 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", default=None,
                     help="comma-separated thread counts, each used by both sides "
                          "(default: engine_py's current setting)")
-    ap.add_argument("--no-write", action="store_true", help="do not update BENCHMARKS.md")
+    from engine_py.bench import add_output_args
+
+    add_output_args(ap, "gmoe")
     args = ap.parse_args(argv)
     try:
         import torch
@@ -212,7 +213,8 @@ def main(argv=None) -> int:
         print("the gmoe benchmark compares against PyTorch: pip install torch==2.13.0")
         return 2
     import engine_py
-    from engine_py.bench import machine_line, write_section
+    from engine_py._progress import progress
+    from engine_py.bench import finish, machine_line, progress_show, start_run
     from engine_py.gmoe import MoELoRAFFN
 
     thread_list = ([int(v) for v in args.threads.split(",") if v] if args.threads
@@ -221,18 +223,21 @@ def main(argv=None) -> int:
     kinds = [k for k in args.kinds.split(",") if k]
     if any(k not in ("swiglu", "gelu") for k in kinds):
         ap.error("--kinds takes swiglu and/or gelu")
-    load0 = os.getloadavg()[0]
+    run = start_run()
     sizes = [tuple(int(v) for v in s.split("/")) for s in args.sizes.split(",") if s]
     rows = []
     old_threads = engine_py.get_num_threads()
-    for nthreads in thread_list:
-        engine_py.set_num_threads(nthreads)
-        torch.set_num_threads(nthreads)
-        for kind in kinds:
-            for H, I in sizes:
-                rows += _bench_size(torch, MoELoRAFFN, args, kind, nthreads, H, I, routers)
+    with progress(len(thread_list) * len(kinds) * len(sizes) * len(routers), "bench gmoe", "config",
+                  progress_show(args), logger="engine_py.bench") as bar:
+        for nthreads in thread_list:
+            engine_py.set_num_threads(nthreads)
+            torch.set_num_threads(nthreads)
+            for kind in kinds:
+                for H, I in sizes:
+                    rows += _bench_size(torch, MoELoRAFFN, args, kind, nthreads, H, I, routers)
+                    bar.update(len(routers))
     engine_py.set_num_threads(old_threads)
-    load1 = os.getloadavg()[0]
+    machine = run.stop(threads=max(thread_list))
     md = ["## GMoE layer (MoE-LoRA FFN) forward + backward",
           "",
           f"`python -m engine_py bench gmoe` — {E} experts, top-{K}, r {R}, alpha {ALPHA:g}, "
@@ -247,11 +252,13 @@ def main(argv=None) -> int:
           "|---:|---|---|---|---:|---:|---:|---:|"]
     for n, kd, h, r, e, t, ratio, err in rows:
         md.append(f"| {n} | {kd} | {h} | {r} | {e:,.0f} | {t:,.0f} | {ratio:.2f}x | {err:.1e} |")
-    md += ["", f"Machine: {machine_line()}; 1-minute load average {load0:.1f} at the start, "
-           f"{load1:.1f} at the end (other jobs share the CPUs: rows with more threads than "
-           "idle cores are noisy).", ""]
+    md += ["", f"Machine: {machine_line(machine)}; thread counts per row in the table (other jobs "
+           "may share the CPUs: rows with more threads than idle cores are noisy).", ""]
     text = "\n".join(md)
-    print(text)
-    if not args.no_write:
-        print("wrote", write_section("gmoe", text))
+    results = {"experts": E, "top_k": K, "r": R, "alpha": ALPHA, "gcn_dim": G, "tokens": args.tokens,
+               "repeats": args.repeats, "torch_version": torch.__version__,
+               "rows": [{"threads": n, "ffn": kd, "H/I": h, "router": r, "engine_py_tokens_per_s": e,
+                         "torch_tokens_per_s": t, "speedup": ratio, "max_rel_diff_y": err}
+                        for n, kd, h, r, e, t, ratio, err in rows]}
+    finish(args, "gmoe", text, machine, results, argv)
     return 0
