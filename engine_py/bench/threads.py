@@ -12,8 +12,10 @@ $ENGINE_PY_CACHE or ~/.cache/engine_py, and reused), timed
 - at engine_py's default thread count (the CPUs this process may use, see
   engine_py/_threads.py) and at 1 thread, the two interleaved batch by batch
   on the same batches (so their ratio is not skewed by drift in the load);
-- with the machine as it is ("idle") and with --busy processes spinning in
-  a Python busy loop beside it (what another user's job does to us).
+- with the machine as it is ("no extra load"; the 1-minute load average is
+  printed with each column, since other users' jobs count too) and with
+  --busy processes spinning in a Python busy loop beside it (what another
+  user's job does to us).
 
 Prints the medians and the ratios; writes no file.
 """
@@ -43,6 +45,10 @@ def _stop(procs: list) -> None:
         p.kill()
     for p in procs:
         p.wait(timeout=10)
+
+
+def _load() -> float:
+    return os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
 
 
 def _steps(clf, cache, graph, y, order, n_batches, thread_counts, log, label):
@@ -109,13 +115,15 @@ def main(argv=None) -> int:
     order = g.train_idx[np.random.default_rng(7).permutation(g.train_idx.size)]
     counts = [default, 1] if default != 1 else [1]
 
-    results = {}
+    results, loads = {}, {}
     try:
-        log(f"idle (load average {os.getloadavg()[0]:.1f})")
-        results["idle"] = _steps(clf, cache, graph, y, order, args.batches, counts, log, "idle")
+        loads["idle"] = _load()
+        log(f"no extra load (load average {loads['idle']:.1f})")
+        results["idle"] = _steps(clf, cache, graph, y, order, args.batches, counts, log, "no extra load")
         if args.busy:
             procs = _start_busy(args.busy)
             try:
+                loads["busy"] = _load()
                 results["busy"] = _steps(clf, cache, graph, y, order, args.batches, counts, log,
                                          f"{args.busy} busy process{'es' if args.busy > 1 else ''}")
             finally:
@@ -124,8 +132,10 @@ def main(argv=None) -> int:
         engine_py.set_num_threads(default)
 
     med = {k: {t: statistics.median(v) for t, v in r.items()} for k, r in results.items()}
-    cols = [("idle", "idle")] + ([("busy", f"{args.busy} busy process{'es' if args.busy > 1 else ''} beside")]
-                                 if "busy" in med else [])
+    cols = [("idle", f"no extra load (load avg {loads['idle']:.1f})")]
+    if "busy" in med:
+        cols.append(("busy", f"{args.busy} busy process{'es' if args.busy > 1 else ''} beside "
+                             f"(load avg {loads['busy']:.1f})"))
     lines = [f"## Threads on a shared machine (`python -m engine_py bench threads"
              f"{' ' + ' '.join(argv) if argv else ''}`)", "",
              f"One ENGINE training step (sample + gather + forward/backward/AdamW; EngineClassifier "
@@ -142,7 +152,7 @@ def main(argv=None) -> int:
         lines.append("| default / 1 thread | " +
                      " | ".join(f"**{med[k][default] / med[k][1]:.2f}x**" for k, _ in cols) + " |")
     spin = os.environ.get("GOMP_SPINCOUNT", "libgomp default")
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    load = _load()
     lines += ["", f"GOMP_SPINCOUNT={spin}. Machine: {machine_line()}; 1-minute load average at the "
               f"end {load:.1f}. A ratio above 1 means the default is slower than 1 thread: on a "
               "machine whose other cores are busy, use `engine_py.set_num_threads(1)` or "
