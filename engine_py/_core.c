@@ -162,8 +162,7 @@ static PyObject *py_f32_to_bf16(PyObject *s, PyObject *a) { (void)s; return conv
 
 static PyMethodDef core_methods[] = {
     {"set_num_threads", py_set_num_threads, METH_O,
-     "set_num_threads(n)\n--\n\nUse n threads (1..4096) for OpenMP regions and BLAS calls alike.\n"
-     "Low level: engine_py.set_num_threads validates and caps."},
+     "set_num_threads(n)\n--\n\nUse n threads for OpenMP regions and BLAS calls alike."},
     {"get_num_threads", py_get_num_threads, METH_NOARGS,
      "get_num_threads()\n--\n\nThe thread count the core uses."},
     {"build_info", py_build_info, METH_NOARGS,
