@@ -159,6 +159,7 @@ def test_one_encoder_per_thread(encoder):
     t.start()
     t.join()
     assert theirs[0] is not mine and theirs[0].fingerprint() == encoder.fingerprint()
+    engine_py.encoder._local.encoders.clear()   # this (main) thread's copy: not kept for the session
 
 
 # --------------------------------------------------------- LocalCluster builds
