@@ -192,7 +192,11 @@ def init_from_environment() -> None:
     except Exception as exc:  # pragma: no cover - a broken /proc must not break import
         warnings.warn(f"engine_py could not choose its thread count ({exc!r}); "
                       "keeping OpenMP's default", RuntimeWarning, stacklevel=3)
-    _register_threadpoolctl()
+    try:
+        _register_threadpoolctl()
+    except Exception as exc:  # pragma: no cover - a broken threadpoolctl must not break import
+        warnings.warn(f"engine_py could not register with threadpoolctl ({exc!r}); "
+                      "threadpool_limits will not reach engine_py", RuntimeWarning, stacklevel=3)
 
 
 # ----------------------------------------------------------- threadpoolctl
