@@ -40,7 +40,12 @@ from . import _core  # noqa: E402
 from ._isa import check_isa_env as _check_isa_env  # noqa: E402
 
 _check_isa_env(_core)
-from ._core import get_num_threads, set_num_threads  # noqa: E402,F401
+from ._threads import get_num_threads, set_num_threads  # noqa: E402,F401
+from . import _threads  # noqa: E402
+
+# The CPUs this process may use (affinity, cgroup quota), OMP_NUM_THREADS,
+# ENGINE_PY_NUM_THREADS (wins); registers with threadpoolctl when installed.
+_threads.init_from_environment()
 from . import datasets, io  # noqa: E402,F401
 from .tokenizer import TokenizerFormatError, WordPieceTokenizer  # noqa: E402,F401
 from .graph import Batch, Graph  # noqa: E402,F401

@@ -14,24 +14,35 @@
 #endif
 
 /* OpenMP keeps the thread count per thread: omp_set_num_threads in
- * set_num_threads() reaches the calling thread only, and a Python thread
- * started later would still run OpenMP regions with the default count.
- * set_num_threads bumps a generation; eg_py_enter (the entry of every long
- * method) re-applies the count in a thread that has not seen the latest
- * generation. Only OpenMP's per-thread value is set there: BLAS's count is
- * process-wide and was set by set_num_threads. Read and written under the
- * GIL. */
-static int g_threads_gen = 0;
-static _Thread_local int t_threads_gen = 0;
-
+ * set_num_threads() reaches the calling thread only, a Python thread started
+ * later would run OpenMP regions with libgomp's default, and a library that
+ * sets the calling thread's count (threadpoolctl's OpenMP controller) would
+ * leave this thread's count behind once it restores it. So the process-wide
+ * count of set_num_threads is the one truth: eg_py_enter (the entry of every
+ * long method) makes the calling thread's OpenMP count equal to it when it is
+ * not (an omp_get_max_threads() read, a few ns). threadpoolctl limits reach
+ * engine_py through its own controller (engine_py/_threads.py), which calls
+ * set_num_threads, not by setting libgomp's per-thread value. Only OpenMP's
+ * value is re-applied here: BLAS's count is process-wide and was set by
+ * set_num_threads (or limited on its own, e.g. threadpoolctl user_api="blas",
+ * which stays in force). Called under the GIL. */
 void eg_py_sync_threads(void)
 {
-    if (t_threads_gen != g_threads_gen) {
-        t_threads_gen = g_threads_gen;
 #ifdef _OPENMP
-        omp_set_num_threads(eg_get_num_threads());
-#endif
+    const int want = eg_get_num_threads();
+    if (omp_get_max_threads() != want) {
+        omp_set_num_threads(want);
     }
+#endif
+}
+
+/* Exported (the module is built with hidden visibility) only so that
+ * threadpoolctl can tell this extension from other loaded libraries whose
+ * file name starts with "_core." (its check_symbols); the count itself is
+ * read and set through the Python functions, under the GIL. */
+__attribute__((visibility("default"))) int engine_py_get_num_threads(void)
+{
+    return eg_get_num_threads();
 }
 
 PyObject *eg_py_raise(const eg_err *err, PyObject *corrupt_type)
@@ -83,8 +94,6 @@ static PyObject *py_set_num_threads(PyObject *self, PyObject *arg)
         return NULL;
     }
     eg_set_num_threads((int)n);
-    g_threads_gen++;
-    t_threads_gen = g_threads_gen;
     Py_RETURN_NONE;
 }
 
@@ -93,6 +102,13 @@ static PyObject *py_get_num_threads(PyObject *self, PyObject *noargs)
     (void)self;
     (void)noargs;
     return PyLong_FromLong(eg_get_num_threads());
+}
+
+static PyObject *py_blas_parallel_calls(PyObject *self, PyObject *noargs)
+{
+    (void)self;
+    (void)noargs;
+    return PyLong_FromLong(eg_blas_parallel_calls());
 }
 
 static PyObject *py_build_info(PyObject *self, PyObject *noargs)
@@ -165,6 +181,9 @@ static PyMethodDef core_methods[] = {
      "build_info()\n--\n\nVersion, BLAS (config, kernel 'blas_corename') and its thread count,\n"
      "OpenMP threads, build flags, the core's SIMD level 'isa' (avx512 / avx2 / generic),\n"
      "the sticky BLAS error (None if none)."},
+    {"_blas_parallel_calls", py_blas_parallel_calls, METH_NOARGS,
+     "_blas_parallel_calls()\n--\n\nBLAS calls run with more than one job since load (-1: unknown\n"
+     "for this build). For tests of thread limits."},
     {"f16_to_f32", py_f16_to_f32, METH_O, "Half bits (uint16 array) to float32."},
     {"f32_to_f16", py_f32_to_f16, METH_O, "float32 to half bits (uint16), round to nearest even."},
     {"bf16_to_f32", py_bf16_to_f32, METH_O, "bfloat16 bits (uint16 array) to float32."},

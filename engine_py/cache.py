@@ -144,7 +144,11 @@ class LayerCache:
         Scale-out: with `client` (a dask.distributed.Client, or any executor
         with `submit(fn, *args)` returning futures with `.result()`, such as
         concurrent.futures.ThreadPoolExecutor), batches are encoded by the
-        workers, up to `max_in_flight` at once (default 4). By default the
+        workers, up to `max_in_flight` at once (default 4). An
+        engine_py.Encoder is sent as what it was loaded from (path, options,
+        fingerprint): every worker thread opens its own copy from the folder
+        once (the folder must exist on the workers, docs/SCALE_OUT.md) and
+        refuses one whose fingerprint differs. By default the
         states come back here and this process writes them. With
         `worker_writes=True` (workers must see `path`: same machine or a
         shared filesystem) each worker writes and syncs its own, disjoint
@@ -256,11 +260,24 @@ class LayerCache:
         if max_in_flight < 1:
             raise ValueError("max_in_flight must be >= 1")
         enc = encoder
-        if hasattr(client, "scatter"):  # dask: ship the encoder to the workers once
+        for_workers = getattr(encoder, "_for_workers", None)
+        if for_workers is not None:
+            # engine_py.Encoder: send what it was loaded from (a few hundred
+            # bytes); each worker thread opens its own copy once and checks
+            # the fingerprint (encoder.EncoderSpec), so process workers
+            # never get pickled weights and thread workers never share one
+            # object ("already in use")
+            enc = for_workers()
+        elif hasattr(client, "scatter"):  # dask: ship the encoder to the workers once
             try:  # hash=False: a fresh key, never one a previous build is releasing
                 enc = client.scatter(encoder, broadcast=True, hash=False)
             except TypeError:
                 enc = client.scatter(encoder, broadcast=True)
+        # dask.distributed: every task a fresh key (pure=False). The same
+        # batch of a later build (a resume after Ctrl-C) must not reuse the
+        # key of a task this one cancelled and the scheduler may still be
+        # forgetting. Other executors' submit passes keywords on to fn.
+        kw = {"pure": False} if type(client).__module__.split(".")[0] == "distributed" else {}
         pending: list = []
         it = iter(batches)
         try:
@@ -271,10 +288,10 @@ class LayerCache:
                         break
                     batch = [texts[int(i) - offset] for i in ids]
                     if target is None:
-                        fut = client.submit(_encode_batch, enc, batch, layers, batch_size)
+                        fut = client.submit(_encode_batch, enc, batch, layers, batch_size, **kw)
                     else:
                         fut = client.submit(_encode_and_write, enc, batch, layers, batch_size, target[0],
-                                            ids, target[1])
+                                            ids, target[1], **kw)
                     pending.append((ids, fut))
                 if not pending:
                     break
@@ -486,6 +503,9 @@ class LayerCache:
 
 def _encode_batch(encoder, texts, layers, batch_size):
     """Run on a worker (or here): one batch of texts to float32 (K, n, D)."""
+    on_worker = getattr(encoder, "_on_worker", None)
+    if on_worker is not None:   # an EncoderSpec: this worker thread's own Encoder
+        encoder = on_worker()
     return np.asarray(encoder.encode_layers(texts, layers=layers, batch_size=batch_size,
                                             show_progress_bar=False), dtype=np.float32)
 

@@ -16,6 +16,12 @@ Pooling is masked mean pooling over every token of a text, [CLS] and [SEP]
 included (sentence-transformers' `pooling_mode_mean_tokens`). `encode`
 L2-normalises when asked, or when the model folder's modules.json lists a
 Normalize module (as sentence-transformers does for all-MiniLM-L6-v2).
+
+Pickling (Dask, multiprocessing): an Encoder pickles as what it was loaded
+from — the folder's path, max_length, normalize and its fingerprint — never
+as weights. Unpickling re-opens the folder (weights memory-mapped by
+load_state) and refuses with ValueError if the re-opened encoder's
+fingerprint differs (the files changed). docs/SCALE_OUT.md.
 """
 from __future__ import annotations
 
@@ -25,7 +31,9 @@ import logging
 import os
 import re
 import sys
+import threading
 import warnings
+from collections import OrderedDict
 from typing import Any, Iterable, Optional, Sequence
 
 import numpy as np
@@ -261,6 +269,23 @@ class Encoder:
                 f"hidden_size={self.hidden_size}, max_length={self.max_length}, "
                 f"normalize={self.normalize})")
 
+    # ----------------------------------------------------------- pickling
+
+    def _spec(self) -> "EncoderSpec":
+        return EncoderSpec(os.path.abspath(self.path), int(self.max_length), bool(self.normalize),
+                           self.fingerprint())
+
+    def __reduce__(self):
+        # what it was loaded from, not the weights: the receiver re-opens the
+        # folder and checks the fingerprint (computed here once, then cached)
+        return (_reopen, (self._spec(),))
+
+    def _for_workers(self) -> "EncoderSpec":
+        """What LayerCache.build(client=...) sends to the workers instead of
+        this object: each worker thread opens its own Encoder from it once
+        (one object per thread, so thread workers never share one)."""
+        return self._spec()
+
     # --------------------------------------------------------- tokenizing
 
     def tokenize(self, texts: Sequence[str], max_length: Optional[int] = None) -> list:
@@ -373,3 +398,97 @@ class Encoder:
             h.update(self._model.get_param(name).tobytes())
         self._fingerprint = h.hexdigest()
         return self._fingerprint
+
+
+# ------------------------------------------------------------- scale-out
+
+#: Worker-side path mapping for pickled encoders: "SRC=DST" pairs separated
+#: by os.pathsep; a pickled path under SRC is opened under DST instead (the
+#: fingerprint check still applies). Read when an encoder is unpickled.
+PATH_MAP_ENV = "ENGINE_PY_MODEL_PATH_MAP"
+
+
+def _map_path(path: str) -> str:
+    best = None
+    for item in os.environ.get(PATH_MAP_ENV, "").split(os.pathsep):
+        src, sep, dst = item.partition("=")
+        src = src.rstrip("/\\")
+        if not sep or not src or not dst:
+            continue
+        if path == src or path.startswith(src + os.sep):
+            if best is None or len(src) > len(best[0]):
+                best = (src, dst)
+    return path if best is None else best[1] + path[len(best[0]):]
+
+
+class EncoderSpec:
+    """What an Encoder was loaded from: enough to open the same one elsewhere.
+
+    path (absolute, as seen by the process that pickled it), max_length,
+    normalize, and the fingerprint of the weights, config and tokenizer that
+    process had loaded. ``open()`` re-opens the folder and raises ValueError
+    if what it finds has another fingerprint."""
+
+    __slots__ = ("path", "max_length", "normalize", "fingerprint")
+
+    def __init__(self, path: str, max_length: int, normalize: bool, fingerprint: str) -> None:
+        self.path = path
+        self.max_length = max_length
+        self.normalize = normalize
+        self.fingerprint = fingerprint
+
+    def __reduce__(self):
+        return (EncoderSpec, (self.path, self.max_length, self.normalize, self.fingerprint))
+
+    def __repr__(self) -> str:
+        return (f"EncoderSpec(path={self.path!r}, max_length={self.max_length}, "
+                f"normalize={self.normalize}, fingerprint={self.fingerprint[:12]}...)")
+
+    def open(self) -> Encoder:
+        """A new Encoder from the folder, checked against the fingerprint."""
+        path = _map_path(self.path)
+        if not os.path.isdir(path):
+            where = f" (mapped from {self.path} by {PATH_MAP_ENV})" if path != self.path else ""
+            raise FileNotFoundError(
+                f"cannot re-open a pickled Encoder: model folder {path}{where} does not exist on "
+                f"this machine; every worker needs the model at the same path (e.g. a shared "
+                f"filesystem), or set {PATH_MAP_ENV}=SRC=DST on the workers")
+        enc = Encoder.from_pretrained(path, max_length=self.max_length)
+        enc.normalize = self.normalize
+        fp = enc.fingerprint()
+        if fp != self.fingerprint:
+            raise ValueError(
+                f"cannot re-open a pickled Encoder: the model folder {path} is not what was "
+                f"pickled (fingerprint {fp[:16]}... here, {self.fingerprint[:16]}... when pickled); "
+                "its weights, config or tokenizer files changed, or another model is at that path")
+        return enc
+
+    def _on_worker(self) -> Encoder:
+        """This thread's Encoder for the spec (opened on first use, then kept:
+        at most 2 per thread, least recently used dropped)."""
+        return _thread_encoder(self)
+
+
+_local = threading.local()
+_THREAD_CACHE_SIZE = 2
+
+
+def _thread_encoder(spec: EncoderSpec) -> Encoder:
+    cache = getattr(_local, "encoders", None)
+    if cache is None:
+        cache = _local.encoders = OrderedDict()
+    key = (spec.path, spec.max_length, spec.normalize, spec.fingerprint, os.environ.get(PATH_MAP_ENV, ""))
+    enc = cache.get(key)
+    if enc is None:
+        enc = spec.open()
+        cache[key] = enc
+        while len(cache) > _THREAD_CACHE_SIZE:
+            cache.popitem(last=False)
+    else:
+        cache.move_to_end(key)
+    return enc
+
+
+def _reopen(spec: EncoderSpec) -> Encoder:
+    """Unpickle an Encoder: a new one from its folder (see EncoderSpec.open)."""
+    return spec.open()

@@ -24,10 +24,21 @@ def test_threads_set_and_get():
         engine_py.set_num_threads(old)
 
 
-@pytest.mark.parametrize("bad", [0, -3, 10**6])
+@pytest.mark.parametrize("bad", [0, -3])
 def test_threads_reject_out_of_range(bad):
     with pytest.raises(ValueError, match="set_num_threads"):
         engine_py.set_num_threads(bad)
+
+
+def test_threads_above_the_cpus_warn_and_cap():
+    # more threads than CPUs warns and uses the CPUs (tests/test_threads.py has the rest)
+    old = engine_py.get_num_threads()
+    try:
+        with pytest.warns(RuntimeWarning, match="set_num_threads"):
+            engine_py.set_num_threads(10**6)
+        assert engine_py.get_num_threads() == len(os.sched_getaffinity(0))
+    finally:
+        engine_py.set_num_threads(old)
 
 
 def test_threads_reject_non_int():

@@ -86,6 +86,10 @@ const char *eg_blas_last_error(void)
 #define EG_BLAS_CALLBACK 1
 #include <pthread.h>
 
+/* BLAS calls that OpenBLAS split into more than one job (so: into this
+ * callback), for eg_blas_parallel_calls. */
+static atomic_long g_blas_parallel_calls = 0;
+
 typedef void (*eg_dojob_fn)(int thread_num, void *jobdata, int dojob_data);
 void BLAS(openblas_set_threads_callback_function)(
     void (*cb)(int, eg_dojob_fn, int, size_t, void *, int));
@@ -173,6 +177,7 @@ static void omp_blas_callback(int sync, eg_dojob_fn dojob, int numjobs, size_t e
         }
         return;
     }
+    atomic_fetch_add(&g_blas_parallel_calls, 1);
     int team_ok = 1;
     if (!omp_in_parallel() && !atomic_load(&g_blas_fail_threads_for_test)) {
 #pragma omp parallel num_threads(numjobs)
@@ -211,6 +216,15 @@ int eg_blas_test_fail_threads(int on)
 #else
     (void)on;
     return 0;
+#endif
+}
+
+long eg_blas_parallel_calls(void)
+{
+#ifdef EG_BLAS_CALLBACK
+    return atomic_load(&g_blas_parallel_calls);
+#else
+    return -1;
 #endif
 }
 

@@ -114,6 +114,10 @@ const char *eg_blas_last_error(void);
  * thread could be started. Returns 0 when this build has no BLAS thread
  * callback (system OpenBLAS): the hook then does nothing. */
 int eg_blas_test_fail_threads(int on);
+/* How many BLAS calls OpenBLAS has split into more than one job since the
+ * library was loaded (so: ran multi-threaded); -1 when this build cannot
+ * tell (no thread callback: system OpenBLAS). For tests of thread limits. */
+long eg_blas_parallel_calls(void);
 
 /* ---------------------------------------------------------------------- BLAS */
 /* Row-major sgemm: C = alpha * op(A) op(B) + beta * C. transX is 0 or 1.
