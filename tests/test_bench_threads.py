@@ -16,8 +16,9 @@ def test_bench_threads_smoke(tmp_path, capsys):
     from engine_py.bench import threads as bench
 
     before = engine_py.get_num_threads()
+    out_json = tmp_path / "t.json"
     rc = bench.main(["--subsample", "200", "--batches", "1", "--busy", "1",
-                     "--cache-dir", str(tmp_path / "c"), "--quiet"])
+                     "--cache-dir", str(tmp_path / "c"), "--quiet", "--out", str(out_json)])
     assert rc == 0
     out = capsys.readouterr().out
     assert "| threads | no extra load (load avg " in out and "| 1 busy process beside (load avg " in out
@@ -25,4 +26,8 @@ def test_bench_threads_smoke(tmp_path, capsys):
     assert "| 1 |" in out or before == 1
     assert ("| default / 1 thread |" in out) == (before != 1)
     assert engine_py.get_num_threads() == before       # the bench restores the count
-    assert not any(f.endswith(".md") for f in os.listdir(tmp_path))   # prints, writes no table file
+    assert not any(f.endswith(".md") for f in os.listdir(tmp_path))   # only what --out says
+    import json
+    doc = json.loads(out_json.read_text())
+    assert doc["benchmark"] == "threads" and doc["machine"]["isa"] and doc["machine"]["loadavg"]
+    assert set(doc["results"]["median_step_s"]) >= {"idle", "busy"}

@@ -84,7 +84,7 @@ def _steps(clf, cache, graph, y, order, n_batches, thread_counts, log, label):
 def main(argv=None) -> int:
     import engine_py
     from engine_py import EngineClassifier, Encoder, Graph
-    from engine_py.bench import machine_line
+    from engine_py.bench import add_output_args, finish, machine_line, start_run
     from engine_py.bench.engine import load_graph, open_cache
     from engine_py.models import minilm_path
 
@@ -96,12 +96,14 @@ def main(argv=None) -> int:
     ap.add_argument("--cache-dir", default=None,
                     help="layer cache folder (default $ENGINE_PY_CACHE or ~/.cache/engine_py)")
     ap.add_argument("--quiet", action="store_true")
+    add_output_args(ap, "threads")
     args = ap.parse_args(argv)
     if args.batches < 1 or args.busy < 0:
         ap.error("--batches must be >= 1 and --busy >= 0")
     log = (lambda *a, **k: None) if args.quiet else (lambda *a, **k: print(*a, **k, flush=True))
 
     default = engine_py.get_num_threads()
+    run = start_run()
     g = load_graph("demo", args.subsample)
     log(g)
     enc = Encoder.from_pretrained(minilm_path(), max_length=128)
@@ -152,11 +154,11 @@ def main(argv=None) -> int:
         lines.append("| default / 1 thread | " +
                      " | ".join(f"**{med[k][default] / med[k][1]:.2f}x**" for k, _ in cols) + " |")
     spin = os.environ.get("GOMP_SPINCOUNT", "libgomp default")
-    load = _load()
-    lines += ["", f"GOMP_SPINCOUNT={spin}. Machine: {machine_line()}; 1-minute load average at the "
-              f"end {load:.1f}. A ratio above 1 means the default is slower than 1 thread: on a "
+    machine = run.stop(threads=default)
+    lines += ["", f"GOMP_SPINCOUNT={spin}. Machine: {machine_line(machine)}. A ratio above 1 means the default is slower than 1 thread: on a "
               "machine whose other cores are busy, use `engine_py.set_num_threads(1)` or "
               "`ENGINE_PY_NUM_THREADS=1`."]
     print()
-    print("\n".join(lines))
+    res = {k: {str(t): v for t, v in r.items()} for k, r in med.items()}
+    finish(args, "threads", "\n".join(lines), machine, {"median_step_s": res, "load": loads}, argv)
     return 0
