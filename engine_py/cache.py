@@ -27,6 +27,7 @@ import numpy as np
 from . import _core
 from ._core import CacheCorruptError
 from ._guard import exclusive
+from ._validate import check_bool, check_int
 
 __all__ = ["LayerCache", "CacheCorruptError", "DTYPES", "build_with_dask"]
 
@@ -91,9 +92,9 @@ def _resolve_layers(encoder, layers) -> list[int]:
     num_layers = int(encoder.num_layers)
     if layers is None:
         return list(range(num_layers + 1))
-    if isinstance(layers, (int, np.integer)):
+    if isinstance(layers, (int, np.integer)) and not isinstance(layers, bool):
         layers = [layers]
-    out = [int(x) for x in layers]
+    out = [check_int(x, "layers[%d]" % i) for i, x in enumerate(layers)]
     if not out:
         raise ValueError("layers must not be empty")
     for x in out:
@@ -161,8 +162,12 @@ class LayerCache:
         n = len(texts)
         if n == 0:
             raise ValueError("texts is empty: nothing to cache")
-        if int(batch_size) < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        batch_size = check_int(batch_size, "batch_size", min=1)
+        capacity = check_int(capacity, "capacity", min=0, none=True)
+        chunk_rows = check_int(chunk_rows, "chunk_rows", min=1)
+        max_in_flight = check_int(max_in_flight, "max_in_flight", min=1, none=True)
+        overwrite = check_bool(overwrite, "overwrite")
+        worker_writes = check_bool(worker_writes, "worker_writes")
         code = _dtype_code(dtype)
         layers = _resolve_layers(encoder, layers)
         dim = int(encoder.hidden_size)
@@ -311,6 +316,7 @@ class LayerCache:
         partial with the new row count: finish it with
         `LayerCache.build(path, encoder, old_texts + new_texts)`."""
         texts = _as_texts(texts)
+        batch_size = check_int(batch_size, "batch_size", min=1)
         if not texts:
             return np.empty(0, dtype=np.int64)
         fp_str, fp_sha = _fingerprint(encoder)
@@ -383,13 +389,12 @@ class LayerCache:
 
     def gather(self, layer: int, node_ids, out: np.ndarray | None = None) -> np.ndarray:
         """float32 (n, D): the rows `node_ids` (int array, 0 <= id < N) of one
-        layer, converted in C with several threads. Refuses rows not computed
+        layer, converted in C with several threads (an empty list gives a
+        (0, D) float32 array). Refuses rows not computed
         yet (ValueError) and rows of a chunk that fails its checksum
         (CacheCorruptError); chunks are checked the first time they are read."""
         k = self._index(layer)
-        ids = np.asarray(node_ids)
-        if ids.dtype.kind not in "iu":
-            raise TypeError(f"node_ids must be an integer array, got dtype {ids.dtype}")
+        ids = _node_ids(node_ids)
         if ids.dtype == np.uint64:
             if ids.size and ids.max() > np.iinfo(np.int64).max:
                 raise IndexError("node id out of range")
@@ -402,7 +407,7 @@ class LayerCache:
         """float32 (len(layers), n, D): `gather` for several layers (default:
         all cached layers, in file order) — what a G-Ladder batch needs."""
         layers = self.layers if layers is None else [int(l) for l in layers]
-        ids = np.asarray(node_ids)
+        ids = _node_ids(node_ids)
         shape = (len(layers), ids.shape[0] if ids.ndim == 1 else -1, self.dim)
         if out is None:
             if ids.ndim != 1:
@@ -492,6 +497,17 @@ class LayerCache:
         state = "complete" if self.complete else f"{self.rows_done}/{self.num_nodes} rows done"
         return (f"LayerCache({self._path!r}, layers={self.layers}, num_nodes={self.num_nodes}, "
                 f"dim={self.dim}, dtype={self.dtype!r}, {state})")
+
+
+def _node_ids(node_ids) -> np.ndarray:
+    """node_ids as an integer array; an empty list/array of any dtype (np.asarray([])
+    is float64) is an empty int64 array, so gather([]) gives (0, D)."""
+    ids = np.asarray(node_ids)
+    if ids.size == 0 and ids.dtype.kind in "fO":
+        ids = ids.astype(np.int64)
+    if ids.dtype.kind not in "iu":
+        raise TypeError(f"node_ids must be an integer array, got dtype {ids.dtype}")
+    return ids
 
 
 def _encode_batch(encoder, texts, layers, batch_size):
