@@ -349,8 +349,9 @@ class LayerCache:
 
     # --------------------------------------------------------------- reads
     def _index(self, layer: int) -> int:
+        layer = check_int(layer, "layer")
         try:
-            return self._info["layers"].index(int(layer))
+            return self._info["layers"].index(layer)
         except ValueError:
             raise KeyError(f"layer {layer} is not cached; cached layers: {list(self._info['layers'])}") from None
 

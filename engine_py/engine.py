@@ -68,13 +68,14 @@ class InMemoryStates:
                 raise ValueError("give layers only with an (L, N, D) array")
             if not states:
                 raise ValueError("states is empty")
-            self.layers = [int(k) for k in states]
+            self.layers = [check_int(k, "layer id") for k in states]
             arrs = [np.ascontiguousarray(states[k], dtype=np.float32) for k in states]
         else:
             a = np.asarray(states)
             if a.ndim != 3:
                 raise ValueError(f"states must be a dict of (N, D) arrays or an (L, N, D) array, got shape {a.shape}")
-            self.layers = list(range(a.shape[0])) if layers is None else [int(x) for x in layers]
+            self.layers = (list(range(a.shape[0])) if layers is None
+                           else [check_int(x, "layer id") for x in layers])
             if len(self.layers) != a.shape[0]:
                 raise ValueError(f"{len(self.layers)} layer ids for {a.shape[0]} layers")
             arrs = [np.ascontiguousarray(a[i], dtype=np.float32) for i in range(a.shape[0])]
@@ -309,7 +310,10 @@ class EngineClassifier:
     def __repr__(self):
         defaults = {p.name: p.default for p in inspect.signature(type(self).__init__).parameters.values()
                     if p.name != "self"}
-        changed = [f"{k}={v!r}" for k, v in self.get_params().items() if defaults.get(k) != v]
+        def same(v, d):
+            # a NumPy array (layers=np.arange(3)) compares element-wise: not a default
+            return v is d or (type(v) is type(d) and not isinstance(v, np.ndarray) and v == d)
+        changed = [f"{k}={v!r}" for k, v in self.get_params().items() if not same(v, defaults.get(k))]
         return f"EngineClassifier({', '.join(changed)})"
 
     # ------------------------------------------------------- validation
@@ -648,9 +652,7 @@ class EngineClassifier:
         neighbors = list(neighbors)
         if len(texts) != len(neighbors):
             raise ValueError(f"{len(texts)} texts but {len(neighbors)} neighbour lists")
-        bs = int(batch_size)
-        if bs < 1:
-            raise ValueError("batch_size must be >= 1")
+        bs = check_int(batch_size, "batch_size", min=1)
         n, m = int(cache.num_nodes), len(texts)
         src, dst = [], []
         for j, nb in enumerate(neighbors):

@@ -386,7 +386,8 @@ class MoELoRAFFN:
             if unknown:
                 raise ValueError(f"unknown loss_coefs keys {unknown}; known: "
                                  f"{sorted(DEFAULT_LOSS_COEFS)}")
-            coefs = {k: float(loss_coefs.get(k, 0.0)) for k in DEFAULT_LOSS_COEFS}
+            coefs = {k: check_float(loss_coefs.get(k, 0.0), f"loss_coefs[{k!r}]")
+                     for k in DEFAULT_LOSS_COEFS}
         x2 = ctx["x"]
         dya = np.asarray(_to_numpy(dy))
         if dya.shape != (*ctx["lead"], self.hidden_size):

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import _core
-from ._validate import check_float, check_int
+from ._validate import check_bool, check_float, check_int
 
 __all__ = ["Graph", "Batch"]
 
@@ -111,12 +111,9 @@ class Graph:
     """
 
     def __init__(self, edge_index, num_nodes: int | None = None, undirected: bool = True):
-        if num_nodes is not None:
-            num_nodes = int(num_nodes)
-            if num_nodes < 0:
-                raise ValueError(f"num_nodes must be >= 0, got {num_nodes}")
+        num_nodes = check_int(num_nodes, "num_nodes", min=0, none=True)
         src, dst, n = _edges_from(edge_index, num_nodes)
-        self._g = _core.Graph(src, dst, n, bool(undirected))
+        self._g = _core.Graph(src, dst, n, check_bool(undirected, "undirected"))
         self.undirected = bool(undirected)
 
     @classmethod

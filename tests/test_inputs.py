@@ -264,6 +264,7 @@ def test_numpy_scalar_hyperparameters_give_the_same_model(sbm):
         np.testing.assert_array_equal(est.predict_proba(te), ref.predict_proba(te))
     est = EngineClassifier(layers=np.array([1, 0]), r=np.int64(2), epochs=np.int64(1),
                            early_exit=np.bool_(False), show_progress_bar=False)
+    assert "layers=array([1, 0])" in repr(est)   # repr compared arrays element-wise and raised
     assert est.fit(cache, g, y, tr).reduced_dim_ == D // 2
     assert est.layers_ == [1, 0]
 
@@ -361,6 +362,25 @@ def test_bools_and_strings_refused_where_numbers_are_expected(tmp_path):
                       (dict(capacity=5.5), "capacity")):
         with pytest.raises(TypeError, match=match):
             LayerCache.build(tmp_path / "x", FakeEncoder(), ["a", "b"], **kw)
+
+
+def test_ids_and_counts_are_integers(tmp_path):
+    """Integer arguments that were truncated by int(): now refused."""
+    with pytest.raises(TypeError, match="num_nodes"):
+        Graph(np.array([[0], [1]]), num_nodes=2.5)
+    assert Graph(np.array([[0], [1]]), num_nodes=np.int64(3)).num_nodes == 3
+    with pytest.raises(TypeError, match="layer id"):
+        InMemoryStates(np.zeros((2, 3, 4)), layers=[0, 1.5])
+    with pytest.raises(TypeError, match="layer"):
+        InMemoryStates({0.5: np.zeros((3, 4))})
+    c = LayerCache.build(tmp_path / "c", FakeEncoder(), ["a", "b"], layers=[0, 2])
+    with pytest.raises(TypeError, match="layer"):
+        c.gather(2.9, [0])   # was layer 2
+    assert c.gather(np.int64(2), [0]).shape == (1, D)
+    m = MoELoRAFFN(_base(), router="linear")
+    y, _ = m.forward(np.ones((2, 8)))
+    with pytest.raises(TypeError, match="loss_coefs"):
+        m.backward(np.ones_like(y), loss_coefs={"balance": "0.1"})
 
 
 # ------------------------------------------------------------ 3. safetensors
