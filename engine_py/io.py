@@ -16,7 +16,6 @@ torch only when it meets one.
 """
 from __future__ import annotations
 
-import json
 import os
 from typing import Any, Dict, Mapping, Optional, Tuple
 
@@ -24,6 +23,7 @@ import numpy as np
 
 from . import _core
 from ._core import SafetensorsError
+from ._validate import read_json
 
 __all__ = [
     "SafetensorsError",
@@ -257,11 +257,7 @@ def _load_npz(path: str) -> Dict[str, np.ndarray]:
 
 def _load_sharded(index_path: str, bf16: str) -> Dict[str, np.ndarray]:
     folder = os.path.dirname(index_path)
-    with open(index_path, "rb") as fh:
-        try:
-            index = json.loads(fh.read().decode("utf-8"))
-        except (UnicodeDecodeError, ValueError) as exc:
-            raise SafetensorsError("%s: not a valid JSON index: %s" % (index_path, exc)) from None
+    index = read_json(index_path, "safetensors index", error=SafetensorsError)
     wmap = index.get("weight_map") if isinstance(index, dict) else None
     if not isinstance(wmap, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in wmap.items()):
         raise SafetensorsError("%s: \"weight_map\" must map tensor names to shard file names" % index_path)

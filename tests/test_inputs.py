@@ -471,6 +471,17 @@ def test_nonfinite_states_name_the_node_id(sbm, tmp_path):
         _est().fit(lc, gg, np.arange(60) % 2, np.arange(20, 50))
 
 
+def test_nonfinite_new_node_of_predict_new_is_named():
+    """predict_new batches hold cached nodes (< num_nodes) and new ones (>=):
+    a new node is named by its index in texts."""
+    from engine_py.engine import _raise_if_nonfinite
+    H = np.zeros((3, 4), np.float32)
+    H[2, 1] = np.nan
+    with pytest.raises(ValueError, match=r"layer-5 states of new node 2 \(texts\[2\] of predict_new\)"):
+        _raise_if_nonfinite([H], [5], np.array([3, 10, 12]), InMemoryStates(np.zeros((1, 10, 4))))
+    _raise_if_nonfinite([np.zeros((3, 4), np.float32)], [5], np.arange(3))   # finite: returns
+
+
 # ------------------------------------------------------------------ 5. JSON
 
 def test_broken_json_names_file_and_position(bert, tmp_path, sbm):
@@ -493,6 +504,12 @@ def test_broken_json_names_file_and_position(bert, tmp_path, sbm):
     with pytest.raises(engine_py.TokenizerFormatError,
                        match=r"tokenizer_config.json is not valid JSON: .* at line 2, column 22"):
         engine_py.Encoder.from_pretrained(folder)
+    # a sharded checkpoint's index
+    index = tmp_path / "model.safetensors.index.json"
+    index.write_text('{"weight_map": {\n  "a": "x.safetensors",\n}}')
+    with pytest.raises(SafetensorsError, match=rf"{re.escape(str(index))} is not valid JSON: .* at line 3, "
+                                               r"column 1"):
+        engine_py.load_state(index)
     # a saved EngineClassifier's config.json
     cache, g, y, tr, va, te = sbm
     path = tmp_path / "model"
