@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 __all__ = ["InvalidParameterError", "check_int", "check_float", "check_bool", "check_choice",
-           "read_json"]
+           "check_node_ids", "read_json"]
 
 
 class InvalidParameterError(ValueError, TypeError):
@@ -110,6 +110,19 @@ def check_choice(value: Any, name: str, choices) -> Any:
     if not isinstance(value, str) or value not in choices:
         raise InvalidParameterError(f"{name} must be one of {sorted(choices)}, got {value!r}")
     return value
+
+
+def check_node_ids(node_ids: Any) -> np.ndarray:
+    """``node_ids`` as an integer ndarray (dtype kept). An empty list or array
+    of any dtype (``np.asarray([])`` is float64) becomes an empty int64 array,
+    so ``gather(layer, [])`` gives (0, dim); float, bool and other non-integer
+    ids raise TypeError (1.7 must not become node 1)."""
+    ids = np.asarray(node_ids)
+    if ids.size == 0 and ids.dtype.kind in "fO":
+        ids = ids.astype(np.int64)
+    if ids.dtype.kind not in "iu":
+        raise TypeError(f"node_ids must be an integer array, got dtype {ids.dtype}")
+    return ids
 
 
 def read_json(path: str, what: str = "JSON file", error: type = ValueError) -> Any:

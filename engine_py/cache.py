@@ -27,7 +27,7 @@ import numpy as np
 from . import _core
 from ._core import CacheCorruptError
 from ._guard import exclusive
-from ._validate import check_bool, check_int
+from ._validate import check_bool, check_int, check_node_ids
 
 __all__ = ["LayerCache", "CacheCorruptError", "DTYPES", "build_with_dask"]
 
@@ -395,7 +395,7 @@ class LayerCache:
         yet (ValueError) and rows of a chunk that fails its checksum
         (CacheCorruptError); chunks are checked the first time they are read."""
         k = self._index(layer)
-        ids = _node_ids(node_ids)
+        ids = check_node_ids(node_ids)
         if ids.dtype == np.uint64:
             if ids.size and ids.max() > np.iinfo(np.int64).max:
                 raise IndexError("node id out of range")
@@ -408,7 +408,7 @@ class LayerCache:
         """float32 (len(layers), n, D): `gather` for several layers (default:
         all cached layers, in file order) — what a G-Ladder batch needs."""
         layers = self.layers if layers is None else [int(l) for l in layers]
-        ids = _node_ids(node_ids)
+        ids = check_node_ids(node_ids)
         shape = (len(layers), ids.shape[0] if ids.ndim == 1 else -1, self.dim)
         if out is None:
             if ids.ndim != 1:
@@ -498,17 +498,6 @@ class LayerCache:
         state = "complete" if self.complete else f"{self.rows_done}/{self.num_nodes} rows done"
         return (f"LayerCache({self._path!r}, layers={self.layers}, num_nodes={self.num_nodes}, "
                 f"dim={self.dim}, dtype={self.dtype!r}, {state})")
-
-
-def _node_ids(node_ids) -> np.ndarray:
-    """node_ids as an integer array; an empty list/array of any dtype (np.asarray([])
-    is float64) is an empty int64 array, so gather([]) gives (0, D)."""
-    ids = np.asarray(node_ids)
-    if ids.size == 0 and ids.dtype.kind in "fO":
-        ids = ids.astype(np.int64)
-    if ids.dtype.kind not in "iu":
-        raise TypeError(f"node_ids must be an integer array, got dtype {ids.dtype}")
-    return ids
 
 
 def _encode_batch(encoder, texts, layers, batch_size):

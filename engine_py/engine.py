@@ -38,7 +38,7 @@ import numpy as np
 from . import _core
 from ._guard import exclusive
 from ._validate import (InvalidParameterError, check_bool, check_choice, check_float, check_int,
-                        read_json)
+                        check_node_ids, read_json)
 from .graph import Batch, Graph
 
 __all__ = ["EngineClassifier", "InMemoryStates", "NotFittedError"]
@@ -93,11 +93,7 @@ class InMemoryStates:
         float, bool and multi-dimensional id arrays are refused."""
         if layer not in self._states:
             raise KeyError(f"layer {layer} is not cached (cached: {self.layers})")
-        ids = np.asarray(node_ids)
-        if ids.size == 0 and ids.dtype.kind in "fO":
-            ids = ids.astype(np.int64)
-        if ids.dtype.kind not in "iu":
-            raise TypeError(f"node_ids must be an integer array, got dtype {ids.dtype}")
+        ids = check_node_ids(node_ids)
         if ids.ndim != 1:
             raise ValueError(f"node_ids must be 1-D, got shape {ids.shape}")
         if ids.size and (ids.min() < 0 or ids.max() >= self.num_nodes):
@@ -160,7 +156,7 @@ def _encode_labels(labels, n, train_idx, val_idx):
         if None in kinds:
             j = kinds.index(None)
             raise ValueError(f"the label of node {used[j]} is {_show(yu[j])} ({type(yu[j]).__name__}); "
-                                 "training/validation labels must be str, int or bool")
+                             "training/validation labels must be str, int or bool")
         if len(set(kinds)) > 1:
             a = kinds.index(kinds[0])
             b = next(j for j, k in enumerate(kinds) if k != kinds[0])
