@@ -29,6 +29,7 @@ from . import _core
 from ._core import CacheCorruptError
 from ._guard import exclusive
 from ._progress import progress
+from ._validate import check_bool, check_int, check_node_ids
 
 __all__ = ["LayerCache", "CacheCorruptError", "DTYPES", "build_with_dask"]
 
@@ -94,9 +95,9 @@ def _resolve_layers(encoder, layers) -> list[int]:
     num_layers = int(encoder.num_layers)
     if layers is None:
         return list(range(num_layers + 1))
-    if isinstance(layers, (int, np.integer)):
+    if isinstance(layers, (int, np.integer)) and not isinstance(layers, bool):
         layers = [layers]
-    out = [int(x) for x in layers]
+    out = [check_int(x, "layers[%d]" % i) for i, x in enumerate(layers)]
     if not out:
         raise ValueError("layers must not be empty")
     for x in out:
@@ -160,8 +161,12 @@ class LayerCache:
         n = len(texts)
         if n == 0:
             raise ValueError("texts is empty: nothing to cache")
-        if int(batch_size) < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        batch_size = check_int(batch_size, "batch_size", min=1)
+        capacity = check_int(capacity, "capacity", min=0, none=True)
+        chunk_rows = check_int(chunk_rows, "chunk_rows", min=1)
+        max_in_flight = check_int(max_in_flight, "max_in_flight", min=1, none=True)
+        overwrite = check_bool(overwrite, "overwrite")
+        worker_writes = check_bool(worker_writes, "worker_writes")
         code = _dtype_code(dtype)
         layers = _resolve_layers(encoder, layers)
         dim = int(encoder.hidden_size)
@@ -318,6 +323,7 @@ class LayerCache:
         partial with the new row count: finish it with
         `LayerCache.build(path, encoder, old_texts + new_texts)`."""
         texts = _as_texts(texts)
+        batch_size = check_int(batch_size, "batch_size", min=1)
         if not texts:
             return np.empty(0, dtype=np.int64)
         fp_str, fp_sha = _fingerprint(encoder)
@@ -350,8 +356,9 @@ class LayerCache:
 
     # --------------------------------------------------------------- reads
     def _index(self, layer: int) -> int:
+        layer = check_int(layer, "layer")
         try:
-            return self._info["layers"].index(int(layer))
+            return self._info["layers"].index(layer)
         except ValueError:
             raise KeyError(f"layer {layer} is not cached; cached layers: {list(self._info['layers'])}") from None
 
@@ -390,13 +397,12 @@ class LayerCache:
 
     def gather(self, layer: int, node_ids, out: np.ndarray | None = None) -> np.ndarray:
         """float32 (n, D): the rows `node_ids` (int array, 0 <= id < N) of one
-        layer, converted in C with several threads. Refuses rows not computed
+        layer, converted in C with several threads (an empty list gives a
+        (0, D) float32 array). Refuses rows not computed
         yet (ValueError) and rows of a chunk that fails its checksum
         (CacheCorruptError); chunks are checked the first time they are read."""
         k = self._index(layer)
-        ids = np.asarray(node_ids)
-        if ids.dtype.kind not in "iu":
-            raise TypeError(f"node_ids must be an integer array, got dtype {ids.dtype}")
+        ids = check_node_ids(node_ids)
         if ids.dtype == np.uint64:
             if ids.size and ids.max() > np.iinfo(np.int64).max:
                 raise IndexError("node id out of range")
@@ -409,7 +415,7 @@ class LayerCache:
         """float32 (len(layers), n, D): `gather` for several layers (default:
         all cached layers, in file order) — what a G-Ladder batch needs."""
         layers = self.layers if layers is None else [int(l) for l in layers]
-        ids = np.asarray(node_ids)
+        ids = check_node_ids(node_ids)
         shape = (len(layers), ids.shape[0] if ids.ndim == 1 else -1, self.dim)
         if out is None:
             if ids.ndim != 1:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import _core
+from ._validate import check_float, check_int
 
 __all__ = ["ExitPolicy", "exit_decide"]
 
@@ -26,16 +27,11 @@ __all__ = ["ExitPolicy", "exit_decide"]
 def _threshold(threshold):
     if threshold is None:
         return -1.0
-    t = float(threshold)
-    if not (0.0 < t <= 1.0):
-        raise ValueError(f"threshold must be in (0, 1] or None, got {threshold}")
-    return t
+    return check_float(threshold, "threshold", min=0.0, max=1.0, min_open=True)
 
 
 def _patience(patience):
-    if isinstance(patience, bool) or not isinstance(patience, (int, np.integer)) or patience < 1:
-        raise ValueError(f"patience must be an int >= 1, got {patience!r}")
-    return int(patience)
+    return check_int(patience, "patience", min=1)
 
 
 class ExitPolicy:
@@ -50,10 +46,12 @@ class ExitPolicy:
     def __init__(self, n, num_classes, patience=1, threshold=None):
         self.patience = _patience(patience)
         self.threshold = _threshold(threshold)
-        self.last = np.empty(int(n), np.int64)
-        self.streak = np.empty(int(n), np.int32)
-        self.exit_ladder = np.empty(int(n), np.int32)
-        self.probs = np.empty((int(n), int(num_classes)), np.float32)
+        n = check_int(n, "n", min=0)
+        num_classes = check_int(num_classes, "num_classes", min=1)
+        self.last = np.empty(n, np.int64)
+        self.streak = np.empty(n, np.int32)
+        self.exit_ladder = np.empty(n, np.int32)
+        self.probs = np.empty((n, num_classes), np.float32)
         _core.exit_reset(self.last, self.streak, self.exit_ladder, self.probs, self.patience,
                          self.threshold)
 
@@ -151,7 +149,12 @@ def run_batch(model, layers, batch, targets, policy, dynamic, cache=None, seq_of
                 H[~mask] = hc
             if mask.any():
                 H[mask] = pooled[np.searchsorted(needed, seq_of[enc_rows])]
-        logits = model.forward_step(i, H, False)   # prediction: no copy kept for a backward
+        try:
+            logits = model.forward_step(i, H, False)   # prediction: no copy kept for a backward
+        except ValueError:
+            from .engine import _raise_if_nonfinite
+            _raise_if_nonfinite([H], [layers[i]], batch.nodes[sel], cache)
+            raise
         if logits is None or (not dynamic and i < K - 1):
             continue
         still = policy.step(i, i == K - 1, targets[active], logits)

@@ -34,13 +34,15 @@ import sys
 import threading
 import warnings
 from collections import OrderedDict
-from typing import Any, Iterable, Optional, Sequence
+from collections.abc import Iterable, Mapping
+from typing import Any, Optional, Sequence
 
 import numpy as np
 
 from . import _core
 from ._guard import in_use_guard
 from ._progress import progress
+from ._validate import check_int, read_json
 
 __all__ = ["Encoder"]
 
@@ -56,11 +58,8 @@ _LAYER_RE = re.compile(r"^(?:bert\.)?encoder\.layer\.(\d+)\.")
 
 
 def _read_json(path: str, what: str) -> Any:
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{what} {path} is not valid JSON: {exc}") from None
+    # ValueError naming the file and the line/column of a syntax error
+    return read_json(path, what)
 
 
 def _int_field(cfg: dict, key: str, path: str) -> int:
@@ -128,21 +127,28 @@ def _to_float32(name: str, arr: np.ndarray) -> np.ndarray:
 
 
 def _check_texts(texts: Any) -> list:
-    if isinstance(texts, (str, bytes)):
+    """The texts as a list of str: any iterable of str is accepted (list,
+    tuple, generator, NumPy str/object array, pandas Series); a single
+    str/bytes, a mapping, a set (no order) or a non-str element (named by
+    its position) raise TypeError."""
+    if isinstance(texts, (str, bytes, np.str_, np.bytes_)):
         raise TypeError("texts must be a list of str, got a single "
                         f"{type(texts).__name__}; wrap one text in a list")
-    if not isinstance(texts, (list, tuple)):
-        raise TypeError(f"texts must be a list of str, got {type(texts).__name__}")
-    for i, t in enumerate(texts):
+    if isinstance(texts, np.ndarray) and texts.ndim != 1:
+        raise TypeError(f"texts must be a list of str or a 1-D array of str, got an array of shape "
+                        f"{texts.shape}")
+    if isinstance(texts, (Mapping, set, frozenset)) or not isinstance(texts, Iterable):
+        raise TypeError(f"texts must be a list of str (or another ordered iterable of str), got "
+                        f"{type(texts).__name__}")
+    out = texts if type(texts) is list else list(texts)
+    for i, t in enumerate(out):
         if not isinstance(t, str):
             raise TypeError(f"texts[{i}] must be str, got {type(t).__name__}")
-    return list(texts)
+    return out
 
 
 def _check_batch_size(batch_size: Any) -> int:
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-    return int(batch_size)
+    return check_int(batch_size, "batch_size", min=1)
 
 
 class Encoder:
@@ -184,7 +190,14 @@ class Encoder:
 
         max_length caps the tokens per text, [CLS] and [SEP] included; by
         default the folder's sentence_bert_config.json max_seq_length, else the
-        tokenizer's model_max_length, always at most max_position_embeddings.
+        tokenizer's model_max_length, capped at the model's
+        max_position_embeddings (config.json). An explicit ``max_length``
+        above max_position_embeddings raises ValueError (the model has no
+        position embedding beyond it; it is not clamped silently), as does
+        one below 2; a float or bool raises TypeError.
+
+        A config.json (or other JSON file of the folder) that is not valid
+        JSON raises ValueError naming the file, line and column.
         """
         from .io import load_state
         from .tokenizer import WordPieceTokenizer
@@ -206,16 +219,19 @@ class Encoder:
 
         # max_length: argument > sentence-transformers config > tokenizer > positions
         if max_length is not None:
-            if isinstance(max_length, bool) or not isinstance(max_length, (int, np.integer)):
-                raise TypeError(f"max_length must be an int or None, got {type(max_length).__name__}")
-            if max_length < 2:
-                raise ValueError(f"max_length must be >= 2 ([CLS] and [SEP]), got {max_length}")
-            ml = int(max_length)
+            ml = check_int(max_length, "max_length", min=2, none=True)
+            if ml > hp["max_position"]:
+                raise ValueError(
+                    f"max_length={ml} exceeds the model's limit: {path}/config.json has "
+                    f"max_position_embeddings={hp['max_position']} (position embeddings exist only "
+                    f"for that many tokens); pass max_length <= {hp['max_position']}, or None for "
+                    "the model's default")
         else:
             ml = None
             st_cfg = os.path.join(path, "sentence_bert_config.json")
             if os.path.isfile(st_cfg):
-                v = _read_json(st_cfg, "sentence-transformers config").get("max_seq_length")
+                st = _read_json(st_cfg, "sentence-transformers config")
+                v = st.get("max_seq_length") if isinstance(st, dict) else None
                 if isinstance(v, int) and not isinstance(v, bool) and v >= 2:
                     ml = v
             if ml is None:
@@ -290,13 +306,11 @@ class Encoder:
 
     def tokenize(self, texts: Sequence[str], max_length: Optional[int] = None) -> list:
         """Token ids of each text, [CLS] and [SEP] included, truncated to
-        max_length (default: the encoder's). list of int32 arrays."""
+        max_length (default: the encoder's). list of int32 arrays. ``texts``:
+        any ordered iterable of str (list, tuple, generator, NumPy str/object
+        array, pandas Series), as in encode."""
         texts = _check_texts(texts)
-        ml = self.max_length if max_length is None else max_length
-        if isinstance(ml, bool) or not isinstance(ml, (int, np.integer)):
-            raise TypeError(f"max_length must be an int or None, got {type(ml).__name__}")
-        if ml < 2:
-            raise ValueError(f"max_length must be >= 2 ([CLS] and [SEP]), got {ml}")
+        ml = self.max_length if max_length is None else check_int(max_length, "max_length", min=2)
         if ml > self.config["max_position_embeddings"]:
             raise ValueError(f"max_length {ml} exceeds the model's max_position_embeddings "
                              f"{self.config['max_position_embeddings']}")
@@ -353,7 +367,11 @@ class Encoder:
                normalize_embeddings: bool = False) -> np.ndarray:
         """Sentence embeddings, float32 (len(texts), hidden_size): masked mean
         of the last hidden state, L2-normalised when normalize_embeddings or
-        when the model folder asks for it (modules.json Normalize)."""
+        when the model folder asks for it (modules.json Normalize).
+
+        ``texts``: any ordered iterable of str -- list, tuple, generator,
+        NumPy str or object array, pandas Series; an element that is not a
+        str raises TypeError naming its position, and so does a single str."""
         texts = _check_texts(texts)
         batch_size = _check_batch_size(batch_size)
         emb = self._run(texts, [self.num_layers], batch_size, show_progress_bar)[0]

@@ -29,6 +29,7 @@ import inspect
 import json
 import logging
 import math
+import numbers
 import os
 import sys
 from collections import OrderedDict
@@ -38,6 +39,8 @@ import numpy as np
 from . import _core
 from ._guard import exclusive
 from ._progress import progress
+from ._validate import (InvalidParameterError, check_bool, check_choice, check_float, check_int,
+                        check_node_ids, read_json)
 from .graph import Batch, Graph
 
 __all__ = ["EngineClassifier", "InMemoryStates", "NotFittedError"]
@@ -46,7 +49,7 @@ _GNN = {"sage": 0, "gcn": 1, "gat": 2}
 _ACT = {"elu": 0, "relu": 1}
 _NORM = {"id": 0, "ln": 1, "bn": 2}
 _FORMAT = "engine_py.EngineClassifier"
-_FORMAT_VERSION = 1
+_FORMAT_VERSION = 2   # 2: config.json holds "classes" (1 is still read)
 _log = logging.getLogger(__name__)
 
 
@@ -68,13 +71,14 @@ class InMemoryStates:
                 raise ValueError("give layers only with an (L, N, D) array")
             if not states:
                 raise ValueError("states is empty")
-            self.layers = [int(k) for k in states]
+            self.layers = [check_int(k, "layer id") for k in states]
             arrs = [np.ascontiguousarray(states[k], dtype=np.float32) for k in states]
         else:
             a = np.asarray(states)
             if a.ndim != 3:
                 raise ValueError(f"states must be a dict of (N, D) arrays or an (L, N, D) array, got shape {a.shape}")
-            self.layers = list(range(a.shape[0])) if layers is None else [int(x) for x in layers]
+            self.layers = (list(range(a.shape[0])) if layers is None
+                           else [check_int(x, "layer id") for x in layers])
             if len(self.layers) != a.shape[0]:
                 raise ValueError(f"{len(self.layers)} layer ids for {a.shape[0]} layers")
             arrs = [np.ascontiguousarray(a[i], dtype=np.float32) for i in range(a.shape[0])]
@@ -87,11 +91,17 @@ class InMemoryStates:
         self.num_nodes, self.dim = arrs[0].shape
 
     def gather(self, layer, node_ids) -> np.ndarray:
+        """float32 (n, D) states of ``node_ids`` (integers in [0, num_nodes)) at
+        ``layer``; an empty id list gives a (0, D) array. Like LayerCache.gather:
+        float, bool and multi-dimensional id arrays are refused."""
         if layer not in self._states:
             raise KeyError(f"layer {layer} is not cached (cached: {self.layers})")
-        ids = np.asarray(node_ids, dtype=np.int64)
+        ids = check_node_ids(node_ids)
+        if ids.ndim != 1:
+            raise ValueError(f"node_ids must be 1-D, got shape {ids.shape}")
         if ids.size and (ids.min() < 0 or ids.max() >= self.num_nodes):
-            raise IndexError(f"node ids must be in [0, {self.num_nodes})")
+            bad = ids[(ids < 0) | (ids >= self.num_nodes)][0]
+            raise IndexError(f"node id {bad} out of range [0, {self.num_nodes})")
         return self._states[layer][ids]
 
 
@@ -112,11 +122,118 @@ def _as_ids(x, n, what):
     return a
 
 
+def _label_kind(v):
+    """'str', 'int', 'bool', 'float' or None for one label value."""
+    if isinstance(v, (bool, np.bool_)):
+        return "bool"
+    if isinstance(v, str):
+        return "str"
+    if isinstance(v, numbers.Integral):
+        return "int"
+    if isinstance(v, numbers.Real):
+        return "float"
+    return None
+
+
+def _show(v):
+    """repr of a label, NumPy scalars shown as the Python value (7, not np.int64(7))."""
+    return repr(v.item() if isinstance(v, np.generic) else v)
+
+
+def _encode_labels(labels, n, train_idx, val_idx):
+    """sklearn-style classes from the training labels.
+
+    Returns ``(classes, y)``: ``classes`` the sorted distinct labels of the
+    training nodes (np.unique order), ``y`` int64 (n,) with the class index of
+    every training/validation node and -1 elsewhere (the labels of other nodes
+    are placeholders and never read). Validation labels must be among the
+    training classes."""
+    y = np.asarray(labels)
+    if y.ndim != 1 or y.shape[0] != n:
+        raise ValueError(f"labels must have one entry per node ({n}), got shape {y.shape}")
+    used = train_idx if val_idx is None else np.concatenate([train_idx, val_idx])
+    yu = y[used]
+    kind = y.dtype.kind
+    if kind == "O":
+        kinds = [_label_kind(v) for v in yu]
+        if None in kinds:
+            j = kinds.index(None)
+            raise ValueError(f"the label of node {used[j]} is {_show(yu[j])} ({type(yu[j]).__name__}); "
+                             "training/validation labels must be str, int or bool")
+        if len(set(kinds)) > 1:
+            a = kinds.index(kinds[0])
+            b = next(j for j, k in enumerate(kinds) if k != kinds[0])
+            raise ValueError(f"labels mix types: node {used[a]} has {_show(yu[a])} and node {used[b]} "
+                             f"has {_show(yu[b])}; use one type (all str or all int)")
+        kind = {"str": "U", "int": "i", "bool": "b", "float": "f"}[kinds[0]] if kinds else "i"
+        if kind in "ibf":
+            yu = np.asarray(yu.tolist(), dtype={"i": np.int64, "b": bool, "f": np.float64}[kind])
+    if kind == "f":
+        bad = ~np.isfinite(yu)
+        if bad.any():
+            j = int(np.argmax(bad))
+            raise ValueError(f"the label of node {used[j]} is {yu[j]}; training/validation nodes need "
+                             "a class label (NaN may mark only unlabeled nodes outside train_idx/val_idx)")
+        frac = yu != np.round(yu)
+        if frac.any():
+            j = int(np.argmax(frac))
+            raise ValueError(f"labels must be integers, strings or bools (class labels), got the "
+                             f"non-integer {yu[j]} at node {used[j]}")
+        yu = yu.astype(np.int64)
+    elif kind == "S":
+        raise ValueError("labels are bytes: decode them to str first (e.g. labels.astype(str))")
+    elif kind not in "iubUO":
+        raise ValueError(f"labels must be integers, strings or bools (class labels), got dtype {y.dtype}")
+    yt, yv = yu[:train_idx.size], yu[train_idx.size:]
+    try:
+        classes = np.unique(yt)
+    except TypeError as exc:   # an object array numpy cannot sort
+        raise ValueError(f"labels cannot be sorted into classes: {exc}") from None
+    if classes.size < 2:
+        raise ValueError(f"need at least two classes among the training labels, got {classes.tolist()}")
+    enc = np.full(n, -1, np.int64)
+    enc[train_idx] = np.searchsorted(classes, yt)
+    if yv.size:
+        pos = np.searchsorted(classes, yv)
+        ok = pos < classes.size
+        ok[ok] = classes[pos[ok]] == yv[ok]
+        if not ok.all():
+            j = int(np.argmin(ok))
+            raise ValueError(f"validation node {val_idx[j]} has label {_show(yv[j])}, which no training node "
+                             f"has (training classes: {classes.tolist()}); every validation label must "
+                             "be a training class")
+        enc[val_idx] = pos
+    return classes, enc
+
+
 def _check_cache(cache):
     for attr in ("layers", "num_nodes", "dim", "gather"):
         if not hasattr(cache, attr):
             raise TypeError(f"cache must have .layers, .num_nodes, .dim and .gather(); missing .{attr} "
                             "(use engine_py.engine.InMemoryStates for arrays in memory)")
+
+
+def _raise_if_nonfinite(Hs, layers, nodes, cache=None):
+    """After the core refused a batch: if a state row holds NaN or inf, raise
+    ValueError naming the node id and the layer (the core only knows the row
+    of the batch); otherwise return, and the caller re-raises the core's
+    error. ``Hs[i]`` is the (len(nodes), D) states of layer ``layers[i]``;
+    ``nodes[j]`` the node id of row j (ids >= cache.num_nodes are new nodes of
+    predict_new)."""
+    for H, layer in zip(Hs, layers):
+        bad = ~np.isfinite(H).all(axis=1)
+        if bad.any():
+            node = int(nodes[int(np.argmax(bad))])
+            n = int(getattr(cache, "num_nodes", -1)) if cache is not None else -1
+            if 0 <= n <= node:
+                who = f"new node {node - n} (texts[{node - n}] of predict_new)"
+                src = "the encoder"
+            else:
+                who = f"node {node}"
+                src = f"the states source ({type(cache).__name__})" if cache is not None else "the encoder"
+            raise ValueError(f"the layer-{layer} states of {who} contain NaN or inf (from {src}); "
+                             "rebuild those states, or leave the node out of train_idx/val_idx "
+                             "and out of every sampled neighbourhood") from None
 
 
 def _softmax(z):
@@ -192,35 +309,47 @@ class EngineClassifier:
     def __repr__(self):
         defaults = {p.name: p.default for p in inspect.signature(type(self).__init__).parameters.values()
                     if p.name != "self"}
-        changed = [f"{k}={v!r}" for k, v in self.get_params().items() if defaults.get(k) != v]
+        def same(v, d):
+            # a NumPy array (layers=np.arange(3)) compares element-wise: not a default
+            return v is d or (type(v) is type(d) and not isinstance(v, np.ndarray) and v == d)
+        changed = [f"{k}={v!r}" for k, v in self.get_params().items() if not same(v, defaults.get(k))]
         return f"EngineClassifier({', '.join(changed)})"
 
     # ------------------------------------------------------- validation
     def _validate_hparams(self):
-        if self.gnn not in _GNN:
-            raise ValueError(f"gnn must be one of {sorted(_GNN)}, got {self.gnn!r}")
-        if self.activation not in _ACT:
-            raise ValueError(f"activation must be one of {sorted(_ACT)}, got {self.activation!r}")
-        if self.norm not in _NORM:
-            raise ValueError(f"norm must be 'id', 'ln' or 'bn', got {self.norm!r}")
-        if self.sampler not in ("khop", "rw"):
-            raise ValueError(f"sampler must be 'khop' or 'rw', got {self.sampler!r}")
-        if self.gnn_layers not in (1, 2):
-            raise ValueError(f"gnn_layers must be 1 or 2, got {self.gnn_layers!r}")
-        if not (0.0 <= float(self.dropout) < 1.0):
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
-        if not (float(self.T) > 0 and math.isfinite(float(self.T))):
-            raise ValueError(f"T must be > 0, got {self.T}")
-        if int(self.batch_size) < 1 or int(self.epochs) < 0 or int(self.patience) < 1:
-            raise ValueError("batch_size and patience must be >= 1 and epochs >= 0")
-        if not (float(self.lr) > 0):
-            raise ValueError(f"lr must be > 0, got {self.lr}")
-        if float(self.weight_decay) < 0:
-            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        """Check every hyper-parameter (NumPy scalars are accepted for numbers;
+        bools, strings and floats where an integer is needed are refused) and
+        return nothing; fit() and load() call it."""
+        check_choice(self.gnn, "gnn", _GNN)
+        check_choice(self.activation, "activation", _ACT)
+        check_choice(self.norm, "norm", _NORM)
+        check_choice(self.sampler, "sampler", ("khop", "rw"))
+        if self.layers is not None:
+            if isinstance(self.layers, (str, bytes)) or not hasattr(self.layers, "__iter__"):
+                raise InvalidParameterError(f"layers must be None or a list of layer ids, got {self.layers!r}")
+            for i, v in enumerate(self.layers):
+                check_int(v, f"layers[{i}]", min=0)
+        check_int(self.reduced_dim, "reduced_dim", min=1)
+        check_int(self.hidden, "hidden", min=1)
+        check_int(self.gnn_layers, "gnn_layers", min=1, max=2)
+        check_float(self.dropout, "dropout", min=0.0, max=1.0, max_open=True)
+        check_int(self.max_neighbors, "max_neighbors", min=1, none=True)
+        check_int(self.walk_steps, "walk_steps", min=0, max=1 << 20)
+        check_float(self.restart, "restart", min=0.0, max=1.0)
+        check_float(self.T, "T", min=0.0, min_open=True)
+        check_float(self.lr, "lr", min=0.0, min_open=True)
+        check_float(self.weight_decay, "weight_decay", min=0.0)
+        check_int(self.epochs, "epochs", min=1)
+        check_int(self.patience, "patience", min=1)
+        check_int(self.batch_size, "batch_size", min=1)
+        check_bool(self.early_exit, "early_exit")
+        check_int(self.seed, "seed")
+        check_int(self.r, "r", min=1, none=True)
+        check_int(self.heads, "heads", min=1)
 
     def _resolve_layers(self, cache):
         cached = [int(x) for x in cache.layers]
-        layers = cached if self.layers is None else [int(x) for x in self.layers]
+        layers = cached if self.layers is None else [int(x) for x in self.layers]   # checked ints
         if not layers:
             raise ValueError("no layers selected")
         missing = [l for l in layers if l not in cached]
@@ -251,7 +380,12 @@ class EngineClassifier:
         for s in range(0, len(node_ids), bs):
             t = node_ids[s:s + bs]
             b = self._sample(graph, t, eval_seed)
-            z = self.model_.predict_batch(b.graph_ptr, b.indptr, b.indices, self._gather(cache, b))
+            Hs = self._gather(cache, b)
+            try:
+                z = self.model_.predict_batch(b.graph_ptr, b.indptr, b.indices, Hs)
+            except ValueError:
+                _raise_if_nonfinite(Hs, self.layers_, b.nodes, cache)
+                raise
             out.append(z if all_heads else z[-1])
         if not out:
             k = len(self.layers_)
@@ -270,46 +404,43 @@ class EngineClassifier:
         self._table = self.model_.param_table()
         self._params = self.model_.buffer("param")
 
-    @exclusive("this EngineClassifier")
-    def fit(self, cache, graph, labels, train_idx, val_idx=None, *, show_progress_bar=None):
-        """Train on ``train_idx``; early-stop on accuracy over ``val_idx``.
-
-        ``labels`` holds one integer class per node (length ``cache.num_nodes``;
-        entries outside the train/validation sets are ignored and may be -1).
-        Returns self. The best-validation weights are restored at the end.
-        ``show_progress_bar`` overrides the estimator's setting for this call
-        (None: use it; see engine_py._progress for what auto shows).
-        """
+    def _setup(self, cache, graph, labels, train_idx, val_idx):
+        """fit() up to the training loop: checks, classes_ and a freshly
+        initialised model. Returns (train_idx, val_idx, y encoded, graph)."""
         self._validate_hparams()
         _check_cache(cache)
         n = int(cache.num_nodes)
         layers = self._resolve_layers(cache)
         graph = self._as_graph(graph, n)
-        y = np.asarray(labels)
-        if y.ndim != 1 or y.shape[0] != n:
-            raise ValueError(f"labels must have one entry per node ({n}), got shape {y.shape}")
-        if y.size and not np.issubdtype(y.dtype, np.integer):
-            if not np.all(np.isfinite(y)) or not np.all(y == np.round(y)):
-                raise ValueError("labels must be integers")
-        y = y.astype(np.int64)
         train_idx = _as_ids(train_idx, n, "train_idx")
         if train_idx.size == 0:
             raise ValueError("train_idx is empty: nothing to train on")
         val_idx = None if val_idx is None else _as_ids(val_idx, n, "val_idx")
-        used = train_idx if val_idx is None else np.concatenate([train_idx, val_idx])
-        if y[used].min() < 0:
-            raise ValueError("labels of training/validation nodes must be >= 0")
-        num_classes = int(y[used].max()) + 1
-        if num_classes > (1 << 20):
-            raise ValueError(f"labels out of range: the largest label is {num_classes - 1}; "
-                             "labels must be class indices 0 .. C-1")
-        if num_classes < 2:
-            raise ValueError("need at least two classes among the training/validation labels")
+        classes, y = _encode_labels(labels, n, train_idx, val_idx)
         self.layers_ = layers
-        self.num_classes_ = num_classes
-        self.classes_ = np.arange(num_classes)
+        self.num_classes_ = int(classes.size)
+        self.classes_ = classes
         self.in_dim_ = int(cache.dim)
-        self._build(len(layers), self.in_dim_, num_classes)
+        self._build(len(layers), self.in_dim_, self.num_classes_)
+        return train_idx, val_idx, y, graph
+
+    @exclusive("this EngineClassifier")
+    def fit(self, cache, graph, labels, train_idx, val_idx=None, *, show_progress_bar=None):
+        """Train on ``train_idx``; early-stop on accuracy over ``val_idx``.
+
+        ``labels`` holds one label per node (length ``cache.num_nodes``), as
+        in scikit-learn: any integers (``{3, 7, 42}``, negative ones), strings
+        or bools. ``classes_`` is the sorted distinct labels of the training
+        nodes (``np.unique``); every validation label must be one of them
+        (ValueError otherwise). Labels of nodes outside train_idx/val_idx are
+        never read, so they can be placeholders (-1, None, NaN, ""). Labels
+        0..C-1 all present in training give ``classes_ = arange(C)``.
+        ``predict`` returns labels from ``classes_``, ``predict_proba``'s
+        columns follow it. Returns self. The best-validation weights are
+        restored at the end. ``show_progress_bar`` overrides the estimator's
+        setting for this call (None: use it; see engine_py._progress).
+        """
+        train_idx, val_idx, y, graph = self._setup(cache, graph, labels, train_idx, val_idx)
         self.cache_, self.graph_ = cache, graph
         self.history_ = []
         rng = np.random.default_rng(_seed64(self.seed, 2))
@@ -326,10 +457,14 @@ class EngineClassifier:
                     b = self._sample(graph, t, _seed64(self.seed, 3, epoch))
                     if self.norm == "bn" and b.num_nodes < 2:
                         continue   # BatchNorm cannot train on one node (torch raises); skip it
-                    loss = self.model_.train_batch(b.graph_ptr, b.indptr, b.indices,
-                                                   self._gather(cache, b), y[t],
-                                                   _seed64(self.seed, 4, epoch, bi),
-                                                   float(self.lr), float(self.weight_decay))
+                    Hs = self._gather(cache, b)
+                    try:
+                        loss = self.model_.train_batch(b.graph_ptr, b.indptr, b.indices, Hs, y[t],
+                                                       _seed64(self.seed, 4, epoch, bi),
+                                                       float(self.lr), float(self.weight_decay))
+                    except ValueError:
+                        _raise_if_nonfinite(Hs, self.layers_, b.nodes, cache)
+                        raise
                     if not math.isfinite(loss):
                         raise FloatingPointError(f"training loss became {loss} at epoch {epoch}; lower lr")
                     total += loss * t.size
@@ -390,12 +525,13 @@ class EngineClassifier:
         return self._predict_logits(cache, graph, ids, all_heads=all_heads)
 
     def predict_proba(self, node_ids, cache=None, graph=None):
+        """Class probabilities (n, C); column j is class ``classes_[j]``."""
         return _softmax(self.predict_logits(node_ids, cache, graph).astype(np.float64))
 
     @exclusive("this EngineClassifier")
     def predict(self, node_ids, cache=None, graph=None, *, exit="none", patience=1, threshold=None,
                 return_exit_layer=False, encoder=None, texts=None):
-        """Class of each node.
+        """Class of each node (values from ``classes_``, the labels given to fit).
 
         ``exit="none"``: every ladder for every node. ``exit="dynamic"``: a
         node stops at the first ladder whose head agrees with the previous
@@ -409,10 +545,11 @@ class EngineClassifier:
         exited at.
         """
         if exit == "none" and encoder is None and texts is None and not return_exit_layer:
-            return self.predict_logits(node_ids, cache, graph).argmax(axis=1)
+            idx = self.predict_logits(node_ids, cache, graph).argmax(axis=1)
+            return self.classes_[idx]
         probs, ladder = self._predict_exit(node_ids, cache, graph, exit, patience, threshold,
                                            encoder, texts)
-        pred = probs.argmax(axis=1)
+        pred = self.classes_[probs.argmax(axis=1)]
         if return_exit_layer:
             return pred, np.asarray(self.layers_, np.int64)[ladder]
         return pred
@@ -509,9 +646,7 @@ class EngineClassifier:
         neighbors = list(neighbors)
         if len(texts) != len(neighbors):
             raise ValueError(f"{len(texts)} texts but {len(neighbors)} neighbour lists")
-        bs = int(batch_size)
-        if bs < 1:
-            raise ValueError("batch_size must be >= 1")
+        bs = check_int(batch_size, "batch_size", min=1)
         n, m = int(cache.num_nodes), len(texts)
         src, dst = [], []
         for j, nb in enumerate(neighbors):
@@ -537,12 +672,14 @@ class EngineClassifier:
             self.last_encoder_layers_ += run_batch(
                 self.model_, self.layers_, b, t, policy, dynamic, cache=cache, seq_of=seq_of,
                 token_ids=encoder.tokenize([texts[k] for k in keys]), encoder=encoder)
-        pred = policy.probs.argmax(axis=1)
+        pred = self.classes_[policy.probs.argmax(axis=1)]
         if return_exit_layer:
             return pred, np.asarray(self.layers_, np.int64)[policy.exit_ladder]
         return pred
 
     def score(self, node_ids, y, cache=None, graph=None):
+        """Accuracy of ``predict(node_ids)`` against ``y`` (labels like those
+        given to fit, one per node of node_ids)."""
         y = np.asarray(y)
         p = self.predict(node_ids, cache, graph)
         if y.shape != p.shape:
@@ -582,9 +719,14 @@ class EngineClassifier:
     def _config(self):
         params = self.get_params()
         params["show_progress_bar"] = None
-        return {"format": _FORMAT, "version": _FORMAT_VERSION, "params": params,
-                "layers": self.layers_, "num_classes": self.num_classes_, "in_dim": self.in_dim_,
-                "reduced_dim": self.reduced_dim_}
+        classes = self.classes_.tolist()
+        # version 1 (readable by older engine_py) when the classes are 0..C-1;
+        # 2 when they must be mapped, so an older reader refuses the file
+        # instead of predicting class indices
+        plain = self.classes_.dtype.kind in "iu" and classes == list(range(self.num_classes_))
+        return {"format": _FORMAT, "version": 1 if plain else _FORMAT_VERSION, "params": params,
+                "layers": self.layers_, "num_classes": self.num_classes_, "classes": classes,
+                "in_dim": self.in_dim_, "reduced_dim": self.reduced_dim_}
 
     @exclusive("this EngineClassifier")
     def save(self, path):
@@ -616,17 +758,17 @@ class EngineClassifier:
         """Rebuild a fitted estimator from :meth:`save` output. Pass ``cache=``
         and ``graph=`` to predict with it."""
         _, load_st = _safetensors()
-        with open(os.path.join(path, "config.json")) as f:
-            cfg = json.load(f)
+        cfg = read_json(os.path.join(path, "config.json"), "EngineClassifier config")
         if not isinstance(cfg, dict) or cfg.get("format") != _FORMAT:
             raise ValueError(f"{path} is not a saved EngineClassifier")
-        if cfg.get("version") != _FORMAT_VERSION:
-            raise ValueError(f"unsupported EngineClassifier format version {cfg.get('version')}")
+        if cfg.get("version") not in (1, _FORMAT_VERSION):
+            raise ValueError(f"unsupported EngineClassifier format version {cfg.get('version')} "
+                             f"(this engine_py reads 1 and {_FORMAT_VERSION}; upgrade engine_py)")
         est = cls(**cfg["params"])
         est._validate_hparams()
         est.layers_ = [int(x) for x in cfg["layers"]]
         est.num_classes_ = int(cfg["num_classes"])
-        est.classes_ = np.arange(est.num_classes_)
+        est.classes_ = _classes_from_config(cfg.get("classes"), est.num_classes_, path)
         est.in_dim_ = int(cfg["in_dim"])
         est._build(len(est.layers_), est.in_dim_, est.num_classes_)
         if est.reduced_dim_ != int(cfg["reduced_dim"]):
@@ -634,6 +776,21 @@ class EngineClassifier:
         est.load_state_dict(load_st(os.path.join(path, "model.safetensors")))
         est.cache_ = est.graph_ = None
         return est
+
+
+def _classes_from_config(classes, num_classes, path):
+    """classes_ from a saved config.json: its "classes" list (str, int or bool
+    labels), or 0..C-1 for files that have none (version 1)."""
+    if classes is None:
+        return np.arange(num_classes)
+    kinds = {_label_kind(v) for v in classes} if isinstance(classes, list) else {None}
+    if len(kinds) > 1 or None in kinds or "float" in kinds or len(classes) != num_classes:
+        raise ValueError(f"{path}/config.json: \"classes\" must be a list of {num_classes} labels of "
+                         "one type (str, int or bool)")
+    out = np.asarray(classes)
+    if out.size != np.unique(out).size or not np.array_equal(np.unique(out), out):
+        raise ValueError(f"{path}/config.json: \"classes\" must be sorted and distinct")
+    return out
 
 
 def _safetensors():

@@ -57,6 +57,7 @@ from typing import Any
 import numpy as np
 
 from . import _core
+from ._validate import InvalidParameterError, check_bool, check_float, check_int
 
 __all__ = ["MoELoRAFFN", "DEFAULT_LOSS_COEFS"]
 
@@ -153,23 +154,15 @@ class MoELoRAFFN:
             raise ValueError(f"router must be one of {_ROUTERS}, got {router!r}")
         if loss_form not in ("abs", "kl"):
             raise ValueError(f"loss_form must be 'abs' or 'kl', got {loss_form!r}")
-        num_experts, top_k, r, gcn_layers, gcn_dim = (
-            self._int(v, n) for v, n in ((num_experts, "num_experts"), (top_k, "top_k"), (r, "r"),
-                                         (gcn_layers, "gcn_layers"), (gcn_dim, "gcn_dim")))
-        if not 1 <= num_experts <= 1024:
-            raise ValueError(f"num_experts must be in [1, 1024], got {num_experts}")
-        if not 1 <= top_k <= num_experts:
-            raise ValueError(f"top_k must be in [1, num_experts={num_experts}], got {top_k}")
-        if not 1 <= r <= 64:
-            raise ValueError(f"r must be in [1, 64], got {r}")
-        if not (isinstance(lora_alpha, (int, float)) and math.isfinite(lora_alpha) and lora_alpha > 0):
-            raise ValueError(f"lora_alpha must be a positive number, got {lora_alpha!r}")
-        if not (isinstance(lora_dropout, (int, float)) and 0.0 <= lora_dropout < 1.0):
-            raise ValueError(f"lora_dropout must be in [0, 1), got {lora_dropout!r}")
-        if gcn_layers < 1 or gcn_dim < 1:
-            raise ValueError("gcn_layers and gcn_dim must be >= 1")
-        if not (isinstance(edge_density, (int, float)) and 0.0 < edge_density <= 1.0):
-            raise ValueError(f"edge_density must be in (0, 1], got {edge_density!r}")
+        num_experts = check_int(num_experts, "num_experts", min=1, max=1024)
+        top_k = check_int(top_k, "top_k", min=1, max=num_experts)
+        r = check_int(r, "r", min=1, max=64)
+        gcn_layers = check_int(gcn_layers, "gcn_layers", min=1)
+        gcn_dim = check_int(gcn_dim, "gcn_dim", min=1)
+        lora_alpha = check_float(lora_alpha, "lora_alpha", min=0.0, min_open=True)
+        lora_dropout = check_float(lora_dropout, "lora_dropout", min=0.0, max=1.0, max_open=True)
+        edge_density = check_float(edge_density, "edge_density", min=0.0, max=1.0, min_open=True)
+        seed = check_int(seed, "seed", min=0)
         self.kind, self.router = kind, router
         self.num_experts, self.r = num_experts, r
         self.top_k = 1 if router == "switch" else top_k
@@ -216,12 +209,6 @@ class MoELoRAFFN:
         self._v = {k: np.zeros_like(v) for k, v in self._params.items()}
 
     # ------------------------------------------------------------ helpers
-    @staticmethod
-    def _int(v: Any, name: str) -> int:
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
-            raise TypeError(f"{name} must be an integer, got {v!r}")
-        return int(v)
-
     def _check_base(self, bw: dict[str, Any]) -> dict[str, np.ndarray | None]:
         if not isinstance(bw, dict):
             raise TypeError("base_weights must be a dict of arrays")
@@ -291,7 +278,7 @@ class MoELoRAFFN:
         """y (same shape as x) and aux (losses and routing statistics)."""
         self._enter()
         try:
-            return self._forward(x, bool(training))
+            return self._forward(x, check_bool(training, "training"))
         finally:
             self._lock.release()
 
@@ -319,6 +306,10 @@ class MoELoRAFFN:
                 self._buffers["router.normalized_adjacency"])
         else:
             logits = _core._gmoe_linear_router_forward(x2, P["router.weight"])
+        if not np.isfinite(logits).all():
+            stage = ("graph router (token projection W_t x, GCN layers, expert projection)"
+                     if self.router == "graph" else f"{self.router} router (x @ router.weight.T)")
+            self._overflow(x2, f"the router logits ({stage})")
         renorm = self.router != "switch"
         probs, lse, idx, w = _core._gmoe_topk_forward(logits, K, renorm)
         ctx.update(probs=probs, lse=lse, idx=idx, w=w, renorm=renorm)
@@ -346,6 +337,18 @@ class MoELoRAFFN:
         y, ctx["G"], ctx["U"], ctx["Hl"] = _core._gmoe_ffn_forward(
             _KINDS[self.kind], x2, idx, w, *self._frozen_args(), *self._lora_args(),
             self.scale, p, seed)
+        if not np.isfinite(y).all():
+            if self.kind == "swiglu":
+                proj = ("gate projection x @ W1.T (+ LoRA)" if not np.isfinite(ctx["G"]).all() else
+                        "up projection x @ W3.T (+ LoRA)" if not np.isfinite(ctx["U"]).all() else
+                        "expert output W2 @ (silu(gate) * up) (+ LoRA)")
+            else:
+                proj = ("intermediate projection x @ Wi.T + bi (+ LoRA)" if not np.isfinite(ctx["G"]).all()
+                        else "expert output Wo @ gelu(h) + bo (+ LoRA)")
+            self._overflow(x2, f"the expert FFN's {proj}")
+        for k in ("poisson", "normal", "balance", "z"):
+            if k in aux and not math.isfinite(aux[k]):
+                self._overflow(x2, f"the {k} loss")
         counts = np.bincount(idx.ravel(), minlength=N).astype(np.int64)
         load = counts / float(counts.sum())
         aux["counts"] = counts
@@ -355,6 +358,13 @@ class MoELoRAFFN:
         aux["entropy"] = float(-(pl * np.log(np.where(pl > 0, pl, 1.0))).sum(axis=1).mean())
         self._ctx = ctx
         return y.reshape(*lead, self.hidden_size), aux
+
+    def _overflow(self, x2: np.ndarray, stage: str) -> None:
+        """Raise FloatingPointError: a finite input overflowed float32 at stage."""
+        raise FloatingPointError(
+            f"{self!r}.forward: float32 overflow in {stage}: a finite input (largest |x| "
+            f"{float(np.abs(x2).max()):.3g}) gives values beyond float32's range (~3.4e38) "
+            "there; scale the input (or the weights) down")
 
     def backward(self, dy: Any, loss_coefs: dict[str, float] | None = None) -> np.ndarray:
         """Gradient wrt x of sum(dy * y) + sum_k loss_coefs[k] * aux[k] for the
@@ -376,7 +386,8 @@ class MoELoRAFFN:
             if unknown:
                 raise ValueError(f"unknown loss_coefs keys {unknown}; known: "
                                  f"{sorted(DEFAULT_LOSS_COEFS)}")
-            coefs = {k: float(loss_coefs.get(k, 0.0)) for k in DEFAULT_LOSS_COEFS}
+            coefs = {k: check_float(loss_coefs.get(k, 0.0), f"loss_coefs[{k!r}]")
+                     for k in DEFAULT_LOSS_COEFS}
         x2 = ctx["x"]
         dya = np.asarray(_to_numpy(dy))
         if dya.shape != (*ctx["lead"], self.hidden_size):
@@ -416,6 +427,14 @@ class MoELoRAFFN:
         else:
             _core._gmoe_linear_router_backward(dx, G["router.weight"], dlogits, x2,
                                                P["router.weight"])
+        if not np.isfinite(dx).all():
+            raise FloatingPointError(f"{self!r}.backward: the input gradient overflows float32 "
+                                     f"(largest |dy| is {float(np.abs(dy2).max()):.3g}); scale dy down")
+        for k, g in G.items():
+            if not np.isfinite(g).all():
+                raise FloatingPointError(f"{self!r}.backward: the accumulated gradient of {k} "
+                                         "overflows float32; scale dy (or the loss) down, or "
+                                         "zero_grad() more often")
         return dx.reshape(*ctx["lead"], self.hidden_size)
 
     # ------------------------------------------------------------ parameters
@@ -487,12 +506,13 @@ class MoELoRAFFN:
         """One AdamW step (torch.optim.AdamW semantics) on every trainable
         parameter with the accumulated gradients; then lambda is projected
         into [1, 2] and sigma to >= 1e-3."""
-        for v, n in ((lr, "lr"), (weight_decay, "weight_decay"), (eps, "eps")):
-            if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
-                raise ValueError(f"{n} must be a finite number >= 0, got {v!r}")
-        b1, b2 = betas
-        if not (0.0 <= b1 < 1.0 and 0.0 <= b2 < 1.0):
-            raise ValueError(f"betas must be in [0, 1), got {betas!r}")
+        lr = check_float(lr, "lr", min=0.0)
+        weight_decay = check_float(weight_decay, "weight_decay", min=0.0)
+        eps = check_float(eps, "eps", min=0.0)
+        if isinstance(betas, (str, bytes)) or not hasattr(betas, "__len__") or len(betas) != 2:
+            raise InvalidParameterError(f"betas must be a pair (beta1, beta2), got {betas!r}")
+        b1 = check_float(betas[0], "betas[0]", min=0.0, max=1.0, max_open=True)
+        b2 = check_float(betas[1], "betas[1]", min=0.0, max=1.0, max_open=True)
         self._enter()
         try:
             self._t += 1

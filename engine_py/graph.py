@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import _core
+from ._validate import check_bool, check_float, check_int
 
 __all__ = ["Graph", "Batch"]
 
@@ -110,12 +111,9 @@ class Graph:
     """
 
     def __init__(self, edge_index, num_nodes: int | None = None, undirected: bool = True):
-        if num_nodes is not None:
-            num_nodes = int(num_nodes)
-            if num_nodes < 0:
-                raise ValueError(f"num_nodes must be >= 0, got {num_nodes}")
+        num_nodes = check_int(num_nodes, "num_nodes", min=0, none=True)
         src, dst, n = _edges_from(edge_index, num_nodes)
-        self._g = _core.Graph(src, dst, n, bool(undirected))
+        self._g = _core.Graph(src, dst, n, check_bool(undirected, "undirected"))
         self.undirected = bool(undirected)
 
     @classmethod
@@ -166,14 +164,13 @@ class Graph:
         if t.size and not np.issubdtype(t.dtype, np.integer):
             raise ValueError(f"targets must be integer node ids, got dtype {t.dtype}")
         t = t.astype(np.int64, copy=False)
-        seed = int(seed) & 0xFFFFFFFFFFFFFFFF
+        seed = check_int(seed, "seed") & 0xFFFFFFFFFFFFFFFF
         if sampler == "khop":
-            cap = 0 if max_neighbors is None else int(max_neighbors)
-            if max_neighbors is not None and cap < 1:
-                raise ValueError(f"max_neighbors must be >= 1 or None, got {max_neighbors}")
+            cap = check_int(max_neighbors, "max_neighbors", min=1, none=True) or 0
             parts = self._g.sample_khop(t, cap, seed)
         elif sampler == "rw":
-            parts = self._g.sample_rw(t, int(walk_steps), float(restart), seed)
+            parts = self._g.sample_rw(t, check_int(walk_steps, "walk_steps", min=0),
+                                      check_float(restart, "restart", min=0.0, max=1.0), seed)
         else:
             raise ValueError(f"sampler must be 'khop' or 'rw', got {sampler!r}")
         return Batch(*parts)

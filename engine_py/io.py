@@ -16,7 +16,6 @@ torch only when it meets one.
 """
 from __future__ import annotations
 
-import json
 import os
 from typing import Any, Dict, Mapping, Optional, Tuple
 
@@ -24,6 +23,7 @@ import numpy as np
 
 from . import _core
 from ._core import SafetensorsError
+from ._validate import read_json
 
 __all__ = [
     "SafetensorsError",
@@ -75,7 +75,13 @@ def load_safetensors(path, bf16: str = "float32", return_metadata: bool = False)
     With ``return_metadata=True`` returns ``(tensors, metadata)`` where
     metadata is the ``__metadata__`` dict, or None when the file has none.
     """
-    tensors, metadata = _core.safetensors_load(os.fspath(path), _check_bf16(bf16))
+    to_f32 = _check_bf16(bf16)
+    path = os.fspath(path)
+    try:
+        tensors, metadata = _core.safetensors_load(path, to_f32)
+    except SafetensorsError:
+        _raise_if_other_format(path)
+        raise
     return (tensors, metadata) if return_metadata else tensors
 
 
@@ -84,7 +90,65 @@ def read_safetensors_header(path) -> Tuple[Dict[str, Tuple[str, Tuple[int, ...],
     """Validate a safetensors file and return its header without touching
     the data: ``({name: (dtype, shape, (begin, end))}, metadata or None)``.
     Offsets are relative to the data section, as in the file."""
-    return _core.safetensors_header(os.fspath(path))
+    path = os.fspath(path)
+    try:
+        return _core.safetensors_header(path)
+    except SafetensorsError:
+        _raise_if_other_format(path)
+        raise
+
+
+def _raise_if_other_format(path: str) -> None:
+    """After the core refused ``path`` as safetensors: if the file is a known
+    other format (a PyTorch pickle, zip/.npz, .npy, GGUF, a Git LFS pointer,
+    text), raise SafetensorsError saying which and what to do; otherwise
+    return (the caller re-raises the core's error, which names the rule the
+    file breaks). Reads the first bytes only, and a zip's list of names;
+    nothing is unpickled."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(256)
+    except OSError:
+        return
+    if head[:4] == b"PK\x03\x04":
+        import zipfile
+        try:
+            with zipfile.ZipFile(path) as z:
+                names = z.namelist()
+        except (zipfile.BadZipFile, OSError, ValueError):
+            names = []
+        if any(n == "data.pkl" or n.endswith("/data.pkl") for n in names):
+            raise SafetensorsError(_pickle_message(path, "a PyTorch pickle checkpoint (torch.save zip "
+                                                   "format with data.pkl), not a safetensors file")) from None
+        if names and all(n.endswith(".npy") for n in names):
+            raise SafetensorsError("%s is a NumPy .npz archive, not a safetensors file; load it with "
+                                   "engine_py.io.load_state(path) (a name ending in .npz) or "
+                                   "numpy.load(path)" % path) from None
+        raise SafetensorsError("%s is a zip archive (%s), not a safetensors file"
+                               % (path, ", ".join(names[:3]) or "unreadable")) from None
+    if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:
+        raise SafetensorsError(_pickle_message(path, "a Python pickle (protocol %d; PyTorch's legacy "
+                                               "torch.save format), not a safetensors file" % head[1])) from None
+    if head[:6] == b"\x93NUMPY":
+        raise SafetensorsError("%s is a NumPy .npy file, not a safetensors file; load it with "
+                               "numpy.load(path)" % path) from None
+    if head[:4] == b"GGUF":
+        raise SafetensorsError("%s is a GGUF file, not a safetensors file" % path) from None
+    if head.startswith(b"version https://git-lfs"):
+        raise SafetensorsError("%s is a Git LFS pointer, not the weights: fetch them with `git lfs pull` "
+                               "in that repository (or download the file itself)" % path) from None
+    text = head.lstrip(b"\xef\xbb\xbf")
+    try:
+        shown = text.decode("utf-8")
+    except UnicodeDecodeError as exc:   # a multi-byte character cut at 256 bytes is still text
+        shown = text[:exc.start].decode("utf-8") if exc.start >= len(text) - 3 else None
+    if shown and all(c.isprintable() or c in "\t\r\n" for c in shown):
+        low = shown.lstrip().lower()
+        hint = (" (an HTML page: a failed download?)" if low.startswith(("<!doctype html", "<html"))
+                else "")
+        raise SafetensorsError("%s is a text file, not a safetensors file%s: it starts with %r (a "
+                               "safetensors file starts with an 8-byte little-endian header length, "
+                               "then a JSON header)" % (path, hint, shown[:60])) from None
 
 
 def _torch_to_numpy(name: str, t) -> Tuple[str, np.ndarray]:
@@ -163,15 +227,25 @@ def save_safetensors(path, tensors: Mapping[str, Any], metadata: Optional[Mappin
     _core.safetensors_save(os.fspath(path), entries, meta)
 
 
-def _pickle_error(path: str) -> ValueError:
+def _pickle_message(path: str, what: str = "a PyTorch pickle checkpoint") -> str:
     folder, base = os.path.split(path)
     stem = os.path.splitext(base)[0]
     out = os.path.join(folder, "model.safetensors" if stem == "pytorch_model" else stem + ".safetensors")
-    return ValueError(
-        "%s is a PyTorch pickle checkpoint; engine_py never unpickles (it can run arbitrary code). "
+    src = repr(path)
+    if out == path:   # a pickle named *.safetensors: write the export beside it
+        out = os.path.join(folder, stem + ".converted.safetensors")
+        # and open it ourselves: torch.load(name) hands *.safetensors names to safetensors
+        src = "open(%r, 'rb')" % path
+    return (
+        "%s is %s; engine_py never unpickles (it can run arbitrary code). "
         "Export it to safetensors once, with torch installed:\n"
         "  python -c \"import torch, engine_py.io as eio; eio.save_safetensors(%r, "
-        "torch.load(%r, map_location='cpu', weights_only=True))\"" % (path, out, path))
+        "torch.load(%s, map_location='cpu', weights_only=True))\""
+        % (path, what, out, src))
+
+
+def _pickle_error(path: str) -> ValueError:
+    return ValueError(_pickle_message(path))
 
 
 def _load_npz(path: str) -> Dict[str, np.ndarray]:
@@ -183,11 +257,7 @@ def _load_npz(path: str) -> Dict[str, np.ndarray]:
 
 def _load_sharded(index_path: str, bf16: str) -> Dict[str, np.ndarray]:
     folder = os.path.dirname(index_path)
-    with open(index_path, "rb") as fh:
-        try:
-            index = json.loads(fh.read().decode("utf-8"))
-        except (UnicodeDecodeError, ValueError) as exc:
-            raise SafetensorsError("%s: not a valid JSON index: %s" % (index_path, exc)) from None
+    index = read_json(index_path, "safetensors index", error=SafetensorsError)
     wmap = index.get("weight_map") if isinstance(index, dict) else None
     if not isinstance(wmap, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in wmap.items()):
         raise SafetensorsError("%s: \"weight_map\" must map tensor names to shard file names" % index_path)

@@ -23,6 +23,7 @@ import json
 import os
 
 from . import _core
+from ._validate import check_int, read_json
 
 __all__ = ["WordPieceTokenizer", "TokenizerFormatError"]
 
@@ -32,11 +33,8 @@ class TokenizerFormatError(ValueError):
 
 
 def _read_json(path):
-    try:
-        with open(path, "r", encoding="utf-8") as f:
-            return json.load(f)
-    except ValueError as exc:
-        raise TokenizerFormatError("%s is not valid JSON: %s" % (path, exc)) from None
+    # TokenizerFormatError naming the file and the line/column of a syntax error
+    return read_json(path, "tokenizer file", error=TokenizerFormatError)
 
 
 def _token_str(value):
@@ -250,8 +248,7 @@ class WordPieceTokenizer:
         if truncation:
             ml = self.max_length if max_length is None else max_length
             if ml is not None:
-                if isinstance(ml, bool) or not isinstance(ml, int):
-                    raise TypeError("max_length must be an int or None, got %s" % type(ml).__name__)
+                ml = check_int(ml, "max_length")
                 need = 2 if add_special_tokens else 1
                 if ml < need:
                     raise ValueError("max_length must be >= %d%s, got %d" % (

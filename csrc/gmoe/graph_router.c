@@ -18,11 +18,19 @@
 
 #include <string.h>
 
+/* ReLU that keeps NaN (as torch.relu does): an overflow upstream (inf - inf)
+ * must reach the logits, where engine_py.gmoe reports it, instead of turning
+ * into a silent 0 (`x > 0 ? x : 0` maps NaN to 0). */
+static inline float relu_nan(float x)
+{
+    return x < 0.0f ? 0.0f : x;
+}
+
 static void relu_copy(float *dst, const float *src, size_t n)
 {
     #pragma omp parallel for schedule(static) if (n > 65536)
     for (size_t i = 0; i < n; i++) {
-        dst[i] = src[i] > 0.0f ? src[i] : 0.0f;
+        dst[i] = relu_nan(src[i]);
     }
 }
 
@@ -112,7 +120,7 @@ eg_status eg_graph_router_forward(float *logits, float *Zt, float *Z, const floa
                 const float *z = ZL + ((size_t)t * Nn + e) * g;
                 float acc = 0.0f;
                 for (int c = 0; c < g; c++) {
-                    acc += (z[c] > 0.0f ? z[c] : 0.0f) * pvec[c];
+                    acc += relu_nan(z[c]) * pvec[c];
                 }
                 logits[(size_t)t * N + e] = acc;
             }

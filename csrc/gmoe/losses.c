@@ -36,34 +36,51 @@ static double clampd(double v, double lo, double hi)
     return v < lo ? lo : (v > hi ? hi : v);
 }
 
-/* q_i (i = 1..N stored at [i-1]) = lambda^i / i! normalised. */
-static void poisson_profile(double *q, double lam, int N)
+/* Normalise a profile given by its unnormalised logs lq (n): logq = lq -
+ * logsumexp(lq) (max subtracted, so nothing overflows) and q = exp(logq).
+ * Entries far below the maximum underflow to q = 0 but keep a finite logq:
+ * term()/term_grad() use logq, so such an entry contributes 0 (the limit of
+ * q log q) instead of 0 * inf = NaN. That happened for N >~ 180 experts
+ * (Poisson: lambda^i / i! underflows) and for a small Normal sigma. */
+static void normalise_log_profile(double *q, double *logq, const double *lq, int n)
 {
     double mx = -INFINITY;
-    for (int i = 1; i <= N; i++) {
-        q[i - 1] = i * log(lam) - lgamma((double)i + 1.0);
-        mx = q[i - 1] > mx ? q[i - 1] : mx;
+    for (int i = 0; i < n; i++) {
+        mx = lq[i] > mx ? lq[i] : mx;
     }
     double s = 0.0;
-    for (int i = 0; i < N; i++) {
-        q[i] = exp(q[i] - mx);
-        s += q[i];
+    for (int i = 0; i < n; i++) {
+        s += exp(lq[i] - mx);
     }
-    for (int i = 0; i < N; i++) {
-        q[i] /= s;
+    const double lse = mx + log(s);
+    for (int i = 0; i < n; i++) {
+        logq[i] = lq[i] - lse;
+        q[i] = exp(logq[i]);
     }
 }
 
-static inline double term(double q, double v, int kl, float eps)
+/* q_i (i = 1..N stored at [i-1]) = lambda^i / i! normalised, and log q_i. */
+static void poisson_profile(double *q, double *logq, double lam, int N)
 {
-    double r = log(q) - log(v + (double)eps);
+    double lq[1024];
+    for (int i = 1; i <= N; i++) {
+        lq[i - 1] = i * log(lam) - lgamma((double)i + 1.0);
+    }
+    normalise_log_profile(q, logq, lq, N);
+}
+
+/* q |log q - log(v + eps)| (or without |.| for kl), from log q. */
+static inline double term(double q, double logq, double v, int kl, float eps)
+{
+    double r = logq - log(v + (double)eps);
     return q * (kl ? r : fabs(r));
 }
 
-/* d term / d q and the sign factor for d term / d v. */
-static inline void term_grad(double q, double v, int kl, float eps, double *dq, double *sgn)
+/* d term / d q and the sign factor for d term / d v (both finite: the
+ * callers multiply dq by q, which is 0 where log q is very negative). */
+static inline void term_grad(double logq, double v, int kl, float eps, double *dq, double *sgn)
 {
-    double r = log(q) - log(v + (double)eps);
+    double r = logq - log(v + (double)eps);
     if (kl) {
         *dq = r + 1.0;
         *sgn = 1.0;
@@ -77,11 +94,11 @@ static inline void term_grad(double q, double v, int kl, float eps, double *dq, 
 double eg_poisson_loss_forward(int32_t *perm, const float *probs, float lambda_raw, int T,
                                int N, int kl, float eps)
 {
-    double q[1024], pd[1024];
+    double q[1024], logq[1024], pd[1024];
     if (N > 1024 || T <= 0) {
         return NAN; /* caller validates N <= 1024 */
     }
-    poisson_profile(q, clampd(lambda_raw, 1.0, 2.0), N);
+    poisson_profile(q, logq, clampd(lambda_raw, 1.0, 2.0), N);
     double total = 0.0;
     for (int t = 0; t < T; t++) {
         const float *p = probs + (size_t)t * N;
@@ -92,7 +109,7 @@ double eg_poisson_loss_forward(int32_t *perm, const float *probs, float lambda_r
         argsort_desc(pm, pd, N);
         double s = 0.0;
         for (int i = 0; i < N; i++) {
-            s += term(q[i], p[pm[i]], kl, eps);
+            s += term(q[i], logq[i], p[pm[i]], kl, eps);
         }
         total += s;
     }
@@ -103,12 +120,12 @@ void eg_poisson_loss_backward(float *dprobs, float *dlambda, float coef, const f
                               const int32_t *perm, float lambda_raw, int T, int N, int kl,
                               float eps)
 {
-    double q[1024], dq[1024];
+    double q[1024], logq[1024], dq[1024];
     if (N > 1024 || T <= 0) {
         return;
     }
     double lam = clampd(lambda_raw, 1.0, 2.0);
-    poisson_profile(q, lam, N);
+    poisson_profile(q, logq, lam, N);
     memset(dq, 0, sizeof(double) * (size_t)N);
     const double c = (double)coef / T;
     for (int t = 0; t < T; t++) {
@@ -117,7 +134,7 @@ void eg_poisson_loss_backward(float *dprobs, float *dlambda, float coef, const f
         float *dp = dprobs + (size_t)t * N;
         for (int i = 0; i < N; i++) {
             double v = p[pm[i]], gq, sg;
-            term_grad(q[i], v, kl, eps, &gq, &sg);
+            term_grad(logq[i], v, kl, eps, &gq, &sg);
             dq[i] += c * gq;
             dp[pm[i]] += (float)(-c * q[i] * sg / (v + (double)eps));
         }
@@ -136,26 +153,25 @@ void eg_poisson_loss_backward(float *dprobs, float *dlambda, float coef, const f
     }
 }
 
-/* Unsorted Normal profile q_i, i = 0..N-1, normalised, and its sort order. */
-static void normal_profile(double *q, int32_t *qperm, double sigma, int N)
+/* Unsorted Normal profile q_i, i = 0..N-1, normalised, its logs and its
+ * sort order (by log q: the same order as q wherever q does not underflow,
+ * and still the right one where it does). */
+static void normal_profile(double *q, double *logq, int32_t *qperm, double sigma, int N)
 {
-    double mu = N / 2.0, s = 0.0;
+    double mu = N / 2.0, lq[1024] = {0};
     for (int i = 0; i < N; i++) {
         double z = (i - mu) / sigma;
-        q[i] = exp(-0.5 * z * z);
-        s += q[i];
+        lq[i] = -0.5 * z * z;
     }
-    for (int i = 0; i < N; i++) {
-        q[i] /= s;
-    }
-    argsort_desc(qperm, q, N);
+    normalise_log_profile(q, logq, lq, N);
+    argsort_desc(qperm, logq, N);
 }
 
 double eg_normal_loss_forward(double *c, int32_t *perm, const double *running,
                               const int32_t *idx, const float *w, float sigma_raw,
                               float sigma_min, int T, int N, int K, int kl, float eps)
 {
-    double q[1024];
+    double q[1024], logq[1024];
     int32_t qp[1024];
     if (N > 1024) {
         return NAN;
@@ -171,10 +187,10 @@ double eg_normal_loss_forward(double *c, int32_t *perm, const double *running,
         S += c[e];
     }
     argsort_desc(perm, c, N);
-    normal_profile(q, qp, sigma_raw > sigma_min ? sigma_raw : sigma_min, N);
+    normal_profile(q, logq, qp, sigma_raw > sigma_min ? sigma_raw : sigma_min, N);
     double L = 0.0;
     for (int i = 0; i < N; i++) {
-        L += term(q[qp[i]], c[perm[i]] / S, kl, eps);
+        L += term(q[qp[i]], logq[qp[i]], c[perm[i]] / S, kl, eps);
     }
     return L;
 }
@@ -183,13 +199,13 @@ void eg_normal_loss_backward(float *dw, float *dsigma, float coef, const double 
                              const int32_t *perm, const int32_t *idx, float sigma_raw,
                              float sigma_min, int T, int N, int K, int kl, float eps)
 {
-    double q[1024], dc[1024], dqs[1024];
+    double q[1024], logq[1024], dc[1024], dqs[1024];
     int32_t qp[1024];
     if (N > 1024) {
         return;
     }
     double sigma = sigma_raw > sigma_min ? sigma_raw : sigma_min;
-    normal_profile(q, qp, sigma, N);
+    normal_profile(q, logq, qp, sigma, N);
     double S = 0.0;
     for (int e = 0; e < N; e++) {
         S += c[e];
@@ -198,7 +214,7 @@ void eg_normal_loss_backward(float *dw, float *dsigma, float coef, const double 
     double dvv = 0.0;
     for (int i = 0; i < N; i++) {
         double v = c[perm[i]] / S, gq, sg;
-        term_grad(q[qp[i]], v, kl, eps, &gq, &sg);
+        term_grad(logq[qp[i]], v, kl, eps, &gq, &sg);
         dqs[i] = coef * gq;
         double dv = -(double)coef * q[qp[i]] * sg / (v + (double)eps);
         dc[perm[i]] += dv / S;

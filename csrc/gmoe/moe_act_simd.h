@@ -9,18 +9,40 @@
 #include "eg_vmath.h"
 #undef EG_VMATH_NAME
 
+/* The exp of eg_vmath.h clamps its argument to [-87, 88], so sigmoid(g) for
+ * g < -87 and the normal cdf/pdf for |g| > ~13.2 bottom out near 1e-38
+ * instead of going to 0. Harmless alone, but the MoE FFN multiplies by the
+ * up projection: silu(-1e20) * 1e20 gave -60 and silu(-1e30) * 1e30 gave
+ * -6e21 (exactly: 0). Beyond these bounds |silu(g)| < 1.5e-36, |GELU(g)| <
+ * 1e-37 and |g phi(g)| < 1e-36, so 0 (and Phi = 0 or 1) is right to float
+ * precision whatever the up projection or the incoming gradient. */
+#define MOE_SIGMOID_ZERO_BELOW (-87.0f)
+#define MOE_NORMAL_TAIL (13.0f)
+
+/* sigmoid(g), exactly 0 below MOE_SIGMOID_ZERO_BELOW. */
+static inline float SFX(moe_sigmoid)(float g)
+{
+    return SFX(vm_select)(g < MOE_SIGMOID_ZERO_BELOW, 0.0f, SFX(vm_sigmoid)(g));
+}
+
+/* GELU(g) = g Phi(g), exactly 0 below -MOE_NORMAL_TAIL. */
+static inline float SFX(moe_gelu)(float g)
+{
+    return SFX(vm_select)(g < -MOE_NORMAL_TAIL, 0.0f, SFX(vm_gelu)(g));
+}
+
 /* ad (n) = silu(g) * u (SwiGLU, u != NULL) or GELU(g) (u == NULL). */
 static void SFX(act_forward_row)(float *restrict ad, const float *restrict g,
                                  const float *restrict u, int n)
 {
     if (u != NULL) {
         for (int i = 0; i < n; i++) {
-            float sg = SFX(vm_sigmoid)(g[i]);
+            float sg = SFX(moe_sigmoid)(g[i]);
             ad[i] = g[i] * sg * u[i];
         }
     } else {
         for (int i = 0; i < n; i++) {
-            ad[i] = SFX(vm_gelu)(g[i]);
+            ad[i] = SFX(moe_gelu)(g[i]);
         }
     }
 }
@@ -35,15 +57,19 @@ static inline __attribute__((always_inline)) float SFX(act_backward_one)(
     float da = wj * dat[i] + back[i] * mk[i];
     float a;
     if (u != NULL) {
-        float sg = SFX(vm_sigmoid)(gi);
+        float sg = SFX(moe_sigmoid)(gi);
         float si = gi * sg;
         a = si * u[i];
         dg[i] = da * u[i] * sg * (1.0f + gi * (1.0f - sg));
         du[i] = da * si;
     } else {
+        /* GELU' = Phi(g) + g phi(g): 0 below the tail, 1 above it */
+        const int tail = fabsf(gi) > MOE_NORMAL_TAIL;
         float cdf = SFX(vm_normal_cdf)(gi);
+        cdf = SFX(vm_select)(tail, SFX(vm_select)(gi > 0.0f, 1.0f, 0.0f), cdf);
+        float gp = SFX(vm_select)(tail, 0.0f, gi * SFX(vm_normal_pdf)(gi));
         a = gi * cdf;
-        dg[i] = da * (cdf + gi * SFX(vm_normal_pdf)(gi));
+        dg[i] = da * (cdf + gp);
     }
     ad[i] = a * mk[i];
     return a;

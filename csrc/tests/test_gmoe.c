@@ -494,6 +494,82 @@ static void test_act_copies(void)
     }
 }
 
+/* Far tails of the activations: silu(g) = 0 below -87 and GELU(g) = 0 below
+ * -13 exactly (the clamped exp left ~1e-38, which a huge up projection turned
+ * into -60 for g = -1e20, u = 1e20), GELU(g) = g above 13; the backward gives
+ * the matching exact derivatives (0, or 1 for GELU's right tail). */
+static void test_act_tails(void)
+{
+    enum { N = 8 };
+    const float g[N] = {-1e20f, -1e30f, -90.0f, -13.5f, 13.5f, 1e30f, -3e38f, 3e38f};
+    const float u[N] = {1e20f, 1e30f, 1e30f, 1e30f, 1.0f, 1.0f, 1.0f, 1.0f};
+    float ones[N], zeros[N], ad[N], dg[N], du[N], adb[N];
+    for (int i = 0; i < N; i++) {
+        ones[i] = 1.0f;
+        zeros[i] = 0.0f;
+    }
+    const eg_moe_act_kernels *k = eg_moe_act();
+    k->forward_row(ad, g, u, 3);   /* g[3] = -13.5 is no silu tail: silu(-13.5) = -1.9e-5 */
+    for (int i = 0; i < 3; i++) {
+        CHECK(ad[i] == 0.0f, "silu(%g) * %g = %g, expected 0", (double)g[i], (double)u[i], (double)ad[i]);
+    }
+    k->backward_row(dg, du, adb, g, u, ones, zeros, ones, 1.0f, 3);
+    for (int i = 0; i < 3; i++) {
+        CHECK(dg[i] == 0.0f && du[i] == 0.0f, "swiglu backward tail %g: dg %g du %g", (double)g[i],
+              (double)dg[i], (double)du[i]);
+    }
+    k->forward_row(ad, g, NULL, N);
+    k->backward_row(dg, NULL, adb, g, NULL, ones, zeros, ones, 1.0f, N);
+    for (int i = 0; i < N; i++) {
+        float want = g[i] > 0.0f ? g[i] : 0.0f;
+        CHECK(ad[i] == want, "gelu(%g) = %g, expected %g", (double)g[i], (double)ad[i], (double)want);
+        CHECK(dg[i] == (g[i] > 0.0f ? 1.0f : 0.0f), "gelu'(%g) = %g", (double)g[i], (double)dg[i]);
+    }
+}
+
+/* The Poisson profile of many experts (lambda^i / i! underflows past i ~ 180)
+ * and the Normal profile of a small sigma (most q_i underflow; for odd N every
+ * one did, 0/0) gave NaN losses and gradients; in log space they are finite. */
+static void test_losses_underflow(void)
+{
+    enum { T = 3, N = 256, K = 2 };
+    static float probs[T * N], w[T * K], dprobs[T * N], dw[T * K];
+    static int32_t perm[T * N], idx[T * K];
+    static double c[N];
+    for (int t = 0; t < T; t++) {
+        double s = 0.0;
+        for (int e = 0; e < N; e++) {
+            probs[t * N + e] = (float)(1.0 + eg_rng_uniform(&rng));
+            s += probs[t * N + e];
+        }
+        for (int e = 0; e < N; e++) {
+            probs[t * N + e] = (float)(probs[t * N + e] / s);
+        }
+        for (int j = 0; j < K; j++) {
+            idx[t * K + j] = (t * 7 + j * 3) % N;
+            w[t * K + j] = 0.5f;
+        }
+    }
+    for (int kl = 0; kl < 2; kl++) {
+        float dlam = 0.0f;
+        double L = eg_poisson_loss_forward(perm, probs, 1.5f, T, N, kl, 1e-8f);
+        eg_poisson_loss_backward(dprobs, &dlam, 1.0f, probs, perm, 1.5f, T, N, kl, 1e-8f);
+        CHECK(isfinite(L) && isfinite(dlam), "poisson N=%d kl=%d: loss %g dlambda %g", N, kl, L,
+              (double)dlam);
+        for (int n = 7; n <= 8; n++) {
+            float dsig = 0.0f;
+            double Ln = eg_normal_loss_forward(c, perm, NULL, idx, w, 1e-3f, 1e-3f, T, n, K, kl, 1e-8f);
+            memset(dw, 0, sizeof dw);
+            eg_normal_loss_backward(dw, &dsig, 1.0f, c, perm, idx, 1e-3f, 1e-3f, T, n, K, kl, 1e-8f);
+            int ok = isfinite(Ln) && isfinite(dsig);
+            for (int m = 0; m < T * K; m++) {
+                ok = ok && isfinite(dw[m]);
+            }
+            CHECK(ok, "normal N=%d sigma=1e-3 kl=%d: loss %g dsigma %g", n, kl, Ln, (double)dsig);
+        }
+    }
+}
+
 int main(void)
 {
     eg_set_num_threads(2);
@@ -512,5 +588,7 @@ int main(void)
     test_route(1, 4, 1);
     test_graph();
     test_act_copies();
+    test_act_tails();
+    test_losses_underflow();
     return eg_test_report("test_gmoe");
 }

@@ -104,8 +104,8 @@ class _Pair:
         from engine_py import EngineClassifier
 
         self.torch = torch
-        self.clf = EngineClassifier(epochs=0, seed=seed, show_progress_bar=False, **hp)
-        self.clf.fit(cache, graph, g.labels, g.train_idx)   # builds the model, no training
+        self.clf = EngineClassifier(seed=seed, show_progress_bar=False, **hp)
+        self.clf._setup(cache, graph, g.labels, g.train_idx, None)   # builds the model, no training
         sd = self.clf.state_dict()
         c = self.clf
         self.ref = EngineRef(len(c.layers_), c.in_dim_, c.reduced_dim_, c.hidden, c.num_classes_,
@@ -328,8 +328,8 @@ def run_live(cache, graph, g, enc, hp, n_batches, hf=None, log=print):
     from engine_py import EngineClassifier
     from engine_py.engine import _seed64
 
-    clf = EngineClassifier(epochs=0, seed=0, show_progress_bar=False, **hp)
-    clf.fit(cache, graph, g.labels, g.train_idx)
+    clf = EngineClassifier(seed=0, show_progress_bar=False, **hp)
+    clf._setup(cache, graph, g.labels, g.train_idx, None)   # builds the model, no training
     y = g.labels.astype(np.int64)
     bs = int(clf.batch_size)
     perm = g.train_idx[np.random.default_rng(7).permutation(g.train_idx.size)]

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .._validate import read_json
 from .graph import TextGraph, stratified_split
 
 __all__ = ["load_tag_dir", "save_tag_dir", "load_packed", "save_packed",
@@ -81,7 +82,7 @@ def load_tag_dir(path) -> TextGraph:
 def _load_tag_dir(root: Path) -> TextGraph:
     meta = {}
     if (root / "meta.json").exists():
-        meta = json.loads((root / "meta.json").read_text(encoding="utf-8"))
+        meta = read_json(root / "meta.json", "dataset metadata")
         if not isinstance(meta, dict):
             raise ValueError(f"{root / 'meta.json'}: expected a JSON object")
     nodes_path = _need(root / "nodes.jsonl", "the node file nodes.jsonl")
@@ -122,8 +123,7 @@ def _load_tag_dir(root: Path) -> TextGraph:
     else:
         raise FileNotFoundError(f"expected the edge file {root / 'edges.csv'} "
                                 f"(or {root / 'edges.npy'}), but neither exists")
-    split = json.loads(_need(root / "split.json", "the split file split.json")
-                       .read_text(encoding="utf-8"))
+    split = read_json(_need(root / "split.json", "the split file split.json"), "split file")
     for key in ("train", "val", "test"):
         if key not in split:
             raise ValueError(f"{root / 'split.json'}: missing key {key!r}")
@@ -361,7 +361,7 @@ def load_csv_tag(path, *, nodes_file: str = "nodes.csv", edges_file=None,
     # split
     sc = _pick(columns, ("split",))
     if (root / split_file).exists():
-        sp = json.loads((root / split_file).read_text(encoding="utf-8"))
+        sp = read_json(root / split_file, "split file")
         tr, va, te = sp["train"], sp.get("val", sp.get("valid")), sp["test"]
         if va is None:
             raise ValueError(f"{root / split_file}: missing key 'val'")
