@@ -198,7 +198,7 @@ PyMODINIT_FUNC PyInit__core(void)
         Py_DECREF(m);
         return NULL;
     }
-    if (eg_py_init_io(m) < 0 || eg_py_init_text(m) < 0 || eg_py_init_bert(m) < 0 ||
+    if (eg_py_init_io(m) < 0 || eg_py_init_gguf(m) < 0 || eg_py_init_text(m) < 0 || eg_py_init_bert(m) < 0 ||
         eg_py_init_cache(m) < 0 || eg_py_init_engine(m) < 0 ||
         eg_py_init_gmoe(m) < 0) {
         Py_DECREF(m);

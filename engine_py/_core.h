@@ -105,6 +105,7 @@ int eg_py_add_type(PyObject *module, const char *name, PyTypeObject *type);
 /* Area initialisers: add functions, types and exceptions to the module.
  * Return 0 on success, -1 with an exception set. */
 int eg_py_init_io(PyObject *module);      /* _core_io.c: safetensors */
+int eg_py_init_gguf(PyObject *module);    /* _core_gguf.c: GGUF reader */
 int eg_py_init_text(PyObject *module);    /* _core_text.c: tokenizers */
 int eg_py_init_bert(PyObject *module);    /* _core_bert.c: BERT encoder */
 int eg_py_init_cache(PyObject *module);   /* _core_cache.c: layer cache */
