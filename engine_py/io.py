@@ -329,12 +329,14 @@ class GGUFFile:
     def tensor(self, name: str) -> np.ndarray:
         """Tensor ``name`` dequantized to a new float32 array of shape
         ``tensors[name].shape``."""
-        return self._m.dequantize(self._lookup(name))
+        i = self._lookup(name)
+        return self._m.dequantize(i)
 
     def raw(self, name: str) -> np.ndarray:
         """Tensor ``name``'s bytes (its quantized blocks, as stored) as a
         read-only 1-D uint8 view into the mapping."""
-        return self._m.raw(self._lookup(name))
+        i = self._lookup(name)
+        return self._m.raw(i)
 
     def close(self) -> None:
         """Drop this object's reference to the mapping; it is unmapped once
