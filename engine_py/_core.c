@@ -264,6 +264,37 @@ PyObject *eg_py_array_copy(int nd, const npy_intp *dims, int type, const void *s
     return a;
 }
 
+int eg_py_fs_path(PyObject *arg, PyObject **bytes, PyObject **str)
+{
+    *str = NULL;
+    if (!PyUnicode_FSConverter(arg, bytes)) {
+        return -1;
+    }
+    *str = PyUnicode_DecodeFSDefault(PyBytes_AS_STRING(*bytes));
+    if (*str == NULL) {
+        Py_CLEAR(*bytes);
+        return -1;
+    }
+    return 0;
+}
+
+PyObject *eg_py_raise_file_error(const eg_err *err, int sys_errno, PyObject *path, PyObject *format_error)
+{
+    if (err->status == EG_EIO && sys_errno != 0) {
+        PyObject *args = Py_BuildValue("(isO)", sys_errno, err->msg, path);
+        if (args != NULL) {
+            PyErr_SetObject(PyExc_OSError, args);
+            Py_DECREF(args);
+        }
+        return NULL;
+    }
+    if (err->status == EG_ECORRUPT || err->status == EG_EOVERFLOW || err->status == EG_EINVAL) {
+        PyErr_SetString(format_error, err->msg);
+        return NULL;
+    }
+    return eg_py_raise(err, format_error);
+}
+
 PyObject *eg_py_finish(int *busy, eg_status st, const eg_err *err, PyObject *corrupt_type)
 {
     if (busy != NULL) {

@@ -99,6 +99,16 @@ int eg_py_init_once(const void *handle, const char *what);
  * dropped) with an exception; arr may be NULL (a failed constructor). */
 PyObject *eg_py_set_base(PyObject *arr, PyObject *owner);
 
+/* A path argument (str, bytes or os.PathLike) as file-system bytes
+ * (*bytes) and as str (*str), both new references. 0 or -1. */
+int eg_py_fs_path(PyObject *arg, PyObject **bytes, PyObject **str);
+
+/* Raise for a file reader's failed open of `path`: OSError(errno, message,
+ * path) when the OS refused (EG_EIO with sys_errno != 0), format_error with
+ * the core's message for a file breaking its format (EG_ECORRUPT,
+ * EG_EOVERFLOW, EG_EINVAL), else as eg_py_raise. Returns NULL. */
+PyObject *eg_py_raise_file_error(const eg_err *err, int sys_errno, PyObject *path, PyObject *format_error);
+
 /* PyType_Ready(type), then add it to the module as `name`. 0 or -1. */
 int eg_py_add_type(PyObject *module, const char *name, PyTypeObject *type);
 

@@ -291,23 +291,19 @@ static PyTypeObject GGUFMappingType = {
 static PyObject *py_gguf_open(PyObject *self, PyObject *path_arg)
 {
     (void)self;
-    PyObject *pbytes = NULL;
-    if (!PyUnicode_FSConverter(path_arg, &pbytes)) {
+    PyObject *pbytes, *path;
+    if (eg_py_fs_path(path_arg, &pbytes, &path) < 0) {
         return NULL;
     }
     GGUFMappingObject *m = PyObject_New(GGUFMappingObject, &GGUFMappingType);
     if (m == NULL) {
         Py_DECREF(pbytes);
+        Py_DECREF(path);
         return NULL;
     }
     memset(&m->file, 0, sizeof m->file);
     m->weakreflist = NULL;
-    m->path = PyUnicode_DecodeFSDefault(PyBytes_AS_STRING(pbytes));
-    if (m->path == NULL) {
-        Py_DECREF(pbytes);
-        Py_DECREF(m);
-        return NULL;
-    }
+    m->path = path;
     eg_err err;
     eg_err_clear(&err);
     eg_status st;
@@ -317,17 +313,7 @@ static PyObject *py_gguf_open(PyObject *self, PyObject *path_arg)
     Py_END_ALLOW_THREADS
     Py_DECREF(pbytes);
     if (st != EG_OK) {
-        if (st == EG_EIO && m->file.sys_errno != 0) {
-            PyObject *args = Py_BuildValue("(isO)", m->file.sys_errno, err.msg, m->path);
-            if (args != NULL) {
-                PyErr_SetObject(PyExc_OSError, args);
-                Py_DECREF(args);
-            }
-        } else if (st == EG_ECORRUPT || st == EG_EOVERFLOW || st == EG_EINVAL || st == EG_EIO) {
-            PyErr_SetString(GGUFError, err.msg);
-        } else {
-            eg_py_raise(&err, GGUFError);
-        }
+        eg_py_raise_file_error(&err, m->file.sys_errno, m->path, GGUFError);
         Py_DECREF(m);
         return NULL;
     }

@@ -218,41 +218,37 @@ static inline void scale_min_k4(int j, const uint8_t *q, int *sc, int *m)
     }
 }
 
+/* One Q4_K or Q5_K super-block (same header; qh is NULL for Q4_K): group
+ * g = 2c + hi holds nibble hi of qs[32c + l], plus bit g of qh[l] as bit 4. */
+static inline void deq_k4_block(uint16_t dh, uint16_t dminh, const uint8_t *scales, const uint8_t *qs,
+                                const uint8_t *qh, float *y)
+{
+    const float d = h2f(dh), dmin = h2f(dminh);
+    for (int g = 0; g < 8; g++) {
+        int sc, m;
+        scale_min_k4(g, scales, &sc, &m);
+        const float d1 = d * (float)sc, m1 = dmin * (float)m;
+        const uint8_t *q = qs + 32 * (g / 2);
+        const int shift = 4 * (g % 2);
+        for (int l = 0; l < 32; l++) {
+            int v = ((q[l] >> shift) & 0x0F) | (qh != NULL ? ((qh[l] >> g) & 1) << 4 : 0);
+            float p = d1 * (float)v;
+            y[32 * g + l] = p - m1;
+        }
+    }
+}
+
 static void deq_q4_K(const eg_block_q4_K *x, float *y, size_t nb)
 {
     for (size_t i = 0; i < nb; i++, y += EG_QK_K) {
-        const float d = h2f(x[i].d), dmin = h2f(x[i].dmin);
-        /* group g = 2c + hi: nibble hi of qs[32c + l] */
-        for (int g = 0; g < 8; g++) {
-            int sc, m;
-            scale_min_k4(g, x[i].scales, &sc, &m);
-            const float d1 = d * (float)sc, m1 = dmin * (float)m;
-            const uint8_t *q = x[i].qs + 32 * (g / 2);
-            const int shift = 4 * (g % 2);
-            for (int l = 0; l < 32; l++) {
-                float p = d1 * (float)((q[l] >> shift) & 0x0F);
-                y[32 * g + l] = p - m1;
-            }
-        }
+        deq_k4_block(x[i].d, x[i].dmin, x[i].scales, x[i].qs, NULL, y);
     }
 }
 
 static void deq_q5_K(const eg_block_q5_K *x, float *y, size_t nb)
 {
     for (size_t i = 0; i < nb; i++, y += EG_QK_K) {
-        const float d = h2f(x[i].d), dmin = h2f(x[i].dmin);
-        for (int g = 0; g < 8; g++) {
-            int sc, m;
-            scale_min_k4(g, x[i].scales, &sc, &m);
-            const float d1 = d * (float)sc, m1 = dmin * (float)m;
-            const uint8_t *q = x[i].qs + 32 * (g / 2);
-            const int shift = 4 * (g % 2);
-            for (int l = 0; l < 32; l++) {
-                int v = ((q[l] >> shift) & 0x0F) | ((x[i].qh[l] >> g) & 1) << 4;
-                float p = d1 * (float)v;
-                y[32 * g + l] = p - m1;
-            }
-        }
+        deq_k4_block(x[i].d, x[i].dmin, x[i].scales, x[i].qs, x[i].qh, y);
     }
 }
 
