@@ -264,6 +264,23 @@ PyObject *eg_py_array_copy(int nd, const npy_intp *dims, int type, const void *s
     return a;
 }
 
+PyObject *eg_py_add_exception(PyObject *module, const char *name, const char *doc, PyObject *base)
+{
+    char qualname[128];
+    snprintf(qualname, sizeof qualname, "engine_py._core.%s", name);
+    PyObject *exc = PyErr_NewExceptionWithDoc(qualname, doc, base, NULL);
+    if (exc == NULL) {
+        return NULL;
+    }
+    Py_INCREF(exc);   /* one reference for the module, one for the caller's static */
+    if (PyModule_AddObject(module, name, exc) < 0) {
+        Py_DECREF(exc);
+        Py_DECREF(exc);
+        return NULL;
+    }
+    return exc;
+}
+
 int eg_py_fs_path(PyObject *arg, PyObject **bytes, PyObject **str)
 {
     *str = NULL;

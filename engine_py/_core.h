@@ -109,6 +109,10 @@ int eg_py_fs_path(PyObject *arg, PyObject **bytes, PyObject **str);
  * EG_EOVERFLOW, EG_EINVAL), else as eg_py_raise. Returns NULL. */
 PyObject *eg_py_raise_file_error(const eg_err *err, int sys_errno, PyObject *path, PyObject *format_error);
 
+/* A new exception class engine_py._core.<name> deriving from base, added
+ * to the module; returns a new reference (for the caller's static), or NULL. */
+PyObject *eg_py_add_exception(PyObject *module, const char *name, const char *doc, PyObject *base);
+
 /* PyType_Ready(type), then add it to the module as `name`. 0 or -1. */
 int eg_py_add_type(PyObject *module, const char *name, PyTypeObject *type);
 

@@ -331,16 +331,11 @@ int eg_py_init_gguf(PyObject *module)
     if (eg_py_add_type(module, "GGUFMapping", &GGUFMappingType) < 0) {
         return -1;
     }
-    GGUFError = PyErr_NewExceptionWithDoc(
-        "engine_py._core.GGUFError",
+    GGUFError = eg_py_add_exception(
+        module, "GGUFError",
         "A GGUF file breaks a rule of the format (the message names the file, the field and its offset).",
-        PyExc_ValueError, NULL);
+        PyExc_ValueError);
     if (GGUFError == NULL) {
-        return -1;
-    }
-    Py_INCREF(GGUFError);
-    if (PyModule_AddObject(module, "GGUFError", GGUFError) < 0) {
-        Py_DECREF(GGUFError);
         return -1;
     }
     return PyModule_AddFunctions(module, gguf_methods);

@@ -481,16 +481,11 @@ int eg_py_init_io(PyObject *module)
     if (eg_py_add_type(module, "SafetensorsMapping", &MappingType) < 0) {
         return -1;
     }
-    SafetensorsError = PyErr_NewExceptionWithDoc(
-        "engine_py._core.SafetensorsError",
+    SafetensorsError = eg_py_add_exception(
+        module, "SafetensorsError",
         "A safetensors file breaks a rule of the format (the message names the file and the rule).",
-        PyExc_ValueError, NULL);
+        PyExc_ValueError);
     if (SafetensorsError == NULL) {
-        return -1;
-    }
-    Py_INCREF(SafetensorsError);
-    if (PyModule_AddObject(module, "SafetensorsError", SafetensorsError) < 0) {
-        Py_DECREF(SafetensorsError);
         return -1;
     }
     if (PyModule_AddFunctions(module, io_methods) < 0) {
