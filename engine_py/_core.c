@@ -220,7 +220,7 @@ PyMODINIT_FUNC PyInit__core(void)
         Py_DECREF(m);
         return NULL;
     }
-    if (eg_py_init_io(m) < 0 || eg_py_init_text(m) < 0 || eg_py_init_bert(m) < 0 ||
+    if (eg_py_init_io(m) < 0 || eg_py_init_gguf(m) < 0 || eg_py_init_text(m) < 0 || eg_py_init_bert(m) < 0 ||
         eg_py_init_cache(m) < 0 || eg_py_init_engine(m) < 0 ||
         eg_py_init_gmoe(m) < 0) {
         Py_DECREF(m);
@@ -284,6 +284,54 @@ PyObject *eg_py_array_copy(int nd, const npy_intp *dims, int type, const void *s
         memcpy(PyArray_DATA((PyArrayObject *)a), src, (size_t)PyArray_NBYTES((PyArrayObject *)a));
     }
     return a;
+}
+
+PyObject *eg_py_add_exception(PyObject *module, const char *name, const char *doc, PyObject *base)
+{
+    char qualname[128];
+    snprintf(qualname, sizeof qualname, "engine_py._core.%s", name);
+    PyObject *exc = PyErr_NewExceptionWithDoc(qualname, doc, base, NULL);
+    if (exc == NULL) {
+        return NULL;
+    }
+    Py_INCREF(exc);   /* one reference for the module, one for the caller's static */
+    if (PyModule_AddObject(module, name, exc) < 0) {
+        Py_DECREF(exc);
+        Py_DECREF(exc);
+        return NULL;
+    }
+    return exc;
+}
+
+int eg_py_fs_path(PyObject *arg, PyObject **bytes, PyObject **str)
+{
+    *str = NULL;
+    if (!PyUnicode_FSConverter(arg, bytes)) {
+        return -1;
+    }
+    *str = PyUnicode_DecodeFSDefault(PyBytes_AS_STRING(*bytes));
+    if (*str == NULL) {
+        Py_CLEAR(*bytes);
+        return -1;
+    }
+    return 0;
+}
+
+PyObject *eg_py_raise_file_error(const eg_err *err, int sys_errno, PyObject *path, PyObject *format_error)
+{
+    if (err->status == EG_EIO && sys_errno != 0) {
+        PyObject *args = Py_BuildValue("(isO)", sys_errno, err->msg, path);
+        if (args != NULL) {
+            PyErr_SetObject(PyExc_OSError, args);
+            Py_DECREF(args);
+        }
+        return NULL;
+    }
+    if (err->status == EG_ECORRUPT || err->status == EG_EOVERFLOW || err->status == EG_EINVAL) {
+        PyErr_SetString(format_error, err->msg);
+        return NULL;
+    }
+    return eg_py_raise(err, format_error);
 }
 
 PyObject *eg_py_finish(int *busy, eg_status st, const eg_err *err, PyObject *corrupt_type)

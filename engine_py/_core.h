@@ -99,12 +99,27 @@ int eg_py_init_once(const void *handle, const char *what);
  * dropped) with an exception; arr may be NULL (a failed constructor). */
 PyObject *eg_py_set_base(PyObject *arr, PyObject *owner);
 
+/* A path argument (str, bytes or os.PathLike) as file-system bytes
+ * (*bytes) and as str (*str), both new references. 0 or -1. */
+int eg_py_fs_path(PyObject *arg, PyObject **bytes, PyObject **str);
+
+/* Raise for a file reader's failed open of `path`: OSError(errno, message,
+ * path) when the OS refused (EG_EIO with sys_errno != 0), format_error with
+ * the core's message for a file breaking its format (EG_ECORRUPT,
+ * EG_EOVERFLOW, EG_EINVAL), else as eg_py_raise. Returns NULL. */
+PyObject *eg_py_raise_file_error(const eg_err *err, int sys_errno, PyObject *path, PyObject *format_error);
+
+/* A new exception class engine_py._core.<name> deriving from base, added
+ * to the module; returns a new reference (for the caller's static), or NULL. */
+PyObject *eg_py_add_exception(PyObject *module, const char *name, const char *doc, PyObject *base);
+
 /* PyType_Ready(type), then add it to the module as `name`. 0 or -1. */
 int eg_py_add_type(PyObject *module, const char *name, PyTypeObject *type);
 
 /* Area initialisers: add functions, types and exceptions to the module.
  * Return 0 on success, -1 with an exception set. */
 int eg_py_init_io(PyObject *module);      /* _core_io.c: safetensors */
+int eg_py_init_gguf(PyObject *module);    /* _core_gguf.c: GGUF reader */
 int eg_py_init_text(PyObject *module);    /* _core_text.c: tokenizers */
 int eg_py_init_bert(PyObject *module);    /* _core_bert.c: BERT encoder */
 int eg_py_init_cache(PyObject *module);   /* _core_cache.c: layer cache */

@@ -64,44 +64,22 @@ static PyTypeObject MappingType = {
     .tp_getset = mapping_getset,
 };
 
-/* Raise for a failed open/parse of `path`. */
-static PyObject *raise_file_error(const eg_err *err, const eg_st_file *f, PyObject *path)
-{
-    if (err->status == EG_EIO && f->sys_errno != 0) {
-        PyObject *args = Py_BuildValue("(isO)", f->sys_errno, err->msg, path);
-        if (args != NULL) {
-            PyErr_SetObject(PyExc_OSError, args);
-            Py_DECREF(args);
-        }
-        return NULL;
-    }
-    if (err->status == EG_ECORRUPT || err->status == EG_EOVERFLOW || err->status == EG_EINVAL) {
-        PyErr_SetString(SafetensorsError, err->msg);
-        return NULL;
-    }
-    return eg_py_raise(err, SafetensorsError);
-}
-
 /* Open and validate; returns a new MappingObject or NULL. */
 static MappingObject *open_mapping(PyObject *path_arg)
 {
-    PyObject *pbytes = NULL;
-    if (!PyUnicode_FSConverter(path_arg, &pbytes)) {
+    PyObject *pbytes, *path;
+    if (eg_py_fs_path(path_arg, &pbytes, &path) < 0) {
         return NULL;
     }
     MappingObject *m = PyObject_New(MappingObject, &MappingType);
     if (m == NULL) {
         Py_DECREF(pbytes);
+        Py_DECREF(path);
         return NULL;
     }
     memset(&m->file, 0, sizeof m->file);
     m->weakreflist = NULL;
-    m->path = PyUnicode_DecodeFSDefault(PyBytes_AS_STRING(pbytes));
-    if (m->path == NULL) {
-        Py_DECREF(pbytes);
-        Py_DECREF(m);
-        return NULL;
-    }
+    m->path = path;
     eg_err err;
     eg_err_clear(&err);
     eg_status st;
@@ -110,13 +88,12 @@ static MappingObject *open_mapping(PyObject *path_arg)
     Py_BEGIN_ALLOW_THREADS
     st = eg_st_open(cpath, &m->file, &err);
     Py_END_ALLOW_THREADS
+    Py_DECREF(pbytes);
     if (st != EG_OK) {
-        raise_file_error(&err, &m->file, m->path);
-        Py_DECREF(pbytes);
+        eg_py_raise_file_error(&err, m->file.sys_errno, m->path, SafetensorsError);
         Py_DECREF(m);
         return NULL;
     }
-    Py_DECREF(pbytes);
     return m;
 }
 
@@ -504,16 +481,11 @@ int eg_py_init_io(PyObject *module)
     if (eg_py_add_type(module, "SafetensorsMapping", &MappingType) < 0) {
         return -1;
     }
-    SafetensorsError = PyErr_NewExceptionWithDoc(
-        "engine_py._core.SafetensorsError",
+    SafetensorsError = eg_py_add_exception(
+        module, "SafetensorsError",
         "A safetensors file breaks a rule of the format (the message names the file and the rule).",
-        PyExc_ValueError, NULL);
+        PyExc_ValueError);
     if (SafetensorsError == NULL) {
-        return -1;
-    }
-    Py_INCREF(SafetensorsError);
-    if (PyModule_AddObject(module, "SafetensorsError", SafetensorsError) < 0) {
-        Py_DECREF(SafetensorsError);
         return -1;
     }
     if (PyModule_AddFunctions(module, io_methods) < 0) {

@@ -1,5 +1,6 @@
-"""Weights on disk: safetensors (read and written by the C core), ``.npz``,
-and Hugging Face model folders.
+"""Weights on disk: safetensors (read and written by the C core), GGUF (read
+by the C core, see :class:`GGUFFile`), ``.npz``, and Hugging Face model
+folders.
 
 Reading maps the file and validates its header rule by rule like the
 reference implementation (``huggingface/safetensors``); aligned tensors are
@@ -17,15 +18,18 @@ torch only when it meets one.
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Dict, Mapping, NamedTuple, Optional, Tuple
 
 import numpy as np
 
 from . import _core
-from ._core import SafetensorsError
+from ._core import GGUFError, SafetensorsError
 from ._validate import read_json
 
 __all__ = [
+    "GGUFError",
+    "GGUFFile",
+    "GGUFTensorInfo",
     "SafetensorsError",
     "load_safetensors",
     "save_safetensors",
@@ -330,3 +334,91 @@ def load_state(path_or_dir, bf16: str = "float32") -> Dict[str, np.ndarray]:
         raise FileNotFoundError("%s: no such file or folder" % p)
     raise ValueError("%s: unknown weights format (expected .safetensors, a safetensors index, .npz, "
                      "or a model folder)" % p)
+
+
+class GGUFTensorInfo(NamedTuple):
+    """One tensor of a GGUF file. ``shape`` is in PyTorch / NumPy order, as
+    transformers reports it (GGUF stores dims fastest-first, so reversed);
+    ``type`` is the ggml type name (``"Q4_K"``); ``nbytes`` the size of its
+    blocks; ``offset`` their absolute offset in the file."""
+    name: str
+    shape: Tuple[int, ...]
+    type: str
+    type_id: int
+    nbytes: int
+    offset: int
+    n_elements: int
+
+
+class GGUFFile:
+    """A GGUF file (v2 or v3, little-endian), mapped read-only and validated
+    by the C core (docs/GGUF.md lists the rules); a broken file raises
+    :class:`GGUFError` (a ValueError) naming the file, the field and its
+    offset.
+
+    - ``metadata``: dict key -> value: int, float, bool, str (invalid UTF-8
+      kept as lone surrogates), or for arrays a list of str (string arrays)
+      or a 1-D NumPy array (numeric and bool arrays, e.g. token scores).
+    - ``version``, ``alignment``, ``tensors`` (name -> :class:`GGUFTensorInfo`,
+      file order).
+    - ``tensor(name)``: the tensor dequantized to a new float32 array,
+      bit-identical to ``gguf.quants.dequantize``.
+    - ``raw(name)``: a zero-copy read-only uint8 view of its blocks; the view
+      keeps the mapping alive after :meth:`close`.
+
+    Use as a context manager, or call :meth:`close` (views already handed
+    out stay valid)."""
+
+    def __init__(self, path):
+        self._path = os.fspath(path)
+        self._m = _core.gguf_open(self._path)
+        self.version: int = self._m.version
+        self.alignment: int = self._m.alignment
+        self.data_offset: int = self._m.data_offset
+        self.metadata: Dict[str, Any] = self._m.metadata()
+        infos = [GGUFTensorInfo(*t) for t in self._m.tensor_infos()]
+        self.tensors: Dict[str, GGUFTensorInfo] = {t.name: t for t in infos}
+        self._index = {t.name: i for i, t in enumerate(infos)}
+
+    @property
+    def path(self) -> str:
+        return self._path
+
+    @property
+    def closed(self) -> bool:
+        return self._m is None
+
+    def _lookup(self, name: str) -> int:
+        if self._m is None:
+            raise ValueError("%s: GGUFFile is closed" % self._path)
+        try:
+            return self._index[name]
+        except (KeyError, TypeError):
+            raise KeyError("%s: no tensor named %r" % (self._path, name)) from None
+
+    def tensor(self, name: str) -> np.ndarray:
+        """Tensor ``name`` dequantized to a new float32 array of shape
+        ``tensors[name].shape``."""
+        i = self._lookup(name)
+        return self._m.dequantize(i)
+
+    def raw(self, name: str) -> np.ndarray:
+        """Tensor ``name``'s bytes (its quantized blocks, as stored) as a
+        read-only 1-D uint8 view into the mapping."""
+        i = self._lookup(name)
+        return self._m.raw(i)
+
+    def close(self) -> None:
+        """Drop this object's reference to the mapping; it is unmapped once
+        no raw() view refers to it. Idempotent."""
+        self._m = None
+
+    def __enter__(self) -> "GGUFFile":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return "GGUFFile(%r, version=%d, %d tensors, %d metadata keys%s)" % (
+            self._path, self.version, len(self.tensors), len(self.metadata), ", closed" if self.closed else "")

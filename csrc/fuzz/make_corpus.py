@@ -52,6 +52,63 @@ def safetensors_seeds():
     put(d, "hand_made", struct.pack("<Q", len(hdr)) + hdr + b"\0\0\x80\x3f")
 
 
+def gguf_seeds():
+    import gguf
+    from gguf import GGMLQuantizationType as QT, GGUFValueType as VT
+    d = out_dir("gguf")
+    tmp = tempfile.mkdtemp()
+    rng = np.random.default_rng(0)
+
+    def blocks(qtype, rows, cols, scale_offsets):
+        bs, ts = gguf.GGML_QUANT_SIZES[qtype]
+        raw = rng.integers(0, 256, size=(rows * cols // bs, ts), dtype=np.uint8)
+        for off in scale_offsets:
+            raw[:, off:off + 2] = rng.uniform(-1, 1, len(raw)).astype(np.float16).view(np.uint8).reshape(-1, 2)
+        return raw.reshape(rows, -1)
+
+    def write(name, tensors, kv=(), alignment=None, version=3):
+        p = os.path.join(tmp, name)
+        w = gguf.GGUFWriter(p, arch="llama")
+        if alignment:
+            w.add_custom_alignment(alignment)
+        for key, val, vt, sub in kv:
+            w.add_key_value(key, val, vt, sub_type=sub)
+        for tname, arr, qt in tensors:
+            w.add_tensor(tname, arr, raw_dtype=qt)
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_tensors_to_file()
+        w.close()
+        with open(p, "rb") as f:
+            data = bytearray(f.read())
+        if version != 3:
+            data[4:8] = struct.pack("<I", version)
+        put(d, name, bytes(data))
+
+    x = rng.standard_normal((2, 32)).astype(np.float32)
+    write("metadata_all_types", [("t", x[0, :4].copy(), None)], [
+        ("u8", 7, VT.UINT8, None), ("i8", -7, VT.INT8, None), ("u16", 700, VT.UINT16, None),
+        ("i16", -700, VT.INT16, None), ("u32", 70000, VT.UINT32, None), ("i32", -70000, VT.INT32, None),
+        ("u64", 2**63, VT.UINT64, None), ("i64", -2**40, VT.INT64, None), ("f32", 0.25, VT.FLOAT32, None),
+        ("f64", 1e-300, VT.FLOAT64, None), ("b", True, VT.BOOL, None), ("s", "caf\u00e9", VT.STRING, None),
+        ("toks", ["<s>", "a", "\u4e2d"], VT.ARRAY, VT.STRING), ("scores", [0.0, -1.5, 2.0], VT.ARRAY, VT.FLOAT32),
+        ("types", [1, 2, 3], VT.ARRAY, VT.INT32), ("flags", [True, False], VT.ARRAY, VT.BOOL)])
+    write("v2_f32_f16_bf16", [("a", x, None), ("h", x.astype(np.float16), None),
+                              ("bf", gguf.quants.quantize(x, QT.BF16), QT.BF16)], version=2)
+    write("simple_quants_align64", [("q4_0", gguf.quants.quantize(x, QT.Q4_0), QT.Q4_0),
+                                    ("q4_1", gguf.quants.quantize(x, QT.Q4_1), QT.Q4_1),
+                                    ("q5_0", gguf.quants.quantize(x, QT.Q5_0), QT.Q5_0),
+                                    ("q5_1", gguf.quants.quantize(x, QT.Q5_1), QT.Q5_1),
+                                    ("q8_0", gguf.quants.quantize(x, QT.Q8_0), QT.Q8_0)], alignment=64)
+    write("k_quants", [("q2_k", blocks(QT.Q2_K, 1, 256, [80, 82]), QT.Q2_K),
+                       ("q3_k", blocks(QT.Q3_K, 1, 256, [108]), QT.Q3_K),
+                       ("q4_k", blocks(QT.Q4_K, 1, 256, [0, 2]), QT.Q4_K),
+                       ("q5_k", blocks(QT.Q5_K, 1, 256, [0, 2]), QT.Q5_K),
+                       ("q6_k", blocks(QT.Q6_K, 1, 256, [208]), QT.Q6_K)])
+    write("no_tensors", [], [("general.alignment", 8, VT.UINT32, None)])
+    shutil.rmtree(tmp)
+
+
 class FakeEncoder:
     def __init__(self, num_layers=3, hidden_size=8, fail_after=None):
         self.num_layers = num_layers
@@ -149,6 +206,7 @@ def graph_seeds():
 
 if __name__ == "__main__":
     safetensors_seeds()
+    gguf_seeds()
     cache_seeds()
     json_seeds()
     wordpiece_seeds()

@@ -20,14 +20,13 @@
 #define _POSIX_C_SOURCE 200809L /* O_CLOEXEC, O_DIRECTORY, fsync under -std=c11 */
 #include "eg_safetensors.h"
 #include "eg_json.h"
+#include "eg_mapfile.h"
 
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 static const char *const dtype_names[EG_ST_NUM_DTYPES] = {
@@ -69,20 +68,11 @@ void eg_st_close(eg_st_file *f)
     if (f == NULL) {
         return;
     }
-    if (f->mapped && f->base != NULL) {
-        munmap((void *)f->base, f->size);
+    if (f->mapped) {
+        eg_unmap_file(f->base, f->size);
     }
     eg_arena_free(&f->arena);
     file_init(f);
-}
-
-static uint64_t read_le64(const unsigned char *p)
-{
-    uint64_t v = 0;
-    for (int k = 7; k >= 0; k--) {
-        v = (v << 8) | p[k];
-    }
-    return v;
 }
 
 /* A JSON number as a non-negative size; message names the field. */
@@ -249,7 +239,7 @@ static eg_status parse_into(const unsigned char *buf, size_t size, const char *w
         return eg_seterr(err, EG_ECORRUPT,
                          "%s: file is %zu bytes, too small for the 8-byte header length", what, size);
     }
-    uint64_t n64 = read_le64(buf);
+    uint64_t n64 = eg_load_le64(buf);
     if (n64 > EG_ST_MAX_HEADER) {
         return eg_seterr(err, EG_ECORRUPT, "%s: header length %llu exceeds the limit of %zu bytes", what,
                          (unsigned long long)n64, EG_ST_MAX_HEADER);
@@ -359,39 +349,11 @@ eg_status eg_st_parse(const unsigned char *buf, size_t size, const char *what,
 eg_status eg_st_open(const char *path, eg_st_file *f, eg_err *err)
 {
     file_init(f);
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) {
-        f->sys_errno = errno;
-        return eg_seterr(err, EG_EIO, "%s: cannot open: %s", path, strerror(errno));
-    }
-    struct stat sb;
-    if (fstat(fd, &sb) != 0) {
-        f->sys_errno = errno;
-        eg_seterr(err, EG_EIO, "%s: cannot stat: %s", path, strerror(errno));
-        close(fd);
-        return EG_EIO;
-    }
-    if (!S_ISREG(sb.st_mode)) {
-        close(fd);
-        f->sys_errno = S_ISDIR(sb.st_mode) ? EISDIR : EINVAL;
-        return eg_seterr(err, EG_EIO, "%s: not a regular file", path);
-    }
-    if (sb.st_size < 8) {
-        close(fd);
-        return eg_seterr(err, EG_ECORRUPT, "%s: file is %lld bytes, too small for the 8-byte header length",
-                         path, (long long)sb.st_size);
-    }
-    if ((unsigned long long)sb.st_size > (unsigned long long)SIZE_MAX) {
-        close(fd);
-        return eg_seterr(err, EG_EOVERFLOW, "%s: file too large to map", path);
-    }
-    size_t size = (size_t)sb.st_size;
-    void *p = mmap(NULL, size, PROT_READ, MAP_PRIVATE, fd, 0);
-    int e = errno;
-    close(fd);
-    if (p == MAP_FAILED) {
-        f->sys_errno = e;
-        return eg_seterr(err, EG_EIO, "%s: cannot mmap %zu bytes: %s", path, size, strerror(e));
+    const unsigned char *p;
+    size_t size;
+    eg_status st = eg_map_file(path, 8, "the 8-byte header length", &p, &size, &f->sys_errno, err);
+    if (st != EG_OK) {
+        return st;
     }
     f->base = p;
     f->size = size;

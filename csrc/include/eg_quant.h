@@ -1,0 +1,141 @@
+/*
+ * eg_quant.h — ggml tensor types: ids, block layouts, and dequantization to
+ * float32.
+ *
+ * The ids and byte layouts are ggml's (llama.cpp ggml-common.h), because
+ * GGUF files store tensors in them. Each quantized type packs `block_size`
+ * consecutive elements of a row (32, or 256 for the K-quants) into a block of
+ * `type_size` bytes; fp16 scales are IEEE binary16 bits. The structs below
+ * are packed (alignment 1) so they can be read wherever a file puts them;
+ * the _Static_asserts pin their sizes. The dequantization kernels and the
+ * future quantized matmul share these definitions.
+ *
+ * Dequantization is bit-identical to the `gguf` Python package
+ * (gguf.quants.dequantize): every value is computed in float32 with the same
+ * operations in the same order (e.g. Q4_1: d * q + m as a product then a
+ * sum, never fused; Q4_K: (d * sc) * q - dmin * m).
+ */
+#ifndef EG_QUANT_H
+#define EG_QUANT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ggml type ids as stored in GGUF tensor infos (gaps are retired ids). */
+typedef enum {
+    EG_GGML_F32 = 0,
+    EG_GGML_F16 = 1,
+    EG_GGML_Q4_0 = 2,
+    EG_GGML_Q4_1 = 3,
+    EG_GGML_Q5_0 = 6,
+    EG_GGML_Q5_1 = 7,
+    EG_GGML_Q8_0 = 8,
+    EG_GGML_Q8_1 = 9,
+    EG_GGML_Q2_K = 10,
+    EG_GGML_Q3_K = 11,
+    EG_GGML_Q4_K = 12,
+    EG_GGML_Q5_K = 13,
+    EG_GGML_Q6_K = 14,
+    EG_GGML_Q8_K = 15,
+    EG_GGML_BF16 = 30,
+    EG_GGML_TYPE_LIMIT = 64   /* ids below this can be named in messages */
+} eg_ggml_type;
+
+#define EG_QK 32     /* elements per block of the simple quants */
+#define EG_QK_K 256  /* elements per super-block of the K-quants */
+
+#define EG_PACKED __attribute__((packed))
+
+/* x = d * (q - 8), q the 4-bit value; element j < 16 is the low nibble of
+ * qs[j], element j + 16 its high nibble. */
+typedef struct EG_PACKED { uint16_t d; uint8_t qs[EG_QK / 2]; } eg_block_q4_0;
+/* x = d * q + m */
+typedef struct EG_PACKED { uint16_t d, m; uint8_t qs[EG_QK / 2]; } eg_block_q4_1;
+/* 5-bit q: the nibble as in Q4_0 plus bit j of qh (little-endian u32) as
+ * bit 4; x = d * (q - 16) */
+typedef struct EG_PACKED { uint16_t d; uint8_t qh[4]; uint8_t qs[EG_QK / 2]; } eg_block_q5_0;
+/* x = d * q + m */
+typedef struct EG_PACKED { uint16_t d, m; uint8_t qh[4]; uint8_t qs[EG_QK / 2]; } eg_block_q5_1;
+/* x = d * qs[j] */
+typedef struct EG_PACKED { uint16_t d; int8_t qs[EG_QK]; } eg_block_q8_0;
+/* 16 groups of 16; x = (d * (sc & 15)) * q - dmin * (sc >> 4), q 2 bits */
+typedef struct EG_PACKED {
+    uint8_t scales[EG_QK_K / 16];
+    uint8_t qs[EG_QK_K / 4];
+    uint16_t d, dmin;
+} eg_block_q2_K;
+/* 16 groups of 16; 6-bit signed scales packed in 12 bytes; q = 2 low bits
+ * minus 4 when the hmask bit is clear; x = (d * (sc - 32)) * q */
+typedef struct EG_PACKED {
+    uint8_t hmask[EG_QK_K / 8];
+    uint8_t qs[EG_QK_K / 4];
+    uint8_t scales[12];
+    uint16_t d;
+} eg_block_q3_K;
+/* 8 groups of 32 with 6-bit scale and min packed in 12 bytes;
+ * x = (d * sc) * q - dmin * m, q 4 bits */
+typedef struct EG_PACKED {
+    uint16_t d, dmin;
+    uint8_t scales[12];
+    uint8_t qs[EG_QK_K / 2];
+} eg_block_q4_K;
+/* as Q4_K with a fifth bit per element in qh */
+typedef struct EG_PACKED {
+    uint16_t d, dmin;
+    uint8_t scales[12];
+    uint8_t qh[EG_QK_K / 8];
+    uint8_t qs[EG_QK_K / 2];
+} eg_block_q5_K;
+/* 16 groups of 16 with int8 scales; q 6 bits (4 in ql, 2 in qh) minus 32;
+ * x = (d * sc) * q */
+typedef struct EG_PACKED {
+    uint8_t ql[EG_QK_K / 2];
+    uint8_t qh[EG_QK_K / 4];
+    int8_t scales[EG_QK_K / 16];
+    uint16_t d;
+} eg_block_q6_K;
+/* llama.cpp's activation format for K-quant dot products: x = d * qs[j]
+ * (float32 d); bsums[g] = sum of qs over group g of 16 */
+typedef struct EG_PACKED {
+    float d;
+    int8_t qs[EG_QK_K];
+    int16_t bsums[EG_QK_K / 16];
+} eg_block_q8_K;
+
+_Static_assert(sizeof(eg_block_q4_0) == 18, "q4_0 layout");
+_Static_assert(sizeof(eg_block_q4_1) == 20, "q4_1 layout");
+_Static_assert(sizeof(eg_block_q5_0) == 22, "q5_0 layout");
+_Static_assert(sizeof(eg_block_q5_1) == 24, "q5_1 layout");
+_Static_assert(sizeof(eg_block_q8_0) == 34, "q8_0 layout");
+_Static_assert(sizeof(eg_block_q2_K) == 84, "q2_K layout");
+_Static_assert(sizeof(eg_block_q3_K) == 110, "q3_K layout");
+_Static_assert(sizeof(eg_block_q4_K) == 144, "q4_K layout");
+_Static_assert(sizeof(eg_block_q5_K) == 176, "q5_K layout");
+_Static_assert(sizeof(eg_block_q6_K) == 210, "q6_K layout");
+_Static_assert(sizeof(eg_block_q8_K) == 292, "q8_K layout");
+
+/* Traits of a type this build knows: 0 and *block_size / *type_size set, or
+ * -1 for an id it does not support (retired, IQ*, TQ*, MXFP4, integer types). */
+int eg_ggml_type_traits(int type, size_t *block_size, size_t *type_size);
+/* "Q4_K" etc., "?" for an unknown id. */
+const char *eg_ggml_type_name(int type);
+/* The names of the supported types, space-separated, for error messages. */
+const char *eg_ggml_supported_names(void);
+/* 1 if eg_dequantize handles the type. */
+int eg_ggml_can_dequantize(int type);
+
+/* Dequantize n elements (a multiple of the type's block size, which the
+ * caller has validated) of `type` at src into dst (float32). src needs no
+ * alignment. Threads over blocks when the work is large (the result does not
+ * depend on the thread count). Kernels cannot fail: an unsupported type
+ * fills dst with NaN (callers check eg_ggml_can_dequantize first). */
+void eg_dequantize(int type, const void *src, float *dst, size_t n);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* EG_QUANT_H */

@@ -1,0 +1,342 @@
+/*
+ * _core_gguf.c — Python glue for csrc/io/gguf.c: the GGUF reader.
+ *
+ * gguf_open(path) maps and validates the file once (eg_gguf_open) inside a
+ * GGUFMapping object. raw(i) returns a read-only uint8 view of a tensor's
+ * blocks whose base is that object, so the mapping lives as long as some
+ * view does; dequantize(i) returns a fresh float32 array shaped like
+ * PyTorch / NumPy (GGUF's dims reversed). Errors in a file raise GGUFError
+ * (a ValueError) naming the file and the field; OS errors raise OSError with
+ * errno and filename. engine_py/io.py wraps this in GGUFFile.
+ */
+#include "_core.h"
+#include "eg_gguf.h"
+
+#include <string.h>
+
+static PyObject *GGUFError = NULL;
+
+typedef struct {
+    PyObject_HEAD
+    eg_gguf_file file;
+    PyObject *path;        /* str */
+    PyObject *weakreflist;
+} GGUFMappingObject;
+
+static void mapping_dealloc(GGUFMappingObject *self)
+{
+    if (self->weakreflist != NULL) {
+        PyObject_ClearWeakRefs((PyObject *)self);
+    }
+    eg_gguf_close(&self->file);
+    Py_XDECREF(self->path);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *mapping_repr(GGUFMappingObject *self)
+{
+    return PyUnicode_FromFormat("<GGUFMapping %R, v%u, %zu tensors, %zu bytes>",
+                                self->path ? self->path : Py_None, (unsigned)self->file.version,
+                                self->file.n_tensors, self->file.size);
+}
+
+/* ------------------------------------------------------------- metadata */
+
+static int npy_type_of(eg_gguf_vtype t)
+{
+    switch (t) {
+    case EG_GGUF_UINT8: return NPY_UINT8;
+    case EG_GGUF_INT8: return NPY_INT8;
+    case EG_GGUF_UINT16: return NPY_UINT16;
+    case EG_GGUF_INT16: return NPY_INT16;
+    case EG_GGUF_UINT32: return NPY_UINT32;
+    case EG_GGUF_INT32: return NPY_INT32;
+    case EG_GGUF_FLOAT32: return NPY_FLOAT32;
+    case EG_GGUF_BOOL: return NPY_BOOL;
+    case EG_GGUF_UINT64: return NPY_UINT64;
+    case EG_GGUF_INT64: return NPY_INT64;
+    case EG_GGUF_FLOAT64: return NPY_FLOAT64;
+    default: return -1;
+    }
+}
+
+/* Metadata strings may hold any bytes; invalid UTF-8 is kept losslessly
+ * as lone surrogates (os.fsdecode's convention). */
+static PyObject *str_value(const eg_gguf_str *s)
+{
+    return PyUnicode_DecodeUTF8(s->s, (Py_ssize_t)s->len, "surrogateescape");
+}
+
+static PyObject *scalar_value(GGUFMappingObject *m, const eg_gguf_kv *kv, size_t i)
+{
+    eg_err err;
+    eg_err_clear(&err);
+    switch (kv->elem_type) {
+    case EG_GGUF_STRING:
+        return str_value(&kv->strs[i]);
+    case EG_GGUF_BOOL:
+        return PyBool_FromLong(kv->data[i]);
+    case EG_GGUF_FLOAT32:
+    case EG_GGUF_FLOAT64: {
+        double d;
+        if (eg_gguf_kv_float(&m->file, kv, i, &d, &err) != EG_OK) {
+            return eg_py_raise(&err, GGUFError);
+        }
+        return PyFloat_FromDouble(d);
+    }
+    case EG_GGUF_UINT64: {
+        uint64_t u;
+        memcpy(&u, kv->data + 8 * i, 8);   /* little-endian host */
+        return PyLong_FromUnsignedLongLong(u);
+    }
+    default: {
+        int64_t v;
+        if (eg_gguf_kv_int(&m->file, kv, i, &v, &err) != EG_OK) {
+            return eg_py_raise(&err, GGUFError);
+        }
+        return PyLong_FromLongLong(v);
+    }
+    }
+}
+
+static PyObject *kv_value(GGUFMappingObject *m, const eg_gguf_kv *kv)
+{
+    if (kv->type != EG_GGUF_ARRAY) {
+        return scalar_value(m, kv, 0);
+    }
+    if (kv->elem_type == EG_GGUF_STRING) {
+        PyObject *list = PyList_New((Py_ssize_t)kv->n);
+        if (list == NULL) {
+            return NULL;
+        }
+        for (size_t i = 0; i < kv->n; i++) {
+            PyObject *s = str_value(&kv->strs[i]);
+            if (s == NULL) {
+                Py_DECREF(list);
+                return NULL;
+            }
+            PyList_SET_ITEM(list, (Py_ssize_t)i, s);
+        }
+        return list;
+    }
+    npy_intp dims[1] = {(npy_intp)kv->n};
+    return eg_py_array_copy(1, dims, npy_type_of(kv->elem_type), kv->n > 0 ? kv->data : NULL);
+}
+
+static PyObject *mapping_metadata(GGUFMappingObject *self, PyObject *unused)
+{
+    (void)unused;
+    PyObject *md = PyDict_New();
+    if (md == NULL) {
+        return NULL;
+    }
+    for (size_t k = 0; k < self->file.n_kv; k++) {
+        const eg_gguf_kv *kv = &self->file.kv[k];
+        PyObject *v = kv_value(self, kv);
+        if (v == NULL || PyDict_SetItemString(md, kv->key, v) < 0) {
+            Py_XDECREF(v);
+            Py_DECREF(md);
+            return NULL;
+        }
+        Py_DECREF(v);
+    }
+    return md;
+}
+
+/* ------------------------------------------------------------- tensors */
+
+static PyObject *torch_shape(const eg_gguf_tensor *t)
+{
+    PyObject *s = PyTuple_New(t->n_dims);
+    if (s == NULL) {
+        return NULL;
+    }
+    for (int d = 0; d < t->n_dims; d++) {
+        PyObject *v = PyLong_FromLongLong((long long)t->ne[t->n_dims - 1 - d]);
+        if (v == NULL) {
+            Py_DECREF(s);
+            return NULL;
+        }
+        PyTuple_SET_ITEM(s, d, v);
+    }
+    return s;
+}
+
+/* [(name, shape, type_name, type_id, nbytes, offset, n_elements), ...] in
+ * file order; shape in PyTorch order (GGUF dims reversed). */
+static PyObject *mapping_tensor_infos(GGUFMappingObject *self, PyObject *unused)
+{
+    (void)unused;
+    PyObject *list = PyList_New((Py_ssize_t)self->file.n_tensors);
+    if (list == NULL) {
+        return NULL;
+    }
+    for (size_t k = 0; k < self->file.n_tensors; k++) {
+        const eg_gguf_tensor *t = &self->file.tensors[k];
+        PyObject *shape = torch_shape(t);
+        PyObject *item = shape == NULL ? NULL
+                             : Py_BuildValue("(s#Nsinnn)", t->name, (Py_ssize_t)t->name_len, shape,
+                                             eg_ggml_type_name(t->type), t->type, (Py_ssize_t)t->nbytes,
+                                             (Py_ssize_t)t->offset, (Py_ssize_t)t->n_elements);
+        if (item == NULL) {
+            Py_DECREF(list);
+            return NULL;
+        }
+        PyList_SET_ITEM(list, (Py_ssize_t)k, item);
+    }
+    return list;
+}
+
+static const eg_gguf_tensor *tensor_arg(GGUFMappingObject *self, PyObject *arg)
+{
+    Py_ssize_t i = PyNumber_AsSsize_t(arg, PyExc_IndexError);
+    if (i == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (i < 0 || (size_t)i >= self->file.n_tensors) {
+        PyErr_Format(PyExc_IndexError, "tensor index %zd out of range (%zu tensors)", i, self->file.n_tensors);
+        return NULL;
+    }
+    return &self->file.tensors[i];
+}
+
+static PyObject *mapping_dequantize(GGUFMappingObject *self, PyObject *arg)
+{
+    const eg_gguf_tensor *t = tensor_arg(self, arg);
+    if (t == NULL) {
+        return NULL;
+    }
+    if (!eg_ggml_can_dequantize(t->type)) {
+        PyErr_Format(GGUFError, "%U: tensor \"%s\": cannot dequantize type %s", self->path, t->name,
+                     eg_ggml_type_name(t->type));
+        return NULL;
+    }
+    npy_intp dims[EG_GGUF_MAX_DIMS];
+    for (int d = 0; d < t->n_dims; d++) {
+        dims[d] = (npy_intp)t->ne[t->n_dims - 1 - d];
+    }
+    PyArrayObject *out = (PyArrayObject *)PyArray_SimpleNew(t->n_dims, dims, NPY_FLOAT32);
+    if (out == NULL) {
+        return NULL;
+    }
+    float *dst = PyArray_DATA(out);
+    eg_err err;
+    eg_err_clear(&err);
+    eg_status st;
+    eg_py_sync_threads();   /* this thread's OpenMP team size */
+    Py_BEGIN_ALLOW_THREADS
+    st = eg_gguf_dequantize(&self->file, t, dst, &err);
+    Py_END_ALLOW_THREADS
+    if (st != EG_OK) {
+        Py_DECREF(out);
+        return eg_py_raise(&err, GGUFError);
+    }
+    return (PyObject *)out;
+}
+
+static PyObject *mapping_raw(GGUFMappingObject *self, PyObject *arg)
+{
+    const eg_gguf_tensor *t = tensor_arg(self, arg);
+    if (t == NULL) {
+        return NULL;
+    }
+    npy_intp dims[1] = {(npy_intp)t->nbytes};
+    PyObject *arr = PyArray_New(&PyArray_Type, 1, dims, NPY_UINT8, NULL,
+                                (void *)(self->file.base + t->offset), 0,
+                                NPY_ARRAY_C_CONTIGUOUS | NPY_ARRAY_ALIGNED, NULL);
+    return eg_py_set_base(arr, (PyObject *)self);
+}
+
+static PyObject *get_version(GGUFMappingObject *self, void *c) { (void)c; return PyLong_FromUnsignedLong(self->file.version); }
+static PyObject *get_alignment(GGUFMappingObject *self, void *c) { (void)c; return PyLong_FromSize_t(self->file.alignment); }
+static PyObject *get_data_offset(GGUFMappingObject *self, void *c) { (void)c; return PyLong_FromSize_t(self->file.data_start); }
+static PyObject *get_size(GGUFMappingObject *self, void *c) { (void)c; return PyLong_FromSize_t(self->file.size); }
+static PyObject *get_path(GGUFMappingObject *self, void *c) { (void)c; Py_INCREF(self->path); return self->path; }
+
+static PyGetSetDef mapping_getset[] = {
+    {"version", (getter)get_version, NULL, "GGUF version (2 or 3).", NULL},
+    {"alignment", (getter)get_alignment, NULL, "general.alignment, or 32.", NULL},
+    {"data_offset", (getter)get_data_offset, NULL, "File offset of the data section.", NULL},
+    {"size", (getter)get_size, NULL, "Size of the mapped file in bytes.", NULL},
+    {"path", (getter)get_path, NULL, "The file's path.", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyMethodDef mapping_methods[] = {
+    {"metadata", (PyCFunction)mapping_metadata, METH_NOARGS,
+     "metadata()\n--\n\nA new dict key -> value (numeric and bool arrays as NumPy arrays, string arrays as lists)."},
+    {"tensor_infos", (PyCFunction)mapping_tensor_infos, METH_NOARGS,
+     "tensor_infos()\n--\n\n[(name, shape, type_name, type_id, nbytes, offset, n_elements)] in file order."},
+    {"dequantize", (PyCFunction)mapping_dequantize, METH_O,
+     "dequantize(i)\n--\n\nTensor i as a new float32 array (shape in PyTorch order)."},
+    {"raw", (PyCFunction)mapping_raw, METH_O,
+     "raw(i)\n--\n\nTensor i's bytes as a read-only uint8 view into the mapping."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject GGUFMappingType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "engine_py._core.GGUFMapping",
+    .tp_basicsize = sizeof(GGUFMappingObject),
+    .tp_dealloc = (destructor)mapping_dealloc,
+    .tp_repr = (reprfunc)mapping_repr,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "A validated, read-only memory mapping of a GGUF file (gguf_open); the base of the views "
+              "raw() returns. It is unmapped when the last reference is gone.",
+    .tp_weaklistoffset = offsetof(GGUFMappingObject, weakreflist),
+    .tp_getset = mapping_getset,
+    .tp_methods = mapping_methods,
+};
+
+static PyObject *py_gguf_open(PyObject *self, PyObject *path_arg)
+{
+    (void)self;
+    PyObject *pbytes, *path;
+    if (eg_py_fs_path(path_arg, &pbytes, &path) < 0) {
+        return NULL;
+    }
+    GGUFMappingObject *m = PyObject_New(GGUFMappingObject, &GGUFMappingType);
+    if (m == NULL) {
+        Py_DECREF(pbytes);
+        Py_DECREF(path);
+        return NULL;
+    }
+    memset(&m->file, 0, sizeof m->file);
+    m->weakreflist = NULL;
+    m->path = path;
+    eg_err err;
+    eg_err_clear(&err);
+    eg_status st;
+    const char *cpath = PyBytes_AS_STRING(pbytes);
+    Py_BEGIN_ALLOW_THREADS
+    st = eg_gguf_open(cpath, &m->file, &err);
+    Py_END_ALLOW_THREADS
+    Py_DECREF(pbytes);
+    if (st != EG_OK) {
+        eg_py_raise_file_error(&err, m->file.sys_errno, m->path, GGUFError);
+        Py_DECREF(m);
+        return NULL;
+    }
+    return (PyObject *)m;
+}
+
+static PyMethodDef gguf_methods[] = {
+    {"gguf_open", py_gguf_open, METH_O,
+     "gguf_open(path)\n--\n\nMap and validate a GGUF file; return a GGUFMapping."},
+    {NULL, NULL, 0, NULL},
+};
+
+int eg_py_init_gguf(PyObject *module)
+{
+    if (eg_py_add_type(module, "GGUFMapping", &GGUFMappingType) < 0) {
+        return -1;
+    }
+    GGUFError = eg_py_add_exception(
+        module, "GGUFError",
+        "A GGUF file breaks a rule of the format (the message names the file, the field and its offset).",
+        PyExc_ValueError);
+    if (GGUFError == NULL) {
+        return -1;
+    }
+    return PyModule_AddFunctions(module, gguf_methods);
+}
