@@ -1,8 +1,9 @@
 /*
  * _core_gmoe.h — argument helpers shared by the GMoE glue files
- * (_core_gmoe.c: LoRA, MoE FFN, routers, module table; _core_gmoe_losses.c:
- * router and GMoE losses, AdamW). Defined in _core_gmoe.c. Every helper
- * returns 0, or -1 with a Python exception set.
+ * (_core_gmoe.c: MoE FFN, module table; _core_gmoe_lora.c: LoRA linear;
+ * _core_gmoe_router.c: routers; _core_gmoe_losses.c: router and GMoE
+ * losses, AdamW). Defined in _core_gmoe.c. Every helper returns 0, or -1
+ * with a Python exception set.
  */
 #ifndef ENGINE_PY_CORE_GMOE_H
 #define ENGINE_PY_CORE_GMOE_H
@@ -33,8 +34,19 @@ PyObject *gmoe_new_f32(int nd, npy_intp d0, npy_intp d1, npy_intp d2, npy_intp d
  * the references to the others and return -1 (their exception is set). */
 int gmoe_all_made(PyObject **objs, int n);
 
-/* Add the losses' and AdamW's functions (_core_gmoe_losses.c). */
-int gmoe_init_losses(PyObject *module);
+/* dropout p in [0, 1), else ValueError. */
+int check_dropout(float p);
+
+/* x (T, H) float32, then a float32 weight (OUT, H) named wname that shares
+ * x's last dimension: the first arguments of the LoRA linear and the linear
+ * router. sx and sW are filled in. */
+int x_and_weight(PyObject *ox, PyObject *oW, const char *wname, npy_intp *sx, npy_intp *sW,
+                 void **x, void **W);
+
+/* Add the functions of the other GMoE glue files to the module. */
+int gmoe_init_lora(PyObject *module);     /* _core_gmoe_lora.c */
+int gmoe_init_router(PyObject *module);   /* _core_gmoe_router.c */
+int gmoe_init_losses(PyObject *module);   /* _core_gmoe_losses.c: losses, AdamW */
 
 #define F32(p) ((float *)PyArray_DATA((PyArrayObject *)(p)))
 
