@@ -26,16 +26,10 @@
 
 /* ------------------------------------------------------------ helpers */
 
-/* A 1-D int64 array (ids, pointers, labels). */
+/* A 1-D int64 array of any length (ids, pointers, labels). */
 static PyArrayObject *as_i64(PyObject *o, const char *what)
 {
-    PyArrayObject *a = eg_py_array(o, NPY_INT64, 0, -1, NULL, NULL);
-    if (a != NULL && PyArray_NDIM(a) != 1) {
-        PyErr_Format(PyExc_ValueError, "%s must be a 1-D integer array, got %d-D", what,
-                     PyArray_NDIM(a));
-        Py_CLEAR(a);
-    }
-    return a;
+    return eg_py_vector(o, NPY_INT64, 0, NPY_MAX_INTP, what);
 }
 
 static PyObject *batch_to_tuple(eg_batch *b)
@@ -102,10 +96,7 @@ static int Graph_init(GraphObject *self, PyObject *args, PyObject *kw)
     eg_graph *g = NULL;
     const int64_t *s = PyArray_DATA(src), *d = PyArray_DATA(dst);
     int64_t E = (int64_t)PyArray_DIM(src, 0);
-    eg_py_sync_threads();   /* this thread's OpenMP team size */
-    Py_BEGIN_ALLOW_THREADS
-    st = eg_graph_build(&g, (int64_t)n, s, d, E, undirected, &err);
-    Py_END_ALLOW_THREADS
+    EG_PY_NOGIL(st = eg_graph_build(&g, (int64_t)n, s, d, E, undirected, &err));
     if (st != EG_OK) {
         eg_py_raise(&err, NULL);
         goto fail;
@@ -118,25 +109,24 @@ fail:
     return rc;
 }
 
-/* 1 if initialised, else 0 with RuntimeError */
 static int graph_ready(GraphObject *self)
 {
-    return eg_py_ready(self->g, "Graph") == 0;
+    return eg_py_ready(self->g, "Graph");
 }
 
 static PyObject *Graph_get_num_nodes(GraphObject *self, void *c)
 {
-    return graph_ready(self) ? PyLong_FromLongLong(self->g->num_nodes) : NULL;
+    return graph_ready(self) < 0 ? NULL : PyLong_FromLongLong(self->g->num_nodes);
 }
 
 static PyObject *Graph_get_num_edges(GraphObject *self, void *c)
 {
-    return graph_ready(self) ? PyLong_FromLongLong(self->g->num_edges) : NULL;
+    return graph_ready(self) < 0 ? NULL : PyLong_FromLongLong(self->g->num_edges);
 }
 
 static PyObject *Graph_copy_array(GraphObject *self, int which)
 {
-    if (!graph_ready(self)) {
+    if (graph_ready(self) < 0) {
         return NULL;
     }
     npy_intp n = which == 0 ? (npy_intp)self->g->num_nodes + 1 : (npy_intp)self->g->num_edges;
@@ -159,7 +149,7 @@ static PyObject *Graph_sample(GraphObject *self, PyObject *args, int kind)
     } else if (!PyArg_ParseTuple(args, "OLdK", &to, &cap_or_steps, &restart, &seed)) {
         return NULL;
     }
-    if (!graph_ready(self)) {
+    if (graph_ready(self) < 0) {
         return NULL;
     }
     PyArrayObject *t = as_i64(to, "targets");
@@ -169,21 +159,16 @@ static PyObject *Graph_sample(GraphObject *self, PyObject *args, int kind)
     /* The graph is immutable once built (init refuses a second build) and
      * the samplers only read it (const eg_graph *; the batch is the call's
      * own), so any number of threads may sample at once: no busy flag. */
-    eg_py_sync_threads();
     eg_batch b;
     eg_err err;
     eg_err_clear(&err);
     eg_status st;
     const int64_t *tp = PyArray_DATA(t);
     int64_t nt = (int64_t)PyArray_DIM(t, 0);
-    eg_py_sync_threads();   /* this thread's OpenMP team size */
-    Py_BEGIN_ALLOW_THREADS
-    if (kind == 0) {
-        st = eg_sample_khop(self->g, tp, nt, (int64_t)cap_or_steps, (uint64_t)seed, &b, &err);
-    } else {
-        st = eg_sample_rw(self->g, tp, nt, (int64_t)cap_or_steps, (float)restart, (uint64_t)seed, &b, &err);
-    }
-    Py_END_ALLOW_THREADS
+    EG_PY_NOGIL(st = kind == 0 ? eg_sample_khop(self->g, tp, nt, (int64_t)cap_or_steps,
+                                                (uint64_t)seed, &b, &err)
+                               : eg_sample_rw(self->g, tp, nt, (int64_t)cap_or_steps,
+                                              (float)restart, (uint64_t)seed, &b, &err));
     Py_DECREF(t);
     if (st != EG_OK) {
         return eg_py_raise(&err, NULL);
@@ -265,15 +250,20 @@ static int Ladder_init(LadderObject *self, PyObject *args, PyObject *kw)
     return 0;
 }
 
-/* 1 if initialised, else 0 with RuntimeError */
 static int ladder_ready(LadderObject *self)
 {
-    return eg_py_ready(self->m, "Ladder") == 0;
+    return eg_py_ready(self->m, "Ladder");
+}
+
+/* ladder_ready, then the busy flag (eg_py_enter). */
+static int ladder_enter(LadderObject *self)
+{
+    return eg_py_enter_ready(self->m, &self->busy, "Ladder");
 }
 
 static PyObject *Ladder_param_table(LadderObject *self, PyObject *noargs)
 {
-    if (!ladder_ready(self)) {
+    if (ladder_ready(self) < 0) {
         return NULL;
     }
     int n = eg_ladder_num_params(self->m);
@@ -304,7 +294,7 @@ static PyObject *Ladder_param_table(LadderObject *self, PyObject *noargs)
 
 static PyObject *Ladder_buffer(LadderObject *self, PyObject *arg)
 {
-    if (!ladder_ready(self)) {
+    if (ladder_ready(self) < 0) {
         return NULL;
     }
     const char *kind = PyUnicode_AsUTF8(arg);
@@ -330,23 +320,23 @@ static PyObject *Ladder_buffer(LadderObject *self, PyObject *arg)
 
 static PyObject *Ladder_get_step(LadderObject *self, void *c)
 {
-    return ladder_ready(self) ? PyLong_FromLong(*eg_ladder_step_count(self->m)) : NULL;
+    return ladder_ready(self) < 0 ? NULL : PyLong_FromLong(*eg_ladder_step_count(self->m));
 }
 
 static int Ladder_set_step(LadderObject *self, PyObject *v, void *c)
 {
-    if (!ladder_ready(self)) {
+    long long s;
+    if (ladder_ready(self) < 0) {
         return -1;
     }
-    long s = v ? PyLong_AsLong(v) : -1;
-    if (s == -1 && PyErr_Occurred()) {
+    if (v == NULL) {
+        PyErr_SetString(PyExc_TypeError, "the step count cannot be deleted");
         return -1;
     }
-    if (s < 0) {
-        PyErr_SetString(PyExc_ValueError, "step count must be >= 0");
+    if (eg_py_int_arg(v, 0, LONG_MAX, NULL, "step count", &s) < 0) {
         return -1;
     }
-    *eg_ladder_step_count(self->m) = s;
+    *eg_ladder_step_count(self->m) = (long)s;
     return 0;
 }
 
@@ -400,6 +390,18 @@ static int parse_graph(LadderObject *self, batch_args *b, PyObject *gpo, PyObjec
     return 0;
 }
 
+/* labels: 1-D int64, one per subgraph of the batch (G). */
+static PyArrayObject *parse_labels(PyObject *o, int64_t G)
+{
+    PyArrayObject *y = as_i64(o, "labels");
+    if (y != NULL && (int64_t)PyArray_DIM(y, 0) != G) {
+        PyErr_Format(PyExc_ValueError, "need %lld labels (one per subgraph), got %lld", (long long)G,
+                     (long long)PyArray_DIM(y, 0));
+        Py_CLEAR(y);
+    }
+    return y;
+}
+
 static PyArrayObject *parse_states(LadderObject *self, PyObject *o, npy_intp N, int i)
 {
     const eg_ladder_config *c = eg_ladder_get_config(self->m);
@@ -413,23 +415,22 @@ static PyObject *Ladder_begin(LadderObject *self, PyObject *args)
     PyObject *gpo, *ptro, *srco;
     int training;
     unsigned long long seed;
-    if (!PyArg_ParseTuple(args, "OOOpK", &gpo, &ptro, &srco, &training, &seed) || !ladder_ready(self)) {
+    if (!PyArg_ParseTuple(args, "OOOpK", &gpo, &ptro, &srco, &training, &seed) ||
+        ladder_ready(self) < 0) {
         return NULL;
     }
     batch_args b;
     memset(&b, 0, sizeof b);
     PyObject *res = NULL;
-    if (parse_graph(self, &b, gpo, ptro, srco) < 0 || eg_py_enter(&self->busy, "Ladder") < 0) {
+    if (parse_graph(self, &b, gpo, ptro, srco) < 0 || ladder_enter(self) < 0) {
         goto fail;
     }
     eg_err err;
     eg_err_clear(&err);
     eg_status st;
     int64_t G = PyArray_DIM(b.gp, 0) - 1, N = PyArray_DIM(b.ptr, 0) - 1;
-    Py_BEGIN_ALLOW_THREADS
-    st = eg_ladder_begin(self->m, G, PyArray_DATA(b.gp), N, PyArray_DATA(b.ptr), PyArray_DATA(b.src),
-                         training, (uint64_t)seed, &err);
-    Py_END_ALLOW_THREADS
+    EG_PY_NOGIL(st = eg_ladder_begin(self->m, G, PyArray_DATA(b.gp), N, PyArray_DATA(b.ptr),
+                                     PyArray_DATA(b.src), training, (uint64_t)seed, &err));
     res = eg_py_finish(&self->busy, st, &err, NULL);
 fail:
     batch_args_free(&b);
@@ -441,7 +442,7 @@ static PyObject *Ladder_forward_step(LadderObject *self, PyObject *args)
     int i, keep_states = 1;
     PyObject *ho;
     int64_t N, G;
-    if (!PyArg_ParseTuple(args, "iO|p", &i, &ho, &keep_states) || !ladder_ready(self)) {
+    if (!PyArg_ParseTuple(args, "iO|p", &i, &ho, &keep_states) || ladder_ready(self) < 0) {
         return NULL;
     }
     eg_ladder_batch_dims(self->m, &N, &G);
@@ -464,7 +465,7 @@ static PyObject *Ladder_forward_step(LadderObject *self, PyObject *args)
             return NULL;
         }
     }
-    if (eg_py_enter(&self->busy, "Ladder") < 0) {
+    if (ladder_enter(self) < 0) {
         Py_DECREF(H);
         Py_XDECREF(logits);
         return NULL;
@@ -473,42 +474,28 @@ static PyObject *Ladder_forward_step(LadderObject *self, PyObject *args)
     eg_err_clear(&err);
     eg_status st;
     float *lp = has ? PyArray_DATA((PyArrayObject *)logits) : NULL;
-    Py_BEGIN_ALLOW_THREADS
-    st = (keep_states ? eg_ladder_forward_step : eg_ladder_forward_eval)(self->m, i, PyArray_DATA(H), lp, &err);
-    Py_END_ALLOW_THREADS
+    EG_PY_NOGIL(st = (keep_states ? eg_ladder_forward_step : eg_ladder_forward_eval)(
+                    self->m, i, PyArray_DATA(H), lp, &err));
     eg_py_leave(&self->busy);
     Py_DECREF(H);
-    if (st != EG_OK) {
-        Py_XDECREF(logits);
-        return eg_py_raise(&err, NULL);
-    }
-    if (!has) {
-        Py_RETURN_NONE;
-    }
-    return logits;
+    return eg_py_result(st, &err, NULL, has ? logits : Py_NewRef(Py_None));
 }
 
 static PyObject *Ladder_loss(LadderObject *self, PyObject *arg)
 {
-    if (!ladder_ready(self)) {
+    if (ladder_ready(self) < 0) {
         return NULL;
     }
     const eg_ladder_config *c = eg_ladder_get_config(self->m);
-    PyArrayObject *y = as_i64(arg, "labels");
-    if (y == NULL) {
-        return NULL;
-    }
     int64_t N, G;
     eg_ladder_batch_dims(self->m, &N, &G);
-    if ((int64_t)PyArray_DIM(y, 0) != G) {
-        PyErr_Format(PyExc_ValueError, "need %lld labels (one per subgraph), got %lld", (long long)G,
-                     (long long)PyArray_DIM(y, 0));
-        Py_DECREF(y);
+    PyArrayObject *y = parse_labels(arg, G);
+    if (y == NULL) {
         return NULL;
     }
     npy_intp K = c->num_ladders;
     PyObject *hl = PyArray_SimpleNew(1, &K, NPY_FLOAT32);
-    if (hl == NULL || eg_py_enter(&self->busy, "Ladder") < 0) {
+    if (hl == NULL || ladder_enter(self) < 0) {
         Py_DECREF(y);
         Py_XDECREF(hl);
         return NULL;
@@ -520,30 +507,24 @@ static PyObject *Ladder_loss(LadderObject *self, PyObject *arg)
                                   PyArray_DATA((PyArrayObject *)hl), &err);
     eg_py_leave(&self->busy);
     Py_DECREF(y);
-    if (st != EG_OK) {
-        Py_DECREF(hl);
-        return eg_py_raise(&err, NULL);
-    }
-    return Py_BuildValue("(dN)", (double)loss, hl);
+    return eg_py_result(st, &err, NULL, Py_BuildValue("(dN)", (double)loss, hl));
 }
 
 static PyObject *Ladder_backward(LadderObject *self, PyObject *noargs)
 {
-    if (!ladder_ready(self) || eg_py_enter(&self->busy, "Ladder") < 0) {
+    if (ladder_enter(self) < 0) {
         return NULL;
     }
     eg_err err;
     eg_err_clear(&err);
     eg_status st;
-    Py_BEGIN_ALLOW_THREADS
-    st = eg_ladder_backward(self->m, &err);
-    Py_END_ALLOW_THREADS
+    EG_PY_NOGIL(st = eg_ladder_backward(self->m, &err));
     return eg_py_finish(&self->busy, st, &err, NULL);
 }
 
 static PyObject *Ladder_zero_grad(LadderObject *self, PyObject *noargs)
 {
-    if (!ladder_ready(self) || eg_py_enter(&self->busy, "Ladder") < 0) {
+    if (ladder_enter(self) < 0) {
         return NULL;
     }
     eg_ladder_zero_grad(self->m);
@@ -554,15 +535,10 @@ static PyObject *Ladder_zero_grad(LadderObject *self, PyObject *noargs)
 static PyObject *Ladder_adamw_step(LadderObject *self, PyObject *args)
 {
     float lr, wd, b1 = 0.9f, b2 = 0.999f, eps = 1e-8f;
-    if (!PyArg_ParseTuple(args, "ff|fff", &lr, &wd, &b1, &b2, &eps) || !ladder_ready(self)) {
+    if (!PyArg_ParseTuple(args, "ff|fff", &lr, &wd, &b1, &b2, &eps) || ladder_enter(self) < 0) {
         return NULL;
     }
-    if (eg_py_enter(&self->busy, "Ladder") < 0) {
-        return NULL;
-    }
-    Py_BEGIN_ALLOW_THREADS
-    eg_ladder_adamw_step(self->m, lr, wd, b1, b2, eps);
-    Py_END_ALLOW_THREADS
+    EG_PY_NOGIL(eg_ladder_adamw_step(self->m, lr, wd, b1, b2, eps));
     eg_py_leave(&self->busy);
     Py_RETURN_NONE;
 }
@@ -604,7 +580,7 @@ static PyObject *Ladder_train_batch(LadderObject *self, PyObject *args)
     unsigned long long seed;
     float lr, wd;
     if (!PyArg_ParseTuple(args, "OOOOOKff", &gpo, &ptro, &srco, &hlist, &yo, &seed, &lr, &wd) ||
-        !ladder_ready(self)) {
+        ladder_ready(self) < 0) {
         return NULL;
     }
     const eg_ladder_config *c = eg_ladder_get_config(self->m);
@@ -614,17 +590,12 @@ static PyObject *Ladder_train_batch(LadderObject *self, PyObject *args)
     if (parse_full(self, &b, gpo, ptro, srco, hlist) < 0) {
         goto fail;
     }
-    b.labels = as_i64(yo, "labels");
+    int64_t G = PyArray_DIM(b.gp, 0) - 1, N = PyArray_DIM(b.ptr, 0) - 1;
+    b.labels = parse_labels(yo, G);
     if (b.labels == NULL) {
         goto fail;
     }
-    int64_t G = PyArray_DIM(b.gp, 0) - 1, N = PyArray_DIM(b.ptr, 0) - 1;
-    if (PyArray_DIM(b.labels, 0) != G) {
-        PyErr_Format(PyExc_ValueError, "need %lld labels, got %lld", (long long)G,
-                     (long long)PyArray_DIM(b.labels, 0));
-        goto fail;
-    }
-    if (eg_py_enter(&self->busy, "Ladder") < 0) {
+    if (ladder_enter(self) < 0) {
         goto fail;
     }
     eg_err err;
@@ -638,17 +609,11 @@ static PyObject *Ladder_train_batch(LadderObject *self, PyObject *args)
     /* One C call for the whole step (~0.1-0.2 s for a default Debian batch):
      * a Ctrl-C during it is raised by Python as soon as it returns, with the
      * parameters fully updated, never half-way through AdamW. */
-    Py_BEGIN_ALLOW_THREADS
-    st = eg_ladder_train_step(self->m, G, PyArray_DATA(b.gp), N, PyArray_DATA(b.ptr),
-                              PyArray_DATA(b.src), H, PyArray_DATA(b.labels), (uint64_t)seed, lr, wd,
-                              &loss, &err);
-    Py_END_ALLOW_THREADS
+    EG_PY_NOGIL(st = eg_ladder_train_step(self->m, G, PyArray_DATA(b.gp), N, PyArray_DATA(b.ptr),
+                                          PyArray_DATA(b.src), H, PyArray_DATA(b.labels),
+                                          (uint64_t)seed, lr, wd, &loss, &err));
     eg_py_leave(&self->busy);
-    if (st != EG_OK) {
-        eg_py_raise(&err, NULL);
-        goto fail;
-    }
-    res = PyFloat_FromDouble((double)loss);
+    res = eg_py_result(st, &err, NULL, PyFloat_FromDouble((double)loss));
 fail:
     batch_args_free(&b);
     return res;
@@ -657,7 +622,7 @@ fail:
 static PyObject *Ladder_predict_batch(LadderObject *self, PyObject *args)
 {
     PyObject *gpo, *ptro, *srco, *hlist;
-    if (!PyArg_ParseTuple(args, "OOOO", &gpo, &ptro, &srco, &hlist) || !ladder_ready(self)) {
+    if (!PyArg_ParseTuple(args, "OOOO", &gpo, &ptro, &srco, &hlist) || ladder_ready(self) < 0) {
         return NULL;
     }
     const eg_ladder_config *c = eg_ladder_get_config(self->m);
@@ -670,7 +635,7 @@ static PyObject *Ladder_predict_batch(LadderObject *self, PyObject *args)
     int64_t G = PyArray_DIM(b.gp, 0) - 1, N = PyArray_DIM(b.ptr, 0) - 1;
     npy_intp dims[3] = {c->num_ladders, (npy_intp)G, c->num_classes};
     res = PyArray_ZEROS(3, dims, NPY_FLOAT32, 0);
-    if (res == NULL || eg_py_enter(&self->busy, "Ladder") < 0) {
+    if (res == NULL || ladder_enter(self) < 0) {
         Py_CLEAR(res);
         goto fail;
     }
@@ -704,16 +669,17 @@ fail:
 
 static PyObject *Ladder_has_head(LadderObject *self, PyObject *arg)
 {
-    long i = PyLong_AsLong(arg);
-    if ((i == -1 && PyErr_Occurred()) || !ladder_ready(self)) {
+    long long i;
+    if (ladder_ready(self) < 0 || eg_py_int_arg(arg, LLONG_MIN, LLONG_MAX, NULL, "i", &i) < 0) {
         return NULL;
     }
-    return PyBool_FromLong(eg_ladder_has_head(self->m, (int)i));
+    /* False outside the ladders, as the core says (no truncation to int) */
+    return PyBool_FromLong(i >= 0 && i <= INT_MAX && eg_ladder_has_head(self->m, (int)i));
 }
 
 static PyObject *Ladder_keep(LadderObject *self, PyObject *arg)
 {
-    if (!ladder_ready(self)) {
+    if (ladder_ready(self) < 0) {
         return NULL;
     }
     int64_t N, G;
@@ -729,16 +695,14 @@ static PyObject *Ladder_keep(LadderObject *self, PyObject *arg)
         Py_DECREF(k);
         return NULL;
     }
-    if (eg_py_enter(&self->busy, "Ladder") < 0) {
+    if (ladder_enter(self) < 0) {
         Py_DECREF(k);
         return NULL;
     }
     eg_err err;
     eg_err_clear(&err);
     eg_status st;
-    Py_BEGIN_ALLOW_THREADS
-    st = eg_ladder_keep(self->m, PyArray_DATA(k), &err);
-    Py_END_ALLOW_THREADS
+    EG_PY_NOGIL(st = eg_ladder_keep(self->m, PyArray_DATA(k), &err));
     Py_DECREF(k);
     return eg_py_finish(&self->busy, st, &err, NULL);
 }
@@ -788,35 +752,26 @@ static PyTypeObject LadderType = {
 
 /* ------------------------------------------------------- exit policy */
 
-/* A state array: exact dtype, 1-D (n,) or, for probs, 2-D (n, C), C-contiguous, writable. */
-static int check_state(PyObject *o, int type, int ndim, npy_intp n, npy_intp C, const char *what)
-{
-    const npy_intp shape[2] = {n, C};
-    return eg_py_check_out(o, type, ndim, shape, "exit state: %s must be a writable C-contiguous "
-                           "array of the policy's dtype and shape", what);
-}
-
+/* The policy's state arrays (writable, C-contiguous, exact dtypes): probs
+ * (n, C) float32, last (n,) int64, streak and exit_at (n,) int32. */
 static int exit_state_from(eg_exit_state *s, PyObject *last, PyObject *streak, PyObject *exit_at,
                            PyObject *probs, int patience, float threshold)
 {
-    if (!PyArray_Check(probs) || PyArray_NDIM((PyArrayObject *)probs) != 2) {
-        PyErr_SetString(PyExc_ValueError, "exit state: probs must be a 2-D float32 array");
+    npy_intp sp[2] = {EG_PY_ANY, EG_PY_ANY};
+    void *p, *l, *k, *e;
+    if (eg_py_check_array(probs, "exit state probs", NPY_FLOAT32, 2, sp, EG_PY_WRITE, &p) < 0) {
         return -1;
     }
-    npy_intp n = PyArray_DIM((PyArrayObject *)probs, 0), C = PyArray_DIM((PyArrayObject *)probs, 1);
-    if (C < 1 || C > 0x7fffffff) {
+    if (sp[1] < 1 || sp[1] > 0x7fffffff) {
         PyErr_SetString(PyExc_ValueError, "exit state: need at least one class");
         return -1;
     }
-    if (check_state(probs, NPY_FLOAT32, 2, n, C, "probs") < 0 ||
-        check_state(last, NPY_INT64, 1, n, 0, "last") < 0 ||
-        check_state(streak, NPY_INT32, 1, n, 0, "streak") < 0 ||
-        check_state(exit_at, NPY_INT32, 1, n, 0, "exit_at") < 0) {
+    if (eg_py_check_array(last, "exit state last", NPY_INT64, 1, sp, EG_PY_WRITE, &l) < 0 ||
+        eg_py_check_array(streak, "exit state streak", NPY_INT32, 1, sp, EG_PY_WRITE, &k) < 0 ||
+        eg_py_check_array(exit_at, "exit state exit_at", NPY_INT32, 1, sp, EG_PY_WRITE, &e) < 0) {
         return -1;
     }
-    *s = (eg_exit_state){(int64_t)n, (int)C, patience, threshold,
-                         PyArray_DATA((PyArrayObject *)last), PyArray_DATA((PyArrayObject *)streak),
-                         PyArray_DATA((PyArrayObject *)exit_at), PyArray_DATA((PyArrayObject *)probs)};
+    *s = (eg_exit_state){(int64_t)sp[0], (int)sp[1], patience, threshold, l, k, e, p};
     return 0;
 }
 
@@ -834,10 +789,7 @@ static PyObject *py_exit_reset(PyObject *mod, PyObject *args)
     }
     eg_err err;
     eg_err_clear(&err);
-    if (eg_exit_reset(&s, &err) != EG_OK) {
-        return eg_py_raise(&err, NULL);
-    }
-    Py_RETURN_NONE;
+    return eg_py_finish(NULL, eg_exit_reset(&s, &err), &err, NULL);
 }
 
 static PyObject *py_exit_step(PyObject *mod, PyObject *args)
@@ -873,10 +825,7 @@ static PyObject *py_exit_step(PyObject *mod, PyObject *args)
     eg_err_clear(&err);
     eg_status st = eg_exit_step(&s, ladder, final, (int64_t)m, PyArray_DATA(idx), PyArray_DATA(L),
                                 PyArray_DATA((PyArrayObject *)act), NULL, &err);
-    if (st != EG_OK) {
-        Py_CLEAR(act);
-        eg_py_raise(&err, NULL);
-    }
+    act = eg_py_result(st, &err, NULL, act);
 fail:
     Py_XDECREF(idx);
     Py_XDECREF(L);
@@ -894,7 +843,7 @@ static PyObject *py_exit_decide(PyObject *mod, PyObject *args)
     static const char lmsg[] = "logits must have shape (K, n, C) with K, C >= 1";
     PyArrayObject *L = eg_py_array(lo, NPY_FLOAT32, 0, 3, NULL, lmsg);
     PyArrayObject *hh = NULL;
-    PyObject *probs = NULL, *exit_at = NULL, *last = NULL, *streak = NULL, *res = NULL;
+    PyObject *res = NULL;
     if (L == NULL) {
         return NULL;
     }
@@ -910,36 +859,26 @@ static PyObject *py_exit_decide(PyObject *mod, PyObject *args)
             goto fail;
         }
     }
-    npy_intp d2[2] = {n, C};
-    probs = PyArray_ZEROS(2, d2, NPY_FLOAT32, 0);
-    exit_at = PyArray_ZEROS(1, &n, NPY_INT32, 0);
-    last = PyArray_ZEROS(1, &n, NPY_INT64, 0);
-    streak = PyArray_ZEROS(1, &n, NPY_INT32, 0);
-    if (probs == NULL || exit_at == NULL || last == NULL || streak == NULL) {
+    /* probs, exit_at: returned; last, streak: the policy's scratch */
+    PyObject *o[4] = {eg_py_zeros(NPY_FLOAT32, 2, n, C, 0, 0), eg_py_zeros(NPY_INT32, 1, n, 0, 0, 0),
+                      eg_py_zeros(NPY_INT64, 1, n, 0, 0, 0), eg_py_zeros(NPY_INT32, 1, n, 0, 0, 0)};
+    if (eg_py_all_made(o, 4) < 0) {
         goto fail;
     }
     eg_exit_state s = {(int64_t)n, (int)C, patience, threshold,
-                       PyArray_DATA((PyArrayObject *)last), PyArray_DATA((PyArrayObject *)streak),
-                       PyArray_DATA((PyArrayObject *)exit_at), PyArray_DATA((PyArrayObject *)probs)};
+                       PyArray_DATA((PyArrayObject *)o[2]), PyArray_DATA((PyArrayObject *)o[3]),
+                       PyArray_DATA((PyArrayObject *)o[1]), PyArray_DATA((PyArrayObject *)o[0])};
     eg_err err;
     eg_err_clear(&err);
     eg_status st;
-    eg_py_sync_threads();   /* this thread's OpenMP team size */
-    Py_BEGIN_ALLOW_THREADS
-    st = eg_exit_decide(&s, (int)K, PyArray_DATA(L), hh ? PyArray_DATA(hh) : NULL, &err);
-    Py_END_ALLOW_THREADS
-    if (st != EG_OK) {
-        eg_py_raise(&err, NULL);
-        goto fail;
-    }
-    res = Py_BuildValue("(OO)", probs, exit_at);
+    EG_PY_NOGIL(st = eg_exit_decide(&s, (int)K, PyArray_DATA(L), hh ? PyArray_DATA(hh) : NULL,
+                                    &err));
+    Py_DECREF(o[2]);
+    Py_DECREF(o[3]);
+    res = eg_py_result(st, &err, NULL, Py_BuildValue("(NN)", o[0], o[1]));
 fail:
     Py_XDECREF(L);
     Py_XDECREF(hh);
-    Py_XDECREF(probs);
-    Py_XDECREF(exit_at);
-    Py_XDECREF(last);
-    Py_XDECREF(streak);
     return res;
 }
 

@@ -15,95 +15,12 @@
  */
 #include "_core_gmoe.h"
 
-#include <limits.h>
-
 /* ---------------------------------------------------------------- helpers */
-int gmoe_arr(PyObject *o, const char *name, int type, int ndim, npy_intp *shape, int writable,
-             int allow_none, void **data)
-{
-    *data = NULL;
-    if (o == Py_None && allow_none) {
-        return 0;
-    }
-    if (!PyArray_Check(o)) {
-        PyErr_Format(PyExc_TypeError, "%s must be a numpy array", name);
-        return -1;
-    }
-    PyArrayObject *a = (PyArrayObject *)o;
-    if (PyArray_TYPE(a) != type) {
-        PyErr_Format(PyExc_TypeError, "%s must have dtype %s", name,
-                     type == NPY_FLOAT32 ? "float32"
-                                         : (type == NPY_FLOAT64 ? "float64" : "int32"));
-        return -1;
-    }
-    if (PyArray_NDIM(a) != ndim) {
-        PyErr_Format(PyExc_ValueError, "%s must be %d-dimensional, got %d", name, ndim,
-                     PyArray_NDIM(a));
-        return -1;
-    }
-    for (int i = 0; i < ndim; i++) {
-        npy_intp d = PyArray_DIM(a, i);
-        if (d > INT_MAX / 4) {
-            PyErr_Format(PyExc_ValueError, "%s: dimension %d too large", name, i);
-            return -1;
-        }
-        if (shape[i] == ANY) {
-            shape[i] = d;
-        } else if (shape[i] != d) {
-            PyErr_Format(PyExc_ValueError, "%s: dimension %d is %zd, expected %zd", name, i,
-                         (Py_ssize_t)d, (Py_ssize_t)shape[i]);
-            return -1;
-        }
-    }
-    if (!PyArray_IS_C_CONTIGUOUS(a) || !PyArray_ISALIGNED(a)) {
-        PyErr_Format(PyExc_ValueError, "%s must be C-contiguous and aligned", name);
-        return -1;
-    }
-    if (writable && !PyArray_ISWRITEABLE(a)) {
-        PyErr_Format(PyExc_ValueError, "%s must be writeable", name);
-        return -1;
-    }
-    *data = PyArray_DATA(a);
-    return 0;
-}
-
-int gmoe_check_idx(const int32_t *idx, size_t n, int E)
-{
-    for (size_t i = 0; i < n; i++) {
-        if (idx[i] < 0 || idx[i] >= E) {
-            PyErr_Format(PyExc_ValueError, "expert index %d out of range [0, %d)", (int)idx[i], E);
-            return -1;
-        }
-    }
-    return 0;
-}
-
 int gmoe_check_prod(npy_intp a, npy_intp b, npy_intp c)
 {
     size_t x;
     if (eg_mul_ovf((size_t)a, (size_t)b, &x) || eg_mul_ovf(x, (size_t)c, &x) || x > INT_MAX) {
         PyErr_SetString(PyExc_ValueError, "sizes too large");
-        return -1;
-    }
-    return 0;
-}
-
-PyObject *gmoe_new_f32(int nd, npy_intp d0, npy_intp d1, npy_intp d2, npy_intp d3)
-{
-    npy_intp dims[4] = {d0, d1, d2, d3};
-    return PyArray_ZEROS(nd, dims, NPY_FLOAT32, 0);
-}
-
-int gmoe_all_made(PyObject **objs, int n)
-{
-    int ok = 1;
-    for (int i = 0; i < n; i++) {
-        ok = ok && objs[i] != NULL;
-    }
-    if (!ok) {
-        for (int i = 0; i < n; i++) {
-            Py_XDECREF(objs[i]);
-        }
         return -1;
     }
     return 0;
@@ -121,8 +38,8 @@ int check_dropout(float p)
 /* x (T, H) float32, then a float32 weight (OUT, H) named wname that shares
  * x's last dimension: the first arguments of the LoRA linear and the linear
  * router. sx and sW are filled in. */
-int x_and_weight(PyObject *ox, PyObject *oW, const char *wname, npy_intp *sx,
-                        npy_intp *sW, void **x, void **W)
+int x_and_weight(PyObject *ox, PyObject *oW, const char *wname, npy_intp *sx, npy_intp *sW,
+                 void **x, void **W)
 {
     sx[0] = sx[1] = sW[0] = ANY;
     if (gmoe_arr(ox, "x", NPY_FLOAT32, 2, sx, 0, 0, x) < 0) {
@@ -184,8 +101,8 @@ static int ffn_params(PyObject **o, int kind, npy_intp H, eg_moe_ffn_params *prm
     if (check_weights(o, lora, 5, p) < 0) {
         return -1;
     }
-    if (r < 1 || r > 64 || E < 1) {
-        PyErr_SetString(PyExc_ValueError, "LoRA rank must be in [1, 64] and experts >= 1");
+    if (eg_py_check_range(r, 1, 64, NULL, "LoRA rank r") < 0 ||
+        eg_py_check_range(E, 1, LLONG_MAX, NULL, "number of experts") < 0) {
         return -1;
     }
     *prm = (eg_moe_ffn_params){0};
@@ -259,24 +176,15 @@ static PyObject *py_ffn_forward(PyObject *self, PyObject *args)
         kind == EG_MOE_SWIGLU ? gmoe_new_f32(2, M, d.inner, 0, 0) : (Py_INCREF(Py_None), Py_None),
         gmoe_new_f32(3, 3, M, d.r, 0),
     };
-    if (gmoe_all_made(out, 4) < 0) {
+    if (eg_py_all_made(out, 4) < 0) {
         return NULL;
     }
     eg_err err = {0};
     eg_status st;
     float *Up = out[2] == Py_None ? NULL : F32(out[2]);
-    eg_py_sync_threads();   /* this thread's OpenMP team size */
-    Py_BEGIN_ALLOW_THREADS
-    st = eg_moe_ffn_forward(F32(out[0]), F32(out[1]), Up, F32(out[3]), x, idx, w, &prm, &d,
-                            &err);
-    Py_END_ALLOW_THREADS
-    if (st != EG_OK) {
-        for (int i = 0; i < 4; i++) {
-            Py_DECREF(out[i]);
-        }
-        return eg_py_raise(&err, NULL);
-    }
-    return Py_BuildValue("(NNNN)", out[0], out[1], out[2], out[3]);
+    EG_PY_NOGIL(st = eg_moe_ffn_forward(F32(out[0]), F32(out[1]), Up, F32(out[3]), x, idx, w,
+                                        &prm, &d, &err));
+    return eg_py_result(st, &err, NULL, Py_BuildValue("(NNNN)", out[0], out[1], out[2], out[3]));
 }
 
 static PyObject *py_ffn_backward(PyObject *self, PyObject *args)
@@ -320,22 +228,14 @@ static PyObject *py_ffn_backward(PyObject *self, PyObject *args)
         grd.B[q] = pb;
     }
     PyObject *res[2] = {gmoe_new_f32(2, d.T, d.H, 0, 0), gmoe_new_f32(2, d.T, d.K, 0, 0)};
-    if (gmoe_all_made(res, 2) < 0) {
+    if (eg_py_all_made(res, 2) < 0) {
         return NULL;
     }
     eg_err err = {0};
     eg_status st;
-    eg_py_sync_threads();   /* this thread's OpenMP team size */
-    Py_BEGIN_ALLOW_THREADS
-    st = eg_moe_ffn_backward(F32(res[0]), F32(res[1]), &grd, dy, x, idx, w, G, swi ? U : NULL,
-                             Hl, &prm, &d, &err);
-    Py_END_ALLOW_THREADS
-    if (st != EG_OK) {
-        Py_DECREF(res[0]);
-        Py_DECREF(res[1]);
-        return eg_py_raise(&err, NULL);
-    }
-    return Py_BuildValue("(NN)", res[0], res[1]);
+    EG_PY_NOGIL(st = eg_moe_ffn_backward(F32(res[0]), F32(res[1]), &grd, dy, x, idx, w, G,
+                                         swi ? U : NULL, Hl, &prm, &d, &err));
+    return eg_py_result(st, &err, NULL, Py_BuildValue("(NN)", res[0], res[1]));
 }
 
 static PyMethodDef gmoe_methods[] = {

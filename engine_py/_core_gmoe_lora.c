@@ -44,22 +44,15 @@ static PyObject *py_lora_forward(PyObject *self, PyObject *args)
         return NULL;
     }
     PyObject *o[2] = {gmoe_new_f32(2, sx[0], sW[0], 0, 0), gmoe_new_f32(2, sx[0], sA[0], 0, 0)};
-    if (gmoe_all_made(o, 2) < 0) {
+    if (eg_py_all_made(o, 2) < 0) {
         return NULL;
     }
     eg_err err = {0};
     eg_status st;
-    eg_py_sync_threads();   /* this thread's OpenMP team size */
-    Py_BEGIN_ALLOW_THREADS
-    st = eg_lora_linear_forward(F32(o[0]), F32(o[1]), x, W, b, A, B, (int)sx[0], (int)sx[1],
-                                (int)sW[0], (int)sA[0], scale, p, seed, &err);
-    Py_END_ALLOW_THREADS
-    if (st != EG_OK) {
-        Py_DECREF(o[0]);
-        Py_DECREF(o[1]);
-        return eg_py_raise(&err, NULL);
-    }
-    return Py_BuildValue("(NN)", o[0], o[1]);
+    EG_PY_NOGIL(st = eg_lora_linear_forward(F32(o[0]), F32(o[1]), x, W, b, A, B, (int)sx[0],
+                                            (int)sx[1], (int)sW[0], (int)sA[0], scale, p, seed,
+                                            &err));
+    return eg_py_result(st, &err, NULL, Py_BuildValue("(NN)", o[0], o[1]));
 }
 
 static PyObject *py_lora_backward(PyObject *self, PyObject *args)
@@ -92,16 +85,10 @@ static PyObject *py_lora_backward(PyObject *self, PyObject *args)
     }
     eg_err err = {0};
     eg_status st;
-    eg_py_sync_threads();   /* this thread's OpenMP team size */
-    Py_BEGIN_ALLOW_THREADS
-    st = eg_lora_linear_backward(F32(dx), dA, dB, dout, x, W, A, B, h, (int)sx[0], (int)sx[1],
-                                 (int)sW[0], (int)sA[0], scale, p, seed, &err);
-    Py_END_ALLOW_THREADS
-    if (st != EG_OK) {
-        Py_DECREF(dx);
-        return eg_py_raise(&err, NULL);
-    }
-    return dx;
+    EG_PY_NOGIL(st = eg_lora_linear_backward(F32(dx), dA, dB, dout, x, W, A, B, h, (int)sx[0],
+                                             (int)sx[1], (int)sW[0], (int)sA[0], scale, p, seed,
+                                             &err));
+    return eg_py_result(st, &err, NULL, dx);
 }
 
 static PyMethodDef lora_methods[] = {

@@ -20,21 +20,17 @@ static PyObject *py_topk_forward(PyObject *self, PyObject *args)
     if (gmoe_arr(ol, "logits", NPY_FLOAT32, 2, sl, 0, 0, &lg) < 0) {
         return NULL;
     }
-    if (K < 1 || K > sl[1]) {
-        PyErr_Format(PyExc_ValueError, "top_k must be in [1, %zd], got %d", (Py_ssize_t)sl[1], K);
+    if (eg_py_check_range(K, 1, sl[1], NULL, "top_k") < 0) {
         return NULL;
     }
     npy_intp dk[2] = {sl[0], K};
     PyObject *o[4] = {gmoe_new_f32(2, sl[0], sl[1], 0, 0), gmoe_new_f32(1, sl[0], 0, 0, 0),
                       PyArray_ZEROS(2, dk, NPY_INT32, 0), gmoe_new_f32(2, sl[0], K, 0, 0)};
-    if (gmoe_all_made(o, 4) < 0) {
+    if (eg_py_all_made(o, 4) < 0) {
         return NULL;
     }
-    eg_py_sync_threads();   /* this thread's OpenMP team size */
-    Py_BEGIN_ALLOW_THREADS
-    eg_router_topk_forward(F32(o[0]), F32(o[1]), PyArray_DATA((PyArrayObject *)o[2]), F32(o[3]),
-                           lg, (int)sl[0], (int)sl[1], K, renorm);
-    Py_END_ALLOW_THREADS
+    EG_PY_NOGIL(eg_router_topk_forward(F32(o[0]), F32(o[1]), PyArray_DATA((PyArrayObject *)o[2]),
+                                       F32(o[3]), lg, (int)sl[0], (int)sl[1], K, renorm));
     return Py_BuildValue("(NNNN)", o[0], o[1], o[2], o[3]);
 }
 
@@ -62,10 +58,8 @@ static PyObject *py_topk_backward(PyObject *self, PyObject *args)
     if (dl == NULL) {
         return NULL;
     }
-    eg_py_sync_threads();   /* this thread's OpenMP team size */
-    Py_BEGIN_ALLOW_THREADS
-    eg_router_topk_backward(F32(dl), dw, dp, p, idx, w, (int)sp[0], (int)sp[1], (int)si[1], renorm);
-    Py_END_ALLOW_THREADS
+    EG_PY_NOGIL(eg_router_topk_backward(F32(dl), dw, dp, p, idx, w, (int)sp[0], (int)sp[1],
+                                        (int)si[1], renorm));
     return dl;
 }
 
@@ -84,10 +78,7 @@ static PyObject *py_linear_router_forward(PyObject *self, PyObject *args)
     if (lg == NULL) {
         return NULL;
     }
-    eg_py_sync_threads();   /* this thread's OpenMP team size */
-    Py_BEGIN_ALLOW_THREADS
-    eg_linear_router_forward(F32(lg), x, W, (int)sx[0], (int)sx[1], (int)sW[0]);
-    Py_END_ALLOW_THREADS
+    EG_PY_NOGIL(eg_linear_router_forward(F32(lg), x, W, (int)sx[0], (int)sx[1], (int)sW[0]));
     return lg;
 }
 
@@ -109,10 +100,7 @@ static PyObject *py_linear_router_backward(PyObject *self, PyObject *args)
         gmoe_arr(odl, "dlogits", NPY_FLOAT32, 2, sl, 0, 0, &dl) < 0) {
         return NULL;
     }
-    eg_py_sync_threads();   /* this thread's OpenMP team size */
-    Py_BEGIN_ALLOW_THREADS
-    eg_linear_router_backward(dx, dW, dl, x, W, (int)sx[0], (int)sx[1], (int)sW[0]);
-    Py_END_ALLOW_THREADS
+    EG_PY_NOGIL(eg_linear_router_backward(dx, dW, dl, x, W, (int)sx[0], (int)sx[1], (int)sW[0]));
     Py_RETURN_NONE;
 }
 
@@ -137,8 +125,9 @@ static int graph_args(PyObject **o, void **pp, eg_graph_router_dims *d)
         gmoe_arr(o[6], "Ahat", NPY_FLOAT32, 2, sA, 0, 0, &pp[6]) < 0) {
         return -1;
     }
-    if (sWl[0] < 1 || N < 1 || g < 1) {
-        PyErr_SetString(PyExc_ValueError, "graph router needs >= 1 layer, expert and width");
+    if (eg_py_check_range(sWl[0], 1, LLONG_MAX, NULL, "graph router: GCN layers") < 0 ||
+        eg_py_check_range(N, 1, LLONG_MAX, NULL, "graph router: experts") < 0 ||
+        eg_py_check_range(g, 1, LLONG_MAX, NULL, "graph router: width") < 0) {
         return -1;
     }
     if (gmoe_check_prod(sx[0], N + 1, g) < 0) {
@@ -159,23 +148,14 @@ static PyObject *py_graph_forward(PyObject *self, PyObject *args)
     }
     PyObject *out[3] = {gmoe_new_f32(2, d.T, d.N, 0, 0), gmoe_new_f32(2, d.T, d.g, 0, 0),
                         gmoe_new_f32(4, d.L, d.T, d.N + 1, d.g)};
-    if (gmoe_all_made(out, 3) < 0) {
+    if (eg_py_all_made(out, 3) < 0) {
         return NULL;
     }
     eg_err err = {0};
     eg_status st;
-    eg_py_sync_threads();   /* this thread's OpenMP team size */
-    Py_BEGIN_ALLOW_THREADS
-    st = eg_graph_router_forward(F32(out[0]), F32(out[1]), F32(out[2]), pp[0], pp[1], pp[2],
-                                 pp[3], pp[4], pp[5], pp[6], &d, &err);
-    Py_END_ALLOW_THREADS
-    if (st != EG_OK) {
-        for (int i = 0; i < 3; i++) {
-            Py_DECREF(out[i]);
-        }
-        return eg_py_raise(&err, NULL);
-    }
-    return Py_BuildValue("(NNN)", out[0], out[1], out[2]);
+    EG_PY_NOGIL(st = eg_graph_router_forward(F32(out[0]), F32(out[1]), F32(out[2]), pp[0], pp[1],
+                                             pp[2], pp[3], pp[4], pp[5], pp[6], &d, &err));
+    return eg_py_result(st, &err, NULL, Py_BuildValue("(NNN)", out[0], out[1], out[2]));
 }
 
 static PyObject *py_graph_backward(PyObject *self, PyObject *args)
@@ -202,15 +182,9 @@ static PyObject *py_graph_backward(PyObject *self, PyObject *args)
     }
     eg_err err = {0};
     eg_status st;
-    eg_py_sync_threads();   /* this thread's OpenMP team size */
-    Py_BEGIN_ALLOW_THREADS
-    st = eg_graph_router_backward(dx, dWs, dWt, dWl, dp, dl, pp[0], pp[1], pp[2], pp[3], pp[4],
-                                  pp[5], pp[6], Zt, Z, &d, &err);
-    Py_END_ALLOW_THREADS
-    if (st != EG_OK) {
-        return eg_py_raise(&err, NULL);
-    }
-    Py_RETURN_NONE;
+    EG_PY_NOGIL(st = eg_graph_router_backward(dx, dWs, dWt, dWl, dp, dl, pp[0], pp[1], pp[2],
+                                              pp[3], pp[4], pp[5], pp[6], Zt, Z, &d, &err));
+    return eg_py_finish(NULL, st, &err, NULL);
 }
 
 static PyMethodDef router_methods[] = {

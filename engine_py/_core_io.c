@@ -64,11 +64,13 @@ static PyTypeObject MappingType = {
     .tp_getset = mapping_getset,
 };
 
-/* Raise for a failed open/parse of `path`. */
-static PyObject *raise_file_error(const eg_err *err, const eg_st_file *f, PyObject *path)
+/* Raise for a failed read or write of a safetensors file: an OS error
+ * (with its errno and `path` when sys_errno is not 0) as OSError, a broken
+ * rule of the format as SafetensorsError. */
+static PyObject *raise_file_error(const eg_err *err, int sys_errno, PyObject *path)
 {
-    if (err->status == EG_EIO && f->sys_errno != 0) {
-        PyObject *args = Py_BuildValue("(isO)", f->sys_errno, err->msg, path);
+    if (err->status == EG_EIO && sys_errno != 0) {
+        PyObject *args = Py_BuildValue("(isO)", sys_errno, err->msg, path);
         if (args != NULL) {
             PyErr_SetObject(PyExc_OSError, args);
             Py_DECREF(args);
@@ -106,12 +108,9 @@ static MappingObject *open_mapping(PyObject *path_arg)
     eg_err_clear(&err);
     eg_status st;
     const char *cpath = PyBytes_AS_STRING(pbytes);
-    eg_py_sync_threads();   /* this thread's OpenMP team size */
-    Py_BEGIN_ALLOW_THREADS
-    st = eg_st_open(cpath, &m->file, &err);
-    Py_END_ALLOW_THREADS
+    EG_PY_NOGIL(st = eg_st_open(cpath, &m->file, &err));
     if (st != EG_OK) {
-        raise_file_error(&err, &m->file, m->path);
+        raise_file_error(&err, m->file.sys_errno, m->path);
         Py_DECREF(pbytes);
         Py_DECREF(m);
         return NULL;
@@ -249,10 +248,7 @@ static PyObject *tensor_array(MappingObject *m, const eg_st_tensor *t, int widen
         void *dst = PyArray_DATA(out);
         size_t nb = t->nbytes;
         if (nb > 0) {
-            eg_py_sync_threads();   /* this thread's OpenMP team size */
-            Py_BEGIN_ALLOW_THREADS
-            memcpy(dst, src, nb);
-            Py_END_ALLOW_THREADS
+            EG_PY_NOGIL(memcpy(dst, src, nb));
         }
         return (PyObject *)out;
     }
@@ -460,22 +456,12 @@ static PyObject *py_safetensors_save(PyObject *self, PyObject *args)
     eg_status st;
     const char *cpath = PyBytes_AS_STRING(pbytes);
     const eg_st_meta *mp = metas != NULL ? meta : NULL;
-    eg_py_sync_threads();   /* this thread's OpenMP team size */
-    Py_BEGIN_ALLOW_THREADS
-    st = eg_st_write(cpath, ents, (size_t)n, mp, (size_t)n_meta, &err);
-    Py_END_ALLOW_THREADS
+    EG_PY_NOGIL(st = eg_st_write(cpath, ents, (size_t)n, mp, (size_t)n_meta, &err));
     if (st != EG_OK) {
-        if (st == EG_EINVAL || st == EG_EOVERFLOW) {
-            PyErr_SetString(SafetensorsError, err.msg);
-        } else if (st == EG_EIO) {
-            PyErr_SetString(PyExc_OSError, err.msg);
-        } else {
-            eg_py_raise(&err, SafetensorsError);
-        }
+        raise_file_error(&err, 0, NULL);
         goto fail;
     }
-    result = Py_None;
-    Py_INCREF(result);
+    result = Py_NewRef(Py_None);
 fail:
     PyMem_Free(ents);
     PyMem_Free(shapes);
