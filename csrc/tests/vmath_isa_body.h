@@ -7,36 +7,18 @@
 #include "eg_vmath.h"
 #undef EG_VMATH_NAME
 
-/* out (VM_FUNCS, n): every element-wise function of the header over x. */
-static void SFX(vm_rows)(float *out, const float *x, size_t n)
+/* out (VM_FUNCS, n): every element-wise function of the header over x, in
+ * one loop that gcc vectorises like the kernels' loops. */
+static void SFX(vm_rows)(float *restrict out, const float *restrict x, size_t n)
 {
-    float *o = out;
     for (size_t i = 0; i < n; i++) {
-        o[i] = SFX(vm_exp)(x[i]);
-    }
-    o += n;
-    for (size_t i = 0; i < n; i++) {
-        o[i] = SFX(vm_expm1_nonpos)(x[i]);
-    }
-    o += n;
-    for (size_t i = 0; i < n; i++) {
-        o[i] = SFX(vm_sigmoid)(x[i]);
-    }
-    o += n;
-    for (size_t i = 0; i < n; i++) {
-        o[i] = SFX(vm_erf)(x[i]);
-    }
-    o += n;
-    for (size_t i = 0; i < n; i++) {
-        o[i] = SFX(vm_normal_cdf)(x[i]);
-    }
-    o += n;
-    for (size_t i = 0; i < n; i++) {
-        o[i] = SFX(vm_normal_pdf)(x[i]);
-    }
-    o += n;
-    for (size_t i = 0; i < n; i++) {
-        o[i] = SFX(vm_gelu)(x[i]);
+        out[i] = SFX(vm_exp)(x[i]);
+        out[n + i] = SFX(vm_expm1_nonpos)(x[i]);
+        out[2 * n + i] = SFX(vm_sigmoid)(x[i]);
+        out[3 * n + i] = SFX(vm_erf)(x[i]);
+        out[4 * n + i] = SFX(vm_normal_cdf)(x[i]);
+        out[5 * n + i] = SFX(vm_normal_pdf)(x[i]);
+        out[6 * n + i] = SFX(vm_gelu)(x[i]);
     }
 }
 
