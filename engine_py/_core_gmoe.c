@@ -250,9 +250,12 @@ static PyMethodDef gmoe_methods[] = {
 
 int eg_py_init_gmoe(PyObject *module)
 {
-    if (PyModule_AddFunctions(module, gmoe_methods) < 0 || gmoe_init_lora(module) < 0 ||
-        gmoe_init_router(module) < 0) {
-        return -1;
+    PyMethodDef *tables[] = {gmoe_methods, gmoe_lora_methods, gmoe_router_methods,
+                             gmoe_loss_methods};
+    for (size_t i = 0; i < sizeof tables / sizeof tables[0]; i++) {
+        if (PyModule_AddFunctions(module, tables[i]) < 0) {
+            return -1;
+        }
     }
-    return gmoe_init_losses(module);
+    return 0;
 }

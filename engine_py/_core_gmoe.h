@@ -52,10 +52,10 @@ int check_dropout(float p);
 int x_and_weight(PyObject *ox, PyObject *oW, const char *wname, npy_intp *sx, npy_intp *sW,
                  void **x, void **W);
 
-/* Add the functions of the other GMoE glue files to the module. */
-int gmoe_init_lora(PyObject *module);     /* _core_gmoe_lora.c */
-int gmoe_init_router(PyObject *module);   /* _core_gmoe_router.c */
-int gmoe_init_losses(PyObject *module);   /* _core_gmoe_losses.c: losses, AdamW */
+/* The functions of the other GMoE glue files (eg_py_init_gmoe adds them). */
+extern PyMethodDef gmoe_lora_methods[];   /* _core_gmoe_lora.c */
+extern PyMethodDef gmoe_router_methods[]; /* _core_gmoe_router.c */
+extern PyMethodDef gmoe_loss_methods[];   /* _core_gmoe_losses.c: losses, AdamW */
 
 #define F32(p) ((float *)PyArray_DATA((PyArrayObject *)(p)))
 

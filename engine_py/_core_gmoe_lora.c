@@ -91,15 +91,10 @@ static PyObject *py_lora_backward(PyObject *self, PyObject *args)
     return eg_py_result(st, &err, NULL, dx);
 }
 
-static PyMethodDef lora_methods[] = {
+PyMethodDef gmoe_lora_methods[] = {
     {"_gmoe_lora_forward", py_lora_forward, METH_VARARGS,
      "(x, W, bias|None, A, B, scale, p, seed) -> (out, hA)"},
     {"_gmoe_lora_backward", py_lora_backward, METH_VARARGS,
      "(dout, x, W, A, B, hA, dA in/out, dB in/out, scale, p, seed) -> dx"},
     {NULL, NULL, 0, NULL},
 };
-
-int gmoe_init_lora(PyObject *module)
-{
-    return PyModule_AddFunctions(module, lora_methods);
-}

@@ -256,7 +256,7 @@ static PyObject *py_adamw_step(PyObject *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
-static PyMethodDef loss_methods[] = {
+PyMethodDef gmoe_loss_methods[] = {
     {"_gmoe_balance_forward", py_balance_forward, METH_VARARGS, "(probs, idx) -> (loss, counts)"},
     {"_gmoe_balance_backward", py_balance_backward, METH_VARARGS,
      "(dprobs in/out, coef, counts, K)"},
@@ -275,8 +275,3 @@ static PyMethodDef loss_methods[] = {
      "(param, grad, m, v in/out, lr, beta1, beta2, eps, weight_decay, t): torch.optim.AdamW step"},
     {NULL, NULL, 0, NULL},
 };
-
-int gmoe_init_losses(PyObject *module)
-{
-    return PyModule_AddFunctions(module, loss_methods);
-}

@@ -187,7 +187,7 @@ static PyObject *py_graph_backward(PyObject *self, PyObject *args)
     return eg_py_finish(NULL, st, &err, NULL);
 }
 
-static PyMethodDef router_methods[] = {
+PyMethodDef gmoe_router_methods[] = {
     {"_gmoe_topk_forward", py_topk_forward, METH_VARARGS,
      "(logits, K, renorm) -> (probs, lse, idx, w)"},
     {"_gmoe_topk_backward", py_topk_backward, METH_VARARGS,
@@ -201,8 +201,3 @@ static PyMethodDef router_methods[] = {
      "(dx, dWs, dWt, dWl, dpvec in/out, dlogits, x, X, Ws, Wt, Wl, pvec, Ahat, Zt, Z)"},
     {NULL, NULL, 0, NULL},
 };
-
-int gmoe_init_router(PyObject *module)
-{
-    return PyModule_AddFunctions(module, router_methods);
-}
