@@ -123,6 +123,12 @@ PyArrayObject *eg_py_array(PyObject *o, int type, int flags, int ndim, const npy
  * <max_len> entries" otherwise. */
 PyArrayObject *eg_py_vector(PyObject *o, int type, int flags, npy_intp max_len, const char *what);
 
+/* A 1-D int64 array of any length (node ids, row ids, CSR pointers, labels). */
+static inline PyArrayObject *eg_py_i64_vector(PyObject *o, const char *what)
+{
+    return eg_py_vector(o, NPY_INT64, 0, NPY_MAX_INTP, what);
+}
+
 /* Flags of eg_py_check_array. */
 #define EG_PY_ANY ((npy_intp)-1) /* a shape entry that matches any size; filled in */
 enum {

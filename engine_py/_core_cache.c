@@ -291,7 +291,7 @@ static PyObject *rows_call(CacheFileObject *self, PyObject *args, int mode)
     PyObject *ret = NULL;
     eg_cache_info h;
     eg_cache_get_info(self->c, &h);
-    rows = eg_py_vector(rows_obj, NPY_INT64, 0, NPY_MAX_INTP, "rows");
+    rows = eg_py_i64_vector(rows_obj, "rows");
     if (rows == NULL) {
         goto fail;
     }
@@ -439,7 +439,7 @@ static PyObject *cf_gather(CacheFileObject *self, PyObject *args, PyObject *kw)
     }
     eg_cache_info h;
     eg_cache_get_info(self->c, &h);
-    ids = eg_py_vector(ids_obj, NPY_INT64, 0, NPY_MAX_INTP, "gather: node_ids");
+    ids = eg_py_i64_vector(ids_obj, "gather: node_ids");
     if (ids == NULL) {
         goto fail;
     }

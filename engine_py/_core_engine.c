@@ -26,12 +26,6 @@
 
 /* ------------------------------------------------------------ helpers */
 
-/* A 1-D int64 array of any length (ids, pointers, labels). */
-static PyArrayObject *as_i64(PyObject *o, const char *what)
-{
-    return eg_py_vector(o, NPY_INT64, 0, NPY_MAX_INTP, what);
-}
-
 static PyObject *batch_to_tuple(eg_batch *b)
 {
     npy_intp n1 = (npy_intp)b->num_nodes, n2 = (npy_intp)b->num_graphs + 1,
@@ -78,11 +72,11 @@ static int Graph_init(GraphObject *self, PyObject *args, PyObject *kw)
     }
     PyArrayObject *src = NULL, *dst = NULL;
     int rc = -1;
-    src = as_i64(so, "src");
+    src = eg_py_i64_vector(so, "src");
     if (src == NULL) {
         goto fail;
     }
-    dst = as_i64(dob, "dst");
+    dst = eg_py_i64_vector(dob, "dst");
     if (dst == NULL) {
         goto fail;
     }
@@ -152,7 +146,7 @@ static PyObject *Graph_sample(GraphObject *self, PyObject *args, int kind)
     if (graph_ready(self) < 0) {
         return NULL;
     }
-    PyArrayObject *t = as_i64(to, "targets");
+    PyArrayObject *t = eg_py_i64_vector(to, "targets");
     if (t == NULL) {
         return NULL;
     }
@@ -360,15 +354,15 @@ static void batch_args_free(batch_args *b)
 
 static int parse_graph(LadderObject *self, batch_args *b, PyObject *gpo, PyObject *ptro, PyObject *srco)
 {
-    b->gp = as_i64(gpo, "graph_ptr");
+    b->gp = eg_py_i64_vector(gpo, "graph_ptr");
     if (b->gp == NULL) {
         return -1;
     }
-    b->ptr = as_i64(ptro, "indptr");
+    b->ptr = eg_py_i64_vector(ptro, "indptr");
     if (b->ptr == NULL) {
         return -1;
     }
-    b->src = as_i64(srco, "indices");
+    b->src = eg_py_i64_vector(srco, "indices");
     if (b->src == NULL) {
         return -1;
     }
@@ -393,7 +387,7 @@ static int parse_graph(LadderObject *self, batch_args *b, PyObject *gpo, PyObjec
 /* labels: 1-D int64, one per subgraph of the batch (G). */
 static PyArrayObject *parse_labels(PyObject *o, int64_t G)
 {
-    PyArrayObject *y = as_i64(o, "labels");
+    PyArrayObject *y = eg_py_i64_vector(o, "labels");
     if (y != NULL && (int64_t)PyArray_DIM(y, 0) != G) {
         PyErr_Format(PyExc_ValueError, "need %lld labels (one per subgraph), got %lld", (long long)G,
                      (long long)PyArray_DIM(y, 0));
@@ -805,7 +799,7 @@ static PyObject *py_exit_step(PyObject *mod, PyObject *args)
     if (exit_state_from(&s, last, streak, exit_at, probs, patience, threshold) < 0) {
         return NULL;
     }
-    PyArrayObject *idx = as_i64(idxo, "idx"), *L = NULL;
+    PyArrayObject *idx = eg_py_i64_vector(idxo, "idx"), *L = NULL;
     PyObject *act = NULL;
     if (idx == NULL) {
         return NULL;
