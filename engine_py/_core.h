@@ -177,7 +177,9 @@ int eg_py_init_io(PyObject *module);      /* _core_io.c: safetensors */
 int eg_py_init_text(PyObject *module);    /* _core_text.c: tokenizers */
 int eg_py_init_bert(PyObject *module);    /* _core_bert.c: BERT encoder */
 int eg_py_init_cache(PyObject *module);   /* _core_cache.c: layer cache */
-int eg_py_init_engine(PyObject *module);  /* _core_engine.c: graph, samplers, G-Ladder */
+int eg_py_init_graph(PyObject *module);   /* _core_graph.c: CSR graph, samplers */
+int eg_py_init_engine(PyObject *module);  /* _core_engine.c: G-Ladder */
+int eg_py_init_exit(PyObject *module);    /* _core_exit.c: early-exit policy */
 int eg_py_init_gmoe(PyObject *module);    /* _core_gmoe.c: GMoE layer kernels */
 
 #endif
