@@ -155,6 +155,7 @@ typedef struct {
     PyArrayObject *gp, *ptr, *src, *labels;
     PyArrayObject *H[64];
     int nH;
+    int64_t G, N; /* subgraphs and nodes, set by parse_graph */
 } batch_args;
 
 static void batch_args_free(batch_args *b)
@@ -187,8 +188,10 @@ static int parse_graph(LadderObject *self, batch_args *b, PyObject *gpo, PyObjec
         return -1;
     }
     const int64_t *gp = PyArray_DATA(b->gp), *p = PyArray_DATA(b->ptr);
-    npy_intp G = PyArray_DIM(b->gp, 0) - 1, N = PyArray_DIM(b->ptr, 0) - 1;
-    if (gp[G] != (int64_t)N) {
+    const int64_t G = PyArray_DIM(b->gp, 0) - 1, N = PyArray_DIM(b->ptr, 0) - 1;
+    b->G = G;
+    b->N = N;
+    if (gp[G] != N) {
         PyErr_Format(PyExc_ValueError, "batch: graph_ptr[-1] = %lld but indptr has %lld nodes",
                      (long long)gp[G], (long long)N);
         return -1;
@@ -238,7 +241,7 @@ static PyObject *Ladder_begin(LadderObject *self, PyObject *args)
     eg_err err;
     eg_err_clear(&err);
     eg_status st;
-    int64_t G = PyArray_DIM(b.gp, 0) - 1, N = PyArray_DIM(b.ptr, 0) - 1;
+    const int64_t G = b.G, N = b.N;
     EG_PY_NOGIL(st = eg_ladder_begin(self->m, G, PyArray_DATA(b.gp), N, PyArray_DATA(b.ptr),
                                      PyArray_DATA(b.src), training, (uint64_t)seed, &err));
     res = eg_py_finish(&self->busy, st, &err, NULL);
@@ -371,7 +374,7 @@ static int parse_full(LadderObject *self, batch_args *b, PyObject *gpo, PyObject
         Py_DECREF(seq);
         return -1;
     }
-    npy_intp N = PyArray_DIM(b->ptr, 0) - 1;
+    const npy_intp N = (npy_intp)b->N;
     for (int i = 0; i < c->num_ladders; i++) {
         b->H[i] = parse_states(self, PySequence_Fast_GET_ITEM(seq, i), N, i);
         if (b->H[i] == NULL) {
@@ -400,7 +403,7 @@ static PyObject *Ladder_train_batch(LadderObject *self, PyObject *args)
     if (parse_full(self, &b, gpo, ptro, srco, hlist) < 0) {
         goto fail;
     }
-    int64_t G = PyArray_DIM(b.gp, 0) - 1, N = PyArray_DIM(b.ptr, 0) - 1;
+    const int64_t G = b.G, N = b.N;
     b.labels = parse_labels(yo, G);
     if (b.labels == NULL) {
         goto fail;
@@ -442,7 +445,7 @@ static PyObject *Ladder_predict_batch(LadderObject *self, PyObject *args)
     if (parse_full(self, &b, gpo, ptro, srco, hlist) < 0) {
         goto fail;
     }
-    int64_t G = PyArray_DIM(b.gp, 0) - 1, N = PyArray_DIM(b.ptr, 0) - 1;
+    const int64_t G = b.G, N = b.N;
     npy_intp dims[3] = {c->num_ladders, (npy_intp)G, c->num_classes};
     res = PyArray_ZEROS(3, dims, NPY_FLOAT32, 0);
     if (res == NULL || ladder_enter(self) < 0) {
