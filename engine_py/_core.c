@@ -8,6 +8,7 @@
 #include "eg_isa.h"
 
 #include <stdarg.h>
+#include <stdint.h>
 #include <string.h>
 #ifdef _OPENMP
 #include <omp.h>
@@ -220,8 +221,9 @@ PyMODINIT_FUNC PyInit__core(void)
         Py_DECREF(m);
         return NULL;
     }
-    if (eg_py_init_io(m) < 0 || eg_py_init_gguf(m) < 0 || eg_py_init_text(m) < 0 || eg_py_init_bert(m) < 0 ||
-        eg_py_init_cache(m) < 0 || eg_py_init_engine(m) < 0 ||
+    if (eg_py_init_io(m) < 0 || eg_py_init_gguf(m) < 0 || eg_py_init_text(m) < 0 ||
+        eg_py_init_bert(m) < 0 || eg_py_init_cache(m) < 0 || eg_py_init_graph(m) < 0 ||
+        eg_py_init_engine(m) < 0 || eg_py_init_exit(m) < 0 ||
         eg_py_init_gmoe(m) < 0) {
         Py_DECREF(m);
         return NULL;
@@ -231,59 +233,13 @@ PyMODINIT_FUNC PyInit__core(void)
 
 /* ------------------------------------------------------ argument helpers */
 
-/* dims of `a` match ndim and shape (entries < 0 match any size) */
-static int shape_matches(PyArrayObject *a, int ndim, const npy_intp *shape)
+PyObject *eg_py_result(eg_status st, const eg_err *err, PyObject *corrupt_type, PyObject *value)
 {
-    if (ndim < 0) {
-        return 1;
+    if (st != EG_OK) {
+        Py_XDECREF(value);
+        return eg_py_raise(err, corrupt_type);
     }
-    if (PyArray_NDIM(a) != ndim) {
-        return 0;
-    }
-    for (int i = 0; shape != NULL && i < ndim; i++) {
-        if (shape[i] >= 0 && PyArray_DIM(a, i) != shape[i]) {
-            return 0;
-        }
-    }
-    return 1;
-}
-
-PyArrayObject *eg_py_array(PyObject *o, int type, int flags, int ndim, const npy_intp *shape,
-                           const char *fmt, ...)
-{
-    PyArrayObject *a = (PyArrayObject *)PyArray_FROM_OTF(o, type, NPY_ARRAY_IN_ARRAY | flags);
-    if (a == NULL || shape_matches(a, ndim, shape)) {
-        return a;
-    }
-    va_list ap;
-    va_start(ap, fmt);
-    PyErr_FormatV(PyExc_ValueError, fmt, ap);
-    va_end(ap);
-    Py_DECREF(a);
-    return NULL;
-}
-
-int eg_py_check_out(PyObject *o, int type, int ndim, const npy_intp *shape, const char *fmt, ...)
-{
-    if (PyArray_Check(o) && PyArray_TYPE((PyArrayObject *)o) == type &&
-        shape_matches((PyArrayObject *)o, ndim, shape) &&
-        PyArray_IS_C_CONTIGUOUS((PyArrayObject *)o) && PyArray_ISWRITEABLE((PyArrayObject *)o)) {
-        return 0;
-    }
-    va_list ap;
-    va_start(ap, fmt);
-    PyErr_FormatV(PyExc_ValueError, fmt, ap);
-    va_end(ap);
-    return -1;
-}
-
-PyObject *eg_py_array_copy(int nd, const npy_intp *dims, int type, const void *src)
-{
-    PyObject *a = PyArray_SimpleNew(nd, (npy_intp *)dims, type);
-    if (a != NULL && PyArray_NBYTES((PyArrayObject *)a) > 0) {
-        memcpy(PyArray_DATA((PyArrayObject *)a), src, (size_t)PyArray_NBYTES((PyArrayObject *)a));
-    }
-    return a;
+    return value;
 }
 
 PyObject *eg_py_add_exception(PyObject *module, const char *name, const char *doc, PyObject *base)
@@ -339,10 +295,7 @@ PyObject *eg_py_finish(int *busy, eg_status st, const eg_err *err, PyObject *cor
     if (busy != NULL) {
         eg_py_leave(busy);
     }
-    if (st != EG_OK) {
-        return eg_py_raise(err, corrupt_type);
-    }
-    Py_RETURN_NONE;
+    return eg_py_result(st, err, corrupt_type, Py_NewRef(Py_None));
 }
 
 int eg_py_ready(const void *handle, const char *what)
@@ -361,6 +314,209 @@ int eg_py_init_once(const void *handle, const char *what)
         return -1;
     }
     return 0;
+}
+
+int eg_py_enter_ready(const void *handle, int *busy, const char *what)
+{
+    if (eg_py_ready(handle, what) < 0) {
+        return -1;
+    }
+    return eg_py_enter(busy, what);
+}
+
+/* `exc` (NULL: ValueError) saying what range `what` must be in; got is an int. */
+static int range_error(PyObject *exc, const char *what, long long lo, long long hi, PyObject *got)
+{
+    exc = exc != NULL ? exc : PyExc_ValueError;
+    if (hi == LLONG_MAX) {
+        PyErr_Format(exc, "%s must be >= %lld, got %S", what, lo, got);
+    } else {
+        PyErr_Format(exc, "%s must be in [%lld, %lld], got %S", what, lo, hi, got);
+    }
+    return -1;
+}
+
+int eg_py_check_range(long long v, long long lo, long long hi, PyObject *exc, const char *what)
+{
+    if (v >= lo && v <= hi) {
+        return 0;
+    }
+    PyObject *got = PyLong_FromLongLong(v);
+    if (got != NULL) {
+        range_error(exc, what, lo, hi, got);
+        Py_DECREF(got);
+    }
+    return -1;
+}
+
+int eg_py_int_arg(PyObject *o, long long lo, long long hi, PyObject *exc, const char *what,
+                  long long *out)
+{
+    PyObject *i = PyNumber_Index(o);
+    if (i == NULL) {
+        return -1;
+    }
+    int overflow = 0;
+    long long v = PyLong_AsLongLongAndOverflow(i, &overflow);
+    int rc = 0;
+    if (v == -1 && PyErr_Occurred()) {
+        rc = -1;
+    } else if (overflow != 0 || v < lo || v > hi) {
+        rc = range_error(exc, what, lo, hi, i);
+    } else {
+        *out = v;
+    }
+    Py_DECREF(i);
+    return rc;
+}
+
+/* The first dimension of `a` that does not match shape (entries < 0 match
+ * any size), ndim when a has another number of dimensions, -1 if all
+ * match. */
+static int bad_dim(PyArrayObject *a, int ndim, const npy_intp *shape)
+{
+    if (PyArray_NDIM(a) != ndim) {
+        return ndim;
+    }
+    for (int i = 0; shape != NULL && i < ndim; i++) {
+        if (shape[i] >= 0 && PyArray_DIM(a, i) != shape[i]) {
+            return i;
+        }
+    }
+    return -1;
+}
+
+PyArrayObject *eg_py_array(PyObject *o, int type, int flags, int ndim, const npy_intp *shape,
+                           const char *fmt, ...)
+{
+    PyArrayObject *a = (PyArrayObject *)PyArray_FROM_OTF(o, type, NPY_ARRAY_IN_ARRAY | flags);
+    if (a == NULL || ndim < 0 || bad_dim(a, ndim, shape) < 0) {
+        return a;
+    }
+    va_list ap;
+    va_start(ap, fmt);
+    PyErr_FormatV(PyExc_ValueError, fmt, ap);
+    va_end(ap);
+    Py_DECREF(a);
+    return NULL;
+}
+
+PyArrayObject *eg_py_vector(PyObject *o, int type, int flags, npy_intp max_len, const char *what)
+{
+    PyArrayObject *a = eg_py_array(o, type, flags, -1, NULL, NULL);
+    if (a == NULL) {
+        return NULL;
+    }
+    if (PyArray_NDIM(a) != 1) {
+        PyErr_Format(PyExc_ValueError, "%s must be a 1-D array, got %d-D", what, PyArray_NDIM(a));
+    } else if (PyArray_DIM(a, 0) > max_len) {
+        PyErr_Format(PyExc_ValueError, "%s has more than %zd entries", what, (Py_ssize_t)max_len);
+    } else {
+        return a;
+    }
+    Py_DECREF(a);
+    return NULL;
+}
+
+int eg_py_check_array(PyObject *o, const char *name, int type, int ndim, npy_intp *shape,
+                      int flags, void **data)
+{
+    if (data != NULL) {
+        *data = NULL;
+    }
+    if (o == Py_None && (flags & EG_PY_OPTIONAL)) {
+        return 0;
+    }
+    if (!PyArray_Check(o)) {
+        PyErr_Format(PyExc_TypeError, "%s must be a numpy array, got %.100s", name,
+                     Py_TYPE(o)->tp_name);
+        return -1;
+    }
+    PyArrayObject *a = (PyArrayObject *)o;
+    if (PyArray_TYPE(a) != type) {
+        PyArray_Descr *want = PyArray_DescrFromType(type);
+        if (want != NULL) {
+            PyErr_Format(PyExc_ValueError, "%s must have dtype %S, got %S", name,
+                         (PyObject *)want, (PyObject *)PyArray_DESCR(a));
+            Py_DECREF(want);
+        }
+        return -1;
+    }
+    int i = bad_dim(a, ndim, shape);
+    if (i == ndim) {
+        PyErr_Format(PyExc_ValueError, "%s must be %d-dimensional, got %d", name, ndim,
+                     PyArray_NDIM(a));
+        return -1;
+    }
+    if (i >= 0) {
+        PyErr_Format(PyExc_ValueError, "%s: dimension %d is %zd, expected %zd", name, i,
+                     (Py_ssize_t)PyArray_DIM(a, i), (Py_ssize_t)shape[i]);
+        return -1;
+    }
+    for (i = 0; i < ndim; i++) {
+        if ((flags & EG_PY_INT_DIMS) && PyArray_DIM(a, i) > INT_MAX / 4) {
+            PyErr_Format(PyExc_ValueError, "%s: dimension %d too large", name, i);
+            return -1;
+        }
+    }
+    for (i = 0; shape != NULL && i < ndim; i++) {
+        shape[i] = PyArray_DIM(a, i);
+    }
+    if (!PyArray_IS_C_CONTIGUOUS(a) || !PyArray_ISALIGNED(a)) {
+        PyErr_Format(PyExc_ValueError, "%s must be C-contiguous and aligned", name);
+        return -1;
+    }
+    if ((flags & EG_PY_WRITE) && !PyArray_ISWRITEABLE(a)) {
+        PyErr_Format(PyExc_ValueError, "%s must be writeable", name);
+        return -1;
+    }
+    if (data != NULL) {
+        *data = PyArray_DATA(a);
+    }
+    return 0;
+}
+
+int eg_py_check_ids(const void *ids, int type, size_t n, long long hi, PyObject *exc,
+                    const char *fmt)
+{
+    for (size_t i = 0; i < n; i++) {
+        long long v = type == NPY_INT32 ? ((const int32_t *)ids)[i] : ((const int64_t *)ids)[i];
+        if (v < 0 || v >= hi) {
+            PyErr_Format(exc, fmt, v, (Py_ssize_t)i, hi);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+PyObject *eg_py_zeros(int type, int nd, npy_intp d0, npy_intp d1, npy_intp d2, npy_intp d3)
+{
+    npy_intp dims[4] = {d0, d1, d2, d3};
+    return PyArray_ZEROS(nd, dims, type, 0);
+}
+
+int eg_py_all_made(PyObject **objs, int n)
+{
+    int ok = 1;
+    for (int i = 0; i < n; i++) {
+        ok = ok && objs[i] != NULL;
+    }
+    if (!ok) {
+        for (int i = 0; i < n; i++) {
+            Py_XDECREF(objs[i]);
+        }
+        return -1;
+    }
+    return 0;
+}
+
+PyObject *eg_py_array_copy(int nd, const npy_intp *dims, int type, const void *src)
+{
+    PyObject *a = PyArray_SimpleNew(nd, (npy_intp *)dims, type);
+    if (a != NULL && PyArray_NBYTES((PyArrayObject *)a) > 0) {
+        memcpy(PyArray_DATA((PyArrayObject *)a), src, (size_t)PyArray_NBYTES((PyArrayObject *)a));
+    }
+    return a;
 }
 
 PyObject *eg_py_set_base(PyObject *arr, PyObject *owner)

@@ -23,6 +23,8 @@
 
 #include "eg.h"
 
+#include <limits.h> /* LLONG_MAX: "no upper bound" for eg_py_check_range */
+
 /* Raise the Python exception matching err->status with err->msg and return
  * NULL. `corrupt_type` is used for EG_ECORRUPT (a format-specific ValueError
  * or OSError subclass); NULL means ValueError. */
@@ -61,27 +63,26 @@ extern unsigned long eg_py_main_thread;
     } while (0)
 
 /* ------------------------------------------------------ argument helpers
- * Shared by the glue files. Each returns a new reference (or 0) on success,
- * NULL (or -1) with a Python exception set on failure. */
+ * The one set of helpers for the glue files (defined in _core.c). Each
+ * returns a new reference (or 0) on success, NULL (or -1) with a Python
+ * exception set on failure. */
 
-/* `o` converted to an aligned, C-contiguous array of `type`: NumPy's safe
- * casting (TypeError otherwise) unless `flags` adds NPY_ARRAY_FORCECAST.
- * Then, when ndim >= 0, the number of dimensions must be ndim and, when
- * shape != NULL, dimension i must be shape[i] (an entry < 0 matches any
- * size); if not, ValueError with the printf-style message fmt, ...
- * (fmt may be NULL when ndim < 0: nothing is checked). */
-PyArrayObject *eg_py_array(PyObject *o, int type, int flags, int ndim, const npy_intp *shape,
-                           const char *fmt, ...);
+/* Run the statement(s) with the GIL released, after applying this thread's
+ * OpenMP team size (eg_py_sync_threads): how every core call that may take
+ * long is made. Long loops that check signals between steps
+ * (EG_PY_CHECK_SIGNALS) write the Py_BEGIN/END_ALLOW_THREADS block out. */
+#define EG_PY_NOGIL(...)          \
+    do {                          \
+        eg_py_sync_threads();     \
+        Py_BEGIN_ALLOW_THREADS    \
+        __VA_ARGS__;              \
+        Py_END_ALLOW_THREADS      \
+    } while (0)
 
-/* Check, without converting, that `o` is an array the core may write into:
- * an ndarray of exactly `type` with ndim dimensions matching shape (entries
- * < 0 match any size), C-contiguous and writeable. ValueError with the
- * printf-style message fmt, ... otherwise. */
-int eg_py_check_out(PyObject *o, int type, int ndim, const npy_intp *shape, const char *fmt, ...);
-
-/* A new array of `type` and shape dims holding a copy of the bytes at src
- * (src may be NULL when the array is empty). */
-PyObject *eg_py_array_copy(int nd, const npy_intp *dims, int type, const void *src);
+/* The end of a core call that returns `value` (a new reference, or NULL
+ * with an exception if making it failed): value when st is EG_OK, else
+ * value is dropped and err raised (eg_py_raise). */
+PyObject *eg_py_result(eg_status st, const eg_err *err, PyObject *corrupt_type, PyObject *value);
 
 /* The end of a call into the core: leave *busy (when busy is not NULL),
  * then return None if st is EG_OK, else raise err (eg_py_raise). */
@@ -93,6 +94,74 @@ PyObject *eg_py_finish(int *busy, eg_status st, const eg_err *err, PyObject *cor
  * already initialised" when it is not (a second __init__). 0 or -1. */
 int eg_py_ready(const void *handle, const char *what);
 int eg_py_init_once(const void *handle, const char *what);
+
+/* eg_py_ready, then eg_py_enter: the entry of a method that computes with
+ * an object's handle (leave with eg_py_leave or eg_py_finish). 0 or -1. */
+int eg_py_enter_ready(const void *handle, int *busy, const char *what);
+
+/* v in [lo, hi], else `exc` (NULL: ValueError) "<what> must be in [lo, hi],
+ * got v" ("<what> must be >= lo, got v" when hi is LLONG_MAX). 0 or -1. */
+int eg_py_check_range(long long v, long long lo, long long hi, PyObject *exc, const char *what);
+
+/* An integer argument: any object with __index__ (int, NumPy integers; not
+ * float, str or None: TypeError), in [lo, hi] as eg_py_check_range. */
+int eg_py_int_arg(PyObject *o, long long lo, long long hi, PyObject *exc, const char *what,
+                  long long *out);
+
+/* `o` converted to an aligned, C-contiguous array of `type`: NumPy's safe
+ * casting (TypeError otherwise) unless `flags` adds NPY_ARRAY_FORCECAST.
+ * Then, when ndim >= 0, the number of dimensions must be ndim and, when
+ * shape != NULL, dimension i must be shape[i] (an entry < 0 matches any
+ * size); if not, ValueError with the printf-style message fmt, ...
+ * (fmt may be NULL when ndim < 0: nothing is checked). */
+PyArrayObject *eg_py_array(PyObject *o, int type, int flags, int ndim, const npy_intp *shape,
+                           const char *fmt, ...);
+
+/* eg_py_array for a 1-D array of at most max_len entries (INT32_MAX where
+ * the core counts them in int, NPY_MAX_INTP for no limit): ValueError
+ * "<what> must be a 1-D array, got <n>-D" or "<what> has more than
+ * <max_len> entries" otherwise. */
+PyArrayObject *eg_py_vector(PyObject *o, int type, int flags, npy_intp max_len, const char *what);
+
+/* A 1-D int64 array of any length (node ids, row ids, CSR pointers, labels). */
+static inline PyArrayObject *eg_py_i64_vector(PyObject *o, const char *what)
+{
+    return eg_py_vector(o, NPY_INT64, 0, NPY_MAX_INTP, what);
+}
+
+/* Flags of eg_py_check_array. */
+#define EG_PY_ANY ((npy_intp)-1) /* a shape entry that matches any size; filled in */
+enum {
+    EG_PY_WRITE = 1,    /* the core writes into it: must be writeable */
+    EG_PY_OPTIONAL = 2, /* None is accepted (*data = NULL) */
+    EG_PY_INT_DIMS = 4, /* every dimension <= INT_MAX / 4 (kernels with int sizes) */
+};
+
+/* Check, without converting, an array the core reads or writes in place:
+ * `o` must be an ndarray (TypeError naming `name` otherwise) of exactly
+ * `type` with ndim dimensions matching shape (EG_PY_ANY entries match any
+ * size and are filled in), C-contiguous and aligned, plus what `flags` asks
+ * (ValueError naming `name`, the dtype or the dimension otherwise). *data
+ * (data may be NULL) gets its data pointer. 0 or -1. */
+int eg_py_check_array(PyObject *o, const char *name, int type, int ndim, npy_intp *shape,
+                      int flags, void **data);
+
+/* Every ids[i] (type NPY_INT32 or NPY_INT64) in [0, hi), else `exc` with
+ * the message fmt formatted as (long long id, Py_ssize_t position, long
+ * long hi). 0 or -1. */
+int eg_py_check_ids(const void *ids, int type, size_t n, long long hi, PyObject *exc,
+                    const char *fmt);
+
+/* A new zero-filled array of `type` with nd <= 4 dimensions d0, d1, ... */
+PyObject *eg_py_zeros(int type, int nd, npy_intp d0, npy_intp d1, npy_intp d2, npy_intp d3);
+
+/* For freshly made outputs: 0 if none of the n objects is NULL, else drop
+ * the references to the others and return -1 (their exception is set). */
+int eg_py_all_made(PyObject **objs, int n);
+
+/* A new array of `type` and shape dims holding a copy of the bytes at src
+ * (src may be NULL when the array is empty). */
+PyObject *eg_py_array_copy(int nd, const npy_intp *dims, int type, const void *src);
 
 /* Make `owner` (a new reference is taken) the base of the view arr, so the
  * memory arr points into lives as long as arr. Returns arr, or NULL (arr
@@ -123,7 +192,9 @@ int eg_py_init_gguf(PyObject *module);    /* _core_gguf.c: GGUF reader */
 int eg_py_init_text(PyObject *module);    /* _core_text.c: tokenizers */
 int eg_py_init_bert(PyObject *module);    /* _core_bert.c: BERT encoder */
 int eg_py_init_cache(PyObject *module);   /* _core_cache.c: layer cache */
-int eg_py_init_engine(PyObject *module);  /* _core_engine.c: graph, samplers, G-Ladder */
+int eg_py_init_graph(PyObject *module);   /* _core_graph.c: CSR graph, samplers */
+int eg_py_init_engine(PyObject *module);  /* _core_engine.c: G-Ladder */
+int eg_py_init_exit(PyObject *module);    /* _core_exit.c: early-exit policy */
 int eg_py_init_gmoe(PyObject *module);    /* _core_gmoe.c: GMoE layer kernels */
 
 #endif

@@ -52,26 +52,18 @@ static PyTypeObject BertStateType;
 static int convert_batch(PyObject *ids_obj, PyObject *off_obj, PyArrayObject **ids,
                          PyArrayObject **off, int *n_seq)
 {
-    static const char one_d[] = "ids and offsets must be 1-D arrays";
-    *ids = eg_py_array(ids_obj, NPY_INT32, NPY_ARRAY_FORCECAST, -1, NULL, one_d);
+    *ids = eg_py_vector(ids_obj, NPY_INT32, NPY_ARRAY_FORCECAST, NPY_MAX_INTP, "ids");
     if (*ids == NULL) {
         return -1;
     }
-    *off = eg_py_array(off_obj, NPY_INT64, 0, 1, NULL, one_d);
+    /* n_seq + 1 offsets, n_seq an int */
+    *off = eg_py_vector(off_obj, NPY_INT64, 0, INT32_MAX, "offsets");
     if (*off == NULL) {
-        return -1;
-    }
-    if (PyArray_NDIM(*ids) != 1) {
-        PyErr_SetString(PyExc_ValueError, one_d);
         return -1;
     }
     npy_intp n_off = PyArray_DIM(*off, 0);
     if (n_off < 1) {
         PyErr_SetString(PyExc_ValueError, "offsets must have n_seq + 1 >= 1 entries");
-        return -1;
-    }
-    if (n_off - 1 > 0x7fffffff) {
-        PyErr_SetString(PyExc_ValueError, "too many sequences in one batch");
         return -1;
     }
     const int64_t *o = (const int64_t *)PyArray_DATA(*off);
@@ -115,10 +107,7 @@ static int model_init(BertModelObject *self, PyObject *args, PyObject *kwds)
     eg_err_clear(&err);
     eg_status st;
     eg_bert *m = NULL;
-    eg_py_sync_threads();   /* this thread's OpenMP team size */
-    Py_BEGIN_ALLOW_THREADS
-    st = eg_bert_create(&m, &c, &err);
-    Py_END_ALLOW_THREADS
+    EG_PY_NOGIL(st = eg_bert_create(&m, &c, &err));
     if (st != EG_OK) {
         eg_py_raise(&err, NULL);
         return -1;
@@ -181,7 +170,7 @@ static PyObject *model_set_param(BertModelObject *self, PyObject *args)
         PyErr_SetString(PyExc_RuntimeError, "cannot change BertModel weights while it is computing");
         return NULL;
     }
-    arr = (PyArrayObject *)PyArray_FROM_OTF(obj, NPY_FLOAT32, NPY_ARRAY_IN_ARRAY | NPY_ARRAY_FORCECAST);
+    arr = eg_py_array(obj, NPY_FLOAT32, NPY_ARRAY_FORCECAST, -1, NULL, NULL);
     if (arr == NULL) {
         goto fail;
     }
@@ -194,10 +183,8 @@ static PyObject *model_set_param(BertModelObject *self, PyObject *args)
     eg_err_clear(&err);
     eg_status st;
     self->busy = 1;
-    eg_py_sync_threads();   /* this thread's OpenMP team size */
-    Py_BEGIN_ALLOW_THREADS
-    st = eg_bert_set_param(self->model, name, (const float *)PyArray_DATA(arr), nd, shape, &err);
-    Py_END_ALLOW_THREADS
+    EG_PY_NOGIL(st = eg_bert_set_param(self->model, name, (const float *)PyArray_DATA(arr), nd,
+                                       shape, &err));
     ret = eg_py_finish(&self->busy, st, &err, NULL);
 fail:
     Py_XDECREF(arr);
@@ -260,8 +247,7 @@ static PyObject *model_encode_layers(BertModelObject *self, PyObject *args)
     if (convert_batch(ids_obj, off_obj, &ids, &off, &n_seq) < 0) {
         goto fail;
     }
-    layers = eg_py_array(layers_obj, NPY_INT32, 0, 1, NULL,
-                         "layers must be a 1-D sequence of layer indices");
+    layers = eg_py_vector(layers_obj, NPY_INT32, 0, INT32_MAX, "layers");
     if (layers == NULL) {
         goto fail;
     }
@@ -302,14 +288,10 @@ static PyObject *model_encode_layers(BertModelObject *self, PyObject *args)
                 goto fail;
             }
         }
-        npy_intp n_tok = PyArray_DIM(ids, 0);
-        for (npy_intp i = 0; i < n_tok; i++) {
-            if (t[i] < 0 || t[i] >= c->vocab_size) {
-                PyErr_Format(PyExc_ValueError,
-                             "token id %d at position %zd is outside the vocabulary [0, %d)",
-                             (int)t[i], (Py_ssize_t)i, c->vocab_size);
-                goto fail;
-            }
+        if (eg_py_check_ids(t, NPY_INT32, (size_t)PyArray_DIM(ids, 0), c->vocab_size,
+                            PyExc_ValueError,
+                            "token id %lld at position %zd is outside the vocabulary [0, %lld)") < 0) {
+            goto fail;
         }
     }
     /* offsets of one group of sequences, rebased to start at 0 */
@@ -398,14 +380,8 @@ static PyObject *model_flops(BertModelObject *self, PyObject *arg)
     if (model_ready(self) < 0) {
         return NULL;
     }
-    static const char msg[] = "lengths must be a 1-D array";
-    PyArrayObject *len = eg_py_array(arg, NPY_INT64, 0, 1, NULL, msg);
+    PyArrayObject *len = eg_py_vector(arg, NPY_INT64, 0, INT32_MAX, "lengths");
     if (len == NULL) {
-        return NULL;
-    }
-    if (PyArray_DIM(len, 0) > 0x7fffffff) {
-        Py_DECREF(len);
-        PyErr_SetString(PyExc_ValueError, msg);
         return NULL;
     }
     double f = eg_bert_flops(eg_bert_get_config(self->model), (const int64_t *)PyArray_DATA(len),
@@ -504,7 +480,7 @@ static void state_dealloc(BertStateObject *self)
 
 static int state_enter(BertStateObject *self)
 {
-    if (eg_py_ready(self->owner, "BertState") < 0 || eg_py_enter(&self->busy, "BertState") < 0) {
+    if (eg_py_enter_ready(self->owner, &self->busy, "BertState") < 0) {
         return -1;
     }
     self->owner->users++;
@@ -532,11 +508,9 @@ static PyObject *state_embed(BertStateObject *self, PyObject *args)
     eg_err err;
     eg_err_clear(&err);
     eg_status st;
-    eg_py_sync_threads();   /* this thread's OpenMP team size */
-    Py_BEGIN_ALLOW_THREADS
-    st = eg_bert_embed(self->owner->model, &self->state, (const int32_t *)PyArray_DATA(ids),
-                       (const int64_t *)PyArray_DATA(off), n_seq, &err);
-    Py_END_ALLOW_THREADS
+    EG_PY_NOGIL(st = eg_bert_embed(self->owner->model, &self->state,
+                                   (const int32_t *)PyArray_DATA(ids),
+                                   (const int64_t *)PyArray_DATA(off), n_seq, &err));
     state_leave(self);
     ret = eg_py_finish(NULL, st, &err, NULL);
 fail:
@@ -547,27 +521,20 @@ fail:
 
 static PyObject *state_run_layers(BertStateObject *self, PyObject *arg)
 {
-    long last = PyLong_AsLong(arg);
-    if (last == -1 && PyErr_Occurred()) {
-        return NULL;
-    }
+    long long last;
     if (state_enter(self) < 0) {
         return NULL;
     }
     const eg_bert_config *c = eg_bert_get_config(self->owner->model);
-    if (last < 0 || last > c->num_layers) {
+    if (eg_py_int_arg(arg, 0, c->num_layers, PyExc_IndexError, "layer (a hidden-state index)",
+                      &last) < 0) {
         state_leave(self);
-        PyErr_Format(PyExc_IndexError, "layer %ld out of range: the model has hidden states 0..%d",
-                     last, c->num_layers);
         return NULL;
     }
     eg_err err;
     eg_err_clear(&err);
     eg_status st;
-    eg_py_sync_threads();   /* this thread's OpenMP team size */
-    Py_BEGIN_ALLOW_THREADS
-    st = eg_bert_run_layers(self->owner->model, &self->state, (int)last, &err);
-    Py_END_ALLOW_THREADS
+    EG_PY_NOGIL(st = eg_bert_run_layers(self->owner->model, &self->state, (int)last, &err));
     state_leave(self);
     return eg_py_finish(NULL, st, &err, NULL);
 }
@@ -590,24 +557,15 @@ static PyObject *state_pool(BertStateObject *self, PyObject *noargs)
         return NULL;
     }
     float *o = (float *)PyArray_DATA(out);
-    eg_py_sync_threads();   /* this thread's OpenMP team size */
-    Py_BEGIN_ALLOW_THREADS
-    eg_bert_pool(&self->state, o);
-    Py_END_ALLOW_THREADS
+    EG_PY_NOGIL(eg_bert_pool(&self->state, o));
     state_leave(self);
     return (PyObject *)out;
 }
 
 static PyObject *state_compact(BertStateObject *self, PyObject *arg)
 {
-    static const char msg[] = "keep must be a 1-D array of sequence indices";
-    PyArrayObject *keep = eg_py_array(arg, NPY_INT32, 0, 1, NULL, msg);
+    PyArrayObject *keep = eg_py_vector(arg, NPY_INT32, 0, INT32_MAX, "keep (sequence indices)");
     if (keep == NULL) {
-        return NULL;
-    }
-    if (PyArray_DIM(keep, 0) > 0x7fffffff) {
-        Py_DECREF(keep);
-        PyErr_SetString(PyExc_ValueError, msg);
         return NULL;
     }
     if (state_enter(self) < 0) {
@@ -670,9 +628,10 @@ static PyObject *py_bench_sgemm(PyObject *self, PyObject *args)
     }
     m = m < 0 ? n : m;
     k = k < 0 ? n : k;
-    if (n < 1 || n > 8192 || m < 1 || m > 8192 || k < 1 || k > 8192 || reps < 1 || reps > 100000) {
-        PyErr_SetString(PyExc_ValueError,
-                        "_bench_sgemm: n, m, k in [1, 8192], reps in [1, 100000]");
+    if (eg_py_check_range(n, 1, 8192, NULL, "_bench_sgemm: n") < 0 ||
+        eg_py_check_range(m, 1, 8192, NULL, "_bench_sgemm: m") < 0 ||
+        eg_py_check_range(k, 1, 8192, NULL, "_bench_sgemm: k") < 0 ||
+        eg_py_check_range(reps, 1, 100000, NULL, "_bench_sgemm: reps") < 0) {
         return NULL;
     }
     size_t nn = (size_t)m * k > (size_t)n * k ? (size_t)m * k : (size_t)n * k;

@@ -132,18 +132,14 @@ static PyObject *py_cache_create(PyObject *mod, PyObject *args, PyObject *kw)
         goto fail;
     }
     for (Py_ssize_t i = 0; i < K; i++) {
-        long v = PyLong_AsLong(PySequence_Fast_GET_ITEM(seq, i));
-        if (v == -1 && PyErr_Occurred()) {
-            goto fail;
-        }
-        if (v < 0 || v > INT32_MAX) {
-            PyErr_Format(PyExc_ValueError, "layer ids must be in [0, 2^31), got %ld", v);
+        long long v;
+        if (eg_py_int_arg(PySequence_Fast_GET_ITEM(seq, i), 0, INT32_MAX, NULL, "layer ids",
+                          &v) < 0) {
             goto fail;
         }
         layers[i] = (int32_t)v;
     }
-    if (dtype < 0 || dtype > 2) {
-        PyErr_Format(PyExc_ValueError, "dtype code must be 0, 1 or 2, got %d", dtype);
+    if (eg_py_check_range(dtype, 0, 2, NULL, "dtype code") < 0) {
         goto fail;
     }
     if (get_digest(fp_sha, p.fp_sha256, "fp_sha256") < 0 || get_digest(digest, p.texts_digest, "texts_digest") < 0) {
@@ -162,10 +158,7 @@ static PyObject *py_cache_create(PyObject *mod, PyObject *args, PyObject *kw)
     eg_err_clear(&err);
     eg_status st;
     const char *cpath = PyBytes_AS_STRING(path);
-    eg_py_sync_threads();   /* this thread's OpenMP team size */
-    Py_BEGIN_ALLOW_THREADS
-    st = eg_cache_create(&c, cpath, &p, &err);
-    Py_END_ALLOW_THREADS
+    EG_PY_NOGIL(st = eg_cache_create(&c, cpath, &p, &err));
     Py_DECREF(seq);
     Py_DECREF(path);
     if (st != EG_OK) {
@@ -187,9 +180,9 @@ static PyObject *py_cache_open(PyObject *mod, PyObject *args, PyObject *kw)
     if (!PyArg_ParseTupleAndKeywords(args, kw, "O&|i", kwlist, PyUnicode_FSConverter, &path, &writable)) {
         return NULL;
     }
-    if (writable < 0 || writable > 2) {
+    if (eg_py_check_range(writable, 0, 2, NULL,
+                          "writable (0 read-only, 1 writer, 2 data worker)") < 0) {
         Py_DECREF(path);
-        PyErr_Format(PyExc_ValueError, "writable must be 0 (read-only), 1 (writer) or 2 (data worker), got %d", writable);
         return NULL;
     }
     eg_cache *c = NULL;
@@ -197,10 +190,7 @@ static PyObject *py_cache_open(PyObject *mod, PyObject *args, PyObject *kw)
     eg_err_clear(&err);
     eg_status st;
     const char *cpath = PyBytes_AS_STRING(path);
-    eg_py_sync_threads();   /* this thread's OpenMP team size */
-    Py_BEGIN_ALLOW_THREADS
-    st = eg_cache_open(&c, cpath, writable, &err);
-    Py_END_ALLOW_THREADS
+    EG_PY_NOGIL(st = eg_cache_open(&c, cpath, writable, &err));
     Py_DECREF(path);
     if (st != EG_OK) {
         return eg_py_raise(&err, CacheCorruptError);
@@ -217,10 +207,7 @@ static PyObject *py_crc32c(PyObject *mod, PyObject *args)
         return NULL;
     }
     uint32_t r;
-    eg_py_sync_threads();   /* this thread's OpenMP team size */
-    Py_BEGIN_ALLOW_THREADS
-    r = eg_crc32c(crc, b.buf, (size_t)b.len);
-    Py_END_ALLOW_THREADS
+    EG_PY_NOGIL(r = eg_crc32c(crc, b.buf, (size_t)b.len));
     PyBuffer_Release(&b);
     return PyLong_FromUnsignedLong(r);
 }
@@ -304,7 +291,7 @@ static PyObject *rows_call(CacheFileObject *self, PyObject *args, int mode)
     PyObject *ret = NULL;
     eg_cache_info h;
     eg_cache_get_info(self->c, &h);
-    rows = eg_py_array(rows_obj, NPY_INT64, 0, 1, NULL, "rows must be 1-D");
+    rows = eg_py_i64_vector(rows_obj, "rows");
     if (rows == NULL) {
         goto fail;
     }
@@ -358,10 +345,7 @@ static PyObject *cf_set_num_nodes(CacheFileObject *self, PyObject *args)
     eg_err err;
     eg_err_clear(&err);
     eg_status st;
-    eg_py_sync_threads();   /* this thread's OpenMP team size */
-    Py_BEGIN_ALLOW_THREADS
-    st = eg_cache_set_num_nodes(self->c, n, d, &err);
-    Py_END_ALLOW_THREADS
+    EG_PY_NOGIL(st = eg_cache_set_num_nodes(self->c, n, d, &err));
     return eg_py_finish(&self->busy, st, &err, CacheCorruptError);
 }
 
@@ -377,10 +361,7 @@ static PyObject *cf_grow(CacheFileObject *self, PyObject *args)
     eg_err err;
     eg_err_clear(&err);
     eg_status st;
-    eg_py_sync_threads();   /* this thread's OpenMP team size */
-    Py_BEGIN_ALLOW_THREADS
-    st = eg_cache_grow(self->c, cap, &err);
-    Py_END_ALLOW_THREADS
+    EG_PY_NOGIL(st = eg_cache_grow(self->c, cap, &err));
     return eg_py_finish(&self->busy, st, &err, CacheCorruptError);
 }
 
@@ -393,10 +374,7 @@ static PyObject *simple_call(CacheFileObject *self, eg_status (*fn)(eg_cache *, 
     eg_err err;
     eg_err_clear(&err);
     eg_status st;
-    eg_py_sync_threads();   /* this thread's OpenMP team size */
-    Py_BEGIN_ALLOW_THREADS
-    st = fn(self->c, &err);
-    Py_END_ALLOW_THREADS
+    EG_PY_NOGIL(st = fn(self->c, &err));
     return eg_py_finish(&self->busy, st, &err, CacheCorruptError);
 }
 
@@ -439,10 +417,7 @@ static PyObject *cf_check_layer(CacheFileObject *self, PyObject *args)
     eg_err err;
     eg_err_clear(&err);
     eg_status st;
-    eg_py_sync_threads();   /* this thread's OpenMP team size */
-    Py_BEGIN_ALLOW_THREADS
-    st = eg_cache_check_layer(self->c, k, &err);
-    Py_END_ALLOW_THREADS
+    EG_PY_NOGIL(st = eg_cache_check_layer(self->c, k, &err));
     return eg_py_finish(&self->busy, st, &err, CacheCorruptError);
 }
 
@@ -464,18 +439,15 @@ static PyObject *cf_gather(CacheFileObject *self, PyObject *args, PyObject *kw)
     }
     eg_cache_info h;
     eg_cache_get_info(self->c, &h);
-    ids = eg_py_array(ids_obj, NPY_INT64, 0, 1, NULL, "gather: node_ids must be 1-D");
+    ids = eg_py_i64_vector(ids_obj, "gather: node_ids");
     if (ids == NULL) {
         goto fail;
     }
     npy_intp n = PyArray_DIM(ids, 0);
     const int64_t *id = (const int64_t *)PyArray_DATA(ids);
-    for (npy_intp i = 0; i < n; i++) {
-        if (id[i] < 0 || (uint64_t)id[i] >= h.num_nodes) {
-            PyErr_Format(PyExc_IndexError, "gather: node id %lld at position %zd out of range [0, %llu)",
-                         (long long)id[i], (Py_ssize_t)i, (unsigned long long)h.num_nodes);
-            goto fail;
-        }
+    if (eg_py_check_ids(id, NPY_INT64, (size_t)n, (long long)h.num_nodes, PyExc_IndexError,
+                        "gather: node id %lld at position %zd out of range [0, %lld)") < 0) {
+        goto fail;
     }
     npy_intp dims[2] = {n, (npy_intp)h.dim};
     if (out_obj == Py_None) {
@@ -484,9 +456,7 @@ static PyObject *cf_gather(CacheFileObject *self, PyObject *args, PyObject *kw)
             goto fail;
         }
     } else {
-        if (eg_py_check_out(out_obj, NPY_FLOAT32, 2, dims, "gather: out must be a writable "
-                            "C-contiguous float32 array of shape (%zd, %llu)",
-                            (Py_ssize_t)n, (unsigned long long)h.dim) < 0) {
+        if (eg_py_check_array(out_obj, "gather: out", NPY_FLOAT32, 2, dims, EG_PY_WRITE, NULL) < 0) {
             goto fail;
         }
         out = (PyArrayObject *)Py_NewRef(out_obj);
@@ -495,10 +465,7 @@ static PyObject *cf_gather(CacheFileObject *self, PyObject *args, PyObject *kw)
     eg_err_clear(&err);
     eg_status st;
     float *o = (float *)PyArray_DATA(out);
-    eg_py_sync_threads();   /* this thread's OpenMP team size */
-    Py_BEGIN_ALLOW_THREADS
-    st = eg_cache_gather(self->c, k, id, (size_t)n, o, &err);
-    Py_END_ALLOW_THREADS
+    EG_PY_NOGIL(st = eg_cache_gather(self->c, k, id, (size_t)n, o, &err));
     if (st != EG_OK) {
         eg_py_raise(&err, CacheCorruptError);
         goto fail;
@@ -567,9 +534,7 @@ static PyObject *cf_close(CacheFileObject *self, PyObject *noargs)
     }
     eg_cache *c = self->c;
     self->c = NULL;
-    Py_BEGIN_ALLOW_THREADS
-    eg_cache_close(c);
-    Py_END_ALLOW_THREADS
+    EG_PY_NOGIL(eg_cache_close(c));
     eg_py_leave(&self->busy);
     Py_RETURN_NONE;
 }

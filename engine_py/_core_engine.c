@@ -1,11 +1,9 @@
 /*
- * _core_engine.c — Python glue for graphs, samplers and the G-Ladder.
+ * _core_engine.c — Python glue for the G-Ladder (csrc/engine/ladder.c,
+ * eg_engine.h); the graph and its samplers are in _core_graph.c, the
+ * early-exit policy in _core_exit.c.
  *
- * Types added to engine_py._core:
- *   Graph(src, dst, num_nodes, undirected)   CSR graph (eg_graph.h)
- *       .num_nodes .num_edges .indptr() .indices()
- *       .sample_khop(targets, max_neighbors, seed) -> (nodes, graph_ptr, indptr, indices)
- *       .sample_rw(targets, walk_steps, restart, seed) -> same tuple
+ * Type added to engine_py._core:
  *   Ladder(num_ladders, in_dim, reduced_dim, hidden, num_classes, gnn, gnn_layers,
  *          act, norm, heads, early_exit, dropout, T, seed)   G-Ladder (eg_engine.h)
  *       .param_table() .buffer(kind) (a float32 view owned by the model)
@@ -13,217 +11,14 @@
  *       .train_batch() .predict_batch()  (whole batch, GIL released; predict
  *                                          checks signals after each ladder)
  *       .keep(mask)  (eval: drop exited subgraphs between forward steps)
- *   exit_reset / exit_step / exit_decide   the early-exit policy (exit.c)
  * Arguments are converted and range-checked here under the GIL; the core runs
  * with the GIL released; a busy flag rejects use of a Ladder from two threads
- * at once. A Graph is immutable and sampled by any number of threads.
+ * at once.
  */
 #include "_core.h"
 #include "eg_engine.h"
-#include "eg_graph.h"
 
 #include <string.h>
-
-/* ------------------------------------------------------------ helpers */
-
-/* A 1-D int64 array (ids, pointers, labels). */
-static PyArrayObject *as_i64(PyObject *o, const char *what)
-{
-    PyArrayObject *a = eg_py_array(o, NPY_INT64, 0, -1, NULL, NULL);
-    if (a != NULL && PyArray_NDIM(a) != 1) {
-        PyErr_Format(PyExc_ValueError, "%s must be a 1-D integer array, got %d-D", what,
-                     PyArray_NDIM(a));
-        Py_CLEAR(a);
-    }
-    return a;
-}
-
-static PyObject *batch_to_tuple(eg_batch *b)
-{
-    npy_intp n1 = (npy_intp)b->num_nodes, n2 = (npy_intp)b->num_graphs + 1,
-             n3 = (npy_intp)b->num_nodes + 1, n4 = (npy_intp)b->num_edges;
-    PyObject *a1 = eg_py_array_copy(1, &n1, NPY_INT64, b->nodes);
-    PyObject *a2 = eg_py_array_copy(1, &n2, NPY_INT64, b->graph_ptr);
-    PyObject *a3 = eg_py_array_copy(1, &n3, NPY_INT64, b->indptr);
-    PyObject *a4 = eg_py_array_copy(1, &n4, NPY_INT64, b->indices);
-    PyObject *res = NULL;
-    if (a1 && a2 && a3 && a4) {
-        res = PyTuple_Pack(4, a1, a2, a3, a4);
-    }
-    Py_XDECREF(a1);
-    Py_XDECREF(a2);
-    Py_XDECREF(a3);
-    Py_XDECREF(a4);
-    return res;
-}
-
-/* -------------------------------------------------------------- Graph */
-
-typedef struct {
-    PyObject_HEAD
-    eg_graph *g;
-} GraphObject;
-
-static void Graph_dealloc(GraphObject *self)
-{
-    eg_graph_free(self->g);
-    Py_TYPE(self)->tp_free((PyObject *)self);
-}
-
-static int Graph_init(GraphObject *self, PyObject *args, PyObject *kw)
-{
-    static char *kwlist[] = {"src", "dst", "num_nodes", "undirected", NULL};
-    PyObject *so, *dob;
-    long long n;
-    int undirected = 1;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOL|p", kwlist, &so, &dob, &n, &undirected)) {
-        return -1;
-    }
-    if (eg_py_init_once(self->g, "Graph") < 0) {
-        return -1;
-    }
-    PyArrayObject *src = NULL, *dst = NULL;
-    int rc = -1;
-    src = as_i64(so, "src");
-    if (src == NULL) {
-        goto fail;
-    }
-    dst = as_i64(dob, "dst");
-    if (dst == NULL) {
-        goto fail;
-    }
-    if (PyArray_DIM(src, 0) != PyArray_DIM(dst, 0)) {
-        PyErr_SetString(PyExc_ValueError, "src and dst must have the same length");
-        goto fail;
-    }
-    eg_err err;
-    eg_err_clear(&err);
-    eg_status st;
-    eg_graph *g = NULL;
-    const int64_t *s = PyArray_DATA(src), *d = PyArray_DATA(dst);
-    int64_t E = (int64_t)PyArray_DIM(src, 0);
-    eg_py_sync_threads();   /* this thread's OpenMP team size */
-    Py_BEGIN_ALLOW_THREADS
-    st = eg_graph_build(&g, (int64_t)n, s, d, E, undirected, &err);
-    Py_END_ALLOW_THREADS
-    if (st != EG_OK) {
-        eg_py_raise(&err, NULL);
-        goto fail;
-    }
-    self->g = g;
-    rc = 0;
-fail:
-    Py_XDECREF(src);
-    Py_XDECREF(dst);
-    return rc;
-}
-
-/* 1 if initialised, else 0 with RuntimeError */
-static int graph_ready(GraphObject *self)
-{
-    return eg_py_ready(self->g, "Graph") == 0;
-}
-
-static PyObject *Graph_get_num_nodes(GraphObject *self, void *c)
-{
-    return graph_ready(self) ? PyLong_FromLongLong(self->g->num_nodes) : NULL;
-}
-
-static PyObject *Graph_get_num_edges(GraphObject *self, void *c)
-{
-    return graph_ready(self) ? PyLong_FromLongLong(self->g->num_edges) : NULL;
-}
-
-static PyObject *Graph_copy_array(GraphObject *self, int which)
-{
-    if (!graph_ready(self)) {
-        return NULL;
-    }
-    npy_intp n = which == 0 ? (npy_intp)self->g->num_nodes + 1 : (npy_intp)self->g->num_edges;
-    return eg_py_array_copy(1, &n, NPY_INT64, which == 0 ? self->g->indptr : self->g->indices);
-}
-
-static PyObject *Graph_indptr(GraphObject *self, PyObject *noargs) { return Graph_copy_array(self, 0); }
-static PyObject *Graph_indices(GraphObject *self, PyObject *noargs) { return Graph_copy_array(self, 1); }
-
-static PyObject *Graph_sample(GraphObject *self, PyObject *args, int kind)
-{
-    PyObject *to;
-    long long cap_or_steps = 0;
-    double restart = 0.0;
-    unsigned long long seed;
-    if (kind == 0) {
-        if (!PyArg_ParseTuple(args, "OLK", &to, &cap_or_steps, &seed)) {
-            return NULL;
-        }
-    } else if (!PyArg_ParseTuple(args, "OLdK", &to, &cap_or_steps, &restart, &seed)) {
-        return NULL;
-    }
-    if (!graph_ready(self)) {
-        return NULL;
-    }
-    PyArrayObject *t = as_i64(to, "targets");
-    if (t == NULL) {
-        return NULL;
-    }
-    /* The graph is immutable once built (init refuses a second build) and
-     * the samplers only read it (const eg_graph *; the batch is the call's
-     * own), so any number of threads may sample at once: no busy flag. */
-    eg_py_sync_threads();
-    eg_batch b;
-    eg_err err;
-    eg_err_clear(&err);
-    eg_status st;
-    const int64_t *tp = PyArray_DATA(t);
-    int64_t nt = (int64_t)PyArray_DIM(t, 0);
-    eg_py_sync_threads();   /* this thread's OpenMP team size */
-    Py_BEGIN_ALLOW_THREADS
-    if (kind == 0) {
-        st = eg_sample_khop(self->g, tp, nt, (int64_t)cap_or_steps, (uint64_t)seed, &b, &err);
-    } else {
-        st = eg_sample_rw(self->g, tp, nt, (int64_t)cap_or_steps, (float)restart, (uint64_t)seed, &b, &err);
-    }
-    Py_END_ALLOW_THREADS
-    Py_DECREF(t);
-    if (st != EG_OK) {
-        return eg_py_raise(&err, NULL);
-    }
-    PyObject *res = batch_to_tuple(&b);
-    eg_batch_free(&b);
-    return res;
-}
-
-static PyObject *Graph_sample_khop(GraphObject *self, PyObject *args) { return Graph_sample(self, args, 0); }
-static PyObject *Graph_sample_rw(GraphObject *self, PyObject *args) { return Graph_sample(self, args, 1); }
-
-static PyMethodDef Graph_methods[] = {
-    {"indptr", (PyCFunction)Graph_indptr, METH_NOARGS, "CSR row pointer (copy), in-neighbours."},
-    {"indices", (PyCFunction)Graph_indices, METH_NOARGS, "CSR column indices (copy)."},
-    {"sample_khop", (PyCFunction)Graph_sample_khop, METH_VARARGS,
-     "sample_khop(targets, max_neighbors, seed) -> (nodes, graph_ptr, indptr, indices)"},
-    {"sample_rw", (PyCFunction)Graph_sample_rw, METH_VARARGS,
-     "sample_rw(targets, walk_steps, restart, seed) -> (nodes, graph_ptr, indptr, indices)"},
-    {NULL, NULL, 0, NULL},
-};
-
-static PyGetSetDef Graph_getset[] = {
-    {"num_nodes", (getter)Graph_get_num_nodes, NULL, "number of nodes", NULL},
-    {"num_edges", (getter)Graph_get_num_edges, NULL, "stored directed edges", NULL},
-    {NULL, NULL, NULL, NULL, NULL},
-};
-
-static PyTypeObject GraphType = {
-    PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "engine_py._core.Graph",
-    .tp_basicsize = sizeof(GraphObject),
-    .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "In-neighbour CSR graph. Use engine_py.Graph.",
-    .tp_new = PyType_GenericNew,
-    .tp_init = (initproc)Graph_init,
-    .tp_dealloc = (destructor)Graph_dealloc,
-    .tp_methods = Graph_methods,
-    .tp_getset = Graph_getset,
-};
 
 /* ------------------------------------------------------------- Ladder */
 
@@ -265,15 +60,20 @@ static int Ladder_init(LadderObject *self, PyObject *args, PyObject *kw)
     return 0;
 }
 
-/* 1 if initialised, else 0 with RuntimeError */
 static int ladder_ready(LadderObject *self)
 {
-    return eg_py_ready(self->m, "Ladder") == 0;
+    return eg_py_ready(self->m, "Ladder");
+}
+
+/* ladder_ready, then the busy flag (eg_py_enter). */
+static int ladder_enter(LadderObject *self)
+{
+    return eg_py_enter_ready(self->m, &self->busy, "Ladder");
 }
 
 static PyObject *Ladder_param_table(LadderObject *self, PyObject *noargs)
 {
-    if (!ladder_ready(self)) {
+    if (ladder_ready(self) < 0) {
         return NULL;
     }
     int n = eg_ladder_num_params(self->m);
@@ -304,7 +104,7 @@ static PyObject *Ladder_param_table(LadderObject *self, PyObject *noargs)
 
 static PyObject *Ladder_buffer(LadderObject *self, PyObject *arg)
 {
-    if (!ladder_ready(self)) {
+    if (ladder_ready(self) < 0) {
         return NULL;
     }
     const char *kind = PyUnicode_AsUTF8(arg);
@@ -330,23 +130,23 @@ static PyObject *Ladder_buffer(LadderObject *self, PyObject *arg)
 
 static PyObject *Ladder_get_step(LadderObject *self, void *c)
 {
-    return ladder_ready(self) ? PyLong_FromLong(*eg_ladder_step_count(self->m)) : NULL;
+    return ladder_ready(self) < 0 ? NULL : PyLong_FromLong(*eg_ladder_step_count(self->m));
 }
 
 static int Ladder_set_step(LadderObject *self, PyObject *v, void *c)
 {
-    if (!ladder_ready(self)) {
+    long long s;
+    if (ladder_ready(self) < 0) {
         return -1;
     }
-    long s = v ? PyLong_AsLong(v) : -1;
-    if (s == -1 && PyErr_Occurred()) {
+    if (v == NULL) {
+        PyErr_SetString(PyExc_TypeError, "the step count cannot be deleted");
         return -1;
     }
-    if (s < 0) {
-        PyErr_SetString(PyExc_ValueError, "step count must be >= 0");
+    if (eg_py_int_arg(v, 0, LONG_MAX, NULL, "step count", &s) < 0) {
         return -1;
     }
-    *eg_ladder_step_count(self->m) = s;
+    *eg_ladder_step_count(self->m) = (long)s;
     return 0;
 }
 
@@ -355,6 +155,7 @@ typedef struct {
     PyArrayObject *gp, *ptr, *src, *labels;
     PyArrayObject *H[64];
     int nH;
+    int64_t G, N; /* subgraphs and nodes, set by parse_graph */
 } batch_args;
 
 static void batch_args_free(batch_args *b)
@@ -370,15 +171,15 @@ static void batch_args_free(batch_args *b)
 
 static int parse_graph(LadderObject *self, batch_args *b, PyObject *gpo, PyObject *ptro, PyObject *srco)
 {
-    b->gp = as_i64(gpo, "graph_ptr");
+    b->gp = eg_py_i64_vector(gpo, "graph_ptr");
     if (b->gp == NULL) {
         return -1;
     }
-    b->ptr = as_i64(ptro, "indptr");
+    b->ptr = eg_py_i64_vector(ptro, "indptr");
     if (b->ptr == NULL) {
         return -1;
     }
-    b->src = as_i64(srco, "indices");
+    b->src = eg_py_i64_vector(srco, "indices");
     if (b->src == NULL) {
         return -1;
     }
@@ -387,8 +188,10 @@ static int parse_graph(LadderObject *self, batch_args *b, PyObject *gpo, PyObjec
         return -1;
     }
     const int64_t *gp = PyArray_DATA(b->gp), *p = PyArray_DATA(b->ptr);
-    npy_intp G = PyArray_DIM(b->gp, 0) - 1, N = PyArray_DIM(b->ptr, 0) - 1;
-    if (gp[G] != (int64_t)N) {
+    const int64_t G = PyArray_DIM(b->gp, 0) - 1, N = PyArray_DIM(b->ptr, 0) - 1;
+    b->G = G;
+    b->N = N;
+    if (gp[G] != N) {
         PyErr_Format(PyExc_ValueError, "batch: graph_ptr[-1] = %lld but indptr has %lld nodes",
                      (long long)gp[G], (long long)N);
         return -1;
@@ -398,6 +201,18 @@ static int parse_graph(LadderObject *self, batch_args *b, PyObject *gpo, PyObjec
         return -1;
     }
     return 0;
+}
+
+/* labels: 1-D int64, one per subgraph of the batch (G). */
+static PyArrayObject *parse_labels(PyObject *o, int64_t G)
+{
+    PyArrayObject *y = eg_py_i64_vector(o, "labels");
+    if (y != NULL && (int64_t)PyArray_DIM(y, 0) != G) {
+        PyErr_Format(PyExc_ValueError, "need %lld labels (one per subgraph), got %lld", (long long)G,
+                     (long long)PyArray_DIM(y, 0));
+        Py_CLEAR(y);
+    }
+    return y;
 }
 
 static PyArrayObject *parse_states(LadderObject *self, PyObject *o, npy_intp N, int i)
@@ -413,23 +228,22 @@ static PyObject *Ladder_begin(LadderObject *self, PyObject *args)
     PyObject *gpo, *ptro, *srco;
     int training;
     unsigned long long seed;
-    if (!PyArg_ParseTuple(args, "OOOpK", &gpo, &ptro, &srco, &training, &seed) || !ladder_ready(self)) {
+    if (!PyArg_ParseTuple(args, "OOOpK", &gpo, &ptro, &srco, &training, &seed) ||
+        ladder_ready(self) < 0) {
         return NULL;
     }
     batch_args b;
     memset(&b, 0, sizeof b);
     PyObject *res = NULL;
-    if (parse_graph(self, &b, gpo, ptro, srco) < 0 || eg_py_enter(&self->busy, "Ladder") < 0) {
+    if (parse_graph(self, &b, gpo, ptro, srco) < 0 || ladder_enter(self) < 0) {
         goto fail;
     }
     eg_err err;
     eg_err_clear(&err);
     eg_status st;
-    int64_t G = PyArray_DIM(b.gp, 0) - 1, N = PyArray_DIM(b.ptr, 0) - 1;
-    Py_BEGIN_ALLOW_THREADS
-    st = eg_ladder_begin(self->m, G, PyArray_DATA(b.gp), N, PyArray_DATA(b.ptr), PyArray_DATA(b.src),
-                         training, (uint64_t)seed, &err);
-    Py_END_ALLOW_THREADS
+    const int64_t G = b.G, N = b.N;
+    EG_PY_NOGIL(st = eg_ladder_begin(self->m, G, PyArray_DATA(b.gp), N, PyArray_DATA(b.ptr),
+                                     PyArray_DATA(b.src), training, (uint64_t)seed, &err));
     res = eg_py_finish(&self->busy, st, &err, NULL);
 fail:
     batch_args_free(&b);
@@ -441,7 +255,7 @@ static PyObject *Ladder_forward_step(LadderObject *self, PyObject *args)
     int i, keep_states = 1;
     PyObject *ho;
     int64_t N, G;
-    if (!PyArg_ParseTuple(args, "iO|p", &i, &ho, &keep_states) || !ladder_ready(self)) {
+    if (!PyArg_ParseTuple(args, "iO|p", &i, &ho, &keep_states) || ladder_ready(self) < 0) {
         return NULL;
     }
     eg_ladder_batch_dims(self->m, &N, &G);
@@ -464,7 +278,7 @@ static PyObject *Ladder_forward_step(LadderObject *self, PyObject *args)
             return NULL;
         }
     }
-    if (eg_py_enter(&self->busy, "Ladder") < 0) {
+    if (ladder_enter(self) < 0) {
         Py_DECREF(H);
         Py_XDECREF(logits);
         return NULL;
@@ -473,42 +287,28 @@ static PyObject *Ladder_forward_step(LadderObject *self, PyObject *args)
     eg_err_clear(&err);
     eg_status st;
     float *lp = has ? PyArray_DATA((PyArrayObject *)logits) : NULL;
-    Py_BEGIN_ALLOW_THREADS
-    st = (keep_states ? eg_ladder_forward_step : eg_ladder_forward_eval)(self->m, i, PyArray_DATA(H), lp, &err);
-    Py_END_ALLOW_THREADS
+    EG_PY_NOGIL(st = (keep_states ? eg_ladder_forward_step : eg_ladder_forward_eval)(
+                    self->m, i, PyArray_DATA(H), lp, &err));
     eg_py_leave(&self->busy);
     Py_DECREF(H);
-    if (st != EG_OK) {
-        Py_XDECREF(logits);
-        return eg_py_raise(&err, NULL);
-    }
-    if (!has) {
-        Py_RETURN_NONE;
-    }
-    return logits;
+    return eg_py_result(st, &err, NULL, has ? logits : Py_NewRef(Py_None));
 }
 
 static PyObject *Ladder_loss(LadderObject *self, PyObject *arg)
 {
-    if (!ladder_ready(self)) {
+    if (ladder_ready(self) < 0) {
         return NULL;
     }
     const eg_ladder_config *c = eg_ladder_get_config(self->m);
-    PyArrayObject *y = as_i64(arg, "labels");
-    if (y == NULL) {
-        return NULL;
-    }
     int64_t N, G;
     eg_ladder_batch_dims(self->m, &N, &G);
-    if ((int64_t)PyArray_DIM(y, 0) != G) {
-        PyErr_Format(PyExc_ValueError, "need %lld labels (one per subgraph), got %lld", (long long)G,
-                     (long long)PyArray_DIM(y, 0));
-        Py_DECREF(y);
+    PyArrayObject *y = parse_labels(arg, G);
+    if (y == NULL) {
         return NULL;
     }
     npy_intp K = c->num_ladders;
     PyObject *hl = PyArray_SimpleNew(1, &K, NPY_FLOAT32);
-    if (hl == NULL || eg_py_enter(&self->busy, "Ladder") < 0) {
+    if (hl == NULL || ladder_enter(self) < 0) {
         Py_DECREF(y);
         Py_XDECREF(hl);
         return NULL;
@@ -520,30 +320,24 @@ static PyObject *Ladder_loss(LadderObject *self, PyObject *arg)
                                   PyArray_DATA((PyArrayObject *)hl), &err);
     eg_py_leave(&self->busy);
     Py_DECREF(y);
-    if (st != EG_OK) {
-        Py_DECREF(hl);
-        return eg_py_raise(&err, NULL);
-    }
-    return Py_BuildValue("(dN)", (double)loss, hl);
+    return eg_py_result(st, &err, NULL, Py_BuildValue("(dN)", (double)loss, hl));
 }
 
 static PyObject *Ladder_backward(LadderObject *self, PyObject *noargs)
 {
-    if (!ladder_ready(self) || eg_py_enter(&self->busy, "Ladder") < 0) {
+    if (ladder_enter(self) < 0) {
         return NULL;
     }
     eg_err err;
     eg_err_clear(&err);
     eg_status st;
-    Py_BEGIN_ALLOW_THREADS
-    st = eg_ladder_backward(self->m, &err);
-    Py_END_ALLOW_THREADS
+    EG_PY_NOGIL(st = eg_ladder_backward(self->m, &err));
     return eg_py_finish(&self->busy, st, &err, NULL);
 }
 
 static PyObject *Ladder_zero_grad(LadderObject *self, PyObject *noargs)
 {
-    if (!ladder_ready(self) || eg_py_enter(&self->busy, "Ladder") < 0) {
+    if (ladder_enter(self) < 0) {
         return NULL;
     }
     eg_ladder_zero_grad(self->m);
@@ -554,15 +348,10 @@ static PyObject *Ladder_zero_grad(LadderObject *self, PyObject *noargs)
 static PyObject *Ladder_adamw_step(LadderObject *self, PyObject *args)
 {
     float lr, wd, b1 = 0.9f, b2 = 0.999f, eps = 1e-8f;
-    if (!PyArg_ParseTuple(args, "ff|fff", &lr, &wd, &b1, &b2, &eps) || !ladder_ready(self)) {
+    if (!PyArg_ParseTuple(args, "ff|fff", &lr, &wd, &b1, &b2, &eps) || ladder_enter(self) < 0) {
         return NULL;
     }
-    if (eg_py_enter(&self->busy, "Ladder") < 0) {
-        return NULL;
-    }
-    Py_BEGIN_ALLOW_THREADS
-    eg_ladder_adamw_step(self->m, lr, wd, b1, b2, eps);
-    Py_END_ALLOW_THREADS
+    EG_PY_NOGIL(eg_ladder_adamw_step(self->m, lr, wd, b1, b2, eps));
     eg_py_leave(&self->busy);
     Py_RETURN_NONE;
 }
@@ -585,7 +374,7 @@ static int parse_full(LadderObject *self, batch_args *b, PyObject *gpo, PyObject
         Py_DECREF(seq);
         return -1;
     }
-    npy_intp N = PyArray_DIM(b->ptr, 0) - 1;
+    const npy_intp N = (npy_intp)b->N;
     for (int i = 0; i < c->num_ladders; i++) {
         b->H[i] = parse_states(self, PySequence_Fast_GET_ITEM(seq, i), N, i);
         if (b->H[i] == NULL) {
@@ -604,7 +393,7 @@ static PyObject *Ladder_train_batch(LadderObject *self, PyObject *args)
     unsigned long long seed;
     float lr, wd;
     if (!PyArg_ParseTuple(args, "OOOOOKff", &gpo, &ptro, &srco, &hlist, &yo, &seed, &lr, &wd) ||
-        !ladder_ready(self)) {
+        ladder_ready(self) < 0) {
         return NULL;
     }
     const eg_ladder_config *c = eg_ladder_get_config(self->m);
@@ -614,17 +403,12 @@ static PyObject *Ladder_train_batch(LadderObject *self, PyObject *args)
     if (parse_full(self, &b, gpo, ptro, srco, hlist) < 0) {
         goto fail;
     }
-    b.labels = as_i64(yo, "labels");
+    const int64_t G = b.G, N = b.N;
+    b.labels = parse_labels(yo, G);
     if (b.labels == NULL) {
         goto fail;
     }
-    int64_t G = PyArray_DIM(b.gp, 0) - 1, N = PyArray_DIM(b.ptr, 0) - 1;
-    if (PyArray_DIM(b.labels, 0) != G) {
-        PyErr_Format(PyExc_ValueError, "need %lld labels, got %lld", (long long)G,
-                     (long long)PyArray_DIM(b.labels, 0));
-        goto fail;
-    }
-    if (eg_py_enter(&self->busy, "Ladder") < 0) {
+    if (ladder_enter(self) < 0) {
         goto fail;
     }
     eg_err err;
@@ -638,17 +422,11 @@ static PyObject *Ladder_train_batch(LadderObject *self, PyObject *args)
     /* One C call for the whole step (~0.1-0.2 s for a default Debian batch):
      * a Ctrl-C during it is raised by Python as soon as it returns, with the
      * parameters fully updated, never half-way through AdamW. */
-    Py_BEGIN_ALLOW_THREADS
-    st = eg_ladder_train_step(self->m, G, PyArray_DATA(b.gp), N, PyArray_DATA(b.ptr),
-                              PyArray_DATA(b.src), H, PyArray_DATA(b.labels), (uint64_t)seed, lr, wd,
-                              &loss, &err);
-    Py_END_ALLOW_THREADS
+    EG_PY_NOGIL(st = eg_ladder_train_step(self->m, G, PyArray_DATA(b.gp), N, PyArray_DATA(b.ptr),
+                                          PyArray_DATA(b.src), H, PyArray_DATA(b.labels),
+                                          (uint64_t)seed, lr, wd, &loss, &err));
     eg_py_leave(&self->busy);
-    if (st != EG_OK) {
-        eg_py_raise(&err, NULL);
-        goto fail;
-    }
-    res = PyFloat_FromDouble((double)loss);
+    res = eg_py_result(st, &err, NULL, PyFloat_FromDouble((double)loss));
 fail:
     batch_args_free(&b);
     return res;
@@ -657,7 +435,7 @@ fail:
 static PyObject *Ladder_predict_batch(LadderObject *self, PyObject *args)
 {
     PyObject *gpo, *ptro, *srco, *hlist;
-    if (!PyArg_ParseTuple(args, "OOOO", &gpo, &ptro, &srco, &hlist) || !ladder_ready(self)) {
+    if (!PyArg_ParseTuple(args, "OOOO", &gpo, &ptro, &srco, &hlist) || ladder_ready(self) < 0) {
         return NULL;
     }
     const eg_ladder_config *c = eg_ladder_get_config(self->m);
@@ -667,10 +445,10 @@ static PyObject *Ladder_predict_batch(LadderObject *self, PyObject *args)
     if (parse_full(self, &b, gpo, ptro, srco, hlist) < 0) {
         goto fail;
     }
-    int64_t G = PyArray_DIM(b.gp, 0) - 1, N = PyArray_DIM(b.ptr, 0) - 1;
+    const int64_t G = b.G, N = b.N;
     npy_intp dims[3] = {c->num_ladders, (npy_intp)G, c->num_classes};
     res = PyArray_ZEROS(3, dims, NPY_FLOAT32, 0);
-    if (res == NULL || eg_py_enter(&self->busy, "Ladder") < 0) {
+    if (res == NULL || ladder_enter(self) < 0) {
         Py_CLEAR(res);
         goto fail;
     }
@@ -704,16 +482,17 @@ fail:
 
 static PyObject *Ladder_has_head(LadderObject *self, PyObject *arg)
 {
-    long i = PyLong_AsLong(arg);
-    if ((i == -1 && PyErr_Occurred()) || !ladder_ready(self)) {
+    long long i;
+    if (ladder_ready(self) < 0 || eg_py_int_arg(arg, LLONG_MIN, LLONG_MAX, NULL, "i", &i) < 0) {
         return NULL;
     }
-    return PyBool_FromLong(eg_ladder_has_head(self->m, (int)i));
+    /* False outside the ladders, as the core says (no truncation to int) */
+    return PyBool_FromLong(i >= 0 && i <= INT_MAX && eg_ladder_has_head(self->m, (int)i));
 }
 
 static PyObject *Ladder_keep(LadderObject *self, PyObject *arg)
 {
-    if (!ladder_ready(self)) {
+    if (ladder_ready(self) < 0) {
         return NULL;
     }
     int64_t N, G;
@@ -729,16 +508,14 @@ static PyObject *Ladder_keep(LadderObject *self, PyObject *arg)
         Py_DECREF(k);
         return NULL;
     }
-    if (eg_py_enter(&self->busy, "Ladder") < 0) {
+    if (ladder_enter(self) < 0) {
         Py_DECREF(k);
         return NULL;
     }
     eg_err err;
     eg_err_clear(&err);
     eg_status st;
-    Py_BEGIN_ALLOW_THREADS
-    st = eg_ladder_keep(self->m, PyArray_DATA(k), &err);
-    Py_END_ALLOW_THREADS
+    EG_PY_NOGIL(st = eg_ladder_keep(self->m, PyArray_DATA(k), &err));
     Py_DECREF(k);
     return eg_py_finish(&self->busy, st, &err, NULL);
 }
@@ -786,182 +563,7 @@ static PyTypeObject LadderType = {
     .tp_getset = Ladder_getset,
 };
 
-/* ------------------------------------------------------- exit policy */
-
-/* A state array: exact dtype, 1-D (n,) or, for probs, 2-D (n, C), C-contiguous, writable. */
-static int check_state(PyObject *o, int type, int ndim, npy_intp n, npy_intp C, const char *what)
-{
-    const npy_intp shape[2] = {n, C};
-    return eg_py_check_out(o, type, ndim, shape, "exit state: %s must be a writable C-contiguous "
-                           "array of the policy's dtype and shape", what);
-}
-
-static int exit_state_from(eg_exit_state *s, PyObject *last, PyObject *streak, PyObject *exit_at,
-                           PyObject *probs, int patience, float threshold)
-{
-    if (!PyArray_Check(probs) || PyArray_NDIM((PyArrayObject *)probs) != 2) {
-        PyErr_SetString(PyExc_ValueError, "exit state: probs must be a 2-D float32 array");
-        return -1;
-    }
-    npy_intp n = PyArray_DIM((PyArrayObject *)probs, 0), C = PyArray_DIM((PyArrayObject *)probs, 1);
-    if (C < 1 || C > 0x7fffffff) {
-        PyErr_SetString(PyExc_ValueError, "exit state: need at least one class");
-        return -1;
-    }
-    if (check_state(probs, NPY_FLOAT32, 2, n, C, "probs") < 0 ||
-        check_state(last, NPY_INT64, 1, n, 0, "last") < 0 ||
-        check_state(streak, NPY_INT32, 1, n, 0, "streak") < 0 ||
-        check_state(exit_at, NPY_INT32, 1, n, 0, "exit_at") < 0) {
-        return -1;
-    }
-    *s = (eg_exit_state){(int64_t)n, (int)C, patience, threshold,
-                         PyArray_DATA((PyArrayObject *)last), PyArray_DATA((PyArrayObject *)streak),
-                         PyArray_DATA((PyArrayObject *)exit_at), PyArray_DATA((PyArrayObject *)probs)};
-    return 0;
-}
-
-static PyObject *py_exit_reset(PyObject *mod, PyObject *args)
-{
-    PyObject *last, *streak, *exit_at, *probs;
-    int patience;
-    float threshold;
-    if (!PyArg_ParseTuple(args, "OOOOif", &last, &streak, &exit_at, &probs, &patience, &threshold)) {
-        return NULL;
-    }
-    eg_exit_state s;
-    if (exit_state_from(&s, last, streak, exit_at, probs, patience, threshold) < 0) {
-        return NULL;
-    }
-    eg_err err;
-    eg_err_clear(&err);
-    if (eg_exit_reset(&s, &err) != EG_OK) {
-        return eg_py_raise(&err, NULL);
-    }
-    Py_RETURN_NONE;
-}
-
-static PyObject *py_exit_step(PyObject *mod, PyObject *args)
-{
-    PyObject *last, *streak, *exit_at, *probs, *idxo, *lo;
-    int patience, ladder, final;
-    float threshold;
-    if (!PyArg_ParseTuple(args, "OOOOifipOO", &last, &streak, &exit_at, &probs, &patience, &threshold,
-                          &ladder, &final, &idxo, &lo)) {
-        return NULL;
-    }
-    eg_exit_state s;
-    if (exit_state_from(&s, last, streak, exit_at, probs, patience, threshold) < 0) {
-        return NULL;
-    }
-    PyArrayObject *idx = as_i64(idxo, "idx"), *L = NULL;
-    PyObject *act = NULL;
-    if (idx == NULL) {
-        return NULL;
-    }
-    npy_intp m = PyArray_DIM(idx, 0);
-    const npy_intp lshape[2] = {m, s.C};
-    L = eg_py_array(lo, NPY_FLOAT32, 0, 2, lshape, "exit step: logits must have shape (%lld, %d)",
-                    (long long)m, s.C);
-    if (L == NULL) {
-        goto fail;
-    }
-    act = PyArray_SimpleNew(1, &m, NPY_BOOL);
-    if (act == NULL) {
-        goto fail;
-    }
-    eg_err err;
-    eg_err_clear(&err);
-    eg_status st = eg_exit_step(&s, ladder, final, (int64_t)m, PyArray_DATA(idx), PyArray_DATA(L),
-                                PyArray_DATA((PyArrayObject *)act), NULL, &err);
-    if (st != EG_OK) {
-        Py_CLEAR(act);
-        eg_py_raise(&err, NULL);
-    }
-fail:
-    Py_XDECREF(idx);
-    Py_XDECREF(L);
-    return act;
-}
-
-static PyObject *py_exit_decide(PyObject *mod, PyObject *args)
-{
-    PyObject *lo, *hho;
-    int patience;
-    float threshold;
-    if (!PyArg_ParseTuple(args, "OifO", &lo, &patience, &threshold, &hho)) {
-        return NULL;
-    }
-    static const char lmsg[] = "logits must have shape (K, n, C) with K, C >= 1";
-    PyArrayObject *L = eg_py_array(lo, NPY_FLOAT32, 0, 3, NULL, lmsg);
-    PyArrayObject *hh = NULL;
-    PyObject *probs = NULL, *exit_at = NULL, *last = NULL, *streak = NULL, *res = NULL;
-    if (L == NULL) {
-        return NULL;
-    }
-    npy_intp K = PyArray_DIM(L, 0), n = PyArray_DIM(L, 1), C = PyArray_DIM(L, 2);
-    if (K < 1 || C < 1 || K > 4096 || C > 0x7fffffff) {
-        PyErr_SetString(PyExc_ValueError, lmsg);
-        goto fail;
-    }
-    if (hho != Py_None) {
-        hh = eg_py_array(hho, NPY_UINT8, NPY_ARRAY_FORCECAST, 1, &K,
-                         "has_head must have one entry per ladder");
-        if (hh == NULL) {
-            goto fail;
-        }
-    }
-    npy_intp d2[2] = {n, C};
-    probs = PyArray_ZEROS(2, d2, NPY_FLOAT32, 0);
-    exit_at = PyArray_ZEROS(1, &n, NPY_INT32, 0);
-    last = PyArray_ZEROS(1, &n, NPY_INT64, 0);
-    streak = PyArray_ZEROS(1, &n, NPY_INT32, 0);
-    if (probs == NULL || exit_at == NULL || last == NULL || streak == NULL) {
-        goto fail;
-    }
-    eg_exit_state s = {(int64_t)n, (int)C, patience, threshold,
-                       PyArray_DATA((PyArrayObject *)last), PyArray_DATA((PyArrayObject *)streak),
-                       PyArray_DATA((PyArrayObject *)exit_at), PyArray_DATA((PyArrayObject *)probs)};
-    eg_err err;
-    eg_err_clear(&err);
-    eg_status st;
-    eg_py_sync_threads();   /* this thread's OpenMP team size */
-    Py_BEGIN_ALLOW_THREADS
-    st = eg_exit_decide(&s, (int)K, PyArray_DATA(L), hh ? PyArray_DATA(hh) : NULL, &err);
-    Py_END_ALLOW_THREADS
-    if (st != EG_OK) {
-        eg_py_raise(&err, NULL);
-        goto fail;
-    }
-    res = Py_BuildValue("(OO)", probs, exit_at);
-fail:
-    Py_XDECREF(L);
-    Py_XDECREF(hh);
-    Py_XDECREF(probs);
-    Py_XDECREF(exit_at);
-    Py_XDECREF(last);
-    Py_XDECREF(streak);
-    return res;
-}
-
-static PyMethodDef exit_functions[] = {
-    {"exit_reset", py_exit_reset, METH_VARARGS,
-     "exit_reset(last, streak, exit_at, probs, patience, threshold): validate and reset a policy state."},
-    {"exit_step", py_exit_step, METH_VARARGS,
-     "exit_step(last, streak, exit_at, probs, patience, threshold, ladder, final, idx, logits) -> "
-     "still-active mask (bool, len(idx)). Refuses exited targets."},
-    {"exit_decide", py_exit_decide, METH_VARARGS,
-     "exit_decide(logits (K, n, C), patience, threshold, has_head or None) -> (probs, exit_at)."},
-    {NULL, NULL, 0, NULL},
-};
-
 int eg_py_init_engine(PyObject *module)
 {
-    if (PyModule_AddFunctions(module, exit_functions) < 0) {
-        return -1;
-    }
-    if (eg_py_add_type(module, "Graph", &GraphType) < 0 ||
-        eg_py_add_type(module, "Ladder", &LadderType) < 0) {
-        return -1;
-    }
-    return 0;
+    return eg_py_add_type(module, "Ladder", &LadderType);
 }

@@ -8,6 +8,19 @@
 #include "_core_gmoe.h"
 
 
+/* T >= 1 tokens and 1 <= N <= 1024 experts (the losses sort rows of N in
+ * fixed buffers), else ValueError naming the loss. */
+static int check_tokens_experts(npy_intp T, npy_intp N, const char *loss)
+{
+    char what[64];
+    snprintf(what, sizeof what, "%s: tokens T", loss);
+    if (eg_py_check_range(T, 1, LLONG_MAX, NULL, what) < 0) {
+        return -1;
+    }
+    snprintf(what, sizeof what, "%s: experts N", loss);
+    return eg_py_check_range(N, 1, 1024, NULL, what);
+}
+
 /* ---------------------------------------------------------------- router losses */
 static PyObject *py_balance_forward(PyObject *self, PyObject *args)
 {
@@ -25,12 +38,11 @@ static PyObject *py_balance_forward(PyObject *self, PyObject *args)
         gmoe_check_idx(idx, (size_t)(si[0] * si[1]), (int)sp[1]) < 0) {
         return NULL;
     }
-    if (sp[0] < 1 || si[1] < 1) {
-        PyErr_SetString(PyExc_ValueError, "balance loss needs at least one token");
+    if (eg_py_check_range(sp[0], 1, LLONG_MAX, NULL, "balance loss: tokens T") < 0 ||
+        eg_py_check_range(si[1], 1, LLONG_MAX, NULL, "balance loss: top_k K") < 0) {
         return NULL;
     }
-    npy_intp dn[1] = {sp[1]};
-    PyObject *counts = PyArray_ZEROS(1, dn, NPY_INT64, 0);
+    PyObject *counts = eg_py_zeros(NPY_INT64, 1, sp[1], 0, 0, 0);
     if (counts == NULL) {
         return NULL;
     }
@@ -56,8 +68,8 @@ static PyObject *py_balance_backward(PyObject *self, PyObject *args)
     if (gmoe_arr(oc, "counts", NPY_INT64, 1, sc, 0, 0, &c) < 0) {
         return NULL;
     }
-    if (K < 1 || sp[0] < 1) {
-        PyErr_SetString(PyExc_ValueError, "K and T must be >= 1");
+    if (eg_py_check_range(sp[0], 1, LLONG_MAX, NULL, "balance loss: tokens T") < 0 ||
+        eg_py_check_range(K, 1, LLONG_MAX, NULL, "balance loss: top_k K") < 0) {
         return NULL;
     }
     eg_balance_loss_backward(dp, coef, c, (int)sp[0], (int)sp[1], K);
@@ -75,8 +87,7 @@ static PyObject *py_zloss_forward(PyObject *self, PyObject *args)
     if (gmoe_arr(ol, "lse", NPY_FLOAT32, 1, s, 0, 0, &l) < 0) {
         return NULL;
     }
-    if (s[0] < 1) {
-        PyErr_SetString(PyExc_ValueError, "z-loss needs at least one token");
+    if (eg_py_check_range(s[0], 1, LLONG_MAX, NULL, "z-loss: tokens T") < 0) {
         return NULL;
     }
     return PyFloat_FromDouble(eg_zloss_forward(l, (int)s[0]));
@@ -99,8 +110,7 @@ static PyObject *py_zloss_backward(PyObject *self, PyObject *args)
         gmoe_arr(ol, "lse", NPY_FLOAT32, 1, s, 0, 0, &l) < 0) {
         return NULL;
     }
-    if (sp[0] < 1) {
-        PyErr_SetString(PyExc_ValueError, "z-loss needs at least one token");
+    if (eg_py_check_range(sp[0], 1, LLONG_MAX, NULL, "z-loss: tokens T") < 0) {
         return NULL;
     }
     eg_zloss_backward(dl, coef, l, p, (int)sp[0], (int)sp[1]);
@@ -121,12 +131,10 @@ static PyObject *py_poisson_forward(PyObject *self, PyObject *args)
     if (gmoe_arr(op, "probs", NPY_FLOAT32, 2, sp, 0, 0, &p) < 0) {
         return NULL;
     }
-    if (sp[0] < 1 || sp[1] < 1 || sp[1] > 1024) {
-        PyErr_SetString(PyExc_ValueError, "Poisson loss needs T >= 1 and 1 <= N <= 1024");
+    if (check_tokens_experts(sp[0], sp[1], "Poisson loss") < 0) {
         return NULL;
     }
-    npy_intp dims[2] = {sp[0], sp[1]};
-    PyObject *perm = PyArray_ZEROS(2, dims, NPY_INT32, 0);
+    PyObject *perm = eg_py_zeros(NPY_INT32, 2, sp[0], sp[1], 0, 0);
     if (perm == NULL) {
         return NULL;
     }
@@ -151,8 +159,7 @@ static PyObject *py_poisson_backward(PyObject *self, PyObject *args)
         gmoe_check_idx(perm, (size_t)(sp[0] * sp[1]), (int)sp[1]) < 0) {
         return NULL;
     }
-    if (sp[0] < 1 || sp[1] > 1024) {
-        PyErr_SetString(PyExc_ValueError, "Poisson loss needs T >= 1 and N <= 1024");
+    if (check_tokens_experts(sp[0], sp[1], "Poisson loss") < 0) {
         return NULL;
     }
     float dlam = 0.0f;
@@ -176,21 +183,18 @@ static PyObject *py_normal_forward(PyObject *self, PyObject *args)
         gmoe_check_idx(idx, (size_t)(si[0] * si[1]), (int)sr[0]) < 0) {
         return NULL;
     }
-    if (sr[0] < 1 || sr[0] > 1024) {
-        PyErr_SetString(PyExc_ValueError, "Normal loss needs 1 <= N <= 1024");
+    if (check_tokens_experts(1, sr[0], "Normal loss") < 0) {
         return NULL;
     }
-    npy_intp dn[1] = {sr[0]};
-    PyObject *c = PyArray_ZEROS(1, dn, NPY_FLOAT64, 0), *perm = PyArray_ZEROS(1, dn, NPY_INT32, 0);
-    if (c == NULL || perm == NULL) {
-        Py_XDECREF(c);
-        Py_XDECREF(perm);
+    PyObject *o[2] = {eg_py_zeros(NPY_FLOAT64, 1, sr[0], 0, 0, 0),
+                      eg_py_zeros(NPY_INT32, 1, sr[0], 0, 0, 0)};
+    if (eg_py_all_made(o, 2) < 0) {
         return NULL;
     }
-    double L = eg_normal_loss_forward(PyArray_DATA((PyArrayObject *)c),
-                                      PyArray_DATA((PyArrayObject *)perm), run, idx, w, sigma, smin,
+    double L = eg_normal_loss_forward(PyArray_DATA((PyArrayObject *)o[0]),
+                                      PyArray_DATA((PyArrayObject *)o[1]), run, idx, w, sigma, smin,
                                       (int)si[0], (int)sr[0], (int)si[1], kl, eps);
-    return Py_BuildValue("(dNN)", L, c, perm);
+    return Py_BuildValue("(dNN)", L, o[0], o[1]);
 }
 
 static PyObject *py_normal_backward(PyObject *self, PyObject *args)
@@ -212,8 +216,7 @@ static PyObject *py_normal_backward(PyObject *self, PyObject *args)
         gmoe_check_idx(perm, (size_t)sc[0], (int)sc[0]) < 0) {
         return NULL;
     }
-    if (sc[0] < 1 || sc[0] > 1024) {
-        PyErr_SetString(PyExc_ValueError, "Normal loss needs 1 <= N <= 1024");
+    if (check_tokens_experts(1, sc[0], "Normal loss") < 0) {
         return NULL;
     }
     float ds = 0.0f;
@@ -231,11 +234,8 @@ static PyObject *py_adamw_step(PyObject *self, PyObject *args)
     if (!PyArg_ParseTuple(args, "OOOOfffffl", &op, &og, &om, &ov, &lr, &b1, &b2, &eps, &wd, &t)) {
         return NULL;
     }
-    if (!PyArray_Check(op)) {
-        PyErr_SetString(PyExc_TypeError, "param must be a numpy array");
-        return NULL;
-    }
-    int nd = PyArray_NDIM((PyArrayObject *)op);
+    /* any shape, the same for all four (a non-array param: gmoe_arr's TypeError) */
+    int nd = PyArray_Check(op) ? PyArray_NDIM((PyArrayObject *)op) : 0;
     npy_intp shape[NPY_MAXDIMS];
     for (int i = 0; i < nd; i++) {
         shape[i] = ANY;
@@ -247,20 +247,16 @@ static PyObject *py_adamw_step(PyObject *self, PyObject *args)
         gmoe_arr(ov, "v", NPY_FLOAT32, nd, shape, 1, 0, &v) < 0) {
         return NULL;
     }
-    if (t < 1) {
-        PyErr_SetString(PyExc_ValueError, "step count must be >= 1");
+    if (eg_py_check_range(t, 1, LLONG_MAX, NULL, "AdamW step count t") < 0) {
         return NULL;
     }
     eg_adamw_config cfg = {lr, b1, b2, eps, wd};
     size_t n = (size_t)PyArray_SIZE((PyArrayObject *)op);
-    eg_py_sync_threads();   /* this thread's OpenMP team size */
-    Py_BEGIN_ALLOW_THREADS
-    eg_adamw_step(p, g, m, v, NULL, n, &cfg, t);
-    Py_END_ALLOW_THREADS
+    EG_PY_NOGIL(eg_adamw_step(p, g, m, v, NULL, n, &cfg, t));
     Py_RETURN_NONE;
 }
 
-static PyMethodDef loss_methods[] = {
+PyMethodDef gmoe_loss_methods[] = {
     {"_gmoe_balance_forward", py_balance_forward, METH_VARARGS, "(probs, idx) -> (loss, counts)"},
     {"_gmoe_balance_backward", py_balance_backward, METH_VARARGS,
      "(dprobs in/out, coef, counts, K)"},
@@ -279,8 +275,3 @@ static PyMethodDef loss_methods[] = {
      "(param, grad, m, v in/out, lr, beta1, beta2, eps, weight_decay, t): torch.optim.AdamW step"},
     {NULL, NULL, 0, NULL},
 };
-
-int gmoe_init_losses(PyObject *module)
-{
-    return PyModule_AddFunctions(module, loss_methods);
-}

@@ -84,10 +84,7 @@ static MappingObject *open_mapping(PyObject *path_arg)
     eg_err_clear(&err);
     eg_status st;
     const char *cpath = PyBytes_AS_STRING(pbytes);
-    eg_py_sync_threads();   /* this thread's OpenMP team size */
-    Py_BEGIN_ALLOW_THREADS
-    st = eg_st_open(cpath, &m->file, &err);
-    Py_END_ALLOW_THREADS
+    EG_PY_NOGIL(st = eg_st_open(cpath, &m->file, &err));
     Py_DECREF(pbytes);
     if (st != EG_OK) {
         eg_py_raise_file_error(&err, m->file.sys_errno, m->path, SafetensorsError);
@@ -226,10 +223,7 @@ static PyObject *tensor_array(MappingObject *m, const eg_st_tensor *t, int widen
         void *dst = PyArray_DATA(out);
         size_t nb = t->nbytes;
         if (nb > 0) {
-            eg_py_sync_threads();   /* this thread's OpenMP team size */
-            Py_BEGIN_ALLOW_THREADS
-            memcpy(dst, src, nb);
-            Py_END_ALLOW_THREADS
+            EG_PY_NOGIL(memcpy(dst, src, nb));
         }
         return (PyObject *)out;
     }
@@ -437,22 +431,12 @@ static PyObject *py_safetensors_save(PyObject *self, PyObject *args)
     eg_status st;
     const char *cpath = PyBytes_AS_STRING(pbytes);
     const eg_st_meta *mp = metas != NULL ? meta : NULL;
-    eg_py_sync_threads();   /* this thread's OpenMP team size */
-    Py_BEGIN_ALLOW_THREADS
-    st = eg_st_write(cpath, ents, (size_t)n, mp, (size_t)n_meta, &err);
-    Py_END_ALLOW_THREADS
+    EG_PY_NOGIL(st = eg_st_write(cpath, ents, (size_t)n, mp, (size_t)n_meta, &err));
     if (st != EG_OK) {
-        if (st == EG_EINVAL || st == EG_EOVERFLOW) {
-            PyErr_SetString(SafetensorsError, err.msg);
-        } else if (st == EG_EIO) {
-            PyErr_SetString(PyExc_OSError, err.msg);
-        } else {
-            eg_py_raise(&err, SafetensorsError);
-        }
+        eg_py_raise_file_error(&err, 0, NULL, SafetensorsError);
         goto fail;
     }
-    result = Py_None;
-    Py_INCREF(result);
+    result = Py_NewRef(Py_None);
 fail:
     PyMem_Free(ents);
     PyMem_Free(shapes);

@@ -117,12 +117,10 @@ static int wp_init(WordPieceObject *self, PyObject *args, PyObject *kwds)
             goto fail;
         }
         al[i] = (size_t)len;
-        long id = PyLong_AsLong(PyTuple_GET_ITEM(pair, 1));
-        if (id == -1 && PyErr_Occurred()) {
-            goto fail;
-        }
-        if (id < 0 || id > INT32_MAX) {
-            PyErr_Format(PyExc_ValueError, "added[%zd] id %ld out of range", i, id);
+        char what[48];
+        long long id;
+        snprintf(what, sizeof what, "added[%zd] id", i);
+        if (eg_py_int_arg(PyTuple_GET_ITEM(pair, 1), 0, INT32_MAX, NULL, what, &id) < 0) {
             goto fail;
         }
         aid[i] = (int32_t)id;
@@ -152,10 +150,9 @@ fail:
     return rc;
 }
 
-/* 1 if initialised, else 0 with RuntimeError */
 static int wp_ready(WordPieceObject *self)
 {
-    return eg_py_ready(self->wp, "WordPiece") == 0;
+    return eg_py_ready(self->wp, "WordPiece");
 }
 
 static PyObject *wp_encode_batch(WordPieceObject *self, PyObject *args, PyObject *kwds)
@@ -168,7 +165,7 @@ static PyObject *wp_encode_batch(WordPieceObject *self, PyObject *args, PyObject
                                      &max_length, &add_special)) {
         return NULL;
     }
-    if (!wp_ready(self)) {
+    if (wp_ready(self) < 0) {
         return NULL;
     }
     if (!PyList_Check(texts_in) && !PyTuple_Check(texts_in)) {
@@ -176,9 +173,7 @@ static PyObject *wp_encode_batch(WordPieceObject *self, PyObject *args, PyObject
                      Py_TYPE(texts_in)->tp_name);
         return NULL;
     }
-    if (max_length < 0) {
-        PyErr_Format(PyExc_ValueError, "max_length must be >= 0 (0 = no truncation), got %zd",
-                     max_length);
+    if (eg_py_check_range(max_length, 0, LLONG_MAX, NULL, "max_length (0 = no truncation)") < 0) {
         return NULL;
     }
     /* A tuple copy keeps every str (and its cached UTF-8) alive while the
@@ -211,10 +206,8 @@ static PyObject *wp_encode_batch(WordPieceObject *self, PyObject *args, PyObject
     eg_err err;
     eg_err_clear(&err);
     eg_status st;
-    Py_BEGIN_ALLOW_THREADS
-    st = eg_wordpiece_encode_batch(self->wp, tp, tl, (size_t)n, (size_t)max_length, add_special,
-                                   ids, ol, &err);
-    Py_END_ALLOW_THREADS
+    EG_PY_NOGIL(st = eg_wordpiece_encode_batch(self->wp, tp, tl, (size_t)n, (size_t)max_length,
+                                               add_special, ids, ol, &err));
     if (st != EG_OK) {
         eg_py_raise(&err, NULL);
         goto fail;
@@ -249,7 +242,7 @@ fail:
 
 static PyObject *wp_lookup(WordPieceObject *self, PyObject *arg)
 {
-    if (!wp_ready(self)) {
+    if (wp_ready(self) < 0) {
         return NULL;
     }
     Py_ssize_t len;
@@ -263,7 +256,7 @@ static PyObject *wp_lookup(WordPieceObject *self, PyObject *arg)
 static PyObject *wp_vocab_size(WordPieceObject *self, void *closure)
 {
     (void)closure;
-    if (!wp_ready(self)) {
+    if (wp_ready(self) < 0) {
         return NULL;
     }
     return PyLong_FromSize_t(eg_wordpiece_vocab_size(self->wp));

@@ -20,25 +20,14 @@
 
 #define ACT_SET(sfx) {EG_CAT2(act_forward_row, sfx), EG_CAT2(act_backward_row, sfx)}
 
-static const eg_moe_act_kernels k_base = ACT_SET(_base);
-#ifdef EG_X86_CLONES
-static const eg_moe_act_kernels k_avx2 = ACT_SET(_avx2);
-static const eg_moe_act_kernels k_avx512 = ACT_SET(_avx512);
-#endif
+static const eg_moe_act_kernels copies[EG_ISA_NCOPIES] = EG_ISA_COPIES(ACT_SET);
 
 const eg_moe_act_kernels *eg_moe_act_copy(int level)
 {
-    switch (level) {
-    case 0: return &k_base;
-#ifdef EG_X86_CLONES
-    case 1: return &k_avx2;
-    case 2: return &k_avx512;
-#endif
-    default: return NULL;
-    }
+    return level >= 0 && level < EG_ISA_NCOPIES ? &copies[level] : NULL;
 }
 
 const eg_moe_act_kernels *eg_moe_act(void)
 {
-    return eg_moe_act_copy(eg_isa_level());
+    return &copies[eg_isa_level()];
 }

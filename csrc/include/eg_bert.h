@@ -170,7 +170,7 @@ void eg_bert_attention_forward(float *out, const float *qkv, const int64_t *offs
                                int n_seq, int D, int n_heads, float *scratch);
 size_t eg_bert_attention_scratch(int max_len, int dh);
 /* Which compiled copy of the kernels this CPU runs: "avx512", "avx2" or
- * "baseline" (static string). */
+ * "generic" (static string). */
 const char *eg_bert_kernel_isa(void);
 /* The same with the QKV bias bqkv (3*D) added as q, k, v are read (NULL: none). */
 void eg_bert_attention_forward_bias(float *out, const float *qkv, const float *bqkv,

@@ -16,9 +16,14 @@
  * order as long as the body fixes its reduction order (fixed lanes, not
  * `omp simd reduction`, whose order follows the vector width).
  *
- * eg_isa_level() gives 2 (AVX-512 F/VL/BW/DQ), 1 (AVX2 + FMA) or 0, capped
- * by ENGINE_PY_ISA; it is computed once and cached, so calling it on every
- * kernel entry is cheap and needs no lock.
+ * The copies are gathered in one table per body, indexed by level:
+ *     static const my_kernels copies[EG_ISA_NCOPIES] = EG_ISA_COPIES(MY_SET);
+ * where MY_SET(sfx) builds one entry from the functions named ..._sfx, and
+ * picked with copies[eg_isa_level()]. eg_isa_level() is the one place that
+ * decides which copy runs (every dispatch goes through it); it gives 2
+ * (AVX-512 F/VL/BW/DQ), 1 (AVX2 + FMA) or 0, never more than the build has
+ * copies for, capped by ENGINE_PY_ISA; it is computed once and cached, so
+ * calling it on every kernel entry is cheap and needs no lock.
  */
 #ifndef EG_ISA_H
 #define EG_ISA_H
@@ -45,6 +50,16 @@ int eg_isa_cpu_level(void);
 
 /* "generic", "avx2" or "avx512" for a level 0..2. */
 const char *eg_isa_name(int level);
+
+/* The initialiser of a table of kernel copies, one per level (see above),
+ * and its length. */
+#ifdef EG_X86_CLONES
+#define EG_ISA_NCOPIES 3
+#define EG_ISA_COPIES(SET) {SET(_base), SET(_avx2), SET(_avx512)}
+#else
+#define EG_ISA_NCOPIES 1
+#define EG_ISA_COPIES(SET) {SET(_base)}
+#endif
 #endif /* EG_ISA_H */
 
 #ifdef EG_ISA_BODY

@@ -11,7 +11,12 @@
  * header once per copy with EG_VMATH_NAME(name) defined to give that copy's
  * functions a suffix; without EG_VMATH_NAME the functions are named
  * eg_vm_<name>. The header has no include guard for that reason; only the
- * softmax section (libm, double; one copy is enough) has one.
+ * double softmax section (libm; one copy is enough) has one.
+ *
+ * Two softmax rows, for two jobs: softmax_lanes (float, vectorised, fixed
+ * reduction lanes; the attention of the BERT kernels and, next, of the
+ * decoder blocks) and eg_softmax_row (double sums; short rows of router
+ * logits and class scores).
  *
  * Selects are bit operations (select below): gcc does not if-convert a
  * float `c ? a : b` without -fno-trapping-math or -ffinite-math-only, and a
@@ -173,6 +178,55 @@ static inline float EG_VMATH_NAME(normal_pdf)(float x)
 static inline float EG_VMATH_NAME(gelu)(float x)
 {
     return x * EG_VMATH_NAME(normal_cdf)(x);
+}
+
+#ifndef EG_VM_LANES
+#define EG_VM_LANES 16 /* partial results of the reductions below */
+#endif
+
+/* Softmax numerators of one row of attention scores: s (np) holds n >= 1
+ * scores, then padding up to np, a multiple of EG_VM_LANES. Afterwards
+ * s[j] = e^(s[j] - max) for j < n and 0 for the padding; returns 1 / sum,
+ * by which the caller scales (after the probabilities times V, say). The
+ * maximum and the sum run in EG_VM_LANES fixed lanes combined in lane order,
+ * so they vectorise and every instruction-set copy gives the same bits; the
+ * exponentials are exp_nonpos (about 1 ulp). A causal row is the same call
+ * with n = its position + 1. */
+static inline float EG_VMATH_NAME(softmax_lanes)(float *s, size_t n, size_t np)
+{
+    for (size_t j = n; j < np; j++) {
+        s[j] = -INFINITY;
+    }
+    float mx[EG_VM_LANES];
+    for (int l = 0; l < EG_VM_LANES; l++) {
+        mx[l] = -INFINITY;
+    }
+    for (size_t j = 0; j < np; j += EG_VM_LANES) {
+        for (int l = 0; l < EG_VM_LANES; l++) {
+            mx[l] = s[j + l] > mx[l] ? s[j + l] : mx[l];
+        }
+    }
+    float m = -INFINITY;
+    for (int l = 0; l < EG_VM_LANES; l++) {
+        m = mx[l] > m ? mx[l] : m;
+    }
+    for (size_t j = 0; j < np; j++) {
+        s[j] = EG_VMATH_NAME(exp_nonpos)(s[j] - m);
+    }
+    for (size_t j = n; j < np; j++) {
+        s[j] = 0.0f; /* exp of -inf - m is ~0 but not exactly: force it */
+    }
+    float sp[EG_VM_LANES] = {0};
+    for (size_t j = 0; j < np; j += EG_VM_LANES) {
+        for (int l = 0; l < EG_VM_LANES; l++) {
+            sp[l] += s[j + l];
+        }
+    }
+    float sum = 0.0f;
+    for (int l = 0; l < EG_VM_LANES; l++) {
+        sum += sp[l];
+    }
+    return 1.0f / sum;
 }
 
 #ifdef EG_VMATH_DEFAULT_NAME_

@@ -61,40 +61,27 @@ typedef struct {
 #define EG_ISA_BODY "../models/bert_simd.h"
 #include "eg_isa.h"
 
+/* the attention's padded rows are whole lane blocks of the softmax row */
+_Static_assert(LANES % EG_VM_LANES == 0, "LANES must be a multiple of EG_VM_LANES");
+
 #define KSET(sfx)                                                                        \
     {                                                                                    \
         EG_CAT2(erf_loop, sfx), EG_CAT2(bias_gelu_row, sfx), EG_CAT2(layernorm_row, sfx), \
         EG_CAT2(add3_row, sfx), EG_CAT2(attention_head, sfx), EG_CAT2(add_row, sfx)       \
     }
 
-static const kernel_set k_base = KSET(_base);
-#ifdef EG_X86_CLONES
-static const kernel_set k_avx2 = KSET(_avx2);
-static const kernel_set k_avx512 = KSET(_avx512);
-#endif
+static const kernel_set copies[EG_ISA_NCOPIES] = EG_ISA_COPIES(KSET);
 
 /* The kernel set for this CPU (cheap enough to ask on every kernel entry). */
 static const kernel_set *K(void)
 {
-#ifdef EG_X86_CLONES
-    switch (eg_isa_level()) {
-    case 2: return &k_avx512;
-    case 1: return &k_avx2;
-    default: break;
-    }
-#endif
-    return &k_base;
+    return &copies[eg_isa_level()];
 }
 
 /* Name of the kernel set in use (for build info and benchmarks). */
 const char *eg_bert_kernel_isa(void)
 {
-#ifdef EG_X86_CLONES
-    const kernel_set *k = K();
-    return k == &k_avx512 ? "avx512" : k == &k_avx2 ? "avx2" : "baseline";
-#else
-    return "baseline";
-#endif
+    return eg_isa_name(eg_isa_level());
 }
 
 /* ------------------------------------------------------------ exp and erf */

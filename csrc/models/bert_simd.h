@@ -107,7 +107,7 @@ static void SFX(add3_row)(float *dst, const float *x, const float *xb, const flo
  *   V  (Lp, dp)   values, rows j >= L and columns d >= dh zero
  *   Q  (QB, dp)   the block's queries, pre-scaled by 1/sqrt(dh)
  *   S  (QB, Lp)   scores, then probabilities (unnormalised)
- * Scores for j >= L are set to -inf so they vanish in the softmax. */
+ * Score columns j >= L are padding that the softmax row zeroes. */
 static void SFX(attention_head)(float *out, const float *base, const float *bq, const float *bk,
                                 const float *bv, int L, int D, int dh, float *scratch)
 {
@@ -174,43 +174,10 @@ static void SFX(attention_head)(float *out, const float *base, const float *bq, 
                 SFX(st16)(S + (size_t)r * Lp + jb, acc[r]);
             }
         }
-        /* softmax numerators per row, with fixed-lane max and sum */
+        /* softmax numerators per row (eg_vmath.h, fixed-lane max and sum) */
         float inv[EG_QB];
         for (int r = 0; r < EG_QB; r++) {
-            float *s = S + (size_t)r * Lp;
-            for (size_t j = (size_t)L; j < Lp; j++) {
-                s[j] = -INFINITY;
-            }
-            float mx[LANES];
-            for (int l = 0; l < LANES; l++) {
-                mx[l] = -INFINITY;
-            }
-            for (size_t j = 0; j < Lp; j += LANES) {
-                for (int l = 0; l < LANES; l++) {
-                    mx[l] = s[j + l] > mx[l] ? s[j + l] : mx[l];
-                }
-            }
-            float m = -INFINITY;
-            for (int l = 0; l < LANES; l++) {
-                m = mx[l] > m ? mx[l] : m;
-            }
-            for (size_t j = 0; j < Lp; j++) {
-                s[j] = SFX(vm_exp_nonpos)(s[j] - m);
-            }
-            for (size_t j = (size_t)L; j < Lp; j++) {
-                s[j] = 0.0f; /* exp of -inf - m is ~0 but not exactly: force it */
-            }
-            float sp[LANES] = {0};
-            for (size_t j = 0; j < Lp; j += LANES) {
-                for (int l = 0; l < LANES; l++) {
-                    sp[l] += s[j + l];
-                }
-            }
-            float sum = 0.0f;
-            for (int l = 0; l < LANES; l++) {
-                sum += sp[l];
-            }
-            inv[r] = 1.0f / sum;
+            inv[r] = SFX(vm_softmax_lanes)(S + (size_t)r * Lp, (size_t)L, Lp);
         }
         /* out_r = sum_j p_rj v_j / sum_r */
         for (size_t db = 0; db < dp; db += LANES) {
