@@ -223,10 +223,7 @@ static PyObject *mapping_dequantize(GGUFMappingObject *self, PyObject *arg)
     eg_err err;
     eg_err_clear(&err);
     eg_status st;
-    eg_py_sync_threads();   /* this thread's OpenMP team size */
-    Py_BEGIN_ALLOW_THREADS
-    st = eg_gguf_dequantize(&self->file, t, dst, &err);
-    Py_END_ALLOW_THREADS
+    EG_PY_NOGIL(st = eg_gguf_dequantize(&self->file, t, dst, &err));
     if (st != EG_OK) {
         Py_DECREF(out);
         return eg_py_raise(&err, GGUFError);
@@ -308,9 +305,7 @@ static PyObject *py_gguf_open(PyObject *self, PyObject *path_arg)
     eg_err_clear(&err);
     eg_status st;
     const char *cpath = PyBytes_AS_STRING(pbytes);
-    Py_BEGIN_ALLOW_THREADS
-    st = eg_gguf_open(cpath, &m->file, &err);
-    Py_END_ALLOW_THREADS
+    EG_PY_NOGIL(st = eg_gguf_open(cpath, &m->file, &err));
     Py_DECREF(pbytes);
     if (st != EG_OK) {
         eg_py_raise_file_error(&err, m->file.sys_errno, m->path, GGUFError);

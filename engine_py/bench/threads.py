@@ -83,10 +83,9 @@ def _steps(clf, cache, graph, y, order, n_batches, thread_counts, log, label):
 
 def main(argv=None) -> int:
     import engine_py
-    from engine_py import EngineClassifier, Encoder, Graph
+    from engine_py import EngineClassifier
     from engine_py.bench import add_output_args, finish, machine_line, start_run
-    from engine_py.bench.engine import load_graph, open_cache
-    from engine_py.models import minilm_path
+    from engine_py.bench.engine import graph_and_cache
 
     ap = argparse.ArgumentParser(prog="python -m engine_py bench threads", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -104,13 +103,7 @@ def main(argv=None) -> int:
 
     default = engine_py.get_num_threads()
     run = start_run()
-    g = load_graph("demo", args.subsample)
-    log(g)
-    enc = Encoder.from_pretrained(minilm_path(), max_length=128)
-    layers = list(range(enc.num_layers + 1))
-    cache, t_cache, built = open_cache(g, enc, args.cache_dir, layers)
-    log(f"cache {cache.path}: {'built' if built else 'reused'} in {t_cache:.1f} s")
-    graph = Graph(g.edge_index, g.num_nodes)
+    g, _, cache, graph, _ = graph_and_cache("demo", args.subsample, args.cache_dir, log)
     y = g.labels.astype(np.int64)
     clf = EngineClassifier(epochs=1, seed=0, show_progress_bar=False)
     clf.fit(cache, graph, g.labels, g.train_idx[:clf.batch_size])   # builds the model (one step)
