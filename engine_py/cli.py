@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("rest", nargs=argparse.REMAINDER, help="options of the demo")
     p.set_defaults(func=_cmd_demo)
     p = sub.add_parser("bench", help="run a benchmark and update BENCHMARKS.md")
-    p.add_argument("name", help="encoder | cache | engine | early-exit | gmoe")
+    p.add_argument("name", help="encoder | cache | engine | early-exit | gmoe | demo-study")
     p.add_argument("rest", nargs=argparse.REMAINDER, help="options of that benchmark")
     p.set_defaults(func=_cmd_bench)
     argv = list(sys.argv[1:] if argv is None else argv)

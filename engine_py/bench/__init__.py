@@ -15,7 +15,7 @@ import re
 __all__ = ["write_section", "machine_line", "NAMES"]
 
 # Benchmarks known to the CLI (module names under engine_py.bench).
-NAMES = ("encoder", "cache", "engine", "early_exit", "gmoe")
+NAMES = ("encoder", "cache", "engine", "early_exit", "gmoe", "demo_study")
 
 
 def machine_line() -> str:
