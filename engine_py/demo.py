@@ -150,7 +150,7 @@ def _verdict(acc, n_nodes, n_test, exit_drop, exit_speed):
 
 
 def run(cache_dir: str | None = None, epochs: int = 200, threads: int | None = None,
-        seeds=(0, 1, 2), timing_nodes: int = 200, show_progress_bar: bool | None = None) -> dict:
+        seeds=(0, 1, 2), timing_nodes: int = 400, show_progress_bar: bool | None = None) -> dict:
     """Run the demo and return its numbers (also printed)."""
     import engine_py
     from engine_py import EngineClassifier, Encoder, Graph
@@ -230,17 +230,21 @@ def run(cache_dir: str | None = None, epochs: int = 200, threads: int | None = N
     ids = g.test_idx[:timing_nodes]
     texts = g.texts
     clf.predict(ids[:8], graph=graph, encoder=enc, texts=texts, exit="none")   # warm-up
-    t0 = time.perf_counter()
-    p_full = clf.predict(ids, graph=graph, encoder=enc, texts=texts, exit="none")
-    t_full = time.perf_counter() - t0
-    work_full = clf.last_encoder_layers_
-    t0 = time.perf_counter()
-    p_exit = clf.predict(ids, graph=graph, encoder=enc, texts=texts, exit="dynamic", **DEMO_EXIT)
-    t_exit = time.perf_counter() - t0
-    work_exit = clf.last_encoder_layers_
+
+    def timed(**kw):   # best of 2: the machine may be shared
+        best = float("inf")
+        for _ in range(2):
+            t0 = time.perf_counter()
+            pred = clf.predict(ids, graph=graph, encoder=enc, texts=texts, **kw)
+            best = min(best, time.perf_counter() - t0)
+        return pred, best, clf.last_encoder_layers_
+
+    p_full, t_full, work_full = timed(exit="none")
+    p_exit, t_exit, work_exit = timed(exit="dynamic", **DEMO_EXIT)
     speed = t_full / t_exit
     print(f"live inference on {len(ids)} test nodes (every subgraph node encoded layer by layer, seed "
-          f"{seeds[0]} model): full depth {t_full:.1f} s, early exit {t_exit:.1f} s -> {speed:.1f}x faster "
+          f"{seeds[0]} model, best of 2): full depth {t_full:.1f} s, early exit {t_exit:.1f} s -> "
+          f"{speed:.1f}x faster "
           f"({work_full / max(work_exit, 1):.1f}x fewer encoder layer-runs; accuracy "
           f"{100 * np.mean(p_full == g.labels[ids]):.1f}% -> {100 * np.mean(p_exit == g.labels[ids]):.1f}%)")
     print()
@@ -259,8 +263,8 @@ def main(argv: list[str] | None = None) -> int:
                    "on validation accuracy decides; default 200)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--timing-nodes", type=int, default=200,
-                   help="test nodes for the live early-exit timing (default 200)")
+    p.add_argument("--timing-nodes", type=int, default=400,
+                   help="test nodes for the live early-exit timing (default 400; best of 2 runs)")
     args = p.parse_args(argv)
     run(cache_dir=args.cache_dir, epochs=args.epochs, threads=args.threads, seeds=args.seeds,
         timing_nodes=args.timing_nodes)

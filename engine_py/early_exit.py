@@ -4,11 +4,14 @@ The rule itself is C (csrc/engine/exit.c): a target exits at the first ladder
 whose head's argmax has agreed with the previous head's argmax ``patience``
 times in a row (patience 1 is the paper's rule; ``None``: no agreement rule),
 or whose largest probability is >= ``threshold``; its output is then frozen.
-The default is ``patience=None, threshold=0.99``: on the demo graph the
-paper's rule exited 98% of nodes at the second ladder for a 2-3% relative
-accuracy drop (neighbouring heads share their input through the gates, so they
-agree even when wrong), while the threshold kept the drop within 1% over
-seeds and settings at a mean exit layer of about 2 of 6 (docs/RESULTS_DEMO.md).
+The default (``patience=None, threshold="auto"``) is the threshold 0.99 alone:
+on the demo graph the paper's rule exited 98% of nodes at the second ladder
+for a 2-3% relative accuracy drop (neighbouring heads share their input
+through the gates, so they agree even when wrong), while the threshold kept
+the drop within 1% over seeds and settings at a mean exit layer of about 2 of
+6 (docs/RESULTS_DEMO.md). ``threshold="auto"`` means 0.99 when no patience is
+given and no threshold when one is, so ``patience=1`` alone is the paper's
+rule; give both to exit on whichever comes first.
 
 This module drives the G-Ladder one ladder at a time and, after each ladder,
 drops the exited targets' subgraphs from the ladder batch (``Ladder.keep``)
@@ -31,10 +34,19 @@ from ._validate import check_float, check_int
 __all__ = ["ExitPolicy", "exit_decide"]
 
 
-def _threshold(threshold):
+#: the threshold used when neither rule is given (threshold="auto", patience=None)
+DEFAULT_THRESHOLD = 0.99
+
+
+def _threshold(threshold, patience=None):
+    if isinstance(threshold, str):
+        if threshold != "auto":
+            raise ValueError(f"threshold must be a number in (0, 1], None or 'auto', got {threshold!r}")
+        threshold = DEFAULT_THRESHOLD if patience is None else None
     if threshold is None:
         return -1.0
-    return check_float(threshold, "threshold", min=0.0, max=1.0, min_open=True)
+    t = check_float(threshold, "threshold", min=0.0, max=1.0, min_open=True)
+    return t
 
 
 # patience=None turns the agreement rule off (only the threshold and the last
@@ -51,15 +63,16 @@ def _patience(patience):
 class ExitPolicy:
     """Per-target exit state over ``n`` targets and ``C`` classes (C core).
 
-    ``step(ladder, final, idx, logits)`` updates the still-active targets
+    ``patience`` / ``threshold``: see the module docstring (default: exit at
+    the first head at least 99% sure). ``step(ladder, final, idx, logits)`` updates the still-active targets
     ``idx`` with that ladder's head logits and returns their still-active
     mask; updating an exited target raises (its output is frozen).
     ``probs`` (n, C) and ``exit_ladder`` (n; -1 while active) are the results.
     """
 
-    def __init__(self, n, num_classes, patience=None, threshold=0.99):
+    def __init__(self, n, num_classes, patience=None, threshold="auto"):
         self.patience = _patience(patience)
-        self.threshold = _threshold(threshold)
+        self.threshold = _threshold(threshold, patience)
         n = check_int(n, "n", min=0)
         num_classes = check_int(num_classes, "num_classes", min=1)
         self.last = np.empty(n, np.int64)
@@ -75,7 +88,7 @@ class ExitPolicy:
                                np.ascontiguousarray(idx, np.int64), np.ascontiguousarray(logits, np.float32))
 
 
-def exit_decide(head_logits, patience=None, threshold=0.99, has_head=None):
+def exit_decide(head_logits, patience=None, threshold="auto", has_head=None):
     """The exit rule applied to every head's logits (K, n, C) at once.
 
     Returns ``(probs (n, C), exit_ladder (n,))``: the frozen output and the
@@ -86,7 +99,7 @@ def exit_decide(head_logits, patience=None, threshold=0.99, has_head=None):
     if z.ndim != 3:
         raise ValueError(f"head_logits must have shape (K, n, C), got {z.shape}")
     hh = None if has_head is None else np.asarray(has_head, dtype=np.uint8)
-    return _core.exit_decide(z, _patience(patience), _threshold(threshold), hh)
+    return _core.exit_decide(z, _patience(patience), _threshold(threshold, patience), hh)
 
 
 def _nodes_of(graph_ptr, graphs):

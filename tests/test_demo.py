@@ -47,9 +47,18 @@ def test_exit_defaults_are_threshold_099_without_agreement_rule():
     for fn in (EngineClassifier.predict, EngineClassifier.predict_new, ExitPolicy.__init__, exit_decide):
         sig = inspect.signature(fn).parameters
         assert sig["patience"].default is None, fn
-        assert sig["threshold"].default == 0.99, fn
-    pol = ExitPolicy(3, 2)
-    assert pol.threshold == pytest.approx(0.99)
+        assert sig["threshold"].default == "auto", fn
+    assert ExitPolicy(3, 2).threshold == pytest.approx(0.99)
+    # a patience alone is the paper's rule: "auto" then means no threshold
+    assert ExitPolicy(3, 2, patience=1).threshold < 0
+    assert ExitPolicy(3, 2, patience=1, threshold=0.9).threshold == pytest.approx(0.9)
+    rng = np.random.default_rng(3)
+    z = (rng.normal(size=(4, 200, 5)) * 4).astype(np.float32)
+    np.testing.assert_array_equal(exit_decide(z)[1], exit_decide(z, patience=None, threshold=0.99)[1])
+    np.testing.assert_array_equal(exit_decide(z, patience=1)[1],
+                                  exit_decide(z, patience=1, threshold=None)[1])
+    with pytest.raises(ValueError, match="auto"):
+        exit_decide(z, threshold="high")
 
 
 def test_demo_layers_every_second_including_0_and_last():
