@@ -131,7 +131,7 @@ def _verdict(acc, n_nodes, n_test, exit_drop, exit_speed):
     # noise: the seeds' spread and the test set's own sampling error (one
     # standard error of an accuracy p on n nodes is sqrt(p (1 - p) / n))
     se = float(np.sqrt(e * (1 - e) / n_test))
-    spread = max(np.std(acc["ENGINE"], ddof=1), np.std(acc["SAGE"], ddof=1))
+    spread = max(np.std(acc["ENGINE"], ddof=1), np.std(acc["SAGE"], ddof=1)) if len(acc["ENGINE"]) > 1 else 0.0
     noise = max(2 * se, 2 * spread)
     gap = e - s
     graph = f"both graph models beat the MLP by {100 * (min(e, s) - m):.0f}+ points, so the edges matter"

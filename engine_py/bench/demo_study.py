@@ -263,8 +263,8 @@ def report(res, folder, seeds, g, policy_settings, final=True):
         if not names:
             continue
         lines += [f"### {gname}", "",
-                  "| setting | change | seeds | val acc | test acc | Δ test vs default | fit s* | epochs (best) "
-                  "| gates a_1..a_K |",
+                  "| setting | change | seeds | val acc | test acc | Δ test vs default | fit s* "
+                  "| epochs (best) | gates a_1..a_K |",
                   "|---|---|---:|---:|---:|---:|---:|---:|---|"]
         for n in names:
             rs = [res[_key(n, s)] for s in seeds if _key(n, s) in res]
@@ -335,21 +335,15 @@ def timing(names, data, epochs, repeats):
 
 
 def load_data(cache_dir=None):
-    """The demo graph, its MiniLM layer cache (built if missing, as the demo
-    does) read into memory as float32, and the graph."""
-    from engine_py import Encoder, Graph, LayerCache
+    """The demo graph, its MiniLM layer cache (engine_py.demo.demo_cache: built
+    if missing, as the demo does) read into memory as float32, and the graph."""
+    from engine_py import Graph
     from engine_py.datasets import demo_graph
-    from engine_py.demo import _default_cache_dir
+    from engine_py.demo import demo_cache
     from engine_py.engine import InMemoryStates
-    from engine_py.models import minilm_path
 
     g = demo_graph()
-    cache_dir = cache_dir or _default_cache_dir()
-    os.makedirs(cache_dir, exist_ok=True)
-    path = os.path.join(cache_dir, "debian-demo.minilm.cache")
-    enc = Encoder.from_pretrained(minilm_path(), max_length=128)
-    cache = LayerCache.build(path, enc, g.texts, layers=list(range(enc.num_layers + 1)),
-                             dtype="float16", batch_size=64)
+    cache = demo_cache(cache_dir=cache_dir)
     # the float16 rows as float32, in memory: the same numbers gather() returns
     states = InMemoryStates({l: cache.layer(l, dtype=np.float32) for l in cache.layers})
     return dict(g=g, states=states, graph=Graph(g.edge_index, g.num_nodes))
@@ -374,7 +368,8 @@ def main(argv=None) -> int:
     p.add_argument("--list", action="store_true", help="list the settings and exit")
     p.add_argument("--timing", nargs="+", default=None, metavar="SETTING",
                    help="instead: time a fixed number of epochs (--timing-epochs) of these settings, "
-                   "seed 0, best of --timing-repeats, and print seconds per epoch (run it on a quiet machine)")
+                   "seed 0, best of --timing-repeats, and print seconds per epoch (run it on a quiet "
+                   "machine)")
     p.add_argument("--timing-epochs", type=int, default=10)
     p.add_argument("--timing-repeats", type=int, default=2)
     args = p.parse_args(argv)
