@@ -52,10 +52,16 @@ def _read(path: str) -> str | None:
         return None
 
 
-def _quota_cpus(quota: int, period: int) -> int | None:
-    if quota <= 0 or period <= 0:
+def _quota_cpus(quota: str, period: str) -> int | None:
+    """CPUs a cgroup quota allows (rounded up), from the two numbers as the
+    files hold them; None for no limit or text that is not a number."""
+    try:
+        q, p = int(quota), int(period)
+    except ValueError:
         return None
-    return max(1, math.ceil(quota / period))
+    if q <= 0 or p <= 0:
+        return None
+    return max(1, math.ceil(q / p))
 
 
 def _cgroup_dirs(root: str, rel: str) -> list[str]:
@@ -88,10 +94,7 @@ def cgroup_cpu_limit(root: str = "/sys/fs/cgroup", proc_cgroup: str = "/proc/sel
             continue
         fields = text.split()
         if len(fields) >= 2 and fields[0] != "max":
-            try:
-                n = _quota_cpus(int(fields[0]), int(fields[1]))
-            except ValueError:
-                n = None
+            n = _quota_cpus(fields[0], fields[1])
             if n is not None:
                 limits.append(n)
     if limits:
@@ -104,10 +107,7 @@ def cgroup_cpu_limit(root: str = "/sys/fs/cgroup", proc_cgroup: str = "/proc/sel
             q, p = _read(os.path.join(d, "cpu.cfs_quota_us")), _read(os.path.join(d, "cpu.cfs_period_us"))
             if q is None or p is None:
                 continue
-            try:
-                n = _quota_cpus(int(q), int(p))
-            except ValueError:
-                n = None
+            n = _quota_cpus(q, p)
             if n is not None:
                 limits.append(n)
         if limits:
