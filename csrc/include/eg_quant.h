@@ -21,6 +21,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "eg.h"
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -134,6 +136,37 @@ int eg_ggml_can_dequantize(int type);
  * depend on the thread count). Kernels cannot fail: an unsupported type
  * fills dst with NaN (callers check eg_ggml_can_dequantize first). */
 void eg_dequantize(int type, const void *src, float *dst, size_t n);
+
+/* ------------------------------------------------------- quantized matmul
+ * A weight matrix kept in its file's format: `rows` output features, each a
+ * row of `cols` input features stored as cols / block_size blocks (PyTorch's
+ * (out, in) layout; GGUF's ne[0] = cols, ne[1] = rows). `data` usually
+ * points into an mmap'd file and is only read. */
+typedef struct {
+    int type;          /* eg_ggml_type */
+    int64_t rows;      /* output features */
+    int64_t cols;      /* input features, a multiple of the block size */
+    size_t row_bytes;  /* bytes of one row: cols / block_size * type_size */
+    const void *data;  /* rows * row_bytes bytes */
+} eg_qmat;
+
+/* Fill *w for a (rows, cols) matrix of `type` at data; EINVAL when the type
+ * is not one eg_qmatmul handles or cols is not a multiple of its block size
+ * (the message names `what`), EOVERFLOW when the byte size overflows. */
+eg_status eg_qmat_init(eg_qmat *w, int type, int64_t rows, int64_t cols, const void *data,
+                 const char *what, eg_err *err);
+
+/* Row r of w as float32 (cols values): an embedding lookup. */
+void eg_qmat_row(const eg_qmat *w, int64_t r, float *out);
+
+/* Y = X @ W^T (+ bias): X is (N, cols) float32 with row stride ldx, Y is
+ * (N, rows) with row stride ldy (>= rows), bias (rows) or NULL. The result is
+ * the float32 product of X with the dequantized weights (eg_dequantize's
+ * values), computed by the core's float GEMM; it does not depend on the ISA
+ * level. Threads with the core's thread count. Returns EG_OK or EG_ENOMEM
+ * (scratch for a dequantized tile). Never call inside an OpenMP region. */
+eg_status eg_qmatmul(float *Y, size_t ldy, const float *X, size_t ldx, size_t N, const eg_qmat *W,
+               const float *bias, eg_err *err);
 
 #ifdef __cplusplus
 }
