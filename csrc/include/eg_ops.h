@@ -50,6 +50,56 @@ static inline void eg_thread_columns(int C, int *c0, int *c1)
     *c1 = (int)((int64_t)C * (t + 1) / nt);
 }
 
+/* ------------------------------------------------------ decoder blocks
+ * The pieces of Llama-family layers (and BERT's attention). Forward only
+ * for now; their backward passes come with fine-tuning. */
+
+/* RMSNorm (Llama): out (N,C) = w * (x * rstd), rstd = 1/sqrt(mean(x^2) + eps)
+ * per row, as Hugging Face's LlamaRMSNorm computes it in float32 (the sum of
+ * squares in fixed lanes combined in double). out may equal inp. */
+void eg_rmsnorm_forward(float *out, const float *inp, const float *w, size_t N, int C, float eps);
+
+/* Rotary position embedding, in place, on `n_heads` heads of `head_dim`
+ * values at the start of each of N rows (row stride ld). Row t has position
+ * pos[t]. cos/sin tables: (max_pos, head_dim / 2), entry [p][i] for angle
+ * p * theta_i (eg_rope_table). Two layouts rotate different pairs:
+ *   EG_ROPE_NORM: (x[2i], x[2i+1]) -- llama.cpp's mode for arch llama, whose
+ *                 GGUF files store Q/K rows permuted to match;
+ *   EG_ROPE_NEOX: (x[i], x[i + head_dim/2]) -- Hugging Face's rotate_half
+ *                 (every safetensors model, and GGUF qwen2). */
+enum { EG_ROPE_NORM = 0, EG_ROPE_NEOX = 2 };
+void eg_rope_forward(float *x, size_t ld, size_t N, const int32_t *pos, int n_heads,
+                     int head_dim, const float *cos_t, const float *sin_t, int mode);
+/* Fill cos_t/sin_t (n_pos, head_dim/2) for positions 0..n_pos-1 as
+ * Hugging Face does: inv_freq_i = 1 / base^(2i/head_dim) in float32, the
+ * angle p * inv_freq_i rounded to float32, then its cosine and sine. */
+void eg_rope_table(float *cos_t, float *sin_t, int n_pos, int head_dim, double base);
+
+/* SwiGLU: out (N,F) = silu(gate) * up, rows of gate/up with stride ld, of
+ * out with stride ldo (out may equal gate). */
+void eg_swiglu_forward(float *out, size_t ldo, const float *gate, const float *up, size_t ld,
+                       size_t N, int F);
+
+/* Scaled dot-product self-attention of packed sequences (sequence i is rows
+ * offsets[i] .. offsets[i+1]-1; no padding, so no mask). Query head h reads
+ * key/value head h / (n_heads / n_kv_heads) (grouped-query attention;
+ * n_kv_heads divides n_heads). causal: row i attends to rows 0..i of its
+ * sequence. q/out rows hold n_heads * head_dim values, k/v rows
+ * n_kv_heads * head_dim, at the given strides (q, k, v may be column ranges
+ * of one fused QKV matrix). Biases (per query/kv width) are added to q, k, v
+ * first, or NULL. scratch: eg_attention_scratch(max_len, head_dim) floats
+ * per OpenMP thread. Scores are scaled by 1/sqrt(head_dim). */
+typedef struct {
+    int n_heads, n_kv_heads, head_dim;
+    int causal;
+    size_t q_stride, kv_stride, out_stride;
+} eg_attention_shape;
+size_t eg_attention_scratch(int max_len, int head_dim);
+void eg_attention_forward(float *out, const float *q, const float *k, const float *v,
+                          const float *bq, const float *bk, const float *bv,
+                          const int64_t *offsets, int n_seq, const eg_attention_shape *shape,
+                          float *scratch);
+
 /* ---------------------------------------------------------------- dense */
 
 /* inp (N,C), w (OC,C), b (OC) or NULL -> out (N,OC) = inp w^T + b */

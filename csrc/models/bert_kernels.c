@@ -1,8 +1,8 @@
 /*
  * bert_kernels.c — the element-wise and attention kernels of the BERT
  * encoder: LayerNorm (plain and fused with bias + residual), exact GELU with
- * a vectorisable erf, per-(sequence, head) self-attention on packed
- * sequences, and mean pooling.
+ * a vectorisable erf, mean pooling, and BERT's call of the attention op
+ * (csrc/ops/attention.c) on its fused QKV rows.
  *
  * Speed without -ffast-math: glibc's erff and expf are scalar and branchy
  * (erff costs ~15 ns here, which would make GELU as slow as the FFN GEMMs),
@@ -24,6 +24,7 @@
  */
 #include "eg_bert.h"
 #include "eg_isa.h"
+#include "eg_ops.h"
 
 #include <math.h>
 #include <stdint.h>
@@ -33,7 +34,6 @@
 #endif
 
 #define LANES 16
-#define EG_QB 4 /* query rows per attention block */
 /* Below this many elements a memory-bound pass (LayerNorm, pooling) runs on
  * one thread: it takes < 0.5 ms, and every parallel region is a barrier
  * that costs far more than that when the cores are shared with other
@@ -52,8 +52,6 @@ typedef struct {
     void (*bias_gelu_row)(float *, const float *, const float *, int);
     void (*layernorm_row)(float *, const float *, const float *, const float *, int, float);
     void (*add3_row)(float *, const float *, const float *, const float *, int);
-    void (*attention_head)(float *, const float *, const float *, const float *, const float *,
-                           int, int, int, float *);
     void (*add_row)(float *, const float *, int);
 } kernel_set;
 
@@ -61,13 +59,11 @@ typedef struct {
 #define EG_ISA_BODY "../models/bert_simd.h"
 #include "eg_isa.h"
 
-/* the attention's padded rows are whole lane blocks of the softmax row */
-_Static_assert(LANES % EG_VM_LANES == 0, "LANES must be a multiple of EG_VM_LANES");
 
 #define KSET(sfx)                                                                        \
     {                                                                                    \
         EG_CAT2(erf_loop, sfx), EG_CAT2(bias_gelu_row, sfx), EG_CAT2(layernorm_row, sfx), \
-        EG_CAT2(add3_row, sfx), EG_CAT2(attention_head, sfx), EG_CAT2(add_row, sfx)       \
+        EG_CAT2(add3_row, sfx), EG_CAT2(add_row, sfx)       \
     }
 
 static const kernel_set copies[EG_ISA_NCOPIES] = EG_ISA_COPIES(KSET);
@@ -152,46 +148,19 @@ void eg_bert_residual_layernorm_forward(float *out, const float *x, const float 
 
 size_t eg_bert_attention_scratch(int max_len, int dh)
 {
-    /* Kt (dh, Lp) + V (Lp, dp) + Q (QB, dp) + S (QB, Lp); see bert_simd.h */
-    size_t L = (size_t)(max_len > 0 ? max_len : 1);
-    size_t Lp = (L + LANES - 1) / LANES * LANES;
-    size_t dp = ((size_t)dh + LANES - 1) / LANES * LANES;
-    return (size_t)dh * Lp + Lp * dp + EG_QB * dp + EG_QB * Lp + 4 * LANES;
+    return eg_attention_scratch(max_len, dh);
 }
 
 void eg_bert_attention_forward_bias(float *out, const float *qkv, const float *bqkv,
                                     const int64_t *offsets, int n_seq, int D, int n_heads,
                                     float *scratch)
 {
-    const kernel_set *k = K();
-    // out (n_tok, D), qkv (n_tok, 3D), bqkv (3D) or NULL, offsets (n_seq + 1)
-    const int dh = D / n_heads;
-    int64_t max_len = 0;
-    for (int i = 0; i < n_seq; i++) {
-        int64_t len = offsets[i + 1] - offsets[i];
-        max_len = len > max_len ? len : max_len;
-    }
-    const size_t per_thread = eg_bert_attention_scratch((int)max_len, dh);
-    const long pairs = (long)n_seq * n_heads;
-    /* Longest sequences first would balance better, but the pairs are many
-     * and small; dynamic scheduling in chunks of one is enough. */
-#pragma omp parallel for schedule(dynamic, 1)
-    for (long p = 0; p < pairs; p++) {
-        int tid = 0;
-#ifdef _OPENMP
-        tid = omp_get_thread_num();
-#endif
-        const int sq = (int)(p / n_heads);
-        const int h = (int)(p % n_heads);
-        const int64_t lo = offsets[sq];
-        const int L = (int)(offsets[sq + 1] - lo);
-        const float *base = qkv + (size_t)lo * 3 * D + (size_t)h * dh;
-        const float *bq = bqkv != NULL ? bqkv + (size_t)h * dh : NULL;
-        const float *bk = bqkv != NULL ? bqkv + D + (size_t)h * dh : NULL;
-        const float *bv = bqkv != NULL ? bqkv + 2 * (size_t)D + (size_t)h * dh : NULL;
-        k->attention_head(out + (size_t)lo * D + (size_t)h * dh, base, bq, bk, bv, L, D, dh,
-                       scratch + (size_t)tid * per_thread);
-    }
+    /* the fused QKV rows hold q, k and v side by side (eg_bert.h) */
+    const eg_attention_shape sh = {n_heads, n_heads, D / n_heads, 0, (size_t)3 * D,
+                                   (size_t)3 * D, (size_t)D};
+    eg_attention_forward(out, qkv, qkv + D, qkv + 2 * (size_t)D, bqkv,
+                         bqkv != NULL ? bqkv + D : NULL, bqkv != NULL ? bqkv + 2 * (size_t)D : NULL,
+                         offsets, n_seq, &sh, scratch);
 }
 
 void eg_bert_attention_forward(float *out, const float *qkv, const int64_t *offsets,

@@ -1,0 +1,140 @@
+/*
+ * attention_simd.h — the body of one (sequence, head) of scaled dot-product
+ * attention, included by attention.c once per instruction set through
+ * eg_isa.h (SFX(name) gives each copy its suffix). Not a public header.
+ *
+ * Queries are taken QB rows at a time so that every key/value vector loaded
+ * is used QB times. Written with GCC's generic 16-float vectors (v16f):
+ * each instruction-set copy lowers them to one AVX-512, two AVX or four SSE
+ * registers, and computes the same bits (fixed lanes, no FMA contraction).
+ * Scratch (floats, all blocks 64-byte multiples, see eg_attention_scratch):
+ *   Kt (dh, Lp)   keys transposed, columns j >= L zero
+ *   V  (Lp, dp)   values, rows j >= L and columns d >= dh zero
+ *   Q  (QB, dp)   the block's queries, pre-scaled by 1/sqrt(dh)
+ *   S  (QB, Lp)   scores, then probabilities (unnormalised)
+ * Score columns past a row's last visible key are padding that the softmax
+ * row zeroes. A causal block of queries i0..i0+nq-1 only reads keys
+ * 0..i0+nq-1, and row i sees keys 0..i.
+ */
+
+/* 16-float vector loads/stores without alignment assumptions. */
+static inline __attribute__((always_inline)) v16f SFX(ld16)(const float *p)
+{
+    v16f v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+static inline __attribute__((always_inline)) void SFX(st16)(float *p, v16f v)
+{
+    memcpy(p, &v, sizeof v);
+}
+
+#define EG_VMATH_NAME(name) SFX(vm_##name)
+#include "eg_vmath.h"
+#undef EG_VMATH_NAME
+
+/* q: the head's first query row (row stride ldq); k, v: its key/value
+ * head's first rows (stride ldkv); bq/bk/bv: per-head biases or NULL;
+ * out: the head's first output row (stride ldo). */
+static void SFX(attention_head)(float *out, size_t ldo, const float *q, size_t ldq,
+                                const float *k, const float *v, size_t ldkv, const float *bq,
+                                const float *bk, const float *bv, int L, int dh, int causal,
+                                float *scratch)
+{
+    const size_t Lp = ((size_t)L + LANES - 1) / LANES * LANES;
+    const size_t dp = ((size_t)dh + LANES - 1) / LANES * LANES;
+    float *Kt = scratch;
+    float *V = Kt + (size_t)dh * Lp;
+    float *Q = V + Lp * dp;
+    float *S = Q + (size_t)EG_QB * dp;
+    const float scale = 1.0f / sqrtf((float)dh);
+
+    for (size_t j = 0; j < Lp; j++) {
+        float *vd = V + j * dp;
+        if (j < (size_t)L) {
+            const float *kj = k + j * ldkv;
+            const float *vj = v + j * ldkv;
+            for (int d = 0; d < dh; d++) {
+                Kt[(size_t)d * Lp + j] = bk != NULL ? kj[d] + bk[d] : kj[d];
+            }
+            for (int d = 0; d < dh; d++) {
+                vd[d] = bv != NULL ? vj[d] + bv[d] : vj[d];
+            }
+            for (size_t d = (size_t)dh; d < dp; d++) {
+                vd[d] = 0.0f;
+            }
+        } else {
+            for (int d = 0; d < dh; d++) {
+                Kt[(size_t)d * Lp + j] = 0.0f;
+            }
+            for (size_t d = 0; d < dp; d++) {
+                vd[d] = 0.0f;
+            }
+        }
+    }
+    for (int i0 = 0; i0 < L; i0 += EG_QB) {
+        const int nq = L - i0 < EG_QB ? L - i0 : EG_QB;
+        /* keys this block reads: all of them, or (causal) up to its last row */
+        const int Lk = causal ? i0 + nq : L;
+        const size_t Lkp = ((size_t)Lk + LANES - 1) / LANES * LANES;
+        for (int r = 0; r < EG_QB; r++) {
+            float *qr = Q + (size_t)r * dp;
+            if (r < nq) {
+                const float *qi = q + (size_t)(i0 + r) * ldq;
+                for (int d = 0; d < dh; d++) {
+                    qr[d] = (bq != NULL ? qi[d] + bq[d] : qi[d]) * scale;
+                }
+            } else {
+                for (int d = 0; d < dh; d++) {
+                    qr[d] = 0.0f;
+                }
+            }
+        }
+        /* scores: S[r][j] = q_r . k_j */
+        for (size_t jb = 0; jb < Lkp; jb += LANES) {
+            v16f acc[EG_QB];
+            for (int r = 0; r < EG_QB; r++) {
+                acc[r] = (v16f){0};
+            }
+            for (int d = 0; d < dh; d++) {
+                v16f kv = SFX(ld16)(Kt + (size_t)d * Lp + jb);
+                for (int r = 0; r < EG_QB; r++) {
+                    acc[r] += Q[(size_t)r * dp + d] * kv;
+                }
+            }
+            for (int r = 0; r < EG_QB; r++) {
+                SFX(st16)(S + (size_t)r * Lp + jb, acc[r]);
+            }
+        }
+        /* softmax numerators per row (eg_vmath.h, fixed-lane max and sum);
+         * a causal row i sees i + 1 keys */
+        float inv[EG_QB];
+        for (int r = 0; r < EG_QB; r++) {
+            size_t seen = causal ? (size_t)(r < nq ? i0 + r + 1 : 1) : (size_t)L;
+            inv[r] = SFX(vm_softmax_lanes)(S + (size_t)r * Lp, seen, Lkp);
+        }
+        /* out_r = sum_j p_rj v_j / sum_r */
+        for (size_t db = 0; db < dp; db += LANES) {
+            v16f acc[EG_QB];
+            for (int r = 0; r < EG_QB; r++) {
+                acc[r] = (v16f){0};
+            }
+            for (int j = 0; j < Lk; j++) {
+                v16f vv = SFX(ld16)(V + (size_t)j * dp + db);
+                for (int r = 0; r < EG_QB; r++) {
+                    acc[r] += S[(size_t)r * Lp + j] * vv;
+                }
+            }
+            const int nd = dh - (int)db < LANES ? dh - (int)db : LANES;
+            for (int r = 0; r < nq; r++) {
+                float tmp[LANES];
+                SFX(st16)(tmp, acc[r] * inv[r]);
+                float *o = out + (size_t)(i0 + r) * ldo + db;
+                for (int d = 0; d < nd; d++) {
+                    o[d] = tmp[d];
+                }
+            }
+        }
+    }
+}
