@@ -178,6 +178,31 @@ int eg_py_fs_path(PyObject *arg, PyObject **bytes, PyObject **str);
  * EG_EOVERFLOW, EG_EINVAL), else as eg_py_raise. Returns NULL. */
 PyObject *eg_py_raise_file_error(const eg_err *err, int sys_errno, PyObject *path, PyObject *format_error);
 
+/* ------------------------------------------------ packed-state encoders
+ * encode_layers shared by every model that fills an eg_bert_state (BERT,
+ * the Llama family): validation of the packed batch, groups of at most
+ * EG_PY_CHUNK_TOKENS tokens, a layer at a time with signal checks, the GIL
+ * released. Defined in _core_bert.c. */
+#include "eg_bert.h"
+typedef struct {
+    const void *model;
+    eg_bert_state *state;
+    int *busy, *users;
+    const char *what;                /* "BertModel" in messages */
+    int vocab_size, num_layers, hidden_size, max_position;
+    const char *max_position_name;   /* how messages name the length limit */
+    eg_status (*embed)(const void *, eg_bert_state *, const int32_t *, const int64_t *, int,
+                       eg_err *);
+    eg_status (*run_layers)(const void *, eg_bert_state *, int, eg_err *);
+    void (*pool)(const eg_bert_state *, float *);
+} eg_py_encoder;
+PyObject *eg_py_encode_layers(const eg_py_encoder *e, PyObject *ids, PyObject *offsets,
+                              PyObject *layers);
+/* ids (int32 1-D) and offsets (int64, n+1 from 0, non-decreasing, ending at
+ * len(ids)), converted and checked; 0 or -1 with an exception set. */
+int eg_py_convert_batch(PyObject *ids_obj, PyObject *off_obj, PyArrayObject **ids,
+                        PyArrayObject **off, int *n_seq);
+
 /* A new exception class engine_py._core.<name> deriving from base, added
  * to the module; returns a new reference (for the caller's static), or NULL. */
 PyObject *eg_py_add_exception(PyObject *module, const char *name, const char *doc, PyObject *base);
@@ -191,6 +216,7 @@ int eg_py_init_io(PyObject *module);      /* _core_io.c: safetensors */
 int eg_py_init_gguf(PyObject *module);    /* _core_gguf.c: GGUF reader */
 int eg_py_init_text(PyObject *module);    /* _core_text.c: tokenizers */
 int eg_py_init_bert(PyObject *module);    /* _core_bert.c: BERT encoder */
+int eg_py_init_llama(PyObject *module);   /* _core_llama.c: Llama-family decoders */
 int eg_py_init_cache(PyObject *module);   /* _core_cache.c: layer cache */
 int eg_py_init_graph(PyObject *module);   /* _core_graph.c: CSR graph, samplers */
 int eg_py_init_engine(PyObject *module);  /* _core_engine.c: G-Ladder */

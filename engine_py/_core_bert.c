@@ -49,7 +49,7 @@ static PyTypeObject BertStateType;
  * from 0, non-decreasing, ending at len(ids)). The core checks lengths and
  * vocabulary ranges with precise messages; here only what keeps the core's
  * reads in bounds. */
-static int convert_batch(PyObject *ids_obj, PyObject *off_obj, PyArrayObject **ids,
+int eg_py_convert_batch(PyObject *ids_obj, PyObject *off_obj, PyArrayObject **ids,
                          PyArrayObject **off, int *n_seq)
 {
     *ids = eg_py_vector(ids_obj, NPY_INT32, NPY_ARRAY_FORCECAST, NPY_MAX_INTP, "ids");
@@ -234,36 +234,34 @@ static PyObject *model_check_complete(BertModelObject *self, PyObject *noargs)
     return eg_py_finish(NULL, st, &err, NULL);
 }
 
-static PyObject *model_encode_layers(BertModelObject *self, PyObject *args)
+/* encode_layers for any model that fills packed states (eg_py_encoder in
+ * _core.h): BERT here, the Llama family in _core_llama.c. */
+PyObject *eg_py_encode_layers(const eg_py_encoder *e, PyObject *ids_obj, PyObject *off_obj,
+                              PyObject *layers_obj)
 {
-    PyObject *ids_obj, *off_obj, *layers_obj;
     PyArrayObject *ids = NULL, *off = NULL, *layers = NULL, *out = NULL;
     int64_t *goff = NULL;
     int entered = 0;
-    if (!PyArg_ParseTuple(args, "OOO", &ids_obj, &off_obj, &layers_obj) || model_ready(self) < 0) {
-        return NULL;
-    }
     int n_seq = 0;
-    if (convert_batch(ids_obj, off_obj, &ids, &off, &n_seq) < 0) {
+    if (eg_py_convert_batch(ids_obj, off_obj, &ids, &off, &n_seq) < 0) {
         goto fail;
     }
     layers = eg_py_vector(layers_obj, NPY_INT32, 0, INT32_MAX, "layers");
     if (layers == NULL) {
         goto fail;
     }
-    const eg_bert_config *c = eg_bert_get_config(self->model);
     const int K = (int)PyArray_DIM(layers, 0);
     const int32_t *lay = (const int32_t *)PyArray_DATA(layers);
     int top = 0;
     for (int k = 0; k < K; k++) {
-        if (lay[k] < 0 || lay[k] > c->num_layers) {
+        if (lay[k] < 0 || lay[k] > e->num_layers) {
             PyErr_Format(PyExc_IndexError, "layer index %d out of range: the model has hidden states 0..%d",
-                         (int)lay[k], c->num_layers);
+                         (int)lay[k], e->num_layers);
             goto fail;
         }
         top = lay[k] > top ? lay[k] : top;
     }
-    npy_intp dims[3] = {K, n_seq, c->hidden_size};
+    npy_intp dims[3] = {K, n_seq, e->hidden_size};
     out = (PyArrayObject *)PyArray_SimpleNew(3, dims, NPY_FLOAT32);
     if (out == NULL) {
         goto fail;
@@ -281,14 +279,13 @@ static PyObject *model_encode_layers(BertModelObject *self, PyObject *args)
                              "sequence %d is empty (every sequence needs at least one token)", i);
                 goto fail;
             }
-            if (len > c->max_position) {
-                PyErr_Format(PyExc_ValueError,
-                             "sequence %d has %lld tokens, more than max_position_embeddings %d",
-                             i, (long long)len, c->max_position);
+            if (len > e->max_position) {
+                PyErr_Format(PyExc_ValueError, "sequence %d has %lld tokens, more than %s %d", i,
+                             (long long)len, e->max_position_name, e->max_position);
                 goto fail;
             }
         }
-        if (eg_py_check_ids(t, NPY_INT32, (size_t)PyArray_DIM(ids, 0), c->vocab_size,
+        if (eg_py_check_ids(t, NPY_INT32, (size_t)PyArray_DIM(ids, 0), e->vocab_size,
                             PyExc_ValueError,
                             "token id %lld at position %zd is outside the vocabulary [0, %lld)") < 0) {
             goto fail;
@@ -300,17 +297,17 @@ static PyObject *model_encode_layers(BertModelObject *self, PyObject *args)
         PyErr_NoMemory();
         goto fail;
     }
-    if (eg_py_enter(&self->busy, "BertModel") < 0) {
+    if (eg_py_enter(e->busy, e->what) < 0) {
         goto fail;
     }
     entered = 1;
-    self->users++;
+    (*e->users)++;
     eg_err err;
     eg_err_clear(&err);
     eg_status st = EG_OK;
     int stop = 0;
     float *o = (float *)PyArray_DATA(out);
-    const size_t plane = (size_t)n_seq * (size_t)c->hidden_size;
+    const size_t plane = (size_t)n_seq * (size_t)e->hidden_size;
     const int32_t *all_ids = (const int32_t *)PyArray_DATA(ids);
     const int64_t *all_off = (const int64_t *)PyArray_DATA(off);
     /* Sequences are encoded independently (packed, per-sequence attention),
@@ -328,18 +325,18 @@ static PyObject *model_encode_layers(BertModelObject *self, PyObject *args)
         for (int i = s0; i <= s1; i++) {
             goff[i - s0] = all_off[i] - all_off[s0];
         }
-        st = eg_bert_embed(self->model, &self->state, all_ids + all_off[s0], goff, s1 - s0, &err);
+        st = e->embed(e->model, e->state, all_ids + all_off[s0], goff, s1 - s0, &err);
         for (int l = 0; st == EG_OK && !stop && l <= top; l++) {
             if (l > 0) {
                 EG_PY_CHECK_SIGNALS(stop);
                 if (stop) {
                     break;
                 }
-                st = eg_bert_run_layers(self->model, &self->state, l, &err);
+                st = e->run_layers(e->model, e->state, l, &err);
             }
             for (int k = 0; st == EG_OK && k < K; k++) {
                 if (lay[k] == l) {
-                    eg_bert_pool(&self->state, o + (size_t)k * plane + (size_t)s0 * (size_t)c->hidden_size);
+                    e->pool(e->state, o + (size_t)k * plane + (size_t)s0 * (size_t)e->hidden_size);
                 }
             }
         }
@@ -349,7 +346,7 @@ static PyObject *model_encode_layers(BertModelObject *self, PyObject *args)
         }
     } while (st == EG_OK && !stop && s0 < n_seq);
     Py_END_ALLOW_THREADS
-    self->users--;
+    (*e->users)--;
     if (stop) {
         goto fail;   /* KeyboardInterrupt (or what a signal handler raised) is set */
     }
@@ -358,14 +355,14 @@ static PyObject *model_encode_layers(BertModelObject *self, PyObject *args)
         goto fail;
     }
     PyMem_Free(goff);
-    eg_py_leave(&self->busy);
+    eg_py_leave(e->busy);
     Py_DECREF(ids);
     Py_DECREF(off);
     Py_DECREF(layers);
     return (PyObject *)out;
 fail:
     if (entered) {
-        eg_py_leave(&self->busy);
+        eg_py_leave(e->busy);
     }
     PyMem_Free(goff);
     Py_XDECREF(ids);
@@ -373,6 +370,34 @@ fail:
     Py_XDECREF(layers);
     Py_XDECREF(out);
     return NULL;
+}
+
+static eg_status bert_embed_fn(const void *m, eg_bert_state *s, const int32_t *ids,
+                               const int64_t *offsets, int n_seq, eg_err *err)
+{
+    return eg_bert_embed((const eg_bert *)m, s, ids, offsets, n_seq, err);
+}
+
+static eg_status bert_run_fn(const void *m, eg_bert_state *s, int last, eg_err *err)
+{
+    return eg_bert_run_layers((const eg_bert *)m, s, last, err);
+}
+
+static PyObject *model_encode_layers(BertModelObject *self, PyObject *args)
+{
+    PyObject *ids_obj, *off_obj, *layers_obj;
+    if (!PyArg_ParseTuple(args, "OOO", &ids_obj, &off_obj, &layers_obj) || model_ready(self) < 0) {
+        return NULL;
+    }
+    const eg_bert_config *c = eg_bert_get_config(self->model);
+    const eg_py_encoder e = {
+        .model = self->model, .state = &self->state, .busy = &self->busy, .users = &self->users,
+        .what = "BertModel", .vocab_size = c->vocab_size, .num_layers = c->num_layers,
+        .hidden_size = c->hidden_size, .max_position = c->max_position,
+        .max_position_name = "max_position_embeddings", .embed = bert_embed_fn,
+        .run_layers = bert_run_fn, .pool = eg_bert_pool,
+    };
+    return eg_py_encode_layers(&e, ids_obj, off_obj, layers_obj);
 }
 
 static PyObject *model_flops(BertModelObject *self, PyObject *arg)
@@ -502,7 +527,7 @@ static PyObject *state_embed(BertStateObject *self, PyObject *args)
         return NULL;
     }
     int n_seq = 0;
-    if (convert_batch(ids_obj, off_obj, &ids, &off, &n_seq) < 0 || state_enter(self) < 0) {
+    if (eg_py_convert_batch(ids_obj, off_obj, &ids, &off, &n_seq) < 0 || state_enter(self) < 0) {
         goto fail;
     }
     eg_err err;

@@ -97,6 +97,10 @@ typedef struct {
 } eg_bert_state;
 
 void eg_bert_state_init(eg_bert_state *s);
+/* Make room for n_seq sequences and n_tok tokens of width D (h's contents
+ * are not kept: the caller fills it); grows by 1.5x so that a slowly growing
+ * workload reallocates rarely. For the models that fill states. */
+eg_status eg_state_reserve(eg_bert_state *s, int n_seq, size_t n_tok, int D, eg_err *err);
 void eg_bert_state_free(eg_bert_state *s);
 
 /* Fill `s` with the embedding output (hidden state 0) of n_seq sequences.

@@ -349,9 +349,7 @@ void eg_bert_state_free(eg_bert_state *s)
     eg_bert_state_init(s);
 }
 
-/* Make room for n_seq sequences and n_tok tokens of width D (contents of h
- * are not kept: callers fill it afterwards). */
-static eg_status state_reserve(eg_bert_state *s, int n_seq, size_t n_tok, int D, eg_err *err)
+eg_status eg_state_reserve(eg_bert_state *s, int n_seq, size_t n_tok, int D, eg_err *err)
 {
     if ((size_t)n_seq + 1 > s->seq_cap) {
         int64_t *o = realloc(s->offsets, ((size_t)n_seq + 1) * sizeof *o);
@@ -427,7 +425,7 @@ eg_status eg_bert_embed(const eg_bert *m, eg_bert_state *s, const int32_t *ids,
                              (int)ids[t], t, c->vocab_size);
         }
     }
-    st = state_reserve(s, n_seq, n_tok, D, err);
+    st = eg_state_reserve(s, n_seq, n_tok, D, err);
     if (st != EG_OK) {
         return st;
     }
