@@ -151,29 +151,64 @@ def _check_batch_size(batch_size: Any) -> int:
     return check_int(batch_size, "batch_size", min=1)
 
 
+def _is_gguf(path: str) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(4) == b"GGUF"
+    except OSError:
+        return False
+
+
+def _weight_files(path: str) -> list:
+    """The files a decoder's weights come from (the .gguf file, or the
+    folder's safetensors files), sorted."""
+    if os.path.isfile(path):
+        return [path]
+    return sorted(os.path.join(path, n) for n in os.listdir(path) if n.endswith(".safetensors"))
+
+
+def _decoder_max_length(max_length: Any, context: int, path: str) -> int:
+    """A decoder's max_length: the argument, else the context length."""
+    if max_length is None:
+        return context
+    ml = check_int(max_length, "max_length", min=1)
+    if ml > context:
+        raise ValueError(f"max_length={ml} exceeds the model's context length {context} ({path}); "
+                         f"pass max_length <= {context}, or None for the model's default")
+    return ml
+
+
 class Encoder:
-    """A frozen BERT-family encoder (fp32, C core). Build with from_pretrained.
+    """A frozen text encoder (C core): a BERT-family model, or a decoder LLM of
+    the Llama family (llama, qwen2) used for its hidden states. Build with
+    from_pretrained.
 
     Attributes: num_layers, hidden_size, max_length (tokens, special tokens
     included), config (the folder's config.json as a dict), tokenizer,
     normalize (whether encode L2-normalises by default), path.
     """
 
-    def __init__(self, *, model: "_core.BertModel", tokenizer: Any, config: dict, path: str,
-                 max_length: int, normalize: bool, source_dtypes: dict) -> None:
+    def __init__(self, *, model: Any, tokenizer: Any, config: dict, path: str,
+                 max_length: int, normalize: bool, source_dtypes: dict, kind: str = "bert",
+                 pooling: str = "mean", keep: Any = None) -> None:
         self._model = model
         self.tokenizer = tokenizer
         self.config = config
         self.path = path
         self.max_length = max_length
         self.normalize = normalize
-        self.pooling = "mean"
+        #: "bert", or the decoder architecture ("llama", "qwen2")
+        self.kind = kind
+        #: "mean" (every token) or "last" (the last token; decoders only)
+        self.pooling = pooling
+        self._keep = keep  # what the model's weights point into (a GGUF mapping)
         self._source_dtypes = source_dtypes
         self._fingerprint: Optional[str] = None
         # digests of the tokenizer files as loaded (they are part of the fingerprint)
         self._tokenizer_files = []
-        for fname in _TOKENIZER_FILES:
-            p = os.path.join(path, fname)
+        folder = path if os.path.isdir(path) else None
+        for fname in _TOKENIZER_FILES if folder else ():
+            p = os.path.join(folder, fname)
             if os.path.isfile(p):
                 with open(p, "rb") as f:
                     self._tokenizer_files.append([fname, hashlib.sha256(f.read()).hexdigest()])
@@ -184,9 +219,21 @@ class Encoder:
     # ------------------------------------------------------------ loading
 
     @classmethod
-    def from_pretrained(cls, path: str, max_length: Optional[int] = None) -> "Encoder":
-        """Load a Hugging Face model folder (config.json, model.safetensors or
-        a sharded index, vocab.txt or tokenizer.json).
+    def from_pretrained(cls, path: str, max_length: Optional[int] = None,
+                        pooling: Optional[str] = None) -> "Encoder":
+        """Load a model:
+
+        - a Hugging Face BERT-family folder (config.json, model.safetensors
+          or a sharded index, vocab.txt or tokenizer.json);
+        - a decoder LLM of the Llama family (arch llama or qwen2): a ``.gguf``
+          file (weights stay quantized in the mapped file), or a Hugging Face
+          folder whose config.json has model_type llama or qwen2 (float32,
+          float16 or bfloat16 safetensors, read in place, and a
+          tokenizer.json). See docs/LLM.md.
+
+        ``pooling``: "mean" (default: the mean over every token of a text)
+        or, for decoders only, "last" (the last token's state, which in a
+        causal model is the only one that has seen the whole text).
 
         max_length caps the tokens per text, [CLS] and [SEP] included; by
         default the folder's sentence_bert_config.json max_seq_length, else the
@@ -203,6 +250,18 @@ class Encoder:
         from .tokenizer import WordPieceTokenizer
 
         path = os.fspath(path)
+        if pooling not in (None, "mean", "last"):
+            raise ValueError(f"pooling must be 'mean' or 'last', got {pooling!r}")
+        if os.path.isfile(path) and _is_gguf(path):
+            return cls._from_gguf(path, max_length, pooling or "mean")
+        from .llm import is_llama_folder
+        if os.path.isdir(path) and is_llama_folder(path):
+            return cls._from_llama_folder(path, max_length, pooling or "mean")
+        if pooling == "last":
+            raise ValueError("pooling='last' is for decoder models (a causal model's last token "
+                             "has seen the whole text); BERT-family encoders use mean pooling")
+        if os.path.isfile(path):
+            raise ValueError(f"{path}: not a GGUF file (expected a .gguf file or a model folder)")
         if not os.path.isdir(path):
             raise FileNotFoundError(f"model folder {path!r} does not exist or is not a directory")
         cfg_path = os.path.join(path, "config.json")
@@ -280,7 +339,50 @@ class Encoder:
         return cls(model=model, tokenizer=tokenizer, config=config, path=path, max_length=ml,
                    normalize=normalize, source_dtypes=source_dtypes)
 
+    @classmethod
+    def _from_gguf(cls, path: str, max_length: Optional[int], pooling: str) -> "Encoder":
+        from .llm import load_gguf_model
+        from .tokenizer import BPETokenizer
+
+        model, hp, gguf = load_gguf_model(path)
+        tokenizer = BPETokenizer.from_gguf(gguf)
+        if tokenizer.vocab_size > hp["vocab_size"]:
+            raise ValueError(f"{path}: the tokenizer has {tokenizer.vocab_size} tokens but the "
+                             f"model's embedding has {hp['vocab_size']} rows")
+        arch = gguf.metadata["general.architecture"]
+        config = {"model_type": arch, "max_position_embeddings": hp["max_position"],
+                  "source": "gguf", **{k: v for k, v in hp.items() if k != "max_position"}}
+        dtypes = {name: t.type for name, t in gguf.tensors.items()}
+        ml = _decoder_max_length(max_length, hp["max_position"], path)
+        return cls(model=model, tokenizer=tokenizer, config=config, path=path, max_length=ml,
+                   normalize=False, source_dtypes=dtypes, kind=arch, pooling=pooling, keep=gguf)
+
+    @classmethod
+    def _from_llama_folder(cls, path: str, max_length: Optional[int],
+                           pooling: str) -> "Encoder":
+        from .llm import load_hf_model
+        from .tokenizer import BPETokenizer
+
+        config = _read_json(os.path.join(path, "config.json"), "config")
+        tj = os.path.join(path, "tokenizer.json")
+        if not os.path.isfile(tj):
+            raise FileNotFoundError(f"{path}: no tokenizer.json (decoder folders need the "
+                                    "Hugging Face fast tokenizer file)")
+        model, hp, dtypes = load_hf_model(path, config)
+        tokenizer = BPETokenizer.from_tokenizer_json(tj)
+        if tokenizer.vocab_size > hp["vocab_size"]:
+            raise ValueError(f"{path}: the tokenizer has {tokenizer.vocab_size} tokens but the "
+                             f"model's vocab_size is {hp['vocab_size']}")
+        ml = _decoder_max_length(max_length, hp["max_position"], path)
+        return cls(model=model, tokenizer=tokenizer, config=config, path=path, max_length=ml,
+                   normalize=False, source_dtypes=dtypes, kind=config["model_type"],
+                   pooling=pooling)
+
     def __repr__(self) -> str:
+        if self.kind != "bert":
+            return (f"Encoder(path={self.path!r}, kind={self.kind!r}, num_layers={self.num_layers}, "
+                    f"hidden_size={self.hidden_size}, max_length={self.max_length}, "
+                    f"pooling={self.pooling!r})")
         return (f"Encoder(path={self.path!r}, num_layers={self.num_layers}, "
                 f"hidden_size={self.hidden_size}, max_length={self.max_length}, "
                 f"normalize={self.normalize})")
@@ -289,7 +391,7 @@ class Encoder:
 
     def _spec(self) -> "EncoderSpec":
         return EncoderSpec(os.path.abspath(self.path), int(self.max_length), bool(self.normalize),
-                           self.fingerprint())
+                           self.fingerprint(), self.pooling)
 
     def __reduce__(self):
         # what it was loaded from, not the weights: the receiver re-opens the
@@ -310,7 +412,8 @@ class Encoder:
         any ordered iterable of str (list, tuple, generator, NumPy str/object
         array, pandas Series), as in encode."""
         texts = _check_texts(texts)
-        ml = self.max_length if max_length is None else check_int(max_length, "max_length", min=2)
+        ml = self.max_length if max_length is None else check_int(
+            max_length, "max_length", min=2 if self.kind == "bert" else 1)
         if ml > self.config["max_position_embeddings"]:
             raise ValueError(f"max_length {ml} exceeds the model's max_position_embeddings "
                              f"{self.config['max_position_embeddings']}")
@@ -358,7 +461,11 @@ class Encoder:
                 offsets = np.zeros(len(idx) + 1, dtype=np.int64)
                 np.cumsum(lengths[idx], out=offsets[1:])
                 packed = np.concatenate([ids[i] for i in idx])
-                out[:, idx, :] = self._model.encode_layers(packed, offsets, lay)
+                if self.kind == "bert":
+                    out[:, idx, :] = self._model.encode_layers(packed, offsets, lay)
+                else:
+                    out[:, idx, :] = self._model.encode_layers(packed, offsets, lay,
+                                                               pooling=self.pooling)
                 bar.update(len(idx))
         return out
 
@@ -411,6 +518,16 @@ class Encoder:
         put(self.config)
         put({"max_length": self.max_length, "pooling": self.pooling, "normalize": self.normalize})
         put(self._tokenizer_files)
+        if self.kind != "bert":
+            # a decoder computes from its weight files as they are: hash them
+            put(self._source_dtypes)
+            for f in _weight_files(self.path):
+                put(os.path.basename(f))
+                with open(f, "rb") as fh:
+                    for block in iter(lambda: fh.read(1 << 24), b""):
+                        h.update(block)
+            self._fingerprint = h.hexdigest()
+            return self._fingerprint
         for name, shape in self._model.param_specs():
             put([name, list(shape), self._source_dtypes.get(name, "float32")])
             h.update(self._model.get_param(name).tobytes())
@@ -447,16 +564,19 @@ class EncoderSpec:
     process had loaded. ``open()`` re-opens the folder and raises ValueError
     if what it finds has another fingerprint."""
 
-    __slots__ = ("path", "max_length", "normalize", "fingerprint")
+    __slots__ = ("path", "max_length", "normalize", "fingerprint", "pooling")
 
-    def __init__(self, path: str, max_length: int, normalize: bool, fingerprint: str) -> None:
+    def __init__(self, path: str, max_length: int, normalize: bool, fingerprint: str,
+                 pooling: str = "mean") -> None:
         self.path = path
         self.max_length = max_length
         self.normalize = normalize
         self.fingerprint = fingerprint
+        self.pooling = pooling
 
     def __reduce__(self):
-        return (EncoderSpec, (self.path, self.max_length, self.normalize, self.fingerprint))
+        return (EncoderSpec, (self.path, self.max_length, self.normalize, self.fingerprint,
+                              self.pooling))
 
     def __repr__(self) -> str:
         return (f"EncoderSpec(path={self.path!r}, max_length={self.max_length}, "
@@ -465,13 +585,14 @@ class EncoderSpec:
     def open(self) -> Encoder:
         """A new Encoder from the folder, checked against the fingerprint."""
         path = _map_path(self.path)
-        if not os.path.isdir(path):
+        if not os.path.exists(path):
             where = f" (mapped from {self.path} by {PATH_MAP_ENV})" if path != self.path else ""
             raise FileNotFoundError(
-                f"cannot re-open a pickled Encoder: model folder {path}{where} does not exist on "
+                f"cannot re-open a pickled Encoder: model {path}{where} does not exist on "
                 f"this machine; every worker needs the model at the same path (e.g. a shared "
                 f"filesystem), or set {PATH_MAP_ENV}=SRC=DST on the workers")
-        enc = Encoder.from_pretrained(path, max_length=self.max_length)
+        enc = Encoder.from_pretrained(path, max_length=self.max_length,
+                                      pooling=None if self.pooling == "mean" else self.pooling)
         enc.normalize = self.normalize
         fp = enc.fingerprint()
         if fp != self.fingerprint:
@@ -495,7 +616,8 @@ def _thread_encoder(spec: EncoderSpec) -> Encoder:
     cache = getattr(_local, "encoders", None)
     if cache is None:
         cache = _local.encoders = OrderedDict()
-    key = (spec.path, spec.max_length, spec.normalize, spec.fingerprint, os.environ.get(PATH_MAP_ENV, ""))
+    key = (spec.path, spec.max_length, spec.normalize, spec.fingerprint, spec.pooling,
+           os.environ.get(PATH_MAP_ENV, ""))
     enc = cache.get(key)
     if enc is None:
         enc = spec.open()
