@@ -62,6 +62,25 @@ for router in ("graph", "linear", "switch"):
     layer.step(lr=1e-2)
     y2, _ = layer.forward(x)
     out[f"moe_{router}_y"], out[f"moe_{router}_dx"], out[f"moe_{router}_y2"] = y, dx, y2
+
+# a tiny Llama-family decoder (qwen2 layout: biases, neox RoPE, GQA) with
+# float32 and float16 weights, on packed texts of several lengths
+cfg = dict(vocab_size=97, hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8,
+           intermediate_size=40, max_position=64, rms_norm_eps=1e-6, rope_theta=1e4,
+           rope_mode="neox", qkv_bias=True)
+llm = engine_py._core.LlamaModel(**cfg)
+keep = []
+for i, (name, shape) in enumerate(llm.weight_specs()):
+    w = rng.standard_normal(shape).astype(np.float32) * (0.3 if len(shape) == 2 else 1.0)
+    if len(shape) == 2 and i % 2:
+        w = w.astype(np.float16)
+    keep.append(w)
+    llm.set_weight(name, w, 1 if w.dtype == np.float16 else 0, shape)
+lens = np.array([1, 9, 33, 20], dtype=np.int64)
+off = np.concatenate([[0], np.cumsum(lens)])
+ids = rng.integers(0, 97, size=int(off[-1])).astype(np.int32)
+out["llama_mean"] = llm.encode_layers(ids, off, np.arange(3, dtype=np.int32))
+out["llama_last"] = llm.encode_layers(ids, off, np.arange(3, dtype=np.int32), pooling="last")
 np.savez(sys.argv[1], **out)
 """
 
