@@ -198,6 +198,10 @@ typedef struct {
 } eg_py_encoder;
 PyObject *eg_py_encode_layers(const eg_py_encoder *e, PyObject *ids, PyObject *offsets,
                               PyObject *layers);
+/* Fill *e for a LlamaModel with the given pooling ("mean" or "last"): 1,
+ * or 0 when obj is not a LlamaModel, -1 with an exception set on a bad
+ * pooling. Defined in _core_llama.c (BertState uses it). */
+int eg_py_llama_encoder_of(PyObject *obj, const char *pooling, eg_py_encoder *e);
 /* ids (int32 1-D) and offsets (int64, n+1 from 0, non-decreasing, ending at
  * len(ids)), converted and checked; 0 or -1 with an exception set. */
 int eg_py_convert_batch(PyObject *ids_obj, PyObject *off_obj, PyArrayObject **ids,

@@ -35,7 +35,8 @@ typedef struct {
 
 typedef struct {
     PyObject_HEAD
-    BertModelObject *owner;
+    PyObject *owner;      /* the BertModel or LlamaModel the state runs */
+    eg_py_encoder enc;    /* the owner's model functions (see _core.h) */
     eg_bert_state state;
     int busy;
 } BertStateObject;
@@ -383,20 +384,16 @@ static eg_status bert_run_fn(const void *m, eg_bert_state *s, int last, eg_err *
     return eg_bert_run_layers((const eg_bert *)m, s, last, err);
 }
 
+static int bert_encoder_of(PyObject *obj, eg_py_encoder *e);
+
 static PyObject *model_encode_layers(BertModelObject *self, PyObject *args)
 {
     PyObject *ids_obj, *off_obj, *layers_obj;
-    if (!PyArg_ParseTuple(args, "OOO", &ids_obj, &off_obj, &layers_obj) || model_ready(self) < 0) {
+    eg_py_encoder e;
+    if (!PyArg_ParseTuple(args, "OOO", &ids_obj, &off_obj, &layers_obj)
+        || bert_encoder_of((PyObject *)self, &e) < 0) {
         return NULL;
     }
-    const eg_bert_config *c = eg_bert_get_config(self->model);
-    const eg_py_encoder e = {
-        .model = self->model, .state = &self->state, .busy = &self->busy, .users = &self->users,
-        .what = "BertModel", .vocab_size = c->vocab_size, .num_layers = c->num_layers,
-        .hidden_size = c->hidden_size, .max_position = c->max_position,
-        .max_position_name = "max_position_embeddings", .embed = bert_embed_fn,
-        .run_layers = bert_run_fn, .pool = eg_bert_pool,
-    };
     return eg_py_encode_layers(&e, ids_obj, off_obj, layers_obj);
 }
 
@@ -478,18 +475,57 @@ static PyTypeObject BertModelType = {
 
 /* ------------------------------------------------------------ BertState */
 
-static int state_init(BertStateObject *self, PyObject *args, PyObject *kwds)
+/* Fill *e for a BertModel (1), or 0 when obj is not one. */
+static int bert_encoder_of(PyObject *obj, eg_py_encoder *e)
 {
-    static char *kwlist[] = {"model", NULL};
-    PyObject *model;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!", kwlist, &BertModelType, &model)) {
+    if (!PyObject_TypeCheck(obj, &BertModelType)) {
+        return 0;
+    }
+    BertModelObject *m = (BertModelObject *)obj;
+    if (model_ready(m) < 0) {
         return -1;
     }
-    if (model_ready((BertModelObject *)model) < 0 || eg_py_init_once(self->owner, "BertState") < 0) {
+    const eg_bert_config *c = eg_bert_get_config(m->model);
+    *e = (eg_py_encoder){
+        .model = m->model, .state = &m->state, .busy = &m->busy, .users = &m->users,
+        .what = "BertModel", .vocab_size = c->vocab_size, .num_layers = c->num_layers,
+        .hidden_size = c->hidden_size, .max_position = c->max_position,
+        .max_position_name = "max_position_embeddings", .embed = bert_embed_fn,
+        .run_layers = bert_run_fn, .pool = eg_bert_pool,
+    };
+    return 1;
+}
+
+static int state_init(BertStateObject *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"model", "pooling", NULL};
+    PyObject *model;
+    const char *pooling = "mean";
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|s", kwlist, &model, &pooling)) {
+        return -1;
+    }
+    if (eg_py_init_once(self->owner, "BertState") < 0) {
+        return -1;
+    }
+    eg_py_encoder e;
+    int got = bert_encoder_of(model, &e);
+    if (got == 0) {
+        got = eg_py_llama_encoder_of(model, pooling, &e);
+    } else if (got == 1 && strcmp(pooling, "mean") != 0) {
+        PyErr_Format(PyExc_ValueError, "a BERT state pools by mean, got pooling='%s'", pooling);
+        return -1;
+    }
+    if (got < 0) {
+        return -1;
+    }
+    if (got == 0) {
+        PyErr_Format(PyExc_TypeError, "BertState needs a BertModel or a LlamaModel, got %s",
+                     Py_TYPE(model)->tp_name);
         return -1;
     }
     Py_INCREF(model);
-    self->owner = (BertModelObject *)model;
+    self->owner = model;
+    self->enc = e;
     eg_bert_state_init(&self->state);
     return 0;
 }
@@ -505,16 +541,17 @@ static void state_dealloc(BertStateObject *self)
 
 static int state_enter(BertStateObject *self)
 {
-    if (eg_py_enter_ready(self->owner, &self->busy, "BertState") < 0) {
+    if (eg_py_enter_ready(self->owner != NULL ? self->enc.model : NULL, &self->busy,
+                          "BertState") < 0) {
         return -1;
     }
-    self->owner->users++;
+    (*self->enc.users)++;
     return 0;
 }
 
 static void state_leave(BertStateObject *self)
 {
-    self->owner->users--;
+    (*self->enc.users)--;
     eg_py_leave(&self->busy);
 }
 
@@ -533,9 +570,9 @@ static PyObject *state_embed(BertStateObject *self, PyObject *args)
     eg_err err;
     eg_err_clear(&err);
     eg_status st;
-    EG_PY_NOGIL(st = eg_bert_embed(self->owner->model, &self->state,
-                                   (const int32_t *)PyArray_DATA(ids),
-                                   (const int64_t *)PyArray_DATA(off), n_seq, &err));
+    EG_PY_NOGIL(st = self->enc.embed(self->enc.model, &self->state,
+                                     (const int32_t *)PyArray_DATA(ids),
+                                     (const int64_t *)PyArray_DATA(off), n_seq, &err));
     state_leave(self);
     ret = eg_py_finish(NULL, st, &err, NULL);
 fail:
@@ -550,8 +587,7 @@ static PyObject *state_run_layers(BertStateObject *self, PyObject *arg)
     if (state_enter(self) < 0) {
         return NULL;
     }
-    const eg_bert_config *c = eg_bert_get_config(self->owner->model);
-    if (eg_py_int_arg(arg, 0, c->num_layers, PyExc_IndexError, "layer (a hidden-state index)",
+    if (eg_py_int_arg(arg, 0, self->enc.num_layers, PyExc_IndexError, "layer (a hidden-state index)",
                       &last) < 0) {
         state_leave(self);
         return NULL;
@@ -559,7 +595,7 @@ static PyObject *state_run_layers(BertStateObject *self, PyObject *arg)
     eg_err err;
     eg_err_clear(&err);
     eg_status st;
-    EG_PY_NOGIL(st = eg_bert_run_layers(self->owner->model, &self->state, (int)last, &err));
+    EG_PY_NOGIL(st = self->enc.run_layers(self->enc.model, &self->state, (int)last, &err));
     state_leave(self);
     return eg_py_finish(NULL, st, &err, NULL);
 }
@@ -582,7 +618,7 @@ static PyObject *state_pool(BertStateObject *self, PyObject *noargs)
         return NULL;
     }
     float *o = (float *)PyArray_DATA(out);
-    EG_PY_NOGIL(eg_bert_pool(&self->state, o));
+    EG_PY_NOGIL(self->enc.pool(&self->state, o));
     state_leave(self);
     return (PyObject *)out;
 }
@@ -616,7 +652,7 @@ static PyMethodDef state_methods[] = {
     {"run_layers", (PyCFunction)state_run_layers, METH_O,
      "run_layers(last)\n--\n\nAdvance to hidden state `last`."},
     {"pool", (PyCFunction)state_pool, METH_NOARGS,
-     "pool()\n--\n\nMean-pooled current hidden state, float32 (n_seq, hidden)."},
+     "pool()\n--\n\nThe pooled current hidden state (the model's pooling), float32 (n_seq, hidden)."},
     {"compact", (PyCFunction)state_compact, METH_O,
      "compact(keep)\n--\n\nKeep only these sequences (strictly increasing indices)."},
     {NULL, NULL, 0, NULL},
@@ -635,7 +671,9 @@ static PyTypeObject BertStateType = {
     .tp_basicsize = sizeof(BertStateObject),
     .tp_dealloc = (destructor)state_dealloc,
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "BertState(model)\n--\n\nPacked hidden states stepped layer by layer.",
+    .tp_doc = "BertState(model, pooling='mean')\n--\n\nPacked hidden states of a BertModel or a "
+              "LlamaModel, stepped layer by layer (early exit); pooling 'mean' or, for a "
+              "LlamaModel, 'last'.",
     .tp_methods = state_methods,
     .tp_getset = state_getset,
     .tp_init = (initproc)state_init,

@@ -217,14 +217,16 @@ static eg_status llama_run_fn(const void *m, eg_bert_state *s, int last, eg_err 
     return eg_llama_run_layers((const eg_llama *)m, s, last, err);
 }
 
-static PyObject *model_encode_layers(LlamaModelObject *self, PyObject *args, PyObject *kwds)
+static PyTypeObject LlamaModelType;
+
+int eg_py_llama_encoder_of(PyObject *obj, const char *pooling, eg_py_encoder *e)
 {
-    static char *kwlist[] = {"ids", "offsets", "layers", "pooling", NULL};
-    PyObject *ids_obj, *off_obj, *layers_obj;
-    const char *pooling = "mean";
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOO|s", kwlist, &ids_obj, &off_obj,
-                                     &layers_obj, &pooling) || model_ready(self) < 0) {
-        return NULL;
+    if (!PyObject_TypeCheck(obj, &LlamaModelType)) {
+        return 0;
+    }
+    LlamaModelObject *self = (LlamaModelObject *)obj;
+    if (model_ready(self) < 0) {
+        return -1;
     }
     void (*pool)(const eg_bert_state *, float *);
     if (strcmp(pooling, "mean") == 0) {
@@ -233,16 +235,32 @@ static PyObject *model_encode_layers(LlamaModelObject *self, PyObject *args, PyO
         pool = eg_state_pool_last;
     } else {
         PyErr_Format(PyExc_ValueError, "pooling must be 'mean' or 'last', got '%s'", pooling);
-        return NULL;
+        return -1;
     }
     const eg_llama_config *c = eg_llama_get_config(self->model);
-    const eg_py_encoder e = {
+    *e = (eg_py_encoder){
         .model = self->model, .state = &self->state, .busy = &self->busy, .users = &self->users,
         .what = "LlamaModel", .vocab_size = c->vocab_size, .num_layers = c->num_layers,
         .hidden_size = c->hidden_size, .max_position = c->max_position,
         .max_position_name = "the context length", .embed = llama_embed_fn,
         .run_layers = llama_run_fn, .pool = pool,
     };
+    return 1;
+}
+
+static PyObject *model_encode_layers(LlamaModelObject *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"ids", "offsets", "layers", "pooling", NULL};
+    PyObject *ids_obj, *off_obj, *layers_obj;
+    const char *pooling = "mean";
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOO|s", kwlist, &ids_obj, &off_obj,
+                                     &layers_obj, &pooling)) {
+        return NULL;
+    }
+    eg_py_encoder e;
+    if (eg_py_llama_encoder_of((PyObject *)self, pooling, &e) < 0) {
+        return NULL;
+    }
     return eg_py_encode_layers(&e, ids_obj, off_obj, layers_obj);
 }
 

@@ -114,7 +114,7 @@ class _LiveEncoder:
     node, advanced layer by layer, compacted to the sequences still needed."""
 
     def __init__(self, encoder, token_ids):
-        self.state = _core.BertState(encoder._model)
+        self.state = _core.BertState(encoder._model, getattr(encoder, "pooling", "mean"))
         self.held = np.arange(len(token_ids), dtype=np.int64)   # sequence ids held, in state order
         lengths = np.fromiter((len(t) for t in token_ids), np.int64, count=len(token_ids))
         offsets = np.zeros(len(token_ids) + 1, np.int64)

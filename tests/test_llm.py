@@ -285,3 +285,27 @@ def test_smollm2_gguf_matches_transformers_on_ids(rng):
         for layer in range(31):
             ref = hs[layer][0].mean(0).numpy()
             assert _rel_err(ours[layer, t], ref) <= PARITY_RTOL, (t, layer)
+
+
+def test_a_stepped_state_matches_encode_layers_and_compacts(tmp_path, rng):
+    """Early exit steps a decoder state layer by layer and drops texts."""
+    folder = write_tiny_hf(str(tmp_path / "m"), "qwen2", "float32")
+    with open(os.path.join(folder, "config.json")) as f:
+        model, hp, _ = load_hf_model(folder, json.load(f))
+    seqs = [rng.integers(0, 300, size=n) for n in (4, 30, 11)]
+    ids, off = _packed(seqs)
+    for pooling in ("mean", "last"):
+        full = model.encode_layers(ids, off, np.arange(4, dtype=np.int32), pooling=pooling)
+        st = _core.BertState(model, pooling)
+        st.embed(ids, off)
+        np.testing.assert_array_equal(st.pool(), full[0])
+        st.run_layers(2)
+        np.testing.assert_array_equal(st.pool(), full[2])
+        st.compact(np.array([0, 2], np.int32))
+        st.run_layers(3)
+        # a smaller batch from here on: equal within the numerical contract
+        assert_states_close(st.pool(), full[3, [0, 2]])
+    with pytest.raises(ValueError, match="pooling"):
+        _core.BertState(model, "first")
+    with pytest.raises(TypeError, match="BertModel or a LlamaModel"):
+        _core.BertState(object())
