@@ -361,14 +361,15 @@ class Encoder:
     def _from_llama_folder(cls, path: str, max_length: Optional[int],
                            pooling: str) -> "Encoder":
         from .llm import load_hf_model
-        from .tokenizer import BPETokenizer
 
         config = _read_json(os.path.join(path, "config.json"), "config")
+        model, hp, dtypes = load_hf_model(path, config)
+        from .tokenizer import BPETokenizer
+
         tj = os.path.join(path, "tokenizer.json")
         if not os.path.isfile(tj):
             raise FileNotFoundError(f"{path}: no tokenizer.json (decoder folders need the "
                                     "Hugging Face fast tokenizer file)")
-        model, hp, dtypes = load_hf_model(path, config)
         tokenizer = BPETokenizer.from_tokenizer_json(tj)
         if tokenizer.vocab_size > hp["vocab_size"]:
             raise ValueError(f"{path}: the tokenizer has {tokenizer.vocab_size} tokens but the "
