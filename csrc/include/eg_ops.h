@@ -51,13 +51,18 @@ static inline void eg_thread_columns(int C, int *c0, int *c1)
 }
 
 /* ------------------------------------------------------ decoder blocks
- * The pieces of Llama-family layers (and BERT's attention). Forward only
- * for now; their backward passes come with fine-tuning. */
+ * The pieces of Llama-family layers (and BERT's attention), as
+ * forward/backward pairs. */
 
 /* RMSNorm (Llama): out (N,C) = w * (x * rstd), rstd = 1/sqrt(mean(x^2) + eps)
  * per row, as Hugging Face's LlamaRMSNorm computes it in float32 (the sum of
  * squares in fixed lanes combined in double). out may equal inp. */
 void eg_rmsnorm_forward(float *out, const float *inp, const float *w, size_t N, int C, float eps);
+/* dinp (N,C) assigned (may be NULL); dw (C) += sum over rows of
+ * dout * inp * rstd (may be NULL; column sums in row order, double). rstd is
+ * recomputed from inp as the forward computes it. */
+void eg_rmsnorm_backward(float *dinp, float *dw, const float *dout, const float *inp,
+                         const float *w, size_t N, int C, float eps);
 
 /* Rotary position embedding, in place, on `n_heads` heads of `head_dim`
  * values at the start of each of N rows (row stride ld). Row t has position
@@ -74,11 +79,19 @@ void eg_rope_forward(float *x, size_t ld, size_t N, const int32_t *pos, int n_he
  * Hugging Face does: inv_freq_i = 1 / base^(2i/head_dim) in float32, the
  * angle p * inv_freq_i rounded to float32, then its cosine and sine. */
 void eg_rope_table(float *cos_t, float *sin_t, int n_pos, int head_dim, double base);
+/* The gradient through eg_rope_forward, in place on dx (same layout): the
+ * rotation is orthogonal, so this is the rotation by minus the angle. */
+void eg_rope_backward(float *dx, size_t ld, size_t N, const int32_t *pos, int n_heads,
+                      int head_dim, const float *cos_t, const float *sin_t, int mode);
 
 /* SwiGLU: out (N,F) = silu(gate) * up, rows of gate/up with stride ld, of
  * out with stride ldo (out may equal gate). */
 void eg_swiglu_forward(float *out, size_t ldo, const float *gate, const float *up, size_t ld,
                        size_t N, int F);
+/* dgate, dup (N,F) assigned, rows with stride ldd (they may be the two
+ * halves of one buffer); dout rows with stride ldo; gate/up as forward. */
+void eg_swiglu_backward(float *dgate, float *dup, size_t ldd, const float *dout, size_t ldo,
+                        const float *gate, const float *up, size_t ld, size_t N, int F);
 
 /* Scaled dot-product self-attention of packed sequences (sequence i is rows
  * offsets[i] .. offsets[i+1]-1; no padding, so no mask). Query head h reads
@@ -99,6 +112,16 @@ void eg_attention_forward(float *out, const float *q, const float *k, const floa
                           const float *bq, const float *bk, const float *bv,
                           const int64_t *offsets, int n_seq, const eg_attention_shape *shape,
                           float *scratch);
+/* The gradients of eg_attention_forward (no biases) with respect to q, k
+ * and v, ASSIGNED (dq with q's stride, dk/dv with k's; dout with out's).
+ * The probabilities are recomputed. One thread handles a (sequence,
+ * key/value head) pair and every query head sharing it, so dk/dv are summed
+ * over the group in a fixed order (deterministic). scratch:
+ * eg_attention_backward_scratch(max_len) floats per OpenMP thread. */
+size_t eg_attention_backward_scratch(int max_len);
+void eg_attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *q,
+                           const float *k, const float *v, const int64_t *offsets, int n_seq,
+                           const eg_attention_shape *shape, float *scratch);
 
 /* ---------------------------------------------------------------- dense */
 

@@ -87,3 +87,109 @@ void eg_attention_forward(float *out, const float *q, const float *k, const floa
              bv != NULL ? bv + ko : NULL, L, dh, sh->causal, scratch + (size_t)tid * per_thread);
     }
 }
+
+/* ------------------------------------------------------------- backward */
+
+size_t eg_attention_backward_scratch(int max_len)
+{
+    size_t L = (size_t)(max_len > 0 ? max_len : 1);
+    return L * L + L;   /* P (L, L), one row of dP */
+}
+
+void eg_attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *q,
+                           const float *k, const float *v, const int64_t *offsets, int n_seq,
+                           const eg_attention_shape *sh, float *scratch)
+{
+    const int H = sh->n_heads, Hkv = sh->n_kv_heads, dh = sh->head_dim;
+    const int group = H / Hkv;
+    const size_t qs = sh->q_stride, ks = sh->kv_stride, os = sh->out_stride;
+    const double scale = 1.0 / sqrt((double)dh);
+    int64_t max_len = 0;
+    for (int i = 0; i < n_seq; i++) {
+        int64_t len = offsets[i + 1] - offsets[i];
+        max_len = len > max_len ? len : max_len;
+    }
+    const size_t per_thread = eg_attention_backward_scratch((int)max_len);
+    const long pairs = (long)n_seq * Hkv;
+#pragma omp parallel for schedule(dynamic, 1)
+    for (long p = 0; p < pairs; p++) {
+        int tid = 0;
+#ifdef _OPENMP
+        tid = omp_get_thread_num();
+#endif
+        float *P = scratch + (size_t)tid * per_thread;
+        const int s = (int)(p / Hkv), kvh = (int)(p % Hkv);
+        const size_t lo = (size_t)offsets[s];
+        const int L = (int)(offsets[s + 1] - offsets[s]);
+        float *dP = P + (size_t)L * L;
+        const size_t ko = (size_t)kvh * dh;
+        for (int i = 0; i < L; i++) {
+            memset(dk + (lo + i) * ks + ko, 0, (size_t)dh * sizeof(float));
+            memset(dv + (lo + i) * ks + ko, 0, (size_t)dh * sizeof(float));
+        }
+        for (int h = kvh * group; h < (kvh + 1) * group; h++) {
+            const size_t qo = (size_t)h * dh;
+            /* P: the forward's probabilities, in double sums */
+            for (int i = 0; i < L; i++) {
+                const int seen = sh->causal ? i + 1 : L;
+                const float *qi = q + (lo + i) * qs + qo;
+                double mx = -INFINITY;
+                for (int j = 0; j < seen; j++) {
+                    const float *kj = k + (lo + j) * ks + ko;
+                    double acc = 0.0;
+                    for (int d = 0; d < dh; d++) {
+                        acc += (double)qi[d] * kj[d];
+                    }
+                    P[(size_t)i * L + j] = (float)(acc * scale);
+                    mx = fmax(mx, P[(size_t)i * L + j]);
+                }
+                double sum = 0.0;
+                for (int j = 0; j < seen; j++) {
+                    double e = exp((double)P[(size_t)i * L + j] - mx);
+                    P[(size_t)i * L + j] = (float)e;
+                    sum += e;
+                }
+                for (int j = 0; j < seen; j++) {
+                    P[(size_t)i * L + j] = (float)(P[(size_t)i * L + j] / sum);
+                }
+                for (int j = seen; j < L; j++) {
+                    P[(size_t)i * L + j] = 0.0f;
+                }
+            }
+            for (int i = 0; i < L; i++) {
+                const int seen = sh->causal ? i + 1 : L;
+                const float *doi = dout + (lo + i) * os + qo;
+                /* dP_ij = dO_i . v_j ; dv_j += P_ij dO_i */
+                double rowdot = 0.0;
+                for (int j = 0; j < seen; j++) {
+                    const float *vj = v + (lo + j) * ks + ko;
+                    float *dvj = dv + (lo + j) * ks + ko;
+                    const float pij = P[(size_t)i * L + j];
+                    double acc = 0.0;
+                    for (int d = 0; d < dh; d++) {
+                        acc += (double)doi[d] * vj[d];
+                        dvj[d] += pij * doi[d];
+                    }
+                    dP[j] = (float)acc;
+                    rowdot += acc * pij;
+                }
+                /* dS_ij = P_ij (dP_ij - sum_j P_ij dP_ij); dq_i = scale sum_j dS_ij k_j;
+                 * dk_j += scale dS_ij q_i */
+                float *dqi = dq + (lo + i) * qs + qo;
+                const float *qi = q + (lo + i) * qs + qo;
+                for (int d = 0; d < dh; d++) {
+                    dqi[d] = 0.0f;
+                }
+                for (int j = 0; j < seen; j++) {
+                    const float ds = (float)(P[(size_t)i * L + j] * (dP[j] - rowdot) * scale);
+                    const float *kj = k + (lo + j) * ks + ko;
+                    float *dkj = dk + (lo + j) * ks + ko;
+                    for (int d = 0; d < dh; d++) {
+                        dqi[d] += ds * kj[d];
+                        dkj[d] += ds * qi[d];
+                    }
+                }
+            }
+        }
+    }
+}

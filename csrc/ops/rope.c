@@ -28,8 +28,9 @@ void eg_rope_table(float *cos_t, float *sin_t, int n_pos, int head_dim, double b
     }
 }
 
-void eg_rope_forward(float *x, size_t ld, size_t N, const int32_t *pos, int n_heads,
-                     int head_dim, const float *cos_t, const float *sin_t, int mode)
+/* Rotate every pair by its angle times `sign` (+1 forward, -1 backward). */
+static void rotate(float *x, size_t ld, size_t N, const int32_t *pos, int n_heads, int head_dim,
+                   const float *cos_t, const float *sin_t, int mode, float sign)
 {
     const int half = head_dim / 2;
     /* in NORM mode pair i is (2i, 2i+1); in NEOX mode (i, i + half) */
@@ -43,11 +44,23 @@ void eg_rope_forward(float *x, size_t ld, size_t N, const int32_t *pos, int n_he
             float *xh = x + (size_t)t * ld + (size_t)h * head_dim;
             for (int i = 0; i < half; i++) {
                 float *a = xh + i * stride, *b = a + partner;
-                const float x0 = *a, x1 = *b;
+                const float x0 = *a, x1 = *b, si = sign * s[i];
                 /* q*cos + rotate_half(q)*sin, as transformers writes it */
-                *a = x0 * c[i] + (-x1) * s[i];
-                *b = x1 * c[i] + x0 * s[i];
+                *a = x0 * c[i] + (-x1) * si;
+                *b = x1 * c[i] + x0 * si;
             }
         }
     }
+}
+
+void eg_rope_forward(float *x, size_t ld, size_t N, const int32_t *pos, int n_heads,
+                     int head_dim, const float *cos_t, const float *sin_t, int mode)
+{
+    rotate(x, ld, N, pos, n_heads, head_dim, cos_t, sin_t, mode, 1.0f);
+}
+
+void eg_rope_backward(float *dx, size_t ld, size_t N, const int32_t *pos, int n_heads,
+                      int head_dim, const float *cos_t, const float *sin_t, int mode)
+{
+    rotate(dx, ld, N, pos, n_heads, head_dim, cos_t, sin_t, mode, -1.0f);
 }

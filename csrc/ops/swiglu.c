@@ -34,3 +34,22 @@ void eg_swiglu_forward(float *out, size_t ldo, const float *gate, const float *u
         row(out + (size_t)i * ldo, gate + (size_t)i * ld, up + (size_t)i * ld, (size_t)F);
     }
 }
+
+void eg_swiglu_backward(float *dgate, float *dup, size_t ldd, const float *dout, size_t ldo,
+                        const float *gate, const float *up, size_t ld, size_t N, int F)
+{
+    /* out = g sig(g) u: du = dout g sig(g); dg = dout u sig(g) (1 + g (1 - sig(g))).
+     * Scalar libm exp: training is not limited by this loop. */
+#pragma omp parallel for schedule(static) if ((double)N * F >= PAR_MIN)
+    for (long i = 0; i < (long)N; i++) {
+        const float *g = gate + (size_t)i * ld, *u = up + (size_t)i * ld;
+        const float *dy = dout + (size_t)i * ldo;
+        float *dg = dgate + (size_t)i * ldd, *du = dup + (size_t)i * ldd;
+        for (int j = 0; j < F; j++) {
+            const float sg = 1.0f / (1.0f + expf(-g[j]));
+            const float gj = g[j], uj = u[j], d = dy[j];
+            du[j] = d * (gj * sg);
+            dg[j] = d * uj * (sg * (1.0f + gj * (1.0f - sg)));
+        }
+    }
+}

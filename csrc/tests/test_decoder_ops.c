@@ -1,12 +1,14 @@
 /*
  * test_decoder_ops.c — the ops of Llama-family blocks (RMSNorm, RoPE in both
  * layouts, SwiGLU, causal grouped-query attention on packed sequences) and
- * eg_llama's model-level checks, against naive double-precision references.
+ * eg_llama's model-level checks, against naive double-precision references;
+ * every backward against central differences (eg_gradcheck.h).
  */
 #include "eg.h"
 #include "eg_llama.h"
 #include "eg_ops.h"
 #include "eg_test.h"
+#include "eg_gradcheck.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -256,6 +258,121 @@ static void test_llama_config_and_weights(void)
     eg_llama_free(m);
 }
 
+/* ------------------------------------------------------------ backward */
+
+static float *rnd(size_t n, uint64_t *rng, float scale)
+{
+    float *p = malloc((n > 0 ? n : 1) * sizeof *p);
+    fill_normal(p, n, rng, scale);
+    return p;
+}
+
+typedef struct { const float *x, *w; size_t N; int C; } rms_ctx;
+static void rms_fwd(void *c, float *out)
+{
+    rms_ctx *k = c;
+    eg_rmsnorm_forward(out, k->x, k->w, k->N, k->C, 1e-5f);
+}
+
+static void test_rmsnorm_backward(void)
+{
+    uint64_t rng = 21;
+    const size_t N = 4;
+    const int C = 40;  /* > LANES: exercises the lane sums */
+    float *x = rnd(N * C, &rng, 1.0f), *w = rnd((size_t)C, &rng, 1.0f);
+    float *R = rnd(N * C, &rng, 1.0f), *dx = calloc(N * C, sizeof *dx), *dw = calloc((size_t)C, sizeof *dw);
+    eg_rmsnorm_backward(dx, dw, R, x, w, N, C, 1e-5f);
+    rms_ctx k = {x, w, N, C};
+    gc_var vars[] = {{"x", x, dx, N * C}, {"w", w, dw, (size_t)C}};
+    gradcheck("rmsnorm", rms_fwd, &k, R, N * C, vars, 2, 1e-2f, 1e-2, 1e-3);
+    /* dw accumulates; dinp may be NULL */
+    float w0 = dw[5];
+    eg_rmsnorm_backward(NULL, dw, R, x, w, N, C, 1e-5f);
+    CHECK_CLOSE(dw[5], 2 * w0, 1e-5);
+    free(x); free(w); free(R); free(dx); free(dw);
+}
+
+typedef struct { const float *x; const int32_t *pos; const float *c, *s; int mode; } rope_ctx;
+static void rope_fwd(void *ctx, float *out)
+{
+    rope_ctx *k = ctx;
+    memcpy(out, k->x, 3 * 2 * 8 * sizeof(float));
+    eg_rope_forward(out, 16, 3, k->pos, 2, 8, k->c, k->s, k->mode);
+}
+
+static void test_rope_backward(void)
+{
+    uint64_t rng = 23;
+    const int32_t pos[3] = {0, 5, 11};
+    float cs[12 * 4], sn[12 * 4];
+    eg_rope_table(cs, sn, 12, 8, 100.0);
+    for (int mode = 0; mode <= 2; mode += 2) {
+        float *x = rnd(48, &rng, 1.0f), *R = rnd(48, &rng, 1.0f), dx[48];
+        memcpy(dx, R, sizeof dx);
+        eg_rope_backward(dx, 16, 3, pos, 2, 8, cs, sn, mode);
+        rope_ctx k = {x, pos, cs, sn, mode};
+        gc_var vars[] = {{"x", x, dx, 48}};
+        gradcheck(mode ? "rope(neox)" : "rope(norm)", rope_fwd, &k, R, 48, vars, 1, 1e-2f, 1e-3, 1e-4);
+        free(x); free(R);
+    }
+}
+
+typedef struct { const float *g, *u; } sw_ctx;
+static void sw_fwd(void *c, float *out)
+{
+    sw_ctx *k = c;
+    eg_swiglu_forward(out, 7, k->g, k->u, 7, 3, 7);
+}
+
+static void test_swiglu_backward(void)
+{
+    uint64_t rng = 29;
+    float *g = rnd(21, &rng, 2.0f), *u = rnd(21, &rng, 1.0f), *R = rnd(21, &rng, 1.0f);
+    float dg[21], du[21];
+    eg_swiglu_backward(dg, du, 7, R, 7, g, u, 7, 3, 7);
+    sw_ctx k = {g, u};
+    gc_var vars[] = {{"gate", g, dg, 21}, {"up", u, du, 21}};
+    gradcheck("swiglu", sw_fwd, &k, R, 21, vars, 2, 1e-2f, 1e-2, 1e-4);
+    free(g); free(u); free(R);
+}
+
+typedef struct { const float *q, *k, *v; const int64_t *off; eg_attention_shape sh; float *scratch; } at_ctx;
+static void at_fwd(void *c, float *out)
+{
+    at_ctx *a = c;
+    eg_attention_forward(out, a->q, a->k, a->v, NULL, NULL, NULL, a->off, 3, &a->sh, a->scratch);
+}
+
+static void test_attention_backward(void)
+{
+    uint64_t rng = 31;
+    const int64_t off[4] = {0, 1, 6, 13};
+    const size_t n = 13;
+    for (int causal = 0; causal <= 1; causal++) {
+        const int H = 4, Hkv = 2, dh = 3;
+        float *q = rnd(n * H * dh, &rng, 1.0f), *k = rnd(n * Hkv * dh, &rng, 1.0f);
+        float *v = rnd(n * Hkv * dh, &rng, 1.0f), *R = rnd(n * H * dh, &rng, 1.0f);
+        float *dq = calloc(n * H * dh, sizeof *dq), *dk = calloc(n * Hkv * dh, sizeof *dk);
+        float *dv = calloc(n * Hkv * dh, sizeof *dv);
+        const eg_attention_shape sh = {H, Hkv, dh, causal, (size_t)H * dh, (size_t)Hkv * dh,
+                                       (size_t)H * dh};
+        int nth = eg_omp_max_threads();
+        float *fs = malloc((size_t)nth * eg_attention_scratch(7, dh) * sizeof(float));
+        float *bs = malloc((size_t)nth * eg_attention_backward_scratch(7) * sizeof(float));
+        /* dk, dv are assigned: garbage in them must not leak through */
+        for (size_t i = 0; i < n * Hkv * dh; i++) {
+            dk[i] = dv[i] = 1e6f;
+        }
+        eg_attention_backward(dq, dk, dv, R, q, k, v, off, 3, &sh, bs);
+        at_ctx c = {q, k, v, off, sh, fs};
+        gc_var vars[] = {{"q", q, dq, n * H * dh}, {"k", k, dk, n * Hkv * dh},
+                         {"v", v, dv, n * Hkv * dh}};
+        gradcheck(causal ? "attention(causal, gqa)" : "attention(gqa)", at_fwd, &c, R,
+                  n * H * dh, vars, 3, 1e-2f, 1e-2, 1e-3);
+        free(q); free(k); free(v); free(R); free(dq); free(dk); free(dv); free(fs); free(bs);
+    }
+}
+
 int main(void)
 {
     test_rmsnorm();
@@ -263,5 +380,9 @@ int main(void)
     test_swiglu();
     test_attention_causal_gqa();
     test_llama_config_and_weights();
+    test_rmsnorm_backward();
+    test_rope_backward();
+    test_swiglu_backward();
+    test_attention_backward();
     return eg_test_report("test_decoder_ops");
 }
