@@ -151,6 +151,25 @@ def _check_batch_size(batch_size: Any) -> int:
     return check_int(batch_size, "batch_size", min=1)
 
 
+def _check_template(template: Any) -> Optional[str]:
+    """None, or a str with exactly one ``{text}`` field and no other."""
+    if template is None:
+        return None
+    if not isinstance(template, str):
+        raise TypeError(f"template must be a str with one {{text}} field, got "
+                        f"{type(template).__name__}")
+    import string
+    try:
+        fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+    except ValueError as exc:
+        raise ValueError(f"template {template!r} is not a valid format string: {exc} "
+                         "(write literal braces as {{ and }})") from None
+    if fields != ["text"]:
+        raise ValueError(f"template must contain exactly one {{text}} field and no other, got "
+                         f"fields {fields} in {template!r}")
+    return template
+
+
 def _is_gguf(path: str) -> bool:
     try:
         with open(path, "rb") as f:
@@ -201,6 +220,9 @@ class Encoder:
         self.kind = kind
         #: "mean" (every token) or "last" (the last token; decoders only)
         self.pooling = pooling
+        #: a prompt around every text, e.g. "Package description: {text}"
+        #: (ENGINE's per-dataset prompt for decoders), or None
+        self.template: Optional[str] = None
         self._keep = keep  # what the model's weights point into (a GGUF mapping)
         self._source_dtypes = source_dtypes
         self._fingerprint: Optional[str] = None
@@ -220,7 +242,8 @@ class Encoder:
 
     @classmethod
     def from_pretrained(cls, path: str, max_length: Optional[int] = None,
-                        pooling: Optional[str] = None) -> "Encoder":
+                        pooling: Optional[str] = None,
+                        template: Optional[str] = None) -> "Encoder":
         """Load a model:
 
         - a Hugging Face BERT-family folder (config.json, model.safetensors
@@ -235,6 +258,11 @@ class Encoder:
         or, for decoders only, "last" (the last token's state, which in a
         causal model is the only one that has seen the whole text).
 
+        ``template``: a prompt every text is put into before tokenizing,
+        with one ``{text}`` field, e.g. ``"Package description: {text}"``
+        (ENGINE prompts decoders per dataset). Part of the fingerprint, so
+        a layer cache records it.
+
         max_length caps the tokens per text, [CLS] and [SEP] included; by
         default the folder's sentence_bert_config.json max_seq_length, else the
         tokenizer's model_max_length, capped at the model's
@@ -246,12 +274,19 @@ class Encoder:
         A config.json (or other JSON file of the folder) that is not valid
         JSON raises ValueError naming the file, line and column.
         """
-        from .io import load_state
-        from .tokenizer import WordPieceTokenizer
-
         path = os.fspath(path)
         if pooling not in (None, "mean", "last"):
             raise ValueError(f"pooling must be 'mean' or 'last', got {pooling!r}")
+        template = _check_template(template)
+        enc = cls._load(path, max_length, pooling)
+        enc.template = template
+        return enc
+
+    @classmethod
+    def _load(cls, path: str, max_length: Optional[int], pooling: Optional[str]) -> "Encoder":
+        from .io import load_state
+        from .tokenizer import WordPieceTokenizer
+
         if os.path.isfile(path) and _is_gguf(path):
             return cls._from_gguf(path, max_length, pooling or "mean")
         from .llm import is_llama_folder
@@ -392,7 +427,7 @@ class Encoder:
 
     def _spec(self) -> "EncoderSpec":
         return EncoderSpec(os.path.abspath(self.path), int(self.max_length), bool(self.normalize),
-                           self.fingerprint(), self.pooling)
+                           self.fingerprint(), self.pooling, self.template)
 
     def __reduce__(self):
         # what it was loaded from, not the weights: the receiver re-opens the
@@ -413,6 +448,8 @@ class Encoder:
         any ordered iterable of str (list, tuple, generator, NumPy str/object
         array, pandas Series), as in encode."""
         texts = _check_texts(texts)
+        if self.template is not None:
+            texts = [self.template.format(text=t) for t in texts]
         ml = self.max_length if max_length is None else check_int(
             max_length, "max_length", min=2 if self.kind == "bert" else 1)
         if ml > self.config["max_position_embeddings"]:
@@ -517,7 +554,8 @@ class Encoder:
 
         put(_FINGERPRINT_VERSION)
         put(self.config)
-        put({"max_length": self.max_length, "pooling": self.pooling, "normalize": self.normalize})
+        put({"max_length": self.max_length, "pooling": self.pooling, "normalize": self.normalize,
+             **({"template": self.template} if self.template is not None else {})})
         put(self._tokenizer_files)
         if self.kind != "bert":
             # a decoder computes from its weight files as they are: hash them
@@ -565,19 +603,20 @@ class EncoderSpec:
     process had loaded. ``open()`` re-opens the folder and raises ValueError
     if what it finds has another fingerprint."""
 
-    __slots__ = ("path", "max_length", "normalize", "fingerprint", "pooling")
+    __slots__ = ("path", "max_length", "normalize", "fingerprint", "pooling", "template")
 
     def __init__(self, path: str, max_length: int, normalize: bool, fingerprint: str,
-                 pooling: str = "mean") -> None:
+                 pooling: str = "mean", template: Optional[str] = None) -> None:
         self.path = path
         self.max_length = max_length
         self.normalize = normalize
         self.fingerprint = fingerprint
         self.pooling = pooling
+        self.template = template
 
     def __reduce__(self):
         return (EncoderSpec, (self.path, self.max_length, self.normalize, self.fingerprint,
-                              self.pooling))
+                              self.pooling, self.template))
 
     def __repr__(self) -> str:
         return (f"EncoderSpec(path={self.path!r}, max_length={self.max_length}, "
@@ -593,7 +632,8 @@ class EncoderSpec:
                 f"this machine; every worker needs the model at the same path (e.g. a shared "
                 f"filesystem), or set {PATH_MAP_ENV}=SRC=DST on the workers")
         enc = Encoder.from_pretrained(path, max_length=self.max_length,
-                                      pooling=None if self.pooling == "mean" else self.pooling)
+                                      pooling=None if self.pooling == "mean" else self.pooling,
+                                      template=self.template)
         enc.normalize = self.normalize
         fp = enc.fingerprint()
         if fp != self.fingerprint:
@@ -618,7 +658,7 @@ def _thread_encoder(spec: EncoderSpec) -> Encoder:
     if cache is None:
         cache = _local.encoders = OrderedDict()
     key = (spec.path, spec.max_length, spec.normalize, spec.fingerprint, spec.pooling,
-           os.environ.get(PATH_MAP_ENV, ""))
+           spec.template, os.environ.get(PATH_MAP_ENV, ""))
     enc = cache.get(key)
     if enc is None:
         enc = spec.open()

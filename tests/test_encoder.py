@@ -584,3 +584,24 @@ def test_bench_encoder_smoke(tiny_uncased, tmp_path, capsys, monkeypatch):
     assert "<!-- bench:encoder:begin -->" in text and "ratio engine_py / PyTorch" in text
     diff = float(text.split("engine_py vs PyTorch: ")[1].split(".\n")[0].rstrip("."))
     assert diff <= TOL
+
+
+def test_template_wraps_every_text_and_enters_the_fingerprint(tiny_uncased):
+    path = tiny_uncased[0]
+    plain = Encoder.from_pretrained(path, max_length=64)
+    tpl = Encoder.from_pretrained(path, max_length=64, template="Package description: {text}")
+    texts = ["a text with {braces}", "another"]
+    wrapped = plain.tokenize(["Package description: " + t for t in texts])
+    for a, b in zip(tpl.tokenize(texts), wrapped):
+        np.testing.assert_array_equal(a, b)
+    assert tpl.fingerprint() != plain.fingerprint()
+    np.testing.assert_array_equal(tpl.encode_layers(texts, [2]),
+                                  plain.encode_layers(["Package description: " + t for t in texts], [2]))
+    # pickling keeps the template
+    import pickle
+    again = pickle.loads(pickle.dumps(tpl))
+    assert again.template == tpl.template and again.fingerprint() == tpl.fingerprint()
+    for bad, err in [("no field", ValueError), ("{text} and {name}", ValueError),
+                     ("{text} {text}", ValueError), ("{", ValueError), (3, TypeError)]:
+        with pytest.raises(err, match="template"):
+            Encoder.from_pretrained(path, template=bad)
