@@ -4,7 +4,7 @@
  * _core.BPE(kind, pre, tokens, types, scores, merges, bos_id=-1, eos_id=-1,
  *           unk_id=-1, add_bos=False, add_eos=False, add_space_prefix=False,
  *           ignore_merges=False, what="tokenizer", tokens_field=None,
- *           merges_field=None)
+ *           merges_field=None, byte_unk=False)
  *   kind "bytelevel" | "spm"; pre "gpt-2" | "llama-bpe" | "qwen2" | "smollm"
  *   (byte-level); tokens: list of str (token i has id i); types: list of int
  *   (GGUF token types) or None; scores: list of float or None; merges: list
@@ -74,14 +74,16 @@ static int bpe_init(BPEObject *self, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"kind", "pre", "tokens", "types", "scores", "merges", "bos_id",
                              "eos_id", "unk_id", "add_bos", "add_eos", "add_space_prefix",
-                             "ignore_merges", "what", "tokens_field", "merges_field", NULL};
+                             "ignore_merges", "what", "tokens_field", "merges_field", "byte_unk",
+                             NULL};
     const char *kind, *pre_name, *what = "tokenizer", *tfield = NULL, *mfield = NULL;
     PyObject *tokens_in, *types_in, *scores_in, *merges_in;
     int bos = -1, eos = -1, unk = -1, add_bos = 0, add_eos = 0, prefix = 0, ignore = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "ssOOOO|iiippppszz:BPE", kwlist, &kind,
+    int byte_unk = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "ssOOOO|iiippppszzp:BPE", kwlist, &kind,
                                      &pre_name, &tokens_in, &types_in, &scores_in, &merges_in,
                                      &bos, &eos, &unk, &add_bos, &add_eos, &prefix, &ignore,
-                                     &what, &tfield, &mfield)) {
+                                     &what, &tfield, &mfield, &byte_unk)) {
         return -1;
     }
     if (eg_py_init_once(self->bpe, "BPE") < 0) {
@@ -110,6 +112,7 @@ static int bpe_init(BPEObject *self, PyObject *args, PyObject *kwds)
     cfg.add_eos = add_eos;
     cfg.add_space_prefix = prefix;
     cfg.ignore_merges = ignore;
+    cfg.byte_unk = byte_unk && unk >= 0;
     cfg.what = what;
     cfg.tokens_field = tfield;
     cfg.merges_field = mfield;

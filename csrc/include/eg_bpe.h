@@ -56,7 +56,10 @@ typedef struct {
                               or follows a special token                       */
     int32_t bos_id;        /* -1: none                                         */
     int32_t eos_id;        /* -1: none                                         */
-    int32_t unk_id;        /* -1: none (unknown bytes are dropped, as HF does)  */
+    int32_t unk_id;        /* -1: none                                         */
+    int byte_unk;          /* byte-level: a byte whose character is not a token
+                              becomes unk_id (HF with model.unk_token); 0 drops
+                              it (HF without unk_token, llama.cpp)             */
     int add_bos;           /* encode with add_special prepends bos_id          */
     int add_eos;           /* ... and appends eos_id                           */
     const char *what;      /* names the source in messages (a file name); NULL ok */

@@ -644,12 +644,13 @@ static int bytelevel_word(const eg_bpe *b, bpe_scratch *s, const uint8_t *t, siz
     if (n > INT32_MAX / 2 || grow_sym(s, n) != 0) {
         return -1;
     }
-    /* symbols: the tokens of the bytes; a byte without one is unk, or
-     * dropped when there is no unk (HF's BPE without unk_token) */
+    /* symbols: the tokens of the bytes; a byte without one is unk
+     * (byte_unk) or dropped (HF's BPE without unk_token, llama.cpp), and its
+     * neighbours become adjacent, as in HF */
     int32_t m = 0;
     for (size_t i = 0; i < n; i++) {
         int32_t id = b->byte_id[t[i]];
-        if (id < 0) {
+        if (id < 0 && b->cfg.byte_unk) {
             id = b->cfg.unk_id;
         }
         if (id < 0) {
