@@ -380,7 +380,9 @@ class BPETokenizer:
         """The tokenizer of a GGUF file (a path or an engine_py.io.GGUFFile),
         built by the C core from its tokenizer.ggml.* metadata: model "gpt2"
         (byte-level; pre gpt-2, llama-bpe, qwen2, smollm and their llama.cpp
-        aliases) or "llama" (SentencePiece BPE). A bad or unsupported field
+        aliases) or "llama" (SentencePiece BPE). Texts are normalised to
+        NFC for pre "qwen2", as Qwen2's tokenizer.json does (llama.cpp does
+        not; the C core alone does not either). A bad or unsupported field
         raises TokenizerFormatError naming the file and the key; OSError when
         the file cannot be read."""
         path = getattr(path_or_gguf, "path", path_or_gguf)
@@ -393,7 +395,10 @@ class BPETokenizer:
             raise
         except ValueError as exc:
             raise TokenizerFormatError(str(exc)) from None
-        return cls._wrap(core, None, max_length, path)
+        # Qwen2's tokenizer.json normalises to NFC; the GGUF does not say so
+        # (llama.cpp skips it), but the model was trained on NFC text
+        normalizer = "NFC" if core.config["pre"] == "qwen2" else None
+        return cls._wrap(core, normalizer, max_length, path)
 
     @classmethod
     def from_tokenizer_json(cls, path, max_length=None):
