@@ -62,7 +62,12 @@ def need_smol():
 def corpus():
     texts = make_corpus(3000)
     texts += ["", " ", "a", "  a", " \n", "\n \n", "x" * 5000, " " * 3000 + "y", "9" * 1000,
-              "😀" * 300, "\r\n" * 50, "'s" * 20, "ab" * 2000]
+              "😀" * 300, "\r\n" * 50, "'s" * 20, "ab" * 2000,
+              # regex corners: case folding of contractions (ſ folds to s), backtracking
+              # of \s+(?!\S), \s*[\r\n]+, optional space / non-letter prefixes
+              "'ſx", "'Sx", "'ſtx", "'\u212ax", "'LLx", "'ﬆx", "x'RE'Ve'M'D", "a  \n\n b",
+              " \n \n x", "\t\tx", "  !x", " !!\n\n\r", "x \u00a0y", "1 2  3   4", "a1b22c333d4444",
+              "'", "''", "' ", " '", "\n'", "$x", " $x", "\u00a0x", "\r\nx\r\n", "x\n\n\n"]
     if os.path.isfile(FIXTURE):
         with gzip.open(FIXTURE, "rt", encoding="utf-8") as f:
             texts += [json.loads(line)["text"] for line in f][:3000]
