@@ -4,7 +4,7 @@
  * _core.BPE(kind, pre, tokens, types, scores, merges, bos_id=-1, eos_id=-1,
  *           unk_id=-1, add_bos=False, add_eos=False, add_space_prefix=False,
  *           ignore_merges=False, what="tokenizer", tokens_field=None,
- *           merges_field=None, byte_unk=False)
+ *           merges_field=None, byte_unk=False, pad_id=-1)
  *   kind "bytelevel" | "spm"; pre "gpt-2" | "llama-bpe" | "qwen2" | "smollm"
  *   (byte-level); tokens: list of str (token i has id i); types: list of int
  *   (GGUF token types) or None; scores: list of float or None; merges: list
@@ -75,15 +75,15 @@ static int bpe_init(BPEObject *self, PyObject *args, PyObject *kwds)
     static char *kwlist[] = {"kind", "pre", "tokens", "types", "scores", "merges", "bos_id",
                              "eos_id", "unk_id", "add_bos", "add_eos", "add_space_prefix",
                              "ignore_merges", "what", "tokens_field", "merges_field", "byte_unk",
-                             NULL};
+                             "pad_id", NULL};
     const char *kind, *pre_name, *what = "tokenizer", *tfield = NULL, *mfield = NULL;
     PyObject *tokens_in, *types_in, *scores_in, *merges_in;
     int bos = -1, eos = -1, unk = -1, add_bos = 0, add_eos = 0, prefix = 0, ignore = 0;
-    int byte_unk = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "ssOOOO|iiippppszzp:BPE", kwlist, &kind,
+    int byte_unk = 0, pad = -1;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "ssOOOO|iiippppszzpi:BPE", kwlist, &kind,
                                      &pre_name, &tokens_in, &types_in, &scores_in, &merges_in,
                                      &bos, &eos, &unk, &add_bos, &add_eos, &prefix, &ignore,
-                                     &what, &tfield, &mfield, &byte_unk)) {
+                                     &what, &tfield, &mfield, &byte_unk, &pad)) {
         return -1;
     }
     if (eg_py_init_once(self->bpe, "BPE") < 0) {
@@ -108,6 +108,7 @@ static int bpe_init(BPEObject *self, PyObject *args, PyObject *kwds)
     cfg.bos_id = bos;
     cfg.eos_id = eos;
     cfg.unk_id = unk;
+    cfg.pad_id = pad;
     cfg.add_bos = add_bos;
     cfg.add_eos = add_eos;
     cfg.add_space_prefix = prefix;
@@ -390,10 +391,10 @@ static PyObject *bpe_config(BPEObject *self, void *closure)
     }
     const eg_bpe_config *c = eg_bpe_get_config(self->bpe);
     return Py_BuildValue(
-        "{s:s,s:s,s:i,s:i,s:i,s:O,s:O,s:O,s:O,s:n}", "kind",
+        "{s:s,s:s,s:i,s:i,s:i,s:i,s:O,s:O,s:O,s:O,s:n}", "kind",
         c->kind == EG_BPE_SPM ? "spm" : "bytelevel", "pre",
         c->kind == EG_BPE_SPM ? "none" : eg_bpe_pre_name(c->pre), "bos_id", (int)c->bos_id,
-        "eos_id", (int)c->eos_id, "unk_id", (int)c->unk_id, "add_bos", c->add_bos ? Py_True : Py_False,
+        "eos_id", (int)c->eos_id, "unk_id", (int)c->unk_id, "pad_id", (int)c->pad_id, "add_bos", c->add_bos ? Py_True : Py_False,
         "add_eos", c->add_eos ? Py_True : Py_False, "add_space_prefix",
         c->add_space_prefix ? Py_True : Py_False, "ignore_merges",
         c->ignore_merges ? Py_True : Py_False, "vocab_size",

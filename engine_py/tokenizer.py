@@ -340,7 +340,7 @@ class BPETokenizer:
 
     def __init__(self, tokens, merges=(), *, types=None, scores=None, kind="bytelevel",
                  pre="gpt-2", bos_token_id=None, eos_token_id=None, unk_token_id=None,
-                 add_bos=False, add_eos=False, add_space_prefix=None, ignore_merges=False,
+                 pad_token_id=None, add_bos=False, add_eos=False, add_space_prefix=None, ignore_merges=False,
                  normalizer=None, max_length=None, source="tokenizer",
                  fields=("tokenizer.ggml.tokens", "tokenizer.ggml.merges")):
         if kind not in ("bytelevel", "spm"):
@@ -356,8 +356,10 @@ class BPETokenizer:
             -1 if eos_token_id is None else eos_token_id,
             -1 if unk_token_id is None else unk_token_id, bool(add_bos), bool(add_eos),
             bool(add_space_prefix), bool(ignore_merges), str(source), fields[0], fields[1],
-            kind == "bytelevel" and unk_token_id is not None)
+            kind == "bytelevel" and unk_token_id is not None,
+            -1 if pad_token_id is None else pad_token_id)
         self._init_common(normalizer, max_length, source)
+        self._origin = None  # built from arrays: not picklable
 
     def _init_common(self, normalizer, max_length, source):
         self._config = self._bpe.config
@@ -373,6 +375,13 @@ class BPETokenizer:
         self._bpe = core
         self._init_common(normalizer, max_length, source)
         return self
+
+    def __reduce__(self):
+        # pickles as what it was loaded from (a file), never as the C object
+        if self._origin is None:
+            raise TypeError("a BPETokenizer built from arrays cannot be pickled; build it with "
+                            "from_gguf or from_tokenizer_json")
+        return self._origin
 
     # ------------------------------------------------------------- loading
     @classmethod
@@ -398,7 +407,9 @@ class BPETokenizer:
         # Qwen2's tokenizer.json normalises to NFC; the GGUF does not say so
         # (llama.cpp skips it), but the model was trained on NFC text
         normalizer = "NFC" if core.config["pre"] == "qwen2" else None
-        return cls._wrap(core, normalizer, max_length, path)
+        tok = cls._wrap(core, normalizer, max_length, path)
+        tok._origin = (BPETokenizer.from_gguf, (os.path.abspath(path), max_length))
+        return tok
 
     @classmethod
     def from_tokenizer_json(cls, path, max_length=None):
@@ -422,9 +433,11 @@ class BPETokenizer:
             raise TokenizerFormatError("%s: malformed or unsupported tokenizer.json (%s: %s)"
                                        % (path, type(exc).__name__, exc)) from exc
         try:
-            return cls(max_length=max_length, source=path, **kw)
+            tok = cls(max_length=max_length, source=path, **kw)
         except ValueError as exc:
             raise TokenizerFormatError(str(exc)) from None
+        tok._origin = (BPETokenizer.from_tokenizer_json, (os.path.abspath(path), max_length))
+        return tok
 
     @staticmethod
     def _parse_tokenizer_json(path, d):
@@ -496,6 +509,10 @@ class BPETokenizer:
                 raise bad("normalizer", "%r is not supported (none or NFC)" % (
                     norm.get("type") if isinstance(norm, dict) else norm,))
         bos, eos = BPETokenizer._specials_of(path, d.get("post_processor"), tokens)
+        pad_id = None
+        padding = d.get("padding")
+        if isinstance(padding, dict) and isinstance(padding.get("pad_id"), int):
+            pad_id = padding["pad_id"]
         unk = model.get("unk_token")
         unk_id = None
         if unk is not None:
@@ -504,7 +521,7 @@ class BPETokenizer:
                 raise bad("model.unk_token", "%r is not in the vocabulary" % (unk,))
         return dict(fields=("model.vocab", "model.merges"),
                     tokens=tokens, merges=merges, types=types, kind="bytelevel", pre=pre,
-                    bos_token_id=bos, eos_token_id=eos, unk_token_id=unk_id,
+                    bos_token_id=bos, eos_token_id=eos, unk_token_id=unk_id, pad_token_id=pad_id,
                     add_bos=bos is not None, add_eos=eos is not None,
                     ignore_merges=bool(model.get("ignore_merges", False)), normalizer=normalizer)
 
@@ -594,6 +611,13 @@ class BPETokenizer:
     @property
     def unk_token_id(self):
         i = self._config["unk_id"]
+        return None if i < 0 else i
+
+    @property
+    def pad_token_id(self):
+        """tokenizer.ggml.padding_token_id / tokenizer.json padding.pad_id, or
+        None (never emitted by encode: results are unpadded)."""
+        i = self._config["pad_id"]
         return None if i < 0 else i
 
     @property

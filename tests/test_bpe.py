@@ -169,6 +169,7 @@ def test_smollm2_gguf_vs_hf(corpus, hf_jsons):
     tok = BPETokenizer.from_gguf(path)
     assert tok.pre_tokenizer == "smollm"
     assert (tok.vocab_size, tok.bos_token_id, tok.eos_token_id, tok.add_bos) == (49152, 1, 2, False)
+    assert tok.pad_token_id == 2 and tok.unk_token_id == 0
     hf = tokenizers.Tokenizer.from_file(hf_jsons("smollm2", "smollm", path))
     ref = [e.ids for e in hf.encode_batch(corpus, add_special_tokens=False)]
     assert_same(tok.encode_batch(corpus, add_special_tokens=False), ref, corpus, "SmolLM2")
@@ -213,6 +214,11 @@ def test_api_surface(gpt2, spm):
     assert "BPETokenizer(" in repr(gpt2) and "gpt-2" in repr(gpt2)
     with GGUFFile(vocab_path("gpt-2")) as g:
         assert BPETokenizer.from_gguf(g).vocab_size == 50257
+    import pickle
+    clone = pickle.loads(pickle.dumps(gpt2))
+    assert list(clone.encode("pickled tokenizer")) == list(gpt2.encode("pickled tokenizer"))
+    with pytest.raises(TypeError, match="cannot be pickled"):
+        pickle.dumps(BPETokenizer(**small_bytelevel()))
     assert spm.kind == "spm" and spm.add_bos and spm.bos_token_id == 1
     ids = spm.encode("Hello world")
     assert ids.dtype == np.int32 and ids[0] == 1

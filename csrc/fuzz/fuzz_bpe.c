@@ -203,6 +203,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         cfg.bos_id = pick_id(copy[3], nv);
         cfg.eos_id = pick_id(copy[4], nv);
         cfg.unk_id = pick_id(copy[5], nv);
+        cfg.pad_id = -1;
         cfg.byte_unk = (copy[1] >> 4) & 1;
         cfg.add_bos = (flags >> 4) & 1;
         cfg.add_eos = (flags >> 5) & 1;

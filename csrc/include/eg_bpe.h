@@ -57,6 +57,7 @@ typedef struct {
     int32_t bos_id;        /* -1: none                                         */
     int32_t eos_id;        /* -1: none                                         */
     int32_t unk_id;        /* -1: none                                         */
+    int32_t pad_id;        /* -1: none; never emitted, for the caller's batches */
     int byte_unk;          /* byte-level: a byte whose character is not a token
                               becomes unk_id (HF with model.unk_token); 0 drops
                               it (HF without unk_token, llama.cpp)             */
@@ -84,7 +85,7 @@ eg_status eg_bpe_create(eg_bpe **out, const eg_bpe_config *cfg, const char *cons
                         size_t n_merges, eg_err *err);
 
 /* Build the tokenizer a GGUF file describes (tokenizer.ggml.* metadata:
- * model, pre, tokens, token_type, scores, merges, bos/eos/unknown_token_id,
+ * model, pre, tokens, token_type, scores, merges, bos/eos/unknown/padding_token_id,
  * add_bos_token, add_eos_token, add_space_prefix; defaults as llama.cpp).
  * Errors name the file and the key. */
 eg_status eg_bpe_from_gguf(eg_bpe **out, const eg_gguf_file *f, eg_err *err);

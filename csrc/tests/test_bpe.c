@@ -178,7 +178,7 @@ static eg_status make(eg_bpe **b, int pre, const char *const *merges, size_t nm,
     memset(&cfg, 0, sizeof cfg);
     cfg.kind = EG_BPE_BYTELEVEL;
     cfg.pre = pre;
-    cfg.bos_id = cfg.eos_id = cfg.unk_id = -1;
+    cfg.bos_id = cfg.eos_id = cfg.unk_id = cfg.pad_id = -1;
     cfg.what = "tiny";
     if (over != NULL) {
         cfg = *over;
@@ -255,6 +255,7 @@ static void test_tiny(void)
     cfg.bos_id = 259;
     cfg.eos_id = 258;
     cfg.unk_id = -1;
+    cfg.pad_id = -1;
     cfg.add_bos = cfg.add_eos = 1;
     b = NULL;
     st = make(&b, 0, merges, 5, types, &cfg, nt, &err);
@@ -336,6 +337,7 @@ static void test_spm(void)
     cfg.bos_id = 1;
     cfg.eos_id = -1;
     cfg.unk_id = 0;
+    cfg.pad_id = -1;
     cfg.add_bos = 1;
     cfg.add_space_prefix = 1;
     eg_bpe *b = NULL;

@@ -322,9 +322,10 @@ eg_status eg_bpe_create(eg_bpe **out, const eg_bpe_config *cfg, const char *cons
     if (cfg->kind == EG_BPE_BYTELEVEL && n_merges > 0 && (merges == NULL || merge_lens == NULL)) {
         return eg_seterr(err, EG_EINVAL, "%s: %s missing", what, mf);
     }
-    int32_t sp_ids[3] = {cfg->bos_id, cfg->eos_id, cfg->unk_id};
-    static const char *sp_names[3] = {"bos_token_id", "eos_token_id", "unknown_token_id"};
-    for (int i = 0; i < 3; i++) {
+    int32_t sp_ids[4] = {cfg->bos_id, cfg->eos_id, cfg->unk_id, cfg->pad_id};
+    static const char *sp_names[4] = {"bos_token_id", "eos_token_id", "unknown_token_id",
+                                      "padding_token_id"};
+    for (int i = 0; i < 4; i++) {
         if (sp_ids[i] < -1 || (sp_ids[i] >= 0 && (size_t)sp_ids[i] >= n_tokens)) {
             return eg_seterr(err, EG_EINVAL, "%s: %s %d is outside the vocabulary of %zu tokens",
                              what, sp_names[i], (int)sp_ids[i], n_tokens);
@@ -1295,7 +1296,7 @@ eg_status eg_bpe_from_gguf(eg_bpe **out, const eg_gguf_file *f, eg_err *err)
     eg_bpe_config cfg;
     memset(&cfg, 0, sizeof(cfg));
     cfg.what = f->what;
-    cfg.bos_id = cfg.eos_id = cfg.unk_id = -1;
+    cfg.bos_id = cfg.eos_id = cfg.unk_id = cfg.pad_id = -1;
     eg_gguf_str model;
     eg_status st = eg_gguf_get_str(f, "tokenizer.ggml.model", &model, err);
     if (st != EG_OK) {
@@ -1361,7 +1362,8 @@ eg_status eg_bpe_from_gguf(eg_bpe **out, const eg_gguf_file *f, eg_err *err)
     }
     if ((st = gguf_opt_id(f, "tokenizer.ggml.bos_token_id", n, &cfg.bos_id, err)) != EG_OK ||
         (st = gguf_opt_id(f, "tokenizer.ggml.eos_token_id", n, &cfg.eos_id, err)) != EG_OK ||
-        (st = gguf_opt_id(f, "tokenizer.ggml.unknown_token_id", n, &cfg.unk_id, err)) != EG_OK) {
+        (st = gguf_opt_id(f, "tokenizer.ggml.unknown_token_id", n, &cfg.unk_id, err)) != EG_OK ||
+        (st = gguf_opt_id(f, "tokenizer.ggml.padding_token_id", n, &cfg.pad_id, err)) != EG_OK) {
         return st;
     }
     /* llama.cpp's defaults: BOS for SentencePiece and Llama-3, then the keys */
