@@ -448,3 +448,49 @@ def test_bad_tokenizer_json(tmp_path, mutate, match):
     p.write_text("{not json", encoding="utf-8")
     with pytest.raises(TokenizerFormatError, match="tokenizer.json"):
         BPETokenizer.from_tokenizer_json(p)
+
+
+# ------------------------------------------------------ property tests (HF)
+
+hypothesis = pytest.importorskip("hypothesis")
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_PROPS = settings(max_examples=300, deadline=None, derandomize=True,
+                  suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                         HealthCheck.too_slow])
+_HF_CACHE = {}
+
+
+def _pair(name, pre):
+    if name not in _HF_CACHE:
+        import tempfile
+        path = need_vocab(name)
+        fd, tj = tempfile.mkstemp(suffix=".json")
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(hf_json_from_gguf(path, pre), f)
+        _HF_CACHE[name] = (BPETokenizer.from_gguf(path), tokenizers.Tokenizer.from_file(tj))
+        os.unlink(tj)
+    return _HF_CACHE[name]
+
+
+# any code point but surrogates, weighted towards the regex classes' edges
+_chars = st.one_of(
+    st.characters(blacklist_categories=("Cs",)),
+    st.sampled_from(list(" \t\r\n\u00a0\u3000'sStTlLdDmMrReEvV0123456789!.,_ſ\u200d")),
+)
+
+
+@pytest.mark.parametrize("name,pre", [("gpt-2", "gpt-2"), ("starcoder", "smollm"),
+                                      ("llama-bpe", "llama-bpe"), ("qwen2", "qwen2")])
+def test_random_text_vs_hf(name, pre):
+    tok, hf = _pair(name, pre)
+
+    @_PROPS
+    @given(st.lists(st.text(_chars, max_size=60), min_size=1, max_size=4))
+    def check(texts):
+        ours = tok.encode_batch(texts, add_special_tokens=False)
+        ref = hf.encode_batch(texts, add_special_tokens=False)
+        for t, a, b in zip(texts, ours, ref):
+            assert list(a) == b.ids, repr(t)
+    check()
