@@ -324,8 +324,9 @@ class BPETokenizer:
 
     tokens: list of str (token i has id i, all distinct); merges: list of
     "LEFT RIGHT" str (byte-level, rank = position); types: GGUF token types
-    (1 normal, 3 control, 4 user-defined, 6 byte, ...) or None; CONTROL and
-    USER_DEFINED tokens are matched as whole strings in the text first;
+    (1 normal, 2 unknown, 3 control, 4 user-defined, 6 byte, ...) or None;
+    UNKNOWN, CONTROL and USER_DEFINED tokens are matched as whole strings in
+    the text first (llama.cpp's special tokens, HF's added tokens);
     scores: per-token float (SentencePiece, required); kind "bytelevel" or
     "spm"; pre: "gpt-2", "llama-bpe", "qwen2" or "smollm" (byte-level).
     Byte-level: a byte whose character is not a token becomes unk_token_id

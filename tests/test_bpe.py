@@ -193,6 +193,30 @@ def test_smollm2_transformers_reference_lacks_digit_split():
         assert list(tok.encode(text)) == t(text)["input_ids"]
 
 
+def test_llama_spm_vs_transformers_gguf():
+    """SentencePiece BPE vs transformers' conversion of the same GGUF on the
+    generated corpus. That conversion (Metaspace, prepend_scheme "first")
+    differs from the original Llama-2 tokenizer, llama.cpp and us in two
+    documented places: no extra U+2581 when the text starts with a space, and
+    none after a special token; those texts are left out here (llama.cpp's
+    .out files cover them: " Hello", "  Hello", ...)."""
+    transformers = pytest.importorskip("transformers")
+    path = need_vocab("llama-spm")
+    ref = transformers.AutoTokenizer.from_pretrained(os.path.dirname(path),
+                                                     gguf_file=os.path.basename(path))
+    tok = BPETokenizer.from_gguf(path)
+    texts = [t for t in make_corpus(3000, seed=99)
+             if not t.startswith(" ") and not any(s in t for s in ("<s>", "</s>", "<unk>"))]
+    texts += ["<unk>", "x<unk>", "a\u00e9\U0001fae0b", "\n\nx", "\t x"]
+    assert len(texts) > 2000
+    ours = tok.encode_batch(texts)
+    want = [ref(t)["input_ids"] for t in texts]
+    assert_same(ours, want, texts, "llama-spm vs transformers")
+    # the documented differences
+    assert list(tok.encode(" x")) != ref(" x")["input_ids"]
+    assert list(tok.encode("<s>x")) != ref("<s>x")["input_ids"]
+
+
 # ----------------------------------------------------------------- API
 
 @pytest.fixture(scope="module")

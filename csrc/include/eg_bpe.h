@@ -36,8 +36,9 @@ typedef enum {
     EG_BPE_PRE_SMOLLM = 4, /* "smollm", "starcoder": every \p{N} isolated, then GPT2               */
 } eg_bpe_pre;
 
-/* GGUF tokenizer.ggml.token_type values. CONTROL and USER_DEFINED tokens are
- * matched as whole strings in the raw text before anything else. */
+/* GGUF tokenizer.ggml.token_type values. CONTROL, USER_DEFINED and UNKNOWN
+ * tokens are matched as whole strings in the raw text before anything else
+ * (llama.cpp's special tokens; HF's added tokens). */
 enum {
     EG_TOKTYPE_NORMAL = 1,
     EG_TOKTYPE_UNKNOWN = 2,

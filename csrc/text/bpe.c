@@ -4,7 +4,7 @@
  * `tokenizers` id for id (and llama.cpp, whose vocabulary tests they pass).
  *
  * Byte-level BPE, per text:
- *   1. CONTROL / USER_DEFINED tokens are matched in the raw text as whole
+ *   1. CONTROL / USER_DEFINED / UNKNOWN tokens are matched in the raw text as whole
  *      strings, leftmost-longest (HF's AddedVocabulary); the text between
  *      them is tokenized on its own;
  *   2. a pre-tokenizer cuts that text into pieces. The regexes, as HF's
@@ -186,6 +186,14 @@ int eg_bpe_pre_from_name(const char *name, size_t len, int *ignore_merges)
 }
 
 /* -------------------------------------------------------------- create */
+
+/* Tokens matched as whole strings in the raw text: CONTROL, USER_DEFINED and
+ * UNKNOWN (llama.cpp's special-token cache; HF's added tokens, "<unk>"
+ * included). */
+static int is_added_type(int t)
+{
+    return t == EG_TOKTYPE_CONTROL || t == EG_TOKTYPE_USER_DEFINED || t == EG_TOKTYPE_UNKNOWN;
+}
 
 void eg_bpe_free(eg_bpe *b)
 {
@@ -407,7 +415,7 @@ eg_status eg_bpe_create(eg_bpe **out, const eg_bpe_config *cfg, const char *cons
         }
         memcpy(b->pool + off, tokens[i], tok_lens[i]);
         off += tok_lens[i];
-        n_added += b->types[i] == EG_TOKTYPE_CONTROL || b->types[i] == EG_TOKTYPE_USER_DEFINED;
+        n_added += is_added_type(b->types[i]);
         uint32_t h = fnv1a(tokens[i], tok_lens[i]);
         for (size_t s = h & (cap - 1);; s = (s + 1) & (cap - 1)) {
             int32_t id = b->slots[s];
@@ -431,7 +439,7 @@ eg_status eg_bpe_create(eg_bpe **out, const eg_bpe_config *cfg, const char *cons
             goto fail;
         }
         for (size_t i = 0; i < n_tokens; i++) {
-            if (b->types[i] == EG_TOKTYPE_CONTROL || b->types[i] == EG_TOKTYPE_USER_DEFINED) {
+            if (is_added_type(b->types[i])) {
                 b->added[b->n_added++] = (int32_t)i;
                 b->added_first[(uint8_t)b->pool[b->tok_off[i]]] = 1;
             }
