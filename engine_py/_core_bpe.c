@@ -95,8 +95,7 @@ static int bpe_init(BPEObject *self, PyObject *args, PyObject *kwds)
         cfg.kind = EG_BPE_BYTELEVEL;
         cfg.pre = eg_bpe_pre_from_name(pre_name, strlen(pre_name), NULL);
         if (cfg.pre == 0) {
-            PyErr_Format(PyExc_ValueError, "%s: unsupported pre-tokenizer %R", what,
-                         PyTuple_GET_ITEM(args, 1));
+            PyErr_Format(PyExc_ValueError, "%s: unsupported pre-tokenizer '%s'", what, pre_name);
             return -1;
         }
     } else if (strcmp(kind, "spm") == 0) {

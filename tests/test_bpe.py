@@ -518,3 +518,17 @@ def test_random_text_vs_hf(name, pre):
         for t, a, b in zip(texts, ours, ref):
             assert list(a) == b.ids, repr(t)
     check()
+
+
+def test_core_keywords_and_types():
+    from engine_py import _core
+    with pytest.raises(ValueError, match="unsupported pre-tokenizer 'nope'"):
+        _core.BPE(kind="bytelevel", pre="nope", tokens=["a"], types=None, scores=None, merges=[])
+    with pytest.raises(TypeError, match=r"tokens\[1\] must be str"):
+        _core.BPE("bytelevel", "gpt-2", ["a", 3], None, None, [])
+    with pytest.raises(ValueError, match=r"tokens\[0\].*surrogate"):
+        _core.BPE("bytelevel", "gpt-2", ["\ud800"], None, None, [])
+    with pytest.raises(TypeError):
+        _core.BPE("spm", "none", ["a"], None, ["x"], [])
+    tok = _core.BPE("spm", "none", ["<unk>", "a"], [2, 1], [0.0, -1.0], [], unk_id=0)
+    assert [list(x) for x in tok.encode_batch(["a", "b"], 0, False)] == [[1], [0]]  # b: unk
