@@ -144,6 +144,9 @@ def test_corpus_vs_hf(name, pre, corpus, hf_jsons):
     # with special tokens as HF adds them (post-processor)
     ref_sp = [e.ids for e in hf.encode_batch(corpus[:200])]
     assert_same(from_json.encode_batch(corpus[:200]), ref_sp, corpus[:200], name + " specials")
+    # the GGUF's BOS/EOS settings agree with the model's post-processor
+    assert_same(BPETokenizer.from_gguf(path).encode_batch(corpus[:200]), ref_sp, corpus[:200],
+                name + " GGUF specials")
 
 
 def test_every_code_point_vs_hf(hf_jsons):
