@@ -47,7 +47,7 @@ from . import _threads  # noqa: E402
 # ENGINE_PY_NUM_THREADS (wins); registers with threadpoolctl when installed.
 _threads.init_from_environment()
 from . import datasets, io  # noqa: E402,F401
-from .tokenizer import TokenizerFormatError, WordPieceTokenizer  # noqa: E402,F401
+from .tokenizer import BPETokenizer, TokenizerFormatError, WordPieceTokenizer  # noqa: E402,F401
 from .graph import Batch, Graph  # noqa: E402,F401
 from .engine import EngineClassifier, InMemoryStates, NotFittedError  # noqa: E402,F401
 from . import gmoe, models, plot  # noqa: E402,F401
@@ -80,7 +80,7 @@ def info() -> dict:
 __all__ = [
     "__version__", "get_num_threads", "set_num_threads", "info",
     "io", "datasets", "SafetensorsError", "load_safetensors", "save_safetensors", "load_state",
-    "WordPieceTokenizer", "TokenizerFormatError",
+    "WordPieceTokenizer", "BPETokenizer", "TokenizerFormatError",
     "Graph", "Batch", "EngineClassifier", "InMemoryStates", "NotFittedError",
     "gmoe", "plot", "MoELoRAFFN", "models", "Encoder",
     "LayerCache", "CacheCorruptError", "early_exit", "ExitPolicy", "exit_decide",

@@ -198,6 +198,8 @@ static struct PyModuleDef core_module = {
     core_methods, NULL, NULL, NULL, NULL,
 };
 
+int eg_py_init_bpe(PyObject *module); /* _core_bpe.c */
+
 PyMODINIT_FUNC PyInit__core(void)
 {
     import_array();
@@ -225,6 +227,10 @@ PyMODINIT_FUNC PyInit__core(void)
         eg_py_init_bert(m) < 0 || eg_py_init_llama(m) < 0 || eg_py_init_cache(m) < 0 || eg_py_init_graph(m) < 0 ||
         eg_py_init_engine(m) < 0 || eg_py_init_exit(m) < 0 ||
         eg_py_init_gmoe(m) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    if (eg_py_init_bpe(m) < 0) { /* _core_bpe.c: BPE tokenizers */
         Py_DECREF(m);
         return NULL;
     }

@@ -1,7 +1,7 @@
 """Regenerate the seed corpora under csrc/fuzz/corpus/<target>/.
 
 Run from the repository root with the extension built in place:
-    python csrc/fuzz/make_corpus.py
+    python csrc/fuzz/make_corpus.py [target ...]     (default: every target)
 Seeds are small valid (and a few nearly valid) inputs in each harness's input
 format (see the header comment of csrc/fuzz/fuzz_<target>.c); the whole corpus
 stays well under 1 MB. The fuzzers add what they find to their own working
@@ -204,12 +204,75 @@ def graph_seeds():
     put(d, "empty", enc(0, 1, 0, 0, 0, []))
 
 
+def _byte_chars():
+    keep = [c for c in range(256) if 33 <= c <= 126 or 161 <= c <= 172 or 174 <= c <= 255]
+    out, n = [], 0
+    for c in range(256):
+        if c in keep:
+            out.append(chr(c))
+        else:
+            out.append(chr(256 + n))
+            n += 1
+    return out
+
+
+def _gguf_bytes(kv):
+    import gguf
+    tmp = tempfile.mkdtemp()
+    path = os.path.join(tmp, "t.gguf")
+    w = gguf.GGUFWriter(path, "llama")
+    for k, (kind, v) in kv.items():
+        getattr(w, "add_" + kind)(k, v)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    with open(path, "rb") as f:
+        data = f.read()
+    shutil.rmtree(tmp)
+    return data
+
+
+def bpe_seeds():
+    d = out_dir("bpe")
+    texts = ["Hello world, it's 123 the", " the<|eot|>the", "", "\u4e2d\u6587 \U0001f600\u200d ok",
+             "a\r\n\t  b 'LL x", "x" * 40]
+    tb = b"\xfe".join(t.encode() for t in texts)
+    # in-memory byte-level: flags bit 2 prepends the 256 byte characters
+    vocab = "\n".join(["\u0120t", "he", "\u0120the", "<|eot|>", "12", "123"]).encode()
+    merges = "\n".join(["\u0120 t", "h e", "\u0120t he", "1 2", "12 3"]).encode()
+    body = vocab + b"\xff" + merges + b"\xff" + tb
+    for pre in range(4):
+        #                   flags: bytes, add_special, add_bos
+        put(d, "mem_pre%d" % pre, bytes([0x04 | 0x08 | 0x10, pre, 0, 2, 255, 255]) + body)
+    put(d, "mem_trunc_eos", bytes([0x04 | 0x08 | 0x20 | 0x40, 1, 5, 255, 2, 255]) + body)
+    put(d, "mem_bad_merge", bytes([0x04, 0, 0, 255, 255, 255]) + vocab + b"\xff" + b"x y" + b"\xff" + tb)
+    spm_vocab = "\n".join(["<unk>", "<s>", "\u2581", "a", "b", "\u2581a", "ab", "<0xC3>", "<0xA9>"]).encode()
+    put(d, "mem_spm", bytes([0x02 | 0x08 | 0x10 | 0x80, 0, 0, 7, 255, 8]) + spm_vocab + b"\xff\xff"
+        + "ab \u00e9 ba".encode() + b"\xfe" + tb)
+    # GGUF mode: texts, 0xFF, a GGUF file
+    S, A = "string", "array"
+    toks = _byte_chars() + ["\u0120t", "he", "\u0120the", "<|eot|>"]
+    g = _gguf_bytes({"tokenizer.ggml.model": (S, "gpt2"), "tokenizer.ggml.pre": (S, "smollm"),
+                     "tokenizer.ggml.tokens": (A, toks),
+                     "tokenizer.ggml.merges": (A, ["\u0120 t", "h e", "\u0120t he"]),
+                     "tokenizer.ggml.token_type": (A, [1] * 259 + [3]),
+                     "tokenizer.ggml.bos_token_id": ("uint32", 259),
+                     "tokenizer.ggml.add_bos_token": ("bool", True)})
+    put(d, "gguf_smollm", bytes([0x01 | 0x08, 0, 0, 0, 0, 0]) + tb + b"\xff" + g)
+    stoks = ["<unk>", "<s>", "</s>", "\u2581", "a", "b", "\u2581a", "ab"] + ["<0x%02X>" % i for i in range(256)]
+    g = _gguf_bytes({"tokenizer.ggml.model": (S, "llama"), "tokenizer.ggml.tokens": (A, stoks),
+                     "tokenizer.ggml.scores": (A, [0.0, 0.0, 0.0, -1.0, -2.0, -3.0, -4.0, -0.5] + [0.0] * 256),
+                     "tokenizer.ggml.token_type": (A, [2, 3, 3, 1, 1, 1, 1, 1] + [6] * 256),
+                     "tokenizer.ggml.bos_token_id": ("uint32", 1),
+                     "tokenizer.ggml.eos_token_id": ("uint32", 2),
+                     "tokenizer.ggml.unknown_token_id": ("uint32", 0)})
+    put(d, "gguf_spm", bytes([0x01 | 0x08, 0, 7, 0, 0, 0]) + tb + b"\xff" + g)
+
+
 if __name__ == "__main__":
-    safetensors_seeds()
-    gguf_seeds()
-    cache_seeds()
-    json_seeds()
-    wordpiece_seeds()
-    graph_seeds()
+    targets = sys.argv[1:] or ["safetensors", "gguf", "cache", "json", "wordpiece", "graph", "bpe"]
+    for t in targets:
+        globals()[t + "_seeds"]()
     total = sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(os.path.join(HERE, "corpus")) for f in fs)
     print("corpus: %d bytes" % total)

@@ -24,6 +24,8 @@ extern "C" {
 #define EG_UNI_PUNCT 8u  /* the pre-tokenizer isolates it                 */
 #define EG_UNI_STRIP 16u /* strip_accents changes it (see eg_uni_strip)   */
 #define EG_UNI_LOWER 32u /* lowercase changes it (see eg_uni_lower)       */
+#define EG_UNI_LETTER 64u  /* \p{L} of the BPE pre-tokenizer regexes      */
+#define EG_UNI_NUMBER 128u /* \p{N} of the same (their \s is EG_UNI_PWS)   */
 
 typedef struct {
     uint32_t cp;

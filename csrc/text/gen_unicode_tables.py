@@ -12,7 +12,11 @@ For every code point except the surrogates it computes
   PWS    the BERT pre-tokenizer splits on it (White_Space),
   PUNCT  the BERT pre-tokenizer isolates it (ASCII punctuation or P*),
   STRIP  strip_accents: NFD, then drop non-spacing marks (Mn) -> a string,
-  LOWER  lowercase: the full per-character lowercase mapping -> a string.
+  LOWER  lowercase: the full per-character lowercase mapping -> a string,
+  LETTER \\p{L} of the byte-level BPE pre-tokenizer regexes (csrc/text/bpe.c),
+  NUMBER \\p{N} of the same regexes.
+(\\s of those regexes is PWS: the generator checks that Oniguruma's \\s, which
+HF's Split/ByteLevel use, is the same set.)
 
 Two sources:
   unicodedata  Python's own Unicode database (unicodedata.unidata_version)
@@ -23,7 +27,10 @@ Two sources:
                HF's Rust code mixes several Unicode versions (the
                unicode_categories crate, unicode-normalization-alignments and
                Rust std's to_lowercase / White_Space), so probing it is the
-               only way to be identical for every code point.
+               only way to be identical for every code point. LETTER and
+               NUMBER are probed in one call each through HF's Oniguruma
+               regex (pre_tokenizers.Split(Regex(r"\\p{L}"))), whose Unicode
+               version is newer than Python 3.11's.
 With --source hf the script also computes the unicodedata answer and prints
 how many code points differ per property (recorded in the generated file's
 header), so the difference is measured, not guessed.
@@ -37,7 +44,7 @@ import argparse
 import sys
 import unicodedata
 
-F_DROP, F_WS, F_PWS, F_PUNCT, F_STRIP, F_LOWER = 1, 2, 4, 8, 16, 32
+F_DROP, F_WS, F_PWS, F_PUNCT, F_STRIP, F_LOWER, F_LETTER, F_NUMBER = 1, 2, 4, 8, 16, 32, 64, 128
 MAXCP = 0x110000
 
 
@@ -66,13 +73,17 @@ def props_unicodedata(cp):
         flags |= F_PWS
     if (cp < 128 and c in "!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~") or cat.startswith("P"):
         flags |= F_PUNCT
+    if cat.startswith("L"):
+        flags |= F_LETTER
+    if cat.startswith("N"):
+        flags |= F_NUMBER
     strip = "".join(x for x in unicodedata.normalize("NFD", c) if unicodedata.category(x) != "Mn")
     lower = c.lower()
     return flags, strip, lower
 
 
 def make_hf_prober():
-    from tokenizers import normalizers, pre_tokenizers
+    from tokenizers import Regex, normalizers, pre_tokenizers
 
     clean = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=False,
                                        strip_accents=False, lowercase=False)
@@ -81,6 +92,16 @@ def make_hf_prober():
     lower = normalizers.BertNormalizer(clean_text=False, handle_chinese_chars=False,
                                        strip_accents=False, lowercase=True)
     pre = pre_tokenizers.BertPreTokenizer()
+    regex_sets = {}
+    cps = [cp for cp in range(MAXCP) if not is_surrogate(cp)]
+    everything = "".join(chr(cp) for cp in cps)
+    for bit, pat in ((F_LETTER, r"\p{L}"), (F_NUMBER, r"\p{N}"), (F_PWS, r"\s")):
+        # "removed" keeps the non-matching runs: the matches are the rest
+        split = pre_tokenizers.Split(Regex(pat), "removed")
+        kept = set()
+        for _, (a, b) in split.pre_tokenize_str(everything):
+            kept.update(range(a, b))
+        regex_sets[bit] = {cps[i] for i in range(len(cps)) if i not in kept}
 
     def probe(cp):
         c = chr(cp)
@@ -101,6 +122,12 @@ def make_hf_prober():
             flags |= F_PUNCT
         elif pieces != ["a" + c + "b"]:
             raise RuntimeError("pre-tokenizer splits U+%04X as %r" % (cp, pieces))
+        if bool(flags & F_PWS) != (cp in regex_sets[F_PWS]):
+            raise RuntimeError("U+%04X: Oniguruma \\s and the BERT whitespace differ" % cp)
+        if cp in regex_sets[F_LETTER]:
+            flags |= F_LETTER
+        if cp in regex_sets[F_NUMBER]:
+            flags |= F_NUMBER
         return flags, strip.normalize_str(c), lower.normalize_str(c)
 
     return probe
@@ -123,7 +150,8 @@ def main():
     flags = bytearray(MAXCP)
     strip_map = {}
     lower_map = {}
-    diffs = {"DROP": 0, "WS": 0, "PWS": 0, "PUNCT": 0, "STRIP": 0, "LOWER": 0}
+    diffs = {"DROP": 0, "WS": 0, "PWS": 0, "PUNCT": 0, "STRIP": 0, "LOWER": 0, "LETTER": 0,
+             "NUMBER": 0}
     diff_examples = {k: [] for k in diffs}
     for cp in range(MAXCP):
         if is_surrogate(cp):
@@ -139,7 +167,8 @@ def main():
         flags[cp] = f
         if args.source == "hf":
             uf, us, ul = props_unicodedata(cp)
-            for name, bit in (("DROP", F_DROP), ("WS", F_WS), ("PWS", F_PWS), ("PUNCT", F_PUNCT)):
+            for name, bit in (("DROP", F_DROP), ("WS", F_WS), ("PWS", F_PWS), ("PUNCT", F_PUNCT),
+                              ("LETTER", F_LETTER), ("NUMBER", F_NUMBER)):
                 if (uf & bit) != (f & bit):
                     diffs[name] += 1
                     if len(diff_examples[name]) < 8:
@@ -191,7 +220,7 @@ def main():
         w(" * definition (see the generator's docstring):")
         for k, v in diffs.items():
             ex = " ".join("U+%04X" % x for x in diff_examples[k])
-            w(" *   %-5s %6d%s" % (k, v, (" e.g. " + ex) if v else ""))
+            w(" *   %-6s %6d%s" % (k, v, (" e.g. " + ex) if v else ""))
     w(" * Flag blocks: %d unique of %d; STRIP entries %d, LOWER entries %d, pool %d." % (
         len(blocks), len(index), len(strip_rows), len(lower_rows), len(pool)))
     w(" */")
