@@ -393,7 +393,23 @@ fail:
     return NULL;
 }
 
+static PyObject *py_qmatmul_tuning(PyObject *self, PyObject *args)
+{
+    (void)self;
+    int direct_max = -1, tile_rows = -1;
+    if (!PyArg_ParseTuple(args, "|ii:_qmatmul_tuning", &direct_max, &tile_rows)) {
+        return NULL;
+    }
+    int d = eg_qmatmul_direct_max(direct_max);
+    int t = eg_qmatmul_tile_rows(tile_rows);
+    return Py_BuildValue("(ii)", d, t);
+}
+
 static PyMethodDef gguf_methods[] = {
+    {"_qmatmul_tuning", py_qmatmul_tuning, METH_VARARGS,
+     "_qmatmul_tuning(direct_max=-1, tile_rows=-1)\n--\n\nTest/benchmark hook: set the largest "
+     "batch of qmatmul's direct path and the rows per tile of its GEMM path (-1 keeps a value); "
+     "returns the previous (direct_max, tile_rows)."},
     {"qmatmul", (PyCFunction)(void (*)(void))py_qmatmul, METH_VARARGS | METH_KEYWORDS,
      "qmatmul(x, raw, type, rows, cols, bias=None)\n--\n\n"
      "x (N, cols) float32 @ W^T (+ bias) -> (N, rows) float32, W a (rows, cols) matrix of ggml "

@@ -168,6 +168,16 @@ void eg_qmat_row(const eg_qmat *w, int64_t r, float *out);
 eg_status eg_qmatmul(float *Y, size_t ldy, const float *X, size_t ldx, size_t N, const eg_qmat *W,
                const float *bias, eg_err *err);
 
+/* Batches of at most this many tokens take eg_qmatmul's direct path. */
+#define EG_QMM_DIRECT_MAX 32
+
+/* Test and benchmark hooks, not thread-safe against a running eg_qmatmul:
+ * set the largest batch of the direct path (n >= 0; 0 sends every batch
+ * through the GEMM path) or the rows per tile of the GEMM path (n > 0; 0
+ * the default); n < 0 only asks. Each returns the previous value. */
+int eg_qmatmul_direct_max(int n);
+int eg_qmatmul_tile_rows(int n);
+
 #ifdef __cplusplus
 }
 #endif

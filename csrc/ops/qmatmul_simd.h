@@ -1,0 +1,319 @@
+/*
+ * qmatmul_simd.h — the hot loops of qmatmul.c, included once per
+ * instruction set through eg_isa.h (SFX(name) gives each copy its suffix).
+ * Not a public header: only qmatmul.c includes it, after defining the
+ * vector types v16f / v16i / v16u8 / v16u16 (GCC vector extensions: 16
+ * lanes whatever the hardware width, so every copy does the same lane-wise
+ * operations in the same order).
+ *
+ * deq_row: one row of a quantized matrix to float32, bit-identical to
+ * quant.c (each value is the same float32 product / sum; conversions of
+ * small integers to float are exact, so vectorising them changes nothing).
+ * dot_rows: y[t][r] = sum_k w[r][k] * x[t][k] for a few rows of
+ * dequantized weights and a few tokens, in 16 fixed lanes (lane l sums the
+ * k = l mod 16 terms in order of k, a product then a sum, never fused),
+ * then the lanes combined by a fixed tree; the same bits on every level.
+ */
+
+static inline __attribute__((always_inline)) v16f SFX(q_ld)(const float *p)
+{
+    v16f v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+static inline __attribute__((always_inline)) void SFX(q_st)(float *p, v16f v)
+{
+    memcpy(p, &v, sizeof v);
+}
+
+/* 16 bytes to 16 int32 lanes. */
+static inline __attribute__((always_inline)) v16i SFX(q_bytes)(const uint8_t *p)
+{
+    v16u8 b;
+    memcpy(&b, p, sizeof b);
+    return __builtin_convertvector(b, v16i);
+}
+
+static inline __attribute__((always_inline)) v16f SFX(q_f)(v16i v)
+{
+    return __builtin_convertvector(v, v16f);
+}
+
+static inline float SFX(q_h2f)(uint16_t h)
+{
+    uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
+    uint32_t em = h & 0x7fffu;
+    uint32_t b0 = em << 13;
+    float f;
+    memcpy(&f, &b0, 4);
+    f *= 0x1.0p112f;
+    uint32_t bits;
+    memcpy(&bits, &f, 4);
+    bits |= (em >= 0x7c00u) ? 0x7f800000u : 0u;
+    bits |= sign;
+    memcpy(&f, &bits, 4);
+    return f;
+}
+
+/* n F16 values (quant.c / half.c's conversion, vectorised). */
+static void SFX(q_f16_row)(const uint8_t *s, float *y, int n)
+{
+    for (int k = 0; k < n; k++) {
+        uint16_t h;
+        memcpy(&h, s + 2 * k, 2);
+        uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
+        uint32_t em = h & 0x7fffu;
+        uint32_t b0 = em << 13;
+        float f;
+        memcpy(&f, &b0, 4);
+        f *= 0x1.0p112f;
+        uint32_t bits;
+        memcpy(&bits, &f, 4);
+        bits |= (em >= 0x7c00u) ? 0x7f800000u : 0u;
+        bits |= sign;
+        memcpy(&y[k], &bits, 4);
+    }
+}
+
+static void SFX(q_bf16_row)(const uint8_t *s, float *y, int n)
+{
+    for (int k = 0; k < n; k++) {
+        uint16_t h;
+        memcpy(&h, s + 2 * k, 2);
+        uint32_t u = (uint32_t)h << 16;
+        memcpy(&y[k], &u, 4);
+    }
+}
+
+/* One row of `type` (cols elements, nb blocks) at s into y. Types without a
+ * vectorised copy here go through eg_dequantize (same values). */
+static void SFX(deq_row)(int type, const uint8_t *s, float *y, int cols)
+{
+    const v16i lo4 = (v16i){0} + 0x0F;
+    switch (type) {
+    case EG_GGML_F16:
+        SFX(q_f16_row)(s, y, cols);
+        return;
+    case EG_GGML_BF16:
+        SFX(q_bf16_row)(s, y, cols);
+        return;
+    case EG_GGML_Q4_0: {
+        const eg_block_q4_0 *x = (const eg_block_q4_0 *)(const void *)s;
+        for (int i = 0; i < cols / EG_QK; i++, y += EG_QK) {
+            const float d = SFX(q_h2f)(x[i].d);
+            v16i q = SFX(q_bytes)(x[i].qs);
+            SFX(q_st)(y, d * SFX(q_f)((q & lo4) - 8));
+            SFX(q_st)(y + 16, d * SFX(q_f)((q >> 4) - 8));
+        }
+        return;
+    }
+    case EG_GGML_Q4_1: {
+        const eg_block_q4_1 *x = (const eg_block_q4_1 *)(const void *)s;
+        for (int i = 0; i < cols / EG_QK; i++, y += EG_QK) {
+            const float d = SFX(q_h2f)(x[i].d), m = SFX(q_h2f)(x[i].m);
+            v16i q = SFX(q_bytes)(x[i].qs);
+            v16f p0 = d * SFX(q_f)(q & lo4);
+            v16f p1 = d * SFX(q_f)(q >> 4);
+            SFX(q_st)(y, p0 + m);
+            SFX(q_st)(y + 16, p1 + m);
+        }
+        return;
+    }
+    case EG_GGML_Q5_0:
+    case EG_GGML_Q5_1: {
+        const v16i bit = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
+        const int has_m = type == EG_GGML_Q5_1;
+        const size_t ts = has_m ? sizeof(eg_block_q5_1) : sizeof(eg_block_q5_0);
+        for (int i = 0; i < cols / EG_QK; i++, y += EG_QK, s += ts) {
+            uint16_t dh, mh = 0;
+            uint8_t qhb[4];
+            memcpy(&dh, s, 2);
+            if (has_m) {
+                memcpy(&mh, s + 2, 2);
+            }
+            memcpy(qhb, s + (has_m ? 4 : 2), 4);
+            const uint8_t *qs = s + (has_m ? 8 : 6);
+            const uint32_t qh = (uint32_t)qhb[0] | (uint32_t)qhb[1] << 8 | (uint32_t)qhb[2] << 16
+                                | (uint32_t)qhb[3] << 24;
+            const float d = SFX(q_h2f)(dh);
+            v16i q = SFX(q_bytes)(qs);
+            v16i h0 = (((v16i){0} + (int32_t)(qh & 0xFFFF)) >> bit) & 1;
+            v16i h1 = (((v16i){0} + (int32_t)(qh >> 16)) >> bit) & 1;
+            v16i q0 = (q & lo4) | (h0 << 4), q1 = (q >> 4) | (h1 << 4);
+            if (has_m) {
+                const float m = SFX(q_h2f)(mh);
+                v16f p0 = d * SFX(q_f)(q0);
+                v16f p1 = d * SFX(q_f)(q1);
+                SFX(q_st)(y, p0 + m);
+                SFX(q_st)(y + 16, p1 + m);
+            } else {
+                SFX(q_st)(y, d * SFX(q_f)(q0 - 16));
+                SFX(q_st)(y + 16, d * SFX(q_f)(q1 - 16));
+            }
+        }
+        return;
+    }
+    case EG_GGML_Q8_0: {
+        const eg_block_q8_0 *x = (const eg_block_q8_0 *)(const void *)s;
+        for (int i = 0; i < cols / EG_QK; i++, y += EG_QK) {
+            const float d = SFX(q_h2f)(x[i].d);
+            v16s8 a, b;
+            memcpy(&a, x[i].qs, 16);
+            memcpy(&b, x[i].qs + 16, 16);
+            SFX(q_st)(y, SFX(q_f)(__builtin_convertvector(a, v16i)) * d);
+            SFX(q_st)(y + 16, SFX(q_f)(__builtin_convertvector(b, v16i)) * d);
+        }
+        return;
+    }
+    case EG_GGML_Q4_K:
+    case EG_GGML_Q5_K: {
+        const int five = type == EG_GGML_Q5_K;
+        const size_t ts = five ? sizeof(eg_block_q5_K) : sizeof(eg_block_q4_K);
+        for (int i = 0; i < cols / EG_QK_K; i++, y += EG_QK_K, s += ts) {
+            uint16_t dh, dmh;
+            memcpy(&dh, s, 2);
+            memcpy(&dmh, s + 2, 2);
+            const uint8_t *sc12 = s + 4;
+            const uint8_t *qh = five ? s + 16 : NULL;
+            const uint8_t *qs = s + (five ? 48 : 16);
+            const float d = SFX(q_h2f)(dh), dmin = SFX(q_h2f)(dmh);
+            for (int g = 0; g < 8; g++) {
+                int sc, m;
+                if (g < 4) {
+                    sc = sc12[g] & 63;
+                    m = sc12[g + 4] & 63;
+                } else {
+                    sc = (sc12[g + 4] & 0x0F) | ((sc12[g - 4] >> 6) << 4);
+                    m = (sc12[g + 4] >> 4) | ((sc12[g] >> 6) << 4);
+                }
+                const float d1 = d * (float)sc, m1 = dmin * (float)m;
+                const int shift = 4 * (g % 2);
+                for (int hlf = 0; hlf < 2; hlf++) {
+                    v16i v = (SFX(q_bytes)(qs + 32 * (g / 2) + 16 * hlf) >> shift) & lo4;
+                    if (five) {
+                        v |= ((SFX(q_bytes)(qh + 16 * hlf) >> g) & 1) << 4;
+                    }
+                    v16f p = d1 * SFX(q_f)(v);
+                    SFX(q_st)(y + 32 * g + 16 * hlf, p - m1);
+                }
+            }
+        }
+        return;
+    }
+    case EG_GGML_Q6_K: {
+        const eg_block_q6_K *x = (const eg_block_q6_K *)(const void *)s;
+        for (int i = 0; i < cols / EG_QK_K; i++, y += EG_QK_K) {
+            const float d = SFX(q_h2f)(x[i].d);
+            for (int h = 0; h < 2; h++) {
+                for (int sh = 0; sh < 4; sh++) {
+                    for (int hlf = 0; hlf < 2; hlf++) {
+                        const int e = 128 * h + 32 * sh + 16 * hlf;
+                        v16i lo = (SFX(q_bytes)(x[i].ql + 64 * h + 32 * (sh % 2) + 16 * hlf)
+                                   >> (4 * (sh / 2))) & lo4;
+                        v16i hi = (SFX(q_bytes)(x[i].qh + 32 * h + 16 * hlf) >> (2 * sh)) & 3;
+                        const float dl = d * (float)x[i].scales[e / 16];
+                        SFX(q_st)(y + e, dl * SFX(q_f)((lo | (hi << 4)) - 32));
+                    }
+                }
+            }
+        }
+        return;
+    }
+    default:
+        eg_dequantize(type, s, y, (size_t)cols);
+        return;
+    }
+}
+
+/* Rows [r0, r1) of W into dst (row stride cols). */
+static void SFX(deq_rows)(const eg_qmat *W, int r0, int r1, float *dst)
+{
+    const int cols = (int)W->cols;
+    for (int r = r0; r < r1; r++) {
+        SFX(deq_row)(W->type, (const uint8_t *)W->data + (size_t)r * W->row_bytes,
+                     dst + (size_t)(r - r0) * cols, cols);
+    }
+}
+
+/* The 16 lanes of acc combined by a fixed tree, plus the tail terms
+ * (cols % 16 of them, lane k - cols16) added to their lanes first. */
+static inline __attribute__((always_inline)) float SFX(q_hsum)(v16f acc, const float *w, const float *x, int k0, int cols)
+{
+    float a[16];
+    SFX(q_st)(a, acc);
+    for (int k = k0; k < cols; k++) {
+        float p = w[k] * x[k];
+        a[k - k0] += p;
+    }
+    float b[8], c[4];
+    for (int l = 0; l < 8; l++) {
+        b[l] = a[l] + a[l + 8];
+    }
+    for (int l = 0; l < 4; l++) {
+        c[l] = b[l] + b[l + 4];
+    }
+    float e0 = c[0] + c[2], e1 = c[1] + c[3];
+    return e0 + e1;
+}
+
+/* y[t * ldy + r] for NR rows of w (row stride cols) and NT tokens of x. */
+static inline __attribute__((always_inline)) void SFX(dot_block)(
+    float *y, size_t ldy, const float *x, size_t ldx, const float *w, int cols, int NR, int NT)
+{
+    v16f acc[4][4];
+    for (int r = 0; r < NR; r++) {
+        for (int t = 0; t < NT; t++) {
+            acc[r][t] = (v16f){0};
+        }
+    }
+    const int c16 = cols & ~15;
+    for (int k = 0; k < c16; k += 16) {
+        v16f wv[4];
+        for (int r = 0; r < NR; r++) {
+            wv[r] = SFX(q_ld)(w + (size_t)r * cols + k);
+        }
+        for (int t = 0; t < NT; t++) {
+            v16f xv = SFX(q_ld)(x + (size_t)t * ldx + k);
+            for (int r = 0; r < NR; r++) {
+                v16f p = wv[r] * xv;
+                acc[r][t] += p;
+            }
+        }
+    }
+    for (int r = 0; r < NR; r++) {
+        for (int t = 0; t < NT; t++) {
+            y[(size_t)t * ldy + r] = SFX(q_hsum)(acc[r][t], w + (size_t)r * cols,
+                                                 x + (size_t)t * ldx, c16, cols);
+        }
+    }
+}
+
+/* Y[:, r0:r0+nr] = X @ w^T for nr dequantized rows w (row stride cols). */
+static void SFX(dot_rows)(float *Y, size_t ldy, const float *X, size_t ldx, int N,
+                          const float *w, int nr, int cols)
+{
+    int r = 0;
+    for (; r + 2 <= nr; r += 2) {
+        int t = 0;
+        for (; t + 4 <= N; t += 4) {
+            SFX(dot_block)(Y + (size_t)t * ldy + r, ldy, X + (size_t)t * ldx, ldx,
+                           w + (size_t)r * cols, cols, 2, 4);
+        }
+        for (; t < N; t++) {
+            SFX(dot_block)(Y + (size_t)t * ldy + r, ldy, X + (size_t)t * ldx, ldx,
+                           w + (size_t)r * cols, cols, 2, 1);
+        }
+    }
+    for (; r < nr; r++) {
+        int t = 0;
+        for (; t + 4 <= N; t += 4) {
+            SFX(dot_block)(Y + (size_t)t * ldy + r, ldy, X + (size_t)t * ldx, ldx,
+                           w + (size_t)r * cols, cols, 1, 4);
+        }
+        for (; t < N; t++) {
+            SFX(dot_block)(Y + (size_t)t * ldy + r, ldy, X + (size_t)t * ldx, ldx,
+                           w + (size_t)r * cols, cols, 1, 1);
+        }
+    }
+}
