@@ -13,10 +13,14 @@
 #include "eg.h"
 #include "eg_quant.h"
 
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #ifdef _OPENMP
 #include <omp.h>
+#endif
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
 #endif
 
 #ifdef __clang__
@@ -26,11 +30,24 @@
 typedef float v16f __attribute__((vector_size(64)));
 typedef int32_t v16i __attribute__((vector_size(64)));
 typedef uint8_t v16u8 __attribute__((vector_size(16)));
-typedef int8_t v16s8 __attribute__((vector_size(16)));
 
 /* Rows per dequantized tile of the GEMM path: 64 rows of 2048 floats
  * (512 KiB). */
 #define TILE_FLOATS ((size_t)64 * 2048)
+
+/* Every fp16 value as float32 (eg_f16_to_f32), filled once at load. */
+static float g_h2f[65536];
+
+__attribute__((constructor)) static void qmm_init_h2f(void)
+{
+    uint16_t h[256];
+    for (uint32_t hi = 0; hi < 256; hi++) {
+        for (uint32_t lo = 0; lo < 256; lo++) {
+            h[lo] = (uint16_t)(hi << 8 | lo);
+        }
+        eg_f16_to_f32(h, g_h2f + hi * 256, 256);
+    }
+}
 
 #define EG_ISA_BODY "../ops/qmatmul_simd.h"
 #include "eg_isa.h"

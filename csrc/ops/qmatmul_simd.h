@@ -27,12 +27,46 @@ static inline __attribute__((always_inline)) void SFX(q_st)(float *p, v16f v)
     memcpy(p, &v, sizeof v);
 }
 
-/* 16 bytes to 16 int32 lanes. */
+/* 16 bytes to 16 int32 lanes, zero- or sign-extended. gcc lowers
+ * __builtin_convertvector of bytes to lane inserts, so the x86 copies use
+ * the extension instructions (the same values). __AVX2__ / __AVX512F__
+ * follow the copy's `#pragma GCC target`. */
 static inline __attribute__((always_inline)) v16i SFX(q_bytes)(const uint8_t *p)
 {
-    v16u8 b;
-    memcpy(&b, p, sizeof b);
-    return __builtin_convertvector(b, v16i);
+    v16i r;
+#if defined(__AVX512F__)
+    __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(const void *)p));
+    memcpy(&r, &v, sizeof r);
+#elif defined(__AVX2__)
+    __m128i b = _mm_loadu_si128((const __m128i *)(const void *)p);
+    __m256i v0 = _mm256_cvtepu8_epi32(b), v1 = _mm256_cvtepu8_epi32(_mm_srli_si128(b, 8));
+    memcpy(&r, &v0, 32);
+    memcpy((char *)&r + 32, &v1, 32);
+#else
+    for (int l = 0; l < 16; l++) {
+        r[l] = p[l];
+    }
+#endif
+    return r;
+}
+
+static inline __attribute__((always_inline)) v16i SFX(q_sbytes)(const int8_t *p)
+{
+    v16i r;
+#if defined(__AVX512F__)
+    __m512i v = _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(const void *)p));
+    memcpy(&r, &v, sizeof r);
+#elif defined(__AVX2__)
+    __m128i b = _mm_loadu_si128((const __m128i *)(const void *)p);
+    __m256i v0 = _mm256_cvtepi8_epi32(b), v1 = _mm256_cvtepi8_epi32(_mm_srli_si128(b, 8));
+    memcpy(&r, &v0, 32);
+    memcpy((char *)&r + 32, &v1, 32);
+#else
+    for (int l = 0; l < 16; l++) {
+        r[l] = p[l];
+    }
+#endif
+    return r;
 }
 
 static inline __attribute__((always_inline)) v16f SFX(q_f)(v16i v)
@@ -40,20 +74,12 @@ static inline __attribute__((always_inline)) v16f SFX(q_f)(v16i v)
     return __builtin_convertvector(v, v16f);
 }
 
-static inline float SFX(q_h2f)(uint16_t h)
+/* fp16 scale -> float: quant.c's conversion, looked up in a table of all
+ * 65536 values made by that very conversion (qmatmul.c); llama.cpp does the
+ * same. */
+static inline __attribute__((always_inline)) float SFX(q_h2f)(uint16_t h)
 {
-    uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
-    uint32_t em = h & 0x7fffu;
-    uint32_t b0 = em << 13;
-    float f;
-    memcpy(&f, &b0, 4);
-    f *= 0x1.0p112f;
-    uint32_t bits;
-    memcpy(&bits, &f, 4);
-    bits |= (em >= 0x7c00u) ? 0x7f800000u : 0u;
-    bits |= sign;
-    memcpy(&f, &bits, 4);
-    return f;
+    return g_h2f[h];
 }
 
 /* n F16 values (quant.c / half.c's conversion, vectorised). */
@@ -158,11 +184,8 @@ static void SFX(deq_row)(int type, const uint8_t *s, float *y, int cols)
         const eg_block_q8_0 *x = (const eg_block_q8_0 *)(const void *)s;
         for (int i = 0; i < cols / EG_QK; i++, y += EG_QK) {
             const float d = SFX(q_h2f)(x[i].d);
-            v16s8 a, b;
-            memcpy(&a, x[i].qs, 16);
-            memcpy(&b, x[i].qs + 16, 16);
-            SFX(q_st)(y, SFX(q_f)(__builtin_convertvector(a, v16i)) * d);
-            SFX(q_st)(y + 16, SFX(q_f)(__builtin_convertvector(b, v16i)) * d);
+            SFX(q_st)(y, SFX(q_f)(SFX(q_sbytes)(x[i].qs)) * d);
+            SFX(q_st)(y + 16, SFX(q_f)(SFX(q_sbytes)(x[i].qs + 16)) * d);
         }
         return;
     }
@@ -236,36 +259,90 @@ static void SFX(deq_rows)(const eg_qmat *W, int r0, int r1, float *dst)
     }
 }
 
-/* The 16 lanes of acc combined by a fixed tree, plus the tail terms
- * (cols % 16 of them, lane k - cols16) added to their lanes first. */
-static inline __attribute__((always_inline)) float SFX(q_hsum)(v16f acc, const float *w, const float *x, int k0, int cols)
+/* acc + w * x rounded once (a fused multiply-add) in every lane: the FMA
+ * instruction on AVX2 / AVX-512, C's fmaf (also rounded once, so the same
+ * bits) in the generic copy. */
+static inline __attribute__((always_inline)) v16f SFX(q_fma)(v16f w, v16f x, v16f acc)
 {
-    float a[16];
-    SFX(q_st)(a, acc);
-    for (int k = k0; k < cols; k++) {
-        float p = w[k] * x[k];
-        a[k - k0] += p;
+#if defined(__AVX512F__)
+    return (v16f)_mm512_fmadd_ps((__m512)w, (__m512)x, (__m512)acc);
+#elif defined(__AVX2__) && defined(__FMA__)
+    __m256 w0, w1, x0, x1, a0, a1;
+    memcpy(&w0, &w, 32);
+    memcpy(&w1, (const char *)&w + 32, 32);
+    memcpy(&x0, &x, 32);
+    memcpy(&x1, (const char *)&x + 32, 32);
+    memcpy(&a0, &acc, 32);
+    memcpy(&a1, (const char *)&acc + 32, 32);
+    a0 = _mm256_fmadd_ps(w0, x0, a0);
+    a1 = _mm256_fmadd_ps(w1, x1, a1);
+    v16f r;
+    memcpy(&r, &a0, 32);
+    memcpy((char *)&r + 32, &a1, 32);
+    return r;
+#else
+    for (int l = 0; l < 16; l++) {
+        acc[l] = fmaf(w[l], x[l], acc[l]);
     }
-    float b[8], c[4];
-    for (int l = 0; l < 8; l++) {
-        b[l] = a[l] + a[l + 8];
-    }
-    for (int l = 0; l < 4; l++) {
-        c[l] = b[l] + b[l + 4];
-    }
-    float e0 = c[0] + c[2], e1 = c[1] + c[3];
-    return e0 + e1;
+    return acc;
+#endif
 }
 
-/* y[t * ldy + r] for NR rows of w (row stride cols) and NT tokens of x. */
+/* The 16 accumulators a[0..15] each summed over its lanes into out[j] by
+ * one fixed tree (lanes l and l + 8, then l and l + 4, then 0 + 2 and
+ * 1 + 3, then those two). AVX-512 runs the tree on four accumulators per
+ * instruction (two-source permutes); the other copies lane by lane: the
+ * same additions, so the same bits. */
+static inline __attribute__((always_inline)) void SFX(q_hsum16)(const v16f *a, float *out)
+{
+#if defined(__AVX512F__)
+    const __m512i m1a = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23);
+    const __m512i m1b = _mm512_setr_epi32(8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31);
+    const __m512i m2a = _mm512_setr_epi32(0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27);
+    const __m512i m2b = _mm512_setr_epi32(4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30, 31);
+    const __m512i m3a = _mm512_setr_epi32(0, 1, 4, 5, 8, 9, 12, 13, 16, 17, 20, 21, 24, 25, 28, 29);
+    const __m512i m3b = _mm512_setr_epi32(2, 3, 6, 7, 10, 11, 14, 15, 18, 19, 22, 23, 26, 27, 30, 31);
+    const __m512i m4a = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    const __m512i m4b = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+    __m512 s[8], t[4], u[2];
+    for (int j = 0; j < 8; j++) {
+        __m512 x = (__m512)a[2 * j], y = (__m512)a[2 * j + 1];
+        s[j] = _mm512_add_ps(_mm512_permutex2var_ps(x, m1a, y), _mm512_permutex2var_ps(x, m1b, y));
+    }
+    for (int j = 0; j < 4; j++) {
+        t[j] = _mm512_add_ps(_mm512_permutex2var_ps(s[2 * j], m2a, s[2 * j + 1]),
+                             _mm512_permutex2var_ps(s[2 * j], m2b, s[2 * j + 1]));
+    }
+    for (int j = 0; j < 2; j++) {
+        u[j] = _mm512_add_ps(_mm512_permutex2var_ps(t[2 * j], m3a, t[2 * j + 1]),
+                             _mm512_permutex2var_ps(t[2 * j], m3b, t[2 * j + 1]));
+    }
+    _mm512_storeu_ps(out, _mm512_add_ps(_mm512_permutex2var_ps(u[0], m4a, u[1]),
+                                        _mm512_permutex2var_ps(u[0], m4b, u[1])));
+#else
+    for (int j = 0; j < 16; j++) {
+        float v[16], b[8], c[4];
+        SFX(q_st)(v, a[j]);
+        for (int l = 0; l < 8; l++) {
+            b[l] = v[l] + v[l + 8];
+        }
+        for (int l = 0; l < 4; l++) {
+            c[l] = b[l] + b[l + 4];
+        }
+        float e0 = c[0] + c[2], e1 = c[1] + c[3];
+        out[j] = e0 + e1;
+    }
+#endif
+}
+
+/* y[t * ldy + r] for NR rows of w (row stride cols) and NT tokens of x
+ * (NR, NT <= 4). */
 static inline __attribute__((always_inline)) void SFX(dot_block)(
     float *y, size_t ldy, const float *x, size_t ldx, const float *w, int cols, int NR, int NT)
 {
-    v16f acc[4][4];
-    for (int r = 0; r < NR; r++) {
-        for (int t = 0; t < NT; t++) {
-            acc[r][t] = (v16f){0};
-        }
+    v16f acc[16];
+    for (int j = 0; j < 16; j++) {
+        acc[j] = (v16f){0};
     }
     const int c16 = cols & ~15;
     for (int k = 0; k < c16; k += 16) {
@@ -276,44 +353,59 @@ static inline __attribute__((always_inline)) void SFX(dot_block)(
         for (int t = 0; t < NT; t++) {
             v16f xv = SFX(q_ld)(x + (size_t)t * ldx + k);
             for (int r = 0; r < NR; r++) {
-                v16f p = wv[r] * xv;
-                acc[r][t] += p;
+                acc[4 * r + t] = SFX(q_fma)(wv[r], xv, acc[4 * r + t]);
             }
         }
     }
+    if (c16 < cols) {   /* F16 / BF16 rows whose length is not a multiple of 16 */
+        for (int r = 0; r < NR; r++) {
+            for (int t = 0; t < NT; t++) {
+                for (int k = c16; k < cols; k++) {
+                    acc[4 * r + t][k - c16] = fmaf(w[(size_t)r * cols + k], x[(size_t)t * ldx + k],
+                                                   acc[4 * r + t][k - c16]);
+                }
+            }
+        }
+    }
+    float out[16];
+    SFX(q_hsum16)(acc, out);
     for (int r = 0; r < NR; r++) {
         for (int t = 0; t < NT; t++) {
-            y[(size_t)t * ldy + r] = SFX(q_hsum)(acc[r][t], w + (size_t)r * cols,
-                                                 x + (size_t)t * ldx, c16, cols);
+            y[(size_t)t * ldy + r] = out[4 * r + t];
         }
     }
 }
 
-/* Y[:, r0:r0+nr] = X @ w^T for nr dequantized rows w (row stride cols). */
+/* Y[:, r0:r0+nr] = X @ w^T for nr dequantized rows w (row stride cols):
+ * blocks of 4 rows x 4 tokens (16 accumulators) where they fit. */
 static void SFX(dot_rows)(float *Y, size_t ldy, const float *X, size_t ldx, int N,
                           const float *w, int nr, int cols)
 {
+#define EG_QDOT(NR, NT)                                                                   \
+    SFX(dot_block)(Y + (size_t)t * ldy + r, ldy, X + (size_t)t * ldx, ldx,               \
+                   w + (size_t)r * cols, cols, NR, NT)
     int r = 0;
-    for (; r + 2 <= nr; r += 2) {
+    for (; r + 4 <= nr; r += 4) {
         int t = 0;
         for (; t + 4 <= N; t += 4) {
-            SFX(dot_block)(Y + (size_t)t * ldy + r, ldy, X + (size_t)t * ldx, ldx,
-                           w + (size_t)r * cols, cols, 2, 4);
+            EG_QDOT(4, 4);
         }
-        for (; t < N; t++) {
-            SFX(dot_block)(Y + (size_t)t * ldy + r, ldy, X + (size_t)t * ldx, ldx,
-                           w + (size_t)r * cols, cols, 2, 1);
+        if (N - t == 3) {
+            EG_QDOT(4, 3);
+        } else if (N - t == 2) {
+            EG_QDOT(4, 2);
+        } else if (N - t == 1) {
+            EG_QDOT(4, 1);
         }
     }
     for (; r < nr; r++) {
         int t = 0;
         for (; t + 4 <= N; t += 4) {
-            SFX(dot_block)(Y + (size_t)t * ldy + r, ldy, X + (size_t)t * ldx, ldx,
-                           w + (size_t)r * cols, cols, 1, 4);
+            EG_QDOT(1, 4);
         }
         for (; t < N; t++) {
-            SFX(dot_block)(Y + (size_t)t * ldy + r, ldy, X + (size_t)t * ldx, ldx,
-                           w + (size_t)r * cols, cols, 1, 1);
+            EG_QDOT(1, 1);
         }
     }
+#undef EG_QDOT
 }
