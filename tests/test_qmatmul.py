@@ -1,6 +1,6 @@
 """Products with quantized weights: engine_py._core.qmatmul (eg_qmatmul).
 
-- Every supported ggml type, both paths (direct: N <= 32; GEMM: larger N):
+- Every supported ggml type, both paths (direct: N <= 64; GEMM: larger N):
   the result is X @ dequantize(W).T within float32 rounding (float64
   reference, bound from K), and the weights it uses are exactly the `gguf`
   package's dequantized values (X = identity gives W.T bit for bit).
@@ -33,12 +33,12 @@ SMOL = os.environ.get("ENGINE_PY_SMOL_GGUF",
 BLOCK = {"F16": 1, "BF16": 1, "Q4_0": 32, "Q4_1": 32, "Q5_0": 32, "Q5_1": 32, "Q8_0": 32,
          "Q2_K": 256, "Q3_K": 256, "Q4_K": 256, "Q5_K": 256, "Q6_K": 256}
 ALL = list(BLOCK)
-DIRECT_MAX = 32
+DIRECT_MAX = 64
 
 
 @pytest.fixture
 def path():
-    """Run a test under each path: ('direct', N <= 32) or ('gemm', every N)."""
+    """Run a test under each path: ('direct', N <= 64) or ('gemm', every N)."""
     old = _core._qmatmul_tuning()
     yield
     _core._qmatmul_tuning(*old)
@@ -70,7 +70,7 @@ def test_matches_float64_reference(tn, p, path):
     rows, cols = (37, 512) if BLOCK[tn] > 1 else (37, 100)   # 100: F16/BF16 rows with a tail
     raw, wd = _weights(tn, rows, cols)
     rng = np.random.default_rng(1)
-    for n in (1, 3, 5, 17, 32) + ((33, 100) if p == "gemm" else ()):
+    for n in (1, 3, 5, 17, 64) + ((65, 100) if p == "gemm" else ()):
         x = rng.standard_normal((n, cols)).astype(np.float32)
         y = _core.qmatmul(x, raw, TYPES[tn], rows, cols)
         assert y.shape == (n, rows) and y.dtype == np.float32
@@ -158,7 +158,7 @@ for tn in sys.argv[2].split(","):
     rows, cols = 45, (100 if bs == 1 else 512)
     raw = random_qweight(tn, rows, cols, np.random.default_rng(11)).reshape(-1)
     x = np.random.default_rng(12).standard_normal((70, cols)).astype(np.float32)
-    for n in (1, 7, 32, 70):   # 70: the GEMM path
+    for n in (1, 7, 64, 70):   # 70: the GEMM path
         out[f"{tn}_{n}"] = _core.qmatmul(x[:n], raw, TYPES[tn], rows, cols)
 np.savez(sys.argv[1], **out)
 """

@@ -162,7 +162,7 @@ void eg_qmat_row(const eg_qmat *w, int64_t r, float *out);
 /* Y = X @ W^T (+ bias): X is (N, cols) float32 with row stride ldx, Y is
  * (N, rows) with row stride ldy (>= rows), bias (rows) or NULL. Two paths,
  * both using eg_dequantize's exact weight values:
- * - N <= eg_qmatmul_direct_max() (EG_QMM_DIRECT_MAX, 32): the direct path.
+ * - N <= eg_qmatmul_direct_max() (EG_QMM_DIRECT_MAX, 64): the direct path.
  *   Rows are dequantized a few at a time into a per-thread buffer and
  *   multiplied by every token with the core's own dot product: 16 lanes,
  *   lane l accumulating the terms k = l (mod 16) in order of k by fused
@@ -182,7 +182,7 @@ eg_status eg_qmatmul(float *Y, size_t ldy, const float *X, size_t ldx, size_t N,
                const float *bias, eg_err *err);
 
 /* Batches of at most this many tokens take eg_qmatmul's direct path. */
-#define EG_QMM_DIRECT_MAX 32
+#define EG_QMM_DIRECT_MAX 64
 
 /* Test and benchmark hooks, not thread-safe against a running eg_qmatmul:
  * set the largest batch of the direct path (n >= 0; 0 sends every batch

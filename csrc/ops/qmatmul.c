@@ -4,7 +4,7 @@
  * Y = X @ W^T where W stays quantized in the mapped file. Two paths, chosen
  * by the batch size N (measurements on a 2-core AVX-512 Xeon, 1 thread):
  *
- * - small N (<= EG_QMM_DIRECT_MAX tokens): a few rows at a time are
+ * - small N (<= EG_QMM_DIRECT_MAX = 64 tokens): a few rows at a time are
  *   dequantized into a per-thread buffer that stays in L1/L2, and each is
  *   multiplied by all N tokens at once by a register-blocked dot kernel
  *   (4 rows x 4 tokens, 16 accumulators of 16 lanes, FMA). No GEMM call,

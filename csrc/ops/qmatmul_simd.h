@@ -290,10 +290,12 @@ static inline __attribute__((always_inline)) v16f SFX(q_fma)(v16f w, v16f x, v16
 
 /* The 16 accumulators a[0..15] each summed over its lanes into out[j] by
  * one fixed tree (lanes l and l + 8, then l and l + 4, then 0 + 2 and
- * 1 + 3, then those two). AVX-512 runs the tree on four accumulators per
+ * 1 + 3, then those two). Not inlined: its permute masks would stay in
+ * registers across the dot loop and push the accumulators onto the stack.
+ * AVX-512 runs the tree on four accumulators per
  * instruction (two-source permutes); the other copies lane by lane: the
  * same additions, so the same bits. */
-static inline __attribute__((always_inline)) void SFX(q_hsum16)(const v16f *a, float *out)
+static __attribute__((noinline)) void SFX(q_hsum16)(const v16f *a, float *out)
 {
 #if defined(__AVX512F__)
     const __m512i m1a = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23);

@@ -2,7 +2,7 @@
  * test_qmatmul.c — eg_qmat_init / eg_qmatmul (csrc/ops/qmatmul.c).
  *
  * Random blocks (fp16 scales of size ~0.01, random quant bits) for every
- * type the product handles; for each, both paths (direct: N <= 32, GEMM):
+ * type the product handles; for each, both paths (direct: N <= 64, GEMM):
  * - the result is within float32 rounding of the double-precision product
  *   with eg_dequantize's weights (eg_sgemm_naive);
  * - X = identity rows gives eg_dequantize's weights bit for bit (so the
@@ -110,12 +110,12 @@ static void test_type(int type, int rows, int cols)
     float *y = malloc(sizeof(float) * (size_t)nmax * rows), *ref = malloc(sizeof(float) * (size_t)nmax * rows);
     float *y1 = malloc(sizeof(float) * (size_t)rows);
     const int old = eg_qmatmul_direct_max(-1);
-    const int ns[4] = {1, 6, 32, 70};
+    const int ns[4] = {1, 6, 64, 70};
     for (int path = 0; path < 2; path++) {
-        eg_qmatmul_direct_max(path == 0 ? 32 : 0);
+        eg_qmatmul_direct_max(path == 0 ? 64 : 0);
         for (int in = 0; in < 4; in++) {
             const int n = ns[in];
-            if (path == 0 && n > 32) {
+            if (path == 0 && n > 64) {
                 continue;
             }
             CHECK(eg_qmatmul(y, rows, x, cols, n, &w, NULL, &err) == EG_OK, "%s", err.msg);
@@ -146,7 +146,7 @@ static void test_type(int type, int rows, int cols)
             }
         }
         /* X = rows of the identity: exactly the dequantized weights */
-        const int ne = cols < 32 ? cols : 32;
+        const int ne = cols < 64 ? cols : 64;
         float *eye = calloc((size_t)ne * cols, sizeof(float));
         for (int i = 0; i < ne; i++) {
             eye[(size_t)i * cols + i] = 1.0f;
