@@ -1,7 +1,8 @@
 """Benchmark: products with GGUF-quantized weights (eg_qmatmul) vs NumPy.
 
     python -m engine_py bench qmatmul [--model smollm2|qwen05|all] [--types Q4_1,Q8_0,...]
-        [--n 10,100,...] [--repeat 3] [--seconds 0.3] [--quiet] [--out PATH]
+        [--n 10,100,...] [--repeat 3] [--seconds 0.2] [--threads T] [--per-product] [--quiet]
+        [--out PATH]
 
 Y = X @ W^T for the weight shapes of one transformer layer of SmolLM2-135M
 (d 576, kv 192, FFN 1536) and Qwen2.5-0.5B (d 896, kv 128, FFN 4864), for
@@ -98,6 +99,7 @@ def main(argv=None) -> int:
     ap.add_argument("--n", default="10,32,100,400,1600,6400,8192", help="batch sizes (tokens)")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--seconds", type=float, default=0.2)
+    ap.add_argument("--threads", type=int, default=None, help="engine_py's thread count (default: its default)")
     ap.add_argument("--per-product", action="store_true", help="also print each product's GFLOP/s")
     ap.add_argument("--quiet", action="store_true")
     add_output_args(ap, "qmatmul")
@@ -107,6 +109,10 @@ def main(argv=None) -> int:
         ap.error("--n needs positive sizes; --repeat >= 1, --seconds > 0")
     log = (lambda *a, **k: None) if args.quiet else (lambda *a, **k: print(*a, **k, flush=True))
     models = list(MODELS) if args.model == "all" else [args.model]
+    if args.threads is not None:
+        if args.threads < 1:
+            ap.error("--threads must be >= 1")
+        engine_py.set_num_threads(args.threads)
     rng = np.random.default_rng(0)
     run = start_run()
     results = {}
