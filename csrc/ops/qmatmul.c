@@ -176,7 +176,10 @@ static eg_status qmm_direct(const qmm_kernels *kern, float *Y, size_t ldy, const
 #else
         float *mine = buf;
 #endif
-        #pragma omp for schedule(static)
+        /* dynamic: on a shared machine a thread that loses its core leaves
+         * its rows to the others (a row's result does not depend on who
+         * computes it) */
+        #pragma omp for schedule(dynamic, 4)
         for (int g = 0; g < ngroups; g++) {
             const int r0 = g * DIRECT_ROWS;
             const int r1 = r0 + DIRECT_ROWS < rows ? r0 + DIRECT_ROWS : rows;
@@ -208,7 +211,7 @@ static eg_status qmm_gemm(const qmm_kernels *kern, float *Y, size_t ldy, const f
         const int nchunks = (nr + 7) / 8;
         /* dequantize in parallel (8 rows a chunk), then the threaded GEMM
          * outside any OpenMP region */
-        #pragma omp parallel for schedule(static) if (nr * (size_t)cols >= 65536)
+        #pragma omp parallel for schedule(dynamic, 4) if (nr * (size_t)cols >= 65536)
         for (int c = 0; c < nchunks; c++) {
             const int a = r0 + 8 * c, b = a + 8 < r0 + nr ? a + 8 : r0 + nr;
             kern->deq_rows(W, a, b, buf + (size_t)(a - r0) * cols);
