@@ -99,7 +99,8 @@ def main(argv=None) -> int:
     ap.add_argument("--n", default="10,32,100,400,1600,6400,8192", help="batch sizes (tokens)")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--seconds", type=float, default=0.2)
-    ap.add_argument("--threads", type=int, default=None, help="engine_py's thread count (default: its default)")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="thread count of engine_py and of NumPy's BLAS (threadpoolctl; default: their defaults)")
     ap.add_argument("--per-product", action="store_true", help="also print each product's GFLOP/s")
     ap.add_argument("--quiet", action="store_true")
     add_output_args(ap, "qmatmul")
@@ -109,10 +110,17 @@ def main(argv=None) -> int:
         ap.error("--n needs positive sizes; --repeat >= 1, --seconds > 0")
     log = (lambda *a, **k: None) if args.quiet else (lambda *a, **k: print(*a, **k, flush=True))
     models = list(MODELS) if args.model == "all" else [args.model]
+    limiter = None
     if args.threads is not None:
         if args.threads < 1:
             ap.error("--threads must be >= 1")
         engine_py.set_num_threads(args.threads)
+        try:   # NumPy's own BLAS at the same count, when threadpoolctl is there
+            from threadpoolctl import threadpool_limits
+
+            limiter = threadpool_limits(limits=args.threads, user_api="blas")
+        except ImportError:
+            log("threadpoolctl not installed: NumPy's BLAS keeps its default thread count")
     rng = np.random.default_rng(0)
     run = start_run()
     results = {}
@@ -153,6 +161,8 @@ def main(argv=None) -> int:
                 log(f"{label} {tn}{which} N={n}: engine_py {ge:.1f} GFLOP/s, numpy {gn:.1f} ({ge / gn:.2f}x)"
                     + (f"   [{', '.join(per)}]" if args.per_product else ""))
         lines.append("")
+    if limiter is not None:
+        limiter.restore_original_limits()
     machine = run.stop(threads=engine_py.get_num_threads())
     lines.append(f"Machine: {machine_line(machine)}.")
     print()
