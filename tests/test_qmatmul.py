@@ -247,3 +247,14 @@ def test_bad_inputs():
         _core.qmatmul(x, raw, t, rows, cols, bias=np.ones(rows + 1, np.float32))
     with pytest.raises(ValueError):
         _core.qmatmul(x, raw, t, 2 ** 40, cols)
+
+
+def test_bench_qmatmul_runs_and_writes_nothing_without_out(tmp_path, monkeypatch, capsys):
+    from engine_py.bench import qmatmul as bench
+
+    monkeypatch.chdir(tmp_path)
+    assert bench.main(["--model", "qwen05", "--types", "Q4_K,Q8_0", "--n", "2,70", "--repeat", "1",
+                       "--seconds", "0.001", "--threads", "1", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "| Q4_K (down only) | 70 |" in out and "| Q8_0 | 2 |" in out
+    assert list(tmp_path.iterdir()) == []
