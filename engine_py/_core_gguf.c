@@ -11,6 +11,7 @@
  */
 #include "_core.h"
 #include "eg_gguf.h"
+#include "eg_quant.h"
 
 #include <string.h>
 
@@ -315,7 +316,104 @@ static PyObject *py_gguf_open(PyObject *self, PyObject *path_arg)
     return (PyObject *)m;
 }
 
+/* qmatmul(x, raw, type, rows, cols, bias=None): Y = x @ W^T (+ bias) with W
+ * a (rows, cols) matrix of ggml `type` given as its raw bytes (any buffer,
+ * e.g. GGUFMapping.raw(i)); eg_qmatmul. For tests and benchmarks. */
+static PyObject *py_qmatmul(PyObject *self, PyObject *args, PyObject *kwds)
+{
+    (void)self;
+    static char *kwlist[] = {"x", "raw", "type", "rows", "cols", "bias", NULL};
+    PyObject *xo, *rawo, *typeo, *rowso, *colso, *biaso = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOOO|O:qmatmul", kwlist, &xo, &rawo, &typeo,
+                                     &rowso, &colso, &biaso)) {
+        return NULL;
+    }
+    long long type, rows, cols;
+    if (eg_py_int_arg(typeo, 0, INT32_MAX, NULL, "type", &type) < 0
+        || eg_py_int_arg(rowso, 1, INT32_MAX, NULL, "rows", &rows) < 0
+        || eg_py_int_arg(colso, 1, INT32_MAX, NULL, "cols", &cols) < 0) {
+        return NULL;
+    }
+    PyArrayObject *x = NULL, *bias = NULL, *out = NULL;
+    Py_buffer raw;
+    int have_raw = 0;
+    eg_err err;
+    eg_err_clear(&err);
+    eg_qmat w;
+    if (eg_qmat_init(&w, (int)type, rows, cols, NULL, "qmatmul", &err) != EG_OK) {
+        return eg_py_raise(&err, NULL);
+    }
+    if (!PyArray_Check(xo) || PyArray_TYPE((PyArrayObject *)xo) != NPY_FLOAT32) {
+        PyErr_SetString(PyExc_TypeError, "qmatmul: x must be a float32 ndarray");
+        return NULL;
+    }
+    x = eg_py_array(xo, NPY_FLOAT32, 0, 2, (const npy_intp[]){-1, (npy_intp)cols},
+                    "qmatmul: x must have shape (N, %lld)", cols);
+    if (x == NULL) {
+        goto fail;
+    }
+    if (biaso != Py_None) {
+        bias = eg_py_array(biaso, NPY_FLOAT32, 0, 1, (const npy_intp[]){(npy_intp)rows},
+                           "qmatmul: bias must have shape (%lld,)", rows);
+        if (bias == NULL) {
+            goto fail;
+        }
+    }
+    if (PyObject_GetBuffer(rawo, &raw, PyBUF_SIMPLE) < 0) {
+        goto fail;
+    }
+    have_raw = 1;
+    if ((size_t)raw.len != w.row_bytes * (size_t)w.rows) {
+        PyErr_Format(PyExc_ValueError, "qmatmul: raw has %zd bytes; a (%lld, %lld) %s matrix has "
+                     "%zu", raw.len, rows, cols, eg_ggml_type_name(w.type),
+                     w.row_bytes * (size_t)w.rows);
+        goto fail;
+    }
+    w.data = raw.buf;
+    const npy_intp n = PyArray_DIM(x, 0);
+    npy_intp odims[2] = {n, (npy_intp)rows};
+    out = (PyArrayObject *)PyArray_SimpleNew(2, odims, NPY_FLOAT32);
+    if (out == NULL) {
+        goto fail;
+    }
+    eg_status st;
+    EG_PY_NOGIL(st = eg_qmatmul(PyArray_DATA(out), (size_t)rows, PyArray_DATA(x), (size_t)cols,
+                                (size_t)n, &w, bias != NULL ? PyArray_DATA(bias) : NULL, &err));
+    PyBuffer_Release(&raw);
+    Py_DECREF(x);
+    Py_XDECREF(bias);
+    return eg_py_result(st, &err, NULL, (PyObject *)out);
+fail:
+    if (have_raw) {
+        PyBuffer_Release(&raw);
+    }
+    Py_XDECREF(x);
+    Py_XDECREF(bias);
+    Py_XDECREF(out);
+    return NULL;
+}
+
+static PyObject *py_qmatmul_tuning(PyObject *self, PyObject *args)
+{
+    (void)self;
+    int direct_max = -1, tile_rows = -1;
+    if (!PyArg_ParseTuple(args, "|ii:_qmatmul_tuning", &direct_max, &tile_rows)) {
+        return NULL;
+    }
+    int d = eg_qmatmul_direct_max(direct_max);
+    int t = eg_qmatmul_tile_rows(tile_rows);
+    return Py_BuildValue("(ii)", d, t);
+}
+
 static PyMethodDef gguf_methods[] = {
+    {"_qmatmul_tuning", py_qmatmul_tuning, METH_VARARGS,
+     "_qmatmul_tuning(direct_max=-1, tile_rows=-1)\n--\n\nTest/benchmark hook: set the largest "
+     "batch of qmatmul's direct path and the rows per tile of its GEMM path (-1 keeps a value); "
+     "returns the previous (direct_max, tile_rows)."},
+    {"qmatmul", (PyCFunction)(void (*)(void))py_qmatmul, METH_VARARGS | METH_KEYWORDS,
+     "qmatmul(x, raw, type, rows, cols, bias=None)\n--\n\n"
+     "x (N, cols) float32 @ W^T (+ bias) -> (N, rows) float32, W a (rows, cols) matrix of ggml "
+     "type id `type` given as its raw bytes (rows * row_bytes; e.g. GGUFMapping.raw(i))."},
     {"gguf_open", py_gguf_open, METH_O,
      "gguf_open(path)\n--\n\nMap and validate a GGUF file; return a GGUFMapping."},
     {NULL, NULL, 0, NULL},

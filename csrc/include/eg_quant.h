@@ -160,13 +160,36 @@ eg_status eg_qmat_init(eg_qmat *w, int type, int64_t rows, int64_t cols, const v
 void eg_qmat_row(const eg_qmat *w, int64_t r, float *out);
 
 /* Y = X @ W^T (+ bias): X is (N, cols) float32 with row stride ldx, Y is
- * (N, rows) with row stride ldy (>= rows), bias (rows) or NULL. The result is
- * the float32 product of X with the dequantized weights (eg_dequantize's
- * values), computed by the core's float GEMM; it does not depend on the ISA
- * level. Threads with the core's thread count. Returns EG_OK or EG_ENOMEM
- * (scratch for a dequantized tile). Never call inside an OpenMP region. */
+ * (N, rows) with row stride ldy (>= rows), bias (rows) or NULL. Two paths,
+ * both using eg_dequantize's exact weight values:
+ * - N <= eg_qmatmul_direct_max() (EG_QMM_DIRECT_MAX, 64): the direct path.
+ *   Rows are dequantized a few at a time into a per-thread buffer and
+ *   multiplied by every token with the core's own dot product: 16 lanes,
+ *   lane l accumulating the terms k = l (mod 16) in order of k by fused
+ *   multiply-adds, the lanes then summed by a fixed tree (qmatmul_simd.h).
+ *   Y[t][r] depends only on X[t] and row r: not on N, the other tokens,
+ *   the thread count or the ISA level (bit-identical on generic, AVX2 and
+ *   AVX-512). It differs from a GEMM's result by float32 rounding only.
+ * - larger N: the GEMM path. The weights are dequantized (in parallel) into
+ *   a float tile, the whole matrix up to 32 MiB, and multiplied by the
+ *   core's float GEMM (eg_sgemm, threaded): the result is bit for bit
+ *   eg_sgemm(X, eg_dequantize(W)^T) when W fits one tile (every model
+ *   layer in view), on every ISA level; as for any sgemm, a row may differ
+ *   in float32 rounding with N, the thread count or the BLAS kernel (§8).
+ * Threads with the core's thread count. Returns EG_OK or EG_ENOMEM
+ * (scratch). Never call inside an OpenMP region. */
 eg_status eg_qmatmul(float *Y, size_t ldy, const float *X, size_t ldx, size_t N, const eg_qmat *W,
                const float *bias, eg_err *err);
+
+/* Batches of at most this many tokens take eg_qmatmul's direct path. */
+#define EG_QMM_DIRECT_MAX 64
+
+/* Test and benchmark hooks, not thread-safe against a running eg_qmatmul:
+ * set the largest batch of the direct path (n >= 0; 0 sends every batch
+ * through the GEMM path) or the rows per tile of the GEMM path (n > 0; 0
+ * the default); n < 0 only asks. Each returns the previous value. */
+int eg_qmatmul_direct_max(int n);
+int eg_qmatmul_tile_rows(int n);
 
 #ifdef __cplusplus
 }

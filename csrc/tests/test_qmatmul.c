@@ -1,0 +1,203 @@
+/*
+ * test_qmatmul.c — eg_qmat_init / eg_qmatmul (csrc/ops/qmatmul.c).
+ *
+ * Random blocks (fp16 scales of size ~0.01, random quant bits) for every
+ * type the product handles; for each, both paths (direct: N <= 64, GEMM):
+ * - the result is within float32 rounding of the double-precision product
+ *   with eg_dequantize's weights (eg_sgemm_naive);
+ * - X = identity rows gives eg_dequantize's weights bit for bit (so the
+ *   vectorised tile dequantization is exact);
+ * - the GEMM path equals eg_sgemm on eg_dequantize's matrix bit for bit;
+ * - the direct path gives a token the same bits alone or in a batch.
+ * Also eg_qmat_init's refusals. `make test` runs it once per SIMD level
+ * under ENGINE_PY_ISA in CI.
+ */
+#include "eg.h"
+#include "eg_quant.h"
+#include "eg_test.h"
+
+#include <stdint.h>
+#include <string.h>
+
+static uint64_t rng = 88172645463325252ull;
+
+static uint32_t next_u32(void)
+{
+    rng ^= rng << 13;
+    rng ^= rng >> 7;
+    rng ^= rng << 17;
+    return (uint32_t)(rng >> 32);
+}
+
+static float frand(void)
+{
+    return (float)(next_u32() >> 8) / 16777216.0f - 0.5f;
+}
+
+/* Bytes of a (rows, cols) matrix of `type`: random, with sane fp16 scales
+ * at the offsets `sc` (n_sc of them) of every block. */
+static unsigned char *random_matrix(int type, int rows, int cols, size_t *nbytes)
+{
+    size_t bs, ts;
+    eg_ggml_type_traits(type, &bs, &ts);
+    const size_t nb = (size_t)rows * (size_t)cols / bs;
+    unsigned char *m = malloc(nb * ts);
+    for (size_t i = 0; i < nb * ts; i++) {
+        m[i] = (unsigned char)next_u32();
+    }
+    int offs[2] = {-1, -1};
+    switch (type) {
+    case EG_GGML_Q4_1: case EG_GGML_Q5_1: case EG_GGML_Q4_K: case EG_GGML_Q5_K:
+        offs[0] = 0; offs[1] = 2; break;
+    case EG_GGML_Q4_0: case EG_GGML_Q5_0: case EG_GGML_Q8_0:
+        offs[0] = 0; break;
+    case EG_GGML_Q2_K: offs[0] = 80; offs[1] = 82; break;
+    case EG_GGML_Q3_K: offs[0] = 108; break;
+    case EG_GGML_Q6_K: offs[0] = 208; break;
+    default: break;
+    }
+    for (size_t b = 0; b < nb; b++) {
+        for (int j = 0; j < 2; j++) {
+            if (offs[j] >= 0) {
+                /* fp16 in [2^-9, 2^-6) with a random sign */
+                uint16_t h = (uint16_t)(((6 + next_u32() % 3) << 10) | (next_u32() & 0x3ff)
+                                        | (next_u32() & 1) << 15);
+                memcpy(m + b * ts + (size_t)offs[j], &h, 2);
+            }
+        }
+    }
+    if (type == EG_GGML_F32) {
+        for (size_t i = 0; i < nb; i++) {
+            float f = frand();
+            memcpy(m + 4 * i, &f, 4);
+        }
+    }
+    if (type == EG_GGML_F16 || type == EG_GGML_BF16) {
+        for (size_t i = 0; i < nb; i++) {
+            float f = frand();
+            uint32_t u;
+            memcpy(&u, &f, 4);
+            uint16_t h;
+            if (type == EG_GGML_BF16) {
+                h = (uint16_t)(u >> 16);
+            } else {
+                eg_f32_to_f16(&f, &h, 1);
+            }
+            memcpy(m + 2 * i, &h, 2);
+        }
+    }
+    *nbytes = nb * ts;
+    return m;
+}
+
+static void test_type(int type, int rows, int cols)
+{
+    const char *name = eg_ggml_type_name(type);
+    size_t nbytes;
+    unsigned char *raw = random_matrix(type, rows, cols, &nbytes);
+    eg_err err;
+    eg_err_clear(&err);
+    eg_qmat w;
+    CHECK(eg_qmat_init(&w, type, rows, cols, raw, "w", &err) == EG_OK, "%s: %s", name, err.msg);
+    CHECK(w.row_bytes * (size_t)rows == nbytes, "%s: row_bytes", name);
+    float *wd = malloc(sizeof(float) * (size_t)rows * cols);
+    eg_dequantize(type, raw, wd, (size_t)rows * cols);
+    const int nmax = 70;
+    float *x = malloc(sizeof(float) * (size_t)nmax * cols);
+    for (size_t i = 0; i < (size_t)nmax * cols; i++) {
+        x[i] = frand();
+    }
+    float *y = malloc(sizeof(float) * (size_t)nmax * rows), *ref = malloc(sizeof(float) * (size_t)nmax * rows);
+    float *y1 = malloc(sizeof(float) * (size_t)rows);
+    const int old = eg_qmatmul_direct_max(-1);
+    const int ns[4] = {1, 6, 64, 70};
+    for (int path = 0; path < 2; path++) {
+        eg_qmatmul_direct_max(path == 0 ? 64 : 0);
+        for (int in = 0; in < 4; in++) {
+            const int n = ns[in];
+            if (path == 0 && n > 64) {
+                continue;
+            }
+            CHECK(eg_qmatmul(y, rows, x, cols, n, &w, NULL, &err) == EG_OK, "%s", err.msg);
+            eg_sgemm_naive(0, 1, n, rows, cols, 1.0f, x, cols, wd, cols, 0.0f, ref, rows);
+            double worst = 0.0;
+            for (int t = 0; t < n; t++) {
+                for (int r = 0; r < rows; r++) {
+                    double scale = 0.0;
+                    for (int k = 0; k < cols; k++) {
+                        scale += fabs((double)x[(size_t)t * cols + k] * wd[(size_t)r * cols + k]);
+                    }
+                    double e = fabs((double)y[(size_t)t * rows + r] - ref[(size_t)t * rows + r]);
+                    double bound = 2.0 * (cols + 2) * ldexp(1.0, -24) * scale + 1e-30;
+                    worst = e / bound > worst ? e / bound : worst;
+                }
+            }
+            CHECK(worst <= 1.0, "%s path %d N=%d: error %.3g x the bound", name, path, n, worst);
+            if (path == 1) {
+                eg_sgemm(0, 1, n, rows, cols, 1.0f, x, cols, wd, cols, 0.0f, ref, rows);
+                CHECK(memcmp(y, ref, sizeof(float) * (size_t)n * rows) == 0,
+                      "%s N=%d: GEMM path != eg_sgemm(eg_dequantize)", name, n);
+            } else {
+                /* the last token alone: the same bits as in the batch */
+                CHECK(eg_qmatmul(y1, rows, x + (size_t)(n - 1) * cols, cols, 1, &w, NULL, &err) == EG_OK,
+                      "%s", err.msg);
+                CHECK(memcmp(y1, y + (size_t)(n - 1) * rows, sizeof(float) * rows) == 0,
+                      "%s N=%d: a token alone differs from the batch", name, n);
+            }
+        }
+        /* X = rows of the identity: exactly the dequantized weights */
+        const int ne = cols < 64 ? cols : 64;
+        float *eye = calloc((size_t)ne * cols, sizeof(float));
+        for (int i = 0; i < ne; i++) {
+            eye[(size_t)i * cols + i] = 1.0f;
+        }
+        CHECK(eg_qmatmul(y, rows, eye, cols, ne, &w, NULL, &err) == EG_OK, "%s", err.msg);
+        int bad = 0;
+        for (int i = 0; i < ne; i++) {
+            for (int r = 0; r < rows; r++) {
+                float a = y[(size_t)i * rows + r], b = wd[(size_t)r * cols + i];
+                bad += !(a == b || (a != a && b != b));
+            }
+        }
+        CHECK(bad == 0, "%s path %d: %d weights differ from eg_dequantize", name, path, bad);
+        free(eye);
+    }
+    eg_qmatmul_direct_max(old);
+    free(raw);
+    free(wd);
+    free(x);
+    free(y);
+    free(ref);
+    free(y1);
+}
+
+static void test_init_errors(void)
+{
+    eg_err err;
+    eg_qmat w;
+    eg_err_clear(&err);
+    CHECK(eg_qmat_init(&w, EG_GGML_Q8_K, 4, 256, NULL, "w", &err) == EG_EINVAL, "Q8_K refused");
+    CHECK(eg_qmat_init(&w, 16, 4, 256, NULL, "w", &err) == EG_EINVAL, "IQ2_XXS refused");
+    CHECK(eg_qmat_init(&w, -1, 4, 256, NULL, "w", &err) == EG_EINVAL, "-1 refused");
+    CHECK(eg_qmat_init(&w, 1000, 4, 256, NULL, "w", &err) == EG_EINVAL, "1000 refused");
+    CHECK(eg_qmat_init(&w, EG_GGML_Q4_K, 4, 896, NULL, "w", &err) == EG_EINVAL, "896 not /256");
+    CHECK(strstr(err.msg, "multiple") != NULL, "message: %s", err.msg);
+    CHECK(eg_qmat_init(&w, EG_GGML_Q4_0, 0, 32, NULL, "w", &err) == EG_EINVAL, "0 rows");
+    CHECK(eg_qmat_init(&w, EG_GGML_Q4_0, 4, (int64_t)1 << 40, NULL, "w", &err) == EG_EINVAL, "huge");
+    CHECK(eg_qmat_init(&w, EG_GGML_Q4_0, INT32_MAX, INT32_MAX - 31, NULL, "w", &err) == EG_OK,
+          "large but fine: %s", err.msg);
+}
+
+int main(void)
+{
+    const int types[] = {EG_GGML_F32, EG_GGML_F16, EG_GGML_BF16, EG_GGML_Q4_0, EG_GGML_Q4_1,
+                         EG_GGML_Q5_0, EG_GGML_Q5_1, EG_GGML_Q8_0, EG_GGML_Q2_K, EG_GGML_Q3_K,
+                         EG_GGML_Q4_K, EG_GGML_Q5_K, EG_GGML_Q6_K};
+    for (size_t i = 0; i < sizeof types / sizeof types[0]; i++) {
+        size_t bs, ts;
+        eg_ggml_type_traits(types[i], &bs, &ts);
+        test_type(types[i], 23, bs == 1 ? 100 : 512);
+    }
+    test_init_errors();
+    return eg_test_report("test_qmatmul");
+}

