@@ -82,7 +82,7 @@ def _results(engine_ok):
         "engine_py": e,
         "xllamacpp": {"ok": True, "tokens_per_s": 1000.0, "seconds": 6.4, "rss_mb": 300.0,
                       "setting": "n_parallel 8, n_batch = n_ubatch 512",
-                      "tried": {"1/512": 800.0, "8/512": 1000.0, "16/2048": "failed (x)"}},
+                      "tried": {"1/512/2": 800.0, "8/512/2": 1000.0, "16/2048/1": "failed (x)"}},
         "torch": {"ok": True, "tokens_per_s": 500.0, "seconds": 12.8, "rss_mb": 1200.0, "setting": "batch 32"}}}
     return {"threads": 2, "reps": 3, "sgemm_gflops": 100.0, "command": "python -m engine_py bench llm",
             "gomp_spincount": "10000",
@@ -96,7 +96,7 @@ def test_render_markdown():
     assert md.startswith("## Decoder LLMs: pooled hidden states")
     assert "| short: 256 texts, 6,400 tokens (10–40 per text) | engine_py | 2,000 | 0.4 | 0% | 250 |" in md
     assert "**2.00x llama.cpp, 4.00x PyTorch**" in md
-    assert "8/512 1,000 tok/s" in md and "16/2048 failed (x)" in md
+    assert "8/512/2 1,000 tok/s" in md and "16/2048/1 failed (x)" in md
     assert "294 MB: met (250 MB)" in md and md.rstrip().endswith("Machine: MACHINE")
     md = llm.render_markdown(_results(False), "MACHINE")
     assert "| engine_py | not available (ValueError: not a model folder) |" in md

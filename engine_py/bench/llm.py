@@ -18,8 +18,9 @@ hidden state (after the final norm) of every text:
 - llama.cpp through xllamacpp: Server(CommonParams) in embedding mode with
   mean pooling and no normalization, all texts in one handle_embeddings
   request (the server spreads them over n_parallel slots and batches them);
-  several (n_parallel, n_batch = n_ubatch) settings are tried and the best
-  reported.
+  several (n_parallel, n_batch = n_ubatch, threads <= --threads) settings are
+  tried and the best reported (under load, fewer OpenMP threads than cores
+  can win: every op of llama.cpp ends in a barrier).
 - PyTorch + transformers, float32: AutoModelForCausalLM.from_pretrained(folder,
   gguf_file=...) (dequantized to float32), the base model only (no lm_head),
   texts sorted by length, batches padded on the right, attention-mask mean
@@ -300,7 +301,8 @@ def render_markdown(res: dict, machine_line: str = "") -> str:
                 tried.append(f"{case}: " + "; ".join(f"{k} {v:,.0f} tok/s" if isinstance(v, (int, float))
                                                       else f"{k} {v}" for k, v in s["tried"].items()))
         if tried:
-            lines += ["llama.cpp settings tried (n_parallel / n_batch = n_ubatch): " + " | ".join(tried), ""]
+            lines += ["llama.cpp settings tried (n_parallel / n_batch = n_ubatch / threads, at most the "
+                      "others' thread count): " + " | ".join(tried), ""]
     tgt = res.get("rss_target")
     if tgt:
         lines += [f"RSS target, engine_py, SmolLM2, 512-token texts: peak RSS <= file size + 200 MB = "
@@ -430,7 +432,7 @@ def _worker_xllamacpp(job: dict) -> dict:
     dim = len(r["data"][0]["embedding"])
     return {"ok": True, "times": times, "own_tokens": (r.get("usage") or {}).get("prompt_tokens"),
             "dim": dim, "n": len(r["data"]),
-            "setting": f"n_parallel {n_par}, n_batch = n_ubatch {n_batch}"}
+            "setting": f"n_parallel {n_par}, n_batch = n_ubatch {n_batch}, {job['threads']} threads"}
 
 
 def _worker_torch(job: dict) -> dict:
@@ -514,6 +516,20 @@ def _worker_main() -> int:
 
 # --- main -------------------------------------------------------------------------
 
+# llama.cpp settings tried by default: (n_parallel, n_batch = n_ubatch, threads)
+_DEFAULT_SETTINGS = {
+    "short": lambda t: [(8, 512, t), (32, 2048, t)] + ([(8, 512, 1)] if t > 1 else []),
+    "long": lambda t: [(4, 2048, t)] + ([(4, 2048, 1)] if t > 1 else []),
+}
+
+
+def _setting(text: str, threads: int) -> tuple:
+    v = [int(x) for x in text.split("/")]
+    if len(v) not in (2, 3):
+        raise SystemExit(f"--xllamacpp-settings: {text!r} is not n_parallel/n_batch[/threads]")
+    return (v[0], v[1], v[2] if len(v) == 3 else threads)
+
+
 def _models(names: list) -> list:
     from engine_py import models
 
@@ -544,7 +560,11 @@ def main(argv: list | None = None) -> int:
     ap.add_argument("--engine-batch", type=int, default=32, help="engine_py encode_layers batch_size")
     ap.add_argument("--torch-batch", default="32,4", help="PyTorch batch size for short,long")
     ap.add_argument("--xllamacpp-settings", default=None,
-                    help="n_parallel/n_batch pairs to try, e.g. '1/512,8/2048' (default: a few per workload)")
+                    help="llama.cpp settings to try, n_parallel/n_batch[/threads] (threads default --threads), "
+                         "e.g. '1/512,8/2048/1' (default: a few per workload, threads <= --threads)")
+    ap.add_argument("--xllamacpp-search", choices=("each", "first"), default="each",
+                    help="try the settings on every model (each) or on the first model only and use its "
+                         "best on the others (first: saves time on slow machines)")
     ap.add_argument("--quick", action="store_true",
                     help="smoke test: 24 short and 2 long texts of 128 tokens, 1 repetition, one llama.cpp "
                          "setting")
@@ -577,6 +597,7 @@ def main(argv: list | None = None) -> int:
            "models": []}
     from transformers import AutoTokenizer
 
+    searched: dict = {}
     for name, path in _models([m for m in args.models.split(",") if m]):
         cfg = llm_config(read_gguf_meta(path))
         d, f = os.path.split(path)
@@ -596,28 +617,31 @@ def main(argv: list | None = None) -> int:
             for side in sides:
                 if side == "xllamacpp":
                     if args.xllamacpp_settings:
-                        settings = [tuple(int(v) for v in s.split("/")) for s in args.xllamacpp_settings.split(",")]
+                        settings = [_setting(x, args.threads) for x in args.xllamacpp_settings.split(",")]
                     elif args.quick:
-                        settings = [(4, 1024)]
-                    elif case == "short":
-                        settings = [(1, 512), (8, 512), (16, 2048), (32, 2048)]
+                        settings = [(4, 1024, args.threads)]
+                    elif case in searched:        # --xllamacpp-search first: reuse the first model's best
+                        settings = [searched[case]]
                     else:
-                        settings = [(1, 1024), (4, 2048), (8, 4096)]
+                        settings = _DEFAULT_SETTINGS[case](args.threads)
                     best, tried = None, {}
-                    for n_par, n_batch in settings:
+                    for n_par, n_batch, n_thr in settings:
                         n_batch = max(n_batch, ctx_per_slot)   # a pooled sequence must fit one ubatch
-                        log(f"{name} {case} xllamacpp n_parallel {n_par} n_batch {n_batch} ...")
+                        log(f"{name} {case} xllamacpp n_parallel {n_par} n_batch {n_batch} threads {n_thr} ...")
                         r = _run_child(dict(base, side=side, n_parallel=n_par, n_batch=n_batch,
-                                            ctx_per_slot=ctx_per_slot), args.timeout, log)
-                        key = f"{n_par}/{n_batch}"
+                                            ctx_per_slot=ctx_per_slot, threads=n_thr), args.timeout, log)
+                        key = f"{n_par}/{n_batch}/{n_thr}"
                         if r.get("ok"):
                             r["seconds"] = min(r["times"])
                             r["tokens_per_s"] = cr["tokens"] / r["seconds"]
+                            r["key"] = (n_par, n_batch, n_thr)
                             tried[key] = r["tokens_per_s"]
                             if best is None or r["tokens_per_s"] > best["tokens_per_s"]:
                                 best = r
                         else:
                             tried[key] = f"failed ({r.get('reason')})"
+                    if best is not None and args.xllamacpp_search == "first" and case not in searched:
+                        searched[case] = best["key"]
                     r = best or {"ok": False, "reason": "; ".join(f"{k}: {v}" for k, v in tried.items())}
                     r["tried"] = tried
                 else:
