@@ -27,7 +27,7 @@ What the GGUF files hold (llama.cpp's converter, convert_hf_to_gguf.py):
   feed_forward_length, attention.head_count, attention.head_count_kv,
   attention.layer_norm_rms_epsilon, rope.freq_base (llama also
   rope.dimension_count and vocab_size, as the converter writes them);
-  tokenizer.ggml.model "gpt2", pre "gpt2" (the tokenizer.json below uses
+  tokenizer.ggml.model "gpt2", pre "gpt-2" (the tokenizer.json below uses
   ByteLevel with GPT-2's regex), tokens, token_type, merges, bos/eos/padding
   ids, add_bos_token False (like SmolLM2 and Qwen2.5 files).
 - weight types: 1-D tensors (norms, biases) are always F32, as llama.cpp
@@ -342,7 +342,7 @@ def write_gguf(path: str, arch: str, config, state: dict, tokenizer_json: dict,
     merges = tokenizer_json["model"]["merges"]
     merges = [m if isinstance(m, str) else " ".join(m) for m in merges]
     w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre("gpt2")
+    w.add_tokenizer_pre("gpt-2")   # llama.cpp's name for GPT-2's regex (it refuses "gpt2")
     w.add_token_list(tokens)
     w.add_token_types(types)
     w.add_token_merges(merges)

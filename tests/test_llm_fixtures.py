@@ -59,3 +59,33 @@ def test_kquant_fixture_loads(tmp_path):
         assert np.isfinite(s).all()
     with pytest.raises(ValueError, match="multiple of 256"):
         F.write_tiny_llm(tmp_path / "bad", "llama", gguf_types=("Q4_K",))
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_llama_cpp_reads_the_fixture_like_transformers(tmp_path, arch):
+    """llama.cpp itself (xllamacpp) loads the GGUF fixture, tokenizes like the
+    HF tokenizer and gives the same mean-pooled last state as transformers: the
+    file (llama's permuted Q/K rows included) is what llama.cpp expects."""
+    xl = pytest.importorskip("xllamacpp")
+    m = F.write_tiny_llm(tmp_path, arch, gguf_types=("F32",))
+    p = xl.CommonParams()
+    p.model.path = m.gguf["F32"]
+    p.embedding = True
+    p.pooling_type = xl.llama_pooling_type.LLAMA_POOLING_TYPE_MEAN
+    p.embd_normalize = -1
+    p.n_parallel, p.n_ctx, p.n_batch, p.n_ubatch = 1, 256, 256, 256
+    p.cpuparams.n_threads = p.cpuparams_batch.n_threads = 1
+    p.verbosity = 0
+    server = xl.Server(p)
+    try:
+        texts = ["hello world", "The quick brown fox jumps over the lazy dog. caf\u00e9 42"]
+        r = server.handle_embeddings({"input": texts})
+    finally:
+        del server
+    got = np.array([d["embedding"] for d in sorted(r["data"], key=lambda d: d["index"])], dtype=np.float32)
+    L = m.config["num_hidden_layers"]
+    ref = F.reference_pooled_states(m.gguf["F32"], texts, [L])[0]
+    _, tok = F._load(m.hf_dir)
+    assert r["usage"]["prompt_tokens"] == sum(len(tok(t)["input_ids"]) for t in texts)
+    # llama.cpp keeps K and V in float16: 1e-3 of the largest value
+    assert np.abs(got - ref).max() < 1e-3 * np.abs(ref).max()
