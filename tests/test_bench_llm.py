@@ -112,3 +112,28 @@ def test_worker_child_reports_result_and_rss():
 def test_cli_knows_llm():
     from engine_py.bench import NAMES
     assert "llm" in NAMES
+
+
+def test_bench_llm_end_to_end_on_a_tiny_gguf(tmp_path, capsys):
+    """The whole harness (children, the three sides, markdown, --out JSON) on a
+    tiny random GGUF model instead of the real ones."""
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    pytest.importorskip("accelerate")
+    import llm_fixtures as F
+
+    m = F.write_tiny_llm(tmp_path / "m", "llama", gguf_types=("F32",))
+    out = tmp_path / "r.json"
+    sides = "engine_py,torch"    # llama.cpp on the fixtures: tests/test_llm_fixtures.py
+    rc = llm.main(["--models", m.gguf["F32"], "--sides", sides, "--cases", "long", "--long", "1",
+                   "--long-tokens", "24", "--reps", "1", "--xllamacpp-settings", "2/256/1",
+                   "--quiet", "--out", str(out)])
+    assert rc == 0
+    doc = json.loads(out.read_text())
+    case = doc["results"]["models"][0]["cases"]["long"]
+    assert case["texts"] == 1 and case["min"] == case["max"] == 24
+    assert case["sides"]["torch"]["ok"] and case["sides"]["torch"]["tokens_per_s"] > 0
+    e = case["sides"]["engine_py"]
+    assert e["ok"] or e["reason"]            # engine_py: numbers, or why it is not available
+    md = capsys.readouterr().out
+    assert "## Decoder LLMs: pooled hidden states" in md and "Machine: " in md

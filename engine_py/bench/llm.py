@@ -283,8 +283,12 @@ def render_markdown(res: dict, machine_line: str = "") -> str:
                     continue
                 gf = cr["gflop"] / s["seconds"]
                 pct = f"{100.0 * gf / peak:.0f}%" if peak else "—"
+                setting = s.get("setting", "")
+                own = s.get("own_tokens")
+                if own is not None and own != cr["tokens"]:
+                    setting += f"; its tokenizer counts {own:,} tokens"
                 lines.append(f"| {desc} | {SIDE_NAMES[side]} | {s['tokens_per_s']:,.0f} | {gf:.1f} | {pct} | "
-                             f"{_fmt(s.get('rss_mb'), '.0f')} | {s.get('setting', '')} |")
+                             f"{_fmt(s.get('rss_mb'), '.0f')} | {setting} |")
             e, x, t = (cr["sides"].get(k) or {} for k in SIDES)
             if e.get("ok"):
                 rs = []
@@ -557,6 +561,7 @@ def main(argv: list | None = None) -> int:
     ap.add_argument("--short", type=int, default=256, help="number of short texts (10-40 tokens)")
     ap.add_argument("--long", type=int, default=16, help="number of long texts")
     ap.add_argument("--long-tokens", type=int, default=512)
+    ap.add_argument("--cases", default="short,long", help="workloads to run: short, long or both")
     ap.add_argument("--engine-batch", type=int, default=32, help="engine_py encode_layers batch_size")
     ap.add_argument("--torch-batch", default="32,4", help="PyTorch batch size for short,long")
     ap.add_argument("--xllamacpp-settings", default=None,
@@ -583,6 +588,9 @@ def main(argv: list | None = None) -> int:
     if bad:
         ap.error(f"unknown side(s) {sorted(bad)}")
     tb_short, tb_long = (int(x) for x in args.torch_batch.split(","))
+    cases = [c for c in args.cases.split(",") if c]
+    if set(cases) - {"short", "long"}:
+        ap.error("--cases: short, long")
 
     from engine_py.bench import finish, machine_line, start_run
 
@@ -604,11 +612,13 @@ def main(argv: list | None = None) -> int:
         log(f"{name}: tokenizer ...")
         tok = AutoTokenizer.from_pretrained(d, gguf_file=f)
         count = lambda t: len(tok(t, add_special_tokens=True)["input_ids"])  # noqa: E731
-        short = fit_texts(make_texts(args.short, 6, 32, seed=1), count, 10, 40)
-        long_ = fit_texts(make_texts(args.long, int(args.long_tokens * 0.9), int(args.long_tokens * 0.9),
+        short = fit_texts(make_texts(args.short, 6, 32, seed=1), count, 10, 40) if "short" in cases else []
+        long_ = [] if "long" not in cases else fit_texts(make_texts(args.long, int(args.long_tokens * 0.9), int(args.long_tokens * 0.9),
                                      seed=2), count, args.long_tokens, args.long_tokens)
         mres = {"name": name, "path": path, "file_mb": os.path.getsize(path) / 2 ** 20, "cfg": cfg, "cases": {}}
-        for case, texts, tb in (("short", short, tb_short), (f"long", long_, tb_long)):
+        for case, texts, tb in (("short", short, tb_short), ("long", long_, tb_long)):
+            if case not in cases:
+                continue
             lens = [count(t) for t in texts]
             cr = {"texts": len(texts), "tokens": sum(lens), "min": min(lens), "max": max(lens),
                   "gflop": sum(flops_per_text(cfg, n) for n in lens) / 1e9, "sides": {}}
