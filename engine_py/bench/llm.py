@@ -626,12 +626,12 @@ def main(argv: list | None = None) -> int:
             base = {"path": path, "threads": args.threads, "reps": args.reps, "texts": texts}
             for side in sides:
                 if side == "xllamacpp":
-                    if args.xllamacpp_settings:
+                    if case in searched:          # --xllamacpp-search first: reuse the first model's best
+                        settings = [searched[case]]
+                    elif args.xllamacpp_settings:
                         settings = [_setting(x, args.threads) for x in args.xllamacpp_settings.split(",")]
                     elif args.quick:
                         settings = [(4, 1024, args.threads)]
-                    elif case in searched:        # --xllamacpp-search first: reuse the first model's best
-                        settings = [searched[case]]
                     else:
                         settings = _DEFAULT_SETTINGS[case](args.threads)
                     best, tried = None, {}
