@@ -677,6 +677,15 @@ def main(argv: list | None = None) -> int:
             else:
                 verdict = "not measured (engine_py side not available)"
             res["rss_target"] = {"limit_mb": limit, "verdict": verdict}
+    # the machine may be shared: the peak is the better of a measurement at the
+    # start and one at the end of the run
+    log("sgemm peak again ...")
+    sg2 = _run_child({"side": "sgemm", "threads": args.threads}, args.timeout, log)
+    if sg2.get("gflops"):
+        res["sgemm_gflops_start_end"] = [peak, sg2["gflops"]]
+        res["sgemm_gflops"] = max(peak or 0.0, sg2["gflops"])
+        res["sgemm_note"] += (f"; the better of {_fmt(peak, '.1f')} at the start and {sg2['gflops']:.1f} "
+                              f"at the end of the run")
     machine = run.stop(threads=args.threads)
     md = render_markdown(res, machine_line(machine))
     finish(args, "llm", md, machine, res, argv)
