@@ -101,6 +101,21 @@ void eg_bert_state_init(eg_bert_state *s);
  * are not kept: the caller fills it); grows by 1.5x so that a slowly growing
  * workload reallocates rarely. For the models that fill states. */
 eg_status eg_state_reserve(eg_bert_state *s, int n_seq, size_t n_tok, int D, eg_err *err);
+
+/* What a model accepts in a batch (for eg_state_start). */
+typedef struct {
+    int vocab_size;          /* ids in [0, vocab_size) */
+    int max_len;             /* tokens per sequence */
+    const char *max_len_name; /* how messages name that limit */
+    size_t widest_row;       /* widest product row: n_tok * widest_row must fit in int */
+} eg_state_limits;
+
+/* Validate a packed batch against lim (offsets from 0, every sequence 1 ..
+ * max_len tokens, ids in range, the batch small enough), make room for it
+ * and set s's offsets, n_seq and n_tok; the caller fills h. The first step
+ * of every model's embed. */
+eg_status eg_state_start(eg_bert_state *s, const int32_t *ids, const int64_t *offsets, int n_seq,
+                         int D, const eg_state_limits *lim, eg_err *err);
 void eg_bert_state_free(eg_bert_state *s);
 
 /* Fill `s` with the embedding output (hidden state 0) of n_seq sequences.

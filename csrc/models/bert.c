@@ -384,15 +384,9 @@ eg_status eg_state_reserve(eg_bert_state *s, int n_seq, size_t n_tok, int D, eg_
     return EG_OK;
 }
 
-eg_status eg_bert_embed(const eg_bert *m, eg_bert_state *s, const int32_t *ids,
-                        const int64_t *offsets, int n_seq, eg_err *err)
+eg_status eg_state_start(eg_bert_state *s, const int32_t *ids, const int64_t *offsets, int n_seq,
+                         int D, const eg_state_limits *lim, eg_err *err)
 {
-    const eg_bert_config *c = &m->cfg;
-    const int D = c->hidden_size;
-    eg_status st = eg_bert_check_complete(m, err);
-    if (st != EG_OK) {
-        return st;
-    }
     if (n_seq < 0) {
         return eg_seterr(err, EG_EINVAL, "number of sequences must be >= 0, got %d", n_seq);
     }
@@ -406,30 +400,28 @@ eg_status eg_bert_embed(const eg_bert *m, eg_bert_state *s, const int32_t *ids,
             return eg_seterr(err, EG_EINVAL,
                              "sequence %d is empty (every sequence needs at least one token)", i);
         }
-        if (len > c->max_position) {
-            return eg_seterr(err, EG_EINVAL,
-                             "sequence %d has %lld tokens, more than max_position_embeddings %d",
-                             i, (long long)len, c->max_position);
+        if (len > lim->max_len) {
+            return eg_seterr(err, EG_EINVAL, "sequence %d has %lld tokens, more than %s %d", i,
+                             (long long)len, lim->max_len_name, lim->max_len);
         }
     }
     size_t n_tok = n_seq > 0 ? (size_t)offsets[n_seq] : 0;
-    /* every GEMM dimension must fit in int: n_tok * 3D and n_tok * I */
-    size_t widest = (size_t)(c->intermediate_size > 3 * D ? c->intermediate_size : 3 * D);
-    if (n_tok > (size_t)INT_MAX / widest) {
+    /* every product dimension must fit in int: n_tok times the widest row */
+    if (n_tok > (size_t)INT_MAX / lim->widest_row) {
         return eg_seterr(err, EG_EINVAL, "batch of %zu tokens is too large; use smaller batches",
                          n_tok);
     }
     for (size_t t = 0; t < n_tok; t++) {
-        if (ids[t] < 0 || ids[t] >= c->vocab_size) {
-            return eg_seterr(err, EG_EINVAL, "token id %d at position %zu is outside the vocabulary [0, %d)",
-                             (int)ids[t], t, c->vocab_size);
+        if (ids[t] < 0 || ids[t] >= lim->vocab_size) {
+            return eg_seterr(err, EG_EINVAL,
+                             "token id %d at position %zu is outside the vocabulary [0, %d)",
+                             (int)ids[t], t, lim->vocab_size);
         }
     }
-    st = eg_state_reserve(s, n_seq, n_tok, D, err);
+    eg_status st = eg_state_reserve(s, n_seq, n_tok, D, err);
     if (st != EG_OK) {
         return st;
     }
-    double t0 = now_s();
     if (n_seq > 0) {
         memcpy(s->offsets, offsets, ((size_t)n_seq + 1) * sizeof(int64_t));
     } else {
@@ -437,6 +429,28 @@ eg_status eg_bert_embed(const eg_bert *m, eg_bert_state *s, const int32_t *ids,
     }
     s->n_seq = n_seq;
     s->n_tok = n_tok;
+    return EG_OK;
+}
+
+eg_status eg_bert_embed(const eg_bert *m, eg_bert_state *s, const int32_t *ids,
+                        const int64_t *offsets, int n_seq, eg_err *err)
+{
+    const eg_bert_config *c = &m->cfg;
+    const int D = c->hidden_size;
+    eg_status st = eg_bert_check_complete(m, err);
+    if (st != EG_OK) {
+        return st;
+    }
+    /* every GEMM dimension must fit in int: n_tok * 3D and n_tok * I */
+    const eg_state_limits lim = {c->vocab_size, c->max_position, "max_position_embeddings",
+                                 (size_t)(c->intermediate_size > 3 * D ? c->intermediate_size
+                                                                       : 3 * D)};
+    st = eg_state_start(s, ids, offsets, n_seq, D, &lim, err);
+    if (st != EG_OK) {
+        return st;
+    }
+    const size_t n_tok = s->n_tok;
+    double t0 = now_s();
     const float *word = m->buf + m->word, *pos = m->buf + m->pos, *type = m->buf + m->type;
 #pragma omp parallel for schedule(static) if ((double)n_tok * D >= (double)(1 << 20))
     for (long i = 0; i < (long)n_seq; i++) {

@@ -12,7 +12,6 @@
 #include "eg_llama.h"
 #include "eg_ops.h"
 
-#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -252,53 +251,17 @@ eg_status eg_llama_embed(const eg_llama *m, eg_bert_state *s, const int32_t *ids
     if (st != EG_OK) {
         return st;
     }
-    if (n_seq < 0) {
-        return eg_seterr(err, EG_EINVAL, "number of sequences must be >= 0, got %d", n_seq);
-    }
-    if (n_seq > 0 && offsets[0] != 0) {
-        return eg_seterr(err, EG_EINVAL, "offsets must start at 0, got %lld",
-                         (long long)offsets[0]);
-    }
-    for (int i = 0; i < n_seq; i++) {
-        int64_t len = offsets[i + 1] - offsets[i];
-        if (len < 1) {
-            return eg_seterr(err, EG_EINVAL,
-                             "sequence %d is empty (every sequence needs at least one token)", i);
-        }
-        if (len > c->max_position) {
-            return eg_seterr(err, EG_EINVAL,
-                             "sequence %d has %lld tokens, more than the context length %d", i,
-                             (long long)len, c->max_position);
-        }
-    }
-    size_t n_tok = n_seq > 0 ? (size_t)offsets[n_seq] : 0;
-    /* every product dimension must fit in int: n_tok times the widest row */
+    /* the widest row of any product: q/k/v together, gate/up together, or D */
     size_t widest = (size_t)(2 * c->intermediate_size);
     size_t qkv = (size_t)(c->num_heads + 2 * c->num_kv_heads) * (size_t)c->head_dim;
     widest = qkv > widest ? qkv : widest;
     widest = (size_t)D > widest ? (size_t)D : widest;
-    if (n_tok > (size_t)INT_MAX / widest) {
-        return eg_seterr(err, EG_EINVAL, "batch of %zu tokens is too large; use smaller batches",
-                         n_tok);
-    }
-    for (size_t t = 0; t < n_tok; t++) {
-        if (ids[t] < 0 || ids[t] >= c->vocab_size) {
-            return eg_seterr(err, EG_EINVAL,
-                             "token id %d at position %zu is outside the vocabulary [0, %d)",
-                             (int)ids[t], t, c->vocab_size);
-        }
-    }
-    st = eg_state_reserve(s, n_seq, n_tok, D, err);
+    const eg_state_limits lim = {c->vocab_size, c->max_position, "the context length", widest};
+    st = eg_state_start(s, ids, offsets, n_seq, D, &lim, err);
     if (st != EG_OK) {
         return st;
     }
-    if (n_seq > 0) {
-        memcpy(s->offsets, offsets, ((size_t)n_seq + 1) * sizeof(int64_t));
-    } else {
-        s->offsets[0] = 0;
-    }
-    s->n_seq = n_seq;
-    s->n_tok = n_tok;
+    const size_t n_tok = s->n_tok;
     const eg_qmat *E = &m->w[m->embd].mat;
 #pragma omp parallel for schedule(static) if ((double)n_tok * D >= (double)(1 << 18))
     for (long t = 0; t < (long)n_tok; t++) {
