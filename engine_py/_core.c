@@ -5,6 +5,7 @@
  */
 #define EG_PY_IMPORT_ARRAY_HERE
 #include "_core.h"
+#include "eg_bf16.h"
 #include "eg_isa.h"
 
 #include <stdarg.h>
@@ -117,7 +118,7 @@ static PyObject *py_build_info(PyObject *self, PyObject *noargs)
     (void)self;
     (void)noargs;
     eg_py_sync_threads();   /* report what a core call from this thread uses */
-    return Py_BuildValue("{s:s,s:s,s:s,s:s,s:i,s:i,s:s,s:s,s:z}",
+    return Py_BuildValue("{s:s,s:s,s:s,s:s,s:i,s:i,s:s,s:s,s:O,s:z}",
                          "version", EG_VERSION_STRING,
                          "blas", eg_blas_name(),
                          "blas_config", eg_blas_config(),
@@ -126,6 +127,7 @@ static PyObject *py_build_info(PyObject *self, PyObject *noargs)
                          "omp_threads", eg_omp_max_threads(),
                          "build_flags", eg_build_flags(),
                          "isa", eg_isa_name(eg_isa_level()),
+                         "bf16_kernel", eg_bf16_kernel_available() ? Py_True : Py_False,
                          "blas_error", eg_blas_last_error());
 }
 
@@ -352,6 +354,27 @@ int eg_py_check_range(long long v, long long lo, long long hi, PyObject *exc, co
         range_error(exc, what, lo, hi, got);
         Py_DECREF(got);
     }
+    return -1;
+}
+
+int eg_py_precision_arg(PyObject *o, const char *what, int *out)
+{
+    if (o == Py_None) {
+        *out = EG_PREC_F32;
+        return 0;
+    }
+    if (PyUnicode_Check(o)) {
+        if (PyUnicode_CompareWithASCIIString(o, "float32") == 0) {
+            *out = EG_PREC_F32;
+            return 0;
+        }
+        if (PyUnicode_CompareWithASCIIString(o, "bfloat16") == 0) {
+            *out = EG_PREC_BF16;
+            return 0;
+        }
+    }
+    PyErr_Format(PyUnicode_Check(o) ? PyExc_ValueError : PyExc_TypeError,
+                 "%s must be 'float32' or 'bfloat16', not %R", what, o);
     return -1;
 }
 

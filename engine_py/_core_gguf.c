@@ -316,16 +316,19 @@ static PyObject *py_gguf_open(PyObject *self, PyObject *path_arg)
     return (PyObject *)m;
 }
 
-/* qmatmul(x, raw, type, rows, cols, bias=None): Y = x @ W^T (+ bias) with W
- * a (rows, cols) matrix of ggml `type` given as its raw bytes (any buffer,
- * e.g. GGUFMapping.raw(i)); eg_qmatmul. For tests and benchmarks. */
+/* qmatmul(x, raw, type, rows, cols, bias=None, precision="float32"):
+ * Y = x @ W^T (+ bias) with W a (rows, cols) matrix of ggml `type` given as
+ * its raw bytes (any buffer, e.g. GGUFMapping.raw(i)); eg_qmatmul_prec. For
+ * tests and benchmarks. */
 static PyObject *py_qmatmul(PyObject *self, PyObject *args, PyObject *kwds)
 {
     (void)self;
-    static char *kwlist[] = {"x", "raw", "type", "rows", "cols", "bias", NULL};
-    PyObject *xo, *rawo, *typeo, *rowso, *colso, *biaso = Py_None;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOOO|O:qmatmul", kwlist, &xo, &rawo, &typeo,
-                                     &rowso, &colso, &biaso)) {
+    static char *kwlist[] = {"x", "raw", "type", "rows", "cols", "bias", "precision", NULL};
+    PyObject *xo, *rawo, *typeo, *rowso, *colso, *biaso = Py_None, *preco = Py_None;
+    int precision;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOOO|OO:qmatmul", kwlist, &xo, &rawo, &typeo,
+                                     &rowso, &colso, &biaso, &preco)
+        || eg_py_precision_arg(preco, "qmatmul: precision", &precision) < 0) {
         return NULL;
     }
     long long type, rows, cols;
@@ -377,8 +380,9 @@ static PyObject *py_qmatmul(PyObject *self, PyObject *args, PyObject *kwds)
         goto fail;
     }
     eg_status st;
-    EG_PY_NOGIL(st = eg_qmatmul(PyArray_DATA(out), (size_t)rows, PyArray_DATA(x), (size_t)cols,
-                                (size_t)n, &w, bias != NULL ? PyArray_DATA(bias) : NULL, &err));
+    EG_PY_NOGIL(st = eg_qmatmul_prec(PyArray_DATA(out), (size_t)rows, PyArray_DATA(x),
+                                     (size_t)cols, (size_t)n, &w,
+                                     bias != NULL ? PyArray_DATA(bias) : NULL, precision, &err));
     PyBuffer_Release(&raw);
     Py_DECREF(x);
     Py_XDECREF(bias);

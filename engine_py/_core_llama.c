@@ -4,7 +4,8 @@
  *
  * LlamaModel(vocab_size, hidden_size, num_layers, num_heads, num_kv_heads,
  *            head_dim, intermediate_size, max_position, rms_norm_eps,
- *            rope_theta, rope_mode, qkv_bias)
+ *            rope_theta, rope_mode, qkv_bias, precision="float32")
+ *     precision "bfloat16" rounds the products' inputs to bf16 (eg_bf16.h)
  *     weight_specs() -> [(name, shape)]
  *     set_weight(name, data, type, shape): data is any contiguous buffer
  *         (a GGUF raw() view, a NumPy array) holding the tensor in ggml type
@@ -17,6 +18,7 @@
  */
 #include "_core.h"
 
+#include "eg_bf16.h"
 #include "eg_llama.h"
 #include "eg_ops.h"
 
@@ -35,15 +37,18 @@ static int model_init(LlamaModelObject *self, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"vocab_size", "hidden_size", "num_layers", "num_heads",
                              "num_kv_heads", "head_dim", "intermediate_size", "max_position",
-                             "rms_norm_eps", "rope_theta", "rope_mode", "qkv_bias", NULL};
+                             "rms_norm_eps", "rope_theta", "rope_mode", "qkv_bias", "precision",
+                             NULL};
     eg_llama_config c;
     memset(&c, 0, sizeof c);
     const char *mode = NULL;
     int bias = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "iiiiiiiifds|p", kwlist, &c.vocab_size,
+    PyObject *prec = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "iiiiiiiifds|pO", kwlist, &c.vocab_size,
                                      &c.hidden_size, &c.num_layers, &c.num_heads, &c.num_kv_heads,
                                      &c.head_dim, &c.intermediate_size, &c.max_position,
-                                     &c.rms_norm_eps, &c.rope_theta, &mode, &bias)) {
+                                     &c.rms_norm_eps, &c.rope_theta, &mode, &bias, &prec)
+        || eg_py_precision_arg(prec, "precision", &c.precision) < 0) {
         return -1;
     }
     if (strcmp(mode, "norm") == 0) {
@@ -286,13 +291,14 @@ static PyObject *model_get_config(LlamaModelObject *self, void *closure)
         return NULL;
     }
     const eg_llama_config *c = eg_llama_get_config(self->model);
-    return Py_BuildValue("{s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:d,s:d,s:s,s:O}", "vocab_size",
+    return Py_BuildValue("{s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:d,s:d,s:s,s:O,s:s}", "vocab_size",
                          c->vocab_size, "hidden_size", c->hidden_size, "num_layers", c->num_layers,
                          "num_heads", c->num_heads, "num_kv_heads", c->num_kv_heads, "head_dim",
                          c->head_dim, "intermediate_size", c->intermediate_size, "max_position",
                          c->max_position, "rms_norm_eps", (double)c->rms_norm_eps, "rope_theta",
                          c->rope_theta, "rope_mode", c->rope_mode == EG_ROPE_NEOX ? "neox" : "norm",
-                         "qkv_bias", c->qkv_bias ? Py_True : Py_False);
+                         "qkv_bias", c->qkv_bias ? Py_True : Py_False, "precision",
+                         c->precision == EG_PREC_BF16 ? "bfloat16" : "float32");
 }
 
 static PyMethodDef model_methods[] = {

@@ -97,14 +97,15 @@ def gguf_config(g, path: str) -> Dict[str, Any]:
     )
 
 
-def load_gguf_model(path: str):
+def load_gguf_model(path: str, precision: str = "float32"):
     """(LlamaModel, config dict, GGUFFile) for a .gguf file; the model reads
-    the file's mapping in place."""
+    the file's mapping in place. precision: "float32" or "bfloat16" (the
+    products' inputs rounded to bf16; docs/LLM.md)."""
     from .io import GGUFFile
 
     g = GGUFFile(path)
     cfg = gguf_config(g, path)
-    model = _core.LlamaModel(**cfg)
+    model = _core.LlamaModel(**cfg, precision=precision)
     for name, shape in model.weight_specs():
         t = g.tensors.get(name)
         if t is None:
@@ -209,7 +210,7 @@ def hf_config(c: Dict[str, Any], path: str) -> Dict[str, Any]:
     )
 
 
-def load_hf_model(path: str, config: Dict[str, Any]):
+def load_hf_model(path: str, config: Dict[str, Any], precision: str = "float32"):
     """(LlamaModel, hyper-parameters, source dtypes) for a Hugging Face
     folder whose config.json was read into `config`. The matrices are read
     in place from the mapped safetensors files (the arrays handed to the
@@ -217,7 +218,7 @@ def load_hf_model(path: str, config: Dict[str, Any]):
     from .io import load_state
 
     cfg = hf_config(config, path)
-    model = _core.LlamaModel(**cfg)
+    model = _core.LlamaModel(**cfg, precision=precision)
     want = dict(model.weight_specs())
     # bf16="raw": BF16 tensors come as their uint16 bits, still zero-copy
     state = load_state(path, bf16="raw")

@@ -172,3 +172,71 @@ def test_real_model_texts_match_transformers(fn_name):
     # is compared on engine_py's ids
     ids = [list(map(int, t)) for t in enc.tokenize(TEXTS_REAL)]
     _check(ours, F.reference_pooled_states(path, ids, layers), fn_name)
+
+
+# ------------------------------------------------------ precision="bfloat16"
+
+BF16_MIN_COSINE = 0.999   # docs/LLM.md: per text, per layer, bf16 vs float32
+
+
+def _min_cosine(a, b):
+    num = np.sum(a.astype(np.float64) * b, axis=-1)
+    den = np.linalg.norm(a.astype(np.float64), axis=-1) * np.linalg.norm(b.astype(np.float64), axis=-1)
+    return float(np.min(num / den))
+
+
+@pytest.mark.parametrize("which", ["Q4_1", "F16", "hf"])
+def test_bfloat16_states_are_close_to_float32(tiny, which):
+    path = tiny.hf_dir if which == "hf" else tiny.gguf[which]
+    e32 = Encoder.from_pretrained(path)
+    e16 = Encoder.from_pretrained(path, precision="bfloat16")
+    assert e16.precision == "bfloat16" and e32.precision == "float32"
+    layers = list(range(e32.num_layers + 1))
+    texts = TEXTS * 4   # > 64 tokens per batch: the products take the bf16 path
+    a = e32.encode_layers(texts, layers, batch_size=len(texts))
+    b = e16.encode_layers(texts, layers, batch_size=len(texts))
+    assert not np.array_equal(a[1:], b[1:]), "precision='bfloat16' changed nothing"
+    np.testing.assert_array_equal(a[0], b[0])   # the embeddings are a lookup: no products
+    assert _min_cosine(a, b) >= BF16_MIN_COSINE
+
+
+def test_bfloat16_api_fingerprint_and_pickling(tiny):
+    path = tiny.gguf["Q8_0"]
+    a = Encoder.from_pretrained(path)
+    b = Encoder.from_pretrained(path, precision="bfloat16")
+    assert Encoder.from_pretrained(path, precision="float32").fingerprint() == a.fingerprint()
+    assert b.fingerprint() != a.fingerprint()
+    assert "precision='bfloat16'" in repr(b) and "precision" not in repr(a)
+    c = pickle.loads(pickle.dumps(b))
+    assert c.precision == "bfloat16" and c.fingerprint() == b.fingerprint()
+    texts = TEXTS * 4
+    np.testing.assert_array_equal(c.encode(texts, batch_size=len(texts)),
+                                  b.encode(texts, batch_size=len(texts)))
+    for bad in ("bf16", "float16", 16):
+        with pytest.raises(ValueError, match="precision"):
+            Encoder.from_pretrained(path, precision=bad)
+
+
+def test_bfloat16_is_refused_for_bert(tmp_path):
+    from engine_py.models import minilm_path
+    try:
+        p = minilm_path()
+    except (ModuleNotFoundError, FileNotFoundError, OSError) as exc:
+        pytest.skip(str(exc))
+    with pytest.raises(ValueError, match="decoder"):
+        Encoder.from_pretrained(p, precision="bfloat16")
+
+
+@pytest.mark.parametrize("fn_name", ["smollm2_path", "qwen05_path"])
+def test_real_model_bfloat16_close_to_float32(fn_name):
+    if os.environ.get("ENGINE_PY_ASAN") == "1":
+        pytest.skip("real models run in the plain suite")
+    path = _real(fn_name)
+    e32 = Encoder.from_pretrained(path)
+    e16 = Encoder.from_pretrained(path, precision="bfloat16")
+    layers = sorted({1, e32.num_layers // 2, e32.num_layers})
+    texts = TEXTS_REAL * 4
+    a = e32.encode_layers(texts, layers, batch_size=len(texts))
+    b = e16.encode_layers(texts, layers, batch_size=len(texts))
+    assert not np.array_equal(a, b)
+    assert _min_cosine(a, b) >= BF16_MIN_COSINE, _min_cosine(a, b)

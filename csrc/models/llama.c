@@ -9,6 +9,7 @@
  * FFN_CHUNK rows; attention needs all of a text's keys, so q/k/v are
  * computed for the whole batch.
  */
+#include "eg_bf16.h"
 #include "eg_llama.h"
 #include "eg_ops.h"
 
@@ -92,6 +93,9 @@ static eg_status check_cfg(const eg_llama_config *c, eg_err *err)
     if (!(c->rope_theta > 0.0) || !isfinite(c->rope_theta)) {
         return eg_seterr(err, EG_EINVAL, "llama config: rope_theta must be positive, got %g",
                          c->rope_theta);
+    }
+    if (c->precision != EG_PREC_F32 && c->precision != EG_PREC_BF16) {
+        return eg_seterr(err, EG_EINVAL, "llama config: unknown precision %d", c->precision);
     }
     if (c->rope_mode != EG_ROPE_NORM && c->rope_mode != EG_ROPE_NEOX) {
         return eg_seterr(err, EG_EINVAL, "llama config: unknown rope_mode %d", c->rope_mode);
@@ -338,14 +342,14 @@ eg_status eg_llama_run_layers(const eg_llama *m, eg_bert_state *s, int last, eg_
         const layer_idx *li = &m->layers[l];
         const weight *w = m->w;
         eg_rmsnorm_forward(x, s->h, w[li->attn_norm].vec, n, D, c->rms_norm_eps);
-        st = eg_qmatmul(qkv, W3, x, D, n, &w[li->q].mat, li->bq >= 0 ? w[li->bq].vec : NULL, err);
+        st = eg_qmatmul_prec(qkv, W3, x, D, n, &w[li->q].mat, li->bq >= 0 ? w[li->bq].vec : NULL, c->precision, err);
         if (st == EG_OK) {
-            st = eg_qmatmul(qkv + QW, W3, x, D, n, &w[li->k].mat,
-                            li->bk >= 0 ? w[li->bk].vec : NULL, err);
+            st = eg_qmatmul_prec(qkv + QW, W3, x, D, n, &w[li->k].mat,
+                            li->bk >= 0 ? w[li->bk].vec : NULL, c->precision, err);
         }
         if (st == EG_OK) {
-            st = eg_qmatmul(qkv + QW + KW, W3, x, D, n, &w[li->v].mat,
-                            li->bv >= 0 ? w[li->bv].vec : NULL, err);
+            st = eg_qmatmul_prec(qkv + QW + KW, W3, x, D, n, &w[li->v].mat,
+                            li->bv >= 0 ? w[li->bv].vec : NULL, c->precision, err);
         }
         if (st != EG_OK) {
             return st;
@@ -355,7 +359,7 @@ eg_status eg_llama_run_layers(const eg_llama *m, eg_bert_state *s, int last, eg_
         eg_attention_forward(ctx, qkv, qkv + QW, qkv + QW + KW, NULL, NULL, NULL, s->offsets,
                              s->n_seq, &ash, att);
         /* the output projection writes into x (free until the next norm) */
-        st = eg_qmatmul(x, D, ctx, QW, n, &w[li->o].mat, NULL, err);
+        st = eg_qmatmul_prec(x, D, ctx, QW, n, &w[li->o].mat, NULL, c->precision, err);
         if (st != EG_OK) {
             return st;
         }
@@ -364,16 +368,16 @@ eg_status eg_llama_run_layers(const eg_llama *m, eg_bert_state *s, int last, eg_
         for (size_t r0 = 0; r0 < n; r0 += chunk) {
             const size_t nr = n - r0 < chunk ? n - r0 : chunk;
             const float *xr = x + r0 * D;
-            st = eg_qmatmul(gu, 2 * (size_t)F, xr, D, nr, &w[li->gate].mat, NULL, err);
+            st = eg_qmatmul_prec(gu, 2 * (size_t)F, xr, D, nr, &w[li->gate].mat, NULL, c->precision, err);
             if (st == EG_OK) {
-                st = eg_qmatmul(gu + F, 2 * (size_t)F, xr, D, nr, &w[li->up].mat, NULL, err);
+                st = eg_qmatmul_prec(gu + F, 2 * (size_t)F, xr, D, nr, &w[li->up].mat, NULL, c->precision, err);
             }
             if (st != EG_OK) {
                 return st;
             }
             eg_swiglu_forward(gu, 2 * (size_t)F, gu, gu + F, 2 * (size_t)F, nr, F);
             /* x's rows r0.. are consumed: the down projection reuses them */
-            st = eg_qmatmul(x + r0 * D, D, gu, 2 * (size_t)F, nr, &w[li->down].mat, NULL, err);
+            st = eg_qmatmul_prec(x + r0 * D, D, gu, 2 * (size_t)F, nr, &w[li->down].mat, NULL, c->precision, err);
             if (st != EG_OK) {
                 return st;
             }

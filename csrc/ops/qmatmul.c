@@ -22,6 +22,7 @@
  * never fused; fp16 scales come from a table made by eg_f16_to_f32.
  */
 #include "eg.h"
+#include "eg_bf16.h"
 #include "eg_quant.h"
 
 #include <math.h>
@@ -191,8 +192,10 @@ static eg_status qmm_direct(const qmm_kernels *kern, float *Y, size_t ldy, const
     return EG_OK;
 }
 
+/* The GEMM path. With round_bf16, every dequantized weight is rounded to
+ * bf16 before the product (the emulated bf16 precision, X already rounded). */
 static eg_status qmm_gemm(const qmm_kernels *kern, float *Y, size_t ldy, const float *X,
-                          size_t ldx, size_t N, const eg_qmat *W, eg_err *err)
+                          size_t ldx, size_t N, const eg_qmat *W, int round_bf16, eg_err *err)
 {
     const int cols = (int)W->cols, rows = (int)W->rows;
     int tile = g_tile_rows > 0 ? g_tile_rows : (int)(TILE_FLOATS / (size_t)cols);
@@ -215,6 +218,9 @@ static eg_status qmm_gemm(const qmm_kernels *kern, float *Y, size_t ldy, const f
         for (int c = 0; c < nchunks; c++) {
             const int a = r0 + 8 * c, b = a + 8 < r0 + nr ? a + 8 : r0 + nr;
             kern->deq_rows(W, a, b, buf + (size_t)(a - r0) * cols);
+            if (round_bf16) {
+                eg_round_bf16_inplace(buf + (size_t)(a - r0) * cols, (size_t)(b - a) * cols);
+            }
         }
         eg_sgemm(0, 1, (int)N, nr, cols, 1.0f, X, (int)ldx, buf, cols, 0.0f, Y + r0, (int)ldy);
     }
@@ -222,20 +228,97 @@ static eg_status qmm_gemm(const qmm_kernels *kern, float *Y, size_t ldy, const f
     return EG_OK;
 }
 
+/* bf16 products (eg_bf16.h): the kernel on packed panels where the CPU has
+ * AVX512-BF16, else rounded float copies through qmm_gemm. The weights are
+ * dequantized 32 rows at a time into a per-thread buffer and packed, so no
+ * float copy of the whole matrix is made on the kernel's path. */
+static eg_status qmm_bf16(const qmm_kernels *kern, float *Y, size_t ldy, const float *X,
+                          size_t ldx, size_t N, const eg_qmat *W, eg_err *err)
+{
+    const int cols = (int)W->cols, rows = (int)W->rows;
+    const size_t kp2 = (size_t)((cols + 1) / 2) * 2;
+    size_t xbytes;
+    if (!eg_bf16_kernel_available()) {
+        float *xr;
+        if (eg_mul_ovf(N, (size_t)cols * sizeof(float), &xbytes)
+            || (xr = eg_aligned_alloc(xbytes)) == NULL) {
+            return eg_seterr(err, EG_ENOMEM, "out of memory for %zu x %d rounded inputs", N, cols);
+        }
+        for (size_t i = 0; i < N; i++) {
+            memcpy(xr + i * cols, X + i * ldx, (size_t)cols * sizeof(float));
+        }
+        eg_round_bf16_inplace(xr, N * (size_t)cols);
+        eg_status st = qmm_gemm(kern, Y, ldy, xr, (size_t)cols, N, W, 1, err);
+        eg_aligned_free(xr);
+        return st;
+    }
+    const int panels = (rows + 31) / 32;
+    int nthr = eg_get_num_threads();
+    if (nthr > panels) {
+        nthr = panels;
+    }
+    if (nthr < 1) {
+        nthr = 1;
+    }
+    const size_t per = (size_t)32 * (size_t)cols;
+    uint16_t *wp = eg_aligned_alloc(eg_bf16_packed_elems(rows, cols) * sizeof(uint16_t));
+    uint16_t *xb = eg_mul_ovf(N, kp2 * sizeof(uint16_t), &xbytes) ? NULL : eg_aligned_alloc(xbytes);
+    float *buf = eg_aligned_alloc((size_t)nthr * per * sizeof(float));
+    if (wp == NULL || xb == NULL || buf == NULL) {
+        eg_aligned_free(wp);
+        eg_aligned_free(xb);
+        eg_aligned_free(buf);
+        return eg_seterr(err, EG_ENOMEM, "out of memory for bf16 copies of a %d x %d product "
+                         "with %zu tokens", rows, cols, N);
+    }
+    #pragma omp parallel num_threads(nthr) if (nthr > 1 && (size_t)rows * cols >= 65536)
+    {
+#ifdef _OPENMP
+        float *mine = buf + (size_t)omp_get_thread_num() * per;
+#else
+        float *mine = buf;
+#endif
+        #pragma omp for schedule(dynamic, 2)
+        for (int p = 0; p < panels; p++) {
+            const int r0 = 32 * p, r1 = r0 + 32 < rows ? r0 + 32 : rows;
+            kern->deq_rows(W, r0, r1, mine);
+            eg_bf16_pack_panel(wp + (size_t)p * 32 * kp2, mine, (size_t)cols, r1 - r0, cols);
+        }
+    }
+    eg_bf16_pack_rows(xb, X, ldx, N, cols);
+    eg_bf16_gemm_packed(Y, ldy, xb, N, wp, rows, cols);
+    eg_aligned_free(wp);
+    eg_aligned_free(xb);
+    eg_aligned_free(buf);
+    return EG_OK;
+}
+
 eg_status eg_qmatmul(float *Y, size_t ldy, const float *X, size_t ldx, size_t N,
                      const eg_qmat *W, const float *bias, eg_err *err)
 {
-    const int cols = (int)W->cols, rows = (int)W->rows;
+    return eg_qmatmul_prec(Y, ldy, X, ldx, N, W, bias, EG_PREC_F32, err);
+}
+
+eg_status eg_qmatmul_prec(float *Y, size_t ldy, const float *X, size_t ldx, size_t N,
+                          const eg_qmat *W, const float *bias, int precision, eg_err *err)
+{
+    const int rows = (int)W->rows;
+    const int cols = (int)W->cols;
     if (N == 0) {
         return EG_OK;
     }
     const qmm_kernels *kern = &copies[eg_isa_level()];
-    if (W->type == EG_GGML_F32 && N > (size_t)g_direct_max) {
+    if (precision == EG_PREC_BF16 && N > (size_t)g_direct_max) {
+        eg_status st = qmm_bf16(kern, Y, ldy, X, ldx, N, W, err);
+        if (st != EG_OK) {
+            return st;
+        }
+    } else if (W->type == EG_GGML_F32 && N > (size_t)g_direct_max) {
         eg_sgemm(0, 1, (int)N, rows, cols, 1.0f, X, (int)ldx, (const float *)W->data, cols, 0.0f,
                  Y, (int)ldy);
     } else {
         eg_status st = N <= (size_t)g_direct_max ? qmm_direct(kern, Y, ldy, X, ldx, N, W, err)
-                                                  : qmm_gemm(kern, Y, ldy, X, ldx, N, W, err);
+                                                  : qmm_gemm(kern, Y, ldy, X, ldx, N, W, 0, err);
         if (st != EG_OK) {
             return st;
         }

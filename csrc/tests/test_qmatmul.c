@@ -9,10 +9,14 @@
  *   vectorised tile dequantization is exact);
  * - the GEMM path equals eg_sgemm on eg_dequantize's matrix bit for bit;
  * - the direct path gives a token the same bits alone or in a batch.
+ * precision bf16 (eg_qmatmul_prec): within float32 summation error of the
+ * double product of the bf16-rounded inputs and weights, on the AVX512-BF16
+ * kernel or the emulation, with partial panels, token tiles and K blocks.
  * Also eg_qmat_init's refusals. `make test` runs it once per SIMD level
  * under ENGINE_PY_ISA in CI.
  */
 #include "eg.h"
+#include "eg_bf16.h"
 #include "eg_quant.h"
 #include "eg_test.h"
 
@@ -171,6 +175,56 @@ static void test_type(int type, int rows, int cols)
     free(y1);
 }
 
+static void test_bf16(int type, int rows, int cols)
+{
+    const char *name = eg_ggml_type_name(type);
+    size_t nbytes;
+    unsigned char *raw = random_matrix(type, rows, cols, &nbytes);
+    eg_err err;
+    eg_err_clear(&err);
+    eg_qmat w;
+    CHECK(eg_qmat_init(&w, type, rows, cols, raw, "w", &err) == EG_OK, "%s: %s", name, err.msg);
+    float *wd = malloc(sizeof(float) * (size_t)rows * cols);
+    eg_dequantize(type, raw, wd, (size_t)rows * cols);
+    eg_round_bf16_inplace(wd, (size_t)rows * cols);
+    const int n = 77;   /* 6 register tiles of 12 tokens and a tail of 5 */
+    float *x = malloc(sizeof(float) * (size_t)n * cols), *xr = malloc(sizeof(float) * (size_t)n * cols);
+    for (size_t i = 0; i < (size_t)n * cols; i++) {
+        x[i] = xr[i] = frand();
+    }
+    eg_round_bf16_inplace(xr, (size_t)n * cols);
+    float *y = malloc(sizeof(float) * (size_t)n * rows);
+    const int old = eg_qmatmul_direct_max(-1);
+    eg_qmatmul_direct_max(0);
+    CHECK(eg_qmatmul_prec(y, rows, x, cols, n, &w, NULL, EG_PREC_BF16, &err) == EG_OK, "%s", err.msg);
+    eg_qmatmul_direct_max(old);
+    double worst = 0.0;
+    int changed = 0;
+    for (int t = 0; t < n; t++) {
+        for (int r = 0; r < rows; r++) {
+            double ref = 0.0, ref32 = 0.0, scale = 0.0;
+            for (int k = 0; k < cols; k++) {
+                const double a = xr[(size_t)t * cols + k], b = wd[(size_t)r * cols + k];
+                ref += a * b;
+                ref32 += (double)x[(size_t)t * cols + k] * b;
+                scale += fabs(a * b);
+            }
+            const double e = fabs((double)y[(size_t)t * rows + r] - ref);
+            const double bound = 2.0 * (cols + 2) * ldexp(1.0, -24) * scale + 1e-30;
+            worst = e / bound > worst ? e / bound : worst;
+            changed += ref != ref32;
+        }
+    }
+    CHECK(changed > 0, "%s: the inputs were not rounded (test inputs are bf16 already?)", name);
+    CHECK(worst <= 1.0, "%s bf16 (kernel %d): error %.3g x the bound", name,
+          eg_bf16_kernel_available(), worst);
+    free(raw);
+    free(wd);
+    free(x);
+    free(xr);
+    free(y);
+}
+
 static void test_init_errors(void)
 {
     eg_err err;
@@ -198,6 +252,10 @@ int main(void)
         eg_ggml_type_traits(types[i], &bs, &ts);
         test_type(types[i], 23, bs == 1 ? 100 : 512);
     }
+    test_bf16(EG_GGML_F32, 45, 1031);    /* odd K: the pair padding; two K blocks */
+    test_bf16(EG_GGML_F16, 33, 517);
+    test_bf16(EG_GGML_Q4_1, 45, 1024);
+    test_bf16(EG_GGML_Q6_K, 64, 1536);
     test_init_errors();
     return eg_test_report("test_qmatmul");
 }

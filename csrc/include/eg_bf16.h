@@ -1,0 +1,49 @@
+/*
+ * eg_bf16.h — the bfloat16 product (ops/gemm_bf16.c): Y = X @ W^T with X and
+ * W rounded to bf16 (round to nearest even) and the products summed in
+ * float32. Used by eg_qmatmul_prec(..., EG_PREC_BF16); see gemm_bf16.c for
+ * the kernel and its error.
+ */
+#ifndef EG_BF16_H
+#define EG_BF16_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Precision of the frozen-weight products (eg_qmatmul_prec). */
+enum { EG_PREC_F32 = 0, EG_PREC_BF16 = 1 };
+
+/* 1 when the AVX512-BF16 kernel runs here (the CPU has it and
+ * ENGINE_PY_ISA allows avx512), 0 when bf16 products are emulated with
+ * float32 arithmetic on rounded values. */
+int eg_bf16_kernel_available(void);
+
+/* Round every value of x to the nearest bf16 (ties to even), kept as float. */
+void eg_round_bf16_inplace(float *x, size_t n);
+
+/* uint16 elements of a (rows, cols) matrix packed for the kernel: panels of
+ * 32 rows, cols rounded up to even. */
+size_t eg_bf16_packed_elems(int rows, int cols);
+
+/* Pack nr <= 32 rows of W (row stride ldw) as one panel at dst, padding
+ * rows nr..31 and an odd last column with zeros. dst must be 64-byte
+ * aligned; panel p of a matrix starts at p * 32 * (cols rounded up to even). */
+void eg_bf16_pack_panel(uint16_t *dst, const float *W, size_t ldw, int nr, int cols);
+
+/* X (N, cols, row stride ldx) as bf16 rows of cols rounded up to even
+ * (a zero pad), contiguous. Threaded for large N * cols. */
+void eg_bf16_pack_rows(uint16_t *dst, const float *X, size_t ldx, size_t N, int cols);
+
+/* Y (N, rows; row stride ldy) = Xb @ Wp^T with the kernel. Only call when
+ * eg_bf16_kernel_available(); never inside an OpenMP region. */
+void eg_bf16_gemm_packed(float *Y, size_t ldy, const uint16_t *Xb, size_t N, const uint16_t *Wp,
+                         int rows, int cols);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* EG_BF16_H */
