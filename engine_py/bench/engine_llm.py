@@ -91,7 +91,18 @@ def subsample(g, max_nodes: int, seed: int = 0):
                 if not seen[u]:
                     seen[u] = True
                     queue.append(u)
-    return g.subgraph(np.sort(np.asarray(order, np.int64)))
+    s = g.subgraph(np.sort(np.asarray(order, np.int64)))
+    # the full graph's split restricted to the sample can leave a class with
+    # validation nodes but no training node: re-split the sample (stratified,
+    # every class keeps a training node) over the classes present
+    from engine_py.datasets import TextGraph, stratified_split
+
+    present, y = np.unique(s.labels, return_inverse=True)
+    tr, va, te = stratified_split(y, seed=seed)
+    return TextGraph(texts=s.texts, edge_index=s.edge_index, labels=y,
+                     label_names=[s.label_names[k] for k in present], train_idx=tr, val_idx=va,
+                     test_idx=te, name=s.name, provenance=s.provenance +
+                     f" | BFS subsample of {s.num_nodes} nodes (seed {seed}), re-split 60/20/20").validate()
 
 
 def _cache_path(cache_dir, gname, g, mname, enc, layers):
