@@ -52,7 +52,7 @@ from .graph import Batch, Graph  # noqa: E402,F401
 from .engine import EngineClassifier, InMemoryStates, NotFittedError  # noqa: E402,F401
 from . import gmoe, models, plot  # noqa: E402,F401
 from .encoder import Encoder  # noqa: E402,F401
-from .cache import CacheCorruptError, LayerCache  # noqa: E402,F401
+from .cache import CacheCorruptError, LayerCache, select_layers  # noqa: E402,F401
 from . import early_exit  # noqa: E402,F401
 from .early_exit import ExitPolicy, exit_decide  # noqa: E402,F401
 from .gmoe import MoELoRAFFN  # noqa: E402,F401
@@ -83,5 +83,5 @@ __all__ = [
     "WordPieceTokenizer", "BPETokenizer", "TokenizerFormatError",
     "Graph", "Batch", "EngineClassifier", "InMemoryStates", "NotFittedError",
     "gmoe", "plot", "MoELoRAFFN", "models", "Encoder",
-    "LayerCache", "CacheCorruptError", "early_exit", "ExitPolicy", "exit_decide",
+    "LayerCache", "CacheCorruptError", "select_layers", "early_exit", "ExitPolicy", "exit_decide",
 ]

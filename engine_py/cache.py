@@ -31,7 +31,8 @@ from ._guard import exclusive
 from ._progress import progress
 from ._validate import check_bool, check_int, check_node_ids
 
-__all__ = ["LayerCache", "CacheCorruptError", "DTYPES", "build_with_dask"]
+__all__ = ["LayerCache", "CacheCorruptError", "DTYPES", "build_with_dask", "select_layers",
+           "parse_layers", "ENGINE_LADDERS"]
 
 #: Storage dtypes and their codes in the file.
 DTYPES = {"float32": 0, "float16": 1, "bfloat16": 2}
@@ -91,10 +92,79 @@ def _fingerprint(encoder) -> tuple[str, bytes]:
     return short, sha
 
 
-def _resolve_layers(encoder, layers) -> list[int]:
-    num_layers = int(encoder.num_layers)
+#: ENGINE's reference selection for a 32-layer Llama is [0, 5, 10, 15, 20, 25, 32]
+#: (docs/ALGORITHMS.md A.1): seven hidden states, evenly spaced, from the
+#: embedding output to the last layer. select_layers() without ``every``
+#: aims at this many states.
+ENGINE_LADDERS = 7
+
+
+def select_layers(num_layers: int, every: int | None = None) -> list[int]:
+    """The hidden states ENGINE puts ladders on: every ``every``-th state from
+    0 (the embedding output), plus the last one ``num_layers``.
+
+    Rule: ``range(0, num_layers, every)`` followed by ``num_layers``; when the
+    last two are closer than ``every / 2``, the one before the last is dropped
+    (the reference keeps 32 rather than 30 and 32). This reproduces the
+    paper's selection for Llama-2-7B exactly: ``select_layers(32, 5) ==
+    [0, 5, 10, 15, 20, 25, 32]``.
+
+    Default ``every``: ``max(1, round(num_layers / (ENGINE_LADDERS - 1)))``,
+    i.e. about seven states like the reference: 32 layers -> every 5th
+    (the reference itself), SmolLM2's 30 -> every 5th (0, 5, ..., 30),
+    Qwen2.5-0.5B's 24 -> every 4th (0, 4, ..., 24), MiniLM's 6 -> every
+    layer (0..6).
+    """
+    num_layers = check_int(num_layers, "num_layers", min=1)
+    if every is None:
+        every = max(1, int(round(num_layers / (ENGINE_LADDERS - 1))))
+    every = check_int(every, "every", min=1)
+    out = list(range(0, num_layers, every)) + [num_layers]
+    if len(out) >= 3 and out[-1] - out[-2] < every / 2:
+        del out[-2]
+    return out
+
+
+def parse_layers(layers, num_layers: int) -> list[int]:
+    """Layer ids from a selection: None or "all" (0..num_layers), "engine"
+    (select_layers' default), "every:K" (select_layers(num_layers, K)),
+    "last" ([num_layers]), an int, or a list of ints (checked: in
+    0..num_layers, no duplicates)."""
+    num_layers = check_int(num_layers, "num_layers", min=0)
     if layers is None:
         return list(range(num_layers + 1))
+    if isinstance(layers, str):
+        spec = layers.strip().lower()
+        if spec == "all":
+            return list(range(num_layers + 1))
+        if spec == "last":
+            return [num_layers]
+        if spec == "engine":
+            return select_layers(num_layers)
+        if spec.startswith("every:"):
+            k = spec[len("every:"):].strip()
+            if not k.isdigit() or int(k) < 1:
+                raise ValueError(f"layers={layers!r}: 'every:K' needs a positive integer K")
+            return select_layers(num_layers, int(k))
+        raise ValueError(f"layers={layers!r} is not a layer selection: use a list of ids, 'all', "
+                         "'engine', 'every:K' or 'last'")
+    if isinstance(layers, (int, np.integer)) and not isinstance(layers, bool):
+        layers = [layers]
+    out = [check_int(x, "layers[%d]" % i) for i, x in enumerate(layers)]
+    if not out:
+        raise ValueError("layers must not be empty")
+    for x in out:
+        if not 0 <= x <= num_layers:
+            raise ValueError(f"layer {x} out of range: the encoder has states 0..{num_layers}")
+    if len(set(out)) != len(out):
+        raise ValueError(f"duplicate layer ids in {out}")
+    return out
+
+
+def _resolve_layers(encoder, layers) -> list[int]:
+    num_layers = int(encoder.num_layers)
+    if layers is None or isinstance(layers, str):
+        return parse_layers(layers, num_layers)
     if isinstance(layers, (int, np.integer)) and not isinstance(layers, bool):
         layers = [layers]
     out = [check_int(x, "layers[%d]" % i) for i, x in enumerate(layers)]
@@ -134,6 +204,11 @@ class LayerCache:
               chunk_rows: int = 256, client=None, max_in_flight: int | None = None,
               worker_writes: bool = False) -> "LayerCache":
         """Encode `texts` and store the states of `layers` at `path`.
+
+        `layers`: a list of hidden-state ids (0 = embeddings), or a selection
+        string (parse_layers): "all" (the default, None), "engine" (about
+        seven evenly spaced states as the paper, select_layers), "every:K",
+        "last".
 
         If `path` holds a partial cache of the same encoder fingerprint,
         layers, dtype and texts (count and digest), the build resumes where it

@@ -55,8 +55,9 @@ def _default_cache_dir() -> str:
 def demo_layers(num_layers: int) -> list[int]:
     """Every 2nd hidden state from the embedding output 0 to the last, as the
     paper selects every k-th layer: [0, 2, 4, 6] for MiniLM-L6."""
-    return list(range(0, num_layers + 1, 2)) if num_layers % 2 == 0 else \
-        list(range(0, num_layers, 2)) + [num_layers]
+    from engine_py.cache import select_layers
+
+    return select_layers(num_layers, every=2)
 
 
 def demo_cache(encoder=None, cache_dir: str | None = None, show_progress_bar=None, graph=None):

@@ -31,7 +31,7 @@ import numpy as np
 from . import _core
 from ._validate import check_float, check_int
 
-__all__ = ["ExitPolicy", "exit_decide"]
+__all__ = ["ExitPolicy", "exit_decide", "time_per_exit_layer"]
 
 
 #: the threshold used when neither rule is given (threshold="auto", patience=None)
@@ -192,3 +192,55 @@ def run_batch(model, layers, batch, targets, policy, dynamic, cache=None, seq_of
             active = active[still]
             sel = _nodes_of(gp, active)   # original batch rows of the kept subgraphs, in order
     return 0 if live is None else live.layers_run
+
+
+def time_per_exit_layer(encoder, texts, layers, batch_size: int = 64, repeats: int = 1):
+    """Measure what a node costs the live encoder as a function of the layer
+    it exits at: for each ``l`` in ``layers`` (increasing), the texts are
+    encoded the way run_batch does it (``BertState``: embed, then layer by
+    layer to every selected layer up to ``l``, pooling at each, in batches of
+    ``batch_size``) and stopped at ``l``. Best of ``repeats`` wall-clock runs.
+
+    Returns a dict: ``layers``, ``seconds_per_node`` (one per layer),
+    ``sequence_layers`` (what the state reports it computed, per node), the
+    least-squares line ``seconds_per_node ~ intercept + slope * layer`` and
+    its ``r2`` (1 = exactly linear), ``num_nodes``, ``tokens`` (total).
+    """
+    import time
+
+    layers = [check_int(l, "layer") for l in layers]
+    if not layers or layers != sorted(set(layers)) or layers[0] < 0 or \
+            layers[-1] > int(encoder.num_layers):
+        raise ValueError(f"layers must be increasing ids within 0..{encoder.num_layers}, got {layers}")
+    batch_size = check_int(batch_size, "batch_size", min=1)
+    repeats = check_int(repeats, "repeats", min=1)
+    texts = list(texts)
+    if not texts:
+        raise ValueError("texts is empty")
+    toks = encoder.tokenize(texts)
+    secs, work = [], []
+    for stop in layers:
+        upto = [l for l in layers if l <= stop]
+        best = float("inf")
+        for _ in range(repeats):
+            done = 0
+            t0 = time.perf_counter()
+            for s in range(0, len(toks), batch_size):
+                live = _LiveEncoder(encoder, toks[s:s + batch_size])
+                ids = live.held
+                for l in upto:
+                    live.states(l, ids)
+                done += live.layers_run
+            best = min(best, time.perf_counter() - t0)
+        secs.append(best / len(texts))
+        work.append(done / len(texts))
+    x, y = np.asarray(layers, float), np.asarray(secs, float)
+    if len(x) >= 2:
+        slope, icpt = np.polyfit(x, y, 1)
+        ss = float(((y - y.mean()) ** 2).sum())
+        r2 = 1.0 - float(((y - (icpt + slope * x)) ** 2).sum()) / ss if ss > 0 else 1.0
+    else:
+        slope, icpt, r2 = 0.0, float(y[0]), 1.0
+    return {"layers": layers, "seconds_per_node": secs, "sequence_layers": work,
+            "slope": float(slope), "intercept": float(icpt), "r2": float(r2),
+            "num_nodes": len(texts), "tokens": int(sum(len(t) for t in toks))}

@@ -255,7 +255,10 @@ class EngineClassifier:
     """ENGINE node classifier (G-Ladder side structure over cached LLM states).
 
     Parameters are the ones of the paper's reference configuration; see
-    docs/ALGORITHMS.md §A. ``layers=None`` uses every layer in the cache.
+    docs/ALGORITHMS.md §A. ``layers=None`` uses every layer in the cache; a
+    list picks layer ids; a string selects among the states 0..max(cached)
+    like ``engine_py.cache.parse_layers``: ``"engine"`` (about seven evenly
+    spaced, the paper's choice), ``"every:K"``, ``"last"``, ``"all"``.
     ``r`` (optional) sets ``reduced_dim = dim // r`` at fit time. ``heads`` is
     the GAT head count (used with ``gnn="gat"``).
     """
@@ -324,8 +327,14 @@ class EngineClassifier:
         check_choice(self.activation, "activation", _ACT)
         check_choice(self.norm, "norm", _NORM)
         check_choice(self.sampler, "sampler", ("khop", "rw"))
-        if self.layers is not None:
-            if isinstance(self.layers, (str, bytes)) or not hasattr(self.layers, "__iter__"):
+        if isinstance(self.layers, str):
+            from .cache import parse_layers
+            try:
+                parse_layers(self.layers, 64)   # the syntax; resolved against the cache in fit
+            except ValueError as exc:
+                raise InvalidParameterError(str(exc)) from None
+        elif self.layers is not None:
+            if isinstance(self.layers, bytes) or not hasattr(self.layers, "__iter__"):
                 raise InvalidParameterError(f"layers must be None or a list of layer ids, got {self.layers!r}")
             for i, v in enumerate(self.layers):
                 check_int(v, f"layers[{i}]", min=0)
@@ -349,7 +358,11 @@ class EngineClassifier:
 
     def _resolve_layers(self, cache):
         cached = [int(x) for x in cache.layers]
-        layers = cached if self.layers is None else [int(x) for x in self.layers]   # checked ints
+        if isinstance(self.layers, str):   # "engine", "every:K", ...: over the cache's states 0..max
+            from .cache import parse_layers
+            layers = parse_layers(self.layers, max(cached))
+        else:
+            layers = cached if self.layers is None else [int(x) for x in self.layers]   # checked ints
         if not layers:
             raise ValueError("no layers selected")
         missing = [l for l in layers if l not in cached]

@@ -1,0 +1,431 @@
+"""`python -m engine_py bench engine-llm`: ENGINE on decoder LLMs, a results study.
+
+For each graph (the Debian package graph, debian_packages(); the Python
+documentation's section-link graph, python_docs()) and each encoder (MiniLM-L6,
+SmolLM2-135M, Qwen2.5-0.5B), it
+
+1. builds the layer cache of ENGINE's selected states (``--layers``, default
+   "engine": select_layers, about seven evenly spaced states incl. 0 and L) or
+   reuses it (build time and file size reported; a reused cache has no build time);
+2. trains over ``--seeds``: ENGINE (a SAGE ladder per selected state, exit
+   heads), an MLP on the last state (the side structure without edges), SAGE
+   and GCN on the last state, and SAGE on the best single state (chosen on
+   validation accuracy with the first seed among the cached states, then
+   trained with every seed) — test accuracy mean ± std and training time per
+   epoch, plus ENGINE's gate values;
+3. applies dynamic early exit to the ENGINE models on the test nodes (cached
+   heads; patience / threshold settings): accuracy, relative drop, mean exit
+   layer and the layer speed-up (last layer / mean exit layer), with exit-layer
+   histograms;
+4. measures early exit live on held-out nodes (``--exit-nodes`` test nodes
+   re-added as *new* nodes: their own text through the encoder, layer by layer,
+   their links to known nodes from the cache): wall-clock time of
+   ``predict_new`` at full depth vs with dynamic exit, accuracy, histogram; and
+   the encoder's time per node vs the layer it stops at (time_per_exit_layer).
+
+Results go to ``--out`` (markdown, default docs/RESULTS.md) and ``--json``
+(raw numbers). A run with ``--max-nodes`` or fewer than 3 seeds is labelled a
+SMALL-SCALE RUN at the top of the markdown: it proves the pipeline, it is not
+the study.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+from . import machine_line, start_run, write_json
+
+__all__ = ["run_study", "render_markdown", "subsample", "POLICIES", "main"]
+
+#: exit policies compared on the cached heads: (label, patience, threshold)
+POLICIES = [("patience 1 (paper)", 1, None), ("patience 2", 2, None), ("patience 3", 3, None),
+            ("threshold 0.9", None, 0.9), ("threshold 0.95", None, 0.95),
+            ("threshold 0.99 (default)", None, 0.99), ("threshold 0.999", None, 0.999),
+            ("patience 2 or threshold 0.99", 2, 0.99)]
+#: the policy measured live (predict_new), besides full depth
+LIVE_POLICIES = [("threshold 0.99 (default)", None, 0.99), ("patience 1 (paper)", 1, None)]
+#: ENGINE's settings besides the layers (the demo's, docs/RESULTS_DEMO.md)
+ENGINE_KW = dict(reduced_dim=64, norm="ln")
+
+
+def _ms(xs, pct=True):
+    xs = np.asarray(xs, dtype=float)
+    f = 100.0 if pct else 1.0
+    if xs.size == 0:
+        return "-"
+    if xs.size == 1:
+        return f"{f * xs[0]:.1f}"
+    return f"{f * xs.mean():.1f} ± {f * xs.std(ddof=1):.1f}"
+
+
+def subsample(g, max_nodes: int, seed: int = 0):
+    """At most max_nodes nodes of g taken breadth-first (undirected) from random
+    start nodes, so most kept nodes keep their edges; the induced subgraph with
+    its split restricted to them. g itself when it is small enough."""
+    from engine_py import Graph
+
+    if max_nodes is None or g.num_nodes <= max_nodes:
+        return g
+    csr = Graph(g.edge_index, g.num_nodes)
+    rng = np.random.default_rng(seed)
+    seen = np.zeros(g.num_nodes, bool)
+    order: list = []
+    for start in rng.permutation(g.num_nodes).tolist():
+        if len(order) >= max_nodes:
+            break
+        if seen[start]:
+            continue
+        seen[start] = True
+        queue, head = [start], 0
+        while head < len(queue) and len(order) < max_nodes:
+            v = queue[head]
+            head += 1
+            order.append(v)
+            for u in csr.indices[csr.indptr[v]:csr.indptr[v + 1]].tolist():
+                if not seen[u]:
+                    seen[u] = True
+                    queue.append(u)
+    s = g.subgraph(np.sort(np.asarray(order, np.int64)))
+    # the full graph's split restricted to the sample can leave a class with
+    # validation nodes but no training node: re-split the sample (stratified,
+    # every class keeps a training node) over the classes present
+    from engine_py.datasets import TextGraph, stratified_split
+
+    present, y = np.unique(s.labels, return_inverse=True)
+    tr, va, te = stratified_split(y, seed=seed)
+    return TextGraph(texts=s.texts, edge_index=s.edge_index, labels=y,
+                     label_names=[s.label_names[k] for k in present], train_idx=tr, val_idx=va,
+                     test_idx=te, name=s.name, provenance=s.provenance +
+                     f" | BFS subsample of {s.num_nodes} nodes (seed {seed}), re-split 60/20/20").validate()
+
+
+def _cache_path(cache_dir, gname, g, mname, enc, layers):
+    h = hashlib.sha256("\0".join(g.texts).encode("utf-8")).hexdigest()[:10]
+    fp = hashlib.sha256(enc.fingerprint().encode("utf-8")).hexdigest()[:8]
+    lay = "-".join(map(str, layers))
+    return os.path.join(cache_dir, f"{gname}-{g.num_nodes}-{h}.{mname}-{fp}.L{lay}.cache")
+
+
+def _build_cache(path, enc, texts, layers, batch_size, show):
+    from engine_py import LayerCache
+
+    t0 = time.perf_counter()
+    existed = os.path.exists(path)
+    done_before = 0
+    if existed:
+        try:
+            c = LayerCache.open(path)
+            done_before = c.rows_done
+            c.close()
+        except Exception:   # damaged: build() decides
+            done_before = 0
+    cache = LayerCache.build(path, enc, texts, layers=layers, dtype="float16", batch_size=batch_size,
+                             show_progress_bar=show)
+    secs = time.perf_counter() - t0
+    reused = existed and done_before == cache.num_nodes
+    return cache, {"path": path, "build_seconds": None if reused else secs,
+                   "rows_built": cache.num_nodes - done_before, "reused": reused,
+                   "bytes": os.path.getsize(path), "layers": list(cache.layers),
+                   "num_nodes": cache.num_nodes, "dim": cache.dim, "dtype": cache.dtype}
+
+
+def _fit(kw, cache, graph, g, seed, epochs, patience):
+    from engine_py import EngineClassifier
+
+    clf = EngineClassifier(epochs=epochs, patience=patience, seed=seed, show_progress_bar=False, **kw)
+    t0 = time.perf_counter()
+    clf.fit(cache, graph, g.labels, g.train_idx, g.val_idx)
+    secs = time.perf_counter() - t0
+    return clf, {"fit_seconds": secs, "epochs": clf.n_epochs_,
+                 "seconds_per_epoch": secs / max(1, clf.n_epochs_), "val_acc": clf.best_val_acc_}
+
+
+def _gates(clf):
+    sd = clf.state_dict()
+    return [float(1 / (1 + np.exp(-float(sd[f"gates.{i}.alpha"]) / clf.T)))
+            for i in range(1, len(clf.layers_)) if f"gates.{i}.alpha" in sd]
+
+
+def _held_out(g, graph_ei, k, seed):
+    """k test nodes to re-add as new nodes: the nodes, their neighbour lists
+    among the other nodes, the graph without their edges and the reference
+    graph (without the edges among them)."""
+    from engine_py import Graph
+
+    rng = np.random.default_rng(seed + 991)
+    ids = np.sort(rng.permutation(g.test_idx)[:k]).astype(np.int64)
+    ei = graph_ei
+    touch = np.isin(ei[0], ids) | np.isin(ei[1], ids)
+    both = np.isin(ei[0], ids) & np.isin(ei[1], ids)
+    und = np.concatenate([ei, ei[::-1]], axis=1)
+    nbrs = [np.unique(und[1][(und[0] == v) & ~np.isin(und[1], ids)]) for v in ids]
+    return ids, nbrs, Graph(ei[:, ~touch], g.num_nodes), Graph(ei[:, ~both], g.num_nodes)
+
+
+def run_pair(gname, g, mname, enc, seeds, cache_dir, layers="engine", epochs=200, patience=20,
+             exit_nodes=200, batch_size=32, timing_nodes=64, show=False, log=print):
+    """One graph x one encoder: every number of the study for that pair (a
+    JSON-ready dict)."""
+    from engine_py import Graph
+    from engine_py.cache import parse_layers
+    from engine_py.early_exit import exit_decide, time_per_exit_layer
+
+    sel = parse_layers(layers, int(enc.num_layers))
+    last = sel[-1]
+    path = _cache_path(cache_dir, gname, g, mname, enc, sel)
+    log(f"[{gname} x {mname}] cache {os.path.basename(path)} (layers {sel})")
+    cache, cinfo = _build_cache(path, enc, g.texts, sel, batch_size, show)
+    how = "reused" if cinfo["reused"] else f"built in {cinfo['build_seconds']:.1f} s"
+    log(f"  cache: {how}, {cinfo['bytes'] / 1e6:.1f} MB")
+    graph = Graph(g.edge_index, g.num_nodes)
+    no_edges = Graph(np.zeros((2, 0), np.int64), g.num_nodes)
+    ty = g.labels[g.test_idx]
+    res = {"graph": gname, "model": mname, "num_nodes": g.num_nodes, "num_edges": g.num_edges,
+           "num_classes": g.num_classes, "encoder_layers": int(enc.num_layers), "layers": sel,
+           "cache": cinfo, "models": {}, "exit_cached": {}, "exit_live": {}}
+    specs = [("ENGINE", dict(layers=sel, early_exit=True, **ENGINE_KW), graph),
+             ("MLP (last layer)", dict(layers=[last], early_exit=False), no_edges),
+             ("SAGE (last layer)", dict(layers=[last], early_exit=False), graph),
+             ("GCN (last layer)", dict(layers=[last], early_exit=False, gnn="gcn"), graph)]
+    # best single state: SAGE on each cached state, chosen on validation with the first seed
+    scan = {}
+    for l in sel:
+        _clf, info = _fit(dict(layers=[l], early_exit=False), cache, graph, g, seeds[0], epochs, patience)
+        scan[l] = info["val_acc"]
+    best_l = max(sel, key=lambda l: (scan[l], l))
+    res["single_layer_val"] = {str(l): v for l, v in scan.items()}
+    res["best_single_layer"] = best_l
+    specs.append((f"SAGE (best single layer {best_l})", dict(layers=[best_l], early_exit=False), graph))
+    engines = []
+    for name, kw, gr in specs:
+        rec = {"test_acc": [], "seconds_per_epoch": [], "epochs": [], "val_acc": []}
+        for seed in seeds:
+            clf, info = _fit(kw, cache, gr, g, seed, epochs, patience)
+            acc = float(np.mean(clf.predict(g.test_idx, cache=cache, graph=gr) == ty))
+            rec["test_acc"].append(acc)
+            for k in ("seconds_per_epoch", "epochs", "val_acc"):
+                rec[k].append(info[k])
+            if name == "ENGINE":
+                rec.setdefault("gates", []).append(_gates(clf))
+                engines.append(clf)
+        res["models"][name] = rec
+        log(f"  {name:<34} test {_ms(rec['test_acc'])}%  {np.mean(rec['seconds_per_epoch']):.3f} s/epoch")
+    # early exit on cached heads (the rule run by predict(exit="dynamic"))
+    lay = np.asarray(sel)
+    for label, p, t in POLICIES:
+        accs, drops, mean_layer, hist = [], [], [], np.zeros(len(sel), np.int64)
+        for clf in engines:
+            H = clf.predict_logits(g.test_idx, cache=cache, graph=graph, all_heads=True)
+            full = float(np.mean(H[-1].argmax(1) == ty))
+            probs, ex = exit_decide(H, patience=p, threshold=t)
+            a = float(np.mean(clf.classes_[probs.argmax(1)] == ty))
+            accs.append(a)
+            drops.append((full - a) / full if full > 0 else 0.0)
+            mean_layer.append(float(lay[ex].mean()))
+            hist += np.bincount(ex, minlength=len(sel))
+        res["exit_cached"][label] = {"patience": p, "threshold": t, "acc": accs, "rel_drop": drops,
+                                     "mean_exit_layer": mean_layer,
+                                     "layer_speedup": [last / max(m, 1e-9) for m in mean_layer],
+                                     "histogram": hist.tolist()}
+    # early exit live on held-out nodes, seed-0 model
+    k = min(int(exit_nodes), g.test_idx.size)
+    if k > 0 and engines:
+        clf = engines[0]
+        ids, nbrs, g_new, g_ref = _held_out(g, g.edge_index, k, seeds[0])
+        texts = [g.texts[v] for v in ids]
+        yk = g.labels[ids]
+        clf.predict_new(enc, texts[:2], nbrs[:2], cache, graph=g_new, exit="none")   # warm-up
+        t0 = time.perf_counter()
+        p_full = clf.predict_new(enc, texts, nbrs, cache, graph=g_new, exit="none", batch_size=batch_size)
+        t_full = time.perf_counter() - t0
+        work_full = clf.last_encoder_layers_
+        res["exit_live"]["full depth"] = {"seconds": t_full, "acc": float(np.mean(p_full == yk)),
+                                          "sequence_layers": work_full, "num_nodes": k}
+        for label, p, t in LIVE_POLICIES:
+            t0 = time.perf_counter()
+            pred, at = clf.predict_new(enc, texts, nbrs, cache, graph=g_new, exit="dynamic", patience=p,
+                                       threshold=t, batch_size=batch_size, return_exit_layer=True)
+            secs = time.perf_counter() - t0
+            res["exit_live"][label] = {
+                "seconds": secs, "acc": float(np.mean(pred == yk)), "speedup": t_full / secs,
+                "sequence_layers": clf.last_encoder_layers_,
+                "work_ratio": work_full / max(1, clf.last_encoder_layers_),
+                "mean_exit_layer": float(at.mean()),
+                "histogram": [int((at == l).sum()) for l in sel], "num_nodes": k}
+            log(f"  live exit ({label}) on {k} new nodes: {t_full:.2f} s -> {secs:.2f} s "
+                f"({t_full / secs:.1f}x), acc {100 * np.mean(p_full == yk):.1f}% -> "
+                f"{100 * np.mean(pred == yk):.1f}%")
+        # cached reference for the same nodes: checks that live == cached at full depth
+        ref = clf.predict(ids, cache=cache, graph=g_ref)
+        res["exit_live"]["full depth"]["agrees_with_cached"] = float(np.mean(ref == p_full))
+    if timing_nodes:
+        tn = [g.texts[v] for v in g.test_idx[:int(timing_nodes)]]
+        res["time_per_exit_layer"] = time_per_exit_layer(enc, tn, sel, batch_size=batch_size)
+    cache.close()
+    return res
+
+
+def run_study(graphs: dict, encoders: dict, seeds=(0, 1, 2), cache_dir=None, **kw) -> dict:
+    """Every pair of ``graphs`` ({name: TextGraph}) and ``encoders`` ({name:
+    Encoder, or a zero-argument callable returning one}); keywords go to
+    run_pair. Returns {"pairs": [...], "graphs": {...}}."""
+    cache_dir = cache_dir or os.path.join(os.environ.get("ENGINE_PY_CACHE") or
+                                          os.path.join(os.path.expanduser("~"), ".cache", "engine_py"),
+                                          "engine-llm")
+    os.makedirs(cache_dir, exist_ok=True)
+    seeds = list(seeds)
+    out = {"pairs": [], "seeds": seeds,
+           "graphs": {n: {"num_nodes": g.num_nodes, "num_edges": g.num_edges,
+                          "num_classes": g.num_classes, "provenance": g.provenance,
+                          "split": [int(g.train_idx.size), int(g.val_idx.size), int(g.test_idx.size)]}
+                      for n, g in graphs.items()}}
+    for mname, enc in encoders.items():
+        if callable(enc) and not hasattr(enc, "encode_layers"):
+            enc = enc()
+        for gname, g in graphs.items():
+            out["pairs"].append(run_pair(gname, g, mname, enc, seeds, cache_dir, **kw))
+    return out
+
+
+def render_markdown(res: dict, command: str = "", machine: str = "", small: bool = False) -> str:
+    L = ["# ENGINE on decoder LLMs: results", ""]
+    if small:
+        L += ["> **SMALL-SCALE RUN** (subsampled graphs and/or fewer than 3 seeds): it shows that the",
+              "> pipeline runs end to end; its numbers are not the study's.", ""]
+    if command:
+        L += [f"Generated by `{command}`.", ""]
+    if machine:
+        L += [f"Machine: {machine}", ""]
+    L += ["## Graphs", "", "| graph | nodes | edges | classes | train / val / test |", "|---|---|---|---|---|"]
+    for n, g in res["graphs"].items():
+        L.append(f"| {n} | {g['num_nodes']:,} | {g['num_edges']:,} | {g['num_classes']} | "
+                 f"{' / '.join(map(str, g['split']))} |")
+    L += ["", "## Layer caches", "", "| graph | encoder | layers cached | size | build time |",
+          "|---|---|---|---|---|"]
+    for p in res["pairs"]:
+        c = p["cache"]
+        bt = "reused (built earlier)" if c["build_seconds"] is None else f"{c['build_seconds']:.1f} s"
+        L.append(f"| {p['graph']} | {p['model']} | {','.join(map(str, c['layers']))} | "
+                 f"{c['bytes'] / 1e6:.1f} MB | {bt} |")
+    L += ["", f"## Test accuracy (mean ± std over seeds {res['seeds']}) and training time per epoch", "",
+          "| graph | encoder | model | test acc % | s / epoch | epochs |", "|---|---|---|---|---|---|"]
+    for p in res["pairs"]:
+        for name, r in p["models"].items():
+            L.append(f"| {p['graph']} | {p['model']} | {name} | {_ms(r['test_acc'])} | "
+                     f"{np.mean(r['seconds_per_epoch']):.3f} | {np.mean(r['epochs']):.0f} |")
+    L += ["", "ENGINE's gates a_i = σ(α_i/T) (weight of the ladder's own layer vs the ladder below), "
+          "mean over seeds, and the single-layer scan (SAGE, validation accuracy, first seed):", ""]
+    for p in res["pairs"]:
+        gates = np.mean(np.asarray(p["models"]["ENGINE"].get("gates", [[]]), float), axis=0)
+        scan = ", ".join(f"{l}: {100 * v:.1f}" for l, v in p["single_layer_val"].items())
+        L.append(f"- {p['graph']} × {p['model']}: gates {np.round(gates, 2).tolist()}; val acc by layer {scan}")
+    L += ["", "## Early exit on the test nodes (cached heads, every seed)", "",
+          "| graph | encoder | policy | acc % | rel. drop % | mean exit layer | layer speed-up | exit-layer histogram |",
+          "|---|---|---|---|---|---|---|---|"]
+    for p in res["pairs"]:
+        for label, r in p["exit_cached"].items():
+            hist = " ".join(f"{l}:{c}" for l, c in zip(p["layers"], r["histogram"]))
+            L.append(f"| {p['graph']} | {p['model']} | {label} | {_ms(r['acc'])} | {_ms(r['rel_drop'])} | "
+                     f"{np.mean(r['mean_exit_layer']):.1f} of {p['layers'][-1]} | "
+                     f"{np.mean(r['layer_speedup']):.2f}x | {hist} |")
+    L += ["", "## Early exit live on held-out nodes (predict_new: own text through the encoder, "
+          "layer by layer; seed-0 model; wall clock)", "",
+          "| graph | encoder | policy | nodes | seconds | speed-up | acc % | encoder layer-runs | histogram |",
+          "|---|---|---|---|---|---|---|---|---|"]
+    for p in res["pairs"]:
+        for label, r in p["exit_live"].items():
+            hist = " ".join(f"{l}:{c}" for l, c in zip(p["layers"], r.get("histogram", []))) or "-"
+            sp = f"{r['speedup']:.2f}x" if "speedup" in r else "1 (baseline)"
+            L.append(f"| {p['graph']} | {p['model']} | {label} | {r['num_nodes']} | {r['seconds']:.2f} | {sp} | "
+                     f"{100 * r['acc']:.1f} | {r['sequence_layers']} | {hist} |")
+    L += ["", "## Encoder time per node vs the layer it stops at (time_per_exit_layer)", "",
+          "| graph | encoder | layer: ms / node | slope ms / layer | R² |", "|---|---|---|---|---|"]
+    for p in res["pairs"]:
+        t = p.get("time_per_exit_layer")
+        if t:
+            pts = ", ".join(f"{l}: {1e3 * s:.2f}" for l, s in zip(t["layers"], t["seconds_per_node"]))
+            L.append(f"| {p['graph']} | {p['model']} | {pts} | {1e3 * t['slope']:.3f} | {t['r2']:.3f} |")
+    return "\n".join(L) + "\n"
+
+
+def _load_graphs(names, max_nodes, log):
+    from engine_py.datasets import debian_packages, python_docs
+
+    out = {}
+    for n in names:
+        t0 = time.perf_counter()
+        if n == "debian":
+            g = debian_packages()
+        elif n == "pydocs":
+            g = python_docs()
+        else:
+            raise SystemExit(f"unknown graph {n!r} (debian, pydocs)")
+        g = subsample(g, max_nodes)
+        log(f"graph {n}: {g.num_nodes} nodes, {g.num_edges} edges, {g.num_classes} classes "
+            f"({time.perf_counter() - t0:.1f} s)")
+        out[n] = g
+    return out
+
+
+def _encoder_factory(name, max_length):
+    from engine_py import Encoder, models
+
+    paths = {"minilm": models.minilm_path, "smollm2": models.smollm2_path, "qwen05": models.qwen05_path}
+    if name not in paths:
+        raise SystemExit(f"unknown model {name!r} (minilm, smollm2, qwen05)")
+    return lambda: Encoder.from_pretrained(paths[name](), max_length=max_length)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m engine_py bench engine-llm", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--graphs", default="debian,pydocs", help="comma list of debian, pydocs")
+    p.add_argument("--models", default="minilm,smollm2,qwen05", help="comma list of minilm, smollm2, qwen05")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--max-nodes", type=int, default=None, help="subsample each graph (BFS) to this many nodes")
+    p.add_argument("--max-length", type=int, default=128, help="tokens per node text (default 128)")
+    p.add_argument("--layers", default="engine", help="cached/selected states: engine, every:K, all (default engine)")
+    p.add_argument("--epochs", type=int, default=200)
+    p.add_argument("--patience", type=int, default=20)
+    p.add_argument("--exit-nodes", type=int, default=200, help="held-out test nodes for live early exit")
+    p.add_argument("--timing-nodes", type=int, default=64, help="texts for time per node vs exit layer")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--cache-dir", default=None)
+    p.add_argument("--out", default="docs/RESULTS.md", help="markdown report (default docs/RESULTS.md)")
+    p.add_argument("--json", default=None, help="raw numbers (default: --out with .json)")
+    p.add_argument("--no-progress", action="store_true")
+    args = p.parse_args(argv)
+    import engine_py
+
+    if args.threads:
+        engine_py.set_num_threads(args.threads)
+    run = start_run()
+    log = lambda *a: print(*a, flush=True)   # noqa: E731
+    graphs = _load_graphs([s.strip() for s in args.graphs.split(",") if s.strip()], args.max_nodes, log)
+    encoders = {m.strip(): _encoder_factory(m.strip(), args.max_length)
+                for m in args.models.split(",") if m.strip()}
+    res = run_study(graphs, encoders, seeds=args.seeds, cache_dir=args.cache_dir, layers=args.layers,
+                    epochs=args.epochs, patience=args.patience, exit_nodes=args.exit_nodes,
+                    batch_size=args.batch_size, timing_nodes=args.timing_nodes,
+                    show=False if args.no_progress else None, log=log)
+    machine = run.stop(threads=engine_py.get_num_threads())
+    cmd = "python -m engine_py bench engine-llm " + " ".join(sys.argv[1:] if argv is None else argv)
+    small = args.max_nodes is not None or len(args.seeds) < 3
+    md = render_markdown(res, command=cmd.strip(), machine=machine_line(machine), small=small)
+    print(md)
+    if args.out:
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        with open(args.out, "w", encoding="utf-8") as f:
+            f.write(md)
+        jp = args.json or os.path.splitext(args.out)[0] + ".json"
+        write_json(jp, {"benchmark": "engine_llm", "command": cmd.strip(), "small_scale": small,
+                        "machine": machine, "results": res})
+        print(f"wrote {args.out} and {jp}")
+    return 0

@@ -1,0 +1,85 @@
+"""bench engine-llm: the study function end to end on a tiny random Llama GGUF
+and a tiny synthetic graph (fast; the real models and graphs are for the bench)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("transformers")
+pytest.importorskip("gguf")
+
+import llm_fixtures as F  # noqa: E402
+
+from engine_py import Encoder  # noqa: E402
+from engine_py.bench import NAMES  # noqa: E402
+from engine_py.bench.engine_llm import POLICIES, render_markdown, run_study, subsample  # noqa: E402
+from engine_py.datasets import TextGraph, stratified_split  # noqa: E402
+
+from test_early_exit_llm import _graph_data  # noqa: E402
+
+
+def _toy_graph():
+    texts, y, ei = _graph_data(n=90, seed=1)
+    tr, va, te = stratified_split(y, seed=0)
+    return TextGraph(texts=texts, edge_index=ei, labels=y, label_names=["a", "b", "c"],
+                     train_idx=tr, val_idx=va, test_idx=te, name="toy", provenance="synthetic").validate()
+
+
+def test_subsample_keeps_edges_and_splits():
+    g = _toy_graph()
+    s = subsample(g, 40, seed=0)
+    assert s.num_nodes == 40 and s.num_edges > 0
+    assert s.train_idx.size + s.val_idx.size + s.test_idx.size == 40
+    assert subsample(g, 1000) is g
+
+
+def test_run_study_tiny(tmp_path):
+    tiny = F.write_tiny_llm(tmp_path / "m", "llama", gguf_types=("F32",), layers=4, hidden=64,
+                            intermediate=96)
+    enc = Encoder.from_pretrained(tiny.gguf["F32"], max_length=32)
+    g = _toy_graph()
+    logs = []
+    res = run_study({"toy": g}, {"tiny": enc}, seeds=[0, 1], cache_dir=str(tmp_path / "c"),
+                    layers="every:2", epochs=4, patience=2, exit_nodes=8, batch_size=8,
+                    timing_nodes=8, show=False, log=logs.append)
+    (p,) = res["pairs"]
+    assert p["layers"] == [0, 2, 4] and p["cache"]["layers"] == [0, 2, 4]
+    assert not p["cache"]["reused"] and p["cache"]["build_seconds"] > 0 and p["cache"]["bytes"] > 0
+    names = list(p["models"])
+    assert names[:4] == ["ENGINE", "MLP (last layer)", "SAGE (last layer)", "GCN (last layer)"]
+    assert names[4].startswith("SAGE (best single layer") and p["best_single_layer"] in (0, 2, 4)
+    for r in p["models"].values():
+        assert len(r["test_acc"]) == 2 and all(0 <= a <= 1 for a in r["test_acc"])
+        assert all(s > 0 for s in r["seconds_per_epoch"]) and all(1 <= e <= 4 for e in r["epochs"])
+    assert len(p["models"]["ENGINE"]["gates"][0]) == 2
+    # every policy's histogram counts every test node of every seed
+    for label, _p, _t in POLICIES:
+        r = p["exit_cached"][label]
+        assert sum(r["histogram"]) == 2 * g.test_idx.size
+        assert all(0 <= m <= 4 for m in r["mean_exit_layer"])
+    # the threshold 0.999 never exits later than 0.99 does (mean layer)
+    assert np.mean(p["exit_cached"]["threshold 0.999"]["mean_exit_layer"]) >= \
+        np.mean(p["exit_cached"]["threshold 0.99 (default)"]["mean_exit_layer"]) - 1e-9
+    live = p["exit_live"]
+    assert live["full depth"]["num_nodes"] == 8
+    assert live["full depth"]["sequence_layers"] == 8 * 4          # every new node to the last layer
+    assert live["full depth"]["agrees_with_cached"] == 1.0         # live encoder == cache
+    for label in ("threshold 0.99 (default)", "patience 1 (paper)"):
+        r = live[label]
+        assert sum(r["histogram"]) == 8
+        assert r["sequence_layers"] == sum(l * c for l, c in zip(p["layers"], r["histogram"]))
+    t = p["time_per_exit_layer"]
+    assert t["layers"] == [0, 2, 4] and t["sequence_layers"] == [0, 2, 4]
+    md = render_markdown(res, command="cmd", machine="m", small=True)
+    assert "SMALL-SCALE RUN" in md and "| toy | tiny | ENGINE |" in md
+    assert md.count("| toy | tiny |") >= 5 + len(POLICIES) + 3
+    json.dumps(res, default=float)   # JSON-ready
+    # a second run reuses the cache (no build time)
+    res2 = run_study({"toy": g}, {"tiny": enc}, seeds=[0], cache_dir=str(tmp_path / "c"),
+                     layers="every:2", epochs=2, patience=1, exit_nodes=0, timing_nodes=0,
+                     show=False, log=logs.append)
+    assert res2["pairs"][0]["cache"]["reused"] and res2["pairs"][0]["cache"]["build_seconds"] is None
+    assert "engine_llm" in NAMES
