@@ -20,10 +20,10 @@ PROMPTS = ["The cat sat on the", "Question: what is two plus two? Answer:", "Hel
 ANSWERS = [" mat.", " four", " world and everyone in it", " yes"]
 
 
-def _randomize_lora(tr, seed):
+def _randomize_lora(tr, seed, b_std=0.3):
     """Give every adapter nonzero B (and fresh A) so all gradients flow."""
     rng = np.random.default_rng(seed)
-    st = {k: (rng.standard_normal(v.shape) * (0.3 if "lora_B" in k else 0.2)).astype(np.float32)
+    st = {k: (rng.standard_normal(v.shape) * (b_std if "lora_B" in k else 0.2)).astype(np.float32)
           for k, v in tr.lora_state().items()}
     tr.set_lora_state(st)
     return st
@@ -31,7 +31,8 @@ def _randomize_lora(tr, seed):
 
 def torch_loss_and_grads(model, state, scale, seqs, starts):
     """Plain-torch LoRA on the HF model: y = base(x) + scale * x A^T B^T."""
-    params = {k: torch.tensor(v, requires_grad=True) for k, v in state.items()}
+    dt = next(model.parameters()).dtype
+    params = {k: torch.tensor(v, dtype=dt, requires_grad=True) for k, v in state.items()}
     patched = []
     for i, layer in enumerate(model.model.layers):
         for m in MODULES:
@@ -63,8 +64,8 @@ def torch_loss_and_grads(model, state, scale, seqs, starts):
             del mod.forward
 
 
-def _compare(tr, model, prompts, answers, seed=1, tol=1e-4):
-    st = _randomize_lora(tr, seed)
+def _compare(tr, model, prompts, answers, seed=1, tol=1e-4, b_std=0.3):
+    st = _randomize_lora(tr, seed, b_std)
     seqs, starts = tr._pairs(prompts, answers)
     loss, _ = tr.loss_and_grads(prompts, answers)
     grads = tr.lora_state(grads=True)
@@ -90,7 +91,8 @@ def tiny(request, tmp_path_factory):
 def test_hf_folder_grads_match_torch(tiny):
     tr = Trainer(tiny.hf_dir, r=2, alpha=4, seed=3)
     model, _ = _load(tiny.hf_dir)
-    _compare(tr, model, PROMPTS, ANSWERS)
+    worst = _compare(tr, model, PROMPTS, ANSWERS)
+    print(f"{tiny.arch} HF worst relative gradient error {worst:.3g}")
 
 
 def test_gguf_grads_match_torch(tiny):
@@ -99,7 +101,8 @@ def test_gguf_grads_match_torch(tiny):
     path = tiny.gguf["Q8_0"]
     tr = Trainer(path, r=3, alpha=5, targets=("q", "k", "v", "o", "gate", "up", "down"), seed=4)
     model, _ = _load(path)
-    _compare(tr, model, PROMPTS, ANSWERS, seed=2)
+    worst = _compare(tr, model, PROMPTS, ANSWERS, seed=2)
+    print(f"{tiny.arch} GGUF Q8_0 worst relative gradient error {worst:.3g}")
 
 
 def test_subset_targets_and_ranks(tiny):
@@ -133,7 +136,14 @@ def test_smollm2_grads_match_torch():
     except (ModuleNotFoundError, FileNotFoundError) as exc:
         pytest.skip(str(exc))
     tr = Trainer(path, r=2, alpha=4, seed=0)
-    model, _ = _load(path)
+    import copy
+
+    # the reference in float64: over 30 layers PyTorch's own float32
+    # gradients are ~1.6e-4 (relative) off the float64 ones, engine_py's
+    # ~3e-5 (measured), so float32 PyTorch cannot referee 1e-4
+    model = copy.deepcopy(_load(path)[0]).double()
     prompts = ["What is the capital of France? Answer:", "Translate 'chat' to English:"]
     answers = [" Paris", " cat"]
-    _compare(tr, model, prompts, answers, seed=7)
+    # B ~ N(0, 0.05^2): adapters of a realistic size
+    worst = _compare(tr, model, prompts, answers, seed=7, b_std=0.05)
+    print(f"SmolLM2 worst relative gradient error {worst:.3g}")
