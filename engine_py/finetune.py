@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 from typing import Any, Optional, Sequence
 
 import numpy as np
@@ -122,7 +123,9 @@ class Trainer:
     (LoRA input, default 0.0), weight_decay (0.0), warmup_ratio (0.1, linear
     warm-up then cosine decay; schedule="constant" keeps lr), max_grad_norm
     (1.0; None: no clipping), max_length (prompt + answer tokens, default the
-    model's context), show_progress_bar.
+    model's context), micro_batch_size (gradient accumulation: each batch
+    runs through the core this many examples at a time; default the whole
+    batch), show_progress_bar.
     """
 
     def __init__(self, model_path, method: str = "lora", r: int = 2, alpha: float = 4,
@@ -130,7 +133,8 @@ class Trainer:
                  batch_size: int = 16, seed: int = 0, *, dropout: float = 0.0,
                  weight_decay: float = 0.0, warmup_ratio: float = 0.1,
                  schedule: str = "cosine", max_grad_norm: Optional[float] = 1.0,
-                 max_length: Optional[int] = None, show_progress_bar: Optional[bool] = None):
+                 max_length: Optional[int] = None, micro_batch_size: Optional[int] = None,
+                 show_progress_bar: Optional[bool] = None):
         if method != "lora":
             raise ValueError(f"method must be 'lora' (mixlora/gmoe are not implemented yet), "
                              f"got {method!r}")
@@ -160,6 +164,10 @@ class Trainer:
         self.lr, self.epochs, self.batch_size, self.seed = float(lr), int(epochs), int(batch_size), int(seed)
         self.dropout, self.weight_decay = float(dropout), float(weight_decay)
         self.warmup_ratio, self.schedule, self.max_grad_norm = float(warmup_ratio), schedule, max_grad_norm
+        if micro_batch_size is not None and (isinstance(micro_batch_size, bool) or not isinstance(
+                micro_batch_size, (int, np.integer)) or micro_batch_size < 1):
+            raise ValueError(f"micro_batch_size must be an integer >= 1, got {micro_batch_size!r}")
+        self.micro_batch_size = None if micro_batch_size is None else int(micro_batch_size)
         self.show_progress_bar = show_progress_bar
         (self._model, self._hp, self.tokenizer, head, self._keep,
          self.arch) = _load_base(self.model_path)
@@ -224,12 +232,24 @@ class Trainer:
         """Mean cross-entropy over the answer tokens and the LoRA gradients
         (float32 copy of the flat gradient buffer), without updating."""
         seqs, starts = self._pairs(prompts, answers)
-        b = LoraBatch(seqs, starts)
-        g = self._core.grads
-        g[:] = 0
-        nll, _ = self._core.step(b.ids, b.offsets, b.targets, scale=1.0 / b.n_targets,
-                                 backward=True, seed=self.seed)
-        return nll / b.n_targets, g.copy()
+        loss, _ = self._accumulate(seqs, starts, self.seed)
+        return loss, self._core.grads.copy()
+
+    def _accumulate(self, seqs, starts, seed):
+        """Zero the gradients, then accumulate those of the mean answer loss
+        of these examples, micro_batch_size at a time (gradient accumulation:
+        every micro-batch is scaled by 1 / the whole batch's target count, so
+        the result equals one pass over the whole batch). (loss, tokens)."""
+        mb = self.micro_batch_size or len(seqs)
+        parts = [LoraBatch(seqs[i:i + mb], starts[i:i + mb]) for i in range(0, len(seqs), mb)]
+        n_t = sum(b.n_targets for b in parts)
+        self._core.grads[:] = 0
+        nll = 0.0
+        for j, b in enumerate(parts):
+            s, _ = self._core.step(b.ids, b.offsets, b.targets, scale=1.0 / n_t, backward=True,
+                                   seed=(seed + j * 0x9E3779B97F4A7C15) & (2**64 - 1))
+            nll += s
+        return nll / n_t, sum(len(b.ids) for b in parts)
 
     def fit(self, prompts, answers):
         """Train on (prompt, answer) pairs; the loss covers the answer tokens
@@ -252,12 +272,10 @@ class Trainer:
                 order = rng.permutation(n)
                 for bi in range(per_epoch):
                     idx = order[bi * self.batch_size:(bi + 1) * self.batch_size]
-                    b = LoraBatch([seqs[i] for i in idx], [starts[i] for i in idx])
-                    grads[:] = 0
-                    nll, _ = self._core.step(b.ids, b.offsets, b.targets,
-                                             scale=1.0 / b.n_targets, backward=True,
-                                             seed=(self.seed * 1000003 + self.step_) & (2**64 - 1))
-                    loss = nll / b.n_targets
+                    t0 = time.perf_counter()
+                    loss, ntok = self._accumulate([seqs[i] for i in idx],
+                                                  [starts[i] for i in idx],
+                                                  (self.seed * 1000003 + self.step_) & (2**64 - 1))
                     if not math.isfinite(loss) or not np.isfinite(grads).all():
                         raise FloatingPointError(f"non-finite loss or gradient at step "
                                                  f"{self.step_} (loss {loss}); the adapter "
@@ -273,7 +291,8 @@ class Trainer:
                     self.step_ += 1
                     self.history_.append((self.step_, loss, lr))
                     bar.update(1)
-                    bar.set_postfix(loss=f"{loss:.4f}")
+                    bar.set_postfix(loss=f"{loss:.4f}",
+                                    tok_s=f"{ntok / max(time.perf_counter() - t0, 1e-9):.0f}")
         return self
 
     # ----------------------------------------------------------- inference

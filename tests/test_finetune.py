@@ -155,3 +155,31 @@ def test_bad_inputs(tiny, tmp_path):
     tr.save_adapter(tmp_path / "r2b")
     with pytest.raises(ValueError, match="shape"):
         Trainer.load(other.hf_dir, tmp_path / "r2b")
+
+
+def test_gradient_accumulation_equals_one_batch(tiny):
+    whole = Trainer(tiny.hf_dir, seed=4)
+    acc = Trainer(tiny.hf_dir, seed=4, micro_batch_size=2)
+    rng = np.random.default_rng(0)
+    st = {k: (rng.standard_normal(v.shape) * 0.2).astype(np.float32)
+          for k, v in whole.lora_state().items()}
+    whole.set_lora_state(st)
+    acc.set_lora_state(st)
+    l1, g1 = whole.loss_and_grads(PROMPTS[:5], ANSWERS[:5])
+    l2, g2 = acc.loss_and_grads(PROMPTS[:5], ANSWERS[:5])
+    assert abs(l1 - l2) <= 1e-6 * abs(l1)
+    assert np.abs(g1 - g2).max() <= 1e-5 * np.abs(g1).max()
+    with pytest.raises(ValueError, match="micro_batch_size"):
+        Trainer(tiny.hf_dir, micro_batch_size=0)
+
+
+def test_non_finite_loss_stops_naming_the_step(tiny):
+    tr = Trainer(tiny.hf_dir, batch_size=4, show_progress_bar=False)
+    st = tr.lora_state()
+    k = next(k for k in st if "lora_B" in k)
+    st[k][:] = np.inf
+    tr.set_lora_state(st)
+    before = tr._core.params.copy()
+    with pytest.raises(FloatingPointError, match="step 0"):
+        tr.fit(PROMPTS, ANSWERS)
+    assert np.array_equal(tr._core.params, before, equal_nan=True)
