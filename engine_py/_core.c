@@ -226,7 +226,7 @@ PyMODINIT_FUNC PyInit__core(void)
         return NULL;
     }
     if (eg_py_init_io(m) < 0 || eg_py_init_gguf(m) < 0 || eg_py_init_text(m) < 0 ||
-        eg_py_init_bert(m) < 0 || eg_py_init_llama(m) < 0 || eg_py_init_cache(m) < 0 || eg_py_init_graph(m) < 0 ||
+        eg_py_init_bert(m) < 0 || eg_py_init_llama(m) < 0 || eg_py_init_llama_train(m) < 0 || eg_py_init_cache(m) < 0 || eg_py_init_graph(m) < 0 ||
         eg_py_init_engine(m) < 0 || eg_py_init_exit(m) < 0 ||
         eg_py_init_gmoe(m) < 0) {
         Py_DECREF(m);

@@ -225,6 +225,7 @@ int eg_py_init_gguf(PyObject *module);    /* _core_gguf.c: GGUF reader */
 int eg_py_init_text(PyObject *module);    /* _core_text.c: tokenizers */
 int eg_py_init_bert(PyObject *module);    /* _core_bert.c: BERT encoder */
 int eg_py_init_llama(PyObject *module);   /* _core_llama.c: Llama-family decoders */
+int eg_py_init_llama_train(PyObject *module); /* _core_llama_train.c: LoRA fine-tuning */
 int eg_py_init_cache(PyObject *module);   /* _core_cache.c: layer cache */
 int eg_py_init_graph(PyObject *module);   /* _core_graph.c: CSR graph, samplers */
 int eg_py_init_engine(PyObject *module);  /* _core_engine.c: G-Ladder */

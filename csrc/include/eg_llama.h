@@ -88,6 +88,16 @@ eg_status eg_llama_run_layers(const eg_llama *m, eg_bert_state *s, int last, eg_
 /* Last-token pooling: out (n_seq, D) row i = the last row of sequence i. */
 void eg_state_pool_last(const eg_bert_state *s, float *out);
 
+/* Read-only views of a complete model's weights, for the fine-tuning
+ * passes (eg_llama_train.h); bq/bk/bv are NULL without qkv biases. */
+typedef struct {
+    const float *attn_norm, *ffn_norm, *bq, *bk, *bv;
+    const eg_qmat *q, *k, *v, *o, *gate, *up, *down;
+} eg_llama_layer_weights;
+void eg_llama_get_layer(const eg_llama *m, int layer, eg_llama_layer_weights *out);
+const eg_qmat *eg_llama_embedding(const eg_llama *m);
+const float *eg_llama_output_norm(const eg_llama *m);
+
 /* FLOPs of running every layer on texts of these lengths (products of the
  * projections and the attention; multiply-adds count 2). */
 double eg_llama_flops(const eg_llama_config *cfg, const int64_t *lengths, int n_seq);

@@ -189,6 +189,16 @@ eg_status eg_qmatmul(float *Y, size_t ldy, const float *X, size_t ldx, size_t N,
 eg_status eg_qmatmul_prec(float *Y, size_t ldy, const float *X, size_t ldx, size_t N,
                           const eg_qmat *W, const float *bias, int precision, eg_err *err);
 
+/* dX (N, cols) = dY (N, rows) @ W (accumulate 0), or dX += dY @ W
+ * (accumulate 1): the product with the transposed weight of a backward pass.
+ * dY rows have stride ldy, dX rows ldx. W is read in its stored format:
+ * row blocks of at most 32 MiB are dequantized into a scratch tile and
+ * multiplied by the float GEMM, accumulating into dX (no float copy of the
+ * whole matrix beyond one tile). EG_OK or EG_ENOMEM. Never call inside an
+ * OpenMP region. */
+eg_status eg_qmatmul_t(float *dX, size_t ldx, const float *dY, size_t ldy, size_t N,
+                       const eg_qmat *W, int accumulate, eg_err *err);
+
 /* Batches of at most this many tokens take eg_qmatmul's direct path. */
 #define EG_QMM_DIRECT_MAX 64
 

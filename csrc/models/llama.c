@@ -421,3 +421,31 @@ double eg_llama_flops(const eg_llama_config *c, const int64_t *lengths, int n_se
                        + 2.0 * 2.0 * sq * QW;
     return per_layer * c->num_layers;
 }
+
+void eg_llama_get_layer(const eg_llama *m, int layer, eg_llama_layer_weights *out)
+{
+    const layer_idx *li = &m->layers[layer];
+    const weight *w = m->w;
+    out->attn_norm = w[li->attn_norm].vec;
+    out->ffn_norm = w[li->ffn_norm].vec;
+    out->bq = li->bq >= 0 ? w[li->bq].vec : NULL;
+    out->bk = li->bk >= 0 ? w[li->bk].vec : NULL;
+    out->bv = li->bv >= 0 ? w[li->bv].vec : NULL;
+    out->q = &w[li->q].mat;
+    out->k = &w[li->k].mat;
+    out->v = &w[li->v].mat;
+    out->o = &w[li->o].mat;
+    out->gate = &w[li->gate].mat;
+    out->up = &w[li->up].mat;
+    out->down = &w[li->down].mat;
+}
+
+const eg_qmat *eg_llama_embedding(const eg_llama *m)
+{
+    return &m->w[m->embd].mat;
+}
+
+const float *eg_llama_output_norm(const eg_llama *m)
+{
+    return m->w[m->out_norm].vec;
+}

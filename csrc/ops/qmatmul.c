@@ -334,3 +334,48 @@ eg_status eg_qmatmul_prec(float *Y, size_t ldy, const float *X, size_t ldx, size
     }
     return EG_OK;
 }
+
+/* dX (N, cols) = dY (N, rows) @ W, or += with accumulate: the product with
+ * the transposed weight that backward passes need (dX = dY W for Y = X W^T).
+ * W stays in its stored format: row blocks of at most TILE_FLOATS are
+ * dequantized into one scratch tile and multiplied by eg_sgemm (NoTrans,
+ * NoTrans), each tile accumulating into dX, so no float copy of the whole
+ * matrix exists unless it fits one tile. F32 matrices are used in place. */
+eg_status eg_qmatmul_t(float *dX, size_t ldx, const float *dY, size_t ldy, size_t N,
+                       const eg_qmat *W, int accumulate, eg_err *err)
+{
+    const int cols = (int)W->cols, rows = (int)W->rows;
+    if (N == 0) {
+        return EG_OK;
+    }
+    if (W->type == EG_GGML_F32) {
+        eg_sgemm(0, 0, (int)N, cols, rows, 1.0f, dY, (int)ldy, (const float *)W->data, cols,
+                 accumulate ? 1.0f : 0.0f, dX, (int)ldx);
+        return EG_OK;
+    }
+    const qmm_kernels *kern = &copies[eg_isa_level()];
+    int tile = g_tile_rows > 0 ? g_tile_rows : (int)(TILE_FLOATS / (size_t)cols);
+    if (tile < 16) {
+        tile = 16;
+    }
+    if (tile > rows) {
+        tile = rows;
+    }
+    float *buf = eg_aligned_alloc((size_t)tile * (size_t)cols * sizeof(float));
+    if (buf == NULL) {
+        return eg_seterr(err, EG_ENOMEM, "out of memory for a %d x %d dequantized tile", tile, cols);
+    }
+    for (int r0 = 0; r0 < rows; r0 += tile) {
+        const int nr = rows - r0 < tile ? rows - r0 : tile;
+        const int nchunks = (nr + 7) / 8;
+        #pragma omp parallel for schedule(dynamic, 4) if (nr * (size_t)cols >= 65536)
+        for (int c = 0; c < nchunks; c++) {
+            const int a = r0 + 8 * c, b = a + 8 < r0 + nr ? a + 8 : r0 + nr;
+            kern->deq_rows(W, a, b, buf + (size_t)(a - r0) * cols);
+        }
+        eg_sgemm(0, 0, (int)N, cols, nr, 1.0f, dY + r0, (int)ldy, buf, cols,
+                 (accumulate || r0 > 0) ? 1.0f : 0.0f, dX, (int)ldx);
+    }
+    eg_aligned_free(buf);
+    return EG_OK;
+}

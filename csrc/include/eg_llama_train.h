@@ -1,0 +1,89 @@
+/*
+ * eg_llama_train.h — fine-tuning a Llama-family decoder (eg_llama.h) with
+ * LoRA adapters over its frozen base weights, which stay in their stored
+ * format (GGUF quantized blocks or f32/f16/bf16): the forward pass with
+ * LoRA, the causal-LM cross-entropy over selected target positions, and the
+ * backward pass to every LoRA parameter (QLoRA-style: the products with the
+ * transposed frozen matrices read the stored blocks, eg_qmatmul_t).
+ *
+ * LoRA on module m of layer l (m in q, k, v, o, gate, up, down):
+ *     y = x W^T (+ b) + (alpha_m / r_m) * drop(x) A^T B^T
+ * A (r_m, in) Kaiming-uniform (a = sqrt 5: U(-1/sqrt(in), 1/sqrt(in))),
+ * B (out, r_m) zero, as PEFT initialises them; rank 0 = no adapter. q and k
+ * adapters act before RoPE (they are part of the projection).
+ *
+ * Parameters live in one float buffer (with a gradient buffer of the same
+ * layout): layer by layer, module by module in the order above, A then B.
+ * eg_llama_lora_slot gives each adapter's offsets. The caller runs the
+ * optimiser over the buffers (eg_adamw_step).
+ */
+#ifndef EG_LLAMA_TRAIN_H
+#define EG_LLAMA_TRAIN_H
+
+#include "eg.h"
+#include "eg_llama.h"
+#include "eg_quant.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+enum {
+    EG_LORA_Q = 0, EG_LORA_K, EG_LORA_V, EG_LORA_O, EG_LORA_GATE, EG_LORA_UP, EG_LORA_DOWN,
+    EG_LORA_NMOD
+};
+
+typedef struct {
+    int rank[EG_LORA_NMOD];     /* 0: no adapter on that module; else 1 .. 4096 */
+    float alpha[EG_LORA_NMOD];  /* scale = alpha / rank */
+    float dropout;              /* on the LoRA input, [0, 1); training steps only */
+} eg_lora_config;
+
+typedef struct eg_llama_lora eg_llama_lora;
+
+/* LoRA adapters for the complete model m (borrowed: it must outlive the
+ * adapters and not change). A is drawn from a splitmix64 stream seeded by
+ * `seed`; B is zero. */
+eg_status eg_llama_lora_create(eg_llama_lora **out, const eg_llama *m, const eg_lora_config *cfg,
+                               uint64_t seed, eg_err *err);
+void eg_llama_lora_free(eg_llama_lora *t);
+
+/* An untied LM head (vocab, hidden) in ggml type `type`, borrowed like the
+ * model's matrices. Without one the head is the token embedding (tied). */
+eg_status eg_llama_lora_set_head(eg_llama_lora *t, int type, int64_t rows, int64_t cols,
+                                 const void *data, eg_err *err);
+
+size_t eg_llama_lora_num_params(const eg_llama_lora *t);
+float *eg_llama_lora_params(eg_llama_lora *t);
+float *eg_llama_lora_grads(eg_llama_lora *t);
+/* Where the adapter of (layer, module) lives: offA, offB: float offsets
+ * into the buffers; in, out: its input and output widths; rank (0: none,
+ * offsets unset). */
+void eg_llama_lora_slot(const eg_llama_lora *t, int layer, int module, size_t *offA, size_t *offB,
+                        int *in, int *out, int *rank);
+
+/* One pass over a packed batch (ids/offsets as eg_llama_embed). targets
+ * (n_tok): the token each position must predict, or a negative value (-100)
+ * for positions outside the loss (the caller shifts labels, within each
+ * sequence). *nll_sum = sum over target positions of -log p(target);
+ * token_nll (n_tok, may be NULL) receives each position's -log p (0 where
+ * no target). backward != 0: dropout is applied and the gradients of
+ * scale * nll_sum ACCUMULATE into the gradient buffer; dropout masks come
+ * from `seed` (one stream per layer and module). EINVAL for a bad batch or
+ * a target outside the vocabulary; ENOMEM for activations. */
+eg_status eg_llama_lora_step(eg_llama_lora *t, const int32_t *ids, const int64_t *offsets,
+                             int n_seq, const int32_t *targets, float scale, int backward,
+                             uint64_t seed, double *nll_sum, float *token_nll, eg_err *err);
+
+/* Cross-entropy of an LM head over n rows, in chunks (the full n x vocab
+ * logits never exist): x (n, D), W (V, D), target (n) in [0, V). *nll_sum
+ * (double); nll (n) per row, may be NULL; dx (n, D) ASSIGNED the gradient of
+ * scale * sum nll, may be NULL (forward only). EG_OK or EG_ENOMEM. */
+eg_status eg_lmhead_ce(double *nll_sum, float *nll, float *dx, const float *x,
+                       const int32_t *target, size_t n, const eg_qmat *W, float scale,
+                       eg_err *err);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* EG_LLAMA_TRAIN_H */

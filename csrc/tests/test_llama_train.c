@@ -1,0 +1,309 @@
+/*
+ * test_llama_train.c — the fine-tuning pieces: eg_qmatmul_t against a naive
+ * product with the dequantized matrix, and central-difference gradient
+ * checks (eg_gradcheck.h: float32 perturbations, loss accumulated in double)
+ * of the LoRA delta op (with and without dropout), the chunked LM-head
+ * cross-entropy (float and Q8_0 head), and the whole tiny model's loss with
+ * respect to every LoRA parameter (tied and untied head, GQA, qkv biases).
+ */
+#include "eg.h"
+#include "eg_llama_train.h"
+#include "eg_ops.h"
+#include "eg_test.h"
+#include "eg_gradcheck.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+static float *rnd(size_t n, uint64_t *rng, float scale)
+{
+    float *p = malloc((n > 0 ? n : 1) * sizeof *p);
+    for (size_t i = 0; i < n; i++) {
+        p[i] = eg_rng_normal(rng) * scale;
+    }
+    return p;
+}
+
+/* Q8_0 blocks of a float matrix (rows, cols), cols % 32 == 0 */
+static void *quant_q8_0(const float *w, int rows, int cols)
+{
+    eg_block_q8_0 *b = malloc((size_t)rows * cols / 32 * sizeof *b);
+    for (int i = 0; i < rows * cols / 32; i++) {
+        float amax = 0.0f;
+        for (int j = 0; j < 32; j++) {
+            amax = fmaxf(amax, fabsf(w[i * 32 + j]));
+        }
+        float d = amax / 127.0f;
+        float dd = d;
+        uint16_t h;
+        eg_f32_to_f16(&dd, &h, 1);
+        memcpy(&b[i].d, &h, sizeof h);
+        for (int j = 0; j < 32; j++) {
+            b[i].qs[j] = (int8_t)(d > 0 ? lrintf(w[i * 32 + j] / d) : 0);
+        }
+    }
+    return b;
+}
+
+static void test_qmatmul_t(void)
+{
+    uint64_t rng = 41;
+    const int rows = 70, cols = 64, N = 5;
+    float *w = rnd((size_t)rows * cols, &rng, 0.5f), *dy = rnd((size_t)N * rows, &rng, 1.0f);
+    void *q = quant_q8_0(w, rows, cols);
+    float *wd = malloc((size_t)rows * cols * sizeof *wd);
+    eg_dequantize(EG_GGML_Q8_0, q, wd, (size_t)rows * cols);
+    eg_err err;
+    for (int type = 0; type < 2; type++) {
+        eg_qmat m;
+        CHECK(eg_qmat_init(&m, type ? EG_GGML_Q8_0 : EG_GGML_F32, rows, cols, type ? q : (void *)w,
+                           "w", &err) == EG_OK, "qmat init");
+        const float *ref_w = type ? wd : w;
+        float dx[5 * 64], dx2[5 * 64];
+        int old = eg_qmatmul_tile_rows(16);  /* several tiles */
+        CHECK(eg_qmatmul_t(dx, cols, dy, rows, N, &m, 0, &err) == EG_OK, "qmatmul_t");
+        for (int i = 0; i < N * cols; i++) {
+            dx2[i] = 1.0f;
+        }
+        CHECK(eg_qmatmul_t(dx2, cols, dy, rows, N, &m, 1, &err) == EG_OK, "qmatmul_t acc");
+        eg_qmatmul_tile_rows(old);
+        double worst = 0.0, worst2 = 0.0;
+        for (int t = 0; t < N; t++) {
+            for (int c = 0; c < cols; c++) {
+                double s = 0.0;
+                for (int r = 0; r < rows; r++) {
+                    s += (double)dy[t * rows + r] * ref_w[r * cols + c];
+                }
+                worst = fmax(worst, fabs(s - dx[t * cols + c]));
+                worst2 = fmax(worst2, fabs(s + 1.0 - dx2[t * cols + c]));
+            }
+        }
+        CHECK(worst < 1e-4 && worst2 < 1e-4, "qmatmul_t type %d err %g / %g", type, worst, worst2);
+    }
+    free(w); free(dy); free(q); free(wd);
+}
+
+typedef struct {
+    const float *x, *A, *B, *base;
+    size_t N;
+    int In, O, r;
+    float scale, p;
+    float *hA, *scratch;
+} ld_ctx;
+
+static void ld_fwd(void *c, float *out)
+{
+    ld_ctx *k = c;
+    memcpy(out, k->base, k->N * (size_t)k->O * sizeof(float));
+    eg_lora_delta_forward(out, (size_t)k->O, k->hA, k->x, (size_t)k->In, k->A, k->B, k->N, k->In,
+                          k->O, k->r, k->scale, k->p, 77, k->scratch);
+}
+
+static void test_lora_delta(void)
+{
+    uint64_t rng = 43;
+    const size_t N = 6;
+    const int In = 9, O = 7, r = 3;
+    for (int withp = 0; withp < 2; withp++) {
+        float *x = rnd(N * In, &rng, 1.0f), *A = rnd((size_t)r * In, &rng, 0.5f);
+        float *B = rnd((size_t)O * r, &rng, 0.5f), *base = rnd(N * O, &rng, 1.0f);
+        float *R = rnd(N * O, &rng, 1.0f);
+        float *hA = malloc(N * r * sizeof *hA), *scratch = malloc(N * In * sizeof *scratch);
+        float *dh = malloc(N * r * sizeof *dh);
+        float *dx = calloc(N * In, sizeof *dx), *dA = calloc((size_t)r * In, sizeof *dA);
+        float *dB = calloc((size_t)O * r, sizeof *dB), *out = malloc(N * O * sizeof *out);
+        ld_ctx k = {x, A, B, base, N, In, O, r, 2.0f / r, withp ? 0.3f : 0.0f, hA, scratch};
+        ld_fwd(&k, out);
+        eg_lora_delta_backward(dx, In, dA, dB, R, O, x, In, hA, A, B, N, In, O, r, k.scale, k.p,
+                               77, scratch, dh);
+        gc_var vars[] = {{"x", x, dx, N * In}, {"A", A, dA, (size_t)r * In}, {"B", B, dB, (size_t)O * r}};
+        gradcheck(withp ? "lora_delta(dropout)" : "lora_delta", ld_fwd, &k, R, N * O, vars, 3,
+                  1e-2f, 1e-2, 1e-3);
+        if (withp) {
+            /* some inputs dropped: their gradient is exactly 0 */
+            int zeros = 0;
+            for (size_t i = 0; i < N * In; i++) {
+                zeros += dx[i] == 0.0f;
+            }
+            CHECK(zeros > 0 && zeros < (int)(N * In), "dropout mask dropped %d of %zu", zeros, N * In);
+        }
+        free(x); free(A); free(B); free(base); free(R); free(hA); free(scratch); free(dh);
+        free(dx); free(dA); free(dB); free(out);
+    }
+}
+
+typedef struct { const float *x; const int32_t *tg; size_t n; const eg_qmat *W; } ce_ctx;
+static void ce_fwd(void *c, float *out)
+{
+    ce_ctx *k = c;
+    double s;
+    eg_err err;
+    eg_lmhead_ce(&s, out, NULL, k->x, k->tg, k->n, k->W, 1.0f, &err);
+}
+
+static void test_lmhead_ce(void)
+{
+    uint64_t rng = 47;
+    const size_t n = 5;
+    const int V = 37, D = 32;
+    float *x = rnd(n * D, &rng, 1.0f), *w = rnd((size_t)V * D, &rng, 0.5f);
+    void *q = quant_q8_0(w, V, D);
+    int32_t tg[5] = {0, 36, 5, 5, 17};
+    eg_err err;
+    for (int type = 0; type < 2; type++) {
+        eg_qmat W;
+        eg_qmat_init(&W, type ? EG_GGML_Q8_0 : EG_GGML_F32, V, D, type ? q : (void *)w, "w", &err);
+        const float scale = 0.7f;
+        float R[5], nll[5], *dx = malloc(n * D * sizeof *dx);
+        for (size_t i = 0; i < n; i++) {
+            R[i] = scale;
+        }
+        double s;
+        CHECK(eg_lmhead_ce(&s, nll, dx, x, tg, n, &W, scale, &err) == EG_OK, "lmhead_ce");
+        /* loss against a direct double computation */
+        float *wd = malloc((size_t)V * D * sizeof *wd);
+        eg_dequantize(W.type, W.data, wd, (size_t)V * D);
+        double ref = 0.0;
+        for (size_t i = 0; i < n; i++) {
+            double lg[37], mx = -1e300, z = 0.0;
+            for (int v = 0; v < V; v++) {
+                lg[v] = 0.0;
+                for (int d = 0; d < D; d++) {
+                    lg[v] += (double)x[i * D + d] * wd[v * D + d];
+                }
+                mx = fmax(mx, lg[v]);
+            }
+            for (int v = 0; v < V; v++) {
+                z += exp(lg[v] - mx);
+            }
+            ref += mx + log(z) - lg[tg[i]];
+        }
+        CHECK(fabs(ref - s) < 1e-4 * fabs(ref), "lmhead_ce loss %g vs %g", s, ref);
+        ce_ctx k = {x, tg, n, &W};
+        gc_var vars[] = {{"x", x, dx, n * D}};
+        gradcheck(type ? "lmhead_ce(q8_0)" : "lmhead_ce", ce_fwd, &k, R, n, vars, 1, 1e-2f, 1e-2, 1e-4);
+        free(dx); free(wd);
+    }
+    free(x); free(w); free(q);
+}
+
+/* ------------------------------------------------------------ whole model */
+
+typedef struct {
+    eg_llama_lora *t;
+    const int32_t *ids, *tg;
+    const int64_t *off;
+    int n_seq;
+} mdl_ctx;
+
+static void mdl_fwd(void *c, float *out)
+{
+    mdl_ctx *k = c;
+    double s;
+    eg_err err;
+    eg_llama_lora_step(k->t, k->ids, k->off, k->n_seq, k->tg, 1.0f, 0, 0, &s, NULL, &err);
+    out[0] = (float)s;
+}
+
+static void test_model(int untied, int quant, int bias)
+{
+    uint64_t rng = 53 + untied + 2 * quant;
+    eg_err err;
+    eg_llama_config c = {.vocab_size = 41, .hidden_size = 32, .num_layers = 2, .num_heads = 4,
+                         .num_kv_heads = 2, .head_dim = 8, .intermediate_size = 64,
+                         .max_position = 32, .rms_norm_eps = 1e-5f, .rope_theta = 1e4,
+                         .rope_mode = bias ? EG_ROPE_NEOX : EG_ROPE_NORM, .qkv_bias = bias};
+    eg_llama *m = NULL;
+    CHECK(eg_llama_create(&m, &c, &err) == EG_OK, "create: %s", err.msg);
+    size_t nw = eg_llama_num_weights(m);
+    void **keep = calloc(nw + 1, sizeof *keep);
+    for (size_t i = 0; i < nw; i++) {
+        const char *name;
+        int nd;
+        int64_t sh[2];
+        eg_llama_weight_info(m, i, &name, &nd, sh);
+        size_t cnt = (size_t)sh[0] * (nd == 2 ? (size_t)sh[1] : 1);
+        float *w = rnd(cnt, &rng, nd == 2 ? 0.3f : 0.1f);
+        if (nd == 1 && strstr(name, "norm")) {
+            for (size_t j = 0; j < cnt; j++) {
+                w[j] += 1.0f;
+            }
+        }
+        keep[i] = w;
+        if (nd == 2 && quant) {
+            keep[i] = quant_q8_0(w, (int)sh[0], (int)sh[1]);
+            free(w);
+        }
+        CHECK(eg_llama_set_weight(m, name, nd == 2 && quant ? EG_GGML_Q8_0 : EG_GGML_F32, nd, sh,
+                                  keep[i], &err) == EG_OK, "set %s: %s", name, err.msg);
+    }
+    float *head = rnd((size_t)41 * 32, &rng, 0.3f);
+    eg_lora_config lc = {.rank = {2, 1, 3, 2, 2, 1, 2}, .alpha = {4, 2, 3, 1, 4, 5, 2},
+                         .dropout = 0.0f};
+    eg_llama_lora *t = NULL;
+    CHECK(eg_llama_lora_create(&t, m, &lc, 9, &err) == EG_OK, "lora create: %s", err.msg);
+    if (untied) {
+        CHECK(eg_llama_lora_set_head(t, EG_GGML_F32, 41, 32, head, &err) == EG_OK, "head");
+    }
+    int64_t bad_shape = 40;
+    CHECK(eg_llama_lora_set_head(t, EG_GGML_F32, bad_shape, 32, head, &err) == EG_EINVAL,
+          "bad head shape accepted");
+    /* B is zero at init: give it values so every path carries gradient */
+    size_t np = eg_llama_lora_num_params(t);
+    float *P = eg_llama_lora_params(t), *G = eg_llama_lora_grads(t);
+    for (int l = 0; l < 2; l++) {
+        for (int mod = 0; mod < EG_LORA_NMOD; mod++) {
+            size_t oa, ob;
+            int in, out, r;
+            eg_llama_lora_slot(t, l, mod, &oa, &ob, &in, &out, &r);
+            CHECK(P[ob] == 0.0f && fabsf(P[oa]) <= 1.0f / sqrtf((float)in), "lora init");
+            for (size_t j = 0; j < (size_t)out * r; j++) {
+                P[ob + j] = eg_rng_normal(&rng) * 0.2f;
+            }
+        }
+    }
+    const int32_t ids[12] = {1, 5, 7, 40, 3, 3, 9, 0, 2, 11, 12, 13};
+    const int64_t off[4] = {0, 5, 6, 12};
+    const int32_t tg[12] = {-100, 7, 40, 3, -100, -100, -100, 2, 11, -100, 13, 8};
+    memset(G, 0, np * sizeof *G);
+    double s;
+    CHECK(eg_llama_lora_step(t, ids, off, 3, tg, 1.0f, 1, 0, &s, NULL, &err) == EG_OK, "step: %s",
+          err.msg);
+    CHECK(isfinite(s) && s > 0, "loss %g", s);
+    mdl_ctx k = {t, ids, tg, off, 3};
+    float R[1] = {1.0f};
+    gc_var vars[] = {{"lora", P, G, np}};
+    char name[64];
+    snprintf(name, sizeof name, "llama lora (untied %d, q8_0 %d, bias %d)", untied, quant, bias);
+    gradcheck(name, mdl_fwd, &k, R, 1, vars, 1, 1e-2f, 2e-2, 2e-4);
+    /* bad inputs */
+    int32_t bad_tg[12];
+    memcpy(bad_tg, tg, sizeof bad_tg);
+    bad_tg[3] = 41;
+    CHECK(eg_llama_lora_step(t, ids, off, 3, bad_tg, 1.0f, 1, 0, &s, NULL, &err) == EG_EINVAL,
+          "target outside vocab accepted");
+    int32_t bad_ids[12];
+    memcpy(bad_ids, ids, sizeof bad_ids);
+    bad_ids[0] = 99;
+    CHECK(eg_llama_lora_step(t, bad_ids, off, 3, tg, 1.0f, 1, 0, &s, NULL, &err) == EG_EINVAL,
+          "id outside vocab accepted");
+    eg_llama_lora_free(t);
+    eg_llama_free(m);
+    for (size_t i = 0; i < nw; i++) {
+        free(keep[i]);
+    }
+    free(keep);
+    free(head);
+}
+
+int main(void)
+{
+    test_qmatmul_t();
+    test_lora_delta();
+    test_lmhead_ce();
+    test_model(0, 0, 0);
+    test_model(1, 0, 1);
+    test_model(0, 1, 1);
+    return eg_test_report("test_llama_train");
+}

@@ -1,0 +1,364 @@
+/*
+ * _core_llama_train.c — Python glue for LoRA fine-tuning of the
+ * Llama-family decoders (csrc/models/llama_train.c).
+ *
+ * LoraTrainer(model, ranks, alphas, dropout=0.0, seed=0)
+ *     model: a complete LlamaModel (kept alive, and its weights can no
+ *     longer be changed while the trainer exists); ranks/alphas: 7 values
+ *     for q, k, v, o, gate, up, down (rank 0 = no adapter)
+ *     set_head(data, type): an untied LM head (vocab, hidden), kept alive
+ *     params, grads: float32 views of the core's buffers (base: the trainer)
+ *     slots(): [(layer, module, offA, offB, in, out, rank)]
+ *     step(ids, offsets, targets, scale=1.0, backward=True, seed=0)
+ *         -> (nll_sum, token_nll): gradients of scale * nll_sum accumulate
+ *     adamw_step(m, v, lr, beta1, beta2, eps, weight_decay, t)
+ */
+#include "_core.h"
+
+#include "eg_llama_train.h"
+#include "eg_optim.h"
+
+#include <string.h>
+
+typedef struct {
+    PyObject_HEAD
+    eg_llama_lora *t;
+    PyObject *model;
+    PyObject *head;
+    int *model_users;
+    int busy;
+    int vocab;
+} LoraTrainerObject;
+
+static int parse7(PyObject *o, double out[7], const char *what)
+{
+    PyObject *seq = PySequence_Fast(o, "ranks and alphas must be sequences of 7 numbers");
+    if (seq == NULL) {
+        return -1;
+    }
+    if (PySequence_Fast_GET_SIZE(seq) != EG_LORA_NMOD) {
+        PyErr_Format(PyExc_ValueError, "%s must have 7 entries (q, k, v, o, gate, up, down), got %zd",
+                     what, PySequence_Fast_GET_SIZE(seq));
+        Py_DECREF(seq);
+        return -1;
+    }
+    for (int i = 0; i < EG_LORA_NMOD; i++) {
+        out[i] = PyFloat_AsDouble(PySequence_Fast_GET_ITEM(seq, i));
+        if (out[i] == -1.0 && PyErr_Occurred()) {
+            Py_DECREF(seq);
+            return -1;
+        }
+    }
+    Py_DECREF(seq);
+    return 0;
+}
+
+static int lt_init(LoraTrainerObject *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"model", "ranks", "alphas", "dropout", "seed", NULL};
+    PyObject *model, *ranks_o, *alphas_o;
+    double dropout = 0.0;
+    unsigned long long seed = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOO|dK", kwlist, &model, &ranks_o, &alphas_o,
+                                     &dropout, &seed)) {
+        return -1;
+    }
+    if (eg_py_init_once(self->t, "LoraTrainer") < 0) {
+        return -1;
+    }
+    eg_py_encoder e;
+    int r = eg_py_llama_encoder_of(model, "mean", &e);
+    if (r < 0) {
+        return -1;
+    }
+    if (r == 0) {
+        PyErr_SetString(PyExc_TypeError, "LoraTrainer needs a LlamaModel");
+        return -1;
+    }
+    double ranks[7], alphas[7];
+    if (parse7(ranks_o, ranks, "ranks") < 0 || parse7(alphas_o, alphas, "alphas") < 0) {
+        return -1;
+    }
+    eg_lora_config lc;
+    memset(&lc, 0, sizeof lc);
+    for (int i = 0; i < EG_LORA_NMOD; i++) {
+        if (ranks[i] != (double)(int)ranks[i] || ranks[i] < 0 || ranks[i] > 4096) {
+            PyErr_Format(PyExc_ValueError, "lora ranks must be integers in [0, 4096], got %g",
+                         ranks[i]);
+            return -1;
+        }
+        lc.rank[i] = (int)ranks[i];
+        lc.alpha[i] = (float)alphas[i];
+    }
+    lc.dropout = (float)dropout;
+    eg_err err;
+    eg_err_clear(&err);
+    eg_llama_lora *t = NULL;
+    eg_status st = eg_llama_lora_create(&t, (const eg_llama *)e.model, &lc, (uint64_t)seed, &err);
+    if (st != EG_OK) {
+        eg_py_raise(&err, NULL);
+        return -1;
+    }
+    self->t = t;
+    Py_INCREF(model);
+    self->model = model;
+    self->model_users = e.users;
+    (*self->model_users)++;
+    self->vocab = e.vocab_size;
+    return 0;
+}
+
+static void lt_dealloc(LoraTrainerObject *self)
+{
+    eg_llama_lora_free(self->t);
+    if (self->model_users != NULL) {
+        (*self->model_users)--;
+    }
+    Py_XDECREF(self->model);
+    Py_XDECREF(self->head);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *lt_set_head(LoraTrainerObject *self, PyObject *args)
+{
+    PyObject *data;
+    int type;
+    long long rows, cols;
+    if (!PyArg_ParseTuple(args, "OiLL", &data, &type, &rows, &cols)
+        || eg_py_ready(self->t, "LoraTrainer") < 0) {
+        return NULL;
+    }
+    size_t bs, ts, want, tmp;
+    if (eg_ggml_type_traits(type, &bs, &ts) != 0 || rows <= 0 || cols <= 0 || (size_t)cols % bs) {
+        PyErr_Format(PyExc_ValueError, "lm head: bad type %d or shape (%lld, %lld)", type, rows, cols);
+        return NULL;
+    }
+    if (eg_mul_ovf((size_t)cols / bs, ts, &tmp) || eg_mul_ovf(tmp, (size_t)rows, &want)) {
+        PyErr_SetString(PyExc_OverflowError, "lm head size overflows");
+        return NULL;
+    }
+    Py_buffer view;
+    if (PyObject_GetBuffer(data, &view, PyBUF_C_CONTIGUOUS) < 0) {
+        return NULL;
+    }
+    if ((size_t)view.len != want) {
+        PyErr_Format(PyExc_ValueError, "lm head: needs %zu bytes, got %zd", want, view.len);
+        PyBuffer_Release(&view);
+        return NULL;
+    }
+    eg_err err;
+    eg_err_clear(&err);
+    eg_status st = eg_llama_lora_set_head(self->t, type, rows, cols, view.buf, &err);
+    PyBuffer_Release(&view);
+    if (st != EG_OK) {
+        return eg_py_raise(&err, NULL);
+    }
+    Py_INCREF(data);
+    Py_XSETREF(self->head, data);
+    Py_RETURN_NONE;
+}
+
+static PyObject *buffer_view(LoraTrainerObject *self, float *p)
+{
+    npy_intp n = (npy_intp)eg_llama_lora_num_params(self->t);
+    PyObject *arr = PyArray_SimpleNewFromData(1, &n, NPY_FLOAT32, p);
+    return arr == NULL ? NULL : eg_py_set_base(arr, (PyObject *)self);
+}
+
+static PyObject *lt_params(LoraTrainerObject *self, void *closure)
+{
+    (void)closure;
+    if (eg_py_ready(self->t, "LoraTrainer") < 0) {
+        return NULL;
+    }
+    return buffer_view(self, eg_llama_lora_params(self->t));
+}
+
+static PyObject *lt_grads(LoraTrainerObject *self, void *closure)
+{
+    (void)closure;
+    if (eg_py_ready(self->t, "LoraTrainer") < 0) {
+        return NULL;
+    }
+    return buffer_view(self, eg_llama_lora_grads(self->t));
+}
+
+static PyObject *lt_slots(LoraTrainerObject *self, PyObject *noargs)
+{
+    (void)noargs;
+    if (eg_py_ready(self->t, "LoraTrainer") < 0) {
+        return NULL;
+    }
+    PyObject *list = PyList_New(0);
+    if (list == NULL) {
+        return NULL;
+    }
+    int L = 0;
+    {
+        eg_py_encoder e;
+        if (eg_py_llama_encoder_of(self->model, "mean", &e) < 0) {
+            Py_DECREF(list);
+            return NULL;
+        }
+        L = e.num_layers;
+    }
+    for (int l = 0; l < L; l++) {
+        for (int k = 0; k < EG_LORA_NMOD; k++) {
+            size_t oa, ob;
+            int in, out, r;
+            eg_llama_lora_slot(self->t, l, k, &oa, &ob, &in, &out, &r);
+            if (r == 0) {
+                continue;
+            }
+            PyObject *item = Py_BuildValue("(iinniii)", l, k, (Py_ssize_t)oa, (Py_ssize_t)ob, in,
+                                           out, r);
+            if (item == NULL || PyList_Append(list, item) < 0) {
+                Py_XDECREF(item);
+                Py_DECREF(list);
+                return NULL;
+            }
+            Py_DECREF(item);
+        }
+    }
+    return list;
+}
+
+static PyObject *lt_step(LoraTrainerObject *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"ids", "offsets", "targets", "scale", "backward", "seed", NULL};
+    PyObject *ids_o, *off_o, *tg_o;
+    double scale = 1.0;
+    int backward = 1;
+    unsigned long long seed = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOO|dpK", kwlist, &ids_o, &off_o, &tg_o, &scale,
+                                     &backward, &seed)) {
+        return NULL;
+    }
+    if (eg_py_ready(self->t, "LoraTrainer") < 0) {
+        return NULL;
+    }
+    PyArrayObject *ids = NULL, *off = NULL, *tg = NULL;
+    PyObject *nll = NULL;
+    int n_seq;
+    if (eg_py_convert_batch(ids_o, off_o, &ids, &off, &n_seq) < 0) {
+        return NULL;
+    }
+    npy_intp n = PyArray_DIM(ids, 0);
+    tg = eg_py_array(tg_o, NPY_INT32, NPY_ARRAY_FORCECAST, 1, (npy_intp[]){n},
+                     "targets must be a 1-D array as long as ids (%zd)", (Py_ssize_t)n);
+    if (tg == NULL) {
+        goto fail;
+    }
+    const int32_t *tgp = PyArray_DATA(tg);
+    for (npy_intp i = 0; i < n; i++) {
+        if (tgp[i] >= self->vocab) {
+            PyErr_Format(PyExc_ValueError, "target %d at position %zd is outside the vocabulary "
+                         "(%d tokens)", tgp[i], (Py_ssize_t)i, self->vocab);
+            goto fail;
+        }
+    }
+    nll = PyArray_SimpleNew(1, &n, NPY_FLOAT32);
+    if (nll == NULL || eg_py_enter(&self->busy, "LoraTrainer") < 0) {
+        goto fail;
+    }
+    eg_err err;
+    eg_err_clear(&err);
+    double s = 0.0;
+    eg_status st;
+    EG_PY_NOGIL(st = eg_llama_lora_step(self->t, PyArray_DATA(ids), PyArray_DATA(off), n_seq,
+                                        tgp, (float)scale, backward, (uint64_t)seed, &s,
+                                        PyArray_DATA((PyArrayObject *)nll), &err));
+    eg_py_leave(&self->busy);
+    Py_DECREF(ids);
+    Py_DECREF(off);
+    Py_DECREF(tg);
+    if (st != EG_OK) {
+        Py_DECREF(nll);
+        return eg_py_raise(&err, NULL);
+    }
+    PyObject *res = Py_BuildValue("(dO)", s, nll);
+    Py_DECREF(nll);
+    return res;
+fail:
+    Py_XDECREF(ids);
+    Py_XDECREF(off);
+    Py_XDECREF(tg);
+    Py_XDECREF(nll);
+    return NULL;
+}
+
+static PyObject *lt_adamw(LoraTrainerObject *self, PyObject *args)
+{
+    PyObject *m_o, *v_o;
+    double lr, b1, b2, eps, wd;
+    long long t;
+    if (!PyArg_ParseTuple(args, "OOdddddL", &m_o, &v_o, &lr, &b1, &b2, &eps, &wd, &t)
+        || eg_py_ready(self->t, "LoraTrainer") < 0) {
+        return NULL;
+    }
+    if (t < 1) {
+        PyErr_SetString(PyExc_ValueError, "adamw step count must be >= 1");
+        return NULL;
+    }
+    npy_intp n = (npy_intp)eg_llama_lora_num_params(self->t);
+    PyArrayObject *m = NULL, *v = NULL;
+    if (!PyArray_Check(m_o) || !PyArray_Check(v_o)) {
+        PyErr_SetString(PyExc_TypeError, "adamw state must be NumPy arrays");
+        return NULL;
+    }
+    m = (PyArrayObject *)m_o;
+    v = (PyArrayObject *)v_o;
+    if (PyArray_TYPE(m) != NPY_FLOAT32 || PyArray_TYPE(v) != NPY_FLOAT32 || PyArray_NDIM(m) != 1
+        || PyArray_NDIM(v) != 1 || PyArray_DIM(m, 0) != n || PyArray_DIM(v, 0) != n
+        || !PyArray_ISCARRAY(m) || !PyArray_ISCARRAY(v)) {
+        PyErr_Format(PyExc_ValueError, "adamw state must be writable C-contiguous float32 arrays "
+                     "of %zd entries", (Py_ssize_t)n);
+        return NULL;
+    }
+    if (eg_py_enter(&self->busy, "LoraTrainer") < 0) {
+        return NULL;
+    }
+    eg_adamw_config cfg = {(float)lr, (float)b1, (float)b2, (float)eps, (float)wd};
+    EG_PY_NOGIL(eg_adamw_step(eg_llama_lora_params(self->t), eg_llama_lora_grads(self->t),
+                              PyArray_DATA(m), PyArray_DATA(v), NULL, (size_t)n, &cfg, (long)t));
+    eg_py_leave(&self->busy);
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef lt_methods[] = {
+    {"set_head", (PyCFunction)lt_set_head, METH_VARARGS,
+     "set_head(data, type, rows, cols)\n--\n\nAn untied LM head (ggml type), read in place."},
+    {"slots", (PyCFunction)lt_slots, METH_NOARGS,
+     "slots()\n--\n\n[(layer, module, offA, offB, in, out, rank)] of every adapter."},
+    {"step", (PyCFunction)(void (*)(void))lt_step, METH_VARARGS | METH_KEYWORDS,
+     "step(ids, offsets, targets, scale=1.0, backward=True, seed=0)\n--\n\n"
+     "(nll_sum, token_nll); with backward, gradients of scale*nll_sum accumulate into grads."},
+    {"adamw_step", (PyCFunction)lt_adamw, METH_VARARGS,
+     "adamw_step(m, v, lr, beta1, beta2, eps, weight_decay, t)\n--\n\nOne AdamW step."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef lt_getset[] = {
+    {"params", (getter)lt_params, NULL, "the LoRA parameters (float32 view)", NULL},
+    {"grads", (getter)lt_grads, NULL, "their gradients (float32 view)", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject LoraTrainerType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "engine_py._core.LoraTrainer",
+    .tp_basicsize = sizeof(LoraTrainerObject),
+    .tp_dealloc = (destructor)lt_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "LoraTrainer(model, ranks, alphas, dropout=0.0, seed=0)\n--\n\n"
+              "LoRA adapters and their forward/backward over a frozen LlamaModel (C core).",
+    .tp_methods = lt_methods,
+    .tp_getset = lt_getset,
+    .tp_init = (initproc)lt_init,
+    .tp_new = PyType_GenericNew,
+};
+
+int eg_py_init_llama_train(PyObject *module)
+{
+    return eg_py_add_type(module, "LoraTrainer", &LoraTrainerType);
+}

@@ -1,0 +1,424 @@
+"""LoRA fine-tuning of decoder LLMs (arch llama / qwen2) in the C core.
+
+    from engine_py.finetune import Trainer
+
+    tr = Trainer(model_path, method="lora", r=2, alpha=4, lr=2e-4, epochs=1, batch_size=16)
+    tr.fit(prompts, answers)              # loss over the answer tokens only
+    tr.predict(prompts, choices)          # index of the most likely choice per prompt
+    tr.score(prompts, choices, y)         # accuracy
+    tr.save_adapter("adapter/")           # PEFT format
+    tr2 = Trainer.load(model_path, "adapter/")
+
+The base model stays frozen and in its stored format (GGUF quantized blocks
+or the safetensors dtype); only the LoRA matrices are trained
+(``_core.LoraTrainer``: forward, chunked LM-head cross-entropy and backward
+in C; AdamW in C). See docs/FINETUNE.md for what exists and what does not.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+from . import _core
+
+__all__ = ["Trainer", "MODULES", "LoraBatch"]
+
+#: LoRA target names, in the core's order, and their PEFT module paths
+MODULES = ("q", "k", "v", "o", "gate", "up", "down")
+_PEFT_PATH = {"q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj",
+              "o": "self_attn.o_proj", "gate": "mlp.gate_proj", "up": "mlp.up_proj",
+              "down": "mlp.down_proj"}
+_GGML_F32, _GGML_F16, _GGML_BF16 = 0, 1, 30
+
+
+def _permute_rows(w: np.ndarray, n_head: int) -> np.ndarray:
+    """llama.cpp's Q/K row permutation (HF rotate-half -> interleaved pairs)."""
+    return (w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:])
+            .swapaxes(1, 2).reshape(w.shape))
+
+
+def _unpermute_rows(w: np.ndarray, n_head: int) -> np.ndarray:
+    return (w.reshape(n_head, w.shape[0] // n_head // 2, 2, *w.shape[1:])
+            .swapaxes(1, 2).reshape(w.shape))
+
+
+def _load_base(model_path: str):
+    """(LlamaModel, hyper-parameters, tokenizer, (head bytes, type, shape) or
+    None for a tied head, objects to keep alive, arch)."""
+    from .llm import is_llama_folder, load_gguf_model, load_hf_model
+    from .tokenizer import BPETokenizer
+
+    if not isinstance(model_path, (str, os.PathLike)):
+        raise TypeError(f"model_path must be a path, got {type(model_path).__name__}")
+    model_path = os.fspath(model_path)
+    if os.path.isfile(model_path):
+        model, hp, g = load_gguf_model(model_path)
+        tok = BPETokenizer.from_gguf(g)
+        head = None
+        t = g.tensors.get("output.weight")
+        if t is not None:
+            head = (g.raw("output.weight"), t.type_id, tuple(t.shape))
+        return model, hp, tok, head, g, g.metadata["general.architecture"]
+    if not is_llama_folder(model_path):
+        raise ValueError(f"{model_path}: not a GGUF file nor a llama/qwen2 Hugging Face folder")
+    from .io import load_state
+
+    with open(os.path.join(model_path, "config.json"), encoding="utf-8") as f:
+        config = json.load(f)
+    model, hp, _ = load_hf_model(model_path, config)
+    tok = BPETokenizer.from_tokenizer_json(os.path.join(model_path, "tokenizer.json"))
+    head = None
+    if not config.get("tie_word_embeddings", False):
+        state = load_state(model_path, bf16="raw")
+        w = state.get("lm_head.weight")
+        if w is None:
+            raise ValueError(f"{model_path}: tie_word_embeddings is false but lm_head.weight "
+                             "is missing")
+        kind = {np.dtype(np.float32): _GGML_F32, np.dtype(np.float16): _GGML_F16,
+                np.dtype(np.uint16): _GGML_BF16}.get(w.dtype)
+        if kind is None:
+            raise ValueError(f"{model_path}: lm_head.weight has unsupported dtype {w.dtype}")
+        head = (np.ascontiguousarray(w), kind, tuple(w.shape))
+    return model, hp, tok, head, None, config["model_type"]
+
+
+def _check_texts(x: Any, what: str) -> list:
+    if isinstance(x, str) or not isinstance(x, (list, tuple, np.ndarray)):
+        raise TypeError(f"{what} must be a list of str")
+    out = list(x)
+    for i, s in enumerate(out):
+        if not isinstance(s, str):
+            raise TypeError(f"{what}[{i}] must be str, got {type(s).__name__}")
+    return out
+
+
+class LoraBatch:
+    """A packed batch: ids, offsets and per-position targets (-100 = none)."""
+
+    def __init__(self, seqs, answer_starts):
+        lens = [len(s) for s in seqs]
+        self.offsets = np.zeros(len(seqs) + 1, dtype=np.int64)
+        self.offsets[1:] = np.cumsum(lens)
+        self.ids = (np.concatenate(seqs).astype(np.int32) if seqs
+                    else np.zeros(0, dtype=np.int32))
+        self.targets = np.full(len(self.ids), -100, dtype=np.int32)
+        for i, (s, a) in enumerate(zip(seqs, answer_starts)):
+            o = self.offsets[i]
+            # position t predicts token t+1: answer tokens a..len-1
+            for t in range(max(a - 1, 0), len(s) - 1):
+                self.targets[o + t] = s[t + 1]
+        self.n_targets = int((self.targets >= 0).sum())
+
+
+class Trainer:
+    """LoRA fine-tuning with the C core (see the module docstring).
+
+    Hyper-parameters: r, alpha (every target module), targets (subset of
+    q, k, v, o, gate, up, down), lr, epochs, batch_size, seed, dropout
+    (LoRA input, default 0.0), weight_decay (0.0), warmup_ratio (0.1, linear
+    warm-up then cosine decay; schedule="constant" keeps lr), max_grad_norm
+    (1.0; None: no clipping), max_length (prompt + answer tokens, default the
+    model's context), micro_batch_size (gradient accumulation: each batch
+    runs through the core this many examples at a time; default the whole
+    batch), show_progress_bar.
+    """
+
+    def __init__(self, model_path, method: str = "lora", r: int = 2, alpha: float = 4,
+                 targets: Sequence[str] = MODULES, lr: float = 2e-4, epochs: int = 1,
+                 batch_size: int = 16, seed: int = 0, *, dropout: float = 0.0,
+                 weight_decay: float = 0.0, warmup_ratio: float = 0.1,
+                 schedule: str = "cosine", max_grad_norm: Optional[float] = 1.0,
+                 max_length: Optional[int] = None, micro_batch_size: Optional[int] = None,
+                 show_progress_bar: Optional[bool] = None):
+        if method != "lora":
+            raise ValueError(f"method must be 'lora' (mixlora/gmoe are not implemented yet), "
+                             f"got {method!r}")
+        if isinstance(r, bool) or not isinstance(r, (int, np.integer)) or not 1 <= r <= 4096:
+            raise ValueError(f"r must be an integer in [1, 4096], got {r!r}")
+        if not isinstance(alpha, (int, float)) or not math.isfinite(alpha):
+            raise ValueError(f"alpha must be a finite number, got {alpha!r}")
+        if isinstance(targets, str):
+            targets = (targets,)
+        targets = tuple(targets)
+        bad = [t for t in targets if t not in MODULES]
+        if bad or not targets:
+            raise ValueError(f"targets must be a non-empty subset of {MODULES}, got {targets!r}")
+        for name, v, lo in (("epochs", epochs, 1), ("batch_size", batch_size, 1)):
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
+                raise ValueError(f"{name} must be an integer >= {lo}, got {v!r}")
+        if not (isinstance(lr, (int, float)) and lr > 0 and math.isfinite(lr)):
+            raise ValueError(f"lr must be a positive number, got {lr!r}")
+        if not (isinstance(dropout, (int, float)) and 0 <= dropout < 1):
+            raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+        if schedule not in ("cosine", "constant"):
+            raise ValueError(f"schedule must be 'cosine' or 'constant', got {schedule!r}")
+        if not (0 <= warmup_ratio < 1):
+            raise ValueError(f"warmup_ratio must be in [0, 1), got {warmup_ratio!r}")
+        self.model_path = os.fspath(model_path)
+        self.method, self.r, self.alpha, self.targets = method, int(r), float(alpha), targets
+        self.lr, self.epochs, self.batch_size, self.seed = float(lr), int(epochs), int(batch_size), int(seed)
+        self.dropout, self.weight_decay = float(dropout), float(weight_decay)
+        self.warmup_ratio, self.schedule, self.max_grad_norm = float(warmup_ratio), schedule, max_grad_norm
+        if micro_batch_size is not None and (isinstance(micro_batch_size, bool) or not isinstance(
+                micro_batch_size, (int, np.integer)) or micro_batch_size < 1):
+            raise ValueError(f"micro_batch_size must be an integer >= 1, got {micro_batch_size!r}")
+        self.micro_batch_size = None if micro_batch_size is None else int(micro_batch_size)
+        self.show_progress_bar = show_progress_bar
+        (self._model, self._hp, self.tokenizer, head, self._keep,
+         self.arch) = _load_base(self.model_path)
+        ctx = self._hp["max_position"]
+        self.max_length = ctx if max_length is None else int(max_length)
+        if not 2 <= self.max_length <= ctx:
+            raise ValueError(f"max_length must be in [2, {ctx}], got {max_length!r}")
+        ranks = [self.r if m in targets else 0 for m in MODULES]
+        alphas = [self.alpha if m in targets else 0.0 for m in MODULES]
+        self._core = _core.LoraTrainer(self._model, ranks, alphas, dropout=self.dropout,
+                                       seed=self.seed)
+        if head is not None:
+            data, kind, shape = head
+            self._core.set_head(data, kind, shape[0], shape[1])
+        # llama GGUF files store Q/K rows permuted (llm.py): B's rows follow
+        self._permuted = os.path.isfile(self.model_path) and self._hp["rope_mode"] == "norm"
+        self.step_ = 0
+        self.history_: list = []
+
+    # ------------------------------------------------------------ batches
+
+    def _encode(self, texts, special: bool) -> list:
+        return [np.asarray(t, dtype=np.int64) for t in
+                self.tokenizer.encode_batch(texts, max_length=self.max_length,
+                                            add_special_tokens=special)]
+
+    def _pairs(self, prompts, answers, what="answers"):
+        prompts = _check_texts(prompts, "prompts")
+        answers = _check_texts(answers, what)
+        if len(prompts) != len(answers):
+            raise ValueError(f"prompts and {what} must have the same length "
+                             f"({len(prompts)} vs {len(answers)})")
+        if not prompts:
+            raise ValueError("prompts is empty")
+        p_ids = self._encode(prompts, True)
+        a_ids = self._encode(answers, False)
+        seqs, starts = [], []
+        for i, (p, a) in enumerate(zip(p_ids, a_ids)):
+            if len(p) == 0:
+                raise ValueError(f"prompt {i} tokenizes to nothing")
+            if len(a) == 0:
+                raise ValueError(f"{what[:-1]} {i} ({answers[i]!r}) tokenizes to nothing")
+            if len(p) + len(a) > self.max_length:
+                raise ValueError(f"example {i} has {len(p) + len(a)} tokens (prompt + "
+                                 f"{what[:-1]}), more than max_length {self.max_length}")
+            seqs.append(np.concatenate([p, a]))
+            starts.append(len(p))
+        return seqs, starts
+
+    # ------------------------------------------------------------ training
+
+    def _lr_at(self, step: int, total: int) -> float:
+        warm = int(self.warmup_ratio * total)
+        if step < warm:
+            return self.lr * (step + 1) / warm
+        if self.schedule == "constant":
+            return self.lr
+        prog = (step - warm) / max(1, total - warm)
+        return self.lr * 0.5 * (1.0 + math.cos(math.pi * prog))
+
+    def loss_and_grads(self, prompts, answers):
+        """Mean cross-entropy over the answer tokens and the LoRA gradients
+        (float32 copy of the flat gradient buffer), without updating."""
+        seqs, starts = self._pairs(prompts, answers)
+        loss, _ = self._accumulate(seqs, starts, self.seed)
+        return loss, self._core.grads.copy()
+
+    def _accumulate(self, seqs, starts, seed):
+        """Zero the gradients, then accumulate those of the mean answer loss
+        of these examples, micro_batch_size at a time (gradient accumulation:
+        every micro-batch is scaled by 1 / the whole batch's target count, so
+        the result equals one pass over the whole batch). (loss, tokens)."""
+        mb = self.micro_batch_size or len(seqs)
+        parts = [LoraBatch(seqs[i:i + mb], starts[i:i + mb]) for i in range(0, len(seqs), mb)]
+        n_t = sum(b.n_targets for b in parts)
+        self._core.grads[:] = 0
+        nll = 0.0
+        for j, b in enumerate(parts):
+            s, _ = self._core.step(b.ids, b.offsets, b.targets, scale=1.0 / n_t, backward=True,
+                                   seed=(seed + j * 0x9E3779B97F4A7C15) & (2**64 - 1))
+            nll += s
+        return nll / n_t, sum(len(b.ids) for b in parts)
+
+    def fit(self, prompts, answers):
+        """Train on (prompt, answer) pairs; the loss covers the answer tokens
+        only. Returns self; history_ holds (step, loss, lr) per step."""
+        from ._progress import progress
+
+        seqs, starts = self._pairs(prompts, answers)
+        n = len(seqs)
+        rng = np.random.default_rng(self.seed)
+        per_epoch = (n + self.batch_size - 1) // self.batch_size
+        total = per_epoch * self.epochs
+        nparam = len(self._core.params)
+        if not hasattr(self, "_m"):
+            self._m = np.zeros(nparam, dtype=np.float32)
+            self._v = np.zeros(nparam, dtype=np.float32)
+        grads = self._core.grads
+        with progress(total, "fine-tuning", "step", self.show_progress_bar,
+                      logger="engine_py.finetune", long=total >= 2) as bar:
+            for epoch in range(self.epochs):
+                order = rng.permutation(n)
+                for bi in range(per_epoch):
+                    idx = order[bi * self.batch_size:(bi + 1) * self.batch_size]
+                    t0 = time.perf_counter()
+                    loss, ntok = self._accumulate([seqs[i] for i in idx],
+                                                  [starts[i] for i in idx],
+                                                  (self.seed * 1000003 + self.step_) & (2**64 - 1))
+                    if not math.isfinite(loss) or not np.isfinite(grads).all():
+                        raise FloatingPointError(f"non-finite loss or gradient at step "
+                                                 f"{self.step_} (loss {loss}); the adapter "
+                                                 "was not updated by this step")
+                    if self.max_grad_norm is not None:
+                        norm = float(np.sqrt(np.dot(grads.astype(np.float64),
+                                                    grads.astype(np.float64))))
+                        if norm > self.max_grad_norm:
+                            grads *= np.float32(self.max_grad_norm / (norm + 1e-6))
+                    lr = self._lr_at(self.step_ % total if total else 0, total)
+                    self._core.adamw_step(self._m, self._v, lr, 0.9, 0.999, 1e-8,
+                                          self.weight_decay, self.step_ + 1)
+                    self.step_ += 1
+                    self.history_.append((self.step_, loss, lr))
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{loss:.4f}",
+                                    tok_s=f"{ntok / max(time.perf_counter() - t0, 1e-9):.0f}")
+        return self
+
+    # ----------------------------------------------------------- inference
+
+    def choice_logprobs(self, prompts, choices) -> np.ndarray:
+        """(n_prompts, n_choices) summed log-likelihood of each choice's
+        tokens after its prompt. choices: one list of str per prompt, or one
+        list shared by every prompt."""
+        prompts = _check_texts(prompts, "prompts")
+        if not prompts:
+            raise ValueError("prompts is empty")
+        if choices and all(isinstance(c, str) for c in choices):
+            choices = [list(choices)] * len(prompts)
+        if len(choices) != len(prompts):
+            raise ValueError(f"choices must be one list shared by all prompts or one list per "
+                             f"prompt ({len(prompts)}), got {len(choices)}")
+        k = len(choices[0])
+        if k == 0 or any(len(c) != k for c in choices):
+            raise ValueError("every prompt needs the same non-zero number of choices")
+        flat_p = [p for p in prompts for _ in range(k)]
+        flat_c = [c for cs in choices for c in _check_texts(cs, "choices")]
+        seqs, starts = self._pairs(flat_p, flat_c, what="choices")
+        out = np.zeros(len(seqs))
+        for b0 in range(0, len(seqs), self.batch_size):
+            b = LoraBatch(seqs[b0:b0 + self.batch_size], starts[b0:b0 + self.batch_size])
+            _, tok = self._core.step(b.ids, b.offsets, b.targets, backward=False)
+            for i in range(len(b.offsets) - 1):
+                out[b0 + i] = -float(tok[b.offsets[i]:b.offsets[i + 1]].astype(np.float64).sum())
+        return out.reshape(len(prompts), k)
+
+    def predict(self, prompts, choices) -> np.ndarray:
+        """Index of the most likely choice for each prompt."""
+        return np.argmax(self.choice_logprobs(prompts, choices), axis=1)
+
+    def score(self, prompts, choices, y) -> float:
+        """Accuracy of predict against y."""
+        y = np.asarray(y)
+        pred = self.predict(prompts, choices)
+        if y.shape != pred.shape:
+            raise ValueError(f"y must have one label per prompt ({len(pred)}), got shape {y.shape}")
+        return float((pred == y).mean())
+
+    # ------------------------------------------------------------ adapters
+
+    def lora_state(self, grads: bool = False) -> dict:
+        """PEFT-named tensors (float32, Hugging Face row order); grads=True:
+        the gradient buffer's contents under the same names."""
+        p = self._core.grads if grads else self._core.params
+        out = {}
+        H, Hkv = self._hp["num_heads"], self._hp["num_kv_heads"]
+        for layer, mod, oa, ob, fin, fout, r in self._core.slots():
+            name = MODULES[mod]
+            A = p[oa:oa + r * fin].reshape(r, fin).copy()
+            B = p[ob:ob + fout * r].reshape(fout, r).copy()
+            if self._permuted and name in ("q", "k"):
+                B = _unpermute_rows(B, H if name == "q" else Hkv)
+            pre = f"base_model.model.model.layers.{layer}.{_PEFT_PATH[name]}"
+            out[f"{pre}.lora_A.weight"] = A
+            out[f"{pre}.lora_B.weight"] = B
+        return out
+
+    def set_lora_state(self, state: dict) -> None:
+        p = self._core.params
+        H, Hkv = self._hp["num_heads"], self._hp["num_kv_heads"]
+        want = set()
+        for layer, mod, oa, ob, fin, fout, r in self._core.slots():
+            name = MODULES[mod]
+            pre = f"base_model.model.model.layers.{layer}.{_PEFT_PATH[name]}"
+            for suffix, shape, off in (("lora_A.weight", (r, fin), oa), ("lora_B.weight", (fout, r), ob)):
+                key = f"{pre}.{suffix}"
+                want.add(key)
+                if key not in state:
+                    raise ValueError(f"adapter is missing {key}")
+                arr = np.asarray(state[key], dtype=np.float32)
+                if arr.shape != shape:
+                    raise ValueError(f"adapter tensor {key} has shape {arr.shape}, this model and "
+                                     f"rank need {shape}")
+                if suffix == "lora_B.weight" and self._permuted and name in ("q", "k"):
+                    arr = _permute_rows(arr, H if name == "q" else Hkv)
+                p[off:off + arr.size] = arr.reshape(-1)
+        extra = sorted(set(state) - want)
+        if extra:
+            raise ValueError(f"adapter has tensors this configuration does not: {extra[:3]}")
+
+    def save_adapter(self, directory) -> None:
+        """adapter_model.safetensors + adapter_config.json, as PEFT writes them."""
+        from .io import save_safetensors
+
+        directory = os.fspath(directory)
+        os.makedirs(directory, exist_ok=True)
+        save_safetensors(os.path.join(directory, "adapter_model.safetensors"), self.lora_state())
+        cfg = {
+            "peft_type": "LORA", "task_type": "CAUSAL_LM", "r": self.r, "lora_alpha": self.alpha,
+            "lora_dropout": self.dropout, "bias": "none", "fan_in_fan_out": False,
+            "target_modules": [_PEFT_PATH[t].split(".")[1] for t in self.targets],
+            "base_model_name_or_path": os.path.abspath(self.model_path),
+            "inference_mode": True, "init_lora_weights": True, "use_rslora": False,
+            "use_dora": False, "modules_to_save": None, "layers_to_transform": None,
+            "rank_pattern": {}, "alpha_pattern": {},
+        }
+        with open(os.path.join(directory, "adapter_config.json"), "w", encoding="utf-8") as f:
+            json.dump(cfg, f, indent=2)
+
+    @classmethod
+    def load(cls, model_path, adapter_dir, **kw) -> "Trainer":
+        """A Trainer on model_path with the adapter saved in adapter_dir."""
+        from .io import load_state
+
+        adapter_dir = os.fspath(adapter_dir)
+        cpath = os.path.join(adapter_dir, "adapter_config.json")
+        if not os.path.isfile(cpath):
+            raise FileNotFoundError(f"{adapter_dir}: no adapter_config.json")
+        with open(cpath, encoding="utf-8") as f:
+            cfg = json.load(f)
+        if not isinstance(cfg, dict) or cfg.get("peft_type") != "LORA":
+            raise ValueError(f"{cpath}: not a PEFT LoRA adapter config")
+        if cfg.get("rank_pattern") or cfg.get("alpha_pattern") or cfg.get("use_dora") \
+                or cfg.get("use_rslora"):
+            raise ValueError(f"{cpath}: rank/alpha patterns, DoRA and rsLoRA are not supported")
+        back = {v.split(".")[1]: k for k, v in _PEFT_PATH.items()}
+        tm = cfg.get("target_modules")
+        if isinstance(tm, str) or not isinstance(tm, list) or any(t not in back for t in tm):
+            raise ValueError(f"{cpath}: target_modules must be a list of "
+                             f"{sorted(back)}, got {tm!r}")
+        tr = cls(model_path, r=int(cfg["r"]), alpha=float(cfg["lora_alpha"]),
+                 targets=tuple(m for m in MODULES if _PEFT_PATH[m].split(".")[1] in tm), **kw)
+        state = load_state(os.path.join(adapter_dir, "adapter_model.safetensors"))
+        tr.set_lora_state(state)
+        return tr
