@@ -86,7 +86,7 @@ size_t eg_bf16_packed_elems(int rows, int cols)
     return panels * kp * (size_t)PANEL * 2;
 }
 
-void eg_bf16_pack_panel(uint16_t *dst, const float *W, size_t ldw, int nr, int cols)
+static void pack_panel_scalar(uint16_t *dst, const float *W, size_t ldw, int nr, int cols)
 {
     const int kpairs = (cols + 1) / 2;
     for (int kp = 0; kp < kpairs; kp++) {
@@ -104,19 +104,109 @@ void eg_bf16_pack_panel(uint16_t *dst, const float *W, size_t ldw, int nr, int c
     }
 }
 
+static void pack_row_scalar(uint16_t *d, const float *x, int cols)
+{
+    for (int k = 0; k < cols; k++) {
+        d[k] = round_bf16(x[k]);
+    }
+    if (cols % 2) {
+        d[cols] = 0;
+    }
+}
+
+#ifdef EG_X86_CLONES
+/* The packers in AVX-512 integer arithmetic: the same rounding as
+ * round_bf16, bit for bit, on 16 values at a time (VCVTNE2PS2BF16 would
+ * flush denormal inputs to zero, so it is not used). On the SmolLM2 shapes
+ * the scalar packing cost as much as a third of the product's time. */
+__attribute__((target("avx512f,avx512bw,avx512vl")))
+static inline __m256i round16_bf16(__m512 v)
+{
+    const __m512i x = _mm512_castps_si512(v);
+    const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(x, 16), _mm512_set1_epi32(1));
+    const __m512i rne = _mm512_srli_epi32(
+        _mm512_add_epi32(x, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff))), 16);
+    const __m512i quiet = _mm512_or_si512(_mm512_srli_epi32(x, 16), _mm512_set1_epi32(0x40));
+    const __mmask16 nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(x, _mm512_set1_epi32(0x7fffffff)),
+                                                  _mm512_set1_epi32(0x7f800000));
+    return _mm512_cvtepi32_epi16(_mm512_mask_blend_epi32(nan, rne, quiet));
+}
+
+__attribute__((target("avx512f,avx512bw,avx512vl")))
+static void pack_panel_avx512(uint16_t *dst, const float *W, size_t ldw, int nr, int cols)
+{
+    const int kpairs = (cols + 1) / 2;
+    /* lane i of a 16-pair block goes to pair row kp0 + i: 32 uint32 apart */
+    const __m512i idx = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11,
+                                                             12, 13, 14, 15), _mm512_set1_epi32(PANEL));
+    for (int kp0 = 0; kp0 < kpairs; kp0 += 16) {
+        const int k0 = 2 * kp0;
+        const int left = cols - k0;   /* floats of this block in a row, >= 1 */
+        const __mmask16 ma = left >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << left) - 1);
+        const __mmask16 mb = left >= 32 ? (__mmask16)0xffff
+                           : left <= 16 ? (__mmask16)0 : (__mmask16)((1u << (left - 16)) - 1);
+        const int npairs = kpairs - kp0 < 16 ? kpairs - kp0 : 16;
+        const __mmask16 mp = npairs >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << npairs) - 1);
+        uint32_t *base = (uint32_t *)(void *)dst + (size_t)kp0 * PANEL;
+        for (int r = 0; r < PANEL; r++) {
+            __m512i pairs = _mm512_setzero_si512();
+            if (r < nr) {
+                const float *w = W + (size_t)r * ldw + k0;
+                const __m256i lo = round16_bf16(_mm512_maskz_loadu_ps(ma, w));
+                const __m256i hi = round16_bf16(_mm512_maskz_loadu_ps(mb, w + 16));
+                pairs = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+            }
+            _mm512_mask_i32scatter_epi32(base + r, mp, idx, pairs, 4);
+        }
+    }
+}
+
+__attribute__((target("avx512f,avx512bw,avx512vl")))
+static void pack_row_avx512(uint16_t *d, const float *x, int cols)
+{
+    int k = 0;
+    for (; k + 16 <= cols; k += 16) {
+        _mm256_storeu_si256((__m256i *)(void *)(d + k), round16_bf16(_mm512_loadu_ps(x + k)));
+    }
+    if (k < cols) {
+        const __mmask16 m = (__mmask16)((1u << (cols - k)) - 1);
+        _mm256_mask_storeu_epi16(d + k, m, round16_bf16(_mm512_maskz_loadu_ps(m, x + k)));
+    }
+    if (cols % 2) {
+        d[cols] = 0;
+    }
+}
+#endif
+
+void eg_bf16_pack_panel(uint16_t *dst, const float *W, size_t ldw, int nr, int cols)
+{
+#ifdef EG_X86_CLONES
+    if (eg_bf16_kernel_available()) {
+        pack_panel_avx512(dst, W, ldw, nr, cols);
+        return;
+    }
+#endif
+    pack_panel_scalar(dst, W, ldw, nr, cols);
+}
+
 void eg_bf16_pack_rows(uint16_t *dst, const float *X, size_t ldx, size_t N, int cols)
 {
     const size_t kp2 = (size_t)((cols + 1) / 2) * 2;
+#ifdef EG_X86_CLONES
+    const int vec = eg_bf16_kernel_available();
+#else
+    const int vec = 0;
+#endif
     #pragma omp parallel for schedule(static) if (N * (size_t)cols >= ((size_t)1 << 17))
     for (size_t i = 0; i < N; i++) {
-        const float *x = X + i * ldx;
-        uint16_t *d = dst + i * kp2;
-        for (int k = 0; k < cols; k++) {
-            d[k] = round_bf16(x[k]);
+#ifdef EG_X86_CLONES
+        if (vec) {
+            pack_row_avx512(dst + i * kp2, X + i * ldx, cols);
+            continue;
         }
-        if ((size_t)cols < kp2) {
-            d[cols] = 0;
-        }
+#endif
+        (void)vec;
+        pack_row_scalar(dst + i * kp2, X + i * ldx, cols);
     }
 }
 
