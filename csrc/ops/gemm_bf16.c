@@ -43,9 +43,12 @@
 /* Register tile: 32 weight rows (two zmm of 16 fp32 lanes) x NR tokens. */
 #define PANEL 32
 #define NR 12
-/* K (bf16 values) per block: a panel's block is PANEL * KC * 2 bytes = 32 KiB,
- * inside a 48 KiB L1 with the NR token rows (12 KiB) beside it. */
-#define KC 512
+/* K (bf16 values) per block, at most: a panel's block is PANEL * KC * 2 bytes
+ * = 40 KiB, inside a 48 KiB L1 (Zen 4/5, Sapphire Rapids; 32 KiB L1s keep it
+ * in L2) with a token tile's rows beside it. K is cut into equal blocks
+ * (K = 576: one block, not 512 + 64, whose second pass would reload and
+ * store every accumulator for 64 values of K). */
+#define KC 640
 
 static inline uint16_t round_bf16(float f)
 {
@@ -278,9 +281,11 @@ void eg_bf16_gemm_packed(float *Y, size_t ldy, const uint16_t *Xb, size_t N, con
     const int nthr = eg_get_num_threads();
     /* one task: a panel against NR tokens over one K block; every K block
      * finishes (the barrier of `omp for`) before the next adds to Y */
+    const int nkb = (kpairs + KC / 2 - 1) / (KC / 2);
+    const int kblock = (kpairs + nkb - 1) / nkb;
     #pragma omp parallel num_threads(nthr) if (nthr > 1 && (size_t)rows * cols * N >= ((size_t)1 << 20))
-    for (int kp0 = 0; kp0 < kpairs; kp0 += KC / 2) {
-        const int kp1 = kp0 + KC / 2 < kpairs ? kp0 + KC / 2 : kpairs;
+    for (int kp0 = 0; kp0 < kpairs; kp0 += kblock) {
+        const int kp1 = kp0 + kblock < kpairs ? kp0 + kblock : kpairs;
         #pragma omp for schedule(dynamic, 4)
         for (int t = 0; t < ntasks; t++) {
             const int p = t / nblocks;
