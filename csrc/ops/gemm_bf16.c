@@ -217,6 +217,27 @@ void eg_bf16_pack_rows(uint16_t *dst, const float *X, size_t ldx, size_t N, int 
 /* One register tile: Y[0..nt)[0..nrows) (+)= X rows . panel rows over the
  * K pairs [kp0, kp1). nt <= NR; rows past nrows (a short last panel) are
  * computed on the zero padding and not stored. */
+/* acc{0,1}[j] += the K pairs [kp0, kp1) of token j . the panel's rows 0-15
+ * and 16-31, for tokens j < nt. */
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16"), always_inline))
+static inline void tile_steps(__m512 *acc0, __m512 *acc1, const uint16_t *Xb, size_t ldxb,
+                              const uint16_t *Wp, int kp0, int kp1, int nt)
+{
+    for (int kp = kp0; kp < kp1; kp++) {
+        const __m512bh a0 = (__m512bh)_mm512_load_si512(Wp + (size_t)kp * 64);
+        const __m512bh a1 = (__m512bh)_mm512_load_si512(Wp + (size_t)kp * 64 + 32);
+        const uint16_t *xk = Xb + 2 * (size_t)kp;
+#pragma GCC unroll 12
+        for (int j = 0; j < nt; j++) {
+            int32_t pair;
+            memcpy(&pair, xk + (size_t)j * ldxb, 4);
+            const __m512bh b = (__m512bh)_mm512_set1_epi32(pair);
+            acc0[j] = _mm512_dpbf16_ps(acc0[j], a0, b);
+            acc1[j] = _mm512_dpbf16_ps(acc1[j], a1, b);
+        }
+    }
+}
+
 __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
 static void tile_bf16(float *Y, size_t ldy, const uint16_t *Xb, size_t ldxb, const uint16_t *Wp,
                       int kp0, int kp1, int nt, int nrows, int accumulate)
@@ -234,33 +255,12 @@ static void tile_bf16(float *Y, size_t ldy, const uint16_t *Xb, size_t ldxb, con
             acc1[j] = _mm512_setzero_ps();
         }
     }
+    /* a constant trip count for whole tiles, so the compiler unrolls the
+     * token loop and keeps the 24 accumulators in registers */
     if (nt == NR) {
-        for (int kp = kp0; kp < kp1; kp++) {
-            const __m512bh a0 = (__m512bh)_mm512_load_si512(Wp + (size_t)kp * 64);
-            const __m512bh a1 = (__m512bh)_mm512_load_si512(Wp + (size_t)kp * 64 + 32);
-            const uint16_t *xk = Xb + 2 * (size_t)kp;
-#pragma GCC unroll 12
-            for (int j = 0; j < NR; j++) {
-                int32_t pair;
-                memcpy(&pair, xk + (size_t)j * ldxb, 4);
-                const __m512bh b = (__m512bh)_mm512_set1_epi32(pair);
-                acc0[j] = _mm512_dpbf16_ps(acc0[j], a0, b);
-                acc1[j] = _mm512_dpbf16_ps(acc1[j], a1, b);
-            }
-        }
+        tile_steps(acc0, acc1, Xb, ldxb, Wp, kp0, kp1, NR);
     } else {
-        for (int kp = kp0; kp < kp1; kp++) {
-            const __m512bh a0 = (__m512bh)_mm512_load_si512(Wp + (size_t)kp * 64);
-            const __m512bh a1 = (__m512bh)_mm512_load_si512(Wp + (size_t)kp * 64 + 32);
-            const uint16_t *xk = Xb + 2 * (size_t)kp;
-            for (int j = 0; j < nt; j++) {
-                int32_t pair;
-                memcpy(&pair, xk + (size_t)j * ldxb, 4);
-                const __m512bh b = (__m512bh)_mm512_set1_epi32(pair);
-                acc0[j] = _mm512_dpbf16_ps(acc0[j], a0, b);
-                acc1[j] = _mm512_dpbf16_ps(acc1[j], a1, b);
-            }
-        }
+        tile_steps(acc0, acc1, Xb, ldxb, Wp, kp0, kp1, nt);
     }
     for (int j = 0; j < nt; j++) {
         _mm512_mask_storeu_ps(Y + (size_t)j * ldy, m0, acc0[j]);
