@@ -267,7 +267,7 @@ def render_markdown(res: dict, machine_line: str = "") -> str:
              f"Mean-pooled last hidden state (after the final norm) of every text, each side on the same "
              f"GGUF file with {res['threads']} threads, best of {res['reps']} timed repetitions after a "
              f"warm-up on a few texts, tokenization included; GOMP_SPINCOUNT={res.get('gomp_spincount')} "
-             f"for all three (their OpenMP runtimes read it). Each side runs in a child process of its own (peak RSS = "
+             f"for every side (their OpenMP runtimes read it). Each side runs in a child process of its own (peak RSS = "
              f"that child's VmHWM). GFLOP/s: 2 x matmul parameters per token + causal attention "
              f"(no lm_head); % of peak: of a float32 matmul through NumPy's BLAS, {res['threads']} "
              f"threads, same run: {_fmt(peak, '.1f')} GFLOP/s{res.get('sgemm_note', '')}"
