@@ -135,13 +135,38 @@ static inline __m256i round16_bf16(__m512 v)
     return _mm512_cvtepi32_epi16(_mm512_mask_blend_epi32(nan, rne, quiet));
 }
 
+/* r[0..16) as a 16 x 16 matrix of 32-bit values, transposed in place
+ * (unpack 32, unpack 64, two 128-bit lane shuffles). */
+__attribute__((target("avx512f,avx512bw,avx512vl"), always_inline))
+static inline void transpose16x16_epi32(__m512i *r)
+{
+    __m512i t[16];
+    for (int i = 0; i < 16; i += 2) {
+        t[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);
+        t[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);
+    }
+    for (int i = 0; i < 16; i += 4) {
+        r[i] = _mm512_unpacklo_epi64(t[i], t[i + 2]);
+        r[i + 1] = _mm512_unpackhi_epi64(t[i], t[i + 2]);
+        r[i + 2] = _mm512_unpacklo_epi64(t[i + 1], t[i + 3]);
+        r[i + 3] = _mm512_unpackhi_epi64(t[i + 1], t[i + 3]);
+    }
+    for (int h = 0; h < 16; h += 8) {
+        for (int i = 0; i < 4; i++) {
+            t[h + i] = _mm512_shuffle_i32x4(r[h + i], r[h + 4 + i], 0x88);
+            t[h + 4 + i] = _mm512_shuffle_i32x4(r[h + i], r[h + 4 + i], 0xdd);
+        }
+    }
+    for (int i = 0; i < 8; i++) {
+        r[i] = _mm512_shuffle_i32x4(t[i], t[8 + i], 0x88);
+        r[8 + i] = _mm512_shuffle_i32x4(t[i], t[8 + i], 0xdd);
+    }
+}
+
 __attribute__((target("avx512f,avx512bw,avx512vl")))
 static void pack_panel_avx512(uint16_t *dst, const float *W, size_t ldw, int nr, int cols)
 {
     const int kpairs = (cols + 1) / 2;
-    /* lane i of a 16-pair block goes to pair row kp0 + i: 32 uint32 apart */
-    const __m512i idx = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11,
-                                                             12, 13, 14, 15), _mm512_set1_epi32(PANEL));
     for (int kp0 = 0; kp0 < kpairs; kp0 += 16) {
         const int k0 = 2 * kp0;
         const int left = cols - k0;   /* floats of this block in a row, >= 1 */
@@ -149,17 +174,24 @@ static void pack_panel_avx512(uint16_t *dst, const float *W, size_t ldw, int nr,
         const __mmask16 mb = left >= 32 ? (__mmask16)0xffff
                            : left <= 16 ? (__mmask16)0 : (__mmask16)((1u << (left - 16)) - 1);
         const int npairs = kpairs - kp0 < 16 ? kpairs - kp0 : 16;
-        const __mmask16 mp = npairs >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << npairs) - 1);
         uint32_t *base = (uint32_t *)(void *)dst + (size_t)kp0 * PANEL;
-        for (int r = 0; r < PANEL; r++) {
-            __m512i pairs = _mm512_setzero_si512();
-            if (r < nr) {
-                const float *w = W + (size_t)r * ldw + k0;
-                const __m256i lo = round16_bf16(_mm512_maskz_loadu_ps(ma, w));
-                const __m256i hi = round16_bf16(_mm512_maskz_loadu_ps(mb, w + 16));
-                pairs = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+        /* 16 rows at a time: row r's pairs kp0..kp0+15 as one vector, then
+         * a transpose gives pair kp's 16 rows as one vector */
+        for (int rb = 0; rb < PANEL; rb += 16) {
+            __m512i v[16];
+            for (int i = 0; i < 16; i++) {
+                v[i] = _mm512_setzero_si512();
+                if (rb + i < nr) {
+                    const float *w = W + (size_t)(rb + i) * ldw + k0;
+                    const __m256i lo = round16_bf16(_mm512_maskz_loadu_ps(ma, w));
+                    const __m256i hi = round16_bf16(_mm512_maskz_loadu_ps(mb, w + 16));
+                    v[i] = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+                }
             }
-            _mm512_mask_i32scatter_epi32(base + r, mp, idx, pairs, 4);
+            transpose16x16_epi32(v);
+            for (int c = 0; c < npairs; c++) {
+                _mm512_storeu_si512(base + (size_t)c * PANEL + rb, v[c]);
+            }
         }
     }
 }
