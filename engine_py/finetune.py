@@ -47,7 +47,7 @@ def _unpermute_rows(w: np.ndarray, n_head: int) -> np.ndarray:
             .swapaxes(1, 2).reshape(w.shape))
 
 
-def _load_base(model_path: str):
+def _load_base(model_path: str, precision: str = "float32"):
     """(LlamaModel, hyper-parameters, tokenizer, (head bytes, type, shape) or
     None for a tied head, objects to keep alive, arch)."""
     from .llm import is_llama_folder, load_gguf_model, load_hf_model
@@ -57,7 +57,7 @@ def _load_base(model_path: str):
         raise TypeError(f"model_path must be a path, got {type(model_path).__name__}")
     model_path = os.fspath(model_path)
     if os.path.isfile(model_path):
-        model, hp, g = load_gguf_model(model_path)
+        model, hp, g = load_gguf_model(model_path, precision=precision)
         tok = BPETokenizer.from_gguf(g)
         head = None
         t = g.tensors.get("output.weight")
@@ -70,7 +70,7 @@ def _load_base(model_path: str):
 
     with open(os.path.join(model_path, "config.json"), encoding="utf-8") as f:
         config = json.load(f)
-    model, hp, _ = load_hf_model(model_path, config)
+    model, hp, _ = load_hf_model(model_path, config, precision=precision)
     tok = BPETokenizer.from_tokenizer_json(os.path.join(model_path, "tokenizer.json"))
     head = None
     if not config.get("tie_word_embeddings", False):
@@ -134,7 +134,7 @@ class Trainer:
                  weight_decay: float = 0.0, warmup_ratio: float = 0.1,
                  schedule: str = "cosine", max_grad_norm: Optional[float] = 1.0,
                  max_length: Optional[int] = None, micro_batch_size: Optional[int] = None,
-                 show_progress_bar: Optional[bool] = None):
+                 precision: str = "float32", show_progress_bar: Optional[bool] = None):
         if method != "lora":
             raise ValueError(f"method must be 'lora' (mixlora/gmoe are not implemented yet), "
                              f"got {method!r}")
@@ -168,9 +168,12 @@ class Trainer:
                 micro_batch_size, (int, np.integer)) or micro_batch_size < 1):
             raise ValueError(f"micro_batch_size must be an integer >= 1, got {micro_batch_size!r}")
         self.micro_batch_size = None if micro_batch_size is None else int(micro_batch_size)
+        if precision not in ("float32", "bfloat16"):
+            raise ValueError(f"precision must be 'float32' or 'bfloat16', got {precision!r}")
+        self.precision = precision
         self.show_progress_bar = show_progress_bar
         (self._model, self._hp, self.tokenizer, head, self._keep,
-         self.arch) = _load_base(self.model_path)
+         self.arch) = _load_base(self.model_path, precision)
         ctx = self._hp["max_position"]
         self.max_length = ctx if max_length is None else int(max_length)
         if not 2 <= self.max_length <= ctx:

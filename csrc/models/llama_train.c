@@ -18,6 +18,15 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
+
+/* Wall time per phase of eg_llama_lora_step (eg_llama_lora_profile). */
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
 
 struct eg_llama_lora {
     const eg_llama *m;
@@ -30,6 +39,8 @@ struct eg_llama_lora {
     size_t *off;       /* (L * NMOD) offsets of A; B follows at + rank * in */
     eg_bert_state s;   /* validation, offsets, embeddings */
     eg_arena arena;
+    double prof[EG_LORA_PROF_N];
+    double prof_t0;
 };
 
 static void mod_dims(const eg_llama_config *c, int mod, int *in, int *out)
@@ -175,6 +186,22 @@ void eg_llama_lora_slot(const eg_llama_lora *t, int layer, int module, size_t *o
     *offA = t->off[layer * EG_LORA_NMOD + module];
     *offB = *offA + (size_t)*rank * (size_t)*in;
 }
+
+void eg_llama_lora_profile(eg_llama_lora *t, double out[EG_LORA_PROF_N], int reset)
+{
+    memcpy(out, t->prof, sizeof t->prof);
+    if (reset) {
+        memset(t->prof, 0, sizeof t->prof);
+    }
+}
+
+/* charge the time since the last mark to phase k */
+#define PH(k)                                  \
+    do {                                       \
+        double now_ = now_s();                 \
+        t->prof[(k)] += now_ - t->prof_t0;     \
+        t->prof_t0 = now_;                     \
+    } while (0)
 
 /* ------------------------------------------------------------- the passes */
 
@@ -335,36 +362,52 @@ eg_status eg_llama_lora_step(eg_llama_lora *t, const int32_t *ids, const int64_t
     const float eps = c->rms_norm_eps;
 
     /* ---- forward */
+    const int prec = c->precision;
+    t->prof_t0 = now_s();
     for (int l = 0; l < L; l++) {
         eg_llama_layer_weights w;
         eg_llama_get_layer(t->m, l, &w);
         saved_layer *S = &sv[l];
         lora_ctx k = {t, l, n, p, seed, drop, dhl};
         eg_rmsnorm_forward(x, S->h, w.attn_norm, n, D, eps);
-        TRY(eg_qmatmul(S->qkv, W3, x, D, n, w.q, w.bq, err));
-        TRY(eg_qmatmul(S->qkv + QW, W3, x, D, n, w.k, w.bk, err));
-        TRY(eg_qmatmul(S->qkv + QW + KW, W3, x, D, n, w.v, w.bv, err));
+        PH(EG_LORA_PROF_FWD_OTHER);
+        TRY(eg_qmatmul_prec(S->qkv, W3, x, D, n, w.q, w.bq, prec, err));
+        TRY(eg_qmatmul_prec(S->qkv + QW, W3, x, D, n, w.k, w.bk, prec, err));
+        TRY(eg_qmatmul_prec(S->qkv + QW + KW, W3, x, D, n, w.v, w.bv, prec, err));
+        PH(EG_LORA_PROF_FWD_BASE);
         lora_fwd(&k, EG_LORA_Q, S->qkv, W3, S->hA[EG_LORA_Q], x, D);
         lora_fwd(&k, EG_LORA_K, S->qkv + QW, W3, S->hA[EG_LORA_K], x, D);
         lora_fwd(&k, EG_LORA_V, S->qkv + QW + KW, W3, S->hA[EG_LORA_V], x, D);
+        PH(EG_LORA_PROF_FWD_LORA);
         eg_rope_forward(S->qkv, W3, n, pos, c->num_heads, hd, cos_t, sin_t, c->rope_mode);
         eg_rope_forward(S->qkv + QW, W3, n, pos, c->num_kv_heads, hd, cos_t, sin_t, c->rope_mode);
+        PH(EG_LORA_PROF_FWD_OTHER);
         eg_attention_forward(S->ctx, S->qkv, S->qkv + QW, S->qkv + QW + KW, NULL, NULL, NULL,
                              offsets, n_seq, &ash, att);
-        TRY(eg_qmatmul(tmp, D, S->ctx, QW, n, w.o, NULL, err));
+        PH(EG_LORA_PROF_FWD_ATTN);
+        TRY(eg_qmatmul_prec(tmp, D, S->ctx, QW, n, w.o, NULL, prec, err));
+        PH(EG_LORA_PROF_FWD_BASE);
         lora_fwd(&k, EG_LORA_O, tmp, D, S->hA[EG_LORA_O], S->ctx, QW);
+        PH(EG_LORA_PROF_FWD_LORA);
         memcpy(S->hmid, S->h, n * (size_t)D * sizeof(float));
         add_to(S->hmid, tmp, n * (size_t)D);
         eg_rmsnorm_forward(x, S->hmid, w.ffn_norm, n, D, eps);
-        TRY(eg_qmatmul(S->gu, 2 * (size_t)F, x, D, n, w.gate, NULL, err));
-        TRY(eg_qmatmul(S->gu + F, 2 * (size_t)F, x, D, n, w.up, NULL, err));
+        PH(EG_LORA_PROF_FWD_OTHER);
+        TRY(eg_qmatmul_prec(S->gu, 2 * (size_t)F, x, D, n, w.gate, NULL, prec, err));
+        TRY(eg_qmatmul_prec(S->gu + F, 2 * (size_t)F, x, D, n, w.up, NULL, prec, err));
+        PH(EG_LORA_PROF_FWD_BASE);
         lora_fwd(&k, EG_LORA_GATE, S->gu, 2 * (size_t)F, S->hA[EG_LORA_GATE], x, D);
         lora_fwd(&k, EG_LORA_UP, S->gu + F, 2 * (size_t)F, S->hA[EG_LORA_UP], x, D);
+        PH(EG_LORA_PROF_FWD_LORA);
         eg_swiglu_forward(act, F, S->gu, S->gu + F, 2 * (size_t)F, n, F);
-        TRY(eg_qmatmul(tmp, D, act, F, n, w.down, NULL, err));
+        PH(EG_LORA_PROF_FWD_OTHER);
+        TRY(eg_qmatmul_prec(tmp, D, act, F, n, w.down, NULL, prec, err));
+        PH(EG_LORA_PROF_FWD_BASE);
         lora_fwd(&k, EG_LORA_DOWN, tmp, D, S->hA[EG_LORA_DOWN], act, F);
+        PH(EG_LORA_PROF_FWD_LORA);
         memcpy(sv[l + 1].h, S->hmid, n * (size_t)D * sizeof(float));
         add_to(sv[l + 1].h, tmp, n * (size_t)D);
+        PH(EG_LORA_PROF_FWD_OTHER);
     }
 
     /* ---- loss over the target rows */
@@ -388,7 +431,9 @@ eg_status eg_llama_lora_step(eg_llama_lora *t, const int32_t *ids, const int64_t
             }
         }
         eg_rmsnorm_forward(xs, hs, onorm, nt, D, eps);
+        PH(EG_LORA_PROF_FWD_OTHER);
         TRY(eg_lmhead_ce(nll_sum, nll, dxs, xs, tg, nt, head, scale, err));
+        PH(EG_LORA_PROF_HEAD);
         if (token_nll != NULL) {
             j = 0;
             for (size_t i = 0; i < n; i++) {
@@ -429,6 +474,7 @@ eg_status eg_llama_lora_step(eg_llama_lora *t, const int32_t *ids, const int64_t
         return eg_seterr(err, EG_ENOMEM, "out of memory for llama gradients of %zu tokens", n);
     }
     float *dh = dh_all;
+    PH(EG_LORA_PROF_BWD_OTHER);
     for (int l = L - 1; l >= 0; l--) {
         eg_llama_layer_weights w;
         eg_llama_get_layer(t->m, l, &w);
@@ -437,38 +483,52 @@ eg_status eg_llama_lora_step(eg_llama_lora *t, const int32_t *ids, const int64_t
         /* feed-forward block: dh is dL/d(layer output) = dL/d(down out) */
         eg_rmsnorm_forward(x, S->hmid, w.ffn_norm, n, D, eps);
         eg_swiglu_forward(act, F, S->gu, S->gu + F, 2 * (size_t)F, n, F);
-        TRY(eg_qmatmul_t(dact, F, dh, D, n, w.down, 0, err));
+        PH(EG_LORA_PROF_BWD_OTHER);
+        TRY(eg_qmatmul_t_prec(dact, F, dh, D, n, w.down, 0, prec, err));
+        PH(EG_LORA_PROF_BWD_BASE);
         lora_bwd(&k, EG_LORA_DOWN, dact, F, dh, D, act, F, S->hA[EG_LORA_DOWN]);
+        PH(EG_LORA_PROF_BWD_LORA);
         eg_swiglu_backward(dgu, dgu + F, 2 * (size_t)F, dact, F, S->gu, S->gu + F, 2 * (size_t)F,
                            n, F);
-        TRY(eg_qmatmul_t(dx, D, dgu, 2 * (size_t)F, n, w.gate, 0, err));
-        TRY(eg_qmatmul_t(dx, D, dgu + F, 2 * (size_t)F, n, w.up, 1, err));
+        PH(EG_LORA_PROF_BWD_OTHER);
+        TRY(eg_qmatmul_t_prec(dx, D, dgu, 2 * (size_t)F, n, w.gate, 0, prec, err));
+        TRY(eg_qmatmul_t_prec(dx, D, dgu + F, 2 * (size_t)F, n, w.up, 1, prec, err));
+        PH(EG_LORA_PROF_BWD_BASE);
         lora_bwd(&k, EG_LORA_GATE, dx, D, dgu, 2 * (size_t)F, x, D, S->hA[EG_LORA_GATE]);
         lora_bwd(&k, EG_LORA_UP, dx, D, dgu + F, 2 * (size_t)F, x, D, S->hA[EG_LORA_UP]);
+        PH(EG_LORA_PROF_BWD_LORA);
         eg_rmsnorm_backward(tmp, NULL, dx, S->hmid, w.ffn_norm, n, D, eps);
         add_to(dh, tmp, n * (size_t)D);  /* dh = dL/d hmid */
+        PH(EG_LORA_PROF_BWD_OTHER);
         /* attention block */
-        TRY(eg_qmatmul_t(dctx, QW, dh, D, n, w.o, 0, err));
+        TRY(eg_qmatmul_t_prec(dctx, QW, dh, D, n, w.o, 0, prec, err));
+        PH(EG_LORA_PROF_BWD_BASE);
         lora_bwd(&k, EG_LORA_O, dctx, QW, dh, D, S->ctx, QW, S->hA[EG_LORA_O]);
+        PH(EG_LORA_PROF_BWD_LORA);
         eg_attention_backward(dqkv, dqkv + QW, dqkv + QW + KW, dctx, S->qkv, S->qkv + QW,
                               S->qkv + QW + KW, offsets, n_seq, &ash, att);
+        PH(EG_LORA_PROF_BWD_ATTN);
         eg_rope_backward(dqkv, W3, n, pos, c->num_heads, hd, cos_t, sin_t, c->rope_mode);
         eg_rope_backward(dqkv + QW, W3, n, pos, c->num_kv_heads, hd, cos_t, sin_t, c->rope_mode);
         eg_rmsnorm_forward(x, S->h, w.attn_norm, n, D, eps);
+        PH(EG_LORA_PROF_BWD_OTHER);
         const int need_dx = l > 0;  /* the embedding is frozen */
         if (need_dx) {
-            TRY(eg_qmatmul_t(dx, D, dqkv, W3, n, w.q, 0, err));
-            TRY(eg_qmatmul_t(dx, D, dqkv + QW, W3, n, w.k, 1, err));
-            TRY(eg_qmatmul_t(dx, D, dqkv + QW + KW, W3, n, w.v, 1, err));
+            TRY(eg_qmatmul_t_prec(dx, D, dqkv, W3, n, w.q, 0, prec, err));
+            TRY(eg_qmatmul_t_prec(dx, D, dqkv + QW, W3, n, w.k, 1, prec, err));
+            TRY(eg_qmatmul_t_prec(dx, D, dqkv + QW + KW, W3, n, w.v, 1, prec, err));
         }
+        PH(EG_LORA_PROF_BWD_BASE);
         float *dxp = need_dx ? dx : NULL;
         lora_bwd(&k, EG_LORA_Q, dxp, D, dqkv, W3, x, D, S->hA[EG_LORA_Q]);
         lora_bwd(&k, EG_LORA_K, dxp, D, dqkv + QW, W3, x, D, S->hA[EG_LORA_K]);
         lora_bwd(&k, EG_LORA_V, dxp, D, dqkv + QW + KW, W3, x, D, S->hA[EG_LORA_V]);
+        PH(EG_LORA_PROF_BWD_LORA);
         if (need_dx) {
             eg_rmsnorm_backward(tmp, NULL, dx, S->h, w.attn_norm, n, D, eps);
             add_to(dh, tmp, n * (size_t)D);  /* dh = dL/d(layer input) */
         }
+        PH(EG_LORA_PROF_BWD_OTHER);
     }
     return EG_OK;
 }

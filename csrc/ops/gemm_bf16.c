@@ -104,6 +104,26 @@ void eg_bf16_pack_panel(uint16_t *dst, const float *W, size_t ldw, int nr, int c
     }
 }
 
+void eg_bf16_pack_panel_t(uint16_t *dst, const float *W, size_t ldw, int c0, int nc, int rows)
+{
+    /* panel rows are the columns c0 .. c0+nc of W; K runs over W's rows */
+    const int kpairs = (rows + 1) / 2;
+    for (int kp = 0; kp < kpairs; kp++) {
+        uint16_t *d = dst + (size_t)kp * PANEL * 2;
+        const int k = 2 * kp;
+        const float *w0 = W + (size_t)k * ldw + c0;
+        const float *w1 = k + 1 < rows ? w0 + ldw : NULL;
+        for (int r = 0; r < PANEL; r++) {
+            if (r < nc) {
+                d[2 * r] = round_bf16(w0[r]);
+                d[2 * r + 1] = w1 != NULL ? round_bf16(w1[r]) : 0;
+            } else {
+                d[2 * r] = d[2 * r + 1] = 0;
+            }
+        }
+    }
+}
+
 void eg_bf16_pack_rows(uint16_t *dst, const float *X, size_t ldx, size_t N, int cols)
 {
     const size_t kp2 = (size_t)((cols + 1) / 2) * 2;
@@ -179,6 +199,12 @@ static void tile_bf16(float *Y, size_t ldy, const uint16_t *Xb, size_t ldxb, con
 void eg_bf16_gemm_packed(float *Y, size_t ldy, const uint16_t *Xb, size_t N, const uint16_t *Wp,
                          int rows, int cols)
 {
+    eg_bf16_gemm_packed_acc(Y, ldy, Xb, N, Wp, rows, cols, 0);
+}
+
+void eg_bf16_gemm_packed_acc(float *Y, size_t ldy, const uint16_t *Xb, size_t N,
+                             const uint16_t *Wp, int rows, int cols, int accumulate)
+{
 #ifdef EG_X86_CLONES
     const int kpairs = (cols + 1) / 2;
     const size_t ldxb = (size_t)kpairs * 2;
@@ -198,10 +224,10 @@ void eg_bf16_gemm_packed(float *Y, size_t ldy, const uint16_t *Xb, size_t N, con
             const int nt = N - j0 < NR ? (int)(N - j0) : NR;
             const int nrows = rows - p * PANEL < PANEL ? rows - p * PANEL : PANEL;
             tile_bf16(Y + j0 * ldy + (size_t)p * PANEL, ldy, Xb + j0 * ldxb, ldxb,
-                      Wp + (size_t)p * PANEL * ldxb, kp0, kp1, nt, nrows, kp0 > 0);
+                      Wp + (size_t)p * PANEL * ldxb, kp0, kp1, nt, nrows, accumulate || kp0 > 0);
         }
     }
 #else
-    (void)Y; (void)ldy; (void)Xb; (void)N; (void)Wp; (void)rows; (void)cols;
+    (void)Y; (void)ldy; (void)Xb; (void)N; (void)Wp; (void)rows; (void)cols; (void)accumulate;
 #endif
 }
