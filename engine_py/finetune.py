@@ -34,6 +34,7 @@ _PEFT_PATH = {"q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.
               "o": "self_attn.o_proj", "gate": "mlp.gate_proj", "up": "mlp.up_proj",
               "down": "mlp.down_proj"}
 _GGML_F32, _GGML_F16, _GGML_BF16 = 0, 1, 30
+_CKPT_JSON = "trainer_state.json"
 
 
 def _permute_rows(w: np.ndarray, n_head: int) -> np.ndarray:
@@ -254,49 +255,208 @@ class Trainer:
             nll += s
         return nll / n_t, sum(len(b.ids) for b in parts)
 
-    def fit(self, prompts, answers):
+    def fit(self, prompts, answers, checkpoint_dir=None, checkpoint_every: int = 1):
         """Train on (prompt, answer) pairs; the loss covers the answer tokens
-        only. Returns self; history_ holds (step, loss, lr) per step."""
+        only. Returns self; history_ holds (step, loss, lr) per step.
+
+        checkpoint_dir: save a checkpoint there every `checkpoint_every`
+        steps and at the end (save_checkpoint); if it already holds one made
+        by this same job (same data, hyper-parameters and model), training
+        resumes after the checkpoint's step, and the result is bit for bit
+        the one of an uninterrupted run (same machine and thread count).
+        Ctrl-C or a non-finite loss leaves the last checkpoint intact."""
         from ._progress import progress
 
         seqs, starts = self._pairs(prompts, answers)
+        if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, (int, np.integer)) \
+                or checkpoint_every < 1:
+            raise ValueError(f"checkpoint_every must be an integer >= 1, got {checkpoint_every!r}")
         n = len(seqs)
-        rng = np.random.default_rng(self.seed)
         per_epoch = (n + self.batch_size - 1) // self.batch_size
         total = per_epoch * self.epochs
         nparam = len(self._core.params)
         if not hasattr(self, "_m"):
             self._m = np.zeros(nparam, dtype=np.float32)
             self._v = np.zeros(nparam, dtype=np.float32)
+        job = self._job_digest(prompts, answers)
+        done = 0   # steps of this fit already done (a resumed checkpoint's)
+        if checkpoint_dir is not None and os.path.isfile(
+                os.path.join(os.fspath(checkpoint_dir), _CKPT_JSON)):
+            st = self.load_checkpoint(checkpoint_dir)
+            if st.get("job") != job:
+                raise ValueError(f"{os.fspath(checkpoint_dir)}: the checkpoint was made by another "
+                                 "training job (other data, hyper-parameters or model); use "
+                                 "another checkpoint_dir")
+            done = int(st["fit_step"])
         grads = self._core.grads
+        rng = np.random.default_rng(self.seed)
+        orders = [rng.permutation(n) for _ in range(self.epochs)]
         with progress(total, "fine-tuning", "step", self.show_progress_bar,
-                      logger="engine_py.finetune", long=total >= 2) as bar:
-            for epoch in range(self.epochs):
-                order = rng.permutation(n)
-                for bi in range(per_epoch):
-                    idx = order[bi * self.batch_size:(bi + 1) * self.batch_size]
-                    t0 = time.perf_counter()
-                    loss, ntok = self._accumulate([seqs[i] for i in idx],
-                                                  [starts[i] for i in idx],
-                                                  (self.seed * 1000003 + self.step_) & (2**64 - 1))
-                    if not math.isfinite(loss) or not np.isfinite(grads).all():
-                        raise FloatingPointError(f"non-finite loss or gradient at step "
-                                                 f"{self.step_} (loss {loss}); the adapter "
-                                                 "was not updated by this step")
-                    if self.max_grad_norm is not None:
-                        norm = float(np.sqrt(np.dot(grads.astype(np.float64),
-                                                    grads.astype(np.float64))))
-                        if norm > self.max_grad_norm:
-                            grads *= np.float32(self.max_grad_norm / (norm + 1e-6))
-                    lr = self._lr_at(self.step_ % total if total else 0, total)
-                    self._core.adamw_step(self._m, self._v, lr, 0.9, 0.999, 1e-8,
-                                          self.weight_decay, self.step_ + 1)
-                    self.step_ += 1
-                    self.history_.append((self.step_, loss, lr))
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{loss:.4f}",
-                                    tok_s=f"{ntok / max(time.perf_counter() - t0, 1e-9):.0f}")
+                      logger="engine_py.finetune", long=total >= 2, initial=done) as bar:
+            for k in range(done, total):
+                epoch, bi = divmod(k, per_epoch)
+                idx = orders[epoch][bi * self.batch_size:(bi + 1) * self.batch_size]
+                t0 = time.perf_counter()
+                loss, ntok = self._accumulate([seqs[i] for i in idx], [starts[i] for i in idx],
+                                              (self.seed * 1000003 + self.step_) & (2**64 - 1))
+                if not math.isfinite(loss) or not np.isfinite(grads).all():
+                    where = (f"; the last checkpoint (step {self._ckpt_step}) is intact in "
+                             f"{os.fspath(checkpoint_dir)}" if checkpoint_dir is not None
+                             and self._ckpt_step is not None else "")
+                    raise FloatingPointError(f"non-finite loss or gradient at step "
+                                             f"{self.step_} (loss {loss}); the adapter "
+                                             f"was not updated by this step{where}")
+                if self.max_grad_norm is not None:
+                    norm = float(np.sqrt(np.dot(grads.astype(np.float64),
+                                                grads.astype(np.float64))))
+                    if norm > self.max_grad_norm:
+                        grads *= np.float32(self.max_grad_norm / (norm + 1e-6))
+                lr = self._lr_at(k, total)
+                self._core.adamw_step(self._m, self._v, lr, 0.9, 0.999, 1e-8,
+                                      self.weight_decay, self.step_ + 1)
+                self.step_ += 1
+                self.history_.append((self.step_, loss, lr))
+                if checkpoint_dir is not None and ((k + 1) % checkpoint_every == 0
+                                                   or k + 1 == total):
+                    self.save_checkpoint(checkpoint_dir, _fit=(k + 1, job))
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.4f}",
+                                tok_s=f"{ntok / max(time.perf_counter() - t0, 1e-9):.0f}")
         return self
+
+    # --------------------------------------------------------- checkpoints
+
+    _ckpt_step = None
+
+    def _job_digest(self, prompts, answers) -> str:
+        """sha256 of what decides a training run: the data, the
+        hyper-parameters and the base model file(s)."""
+        import hashlib
+
+        h = hashlib.sha256()
+        hp = {k: getattr(self, k) for k in ("method", "r", "alpha", "targets", "lr", "epochs",
+                                            "batch_size", "seed", "dropout", "weight_decay",
+                                            "warmup_ratio", "schedule", "max_grad_norm",
+                                            "max_length", "micro_batch_size", "precision")}
+        h.update(json.dumps(hp, sort_keys=True, default=list).encode())
+        h.update(self._model_fingerprint().encode())
+        for t in list(prompts) + ["\x00answers\x00"] + list(answers):
+            b = t.encode("utf-8", "surrogatepass")
+            h.update(len(b).to_bytes(8, "little"))
+            h.update(b)
+        return h.hexdigest()
+
+    def _model_fingerprint(self) -> str:
+        """The base model's identity: the file or folder name, its size(s) and
+        modification time(s), and the adapter layout."""
+        p = self.model_path
+        files = [p] if os.path.isfile(p) else sorted(
+            os.path.join(p, f) for f in os.listdir(p) if f.endswith((".safetensors", ".json")))
+        parts = [os.path.basename(os.path.abspath(p))]
+        for f in files:
+            st = os.stat(f)
+            parts.append(f"{os.path.basename(f)}:{st.st_size}")
+        parts.append(f"params:{len(self._core.params)}")
+        return "|".join(parts)
+
+    def save_checkpoint(self, directory, _fit=None) -> str:
+        """Write the training state to `directory`: the LoRA parameters and
+        AdamW moments (state-<step>.safetensors) and trainer_state.json (step,
+        history, hyper-parameters, the tensors file's sha256). Each file is
+        written under a temporary name, fsynced and renamed, the JSON last, so
+        an interruption at any instant (Ctrl-C included) leaves the previous
+        checkpoint or the new one, never a mix. Never pickle. Returns the
+        JSON path."""
+        import hashlib
+
+        from .io import save_safetensors
+
+        directory = os.fspath(directory)
+        os.makedirs(directory, exist_ok=True)
+        nparam = len(self._core.params)
+        m = getattr(self, "_m", None)
+        v = getattr(self, "_v", None)
+        if m is None:
+            m = np.zeros(nparam, dtype=np.float32)
+            v = np.zeros(nparam, dtype=np.float32)
+        fname = f"state-{self.step_:08d}.safetensors"
+        fpath = os.path.join(directory, fname)
+        save_safetensors(fpath, {"lora": np.array(self._core.params), "adam_m": m, "adam_v": v},
+                         metadata={"format": "engine_py.finetune.checkpoint", "step": str(self.step_)})
+        with open(fpath, "rb") as f:
+            digest = hashlib.sha256(f.read()).hexdigest()
+        fit_step, job = _fit if _fit is not None else (0, None)
+        state = {
+            "format": "engine_py.finetune.checkpoint", "version": 1, "step": self.step_,
+            "fit_step": fit_step, "job": job, "tensors": fname, "sha256": digest,
+            "model": self._model_fingerprint(), "ranks": [self.r if t in self.targets else 0
+                                                          for t in MODULES],
+            "alpha": self.alpha, "targets": list(self.targets), "precision": self.precision,
+            "history": [[int(a), float(b), float(c)] for a, b, c in self.history_],
+        }
+        jpath = os.path.join(directory, _CKPT_JSON)
+        tmp = jpath + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, jpath)
+        try:   # make the rename durable, then drop older tensor files
+            fd = os.open(directory, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError:
+            pass
+        for f in os.listdir(directory):
+            if f.startswith("state-") and f.endswith(".safetensors") and f != fname:
+                try:
+                    os.remove(os.path.join(directory, f))
+                except OSError:
+                    pass
+        self._ckpt_step = self.step_
+        return jpath
+
+    def load_checkpoint(self, directory) -> dict:
+        """Restore the state save_checkpoint wrote (parameters, AdamW moments,
+        step, history). The checkpoint must come from the same base model and
+        adapter layout; its tensors must match the recorded sha256. Returns
+        the checkpoint's JSON dict."""
+        import hashlib
+
+        from .io import load_safetensors
+
+        directory = os.fspath(directory)
+        jpath = os.path.join(directory, _CKPT_JSON)
+        if not os.path.isfile(jpath):
+            raise FileNotFoundError(f"{directory}: no {_CKPT_JSON}")
+        with open(jpath, encoding="utf-8") as f:
+            st = json.load(f)
+        if not isinstance(st, dict) or st.get("format") != "engine_py.finetune.checkpoint":
+            raise ValueError(f"{jpath}: not an engine_py fine-tuning checkpoint")
+        if st.get("model") != self._model_fingerprint():
+            raise ValueError(f"{jpath}: made for another base model or adapter layout "
+                             f"({st.get('model')!r}, this trainer: {self._model_fingerprint()!r})")
+        ranks = [self.r if t in self.targets else 0 for t in MODULES]
+        if st.get("ranks") != ranks or float(st.get("alpha", -1)) != self.alpha:
+            raise ValueError(f"{jpath}: rank/alpha/targets differ from this trainer's")
+        fpath = os.path.join(directory, os.path.basename(str(st.get("tensors"))))
+        with open(fpath, "rb") as f:
+            if hashlib.sha256(f.read()).hexdigest() != st.get("sha256"):
+                raise ValueError(f"{fpath}: contents do not match the checkpoint's sha256")
+        t = load_safetensors(fpath)
+        n = len(self._core.params)
+        for k in ("lora", "adam_m", "adam_v"):
+            if k not in t or t[k].shape != (n,) or t[k].dtype != np.float32:
+                raise ValueError(f"{fpath}: tensor {k!r} missing or not float32 ({n},)")
+        self._core.params[:] = t["lora"]
+        self._m = np.array(t["adam_m"], dtype=np.float32)
+        self._v = np.array(t["adam_v"], dtype=np.float32)
+        self.step_ = int(st["step"])
+        self.history_ = [(int(a), float(b), float(c)) for a, b, c in st.get("history", [])]
+        self._ckpt_step = self.step_
+        return st
 
     # ----------------------------------------------------------- inference
 

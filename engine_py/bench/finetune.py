@@ -1,7 +1,7 @@
 """Benchmark: LoRA fine-tuning, engine_py vs PyTorch + PEFT (float32).
 
     python -m engine_py bench finetune [--model smollm2|PATH.gguf] [--steps 3] [--warmup 1]
-        [--batch-size 16] [--prompt-words 50] [--r 2] [--alpha 4] [--threads 2]
+        [--batch-size 16] [--prompt-words 12] [--r 2] [--alpha 4] [--threads 2]
         [--precisions float32,bfloat16] [--no-torch] [--timeout 1800] [--out PATH]
 
 The same training job on both sides: LoRA rank r on all seven projections
@@ -220,8 +220,9 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--prompt-words", type=int, default=30,
-                    help="words of text per prompt (~70 tokens with the template at 30)")
+    ap.add_argument("--prompt-words", type=int, default=12,
+                    help="words of text per prompt (SmolLM2: ~70 tokens with the template at 12, "
+                         "~95 at 30)")
     ap.add_argument("--r", type=int, default=2)
     ap.add_argument("--alpha", type=float, default=4.0)
     ap.add_argument("--threads", type=int, default=2)
