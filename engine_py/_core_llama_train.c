@@ -358,7 +358,23 @@ static PyObject *lt_profile(LoraTrainerObject *self, PyObject *args, PyObject *k
     return d;
 }
 
+static PyObject *lt_set_recompute(LoraTrainerObject *self, PyObject *arg)
+{
+    int on = PyObject_IsTrue(arg);
+    if (on < 0 || eg_py_ready(self->t, "LoraTrainer") < 0) {
+        return NULL;
+    }
+    if (eg_py_enter(&self->busy, "LoraTrainer") < 0) {
+        return NULL;
+    }
+    eg_llama_lora_set_recompute(self->t, on);
+    eg_py_leave(&self->busy);
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef lt_methods[] = {
+    {"set_recompute", (PyCFunction)lt_set_recompute, METH_O,
+     "set_recompute(on)\n--\n\nActivation recomputation per layer in training steps."},
     {"profile", (PyCFunction)(void (*)(void))lt_profile, METH_VARARGS | METH_KEYWORDS,
      "profile(reset=False)\n--\n\nSeconds spent per phase of step() since the last reset."},
     {"set_head", (PyCFunction)lt_set_head, METH_VARARGS,

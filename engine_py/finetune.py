@@ -126,7 +126,12 @@ class Trainer:
     (1.0; None: no clipping), max_length (prompt + answer tokens, default the
     model's context), micro_batch_size (gradient accumulation: each batch
     runs through the core this many examples at a time; default the whole
-    batch), show_progress_bar.
+    batch), precision ("float32", exact, the default; "bfloat16": the
+    frozen products in bf16 with float32 sums, see docs/FINETUNE.md),
+    recompute (activation recomputation per layer: a step saves each layer's
+    input only and runs the layer again in backward — ~1/10 of the
+    activation memory for one more forward pass of compute, same results),
+    show_progress_bar.
     """
 
     def __init__(self, model_path, method: str = "lora", r: int = 2, alpha: float = 4,
@@ -135,7 +140,8 @@ class Trainer:
                  weight_decay: float = 0.0, warmup_ratio: float = 0.1,
                  schedule: str = "cosine", max_grad_norm: Optional[float] = 1.0,
                  max_length: Optional[int] = None, micro_batch_size: Optional[int] = None,
-                 precision: str = "float32", show_progress_bar: Optional[bool] = None):
+                 precision: str = "float32", recompute: bool = False,
+                 show_progress_bar: Optional[bool] = None):
         if method != "lora":
             raise ValueError(f"method must be 'lora' (mixlora/gmoe are not implemented yet), "
                              f"got {method!r}")
@@ -186,6 +192,8 @@ class Trainer:
         if head is not None:
             data, kind, shape = head
             self._core.set_head(data, kind, shape[0], shape[1])
+        self.recompute = bool(recompute)
+        self._core.set_recompute(self.recompute)
         # llama GGUF files store Q/K rows permuted (llm.py): B's rows follow
         self._permuted = os.path.isfile(self.model_path) and self._hp["rope_mode"] == "norm"
         self.step_ = 0

@@ -75,6 +75,14 @@ eg_status eg_llama_lora_step(eg_llama_lora *t, const int32_t *ids, const int64_t
                              int n_seq, const int32_t *targets, float scale, int backward,
                              uint64_t seed, double *nll_sum, float *token_nll, eg_err *err);
 
+/* Activation recomputation (on != 0): a training step saves only each
+ * layer's input and runs the layer's forward again in backward (one more
+ * forward pass of compute; activation memory ~ (hidden size) floats per
+ * token and layer instead of ~ (4 hidden + 2 FFN + q|k|v) floats). The
+ * gradients are the same bits: the recomputed forward is the same
+ * arithmetic. Off by default. */
+void eg_llama_lora_set_recompute(eg_llama_lora *t, int on);
+
 /* Wall-clock seconds spent in each phase of eg_llama_lora_step, summed
  * over the calls since the last reset (reset != 0 zeroes them after the
  * copy): frozen products forward / backward (eg_qmatmul_prec, eg_qmatmul_t),
