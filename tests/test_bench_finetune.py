@@ -21,7 +21,7 @@ def test_make_examples_deterministic():
 def _rows(md):
     out = {}
     for line in md.splitlines():
-        m = re.match(r"\| (engine_py \w+|PyTorch \+ PEFT float32) \| (.*) \|$", line)
+        m = re.match(r"\| (engine_py \w+(?: \+ recompute)?|PyTorch \+ PEFT float32) \| (.*) \|$", line)
         if m:
             out[m.group(1)] = [c.strip() for c in m.group(2).split("|")]
     return out
@@ -47,7 +47,7 @@ def test_bench_finetune_tiny(tmp_path):
     md = out.read_text()
     assert "## other" in md and "kept" in md and "<!-- bench:finetune:begin -->" in md
     rows = _rows(md)
-    assert set(rows) >= {"engine_py float32", "engine_py bfloat16"}
+    assert set(rows) >= {"engine_py float32", "engine_py bfloat16", "engine_py bfloat16 + recompute"}
     for lab, cells in rows.items():
         assert "not run" not in cells[-1], (lab, cells)
         assert float(cells[1]) > 0 and float(cells[3]) > 0   # tokens/s, peak RSS
@@ -58,6 +58,7 @@ def test_bench_finetune_tiny(tmp_path):
         assert abs(f32 - ref) <= 1e-4 * abs(ref), (f32, ref)
         assert abs(bf - ref) <= 2e-2 * abs(ref), (bf, ref)
         assert rows["engine_py float32"][2].endswith("x")   # ratio against PyTorch
+        assert rows["engine_py bfloat16 + recompute"][-1] == rows["engine_py bfloat16"][-1]
 
 
 def test_bench_finetune_json(tmp_path):

@@ -2,7 +2,7 @@
 
     python -m engine_py bench finetune [--model smollm2|PATH.gguf] [--steps 3] [--warmup 1]
         [--batch-size 16] [--prompt-words 12] [--r 2] [--alpha 4] [--threads 2]
-        [--precisions float32,bfloat16] [--no-torch] [--timeout 1800] [--out PATH]
+        [--precisions float32,bfloat16,bfloat16+recompute] [--no-torch] [--timeout 1800] [--out PATH]
 
 The same training job on both sides: LoRA rank r on all seven projections
 (q, k, v, o, gate, up, down), AdamW at a constant lr 2e-4, gradient clipping
@@ -10,7 +10,8 @@ at 1.0, batches of --batch-size multiple-choice prompts (GMoE's format,
 "Please choose the correct answer ... Answer:") with a one-word answer; the
 loss covers the answer tokens only. Every side runs in a child process of
 its own (so that its peak RSS is its own): engine_py's `finetune.Trainer`
-(the base model stays in its GGUF format; once per --precisions value) and
+(the base model stays in its GGUF format; once per --precisions value:
+float32, bfloat16, optionally with activation recomputation) and
 PyTorch + PEFT on the same GGUF dequantized to float32 by transformers
 (what a user without engine_py would run), padded batches (right padding,
 attention mask, labels -100 outside the answer), the same thread count
@@ -67,7 +68,8 @@ def _worker_engine(job: dict) -> dict:
     engine_py.set_num_threads(job["threads"])
     tr = Trainer(job["path"], r=job["r"], alpha=job["alpha"], lr=2e-4, batch_size=job["batch_size"],
                  warmup_ratio=0.0, schedule="constant", max_grad_norm=1.0,
-                 precision=job["precision"], show_progress_bar=False)
+                 precision=job["precision"], recompute=job.get("recompute", False),
+                 show_progress_bar=False)
     prompts, answers, bs = job["prompts"], job["answers"], job["batch_size"]
     times, losses, tokens = [], [], []
     for s in range(job["warmup"] + job["steps"]):
@@ -226,7 +228,9 @@ def main(argv=None) -> int:
     ap.add_argument("--r", type=int, default=2)
     ap.add_argument("--alpha", type=float, default=4.0)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--precisions", default="float32,bfloat16")
+    ap.add_argument("--precisions", default="float32,bfloat16,bfloat16+recompute",
+                    help="engine_py variants: float32, bfloat16, each optionally +recompute "
+                         "(activation recomputation)")
     ap.add_argument("--no-torch", action="store_true", help="skip the PyTorch + PEFT side")
     ap.add_argument("--timeout", type=float, default=1800.0, help="seconds per side")
     ap.add_argument("--quiet", action="store_true")
@@ -235,8 +239,9 @@ def main(argv=None) -> int:
     if args.steps < 1 or args.warmup < 0 or args.batch_size < 1 or args.threads < 1:
         ap.error("--steps >= 1, --warmup >= 0, --batch-size >= 1, --threads >= 1")
     precs = [p for p in args.precisions.split(",") if p]
-    if any(p not in ("float32", "bfloat16") for p in precs):
-        ap.error("--precisions: float32 and/or bfloat16")
+    if any(p.split("+")[0] not in ("float32", "bfloat16") or p.split("+")[1:] not in ([], ["recompute"])
+           for p in precs):
+        ap.error("--precisions: float32 / bfloat16, each optionally +recompute")
     log = (lambda *a, **k: None) if args.quiet else (lambda *a, **k: print(*a, **k, flush=True))
     if args.model == "smollm2":
         from engine_py import models
@@ -251,7 +256,9 @@ def main(argv=None) -> int:
            "threads": args.threads}
     run = start_run()
     rows, results = [], {}
-    sides = [("engine_py " + p, dict(job, side="engine_py", precision=p)) for p in precs]
+    sides = [("engine_py " + p.replace("+", " + "),
+              dict(job, side="engine_py", precision=p.split("+")[0], recompute="+recompute" in p))
+             for p in precs]
     if not args.no_torch:
         sides.append(("PyTorch + PEFT float32", dict(job, side="torch")))
     for lab, j in sides:
