@@ -570,26 +570,89 @@ class Trainer:
     @classmethod
     def load(cls, model_path, adapter_dir, **kw) -> "Trainer":
         """A Trainer on model_path with the adapter saved in adapter_dir."""
-        from .io import load_state
-
-        adapter_dir = os.fspath(adapter_dir)
-        cpath = os.path.join(adapter_dir, "adapter_config.json")
-        if not os.path.isfile(cpath):
-            raise FileNotFoundError(f"{adapter_dir}: no adapter_config.json")
-        with open(cpath, encoding="utf-8") as f:
-            cfg = json.load(f)
-        if not isinstance(cfg, dict) or cfg.get("peft_type") != "LORA":
-            raise ValueError(f"{cpath}: not a PEFT LoRA adapter config")
-        if cfg.get("rank_pattern") or cfg.get("alpha_pattern") or cfg.get("use_dora") \
-                or cfg.get("use_rslora"):
-            raise ValueError(f"{cpath}: rank/alpha patterns, DoRA and rsLoRA are not supported")
-        back = {v.split(".")[1]: k for k, v in _PEFT_PATH.items()}
-        tm = cfg.get("target_modules")
-        if isinstance(tm, str) or not isinstance(tm, list) or any(t not in back for t in tm):
-            raise ValueError(f"{cpath}: target_modules must be a list of "
-                             f"{sorted(back)}, got {tm!r}")
-        tr = cls(model_path, r=int(cfg["r"]), alpha=float(cfg["lora_alpha"]),
-                 targets=tuple(m for m in MODULES if _PEFT_PATH[m].split(".")[1] in tm), **kw)
-        state = load_state(os.path.join(adapter_dir, "adapter_model.safetensors"))
+        cfg, targets, state = read_adapter(adapter_dir)
+        tr = cls(model_path, r=int(cfg["r"]), alpha=float(cfg["lora_alpha"]), targets=targets, **kw)
         tr.set_lora_state(state)
         return tr
+
+
+def read_adapter(adapter_dir):
+    """(adapter_config dict, targets in MODULES' names, PEFT-named float32
+    tensors) of a PEFT LoRA adapter folder; ValueError for what engine_py
+    does not support (rank/alpha patterns, DoRA, rsLoRA, other modules)."""
+    from .io import load_state
+
+    adapter_dir = os.fspath(adapter_dir)
+    cpath = os.path.join(adapter_dir, "adapter_config.json")
+    if not os.path.isfile(cpath):
+        raise FileNotFoundError(f"{adapter_dir}: no adapter_config.json")
+    with open(cpath, encoding="utf-8") as f:
+        cfg = json.load(f)
+    if not isinstance(cfg, dict) or cfg.get("peft_type") != "LORA":
+        raise ValueError(f"{cpath}: not a PEFT LoRA adapter config")
+    if cfg.get("rank_pattern") or cfg.get("alpha_pattern") or cfg.get("use_dora") \
+            or cfg.get("use_rslora"):
+        raise ValueError(f"{cpath}: rank/alpha patterns, DoRA and rsLoRA are not supported")
+    back = {v.split(".")[1]: k for k, v in _PEFT_PATH.items()}
+    tm = cfg.get("target_modules")
+    if isinstance(tm, str) or not isinstance(tm, list) or any(t not in back for t in tm):
+        raise ValueError(f"{cpath}: target_modules must be a list of "
+                         f"{sorted(back)}, got {tm!r}")
+    targets = tuple(m for m in MODULES if _PEFT_PATH[m].split(".")[1] in tm)
+    state = load_state(os.path.join(adapter_dir, "adapter_model.safetensors"))
+    return cfg, targets, state
+
+
+#: the GGUF tensor (engine_py LlamaModel weight) each LoRA target adapts
+_GGUF_NAME = {"q": "attn_q", "k": "attn_k", "v": "attn_v", "o": "attn_output",
+              "gate": "ffn_gate", "up": "ffn_up", "down": "ffn_down"}
+
+
+def adapter_deltas(adapter_dir, hp: dict, permuted: bool) -> dict:
+    """{LlamaModel weight name: float32 (alpha / r) * B @ A} for every matrix a
+    PEFT LoRA adapter changes, in the model's row order (llama GGUF files:
+    q/k rows permuted, as Trainer does). Shapes are checked against hp
+    (the model's hyper-parameters)."""
+    cfg, targets, state = read_adapter(adapter_dir)
+    r, alpha = int(cfg["r"]), float(cfg["lora_alpha"])
+    if r < 1:
+        raise ValueError(f"{adapter_dir}: rank r must be >= 1, got {r}")
+    D, F, hd = hp["hidden_size"], hp["intermediate_size"], hp["head_dim"]
+    QW, KW = hp["num_heads"] * hd, hp["num_kv_heads"] * hd
+    dims = {"q": (D, QW), "k": (D, KW), "v": (D, KW), "o": (QW, D), "gate": (D, F), "up": (D, F),
+            "down": (F, D)}
+    out, used = {}, set()
+    for layer in range(hp["num_layers"]):
+        for name in targets:
+            pre = f"base_model.model.model.layers.{layer}.{_PEFT_PATH[name]}"
+            fin, fout = dims[name]
+            ka, kb = f"{pre}.lora_A.weight", f"{pre}.lora_B.weight"
+            for key, shape in ((ka, (r, fin)), (kb, (fout, r))):
+                if key not in state:
+                    raise ValueError(f"adapter is missing {key}")
+                if tuple(state[key].shape) != shape:
+                    raise ValueError(f"adapter tensor {key} has shape {tuple(state[key].shape)}, "
+                                     f"this model and rank need {shape}")
+                used.add(key)
+            A = np.asarray(state[ka], dtype=np.float64)
+            B = np.asarray(state[kb], dtype=np.float64)
+            if permuted and name in ("q", "k"):
+                B = _permute_rows(B, hp["num_heads"] if name == "q" else hp["num_kv_heads"])
+            out[f"blk.{layer}.{_GGUF_NAME[name]}.weight"] = ((alpha / r) * (B @ A)).astype(np.float32)
+    extra = sorted(set(state) - used)
+    if extra:
+        raise ValueError(f"adapter has tensors this model does not: {extra[:3]}")
+    return out
+
+
+def merge_adapter_into(model, deltas: dict, base_weight) -> list:
+    """Set W + delta (float32) on a LlamaModel for every delta; base_weight(name)
+    gives the base matrix as float32 (dequantized). Returns the new arrays
+    (the caller keeps them alive: the model reads them in place)."""
+    keep = []
+    for name, d in deltas.items():
+        w = np.ascontiguousarray(base_weight(name), dtype=np.float32) + d
+        model.set_weight(name, w, _GGML_F32, tuple(w.shape))
+        keep.append(w)
+    model.check_complete()
+    return keep
