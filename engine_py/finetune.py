@@ -26,7 +26,7 @@ import numpy as np
 
 from . import _core
 
-__all__ = ["Trainer", "MODULES", "LoraBatch"]
+__all__ = ["Trainer", "MODULES", "LoraBatch", "merge_adapter", "read_adapter"]
 
 #: LoRA target names, in the core's order, and their PEFT module paths
 MODULES = ("q", "k", "v", "o", "gate", "up", "down")
@@ -656,3 +656,58 @@ def merge_adapter_into(model, deltas: dict, base_weight) -> list:
         keep.append(w)
     model.check_complete()
     return keep
+
+
+def merge_adapter(model_path, adapter_dir, out_dir, unmerge: bool = False) -> str:
+    """Write a Hugging Face folder whose weights are model_path's with the
+    PEFT LoRA adapter merged in: W + (alpha/r) B A for every adapted matrix
+    (unmerge=True: W - (alpha/r) B A, which takes a merged folder back to the
+    base, up to float32 rounding). model_path must be a float Hugging Face
+    llama/qwen2 folder (f32/f16/bf16 safetensors); every tensor is written as
+    float32 to out_dir/model.safetensors, with config.json and the tokenizer
+    files copied. Returns out_dir.
+
+    A quantized GGUF base is refused: re-quantizing W + B A would round away
+    most of the update (LoRA's entries are far below a quantization step) and
+    a float copy of the whole model is what GGUF avoids. For inference on a
+    quantized base use Trainer.load(model_path, adapter_dir) (LoRA kept
+    beside the quantized weights) or Encoder.from_pretrained(model_path,
+    adapter=adapter_dir) (only the adapted matrices dequantized and merged,
+    in memory)."""
+    import shutil
+
+    from .io import load_state, save_safetensors
+    from .llm import hf_config, hf_to_gguf_name, is_llama_folder
+
+    model_path, out_dir = os.fspath(model_path), os.fspath(out_dir)
+    if os.path.isfile(model_path):
+        raise ValueError(f"{model_path}: merging into a quantized GGUF base is not done (a "
+                         "re-quantized W + BA loses the update; see merge_adapter's docstring): "
+                         "use Trainer.load(path, adapter) or Encoder.from_pretrained(path, "
+                         "adapter=...)")
+    if not is_llama_folder(model_path):
+        raise ValueError(f"{model_path}: not a llama/qwen2 Hugging Face folder")
+    if os.path.abspath(out_dir) == os.path.abspath(model_path):
+        raise ValueError("out_dir must differ from model_path")
+    with open(os.path.join(model_path, "config.json"), encoding="utf-8") as f:
+        config = json.load(f)
+    hp = hf_config(config, model_path)
+    deltas = adapter_deltas(adapter_dir, hp, permuted=False)
+    state = load_state(model_path)
+    sign = -1.0 if unmerge else 1.0
+    out = {}
+    for name, w in state.items():
+        w = np.asarray(w, dtype=np.float32)
+        g = hf_to_gguf_name(name)
+        if g in deltas:
+            w = w + np.float32(sign) * deltas.pop(g)
+        out[name] = np.ascontiguousarray(w)
+    if deltas:
+        raise ValueError(f"{model_path}: no tensor for the adapted {sorted(deltas)[:3]}")
+    os.makedirs(out_dir, exist_ok=True)
+    for fname in os.listdir(model_path):
+        if fname.endswith(".json") and not fname.startswith("model.safetensors") \
+                or fname.startswith("tokenizer") or fname.endswith((".txt", ".model")):
+            shutil.copy(os.path.join(model_path, fname), os.path.join(out_dir, fname))
+    save_safetensors(os.path.join(out_dir, "model.safetensors"), out, metadata={"format": "pt"})
+    return out_dir

@@ -100,3 +100,29 @@ def test_bad_adapters(setup, tmp_path):
                            kv_heads=1, intermediate=48)
     with pytest.raises(ValueError, match="shape"):
         Encoder.from_pretrained(other.hf_dir, adapter=ad)
+
+
+def test_merge_adapter_folder_matches_peft(setup, tmp_path):
+    from engine_py.finetune import merge_adapter
+    from engine_py.io import load_state
+
+    tiny, ad, _, mdir = setup
+    out = merge_adapter(tiny.hf_dir, ad, tmp_path / "mm")
+    got, ref = load_state(out), load_state(mdir)
+    base = load_state(tiny.hf_dir)
+    changed = 0
+    for k, v in ref.items():
+        if k in got:
+            assert np.abs(got[k] - v).max() <= 1e-6 * max(1.0, np.abs(v).max()), k
+            changed += not np.array_equal(got[k], base[k])
+    assert changed == 2 * 7   # 2 layers x 7 adapted matrices
+    # the merged folder loads as a plain model with the merged states
+    states = Encoder.from_pretrained(out).encode_layers(TEXTS, [2])
+    ref_states = reference_pooled_states(mdir, TEXTS, [2])
+    assert np.abs(states - ref_states).max() / np.abs(ref_states).max() < 1e-4
+    back = load_state(merge_adapter(out, ad, tmp_path / "back", unmerge=True))
+    for k, v in base.items():
+        if k in back:
+            assert np.abs(back[k] - v).max() <= 1e-6 * max(1.0, np.abs(v).max()), k
+    with pytest.raises(ValueError, match="quantized GGUF"):
+        merge_adapter(tiny.gguf["F32"], ad, tmp_path / "g")
