@@ -62,3 +62,33 @@ def test_recompute_same_bits(tiny):
 def test_bad_precision(tiny):
     with pytest.raises(ValueError, match="precision"):
         Trainer(tiny.gguf["Q8_0"], precision="float16")
+
+
+_ISA_SCRIPT = """
+import sys, numpy as np
+from engine_py.finetune import Trainer
+tr = Trainer(sys.argv[1], seed=1, dropout=0.1)
+tr._core.params[:] += np.random.default_rng(0).normal(0, .05, tr._core.params.shape).astype(np.float32)
+l, g = tr.loss_and_grads(sys.argv[3:], [" yes"] * (len(sys.argv) - 3))
+np.save(sys.argv[2], g)
+"""
+
+
+def test_float32_step_same_bits_on_every_isa_level(tiny, tmp_path):
+    """Every core kernel of a float32 training step (attention backward,
+    LoRA loops, norms, SwiGLU, the direct products) gives the same bits on
+    the generic, AVX2 and AVX-512 copies (ENGINE_PY_ISA)."""
+    import os
+    import subprocess
+    import sys
+
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=here + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    out = {}
+    for isa in ("generic", "avx2", "auto"):
+        f = tmp_path / f"g_{isa}.npy"
+        subprocess.run([sys.executable, "-c", _ISA_SCRIPT, tiny.gguf["Q8_0"], str(f), *PROMPTS[:3]],
+                       check=True, env=dict(env, ENGINE_PY_ISA=isa))
+        out[isa] = np.load(f)
+    assert np.abs(out["auto"]).max() > 0
+    assert np.array_equal(out["generic"], out["auto"]) and np.array_equal(out["avx2"], out["auto"])
