@@ -73,3 +73,14 @@ def test_bench_finetune_json(tmp_path):
     assert len(r["raw"]["times"]) == 2 and r["tokens_per_s"] > 0 and r["rss_mb"] > 0
     # the adapter trained: the second step's loss differs from the first
     assert r["raw"]["losses"][0] != r["raw"]["losses"][1]
+
+
+def test_registered_with_the_cli(capsys):
+    from engine_py.bench import NAMES
+    from engine_py.cli import main
+
+    assert "finetune" in NAMES
+    with pytest.raises(SystemExit) as e:
+        main(["bench", "finetune", "--help"])
+    assert e.value.code == 0
+    assert "PyTorch + PEFT" in capsys.readouterr().out
