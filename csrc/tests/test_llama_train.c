@@ -139,7 +139,7 @@ static void test_lora_delta(int r)
 static void test_lora_delta_big(int r, float p)
 {
     uint64_t rng = 53;
-    const size_t N = 257;
+    const size_t N = 301;   /* threaded (N * (In + O) >= EG_OMP_MIN_WORK), 5 row blocks */
     const int In = 300, O = 190, ldx = In + 3, ldo = O + 2;
     float *x = rnd(N * ldx, &rng, 1.0f), *A = rnd((size_t)r * In, &rng, 0.2f);
     float *B = rnd((size_t)O * r, &rng, 0.2f), *dout = rnd(N * ldo, &rng, 1.0f);
@@ -208,6 +208,23 @@ static void test_lora_delta_big(int r, float p)
     CHECK(e_out < 1e-4 && e_dx < 1e-4 && e_dA < 2e-3 && e_dB < 2e-3,
           "lora_delta r=%d p=%g vs double: out %g dx %g dA %g dB %g", r, (double)p, e_out, e_dx,
           e_dA, e_dB);
+    if (r <= 16) {
+        /* the direct loops: the same bits with one thread */
+        float *dx1 = calloc(N * ldx, sizeof *dx1), *dA1 = calloc((size_t)r * In, sizeof *dA1);
+        float *dB1 = calloc((size_t)O * r, sizeof *dB1), *out1 = calloc(N * ldo, sizeof *out1);
+        const int old = eg_get_num_threads();
+        eg_set_num_threads(1);
+        eg_lora_delta_forward(out1, ldo, hA, x, ldx, A, B, N, In, O, r, s, p, 99, scratch);
+        eg_lora_delta_backward(dx1, ldx, dA1, dB1, dout, ldo, x, ldx, hA, A, B, N, In, O, r, s,
+                               p, 99, scratch, dh);
+        eg_set_num_threads(old);
+        CHECK(memcmp(out, out1, N * ldo * sizeof(float)) == 0
+              && memcmp(dx, dx1, N * ldx * sizeof(float)) == 0
+              && memcmp(dA, dA1, (size_t)r * In * sizeof(float)) == 0
+              && memcmp(dB, dB1, (size_t)O * r * sizeof(float)) == 0,
+              "lora_delta r=%d: results depend on the thread count (%d vs 1)", r, old);
+        free(dx1); free(dA1); free(dB1); free(out1);
+    }
     free(x); free(A); free(B); free(dout); free(out); free(hA); free(scratch); free(dh);
     free(dx); free(dA); free(dB); free(xd); free(h); free(g);
 }
