@@ -373,6 +373,27 @@ static void test_model(int untied, int quant, int bias)
     char name[64];
     snprintf(name, sizeof name, "llama lora (untied %d, q8_0 %d, bias %d)", untied, quant, bias);
     gradcheck(name, mdl_fwd, &k, R, 1, vars, 1, 1e-2f, 2e-2, 2e-4);
+    /* activation recomputation: the same loss and gradients, bit for bit */
+    {
+        float *G0 = malloc(np * sizeof *G0);
+        memset(G, 0, np * sizeof *G);
+        double s0, s1;
+        eg_llama_lora_step(t, ids, off, 3, tg, 1.0f, 1, 0, &s0, NULL, &err);
+        memcpy(G0, G, np * sizeof *G);
+        eg_llama_lora_set_recompute(t, 1);
+        memset(G, 0, np * sizeof *G);
+        CHECK(eg_llama_lora_step(t, ids, off, 3, tg, 1.0f, 1, 0, &s1, NULL, &err) == EG_OK,
+              "recompute step: %s", err.msg);
+        eg_llama_lora_set_recompute(t, 0);
+        CHECK(s0 == s1 && memcmp(G0, G, np * sizeof *G) == 0, "%s: recompute changed the result",
+              name);
+        double prof[EG_LORA_PROF_N];
+        eg_llama_lora_profile(t, prof, 1);
+        CHECK(prof[EG_LORA_PROF_FWD_BASE] > 0 && prof[EG_LORA_PROF_BWD_BASE] > 0, "profile");
+        eg_llama_lora_profile(t, prof, 0);
+        CHECK(prof[EG_LORA_PROF_FWD_BASE] == 0.0, "profile reset");
+        free(G0);
+    }
     /* bad inputs */
     int32_t bad_tg[12];
     memcpy(bad_tg, tg, sizeof bad_tg);
