@@ -10,6 +10,13 @@
  * outputs and the SwiGLU activation are recomputed in backward. Frozen
  * products in backward go through eg_qmatmul_t (stored blocks, tile by
  * tile). The embedding is frozen, so layer 0's input gradient is skipped.
+ *
+ * The model's precision (EG_PREC_BF16) makes every frozen product bf16 (forward
+ * eg_qmatmul_prec, backward eg_qmatmul_t_prec). With recomputation
+ * (eg_llama_lora_set_recompute) only each layer's input h is kept and
+ * fwd_layer runs again in backward into one shared set of tensors; forward-only
+ * passes always use that shared set. fwd_layer is deterministic (dropout masks
+ * are hashed from the seed), so the recomputed tensors are the same bits.
  */
 #include "eg_llama_train.h"
 #include "eg_ops.h"

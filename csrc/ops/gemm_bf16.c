@@ -24,6 +24,9 @@
  * - everywhere else, emulation: W and X rounded to bf16 values held in
  *   float32 and multiplied by eg_sgemm. Products of two bf16 values are exact
  *   in float32, so the two differ only in the order of float32 sums.
+ * The backward product dX = dY W (eg_qmatmul_t_prec) reuses the kernel: the
+ * columns of W are packed as the panel rows (eg_bf16_pack_panel_t), so the
+ * kernel's Y = X Wp^T is dY W.
  * Neither is bit-reproducible across CPUs (the hardware adds each pair of
  * products before the accumulator; sgemm's order is OpenBLAS's), which is
  * why float32 stays the default precision everywhere.
