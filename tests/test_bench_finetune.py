@@ -50,7 +50,9 @@ def test_bench_finetune_tiny(tmp_path):
     assert set(rows) >= {"engine_py float32", "engine_py bfloat16", "engine_py bfloat16 + recompute"}
     for lab, cells in rows.items():
         assert "not run" not in cells[-1], (lab, cells)
-        assert float(cells[1]) > 0 and float(cells[3]) > 0   # tokens/s, peak RSS
+        # tokens/s, CPU s / step, tokens per CPU s, peak RSS
+        assert float(cells[1]) > 0 and float(cells[3]) > 0 and float(cells[4]) > 0
+        assert float(cells[6]) > 0
     if have_torch:
         f32 = float(rows["engine_py float32"][-1])
         ref = float(rows["PyTorch + PEFT float32"][-1])
@@ -71,6 +73,7 @@ def test_bench_finetune_json(tmp_path):
     d = json.loads(out.read_text())
     r = d["results"]["engine_py float32"]
     assert len(r["raw"]["times"]) == 2 and r["tokens_per_s"] > 0 and r["rss_mb"] > 0
+    assert len(r["raw"]["cpu"]) == 2 and r["tokens_per_cpu_s"] > 0
     # the adapter trained: the second step's loss differs from the first
     assert r["raw"]["losses"][0] != r["raw"]["losses"][1]
 

@@ -18,7 +18,9 @@ attention mask, labels -100 outside the answer), the same thread count
 (torch.set_num_threads). Each side runs --warmup steps, then --steps timed
 steps of the same batches. Reported: seconds per step (mean of the timed
 steps), training tokens/s (real tokens, padding not counted: prompt +
-answer tokens of the batch / step time), peak RSS of the child (VmHWM), the
+answer tokens of the batch / step time), CPU seconds per step and tokens
+per CPU second (user + system time of the side's threads: robust on a
+shared machine), peak RSS of the child (VmHWM), the
 first step's loss (the adapters start with B = 0, so every side computes the
 base model's loss on the same batch there: a check that both run the same
 job), and the ratios against PyTorch. Writes a file only with --out.
@@ -61,6 +63,15 @@ def _rss_mb() -> float:
     return rss()
 
 
+def _cpu_s() -> float:
+    """CPU seconds (user + system, every thread) this process has used: on a
+    shared machine the wall time also counts waiting for a core."""
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
 def _worker_engine(job: dict) -> dict:
     import engine_py
     from engine_py.finetune import Trainer
@@ -71,16 +82,17 @@ def _worker_engine(job: dict) -> dict:
                  precision=job["precision"], recompute=job.get("recompute", False),
                  show_progress_bar=False)
     prompts, answers, bs = job["prompts"], job["answers"], job["batch_size"]
-    times, losses, tokens = [], [], []
+    times, losses, tokens, cpu = [], [], [], []
     for s in range(job["warmup"] + job["steps"]):
         p, a = prompts[s * bs:(s + 1) * bs], answers[s * bs:(s + 1) * bs]
         seqs, _ = tr._pairs(p, a)
-        t0 = time.perf_counter()
+        c0, t0 = _cpu_s(), time.perf_counter()
         tr.fit(p, a)
         times.append(time.perf_counter() - t0)
+        cpu.append(_cpu_s() - c0)
         losses.append(tr.history_[-1][1])
         tokens.append(int(sum(len(q) for q in seqs)))
-    return {"ok": True, "times": times, "losses": losses, "tokens": tokens,
+    return {"ok": True, "times": times, "losses": losses, "tokens": tokens, "cpu": cpu,
             "precision": job["precision"]}
 
 
@@ -121,10 +133,10 @@ def _worker_torch(job: dict) -> dict:
         mask = torch.tensor([[1] * len(s) + [0] * (n - len(s)) for s in seqs])
         return ids, lab, mask, sum(len(s) for s in seqs)
 
-    times, losses, tokens = [], [], []
+    times, losses, tokens, cpu = [], [], [], []
     for s in range(job["warmup"] + job["steps"]):
         p, a = prompts[s * bs:(s + 1) * bs], answers[s * bs:(s + 1) * bs]
-        t0 = time.perf_counter()
+        c0, t0 = _cpu_s(), time.perf_counter()
         ids, lab, mask, ntok = batch(p, a)
         out = model(input_ids=ids, attention_mask=mask, labels=lab, use_cache=False)
         out.loss.backward()
@@ -132,9 +144,11 @@ def _worker_torch(job: dict) -> dict:
         opt.step()
         opt.zero_grad(set_to_none=True)
         times.append(time.perf_counter() - t0)
+        cpu.append(_cpu_s() - c0)
         losses.append(float(out.loss))
         tokens.append(int(ntok))
-    return {"ok": True, "times": times, "losses": losses, "tokens": tokens, "torch": torch.__version__,
+    return {"ok": True, "times": times, "losses": losses, "tokens": tokens, "cpu": cpu,
+            "torch": torch.__version__,
             "peft": peft.__version__}
 
 
@@ -179,9 +193,12 @@ def summarize(res: dict, warmup: int) -> dict:
     """Seconds per timed step, tokens/s, first-step loss from a child's result."""
     t = res["times"][warmup:]
     tok = res["tokens"][warmup:]
+    cpu = res.get("cpu", [])[warmup:]
     return {"s_per_step": sum(t) / len(t), "tokens_per_s": sum(tok) / sum(t),
             "tokens_per_step": sum(tok) / len(tok), "first_loss": res["losses"][0],
-            "rss_mb": res.get("rss_mb")}
+            "rss_mb": res.get("rss_mb"),
+            "cpu_s_per_step": sum(cpu) / len(cpu) if cpu else None,
+            "tokens_per_cpu_s": sum(tok) / sum(cpu) if cpu and sum(cpu) > 0 else None}
 
 
 def render_markdown(rows: list, info: dict, machine_line: str = "") -> str:
@@ -193,18 +210,28 @@ def render_markdown(rows: list, info: dict, machine_line: str = "") -> str:
              f"tokens a batch, loss on the answer tokens), AdamW constant lr 2e-4, clipping 1.0; "
              f"{info['warmup']} warm-up step(s) then {info['steps']} timed step(s) of the same batches "
              f"on every side; {info['threads']} thread(s); each side in its own process "
-             "(peak RSS = its VmHWM). First-step loss: the base model's loss on batch 1 (B = 0), "
+             "(peak RSS = its VmHWM). CPU s / step: user + system time of all the side's threads "
+             "(on a shared machine wall time also counts waiting for a core; tokens per CPU second "
+             "compares the work). First-step loss: the base model's loss on batch 1 (B = 0), "
              "the same job on every side.", "",
-             "| side | s / step | tokens/s | vs PyTorch | peak RSS MB | vs PyTorch | first-step loss |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+             "| side | s / step | tokens/s | vs PyTorch | CPU s / step | tokens per CPU s | vs PyTorch "
+             "| peak RSS MB | vs PyTorch | first-step loss |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for lab, s, reason in rows:
         if s is None:
-            lines.append(f"| {lab} | — | — | — | — | — | not run: {reason} |")
+            lines.append(f"| {lab} | — | — | — | — | — | — | — | — | not run: {reason} |")
             continue
         sp = f"{s['tokens_per_s'] / ref['tokens_per_s']:.2f}x" if ref else "—"
         mem = f"{s['rss_mb'] / ref['rss_mb']:.2f}x" if ref and s.get("rss_mb") else "—"
-        lines.append(f"| {lab} | {s['s_per_step']:.2f} | {s['tokens_per_s']:.0f} | {sp} | "
-                     f"{s['rss_mb']:.0f} | {mem} | {s['first_loss']:.5f} |")
+        tc = s.get("tokens_per_cpu_s")
+        cpu_ratio = (f"{tc / ref['tokens_per_cpu_s']:.2f}x"
+                     if tc and ref and ref.get("tokens_per_cpu_s") else "—")
+        cps = f"{s['cpu_s_per_step']:.2f}" if s.get("cpu_s_per_step") is not None else "—"
+        lines.append(f"| {lab} | {s['s_per_step']:.2f} | {s['tokens_per_s']:.0f} | {sp} | {cps} | "
+                     f"{tc:.0f} | {cpu_ratio} | {s['rss_mb']:.0f} | {mem} | {s['first_loss']:.5f} |"
+                     if tc else
+                     f"| {lab} | {s['s_per_step']:.2f} | {s['tokens_per_s']:.0f} | {sp} | {cps} | — | "
+                     f"— | {s['rss_mb']:.0f} | {mem} | {s['first_loss']:.5f} |")
     if machine_line:
         lines += ["", f"Machine: {machine_line}."]
     return "\n".join(lines)
