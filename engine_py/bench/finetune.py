@@ -238,7 +238,6 @@ def render_markdown(rows: list, info: dict, machine_line: str = "") -> str:
 
 
 def main(argv=None) -> int:
-    import engine_py
     from engine_py.bench import add_output_args, finish, machine_line, start_run
 
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -310,7 +309,6 @@ def main(argv=None) -> int:
     md = render_markdown(rows, info, machine_line(machine))
     print()
     finish(args, "finetune", md, machine, results, argv)
-    del engine_py
     return 0
 
 
