@@ -355,8 +355,10 @@ class Trainer:
         return h.hexdigest()
 
     def _model_fingerprint(self) -> str:
-        """The base model's identity: the file or folder name, its size(s) and
-        modification time(s), and the adapter layout."""
+        """The base model's identity as checkpoints record it: the file or
+        folder name, the weight/config files' names and sizes, and the adapter
+        layout (cheap enough to compute at every save; a same-size rewrite of
+        the weights is not detected)."""
         p = self.model_path
         files = [p] if os.path.isfile(p) else sorted(
             os.path.join(p, f) for f in os.listdir(p) if f.endswith((".safetensors", ".json")))
