@@ -23,7 +23,7 @@
 #endif
 
 #define LANES 16
-#define EG_QB 4 /* query rows per block */
+#define EG_QB 8 /* query rows per block */
 typedef float v16f __attribute__((vector_size(64)));
 typedef float v8f __attribute__((vector_size(32)));
 typedef double v8d __attribute__((vector_size(64)));

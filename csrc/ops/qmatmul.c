@@ -192,10 +192,9 @@ static eg_status qmm_direct(const qmm_kernels *kern, float *Y, size_t ldy, const
     return EG_OK;
 }
 
-/* The GEMM path. With round_bf16, every dequantized weight is rounded to
- * bf16 before the product (the emulated bf16 precision, X already rounded). */
-static eg_status qmm_gemm(const qmm_kernels *kern, float *Y, size_t ldy, const float *X,
-                          size_t ldx, size_t N, const eg_qmat *W, int round_bf16, eg_err *err)
+/* The rows per dequantized tile of the GEMM paths and the tile itself
+ * (NULL with err set when out of memory). */
+static float *alloc_tile(const eg_qmat *W, int *tile_rows, eg_err *err)
 {
     const int cols = (int)W->cols, rows = (int)W->rows;
     int tile = g_tile_rows > 0 ? g_tile_rows : (int)(TILE_FLOATS / (size_t)cols);
@@ -207,21 +206,44 @@ static eg_status qmm_gemm(const qmm_kernels *kern, float *Y, size_t ldy, const f
     }
     float *buf = eg_aligned_alloc((size_t)tile * (size_t)cols * sizeof(float));
     if (buf == NULL) {
-        return eg_seterr(err, EG_ENOMEM, "out of memory for a %d x %d dequantized tile", tile, cols);
+        eg_seterr(err, EG_ENOMEM, "out of memory for a %d x %d dequantized tile", tile, cols);
+    }
+    *tile_rows = tile;
+    return buf;
+}
+
+/* Rows r0 .. r0+nr of W dequantized into buf in parallel (8 rows a chunk),
+ * rounded to bf16 values with round_bf16; the caller's GEMM then runs
+ * outside any OpenMP region. */
+static void dequantize_tile(const qmm_kernels *kern, const eg_qmat *W, int r0, int nr, float *buf,
+                            int round_bf16)
+{
+    const size_t cols = (size_t)W->cols;
+    const int nchunks = (nr + 7) / 8;
+    #pragma omp parallel for schedule(dynamic, 4) if (nr * cols >= 65536)
+    for (int c = 0; c < nchunks; c++) {
+        const int a = r0 + 8 * c, b = a + 8 < r0 + nr ? a + 8 : r0 + nr;
+        kern->deq_rows(W, a, b, buf + (size_t)(a - r0) * cols);
+        if (round_bf16) {
+            eg_round_bf16_inplace(buf + (size_t)(a - r0) * cols, (size_t)(b - a) * cols);
+        }
+    }
+}
+
+/* The GEMM path. With round_bf16, every dequantized weight is rounded to
+ * bf16 before the product (the emulated bf16 precision, X already rounded). */
+static eg_status qmm_gemm(const qmm_kernels *kern, float *Y, size_t ldy, const float *X,
+                          size_t ldx, size_t N, const eg_qmat *W, int round_bf16, eg_err *err)
+{
+    const int cols = (int)W->cols, rows = (int)W->rows;
+    int tile;
+    float *buf = alloc_tile(W, &tile, err);
+    if (buf == NULL) {
+        return EG_ENOMEM;
     }
     for (int r0 = 0; r0 < rows; r0 += tile) {
         const int nr = rows - r0 < tile ? rows - r0 : tile;
-        const int nchunks = (nr + 7) / 8;
-        /* dequantize in parallel (8 rows a chunk), then the threaded GEMM
-         * outside any OpenMP region */
-        #pragma omp parallel for schedule(dynamic, 4) if (nr * (size_t)cols >= 65536)
-        for (int c = 0; c < nchunks; c++) {
-            const int a = r0 + 8 * c, b = a + 8 < r0 + nr ? a + 8 : r0 + nr;
-            kern->deq_rows(W, a, b, buf + (size_t)(a - r0) * cols);
-            if (round_bf16) {
-                eg_round_bf16_inplace(buf + (size_t)(a - r0) * cols, (size_t)(b - a) * cols);
-            }
-        }
+        dequantize_tile(kern, W, r0, nr, buf, round_bf16);
         eg_sgemm(0, 1, (int)N, nr, cols, 1.0f, X, (int)ldx, buf, cols, 0.0f, Y + r0, (int)ldy);
     }
     eg_aligned_free(buf);
@@ -354,25 +376,14 @@ eg_status eg_qmatmul_t(float *dX, size_t ldx, const float *dY, size_t ldy, size_
         return EG_OK;
     }
     const qmm_kernels *kern = &copies[eg_isa_level()];
-    int tile = g_tile_rows > 0 ? g_tile_rows : (int)(TILE_FLOATS / (size_t)cols);
-    if (tile < 16) {
-        tile = 16;
-    }
-    if (tile > rows) {
-        tile = rows;
-    }
-    float *buf = eg_aligned_alloc((size_t)tile * (size_t)cols * sizeof(float));
+    int tile;
+    float *buf = alloc_tile(W, &tile, err);
     if (buf == NULL) {
-        return eg_seterr(err, EG_ENOMEM, "out of memory for a %d x %d dequantized tile", tile, cols);
+        return EG_ENOMEM;
     }
     for (int r0 = 0; r0 < rows; r0 += tile) {
         const int nr = rows - r0 < tile ? rows - r0 : tile;
-        const int nchunks = (nr + 7) / 8;
-        #pragma omp parallel for schedule(dynamic, 4) if (nr * (size_t)cols >= 65536)
-        for (int c = 0; c < nchunks; c++) {
-            const int a = r0 + 8 * c, b = a + 8 < r0 + nr ? a + 8 : r0 + nr;
-            kern->deq_rows(W, a, b, buf + (size_t)(a - r0) * cols);
-        }
+        dequantize_tile(kern, W, r0, nr, buf, 0);
         eg_sgemm(0, 0, (int)N, cols, nr, 1.0f, dY + r0, (int)ldy, buf, cols,
                  (accumulate || r0 > 0) ? 1.0f : 0.0f, dX, (int)ldx);
     }

@@ -285,6 +285,79 @@ static void test_bf16_t(int type, int rows, int cols, int tile_rows)
     free(dx);
 }
 
+/* The packers give exactly the documented layout and eg_round_bf16_inplace's
+ * bits (the AVX-512 copies where the kernel runs, the scalar ones elsewhere):
+ * ties, NaN, infinities, denormals, partial panels, odd and short rows. */
+static void test_bf16_packing(void)
+{
+    const int shapes[][2] = {{32, 64}, {29, 77}, {1, 1}, {32, 33}, {7, 1031}};
+    for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
+        const int nr = shapes[si][0], cols = shapes[si][1];
+        const int kp2 = (cols + 1) / 2 * 2;
+        const size_t ldw = (size_t)cols + 3;
+        float *w = malloc(sizeof(float) * (size_t)nr * ldw), *wr = malloc(sizeof(float) * (size_t)nr * ldw);
+        for (size_t i = 0; i < (size_t)nr * ldw; i++) {
+            uint32_t u = next_u32();
+            switch (u % 8) {
+            case 0: u = (u & 0x80000000u) | 0x3f808000u; break;   /* a tie: 1 + 2^-8 */
+            case 1: u = (u & 0x80000000u) | 0x3f818000u; break;   /* a tie rounding up */
+            case 2: u &= 0x807fffffu; break;                    /* denormal */
+            case 3: u = (u & 0x80000000u) | 0x7f800000u; break; /* infinity */
+            case 4: u |= 0x7f800001u; break;                    /* NaN */
+            case 5: u = (u & 0x80000000u) | 0x7f7fffffu; break; /* rounds to infinity */
+            default: break;
+            }
+            memcpy(w + i, &u, 4);
+        }
+        memcpy(wr, w, sizeof(float) * (size_t)nr * ldw);
+        eg_round_bf16_inplace(wr, (size_t)nr * ldw);
+        uint16_t *panel = eg_aligned_alloc(sizeof(uint16_t) * (size_t)kp2 * 32);
+        uint16_t *rows = eg_aligned_alloc(sizeof(uint16_t) * (size_t)kp2 * nr);
+        eg_bf16_pack_panel(panel, w, ldw, nr, cols);
+        eg_bf16_pack_rows(rows, w, ldw, (size_t)nr, cols);
+        int bad_panel = 0, bad_rows = 0;
+        for (int r = 0; r < 32; r++) {
+            for (int k = 0; k < kp2; k++) {
+                uint32_t u = 0;
+                if (r < nr && k < cols) {
+                    memcpy(&u, wr + (size_t)r * ldw + k, 4);
+                }
+                const uint16_t want = (uint16_t)(u >> 16);
+                bad_panel += panel[(size_t)(k / 2) * 64 + 2 * r + k % 2] != want;
+                if (r < nr) {
+                    bad_rows += rows[(size_t)r * kp2 + k] != want;
+                }
+            }
+        }
+        CHECK(bad_panel == 0, "pack_panel %d x %d (kernel %d): %d values differ", nr, cols,
+              eg_bf16_kernel_available(), bad_panel);
+        /* the transposed panel: its rows are columns 0 .. nc of w, K runs over w's rows */
+        {
+            const int nc = cols < 32 ? cols : 32, kq2 = (nr + 1) / 2 * 2;
+            uint16_t *tp = eg_aligned_alloc(sizeof(uint16_t) * (size_t)kq2 * 32);
+            eg_bf16_pack_panel_t(tp, w, ldw, 0, nc, nr);
+            int bad_t = 0;
+            for (int r = 0; r < 32; r++) {
+                for (int k = 0; k < kq2; k++) {
+                    uint32_t u = 0;
+                    if (r < nc && k < nr) {
+                        memcpy(&u, wr + (size_t)k * ldw + r, 4);
+                    }
+                    bad_t += tp[(size_t)(k / 2) * 64 + 2 * r + k % 2] != (uint16_t)(u >> 16);
+                }
+            }
+            CHECK(bad_t == 0, "pack_panel_t %d x %d: %d values differ", nr, nc, bad_t);
+            eg_aligned_free(tp);
+        }
+        CHECK(bad_rows == 0, "pack_rows %d x %d (kernel %d): %d values differ", nr, cols,
+              eg_bf16_kernel_available(), bad_rows);
+        free(w);
+        free(wr);
+        eg_aligned_free(panel);
+        eg_aligned_free(rows);
+    }
+}
+
 static void test_init_errors(void)
 {
     eg_err err;
@@ -312,6 +385,7 @@ int main(void)
         eg_ggml_type_traits(types[i], &bs, &ts);
         test_type(types[i], 23, bs == 1 ? 100 : 512);
     }
+    test_bf16_packing();
     test_bf16(EG_GGML_F32, 45, 1031);    /* odd K: the pair padding; two K blocks */
     test_bf16(EG_GGML_F16, 33, 517);
     test_bf16(EG_GGML_Q4_1, 45, 1024);
