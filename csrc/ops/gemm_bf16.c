@@ -24,6 +24,9 @@
  * - everywhere else, emulation: W and X rounded to bf16 values held in
  *   float32 and multiplied by eg_sgemm. Products of two bf16 values are exact
  *   in float32, so the two differ only in the order of float32 sums.
+ * The backward product dX = dY W (eg_qmatmul_t_prec) reuses the kernel: the
+ * columns of W are packed as the panel rows (eg_bf16_pack_panel_t), so the
+ * kernel's Y = X Wp^T is dY W.
  * Neither is bit-reproducible across CPUs (the hardware adds each pair of
  * products before the accumulator; sgemm's order is OpenBLAS's), which is
  * why float32 stays the default precision everywhere.
@@ -52,12 +55,12 @@
 
 static inline uint16_t round_bf16(float f)
 {
+    /* branch-free (a select), so the scalar packing loops vectorise */
     uint32_t x;
     memcpy(&x, &f, 4);
-    if ((x & 0x7fffffffu) > 0x7f800000u) {
-        return (uint16_t)((x >> 16) | 0x40u); /* NaN stays a (quiet) NaN */
-    }
-    return (uint16_t)((x + 0x7fffu + ((x >> 16) & 1u)) >> 16);
+    const uint32_t rounded = (x + 0x7fffu + ((x >> 16) & 1u)) >> 16;
+    const uint32_t nan = (x >> 16) | 0x40u; /* NaN stays a (quiet) NaN */
+    return (uint16_t)((x & 0x7fffffffu) > 0x7f800000u ? nan : rounded);
 }
 
 void eg_round_bf16_inplace(float *x, size_t n)
@@ -224,6 +227,34 @@ void eg_bf16_pack_panel(uint16_t *dst, const float *W, size_t ldw, int nr, int c
     pack_panel_scalar(dst, W, ldw, nr, cols);
 }
 
+void eg_bf16_pack_panel_t(uint16_t *dst, const float *W, size_t ldw, int c0, int nc, int rows)
+{
+    /* panel rows are the columns c0 .. c0+nc of W; K runs over W's rows */
+    const int kpairs = (rows + 1) / 2;
+    for (int kp = 0; kp < kpairs; kp++) {
+        uint16_t *d = dst + (size_t)kp * PANEL * 2;
+        const int k = 2 * kp;
+        const float *w0 = W + (size_t)k * ldw + c0;
+        const float *w1 = k + 1 < rows ? w0 + ldw : NULL;
+        if (nc == PANEL && w1 != NULL) {
+            #pragma omp simd
+            for (int r = 0; r < PANEL; r++) {
+                d[2 * r] = round_bf16(w0[r]);
+                d[2 * r + 1] = round_bf16(w1[r]);
+            }
+            continue;
+        }
+        for (int r = 0; r < PANEL; r++) {
+            if (r < nc) {
+                d[2 * r] = round_bf16(w0[r]);
+                d[2 * r + 1] = w1 != NULL ? round_bf16(w1[r]) : 0;
+            } else {
+                d[2 * r] = d[2 * r + 1] = 0;
+            }
+        }
+    }
+}
+
 void eg_bf16_pack_rows(uint16_t *dst, const float *X, size_t ldx, size_t N, int cols)
 {
     const size_t kp2 = (size_t)((cols + 1) / 2) * 2;
@@ -304,6 +335,12 @@ static void tile_bf16(float *Y, size_t ldy, const uint16_t *Xb, size_t ldxb, con
 void eg_bf16_gemm_packed(float *Y, size_t ldy, const uint16_t *Xb, size_t N, const uint16_t *Wp,
                          int rows, int cols)
 {
+    eg_bf16_gemm_packed_acc(Y, ldy, Xb, N, Wp, rows, cols, 0);
+}
+
+void eg_bf16_gemm_packed_acc(float *Y, size_t ldy, const uint16_t *Xb, size_t N,
+                             const uint16_t *Wp, int rows, int cols, int accumulate)
+{
 #ifdef EG_X86_CLONES
     const int kpairs = (cols + 1) / 2;
     const size_t ldxb = (size_t)kpairs * 2;
@@ -325,10 +362,10 @@ void eg_bf16_gemm_packed(float *Y, size_t ldy, const uint16_t *Xb, size_t N, con
             const int nt = N - j0 < NR ? (int)(N - j0) : NR;
             const int nrows = rows - p * PANEL < PANEL ? rows - p * PANEL : PANEL;
             tile_bf16(Y + j0 * ldy + (size_t)p * PANEL, ldy, Xb + j0 * ldxb, ldxb,
-                      Wp + (size_t)p * PANEL * ldxb, kp0, kp1, nt, nrows, kp0 > 0);
+                      Wp + (size_t)p * PANEL * ldxb, kp0, kp1, nt, nrows, accumulate || kp0 > 0);
         }
     }
 #else
-    (void)Y; (void)ldy; (void)Xb; (void)N; (void)Wp; (void)rows; (void)cols;
+    (void)Y; (void)ldy; (void)Xb; (void)N; (void)Wp; (void)rows; (void)cols; (void)accumulate;
 #endif
 }

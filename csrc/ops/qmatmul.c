@@ -390,3 +390,112 @@ eg_status eg_qmatmul_t(float *dX, size_t ldx, const float *dY, size_t ldy, size_
     eg_aligned_free(buf);
     return EG_OK;
 }
+
+/* The bf16 backward product: dX (N, cols) (+)= bf16(dY) (N, rows) @ bf16(W).
+ * W is dequantized a row block at a time (every layer in view is one block),
+ * its columns packed as panels of W^T; each block adds its share of the K
+ * sum (K = W's rows) into dX. */
+static eg_status qmm_t_bf16(const qmm_kernels *kern, float *dX, size_t ldx, const float *dY,
+                            size_t ldy, size_t N, const eg_qmat *W, int accumulate, eg_err *err)
+{
+    const int cols = (int)W->cols, rows = (int)W->rows;
+    int tile = (int)(TILE_FLOATS / (size_t)cols);
+    if (g_tile_rows > 0) {
+        tile = g_tile_rows;
+    }
+    if (tile < 16) {
+        tile = 16;
+    }
+    if (tile > rows) {
+        tile = rows;
+    }
+    tile += tile & 1;  /* K pairs never straddle two blocks */
+    const int panels = (cols + 31) / 32;
+    const size_t kp2 = (size_t)((tile + 1) / 2) * 2;
+    size_t ybytes;
+    float *buf = eg_aligned_alloc((size_t)tile * (size_t)cols * sizeof(float));
+    uint16_t *wp = eg_aligned_alloc((size_t)panels * 32 * kp2 * sizeof(uint16_t));
+    uint16_t *yb = eg_mul_ovf(N, kp2 * sizeof(uint16_t), &ybytes) ? NULL : eg_aligned_alloc(ybytes);
+    if (buf == NULL || wp == NULL || yb == NULL) {
+        eg_aligned_free(buf);
+        eg_aligned_free(wp);
+        eg_aligned_free(yb);
+        return eg_seterr(err, EG_ENOMEM, "out of memory for bf16 copies of a %d x %d backward "
+                         "product with %zu rows", rows, cols, N);
+    }
+    for (int r0 = 0; r0 < rows; r0 += tile) {
+        const int nr = rows - r0 < tile ? rows - r0 : tile;
+        const int nchunks = (nr + 7) / 8;
+        #pragma omp parallel if (nr * (size_t)cols >= 65536)
+        {
+            #pragma omp for schedule(dynamic, 4)
+            for (int c = 0; c < nchunks; c++) {
+                const int a = r0 + 8 * c, b = a + 8 < r0 + nr ? a + 8 : r0 + nr;
+                kern->deq_rows(W, a, b, buf + (size_t)(a - r0) * cols);
+            }
+            #pragma omp for schedule(dynamic, 1)
+            for (int pnl = 0; pnl < panels; pnl++) {
+                const int c0 = 32 * pnl, nc = cols - c0 < 32 ? cols - c0 : 32;
+                eg_bf16_pack_panel_t(wp + (size_t)pnl * 32 * ((size_t)((nr + 1) / 2) * 2), buf,
+                                     (size_t)cols, c0, nc, nr);
+            }
+        }
+        eg_bf16_pack_rows(yb, dY + r0, ldy, N, nr);
+        eg_bf16_gemm_packed_acc(dX, ldx, yb, N, wp, cols, nr, accumulate || r0 > 0);
+    }
+    eg_aligned_free(buf);
+    eg_aligned_free(wp);
+    eg_aligned_free(yb);
+    return EG_OK;
+}
+
+eg_status eg_qmatmul_t_prec(float *dX, size_t ldx, const float *dY, size_t ldy, size_t N,
+                            const eg_qmat *W, int accumulate, int precision, eg_err *err)
+{
+    if (precision != EG_PREC_BF16 || N <= (size_t)g_direct_max || N == 0) {
+        return eg_qmatmul_t(dX, ldx, dY, ldy, N, W, accumulate, err);
+    }
+    const qmm_kernels *kern = &copies[eg_isa_level()];
+    const int cols = (int)W->cols, rows = (int)W->rows;
+    if (eg_bf16_kernel_available()) {
+        return qmm_t_bf16(kern, dX, ldx, dY, ldy, N, W, accumulate, err);
+    }
+    /* emulation: rounded copies of dY and of W (one tile at a time) */
+    size_t ybytes;
+    float *yr;
+    if (eg_mul_ovf(N, (size_t)rows * sizeof(float), &ybytes)
+        || (yr = eg_aligned_alloc(ybytes)) == NULL) {
+        return eg_seterr(err, EG_ENOMEM, "out of memory for %zu x %d rounded gradients", N, rows);
+    }
+    for (size_t i = 0; i < N; i++) {
+        memcpy(yr + i * rows, dY + i * ldy, (size_t)rows * sizeof(float));
+    }
+    eg_round_bf16_inplace(yr, N * (size_t)rows);
+    int tile = g_tile_rows > 0 ? g_tile_rows : (int)(TILE_FLOATS / (size_t)cols);
+    if (tile < 16) {
+        tile = 16;
+    }
+    if (tile > rows) {
+        tile = rows;
+    }
+    float *buf = eg_aligned_alloc((size_t)tile * (size_t)cols * sizeof(float));
+    if (buf == NULL) {
+        eg_aligned_free(yr);
+        return eg_seterr(err, EG_ENOMEM, "out of memory for a %d x %d dequantized tile", tile, cols);
+    }
+    for (int r0 = 0; r0 < rows; r0 += tile) {
+        const int nr = rows - r0 < tile ? rows - r0 : tile;
+        const int nchunks = (nr + 7) / 8;
+        #pragma omp parallel for schedule(dynamic, 4) if (nr * (size_t)cols >= 65536)
+        for (int c = 0; c < nchunks; c++) {
+            const int a = r0 + 8 * c, b = a + 8 < r0 + nr ? a + 8 : r0 + nr;
+            kern->deq_rows(W, a, b, buf + (size_t)(a - r0) * cols);
+            eg_round_bf16_inplace(buf + (size_t)(a - r0) * cols, (size_t)(b - a) * cols);
+        }
+        eg_sgemm(0, 0, (int)N, cols, nr, 1.0f, yr + r0, rows, buf, cols,
+                 (accumulate || r0 > 0) ? 1.0f : 0.0f, dX, (int)ldx);
+    }
+    eg_aligned_free(buf);
+    eg_aligned_free(yr);
+    return EG_OK;
+}
