@@ -41,10 +41,12 @@ def test_run_study_tiny(tmp_path):
                             intermediate=96)
     enc = Encoder.from_pretrained(tiny.gguf["F32"], max_length=32)
     g = _toy_graph()
-    logs = []
+    logs, seen = [], []
     res = run_study({"toy": g}, {"tiny": enc}, seeds=[0, 1], cache_dir=str(tmp_path / "c"),
                     layers="every:2", epochs=4, patience=2, exit_nodes=8, batch_size=8,
-                    timing_nodes=8, show=False, log=logs.append)
+                    timing_nodes=8, reencode_batches=1, reencode_batch_size=8, pyg_epochs=2,
+                    show=False, log=logs.append, on_pair=lambda r: seen.append(len(r["pairs"])))
+    assert seen == [1] and res["planned_pairs"] == 1
     (p,) = res["pairs"]
     assert p["layers"] == [0, 2, 4] and p["cache"]["layers"] == [0, 2, 4]
     assert not p["cache"]["reused"] and p["cache"]["build_seconds"] > 0 and p["cache"]["bytes"] > 0
@@ -73,7 +75,23 @@ def test_run_study_tiny(tmp_path):
         assert r["sequence_layers"] == sum(l * c for l, c in zip(p["layers"], r["histogram"]))
     t = p["time_per_exit_layer"]
     assert t["layers"] == [0, 2, 4] and t["sequence_layers"] == [0, 2, 4]
-    md = render_markdown(res, command="cmd", machine="m", small=True)
+    # cache vs re-encode: one batch, both sides timed, re-encoding costs more than the cache
+    r = p["reencode"]
+    assert r["batches"] == 1 and r["batch_size"] == 8 and r["unique_texts"][0] >= 8
+    assert r["cached_seconds"] > 0 and r["ratio"] == pytest.approx(r["reencode_seconds"] / r["cached_seconds"])
+    # engine_py vs plain PyTorch vs PyG on the same batches: every side timed for every epoch
+    q = p["pyg"]
+    if q is not None:
+        assert q["epochs"] == 2 and len(q["val_acc_pyg"]) == 2
+        assert min(q["engine_py_epoch_seconds"], q["torch_epoch_seconds"], q["pyg_epoch_seconds"]) > 0
+        # (dropout draws differ between the sides, so accuracies are not compared here;
+        # the model parity with PyG is tested in tests/test_engine.py)
+        assert all(0 <= a <= 1 for a in q["val_acc_engine_py"] + q["val_acc_torch"] + q["val_acc_pyg"])
+    rss = p["rss_peak_bytes"]
+    assert rss["cache_build"] > 1e6 and rss["training"] > 1e6
+    md = render_markdown(res, command="cmd", machine="m", small=True, samples={"toy": (900, 90)})
+    assert "Sampled graph" in md and "## Summary" in md and "## Cache vs re-encode" in md
+    assert "## Peak resident memory" in md
     assert "SMALL-SCALE RUN" in md and "| toy | tiny | ENGINE |" in md
     assert md.count("| toy | tiny |") >= 5 + len(POLICIES) + 3
     json.dumps(res, default=float)   # JSON-ready
