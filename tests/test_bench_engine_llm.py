@@ -87,6 +87,13 @@ def test_run_study_tiny(tmp_path):
         # (dropout draws differ between the sides, so accuracies are not compared here;
         # the model parity with PyG is tested in tests/test_engine.py)
         assert all(0 <= a <= 1 for a in q["val_acc_engine_py"] + q["val_acc_torch"] + q["val_acc_pyg"])
+    assert p["precision_check"] is None          # a float32 encoder: nothing to compare
+    # a bfloat16 decoder: timed against its float32 twin, states nearly parallel
+    enc16 = Encoder.from_pretrained(tiny.gguf["F32"], max_length=32, precision="bfloat16")
+    from engine_py.bench.engine_llm import run_precision
+    pc = run_precision(enc16, g.texts[:6], [0, 2, 4], batch_size=4, log=logs.append)
+    assert pc["num_texts"] == 6 and pc["float32_seconds"] > 0 and pc["bfloat16_seconds"] > 0
+    assert len(pc["cosine_min"]) == 3 and min(pc["cosine_min"]) > 0.99
     rss = p["rss_peak_bytes"]
     assert rss["cache_build"] > 1e6 and rss["training"] > 1e6
     md = render_markdown(res, command="cmd", machine="m", small=True, samples={"toy": (900, 90)})

@@ -248,9 +248,39 @@ def run_pyg(cache, graph, g, hp, epochs=3, seed=0, log=print):
     return out
 
 
+def run_precision(enc, texts, layers, batch_size=32, log=print):
+    """bfloat16 vs float32 on this decoder: the same texts encoded (the
+    selected layers, mean-pooled) by ``enc`` (bfloat16) and by a float32 twin
+    loaded from the same file; wall clock of each, and the cosine of the
+    pooled states per layer (min and mean over texts). None when ``enc`` is
+    float32."""
+    from engine_py import Encoder
+
+    if getattr(enc, "precision", "float32") != "bfloat16":
+        return None
+    ref = Encoder.from_pretrained(enc.path, max_length=int(enc.max_length), precision="float32")
+    texts = list(texts)
+    enc.encode_layers(texts[:2], layers=layers, batch_size=batch_size)   # warm-up
+    out = {}
+    for name, e in (("bfloat16", enc), ("float32", ref)):
+        t0 = time.perf_counter()
+        out[name] = np.asarray(e.encode_layers(texts, layers=layers, batch_size=batch_size), np.float64)
+        out[name + "_seconds"] = time.perf_counter() - t0
+    a, b = out["bfloat16"], out["float32"]
+    cos = (a * b).sum(-1) / np.maximum(np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1), 1e-30)
+    r = {"num_texts": len(texts), "bfloat16_seconds": out["bfloat16_seconds"],
+         "float32_seconds": out["float32_seconds"],
+         "speedup": out["float32_seconds"] / out["bfloat16_seconds"], "layers": list(layers),
+         "cosine_min": [float(x) for x in cos.min(-1)], "cosine_mean": [float(x) for x in cos.mean(-1)]}
+    log(f"  bfloat16 vs float32 on {len(texts)} texts: {r['float32_seconds']:.1f} s -> "
+        f"{r['bfloat16_seconds']:.1f} s ({r['speedup']:.2f}x), min cosine {min(r['cosine_min']):.6f}")
+    del ref
+    return r
+
+
 def run_pair(gname, g, mname, enc, seeds, cache_dir, layers="engine", epochs=200, patience=20,
              exit_nodes=200, batch_size=32, timing_nodes=64, show=False, log=print,
-             reencode_batches=1, reencode_batch_size=64, pyg_epochs=3):
+             reencode_batches=1, reencode_batch_size=64, pyg_epochs=3, precision_texts=32):
     """One graph x one encoder: every number of the study for that pair (a
     JSON-ready dict)."""
     from engine_py import Graph
@@ -357,6 +387,9 @@ def run_pair(gname, g, mname, enc, seeds, cache_dir, layers="engine", epochs=200
         tn = [g.texts[v] for v in g.test_idx[:int(timing_nodes)]]
         res["time_per_exit_layer"] = time_per_exit_layer(enc, tn, sel, batch_size=batch_size)
     hp = dict(layers=sel, early_exit=True, **ENGINE_KW)
+    if precision_texts:
+        res["precision_check"] = run_precision(enc, [g.texts[v] for v in g.test_idx[:int(precision_texts)]],
+                                               sel, batch_size, log)
     if reencode_batches:
         _rss_reset()
         res["reencode"] = run_reencode(cache, graph, g, enc, hp, reencode_batches, reencode_batch_size, log)
@@ -519,6 +552,18 @@ def render_markdown(res: dict, command: str = "", machine: str = "", small: bool
         if t:
             pts = ", ".join(f"{l}: {1e3 * s:.2f}" for l, s in zip(t["layers"], t["seconds_per_node"]))
             L.append(f"| {p['graph']} | {p['model']} | {pts} | {1e3 * t['slope']:.3f} | {t['r2']:.3f} |")
+    rows = [p for p in res["pairs"] if p.get("precision_check")]
+    if rows:
+        L += ["", "## bfloat16 vs float32 (decoders; the study's caches and live runs use bfloat16)", "",
+              "The same test texts encoded by the bfloat16 encoder and by a float32 twin loaded from the "
+              "same file (the cached layers, mean-pooled; batch as in the study).", "",
+              "| graph | encoder | texts | float32 s | bfloat16 s | speed-up | min cosine (worst layer) | "
+              "mean cosine |", "|---|---|---|---|---|---|---|---|"]
+        for p in rows:
+            r = p["precision_check"]
+            L.append(f"| {p['graph']} | {p['model']} | {r['num_texts']} | {r['float32_seconds']:.2f} | "
+                     f"{r['bfloat16_seconds']:.2f} | **{r['speedup']:.2f}x** | {min(r['cosine_min']):.6f} | "
+                     f"{np.mean(r['cosine_mean']):.6f} |")
     rows = [p for p in res["pairs"] if p.get("reencode")]
     if rows:
         L += ["", "## Cache vs re-encode (a training step of the ENGINE model: states from the cache vs "
@@ -635,6 +680,8 @@ def main(argv=None) -> int:
     p.add_argument("--pyg-epochs", type=int, default=3,
                    help="epochs of engine_py vs PyTorch vs PyG on the same batches (0: skip; needs torch, "
                         "torch_geometric)")
+    p.add_argument("--precision-texts", type=int, default=32,
+                   help="test texts encoded in bfloat16 and float32 to compare time and states (0: skip)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--cache-dir", default=None)
@@ -684,7 +731,7 @@ def main(argv=None) -> int:
                     epochs=args.epochs, patience=args.patience, exit_nodes=args.exit_nodes,
                     batch_size=args.batch_size, timing_nodes=args.timing_nodes,
                     reencode_batches=args.reencode_batches, reencode_batch_size=args.reencode_batch_size,
-                    pyg_epochs=args.pyg_epochs, show=False if args.no_progress else None, log=log,
+                    pyg_epochs=args.pyg_epochs, precision_texts=args.precision_texts, show=False if args.no_progress else None, log=log,
                     on_pair=on_pair if args.out else None)
     machine = run.stop(threads=engine_py.get_num_threads())
     md = write(res, machine)
