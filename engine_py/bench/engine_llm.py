@@ -511,6 +511,8 @@ def render_markdown(res: dict, command: str = "", machine: str = "", small: bool
     for p in res["pairs"]:
         c = p["cache"]
         bt = "reused (built earlier)" if c["build_seconds"] is None else f"{c['build_seconds']:.1f} s"
+        if c["build_seconds"] is not None and c["rows_built"] < c["num_nodes"]:
+            bt += f" for {c['rows_built']:,} rows (resumed a partial cache)"
         per = "-" if c["build_seconds"] is None else f"{1e3 * c['build_seconds'] / max(1, c['rows_built']):.1f}"
         L.append(f"| {p['graph']} | {p['model']} | {p.get('precision', 'float32')} | {p.get('max_length', '-')} | "
                  f"{','.join(map(str, c['layers']))} | {c['bytes'] / 1e6:.1f} MB | {bt} | {per} |")
