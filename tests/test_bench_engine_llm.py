@@ -108,3 +108,33 @@ def test_run_study_tiny(tmp_path):
                      show=False, log=logs.append)
     assert res2["pairs"][0]["cache"]["reused"] and res2["pairs"][0]["cache"]["build_seconds"] is None
     assert "engine_llm" in NAMES
+
+
+def test_engine_llm_exit_sweep(tmp_path):
+    from engine_py import Graph
+    from engine_py.bench.engine_llm import ENGINE_KW, _build_cache, _fit
+    from engine_py.bench.engine_llm_exit import live_sweep, parse_policies, render
+
+    assert parse_policies("p1,t0.9,p2+t0.99") == [("patience 1", 1, None), ("threshold 0.9", None, 0.9),
+                                                   ("patience 2 or threshold 0.99", 2, 0.99)]
+    with pytest.raises(ValueError):
+        parse_policies("x3")
+    tiny = F.write_tiny_llm(tmp_path / "m", "llama", gguf_types=("F32",), layers=4, hidden=64,
+                            intermediate=96)
+    enc = Encoder.from_pretrained(tiny.gguf["F32"], max_length=32)
+    g = _toy_graph()
+    cache, _ = _build_cache(str(tmp_path / "c.cache"), enc, g.texts, [0, 2, 4], 8, False)
+    clf, info = _fit(dict(layers=[0, 2, 4], early_exit=True, **ENGINE_KW), cache,
+                     Graph(g.edge_index, g.num_nodes), g, 0, 3, 2)
+    pol = parse_policies("p1,t0.5")
+    live = live_sweep(clf, enc, g, cache, pol, exit_nodes=6, log=lambda *a: None)
+    assert list(live) == ["full depth", "patience 1", "threshold 0.5"]
+    assert live["full depth"]["sequence_layers"] == 6 * 4
+    for label, _p, _t in pol:
+        r = live[label]
+        assert sum(r["histogram"]) == 6 and r["speedup"] > 0
+        assert r["sequence_layers"] == sum(l * c for l, c in zip([0, 2, 4], r["histogram"]))
+    md = render({"graph": "toy", "model": "tiny", "precision": "float32", "layers": [0, 2, 4], "seed": 0,
+                 "val_acc": info["val_acc"], "epochs": info["epochs"], "repeats": 1, "live": live})
+    assert "| threshold 0.5 |" in md
+    cache.close()
