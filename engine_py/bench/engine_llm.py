@@ -588,13 +588,17 @@ def render_markdown(res: dict, command: str = "", machine: str = "", small: bool
               "(as the reference code does); sampling + gathering for the first two sides is timed apart "
               "and not included. Median epoch over the epochs run.", "",
               "| graph | encoder | epochs | engine_py s | plain PyTorch s | PyG pipeline s | PyTorch / engine_py | "
-              "PyG / engine_py | sample+gather s |", "|---|---|---|---|---|---|---|---|---|"]
+              "PyG / engine_py | sample+gather s | PyG / (engine_py + sample+gather) |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
         for p in rows:
             q = p["pyg"]
             L.append(f"| {p['graph']} | {p['model']} | {q['epochs']} | {q['engine_py_epoch_seconds']:.3f} | "
                      f"{q['torch_epoch_seconds']:.3f} | {q['pyg_epoch_seconds']:.3f} | "
                      f"**{q['torch_over_engine']:.2f}x** | **{q['pyg_over_engine']:.2f}x** | "
-                     f"{q['sample_gather_epoch_seconds']:.3f} |")
+                     f"{q['sample_gather_epoch_seconds']:.3f} | "
+                     f"{q['pyg_epoch_seconds'] / (q['engine_py_epoch_seconds'] + q['sample_gather_epoch_seconds']):.2f}x |")
+        L += ["", "The PyG pipeline's time includes its batch assembly and state indexing; the last column "
+              "counts engine_py's sampling and gathering too (end to end)."]
     L += ["", "## Peak resident memory (VmHWM of the process, reset before each phase; includes the loaded "
           "encoder, the graph texts and the mapped cache pages touched)", "",
           "| graph | encoder | cache build | training (all models, seeds) | early exit | re-encode | PyG |",
@@ -604,8 +608,14 @@ def render_markdown(res: dict, command: str = "", machine: str = "", small: bool
         f = lambda k: f"{r[k] / 1e6:.0f} MB" if r.get(k) else "-"   # noqa: E731
         L.append(f"| {p['graph']} | {p['model']} | {f('cache_build')} | {f('training')} | {f('early_exit')} | "
                  f"{f('reencode')} | {f('pyg')} |")
-    if res.get("process_peak_rss_bytes"):
-        L += ["", f"Whole process peak (getrusage): {res['process_peak_rss_bytes'] / 1e6:.0f} MB."]
+    peaks = [(v, p["graph"], p["model"], k) for p in res["pairs"]
+             for k, v in (p.get("rss_peak_bytes") or {}).items() if isinstance(v, float)]
+    if peaks:
+        v, gr, mo, ph = max(peaks)
+        L += ["", f"Largest peak of any phase: {v / 1e6:.0f} MB ({gr} × {mo}, {ph}). Memory kept from "
+              "earlier pairs of the run counts in later pairs' peaks (the first pair's are the cleanest). "
+              "(Resetting the mark also resets getrusage's maxrss on Linux, so there is no separate "
+              "whole-process figure.)"]
     return "\n".join(L) + "\n"
 
 
@@ -658,6 +668,24 @@ def _encoder_factory(name, max_length, precision="float32"):
     return lambda: Encoder.from_pretrained(paths[name](), max_length=max_length, precision=prec)
 
 
+def _render_from(json_path, out):
+    """Re-render the markdown of an earlier run from its JSON (same numbers;
+    a note says so)."""
+    with open(json_path, encoding="utf-8") as f:
+        doc = json.load(f)
+    samples = {k: (v["full_nodes"], v["nodes"]) for k, v in (doc.get("sampled_graphs") or {}).items()}
+    md = render_markdown(doc["results"], command=doc["command"], machine=machine_line(doc["machine"]),
+                         small=doc.get("small_scale", False), samples=samples)
+    md = md.replace("\n\nMachine:", f"\n\nRendered again from `{json_path}` by "
+                    f"`python -m engine_py bench engine-llm --render-from {json_path}` (no new measurement)."
+                    "\n\nMachine:", 1)
+    print(md)
+    if out:
+        with open(out, "w", encoding="utf-8") as f:
+            f.write(md)
+    return 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m engine_py bench engine-llm", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -690,11 +718,13 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="docs/RESULTS.md", help="markdown report (default docs/RESULTS.md)")
     p.add_argument("--json", default=None, help="raw numbers (default: --out with .json)")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--render-from", default=None, metavar="JSON",
+                   help="measure nothing: render the markdown (--out) again from a JSON this command wrote")
     args = p.parse_args(argv)
-    import resource
-
     import engine_py
 
+    if args.render_from:
+        return _render_from(args.render_from, args.out)
     if args.threads:
         engine_py.set_num_threads(args.threads)
     run = start_run()
@@ -708,7 +738,6 @@ def main(argv=None) -> int:
     jp = args.json or (os.path.splitext(args.out)[0] + ".json" if args.out else None)
 
     def write(res, machine):
-        res["process_peak_rss_bytes"] = float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024.0
         md = render_markdown(res, command=cmd.strip(), machine=machine_line(machine), small=small,
                              samples=samples)
         if args.out:
