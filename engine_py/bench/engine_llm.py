@@ -23,8 +23,19 @@ SmolLM2-135M, Qwen2.5-0.5B), it
    ``predict_new`` at full depth vs with dynamic exit, accuracy, histogram; and
    the encoder's time per node vs the layer it stops at (time_per_exit_layer).
 
+5. for a bfloat16 decoder, times the same test texts in bfloat16 and float32
+   and compares the pooled states (cosine per layer);
+6. times a training step of the ENGINE model with states from the cache vs
+   re-encoding the batch's subgraph texts (``--reencode-batches``);
+7. trains the ENGINE model for ``--pyg-epochs`` epochs three ways on the same
+   cache, batches and initial weights: engine_py, plain PyTorch
+   (tests/reference/engine_ref.py) and a PyTorch Geometric pipeline;
+8. records the peak RSS of every phase (VmHWM, reset at the phase's start).
+
 Results go to ``--out`` (markdown, default docs/RESULTS.md) and ``--json``
-(raw numbers). A run with ``--max-nodes`` or fewer than 3 seeds is labelled a
+(raw numbers), rewritten after every pair (PARTIAL until the last);
+``--render-from JSON`` renders the markdown again without measuring.
+``--max-nodes debian=5000`` samples one graph only; the markdown says so. A run with ``--max-nodes`` or fewer than 3 seeds is labelled a
 SMALL-SCALE RUN at the top of the markdown: it proves the pipeline, it is not
 the study.
 """
