@@ -325,7 +325,58 @@ static PyObject *lt_adamw(LoraTrainerObject *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
+static PyObject *lt_profile(LoraTrainerObject *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"reset", NULL};
+    int reset = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|p", kwlist, &reset)
+        || eg_py_ready(self->t, "LoraTrainer") < 0) {
+        return NULL;
+    }
+    static const char *names[EG_LORA_PROF_N] = {
+        "fwd_base", "fwd_lora", "fwd_attn", "fwd_other", "lm_head_ce", "bwd_base", "bwd_lora",
+        "bwd_attn", "bwd_other"};
+    double v[EG_LORA_PROF_N];
+    if (eg_py_enter(&self->busy, "LoraTrainer") < 0) {
+        return NULL;
+    }
+    eg_llama_lora_profile(self->t, v, reset);
+    eg_py_leave(&self->busy);
+    PyObject *d = PyDict_New();
+    if (d == NULL) {
+        return NULL;
+    }
+    for (int i = 0; i < EG_LORA_PROF_N; i++) {
+        PyObject *f = PyFloat_FromDouble(v[i]);
+        if (f == NULL || PyDict_SetItemString(d, names[i], f) < 0) {
+            Py_XDECREF(f);
+            Py_DECREF(d);
+            return NULL;
+        }
+        Py_DECREF(f);
+    }
+    return d;
+}
+
+static PyObject *lt_set_recompute(LoraTrainerObject *self, PyObject *arg)
+{
+    int on = PyObject_IsTrue(arg);
+    if (on < 0 || eg_py_ready(self->t, "LoraTrainer") < 0) {
+        return NULL;
+    }
+    if (eg_py_enter(&self->busy, "LoraTrainer") < 0) {
+        return NULL;
+    }
+    eg_llama_lora_set_recompute(self->t, on);
+    eg_py_leave(&self->busy);
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef lt_methods[] = {
+    {"set_recompute", (PyCFunction)lt_set_recompute, METH_O,
+     "set_recompute(on)\n--\n\nActivation recomputation per layer in training steps."},
+    {"profile", (PyCFunction)(void (*)(void))lt_profile, METH_VARARGS | METH_KEYWORDS,
+     "profile(reset=False)\n--\n\nSeconds spent per phase of step() since the last reset."},
     {"set_head", (PyCFunction)lt_set_head, METH_VARARGS,
      "set_head(data, type, rows, cols)\n--\n\nAn untied LM head (ggml type), read in place."},
     {"slots", (PyCFunction)lt_slots, METH_NOARGS,

@@ -162,20 +162,7 @@ def parse_layers(layers, num_layers: int) -> list[int]:
 
 
 def _resolve_layers(encoder, layers) -> list[int]:
-    num_layers = int(encoder.num_layers)
-    if layers is None or isinstance(layers, str):
-        return parse_layers(layers, num_layers)
-    if isinstance(layers, (int, np.integer)) and not isinstance(layers, bool):
-        layers = [layers]
-    out = [check_int(x, "layers[%d]" % i) for i, x in enumerate(layers)]
-    if not out:
-        raise ValueError("layers must not be empty")
-    for x in out:
-        if not 0 <= x <= num_layers:
-            raise ValueError(f"layer {x} out of range: the encoder has states 0..{num_layers}")
-    if len(set(out)) != len(out):
-        raise ValueError(f"duplicate layer ids in {out}")
-    return out
+    return parse_layers(layers, int(encoder.num_layers))
 
 
 def _progress(show, total: int, initial: int, desc: str):

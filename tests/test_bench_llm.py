@@ -103,6 +103,22 @@ def test_render_markdown():
     assert "engine_py / other" not in md
 
 
+def test_render_markdown_bf16_sides():
+    res = _results(True)
+    sides = res["models"][0]["cases"]["short"]["sides"]
+    sides["engine_py_bf16"] = {"ok": True, "tokens_per_s": 4000.0, "seconds": 1.6, "rss_mb": 260.0,
+                               "setting": "batch_size 32, AVX512-BF16 kernel"}
+    sides["torch_bf16"] = {"ok": True, "tokens_per_s": 1000.0, "seconds": 6.4, "rss_mb": 900.0,
+                           "setting": "batch 32"}
+    res["bf16_gflops"] = 400.0
+    md = llm.render_markdown(res, "M")
+    # % of peak: float32 sides of the sgemm peak (100), bf16 sides of the bf16 peak (400)
+    assert "| engine_py, precision='bfloat16' | 4,000 | 0.9 | 0% |" in md
+    assert "of PyTorch's bfloat16 matmul (same threads, same run): 400.0 GFLOP/s" in md
+    assert "**engine_py / other** | **2.00x llama.cpp, 4.00x PyTorch**" in md
+    assert "**engine_py bf16 / other** | **4.00x llama.cpp, 8.00x PyTorch, 4.00x PyTorch bf16**" in md
+
+
 def test_worker_child_reports_result_and_rss():
     # the smallest child: the sgemm peak (NumPy only), through the real child protocol
     r = llm._run_child({"side": "sgemm", "threads": 1}, 300, lambda *a: None)
@@ -124,7 +140,7 @@ def test_bench_llm_end_to_end_on_a_tiny_gguf(tmp_path, capsys):
 
     m = F.write_tiny_llm(tmp_path / "m", "llama", gguf_types=("F32",))
     out = tmp_path / "r.json"
-    sides = "engine_py,torch"    # llama.cpp on the fixtures: tests/test_llm_fixtures.py
+    sides = "engine_py,engine_py_bf16,torch,torch_bf16"   # llama.cpp on the fixtures: test_llm_fixtures.py
     rc = llm.main(["--models", m.gguf["F32"], "--sides", sides, "--cases", "long", "--long", "1",
                    "--long-tokens", "24", "--reps", "1", "--xllamacpp-settings", "2/256/1",
                    "--quiet", "--out", str(out)])
@@ -132,8 +148,8 @@ def test_bench_llm_end_to_end_on_a_tiny_gguf(tmp_path, capsys):
     doc = json.loads(out.read_text())
     case = doc["results"]["models"][0]["cases"]["long"]
     assert case["texts"] == 1 and case["min"] == case["max"] == 24
-    assert case["sides"]["torch"]["ok"] and case["sides"]["torch"]["tokens_per_s"] > 0
-    e = case["sides"]["engine_py"]
-    assert e["ok"] or e["reason"]            # engine_py: numbers, or why it is not available
+    for side in ("torch", "torch_bf16", "engine_py", "engine_py_bf16"):
+        assert case["sides"][side]["ok"] and case["sides"][side]["tokens_per_s"] > 0, side
+    assert doc["results"]["bf16_gflops"] > 0
     md = capsys.readouterr().out
     assert "## Decoder LLMs: pooled hidden states" in md and "Machine: " in md

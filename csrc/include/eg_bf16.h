@@ -34,6 +34,12 @@ size_t eg_bf16_packed_elems(int rows, int cols);
  * aligned; panel p of a matrix starts at p * 32 * (cols rounded up to even). */
 void eg_bf16_pack_panel(uint16_t *dst, const float *W, size_t ldw, int nr, int cols);
 
+/* Pack the TRANSPOSE of W's columns c0 .. c0+nc (nc <= 32) as one panel:
+ * panel row r is column c0 + r of the (rows, ldw-strided) float matrix W,
+ * and K runs over W's rows (padded to even). With every panel packed this
+ * way, eg_bf16_gemm_packed computes X @ W (the backward product dX = dY W). */
+void eg_bf16_pack_panel_t(uint16_t *dst, const float *W, size_t ldw, int c0, int nc, int rows);
+
 /* X (N, cols, row stride ldx) as bf16 rows of cols rounded up to even
  * (a zero pad), contiguous. Threaded for large N * cols. */
 void eg_bf16_pack_rows(uint16_t *dst, const float *X, size_t ldx, size_t N, int cols);
@@ -42,6 +48,9 @@ void eg_bf16_pack_rows(uint16_t *dst, const float *X, size_t ldx, size_t N, int 
  * eg_bf16_kernel_available(); never inside an OpenMP region. */
 void eg_bf16_gemm_packed(float *Y, size_t ldy, const uint16_t *Xb, size_t N, const uint16_t *Wp,
                          int rows, int cols);
+/* The same, adding to Y when accumulate != 0. */
+void eg_bf16_gemm_packed_acc(float *Y, size_t ldy, const uint16_t *Xb, size_t N,
+                             const uint16_t *Wp, int rows, int cols, int accumulate);
 
 #ifdef __cplusplus
 }

@@ -75,6 +75,27 @@ eg_status eg_llama_lora_step(eg_llama_lora *t, const int32_t *ids, const int64_t
                              int n_seq, const int32_t *targets, float scale, int backward,
                              uint64_t seed, double *nll_sum, float *token_nll, eg_err *err);
 
+/* Activation recomputation (on != 0): a training step saves only each
+ * layer's input and runs the layer's forward again in backward (one more
+ * forward pass of compute; activation memory ~ (hidden size) floats per
+ * token and layer instead of ~ (4 hidden + 2 FFN + q|k|v) floats). The
+ * gradients are the same bits: the recomputed forward is the same
+ * arithmetic. Off by default. */
+void eg_llama_lora_set_recompute(eg_llama_lora *t, int on);
+
+/* Wall-clock seconds spent in each phase of eg_llama_lora_step, summed
+ * over the calls since the last reset (reset != 0 zeroes them after the
+ * copy): frozen products forward / backward (eg_qmatmul_prec, eg_qmatmul_t),
+ * LoRA terms forward / backward, attention forward / backward, LM-head
+ * cross-entropy (forward and backward), everything else (norms, RoPE,
+ * SwiGLU, residuals, copies). */
+enum {
+    EG_LORA_PROF_FWD_BASE = 0, EG_LORA_PROF_FWD_LORA, EG_LORA_PROF_FWD_ATTN,
+    EG_LORA_PROF_FWD_OTHER, EG_LORA_PROF_HEAD, EG_LORA_PROF_BWD_BASE, EG_LORA_PROF_BWD_LORA,
+    EG_LORA_PROF_BWD_ATTN, EG_LORA_PROF_BWD_OTHER, EG_LORA_PROF_N
+};
+void eg_llama_lora_profile(eg_llama_lora *t, double out[EG_LORA_PROF_N], int reset);
+
 /* Cross-entropy of an LM head over n rows, in chunks (the full n x vocab
  * logits never exist): x (n, D), W (V, D), target (n) in [0, V). *nll_sum
  * (double); nll (n) per row, may be NULL; dx (n, D) ASSIGNED the gradient of

@@ -199,6 +199,16 @@ eg_status eg_qmatmul_prec(float *Y, size_t ldy, const float *X, size_t ldx, size
 eg_status eg_qmatmul_t(float *dX, size_t ldx, const float *dY, size_t ldy, size_t N,
                        const eg_qmat *W, int accumulate, eg_err *err);
 
+/* eg_qmatmul_t with a precision (eg_bf16.h): EG_PREC_F32 is eg_qmatmul_t;
+ * EG_PREC_BF16 rounds dY and the dequantized W to bfloat16 and sums the
+ * products in float32 — with the AVX512-BF16 kernel on panels of W^T packed
+ * from one dequantized tile of W (at most 32 MiB; a larger W is done in row
+ * blocks), else emulated (rounded float copies and eg_sgemm). Batches of at
+ * most eg_qmatmul_direct_max() rows take the float32 path. EG_OK or
+ * EG_ENOMEM. Never call inside an OpenMP region. */
+eg_status eg_qmatmul_t_prec(float *dX, size_t ldx, const float *dY, size_t ldy, size_t N,
+                            const eg_qmat *W, int accumulate, int precision, eg_err *err);
+
 /* Batches of at most this many tokens take eg_qmatmul's direct path. */
 #define EG_QMM_DIRECT_MAX 64
 

@@ -10,6 +10,13 @@
  * outputs and the SwiGLU activation are recomputed in backward. Frozen
  * products in backward go through eg_qmatmul_t (stored blocks, tile by
  * tile). The embedding is frozen, so layer 0's input gradient is skipped.
+ *
+ * The model's precision (EG_PREC_BF16) makes every frozen product bf16 (forward
+ * eg_qmatmul_prec, backward eg_qmatmul_t_prec). With recomputation
+ * (eg_llama_lora_set_recompute) only each layer's input h is kept and
+ * fwd_layer runs again in backward into one shared set of tensors; forward-only
+ * passes always use that shared set. fwd_layer is deterministic (dropout masks
+ * are hashed from the seed), so the recomputed tensors are the same bits.
  */
 #include "eg_llama_train.h"
 #include "eg_ops.h"
@@ -18,6 +25,15 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
+
+/* Wall time per phase of eg_llama_lora_step (eg_llama_lora_profile). */
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
 
 struct eg_llama_lora {
     const eg_llama *m;
@@ -30,6 +46,9 @@ struct eg_llama_lora {
     size_t *off;       /* (L * NMOD) offsets of A; B follows at + rank * in */
     eg_bert_state s;   /* validation, offsets, embeddings */
     eg_arena arena;
+    double prof[EG_LORA_PROF_N];
+    double prof_t0;
+    int recompute;
 };
 
 static void mod_dims(const eg_llama_config *c, int mod, int *in, int *out)
@@ -176,6 +195,27 @@ void eg_llama_lora_slot(const eg_llama_lora *t, int layer, int module, size_t *o
     *offB = *offA + (size_t)*rank * (size_t)*in;
 }
 
+void eg_llama_lora_profile(eg_llama_lora *t, double out[EG_LORA_PROF_N], int reset)
+{
+    memcpy(out, t->prof, sizeof t->prof);
+    if (reset) {
+        memset(t->prof, 0, sizeof t->prof);
+    }
+}
+
+void eg_llama_lora_set_recompute(eg_llama_lora *t, int on)
+{
+    t->recompute = on != 0;
+}
+
+/* charge the time since the last mark to phase k */
+#define PH(k)                                  \
+    do {                                       \
+        double now_ = now_s();                 \
+        t->prof[(k)] += now_ - t->prof_t0;     \
+        t->prof_t0 = now_;                     \
+    } while (0)
+
 /* ------------------------------------------------------------- the passes */
 
 typedef struct {
@@ -240,6 +280,80 @@ static void lora_bwd(const lora_ctx *k, int mod, float *dx, size_t lddx, const f
         }                      \
     } while (0)
 
+/* Everything one layer's forward needs besides its saved tensors. */
+typedef struct {
+    int prec;
+    size_t n;
+    const int64_t *offsets;
+    int n_seq;
+    const int32_t *pos;
+    const float *cos_t, *sin_t;
+    const eg_attention_shape *ash;
+    float *att, *x, *tmp, *act;
+} fwd_ctx;
+
+/* Layer l forward from S->h: fills S's qkv, ctx, hmid, gu, hA and writes the
+ * layer output to hout. Deterministic, so backward can run it again
+ * (recomputation) and get the very same tensors. */
+static eg_status fwd_layer(eg_llama_lora *t, int l, saved_layer *S, float *hout,
+                       const fwd_ctx *f, lora_ctx k, eg_err *err)
+{
+    const eg_llama_config *c = &t->c;
+    const int D = c->hidden_size, F = c->intermediate_size, hd = c->head_dim;
+    const int QW = c->num_heads * hd, KW = c->num_kv_heads * hd, W3 = QW + 2 * KW;
+    const size_t n = f->n;
+    const int prec = f->prec;
+    const float eps = c->rms_norm_eps;
+    float *x = f->x, *tmp = f->tmp, *act = f->act;
+    const int32_t *pos = f->pos;
+    const float *cos_t = f->cos_t, *sin_t = f->sin_t;
+    const int64_t *offsets = f->offsets;
+    const int n_seq = f->n_seq;
+    eg_status st;
+    eg_llama_layer_weights w;
+    eg_llama_get_layer(t->m, l, &w);
+    eg_rmsnorm_forward(x, S->h, w.attn_norm, n, D, eps);
+    PH(EG_LORA_PROF_FWD_OTHER);
+    TRY(eg_qmatmul_prec(S->qkv, W3, x, D, n, w.q, w.bq, prec, err));
+    TRY(eg_qmatmul_prec(S->qkv + QW, W3, x, D, n, w.k, w.bk, prec, err));
+    TRY(eg_qmatmul_prec(S->qkv + QW + KW, W3, x, D, n, w.v, w.bv, prec, err));
+    PH(EG_LORA_PROF_FWD_BASE);
+    lora_fwd(&k, EG_LORA_Q, S->qkv, W3, S->hA[EG_LORA_Q], x, D);
+    lora_fwd(&k, EG_LORA_K, S->qkv + QW, W3, S->hA[EG_LORA_K], x, D);
+    lora_fwd(&k, EG_LORA_V, S->qkv + QW + KW, W3, S->hA[EG_LORA_V], x, D);
+    PH(EG_LORA_PROF_FWD_LORA);
+    eg_rope_forward(S->qkv, W3, n, pos, c->num_heads, hd, cos_t, sin_t, c->rope_mode);
+    eg_rope_forward(S->qkv + QW, W3, n, pos, c->num_kv_heads, hd, cos_t, sin_t, c->rope_mode);
+    PH(EG_LORA_PROF_FWD_OTHER);
+    eg_attention_forward(S->ctx, S->qkv, S->qkv + QW, S->qkv + QW + KW, NULL, NULL, NULL,
+                         offsets, n_seq, f->ash, f->att);
+    PH(EG_LORA_PROF_FWD_ATTN);
+    TRY(eg_qmatmul_prec(tmp, D, S->ctx, QW, n, w.o, NULL, prec, err));
+    PH(EG_LORA_PROF_FWD_BASE);
+    lora_fwd(&k, EG_LORA_O, tmp, D, S->hA[EG_LORA_O], S->ctx, QW);
+    PH(EG_LORA_PROF_FWD_LORA);
+    memcpy(S->hmid, S->h, n * (size_t)D * sizeof(float));
+    add_to(S->hmid, tmp, n * (size_t)D);
+    eg_rmsnorm_forward(x, S->hmid, w.ffn_norm, n, D, eps);
+    PH(EG_LORA_PROF_FWD_OTHER);
+    TRY(eg_qmatmul_prec(S->gu, 2 * (size_t)F, x, D, n, w.gate, NULL, prec, err));
+    TRY(eg_qmatmul_prec(S->gu + F, 2 * (size_t)F, x, D, n, w.up, NULL, prec, err));
+    PH(EG_LORA_PROF_FWD_BASE);
+    lora_fwd(&k, EG_LORA_GATE, S->gu, 2 * (size_t)F, S->hA[EG_LORA_GATE], x, D);
+    lora_fwd(&k, EG_LORA_UP, S->gu + F, 2 * (size_t)F, S->hA[EG_LORA_UP], x, D);
+    PH(EG_LORA_PROF_FWD_LORA);
+    eg_swiglu_forward(act, F, S->gu, S->gu + F, 2 * (size_t)F, n, F);
+    PH(EG_LORA_PROF_FWD_OTHER);
+    TRY(eg_qmatmul_prec(tmp, D, act, F, n, w.down, NULL, prec, err));
+    PH(EG_LORA_PROF_FWD_BASE);
+    lora_fwd(&k, EG_LORA_DOWN, tmp, D, S->hA[EG_LORA_DOWN], act, F);
+    PH(EG_LORA_PROF_FWD_LORA);
+    memcpy(hout, S->hmid, n * (size_t)D * sizeof(float));
+    add_to(hout, tmp, n * (size_t)D);
+    PH(EG_LORA_PROF_FWD_OTHER);
+    return EG_OK;
+}
+
 eg_status eg_llama_lora_step(eg_llama_lora *t, const int32_t *ids, const int64_t *offsets,
                              int n_seq, const int32_t *targets, float scale, int backward,
                              uint64_t seed, double *nll_sum, float *token_nll, eg_err *err)
@@ -290,10 +404,19 @@ eg_status eg_llama_lora_step(eg_llama_lora *t, const int32_t *ids, const int64_t
     }
     int fail = 0;
 #define ALLOC(ptr, cols) do { (ptr) = eg_arena_alloc_n(a, n, (size_t)(cols) * sizeof(float)); fail |= (ptr) == NULL; } while (0)
+    /* share: one set of per-layer tensors, reused by every layer — a
+     * forward-only pass needs no saved tensors, and with recomputation
+     * backward runs each layer's forward again from its saved input h.
+     * Forward-only passes also keep just two h buffers (ping-pong). */
+    const int share = !backward || t->recompute;
     for (int l = 0; l <= L; l++) {
-        ALLOC(sv[l].h, D);
-        if (l == L) {
-            break;
+        if (!backward && l >= 2) {
+            sv[l].h = sv[l & 1].h;
+        } else {
+            ALLOC(sv[l].h, D);
+        }
+        if (l == L || (share && l > 0)) {
+            continue;
         }
         ALLOC(sv[l].qkv, W3);
         ALLOC(sv[l].ctx, QW);
@@ -335,36 +458,14 @@ eg_status eg_llama_lora_step(eg_llama_lora *t, const int32_t *ids, const int64_t
     const float eps = c->rms_norm_eps;
 
     /* ---- forward */
+    const int prec = c->precision;
+    const fwd_ctx fc = {prec, n, offsets, n_seq, pos, cos_t, sin_t, &ash, att, x, tmp, act};
+    t->prof_t0 = now_s();
     for (int l = 0; l < L; l++) {
-        eg_llama_layer_weights w;
-        eg_llama_get_layer(t->m, l, &w);
-        saved_layer *S = &sv[l];
         lora_ctx k = {t, l, n, p, seed, drop, dhl};
-        eg_rmsnorm_forward(x, S->h, w.attn_norm, n, D, eps);
-        TRY(eg_qmatmul(S->qkv, W3, x, D, n, w.q, w.bq, err));
-        TRY(eg_qmatmul(S->qkv + QW, W3, x, D, n, w.k, w.bk, err));
-        TRY(eg_qmatmul(S->qkv + QW + KW, W3, x, D, n, w.v, w.bv, err));
-        lora_fwd(&k, EG_LORA_Q, S->qkv, W3, S->hA[EG_LORA_Q], x, D);
-        lora_fwd(&k, EG_LORA_K, S->qkv + QW, W3, S->hA[EG_LORA_K], x, D);
-        lora_fwd(&k, EG_LORA_V, S->qkv + QW + KW, W3, S->hA[EG_LORA_V], x, D);
-        eg_rope_forward(S->qkv, W3, n, pos, c->num_heads, hd, cos_t, sin_t, c->rope_mode);
-        eg_rope_forward(S->qkv + QW, W3, n, pos, c->num_kv_heads, hd, cos_t, sin_t, c->rope_mode);
-        eg_attention_forward(S->ctx, S->qkv, S->qkv + QW, S->qkv + QW + KW, NULL, NULL, NULL,
-                             offsets, n_seq, &ash, att);
-        TRY(eg_qmatmul(tmp, D, S->ctx, QW, n, w.o, NULL, err));
-        lora_fwd(&k, EG_LORA_O, tmp, D, S->hA[EG_LORA_O], S->ctx, QW);
-        memcpy(S->hmid, S->h, n * (size_t)D * sizeof(float));
-        add_to(S->hmid, tmp, n * (size_t)D);
-        eg_rmsnorm_forward(x, S->hmid, w.ffn_norm, n, D, eps);
-        TRY(eg_qmatmul(S->gu, 2 * (size_t)F, x, D, n, w.gate, NULL, err));
-        TRY(eg_qmatmul(S->gu + F, 2 * (size_t)F, x, D, n, w.up, NULL, err));
-        lora_fwd(&k, EG_LORA_GATE, S->gu, 2 * (size_t)F, S->hA[EG_LORA_GATE], x, D);
-        lora_fwd(&k, EG_LORA_UP, S->gu + F, 2 * (size_t)F, S->hA[EG_LORA_UP], x, D);
-        eg_swiglu_forward(act, F, S->gu, S->gu + F, 2 * (size_t)F, n, F);
-        TRY(eg_qmatmul(tmp, D, act, F, n, w.down, NULL, err));
-        lora_fwd(&k, EG_LORA_DOWN, tmp, D, S->hA[EG_LORA_DOWN], act, F);
-        memcpy(sv[l + 1].h, S->hmid, n * (size_t)D * sizeof(float));
-        add_to(sv[l + 1].h, tmp, n * (size_t)D);
+        saved_layer work = sv[share ? 0 : l];
+        work.h = sv[l].h;
+        TRY(fwd_layer(t, l, &work, sv[l + 1].h, &fc, k, err));
     }
 
     /* ---- loss over the target rows */
@@ -388,7 +489,9 @@ eg_status eg_llama_lora_step(eg_llama_lora *t, const int32_t *ids, const int64_t
             }
         }
         eg_rmsnorm_forward(xs, hs, onorm, nt, D, eps);
+        PH(EG_LORA_PROF_FWD_OTHER);
         TRY(eg_lmhead_ce(nll_sum, nll, dxs, xs, tg, nt, head, scale, err));
+        PH(EG_LORA_PROF_HEAD);
         if (token_nll != NULL) {
             j = 0;
             for (size_t i = 0; i < n; i++) {
@@ -429,46 +532,70 @@ eg_status eg_llama_lora_step(eg_llama_lora *t, const int32_t *ids, const int64_t
         return eg_seterr(err, EG_ENOMEM, "out of memory for llama gradients of %zu tokens", n);
     }
     float *dh = dh_all;
+    PH(EG_LORA_PROF_BWD_OTHER);
     for (int l = L - 1; l >= 0; l--) {
         eg_llama_layer_weights w;
         eg_llama_get_layer(t->m, l, &w);
-        saved_layer *S = &sv[l];
+        saved_layer *S = &sv[l], work;
         lora_ctx k = {t, l, n, p, seed, drop, dhl};
+        if (share) {
+            /* recomputation: this layer's tensors again, from its input
+             * (its output, not needed, goes to dgu: free until below) */
+            work = sv[0];
+            work.h = sv[l].h;
+            S = &work;
+            TRY(fwd_layer(t, l, S, dgu, &fc, k, err));
+            PH(EG_LORA_PROF_BWD_OTHER);
+        }
         /* feed-forward block: dh is dL/d(layer output) = dL/d(down out) */
         eg_rmsnorm_forward(x, S->hmid, w.ffn_norm, n, D, eps);
         eg_swiglu_forward(act, F, S->gu, S->gu + F, 2 * (size_t)F, n, F);
-        TRY(eg_qmatmul_t(dact, F, dh, D, n, w.down, 0, err));
+        PH(EG_LORA_PROF_BWD_OTHER);
+        TRY(eg_qmatmul_t_prec(dact, F, dh, D, n, w.down, 0, prec, err));
+        PH(EG_LORA_PROF_BWD_BASE);
         lora_bwd(&k, EG_LORA_DOWN, dact, F, dh, D, act, F, S->hA[EG_LORA_DOWN]);
+        PH(EG_LORA_PROF_BWD_LORA);
         eg_swiglu_backward(dgu, dgu + F, 2 * (size_t)F, dact, F, S->gu, S->gu + F, 2 * (size_t)F,
                            n, F);
-        TRY(eg_qmatmul_t(dx, D, dgu, 2 * (size_t)F, n, w.gate, 0, err));
-        TRY(eg_qmatmul_t(dx, D, dgu + F, 2 * (size_t)F, n, w.up, 1, err));
+        PH(EG_LORA_PROF_BWD_OTHER);
+        TRY(eg_qmatmul_t_prec(dx, D, dgu, 2 * (size_t)F, n, w.gate, 0, prec, err));
+        TRY(eg_qmatmul_t_prec(dx, D, dgu + F, 2 * (size_t)F, n, w.up, 1, prec, err));
+        PH(EG_LORA_PROF_BWD_BASE);
         lora_bwd(&k, EG_LORA_GATE, dx, D, dgu, 2 * (size_t)F, x, D, S->hA[EG_LORA_GATE]);
         lora_bwd(&k, EG_LORA_UP, dx, D, dgu + F, 2 * (size_t)F, x, D, S->hA[EG_LORA_UP]);
+        PH(EG_LORA_PROF_BWD_LORA);
         eg_rmsnorm_backward(tmp, NULL, dx, S->hmid, w.ffn_norm, n, D, eps);
         add_to(dh, tmp, n * (size_t)D);  /* dh = dL/d hmid */
+        PH(EG_LORA_PROF_BWD_OTHER);
         /* attention block */
-        TRY(eg_qmatmul_t(dctx, QW, dh, D, n, w.o, 0, err));
+        TRY(eg_qmatmul_t_prec(dctx, QW, dh, D, n, w.o, 0, prec, err));
+        PH(EG_LORA_PROF_BWD_BASE);
         lora_bwd(&k, EG_LORA_O, dctx, QW, dh, D, S->ctx, QW, S->hA[EG_LORA_O]);
+        PH(EG_LORA_PROF_BWD_LORA);
         eg_attention_backward(dqkv, dqkv + QW, dqkv + QW + KW, dctx, S->qkv, S->qkv + QW,
                               S->qkv + QW + KW, offsets, n_seq, &ash, att);
+        PH(EG_LORA_PROF_BWD_ATTN);
         eg_rope_backward(dqkv, W3, n, pos, c->num_heads, hd, cos_t, sin_t, c->rope_mode);
         eg_rope_backward(dqkv + QW, W3, n, pos, c->num_kv_heads, hd, cos_t, sin_t, c->rope_mode);
         eg_rmsnorm_forward(x, S->h, w.attn_norm, n, D, eps);
+        PH(EG_LORA_PROF_BWD_OTHER);
         const int need_dx = l > 0;  /* the embedding is frozen */
         if (need_dx) {
-            TRY(eg_qmatmul_t(dx, D, dqkv, W3, n, w.q, 0, err));
-            TRY(eg_qmatmul_t(dx, D, dqkv + QW, W3, n, w.k, 1, err));
-            TRY(eg_qmatmul_t(dx, D, dqkv + QW + KW, W3, n, w.v, 1, err));
+            TRY(eg_qmatmul_t_prec(dx, D, dqkv, W3, n, w.q, 0, prec, err));
+            TRY(eg_qmatmul_t_prec(dx, D, dqkv + QW, W3, n, w.k, 1, prec, err));
+            TRY(eg_qmatmul_t_prec(dx, D, dqkv + QW + KW, W3, n, w.v, 1, prec, err));
         }
+        PH(EG_LORA_PROF_BWD_BASE);
         float *dxp = need_dx ? dx : NULL;
         lora_bwd(&k, EG_LORA_Q, dxp, D, dqkv, W3, x, D, S->hA[EG_LORA_Q]);
         lora_bwd(&k, EG_LORA_K, dxp, D, dqkv + QW, W3, x, D, S->hA[EG_LORA_K]);
         lora_bwd(&k, EG_LORA_V, dxp, D, dqkv + QW + KW, W3, x, D, S->hA[EG_LORA_V]);
+        PH(EG_LORA_PROF_BWD_LORA);
         if (need_dx) {
             eg_rmsnorm_backward(tmp, NULL, dx, S->h, w.attn_norm, n, D, eps);
             add_to(dh, tmp, n * (size_t)D);  /* dh = dL/d(layer input) */
         }
+        PH(EG_LORA_PROF_BWD_OTHER);
     }
     return EG_OK;
 }

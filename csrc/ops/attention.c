@@ -23,8 +23,10 @@
 #endif
 
 #define LANES 16
-#define EG_QB 4 /* query rows per block */
+#define EG_QB 8 /* query rows per block */
 typedef float v16f __attribute__((vector_size(64)));
+typedef float v8f __attribute__((vector_size(32)));
+typedef double v8d __attribute__((vector_size(64)));
 #if defined(__GNUC__) && !defined(__clang__)
 /* v16f values only cross static, always-inlined helpers: no ABI to keep */
 #pragma GCC diagnostic ignored "-Wpsabi"
@@ -34,6 +36,10 @@ typedef void (*head_fn)(float *, size_t, const float *, size_t, const float *, c
                         size_t, const float *, const float *, const float *, int, int, int,
                         float *);
 
+typedef void (*bwd_fn)(float *, float *, float *, const float *, const float *, const float *,
+                       const float *, const int64_t *, const eg_attention_shape *, float *, long,
+                       double);
+
 #define EG_ISA_BODY "../ops/attention_simd.h"
 #include "eg_isa.h"
 
@@ -42,6 +48,8 @@ _Static_assert(LANES % EG_VM_LANES == 0, "LANES must be a multiple of EG_VM_LANE
 
 #define HEAD_SET(sfx) EG_CAT2(attention_head, sfx)
 static const head_fn copies[EG_ISA_NCOPIES] = EG_ISA_COPIES(HEAD_SET);
+#define BWD_SET(sfx) EG_CAT2(attention_bwd_pair, sfx)
+static const bwd_fn bwd_copies[EG_ISA_NCOPIES] = EG_ISA_COPIES(BWD_SET);
 
 size_t eg_attention_scratch(int max_len, int head_dim)
 {
@@ -89,6 +97,9 @@ void eg_attention_forward(float *out, const float *q, const float *k, const floa
 }
 
 /* ------------------------------------------------------------- backward */
+/* One (sequence, key/value head) pair per task: attention_bwd_pair in
+ * attention_simd.h, compiled per instruction set (same bits on every level:
+ * its dot products sum in double over fixed lanes). */
 
 size_t eg_attention_backward_scratch(int max_len)
 {
@@ -100,9 +111,7 @@ void eg_attention_backward(float *dq, float *dk, float *dv, const float *dout, c
                            const float *k, const float *v, const int64_t *offsets, int n_seq,
                            const eg_attention_shape *sh, float *scratch)
 {
-    const int H = sh->n_heads, Hkv = sh->n_kv_heads, dh = sh->head_dim;
-    const int group = H / Hkv;
-    const size_t qs = sh->q_stride, ks = sh->kv_stride, os = sh->out_stride;
+    const int Hkv = sh->n_kv_heads, dh = sh->head_dim;
     const double scale = 1.0 / sqrt((double)dh);
     int64_t max_len = 0;
     for (int i = 0; i < n_seq; i++) {
@@ -111,85 +120,13 @@ void eg_attention_backward(float *dq, float *dk, float *dv, const float *dout, c
     }
     const size_t per_thread = eg_attention_backward_scratch((int)max_len);
     const long pairs = (long)n_seq * Hkv;
+    const bwd_fn bwd = bwd_copies[eg_isa_level()];
 #pragma omp parallel for schedule(dynamic, 1)
     for (long p = 0; p < pairs; p++) {
         int tid = 0;
 #ifdef _OPENMP
         tid = omp_get_thread_num();
 #endif
-        float *P = scratch + (size_t)tid * per_thread;
-        const int s = (int)(p / Hkv), kvh = (int)(p % Hkv);
-        const size_t lo = (size_t)offsets[s];
-        const int L = (int)(offsets[s + 1] - offsets[s]);
-        float *dP = P + (size_t)L * L;
-        const size_t ko = (size_t)kvh * dh;
-        for (int i = 0; i < L; i++) {
-            memset(dk + (lo + i) * ks + ko, 0, (size_t)dh * sizeof(float));
-            memset(dv + (lo + i) * ks + ko, 0, (size_t)dh * sizeof(float));
-        }
-        for (int h = kvh * group; h < (kvh + 1) * group; h++) {
-            const size_t qo = (size_t)h * dh;
-            /* P: the forward's probabilities, in double sums */
-            for (int i = 0; i < L; i++) {
-                const int seen = sh->causal ? i + 1 : L;
-                const float *qi = q + (lo + i) * qs + qo;
-                double mx = -INFINITY;
-                for (int j = 0; j < seen; j++) {
-                    const float *kj = k + (lo + j) * ks + ko;
-                    double acc = 0.0;
-                    for (int d = 0; d < dh; d++) {
-                        acc += (double)qi[d] * kj[d];
-                    }
-                    P[(size_t)i * L + j] = (float)(acc * scale);
-                    mx = fmax(mx, P[(size_t)i * L + j]);
-                }
-                double sum = 0.0;
-                for (int j = 0; j < seen; j++) {
-                    double e = exp((double)P[(size_t)i * L + j] - mx);
-                    P[(size_t)i * L + j] = (float)e;
-                    sum += e;
-                }
-                for (int j = 0; j < seen; j++) {
-                    P[(size_t)i * L + j] = (float)(P[(size_t)i * L + j] / sum);
-                }
-                for (int j = seen; j < L; j++) {
-                    P[(size_t)i * L + j] = 0.0f;
-                }
-            }
-            for (int i = 0; i < L; i++) {
-                const int seen = sh->causal ? i + 1 : L;
-                const float *doi = dout + (lo + i) * os + qo;
-                /* dP_ij = dO_i . v_j ; dv_j += P_ij dO_i */
-                double rowdot = 0.0;
-                for (int j = 0; j < seen; j++) {
-                    const float *vj = v + (lo + j) * ks + ko;
-                    float *dvj = dv + (lo + j) * ks + ko;
-                    const float pij = P[(size_t)i * L + j];
-                    double acc = 0.0;
-                    for (int d = 0; d < dh; d++) {
-                        acc += (double)doi[d] * vj[d];
-                        dvj[d] += pij * doi[d];
-                    }
-                    dP[j] = (float)acc;
-                    rowdot += acc * pij;
-                }
-                /* dS_ij = P_ij (dP_ij - sum_j P_ij dP_ij); dq_i = scale sum_j dS_ij k_j;
-                 * dk_j += scale dS_ij q_i */
-                float *dqi = dq + (lo + i) * qs + qo;
-                const float *qi = q + (lo + i) * qs + qo;
-                for (int d = 0; d < dh; d++) {
-                    dqi[d] = 0.0f;
-                }
-                for (int j = 0; j < seen; j++) {
-                    const float ds = (float)(P[(size_t)i * L + j] * (dP[j] - rowdot) * scale);
-                    const float *kj = k + (lo + j) * ks + ko;
-                    float *dkj = dk + (lo + j) * ks + ko;
-                    for (int d = 0; d < dh; d++) {
-                        dqi[d] += ds * kj[d];
-                        dkj[d] += ds * qi[d];
-                    }
-                }
-            }
-        }
+        bwd(dq, dk, dv, dout, q, k, v, offsets, sh, scratch + (size_t)tid * per_thread, p, scale);
     }
 }

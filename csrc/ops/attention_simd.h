@@ -138,3 +138,115 @@ static void SFX(attention_head)(float *out, size_t ldo, const float *q, size_t l
         }
     }
 }
+
+/* ---------------------------------------------------------------- backward
+ * One (sequence, key/value head) pair p of eg_attention_backward: recompute
+ * the probabilities P of each query head of the group (scratch P: L x L,
+ * then one row of dP), then dv, dq and dk. Dot products over the head
+ * dimension are summed in double in BW_LANES fixed lanes, then the lanes
+ * in order, so every instruction-set copy gives the same bits. */
+#define BW_LANES 8
+
+static inline __attribute__((always_inline)) double SFX(dot_d)(const float *a, const float *b,
+                                                          int n)
+{
+    v8d acc = {0};
+    int d = 0;
+    for (; d + BW_LANES <= n; d += BW_LANES) {
+        v8f x, y;
+        memcpy(&x, a + d, sizeof x);
+        memcpy(&y, b + d, sizeof y);
+        acc += __builtin_convertvector(x, v8d) * __builtin_convertvector(y, v8d);
+    }
+    double lane[BW_LANES];
+    memcpy(lane, &acc, sizeof lane);
+    for (int u = 0; d < n; d++, u++) {
+        lane[u] += (double)a[d] * (double)b[d];
+    }
+    double s = 0.0;
+    for (int u = 0; u < BW_LANES; u++) {
+        s += lane[u];
+    }
+    return s;
+}
+
+static void SFX(attention_bwd_pair)(float *dq, float *dk, float *dv, const float *dout,
+                                const float *q, const float *k, const float *v,
+                                const int64_t *offsets, const eg_attention_shape *sh,
+                                float *P, long p, double scale)
+{
+    const int Hkv = sh->n_kv_heads, dh = sh->head_dim;
+    const int group = sh->n_heads / Hkv;
+    const size_t qs = sh->q_stride, ks = sh->kv_stride, os = sh->out_stride;
+    const int s = (int)(p / Hkv), kvh = (int)(p % Hkv);
+    const size_t lo = (size_t)offsets[s];
+    const int L = (int)(offsets[s + 1] - offsets[s]);
+    float *dP = P + (size_t)L * L;
+    const size_t ko = (size_t)kvh * dh;
+    for (int i = 0; i < L; i++) {
+        memset(dk + (lo + i) * ks + ko, 0, (size_t)dh * sizeof(float));
+        memset(dv + (lo + i) * ks + ko, 0, (size_t)dh * sizeof(float));
+    }
+    for (int h = kvh * group; h < (kvh + 1) * group; h++) {
+        const size_t qo = (size_t)h * dh;
+        /* P: the forward's probabilities, in double sums */
+        for (int i = 0; i < L; i++) {
+            const int seen = sh->causal ? i + 1 : L;
+            const float *qi = q + (lo + i) * qs + qo;
+            double mx = -INFINITY;
+            for (int j = 0; j < seen; j++) {
+                const float *kj = k + (lo + j) * ks + ko;
+                double acc = SFX(dot_d)(qi, kj, dh);
+                P[(size_t)i * L + j] = (float)(acc * scale);
+                mx = fmax(mx, P[(size_t)i * L + j]);
+            }
+            double sum = 0.0;
+            for (int j = 0; j < seen; j++) {
+                double e = exp((double)P[(size_t)i * L + j] - mx);
+                P[(size_t)i * L + j] = (float)e;
+                sum += e;
+            }
+            for (int j = 0; j < seen; j++) {
+                P[(size_t)i * L + j] = (float)(P[(size_t)i * L + j] / sum);
+            }
+            for (int j = seen; j < L; j++) {
+                P[(size_t)i * L + j] = 0.0f;
+            }
+        }
+        for (int i = 0; i < L; i++) {
+            const int seen = sh->causal ? i + 1 : L;
+            const float *doi = dout + (lo + i) * os + qo;
+            /* dP_ij = dO_i . v_j ; dv_j += P_ij dO_i */
+            double rowdot = 0.0;
+            for (int j = 0; j < seen; j++) {
+                const float *vj = v + (lo + j) * ks + ko;
+                float *dvj = dv + (lo + j) * ks + ko;
+                const float pij = P[(size_t)i * L + j];
+                const double acc = SFX(dot_d)(doi, vj, dh);
+                #pragma omp simd
+                for (int d = 0; d < dh; d++) {
+                    dvj[d] += pij * doi[d];
+                }
+                dP[j] = (float)acc;
+                rowdot += acc * pij;
+            }
+            /* dS_ij = P_ij (dP_ij - sum_j P_ij dP_ij); dq_i = scale sum_j dS_ij k_j;
+             * dk_j += scale dS_ij q_i */
+            float *dqi = dq + (lo + i) * qs + qo;
+            const float *qi = q + (lo + i) * qs + qo;
+            for (int d = 0; d < dh; d++) {
+                dqi[d] = 0.0f;
+            }
+            for (int j = 0; j < seen; j++) {
+                const float ds = (float)(P[(size_t)i * L + j] * (dP[j] - rowdot) * scale);
+                const float *kj = k + (lo + j) * ks + ko;
+                float *dkj = dk + (lo + j) * ks + ko;
+                #pragma omp simd
+                for (int d = 0; d < dh; d++) {
+                    dqi[d] += ds * kj[d];
+                    dkj[d] += ds * qi[d];
+                }
+            }
+        }
+    }
+}

@@ -24,6 +24,9 @@
  * - everywhere else, emulation: W and X rounded to bf16 values held in
  *   float32 and multiplied by eg_sgemm. Products of two bf16 values are exact
  *   in float32, so the two differ only in the order of float32 sums.
+ * The backward product dX = dY W (eg_qmatmul_t_prec) reuses the kernel: the
+ * columns of W are packed as the panel rows (eg_bf16_pack_panel_t), so the
+ * kernel's Y = X Wp^T is dY W.
  * Neither is bit-reproducible across CPUs (the hardware adds each pair of
  * products before the accumulator; sgemm's order is OpenBLAS's), which is
  * why float32 stays the default precision everywhere.
@@ -43,18 +46,21 @@
 /* Register tile: 32 weight rows (two zmm of 16 fp32 lanes) x NR tokens. */
 #define PANEL 32
 #define NR 12
-/* K (bf16 values) per block: a panel's block is PANEL * KC * 2 bytes = 32 KiB,
- * inside a 48 KiB L1 with the NR token rows (12 KiB) beside it. */
-#define KC 512
+/* K (bf16 values) per block, at most: a panel's block is PANEL * KC * 2 bytes
+ * = 40 KiB, inside a 48 KiB L1 (Zen 4/5, Sapphire Rapids; 32 KiB L1s keep it
+ * in L2) with a token tile's rows beside it. K is cut into equal blocks
+ * (K = 576: one block, not 512 + 64, whose second pass would reload and
+ * store every accumulator for 64 values of K). */
+#define KC 640
 
 static inline uint16_t round_bf16(float f)
 {
+    /* branch-free (a select), so the scalar packing loops vectorise */
     uint32_t x;
     memcpy(&x, &f, 4);
-    if ((x & 0x7fffffffu) > 0x7f800000u) {
-        return (uint16_t)((x >> 16) | 0x40u); /* NaN stays a (quiet) NaN */
-    }
-    return (uint16_t)((x + 0x7fffu + ((x >> 16) & 1u)) >> 16);
+    const uint32_t rounded = (x + 0x7fffu + ((x >> 16) & 1u)) >> 16;
+    const uint32_t nan = (x >> 16) | 0x40u; /* NaN stays a (quiet) NaN */
+    return (uint16_t)((x & 0x7fffffffu) > 0x7f800000u ? nan : rounded);
 }
 
 void eg_round_bf16_inplace(float *x, size_t n)
@@ -86,7 +92,7 @@ size_t eg_bf16_packed_elems(int rows, int cols)
     return panels * kp * (size_t)PANEL * 2;
 }
 
-void eg_bf16_pack_panel(uint16_t *dst, const float *W, size_t ldw, int nr, int cols)
+static void pack_panel_scalar(uint16_t *dst, const float *W, size_t ldw, int nr, int cols)
 {
     const int kpairs = (cols + 1) / 2;
     for (int kp = 0; kp < kpairs; kp++) {
@@ -104,19 +110,169 @@ void eg_bf16_pack_panel(uint16_t *dst, const float *W, size_t ldw, int nr, int c
     }
 }
 
+static void pack_row_scalar(uint16_t *d, const float *x, int cols)
+{
+    for (int k = 0; k < cols; k++) {
+        d[k] = round_bf16(x[k]);
+    }
+    if (cols % 2) {
+        d[cols] = 0;
+    }
+}
+
+#ifdef EG_X86_CLONES
+/* The packers in AVX-512 integer arithmetic: the same rounding as
+ * round_bf16, bit for bit, on 16 values at a time (VCVTNE2PS2BF16 would
+ * flush denormal inputs to zero, so it is not used). On the SmolLM2 shapes
+ * the scalar packing cost as much as a third of the product's time. */
+__attribute__((target("avx512f,avx512bw,avx512vl")))
+static inline __m256i round16_bf16(__m512 v)
+{
+    const __m512i x = _mm512_castps_si512(v);
+    const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(x, 16), _mm512_set1_epi32(1));
+    const __m512i rne = _mm512_srli_epi32(
+        _mm512_add_epi32(x, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff))), 16);
+    const __m512i quiet = _mm512_or_si512(_mm512_srli_epi32(x, 16), _mm512_set1_epi32(0x40));
+    const __mmask16 nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(x, _mm512_set1_epi32(0x7fffffff)),
+                                                  _mm512_set1_epi32(0x7f800000));
+    return _mm512_cvtepi32_epi16(_mm512_mask_blend_epi32(nan, rne, quiet));
+}
+
+/* r[0..16) as a 16 x 16 matrix of 32-bit values, transposed in place
+ * (unpack 32, unpack 64, two 128-bit lane shuffles). */
+__attribute__((target("avx512f,avx512bw,avx512vl"), always_inline))
+static inline void transpose16x16_epi32(__m512i *r)
+{
+    __m512i t[16];
+    for (int i = 0; i < 16; i += 2) {
+        t[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);
+        t[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);
+    }
+    for (int i = 0; i < 16; i += 4) {
+        r[i] = _mm512_unpacklo_epi64(t[i], t[i + 2]);
+        r[i + 1] = _mm512_unpackhi_epi64(t[i], t[i + 2]);
+        r[i + 2] = _mm512_unpacklo_epi64(t[i + 1], t[i + 3]);
+        r[i + 3] = _mm512_unpackhi_epi64(t[i + 1], t[i + 3]);
+    }
+    for (int h = 0; h < 16; h += 8) {
+        for (int i = 0; i < 4; i++) {
+            t[h + i] = _mm512_shuffle_i32x4(r[h + i], r[h + 4 + i], 0x88);
+            t[h + 4 + i] = _mm512_shuffle_i32x4(r[h + i], r[h + 4 + i], 0xdd);
+        }
+    }
+    for (int i = 0; i < 8; i++) {
+        r[i] = _mm512_shuffle_i32x4(t[i], t[8 + i], 0x88);
+        r[8 + i] = _mm512_shuffle_i32x4(t[i], t[8 + i], 0xdd);
+    }
+}
+
+__attribute__((target("avx512f,avx512bw,avx512vl")))
+static void pack_panel_avx512(uint16_t *dst, const float *W, size_t ldw, int nr, int cols)
+{
+    const int kpairs = (cols + 1) / 2;
+    for (int kp0 = 0; kp0 < kpairs; kp0 += 16) {
+        const int k0 = 2 * kp0;
+        const int left = cols - k0;   /* floats of this block in a row, >= 1 */
+        const __mmask16 ma = left >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << left) - 1);
+        const __mmask16 mb = left >= 32 ? (__mmask16)0xffff
+                           : left <= 16 ? (__mmask16)0 : (__mmask16)((1u << (left - 16)) - 1);
+        const int npairs = kpairs - kp0 < 16 ? kpairs - kp0 : 16;
+        uint32_t *base = (uint32_t *)(void *)dst + (size_t)kp0 * PANEL;
+        /* 16 rows at a time: row r's pairs kp0..kp0+15 as one vector, then
+         * a transpose gives pair kp's 16 rows as one vector */
+        for (int rb = 0; rb < PANEL; rb += 16) {
+            __m512i v[16];
+            for (int i = 0; i < 16; i++) {
+                v[i] = _mm512_setzero_si512();
+                if (rb + i < nr) {
+                    const float *w = W + (size_t)(rb + i) * ldw + k0;
+                    const __m256i lo = round16_bf16(_mm512_maskz_loadu_ps(ma, w));
+                    const __m256i hi = round16_bf16(_mm512_maskz_loadu_ps(mb, w + 16));
+                    v[i] = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+                }
+            }
+            transpose16x16_epi32(v);
+            for (int c = 0; c < npairs; c++) {
+                _mm512_storeu_si512(base + (size_t)c * PANEL + rb, v[c]);
+            }
+        }
+    }
+}
+
+__attribute__((target("avx512f,avx512bw,avx512vl")))
+static void pack_row_avx512(uint16_t *d, const float *x, int cols)
+{
+    int k = 0;
+    for (; k + 16 <= cols; k += 16) {
+        _mm256_storeu_si256((__m256i *)(void *)(d + k), round16_bf16(_mm512_loadu_ps(x + k)));
+    }
+    if (k < cols) {
+        const __mmask16 m = (__mmask16)((1u << (cols - k)) - 1);
+        _mm256_mask_storeu_epi16(d + k, m, round16_bf16(_mm512_maskz_loadu_ps(m, x + k)));
+    }
+    if (cols % 2) {
+        d[cols] = 0;
+    }
+}
+#endif
+
+void eg_bf16_pack_panel(uint16_t *dst, const float *W, size_t ldw, int nr, int cols)
+{
+#ifdef EG_X86_CLONES
+    if (eg_bf16_kernel_available()) {
+        pack_panel_avx512(dst, W, ldw, nr, cols);
+        return;
+    }
+#endif
+    pack_panel_scalar(dst, W, ldw, nr, cols);
+}
+
+void eg_bf16_pack_panel_t(uint16_t *dst, const float *W, size_t ldw, int c0, int nc, int rows)
+{
+    /* panel rows are the columns c0 .. c0+nc of W; K runs over W's rows */
+    const int kpairs = (rows + 1) / 2;
+    for (int kp = 0; kp < kpairs; kp++) {
+        uint16_t *d = dst + (size_t)kp * PANEL * 2;
+        const int k = 2 * kp;
+        const float *w0 = W + (size_t)k * ldw + c0;
+        const float *w1 = k + 1 < rows ? w0 + ldw : NULL;
+        if (nc == PANEL && w1 != NULL) {
+            #pragma omp simd
+            for (int r = 0; r < PANEL; r++) {
+                d[2 * r] = round_bf16(w0[r]);
+                d[2 * r + 1] = round_bf16(w1[r]);
+            }
+            continue;
+        }
+        for (int r = 0; r < PANEL; r++) {
+            if (r < nc) {
+                d[2 * r] = round_bf16(w0[r]);
+                d[2 * r + 1] = w1 != NULL ? round_bf16(w1[r]) : 0;
+            } else {
+                d[2 * r] = d[2 * r + 1] = 0;
+            }
+        }
+    }
+}
+
 void eg_bf16_pack_rows(uint16_t *dst, const float *X, size_t ldx, size_t N, int cols)
 {
     const size_t kp2 = (size_t)((cols + 1) / 2) * 2;
+#ifdef EG_X86_CLONES
+    const int vec = eg_bf16_kernel_available();
+#else
+    const int vec = 0;
+#endif
     #pragma omp parallel for schedule(static) if (N * (size_t)cols >= ((size_t)1 << 17))
     for (size_t i = 0; i < N; i++) {
-        const float *x = X + i * ldx;
-        uint16_t *d = dst + i * kp2;
-        for (int k = 0; k < cols; k++) {
-            d[k] = round_bf16(x[k]);
+#ifdef EG_X86_CLONES
+        if (vec) {
+            pack_row_avx512(dst + i * kp2, X + i * ldx, cols);
+            continue;
         }
-        if ((size_t)cols < kp2) {
-            d[cols] = 0;
-        }
+#endif
+        (void)vec;
+        pack_row_scalar(dst + i * kp2, X + i * ldx, cols);
     }
 }
 
@@ -124,6 +280,27 @@ void eg_bf16_pack_rows(uint16_t *dst, const float *X, size_t ldx, size_t N, int 
 /* One register tile: Y[0..nt)[0..nrows) (+)= X rows . panel rows over the
  * K pairs [kp0, kp1). nt <= NR; rows past nrows (a short last panel) are
  * computed on the zero padding and not stored. */
+/* acc{0,1}[j] += the K pairs [kp0, kp1) of token j . the panel's rows 0-15
+ * and 16-31, for tokens j < nt. */
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16"), always_inline))
+static inline void tile_steps(__m512 *acc0, __m512 *acc1, const uint16_t *Xb, size_t ldxb,
+                              const uint16_t *Wp, int kp0, int kp1, int nt)
+{
+    for (int kp = kp0; kp < kp1; kp++) {
+        const __m512bh a0 = (__m512bh)_mm512_load_si512(Wp + (size_t)kp * 64);
+        const __m512bh a1 = (__m512bh)_mm512_load_si512(Wp + (size_t)kp * 64 + 32);
+        const uint16_t *xk = Xb + 2 * (size_t)kp;
+#pragma GCC unroll 12
+        for (int j = 0; j < nt; j++) {
+            int32_t pair;
+            memcpy(&pair, xk + (size_t)j * ldxb, 4);
+            const __m512bh b = (__m512bh)_mm512_set1_epi32(pair);
+            acc0[j] = _mm512_dpbf16_ps(acc0[j], a0, b);
+            acc1[j] = _mm512_dpbf16_ps(acc1[j], a1, b);
+        }
+    }
+}
+
 __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
 static void tile_bf16(float *Y, size_t ldy, const uint16_t *Xb, size_t ldxb, const uint16_t *Wp,
                       int kp0, int kp1, int nt, int nrows, int accumulate)
@@ -141,33 +318,12 @@ static void tile_bf16(float *Y, size_t ldy, const uint16_t *Xb, size_t ldxb, con
             acc1[j] = _mm512_setzero_ps();
         }
     }
+    /* a constant trip count for whole tiles, so the compiler unrolls the
+     * token loop and keeps the 24 accumulators in registers */
     if (nt == NR) {
-        for (int kp = kp0; kp < kp1; kp++) {
-            const __m512bh a0 = (__m512bh)_mm512_load_si512(Wp + (size_t)kp * 64);
-            const __m512bh a1 = (__m512bh)_mm512_load_si512(Wp + (size_t)kp * 64 + 32);
-            const uint16_t *xk = Xb + 2 * (size_t)kp;
-#pragma GCC unroll 12
-            for (int j = 0; j < NR; j++) {
-                int32_t pair;
-                memcpy(&pair, xk + (size_t)j * ldxb, 4);
-                const __m512bh b = (__m512bh)_mm512_set1_epi32(pair);
-                acc0[j] = _mm512_dpbf16_ps(acc0[j], a0, b);
-                acc1[j] = _mm512_dpbf16_ps(acc1[j], a1, b);
-            }
-        }
+        tile_steps(acc0, acc1, Xb, ldxb, Wp, kp0, kp1, NR);
     } else {
-        for (int kp = kp0; kp < kp1; kp++) {
-            const __m512bh a0 = (__m512bh)_mm512_load_si512(Wp + (size_t)kp * 64);
-            const __m512bh a1 = (__m512bh)_mm512_load_si512(Wp + (size_t)kp * 64 + 32);
-            const uint16_t *xk = Xb + 2 * (size_t)kp;
-            for (int j = 0; j < nt; j++) {
-                int32_t pair;
-                memcpy(&pair, xk + (size_t)j * ldxb, 4);
-                const __m512bh b = (__m512bh)_mm512_set1_epi32(pair);
-                acc0[j] = _mm512_dpbf16_ps(acc0[j], a0, b);
-                acc1[j] = _mm512_dpbf16_ps(acc1[j], a1, b);
-            }
-        }
+        tile_steps(acc0, acc1, Xb, ldxb, Wp, kp0, kp1, nt);
     }
     for (int j = 0; j < nt; j++) {
         _mm512_mask_storeu_ps(Y + (size_t)j * ldy, m0, acc0[j]);
@@ -179,6 +335,12 @@ static void tile_bf16(float *Y, size_t ldy, const uint16_t *Xb, size_t ldxb, con
 void eg_bf16_gemm_packed(float *Y, size_t ldy, const uint16_t *Xb, size_t N, const uint16_t *Wp,
                          int rows, int cols)
 {
+    eg_bf16_gemm_packed_acc(Y, ldy, Xb, N, Wp, rows, cols, 0);
+}
+
+void eg_bf16_gemm_packed_acc(float *Y, size_t ldy, const uint16_t *Xb, size_t N,
+                             const uint16_t *Wp, int rows, int cols, int accumulate)
+{
 #ifdef EG_X86_CLONES
     const int kpairs = (cols + 1) / 2;
     const size_t ldxb = (size_t)kpairs * 2;
@@ -188,9 +350,11 @@ void eg_bf16_gemm_packed(float *Y, size_t ldy, const uint16_t *Xb, size_t N, con
     const int nthr = eg_get_num_threads();
     /* one task: a panel against NR tokens over one K block; every K block
      * finishes (the barrier of `omp for`) before the next adds to Y */
+    const int nkb = (kpairs + KC / 2 - 1) / (KC / 2);
+    const int kblock = (kpairs + nkb - 1) / nkb;
     #pragma omp parallel num_threads(nthr) if (nthr > 1 && (size_t)rows * cols * N >= ((size_t)1 << 20))
-    for (int kp0 = 0; kp0 < kpairs; kp0 += KC / 2) {
-        const int kp1 = kp0 + KC / 2 < kpairs ? kp0 + KC / 2 : kpairs;
+    for (int kp0 = 0; kp0 < kpairs; kp0 += kblock) {
+        const int kp1 = kp0 + kblock < kpairs ? kp0 + kblock : kpairs;
         #pragma omp for schedule(dynamic, 4)
         for (int t = 0; t < ntasks; t++) {
             const int p = t / nblocks;
@@ -198,10 +362,10 @@ void eg_bf16_gemm_packed(float *Y, size_t ldy, const uint16_t *Xb, size_t N, con
             const int nt = N - j0 < NR ? (int)(N - j0) : NR;
             const int nrows = rows - p * PANEL < PANEL ? rows - p * PANEL : PANEL;
             tile_bf16(Y + j0 * ldy + (size_t)p * PANEL, ldy, Xb + j0 * ldxb, ldxb,
-                      Wp + (size_t)p * PANEL * ldxb, kp0, kp1, nt, nrows, kp0 > 0);
+                      Wp + (size_t)p * PANEL * ldxb, kp0, kp1, nt, nrows, accumulate || kp0 > 0);
         }
     }
 #else
-    (void)Y; (void)ldy; (void)Xb; (void)N; (void)Wp; (void)rows; (void)cols;
+    (void)Y; (void)ldy; (void)Xb; (void)N; (void)Wp; (void)rows; (void)cols; (void)accumulate;
 #endif
 }

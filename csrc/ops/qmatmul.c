@@ -192,10 +192,9 @@ static eg_status qmm_direct(const qmm_kernels *kern, float *Y, size_t ldy, const
     return EG_OK;
 }
 
-/* The GEMM path. With round_bf16, every dequantized weight is rounded to
- * bf16 before the product (the emulated bf16 precision, X already rounded). */
-static eg_status qmm_gemm(const qmm_kernels *kern, float *Y, size_t ldy, const float *X,
-                          size_t ldx, size_t N, const eg_qmat *W, int round_bf16, eg_err *err)
+/* The rows per dequantized tile of the GEMM paths and the tile itself
+ * (NULL with err set when out of memory). */
+static float *alloc_tile(const eg_qmat *W, int *tile_rows, eg_err *err)
 {
     const int cols = (int)W->cols, rows = (int)W->rows;
     int tile = g_tile_rows > 0 ? g_tile_rows : (int)(TILE_FLOATS / (size_t)cols);
@@ -207,21 +206,44 @@ static eg_status qmm_gemm(const qmm_kernels *kern, float *Y, size_t ldy, const f
     }
     float *buf = eg_aligned_alloc((size_t)tile * (size_t)cols * sizeof(float));
     if (buf == NULL) {
-        return eg_seterr(err, EG_ENOMEM, "out of memory for a %d x %d dequantized tile", tile, cols);
+        eg_seterr(err, EG_ENOMEM, "out of memory for a %d x %d dequantized tile", tile, cols);
+    }
+    *tile_rows = tile;
+    return buf;
+}
+
+/* Rows r0 .. r0+nr of W dequantized into buf in parallel (8 rows a chunk),
+ * rounded to bf16 values with round_bf16; the caller's GEMM then runs
+ * outside any OpenMP region. */
+static void dequantize_tile(const qmm_kernels *kern, const eg_qmat *W, int r0, int nr, float *buf,
+                            int round_bf16)
+{
+    const size_t cols = (size_t)W->cols;
+    const int nchunks = (nr + 7) / 8;
+    #pragma omp parallel for schedule(dynamic, 4) if (nr * cols >= 65536)
+    for (int c = 0; c < nchunks; c++) {
+        const int a = r0 + 8 * c, b = a + 8 < r0 + nr ? a + 8 : r0 + nr;
+        kern->deq_rows(W, a, b, buf + (size_t)(a - r0) * cols);
+        if (round_bf16) {
+            eg_round_bf16_inplace(buf + (size_t)(a - r0) * cols, (size_t)(b - a) * cols);
+        }
+    }
+}
+
+/* The GEMM path. With round_bf16, every dequantized weight is rounded to
+ * bf16 before the product (the emulated bf16 precision, X already rounded). */
+static eg_status qmm_gemm(const qmm_kernels *kern, float *Y, size_t ldy, const float *X,
+                          size_t ldx, size_t N, const eg_qmat *W, int round_bf16, eg_err *err)
+{
+    const int cols = (int)W->cols, rows = (int)W->rows;
+    int tile;
+    float *buf = alloc_tile(W, &tile, err);
+    if (buf == NULL) {
+        return EG_ENOMEM;
     }
     for (int r0 = 0; r0 < rows; r0 += tile) {
         const int nr = rows - r0 < tile ? rows - r0 : tile;
-        const int nchunks = (nr + 7) / 8;
-        /* dequantize in parallel (8 rows a chunk), then the threaded GEMM
-         * outside any OpenMP region */
-        #pragma omp parallel for schedule(dynamic, 4) if (nr * (size_t)cols >= 65536)
-        for (int c = 0; c < nchunks; c++) {
-            const int a = r0 + 8 * c, b = a + 8 < r0 + nr ? a + 8 : r0 + nr;
-            kern->deq_rows(W, a, b, buf + (size_t)(a - r0) * cols);
-            if (round_bf16) {
-                eg_round_bf16_inplace(buf + (size_t)(a - r0) * cols, (size_t)(b - a) * cols);
-            }
-        }
+        dequantize_tile(kern, W, r0, nr, buf, round_bf16);
         eg_sgemm(0, 1, (int)N, nr, cols, 1.0f, X, (int)ldx, buf, cols, 0.0f, Y + r0, (int)ldy);
     }
     eg_aligned_free(buf);
@@ -354,6 +376,101 @@ eg_status eg_qmatmul_t(float *dX, size_t ldx, const float *dY, size_t ldy, size_
         return EG_OK;
     }
     const qmm_kernels *kern = &copies[eg_isa_level()];
+    int tile;
+    float *buf = alloc_tile(W, &tile, err);
+    if (buf == NULL) {
+        return EG_ENOMEM;
+    }
+    for (int r0 = 0; r0 < rows; r0 += tile) {
+        const int nr = rows - r0 < tile ? rows - r0 : tile;
+        dequantize_tile(kern, W, r0, nr, buf, 0);
+        eg_sgemm(0, 0, (int)N, cols, nr, 1.0f, dY + r0, (int)ldy, buf, cols,
+                 (accumulate || r0 > 0) ? 1.0f : 0.0f, dX, (int)ldx);
+    }
+    eg_aligned_free(buf);
+    return EG_OK;
+}
+
+/* The bf16 backward product: dX (N, cols) (+)= bf16(dY) (N, rows) @ bf16(W).
+ * W is dequantized a row block at a time (every layer in view is one block),
+ * its columns packed as panels of W^T; each block adds its share of the K
+ * sum (K = W's rows) into dX. */
+static eg_status qmm_t_bf16(const qmm_kernels *kern, float *dX, size_t ldx, const float *dY,
+                            size_t ldy, size_t N, const eg_qmat *W, int accumulate, eg_err *err)
+{
+    const int cols = (int)W->cols, rows = (int)W->rows;
+    int tile = (int)(TILE_FLOATS / (size_t)cols);
+    if (g_tile_rows > 0) {
+        tile = g_tile_rows;
+    }
+    if (tile < 16) {
+        tile = 16;
+    }
+    if (tile > rows) {
+        tile = rows;
+    }
+    tile += tile & 1;  /* K pairs never straddle two blocks */
+    const int panels = (cols + 31) / 32;
+    const size_t kp2 = (size_t)((tile + 1) / 2) * 2;
+    size_t ybytes;
+    float *buf = eg_aligned_alloc((size_t)tile * (size_t)cols * sizeof(float));
+    uint16_t *wp = eg_aligned_alloc((size_t)panels * 32 * kp2 * sizeof(uint16_t));
+    uint16_t *yb = eg_mul_ovf(N, kp2 * sizeof(uint16_t), &ybytes) ? NULL : eg_aligned_alloc(ybytes);
+    if (buf == NULL || wp == NULL || yb == NULL) {
+        eg_aligned_free(buf);
+        eg_aligned_free(wp);
+        eg_aligned_free(yb);
+        return eg_seterr(err, EG_ENOMEM, "out of memory for bf16 copies of a %d x %d backward "
+                         "product with %zu rows", rows, cols, N);
+    }
+    for (int r0 = 0; r0 < rows; r0 += tile) {
+        const int nr = rows - r0 < tile ? rows - r0 : tile;
+        const int nchunks = (nr + 7) / 8;
+        #pragma omp parallel if (nr * (size_t)cols >= 65536)
+        {
+            #pragma omp for schedule(dynamic, 4)
+            for (int c = 0; c < nchunks; c++) {
+                const int a = r0 + 8 * c, b = a + 8 < r0 + nr ? a + 8 : r0 + nr;
+                kern->deq_rows(W, a, b, buf + (size_t)(a - r0) * cols);
+            }
+            #pragma omp for schedule(dynamic, 1)
+            for (int pnl = 0; pnl < panels; pnl++) {
+                const int c0 = 32 * pnl, nc = cols - c0 < 32 ? cols - c0 : 32;
+                eg_bf16_pack_panel_t(wp + (size_t)pnl * 32 * ((size_t)((nr + 1) / 2) * 2), buf,
+                                     (size_t)cols, c0, nc, nr);
+            }
+        }
+        eg_bf16_pack_rows(yb, dY + r0, ldy, N, nr);
+        eg_bf16_gemm_packed_acc(dX, ldx, yb, N, wp, cols, nr, accumulate || r0 > 0);
+    }
+    eg_aligned_free(buf);
+    eg_aligned_free(wp);
+    eg_aligned_free(yb);
+    return EG_OK;
+}
+
+eg_status eg_qmatmul_t_prec(float *dX, size_t ldx, const float *dY, size_t ldy, size_t N,
+                            const eg_qmat *W, int accumulate, int precision, eg_err *err)
+{
+    if (precision != EG_PREC_BF16 || N <= (size_t)g_direct_max || N == 0) {
+        return eg_qmatmul_t(dX, ldx, dY, ldy, N, W, accumulate, err);
+    }
+    const qmm_kernels *kern = &copies[eg_isa_level()];
+    const int cols = (int)W->cols, rows = (int)W->rows;
+    if (eg_bf16_kernel_available()) {
+        return qmm_t_bf16(kern, dX, ldx, dY, ldy, N, W, accumulate, err);
+    }
+    /* emulation: rounded copies of dY and of W (one tile at a time) */
+    size_t ybytes;
+    float *yr;
+    if (eg_mul_ovf(N, (size_t)rows * sizeof(float), &ybytes)
+        || (yr = eg_aligned_alloc(ybytes)) == NULL) {
+        return eg_seterr(err, EG_ENOMEM, "out of memory for %zu x %d rounded gradients", N, rows);
+    }
+    for (size_t i = 0; i < N; i++) {
+        memcpy(yr + i * rows, dY + i * ldy, (size_t)rows * sizeof(float));
+    }
+    eg_round_bf16_inplace(yr, N * (size_t)rows);
     int tile = g_tile_rows > 0 ? g_tile_rows : (int)(TILE_FLOATS / (size_t)cols);
     if (tile < 16) {
         tile = 16;
@@ -363,6 +480,7 @@ eg_status eg_qmatmul_t(float *dX, size_t ldx, const float *dY, size_t ldy, size_
     }
     float *buf = eg_aligned_alloc((size_t)tile * (size_t)cols * sizeof(float));
     if (buf == NULL) {
+        eg_aligned_free(yr);
         return eg_seterr(err, EG_ENOMEM, "out of memory for a %d x %d dequantized tile", tile, cols);
     }
     for (int r0 = 0; r0 < rows; r0 += tile) {
@@ -372,10 +490,12 @@ eg_status eg_qmatmul_t(float *dX, size_t ldx, const float *dY, size_t ldy, size_
         for (int c = 0; c < nchunks; c++) {
             const int a = r0 + 8 * c, b = a + 8 < r0 + nr ? a + 8 : r0 + nr;
             kern->deq_rows(W, a, b, buf + (size_t)(a - r0) * cols);
+            eg_round_bf16_inplace(buf + (size_t)(a - r0) * cols, (size_t)(b - a) * cols);
         }
-        eg_sgemm(0, 0, (int)N, cols, nr, 1.0f, dY + r0, (int)ldy, buf, cols,
+        eg_sgemm(0, 0, (int)N, cols, nr, 1.0f, yr + r0, rows, buf, cols,
                  (accumulate || r0 > 0) ? 1.0f : 0.0f, dX, (int)ldx);
     }
     eg_aligned_free(buf);
+    eg_aligned_free(yr);
     return EG_OK;
 }

@@ -9,6 +9,7 @@
 #include "eg.h"
 #include "eg_llama_train.h"
 #include "eg_ops.h"
+#include "eg_gmoe.h"
 #include "eg_test.h"
 #include "eg_gradcheck.h"
 
@@ -100,11 +101,11 @@ static void ld_fwd(void *c, float *out)
                           k->O, k->r, k->scale, k->p, 77, k->scratch);
 }
 
-static void test_lora_delta(void)
+static void test_lora_delta(int r)
 {
     uint64_t rng = 43;
     const size_t N = 6;
-    const int In = 9, O = 7, r = 3;
+    const int In = 9, O = 7;
     for (int withp = 0; withp < 2; withp++) {
         float *x = rnd(N * In, &rng, 1.0f), *A = rnd((size_t)r * In, &rng, 0.5f);
         float *B = rnd((size_t)O * r, &rng, 0.5f), *base = rnd(N * O, &rng, 1.0f);
@@ -131,6 +132,101 @@ static void test_lora_delta(void)
         free(x); free(A); free(B); free(base); free(R); free(hA); free(scratch); free(dh);
         free(dx); free(dA); free(dB); free(out);
     }
+}
+
+/* A shape large enough for the threaded loops, against a double reference:
+ * the direct small-rank loops (r <= 16) and the BLAS path (r > 16). */
+static void test_lora_delta_big(int r, float p)
+{
+    uint64_t rng = 53;
+    const size_t N = 301;   /* threaded (N * (In + O) >= EG_OMP_MIN_WORK), 5 row blocks */
+    const int In = 300, O = 190, ldx = In + 3, ldo = O + 2;
+    float *x = rnd(N * ldx, &rng, 1.0f), *A = rnd((size_t)r * In, &rng, 0.2f);
+    float *B = rnd((size_t)O * r, &rng, 0.2f), *dout = rnd(N * ldo, &rng, 1.0f);
+    float *out = calloc(N * ldo, sizeof *out), *hA = malloc(N * r * sizeof *hA);
+    float *scratch = malloc(N * In * sizeof *scratch), *dh = malloc(N * r * sizeof *dh);
+    float *dx = calloc(N * ldx, sizeof *dx), *dA = calloc((size_t)r * In, sizeof *dA);
+    float *dB = calloc((size_t)O * r, sizeof *dB);
+    const float s = 2.0f / r;
+    eg_lora_delta_forward(out, ldo, hA, x, ldx, A, B, N, In, O, r, s, p, 99, scratch);
+    eg_lora_delta_backward(dx, ldx, dA, dB, dout, ldo, x, ldx, hA, A, B, N, In, O, r, s, p, 99,
+                           scratch, dh);
+    double *xd = malloc(N * In * sizeof *xd), *h = malloc(N * r * sizeof *h);
+    double *g = malloc(N * r * sizeof *g);
+    for (size_t t = 0; t < N; t++) {
+        for (int c = 0; c < In; c++) {
+            xd[t * In + c] = (double)x[t * ldx + c] * eg_gmoe_dropout(99, t * In + c, p);
+        }
+    }
+    double e_out = 0, e_dx = 0, e_dA = 0, e_dB = 0;
+    for (size_t t = 0; t < N; t++) {
+        for (int j = 0; j < r; j++) {
+            double a = 0, b = 0;
+            for (int c = 0; c < In; c++) {
+                a += xd[t * In + c] * A[(size_t)j * In + c];
+            }
+            for (int k = 0; k < O; k++) {
+                b += (double)dout[t * ldo + k] * B[(size_t)k * r + j];
+            }
+            h[t * r + j] = a;
+            g[t * r + j] = s * b;
+        }
+        for (int k = 0; k < O; k++) {
+            double a = 0;
+            for (int j = 0; j < r; j++) {
+                a += h[t * r + j] * B[(size_t)k * r + j];
+            }
+            e_out = fmax(e_out, fabs(s * a - out[t * ldo + k]));
+        }
+        for (int c = 0; c < In; c++) {
+            double a = 0;
+            for (int j = 0; j < r; j++) {
+                a += g[t * r + j] * A[(size_t)j * In + c];
+            }
+            a *= eg_gmoe_dropout(99, t * In + c, p);
+            e_dx = fmax(e_dx, fabs(a - dx[t * ldx + c]));
+        }
+    }
+    for (int j = 0; j < r; j++) {
+        for (int c = 0; c < In; c++) {
+            double a = 0;
+            for (size_t t = 0; t < N; t++) {
+                a += g[t * r + j] * xd[t * In + c];
+            }
+            e_dA = fmax(e_dA, fabs(a - dA[(size_t)j * In + c]));
+        }
+    }
+    for (int k = 0; k < O; k++) {
+        for (int j = 0; j < r; j++) {
+            double a = 0;
+            for (size_t t = 0; t < N; t++) {
+                a += s * (double)dout[t * ldo + k] * h[t * r + j];
+            }
+            e_dB = fmax(e_dB, fabs(a - dB[(size_t)k * r + j]));
+        }
+    }
+    CHECK(e_out < 1e-4 && e_dx < 1e-4 && e_dA < 2e-3 && e_dB < 2e-3,
+          "lora_delta r=%d p=%g vs double: out %g dx %g dA %g dB %g", r, (double)p, e_out, e_dx,
+          e_dA, e_dB);
+    if (r <= 16) {
+        /* the direct loops: the same bits with one thread */
+        float *dx1 = calloc(N * ldx, sizeof *dx1), *dA1 = calloc((size_t)r * In, sizeof *dA1);
+        float *dB1 = calloc((size_t)O * r, sizeof *dB1), *out1 = calloc(N * ldo, sizeof *out1);
+        const int old = eg_get_num_threads();
+        eg_set_num_threads(1);
+        eg_lora_delta_forward(out1, ldo, hA, x, ldx, A, B, N, In, O, r, s, p, 99, scratch);
+        eg_lora_delta_backward(dx1, ldx, dA1, dB1, dout, ldo, x, ldx, hA, A, B, N, In, O, r, s,
+                               p, 99, scratch, dh);
+        eg_set_num_threads(old);
+        CHECK(memcmp(out, out1, N * ldo * sizeof(float)) == 0
+              && memcmp(dx, dx1, N * ldx * sizeof(float)) == 0
+              && memcmp(dA, dA1, (size_t)r * In * sizeof(float)) == 0
+              && memcmp(dB, dB1, (size_t)O * r * sizeof(float)) == 0,
+              "lora_delta r=%d: results depend on the thread count (%d vs 1)", r, old);
+        free(dx1); free(dA1); free(dB1); free(out1);
+    }
+    free(x); free(A); free(B); free(dout); free(out); free(hA); free(scratch); free(dh);
+    free(dx); free(dA); free(dB); free(xd); free(h); free(g);
 }
 
 typedef struct { const float *x; const int32_t *tg; size_t n; const eg_qmat *W; } ce_ctx;
@@ -277,6 +373,27 @@ static void test_model(int untied, int quant, int bias)
     char name[64];
     snprintf(name, sizeof name, "llama lora (untied %d, q8_0 %d, bias %d)", untied, quant, bias);
     gradcheck(name, mdl_fwd, &k, R, 1, vars, 1, 1e-2f, 2e-2, 2e-4);
+    /* activation recomputation: the same loss and gradients, bit for bit */
+    {
+        float *G0 = malloc(np * sizeof *G0);
+        memset(G, 0, np * sizeof *G);
+        double s0, s1;
+        eg_llama_lora_step(t, ids, off, 3, tg, 1.0f, 1, 0, &s0, NULL, &err);
+        memcpy(G0, G, np * sizeof *G);
+        eg_llama_lora_set_recompute(t, 1);
+        memset(G, 0, np * sizeof *G);
+        CHECK(eg_llama_lora_step(t, ids, off, 3, tg, 1.0f, 1, 0, &s1, NULL, &err) == EG_OK,
+              "recompute step: %s", err.msg);
+        eg_llama_lora_set_recompute(t, 0);
+        CHECK(s0 == s1 && memcmp(G0, G, np * sizeof *G) == 0, "%s: recompute changed the result",
+              name);
+        double prof[EG_LORA_PROF_N];
+        eg_llama_lora_profile(t, prof, 1);
+        CHECK(prof[EG_LORA_PROF_FWD_BASE] > 0 && prof[EG_LORA_PROF_BWD_BASE] > 0, "profile");
+        eg_llama_lora_profile(t, prof, 0);
+        CHECK(prof[EG_LORA_PROF_FWD_BASE] == 0.0, "profile reset");
+        free(G0);
+    }
     /* bad inputs */
     int32_t bad_tg[12];
     memcpy(bad_tg, tg, sizeof bad_tg);
@@ -300,7 +417,11 @@ static void test_model(int untied, int quant, int bias)
 int main(void)
 {
     test_qmatmul_t();
-    test_lora_delta();
+    test_lora_delta(3);    /* the direct small-rank loops */
+    test_lora_delta(20);   /* the BLAS path */
+    test_lora_delta_big(2, 0.0f);
+    test_lora_delta_big(4, 0.1f);
+    test_lora_delta_big(17, 0.1f);
     test_lmhead_ce();
     test_model(0, 0, 0);
     test_model(1, 0, 1);

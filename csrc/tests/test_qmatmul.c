@@ -225,6 +225,139 @@ static void test_bf16(int type, int rows, int cols)
     free(y);
 }
 
+/* eg_qmatmul_t_prec bf16: dX (+)= bf16(dY) @ bf16(W), against the double
+ * product of the rounded operands; row blocks of W (tile_rows) with an odd
+ * last block (the K pair padding), a strided dY and dX, and accumulation. */
+static void test_bf16_t(int type, int rows, int cols, int tile_rows)
+{
+    const char *name = eg_ggml_type_name(type);
+    size_t nbytes;
+    unsigned char *raw = random_matrix(type, rows, cols, &nbytes);
+    eg_err err;
+    eg_err_clear(&err);
+    eg_qmat w;
+    CHECK(eg_qmat_init(&w, type, rows, cols, raw, "w", &err) == EG_OK, "%s: %s", name, err.msg);
+    float *wd = malloc(sizeof(float) * (size_t)rows * cols);
+    eg_dequantize(type, raw, wd, (size_t)rows * cols);
+    eg_round_bf16_inplace(wd, (size_t)rows * cols);
+    const int n = 77, ldy = rows + 3, ldx = cols + 5;
+    float *dy = malloc(sizeof(float) * (size_t)n * ldy), *dyr = malloc(sizeof(float) * (size_t)n * ldy);
+    for (size_t i = 0; i < (size_t)n * ldy; i++) {
+        dy[i] = dyr[i] = frand();
+    }
+    eg_round_bf16_inplace(dyr, (size_t)n * ldy);
+    float *dx = malloc(sizeof(float) * (size_t)n * ldx);
+    for (int acc = 0; acc < 2; acc++) {
+        for (size_t i = 0; i < (size_t)n * ldx; i++) {
+            dx[i] = acc ? 0.25f : NAN;  /* assign must overwrite, accumulate must add */
+        }
+        const int old = eg_qmatmul_direct_max(-1), old_tile = eg_qmatmul_tile_rows(tile_rows);
+        eg_qmatmul_direct_max(0);
+        CHECK(eg_qmatmul_t_prec(dx, ldx, dy, ldy, n, &w, acc, EG_PREC_BF16, &err) == EG_OK,
+              "%s", err.msg);
+        eg_qmatmul_direct_max(old);
+        eg_qmatmul_tile_rows(old_tile);
+        double worst = 0.0;
+        int changed = 0;
+        for (int t = 0; t < n; t++) {
+            for (int c = 0; c < cols; c++) {
+                double ref = acc ? 0.25 : 0.0, ref32 = ref, scale = fabs(ref);
+                for (int r = 0; r < rows; r++) {
+                    const double a = dyr[(size_t)t * ldy + r], b = wd[(size_t)r * cols + c];
+                    ref += a * b;
+                    ref32 += (double)dy[(size_t)t * ldy + r] * b;
+                    scale += fabs(a * b);
+                }
+                const double e = fabs((double)dx[(size_t)t * ldx + c] - ref);
+                const double bound = 2.0 * (rows + 3) * ldexp(1.0, -24) * scale + 1e-30;
+                worst = e / bound > worst || isnan(e) ? (isnan(e) ? 1e30 : e / bound) : worst;
+                changed += ref != ref32;
+            }
+        }
+        CHECK(changed > 0, "%s: the gradients were not rounded", name);
+        CHECK(worst <= 1.0, "%s bf16 backward (kernel %d, tile %d, acc %d): error %.3g x the bound",
+              name, eg_bf16_kernel_available(), tile_rows, acc, worst);
+    }
+    free(raw);
+    free(wd);
+    free(dy);
+    free(dyr);
+    free(dx);
+}
+
+/* The packers give exactly the documented layout and eg_round_bf16_inplace's
+ * bits (the AVX-512 copies where the kernel runs, the scalar ones elsewhere):
+ * ties, NaN, infinities, denormals, partial panels, odd and short rows. */
+static void test_bf16_packing(void)
+{
+    const int shapes[][2] = {{32, 64}, {29, 77}, {1, 1}, {32, 33}, {7, 1031}};
+    for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
+        const int nr = shapes[si][0], cols = shapes[si][1];
+        const int kp2 = (cols + 1) / 2 * 2;
+        const size_t ldw = (size_t)cols + 3;
+        float *w = malloc(sizeof(float) * (size_t)nr * ldw), *wr = malloc(sizeof(float) * (size_t)nr * ldw);
+        for (size_t i = 0; i < (size_t)nr * ldw; i++) {
+            uint32_t u = next_u32();
+            switch (u % 8) {
+            case 0: u = (u & 0x80000000u) | 0x3f808000u; break;   /* a tie: 1 + 2^-8 */
+            case 1: u = (u & 0x80000000u) | 0x3f818000u; break;   /* a tie rounding up */
+            case 2: u &= 0x807fffffu; break;                    /* denormal */
+            case 3: u = (u & 0x80000000u) | 0x7f800000u; break; /* infinity */
+            case 4: u |= 0x7f800001u; break;                    /* NaN */
+            case 5: u = (u & 0x80000000u) | 0x7f7fffffu; break; /* rounds to infinity */
+            default: break;
+            }
+            memcpy(w + i, &u, 4);
+        }
+        memcpy(wr, w, sizeof(float) * (size_t)nr * ldw);
+        eg_round_bf16_inplace(wr, (size_t)nr * ldw);
+        uint16_t *panel = eg_aligned_alloc(sizeof(uint16_t) * (size_t)kp2 * 32);
+        uint16_t *rows = eg_aligned_alloc(sizeof(uint16_t) * (size_t)kp2 * nr);
+        eg_bf16_pack_panel(panel, w, ldw, nr, cols);
+        eg_bf16_pack_rows(rows, w, ldw, (size_t)nr, cols);
+        int bad_panel = 0, bad_rows = 0;
+        for (int r = 0; r < 32; r++) {
+            for (int k = 0; k < kp2; k++) {
+                uint32_t u = 0;
+                if (r < nr && k < cols) {
+                    memcpy(&u, wr + (size_t)r * ldw + k, 4);
+                }
+                const uint16_t want = (uint16_t)(u >> 16);
+                bad_panel += panel[(size_t)(k / 2) * 64 + 2 * r + k % 2] != want;
+                if (r < nr) {
+                    bad_rows += rows[(size_t)r * kp2 + k] != want;
+                }
+            }
+        }
+        CHECK(bad_panel == 0, "pack_panel %d x %d (kernel %d): %d values differ", nr, cols,
+              eg_bf16_kernel_available(), bad_panel);
+        /* the transposed panel: its rows are columns 0 .. nc of w, K runs over w's rows */
+        {
+            const int nc = cols < 32 ? cols : 32, kq2 = (nr + 1) / 2 * 2;
+            uint16_t *tp = eg_aligned_alloc(sizeof(uint16_t) * (size_t)kq2 * 32);
+            eg_bf16_pack_panel_t(tp, w, ldw, 0, nc, nr);
+            int bad_t = 0;
+            for (int r = 0; r < 32; r++) {
+                for (int k = 0; k < kq2; k++) {
+                    uint32_t u = 0;
+                    if (r < nc && k < nr) {
+                        memcpy(&u, wr + (size_t)k * ldw + r, 4);
+                    }
+                    bad_t += tp[(size_t)(k / 2) * 64 + 2 * r + k % 2] != (uint16_t)(u >> 16);
+                }
+            }
+            CHECK(bad_t == 0, "pack_panel_t %d x %d: %d values differ", nr, nc, bad_t);
+            eg_aligned_free(tp);
+        }
+        CHECK(bad_rows == 0, "pack_rows %d x %d (kernel %d): %d values differ", nr, cols,
+              eg_bf16_kernel_available(), bad_rows);
+        free(w);
+        free(wr);
+        eg_aligned_free(panel);
+        eg_aligned_free(rows);
+    }
+}
+
 static void test_init_errors(void)
 {
     eg_err err;
@@ -252,10 +385,15 @@ int main(void)
         eg_ggml_type_traits(types[i], &bs, &ts);
         test_type(types[i], 23, bs == 1 ? 100 : 512);
     }
+    test_bf16_packing();
     test_bf16(EG_GGML_F32, 45, 1031);    /* odd K: the pair padding; two K blocks */
     test_bf16(EG_GGML_F16, 33, 517);
     test_bf16(EG_GGML_Q4_1, 45, 1024);
     test_bf16(EG_GGML_Q6_K, 64, 1536);
+    test_bf16_t(EG_GGML_F32, 45, 70, 0);      /* odd K (rows), one block, cols not /32 */
+    test_bf16_t(EG_GGML_F32, 45, 70, 16);     /* blocks of 16, 16, 13 */
+    test_bf16_t(EG_GGML_Q4_1, 1100, 96, 0);   /* K over several kernel K blocks */
+    test_bf16_t(EG_GGML_Q6_K, 64, 512, 17);   /* odd tile made even: 18, 18, 18, 10 */
     test_init_errors();
     return eg_test_report("test_qmatmul");
 }

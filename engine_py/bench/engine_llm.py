@@ -108,29 +108,13 @@ def subsample(g, max_nodes: int, seed: int = 0):
     start nodes, so most kept nodes keep their edges; the induced subgraph with
     its split restricted to them. g itself when it is small enough."""
     from engine_py import Graph
+    from engine_py.demo import bfs_nodes
 
     if max_nodes is None or g.num_nodes <= max_nodes:
         return g
     csr = Graph(g.edge_index, g.num_nodes)
     rng = np.random.default_rng(seed)
-    seen = np.zeros(g.num_nodes, bool)
-    order: list = []
-    for start in rng.permutation(g.num_nodes).tolist():
-        if len(order) >= max_nodes:
-            break
-        if seen[start]:
-            continue
-        seen[start] = True
-        queue, head = [start], 0
-        while head < len(queue) and len(order) < max_nodes:
-            v = queue[head]
-            head += 1
-            order.append(v)
-            for u in csr.indices[csr.indptr[v]:csr.indptr[v + 1]].tolist():
-                if not seen[u]:
-                    seen[u] = True
-                    queue.append(u)
-    s = g.subgraph(np.sort(np.asarray(order, np.int64)))
+    s = g.subgraph(bfs_nodes(csr, g.num_nodes, int(max_nodes), rng.permutation(g.num_nodes).tolist()))
     # the full graph's split restricted to the sample can leave a class with
     # validation nodes but no training node: re-split the sample (stratified,
     # every class keeps a training node) over the classes present

@@ -9,7 +9,7 @@ file and the same thread count, two workloads:
   fixed seed, fitted to the model's tokenizer);
 - long: 16 texts of 512 tokens each.
 
-Three sides, each measuring what a user would run to get the mean-pooled last
+Three float32 sides, each measuring what a user would run to get the mean-pooled last
 hidden state (after the final norm) of every text:
 
 - engine_py: Encoder.from_pretrained(gguf).encode_layers(texts, [num_layers],
@@ -25,6 +25,12 @@ hidden state (after the final norm) of every text:
   gguf_file=...) (dequantized to float32), the base model only (no lm_head),
   texts sorted by length, batches padded on the right, attention-mask mean
   pooling of hidden_states[num_layers].
+
+Two more sides run the products in bfloat16 (float32 sums), for the machines
+that have bf16 arithmetic (AVX512-BF16, AMX): engine_py with
+Encoder.from_pretrained(gguf, precision="bfloat16"), and PyTorch +
+transformers with the model in torch.bfloat16. Their "% of peak" is of
+PyTorch's bfloat16 matmul at square sizes, measured in the same run.
 
 Every (side, model, workload, setting) runs in a child process of its own
 (python -m engine_py.bench.llm --worker ...), so that its peak RSS
@@ -237,9 +243,12 @@ def flops_per_text(cfg: dict, n_tokens: int) -> float:
 
 # --- markdown -----------------------------------------------------------------
 
-SIDES = ("engine_py", "xllamacpp", "torch")
-SIDE_NAMES = {"engine_py": "engine_py", "xllamacpp": "llama.cpp (xllamacpp)",
-              "torch": "PyTorch + transformers, float32"}
+SIDES = ("engine_py", "engine_py_bf16", "xllamacpp", "torch", "torch_bf16")
+SIDE_NAMES = {"engine_py": "engine_py", "engine_py_bf16": "engine_py, precision='bfloat16'",
+              "xllamacpp": "llama.cpp (xllamacpp)", "torch": "PyTorch + transformers, float32",
+              "torch_bf16": "PyTorch + transformers, bfloat16"}
+# the sides whose products run in bfloat16: their % of peak is of the bf16 peak
+BF16_SIDES = ("engine_py_bf16", "torch_bf16")
 
 
 def _fmt(x, spec, missing="—"):
@@ -258,10 +267,12 @@ def render_markdown(res: dict, machine_line: str = "") -> str:
              f"Mean-pooled last hidden state (after the final norm) of every text, each side on the same "
              f"GGUF file with {res['threads']} threads, best of {res['reps']} timed repetitions after a "
              f"warm-up on a few texts, tokenization included; GOMP_SPINCOUNT={res.get('gomp_spincount')} "
-             f"for all three (their OpenMP runtimes read it). Each side runs in a child process of its own (peak RSS = "
+             f"for every side (their OpenMP runtimes read it). Each side runs in a child process of its own (peak RSS = "
              f"that child's VmHWM). GFLOP/s: 2 x matmul parameters per token + causal attention "
              f"(no lm_head); % of peak: of a float32 matmul through NumPy's BLAS, {res['threads']} "
-             f"threads, same run: {_fmt(peak, '.1f')} GFLOP/s{res.get('sgemm_note', '')}.",
+             f"threads, same run: {_fmt(peak, '.1f')} GFLOP/s{res.get('sgemm_note', '')}"
+             + (f"; for the bfloat16 sides, of PyTorch's bfloat16 matmul (same threads, same run): "
+                f"{res['bf16_gflops']:.1f} GFLOP/s" if res.get("bf16_gflops") else "") + ".",
              ""]
     for m in res["models"]:
         c = m["cfg"]
@@ -282,21 +293,24 @@ def render_markdown(res: dict, machine_line: str = "") -> str:
                                  f"| | | {_fmt(s.get('rss_mb'), '.0f', '')} | |")
                     continue
                 gf = cr["gflop"] / s["seconds"]
-                pct = f"{100.0 * gf / peak:.0f}%" if peak else "—"
+                ref = res.get("bf16_gflops") if side in BF16_SIDES else peak
+                pct = f"{100.0 * gf / ref:.0f}%" if ref else "—"
                 setting = s.get("setting", "")
                 own = s.get("own_tokens")
                 if own is not None and own != cr["tokens"]:
                     setting += f"; its tokenizer counts {own:,} tokens"
                 lines.append(f"| {desc} | {SIDE_NAMES[side]} | {s['tokens_per_s']:,.0f} | {gf:.1f} | {pct} | "
                              f"{_fmt(s.get('rss_mb'), '.0f')} | {setting} |")
-            e, x, t = (cr["sides"].get(k) or {} for k in SIDES)
-            if e.get("ok"):
-                rs = []
-                for other, name in ((x, "llama.cpp"), (t, "PyTorch")):
-                    if other.get("ok"):
-                        rs.append(f"{e['tokens_per_s'] / other['tokens_per_s']:.2f}x {name}")
+            e, eb, x, t, tb = (cr["sides"].get(k) or {} for k in SIDES)
+            for mine, label, others in (
+                    (e, "engine_py", ((x, "llama.cpp"), (t, "PyTorch"))),
+                    (eb, "engine_py bf16", ((x, "llama.cpp"), (t, "PyTorch"), (tb, "PyTorch bf16")))):
+                if not mine.get("ok"):
+                    continue
+                rs = [f"{mine['tokens_per_s'] / o['tokens_per_s']:.2f}x {name}" for o, name in others
+                      if o.get("ok")]
                 if rs:
-                    lines.append(f"| {case} | **engine_py / other** | **{', '.join(rs)}** | | | | |")
+                    lines.append(f"| {case} | **{label} / other** | **{', '.join(rs)}** | | | | |")
         lines.append("")
         tried = []
         for case, cr in m["cases"].items():
@@ -379,12 +393,13 @@ def _worker_engine(job: dict) -> dict:
         import engine_py
 
         engine_py.set_num_threads(job["threads"])
-        enc = engine_py.Encoder.from_pretrained(job["path"])
+        precision = job.get("precision", "float32")
+        enc = engine_py.Encoder.from_pretrained(job["path"], precision=precision)
         L = int(enc.num_layers)
         texts = job["texts"]
         bs = job["batch_size"]
         out = enc.encode_layers(texts[:2], [L], batch_size=bs)
-        if tuple(out.shape)[:2] != (1, 2):
+        if tuple(out.shape)[:2] != (1, len(texts[:2])):
             raise RuntimeError(f"encode_layers returned shape {tuple(out.shape)}")
     except Exception as exc:   # the engine side is optional: report why
         return {"ok": False, "reason": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:200]}
@@ -395,7 +410,11 @@ def _worker_engine(job: dict) -> dict:
         own = int(sum(len(x) for x in enc.tokenize(texts)))
     except Exception:
         pass
-    return {"ok": True, "times": times, "own_tokens": own, "setting": f"batch_size {bs}"}
+    setting = f"batch_size {bs}"
+    if precision == "bfloat16":
+        kernel = engine_py._core.build_info().get("bf16_kernel")
+        setting += ", AVX512-BF16 kernel" if kernel else ", no AVX512-BF16: emulated"
+    return {"ok": True, "times": times, "own_tokens": own, "setting": setting}
 
 
 def _worker_xllamacpp(job: dict) -> dict:
@@ -447,7 +466,8 @@ def _worker_torch(job: dict) -> dict:
         return {"ok": False, "reason": f"{exc}"}
     torch.set_num_threads(job["threads"])
     d, f = os.path.split(job["path"])
-    model = AutoModelForCausalLM.from_pretrained(d, gguf_file=f, dtype=torch.float32).eval()
+    dtype = torch.bfloat16 if job.get("precision") == "bfloat16" else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(d, gguf_file=f, dtype=dtype).eval()
     base = getattr(model, "model", model)
     if hasattr(model, "lm_head"):
         model.lm_head = None   # never used here: free its weights (tied ones stay with the embedding)
@@ -477,8 +497,31 @@ def _worker_torch(job: dict) -> dict:
             "torch": torch.__version__}
 
 
-_WORKERS = {"sgemm": _worker_sgemm, "engine_py": _worker_engine, "xllamacpp": _worker_xllamacpp,
-            "torch": _worker_torch}
+def _worker_bf16_peak(job: dict) -> dict:
+    """The machine's bfloat16 matmul rate: PyTorch's (oneDNN) bf16 matmul at
+    square sizes, float32 accumulation, the same thread count."""
+    try:
+        import torch
+    except ImportError as exc:
+        return {"ok": False, "reason": f"{exc}"}
+    torch.set_num_threads(job["threads"])
+    best = 0.0
+    for n in (1024, 2048):
+        a = torch.randn(n, n).to(torch.bfloat16)
+        b = torch.randn(n, n).to(torch.bfloat16)
+        a @ b
+        reps = max(2, int(4e9 / (2 * n ** 3)))
+        for _ in range(3):
+            t0 = time.perf_counter()
+            for _ in range(reps):
+                a @ b
+            best = max(best, 2.0 * n ** 3 * reps / (time.perf_counter() - t0) / 1e9)
+    return {"ok": True, "gflops": best, "torch": torch.__version__}
+
+
+_WORKERS = {"sgemm": _worker_sgemm, "bf16_peak": _worker_bf16_peak, "engine_py": _worker_engine,
+            "engine_py_bf16": _worker_engine, "xllamacpp": _worker_xllamacpp, "torch": _worker_torch,
+            "torch_bf16": _worker_torch}
 
 
 def _run_child(job: dict, timeout: float, log) -> dict:
@@ -598,7 +641,11 @@ def main(argv: list | None = None) -> int:
     log("sgemm peak (NumPy float32 matmul) ...")
     sg = _run_child({"side": "sgemm", "threads": args.threads}, args.timeout, log)
     peak = sg.get("gflops")
-    res = {"threads": args.threads, "reps": args.reps, "sgemm_gflops": peak,
+    bf16_peak = None
+    if any(sd in BF16_SIDES for sd in sides):
+        log("bf16 peak (PyTorch bfloat16 matmul) ...")
+        bf16_peak = _run_child({"side": "bf16_peak", "threads": args.threads}, args.timeout, log).get("gflops")
+    res = {"threads": args.threads, "reps": args.reps, "sgemm_gflops": peak, "bf16_gflops": bf16_peak,
            "gomp_spincount": os.environ.get("GOMP_SPINCOUNT", "unset"),
            "sgemm_note": f" ({sg['blas']})" if sg.get("blas") else "",
            "command": "python -m engine_py bench llm" + (" " + " ".join(argv) if argv else ""),
@@ -656,7 +703,9 @@ def main(argv: list | None = None) -> int:
                     r["tried"] = tried
                 else:
                     log(f"{name} {case} {side} ...")
-                    r = _run_child(dict(base, side=side, batch_size=args.engine_batch if side == "engine_py" else tb),
+                    r = _run_child(dict(base, side=side,
+                                        precision="bfloat16" if side in BF16_SIDES else "float32",
+                                        batch_size=args.engine_batch if side.startswith("engine_py") else tb),
                                    args.timeout, log)
                     if r.get("ok"):
                         r["seconds"] = min(r["times"])

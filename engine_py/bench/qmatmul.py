@@ -102,6 +102,8 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=None,
                     help="thread count of engine_py and of NumPy's BLAS (threadpoolctl; default: their defaults)")
     ap.add_argument("--per-product", action="store_true", help="also print each product's GFLOP/s")
+    ap.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True,
+                    help="also time precision='bfloat16' (bf16 inputs, float32 sums; default: on)")
     ap.add_argument("--quiet", action="store_true")
     add_output_args(ap, "qmatmul")
     args = ap.parse_args(argv)
@@ -129,12 +131,20 @@ def main(argv=None) -> int:
              "GFLOP/s of one layer's seven products Y = X @ W^T (q, k, v, o, gate, up, down; 2*N*rows*cols "
              "each) with W kept in its ggml type (engine_py `_core.qmatmul`) vs NumPy float32 matmul on the "
              "weights dequantized beforehand, same run, best of "
-             f"{args.repeat} x >= {args.seconds} s.", ""]
+             f"{args.repeat} x >= {args.seconds} s."
+             + (" bf16: precision='bfloat16' (inputs and weights rounded to bfloat16, float32 sums; "
+                f"batches of N <= 64 take the float32 path; AVX512-BF16 kernel on this CPU: "
+                f"{'yes' if _core.build_info().get('bf16_kernel') else 'no, emulated'})." if args.bf16 else ""),
+             ""]
     for m in models:
         label, prods, default_types = MODELS[m]
         types = args.types.split(",") if args.types else default_types
-        lines += [f"### {label}", "", "| type | N | engine_py GFLOP/s | NumPy f32 GFLOP/s | ratio |",
-                  "|---|---:|---:|---:|---:|"]
+        if args.bf16:
+            lines += [f"### {label}", "", "| type | N | engine_py GFLOP/s | NumPy f32 GFLOP/s | ratio "
+                      "| engine_py bf16 GFLOP/s | bf16 / NumPy f32 |", "|---|---:|---:|---:|---:|---:|---:|"]
+        else:
+            lines += [f"### {label}", "", "| type | N | engine_py GFLOP/s | NumPy f32 GFLOP/s | ratio |",
+                      "|---|---:|---:|---:|---:|"]
         for tn in types:
             bs = _LAYOUT[tn][1]
             ws = []
@@ -152,11 +162,18 @@ def main(argv=None) -> int:
                 # OpenBLAS threads spin for a while after each call
                 te = [_best(lambda: _core.qmatmul(xs[c], raw, TYPES[tn], r, c), args.repeat, args.seconds)
                       for _, r, c, raw, _ in ws]
+                tb = [_best(lambda: _core.qmatmul(xs[c], raw, TYPES[tn], r, c, precision="bfloat16"),
+                            args.repeat, args.seconds) for _, r, c, raw, _ in ws] if args.bf16 else None
                 tnp = [_best(lambda: xs[c] @ wd.T, args.repeat, args.seconds) for _, r, c, _, wd in ws]
                 time.sleep(0.2)
                 ge, gn = sum(flops) / sum(te) / 1e9, sum(flops) / sum(tnp) / 1e9
                 results.setdefault(m, {}).setdefault(tn, {})[n] = {"engine_py": ge, "numpy": gn}
-                lines.append(f"| {tn}{which} | {n} | {ge:.1f} | {gn:.1f} | {ge / gn:.2f}x |")
+                row = f"| {tn}{which} | {n} | {ge:.1f} | {gn:.1f} | {ge / gn:.2f}x |"
+                if tb is not None:
+                    gb = sum(flops) / sum(tb) / 1e9
+                    results[m][tn][n]["engine_py_bf16"] = gb
+                    row += f" {gb:.1f} | {gb / gn:.2f}x |"
+                lines.append(row)
                 per = [f"{w[0]} {f / a / 1e9:.0f}/{f / b / 1e9:.0f}" for w, f, a, b in zip(ws, flops, te, tnp)]
                 log(f"{label} {tn}{which} N={n}: engine_py {ge:.1f} GFLOP/s, numpy {gn:.1f} ({ge / gn:.2f}x)"
                     + (f"   [{', '.join(per)}]" if args.per_product else ""))

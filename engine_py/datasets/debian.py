@@ -340,7 +340,7 @@ def debian_packages(cache_dir=None, min_section_size: int = 50, seed: int = 0,
     architecture plus "all" (default: every architecture in the lists,
     duplicates resolved as documented). Raises RuntimeError if apt-cache is
     missing or the lists are empty."""
-    from .io import load_packed, save_packed
+    from .io import load_cached_packed, save_packed
 
     if min_section_size < 0:
         raise ValueError("min_section_size must be >= 0")
@@ -352,11 +352,9 @@ def debian_packages(cache_dir=None, min_section_size: int = 50, seed: int = 0,
     key = h.hexdigest()[:16]
     cdir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     prefix = cdir / f"debian-{key}"
-    if Path(str(prefix) + ".npz").exists() and Path(str(prefix) + ".nodes.jsonl.gz").exists():
-        try:
-            return load_packed(prefix)
-        except (ValueError, OSError, KeyError):
-            pass  # corrupt cache entry: rebuild
+    cached = load_cached_packed(prefix)   # None: absent or corrupt, rebuild
+    if cached is not None:
+        return cached
     today = datetime.datetime.now(datetime.timezone.utc).date().isoformat()
     prov = (f"Debian package metadata from `apt-cache dumpavail` on {_os_name()} "
             f"({apt_version()}), read {today}; SHA-256 of the dump {h.hexdigest()[:16]}...; "

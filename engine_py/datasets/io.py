@@ -20,6 +20,7 @@ import gzip
 import io
 import json
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
@@ -217,6 +218,18 @@ def save_packed(graph: TextGraph, prefix) -> tuple:
                         val_idx=graph.val_idx.astype(idt), test_idx=graph.test_idx.astype(idt),
                         meta=np.array(meta))
     return tpath, apath
+
+
+def load_cached_packed(prefix) -> Optional[TextGraph]:
+    """The graph save_packed wrote at prefix when both files are there and
+    load; None when they are absent or the entry is corrupt (the caller
+    rebuilds and overwrites it)."""
+    if not (Path(str(prefix) + ".npz").exists() and Path(str(prefix) + ".nodes.jsonl.gz").exists()):
+        return None
+    try:
+        return load_packed(prefix)
+    except (ValueError, OSError, KeyError):
+        return None
 
 
 def load_packed(prefix) -> TextGraph:

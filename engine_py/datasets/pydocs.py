@@ -365,7 +365,7 @@ def python_docs(doc_dir=None, cache_dir=None, min_class_size: int = 30, max_para
     $ENGINE_PY_CACHE or ~/.cache/engine_py) as pydocs-<hash> (packed format),
     keyed by a SHA-256 of every page and the arguments."""
     from .debian import default_cache_dir
-    from .io import load_packed, save_packed
+    from .io import load_cached_packed, save_packed
 
     doc_dir = os.fspath(doc_dir) if doc_dir is not None else find_python_doc_dir()
     if not os.path.isdir(doc_dir):
@@ -383,11 +383,9 @@ def python_docs(doc_dir=None, cache_dir=None, min_class_size: int = 30, max_para
     key = h.hexdigest()[:16]
     cdir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     prefix = cdir / f"pydocs-{key}"
-    if Path(str(prefix) + ".npz").exists() and Path(str(prefix) + ".nodes.jsonl.gz").exists():
-        try:
-            return load_packed(prefix)
-        except (ValueError, OSError, KeyError):
-            pass
+    cached = load_cached_packed(prefix)   # None: absent or corrupt, rebuild
+    if cached is not None:
+        return cached
     today = datetime.datetime.now(datetime.timezone.utc).date().isoformat()
     prov = (f"Python HTML documentation from {_package_version(doc_dir)} ({doc_dir}, "
             f"{len(pages)} .html files), read {today}; SHA-256 of the pages {h.hexdigest()[:16]}...; "

@@ -1,0 +1,320 @@
+"""Benchmark: LoRA fine-tuning, engine_py vs PyTorch + PEFT (float32).
+
+    python -m engine_py bench finetune [--model smollm2|PATH.gguf] [--steps 3] [--warmup 1]
+        [--batch-size 16] [--prompt-words 12] [--r 2] [--alpha 4] [--threads 2]
+        [--precisions float32,bfloat16,bfloat16+recompute] [--no-torch] [--timeout 1800] [--out PATH]
+
+The same training job on both sides: LoRA rank r on all seven projections
+(q, k, v, o, gate, up, down), AdamW at a constant lr 2e-4, gradient clipping
+at 1.0, batches of --batch-size multiple-choice prompts (GMoE's format,
+"Please choose the correct answer ... Answer:") with a one-word answer; the
+loss covers the answer tokens only. Every side runs in a child process of
+its own (so that its peak RSS is its own): engine_py's `finetune.Trainer`
+(the base model stays in its GGUF format; once per --precisions value:
+float32, bfloat16, optionally with activation recomputation) and
+PyTorch + PEFT on the same GGUF dequantized to float32 by transformers
+(what a user without engine_py would run), padded batches (right padding,
+attention mask, labels -100 outside the answer), the same thread count
+(torch.set_num_threads). Each side runs --warmup steps, then --steps timed
+steps of the same batches. Reported: seconds per step (mean of the timed
+steps), training tokens/s (real tokens, padding not counted: prompt +
+answer tokens of the batch / step time), CPU seconds per step and tokens
+per CPU second (user + system time of the side's threads: robust on a
+shared machine), peak RSS of the child (VmHWM), the
+first step's loss (the adapters start with B = 0, so every side computes the
+base model's loss on the same batch there: a check that both run the same
+job), and the ratios against PyTorch. Writes a file only with --out.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+__all__ = ["make_examples", "render_markdown", "main"]
+
+_CHOICES = ("alpha", "bravo", "charlie", "delta")
+
+
+def make_examples(n: int, words: int, seed: int = 0) -> tuple:
+    """n deterministic multiple-choice prompts of about `words` words of text
+    each, and their one-word answers (" alpha" ...)."""
+    from engine_py.bench.llm import make_texts
+
+    texts = make_texts(n, max(1, words - 4), words + 4, seed=seed)
+    prompts, answers = [], []
+    for i, t in enumerate(texts):
+        prompts.append("Please choose the correct answer to the question: which word describes "
+                       f"this text? {t}\nAnswer1: {_CHOICES[0]} Answer2: {_CHOICES[1]} "
+                       f"Answer3: {_CHOICES[2]} Answer4: {_CHOICES[3]}\nAnswer format: "
+                       "answer1/answer2/answer3/answer4\nAnswer:")
+        answers.append(" " + _CHOICES[(i * 7 + len(t)) % 4])
+    return prompts, answers
+
+
+# --- the children ------------------------------------------------------------
+
+def _rss_mb() -> float:
+    from engine_py.bench.llm import _rss_mb as rss
+
+    return rss()
+
+
+def _cpu_s() -> float:
+    """CPU seconds (user + system, every thread) this process has used: on a
+    shared machine the wall time also counts waiting for a core."""
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def _worker_engine(job: dict) -> dict:
+    import engine_py
+    from engine_py.finetune import Trainer
+
+    engine_py.set_num_threads(job["threads"])
+    tr = Trainer(job["path"], r=job["r"], alpha=job["alpha"], lr=2e-4, batch_size=job["batch_size"],
+                 warmup_ratio=0.0, schedule="constant", max_grad_norm=1.0,
+                 precision=job["precision"], recompute=job.get("recompute", False),
+                 show_progress_bar=False)
+    prompts, answers, bs = job["prompts"], job["answers"], job["batch_size"]
+    times, losses, tokens, cpu = [], [], [], []
+    for s in range(job["warmup"] + job["steps"]):
+        p, a = prompts[s * bs:(s + 1) * bs], answers[s * bs:(s + 1) * bs]
+        seqs, _ = tr._pairs(p, a)
+        c0, t0 = _cpu_s(), time.perf_counter()
+        tr.fit(p, a)
+        times.append(time.perf_counter() - t0)
+        cpu.append(_cpu_s() - c0)
+        losses.append(tr.history_[-1][1])
+        tokens.append(int(sum(len(q) for q in seqs)))
+    return {"ok": True, "times": times, "losses": losses, "tokens": tokens, "cpu": cpu,
+            "precision": job["precision"]}
+
+
+def _worker_torch(job: dict) -> dict:
+    try:
+        import peft
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+    except ImportError as exc:
+        return {"ok": False, "reason": f"{exc}"}
+    torch.set_num_threads(job["threads"])
+    torch.manual_seed(0)
+    d, f = os.path.split(job["path"])
+    model = AutoModelForCausalLM.from_pretrained(d, gguf_file=f, dtype=torch.float32)
+    tok = AutoTokenizer.from_pretrained(d, gguf_file=f)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    cfg = peft.LoraConfig(r=job["r"], lora_alpha=job["alpha"], lora_dropout=0.0, task_type="CAUSAL_LM",
+                          target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
+                                          "up_proj", "down_proj"])
+    model = peft.get_peft_model(model, cfg)
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=2e-4, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
+    prompts, answers, bs = job["prompts"], job["answers"], job["batch_size"]
+    pad = tok.pad_token_id
+
+    def batch(p, a):
+        seqs, labels = [], []
+        for q, ans in zip(p, a):
+            pi = tok(q, add_special_tokens=True)["input_ids"]
+            ai = tok(ans, add_special_tokens=False)["input_ids"]
+            seqs.append(pi + ai)
+            labels.append([-100] * len(pi) + ai)
+        n = max(len(s) for s in seqs)
+        ids = torch.tensor([s + [pad] * (n - len(s)) for s in seqs])
+        lab = torch.tensor([lb + [-100] * (n - len(lb)) for lb in labels])
+        mask = torch.tensor([[1] * len(s) + [0] * (n - len(s)) for s in seqs])
+        return ids, lab, mask, sum(len(s) for s in seqs)
+
+    times, losses, tokens, cpu = [], [], [], []
+    for s in range(job["warmup"] + job["steps"]):
+        p, a = prompts[s * bs:(s + 1) * bs], answers[s * bs:(s + 1) * bs]
+        c0, t0 = _cpu_s(), time.perf_counter()
+        ids, lab, mask, ntok = batch(p, a)
+        out = model(input_ids=ids, attention_mask=mask, labels=lab, use_cache=False)
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        times.append(time.perf_counter() - t0)
+        cpu.append(_cpu_s() - c0)
+        losses.append(float(out.loss))
+        tokens.append(int(ntok))
+    return {"ok": True, "times": times, "losses": losses, "tokens": tokens, "cpu": cpu,
+            "torch": torch.__version__,
+            "peft": peft.__version__}
+
+
+_WORKERS = {"engine_py": _worker_engine, "torch": _worker_torch}
+
+
+def _run_child(job: dict, timeout: float, log) -> dict:
+    """One side in a child process (this file run as a script, finding this
+    engine_py through PYTHONPATH): its result dict plus rss_mb."""
+    cmd = [sys.executable, os.path.abspath(__file__), "--worker"]
+    here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = dict(os.environ)
+    env["PYTHONPATH"] = here + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    try:
+        p = subprocess.run(cmd, input=json.dumps(job), capture_output=True, text=True, timeout=timeout,
+                           env=env)
+    except subprocess.TimeoutExpired:
+        return {"ok": False, "reason": f"timed out after {timeout:.0f} s"}
+    for line in p.stdout.splitlines()[::-1]:
+        if line.startswith("RESULT "):
+            return json.loads(line[7:])
+    tail = (p.stderr or "").strip().splitlines()[-3:]
+    log(f"    child failed (exit {p.returncode}): " + " / ".join(tail))
+    return {"ok": False, "reason": f"child exited {p.returncode}: {tail[-1][:160] if tail else ''}"}
+
+
+def _worker_main() -> int:
+    job = json.loads(sys.stdin.read())
+    try:
+        res = _WORKERS[job["side"]](job)
+    except Exception as exc:
+        res = {"ok": False, "reason": f"{type(exc).__name__}: {str(exc)[:200]}"}
+    res["rss_mb"] = _rss_mb()
+    sys.stdout.write("RESULT " + json.dumps(res) + "\n")
+    sys.stdout.flush()
+    return 0
+
+
+# --- summary -------------------------------------------------------------------
+
+def summarize(res: dict, warmup: int) -> dict:
+    """Seconds per timed step, tokens/s, first-step loss from a child's result."""
+    t = res["times"][warmup:]
+    tok = res["tokens"][warmup:]
+    cpu = res.get("cpu", [])[warmup:]
+    return {"s_per_step": sum(t) / len(t), "tokens_per_s": sum(tok) / sum(t),
+            "tokens_per_step": sum(tok) / len(tok), "first_loss": res["losses"][0],
+            "rss_mb": res.get("rss_mb"),
+            "cpu_s_per_step": sum(cpu) / len(cpu) if cpu else None,
+            "tokens_per_cpu_s": sum(tok) / sum(cpu) if cpu and sum(cpu) > 0 else None}
+
+
+def render_markdown(rows: list, info: dict, machine_line: str = "") -> str:
+    """rows: [(label, summary or None, reason)], the PyTorch row labelled 'PyTorch + PEFT'."""
+    ref = next((s for lab, s, _ in rows if lab.startswith("PyTorch") and s), None)
+    lines = [f"## LoRA fine-tuning (`python -m engine_py bench finetune{info.get('argv', '')}`)", "",
+             f"{info['model']}, LoRA r={info['r']} alpha={info['alpha']} on q, k, v, o, gate, up, down; "
+             f"batches of {info['batch_size']} multiple-choice prompts (~{info['tokens_per_step']:.0f} "
+             f"tokens a batch, loss on the answer tokens), AdamW constant lr 2e-4, clipping 1.0; "
+             f"{info['warmup']} warm-up step(s) then {info['steps']} timed step(s) of the same batches "
+             f"on every side; {info['threads']} thread(s); each side in its own process "
+             "(peak RSS = its VmHWM). CPU s / step: user + system time of all the side's threads "
+             "(on a shared machine wall time also counts waiting for a core; tokens per CPU second "
+             "compares the work). First-step loss: the base model's loss on batch 1 (B = 0), "
+             "the same job on every side.", "",
+             "| side | s / step | tokens/s | vs PyTorch | CPU s / step | tokens per CPU s | vs PyTorch "
+             "| peak RSS MB | vs PyTorch | first-step loss |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for lab, s, reason in rows:
+        if s is None:
+            lines.append(f"| {lab} | — | — | — | — | — | — | — | — | not run: {reason} |")
+            continue
+        sp = f"{s['tokens_per_s'] / ref['tokens_per_s']:.2f}x" if ref else "—"
+        mem = f"{s['rss_mb'] / ref['rss_mb']:.2f}x" if ref and s.get("rss_mb") else "—"
+        tc = s.get("tokens_per_cpu_s")
+        cpu_ratio = (f"{tc / ref['tokens_per_cpu_s']:.2f}x"
+                     if tc and ref and ref.get("tokens_per_cpu_s") else "—")
+        cps = f"{s['cpu_s_per_step']:.2f}" if s.get("cpu_s_per_step") is not None else "—"
+        lines.append(f"| {lab} | {s['s_per_step']:.2f} | {s['tokens_per_s']:.0f} | {sp} | {cps} | "
+                     f"{tc:.0f} | {cpu_ratio} | {s['rss_mb']:.0f} | {mem} | {s['first_loss']:.5f} |"
+                     if tc else
+                     f"| {lab} | {s['s_per_step']:.2f} | {s['tokens_per_s']:.0f} | {sp} | {cps} | — | "
+                     f"— | {s['rss_mb']:.0f} | {mem} | {s['first_loss']:.5f} |")
+    if machine_line:
+        lines += ["", f"Machine: {machine_line}."]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    from engine_py.bench import add_output_args, finish, machine_line, start_run
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    ap = argparse.ArgumentParser(prog="python -m engine_py bench finetune", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="smollm2", help="smollm2 (the packaged SmolLM2-135M GGUF) or a "
+                                                       "GGUF path (arch llama/qwen2)")
+    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--prompt-words", type=int, default=12,
+                    help="words of text per prompt (SmolLM2: ~70 tokens with the template at 12, "
+                         "~95 at 30)")
+    ap.add_argument("--r", type=int, default=2)
+    ap.add_argument("--alpha", type=float, default=4.0)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--precisions", default="float32,bfloat16,bfloat16+recompute",
+                    help="engine_py variants: float32, bfloat16, each optionally +recompute "
+                         "(activation recomputation)")
+    ap.add_argument("--no-torch", action="store_true", help="skip the PyTorch + PEFT side")
+    ap.add_argument("--timeout", type=float, default=1800.0, help="seconds per side")
+    ap.add_argument("--quiet", action="store_true")
+    add_output_args(ap, "finetune")
+    args = ap.parse_args(argv)
+    if args.steps < 1 or args.warmup < 0 or args.batch_size < 1 or args.threads < 1:
+        ap.error("--steps >= 1, --warmup >= 0, --batch-size >= 1, --threads >= 1")
+    precs = [p for p in args.precisions.split(",") if p]
+    if any(p.split("+")[0] not in ("float32", "bfloat16") or p.split("+")[1:] not in ([], ["recompute"])
+           for p in precs):
+        ap.error("--precisions: float32 / bfloat16, each optionally +recompute")
+    log = (lambda *a, **k: None) if args.quiet else (lambda *a, **k: print(*a, **k, flush=True))
+    if args.model == "smollm2":
+        from engine_py import models
+
+        path, label = models.smollm2_path(), "SmolLM2-135M-Instruct (GGUF Q4_1)"
+    else:
+        path, label = os.path.abspath(args.model), os.path.basename(args.model)
+    n = (args.warmup + args.steps) * args.batch_size
+    prompts, answers = make_examples(n, args.prompt_words)
+    job = {"path": path, "prompts": prompts, "answers": answers, "batch_size": args.batch_size,
+           "steps": args.steps, "warmup": args.warmup, "r": args.r, "alpha": args.alpha,
+           "threads": args.threads}
+    run = start_run()
+    rows, results = [], {}
+    sides = [("engine_py " + p.replace("+", " + "),
+              dict(job, side="engine_py", precision=p.split("+")[0], recompute="+recompute" in p))
+             for p in precs]
+    if not args.no_torch:
+        sides.append(("PyTorch + PEFT float32", dict(job, side="torch")))
+    for lab, j in sides:
+        log(f"{lab}: {args.warmup} + {args.steps} steps ...")
+        res = _run_child(j, args.timeout, log)
+        if not res.get("ok"):
+            rows.append((lab, None, res.get("reason", "?")))
+            results[lab] = {"ok": False, "reason": res.get("reason")}
+            log(f"    not run: {res.get('reason')}")
+            continue
+        s = summarize(res, args.warmup)
+        results[lab] = dict(s, raw=res)
+        rows.append((lab, s, ""))
+        log(f"    {s['s_per_step']:.2f} s/step, {s['tokens_per_s']:.0f} tokens/s, "
+            f"peak RSS {s['rss_mb']:.0f} MB, first-step loss {s['first_loss']:.5f}")
+    machine = run.stop(threads=args.threads)
+    tps = [s["tokens_per_step"] for _, s, _ in rows if s]
+    info = {"model": label, "r": args.r, "alpha": args.alpha, "batch_size": args.batch_size,
+            "tokens_per_step": sum(tps) / len(tps) if tps else 0.0, "warmup": args.warmup,
+            "steps": args.steps, "threads": args.threads,
+            "argv": (" " + " ".join(argv)) if argv else ""}
+    md = render_markdown(rows, info, machine_line(machine))
+    print()
+    finish(args, "finetune", md, machine, results, argv)
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    if len(sys.argv) > 1 and sys.argv[1] == "--worker":
+        _here = os.path.dirname(os.path.abspath(__file__))
+        sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _here]
+        sys.exit(_worker_main())
+    sys.exit(main())

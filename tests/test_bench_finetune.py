@@ -1,0 +1,89 @@
+"""`python -m engine_py bench finetune` on a tiny GGUF model: every side runs
+in its own child, the table has numbers, --out writes the section, and the
+first step's loss (base model, B = 0) is the same on the engine_py float32
+side and the PyTorch + PEFT side (the two run the same job)."""
+import json
+import re
+
+import pytest
+
+from engine_py.bench import finetune
+from llm_fixtures import write_tiny_llm
+
+
+def test_make_examples_deterministic():
+    p, a = finetune.make_examples(8, 10, seed=3)
+    assert (p, a) == finetune.make_examples(8, 10, seed=3)
+    assert len(p) == len(a) == 8 and all(x.endswith("Answer:") for x in p)
+    assert set(a) <= {" alpha", " bravo", " charlie", " delta"} and len(set(a)) > 1
+
+
+def _rows(md):
+    out = {}
+    for line in md.splitlines():
+        m = re.match(r"\| (engine_py \w+(?: \+ recompute)?|PyTorch \+ PEFT float32) \| (.*) \|$", line)
+        if m:
+            out[m.group(1)] = [c.strip() for c in m.group(2).split("|")]
+    return out
+
+
+def test_bench_finetune_tiny(tmp_path):
+    pytest.importorskip("gguf")
+    have_torch = True
+    try:
+        import peft  # noqa: F401
+        import torch  # noqa: F401
+        import transformers  # noqa: F401
+    except ImportError:
+        have_torch = False
+    tiny = write_tiny_llm(tmp_path / "m", "llama", gguf_types=("Q8_0",))
+    out = tmp_path / "B.md"
+    (tmp_path / "B.md").write_text("# engine_py benchmarks\n\n## other\n\nkept\n")
+    argv = ["--model", tiny.gguf["Q8_0"], "--steps", "1", "--warmup", "1", "--batch-size", "3",
+            "--prompt-words", "8", "--threads", "1", "--quiet", "--out", str(out)]
+    if not have_torch:
+        argv.append("--no-torch")
+    assert finetune.main(argv) == 0
+    md = out.read_text()
+    assert "## other" in md and "kept" in md and "<!-- bench:finetune:begin -->" in md
+    rows = _rows(md)
+    assert set(rows) >= {"engine_py float32", "engine_py bfloat16", "engine_py bfloat16 + recompute"}
+    for lab, cells in rows.items():
+        assert "not run" not in cells[-1], (lab, cells)
+        # tokens/s, CPU s / step, tokens per CPU s, peak RSS
+        assert float(cells[1]) > 0 and float(cells[3]) > 0 and float(cells[4]) > 0
+        assert float(cells[6]) > 0
+    if have_torch:
+        f32 = float(rows["engine_py float32"][-1])
+        ref = float(rows["PyTorch + PEFT float32"][-1])
+        bf = float(rows["engine_py bfloat16"][-1])
+        assert abs(f32 - ref) <= 1e-4 * abs(ref), (f32, ref)
+        assert abs(bf - ref) <= 2e-2 * abs(ref), (bf, ref)
+        assert rows["engine_py float32"][2].endswith("x")   # ratio against PyTorch
+        assert rows["engine_py bfloat16 + recompute"][-1] == rows["engine_py bfloat16"][-1]
+
+
+def test_bench_finetune_json(tmp_path):
+    tiny = write_tiny_llm(tmp_path / "m", "qwen2", gguf_types=("F32",))
+    out = tmp_path / "r.json"
+    assert finetune.main(["--model", tiny.gguf["F32"], "--steps", "2", "--warmup", "0",
+                          "--batch-size", "2", "--prompt-words", "4", "--threads", "1",
+                          "--precisions", "float32", "--no-torch", "--quiet",
+                          "--out", str(out)]) == 0
+    d = json.loads(out.read_text())
+    r = d["results"]["engine_py float32"]
+    assert len(r["raw"]["times"]) == 2 and r["tokens_per_s"] > 0 and r["rss_mb"] > 0
+    assert len(r["raw"]["cpu"]) == 2 and r["tokens_per_cpu_s"] > 0
+    # the adapter trained: the second step's loss differs from the first
+    assert r["raw"]["losses"][0] != r["raw"]["losses"][1]
+
+
+def test_registered_with_the_cli(capsys):
+    from engine_py.bench import NAMES
+    from engine_py.cli import main
+
+    assert "finetune" in NAMES
+    with pytest.raises(SystemExit) as e:
+        main(["bench", "finetune", "--help"])
+    assert e.value.code == 0
+    assert "PyTorch + PEFT" in capsys.readouterr().out

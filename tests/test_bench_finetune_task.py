@@ -1,0 +1,63 @@
+"""bench finetune-task: the question maker, and the whole study on a tiny
+random Llama and a small synthetic graph (the real run is SmolLM2 on the
+Debian packages: docs/FINETUNE.md)."""
+import json
+
+import numpy as np
+import pytest
+
+from engine_py.bench import finetune_task as ft
+
+NAMES = ["admin", "games", "libs", "net", "utils", "web"]
+
+
+def test_make_questions_are_well_formed():
+    rng = np.random.default_rng(0)
+    texts = [f"pkg{i}: does thing {i}" for i in range(40)]
+    labels = np.arange(40) % len(NAMES)
+    idx = np.arange(10, 40)
+    p, c, y, a = ft.make_questions(texts, labels, NAMES, idx, 20, rng)
+    assert len(p) == len(c) == len(y) == len(a) == 20
+    used = set()
+    for prompt, ch, yi, ans in zip(p, c, y, a):
+        assert len(ch) == 4 and len(set(ch)) == 4 and ans == ch[yi]
+        node = int(prompt.split("Package: pkg")[1].split(":")[0])
+        assert node in idx and node not in used          # from the split, no repeats
+        used.add(node)
+        assert ch[yi] == " " + NAMES[labels[node]]        # the true section is the marked choice
+        for k, name in enumerate(ch):                     # the prompt lists the choices in order
+            assert f"Answer{k + 1}: {name.strip()}" in prompt
+        assert prompt.endswith("Answer:")
+    # the true choice's position varies (not always the first)
+    assert len(set(y.tolist())) > 1
+    with pytest.raises(ValueError, match="questions"):
+        ft.make_questions(texts, labels, NAMES, idx, 31, rng)
+    with pytest.raises(ValueError, match="choices"):
+        ft.make_questions(texts, labels, NAMES, idx, 5, rng, n_choices=7)
+
+
+def test_study_runs_end_to_end_on_a_tiny_model(tmp_path, capsys):
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    import llm_fixtures as F
+    from engine_py.datasets.graph import TextGraph
+    from engine_py.datasets.io import save_packed
+
+    m = F.write_tiny_llm(tmp_path / "m", "llama", gguf_types=("F32",))
+    n = 60
+    g = TextGraph(texts=[f"p{i}: tool number {i}" for i in range(n)], edge_index=np.zeros((2, 0)),
+                  labels=np.arange(n) % len(NAMES), label_names=NAMES, train_idx=np.arange(0, 30),
+                  val_idx=np.arange(30, 40), test_idx=np.arange(40, 60), name="tiny")
+    save_packed(g, tmp_path / "g")
+    out = tmp_path / "r.json"
+    assert ft.main(["--model", m.gguf["F32"], "--graph", str(tmp_path / "g"), "--train", "12",
+                    "--test", "8", "--seeds", "0,1", "--batch-size", "4", "--lr", "1e-2",
+                    "--no-progress", "--out", str(out)]) == 0
+    res = json.loads(out.read_text())["results"]
+    assert 0.0 <= res["zero_shot_acc"] <= 1.0
+    assert [s["seed"] for s in res["seeds"]] == [0, 1]
+    for s in res["seeds"]:
+        assert 0.0 <= s["test_acc"] <= 1.0 and s["train_seconds"] > 0 and s["tokens_per_s"] > 0
+        assert np.isfinite(s["first_loss"]) and np.isfinite(s["last_loss"])
+    md = capsys.readouterr().out
+    assert "| zero-shot (base model) |" in md and "mean ± std over 2 seeds" in md
