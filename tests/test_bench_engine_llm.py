@@ -41,10 +41,12 @@ def test_run_study_tiny(tmp_path):
                             intermediate=96)
     enc = Encoder.from_pretrained(tiny.gguf["F32"], max_length=32)
     g = _toy_graph()
-    logs = []
+    logs, seen = [], []
     res = run_study({"toy": g}, {"tiny": enc}, seeds=[0, 1], cache_dir=str(tmp_path / "c"),
                     layers="every:2", epochs=4, patience=2, exit_nodes=8, batch_size=8,
-                    timing_nodes=8, show=False, log=logs.append)
+                    timing_nodes=8, reencode_batches=1, reencode_batch_size=8, pyg_epochs=2,
+                    show=False, log=logs.append, on_pair=lambda r: seen.append(len(r["pairs"])))
+    assert seen == [1] and res["planned_pairs"] == 1
     (p,) = res["pairs"]
     assert p["layers"] == [0, 2, 4] and p["cache"]["layers"] == [0, 2, 4]
     assert not p["cache"]["reused"] and p["cache"]["build_seconds"] > 0 and p["cache"]["bytes"] > 0
@@ -73,13 +75,75 @@ def test_run_study_tiny(tmp_path):
         assert r["sequence_layers"] == sum(l * c for l, c in zip(p["layers"], r["histogram"]))
     t = p["time_per_exit_layer"]
     assert t["layers"] == [0, 2, 4] and t["sequence_layers"] == [0, 2, 4]
-    md = render_markdown(res, command="cmd", machine="m", small=True)
+    # cache vs re-encode: one batch, both sides timed, re-encoding costs more than the cache
+    r = p["reencode"]
+    assert r["batches"] == 1 and r["batch_size"] == 8 and r["unique_texts"][0] >= 8
+    assert r["cached_seconds"] > 0 and r["ratio"] == pytest.approx(r["reencode_seconds"] / r["cached_seconds"])
+    # engine_py vs plain PyTorch vs PyG on the same batches: every side timed for every epoch
+    q = p["pyg"]
+    if q is not None:
+        assert q["epochs"] == 2 and len(q["val_acc_pyg"]) == 2
+        assert min(q["engine_py_epoch_seconds"], q["torch_epoch_seconds"], q["pyg_epoch_seconds"]) > 0
+        # (dropout draws differ between the sides, so accuracies are not compared here;
+        # the model parity with PyG is tested in tests/test_engine.py)
+        assert all(0 <= a <= 1 for a in q["val_acc_engine_py"] + q["val_acc_torch"] + q["val_acc_pyg"])
+    assert p["precision_check"] is None          # a float32 encoder: nothing to compare
+    # a bfloat16 decoder: timed against its float32 twin, states nearly parallel
+    enc16 = Encoder.from_pretrained(tiny.gguf["F32"], max_length=32, precision="bfloat16")
+    from engine_py.bench.engine_llm import run_precision
+    pc = run_precision(enc16, g.texts[:6], [0, 2, 4], batch_size=4, log=logs.append)
+    assert pc["num_texts"] == 6 and pc["float32_seconds"] > 0 and pc["bfloat16_seconds"] > 0
+    assert len(pc["cosine_min"]) == 3 and min(pc["cosine_min"]) > 0.99
+    rss = p["rss_peak_bytes"]
+    assert rss["cache_build"] > 1e6 and rss["training"] > 1e6
+    md = render_markdown(res, command="cmd", machine="m", small=True, samples={"toy": (900, 90)})
+    assert "Sampled graph" in md and "## Summary" in md and "## Cache vs re-encode" in md
+    assert "## Peak resident memory" in md
     assert "SMALL-SCALE RUN" in md and "| toy | tiny | ENGINE |" in md
     assert md.count("| toy | tiny |") >= 5 + len(POLICIES) + 3
     json.dumps(res, default=float)   # JSON-ready
+    # --render-from: the markdown again from the JSON, no measurement, and it says so
+    from engine_py.bench import machine_info, write_json
+    from engine_py.bench.engine_llm import _render_from
+    jp = write_json(str(tmp_path / "r.json"), {"command": "cmd", "machine": machine_info(), "results": res,
+                                                "sampled_graphs": {"toy": {"full_nodes": 900, "nodes": 90}}})
+    _render_from(jp, str(tmp_path / "r.md"))
+    md2 = (tmp_path / "r.md").read_text()
+    assert "Rendered again from" in md2 and "| toy | tiny | ENGINE |" in md2 and "Sampled graph" in md2
+    assert "Largest peak of any phase" in md2
     # a second run reuses the cache (no build time)
     res2 = run_study({"toy": g}, {"tiny": enc}, seeds=[0], cache_dir=str(tmp_path / "c"),
                      layers="every:2", epochs=2, patience=1, exit_nodes=0, timing_nodes=0,
                      show=False, log=logs.append)
     assert res2["pairs"][0]["cache"]["reused"] and res2["pairs"][0]["cache"]["build_seconds"] is None
     assert "engine_llm" in NAMES
+
+
+def test_engine_llm_exit_sweep(tmp_path):
+    from engine_py import Graph
+    from engine_py.bench.engine_llm import ENGINE_KW, _build_cache, _fit
+    from engine_py.bench.engine_llm_exit import live_sweep, parse_policies, render
+
+    assert parse_policies("p1,t0.9,p2+t0.99") == [("patience 1", 1, None), ("threshold 0.9", None, 0.9),
+                                                   ("patience 2 or threshold 0.99", 2, 0.99)]
+    with pytest.raises(ValueError):
+        parse_policies("x3")
+    tiny = F.write_tiny_llm(tmp_path / "m", "llama", gguf_types=("F32",), layers=4, hidden=64,
+                            intermediate=96)
+    enc = Encoder.from_pretrained(tiny.gguf["F32"], max_length=32)
+    g = _toy_graph()
+    cache, _ = _build_cache(str(tmp_path / "c.cache"), enc, g.texts, [0, 2, 4], 8, False)
+    clf, info = _fit(dict(layers=[0, 2, 4], early_exit=True, **ENGINE_KW), cache,
+                     Graph(g.edge_index, g.num_nodes), g, 0, 3, 2)
+    pol = parse_policies("p1,t0.5")
+    live = live_sweep(clf, enc, g, cache, pol, exit_nodes=6, log=lambda *a: None)
+    assert list(live) == ["full depth", "patience 1", "threshold 0.5"]
+    assert live["full depth"]["sequence_layers"] == 6 * 4
+    for label, _p, _t in pol:
+        r = live[label]
+        assert sum(r["histogram"]) == 6 and r["speedup"] > 0
+        assert r["sequence_layers"] == sum(l * c for l, c in zip([0, 2, 4], r["histogram"]))
+    md = render({"graph": "toy", "model": "tiny", "precision": "float32", "layers": [0, 2, 4], "seed": 0,
+                 "val_acc": info["val_acc"], "epochs": info["epochs"], "repeats": 1, "live": live})
+    assert "| threshold 0.5 |" in md
+    cache.close()

@@ -23,8 +23,19 @@ SmolLM2-135M, Qwen2.5-0.5B), it
    ``predict_new`` at full depth vs with dynamic exit, accuracy, histogram; and
    the encoder's time per node vs the layer it stops at (time_per_exit_layer).
 
+5. for a bfloat16 decoder, times the same test texts in bfloat16 and float32
+   and compares the pooled states (cosine per layer);
+6. times a training step of the ENGINE model with states from the cache vs
+   re-encoding the batch's subgraph texts (``--reencode-batches``);
+7. trains the ENGINE model for ``--pyg-epochs`` epochs three ways on the same
+   cache, batches and initial weights: engine_py, plain PyTorch
+   (tests/reference/engine_ref.py) and a PyTorch Geometric pipeline;
+8. records the peak RSS of every phase (VmHWM, reset at the phase's start).
+
 Results go to ``--out`` (markdown, default docs/RESULTS.md) and ``--json``
-(raw numbers). A run with ``--max-nodes`` or fewer than 3 seeds is labelled a
+(raw numbers), rewritten after every pair (PARTIAL until the last);
+``--render-from JSON`` renders the markdown again without measuring.
+``--max-nodes debian=5000`` samples one graph only; the markdown says so. A run with ``--max-nodes`` or fewer than 3 seeds is labelled a
 SMALL-SCALE RUN at the top of the markdown: it proves the pipeline, it is not
 the study.
 """
@@ -52,6 +63,34 @@ POLICIES = [("patience 1 (paper)", 1, None), ("patience 2", 2, None), ("patience
 LIVE_POLICIES = [("threshold 0.99 (default)", None, 0.99), ("patience 1 (paper)", 1, None)]
 #: ENGINE's settings besides the layers (the demo's, docs/RESULTS_DEMO.md)
 ENGINE_KW = dict(reduced_dim=64, norm="ln")
+
+
+def _rss_reset() -> bool:
+    """Reset the kernel's peak-RSS mark of this process (Linux >= 4.0:
+    /proc/self/clear_refs, "5"), so _rss_peak() reports the peak of the next
+    phase only. False where that is not possible (then the peak is the
+    process's since its start)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _rss_peak() -> float:
+    """Peak resident set size in bytes since the last _rss_reset (VmHWM), or
+    since the process started (getrusage) where /proc is unavailable."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return float(line.split()[1]) * 1024.0
+    except OSError:
+        pass
+    import resource
+
+    return float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024.0
 
 
 def _ms(xs, pct=True):
@@ -152,8 +191,91 @@ def _held_out(g, graph_ei, k, seed):
     return ids, nbrs, Graph(ei[:, ~touch], g.num_nodes), Graph(ei[:, ~both], g.num_nodes)
 
 
+def run_reencode(cache, graph, g, enc, hp, batches=1, batch_size=64, log=print):
+    """Cache vs re-encode on this encoder (bench engine's run_live): a
+    training step of the study's ENGINE model whose states come from the cache
+    (sample + gather + step) vs the same step re-encoding the texts of the
+    batch's subgraph nodes with ``enc`` (sample + encode + step), on
+    ``batches`` batches of ``batch_size`` targets. Returns seconds per batch
+    (means), the ratio and the subgraph sizes."""
+    from .engine import run_live
+
+    hp = dict(hp, batch_size=int(batch_size))
+    r = run_live(cache, graph, g, enc, hp, int(batches), None, log=lambda *a: None)
+    c, l = float(np.mean(r["rows"]["cached"])), float(np.mean(r["rows"]["live"]))
+    out = {"batches": len(r["rows"]["cached"]), "batch_size": int(batch_size),
+           "cached_seconds": c, "reencode_seconds": l, "ratio": l / c,
+           "subgraph_nodes": [int(a) for a, _ in r["sizes"]], "unique_texts": [int(b) for _, b in r["sizes"]],
+           "batches_per_epoch": -(-g.train_idx.size // int(batch_size))}
+    log(f"  cache vs re-encode ({out['batches']} batch of {batch_size} targets, "
+        f"{np.mean(out['unique_texts']):.0f} unique texts): {c:.3f} s vs {l:.2f} s = {l / c:.0f}x")
+    return out
+
+
+def run_pyg(cache, graph, g, hp, epochs=3, seed=0, log=print):
+    """The cached training step three ways, in one run, on the same cache,
+    the same batches and the same initial weights (bench engine's run_pair):
+    engine_py's C step, the same model in plain PyTorch
+    (tests/reference/engine_ref.py; scatter ops), and a PyTorch Geometric
+    pipeline (PyG SAGEConv, Batch.from_data_list, states indexed from float32
+    tensors in RAM). ``epochs`` epochs, every one timed. None without torch or
+    torch_geometric."""
+    try:
+        import torch  # noqa: F401
+        import torch_geometric  # noqa: F401
+    except ImportError:
+        return None
+    from .engine import _engine_ref, run_pair as _engine_pair
+
+    EngineRef = _engine_ref()
+    o = _engine_pair(cache, graph, g, seed, dict(hp), epochs, epochs, EngineRef, log=lambda *a: None,
+                     pyg_epochs=epochs)
+    n = min(len(o["eng"]), len(o["ref"]), len(o["pyg"]))
+    eng, ref, pyg = (float(np.median(o[k][:n])) for k in ("eng", "ref", "pyg"))
+    out = {"epochs": n, "seed": seed, "engine_py_epoch_seconds": eng, "torch_epoch_seconds": ref,
+           "pyg_epoch_seconds": pyg, "sample_gather_epoch_seconds": float(np.median(o["prep"][:n])),
+           "pyg_setup_seconds": o["pyg_setup"], "torch_over_engine": ref / eng, "pyg_over_engine": pyg / eng,
+           "val_acc_engine_py": [float(a) for a, _ in o["val"][:n]],
+           "val_acc_torch": [float(b) for _, b in o["val"][:n]], "val_acc_pyg": o["pyg_val"][:n],
+           "torch_version": torch.__version__, "pyg_version": torch_geometric.__version__}
+    log(f"  training epoch (median of {n}): engine_py {eng:.3f} s, plain PyTorch {ref:.3f} s "
+        f"({ref / eng:.2f}x), PyG pipeline {pyg:.3f} s ({pyg / eng:.2f}x)")
+    return out
+
+
+def run_precision(enc, texts, layers, batch_size=32, log=print):
+    """bfloat16 vs float32 on this decoder: the same texts encoded (the
+    selected layers, mean-pooled) by ``enc`` (bfloat16) and by a float32 twin
+    loaded from the same file; wall clock of each, and the cosine of the
+    pooled states per layer (min and mean over texts). None when ``enc`` is
+    float32."""
+    from engine_py import Encoder
+
+    if getattr(enc, "precision", "float32") != "bfloat16":
+        return None
+    ref = Encoder.from_pretrained(enc.path, max_length=int(enc.max_length), precision="float32")
+    texts = list(texts)
+    enc.encode_layers(texts[:2], layers=layers, batch_size=batch_size)   # warm-up
+    out = {}
+    for name, e in (("bfloat16", enc), ("float32", ref)):
+        t0 = time.perf_counter()
+        out[name] = np.asarray(e.encode_layers(texts, layers=layers, batch_size=batch_size), np.float64)
+        out[name + "_seconds"] = time.perf_counter() - t0
+    a, b = out["bfloat16"], out["float32"]
+    cos = (a * b).sum(-1) / np.maximum(np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1), 1e-30)
+    r = {"num_texts": len(texts), "bfloat16_seconds": out["bfloat16_seconds"],
+         "float32_seconds": out["float32_seconds"],
+         "speedup": out["float32_seconds"] / out["bfloat16_seconds"], "layers": list(layers),
+         "cosine_min": [float(x) for x in cos.min(-1)], "cosine_mean": [float(x) for x in cos.mean(-1)]}
+    log(f"  bfloat16 vs float32 on {len(texts)} texts: {r['float32_seconds']:.1f} s -> "
+        f"{r['bfloat16_seconds']:.1f} s ({r['speedup']:.2f}x), min cosine {min(r['cosine_min']):.6f}")
+    del ref
+    return r
+
+
 def run_pair(gname, g, mname, enc, seeds, cache_dir, layers="engine", epochs=200, patience=20,
-             exit_nodes=200, batch_size=32, timing_nodes=64, show=False, log=print):
+             exit_nodes=200, batch_size=32, timing_nodes=64, show=False, log=print,
+             reencode_batches=1, reencode_batch_size=64, pyg_epochs=3, precision_texts=32):
     """One graph x one encoder: every number of the study for that pair (a
     JSON-ready dict)."""
     from engine_py import Graph
@@ -164,7 +286,11 @@ def run_pair(gname, g, mname, enc, seeds, cache_dir, layers="engine", epochs=200
     last = sel[-1]
     path = _cache_path(cache_dir, gname, g, mname, enc, sel)
     log(f"[{gname} x {mname}] cache {os.path.basename(path)} (layers {sel})")
+    t_pair = time.perf_counter()
+    rss_ok = _rss_reset()
     cache, cinfo = _build_cache(path, enc, g.texts, sel, batch_size, show)
+    rss = {"per_phase": rss_ok, "cache_build": _rss_peak()}
+    _rss_reset()
     how = "reused" if cinfo["reused"] else f"built in {cinfo['build_seconds']:.1f} s"
     log(f"  cache: {how}, {cinfo['bytes'] / 1e6:.1f} MB")
     graph = Graph(g.edge_index, g.num_nodes)
@@ -172,7 +298,8 @@ def run_pair(gname, g, mname, enc, seeds, cache_dir, layers="engine", epochs=200
     ty = g.labels[g.test_idx]
     res = {"graph": gname, "model": mname, "num_nodes": g.num_nodes, "num_edges": g.num_edges,
            "num_classes": g.num_classes, "encoder_layers": int(enc.num_layers), "layers": sel,
-           "cache": cinfo, "models": {}, "exit_cached": {}, "exit_live": {}}
+           "precision": getattr(enc, "precision", "float32"), "max_length": int(enc.max_length),
+           "cache": cinfo, "models": {}, "exit_cached": {}, "exit_live": {}, "rss_peak_bytes": rss}
     specs = [("ENGINE", dict(layers=sel, early_exit=True, **ENGINE_KW), graph),
              ("MLP (last layer)", dict(layers=[last], early_exit=False), no_edges),
              ("SAGE (last layer)", dict(layers=[last], early_exit=False), graph),
@@ -200,6 +327,8 @@ def run_pair(gname, g, mname, enc, seeds, cache_dir, layers="engine", epochs=200
                 engines.append(clf)
         res["models"][name] = rec
         log(f"  {name:<34} test {_ms(rec['test_acc'])}%  {np.mean(rec['seconds_per_epoch']):.3f} s/epoch")
+    rss["training"] = _rss_peak()
+    _rss_reset()
     # early exit on cached heads (the rule run by predict(exit="dynamic"))
     lay = np.asarray(sel)
     for label, p, t in POLICIES:
@@ -248,23 +377,41 @@ def run_pair(gname, g, mname, enc, seeds, cache_dir, layers="engine", epochs=200
         # cached reference for the same nodes: checks that live == cached at full depth
         ref = clf.predict(ids, cache=cache, graph=g_ref)
         res["exit_live"]["full depth"]["agrees_with_cached"] = float(np.mean(ref == p_full))
+    rss["early_exit"] = _rss_peak()
     if timing_nodes:
         tn = [g.texts[v] for v in g.test_idx[:int(timing_nodes)]]
         res["time_per_exit_layer"] = time_per_exit_layer(enc, tn, sel, batch_size=batch_size)
+    hp = dict(layers=sel, early_exit=True, **ENGINE_KW)
+    if precision_texts:
+        res["precision_check"] = run_precision(enc, [g.texts[v] for v in g.test_idx[:int(precision_texts)]],
+                                               sel, batch_size, log)
+    if reencode_batches:
+        _rss_reset()
+        res["reencode"] = run_reencode(cache, graph, g, enc, hp, reencode_batches, reencode_batch_size, log)
+        rss["reencode"] = _rss_peak()
+    if pyg_epochs:
+        _rss_reset()
+        res["pyg"] = run_pyg(cache, graph, g, hp, pyg_epochs, seeds[0], log)
+        rss["pyg"] = _rss_peak()
     cache.close()
+    res["seconds"] = time.perf_counter() - t_pair
+    log(f"  pair done in {res['seconds']:.0f} s; peak RSS cache build {rss['cache_build'] / 1e6:.0f} MB, "
+        f"training {rss['training'] / 1e6:.0f} MB")
     return res
 
 
-def run_study(graphs: dict, encoders: dict, seeds=(0, 1, 2), cache_dir=None, **kw) -> dict:
+def run_study(graphs: dict, encoders: dict, seeds=(0, 1, 2), cache_dir=None, on_pair=None, **kw) -> dict:
     """Every pair of ``graphs`` ({name: TextGraph}) and ``encoders`` ({name:
     Encoder, or a zero-argument callable returning one}); keywords go to
-    run_pair. Returns {"pairs": [...], "graphs": {...}}."""
+    run_pair. ``on_pair(result_so_far)`` is called after every pair (the
+    command writes its files there, so a run cut short keeps what it
+    measured). Returns {"pairs": [...], "graphs": {...}}."""
     cache_dir = cache_dir or os.path.join(os.environ.get("ENGINE_PY_CACHE") or
                                           os.path.join(os.path.expanduser("~"), ".cache", "engine_py"),
                                           "engine-llm")
     os.makedirs(cache_dir, exist_ok=True)
     seeds = list(seeds)
-    out = {"pairs": [], "seeds": seeds,
+    out = {"pairs": [], "seeds": seeds, "planned_pairs": len(graphs) * len(encoders),
            "graphs": {n: {"num_nodes": g.num_nodes, "num_edges": g.num_edges,
                           "num_classes": g.num_classes, "provenance": g.provenance,
                           "split": [int(g.train_idx.size), int(g.val_idx.size), int(g.test_idx.size)]}
@@ -274,29 +421,96 @@ def run_study(graphs: dict, encoders: dict, seeds=(0, 1, 2), cache_dir=None, **k
             enc = enc()
         for gname, g in graphs.items():
             out["pairs"].append(run_pair(gname, g, mname, enc, seeds, cache_dir, **kw))
+            if on_pair is not None:
+                on_pair(out)
     return out
 
 
-def render_markdown(res: dict, command: str = "", machine: str = "", small: bool = False) -> str:
+def _best_exit(p, max_drop=0.01):
+    """The cached-heads policy with the largest layer speed-up whose mean
+    relative accuracy drop is at most max_drop: (label, speed-up, drop) or None."""
+    ok = [(np.mean(r["layer_speedup"]), lab, np.mean(r["rel_drop"])) for lab, r in p["exit_cached"].items()
+          if np.mean(r["rel_drop"]) <= max_drop]
+    if not ok:
+        return None
+    sp, lab, d = max(ok)
+    return lab, float(sp), float(d)
+
+
+def summary_lines(res: dict) -> list:
+    """Findings computed from the numbers (no hand-written claims): who wins
+    per pair, by how much, where the best single layer is, the best early-exit
+    point within a 1% relative drop, the cache / PyG ratios."""
+    L = []
+    for p in res["pairs"]:
+        m = p["models"]
+        mean = {k: float(np.mean(r["test_acc"])) for k, r in m.items()}
+        sd = {k: float(np.std(r["test_acc"], ddof=1)) if len(r["test_acc"]) > 1 else 0.0 for k, r in m.items()}
+        best = max(mean, key=mean.get)
+        eng = mean["ENGINE"]
+        others = {k: v for k, v in mean.items() if k != "ENGINE"}
+        rival = max(others, key=others.get)
+        diff = 100 * (eng - others[rival])
+        verdict = ("ENGINE is best" if best == "ENGINE" else f"ENGINE does not win: {best} is best")
+        noise = max(sd["ENGINE"], sd[rival]) * 100
+        L.append(f"- **{p['graph']} × {p['model']}**: {verdict} (ENGINE {100 * eng:.1f}% vs {rival} "
+                 f"{100 * others[rival]:.1f}%, {diff:+.1f} points; larger seed std {noise:.1f}); "
+                 f"best single state on validation: layer {p['best_single_layer']} of {p['encoder_layers']}.")
+        b = _best_exit(p)
+        if b:
+            L.append(f"  Early exit (cached heads, test nodes): best layer speed-up within 1% relative drop: "
+                     f"{b[1]:.2f}x ({b[0]}, drop {100 * b[2]:.2f}%).")
+        else:
+            L.append("  Early exit (cached heads): no policy stays within 1% relative drop.")
+        live = {k: v for k, v in p["exit_live"].items() if "speedup" in v}
+        if live:
+            full = p["exit_live"]["full depth"]["acc"]
+            L.append("  Live on held-out nodes: " + "; ".join(
+                f"{k} {v['speedup']:.2f}x wall clock, accuracy {100 * full:.1f} → {100 * v['acc']:.1f}%"
+                for k, v in live.items()) + ".")
+        if p.get("reencode"):
+            L.append(f"  Cache vs re-encode: a cached training step is {p['reencode']['ratio']:.0f}x faster.")
+        if p.get("pyg"):
+            q = p["pyg"]
+            L.append(f"  Cached training epoch: engine_py {q['torch_over_engine']:.2f}x faster than plain "
+                     f"PyTorch, {q['pyg_over_engine']:.2f}x faster than the PyG pipeline.")
+    return L
+
+
+def render_markdown(res: dict, command: str = "", machine: str = "", small: bool = False,
+                    samples: dict | None = None) -> str:
     L = ["# ENGINE on decoder LLMs: results", ""]
+    done, planned = len(res["pairs"]), res.get("planned_pairs", len(res["pairs"]))
+    if done < planned:
+        L += [f"> **PARTIAL**: {done} of {planned} graph × encoder pairs finished when this file was "
+              "written (the file is rewritten after every pair).", ""]
     if small:
         L += ["> **SMALL-SCALE RUN** (subsampled graphs and/or fewer than 3 seeds): it shows that the",
               "> pipeline runs end to end; its numbers are not the study's.", ""]
+    for n, (full, kept) in (samples or {}).items():
+        L += [f"> **Sampled graph**: `{n}` is a breadth-first sample of {kept:,} of its {full:,} nodes "
+              "(re-split 60/20/20 stratified), not the full graph.", ""]
     if command:
-        L += [f"Generated by `{command}`.", ""]
+        L += [f"Generated by `{command}` (one run; every number below comes from it).", ""]
     if machine:
         L += [f"Machine: {machine}", ""]
+    if res["pairs"]:
+        L += ["## Summary (computed from the tables below)", ""] + summary_lines(res) + [""]
     L += ["## Graphs", "", "| graph | nodes | edges | classes | train / val / test |", "|---|---|---|---|---|"]
     for n, g in res["graphs"].items():
         L.append(f"| {n} | {g['num_nodes']:,} | {g['num_edges']:,} | {g['num_classes']} | "
                  f"{' / '.join(map(str, g['split']))} |")
-    L += ["", "## Layer caches", "", "| graph | encoder | layers cached | size | build time |",
-          "|---|---|---|---|---|"]
+    L += ["", "## Layer caches", "",
+          "| graph | encoder | precision | max tokens | layers cached | size | build time | ms / node |",
+          "|---|---|---|---|---|---|---|---|"]
     for p in res["pairs"]:
         c = p["cache"]
         bt = "reused (built earlier)" if c["build_seconds"] is None else f"{c['build_seconds']:.1f} s"
-        L.append(f"| {p['graph']} | {p['model']} | {','.join(map(str, c['layers']))} | "
-                 f"{c['bytes'] / 1e6:.1f} MB | {bt} |")
+        if c["build_seconds"] is not None and c["rows_built"] < c["num_nodes"]:
+            bt += f" for {c['rows_built']:,} rows (resumed a partial cache)"
+        per = "-" if c["build_seconds"] is None else f"{1e3 * c['build_seconds'] / max(1, c['rows_built']):.1f}"
+        L.append(f"| {p['graph']} | {p['model']} | {p.get('precision', 'float32')} | {p.get('max_length', '-')} | "
+                 f"{','.join(map(str, c['layers']))} | {c['bytes'] / 1e6:.1f} MB | {bt} | {per} |")
     L += ["", f"## Test accuracy (mean ± std over seeds {res['seeds']}) and training time per epoch", "",
           "| graph | encoder | model | test acc % | s / epoch | epochs |", "|---|---|---|---|---|---|"]
     for p in res["pairs"]:
@@ -335,13 +549,91 @@ def render_markdown(res: dict, command: str = "", machine: str = "", small: bool
         if t:
             pts = ", ".join(f"{l}: {1e3 * s:.2f}" for l, s in zip(t["layers"], t["seconds_per_node"]))
             L.append(f"| {p['graph']} | {p['model']} | {pts} | {1e3 * t['slope']:.3f} | {t['r2']:.3f} |")
+    rows = [p for p in res["pairs"] if p.get("precision_check")]
+    if rows:
+        L += ["", "## bfloat16 vs float32 (decoders; the study's caches and live runs use bfloat16)", "",
+              "The same test texts encoded by the bfloat16 encoder and by a float32 twin loaded from the "
+              "same file (the cached layers, mean-pooled; batch as in the study).", "",
+              "| graph | encoder | texts | float32 s | bfloat16 s | speed-up | min cosine (worst layer) | "
+              "mean cosine |", "|---|---|---|---|---|---|---|---|"]
+        for p in rows:
+            r = p["precision_check"]
+            L.append(f"| {p['graph']} | {p['model']} | {r['num_texts']} | {r['float32_seconds']:.2f} | "
+                     f"{r['bfloat16_seconds']:.2f} | **{r['speedup']:.2f}x** | {min(r['cosine_min']):.6f} | "
+                     f"{np.mean(r['cosine_mean']):.6f} |")
+    rows = [p for p in res["pairs"] if p.get("reencode")]
+    if rows:
+        L += ["", "## Cache vs re-encode (a training step of the ENGINE model: states from the cache vs "
+              "the batch's subgraph texts re-encoded by the same encoder; sample + states + step)", "",
+              "| graph | encoder | targets / batch | unique texts | cached s / batch | re-encode s / batch | ratio |",
+              "|---|---|---|---|---|---|---|"]
+        for p in rows:
+            r = p["reencode"]
+            L.append(f"| {p['graph']} | {p['model']} | {r['batch_size']} | {np.mean(r['unique_texts']):.0f} | "
+                     f"{r['cached_seconds']:.3f} | {r['reencode_seconds']:.2f} | **{r['ratio']:.0f}x** |")
+        L += ["", "Measured on the number of batches in the JSON (`reencode.batches`); an epoch has "
+              "`batches_per_epoch` of them, so the per-epoch ratio is the same."]
+    rows = [p for p in res["pairs"] if p.get("pyg")]
+    if rows:
+        q0 = rows[0]["pyg"]
+        L += ["", "## Cached training epoch: engine_py vs plain PyTorch vs a PyTorch Geometric pipeline", "",
+              f"Same cache, same batches (sampled once by engine_py, seed {q0['seed']}), same initial weights; "
+              f"torch {q0['torch_version']}, torch_geometric {q0['pyg_version']}; the PyG side assembles each "
+              "batch with `Batch.from_data_list` from precomputed ego graphs and indexes float32 states in RAM "
+              "(as the reference code does); sampling + gathering for the first two sides is timed apart "
+              "and not included. Median epoch over the epochs run.", "",
+              "| graph | encoder | epochs | engine_py s | plain PyTorch s | PyG pipeline s | PyTorch / engine_py | "
+              "PyG / engine_py | sample+gather s | PyG / (engine_py + sample+gather) |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
+        for p in rows:
+            q = p["pyg"]
+            L.append(f"| {p['graph']} | {p['model']} | {q['epochs']} | {q['engine_py_epoch_seconds']:.3f} | "
+                     f"{q['torch_epoch_seconds']:.3f} | {q['pyg_epoch_seconds']:.3f} | "
+                     f"**{q['torch_over_engine']:.2f}x** | **{q['pyg_over_engine']:.2f}x** | "
+                     f"{q['sample_gather_epoch_seconds']:.3f} | "
+                     f"{q['pyg_epoch_seconds'] / (q['engine_py_epoch_seconds'] + q['sample_gather_epoch_seconds']):.2f}x |")
+        L += ["", "The PyG pipeline's time includes its batch assembly and state indexing; the last column "
+              "counts engine_py's sampling and gathering too (end to end)."]
+    L += ["", "## Peak resident memory (VmHWM of the process, reset before each phase; includes the loaded "
+          "encoder, the graph texts and the mapped cache pages touched)", "",
+          "| graph | encoder | cache build | training (all models, seeds) | early exit | re-encode | PyG |",
+          "|---|---|---|---|---|---|---|"]
+    for p in res["pairs"]:
+        r = p.get("rss_peak_bytes") or {}
+        f = lambda k: f"{r[k] / 1e6:.0f} MB" if r.get(k) else "-"   # noqa: E731
+        L.append(f"| {p['graph']} | {p['model']} | {f('cache_build')} | {f('training')} | {f('early_exit')} | "
+                 f"{f('reencode')} | {f('pyg')} |")
+    peaks = [(v, p["graph"], p["model"], k) for p in res["pairs"]
+             for k, v in (p.get("rss_peak_bytes") or {}).items() if isinstance(v, float)]
+    if peaks:
+        v, gr, mo, ph = max(peaks)
+        L += ["", f"Largest peak of any phase: {v / 1e6:.0f} MB ({gr} × {mo}, {ph}). Memory kept from "
+              "earlier pairs of the run counts in later pairs' peaks (the first pair's are the cleanest). "
+              "(Resetting the mark also resets getrusage's maxrss on Linux, so there is no separate "
+              "whole-process figure.)"]
     return "\n".join(L) + "\n"
 
 
+def _parse_max_nodes(spec):
+    """--max-nodes: "N" (every graph) or "name=N,name=N" (those graphs only)."""
+    if spec is None or str(spec).strip() == "":
+        return {}
+    spec = str(spec).strip()
+    if "=" not in spec:
+        return {"*": int(spec)}
+    out = {}
+    for item in spec.split(","):
+        k, _, v = item.partition("=")
+        out[k.strip()] = int(v)
+    return out
+
+
 def _load_graphs(names, max_nodes, log):
+    """{name: TextGraph} and {name: (full nodes, kept nodes)} for the sampled ones."""
     from engine_py.datasets import debian_packages, python_docs
 
-    out = {}
+    limits = _parse_max_nodes(max_nodes) if not isinstance(max_nodes, dict) else max_nodes
+    out, samples = {}, {}
     for n in names:
         t0 = time.perf_counter()
         if n == "debian":
@@ -350,20 +642,43 @@ def _load_graphs(names, max_nodes, log):
             g = python_docs()
         else:
             raise SystemExit(f"unknown graph {n!r} (debian, pydocs)")
-        g = subsample(g, max_nodes)
-        log(f"graph {n}: {g.num_nodes} nodes, {g.num_edges} edges, {g.num_classes} classes "
-            f"({time.perf_counter() - t0:.1f} s)")
+        full = g.num_nodes
+        g = subsample(g, limits.get(n, limits.get("*")))
+        if g.num_nodes < full:
+            samples[n] = (full, g.num_nodes)
+        log(f"graph {n}: {g.num_nodes} nodes{f' (sample of {full})' if g.num_nodes < full else ''}, "
+            f"{g.num_edges} edges, {g.num_classes} classes ({time.perf_counter() - t0:.1f} s)")
         out[n] = g
-    return out
+    return out, samples
 
 
-def _encoder_factory(name, max_length):
+def _encoder_factory(name, max_length, precision="float32"):
     from engine_py import Encoder, models
 
     paths = {"minilm": models.minilm_path, "smollm2": models.smollm2_path, "qwen05": models.qwen05_path}
     if name not in paths:
         raise SystemExit(f"unknown model {name!r} (minilm, smollm2, qwen05)")
-    return lambda: Encoder.from_pretrained(paths[name](), max_length=max_length)
+    # bfloat16 products exist for the decoders only (MiniLM stays float32)
+    prec = precision if name != "minilm" else "float32"
+    return lambda: Encoder.from_pretrained(paths[name](), max_length=max_length, precision=prec)
+
+
+def _render_from(json_path, out):
+    """Re-render the markdown of an earlier run from its JSON (same numbers;
+    a note says so)."""
+    with open(json_path, encoding="utf-8") as f:
+        doc = json.load(f)
+    samples = {k: (v["full_nodes"], v["nodes"]) for k, v in (doc.get("sampled_graphs") or {}).items()}
+    md = render_markdown(doc["results"], command=doc["command"], machine=machine_line(doc["machine"]),
+                         small=doc.get("small_scale", False), samples=samples)
+    md = md.replace("\n\nMachine:", f"\n\nRendered again from `{json_path}` by "
+                    f"`python -m engine_py bench engine-llm --render-from {json_path}` (no new measurement)."
+                    "\n\nMachine:", 1)
+    print(md)
+    if out:
+        with open(out, "w", encoding="utf-8") as f:
+            f.write(md)
+    return 0
 
 
 def main(argv=None) -> int:
@@ -372,44 +687,81 @@ def main(argv=None) -> int:
     p.add_argument("--graphs", default="debian,pydocs", help="comma list of debian, pydocs")
     p.add_argument("--models", default="minilm,smollm2,qwen05", help="comma list of minilm, smollm2, qwen05")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--max-nodes", type=int, default=None, help="subsample each graph (BFS) to this many nodes")
+    p.add_argument("--max-nodes", default=None,
+                   help="subsample (BFS) to this many nodes: N for every graph, or name=N,... "
+                        "for some (e.g. debian=5000)")
     p.add_argument("--max-length", type=int, default=128, help="tokens per node text (default 128)")
+    p.add_argument("--precision", default="bfloat16", choices=["float32", "bfloat16"],
+                   help="decoder products (default bfloat16: ~2x faster on AVX512-BF16 CPUs, layer states "
+                        "within cosine 0.99999 of float32); MiniLM is always float32")
     p.add_argument("--layers", default="engine", help="cached/selected states: engine, every:K, all (default engine)")
     p.add_argument("--epochs", type=int, default=200)
     p.add_argument("--patience", type=int, default=20)
     p.add_argument("--exit-nodes", type=int, default=200, help="held-out test nodes for live early exit")
     p.add_argument("--timing-nodes", type=int, default=64, help="texts for time per node vs exit layer")
+    p.add_argument("--reencode-batches", type=int, default=1,
+                   help="training batches timed cached vs re-encoded (0: skip)")
+    p.add_argument("--reencode-batch-size", type=int, default=32, help="targets per re-encode batch")
+    p.add_argument("--pyg-epochs", type=int, default=3,
+                   help="epochs of engine_py vs PyTorch vs PyG on the same batches (0: skip; needs torch, "
+                        "torch_geometric)")
+    p.add_argument("--precision-texts", type=int, default=32,
+                   help="test texts encoded in bfloat16 and float32 to compare time and states (0: skip)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--cache-dir", default=None)
     p.add_argument("--out", default="docs/RESULTS.md", help="markdown report (default docs/RESULTS.md)")
     p.add_argument("--json", default=None, help="raw numbers (default: --out with .json)")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--render-from", default=None, metavar="JSON",
+                   help="measure nothing: render the markdown (--out) again from a JSON this command wrote")
     args = p.parse_args(argv)
     import engine_py
 
+    if args.render_from:
+        return _render_from(args.render_from, args.out)
     if args.threads:
         engine_py.set_num_threads(args.threads)
     run = start_run()
     log = lambda *a: print(*a, flush=True)   # noqa: E731
-    graphs = _load_graphs([s.strip() for s in args.graphs.split(",") if s.strip()], args.max_nodes, log)
-    encoders = {m.strip(): _encoder_factory(m.strip(), args.max_length)
+    graphs, samples = _load_graphs([s.strip() for s in args.graphs.split(",") if s.strip()],
+                                   args.max_nodes, log)
+    encoders = {m.strip(): _encoder_factory(m.strip(), args.max_length, args.precision)
                 for m in args.models.split(",") if m.strip()}
+    cmd = "python -m engine_py bench engine-llm " + " ".join(sys.argv[1:] if argv is None else argv)
+    small = len(args.seeds) < 3 or (bool(samples) and len(samples) == len(graphs))
+    jp = args.json or (os.path.splitext(args.out)[0] + ".json" if args.out else None)
+
+    def write(res, machine):
+        md = render_markdown(res, command=cmd.strip(), machine=machine_line(machine), small=small,
+                             samples=samples)
+        if args.out:
+            os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+            tmp = args.out + ".tmp"
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.write(md)
+            os.replace(tmp, args.out)
+            write_json(jp, {"benchmark": "engine_llm", "command": cmd.strip(), "small_scale": small,
+                            "sampled_graphs": {k: {"full_nodes": a, "nodes": b} for k, (a, b) in samples.items()},
+                            "complete": len(res["pairs"]) == res["planned_pairs"],
+                            "machine": machine, "results": res})
+        return md
+
+    def on_pair(res):   # partial files after every pair (machine facts up to now)
+        from . import machine_info
+
+        write(res, machine_info(threads=engine_py.get_num_threads()))
+        log(f"  wrote {args.out} ({len(res['pairs'])} of {res['planned_pairs']} pairs)")
+
     res = run_study(graphs, encoders, seeds=args.seeds, cache_dir=args.cache_dir, layers=args.layers,
                     epochs=args.epochs, patience=args.patience, exit_nodes=args.exit_nodes,
                     batch_size=args.batch_size, timing_nodes=args.timing_nodes,
-                    show=False if args.no_progress else None, log=log)
+                    reencode_batches=args.reencode_batches, reencode_batch_size=args.reencode_batch_size,
+                    pyg_epochs=args.pyg_epochs, precision_texts=args.precision_texts, show=False if args.no_progress else None, log=log,
+                    on_pair=on_pair if args.out else None)
     machine = run.stop(threads=engine_py.get_num_threads())
-    cmd = "python -m engine_py bench engine-llm " + " ".join(sys.argv[1:] if argv is None else argv)
-    small = args.max_nodes is not None or len(args.seeds) < 3
-    md = render_markdown(res, command=cmd.strip(), machine=machine_line(machine), small=small)
+    md = write(res, machine)
     print(md)
     if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, "w", encoding="utf-8") as f:
-            f.write(md)
-        jp = args.json or os.path.splitext(args.out)[0] + ".json"
-        write_json(jp, {"benchmark": "engine_llm", "command": cmd.strip(), "small_scale": small,
-                        "machine": machine, "results": res})
         print(f"wrote {args.out} and {jp}")
     return 0
