@@ -29,7 +29,7 @@ import re
 import threading
 
 __all__ = ["write_section", "write_json", "machine_info", "machine_line", "start_run", "finish",
-           "add_output_args", "NAMES"]
+           "add_output_args", "NAMES", "run_worker_script"]
 
 # Benchmarks known to the CLI (module names under engine_py.bench).
 NAMES = ("encoder", "cache", "engine", "early_exit", "gmoe", "threads", "demo_study", "bpe",
@@ -266,3 +266,29 @@ def write_section(name: str, markdown: str, path: str) -> str:
 # Read when the benchmark starts: commits made while a long run goes on must
 # not be credited with its numbers.
 _COMMIT_AT_START = _git_commit()
+
+
+def run_worker_script(script: str, job: dict, timeout: float, log) -> dict:
+    """Run `python script --worker` with the job as JSON on stdin and return
+    the dict of its last "RESULT {...}" line (a benchmark side in a process of
+    its own, so that its peak RSS and its libraries are its own), or
+    {"ok": False, "reason": ...} on a timeout or a crash. The child finds this
+    engine_py through PYTHONPATH and inherits the environment
+    (GOMP_SPINCOUNT included, so every side spins the same)."""
+    import subprocess
+    import sys
+
+    here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = dict(os.environ)
+    env["PYTHONPATH"] = here + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    try:
+        p = subprocess.run([sys.executable, script, "--worker"], input=json.dumps(job),
+                           capture_output=True, text=True, timeout=timeout, env=env)
+    except subprocess.TimeoutExpired:
+        return {"ok": False, "reason": f"timed out after {timeout:.0f} s"}
+    for line in p.stdout.splitlines()[::-1]:
+        if line.startswith("RESULT "):
+            return json.loads(line[7:])
+    tail = (p.stderr or "").strip().splitlines()[-3:]
+    log(f"    child failed (exit {p.returncode}): " + " / ".join(tail))
+    return {"ok": False, "reason": f"child exited {p.returncode}: {tail[-1][:160] if tail else ''}"}

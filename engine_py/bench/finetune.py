@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 
@@ -158,24 +157,14 @@ _WORKERS = {"engine_py": _worker_engine, "torch": _worker_torch}
 def _run_child(job: dict, timeout: float, log) -> dict:
     """One side in a child process (this file run as a script, finding this
     engine_py through PYTHONPATH): its result dict plus rss_mb."""
-    cmd = [sys.executable, os.path.abspath(__file__), "--worker"]
-    here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    env = dict(os.environ)
-    env["PYTHONPATH"] = here + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    try:
-        p = subprocess.run(cmd, input=json.dumps(job), capture_output=True, text=True, timeout=timeout,
-                           env=env)
-    except subprocess.TimeoutExpired:
-        return {"ok": False, "reason": f"timed out after {timeout:.0f} s"}
-    for line in p.stdout.splitlines()[::-1]:
-        if line.startswith("RESULT "):
-            return json.loads(line[7:])
-    tail = (p.stderr or "").strip().splitlines()[-3:]
-    log(f"    child failed (exit {p.returncode}): " + " / ".join(tail))
-    return {"ok": False, "reason": f"child exited {p.returncode}: {tail[-1][:160] if tail else ''}"}
+    from engine_py.bench import run_worker_script
+
+    return run_worker_script(os.path.abspath(__file__), job, timeout, log)
 
 
 def _worker_main() -> int:
+    # the child side of run_worker_script, kept in this file: a child must not import
+    # the engine_py package unless its side uses it (its libraries would count in its RSS)
     job = json.loads(sys.stdin.read())
     try:
         res = _WORKERS[job["side"]](job)

@@ -56,7 +56,6 @@ import json
 import os
 import random
 import struct
-import subprocess
 import sys
 import time
 
@@ -532,24 +531,14 @@ def _run_child(job: dict, timeout: float, log) -> dict:
     # Every child gets the parent's environment, GOMP_SPINCOUNT included:
     # engine_py sets it when imported (unless the user did) and llama.cpp's and
     # PyTorch's OpenMP read it as well, so all sides run with the same value.
-    cmd = [sys.executable, os.path.abspath(__file__), "--worker"]
-    here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    env = dict(os.environ)
-    env["PYTHONPATH"] = here + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    try:
-        p = subprocess.run(cmd, input=json.dumps(job), capture_output=True, text=True, timeout=timeout,
-                           env=env)
-    except subprocess.TimeoutExpired:
-        return {"ok": False, "reason": f"timed out after {timeout:.0f} s"}
-    for line in p.stdout.splitlines()[::-1]:
-        if line.startswith("RESULT "):
-            return json.loads(line[7:])
-    tail = (p.stderr or "").strip().splitlines()[-3:]
-    log(f"    child failed (exit {p.returncode}): " + " / ".join(tail))
-    return {"ok": False, "reason": f"child exited {p.returncode}: {tail[-1][:160] if tail else ''}"}
+    from engine_py.bench import run_worker_script
+
+    return run_worker_script(os.path.abspath(__file__), job, timeout, log)
 
 
 def _worker_main() -> int:
+    # the child side of run_worker_script, kept in this file: a child must not import
+    # the engine_py package unless its side uses it (its libraries would count in its RSS)
     job = json.loads(sys.stdin.read())
     try:
         res = _WORKERS[job["side"]](job)
