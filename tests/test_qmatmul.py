@@ -371,7 +371,11 @@ def test_bf16_kernel_and_emulation_agree(tmp_path):
         res[lv] = dict(np.load(out))
     assert not bool(res["avx2"]["kernel"])
     if not bool(res["native"]["kernel"]):
-        pytest.skip("this CPU has no AVX512-BF16: both runs took the emulation")
+        # no AVX512-BF16 here: both runs took the emulation, whose dequantized
+        # values and rounding are the same at every ISA level: the same bits
+        for tn in ("Q4_1", "Q6_K", "F16"):
+            np.testing.assert_array_equal(res["avx2"][tn], res["native"][tn], err_msg=tn)
+        return
     for tn in ("Q4_1", "Q6_K", "F16"):
         a, b = res["avx2"][tn].astype(np.float64), res["native"][tn].astype(np.float64)
         assert np.abs(a - b).max() <= 1e-4 * np.abs(a).max(), tn

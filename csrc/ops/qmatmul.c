@@ -250,6 +250,25 @@ static eg_status qmm_gemm(const qmm_kernels *kern, float *Y, size_t ldy, const f
     return EG_OK;
 }
 
+/* A contiguous copy of A (N rows of n floats, row stride lda) rounded to
+ * bf16 values, for the emulated bf16 products; NULL (err set) when out of
+ * memory. */
+static float *rounded_copy(const float *A, size_t lda, size_t N, int n, const char *what,
+                           eg_err *err)
+{
+    size_t bytes;
+    float *r;
+    if (eg_mul_ovf(N, (size_t)n * sizeof(float), &bytes) || (r = eg_aligned_alloc(bytes)) == NULL) {
+        eg_seterr(err, EG_ENOMEM, "out of memory for %zu x %d rounded %s", N, n, what);
+        return NULL;
+    }
+    for (size_t i = 0; i < N; i++) {
+        memcpy(r + i * (size_t)n, A + i * lda, (size_t)n * sizeof(float));
+    }
+    eg_round_bf16_inplace(r, N * (size_t)n);
+    return r;
+}
+
 /* bf16 products (eg_bf16.h): the kernel on packed panels where the CPU has
  * AVX512-BF16, else rounded float copies through qmm_gemm. The weights are
  * dequantized 32 rows at a time into a per-thread buffer and packed, so no
@@ -261,15 +280,10 @@ static eg_status qmm_bf16(const qmm_kernels *kern, float *Y, size_t ldy, const f
     const size_t kp2 = (size_t)((cols + 1) / 2) * 2;
     size_t xbytes;
     if (!eg_bf16_kernel_available()) {
-        float *xr;
-        if (eg_mul_ovf(N, (size_t)cols * sizeof(float), &xbytes)
-            || (xr = eg_aligned_alloc(xbytes)) == NULL) {
-            return eg_seterr(err, EG_ENOMEM, "out of memory for %zu x %d rounded inputs", N, cols);
+        float *xr = rounded_copy(X, ldx, N, cols, "inputs", err);
+        if (xr == NULL) {
+            return EG_ENOMEM;
         }
-        for (size_t i = 0; i < N; i++) {
-            memcpy(xr + i * cols, X + i * ldx, (size_t)cols * sizeof(float));
-        }
-        eg_round_bf16_inplace(xr, N * (size_t)cols);
         eg_status st = qmm_gemm(kern, Y, ldy, xr, (size_t)cols, N, W, 1, err);
         eg_aligned_free(xr);
         return st;
@@ -363,6 +377,28 @@ eg_status eg_qmatmul_prec(float *Y, size_t ldy, const float *X, size_t ldx, size
  * dequantized into one scratch tile and multiplied by eg_sgemm (NoTrans,
  * NoTrans), each tile accumulating into dX, so no float copy of the whole
  * matrix exists unless it fits one tile. F32 matrices are used in place. */
+/* dX (+)= dY @ W through dequantized row tiles of W and eg_sgemm; with
+ * round_bf16 the tiles are rounded to bf16 values (dY already rounded). */
+static eg_status qmm_t_gemm(const qmm_kernels *kern, float *dX, size_t ldx, const float *dY,
+                            size_t ldy, size_t N, const eg_qmat *W, int accumulate, int round_bf16,
+                            eg_err *err)
+{
+    const int cols = (int)W->cols, rows = (int)W->rows;
+    int tile;
+    float *buf = alloc_tile(W, &tile, err);
+    if (buf == NULL) {
+        return EG_ENOMEM;
+    }
+    for (int r0 = 0; r0 < rows; r0 += tile) {
+        const int nr = rows - r0 < tile ? rows - r0 : tile;
+        dequantize_tile(kern, W, r0, nr, buf, round_bf16);
+        eg_sgemm(0, 0, (int)N, cols, nr, 1.0f, dY + r0, (int)ldy, buf, cols,
+                 (accumulate || r0 > 0) ? 1.0f : 0.0f, dX, (int)ldx);
+    }
+    eg_aligned_free(buf);
+    return EG_OK;
+}
+
 eg_status eg_qmatmul_t(float *dX, size_t ldx, const float *dY, size_t ldy, size_t N,
                        const eg_qmat *W, int accumulate, eg_err *err)
 {
@@ -375,20 +411,7 @@ eg_status eg_qmatmul_t(float *dX, size_t ldx, const float *dY, size_t ldy, size_
                  accumulate ? 1.0f : 0.0f, dX, (int)ldx);
         return EG_OK;
     }
-    const qmm_kernels *kern = &copies[eg_isa_level()];
-    int tile;
-    float *buf = alloc_tile(W, &tile, err);
-    if (buf == NULL) {
-        return EG_ENOMEM;
-    }
-    for (int r0 = 0; r0 < rows; r0 += tile) {
-        const int nr = rows - r0 < tile ? rows - r0 : tile;
-        dequantize_tile(kern, W, r0, nr, buf, 0);
-        eg_sgemm(0, 0, (int)N, cols, nr, 1.0f, dY + r0, (int)ldy, buf, cols,
-                 (accumulate || r0 > 0) ? 1.0f : 0.0f, dX, (int)ldx);
-    }
-    eg_aligned_free(buf);
-    return EG_OK;
+    return qmm_t_gemm(&copies[eg_isa_level()], dX, ldx, dY, ldy, N, W, accumulate, 0, err);
 }
 
 /* The bf16 backward product: dX (N, cols) (+)= bf16(dY) (N, rows) @ bf16(W).
@@ -456,46 +479,16 @@ eg_status eg_qmatmul_t_prec(float *dX, size_t ldx, const float *dY, size_t ldy, 
         return eg_qmatmul_t(dX, ldx, dY, ldy, N, W, accumulate, err);
     }
     const qmm_kernels *kern = &copies[eg_isa_level()];
-    const int cols = (int)W->cols, rows = (int)W->rows;
+    const int rows = (int)W->rows;
     if (eg_bf16_kernel_available()) {
         return qmm_t_bf16(kern, dX, ldx, dY, ldy, N, W, accumulate, err);
     }
-    /* emulation: rounded copies of dY and of W (one tile at a time) */
-    size_t ybytes;
-    float *yr;
-    if (eg_mul_ovf(N, (size_t)rows * sizeof(float), &ybytes)
-        || (yr = eg_aligned_alloc(ybytes)) == NULL) {
-        return eg_seterr(err, EG_ENOMEM, "out of memory for %zu x %d rounded gradients", N, rows);
+    /* emulation: a rounded copy of dY, W rounded one tile at a time */
+    float *yr = rounded_copy(dY, ldy, N, rows, "gradients", err);
+    if (yr == NULL) {
+        return EG_ENOMEM;
     }
-    for (size_t i = 0; i < N; i++) {
-        memcpy(yr + i * rows, dY + i * ldy, (size_t)rows * sizeof(float));
-    }
-    eg_round_bf16_inplace(yr, N * (size_t)rows);
-    int tile = g_tile_rows > 0 ? g_tile_rows : (int)(TILE_FLOATS / (size_t)cols);
-    if (tile < 16) {
-        tile = 16;
-    }
-    if (tile > rows) {
-        tile = rows;
-    }
-    float *buf = eg_aligned_alloc((size_t)tile * (size_t)cols * sizeof(float));
-    if (buf == NULL) {
-        eg_aligned_free(yr);
-        return eg_seterr(err, EG_ENOMEM, "out of memory for a %d x %d dequantized tile", tile, cols);
-    }
-    for (int r0 = 0; r0 < rows; r0 += tile) {
-        const int nr = rows - r0 < tile ? rows - r0 : tile;
-        const int nchunks = (nr + 7) / 8;
-        #pragma omp parallel for schedule(dynamic, 4) if (nr * (size_t)cols >= 65536)
-        for (int c = 0; c < nchunks; c++) {
-            const int a = r0 + 8 * c, b = a + 8 < r0 + nr ? a + 8 : r0 + nr;
-            kern->deq_rows(W, a, b, buf + (size_t)(a - r0) * cols);
-            eg_round_bf16_inplace(buf + (size_t)(a - r0) * cols, (size_t)(b - a) * cols);
-        }
-        eg_sgemm(0, 0, (int)N, cols, nr, 1.0f, yr + r0, rows, buf, cols,
-                 (accumulate || r0 > 0) ? 1.0f : 0.0f, dX, (int)ldx);
-    }
-    eg_aligned_free(buf);
+    eg_status st = qmm_t_gemm(kern, dX, ldx, yr, (size_t)rows, N, W, accumulate, 1, err);
     eg_aligned_free(yr);
-    return EG_OK;
+    return st;
 }
