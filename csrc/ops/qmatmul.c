@@ -230,10 +230,15 @@ static void dequantize_tile(const qmm_kernels *kern, const eg_qmat *W, int r0, i
     }
 }
 
-/* The GEMM path. With round_bf16, every dequantized weight is rounded to
- * bf16 before the product (the emulated bf16 precision, X already rounded). */
-static eg_status qmm_gemm(const qmm_kernels *kern, float *Y, size_t ldy, const float *X,
-                          size_t ldx, size_t N, const eg_qmat *W, int round_bf16, eg_err *err)
+/* The GEMM paths, through dequantized row tiles of W and eg_sgemm:
+ * forward (transposed 0): Y (N, rows) = A @ W^T, each tile writing its own
+ * columns of Y; backward (transposed 1): Y (N, cols) (+)= A @ W, A's
+ * columns r0.. meeting tile r0, the tiles adding up in Y. With round_bf16
+ * every dequantized weight is rounded to bf16 (the emulated bf16 precision;
+ * A already rounded). */
+static eg_status qmm_gemm(const qmm_kernels *kern, float *Y, size_t ldy, const float *A,
+                          size_t lda, size_t N, const eg_qmat *W, int transposed, int accumulate,
+                          int round_bf16, eg_err *err)
 {
     const int cols = (int)W->cols, rows = (int)W->rows;
     int tile;
@@ -244,7 +249,12 @@ static eg_status qmm_gemm(const qmm_kernels *kern, float *Y, size_t ldy, const f
     for (int r0 = 0; r0 < rows; r0 += tile) {
         const int nr = rows - r0 < tile ? rows - r0 : tile;
         dequantize_tile(kern, W, r0, nr, buf, round_bf16);
-        eg_sgemm(0, 1, (int)N, nr, cols, 1.0f, X, (int)ldx, buf, cols, 0.0f, Y + r0, (int)ldy);
+        if (transposed) {
+            eg_sgemm(0, 0, (int)N, cols, nr, 1.0f, A + r0, (int)lda, buf, cols,
+                     (accumulate || r0 > 0) ? 1.0f : 0.0f, Y, (int)ldy);
+        } else {
+            eg_sgemm(0, 1, (int)N, nr, cols, 1.0f, A, (int)lda, buf, cols, 0.0f, Y + r0, (int)ldy);
+        }
     }
     eg_aligned_free(buf);
     return EG_OK;
@@ -284,7 +294,7 @@ static eg_status qmm_bf16(const qmm_kernels *kern, float *Y, size_t ldy, const f
         if (xr == NULL) {
             return EG_ENOMEM;
         }
-        eg_status st = qmm_gemm(kern, Y, ldy, xr, (size_t)cols, N, W, 1, err);
+        eg_status st = qmm_gemm(kern, Y, ldy, xr, (size_t)cols, N, W, 0, 0, 1, err);
         eg_aligned_free(xr);
         return st;
     }
@@ -354,7 +364,7 @@ eg_status eg_qmatmul_prec(float *Y, size_t ldy, const float *X, size_t ldx, size
                  Y, (int)ldy);
     } else {
         eg_status st = N <= (size_t)g_direct_max ? qmm_direct(kern, Y, ldy, X, ldx, N, W, err)
-                                                  : qmm_gemm(kern, Y, ldy, X, ldx, N, W, 0, err);
+                                                  : qmm_gemm(kern, Y, ldy, X, ldx, N, W, 0, 0, 0, err);
         if (st != EG_OK) {
             return st;
         }
@@ -377,28 +387,6 @@ eg_status eg_qmatmul_prec(float *Y, size_t ldy, const float *X, size_t ldx, size
  * dequantized into one scratch tile and multiplied by eg_sgemm (NoTrans,
  * NoTrans), each tile accumulating into dX, so no float copy of the whole
  * matrix exists unless it fits one tile. F32 matrices are used in place. */
-/* dX (+)= dY @ W through dequantized row tiles of W and eg_sgemm; with
- * round_bf16 the tiles are rounded to bf16 values (dY already rounded). */
-static eg_status qmm_t_gemm(const qmm_kernels *kern, float *dX, size_t ldx, const float *dY,
-                            size_t ldy, size_t N, const eg_qmat *W, int accumulate, int round_bf16,
-                            eg_err *err)
-{
-    const int cols = (int)W->cols, rows = (int)W->rows;
-    int tile;
-    float *buf = alloc_tile(W, &tile, err);
-    if (buf == NULL) {
-        return EG_ENOMEM;
-    }
-    for (int r0 = 0; r0 < rows; r0 += tile) {
-        const int nr = rows - r0 < tile ? rows - r0 : tile;
-        dequantize_tile(kern, W, r0, nr, buf, round_bf16);
-        eg_sgemm(0, 0, (int)N, cols, nr, 1.0f, dY + r0, (int)ldy, buf, cols,
-                 (accumulate || r0 > 0) ? 1.0f : 0.0f, dX, (int)ldx);
-    }
-    eg_aligned_free(buf);
-    return EG_OK;
-}
-
 eg_status eg_qmatmul_t(float *dX, size_t ldx, const float *dY, size_t ldy, size_t N,
                        const eg_qmat *W, int accumulate, eg_err *err)
 {
@@ -411,7 +399,7 @@ eg_status eg_qmatmul_t(float *dX, size_t ldx, const float *dY, size_t ldy, size_
                  accumulate ? 1.0f : 0.0f, dX, (int)ldx);
         return EG_OK;
     }
-    return qmm_t_gemm(&copies[eg_isa_level()], dX, ldx, dY, ldy, N, W, accumulate, 0, err);
+    return qmm_gemm(&copies[eg_isa_level()], dX, ldx, dY, ldy, N, W, 1, accumulate, 0, err);
 }
 
 /* The bf16 backward product: dX (N, cols) (+)= bf16(dY) (N, rows) @ bf16(W).
@@ -488,7 +476,7 @@ eg_status eg_qmatmul_t_prec(float *dX, size_t ldx, const float *dY, size_t ldy, 
     if (yr == NULL) {
         return EG_ENOMEM;
     }
-    eg_status st = qmm_t_gemm(kern, dX, ldx, yr, (size_t)rows, N, W, accumulate, 1, err);
+    eg_status st = qmm_gemm(kern, dX, ldx, yr, (size_t)rows, N, W, 1, accumulate, 1, err);
     eg_aligned_free(yr);
     return st;
 }
