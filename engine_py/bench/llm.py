@@ -358,6 +358,22 @@ def _time_reps(fn, reps: int, warm=None):
     return times
 
 
+def _matmul_peak(square, sizes, flops_per_timing: float) -> float:
+    """The best GFLOP/s of `a @ b` over square sizes n (a, b = square(n, 0),
+    square(n, 1)), each timed 3 times over about flops_per_timing FLOPs."""
+    best = 0.0
+    for n in sizes:
+        a, b = square(n, 0), square(n, 1)
+        a @ b
+        reps = max(2, int(flops_per_timing / (2 * n ** 3)))
+        for _ in range(3):
+            t0 = time.perf_counter()
+            for _ in range(reps):
+                a @ b
+            best = max(best, 2.0 * n ** 3 * reps / (time.perf_counter() - t0) / 1e9)
+    return best
+
+
 def _worker_sgemm(job: dict) -> dict:
     import numpy as np
 
@@ -367,17 +383,8 @@ def _worker_sgemm(job: dict) -> dict:
         threadpool_limits, threadpool_info = None, None
     if threadpool_limits is not None:
         threadpool_limits(limits=job["threads"], user_api="blas")
-    best = 0.0
-    for n in (512, 1024, 2048):
-        a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
-        b = np.random.default_rng(1).standard_normal((n, n), dtype=np.float32)
-        a @ b
-        reps = max(2, int(2e9 / (2 * n ** 3)))
-        for _ in range(3):
-            t0 = time.perf_counter()
-            for _ in range(reps):
-                a @ b
-            best = max(best, 2.0 * n ** 3 * reps / (time.perf_counter() - t0) / 1e9)
+    best = _matmul_peak(lambda n, seed: np.random.default_rng(seed).standard_normal((n, n), dtype=np.float32),
+                        (512, 1024, 2048), 2e9)
     info = ""
     if threadpool_info:
         for p in threadpool_info():
@@ -504,17 +511,7 @@ def _worker_bf16_peak(job: dict) -> dict:
     except ImportError as exc:
         return {"ok": False, "reason": f"{exc}"}
     torch.set_num_threads(job["threads"])
-    best = 0.0
-    for n in (1024, 2048):
-        a = torch.randn(n, n).to(torch.bfloat16)
-        b = torch.randn(n, n).to(torch.bfloat16)
-        a @ b
-        reps = max(2, int(4e9 / (2 * n ** 3)))
-        for _ in range(3):
-            t0 = time.perf_counter()
-            for _ in range(reps):
-                a @ b
-            best = max(best, 2.0 * n ** 3 * reps / (time.perf_counter() - t0) / 1e9)
+    best = _matmul_peak(lambda n, seed: torch.randn(n, n).to(torch.bfloat16), (1024, 2048), 4e9)
     return {"ok": True, "gflops": best, "torch": torch.__version__}
 
 
