@@ -25,6 +25,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from . import _core
+from ._validate import read_json
 
 __all__ = ["Trainer", "MODULES", "LoraBatch", "merge_adapter", "read_adapter"]
 
@@ -69,8 +70,7 @@ def _load_base(model_path: str, precision: str = "float32"):
         raise ValueError(f"{model_path}: not a GGUF file nor a llama/qwen2 Hugging Face folder")
     from .io import load_state
 
-    with open(os.path.join(model_path, "config.json"), encoding="utf-8") as f:
-        config = json.load(f)
+    config = read_json(os.path.join(model_path, "config.json"), "model config")
     model, hp, _ = load_hf_model(model_path, config, precision=precision)
     tok = BPETokenizer.from_tokenizer_json(os.path.join(model_path, "tokenizer.json"))
     head = None
@@ -441,8 +441,7 @@ class Trainer:
         jpath = os.path.join(directory, _CKPT_JSON)
         if not os.path.isfile(jpath):
             raise FileNotFoundError(f"{directory}: no {_CKPT_JSON}")
-        with open(jpath, encoding="utf-8") as f:
-            st = json.load(f)
+        st = read_json(jpath, "checkpoint state")
         if not isinstance(st, dict) or st.get("format") != "engine_py.finetune.checkpoint":
             raise ValueError(f"{jpath}: not an engine_py fine-tuning checkpoint")
         if st.get("model") != self._model_fingerprint():
@@ -588,8 +587,7 @@ def read_adapter(adapter_dir):
     cpath = os.path.join(adapter_dir, "adapter_config.json")
     if not os.path.isfile(cpath):
         raise FileNotFoundError(f"{adapter_dir}: no adapter_config.json")
-    with open(cpath, encoding="utf-8") as f:
-        cfg = json.load(f)
+    cfg = read_json(cpath, "adapter config")
     if not isinstance(cfg, dict) or cfg.get("peft_type") != "LORA":
         raise ValueError(f"{cpath}: not a PEFT LoRA adapter config")
     if cfg.get("rank_pattern") or cfg.get("alpha_pattern") or cfg.get("use_dora") \
@@ -691,8 +689,7 @@ def merge_adapter(model_path, adapter_dir, out_dir, unmerge: bool = False) -> st
         raise ValueError(f"{model_path}: not a llama/qwen2 Hugging Face folder")
     if os.path.abspath(out_dir) == os.path.abspath(model_path):
         raise ValueError("out_dir must differ from model_path")
-    with open(os.path.join(model_path, "config.json"), encoding="utf-8") as f:
-        config = json.load(f)
+    config = read_json(os.path.join(model_path, "config.json"), "model config")
     hp = hf_config(config, model_path)
     deltas = adapter_deltas(adapter_dir, hp, permuted=False)
     state = load_state(model_path)
