@@ -338,18 +338,20 @@ eg_status eg_llama_run_layers(const eg_llama *m, eg_bert_state *s, int last, eg_
     eg_status st = EG_OK;
     /* the state at num_layers is the final norm of the last layer's output */
     const int run_to = last;
+    const int prec = c->precision;   /* of the weight products (eg_bf16.h) */
     for (int l = s->layer; l < run_to && l < c->num_layers; l++) {
         const layer_idx *li = &m->layers[l];
         const weight *w = m->w;
         eg_rmsnorm_forward(x, s->h, w[li->attn_norm].vec, n, D, c->rms_norm_eps);
-        st = eg_qmatmul_prec(qkv, W3, x, D, n, &w[li->q].mat, li->bq >= 0 ? w[li->bq].vec : NULL, c->precision, err);
+        st = eg_qmatmul_prec(qkv, W3, x, D, n, &w[li->q].mat,
+                             li->bq >= 0 ? w[li->bq].vec : NULL, prec, err);
         if (st == EG_OK) {
             st = eg_qmatmul_prec(qkv + QW, W3, x, D, n, &w[li->k].mat,
-                            li->bk >= 0 ? w[li->bk].vec : NULL, c->precision, err);
+                                 li->bk >= 0 ? w[li->bk].vec : NULL, prec, err);
         }
         if (st == EG_OK) {
             st = eg_qmatmul_prec(qkv + QW + KW, W3, x, D, n, &w[li->v].mat,
-                            li->bv >= 0 ? w[li->bv].vec : NULL, c->precision, err);
+                                 li->bv >= 0 ? w[li->bv].vec : NULL, prec, err);
         }
         if (st != EG_OK) {
             return st;
@@ -359,7 +361,7 @@ eg_status eg_llama_run_layers(const eg_llama *m, eg_bert_state *s, int last, eg_
         eg_attention_forward(ctx, qkv, qkv + QW, qkv + QW + KW, NULL, NULL, NULL, s->offsets,
                              s->n_seq, &ash, att);
         /* the output projection writes into x (free until the next norm) */
-        st = eg_qmatmul_prec(x, D, ctx, QW, n, &w[li->o].mat, NULL, c->precision, err);
+        st = eg_qmatmul_prec(x, D, ctx, QW, n, &w[li->o].mat, NULL, prec, err);
         if (st != EG_OK) {
             return st;
         }
@@ -368,16 +370,18 @@ eg_status eg_llama_run_layers(const eg_llama *m, eg_bert_state *s, int last, eg_
         for (size_t r0 = 0; r0 < n; r0 += chunk) {
             const size_t nr = n - r0 < chunk ? n - r0 : chunk;
             const float *xr = x + r0 * D;
-            st = eg_qmatmul_prec(gu, 2 * (size_t)F, xr, D, nr, &w[li->gate].mat, NULL, c->precision, err);
+            st = eg_qmatmul_prec(gu, 2 * (size_t)F, xr, D, nr, &w[li->gate].mat, NULL, prec, err);
             if (st == EG_OK) {
-                st = eg_qmatmul_prec(gu + F, 2 * (size_t)F, xr, D, nr, &w[li->up].mat, NULL, c->precision, err);
+                st = eg_qmatmul_prec(gu + F, 2 * (size_t)F, xr, D, nr, &w[li->up].mat, NULL, prec,
+                                     err);
             }
             if (st != EG_OK) {
                 return st;
             }
             eg_swiglu_forward(gu, 2 * (size_t)F, gu, gu + F, 2 * (size_t)F, nr, F);
             /* x's rows r0.. are consumed: the down projection reuses them */
-            st = eg_qmatmul_prec(x + r0 * D, D, gu, 2 * (size_t)F, nr, &w[li->down].mat, NULL, c->precision, err);
+            st = eg_qmatmul_prec(x + r0 * D, D, gu, 2 * (size_t)F, nr, &w[li->down].mat, NULL,
+                                 prec, err);
             if (st != EG_OK) {
                 return st;
             }
