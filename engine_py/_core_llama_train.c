@@ -12,12 +12,23 @@
  *     step(ids, offsets, targets, scale=1.0, backward=True, seed=0)
  *         -> (nll_sum, token_nll): gradients of scale * nll_sum accumulate
  *     adamw_step(m, v, lr, beta1, beta2, eps, weight_decay, t)
+ *
+ * With moe={...} (GMoE / MixLoRA; eg_llama_lora_set_moe, set at construction
+ * so that no view of the parameter buffer predates its final size): keys
+ * experts, top_k, rank, alpha, router (0 graph, 1 linear, 2 switch), gcn_dim,
+ * gcn_layers, loss_kl, coef (4: poisson, normal, balance, z), running_decay.
+ *     moe_slots(): [(layer, part, offset, size)] of the expert/router parts
+ *     moe_buffers(): (features (L,N,D) f32, adjacency (L,N+1,N+1) f32,
+ *                     running (L,N) f64), writable views
+ *     set_aux_scale(s); moe_stats() -> (counts (L,N), aux (L,4), entropy (L))
+ *     moe_routes(layer) -> (probs (n,N), idx (n,K)) copies of the last step's
  */
 #include "_core.h"
 
 #include "eg_llama_train.h"
 #include "eg_optim.h"
 
+#include <math.h>
 #include <string.h>
 
 typedef struct {
@@ -28,7 +39,75 @@ typedef struct {
     int *model_users;
     int busy;
     int vocab;
+    int layers, dim;
 } LoraTrainerObject;
+
+/* A float from dict d[key] (required). */
+static int dict_num(PyObject *d, const char *key, double *out)
+{
+    PyObject *v = PyDict_GetItemString(d, key);
+    if (v == NULL) {
+        PyErr_Format(PyExc_KeyError, "moe config needs %s", key);
+        return -1;
+    }
+    *out = PyFloat_AsDouble(v);
+    return *out == -1.0 && PyErr_Occurred() ? -1 : 0;
+}
+
+static int parse_moe(PyObject *o, eg_llama_moe_config *mc)
+{
+    if (!PyDict_Check(o)) {
+        PyErr_SetString(PyExc_TypeError, "moe must be a dict or None");
+        return -1;
+    }
+    static const char *ints[] = {"experts", "top_k", "rank", "router", "gcn_dim", "gcn_layers",
+                                 "loss_kl"};
+    int *dst[] = {&mc->experts, &mc->top_k, &mc->rank, &mc->router, &mc->gcn_dim,
+                  &mc->gcn_layers, &mc->loss_kl};
+    memset(mc, 0, sizeof *mc);
+    for (int i = 0; i < 7; i++) {
+        double v;
+        if (dict_num(o, ints[i], &v) < 0) {
+            return -1;
+        }
+        if (v != (double)(int)v) {
+            PyErr_Format(PyExc_ValueError, "moe %s must be an integer, got %g", ints[i], v);
+            return -1;
+        }
+        *dst[i] = (int)v;
+    }
+    double alpha, decay;
+    if (dict_num(o, "alpha", &alpha) < 0 || dict_num(o, "running_decay", &decay) < 0) {
+        return -1;
+    }
+    mc->alpha = (float)alpha;
+    mc->running_decay = decay;
+    PyObject *c = PyDict_GetItemString(o, "coef");
+    if (c == NULL) {
+        PyErr_SetString(PyExc_KeyError, "moe config needs coef");
+        return -1;
+    }
+    PyObject *seq = PySequence_Fast(c, "moe coef must be a sequence of 4 numbers");
+    if (seq == NULL) {
+        return -1;
+    }
+    if (PySequence_Fast_GET_SIZE(seq) != EG_AUX_N) {
+        Py_DECREF(seq);
+        PyErr_SetString(PyExc_ValueError, "moe coef must have 4 entries (poisson, normal, "
+                        "balance, z)");
+        return -1;
+    }
+    for (int i = 0; i < EG_AUX_N; i++) {
+        double v = PyFloat_AsDouble(PySequence_Fast_GET_ITEM(seq, i));
+        if (v == -1.0 && PyErr_Occurred()) {
+            Py_DECREF(seq);
+            return -1;
+        }
+        mc->coef[i] = (float)v;
+    }
+    Py_DECREF(seq);
+    return 0;
+}
 
 static int parse7(PyObject *o, double out[7], const char *what)
 {
@@ -55,12 +134,16 @@ static int parse7(PyObject *o, double out[7], const char *what)
 
 static int lt_init(LoraTrainerObject *self, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"model", "ranks", "alphas", "dropout", "seed", NULL};
-    PyObject *model, *ranks_o, *alphas_o;
+    static char *kwlist[] = {"model", "ranks", "alphas", "dropout", "seed", "moe", NULL};
+    PyObject *model, *ranks_o, *alphas_o, *moe_o = Py_None;
     double dropout = 0.0;
     unsigned long long seed = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOO|dK", kwlist, &model, &ranks_o, &alphas_o,
-                                     &dropout, &seed)) {
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOO|dKO", kwlist, &model, &ranks_o, &alphas_o,
+                                     &dropout, &seed, &moe_o)) {
+        return -1;
+    }
+    eg_llama_moe_config mc;
+    if (moe_o != Py_None && parse_moe(moe_o, &mc) < 0) {
         return -1;
     }
     if (eg_py_init_once(self->t, "LoraTrainer") < 0) {
@@ -95,10 +178,16 @@ static int lt_init(LoraTrainerObject *self, PyObject *args, PyObject *kwds)
     eg_err_clear(&err);
     eg_llama_lora *t = NULL;
     eg_status st = eg_llama_lora_create(&t, (const eg_llama *)e.model, &lc, (uint64_t)seed, &err);
+    if (st == EG_OK && moe_o != Py_None) {
+        st = eg_llama_lora_set_moe(t, &mc, &err);
+    }
     if (st != EG_OK) {
+        eg_llama_lora_free(t);
         eg_py_raise(&err, NULL);
         return -1;
     }
+    self->layers = e.num_layers;
+    self->dim = e.hidden_size;
     self->t = t;
     Py_INCREF(model);
     self->model = model;
@@ -372,7 +461,156 @@ static PyObject *lt_set_recompute(LoraTrainerObject *self, PyObject *arg)
     Py_RETURN_NONE;
 }
 
+static int need_moe(LoraTrainerObject *self)
+{
+    if (eg_py_ready(self->t, "LoraTrainer") < 0) {
+        return -1;
+    }
+    if (eg_llama_lora_moe(self->t) == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "this LoraTrainer has no MoE adapters");
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *lt_moe_slots(LoraTrainerObject *self, PyObject *noargs)
+{
+    (void)noargs;
+    if (need_moe(self) < 0) {
+        return NULL;
+    }
+    PyObject *list = PyList_New(0);
+    for (int l = 0; list != NULL && l < self->layers; l++) {
+        for (int k = 0; k < EG_MOE_NPART; k++) {
+            size_t off, size;
+            eg_llama_moe_slot(self->t, l, k, &off, &size);
+            if (size == 0) {
+                continue;
+            }
+            PyObject *item = Py_BuildValue("(iinn)", l, k, (Py_ssize_t)off, (Py_ssize_t)size);
+            if (item == NULL || PyList_Append(list, item) < 0) {
+                Py_XDECREF(item);
+                Py_CLEAR(list);
+                break;
+            }
+            Py_DECREF(item);
+        }
+    }
+    return list;
+}
+
+static PyObject *lt_moe_buffers(LoraTrainerObject *self, PyObject *noargs)
+{
+    (void)noargs;
+    if (need_moe(self) < 0) {
+        return NULL;
+    }
+    const eg_llama_moe_config *mc = eg_llama_lora_moe(self->t);
+    float *feat, *adj;
+    double *run;
+    eg_llama_moe_buffers(self->t, &feat, &adj, &run);
+    npy_intp L = self->layers, N = mc->experts;
+    npy_intp sf[3] = {L, N, self->dim}, sa[3] = {L, N + 1, N + 1}, sr[2] = {L, N};
+    PyObject *a = PyArray_SimpleNewFromData(3, sf, NPY_FLOAT32, feat);
+    a = a == NULL ? NULL : eg_py_set_base(a, (PyObject *)self);
+    PyObject *b = PyArray_SimpleNewFromData(3, sa, NPY_FLOAT32, adj);
+    b = b == NULL ? NULL : eg_py_set_base(b, (PyObject *)self);
+    PyObject *c = PyArray_SimpleNewFromData(2, sr, NPY_FLOAT64, run);
+    c = c == NULL ? NULL : eg_py_set_base(c, (PyObject *)self);
+    if (a == NULL || b == NULL || c == NULL) {
+        Py_XDECREF(a);
+        Py_XDECREF(b);
+        Py_XDECREF(c);
+        return NULL;
+    }
+    return Py_BuildValue("(NNN)", a, b, c);
+}
+
+static PyObject *lt_set_aux_scale(LoraTrainerObject *self, PyObject *arg)
+{
+    double s = PyFloat_AsDouble(arg);
+    if ((s == -1.0 && PyErr_Occurred()) || need_moe(self) < 0) {
+        return NULL;
+    }
+    if (!(s >= 0.0) || !isfinite(s)) {
+        PyErr_SetString(PyExc_ValueError, "aux scale must be finite and >= 0");
+        return NULL;
+    }
+    if (eg_py_enter(&self->busy, "LoraTrainer") < 0) {
+        return NULL;
+    }
+    eg_llama_moe_set_aux_scale(self->t, (float)s);
+    eg_py_leave(&self->busy);
+    Py_RETURN_NONE;
+}
+
+static PyObject *lt_moe_stats(LoraTrainerObject *self, PyObject *noargs)
+{
+    (void)noargs;
+    if (need_moe(self) < 0) {
+        return NULL;
+    }
+    npy_intp L = self->layers, N = eg_llama_lora_moe(self->t)->experts;
+    npy_intp sc[2] = {L, N}, sa[2] = {L, EG_AUX_N};
+    PyObject *c = PyArray_SimpleNew(2, sc, NPY_INT64);
+    PyObject *a = PyArray_SimpleNew(2, sa, NPY_FLOAT64);
+    PyObject *e = PyArray_SimpleNew(1, &L, NPY_FLOAT64);
+    if (c == NULL || a == NULL || e == NULL) {
+        Py_XDECREF(c);
+        Py_XDECREF(a);
+        Py_XDECREF(e);
+        return NULL;
+    }
+    eg_llama_moe_stats(self->t, PyArray_DATA((PyArrayObject *)c),
+                       PyArray_DATA((PyArrayObject *)a), PyArray_DATA((PyArrayObject *)e));
+    return Py_BuildValue("(NNN)", c, a, e);
+}
+
+static PyObject *lt_moe_routes(LoraTrainerObject *self, PyObject *arg)
+{
+    long layer = PyLong_AsLong(arg);
+    if ((layer == -1 && PyErr_Occurred()) || need_moe(self) < 0) {
+        return NULL;
+    }
+    if (layer < 0 || layer >= self->layers) {
+        PyErr_Format(PyExc_IndexError, "layer %ld is outside [0, %d)", layer, self->layers);
+        return NULL;
+    }
+    if (eg_py_enter(&self->busy, "LoraTrainer") < 0) {
+        return NULL;
+    }
+    const eg_llama_moe_config *mc = eg_llama_lora_moe(self->t);
+    const float *pr;
+    const int32_t *ix;
+    size_t n;
+    eg_llama_moe_routes(self->t, (int)layer, &pr, &ix, &n);
+    npy_intp sp[2] = {(npy_intp)n, mc->experts}, si[2] = {(npy_intp)n, mc->top_k};
+    PyObject *p = PyArray_SimpleNew(2, sp, NPY_FLOAT32);
+    PyObject *i = PyArray_SimpleNew(2, si, NPY_INT32);
+    if (p != NULL && i != NULL && n > 0) {
+        memcpy(PyArray_DATA((PyArrayObject *)p), pr, n * (size_t)mc->experts * sizeof(float));
+        memcpy(PyArray_DATA((PyArrayObject *)i), ix, n * (size_t)mc->top_k * sizeof(int32_t));
+    }
+    eg_py_leave(&self->busy);
+    if (p == NULL || i == NULL) {
+        Py_XDECREF(p);
+        Py_XDECREF(i);
+        return NULL;
+    }
+    return Py_BuildValue("(NN)", p, i);
+}
+
 static PyMethodDef lt_methods[] = {
+    {"moe_slots", (PyCFunction)lt_moe_slots, METH_NOARGS,
+     "moe_slots()\n--\n\n[(layer, part, offset, size)] of the experts' and routers' parameters."},
+    {"moe_buffers", (PyCFunction)lt_moe_buffers, METH_NOARGS,
+     "moe_buffers()\n--\n\n(features, adjacency, running): writable views of the router buffers."},
+    {"set_aux_scale", (PyCFunction)lt_set_aux_scale, METH_O,
+     "set_aux_scale(s)\n--\n\nWeight of the MoE aux losses in the next steps."},
+    {"moe_stats", (PyCFunction)lt_moe_stats, METH_NOARGS,
+     "moe_stats()\n--\n\n(counts (L,N), aux (L,4), entropy (L)) of the last step."},
+    {"moe_routes", (PyCFunction)lt_moe_routes, METH_O,
+     "moe_routes(layer)\n--\n\n(probs, idx) of the last step's routing in that layer."},
     {"set_recompute", (PyCFunction)lt_set_recompute, METH_O,
      "set_recompute(on)\n--\n\nActivation recomputation per layer in training steps."},
     {"profile", (PyCFunction)(void (*)(void))lt_profile, METH_VARARGS | METH_KEYWORDS,

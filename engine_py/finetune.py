@@ -9,6 +9,10 @@
     tr.save_adapter("adapter/")           # PEFT format
     tr2 = Trainer.load(model_path, "adapter/")
 
+    # GMoE: graph-routed LoRA experts in every decoder block's MLP (MixLoRA:
+    # method="mixlora", a linear router)
+    tr = Trainer(model_path, method="gmoe", experts=8, top_k=2)
+
 The base model stays frozen and in its stored format (GGUF quantized blocks
 or the safetensors dtype); only the LoRA matrices are trained
 (``_core.LoraTrainer``: forward, chunked LM-head cross-entropy and backward
@@ -27,7 +31,19 @@ import numpy as np
 from . import _core
 from ._validate import read_json
 
-__all__ = ["Trainer", "MODULES", "LoraBatch", "merge_adapter", "read_adapter"]
+__all__ = ["Trainer", "MODULES", "METHODS", "ROUTERS", "LoraBatch", "merge_adapter",
+           "read_adapter"]
+
+#: fine-tuning methods: plain LoRA, and LoRA on attention + a mixture of LoRA
+#: experts in every MLP (MixLoRA: linear router; GMoE: graph router)
+METHODS = ("lora", "mixlora", "gmoe")
+ROUTERS = ("graph", "linear", "switch")
+#: the core's MoE parameter parts (eg_llama_train.h EG_MOE_*), as gmoe.init_moe_params keys
+_MOE_PARTS = ("w1.A", "w3.A", "w2.A", "w1.B", "w3.B", "w2.B", "router.weight",
+              "router.W_s.weight", "router.W_t.weight", "router.gcn", "router.proj.weight",
+              "poisson_lambda", "normal_sigma")
+_AUX = ("poisson", "normal", "balance", "z")
+_MOE_ADAPTER_TYPES = {"gmoe": "GMOE", "mixlora": "MIXLORA"}
 
 #: LoRA target names, in the core's order, and their PEFT module paths
 MODULES = ("q", "k", "v", "o", "gate", "up", "down")
@@ -132,19 +148,44 @@ class Trainer:
     input only and runs the layer again in backward — ~1/10 of the
     activation memory for one more forward pass of compute, same results),
     show_progress_bar.
+
+    method="gmoe" / "mixlora" (ALGORITHMS.md §B): LoRA (r, alpha) on the
+    attention modules among `targets`, and in every layer's MLP a mixture of
+    `experts` LoRA experts (rank r, alpha) over the shared frozen gate/up/down,
+    `top_k` routed per token by `router` ("graph": GMoE's GCN router with the
+    Poisson distinction and Normal balance losses, the gmoe default;
+    "linear": MixLoRA's, with the load-balance loss, the mixlora default;
+    "switch": top-1). Router settings: gcn_dim, gcn_layers, edge_density,
+    loss_coefs (dict over poisson, normal, balance, z; default
+    engine_py.gmoe.DEFAULT_LOSS_COEFS), loss_form ("abs" reference, "kl"),
+    running_decay (Normal loss running counts: running <- decay * running +
+    batch; 1.0 is the reference). Per-layer semantics = engine_py.gmoe.
+    MoELoRAFFN. The defaults follow the GMoE reference configuration:
+    weight_decay 0.01, dropout 0.0005, constant lr without warm-up (lora:
+    0.0, 0.0, cosine with 10% warm-up).
     """
 
     def __init__(self, model_path, method: str = "lora", r: int = 2, alpha: float = 4,
                  targets: Sequence[str] = MODULES, lr: float = 2e-4, epochs: int = 1,
-                 batch_size: int = 16, seed: int = 0, *, dropout: float = 0.0,
-                 weight_decay: float = 0.0, warmup_ratio: float = 0.1,
-                 schedule: str = "cosine", max_grad_norm: Optional[float] = 1.0,
+                 batch_size: int = 16, seed: int = 0, *, dropout: Optional[float] = None,
+                 weight_decay: Optional[float] = None, warmup_ratio: Optional[float] = None,
+                 schedule: Optional[str] = None, max_grad_norm: Optional[float] = 1.0,
                  max_length: Optional[int] = None, micro_batch_size: Optional[int] = None,
                  precision: str = "float32", recompute: bool = False,
-                 show_progress_bar: Optional[bool] = None):
-        if method != "lora":
-            raise ValueError(f"method must be 'lora' (mixlora/gmoe are not implemented yet), "
-                             f"got {method!r}")
+                 experts: int = 8, top_k: int = 2, router: Optional[str] = None,
+                 gcn_dim: int = 128, gcn_layers: int = 2, edge_density: float = 0.25,
+                 loss_coefs: Optional[dict] = None, loss_form: str = "abs",
+                 running_decay: float = 1.0, show_progress_bar: Optional[bool] = None):
+        if method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+        moe = method != "lora"
+        dropout = (0.0005 if moe else 0.0) if dropout is None else dropout
+        weight_decay = (0.01 if moe else 0.0) if weight_decay is None else weight_decay
+        schedule = ("constant" if moe else "cosine") if schedule is None else schedule
+        warmup_ratio = (0.0 if moe else 0.1) if warmup_ratio is None else warmup_ratio
+        if moe:
+            self._check_moe_args(method, r, experts, top_k, router, gcn_dim, gcn_layers,
+                                 edge_density, loss_coefs, loss_form, running_decay)
         if isinstance(r, bool) or not isinstance(r, (int, np.integer)) or not 1 <= r <= 4096:
             raise ValueError(f"r must be an integer in [1, 4096], got {r!r}")
         if not isinstance(alpha, (int, float)) or not math.isfinite(alpha):
@@ -185,10 +226,14 @@ class Trainer:
         self.max_length = ctx if max_length is None else int(max_length)
         if not 2 <= self.max_length <= ctx:
             raise ValueError(f"max_length must be in [2, {ctx}], got {max_length!r}")
+        if moe:   # the experts replace LoRA on the MLP's gate/up/down
+            targets = self.targets = tuple(t for t in targets if t in ("q", "k", "v", "o"))
         ranks = [self.r if m in targets else 0 for m in MODULES]
         alphas = [self.alpha if m in targets else 0.0 for m in MODULES]
         self._core = _core.LoraTrainer(self._model, ranks, alphas, dropout=self.dropout,
-                                       seed=self.seed)
+                                       seed=self.seed, moe=self._moe_core_config() if moe else None)
+        if moe:
+            self._init_moe()
         if head is not None:
             data, kind, shape = head
             self._core.set_head(data, kind, shape[0], shape[1])
@@ -198,6 +243,157 @@ class Trainer:
         self._permuted = os.path.isfile(self.model_path) and self._hp["rope_mode"] == "norm"
         self.step_ = 0
         self.history_: list = []
+
+    # ------------------------------------------------------------ MoE (gmoe / mixlora)
+
+    def _check_moe_args(self, method, r, experts, top_k, router, gcn_dim, gcn_layers,
+                        edge_density, loss_coefs, loss_form, running_decay) -> None:
+        from .gmoe import DEFAULT_LOSS_COEFS
+
+        def intarg(name, v, lo, hi):
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not lo <= v <= hi:
+                raise ValueError(f"{name} must be an integer in [{lo}, {hi}], got {v!r}")
+            return int(v)
+
+        intarg("r (the experts' rank)", r, 1, 64)
+        self.experts = intarg("experts", experts, 1, 1024)
+        router = ("graph" if method == "gmoe" else "linear") if router is None else router
+        if router not in ROUTERS:
+            raise ValueError(f"router must be one of {ROUTERS}, got {router!r}")
+        self.router = router
+        self.top_k = 1 if router == "switch" else intarg("top_k", top_k, 1, self.experts)
+        self.gcn_dim = intarg("gcn_dim", gcn_dim, 1, 4096)
+        self.gcn_layers = intarg("gcn_layers", gcn_layers, 1, 16)
+        if not (isinstance(edge_density, (int, float)) and 0 < edge_density <= 1):
+            raise ValueError(f"edge_density must be in (0, 1], got {edge_density!r}")
+        self.edge_density = float(edge_density)
+        if loss_form not in ("abs", "kl"):
+            raise ValueError(f"loss_form must be 'abs' or 'kl', got {loss_form!r}")
+        self.loss_form = loss_form
+        coefs = dict(DEFAULT_LOSS_COEFS)
+        if loss_coefs is not None:
+            bad = [k for k in loss_coefs if k not in coefs]
+            if bad:
+                raise ValueError(f"unknown loss_coefs keys {bad}; known: {sorted(coefs)}")
+            for k, v in loss_coefs.items():
+                if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
+                    raise ValueError(f"loss_coefs[{k!r}] must be a finite number >= 0, got {v!r}")
+                coefs[k] = float(v)
+        self.loss_coefs = coefs
+        if not (isinstance(running_decay, (int, float)) and 0 <= running_decay <= 1):
+            raise ValueError(f"running_decay must be in [0, 1], got {running_decay!r}")
+        self.running_decay = float(running_decay)
+
+    def _moe_core_config(self) -> dict:
+        return {"experts": self.experts, "top_k": self.top_k, "rank": self.r, "alpha": self.alpha,
+                "router": ROUTERS.index(self.router), "gcn_dim": self.gcn_dim,
+                "gcn_layers": self.gcn_layers, "loss_kl": int(self.loss_form == "kl"),
+                "coef": [self.loss_coefs[k] for k in _AUX], "running_decay": self.running_decay}
+
+    @property
+    def _moe(self) -> bool:
+        return self.method != "lora"
+
+    def _moe_views(self, src) -> list:
+        """Per layer, {init_moe_params key: view into src (params or grads)}."""
+        E, r, g, GL = self.experts, self.r, self.gcn_dim, self.gcn_layers
+        D, F = self._hp["hidden_size"], self._hp["intermediate_size"]
+        shapes = {"w1.A": (E, r, D), "w3.A": (E, r, D), "w2.A": (E, r, F), "w1.B": (E, F, r),
+                  "w3.B": (E, F, r), "w2.B": (E, D, r), "router.weight": (E, D),
+                  "router.W_s.weight": (g, D), "router.W_t.weight": (g, D),
+                  "router.gcn": (GL, g, g), "router.proj.weight": (g,), "poisson_lambda": (),
+                  "normal_sigma": ()}
+        out = [dict() for _ in range(self._hp["num_layers"])]
+        for layer, part, off, size in self._core.moe_slots():
+            key = _MOE_PARTS[part]
+            out[layer][key] = src[off:off + size].reshape(shapes[key])
+        return out
+
+    def _init_moe(self) -> None:
+        """Fresh experts and routers (gmoe.init_moe_params per layer, from a
+        generator seeded by seed) and, for the graph router, each layer's
+        expert graph (gmoe.graph_buffers)."""
+        from .gmoe import graph_buffers, init_moe_params
+
+        rng = np.random.default_rng([self.seed, 0x6D6F65])
+        feats, adj, _ = self._core.moe_buffers()
+        views = self._moe_views(self._core.params)
+        D, F = self._hp["hidden_size"], self._hp["intermediate_size"]
+        for layer, v in enumerate(views):
+            prm, buf = init_moe_params(rng, D, F, self.experts, self.r, self.router,
+                                       ("w1", "w3", "w2"), self.gcn_layers, self.gcn_dim)
+            for k, a in prm.items():
+                v[k][...] = a
+            if self.router == "graph":
+                feats[layer] = buf["router.expert_features"]
+                adj[layer] = graph_buffers(buf["router.expert_features"],
+                                           prm["router.W_s.weight"], self.edge_density)[1]
+        self.moe_history_: list = []
+
+    def _moe_named(self, src) -> dict:
+        from .gmoe import named_moe_params
+
+        out = {}
+        for layer, v in enumerate(self._moe_views(src)):
+            pre = f"base_model.model.model.layers.{layer}.mlp."
+            for k, a in named_moe_params(v, self.experts, ("w1", "w3", "w2"), self.router,
+                                         self.gcn_layers).items():
+                out[pre + k] = a
+        return out
+
+    def moe_buffers_state(self) -> dict:
+        """The routers' non-trainable state, named like lora_state's tensors:
+        graph router only: router.expert_features (N, D), router.
+        normalized_adjacency (N+1, N+1) and normal_running (N,) float64 per
+        layer (copies)."""
+        if not self._moe or self.router != "graph":
+            return {}
+        feats, adj, run = self._core.moe_buffers()
+        out = {}
+        for layer in range(self._hp["num_layers"]):
+            pre = f"base_model.model.model.layers.{layer}.mlp."
+            out[pre + "router.expert_features"] = feats[layer].copy()
+            out[pre + "router.normalized_adjacency"] = adj[layer].copy()
+            out[pre + "normal_running"] = run[layer].copy()
+        return out
+
+    def _project_moe(self) -> None:
+        """After an optimiser step: lambda into [1, 2], sigma >= 1e-3 (as
+        MoELoRAFFN.step)."""
+        if not self._moe or self.router != "graph":
+            return
+        for v in self._moe_views(self._core.params):
+            v["poisson_lambda"][...] = np.clip(v["poisson_lambda"], 1.0, 2.0)
+            v["normal_sigma"][...] = max(float(v["normal_sigma"]), 1e-3)
+
+    def moe_stats(self) -> dict:
+        """Routing of the last core step (for a multi-part batch: its last
+        micro-batch): counts (L, N) routed slots per expert, load (L, N)
+        their fractions, aux {loss name: (L,) unweighted value}, entropy (L,)
+        mean router entropy (nats), and for the graph router lambda and
+        sigma (L,) (clamped as the losses use them)."""
+        if not self._moe:
+            raise RuntimeError("moe_stats: this trainer has no experts (method='lora')")
+        counts, aux, ent = self._core.moe_stats()
+        tot = counts.sum(axis=1, keepdims=True)
+        out = {"counts": counts, "load": counts / np.maximum(tot, 1), "entropy": ent,
+               "aux": {k: aux[:, i].copy() for i, k in enumerate(_AUX)}}
+        if self.router == "graph":
+            views = self._moe_views(self._core.params)
+            out["lambda"] = np.array([float(np.clip(v["poisson_lambda"], 1, 2)) for v in views])
+            out["sigma"] = np.array([max(float(v["normal_sigma"]), 1e-3) for v in views])
+        return out
+
+    def router_stats(self) -> list:
+        """Per layer {"probs": (n_tok, N) router probabilities, "idx": (n_tok,
+        K) chosen experts} of the last core step (its tokens in packed order)."""
+        if not self._moe:
+            raise RuntimeError("router_stats: this trainer has no experts (method='lora')")
+        out = []
+        for layer in range(self._hp["num_layers"]):
+            p, i = self._core.moe_routes(layer)
+            out.append({"probs": p, "idx": i})
+        return out
 
     # ------------------------------------------------------------ batches
 
@@ -241,8 +437,10 @@ class Trainer:
         return self.lr * 0.5 * (1.0 + math.cos(math.pi * prog))
 
     def loss_and_grads(self, prompts, answers):
-        """Mean cross-entropy over the answer tokens and the LoRA gradients
-        (float32 copy of the flat gradient buffer), without updating."""
+        """Mean cross-entropy over the answer tokens (gmoe/mixlora: plus the
+        weighted router losses summed over layers) and the gradients (float32
+        copy of the flat gradient buffer), without updating. A training pass:
+        the Normal loss's running counts advance, as in fit."""
         seqs, starts = self._pairs(prompts, answers)
         loss, _ = self._accumulate(seqs, starts, self.seed)
         return loss, self._core.grads.copy()
@@ -256,12 +454,22 @@ class Trainer:
         parts = [LoraBatch(seqs[i:i + mb], starts[i:i + mb]) for i in range(0, len(seqs), mb)]
         n_t = sum(b.n_targets for b in parts)
         self._core.grads[:] = 0
-        nll = 0.0
+        nll, aux = 0.0, 0.0
+        if self._moe:   # router losses: the mean over the micro-batches
+            self._core.set_aux_scale(1.0 / len(parts))
+            coef = np.array([self.loss_coefs[k] for k in _AUX])
+            counts = 0
         for j, b in enumerate(parts):
             s, _ = self._core.step(b.ids, b.offsets, b.targets, scale=1.0 / n_t, backward=True,
                                    seed=(seed + j * 0x9E3779B97F4A7C15) & (2**64 - 1))
             nll += s
-        return nll / n_t, sum(len(b.ids) for b in parts)
+            if self._moe:
+                c, a, _ = self._core.moe_stats()
+                aux += float((a @ coef).sum()) / len(parts)
+                counts = counts + c
+        if self._moe:
+            self._batch_counts = counts
+        return nll / n_t + aux, sum(len(b.ids) for b in parts)
 
     def fit(self, prompts, answers, checkpoint_dir=None, checkpoint_every: int = 1):
         """Train on (prompt, answer) pairs; the loss covers the answer tokens
@@ -322,8 +530,11 @@ class Trainer:
                 lr = self._lr_at(k, total)
                 self._core.adamw_step(self._m, self._v, lr, 0.9, 0.999, 1e-8,
                                       self.weight_decay, self.step_ + 1)
+                self._project_moe()
                 self.step_ += 1
                 self.history_.append((self.step_, loss, lr))
+                if self._moe:
+                    self._record_moe()
                 if checkpoint_dir is not None and ((k + 1) % checkpoint_every == 0
                                                    or k + 1 == total):
                     self.save_checkpoint(checkpoint_dir, _fit=(k + 1, job))
@@ -331,6 +542,18 @@ class Trainer:
                 bar.set_postfix(loss=f"{loss:.4f}",
                                 tok_s=f"{ntok / max(time.perf_counter() - t0, 1e-9):.0f}")
         return self
+
+    def _record_moe(self) -> None:
+        """One moe_history_ entry: this step's expert load per layer (whole
+        batch), its router losses, entropy, lambda and sigma."""
+        st = self.moe_stats()
+        c = self._batch_counts
+        ent = {"step": self.step_, "load": (c / np.maximum(c.sum(axis=1, keepdims=True), 1))
+               .astype(np.float32), "entropy": st["entropy"],
+               "aux": np.stack([st["aux"][k] for k in _AUX], axis=1)}
+        if self.router == "graph":
+            ent["lambda"], ent["sigma"] = st["lambda"], st["sigma"]
+        self.moe_history_.append(ent)
 
     # --------------------------------------------------------- checkpoints
 
@@ -346,6 +569,8 @@ class Trainer:
                                             "batch_size", "seed", "dropout", "weight_decay",
                                             "warmup_ratio", "schedule", "max_grad_norm",
                                             "max_length", "micro_batch_size", "precision")}
+        if self._moe:
+            hp["moe"] = self._moe_hparams()
         h.update(json.dumps(hp, sort_keys=True, default=list).encode())
         h.update(self._model_fingerprint().encode())
         for t in list(prompts) + ["\x00answers\x00"] + list(answers):
@@ -369,6 +594,12 @@ class Trainer:
         parts.append(f"params:{len(self._core.params)}")
         return "|".join(parts)
 
+    def _moe_hparams(self) -> dict:
+        return {"experts": self.experts, "top_k": self.top_k, "router": self.router,
+                "gcn_dim": self.gcn_dim, "gcn_layers": self.gcn_layers,
+                "edge_density": self.edge_density, "loss_coefs": self.loss_coefs,
+                "loss_form": self.loss_form, "running_decay": self.running_decay}
+
     def save_checkpoint(self, directory, _fit=None) -> str:
         """Write the training state to `directory`: the LoRA parameters and
         AdamW moments (state-<step>.safetensors) and trainer_state.json (step,
@@ -391,7 +622,13 @@ class Trainer:
             v = np.zeros(nparam, dtype=np.float32)
         fname = f"state-{self.step_:08d}.safetensors"
         fpath = os.path.join(directory, fname)
-        save_safetensors(fpath, {"lora": np.array(self._core.params), "adam_m": m, "adam_v": v},
+        tensors = {"lora": np.array(self._core.params), "adam_m": m, "adam_v": v}
+        if self._moe:   # the routers' state that training changes, and the history
+            tensors["moe_running"] = np.array(self._core.moe_buffers()[2])
+            for k in ("load", "entropy", "aux", "lambda", "sigma"):
+                if self.moe_history_ and k in self.moe_history_[0]:
+                    tensors[f"moe_history.{k}"] = np.stack([h[k] for h in self.moe_history_])
+        save_safetensors(fpath, tensors,
                          metadata={"format": "engine_py.finetune.checkpoint", "step": str(self.step_)})
         with open(fpath, "rb") as f:
             digest = hashlib.sha256(f.read()).hexdigest()
@@ -459,7 +696,18 @@ class Trainer:
         for k in ("lora", "adam_m", "adam_v"):
             if k not in t or t[k].shape != (n,) or t[k].dtype != np.float32:
                 raise ValueError(f"{fpath}: tensor {k!r} missing or not float32 ({n},)")
+        if self._moe:
+            run = self._core.moe_buffers()[2]
+            if "moe_running" not in t or t["moe_running"].shape != run.shape:
+                raise ValueError(f"{fpath}: tensor 'moe_running' missing or not {run.shape}")
         self._core.params[:] = t["lora"]
+        if self._moe:
+            run[...] = t["moe_running"]
+            hist = {k[len("moe_history."):]: t[k] for k in t if k.startswith("moe_history.")}
+            steps = [int(h[0]) for h in st.get("history", [])]
+            self.moe_history_ = [
+                dict({"step": s}, **{k: v[i] for k, v in hist.items()})
+                for i, s in enumerate(steps[:len(next(iter(hist.values()), []))])]
         self._m = np.array(t["adam_m"], dtype=np.float32)
         self._v = np.array(t["adam_v"], dtype=np.float32)
         self.step_ = int(st["step"])
@@ -511,7 +759,10 @@ class Trainer:
 
     def lora_state(self, grads: bool = False) -> dict:
         """PEFT-named tensors (float32, Hugging Face row order); grads=True:
-        the gradient buffer's contents under the same names."""
+        the gradient buffer's contents under the same names. gmoe/mixlora:
+        also every trainable expert/router tensor, named
+        ``base_model.model.model.layers.{l}.mlp.`` + the MoELoRAFFN
+        state_dict name (the routers' buffers: moe_buffers_state)."""
         p = self._core.grads if grads else self._core.params
         out = {}
         H, Hkv = self._hp["num_heads"], self._hp["num_kv_heads"]
@@ -524,12 +775,47 @@ class Trainer:
             pre = f"base_model.model.model.layers.{layer}.{_PEFT_PATH[name]}"
             out[f"{pre}.lora_A.weight"] = A
             out[f"{pre}.lora_B.weight"] = B
+        if self._moe:
+            out.update({k: np.array(v, dtype=np.float32) for k, v in self._moe_named(p).items()})
         return out
 
     def set_lora_state(self, state: dict) -> None:
+        """Load tensors named as lora_state gives them (every one required);
+        gmoe/mixlora: moe_buffers_state's names may come too (all or none)."""
         p = self._core.params
         H, Hkv = self._hp["num_heads"], self._hp["num_kv_heads"]
         want = set()
+        if self._moe:
+            staged = []
+            for key, dst in self._moe_named(p).items():
+                want.add(key)
+                if key not in state:
+                    raise ValueError(f"adapter is missing {key}")
+                arr = np.asarray(state[key], dtype=np.float32)
+                if arr.shape != dst.shape:
+                    raise ValueError(f"adapter tensor {key} has shape {arr.shape}, this "
+                                     f"configuration needs {dst.shape}")
+                staged.append((dst, arr))
+            bufs = self.moe_buffers_state()
+            have = [k for k in bufs if k in state]
+            if have and len(have) != len(bufs):
+                raise ValueError(f"adapter has some router buffers but not all (missing "
+                                 f"{sorted(set(bufs) - set(have))[:3]})")
+            if have:
+                feats, adj, run = self._core.moe_buffers()
+                dsts = {"router.expert_features": feats, "router.normalized_adjacency": adj,
+                        "normal_running": run}
+                for key in have:
+                    want.add(key)
+                    arr = np.asarray(state[key])
+                    if arr.shape != bufs[key].shape or not np.isfinite(arr).all():
+                        raise ValueError(f"adapter tensor {key} has shape {arr.shape} (needs "
+                                         f"{bufs[key].shape}) or non-finite values")
+                    layer = int(key.split(".")[4])
+                    name = key.split(".mlp.", 1)[1]
+                    staged.append((dsts[name][layer], arr))
+            for dst, arr in staged:
+                dst[...] = arr
         for layer, mod, oa, ob, fin, fout, r in self._core.slots():
             name = MODULES[mod]
             pre = f"base_model.model.model.layers.{layer}.{_PEFT_PATH[name]}"
@@ -550,12 +836,20 @@ class Trainer:
             raise ValueError(f"adapter has tensors this configuration does not: {extra[:3]}")
 
     def save_adapter(self, directory) -> None:
-        """adapter_model.safetensors + adapter_config.json, as PEFT writes them."""
+        """adapter_model.safetensors + adapter_config.json, as PEFT writes them.
+        gmoe/mixlora: the same two files in engine_py's own format (peft_type
+        "GMOE" / "MIXLORA", which PEFT does not load): the attention LoRA under
+        PEFT's names, the experts and routers as lora_state names them, the
+        routers' buffers (moe_buffers_state), and the MoE settings in the
+        config."""
         from .io import save_safetensors
 
         directory = os.fspath(directory)
         os.makedirs(directory, exist_ok=True)
-        save_safetensors(os.path.join(directory, "adapter_model.safetensors"), self.lora_state())
+        tensors = self.lora_state()
+        if self._moe:
+            tensors.update(self.moe_buffers_state())
+        save_safetensors(os.path.join(directory, "adapter_model.safetensors"), tensors)
         cfg = {
             "peft_type": "LORA", "task_type": "CAUSAL_LM", "r": self.r, "lora_alpha": self.alpha,
             "lora_dropout": self.dropout, "bias": "none", "fan_in_fan_out": False,
@@ -565,22 +859,35 @@ class Trainer:
             "use_dora": False, "modules_to_save": None, "layers_to_transform": None,
             "rank_pattern": {}, "alpha_pattern": {},
         }
+        if self._moe:
+            cfg["peft_type"] = _MOE_ADAPTER_TYPES[self.method]
+            cfg["engine_py_moe"] = self._moe_hparams()
         with open(os.path.join(directory, "adapter_config.json"), "w", encoding="utf-8") as f:
             json.dump(cfg, f, indent=2)
 
     @classmethod
     def load(cls, model_path, adapter_dir, **kw) -> "Trainer":
         """A Trainer on model_path with the adapter saved in adapter_dir."""
-        cfg, targets, state = read_adapter(adapter_dir)
-        tr = cls(model_path, r=int(cfg["r"]), alpha=float(cfg["lora_alpha"]), targets=targets, **kw)
+        cfg, targets, state = read_adapter(adapter_dir, moe_ok=True)
+        if cfg["peft_type"] != "LORA":
+            method = {v: k for k, v in _MOE_ADAPTER_TYPES.items()}[cfg["peft_type"]]
+            kw = dict(cfg["engine_py_moe"], **kw)
+            kw.setdefault("dropout", float(cfg.get("lora_dropout", 0.0)))
+            tr = cls(model_path, method=method, r=int(cfg["r"]), alpha=float(cfg["lora_alpha"]),
+                     targets=targets, **kw)
+        else:
+            tr = cls(model_path, r=int(cfg["r"]), alpha=float(cfg["lora_alpha"]), targets=targets,
+                     **kw)
         tr.set_lora_state(state)
         return tr
 
 
-def read_adapter(adapter_dir):
+def read_adapter(adapter_dir, moe_ok: bool = False):
     """(adapter_config dict, targets in MODULES' names, PEFT-named float32
     tensors) of a PEFT LoRA adapter folder; ValueError for what engine_py
-    does not support (rank/alpha patterns, DoRA, rsLoRA, other modules)."""
+    does not support (rank/alpha patterns, DoRA, rsLoRA, other modules).
+    moe_ok: also accept engine_py's GMoE / MixLoRA adapters (else they are
+    refused: their experts cannot be merged into the weights)."""
     from .io import load_state
 
     adapter_dir = os.fspath(adapter_dir)
@@ -588,7 +895,14 @@ def read_adapter(adapter_dir):
     if not os.path.isfile(cpath):
         raise FileNotFoundError(f"{adapter_dir}: no adapter_config.json")
     cfg = read_json(cpath, "adapter config")
-    if not isinstance(cfg, dict) or cfg.get("peft_type") != "LORA":
+    if isinstance(cfg, dict) and cfg.get("peft_type") in _MOE_ADAPTER_TYPES.values():
+        if not moe_ok:
+            raise ValueError(f"{cpath}: a {cfg['peft_type']} adapter (mixture of LoRA experts) "
+                             "cannot be merged into the model's weights; load it with "
+                             "engine_py.finetune.Trainer.load(model_path, adapter_dir)")
+        if not isinstance(cfg.get("engine_py_moe"), dict):
+            raise ValueError(f"{cpath}: a {cfg['peft_type']} adapter config needs engine_py_moe")
+    elif not isinstance(cfg, dict) or cfg.get("peft_type") != "LORA":
         raise ValueError(f"{cpath}: not a PEFT LoRA adapter config")
     if cfg.get("rank_pattern") or cfg.get("alpha_pattern") or cfg.get("use_dora") \
             or cfg.get("use_rslora"):

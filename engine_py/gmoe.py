@@ -117,6 +117,69 @@ def normalized_adjacency(expert_mask: np.ndarray) -> tuple[np.ndarray, np.ndarra
     return a.astype(np.int8), a * dinv[:, None] * dinv[None, :]
 
 
+def init_moe_params(rng: np.random.Generator, hidden: int, inner: int, num_experts: int, r: int,
+                    router: str, projs: tuple = ("w1", "w3", "w2"), gcn_layers: int = 2,
+                    gcn_dim: int = 128) -> tuple[dict, dict]:
+    """Fresh trainable parameters and buffers of one MoE-LoRA FFN, as
+    MoELoRAFFN (and the decoder fine-tuning Trainer, per layer) start them:
+    packed ``{"w1.A": (E, r, in), "w1.B": (E, out, r), ..., router ...}`` and
+    buffers ``router.expert_features`` / ``normal_running`` (graph). Draws
+    from rng in a fixed order. The expert graph is not built here."""
+    E, H, I = num_experts, hidden, inner
+    dims = {"w1": (H, I), "w3": (H, I), "w2": (I, H), "wi": (H, I), "wo": (I, H)}
+    params: dict[str, np.ndarray] = {}
+    for p in projs:
+        fin, fout = dims[p]
+        params[f"{p}.A"] = np.stack([_kaiming_uniform_a_sqrt5(rng, (r, fin)) for _ in range(E)])
+        params[f"{p}.B"] = np.zeros((E, fout, r), dtype=np.float32)
+    buffers: dict[str, np.ndarray] = {}
+    if router in ("linear", "switch"):
+        params["router.weight"] = _kaiming_uniform_a_sqrt5(rng, (E, H))
+    else:
+        g = gcn_dim
+        buffers["router.expert_features"] = _glorot(rng, (E, H))
+        params["router.W_s.weight"] = _glorot(rng, (g, H))
+        params["router.W_t.weight"] = _glorot(rng, (g, H), gain=100.0)
+        params["router.gcn"] = np.stack([_glorot(rng, (g, g)) for _ in range(gcn_layers)])
+        params["router.proj.weight"] = _kaiming_uniform_a_sqrt5(rng, (1, g)).reshape(g)
+        params["poisson_lambda"] = np.array(1.5, dtype=np.float32)
+        params["normal_sigma"] = np.array(E / 2.0, dtype=np.float32)
+        buffers["normal_running"] = np.zeros(E, dtype=np.float64)
+    return params, buffers
+
+
+def graph_buffers(expert_features: np.ndarray, W_s: np.ndarray,
+                  edge_density: float) -> tuple[np.ndarray, np.ndarray, float]:
+    """(0/1 adjacency (N+1, N+1), normalised adjacency float32, tau) of the
+    graph router whose expert nodes are relu(X W_s^T) (the density rule)."""
+    u = np.maximum(expert_features.astype(np.float64) @ W_s.astype(np.float64).T, 0.0)
+    mask, tau = build_expert_graph(u, edge_density)
+    adj, ahat = normalized_adjacency(mask)
+    return adj, ahat.astype(np.float32), tau
+
+
+def named_moe_params(src: dict[str, np.ndarray], num_experts: int, projs, router: str,
+                     gcn_layers: int) -> dict[str, np.ndarray]:
+    """Packed parameter arrays (init_moe_params' keys) split into the
+    PEFT-like names of the module docstring (views into src)."""
+    out: dict[str, np.ndarray] = {}
+    for e in range(num_experts):
+        for p in projs:
+            out[f"experts.{e}.{p}.lora_A.weight"] = src[f"{p}.A"][e]
+            out[f"experts.{e}.{p}.lora_B.weight"] = src[f"{p}.B"][e]
+    if router == "graph":
+        out["router.W_s.weight"] = src["router.W_s.weight"]
+        out["router.W_t.weight"] = src["router.W_t.weight"]
+        for layer in range(gcn_layers):
+            out[f"router.gcn.{layer}.weight"] = src["router.gcn"][layer]
+        out["router.proj.weight"] = src["router.proj.weight"].reshape(1, -1)
+        out["poisson_lambda"] = src["poisson_lambda"]
+        out["normal_sigma"] = src["normal_sigma"]
+    else:
+        out["router.weight"] = src["router.weight"]
+    return out
+
+
 class MoELoRAFFN:
     """MoE-LoRA FFN over a frozen FFN, with a linear, switch or graph router.
 
@@ -181,28 +244,10 @@ class MoELoRAFFN:
         self._t = 0
 
         # trainable parameters: name -> packed array; the state_dict splits them
-        self._params: dict[str, np.ndarray] = {}
-        E = num_experts
         self._projs = ["w1", "w3", "w2"] if kind == "swiglu" else ["wi", "wo"]
-        dims = {"w1": (H, I), "w3": (H, I), "w2": (I, H), "wi": (H, I), "wo": (I, H)}
-        for p in self._projs:
-            fin, fout = dims[p]
-            self._params[f"{p}.A"] = np.stack([_kaiming_uniform_a_sqrt5(rng, (r, fin))
-                                               for _ in range(E)])
-            self._params[f"{p}.B"] = np.zeros((E, fout, r), dtype=np.float32)
-        self._buffers: dict[str, np.ndarray] = {}
-        if router in ("linear", "switch"):
-            self._params["router.weight"] = _kaiming_uniform_a_sqrt5(rng, (E, H))
-        else:
-            g = gcn_dim
-            self._buffers["router.expert_features"] = _glorot(rng, (E, H))
-            self._params["router.W_s.weight"] = _glorot(rng, (g, H))
-            self._params["router.W_t.weight"] = _glorot(rng, (g, H), gain=100.0)
-            self._params["router.gcn"] = np.stack([_glorot(rng, (g, g)) for _ in range(gcn_layers)])
-            self._params["router.proj.weight"] = _kaiming_uniform_a_sqrt5(rng, (1, g)).reshape(g)
-            self._params["poisson_lambda"] = np.array(1.5, dtype=np.float32)
-            self._params["normal_sigma"] = np.array(E / 2.0, dtype=np.float32)
-            self._buffers["normal_running"] = np.zeros(E, dtype=np.float64)
+        self._params, self._buffers = init_moe_params(rng, H, I, num_experts, r, router,
+                                                      tuple(self._projs), gcn_layers, gcn_dim)
+        if router == "graph":
             self._build_graph()
         self._grads = {k: np.zeros_like(v) for k, v in self._params.items()}
         self._m = {k: np.zeros_like(v) for k, v in self._params.items()}
@@ -236,14 +281,11 @@ class MoELoRAFFN:
         return {"W_in": w["Wi"], "b_in": w["bi"], "W_up": None, "W_out": w["Wo"], "b_out": w["bo"]}
 
     def _build_graph(self) -> None:
-        X = self._buffers["router.expert_features"].astype(np.float64)
-        Ws = self._params["router.W_s.weight"].astype(np.float64)
-        u = np.maximum(X @ Ws.T, 0.0)
-        mask, tau = build_expert_graph(u, self.edge_density)
-        adj, ahat = normalized_adjacency(mask)
+        adj, ahat, tau = graph_buffers(self._buffers["router.expert_features"],
+                                       self._params["router.W_s.weight"], self.edge_density)
         self.edge_threshold_ = tau
         self._adjacency = adj
-        self._buffers["router.normalized_adjacency"] = ahat.astype(np.float32)
+        self._buffers["router.normalized_adjacency"] = ahat
 
     @property
     def adjacency(self) -> np.ndarray | None:
@@ -440,22 +482,7 @@ class MoELoRAFFN:
     # ------------------------------------------------------------ parameters
     def _named(self, src: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Split packed arrays into PEFT-like names (views into src)."""
-        out: dict[str, np.ndarray] = {}
-        for e in range(self.num_experts):
-            for p in self._projs:
-                out[f"experts.{e}.{p}.lora_A.weight"] = src[f"{p}.A"][e]
-                out[f"experts.{e}.{p}.lora_B.weight"] = src[f"{p}.B"][e]
-        if self.router == "graph":
-            out["router.W_s.weight"] = src["router.W_s.weight"]
-            out["router.W_t.weight"] = src["router.W_t.weight"]
-            for layer in range(self.gcn_layers):
-                out[f"router.gcn.{layer}.weight"] = src["router.gcn"][layer]
-            out["router.proj.weight"] = src["router.proj.weight"].reshape(1, -1)
-            out["poisson_lambda"] = src["poisson_lambda"]
-            out["normal_sigma"] = src["normal_sigma"]
-        else:
-            out["router.weight"] = src["router.weight"]
-        return out
+        return named_moe_params(src, self.num_experts, self._projs, self.router, self.gcn_layers)
 
     def parameter_names(self) -> list[str]:
         """Names of the trainable parameters, in ``state_dict`` order."""

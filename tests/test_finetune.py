@@ -110,7 +110,7 @@ def test_gguf_adapter_is_in_hf_row_order(tiny, tmp_path):
 def test_bad_inputs(tiny, tmp_path):
     path = tiny.hf_dir
     with pytest.raises(ValueError, match="method"):
-        Trainer(path, method="gmoe")
+        Trainer(path, method="moe")
     with pytest.raises(ValueError, match="targets"):
         Trainer(path, targets=("q", "nope"))
     with pytest.raises(ValueError, match="r must"):

@@ -113,11 +113,13 @@ static float *transpose_B(const float *B, int E, int out, int r)
 }
 
 /* Scratch shared by forward and backward: transposed B's, a ones row and
- * per-thread rows (activation + three mask rows). */
+ * per-thread rows (activation, three mask rows, and g / u of the slot when
+ * they are not saved). */
+#define NROWS 6
 typedef struct {
     float *BT[3];
     float *ones;
-    float *rows;  /* nthr * 4 * W */
+    float *rows;  /* nthr * NROWS * W */
     size_t W;
 } ffn_scratch;
 
@@ -145,7 +147,7 @@ static int scratch_init(ffn_scratch *sc, const eg_moe_ffn_params *prm, const eg_
         ok = ok && sc->BT[q] != NULL;
     }
     sc->ones = eg_aligned_alloc(sc->W * sizeof(float));
-    sc->rows = eg_aligned_alloc((size_t)omp_get_max_threads() * 4 * sc->W * sizeof(float));
+    sc->rows = eg_aligned_alloc((size_t)omp_get_max_threads() * NROWS * sc->W * sizeof(float));
     if (!ok || sc->ones == NULL || sc->rows == NULL) {
         scratch_free(sc);
         return -1;
@@ -165,12 +167,36 @@ static int check_r(const eg_moe_ffn_dims *d, eg_err *err)
     return 0;
 }
 
-eg_status eg_moe_ffn_forward(float *y, float *G, float *U, float *Hl, const float *x,
-                             const int32_t *idx, const float *w,
-                             const eg_moe_ffn_params *prm, const eg_moe_ffn_dims *d,
-                             eg_err *err)
+/* g (I) = g0 (+ b) + s * sum_k h[k] BT[k]: a slot's gate/up pre-activation
+ * from the shared frozen product g0 and the expert's LoRA down-projection
+ * h. Forward and backward's recomputation both use it: the same bits. */
+static void slot_preact(float *restrict g, const float *restrict g0, const float *restrict b,
+                        const float *restrict BT, const float *restrict h, float s, int r, int I)
 {
-    // x (T,H), idx/w (T,K) -> y (T,H); saved G,U (T*K,I), Hl (3,T*K,r)
+    if (b != NULL) {
+        #pragma omp simd
+        for (int i = 0; i < I; i++) {
+            g[i] = g0[i] + b[i];
+        }
+    } else {
+        memcpy(g, g0, (size_t)I * sizeof(float));
+    }
+    for (int k = 0; k < r; k++) {
+        const float *bk = BT + (size_t)k * I;
+        const float c = s * h[k];
+        #pragma omp simd
+        for (int i = 0; i < I; i++) {
+            g[i] += c * bk[i];
+        }
+    }
+}
+
+eg_status eg_moe_experts_forward(float *ylora, float *abar, float *G, float *U, float *Hl,
+                                 const float *x, const float *G0, const float *U0,
+                                 const int32_t *idx, const float *w,
+                                 const eg_moe_ffn_params *prm, const eg_moe_ffn_dims *d,
+                                 eg_err *err)
+{
     if (check_r(d, err) < 0) {
         return EG_EINVAL;
     }
@@ -178,33 +204,24 @@ eg_status eg_moe_ffn_forward(float *y, float *G, float *U, float *Hl, const floa
     const int swi = d->kind == EG_MOE_SWIGLU;
     const float s = d->scale, p = d->p;
     const uint64_t seed = d->seed;
-    const size_t M = (size_t)T * (size_t)K, TI = (size_t)T * (size_t)I;
+    const size_t M = (size_t)T * (size_t)K;
     const eg_moe_act_kernels *act = eg_moe_act();
     ffn_scratch sc;
-    float *G0 = eg_aligned_alloc(TI * sizeof(float));
-    float *U0 = swi ? eg_aligned_alloc(TI * sizeof(float)) : NULL;
-    float *abar = eg_aligned_alloc(TI * sizeof(float));
-    if (G0 == NULL || abar == NULL || (swi && U0 == NULL) || scratch_init(&sc, prm, d) < 0) {
-        eg_aligned_free(G0);
-        eg_aligned_free(U0);
-        eg_aligned_free(abar);
-        return eg_seterr(err, EG_ENOMEM, "moe_ffn forward: out of memory (T=%d, I=%d)", T, I);
-    }
-    eg_sgemm(0, 1, T, I, H, 1.0f, x, H, prm->W_in, H, 0.0f, G0, I);
-    if (swi) {
-        eg_sgemm(0, 1, T, I, H, 1.0f, x, H, prm->W_up, H, 0.0f, U0, I);
+    if (scratch_init(&sc, prm, d) < 0) {
+        return eg_seterr(err, EG_ENOMEM, "moe experts forward: out of memory (T=%d, I=%d)", T, I);
     }
     float *H0 = Hl, *H1 = Hl + M * (size_t)r, *H2 = Hl + 2 * M * (size_t)r;
 
     #pragma omp parallel for schedule(static)
     for (int t = 0; t < T; t++) {
-        float *rows = sc.rows + (size_t)omp_get_thread_num() * 4 * sc.W;
+        float *rows = sc.rows + (size_t)omp_get_thread_num() * NROWS * sc.W;
         float *ad = rows, *mb0 = rows + sc.W, *mb1 = rows + 2 * sc.W, *mb2 = rows + 3 * sc.W;
+        float *grow = rows + 4 * sc.W, *urow = rows + 5 * sc.W;
         const float *xt = x + (size_t)t * H;
         const float *g0 = G0 + (size_t)t * I;
         const float *u0 = swi ? U0 + (size_t)t * I : NULL;
         float *ab = abar + (size_t)t * I;
-        float *yt = y + (size_t)t * H;
+        float *yt = ylora + (size_t)t * H;
         float wsum = 0.0f;
         memset(ab, 0, (size_t)I * sizeof(float));
         memset(yt, 0, (size_t)H * sizeof(float));
@@ -219,38 +236,15 @@ eg_status eg_moe_ffn_forward(float *y, float *G, float *U, float *Hl, const floa
             const float *mk0 = mask_row(mb0, sc.ones, t, e, E, 0, H, p, seed);
             const float *mk2 = mask_row(mb2, sc.ones, t, e, E, 2, I, p, seed);
             lora_down(h0, A0, xt, mk0, H, r);
-            float *g = G + m * I;
-            if (prm->b_in != NULL) {
-                #pragma omp simd
-                for (int i = 0; i < I; i++) {
-                    g[i] = g0[i] + prm->b_in[i];
-                }
-            } else {
-                memcpy(g, g0, (size_t)I * sizeof(float));
-            }
-            for (int k = 0; k < r; k++) {
-                const float *bk = BT0 + (size_t)k * I;
-                const float c = s * h0[k];
-                #pragma omp simd
-                for (int i = 0; i < I; i++) {
-                    g[i] += c * bk[i];
-                }
-            }
+            float *g = G != NULL ? G + m * I : grow;
+            slot_preact(g, g0, prm->b_in, BT0, h0, s, r, I);
             if (swi) {
                 const float *A1 = prm->A[1] + (size_t)e * r * H;
                 const float *BT1 = sc.BT[1] + (size_t)e * r * I;
                 const float *mk1 = mask_row(mb1, sc.ones, t, e, E, 1, H, p, seed);
                 lora_down(h1, A1, xt, mk1, H, r);
-                float *u = U + m * I;
-                memcpy(u, u0, (size_t)I * sizeof(float));
-                for (int k = 0; k < r; k++) {
-                    const float *bk = BT1 + (size_t)k * I;
-                    const float c = s * h1[k];
-                    #pragma omp simd
-                    for (int i = 0; i < I; i++) {
-                        u[i] += c * bk[i];
-                    }
-                }
+                float *u = U != NULL ? U + m * I : urow;
+                slot_preact(u, u0, NULL, BT1, h1, s, r, I);
                 act->forward_row(ad, g, u, I);
             } else {
                 act->forward_row(ad, g, NULL, I);
@@ -275,12 +269,43 @@ eg_status eg_moe_ffn_forward(float *y, float *G, float *U, float *Hl, const floa
             }
         }
     }
-    eg_sgemm(0, 1, T, H, I, 1.0f, abar, I, prm->W_out, I, 1.0f, y, H);
+    scratch_free(&sc);
+    return EG_OK;
+}
+
+eg_status eg_moe_ffn_forward(float *y, float *G, float *U, float *Hl, const float *x,
+                             const int32_t *idx, const float *w,
+                             const eg_moe_ffn_params *prm, const eg_moe_ffn_dims *d,
+                             eg_err *err)
+{
+    // x (T,H), idx/w (T,K) -> y (T,H); saved G,U (T*K,I), Hl (3,T*K,r)
+    if (check_r(d, err) < 0) {
+        return EG_EINVAL;
+    }
+    const int T = d->T, H = d->H, I = d->inner;
+    const int swi = d->kind == EG_MOE_SWIGLU;
+    const size_t TI = (size_t)T * (size_t)I;
+    float *G0 = eg_aligned_alloc(TI * sizeof(float));
+    float *U0 = swi ? eg_aligned_alloc(TI * sizeof(float)) : NULL;
+    float *abar = eg_aligned_alloc(TI * sizeof(float));
+    eg_status st = EG_OK;
+    if (G0 == NULL || abar == NULL || (swi && U0 == NULL)) {
+        st = eg_seterr(err, EG_ENOMEM, "moe_ffn forward: out of memory (T=%d, I=%d)", T, I);
+        goto done;
+    }
+    eg_sgemm(0, 1, T, I, H, 1.0f, x, H, prm->W_in, H, 0.0f, G0, I);
+    if (swi) {
+        eg_sgemm(0, 1, T, I, H, 1.0f, x, H, prm->W_up, H, 0.0f, U0, I);
+    }
+    st = eg_moe_experts_forward(y, abar, G, U, Hl, x, G0, U0, idx, w, prm, d, err);
+    if (st == EG_OK) {
+        eg_sgemm(0, 1, T, H, I, 1.0f, abar, I, prm->W_out, I, 1.0f, y, H);
+    }
+done:
     eg_aligned_free(G0);
     eg_aligned_free(U0);
     eg_aligned_free(abar);
-    scratch_free(&sc);
-    return EG_OK;
+    return st;
 }
 
 /* Source rows of a per-expert reduction: row(m) = scale_m * base[row_id(m)]
@@ -353,11 +378,13 @@ static void expert_reduce(float *dst, int dst_rows_r, float alpha, const float *
     }
 }
 
-eg_status eg_moe_ffn_backward(float *dx, float *dw, eg_moe_ffn_grads *grd, const float *dy,
-                              const float *x, const int32_t *idx, const float *w,
-                              const float *G, const float *U, const float *Hl,
-                              const eg_moe_ffn_params *prm, const eg_moe_ffn_dims *d,
-                              eg_err *err)
+eg_status eg_moe_experts_backward(float *dx, float *dG0, float *dU0, float *dw,
+                                  eg_moe_ffn_grads *grd, const float *dy, const float *dab,
+                                  const float *x, const int32_t *idx, const float *w,
+                                  const float *G, const float *U, const float *G0,
+                                  const float *U0, const float *Hl,
+                                  const eg_moe_ffn_params *prm, const eg_moe_ffn_dims *d,
+                                  eg_err *err)
 {
     if (check_r(d, err) < 0) {
         return EG_EINVAL;
@@ -366,37 +393,32 @@ eg_status eg_moe_ffn_backward(float *dx, float *dw, eg_moe_ffn_grads *grd, const
     const int swi = d->kind == EG_MOE_SWIGLU;
     const float s = d->scale, p = d->p;
     const uint64_t seed = d->seed;
-    const size_t M = (size_t)T * (size_t)K, TI = (size_t)T * (size_t)I, MI = M * (size_t)I;
+    const size_t M = (size_t)T * (size_t)K, MI = M * (size_t)I;
     const eg_moe_act_kernels *act = eg_moe_act();
-    float *dab = eg_aligned_alloc(TI * sizeof(float));
     float *dG = eg_aligned_alloc(MI * sizeof(float));
     float *dU = swi ? eg_aligned_alloc(MI * sizeof(float)) : NULL;
     float *Ad = eg_aligned_alloc(MI * sizeof(float));
-    float *dG0 = eg_aligned_alloc(TI * sizeof(float));
-    float *dU0 = swi ? eg_aligned_alloc(TI * sizeof(float)) : NULL;
     float *dHl = eg_aligned_alloc(3 * M * (size_t)r * sizeof(float));
     int32_t *order = malloc((M > 0 ? M : 1) * sizeof(int32_t));
     size_t *off = calloc((size_t)E + 2, sizeof(size_t));
+    size_t *cur = calloc((size_t)E + 1, sizeof(size_t));
     eg_status st = EG_OK;
     ffn_scratch sc;
     memset(&sc, 0, sizeof sc);
-    if (dab == NULL || dG == NULL || Ad == NULL || dG0 == NULL || dHl == NULL ||
-        order == NULL || off == NULL || (swi && (dU == NULL || dU0 == NULL)) ||
-        scratch_init(&sc, prm, d) < 0) {
-        st = eg_seterr(err, EG_ENOMEM, "moe_ffn backward: out of memory (T=%d, I=%d)", T, I);
+    if (dG == NULL || Ad == NULL || dHl == NULL || order == NULL || off == NULL || cur == NULL ||
+        (swi && dU == NULL) || scratch_init(&sc, prm, d) < 0) {
+        st = eg_seterr(err, EG_ENOMEM, "moe experts backward: out of memory (T=%d, I=%d)", T, I);
         goto done;
     }
     memset(dHl, 0, 3 * M * (size_t)r * sizeof(float));
     const float *H0 = Hl, *H1 = Hl + M * r, *H2 = Hl + 2 * M * r;
     float *dH0 = dHl, *dH1 = dHl + M * r, *dH2 = dHl + 2 * M * r;
 
-    /* dabar = dy W_out: the frozen output product's gradient, once per token */
-    eg_sgemm(0, 0, T, I, H, 1.0f, dy, H, prm->W_out, I, 0.0f, dab, I);
-
     #pragma omp parallel for schedule(static)
     for (int t = 0; t < T; t++) {
-        float *rows = sc.rows + (size_t)omp_get_thread_num() * 4 * sc.W;
+        float *rows = sc.rows + (size_t)omp_get_thread_num() * NROWS * sc.W;
         float *back = rows, *mb0 = rows + sc.W, *mb1 = rows + 2 * sc.W, *mb2 = rows + 3 * sc.W;
+        float *grow = rows + 4 * sc.W, *urow = rows + 5 * sc.W;
         const float *dyt = dy + (size_t)t * H;
         const float *dat = dab + (size_t)t * I;
         float *dxt = dx + (size_t)t * H;
@@ -417,8 +439,6 @@ eg_status eg_moe_ffn_backward(float *dx, float *dw, eg_moe_ffn_grads *grd, const
             size_t m = (size_t)t * K + (size_t)j;
             int e = idx[m];
             float wj = w[m];
-            const float *g = G + m * I;
-            const float *u = swi ? U + m * I : NULL;
             float *adm = Ad + m * I;
             float *dgm = dG + m * I;
             float *dum = swi ? dU + m * I : NULL;
@@ -426,6 +446,16 @@ eg_status eg_moe_ffn_backward(float *dx, float *dw, eg_moe_ffn_grads *grd, const
             const float *BT0 = sc.BT[0] + (size_t)e * r * I, *BT2 = sc.BT[2] + (size_t)e * r * H;
             const float *mk0 = mask_row(mb0, sc.ones, t, e, E, 0, H, p, seed);
             const float *mk2 = mask_row(mb2, sc.ones, t, e, E, 2, I, p, seed);
+            /* the slot's pre-activations: saved, or recomputed as forward did */
+            const float *g = G != NULL ? G + m * I : grow;
+            const float *u = !swi ? NULL : U != NULL ? U + m * I : urow;
+            if (G == NULL) {
+                slot_preact(grow, G0 + (size_t)t * I, prm->b_in, BT0, H0 + m * r, s, r, I);
+                if (swi) {
+                    slot_preact(urow, U0 + (size_t)t * I, NULL, sc.BT[1] + (size_t)e * r * I,
+                                H1 + m * r, s, r, I);
+                }
+            }
             /* dh2 needs only dy, so one fused pass over I can then compute the
              * activation (one exp per element), dw's dot product and dg/du. */
             float dh2[MAX_R];
@@ -462,11 +492,6 @@ eg_status eg_moe_ffn_backward(float *dx, float *dw, eg_moe_ffn_grads *grd, const
             }
         }
     }
-    /* frozen input products: dx += dG0 W_in (+ dU0 W_up), once per token */
-    eg_sgemm(0, 0, T, H, I, 1.0f, dG0, I, prm->W_in, H, 1.0f, dx, H);
-    if (swi) {
-        eg_sgemm(0, 0, T, H, I, 1.0f, dU0, I, prm->W_up, H, 1.0f, dx, H);
-    }
 
     /* group slots by expert (stable counting sort) for the LoRA reductions */
     for (size_t m = 0; m < M; m++) {
@@ -475,18 +500,9 @@ eg_status eg_moe_ffn_backward(float *dx, float *dw, eg_moe_ffn_grads *grd, const
     for (int e = 0; e < E; e++) {
         off[e + 1] += off[e];
     }
-    {
-        size_t *pos = off + 0; /* reuse a running cursor per expert */
-        size_t *cur = calloc((size_t)E, sizeof(size_t));
-        if (cur == NULL) {
-            st = eg_seterr(err, EG_ENOMEM, "moe_ffn backward: out of memory");
-            goto done;
-        }
-        for (size_t m = 0; m < M; m++) {
-            int e = idx[m];
-            order[pos[e] + cur[e]++] = (int32_t)m;
-        }
-        free(cur);
+    for (size_t m = 0; m < M; m++) {
+        int e = idx[m];
+        order[off[e] + cur[e]++] = (int32_t)m;
     }
     {
         row_src xs0 = {x, 1, NULL, p, 0};
@@ -506,14 +522,51 @@ eg_status eg_moe_ffn_backward(float *dx, float *dw, eg_moe_ffn_grads *grd, const
     }
 done:
     scratch_free(&sc);
-    eg_aligned_free(dab);
     eg_aligned_free(dG);
     eg_aligned_free(dU);
     eg_aligned_free(Ad);
-    eg_aligned_free(dG0);
-    eg_aligned_free(dU0);
     eg_aligned_free(dHl);
     free(order);
     free(off);
+    free(cur);
+    return st;
+}
+
+eg_status eg_moe_ffn_backward(float *dx, float *dw, eg_moe_ffn_grads *grd, const float *dy,
+                              const float *x, const int32_t *idx, const float *w,
+                              const float *G, const float *U, const float *Hl,
+                              const eg_moe_ffn_params *prm, const eg_moe_ffn_dims *d,
+                              eg_err *err)
+{
+    if (check_r(d, err) < 0) {
+        return EG_EINVAL;
+    }
+    const int T = d->T, H = d->H, I = d->inner;
+    const int swi = d->kind == EG_MOE_SWIGLU;
+    const size_t TI = (size_t)T * (size_t)I;
+    float *dab = eg_aligned_alloc(TI * sizeof(float));
+    float *dG0 = eg_aligned_alloc(TI * sizeof(float));
+    float *dU0 = swi ? eg_aligned_alloc(TI * sizeof(float)) : NULL;
+    eg_status st = EG_OK;
+    if (dab == NULL || dG0 == NULL || (swi && dU0 == NULL)) {
+        st = eg_seterr(err, EG_ENOMEM, "moe_ffn backward: out of memory (T=%d, I=%d)", T, I);
+        goto done;
+    }
+    /* dabar = dy W_out: the frozen output product's gradient, once per token */
+    eg_sgemm(0, 0, T, I, H, 1.0f, dy, H, prm->W_out, I, 0.0f, dab, I);
+    st = eg_moe_experts_backward(dx, dG0, dU0, dw, grd, dy, dab, x, idx, w, G, U, NULL, NULL,
+                                 Hl, prm, d, err);
+    if (st != EG_OK) {
+        goto done;
+    }
+    /* frozen input products: dx += dG0 W_in (+ dU0 W_up), once per token */
+    eg_sgemm(0, 0, T, H, I, 1.0f, dG0, I, prm->W_in, H, 1.0f, dx, H);
+    if (swi) {
+        eg_sgemm(0, 0, T, H, I, 1.0f, dU0, I, prm->W_up, H, 1.0f, dx, H);
+    }
+done:
+    eg_aligned_free(dab);
+    eg_aligned_free(dG0);
+    eg_aligned_free(dU0);
     return st;
 }

@@ -108,6 +108,30 @@ eg_status eg_moe_ffn_backward(float *dx, float *dw, eg_moe_ffn_grads *grd, const
                               const eg_moe_ffn_params *prm, const eg_moe_ffn_dims *d,
                               eg_err *err);
 
+/* The experts' part of the FFN, for callers that do the frozen products
+ * themselves (a decoder whose W_in/W_up/W_out stay quantized):
+ * G0 = x W_in^T and U0 = x W_up^T (T,I; U0 NULL for GELU) come in; out come
+ * ylora (T,H) = the experts' LoRA output terms (+ sum_j w_j b_out) and abar
+ * (T,I) = sum_j w_j a_j, so y = ylora + abar W_out^T. G, U (T*K,I) may be
+ * NULL: not saved (backward recomputes them from G0, U0 and Hl, same bits).
+ * prm's frozen matrices are not read (b_in, b_out are). */
+eg_status eg_moe_experts_forward(float *ylora, float *abar, float *G, float *U, float *Hl,
+                                 const float *x, const float *G0, const float *U0,
+                                 const int32_t *idx, const float *w,
+                                 const eg_moe_ffn_params *prm, const eg_moe_ffn_dims *d,
+                                 eg_err *err);
+/* Its backward, given dab = dy W_out (T,I): dx (T,H) assigned the LoRA
+ * paths' input gradient, dG0, dU0 (T,I) assigned the gradients of G0, U0
+ * (the caller adds dG0 W_in + dU0 W_up to dx), dw (T,K) assigned, LoRA
+ * grads accumulated. G, U as saved by forward, or NULL with G0, U0 given. */
+eg_status eg_moe_experts_backward(float *dx, float *dG0, float *dU0, float *dw,
+                                  eg_moe_ffn_grads *grd, const float *dy, const float *dab,
+                                  const float *x, const int32_t *idx, const float *w,
+                                  const float *G, const float *U, const float *G0,
+                                  const float *U0, const float *Hl,
+                                  const eg_moe_ffn_params *prm, const eg_moe_ffn_dims *d,
+                                  eg_err *err);
+
 /* ---------------------------------------------------------- routing */
 /* Softmax of logits (T,N) into probs, log-sum-exp per token into lse (T),
  * top-k experts (descending probability, ties -> lower index) into idx (T,K)

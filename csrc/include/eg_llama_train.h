@@ -96,6 +96,79 @@ enum {
 };
 void eg_llama_lora_profile(eg_llama_lora *t, double out[EG_LORA_PROF_N], int reset);
 
+/* ------------------------------------------------ MoE-LoRA FFN (GMoE, MixLoRA)
+ *
+ * eg_llama_lora_set_moe replaces the FFN's LoRA by a mixture of LoRA experts
+ * in every layer (ALGORITHMS.md §B, MixLoRA style): the frozen gate/up/down
+ * products are computed once per token (quantized, eg_qmatmul_prec); expert
+ * e owns rank-r pairs on the three projections; a router on the FFN input
+ * x = ffn_norm(h) picks the top-k experts; the layer's FFN output is
+ * sum_j w_j (W2 a_j + s B2 A2 a_j), a_j = silu(W1 x + s B1 A1 x) * (W3 x +
+ * s B3 A3 x), computed as W2 (sum_j w_j a_j) + LoRA terms (eg_moe_experts_*).
+ * Routers: graph (GMoE: GCN over N expert nodes and the token node; Poisson
+ * distinction + Normal balance losses), linear (MixLoRA: softmax top-k,
+ * renormalised; load-balance loss) and switch (top-1, raw probability;
+ * balance + z-loss). Semantics = engine_py.gmoe.MoELoRAFFN, per layer.
+ *
+ * The expert and router parameters follow the attention adapters in the
+ * parameter buffer, layer by layer, part by part (eg_llama_moe_slot). The
+ * graph router's expert features, normalised adjacency and the Normal loss's
+ * running counts are buffers the caller fills (eg_llama_moe_buffers). The
+ * step's loss gains aux_scale * sum over layers of coef * aux loss. */
+enum { EG_ROUTER_GRAPH = 0, EG_ROUTER_LINEAR = 1, EG_ROUTER_SWITCH = 2 };
+
+enum {
+    EG_MOE_A0 = 0, EG_MOE_A1, EG_MOE_A2,  /* (E, r, in): gate, up, down */
+    EG_MOE_B0, EG_MOE_B1, EG_MOE_B2,      /* (E, out, r) */
+    EG_MOE_WG,                            /* linear/switch router (N, D) */
+    EG_MOE_WS, EG_MOE_WT,                 /* graph: (g, D) each */
+    EG_MOE_WL,                            /* graph: GCN weights (gcn_layers, g, g) */
+    EG_MOE_PVEC,                          /* graph: expert projection (g) */
+    EG_MOE_LAMBDA, EG_MOE_SIGMA,          /* graph: Poisson lambda, Normal sigma (1 each) */
+    EG_MOE_NPART
+};
+
+/* The auxiliary losses reported per layer (eg_llama_moe_stats). */
+enum { EG_AUX_POISSON = 0, EG_AUX_NORMAL, EG_AUX_BALANCE, EG_AUX_Z, EG_AUX_N };
+
+typedef struct {
+    int experts;      /* N, 1 .. 1024 */
+    int top_k;        /* K, 1 .. N (switch: must be 1) */
+    int rank;         /* r of every expert pair, 1 .. 64 */
+    float alpha;      /* scale alpha / r */
+    int router;       /* EG_ROUTER_* */
+    int gcn_dim;      /* graph: g, 1 .. 4096 */
+    int gcn_layers;   /* graph: 1 .. 16 */
+    int loss_kl;      /* 0: the reference |log| form, 1: true KL terms */
+    float coef[EG_AUX_N];  /* loss weights; finite, >= 0 */
+    double running_decay;  /* Normal loss: running <- decay * running + batch (1: reference) */
+} eg_llama_moe_config;
+
+/* Switch t to MoE mode. The FFN modules (gate, up, down) must have no plain
+ * LoRA (rank 0). Existing attention-adapter values are kept; the new
+ * parameters are zero (the caller initialises them, e.g. from Python). */
+eg_status eg_llama_lora_set_moe(eg_llama_lora *t, const eg_llama_moe_config *mc, eg_err *err);
+/* NULL unless set. */
+const eg_llama_moe_config *eg_llama_lora_moe(const eg_llama_lora *t);
+/* Offset (floats into the parameter/gradient buffers) and size of part
+ * `part` of layer `layer`; size 0 for parts the router does not have. */
+void eg_llama_moe_slot(const eg_llama_lora *t, int layer, int part, size_t *off, size_t *size);
+/* The caller-filled buffers, layer-major: features (L, N, D) float,
+ * adjacency (L, N+1, N+1) float (D^-1/2 (A+I) D^-1/2), running (L, N) double.
+ * features/adjacency are used by the graph router only. */
+void eg_llama_moe_buffers(eg_llama_lora *t, float **features, float **adjacency, double **running);
+/* Weight of the auxiliary losses in the next steps (gradient accumulation:
+ * 1 / the number of micro-batches). Default 1. */
+void eg_llama_moe_set_aux_scale(eg_llama_lora *t, float s);
+/* Statistics of the last step, layer-major: counts (L, N) routed slots per
+ * expert, aux (L, EG_AUX_N) unweighted aux losses (0 where the router has
+ * none), entropy (L) mean router entropy in nats. Any may be NULL. */
+void eg_llama_moe_stats(const eg_llama_lora *t, int64_t *counts, double *aux, double *entropy);
+/* The last step's routing of layer l: probs (n_tok, N) and idx (n_tok, K),
+ * borrowed, valid until the next step; *n_tok = 0 before any step. */
+void eg_llama_moe_routes(const eg_llama_lora *t, int layer, const float **probs,
+                         const int32_t **idx, size_t *n_tok);
+
 /* Cross-entropy of an LM head over n rows, in chunks (the full n x vocab
  * logits never exist): x (n, D), W (V, D), target (n) in [0, V). *nll_sum
  * (double); nll (n) per row, may be NULL; dx (n, D) ASSIGNED the gradient of

@@ -18,8 +18,8 @@
  * passes always use that shared set. fwd_layer is deterministic (dropout masks
  * are hashed from the seed), so the recomputed tensors are the same bits.
  */
-#include "eg_llama_train.h"
 #include "eg_ops.h"
+#include "llama_train_internal.h"
 
 #include <math.h>
 #include <stdint.h>
@@ -35,21 +35,6 @@ static double now_s(void)
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
-struct eg_llama_lora {
-    const eg_llama *m;
-    eg_llama_config c;
-    eg_lora_config lc;
-    eg_qmat head;
-    int head_set;
-    size_t n_params;
-    float *params, *grads;
-    size_t *off;       /* (L * NMOD) offsets of A; B follows at + rank * in */
-    eg_bert_state s;   /* validation, offsets, embeddings */
-    eg_arena arena;
-    double prof[EG_LORA_PROF_N];
-    double prof_t0;
-    int recompute;
-};
 
 static void mod_dims(const eg_llama_config *c, int mod, int *in, int *out)
 {
@@ -151,6 +136,7 @@ void eg_llama_lora_free(eg_llama_lora *t)
     free(t->off);
     eg_bert_state_free(&t->s);
     eg_arena_free(&t->arena);
+    eg_llama_moe_free(t->moe);
     free(t);
 }
 
@@ -290,13 +276,23 @@ typedef struct {
     const float *cos_t, *sin_t;
     const eg_attention_shape *ash;
     float *att, *x, *tmp, *act;
+    float *ylora, *logits;  /* MoE: (n, D), (n, N) */
+    int training;           /* a training step (the MoE running counts advance) */
 } fwd_ctx;
 
-/* Layer l forward from S->h: fills S's qkv, ctx, hmid, gu, hA and writes the
- * layer output to hout. Deterministic, so backward can run it again
- * (recomputation) and get the very same tensors. */
-static eg_status fwd_layer(eg_llama_lora *t, int l, saved_layer *S, float *hout,
-                       const fwd_ctx *f, lora_ctx k, eg_err *err)
+/* The dropout stream of layer l's experts (after the plain adapters'). */
+static uint64_t moe_seed(const eg_llama_lora *t, uint64_t seed, int l)
+{
+    return eg_rng_derive(seed, (uint64_t)t->c.num_layers * EG_LORA_NMOD + (uint64_t)l);
+}
+
+/* Layer l forward from S->h: fills S's qkv, ctx, hmid, gu, hA (and the MoE
+ * routing in ms) and writes the layer output to hout. Deterministic, so
+ * backward can run it again (recomputation, recomputing != 0: the MoE aux
+ * losses and statistics are not computed again) and get the same tensors.
+ * With MoE, gu holds the gate and up products as two (n, F) blocks. */
+static eg_status fwd_layer(eg_llama_lora *t, int l, saved_layer *S, eg_moe_saved *ms, float *hout,
+                           const fwd_ctx *f, lora_ctx k, int recomputing, eg_err *err)
 {
     const eg_llama_config *c = &t->c;
     const int D = c->hidden_size, F = c->intermediate_size, hd = c->head_dim;
@@ -336,6 +332,23 @@ static eg_status fwd_layer(eg_llama_lora *t, int l, saved_layer *S, float *hout,
     add_to(S->hmid, tmp, n * (size_t)D);
     eg_rmsnorm_forward(x, S->hmid, w.ffn_norm, n, D, eps);
     PH(EG_LORA_PROF_FWD_OTHER);
+    if (t->moe != NULL) {
+        /* MoE-LoRA FFN: the frozen gate and up products once per token */
+        float *G0 = S->gu, *U0 = S->gu + n * (size_t)F;
+        TRY(eg_qmatmul_prec(G0, F, x, D, n, w.gate, NULL, prec, err));
+        TRY(eg_qmatmul_prec(U0, F, x, D, n, w.up, NULL, prec, err));
+        PH(EG_LORA_PROF_FWD_BASE);
+        TRY(eg_moe_layer_forward(t, l, ms, act, f->ylora, f->logits, x, G0, U0, n, k.p,
+                                 moe_seed(t, k.seed, l), !recomputing, f->training, err));
+        PH(EG_LORA_PROF_FWD_LORA);
+        TRY(eg_qmatmul_prec(tmp, D, act, F, n, w.down, NULL, prec, err));
+        PH(EG_LORA_PROF_FWD_BASE);
+        add_to(tmp, f->ylora, n * (size_t)D);
+        memcpy(hout, S->hmid, n * (size_t)D * sizeof(float));
+        add_to(hout, tmp, n * (size_t)D);
+        PH(EG_LORA_PROF_FWD_OTHER);
+        return EG_OK;
+    }
     TRY(eg_qmatmul_prec(S->gu, 2 * (size_t)F, x, D, n, w.gate, NULL, prec, err));
     TRY(eg_qmatmul_prec(S->gu + F, 2 * (size_t)F, x, D, n, w.up, NULL, prec, err));
     PH(EG_LORA_PROF_FWD_BASE);
@@ -445,6 +458,27 @@ eg_status eg_llama_lora_step(eg_llama_lora *t, const int32_t *ids, const int64_t
         return eg_seterr(err, EG_ENOMEM, "out of memory for llama training activations of %zu "
                          "tokens", n);
     }
+    /* MoE: per-layer routing (the experts' and graph router's tensors are
+     * shared by the layers when share is on), and scratch */
+    eg_moe_saved *ms = NULL;
+    float *ylora = NULL, *logits = NULL;
+    if (t->moe != NULL) {
+        const size_t N = (size_t)t->moe->c.experts;
+        ms = eg_arena_alloc_n(a, (size_t)L, sizeof *ms);
+        ALLOC(ylora, D);
+        logits = eg_arena_alloc_n(a, n, N * sizeof(float));
+        if (ms == NULL || logits == NULL || fail) {
+            return eg_seterr(err, EG_ENOMEM, "out of memory for the moe activations of %zu "
+                             "tokens", n);
+        }
+        for (int l = 0; l < L; l++) {
+            TRY(eg_moe_saved_alloc(t, &ms[l], share && l > 0 ? &ms[0] : NULL, n, err));
+        }
+        for (int l = 0; l < L; l++) {
+            t->moe->last_probs[l] = NULL;
+            t->moe->last_idx[l] = NULL;
+        }
+    }
     memcpy(sv[0].h, t->s.h, n * (size_t)D * sizeof(float));
     for (int i = 0; i < n_seq; i++) {
         for (int64_t p = offsets[i]; p < offsets[i + 1]; p++) {
@@ -459,13 +493,14 @@ eg_status eg_llama_lora_step(eg_llama_lora *t, const int32_t *ids, const int64_t
 
     /* ---- forward */
     const int prec = c->precision;
-    const fwd_ctx fc = {prec, n, offsets, n_seq, pos, cos_t, sin_t, &ash, att, x, tmp, act};
+    const fwd_ctx fc = {prec, n, offsets, n_seq, pos, cos_t, sin_t, &ash, att, x, tmp, act,
+                        ylora, logits, backward};
     t->prof_t0 = now_s();
     for (int l = 0; l < L; l++) {
         lora_ctx k = {t, l, n, p, seed, drop, dhl};
         saved_layer work = sv[share ? 0 : l];
         work.h = sv[l].h;
-        TRY(fwd_layer(t, l, &work, sv[l + 1].h, &fc, k, err));
+        TRY(fwd_layer(t, l, &work, ms != NULL ? &ms[l] : NULL, sv[l + 1].h, &fc, k, 0, err));
     }
 
     /* ---- loss over the target rows */
@@ -531,6 +566,18 @@ eg_status eg_llama_lora_step(eg_llama_lora *t, const int32_t *ids, const int64_t
     if (dx == NULL || dqkv == NULL || dctx == NULL || dgu == NULL || dact == NULL) {
         return eg_seterr(err, EG_ENOMEM, "out of memory for llama gradients of %zu tokens", n);
     }
+    float *dxl = NULL, *dwk = NULL, *dprobs = NULL, *dlogits = NULL;
+    if (t->moe != NULL) {
+        const size_t N = (size_t)t->moe->c.experts, K = (size_t)t->moe->c.top_k;
+        dxl = eg_arena_alloc_n(a, n, (size_t)D * sizeof(float));
+        dwk = eg_arena_alloc_n(a, n, K * sizeof(float));
+        dprobs = eg_arena_alloc_n(a, n, N * sizeof(float));
+        dlogits = eg_arena_alloc_n(a, n, N * sizeof(float));
+        if (dxl == NULL || dwk == NULL || dprobs == NULL || dlogits == NULL) {
+            return eg_seterr(err, EG_ENOMEM, "out of memory for the moe gradients of %zu tokens",
+                             n);
+        }
+    }
     float *dh = dh_all;
     PH(EG_LORA_PROF_BWD_OTHER);
     for (int l = L - 1; l >= 0; l--) {
@@ -544,26 +591,43 @@ eg_status eg_llama_lora_step(eg_llama_lora *t, const int32_t *ids, const int64_t
             work = sv[0];
             work.h = sv[l].h;
             S = &work;
-            TRY(fwd_layer(t, l, S, dgu, &fc, k, err));
+            TRY(fwd_layer(t, l, S, ms != NULL ? &ms[l] : NULL, dgu, &fc, k, 1, err));
             PH(EG_LORA_PROF_BWD_OTHER);
         }
         /* feed-forward block: dh is dL/d(layer output) = dL/d(down out) */
         eg_rmsnorm_forward(x, S->hmid, w.ffn_norm, n, D, eps);
-        eg_swiglu_forward(act, F, S->gu, S->gu + F, 2 * (size_t)F, n, F);
-        PH(EG_LORA_PROF_BWD_OTHER);
-        TRY(eg_qmatmul_t_prec(dact, F, dh, D, n, w.down, 0, prec, err));
-        PH(EG_LORA_PROF_BWD_BASE);
-        lora_bwd(&k, EG_LORA_DOWN, dact, F, dh, D, act, F, S->hA[EG_LORA_DOWN]);
-        PH(EG_LORA_PROF_BWD_LORA);
-        eg_swiglu_backward(dgu, dgu + F, 2 * (size_t)F, dact, F, S->gu, S->gu + F, 2 * (size_t)F,
-                           n, F);
-        PH(EG_LORA_PROF_BWD_OTHER);
-        TRY(eg_qmatmul_t_prec(dx, D, dgu, 2 * (size_t)F, n, w.gate, 0, prec, err));
-        TRY(eg_qmatmul_t_prec(dx, D, dgu + F, 2 * (size_t)F, n, w.up, 1, prec, err));
-        PH(EG_LORA_PROF_BWD_BASE);
-        lora_bwd(&k, EG_LORA_GATE, dx, D, dgu, 2 * (size_t)F, x, D, S->hA[EG_LORA_GATE]);
-        lora_bwd(&k, EG_LORA_UP, dx, D, dgu + F, 2 * (size_t)F, x, D, S->hA[EG_LORA_UP]);
-        PH(EG_LORA_PROF_BWD_LORA);
+        if (t->moe != NULL) {
+            /* dab = dh W2 once per token; the experts and the router; then
+             * the frozen gate/up products' input gradient once per token */
+            const size_t nF = n * (size_t)F;
+            PH(EG_LORA_PROF_BWD_OTHER);
+            TRY(eg_qmatmul_t_prec(dact, F, dh, D, n, w.down, 0, prec, err));
+            PH(EG_LORA_PROF_BWD_BASE);
+            TRY(eg_moe_layer_backward(t, l, &ms[l], dxl, dgu, dgu + nF, dwk, dprobs, dlogits, dh,
+                                      dact, x, S->gu, S->gu + nF, n, p, moe_seed(t, seed, l),
+                                      err));
+            PH(EG_LORA_PROF_BWD_LORA);
+            TRY(eg_qmatmul_t_prec(dx, D, dgu, F, n, w.gate, 0, prec, err));
+            TRY(eg_qmatmul_t_prec(dx, D, dgu + nF, F, n, w.up, 1, prec, err));
+            PH(EG_LORA_PROF_BWD_BASE);
+            add_to(dx, dxl, n * (size_t)D);
+        } else {
+            eg_swiglu_forward(act, F, S->gu, S->gu + F, 2 * (size_t)F, n, F);
+            PH(EG_LORA_PROF_BWD_OTHER);
+            TRY(eg_qmatmul_t_prec(dact, F, dh, D, n, w.down, 0, prec, err));
+            PH(EG_LORA_PROF_BWD_BASE);
+            lora_bwd(&k, EG_LORA_DOWN, dact, F, dh, D, act, F, S->hA[EG_LORA_DOWN]);
+            PH(EG_LORA_PROF_BWD_LORA);
+            eg_swiglu_backward(dgu, dgu + F, 2 * (size_t)F, dact, F, S->gu, S->gu + F,
+                               2 * (size_t)F, n, F);
+            PH(EG_LORA_PROF_BWD_OTHER);
+            TRY(eg_qmatmul_t_prec(dx, D, dgu, 2 * (size_t)F, n, w.gate, 0, prec, err));
+            TRY(eg_qmatmul_t_prec(dx, D, dgu + F, 2 * (size_t)F, n, w.up, 1, prec, err));
+            PH(EG_LORA_PROF_BWD_BASE);
+            lora_bwd(&k, EG_LORA_GATE, dx, D, dgu, 2 * (size_t)F, x, D, S->hA[EG_LORA_GATE]);
+            lora_bwd(&k, EG_LORA_UP, dx, D, dgu + F, 2 * (size_t)F, x, D, S->hA[EG_LORA_UP]);
+            PH(EG_LORA_PROF_BWD_LORA);
+        }
         eg_rmsnorm_backward(tmp, NULL, dx, S->hmid, w.ffn_norm, n, D, eps);
         add_to(dh, tmp, n * (size_t)D);  /* dh = dL/d hmid */
         PH(EG_LORA_PROF_BWD_OTHER);

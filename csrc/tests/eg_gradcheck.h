@@ -9,6 +9,7 @@
 #define EG_GRADCHECK_H
 
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 
 
@@ -52,6 +53,10 @@ static void gradcheck(const char *op, fwd_fn f, void *ctx, const float *R, size_
             double tol = atol + rtol * fmax(fabs(num), fabs(ana));
             worst = fmax(worst, err / tol);
             if (err > tol) {
+                if (getenv("EG_GRADCHECK_VERBOSE") != NULL) {
+                    fprintf(stderr, "  %s[%zu]: numeric %.6g analytic %.6g\n", vars[v].name, i,
+                            num, ana);
+                }
                 bad++;
             }
         }

@@ -414,6 +414,199 @@ static void test_model(int untied, int quant, int bias)
     free(head);
 }
 
+/* ---- MoE-LoRA FFN (GMoE / MixLoRA) inside the decoder */
+
+typedef struct {
+    eg_llama_lora *t;
+    const int32_t *ids, *tg;
+    const int64_t *off;
+    int n_seq;
+    float coef[EG_AUX_N];
+    double base;  /* subtracted, so that the float result keeps the difference's digits */
+} moe_ctx;
+
+/* the step's whole loss: nll + sum over layers of coef * aux */
+static void moe_fwd(void *c, float *out)
+{
+    moe_ctx *k = c;
+    double s, aux[2 * EG_AUX_N];
+    eg_err err;
+    eg_llama_lora_step(k->t, k->ids, k->off, k->n_seq, k->tg, 1.0f, 0, 0, &s, NULL, &err);
+    eg_llama_moe_stats(k->t, NULL, aux, NULL);
+    for (int i = 0; i < 2 * EG_AUX_N; i++) {
+        s += k->coef[i % EG_AUX_N] * aux[i];
+    }
+    out[0] = (float)(s - k->base);
+}
+
+static void test_model_moe(int router, int quant)
+{
+    uint64_t rng = 77 + (uint64_t)router;
+    eg_err err;
+    eg_llama_config c = {.vocab_size = 41, .hidden_size = 32, .num_layers = 2, .num_heads = 4,
+                         .num_kv_heads = 2, .head_dim = 8, .intermediate_size = 64,
+                         .max_position = 32, .rms_norm_eps = 1e-5f, .rope_theta = 1e4,
+                         .rope_mode = EG_ROPE_NORM};
+    eg_llama *m = NULL;
+    CHECK(eg_llama_create(&m, &c, &err) == EG_OK, "create: %s", err.msg);
+    size_t nw = eg_llama_num_weights(m);
+    void **keep = calloc(nw + 1, sizeof *keep);
+    for (size_t i = 0; i < nw; i++) {
+        const char *name;
+        int nd;
+        int64_t sh[2];
+        eg_llama_weight_info(m, i, &name, &nd, sh);
+        size_t cnt = (size_t)sh[0] * (nd == 2 ? (size_t)sh[1] : 1);
+        float *w = rnd(cnt, &rng, nd == 2 ? 0.3f : 0.1f);
+        if (nd == 1 && strstr(name, "norm")) {
+            for (size_t j = 0; j < cnt; j++) {
+                w[j] += 1.0f;
+            }
+        }
+        keep[i] = w;
+        if (nd == 2 && quant) {
+            keep[i] = quant_q8_0(w, (int)sh[0], (int)sh[1]);
+            free(w);
+        }
+        CHECK(eg_llama_set_weight(m, name, nd == 2 && quant ? EG_GGML_Q8_0 : EG_GGML_F32, nd, sh,
+                                  keep[i], &err) == EG_OK, "set %s: %s", name, err.msg);
+    }
+    eg_lora_config lc = {.rank = {2, 1, 0, 2, 0, 0, 0}, .alpha = {4, 2, 0, 1, 0, 0, 0}};
+    eg_llama_lora *t = NULL;
+    CHECK(eg_llama_lora_create(&t, m, &lc, 9, &err) == EG_OK, "lora create: %s", err.msg);
+    const int N = 4, K = router == EG_ROUTER_SWITCH ? 1 : 2;
+    eg_llama_moe_config mc = {.experts = N, .top_k = K, .rank = 2, .alpha = 4.0f,
+                              .router = router, .gcn_dim = 8, .gcn_layers = 2,
+                              .coef = {0.05f, 0.8f, 0.1f, 0.01f}, .running_decay = 1.0};
+    /* configuration errors first */
+    eg_llama_moe_config bad = mc;
+    bad.top_k = N + 1;
+    CHECK(eg_llama_lora_set_moe(t, &bad, &err) == EG_EINVAL, "top_k > experts accepted");
+    bad = mc;
+    bad.rank = 65;
+    CHECK(eg_llama_lora_set_moe(t, &bad, &err) == EG_EINVAL, "rank 65 accepted");
+    bad = mc;
+    bad.coef[1] = NAN;
+    CHECK(eg_llama_lora_set_moe(t, &bad, &err) == EG_EINVAL, "NaN coefficient accepted");
+    CHECK(eg_llama_lora_set_moe(t, &mc, &err) == EG_OK, "set_moe: %s", err.msg);
+    CHECK(eg_llama_lora_set_moe(t, &mc, &err) == EG_ESTATE, "set_moe twice accepted");
+    {
+        eg_lora_config lf = lc;
+        lf.rank[EG_LORA_UP] = 1;
+        eg_llama_lora *t2 = NULL;
+        CHECK(eg_llama_lora_create(&t2, m, &lf, 9, &err) == EG_OK, "create");
+        CHECK(eg_llama_lora_set_moe(t2, &mc, &err) == EG_EINVAL, "moe over FFN LoRA accepted");
+        eg_llama_lora_free(t2);
+    }
+    /* every parameter random (B too, so every path carries gradient) */
+    size_t np = eg_llama_lora_num_params(t);
+    float *P = eg_llama_lora_params(t), *G = eg_llama_lora_grads(t);
+    for (size_t j = 0; j < np; j++) {
+        P[j] = eg_rng_normal(&rng) * 0.3f;
+    }
+    for (int l = 0; l < 2; l++) {
+        size_t off, size;
+        eg_llama_moe_slot(t, l, EG_MOE_LAMBDA, &off, &size);
+        if (size) {
+            P[off] = 1.4f;   /* inside the clamp [1, 2] */
+        }
+        eg_llama_moe_slot(t, l, EG_MOE_SIGMA, &off, &size);
+        if (size) {
+            P[off] = 1.7f;
+        }
+    }
+    float *feat, *adj;
+    double *run;
+    eg_llama_moe_buffers(t, &feat, &adj, &run);
+    for (int i = 0; i < 2 * N * 32; i++) {
+        feat[i] = eg_rng_normal(&rng) * 0.5f;
+    }
+    /* a fixed expert graph (0-1, 1-2, 2-3, 3-0 ring + token to all), normalised */
+    for (int l = 0; l < 2; l++) {
+        float a[5][5] = {{0}};
+        double deg[5] = {0};
+        for (int i = 0; i < 5; i++) {
+            for (int j = 0; j < 5; j++) {
+                a[i][j] = (i == j || i == 4 || j == 4 || (i - j + 4) % 4 == 1 ||
+                           (j - i + 4) % 4 == 1) ? 1.0f : 0.0f;
+                deg[i] += a[i][j];
+            }
+        }
+        for (int i = 0; i < 5; i++) {
+            for (int j = 0; j < 5; j++) {
+                adj[l * 25 + i * 5 + j] = (float)(a[i][j] / sqrt(deg[i] * deg[j]));
+            }
+        }
+    }
+    const int32_t ids[12] = {1, 5, 7, 40, 3, 3, 9, 0, 2, 11, 12, 13};
+    const int64_t off[4] = {0, 5, 6, 12};
+    const int32_t tg[12] = {-100, 7, 40, 3, -100, -100, -100, 2, 11, -100, 13, 8};
+    memset(G, 0, np * sizeof *G);
+    double s;
+    CHECK(eg_llama_lora_step(t, ids, off, 3, tg, 1.0f, 1, 0, &s, NULL, &err) == EG_OK, "step: %s",
+          err.msg);
+    CHECK(isfinite(s) && s > 0, "loss %g", s);
+    int64_t counts[8];
+    double aux[8], ent[2];
+    eg_llama_moe_stats(t, counts, aux, ent);
+    for (int l = 0; l < 2; l++) {
+        int64_t tot = 0;
+        for (int e = 0; e < N; e++) {
+            tot += counts[l * N + e];
+        }
+        CHECK(tot == 12 * K, "layer %d routed %lld slots, not %d", l, (long long)tot, 12 * K);
+        CHECK(ent[l] > 0.0 && ent[l] <= log((double)N) + 1e-9, "entropy %g", ent[l]);
+    }
+    CHECK(router == EG_ROUTER_GRAPH ? aux[EG_AUX_POISSON] > 0 && aux[EG_AUX_NORMAL] > 0
+                                    : aux[EG_AUX_BALANCE] > 0, "aux losses %g %g %g",
+          aux[0], aux[1], aux[2]);
+    if (router == EG_ROUTER_GRAPH) {
+        /* the training step advanced the running counts by k * the batch's
+         * weights: they sum to k * tokens; the gradient check runs forward
+         * passes, which must see the counts the analytic pass saw */
+        double sum = 0.0;
+        for (int e = 0; e < N; e++) {
+            sum += run[e];
+        }
+        CHECK(fabs(sum - 12.0 * K) < 1e-3, "running counts sum %g", sum);
+        memset(run, 0, 2 * (size_t)N * sizeof *run);
+    }
+    moe_ctx k = {t, ids, tg, off, 3, {0}, 0.0};
+    memcpy(k.coef, mc.coef, sizeof k.coef);
+    float R[1] = {1.0f};
+    moe_fwd(&k, R);
+    k.base = R[0];
+    R[0] = 1.0f;
+    gc_var vars[] = {{"params", P, G, np}};
+    char name[64];
+    snprintf(name, sizeof name, "llama moe (router %d, q8_0 %d)", router, quant);
+    gradcheck(name, moe_fwd, &k, R, 1, vars, 1, 1e-2f, 2e-2, 2e-4);
+    /* recomputation: the same loss and gradients, bit for bit */
+    {
+        float *G0 = malloc(np * sizeof *G0);
+        double s0, s1;
+        memset(G, 0, np * sizeof *G);
+        memset(run, 0, 2 * (size_t)N * sizeof *run);
+        eg_llama_lora_step(t, ids, off, 3, tg, 1.0f, 1, 0, &s0, NULL, &err);
+        memcpy(G0, G, np * sizeof *G);
+        eg_llama_lora_set_recompute(t, 1);
+        memset(G, 0, np * sizeof *G);
+        memset(run, 0, 2 * (size_t)N * sizeof *run);
+        CHECK(eg_llama_lora_step(t, ids, off, 3, tg, 1.0f, 1, 0, &s1, NULL, &err) == EG_OK,
+              "recompute step: %s", err.msg);
+        eg_llama_lora_set_recompute(t, 0);
+        CHECK(s0 == s1 && memcmp(G0, G, np * sizeof *G) == 0, "%s: recompute changed the result",
+              name);
+        free(G0);
+    }
+    eg_llama_lora_free(t);
+    eg_llama_free(m);
+    for (size_t i = 0; i < nw; i++) {
+        free(keep[i]);
+    }
+    free(keep);
+}
+
 int main(void)
 {
     test_qmatmul_t();
@@ -426,5 +619,9 @@ int main(void)
     test_model(0, 0, 0);
     test_model(1, 0, 1);
     test_model(0, 1, 1);
+    test_model_moe(EG_ROUTER_LINEAR, 0);
+    test_model_moe(EG_ROUTER_SWITCH, 1);
+    test_model_moe(EG_ROUTER_GRAPH, 0);
+    test_model_moe(EG_ROUTER_GRAPH, 1);
     return eg_test_report("test_llama_train");
 }
