@@ -16,7 +16,8 @@
  * With moe={...} (GMoE / MixLoRA; eg_llama_lora_set_moe, set at construction
  * so that no view of the parameter buffer predates its final size): keys
  * experts, top_k, rank, alpha, router (0 graph, 1 linear, 2 switch), gcn_dim,
- * gcn_layers, loss_kl, coef (4: poisson, normal, balance, z), running_decay.
+ * gcn_layers, loss_kl, coef (4: poisson, normal, balance, z), running_decay,
+ * normal_weights, per_expert_readout (eg_llama_moe_config).
  *     moe_slots(): [(layer, part, offset, size)] of the expert/router parts
  *     moe_buffers(): (features (L,N,D) f32, adjacency (L,N+1,N+1) f32,
  *                     running (L,N) f64), writable views
@@ -61,11 +62,11 @@ static int parse_moe(PyObject *o, eg_llama_moe_config *mc)
         return -1;
     }
     static const char *ints[] = {"experts", "top_k", "rank", "router", "gcn_dim", "gcn_layers",
-                                 "loss_kl"};
+                                 "loss_kl", "normal_weights", "per_expert_readout"};
     int *dst[] = {&mc->experts, &mc->top_k, &mc->rank, &mc->router, &mc->gcn_dim,
-                  &mc->gcn_layers, &mc->loss_kl};
+                  &mc->gcn_layers, &mc->loss_kl, &mc->normal_weights, &mc->per_expert_readout};
     memset(mc, 0, sizeof *mc);
-    for (int i = 0; i < 7; i++) {
+    for (int i = 0; i < 9; i++) {
         double v;
         if (dict_num(o, ints[i], &v) < 0) {
             return -1;

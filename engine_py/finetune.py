@@ -158,9 +158,10 @@ class Trainer:
     "switch": top-1). Router settings: gcn_dim, gcn_layers, edge_density,
     loss_coefs (dict over poisson, normal, balance, z; default
     engine_py.gmoe.DEFAULT_LOSS_COEFS), loss_form ("abs" reference, "kl"),
-    running_decay (Normal loss running counts: running <- decay * running +
-    batch; 1.0 is the reference). Per-layer semantics = engine_py.gmoe.
-    MoELoRAFFN. The defaults follow the GMoE reference configuration:
+    normal_count ("topk_probs": the Normal loss counts the top-k softmax
+    probabilities, as the official code; "weights": the renormalised
+    weights), normal_running_decay (c = decay * running + batch; 1.0 is the
+    reference). Per-layer semantics = engine_py.gmoe.MoELoRAFFN. The defaults follow the GMoE reference configuration:
     weight_decay 0.01, dropout 0.0005, constant lr without warm-up (lora:
     0.0, 0.0, cosine with 10% warm-up).
     """
@@ -175,7 +176,8 @@ class Trainer:
                  experts: int = 8, top_k: int = 2, router: Optional[str] = None,
                  gcn_dim: int = 128, gcn_layers: int = 2, edge_density: float = 0.25,
                  loss_coefs: Optional[dict] = None, loss_form: str = "abs",
-                 running_decay: float = 1.0, show_progress_bar: Optional[bool] = None):
+                 normal_count: str = "topk_probs", normal_running_decay: float = 1.0,
+                 show_progress_bar: Optional[bool] = None):
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
         moe = method != "lora"
@@ -185,7 +187,8 @@ class Trainer:
         warmup_ratio = (0.0 if moe else 0.1) if warmup_ratio is None else warmup_ratio
         if moe:
             self._check_moe_args(method, r, experts, top_k, router, gcn_dim, gcn_layers,
-                                 edge_density, loss_coefs, loss_form, running_decay)
+                                 edge_density, loss_coefs, loss_form, normal_count,
+                                 normal_running_decay)
         if isinstance(r, bool) or not isinstance(r, (int, np.integer)) or not 1 <= r <= 4096:
             raise ValueError(f"r must be an integer in [1, 4096], got {r!r}")
         if not isinstance(alpha, (int, float)) or not math.isfinite(alpha):
@@ -247,7 +250,8 @@ class Trainer:
     # ------------------------------------------------------------ MoE (gmoe / mixlora)
 
     def _check_moe_args(self, method, r, experts, top_k, router, gcn_dim, gcn_layers,
-                        edge_density, loss_coefs, loss_form, running_decay) -> None:
+                        edge_density, loss_coefs, loss_form, normal_count,
+                        running_decay) -> None:
         from .gmoe import DEFAULT_LOSS_COEFS
 
         def intarg(name, v, lo, hi):
@@ -281,14 +285,19 @@ class Trainer:
                 coefs[k] = float(v)
         self.loss_coefs = coefs
         if not (isinstance(running_decay, (int, float)) and 0 <= running_decay <= 1):
-            raise ValueError(f"running_decay must be in [0, 1], got {running_decay!r}")
-        self.running_decay = float(running_decay)
+            raise ValueError(f"normal_running_decay must be in [0, 1], got {running_decay!r}")
+        self.normal_running_decay = float(running_decay)
+        if normal_count not in ("topk_probs", "weights"):
+            raise ValueError(f"normal_count must be 'topk_probs' or 'weights', got {normal_count!r}")
+        self.normal_count = normal_count
 
     def _moe_core_config(self) -> dict:
         return {"experts": self.experts, "top_k": self.top_k, "rank": self.r, "alpha": self.alpha,
                 "router": ROUTERS.index(self.router), "gcn_dim": self.gcn_dim,
                 "gcn_layers": self.gcn_layers, "loss_kl": int(self.loss_form == "kl"),
-                "coef": [self.loss_coefs[k] for k in _AUX], "running_decay": self.running_decay}
+                "coef": [self.loss_coefs[k] for k in _AUX],
+                "running_decay": self.normal_running_decay,
+                "normal_weights": int(self.normal_count == "weights"), "per_expert_readout": 0}
 
     @property
     def _moe(self) -> bool:
@@ -598,7 +607,8 @@ class Trainer:
         return {"experts": self.experts, "top_k": self.top_k, "router": self.router,
                 "gcn_dim": self.gcn_dim, "gcn_layers": self.gcn_layers,
                 "edge_density": self.edge_density, "loss_coefs": self.loss_coefs,
-                "loss_form": self.loss_form, "running_decay": self.running_decay}
+                "loss_form": self.loss_form, "normal_count": self.normal_count,
+                "normal_running_decay": self.normal_running_decay}
 
     def save_checkpoint(self, directory, _fit=None) -> str:
         """Write the training state to `directory`: the LoRA parameters and

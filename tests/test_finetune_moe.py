@@ -157,21 +157,29 @@ def test_predict_routes_through_the_experts(path):
     assert np.array_equal(run0, run1)
 
 
-def test_running_counts_advance_in_training(path):
-    tr = Trainer(path, method="gmoe", **KW)
-    _randomize(tr)
+@pytest.mark.parametrize("count", ["topk_probs", "weights"])
+def test_running_counts_advance_in_training(path, count):
+    """running <- decay * running + k * (per expert: the top-k probabilities
+    (the official code) or the renormalised weights, which sum to 1 per
+    token) of each training pass."""
     key = "base_model.model.model.layers.1.mlp.normal_running"
-    tr.loss_and_grads(PROMPTS[:3], ANSWERS[:3])
-    n_tok = tr.router_stats()[1]["idx"].shape[0]
-    r1 = tr.moe_buffers_state()[key]
-    assert r1.sum() == pytest.approx(2 * n_tok)   # k * (renormalised weights sum 1 per token)
-    tr.loss_and_grads(PROMPTS[:3], ANSWERS[:3])
-    assert tr.moe_buffers_state()[key].sum() == pytest.approx(4 * n_tok)
-    d = Trainer(path, method="gmoe", running_decay=0.5, **KW)
-    _randomize(d)
-    d.loss_and_grads(PROMPTS[:3], ANSWERS[:3])
-    d.loss_and_grads(PROMPTS[:3], ANSWERS[:3])
-    assert d.moe_buffers_state()[key].sum() == pytest.approx(1.5 * 2 * n_tok)
+    sums = {}
+    for decay in (1.0, 0.5):
+        tr = Trainer(path, method="gmoe", normal_count=count, normal_running_decay=decay, **KW)
+        _randomize(tr)
+        tr.loss_and_grads(PROMPTS[:3], ANSWERS[:3])
+        r = tr.router_stats()[1]
+        r1 = tr.moe_buffers_state()[key]
+        if count == "topk_probs":
+            per = np.bincount(r["idx"].ravel(), minlength=4,
+                              weights=np.take_along_axis(r["probs"], r["idx"], 1).ravel())
+            assert np.allclose(r1, 2 * per, rtol=1e-5)
+        else:
+            assert r1.sum() == pytest.approx(2 * r["idx"].shape[0])
+        tr.loss_and_grads(PROMPTS[:3], ANSWERS[:3])
+        sums[decay] = (r1.sum(), tr.moe_buffers_state()[key].sum())
+    assert sums[1.0][1] == pytest.approx(2 * sums[1.0][0], rel=1e-5)
+    assert sums[0.5][1] == pytest.approx(1.5 * sums[0.5][0], rel=1e-5)
 
 
 def test_fit_lowers_loss_is_deterministic_and_records_history(path):
@@ -294,7 +302,9 @@ def test_bad_arguments(path):
     with pytest.raises(ValueError, match="edge_density"):
         Trainer(path, method="gmoe", edge_density=0)
     with pytest.raises(ValueError, match="running_decay"):
-        Trainer(path, method="gmoe", running_decay=1.5)
+        Trainer(path, method="gmoe", normal_running_decay=1.5)
+    with pytest.raises(ValueError, match="normal_count"):
+        Trainer(path, method="gmoe", normal_count="probs")
     with pytest.raises(ValueError, match="loss_form"):
         Trainer(path, method="gmoe", loss_form="l2")
     lo = Trainer(path, show_progress_bar=False)

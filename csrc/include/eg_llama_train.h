@@ -123,7 +123,7 @@ enum {
     EG_MOE_WG,                            /* linear/switch router (N, D) */
     EG_MOE_WS, EG_MOE_WT,                 /* graph: (g, D) each */
     EG_MOE_WL,                            /* graph: GCN weights (gcn_layers, g, g) */
-    EG_MOE_PVEC,                          /* graph: expert projection (g) */
+    EG_MOE_PVEC,                          /* graph: expert projection (g), per expert (N, g) */
     EG_MOE_LAMBDA, EG_MOE_SIGMA,          /* graph: Poisson lambda, Normal sigma (1 each) */
     EG_MOE_NPART
 };
@@ -141,7 +141,10 @@ typedef struct {
     int gcn_layers;   /* graph: 1 .. 16 */
     int loss_kl;      /* 0: the reference |log| form, 1: true KL terms */
     float coef[EG_AUX_N];  /* loss weights; finite, >= 0 */
-    double running_decay;  /* Normal loss: running <- decay * running + batch (1: reference) */
+    double running_decay;  /* Normal loss: c = decay * running + batch; running <- c (1: reference) */
+    int normal_weights;    /* Normal count per routed slot: 0 the top-k softmax probabilities
+                            * (official GMoE code), 1 the renormalised top-k weights */
+    int per_expert_readout;/* graph: 0 one g -> 1 projection (paper), 1 one per expert (N, g) */
 } eg_llama_moe_config;
 
 /* Switch t to MoE mode. The FFN modules (gate, up, down) must have no plain

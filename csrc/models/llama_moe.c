@@ -110,7 +110,7 @@ eg_status eg_llama_lora_set_moe(eg_llama_lora *t, const eg_llama_moe_config *mc,
         sz[EG_MOE_WS] = g * D;
         sz[EG_MOE_WT] = g * D;
         sz[EG_MOE_WL] = GL * g * g;
-        sz[EG_MOE_PVEC] = g;
+        sz[EG_MOE_PVEC] = mc->per_expert_readout ? N * g : g;
         sz[EG_MOE_LAMBDA] = 1;
         sz[EG_MOE_SIGMA] = 1;
     } else {
@@ -332,14 +332,25 @@ eg_status eg_moe_layer_forward(eg_llama_lora *t, int l, eg_moe_saved *ms, float 
         const int kl = mc->loss_kl;
         aux[EG_AUX_POISSON] = eg_poisson_loss_forward(ms->perm_p, ms->probs, *P(EG_MOE_LAMBDA),
                                                       (int)n, N, kl, MOE_EPS);
-        aux[EG_AUX_NORMAL] = eg_normal_loss_forward(ms->c, ms->perm_n, running, ms->idx, ms->w,
+        /* c = decay * running + k * (this batch's count per expert): the top-k
+         * probabilities before renormalisation (official code) or the weights */
+        const float *wn = ms->w;
+        if (!mc->normal_weights) {
+            float *tp = logits;   /* free after the top-k: (n, K) <= (n, N) */
+            for (size_t i = 0; i < n * (size_t)K; i++) {
+                tp[i] = ms->probs[(i / (size_t)K) * (size_t)N + (size_t)ms->idx[i]];
+            }
+            wn = tp;
+        }
+        double dec[1024];
+        for (int e = 0; e < N; e++) {
+            dec[e] = mc->running_decay * running[e];
+        }
+        aux[EG_AUX_NORMAL] = eg_normal_loss_forward(ms->c, ms->perm_n, dec, ms->idx, wn,
                                                     *P(EG_MOE_SIGMA), MOE_SIGMA_MIN, (int)n, N, K,
                                                     kl, MOE_EPS);
         if (training) {
-            /* running <- decay * running + this batch's k * weights (c = running + batch) */
-            for (int e = 0; e < N; e++) {
-                running[e] = ms->c[e] - (1.0 - mc->running_decay) * running[e];
-            }
+            memcpy(running, ms->c, (size_t)N * sizeof *running);
         }
     } else {
         aux[EG_AUX_BALANCE] = eg_balance_loss_forward(ms->counts, ms->probs, ms->idx, (int)n, N, K);
@@ -401,10 +412,21 @@ eg_status eg_moe_layer_backward(eg_llama_lora *t, int l, const eg_moe_saved *ms,
             eg_poisson_loss_backward(dprobs, G(EG_MOE_LAMBDA), cp, ms->probs, ms->perm_p,
                                      *P(EG_MOE_LAMBDA), (int)n, N, mc->loss_kl, MOE_EPS);
         }
-        if (cn != 0.0f) {
+        if (cn != 0.0f && mc->normal_weights) {
             eg_normal_loss_backward(dw, G(EG_MOE_SIGMA), cn, ms->c, ms->perm_n, ms->idx,
                                     *P(EG_MOE_SIGMA), MOE_SIGMA_MIN, (int)n, N, K, mc->loss_kl,
                                     MOE_EPS);
+        } else if (cn != 0.0f) {
+            /* the count was the top-k probabilities: the gradient lands on
+             * probs at the chosen experts (dn: dlogits as scratch, n K <= n N) */
+            float *dn = dlogits;
+            memset(dn, 0, n * (size_t)K * sizeof(float));
+            eg_normal_loss_backward(dn, G(EG_MOE_SIGMA), cn, ms->c, ms->perm_n, ms->idx,
+                                    *P(EG_MOE_SIGMA), MOE_SIGMA_MIN, (int)n, N, K, mc->loss_kl,
+                                    MOE_EPS);
+            for (size_t i = 0; i < n * (size_t)K; i++) {
+                dprobs[(i / (size_t)K) * (size_t)N + (size_t)ms->idx[i]] += dn[i];
+            }
         }
     } else if (cb != 0.0f) {
         eg_balance_loss_backward(dprobs, cb, ms->counts, (int)n, N, K);

@@ -439,7 +439,7 @@ static void moe_fwd(void *c, float *out)
     out[0] = (float)(s - k->base);
 }
 
-static void test_model_moe(int router, int quant)
+static void test_model_moe(int router, int quant, int normal_weights, double decay)
 {
     uint64_t rng = 77 + (uint64_t)router;
     eg_err err;
@@ -477,7 +477,8 @@ static void test_model_moe(int router, int quant)
     const int N = 4, K = router == EG_ROUTER_SWITCH ? 1 : 2;
     eg_llama_moe_config mc = {.experts = N, .top_k = K, .rank = 2, .alpha = 4.0f,
                               .router = router, .gcn_dim = 8, .gcn_layers = 2,
-                              .coef = {0.05f, 0.8f, 0.1f, 0.01f}, .running_decay = 1.0};
+                              .coef = {0.05f, 0.8f, 0.1f, 0.01f}, .running_decay = decay,
+                              .normal_weights = normal_weights};
     /* configuration errors first */
     eg_llama_moe_config bad = mc;
     bad.top_k = N + 1;
@@ -562,13 +563,34 @@ static void test_model_moe(int router, int quant)
           aux[0], aux[1], aux[2]);
     if (router == EG_ROUTER_GRAPH) {
         /* the training step advanced the running counts by k * the batch's
-         * weights: they sum to k * tokens; the gradient check runs forward
-         * passes, which must see the counts the analytic pass saw */
+         * renormalised weights (they sum to k * tokens) or top-k probabilities;
+         * a second step adds to decay * the first's. The gradient check runs
+         * forward passes, which must see the counts the analytic pass saw. */
+        const float *pr;
+        const int32_t *ix;
+        size_t nt;
+        eg_llama_moe_routes(t, 0, &pr, &ix, &nt);
+        double want = 0.0;
+        for (size_t i = 0; i < nt * (size_t)K; i++) {
+            want += pr[(i / (size_t)K) * (size_t)N + (size_t)ix[i]];
+        }
+        want = K * (normal_weights ? (double)nt : want);   /* the weights sum to 1 per token */
         double sum = 0.0;
         for (int e = 0; e < N; e++) {
             sum += run[e];
         }
-        CHECK(fabs(sum - 12.0 * K) < 1e-3, "running counts sum %g", sum);
+        CHECK(nt == 12 && fabs(sum - want) < 1e-3, "running counts sum %g, want %g", sum, want);
+        memset(G, 0, np * sizeof *G);
+        CHECK(eg_llama_lora_step(t, ids, off, 3, tg, 1.0f, 1, 0, &s, NULL, &err) == EG_OK, "step");
+        sum = 0.0;
+        for (int e = 0; e < N; e++) {
+            sum += run[e];
+        }
+        CHECK(fabs(sum - (1.0 + decay) * want) < 1e-3, "running after 2 steps %g, want %g", sum,
+              (1.0 + decay) * want);
+        memset(run, 0, 2 * (size_t)N * sizeof *run);
+        memset(G, 0, np * sizeof *G);
+        CHECK(eg_llama_lora_step(t, ids, off, 3, tg, 1.0f, 1, 0, &s, NULL, &err) == EG_OK, "step");
         memset(run, 0, 2 * (size_t)N * sizeof *run);
     }
     moe_ctx k = {t, ids, tg, off, 3, {0}, 0.0};
@@ -579,7 +601,8 @@ static void test_model_moe(int router, int quant)
     R[0] = 1.0f;
     gc_var vars[] = {{"params", P, G, np}};
     char name[64];
-    snprintf(name, sizeof name, "llama moe (router %d, q8_0 %d)", router, quant);
+    snprintf(name, sizeof name, "llama moe (router %d, q8_0 %d, weights %d)", router, quant,
+             normal_weights);
     gradcheck(name, moe_fwd, &k, R, 1, vars, 1, 1e-2f, 2e-2, 2e-4);
     /* recomputation: the same loss and gradients, bit for bit */
     {
@@ -619,9 +642,9 @@ int main(void)
     test_model(0, 0, 0);
     test_model(1, 0, 1);
     test_model(0, 1, 1);
-    test_model_moe(EG_ROUTER_LINEAR, 0);
-    test_model_moe(EG_ROUTER_SWITCH, 1);
-    test_model_moe(EG_ROUTER_GRAPH, 0);
-    test_model_moe(EG_ROUTER_GRAPH, 1);
+    test_model_moe(EG_ROUTER_LINEAR, 0, 0, 1.0);
+    test_model_moe(EG_ROUTER_SWITCH, 1, 0, 1.0);
+    test_model_moe(EG_ROUTER_GRAPH, 0, 0, 1.0);
+    test_model_moe(EG_ROUTER_GRAPH, 1, 1, 0.5);
     return eg_test_report("test_llama_train");
 }
