@@ -912,6 +912,107 @@ FINETUNE = [
 NOTEBOOKS["06_finetune.ipynb"] = FINETUNE
 
 
+GMOE_FT = [
+    new_markdown_cell(
+        "# 07 — Fine-tuning a decoder LLM with GMoE (graph-routed LoRA experts)\n\n"
+        "`Trainer(path, method=\"gmoe\")` puts a mixture of LoRA experts in every decoder MLP of "
+        "**SmolLM2-135M-Instruct** (the Q4_1 GGUF base stays quantized and frozen): the experts "
+        "share the frozen gate/up/down products and own rank-2 LoRA pairs; a **graph router** "
+        "(a GCN over the 8 expert nodes and the token node) picks the top-2 per token, trained with "
+        "GMoE's Poisson *distinction* and Normal *balance* losses (ALGORITHMS.md §B). "
+        "`method=\"mixlora\"` is the same with MixLoRA's linear router. The task is notebook 06's: "
+        "the Debian section of a package as a 4-way multiple-choice question.\n\n"
+        "Below: a few lines to fine-tune, save and reload; then the routing as training saw it "
+        "(expert load per layer over the steps, router probabilities, lambda and sigma); then the "
+        "study `python -m engine_py bench gmoe-llm` (LoRA vs MixLoRA vs GMoE and its ablations, "
+        "3 seeds; docs/RESULTS.md), read from its JSON. The test suite runs this notebook with "
+        "`ENGINE_PY_NOTEBOOK_QUICK=1` on 48 training and 24 test questions."),
+    new_code_cell(
+        "import json, os, pathlib, tempfile, time\n"
+        "import numpy as np\n"
+        "import matplotlib.pyplot as plt\n"
+        "import engine_py\n"
+        "from engine_py import _core, models, plot\n"
+        "from engine_py.bench.finetune_task import make_questions\n"
+        "from engine_py.datasets import debian_packages\n"
+        "from engine_py.finetune import Trainer\n\n"
+        + QUICK_LINE +
+        "engine_py.set_num_threads(2)\n"
+        "path = models.smollm2_path()\n"
+        "precision = 'bfloat16' if _core.build_info()['bf16_kernel'] else 'float32'\n"
+        "g = debian_packages()\n"
+        "rng = np.random.default_rng(0)\n"
+        "train_p, _, _, train_a = make_questions(g.texts, g.labels, g.label_names, g.train_idx,\n"
+        "                                        48 if QUICK else 480, rng)\n"
+        "test_p, test_c, test_y, _ = make_questions(g.texts, g.labels, g.label_names, g.test_idx,\n"
+        "                                           24 if QUICK else 240, rng)\n"
+        "print(precision, len(train_p), 'training questions,', len(test_p), 'test questions')"),
+    new_markdown_cell("## Fine-tune, score, save, reload"),
+    new_code_cell(
+        "tr = Trainer(path, method='gmoe', lr=1e-3, precision=precision, seed=0,\n"
+        "             show_progress_bar=False)   # 8 experts, top-2, r 2, the reference settings\n"
+        "print(f'{tr.experts} experts, top-{tr.top_k}, router {tr.router!r}, '\n"
+        "      f'{len(tr._core.params):,} trainable parameters')\n"
+        "zero = tr.score(test_p, test_c, test_y)    # B = 0: the base model\n"
+        "t0 = time.perf_counter()\n"
+        "tr.fit(train_p, train_a)\n"
+        "secs = time.perf_counter() - t0\n"
+        "after = tr.score(test_p, test_c, test_y)\n"
+        "print(f'{tr.step_} steps in {secs:.0f} s; accuracy {100 * zero:.1f}% -> {100 * after:.1f}%')\n"
+        "folder = tempfile.mkdtemp()\n"
+        "tr.save_adapter(folder)\n"
+        "back = Trainer.load(path, folder, precision=precision, show_progress_bar=False)\n"
+        "print(sorted(os.listdir(folder)), json.load(open(os.path.join(folder, 'adapter_config.json')))['peft_type'])\n"
+        "print('same predictions after loading:',\n"
+        "      np.array_equal(back.predict(test_p[:8], test_c[:8]), tr.predict(test_p[:8], test_c[:8])))"),
+    new_markdown_cell(
+        "## The routing during training\n\n"
+        "Share of the routed slots per expert in a few layers, step by step (dotted: the uniform "
+        "1/8; dashed: the 1/(4N) = 1/32 floor the issue asks every expert to stay above)."),
+    new_code_cell(
+        "L = tr._hp['num_layers']\n"
+        "plot.expert_load_over_training(tr, layers=[0, L // 3, 2 * L // 3, L - 1])\n"
+        "plt.show()\n"
+        "load = tr.moe_history_[-1]['load']\n"
+        "print('smallest expert share per layer (last step):', np.round(load.min(axis=1), 3))"),
+    new_code_cell(
+        "tr.predict(test_p[:16], test_c[:16])      # a forward pass to read its routing\n"
+        "fig, axes = plt.subplots(1, 2, figsize=(10, 3))\n"
+        "plot.router_probabilities(tr.router_stats()[0]['probs'], ax=axes[0], title='layer 0')\n"
+        "plot.router_probabilities(tr.router_stats()[L - 1]['probs'], ax=axes[1], title=f'layer {L - 1}')\n"
+        "plt.show()\n"
+        "plot.lambda_sigma(tr)\n"
+        "plt.show()"),
+    new_markdown_cell(
+        "## The study: LoRA vs MixLoRA vs GMoE\n\n"
+        "`python -m engine_py bench gmoe-llm` wrote `docs/RESULTS_GMOE.json` (its table is in "
+        "docs/RESULTS.md). Accuracy per method and seed, and the expert-load spread per layer."),
+    new_code_cell(
+        "res_path = pathlib.Path('..') / 'docs' / 'RESULTS_GMOE.json'\n"
+        "if not res_path.exists():\n"
+        "    print('no study results here: run python -m engine_py bench gmoe-llm --out', res_path)\n"
+        "else:\n"
+        "    res = json.loads(res_path.read_text())['results']\n"
+        "    for task in res['tasks']:\n"
+        "        names = [m['method'] for m in task['methods']]\n"
+        "        acc = [[100 * r['test_acc'] for r in m['runs']] for m in task['methods']]\n"
+        "        fig, axes = plt.subplots(1, 2, figsize=(11, 3.2))\n"
+        "        axes[0].boxplot(acc, labels=names)\n"
+        "        axes[0].axhline(100 * task['zero_shot_acc'], color='k', ls=':', label='zero-shot')\n"
+        "        axes[0].set_ylabel('test accuracy %'); axes[0].set_title(task['name']); axes[0].legend()\n"
+        "        for m in task['methods']:\n"
+        "            if m['runs'][0].get('load_cv') is not None:\n"
+        "                axes[1].plot(np.mean([r['load_cv'] for r in m['runs']], axis=0), label=m['method'])\n"
+        "        axes[1].set_xlabel('layer'); axes[1].set_ylabel('load CV (mean over seeds)')\n"
+        "        axes[1].legend(fontsize=8)\n"
+        "        plt.show()\n"
+        "        for m in task['methods']:\n"
+        "            a = np.array([r['test_acc'] for r in m['runs']]) * 100\n"
+        "            print(f\"{m['method']:>16}: {a.mean():.1f} +- {a.std():.1f}  ({m['params']:,} params)\")"),
+]
+NOTEBOOKS["07_gmoe_finetune.ipynb"] = GMOE_FT
+
+
 def _execute(path: pathlib.Path) -> None:
     """Run a notebook in place (full size: ENGINE_PY_NOTEBOOK_QUICK unset)."""
     import os

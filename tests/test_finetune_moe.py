@@ -310,3 +310,36 @@ def test_bad_arguments(path):
     lo = Trainer(path, show_progress_bar=False)
     with pytest.raises(RuntimeError, match="no experts"):
         lo.moe_stats()
+
+
+def test_plots_of_a_training_run(path):
+    """engine_py.plot's MoE training plots draw what the history holds and
+    refuse what they cannot draw."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from engine_py import plot
+
+    tr = Trainer(path, method="gmoe", epochs=2, **KW).fit(PROMPTS, ANSWERS)
+    axes = plot.expert_load_over_training(tr)
+    lines = axes[0].get_lines()
+    steps = len(tr.moe_history_)
+    # one line per expert over the steps, plus the 1/N and 1/(4N) levels
+    assert len(lines) == 4 + 2 and len(lines[0].get_xdata()) == steps
+    assert np.allclose(lines[1].get_ydata(), [h["load"][0, 1] for h in tr.moe_history_])
+    assert np.isclose(lines[-1].get_ydata()[0], 1 / 16)
+    ax = plot.router_probabilities(tr.router_stats()[0]["probs"])
+    top1 = sum(p.get_height() for p in ax.patches[:40])
+    assert top1 == tr.router_stats()[0]["probs"].shape[0]
+    a2 = plot.lambda_sigma(tr)
+    assert np.allclose(a2[1].get_lines()[0].get_ydata(), [h["sigma"][0] for h in tr.moe_history_])
+    with pytest.raises(ValueError, match="moe_history_"):
+        plot.expert_load_over_training([])
+    with pytest.raises(ValueError, match="probs"):
+        plot.router_probabilities(np.ones(3))
+    lin = Trainer(path, method="mixlora", **KW).fit(PROMPTS, ANSWERS)
+    with pytest.raises(ValueError, match="graph router"):
+        plot.lambda_sigma(lin)
+    import matplotlib.pyplot as plt
+
+    plt.close("all")

@@ -114,7 +114,8 @@ def render_markdown(res: dict, machine_line: str) -> str:
              f"{res['experts']} experts, top-{res['top_k']}, rank {res['r']} (alpha {2 * res['r']}), "
              f"LoRA rank {res['r']} on q, k, v, o; LoRA: rank {res['lora_r']} on all seven "
              f"projections (the rank closest to MixLoRA's parameter count). Seeds: "
-             f"{', '.join(str(s) for s in res['seeds'])}.", ""]
+             f"{', '.join(str(s) for s in res['seeds'])} (the gmoe-no-* ablations: "
+             f"{', '.join(str(s) for s in res.get('ablation_seeds', res['seeds']))}).", ""]
     floor = 1.0 / (4 * res["experts"])
     for task in res["tasks"]:
         lines += [f"### Task: {task['name']}", "", task["description"] + ".", "",
@@ -170,6 +171,8 @@ def main(argv: list | None = None) -> int:
     ap.add_argument("--test", type=int, default=400)
     ap.add_argument("--choices", type=int, default=4)
     ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--ablation-seeds", default=None,
+                    help="seeds of the gmoe-no-* ablations (default: --seeds)")
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--lr", type=float, default=1e-3)
@@ -210,15 +213,29 @@ def main(argv: list | None = None) -> int:
     del probe
     lora_r = args.lora_r or int(np.argmin([abs(lora_params(hp, r) - moe_params)
                                            for r in range(1, 257)])) + 1
-    tasks = []
+    abl_seeds = seeds if args.ablation_seeds is None else [
+        int(s) for s in args.ablation_seeds.split(",") if s != ""]
+    res = {"command": "python -m engine_py bench gmoe-llm" + (" " + " ".join(argv) if argv else ""),
+           "model": path, "model_name": name, "epochs": args.epochs, "batch_size": args.batch_size,
+           "lr": args.lr, "precision": args.precision, "train": args.train, "test": args.test,
+           "n_choices": args.choices, "r": args.r, "experts": args.experts, "top_k": args.top_k,
+           "lora_r": lora_r, "seeds": seeds, "ablation_seeds": abl_seeds, "tasks": []}
+    partial = None
+    if args.out and str(args.out).endswith(".json"):
+        partial = str(args.out) + ".partial"   # every finished run, in case the study is cut short
     for task in [t for t in args.tasks.split(",") if t]:
         tr_p, tr_a, te_p, te_c, te_y, desc = _questions(task, args.train, args.test, args.choices)
         zero = Trainer(path, **base_kw).score(te_p, te_c, te_y)
         log(f"{task}: zero-shot {100 * zero:.1f}%")
-        res_m = []
-        for m in methods:
-            runs = []
-            for s in seeds:
+        res_m = [{"method": m, "params": None, "runs": []} for m in methods]
+        res["tasks"].append({"name": task, "description": desc, "zero_shot_acc": zero,
+                             "methods": res_m})
+        # seed-major: a study cut short still compares the methods on the same seeds
+        for s in sorted(set(seeds) | set(abl_seeds)):
+            for m, rm in zip(methods, res_m):
+                if s not in (abl_seeds if m.startswith("gmoe-no") else seeds):
+                    continue
+                runs = rm["runs"]
                 tr = Trainer(path, seed=s, **method_kwargs(m, args.r, args.experts, args.top_k,
                                                            lora_r), **base_kw)
                 n_tok = sum(len(p) + len(a) for p, a in zip(tr._encode(tr_p, True),
@@ -233,16 +250,14 @@ def main(argv: list | None = None) -> int:
                     r.update(_load_summary(tr))
                     r["history"] = _history(tr)
                 runs.append(r)
+                rm["params"] = int(len(tr._core.params))
                 log(f"{task} {m} seed {s}: {100 * acc:.1f}% ({secs:.0f} s, "
                     f"{n_tok / secs:.0f} tokens/s)")
-            res_m.append({"method": m, "params": int(len(tr._core.params)), "runs": runs})
-        tasks.append({"name": task, "description": desc, "zero_shot_acc": zero, "methods": res_m})
+                if partial is not None:
+                    from engine_py.bench import write_json
+
+                    write_json(partial, {"partial": True, "results": res})
     machine = run.stop(threads=engine_py.get_num_threads())
-    res = {"command": "python -m engine_py bench gmoe-llm" + (" " + " ".join(argv) if argv else ""),
-           "model": path, "model_name": name, "epochs": args.epochs, "batch_size": args.batch_size,
-           "lr": args.lr, "precision": args.precision, "train": args.train, "test": args.test,
-           "n_choices": args.choices, "r": args.r, "experts": args.experts, "top_k": args.top_k,
-           "lora_r": lora_r, "seeds": seeds, "tasks": tasks}
     finish(args, "gmoe_llm", render_markdown(res, machine_line(machine)), machine, res, argv)
     return 0
 
