@@ -255,3 +255,134 @@ def test_total_loss_is_ce_plus_weighted_aux(tiny):
     assert set(aux_sw[0]) == {"balance", "z"} and routes[0][1].shape[1] == 1
     plain = copy.deepcopy(_load(tiny.hf_dir)[0]).double()
     assert abs(loss - _plain_ce(plain, seqs, starts)) > 1e-6
+
+
+def _randomise_state(st, seed, n_experts):
+    """Random trainable tensors (B != 0, router sized so the softmax is not
+    saturated, lambda inside its clamp) and random running counts."""
+    rng = np.random.default_rng(seed)
+    out = dict(st)
+    for k, v in st.items():
+        if k.endswith(("router.expert_features", "router.normalized_adjacency")):
+            continue
+        if k.endswith("poisson_lambda"):
+            out[k] = np.array(rng.uniform(1.2, 1.8), np.float32)
+        elif k.endswith("normal_sigma"):
+            out[k] = np.array(rng.uniform(0.6, 1.4) * n_experts / 2, np.float32)
+        elif k.endswith("normal_running"):
+            out[k] = rng.uniform(5.0, 50.0, v.shape)
+        elif k.endswith("lora_B.weight"):
+            out[k] = (rng.standard_normal(v.shape) * 0.3).astype(np.float32)
+        else:   # A's and router matrices: std 1/sqrt(fan_in)
+            out[k] = (rng.standard_normal(v.shape) / np.sqrt(v.shape[-1])).astype(np.float32)
+    return out
+
+
+def _composed_reference(model, st, st0, router, seqs, starts, coefs, experts=4, top_k=2, r=2,
+                        alpha=4.0, seed=3):
+    """An independent composition of the same loss: each example alone through
+    the unpatched HF model with LoRA forwards patched in (as
+    test_finetune_grad.torch_loss_and_grads) and every mlp replaced by a
+    per-layer GMoERef (dense experts, dense GCN); the aux losses of each layer
+    from GMoERef on all examples' tokens of that layer, concatenated."""
+    dt = torch.float64
+    scale = alpha / r
+    params = {}
+    refs, seen = [], []
+    patched = []
+    pre0 = "base_model.model.model.layers"
+    for i, layer in enumerate(model.model.layers):
+        for m in gmoe_torch.ATTN_MODULES:
+            pre = f"{pre0}.{i}.self_attn.{m}_proj."
+            A = params[pre + "lora_A.weight"] = torch.tensor(st[pre + "lora_A.weight"], dtype=dt,
+                                                             requires_grad=True)
+            B = params[pre + "lora_B.weight"] = torch.tensor(st[pre + "lora_B.weight"], dtype=dt,
+                                                             requires_grad=True)
+            mod = getattr(layer.self_attn, f"{m}_proj")
+            mod.forward = (lambda x, _f=mod.forward, A=A, B=B: _f(x) + scale * (x @ A.T) @ B.T)
+            patched.append(mod)
+        mlp = layer.mlp
+        bw = {k: getattr(mlp, n).weight.detach().numpy() for k, n in
+              (("W1", "gate_proj"), ("W3", "up_proj"), ("W2", "down_proj"))}
+        pre = f"{pre0}.{i}.mlp."
+        ffn = MoELoRAFFN(bw, "swiglu", num_experts=experts, top_k=top_k, r=r, lora_alpha=alpha,
+                         router=router, seed=seed + i)
+        init = ffn.state_dict()
+        for k, v in init.items():     # the same initial layer as init_state(seed) built
+            np.testing.assert_array_equal(v, st0[pre + k])
+        ref = GMoERef(ffn)             # the expert graph from the initial W_s
+        ref.load({k: st[pre + k] for k in init})
+        for k, p in ref.params.items():
+            params[pre + k] = p
+        xs = []
+
+        def mlp_forward(x, ref=ref, xs=xs, run=st.get(pre + "normal_running")):
+            y, _, _ = ref.forward(x[0], running=run)
+            xs.append(x[0])
+            return y[None]
+
+        mlp.forward = mlp_forward
+        patched.append(mlp)
+        refs.append(ref)
+        seen.append(xs)
+    try:
+        total, n_t = 0.0, 0
+        for s, a in zip(seqs, starts):
+            ids = torch.tensor(s)[None]
+            labels = ids.clone()
+            labels[0, :a] = -100
+            logits = model(input_ids=ids).logits[0]
+            total = total + torch.nn.functional.cross_entropy(
+                logits[:-1], labels[0, 1:], ignore_index=-100, reduction="sum")
+            n_t += int((labels[0, 1:] != -100).sum())
+        loss = total / n_t
+        routes = []
+        for i, (ref, xs) in enumerate(zip(refs, seen)):
+            X = torch.cat(xs, dim=0)
+            _, aux, topi = ref.forward(X, running=st.get(f"{pre0}.{i}.mlp.normal_running"))
+            probs = torch.softmax(ref.logits(X), dim=-1)
+            routes.append((probs.detach().numpy(), topi.numpy()))
+            for k, v in aux.items():
+                loss = loss + coefs.get(k, 0.0) * v
+        loss.backward()
+        grads = {k: (p.grad.numpy() if p.grad is not None else np.zeros(tuple(p.shape)))
+                 for k, p in params.items()}
+        return loss.item(), grads, routes
+    finally:
+        for mod in patched:
+            del mod.forward
+
+
+@pytest.mark.parametrize("router", ["graph", "linear", "switch"])
+def test_whole_model_matches_per_layer_reference(tiny, router):
+    """The patched model (padded batch, masked routing, GCNConv, expert loop)
+    against the independent composition above: loss, router outputs and
+    every gradient within 1e-10 in float64."""
+    seqs, starts = _seqs(tiny)
+    model = copy.deepcopy(_load(tiny.hf_dir)[0]).double()
+    st0 = gmoe_torch.init_state(model, router, experts=4, top_k=2, r=2, alpha=4, seed=3)
+    st = _randomise_state(st0, 11, 4)
+    coefs = {"poisson": 0.05, "normal": 0.5, "balance": 0.1, "z": 0.01}
+    method = "mixlora" if router == "linear" else "gmoe"
+    obj = gmoe_torch.build(tiny.hf_dir, st, method, router, experts=4, top_k=2, r=2, alpha=4,
+                           dtype="float64", graph_state=st0, coefs=coefs)
+    loss, grads, aux, routes = gmoe_torch.loss_and_grads(obj, seqs, starts)
+    ref_loss, ref_grads, ref_routes = _composed_reference(model, st, st0, router, seqs, starts,
+                                                          coefs)
+    assert abs(loss - ref_loss) <= TOL * abs(ref_loss), (loss, ref_loss)
+    assert set(grads) == set(ref_grads)
+    bad = {}
+    for k, g in ref_grads.items():
+        assert np.abs(g).max() > 0, k
+        e = _rel(grads[k], g)
+        if not e <= TOL:
+            bad[k] = e
+    assert not bad, bad
+    for (p, i), (rp, ri) in zip(routes, ref_routes):
+        np.testing.assert_array_equal(i, ri)
+        assert _rel(p, rp) <= TOL
+    # the graph router's running counts advanced by this training forward
+    if router == "graph":
+        pre = "base_model.model.model.layers.0.mlp."
+        new = obj.state()[pre + "normal_running"]
+        assert new.sum() > st[pre + "normal_running"].sum()

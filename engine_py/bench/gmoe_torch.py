@@ -207,6 +207,9 @@ def moe_classes():
             te = torch.cat([torch.stack([tok, torch.full_like(tok, N)]),
                             torch.stack([torch.full_like(tok, N), tok])], dim=1)
             self.register_buffer("one_graph", torch.cat([ee, te], dim=1), persistent=False)
+            # the normalisation GCNConv applies to each block (for state() only)
+            self.register_buffer("normalized_adjacency",
+                                 gcn_normalized_adjacency(mask).to(dtype), persistent=False)
             self._batch_graphs = {}
 
         def batch_graph(self, T):
@@ -438,13 +441,16 @@ class GMoETorch:
         return list(self.params.values())
 
     def state(self) -> dict:
-        """Contract-named float64 copies of the parameters and MoE buffers."""
-        out = {k: p.detach().to(dtype=p.dtype).cpu().numpy().copy() for k, p in self.params.items()}
+        """Contract-named copies (in the model's dtype; the running counts
+        float64) of the parameters and the MoE buffers."""
+        out = {k: p.detach().numpy().copy() for k, p in self.params.items()}
         for i, m in enumerate(self.moes):
             if m.router_kind == "graph":
                 pre = f"{_PREFIX}model.layers.{i}.mlp."
                 out[pre + "normal_running"] = m.normal_running.detach().numpy().copy()
                 out[pre + "router.expert_features"] = m.router.expert_features.detach().numpy().copy()
+                out[pre + "router.normalized_adjacency"] = (
+                    m.router.normalized_adjacency.detach().numpy().copy())
         return out
 
     def forward_loss(self, seqs, starts):
