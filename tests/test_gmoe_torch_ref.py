@@ -386,3 +386,54 @@ def test_whole_model_matches_per_layer_reference(tiny, router):
         pre = "base_model.model.model.layers.0.mlp."
         new = obj.state()[pre + "normal_running"]
         assert new.sum() > st[pre + "normal_running"].sum()
+
+
+class _Float32Trainer:
+    """The engine Trainer's GMoE contract implemented with gmoe_torch in
+    float32 (a stand-in to check that test_finetune_gmoe_grad can pass and
+    can fail); ``alpha_error`` makes its LoRA scale that much off."""
+
+    alpha_error = 0.0
+
+    def __init__(self, path, method, router, experts, top_k, r, alpha, seed):
+        from engine_py.finetune import Trainer
+
+        self.path, self.kw = path, dict(method=method, router=router, experts=experts,
+                                        top_k=top_k, r=r, alpha=alpha)
+        self.obj = gmoe_torch.build(path, None, dtype="float32", seed=seed, **self.kw)
+        self.init = self.obj.state()
+        self._tok = Trainer(path, r=r, alpha=alpha)      # its tokenization (_pairs) only
+
+    def _pairs(self, prompts, answers):
+        return self._tok._pairs(prompts, answers)
+
+    def lora_state(self, grads=False):
+        return dict(self._grads) if grads else self.obj.state()
+
+    def set_lora_state(self, st):
+        kw = dict(self.kw, alpha=self.kw["alpha"] * (1 + self.alpha_error))
+        self.obj = gmoe_torch.build(self.path, st, dtype="float32", graph_state=self.init, **kw)
+
+    def loss_and_grads(self, prompts, answers):
+        seqs, starts = self._pairs(prompts, answers)
+        loss, self._grads, _, self._routes = gmoe_torch.loss_and_grads(self.obj, seqs, starts)
+        return loss, None
+
+    def router_stats(self):
+        return [{"probs": p, "idx": i} for p, i in self._routes]
+
+
+@pytest.mark.parametrize("router", ["graph", "linear", "switch"])
+def test_parity_test_passes_float32_and_rejects_a_wrong_scale(tiny, router, monkeypatch):
+    """tests/test_finetune_gmoe_grad.py (which needs the engine's GMoE
+    Trainer) run against a float32 PyTorch implementation of the same
+    contract: it passes (float32 rounding is far inside 1e-4) and it fails
+    when the LoRA scale is 0.1% off."""
+    import test_finetune_gmoe_grad as parity
+
+    monkeypatch.setattr(parity, "Trainer", _Float32Trainer)
+    worst = parity._compare(tiny.hf_dir, router)
+    assert worst < 1e-5, worst
+    monkeypatch.setattr(_Float32Trainer, "alpha_error", 1e-3)
+    with pytest.raises(AssertionError):
+        parity._compare(tiny.hf_dir, router)
