@@ -70,10 +70,9 @@ engine_py imports without them.
 from __future__ import annotations
 
 import functools
-import math
 import os
 import re
-from typing import Any, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -355,22 +354,24 @@ def moe_classes():
             out[self.token_mask] = y
             return out
 
-        def load_contract_state(self, state: dict, graph_check=None) -> None:
+        def load_contract_state(self, state: dict) -> None:
             """Load MoELoRAFFN.state_dict()-named tensors (exact trainable key
             set); buffers expert_features (graph, required) and normal_running
-            (optional, default zeros); router.normalized_adjacency is compared
-            with this module's graph (ValueError when they differ)."""
+            (optional, default zeros); router.normalized_adjacency is ignored
+            here (moe_from_state checks it against the graph)."""
             own = dict(self.named_contract_parameters())
             missing = sorted(set(own) - set(state))
             buffers = {"router.expert_features", "router.normalized_adjacency", "normal_running"}
             extra = sorted(set(state) - set(own) - buffers)
             if missing or extra:
-                raise KeyError(f"MoE state keys differ: missing {missing[:4]}, unexpected {extra[:4]}")
+                raise KeyError(f"MoE state keys differ: missing {missing[:4]}, "
+                               f"unexpected {extra[:4]}")
             with torch.no_grad():
                 for k, p in own.items():
                     v = torch.as_tensor(np.asarray(state[k], dtype=np.float64))
                     if tuple(v.shape) != tuple(p.shape):
-                        raise ValueError(f"{k} has shape {tuple(v.shape)}, expected {tuple(p.shape)}")
+                        raise ValueError(f"{k} has shape {tuple(v.shape)}, "
+                                         f"expected {tuple(p.shape)}")
                     p.copy_(v.to(p.dtype))
                 if self.router_kind == "graph":
                     if "router.expert_features" not in state:
@@ -378,14 +379,17 @@ def moe_classes():
                     X = torch.as_tensor(np.asarray(state["router.expert_features"], np.float64))
                     self.router.expert_features.copy_(X.to(self.router.expert_features.dtype))
                     run = state.get("normal_running")
-                    self.normal_running.copy_(torch.zeros(self.N, dtype=torch.float64) if run is None
-                                              else torch.as_tensor(np.asarray(run, np.float64)))
+                    run = (torch.zeros(self.N, dtype=torch.float64) if run is None
+                           else torch.as_tensor(np.asarray(run, np.float64)))
+                    self.normal_running.copy_(run)
 
         def named_contract_parameters(self):
             """(MoELoRAFFN.state_dict name, parameter) for the trainable ones."""
             for k, p in self.named_parameters():
                 if p.requires_grad:
-                    yield re.sub(r"^router\.gcn\.(\d+)\.lin\.weight$", r"router.gcn.\1.weight", k), p
+                    # PyG's GCNConv keeps its weight in .lin
+                    yield re.sub(r"^router\.gcn\.(\d+)\.lin\.weight$", r"router.gcn.\1.weight",
+                                 k), p
 
     return LoRALinear, LoRAPair, GraphRouter, MixLoRAMoE
 
@@ -448,7 +452,8 @@ class GMoETorch:
             if m.router_kind == "graph":
                 pre = f"{_PREFIX}model.layers.{i}.mlp."
                 out[pre + "normal_running"] = m.normal_running.detach().numpy().copy()
-                out[pre + "router.expert_features"] = m.router.expert_features.detach().numpy().copy()
+                out[pre + "router.expert_features"] = (
+                    m.router.expert_features.detach().numpy().copy())
                 out[pre + "router.normalized_adjacency"] = (
                     m.router.normalized_adjacency.detach().numpy().copy())
         return out
@@ -661,34 +666,47 @@ def train_step(obj: GMoETorch, optimizer, seqs: Sequence, starts: Sequence[int])
     return float(total.detach())
 
 
-def time_train_steps(model_path, router: str = "graph", experts: int = 8, top_k: int = 2,
+def time_train_steps(model_path, routers=("graph", "linear"), experts: int = 8, top_k: int = 2,
                      r: int = 2, alpha: float = 4.0, batch: int = 16, tokens: int = 70,
                      steps: int = 3, threads: Optional[int] = None, seed: int = 0,
                      vocab_lo: int = 100) -> dict:
-    """Seconds per float32 train step (median of ``steps`` after one warm-up)
-    on ``batch`` random sequences of ``tokens`` ids (answer = the last 5).
-    Returns {"seconds": [...], "median": s, "tokens_per_s": ...}."""
+    """Seconds per float32 train step (AdamW, lr 2e-4, weight decay 0.01) of
+    each router in ``routers`` (one model each, built with :func:`init_state`)
+    on the same ``batch`` random sequences of tokens +- 5 ids (the answer =
+    the last 5). One warm-up step each, then ``steps`` rounds in which every
+    router makes one step (interleaved, so load changes on a shared machine
+    hit all alike). Returns {router: {"seconds": [...], "median": s,
+    "tokens_per_s": real tokens / median}} and "threads", "tokens"."""
     import statistics
     import time
 
     import torch
 
+    if isinstance(routers, str):
+        routers = (routers,)
     if threads is not None:
         torch.set_num_threads(int(threads))
-    method = "mixlora" if router == "linear" else "gmoe"
-    obj = build(model_path, None, method, router, experts, top_k, r, alpha, "float32", seed=seed)
-    V = obj.model.config.vocab_size
+    runs = {}
+    for router in routers:
+        method = "mixlora" if router == "linear" else "gmoe"
+        obj = build(model_path, None, method, router, experts, top_k, r, alpha, "float32",
+                    seed=seed)
+        runs[router] = (obj, make_optimizer(obj), [])
+    V = next(iter(runs.values()))[0].model.config.vocab_size
     rng = np.random.default_rng(seed)
     seqs = [rng.integers(vocab_lo, V, size=tokens + int(rng.integers(-5, 6)))
             for _ in range(batch)]
     starts = [len(s) - 5 for s in seqs]
-    opt = make_optimizer(obj)
-    train_step(obj, opt, seqs, starts)
-    sec = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
+    for obj, opt, _ in runs.values():
         train_step(obj, opt, seqs, starts)
-        sec.append(time.perf_counter() - t0)
-    med = statistics.median(sec)
-    return {"seconds": sec, "median": med, "tokens_per_s": sum(len(s) for s in seqs) / med,
-            "threads": torch.get_num_threads()}
+    for _ in range(steps):
+        for obj, opt, sec in runs.values():
+            t0 = time.perf_counter()
+            train_step(obj, opt, seqs, starts)
+            sec.append(time.perf_counter() - t0)
+    n_tok = sum(len(s) for s in seqs)
+    out = {"threads": torch.get_num_threads(), "tokens": n_tok}
+    for router, (_, _, sec) in runs.items():
+        med = statistics.median(sec)
+        out[router] = {"seconds": sec, "median": med, "tokens_per_s": n_tok / med}
+    return out
