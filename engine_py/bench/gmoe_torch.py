@@ -63,6 +63,10 @@ MoELoRAFFN; its GCN normalisation must equal the state's
     loss, grads, aux, routes = gmoe_torch.loss_and_grads(obj, seqs, starts)
     opt = gmoe_torch.make_optimizer(obj)
     gmoe_torch.train_step(obj, opt, seqs, starts)
+    gmoe_torch.time_train_steps(path, routers=("graph", "linear"))   # float32 step times
+
+GCNConv runs with PyG's defaults (normalisation recomputed on every call, no
+caching), as the GMoE code uses it.
 
 torch, transformers and torch_geometric are imported inside the functions:
 engine_py imports without them.
@@ -76,8 +80,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-__all__ = ["DEFAULT_COEFS", "ATTN_MODULES", "build", "loss_and_grads", "train_step",
-           "make_optimizer", "init_state", "moe_classes", "expert_graph_mask",
+__all__ = ["DEFAULT_COEFS", "ATTN_MODULES", "GMoETorch", "build", "loss_and_grads", "train_step",
+           "make_optimizer", "init_state", "moe_classes", "moe_from_state", "expert_graph_mask",
            "gcn_normalized_adjacency", "time_train_steps"]
 
 #: loss weights (engine_py.gmoe.DEFAULT_LOSS_COEFS)
