@@ -25,8 +25,10 @@ engine_py's shortcuts:
   weights renormalised (not for switch);
 * auxiliary losses: graph -> Poisson distinction (lambda learnable, clamped
   to [1, 2]) and Normal balance (sigma learnable, clamped >= 1e-3, a running
-  detached float64 count: c = running + k * this batch's top-k weights per
-  expert, ``running <- c`` after every training forward), ``loss_form``
+  detached float64 count: c = running + k * this batch's top-k
+  probabilities per expert before the renormalisation, as the official code
+  (``normal_count="weights"``: the renormalised weights), ``running <- c``
+  after every training forward), ``loss_form``
   "abs" (reference) or "kl"; linear/switch -> load balance N sum_e f_e P_e,
   switch also the z-loss mean(logsumexp(logits)^2).
 
@@ -250,8 +252,13 @@ def moe_classes():
         """
 
         def __init__(self, W1, W3, W2, router, num_experts, top_k, r, alpha, dtype,
-                     gcn_dim=128, gcn_layers=2, expert_mask=None, loss_form="abs"):
+                     gcn_dim=128, gcn_layers=2, expert_mask=None, loss_form="abs",
+                     normal_count="topk_probs"):
             super().__init__()
+            if normal_count not in ("topk_probs", "weights"):
+                raise ValueError(f"normal_count must be 'topk_probs' or 'weights', got "
+                                 f"{normal_count!r}")
+            self.normal_count = normal_count
             if router not in _ROUTERS:
                 raise ValueError(f"router must be one of {_ROUTERS}, got {router!r}")
             if loss_form not in ("abs", "kl"):
@@ -335,7 +342,10 @@ def moe_classes():
             aux = {}
             if self.router_kind == "graph":
                 aux["poisson"] = self.poisson_loss(probs)
-                aux["normal"], c = self.normal_loss(topi, w)
+                # the official code counts the top-k probabilities before the
+                # renormalisation ("weights": the renormalised weights)
+                aux["normal"], c = self.normal_loss(
+                    topi, topv if self.normal_count == "topk_probs" else w)
                 if self.training:
                     with torch.no_grad():
                         self.normal_running.copy_(c.detach().to(torch.float64))
@@ -400,7 +410,8 @@ def moe_classes():
 
 def moe_from_state(W1, W3, W2, state: dict, router: str, num_experts: int, top_k: int, r: int,
                    alpha: float, dtype="float64", edge_density: float = 0.25,
-                   graph_state: Optional[dict] = None, loss_form: str = "abs"):
+                   graph_state: Optional[dict] = None, loss_form: str = "abs",
+                   normal_count: str = "topk_probs"):
     """One MixLoRAMoE from frozen SwiGLU weights and a MoELoRAFFN.state_dict()-named
     dict (no prefix). The expert graph comes from graph_state's (default
     state's) W_s and expert features; it must match state's
@@ -424,7 +435,8 @@ def moe_from_state(W1, W3, W2, state: dict, router: str, num_experts: int, top_k
                                  f"{edge_density}) differs from the state's "
                                  "router.normalized_adjacency")
     m = MixLoRAMoE(W1, W3, W2, router, num_experts, top_k, r, alpha, dt, gcn_dim=g,
-                   gcn_layers=n_gcn, expert_mask=mask, loss_form=loss_form)
+                   gcn_layers=n_gcn, expert_mask=mask, loss_form=loss_form,
+                   normal_count=normal_count)
     m.load_contract_state(state)
     return m
 
@@ -547,7 +559,8 @@ def build(model_dir_or_gguf, state: Optional[dict] = None, method: str = "gmoe",
           router: str = "graph", experts: int = 8, top_k: int = 2, r: int = 2,
           alpha: float = 4.0, dtype="float64", *, edge_density: float = 0.25,
           graph_state: Optional[dict] = None, coefs: Optional[dict] = None,
-          loss_form: str = "abs", model=None, seed: int = 0) -> GMoETorch:
+          loss_form: str = "abs", model=None, seed: int = 0,
+          normal_count: str = "topk_probs") -> GMoETorch:
     """Load the decoder, freeze it, attach LoRA on q, k, v, o and a MixLoRA
     MoE in every layer's mlp, and load ``state`` (contract names, see the
     module docstring; None: :func:`init_state`).
@@ -556,7 +569,10 @@ def build(model_dir_or_gguf, state: Optional[dict] = None, method: str = "gmoe",
     computation). switch routes top-1 whatever top_k says (as MoELoRAFFN).
     graph_state: the state at initialisation, whose W_s and expert features
     define the expert graph (default: state). coefs: loss weights (default
-    DEFAULT_COEFS; missing keys weigh 0). model: an already loaded
+    DEFAULT_COEFS; missing keys weigh 0). normal_count: what the Normal
+    balance loss counts per routed slot, "topk_probs" (the official GMoE
+    code: the top-k probabilities before renormalisation) or "weights" (the
+    renormalised weights), as engine_py.gmoe.MoELoRAFFN. model: an already loaded
     transformers model to patch instead of loading one (it is modified).
     """
     import torch
@@ -602,7 +618,8 @@ def build(model_dir_or_gguf, state: Optional[dict] = None, method: str = "gmoe",
         mlp = layer.mlp
         W = [getattr(mlp, n).weight.detach() for n in ("gate_proj", "up_proj", "down_proj")]
         moe = moe_from_state(*W, sub, router, experts, top_k, r, alpha, dt,
-                             edge_density=edge_density, graph_state=gsub, loss_form=loss_form)
+                             edge_density=edge_density, graph_state=gsub, loss_form=loss_form,
+                             normal_count=normal_count)
         layer.mlp = moe
         moes.append(moe)
         for k, p in moe.named_contract_parameters():
