@@ -32,8 +32,18 @@ Choices where ALGORITHMS.md leaves room (all documented here):
   [1, 2] after every ``step``. eps = 1e-8.
 * Normal: sigma = max(sigma_raw, 1e-3) in forward, projected after ``step``;
   mu = N/2; the running count is float64, detached, updated in training
-  forward passes only: c = running + k * (this batch's top-k weights per
-  expert); running <- c.
+  forward passes only: c = decay * running + k * (this batch's top-k
+  softmax probabilities per expert, before the top-k renormalisation, as
+  the official GMoE code accumulates them; ``normal_count="weights"``: the
+  renormalised top-k weights instead); running <- c. decay =
+  ``normal_running_decay``, 1 (the reference: the count never forgets) by
+  default. The gradient flows through this batch's term only: with
+  ``"topk_probs"`` into the softmax, so every logit gets it; with
+  ``"weights"`` only into the split of each token's weight between its
+  chosen experts (see docs/ALGORITHMS.md, "GMoE router collapse").
+* ``graph_readout="shared"`` (the paper: one g -> 1 projection for every
+  expert node) or ``"per_expert"`` (expert e has its own row of an (N, g)
+  projection; engine_py's option against router collapse).
 * ``loss_form="abs"`` (reference, default) or ``"kl"`` (true KL terms).
 * Weight decay in ``step`` applies to every trainable parameter (one AdamW
   parameter group, as ``torch.optim.AdamW(module.parameters())``).
@@ -43,8 +53,8 @@ Parameter names (``state_dict``/``grads``), PEFT-like:
 with proj in ``w1, w3, w2`` (SwiGLU gate, up, down) or ``wi, wo`` (BERT
 intermediate, output); ``router.weight`` (N, H) for linear/switch; for graph
 ``router.W_s.weight`` (g, H), ``router.W_t.weight`` (g, H),
-``router.gcn.{l}.weight`` (g, g), ``router.proj.weight`` (1, g),
-``poisson_lambda`` and ``normal_sigma`` (scalars); buffers (in
+``router.gcn.{l}.weight`` (g, g), ``router.proj.weight`` (1, g) (per-expert
+readout: (N, g)), ``poisson_lambda`` and ``normal_sigma`` (scalars); buffers (in
 ``state_dict`` only): ``router.expert_features`` (N, H),
 ``router.normalized_adjacency`` (N+1, N+1), ``normal_running`` (N,).
 """
@@ -133,6 +143,23 @@ class MoELoRAFFN:
     gcn_layers, gcn_dim, edge_density : graph router settings (g = gcn_dim).
     seed : initialisation and dropout seed.
     loss_form : ``"abs"`` (reference |log| form) or ``"kl"``.
+    normal_count : what the Normal-balance count c accumulates per routed
+        slot: ``"topk_probs"`` (default, the official GMoE code: the top-k
+        softmax probabilities before renormalisation) or ``"weights"`` (the
+        renormalised top-k weights; engine_py before this option existed).
+    normal_running_decay : d in [0, 1]; c = d * running + k * (this batch's
+        counts). 1 (default, reference): the count accumulates forever, so
+        the batch's share of c (and of the loss gradient) shrinks like 1/step;
+        d < 1 keeps an exponential window of about 1 / (1 - d) batches; 0:
+        this batch only.
+    graph_readout : ``"shared"`` (default, the paper) or ``"per_expert"``:
+        the graph router's final g -> 1 projection, one for all expert nodes
+        or one per expert. With the shared readout the router's logits depend
+        on the token through a single direction (exactly so when the token
+        node dominates, as with the reference W_t init), and experts with the
+        same neighbourhood in the expert graph get the same logit for every
+        token; docs/ALGORITHMS.md ("GMoE router collapse") measures the
+        collapse this gives and what prevents it.
 
     ``forward(x, training=True) -> (y, aux)``: x (..., H); aux holds the
     scalar router losses (``poisson``/``normal`` for graph, ``balance`` for
@@ -147,13 +174,21 @@ class MoELoRAFFN:
     def __init__(self, base_weights: dict[str, Any], kind: str = "swiglu", num_experts: int = 8,
                  top_k: int = 2, r: int = 2, lora_alpha: float = 4, lora_dropout: float = 0.0,
                  router: str = "graph", gcn_layers: int = 2, gcn_dim: int = 128,
-                 edge_density: float = 0.25, seed: int = 0, loss_form: str = "abs"):
+                 edge_density: float = 0.25, seed: int = 0, loss_form: str = "abs",
+                 normal_count: str = "topk_probs", normal_running_decay: float = 1.0,
+                 graph_readout: str = "shared"):
         if kind not in _KINDS:
             raise ValueError(f"kind must be 'swiglu' or 'gelu', got {kind!r}")
         if router not in _ROUTERS:
             raise ValueError(f"router must be one of {_ROUTERS}, got {router!r}")
         if loss_form not in ("abs", "kl"):
             raise ValueError(f"loss_form must be 'abs' or 'kl', got {loss_form!r}")
+        if normal_count not in ("topk_probs", "weights"):
+            raise ValueError(f"normal_count must be 'topk_probs' or 'weights', got {normal_count!r}")
+        if graph_readout not in ("shared", "per_expert"):
+            raise ValueError(f"graph_readout must be 'shared' or 'per_expert', got {graph_readout!r}")
+        normal_running_decay = check_float(normal_running_decay, "normal_running_decay",
+                                           min=0.0, max=1.0)
         num_experts = check_int(num_experts, "num_experts", min=1, max=1024)
         top_k = check_int(top_k, "top_k", min=1, max=num_experts)
         r = check_int(r, "r", min=1, max=64)
@@ -170,6 +205,8 @@ class MoELoRAFFN:
         self.scale = float(lora_alpha) / r
         self.gcn_layers, self.gcn_dim, self.edge_density = gcn_layers, gcn_dim, float(edge_density)
         self.seed, self.loss_form = int(seed), loss_form
+        self.normal_count, self.graph_readout = normal_count, graph_readout
+        self.normal_running_decay = float(normal_running_decay)
         self._kl = loss_form == "kl"
         self._frozen = self._check_base(base_weights)
         I, H = self._frozen["W_in"].shape
@@ -199,7 +236,11 @@ class MoELoRAFFN:
             self._params["router.W_s.weight"] = _glorot(rng, (g, H))
             self._params["router.W_t.weight"] = _glorot(rng, (g, H), gain=100.0)
             self._params["router.gcn"] = np.stack([_glorot(rng, (g, g)) for _ in range(gcn_layers)])
-            self._params["router.proj.weight"] = _kaiming_uniform_a_sqrt5(rng, (1, g)).reshape(g)
+            # per-expert readout: N rows drawn like nn.Linear(g, 1)'s weight (the
+            # first is the shared readout's draw; nothing is drawn after it)
+            rows = E if graph_readout == "per_expert" else 1
+            proj = _kaiming_uniform_a_sqrt5(rng, (rows, g))
+            self._params["router.proj.weight"] = proj if rows > 1 else proj.reshape(g)
             self._params["poisson_lambda"] = np.array(1.5, dtype=np.float32)
             self._params["normal_sigma"] = np.array(E / 2.0, dtype=np.float32)
             self._buffers["normal_running"] = np.zeros(E, dtype=np.float64)
@@ -318,8 +359,14 @@ class MoELoRAFFN:
             lam = float(P["poisson_lambda"])
             sig = float(P["normal_sigma"])
             aux["poisson"], ctx["perm_p"] = _core._gmoe_poisson_forward(probs, lam, self._kl, _EPS)
+            run = self._buffers["normal_running"]
+            if self.normal_running_decay != 1.0:
+                run = run * self.normal_running_decay
+            # the counted quantity per routed slot (T, K): see normal_count
+            wn = (np.ascontiguousarray(np.take_along_axis(probs, idx, axis=1))
+                  if self.normal_count == "topk_probs" else w)
             aux["normal"], c, ctx["perm_n"] = _core._gmoe_normal_forward(
-                self._buffers["normal_running"], idx, w, sig, _SIGMA_MIN, self._kl, _EPS)
+                run, idx, wn, sig, _SIGMA_MIN, self._kl, _EPS)
             ctx["c"] = c
             if training:
                 self._buffers["normal_running"][:] = c
@@ -409,9 +456,13 @@ class MoELoRAFFN:
                     dprobs, coefs["poisson"], probs, ctx["perm_p"], float(P["poisson_lambda"]),
                     self._kl, _EPS))
             if coefs["normal"] != 0.0:
+                topk_probs = self.normal_count == "topk_probs"
+                dn = np.zeros_like(w) if topk_probs else dw
                 G["normal_sigma"] += np.float32(_core._gmoe_normal_backward(
-                    dw, coefs["normal"], ctx["c"], ctx["perm_n"], idx, float(P["normal_sigma"]),
+                    dn, coefs["normal"], ctx["c"], ctx["perm_n"], idx, float(P["normal_sigma"]),
                     _SIGMA_MIN, self._kl, _EPS))
+                if topk_probs:  # d/d(top-k probs) lands on the probabilities (idx unique per row)
+                    dprobs[np.arange(idx.shape[0])[:, None], idx] += dn
         elif coefs["balance"] != 0.0:
             _core._gmoe_balance_backward(dprobs, coefs["balance"], ctx["counts"], self.top_k)
         dlogits = _core._gmoe_topk_backward(dw, dprobs, probs, idx, w, ctx["renorm"])
@@ -450,7 +501,7 @@ class MoELoRAFFN:
             out["router.W_t.weight"] = src["router.W_t.weight"]
             for layer in range(self.gcn_layers):
                 out[f"router.gcn.{layer}.weight"] = src["router.gcn"][layer]
-            out["router.proj.weight"] = src["router.proj.weight"].reshape(1, -1)
+            out["router.proj.weight"] = src["router.proj.weight"].reshape(-1, self.gcn_dim)
             out["poisson_lambda"] = src["poisson_lambda"]
             out["normal_sigma"] = src["normal_sigma"]
         else:
