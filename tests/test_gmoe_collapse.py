@@ -9,6 +9,8 @@ test_gmoe.py (test_parity_collapse_options)."""
 import numpy as np
 import pytest
 
+import engine_py
+
 from engine_py.bench import gmoe_collapse as gc
 from engine_py.gmoe import MoELoRAFFN
 
@@ -19,6 +21,15 @@ SEEDS = (0, 1, 2)
 @pytest.fixture(scope="module")
 def data():
     return gc.synthetic_data(H=64, I=256)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # 19 batches of 32 texts per epoch: too small to split; more threads only wait
+    old = engine_py.get_num_threads()
+    engine_py.set_num_threads(1)
+    yield
+    engine_py.set_num_threads(old)
 
 
 def test_reference_router_is_rank_one_and_collapses(data):
