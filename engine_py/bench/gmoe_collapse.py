@@ -170,16 +170,23 @@ def normal_logit_grad(layer, coef):
     return float(np.linalg.norm(dl))
 
 
+def graph_slopes(layer):
+    """b_e = (Ahat Ahat[:, token])_e: to first order, when the token node dominates,
+    expert e's logit is m_e + b_e s(x) (one token signal s(x) for all experts)."""
+    A = layer.normalized_adjacency.astype(np.float64)
+    n = layer.num_experts
+    return (A @ A[:, n])[:n]
+
+
 def structure(layer, x):
-    """(largest number of experts with the same closed neighbourhood in the
-    expert graph, mean |token node| / mean |expert node| at the layer's W_t)."""
-    A = layer.adjacency[:-1, :-1]
-    rows = [tuple(r) for r in A]
-    twins = max(rows.count(r) for r in rows)
+    """(experts whose slope is the largest, those whose slope is the smallest,
+    mean |token node| / mean |expert node| at the layer's W_t)."""
+    b = np.round(graph_slopes(layer), 6)
     P, B = layer._params, layer._buffers
     t = np.maximum(np.asarray(x, np.float64) @ P["router.W_t.weight"].T, 0.0)
     u = np.maximum(B["router.expert_features"].astype(np.float64) @ P["router.W_s.weight"].T, 0.0)
-    return twins, float(np.linalg.norm(t, axis=1).mean() / np.linalg.norm(u, axis=1).mean())
+    ratio = float(np.linalg.norm(t, axis=1).mean() / np.linalg.norm(u, axis=1).mean())
+    return (np.flatnonzero(b == b.max()).tolist(), np.flatnonzero(b == b.min()).tolist(), ratio)
 
 
 def train(data, seed=0, options=None, coefs=None, sigma_frozen=False, wt_gain=None, task=True,
@@ -198,9 +205,12 @@ def train(data, seed=0, options=None, coefs=None, sigma_frozen=False, wt_gain=No
     head = _Head(Xtr.shape[1], classes, seed)
     order = np.random.default_rng(seed + 1000)
     L0 = router_logits(layer, Xte)
-    twins, ratio = structure(layer, Xte)
-    out = {"rank1_init": rank1_share(L0), "twins": twins, "token_expert_ratio": ratio,
-           "normal": [], "grad_normal": [], "load": []}
+    smax, smin, ratio = structure(layer, Xte)
+    load0 = np.bincount(np.argsort(-L0, axis=1, kind="stable")[:, :TOP_K].ravel(),
+                        minlength=N_EXPERTS) / (TOP_K * len(Xte))
+    out = {"rank1_init": rank1_share(L0), "slope_max": smax, "slope_min": smin,
+           "top2_init": sorted(np.argsort(-load0, kind="stable")[:2].tolist()),
+           "token_expert_ratio": ratio, "normal": [], "grad_normal": [], "load": []}
     for _ in range(epochs):
         perm = order.permutation(len(Xtr))
         for i in range(0, len(perm), batch_size):
@@ -271,7 +281,9 @@ def main(argv=None) -> int:
                 "min_share": [r["min_share"] for r in rs], "used": [r["used"] for r in rs],
                 "top2_sets": [r["top2_sets"] for r in rs],
                 "rank1_init": [r["rank1_init"] for r in rs],
-                "twins": [r["twins"] for r in rs],
+                "slope_max": [r["slope_max"] for r in rs],
+                "slope_min": [r["slope_min"] for r in rs],
+                "top2_init": [r["top2_init"] for r in rs],
                 "token_expert_ratio": [r["token_expert_ratio"] for r in rs],
                 "rank1_final": [r["rank1_final"] for r in rs],
                 "normal_first": float(np.mean([_tenth(r["normal"], False) for r in rs])),
@@ -310,10 +322,12 @@ def main(argv=None) -> int:
             f"{r['accuracy']:.3f} | {'yes' if ok else 'no'} |")
     if "reference" in results:
         r = results["reference"]
-        lines += ["", f"Reference init, per seed: largest group of experts with the same "
-                  f"neighbourhood in the expert graph {'/'.join(map(str, r['twins']))}; "
-                  f"mean |token node| / |expert node| {fmt(r['token_expert_ratio'], 0)} "
-                  "(W_t Glorot gain 100)."]
+        grp = lambda v: "/".join(",".join(map(str, g)) for g in v)  # noqa: E731
+        lines += ["", "Reference init, per seed: the two most loaded experts on the held-out "
+                  f"texts {grp(r['top2_init'])}; experts with the largest graph slope "
+                  f"b_e = (Ahat Ahat[:, token])_e {grp(r['slope_max'])}, with the smallest "
+                  f"{grp(r['slope_min'])}; mean |token node| / |expert node| "
+                  f"{fmt(r['token_expert_ratio'], 0)} (W_t Glorot gain 100)."]
     md = "\n".join(lines) + "\n\n" + machine_line(machine) + "\n"
     finish(args, "gmoe_collapse", md, machine, results, argv)
     return 0
