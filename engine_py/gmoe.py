@@ -154,12 +154,12 @@ class MoELoRAFFN:
         this batch only.
     graph_readout : ``"shared"`` (default, the paper) or ``"per_expert"``:
         the graph router's final g -> 1 projection, one for all expert nodes
-        or one per expert. With the shared readout the router's logits depend
-        on the token through a single direction (exactly so when the token
-        node dominates, as with the reference W_t init), and experts with the
-        same neighbourhood in the expert graph get the same logit for every
-        token; docs/ALGORITHMS.md ("GMoE router collapse") measures the
-        collapse this gives and what prevents it.
+        or one per expert. With the shared readout and the token node
+        dominating (the reference W_t init) the logits are ~ m_e + b_e s(x):
+        one token signal s(x) and slopes b_e fixed by the expert graph, so
+        the top-k set is decided by one number per token; docs/ALGORITHMS.md
+        §B.5 ("GMoE router collapse") measures the collapse this gives and
+        shows per_expert with normal_running_decay=0.5 preventing it.
 
     ``forward(x, training=True) -> (y, aux)``: x (..., H); aux holds the
     scalar router losses (``poisson``/``normal`` for graph, ``balance`` for
@@ -184,9 +184,11 @@ class MoELoRAFFN:
         if loss_form not in ("abs", "kl"):
             raise ValueError(f"loss_form must be 'abs' or 'kl', got {loss_form!r}")
         if normal_count not in ("topk_probs", "weights"):
-            raise ValueError(f"normal_count must be 'topk_probs' or 'weights', got {normal_count!r}")
+            raise ValueError("normal_count must be 'topk_probs' or 'weights', "
+                             f"got {normal_count!r}")
         if graph_readout not in ("shared", "per_expert"):
-            raise ValueError(f"graph_readout must be 'shared' or 'per_expert', got {graph_readout!r}")
+            raise ValueError("graph_readout must be 'shared' or 'per_expert', "
+                             f"got {graph_readout!r}")
         normal_running_decay = check_float(normal_running_decay, "normal_running_decay",
                                            min=0.0, max=1.0)
         num_experts = check_int(num_experts, "num_experts", min=1, max=1024)

@@ -436,7 +436,7 @@ static void test_graph(int per_expert)
     for (int i = 0; i < GT * GN; i++) {
         md = fmax(md, fabs(ref[i] - g_lg[i]));
     }
-    CHECK(md < 1e-4, "graph router shared algebra vs dense per-token graph (per-expert readout %d): %g",
+    CHECK(md < 1e-4, "graph router algebra vs dense per-token graph (per-expert readout %d): %g",
           per_expert, md);
     float *dx = zerov(GT * GH), *dWs = zerov(GG * GH), *dWt = zerov(GG * GH);
     float *dWl = zerov(GL * GG * GG), *dp = zerov(np_);

@@ -52,7 +52,8 @@ VARIANTS = {
     "per-expert readout, decay 0.9": (
         {"graph_readout": "per_expert", "normal_running_decay": 0.9}, {}),
     "per-expert readout, count=weights, decay 0.5": (
-        {"graph_readout": "per_expert", "normal_count": "weights", "normal_running_decay": 0.5}, {}),
+        {"graph_readout": "per_expert", "normal_count": "weights",
+         "normal_running_decay": 0.5}, {}),
     "per-expert readout, decay 0.5, no router losses": (
         {"graph_readout": "per_expert", "normal_running_decay": 0.5}, {"coefs": {}}),
     "per-expert readout, decay 0.5": (
@@ -121,7 +122,8 @@ class _Head:
             w *= 1 - lr * wd
             self.m[k] = b1 * self.m[k] + (1 - b1) * self.g[k]
             self.v[k] = b2 * self.v[k] + (1 - b2) * self.g[k] ** 2
-            w -= lr * (self.m[k] / (1 - b1 ** self.t)) / (np.sqrt(self.v[k] / (1 - b2 ** self.t)) + eps)
+            mhat = self.m[k] / (1 - b1 ** self.t)
+            w -= lr * mhat / (np.sqrt(self.v[k] / (1 - b2 ** self.t)) + eps)
 
 
 def _cross_entropy(z, y):
@@ -252,7 +254,8 @@ def main(argv=None) -> int:
                                  description=__doc__.split("\n")[0])
     ap.add_argument("--seeds", default="0,1,2,3")
     ap.add_argument("--epochs", type=int, default=15)
-    ap.add_argument("--lr", type=float, default=1e-3, help="the layer's AdamW lr (notebook 04: 1e-3)")
+    ap.add_argument("--lr", type=float, default=1e-3,
+                    help="the layer's AdamW lr (notebook 04: 1e-3)")
     ap.add_argument("--data", choices=("demo", "synthetic"), default="demo")
     ap.add_argument("--variants", default="all",
                     help="variant names separated by ';' (default: all): " + "; ".join(VARIANTS))
@@ -261,7 +264,8 @@ def main(argv=None) -> int:
     import engine_py
 
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-    names = list(VARIANTS) if args.variants == "all" else [v.strip() for v in args.variants.split(";") if v.strip()]
+    names = (list(VARIANTS) if args.variants == "all"
+             else [v.strip() for v in args.variants.split(";") if v.strip()])
     unknown = [n for n in names if n not in VARIANTS]
     if unknown:
         ap.error(f"unknown variants {unknown}; known: {list(VARIANTS)}")
