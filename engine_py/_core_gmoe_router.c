@@ -118,10 +118,14 @@ static int graph_args(PyObject **o, void **pp, eg_graph_router_dims *d)
         return -1;
     }
     npy_intp g = sWs[0], N = sX[0];
-    npy_intp sWt[2] = {g, sx[1]}, sWl[3] = {ANY, g, g}, sp[1] = {g}, sA[2] = {N + 1, N + 1};
+    npy_intp sWt[2] = {g, sx[1]}, sWl[3] = {ANY, g, g}, sp[1] = {g}, spe[2] = {N, g},
+             sA[2] = {N + 1, N + 1};
+    /* pvec (g): the shared readout; (N, g): one readout row per expert */
+    int per_expert = PyArray_Check(o[5]) && PyArray_NDIM((PyArrayObject *)o[5]) == 2;
     if (gmoe_arr(o[3], "Wt", NPY_FLOAT32, 2, sWt, 0, 0, &pp[3]) < 0 ||
         gmoe_arr(o[4], "Wl", NPY_FLOAT32, 3, sWl, 0, 0, &pp[4]) < 0 ||
-        gmoe_arr(o[5], "pvec", NPY_FLOAT32, 1, sp, 0, 0, &pp[5]) < 0 ||
+        (per_expert ? gmoe_arr(o[5], "pvec", NPY_FLOAT32, 2, spe, 0, 0, &pp[5])
+                    : gmoe_arr(o[5], "pvec", NPY_FLOAT32, 1, sp, 0, 0, &pp[5])) < 0 ||
         gmoe_arr(o[6], "Ahat", NPY_FLOAT32, 2, sA, 0, 0, &pp[6]) < 0) {
         return -1;
     }
@@ -133,7 +137,7 @@ static int graph_args(PyObject **o, void **pp, eg_graph_router_dims *d)
     if (gmoe_check_prod(sx[0], N + 1, g) < 0) {
         return -1;
     }
-    *d = (eg_graph_router_dims){(int)sx[0], (int)sx[1], (int)N, (int)g, (int)sWl[0]};
+    *d = (eg_graph_router_dims){(int)sx[0], (int)sx[1], (int)N, (int)g, (int)sWl[0], per_expert};
     return 0;
 }
 
@@ -168,13 +172,14 @@ static PyObject *py_graph_backward(PyObject *self, PyObject *args)
         graph_args(o, pp, &d) < 0) {
         return NULL;
     }
-    npy_intp sx[2] = {d.T, d.H}, sW[2] = {d.g, d.H}, sWl[3] = {d.L, d.g, d.g}, sp[1] = {d.g},
-             sl[2] = {d.T, d.N}, sZt[2] = {d.T, d.g}, sZ[4] = {d.L, d.T, d.N + 1, d.g};
+    npy_intp sx[2] = {d.T, d.H}, sW[2] = {d.g, d.H}, sWl[3] = {d.L, d.g, d.g},
+             sp[2] = {d.per_expert_proj ? d.N : d.g, d.g}, sl[2] = {d.T, d.N},
+             sZt[2] = {d.T, d.g}, sZ[4] = {d.L, d.T, d.N + 1, d.g};
     if (gmoe_arr(odx, "dx", NPY_FLOAT32, 2, sx, 1, 0, &dx) < 0 ||
         gmoe_arr(odWs, "dWs", NPY_FLOAT32, 2, sW, 1, 0, &dWs) < 0 ||
         gmoe_arr(odWt, "dWt", NPY_FLOAT32, 2, sW, 1, 0, &dWt) < 0 ||
         gmoe_arr(odWl, "dWl", NPY_FLOAT32, 3, sWl, 1, 0, &dWl) < 0 ||
-        gmoe_arr(odp, "dpvec", NPY_FLOAT32, 1, sp, 1, 0, &dp) < 0 ||
+        gmoe_arr(odp, "dpvec", NPY_FLOAT32, d.per_expert_proj ? 2 : 1, sp, 1, 0, &dp) < 0 ||
         gmoe_arr(odl, "dlogits", NPY_FLOAT32, 2, sl, 0, 0, &dl) < 0 ||
         gmoe_arr(oZt, "Zt", NPY_FLOAT32, 2, sZt, 0, 0, &Zt) < 0 ||
         gmoe_arr(oZ, "Z", NPY_FLOAT32, 4, sZ, 0, 0, &Z) < 0) {
@@ -196,7 +201,7 @@ PyMethodDef gmoe_router_methods[] = {
     {"_gmoe_linear_router_backward", py_linear_router_backward, METH_VARARGS,
      "(dx in/out, dWg in/out, dlogits, x, Wg)"},
     {"_gmoe_graph_forward", py_graph_forward, METH_VARARGS,
-     "(x, X, Ws, Wt, Wl, pvec, Ahat) -> (logits, Zt, Z)"},
+     "(x, X, Ws, Wt, Wl, pvec (g) or (N, g), Ahat) -> (logits, Zt, Z)"},
     {"_gmoe_graph_backward", py_graph_backward, METH_VARARGS,
      "(dx, dWs, dWt, dWl, dpvec in/out, dlogits, x, X, Ws, Wt, Wl, pvec, Ahat, Zt, Z)"},
     {NULL, NULL, 0, NULL},

@@ -161,7 +161,9 @@ class Trainer:
     normal_count ("topk_probs": the Normal loss counts the top-k softmax
     probabilities, as the official code; "weights": the renormalised
     weights), normal_running_decay (c = decay * running + batch; 1.0 is the
-    reference). Per-layer semantics = engine_py.gmoe.MoELoRAFFN. The defaults follow the GMoE reference configuration:
+    reference), graph_readout ("shared": the paper's g -> 1 projection;
+    "per_expert": one per expert, engine_py's option against router collapse,
+    docs/ALGORITHMS.md §B.5). Per-layer semantics = engine_py.gmoe.MoELoRAFFN. The defaults follow the GMoE reference configuration:
     weight_decay 0.01, dropout 0.0005, constant lr without warm-up (lora:
     0.0, 0.0, cosine with 10% warm-up).
     """
@@ -177,7 +179,7 @@ class Trainer:
                  gcn_dim: int = 128, gcn_layers: int = 2, edge_density: float = 0.25,
                  loss_coefs: Optional[dict] = None, loss_form: str = "abs",
                  normal_count: str = "topk_probs", normal_running_decay: float = 1.0,
-                 show_progress_bar: Optional[bool] = None):
+                 graph_readout: str = "shared", show_progress_bar: Optional[bool] = None):
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
         moe = method != "lora"
@@ -188,7 +190,7 @@ class Trainer:
         if moe:
             self._check_moe_args(method, r, experts, top_k, router, gcn_dim, gcn_layers,
                                  edge_density, loss_coefs, loss_form, normal_count,
-                                 normal_running_decay)
+                                 normal_running_decay, graph_readout)
         if isinstance(r, bool) or not isinstance(r, (int, np.integer)) or not 1 <= r <= 4096:
             raise ValueError(f"r must be an integer in [1, 4096], got {r!r}")
         if not isinstance(alpha, (int, float)) or not math.isfinite(alpha):
@@ -251,7 +253,7 @@ class Trainer:
 
     def _check_moe_args(self, method, r, experts, top_k, router, gcn_dim, gcn_layers,
                         edge_density, loss_coefs, loss_form, normal_count,
-                        running_decay) -> None:
+                        running_decay, graph_readout) -> None:
         from .gmoe import DEFAULT_LOSS_COEFS
 
         def intarg(name, v, lo, hi):
@@ -290,6 +292,10 @@ class Trainer:
         if normal_count not in ("topk_probs", "weights"):
             raise ValueError(f"normal_count must be 'topk_probs' or 'weights', got {normal_count!r}")
         self.normal_count = normal_count
+        if graph_readout not in ("shared", "per_expert"):
+            raise ValueError(f"graph_readout must be 'shared' or 'per_expert', got "
+                             f"{graph_readout!r}")
+        self.graph_readout = graph_readout
 
     def _moe_core_config(self) -> dict:
         return {"experts": self.experts, "top_k": self.top_k, "rank": self.r, "alpha": self.alpha,
@@ -297,7 +303,8 @@ class Trainer:
                 "gcn_layers": self.gcn_layers, "loss_kl": int(self.loss_form == "kl"),
                 "coef": [self.loss_coefs[k] for k in _AUX],
                 "running_decay": self.normal_running_decay,
-                "normal_weights": int(self.normal_count == "weights"), "per_expert_readout": 0}
+                "normal_weights": int(self.normal_count == "weights"),
+                "per_expert_readout": int(self.graph_readout == "per_expert")}
 
     @property
     def _moe(self) -> bool:
@@ -310,7 +317,9 @@ class Trainer:
         shapes = {"w1.A": (E, r, D), "w3.A": (E, r, D), "w2.A": (E, r, F), "w1.B": (E, F, r),
                   "w3.B": (E, F, r), "w2.B": (E, D, r), "router.weight": (E, D),
                   "router.W_s.weight": (g, D), "router.W_t.weight": (g, D),
-                  "router.gcn": (GL, g, g), "router.proj.weight": (g,), "poisson_lambda": (),
+                  "router.gcn": (GL, g, g),
+                  "router.proj.weight": (E, g) if self.graph_readout == "per_expert" else (g,),
+                  "poisson_lambda": (),
                   "normal_sigma": ()}
         out = [dict() for _ in range(self._hp["num_layers"])]
         for layer, part, off, size in self._core.moe_slots():
@@ -330,7 +339,8 @@ class Trainer:
         D, F = self._hp["hidden_size"], self._hp["intermediate_size"]
         for layer, v in enumerate(views):
             prm, buf = init_moe_params(rng, D, F, self.experts, self.r, self.router,
-                                       ("w1", "w3", "w2"), self.gcn_layers, self.gcn_dim)
+                                       ("w1", "w3", "w2"), self.gcn_layers, self.gcn_dim,
+                                       self.graph_readout)
             for k, a in prm.items():
                 v[k][...] = a
             if self.router == "graph":
@@ -346,7 +356,7 @@ class Trainer:
         for layer, v in enumerate(self._moe_views(src)):
             pre = f"base_model.model.model.layers.{layer}.mlp."
             for k, a in named_moe_params(v, self.experts, ("w1", "w3", "w2"), self.router,
-                                         self.gcn_layers).items():
+                                         self.gcn_layers, self.gcn_dim).items():
                 out[pre + k] = a
         return out
 
@@ -608,7 +618,8 @@ class Trainer:
                 "gcn_dim": self.gcn_dim, "gcn_layers": self.gcn_layers,
                 "edge_density": self.edge_density, "loss_coefs": self.loss_coefs,
                 "loss_form": self.loss_form, "normal_count": self.normal_count,
-                "normal_running_decay": self.normal_running_decay}
+                "normal_running_decay": self.normal_running_decay,
+                "graph_readout": self.graph_readout}
 
     def save_checkpoint(self, directory, _fit=None) -> str:
         """Write the training state to `directory`: the LoRA parameters and

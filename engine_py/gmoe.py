@@ -32,8 +32,18 @@ Choices where ALGORITHMS.md leaves room (all documented here):
   [1, 2] after every ``step``. eps = 1e-8.
 * Normal: sigma = max(sigma_raw, 1e-3) in forward, projected after ``step``;
   mu = N/2; the running count is float64, detached, updated in training
-  forward passes only: c = running + k * (this batch's top-k weights per
-  expert); running <- c.
+  forward passes only: c = decay * running + k * (this batch's top-k
+  softmax probabilities per expert, before the top-k renormalisation, as
+  the official GMoE code accumulates them; ``normal_count="weights"``: the
+  renormalised top-k weights instead); running <- c. decay =
+  ``normal_running_decay``, 1 (the reference: the count never forgets) by
+  default. The gradient flows through this batch's term only: with
+  ``"topk_probs"`` into the softmax, so every logit gets it; with
+  ``"weights"`` only into the split of each token's weight between its
+  chosen experts (see docs/ALGORITHMS.md, "GMoE router collapse").
+* ``graph_readout="shared"`` (the paper: one g -> 1 projection for every
+  expert node) or ``"per_expert"`` (expert e has its own row of an (N, g)
+  projection; engine_py's option against router collapse).
 * ``loss_form="abs"`` (reference, default) or ``"kl"`` (true KL terms).
 * Weight decay in ``step`` applies to every trainable parameter (one AdamW
   parameter group, as ``torch.optim.AdamW(module.parameters())``).
@@ -43,8 +53,8 @@ Parameter names (``state_dict``/``grads``), PEFT-like:
 with proj in ``w1, w3, w2`` (SwiGLU gate, up, down) or ``wi, wo`` (BERT
 intermediate, output); ``router.weight`` (N, H) for linear/switch; for graph
 ``router.W_s.weight`` (g, H), ``router.W_t.weight`` (g, H),
-``router.gcn.{l}.weight`` (g, g), ``router.proj.weight`` (1, g),
-``poisson_lambda`` and ``normal_sigma`` (scalars); buffers (in
+``router.gcn.{l}.weight`` (g, g), ``router.proj.weight`` (1, g) (per-expert
+readout: (N, g)), ``poisson_lambda`` and ``normal_sigma`` (scalars); buffers (in
 ``state_dict`` only): ``router.expert_features`` (N, H),
 ``router.normalized_adjacency`` (N+1, N+1), ``normal_running`` (N,).
 """
@@ -119,7 +129,7 @@ def normalized_adjacency(expert_mask: np.ndarray) -> tuple[np.ndarray, np.ndarra
 
 def init_moe_params(rng: np.random.Generator, hidden: int, inner: int, num_experts: int, r: int,
                     router: str, projs: tuple = ("w1", "w3", "w2"), gcn_layers: int = 2,
-                    gcn_dim: int = 128) -> tuple[dict, dict]:
+                    gcn_dim: int = 128, graph_readout: str = "shared") -> tuple[dict, dict]:
     """Fresh trainable parameters and buffers of one MoE-LoRA FFN, as
     MoELoRAFFN (and the decoder fine-tuning Trainer, per layer) start them:
     packed ``{"w1.A": (E, r, in), "w1.B": (E, out, r), ..., router ...}`` and
@@ -141,7 +151,11 @@ def init_moe_params(rng: np.random.Generator, hidden: int, inner: int, num_exper
         params["router.W_s.weight"] = _glorot(rng, (g, H))
         params["router.W_t.weight"] = _glorot(rng, (g, H), gain=100.0)
         params["router.gcn"] = np.stack([_glorot(rng, (g, g)) for _ in range(gcn_layers)])
-        params["router.proj.weight"] = _kaiming_uniform_a_sqrt5(rng, (1, g)).reshape(g)
+        # per-expert readout: N rows drawn like nn.Linear(g, 1)'s weight (the
+        # first is the shared readout's draw; nothing is drawn after it)
+        rows = E if graph_readout == "per_expert" else 1
+        proj = _kaiming_uniform_a_sqrt5(rng, (rows, g))
+        params["router.proj.weight"] = proj if rows > 1 else proj.reshape(g)
         params["poisson_lambda"] = np.array(1.5, dtype=np.float32)
         params["normal_sigma"] = np.array(E / 2.0, dtype=np.float32)
         buffers["normal_running"] = np.zeros(E, dtype=np.float64)
@@ -159,7 +173,7 @@ def graph_buffers(expert_features: np.ndarray, W_s: np.ndarray,
 
 
 def named_moe_params(src: dict[str, np.ndarray], num_experts: int, projs, router: str,
-                     gcn_layers: int) -> dict[str, np.ndarray]:
+                     gcn_layers: int, gcn_dim: int) -> dict[str, np.ndarray]:
     """Packed parameter arrays (init_moe_params' keys) split into the
     PEFT-like names of the module docstring (views into src)."""
     out: dict[str, np.ndarray] = {}
@@ -172,7 +186,7 @@ def named_moe_params(src: dict[str, np.ndarray], num_experts: int, projs, router
         out["router.W_t.weight"] = src["router.W_t.weight"]
         for layer in range(gcn_layers):
             out[f"router.gcn.{layer}.weight"] = src["router.gcn"][layer]
-        out["router.proj.weight"] = src["router.proj.weight"].reshape(1, -1)
+        out["router.proj.weight"] = src["router.proj.weight"].reshape(-1, gcn_dim)
         out["poisson_lambda"] = src["poisson_lambda"]
         out["normal_sigma"] = src["normal_sigma"]
     else:
@@ -196,6 +210,23 @@ class MoELoRAFFN:
     gcn_layers, gcn_dim, edge_density : graph router settings (g = gcn_dim).
     seed : initialisation and dropout seed.
     loss_form : ``"abs"`` (reference |log| form) or ``"kl"``.
+    normal_count : what the Normal-balance count c accumulates per routed
+        slot: ``"topk_probs"`` (default, the official GMoE code: the top-k
+        softmax probabilities before renormalisation) or ``"weights"`` (the
+        renormalised top-k weights; engine_py before this option existed).
+    normal_running_decay : d in [0, 1]; c = d * running + k * (this batch's
+        counts). 1 (default, reference): the count accumulates forever, so
+        the batch's share of c (and of the loss gradient) shrinks like 1/step;
+        d < 1 keeps an exponential window of about 1 / (1 - d) batches; 0:
+        this batch only.
+    graph_readout : ``"shared"`` (default, the paper) or ``"per_expert"``:
+        the graph router's final g -> 1 projection, one for all expert nodes
+        or one per expert. With the shared readout and the token node
+        dominating (the reference W_t init) the logits are ~ m_e + b_e s(x):
+        one token signal s(x) and slopes b_e fixed by the expert graph, so
+        the top-k set is decided by one number per token; docs/ALGORITHMS.md
+        §B.5 ("GMoE router collapse") measures the collapse this gives and
+        shows per_expert with normal_running_decay=0.5 preventing it.
 
     ``forward(x, training=True) -> (y, aux)``: x (..., H); aux holds the
     scalar router losses (``poisson``/``normal`` for graph, ``balance`` for
@@ -210,13 +241,23 @@ class MoELoRAFFN:
     def __init__(self, base_weights: dict[str, Any], kind: str = "swiglu", num_experts: int = 8,
                  top_k: int = 2, r: int = 2, lora_alpha: float = 4, lora_dropout: float = 0.0,
                  router: str = "graph", gcn_layers: int = 2, gcn_dim: int = 128,
-                 edge_density: float = 0.25, seed: int = 0, loss_form: str = "abs"):
+                 edge_density: float = 0.25, seed: int = 0, loss_form: str = "abs",
+                 normal_count: str = "topk_probs", normal_running_decay: float = 1.0,
+                 graph_readout: str = "shared"):
         if kind not in _KINDS:
             raise ValueError(f"kind must be 'swiglu' or 'gelu', got {kind!r}")
         if router not in _ROUTERS:
             raise ValueError(f"router must be one of {_ROUTERS}, got {router!r}")
         if loss_form not in ("abs", "kl"):
             raise ValueError(f"loss_form must be 'abs' or 'kl', got {loss_form!r}")
+        if normal_count not in ("topk_probs", "weights"):
+            raise ValueError("normal_count must be 'topk_probs' or 'weights', "
+                             f"got {normal_count!r}")
+        if graph_readout not in ("shared", "per_expert"):
+            raise ValueError("graph_readout must be 'shared' or 'per_expert', "
+                             f"got {graph_readout!r}")
+        normal_running_decay = check_float(normal_running_decay, "normal_running_decay",
+                                           min=0.0, max=1.0)
         num_experts = check_int(num_experts, "num_experts", min=1, max=1024)
         top_k = check_int(top_k, "top_k", min=1, max=num_experts)
         r = check_int(r, "r", min=1, max=64)
@@ -233,6 +274,8 @@ class MoELoRAFFN:
         self.scale = float(lora_alpha) / r
         self.gcn_layers, self.gcn_dim, self.edge_density = gcn_layers, gcn_dim, float(edge_density)
         self.seed, self.loss_form = int(seed), loss_form
+        self.normal_count, self.graph_readout = normal_count, graph_readout
+        self.normal_running_decay = float(normal_running_decay)
         self._kl = loss_form == "kl"
         self._frozen = self._check_base(base_weights)
         I, H = self._frozen["W_in"].shape
@@ -246,7 +289,8 @@ class MoELoRAFFN:
         # trainable parameters: name -> packed array; the state_dict splits them
         self._projs = ["w1", "w3", "w2"] if kind == "swiglu" else ["wi", "wo"]
         self._params, self._buffers = init_moe_params(rng, H, I, num_experts, r, router,
-                                                      tuple(self._projs), gcn_layers, gcn_dim)
+                                                      tuple(self._projs), gcn_layers, gcn_dim,
+                                                      graph_readout)
         if router == "graph":
             self._build_graph()
         self._grads = {k: np.zeros_like(v) for k, v in self._params.items()}
@@ -360,8 +404,14 @@ class MoELoRAFFN:
             lam = float(P["poisson_lambda"])
             sig = float(P["normal_sigma"])
             aux["poisson"], ctx["perm_p"] = _core._gmoe_poisson_forward(probs, lam, self._kl, _EPS)
+            run = self._buffers["normal_running"]
+            if self.normal_running_decay != 1.0:
+                run = run * self.normal_running_decay
+            # the counted quantity per routed slot (T, K): see normal_count
+            wn = (np.ascontiguousarray(np.take_along_axis(probs, idx, axis=1))
+                  if self.normal_count == "topk_probs" else w)
             aux["normal"], c, ctx["perm_n"] = _core._gmoe_normal_forward(
-                self._buffers["normal_running"], idx, w, sig, _SIGMA_MIN, self._kl, _EPS)
+                run, idx, wn, sig, _SIGMA_MIN, self._kl, _EPS)
             ctx["c"] = c
             if training:
                 self._buffers["normal_running"][:] = c
@@ -451,9 +501,13 @@ class MoELoRAFFN:
                     dprobs, coefs["poisson"], probs, ctx["perm_p"], float(P["poisson_lambda"]),
                     self._kl, _EPS))
             if coefs["normal"] != 0.0:
+                topk_probs = self.normal_count == "topk_probs"
+                dn = np.zeros_like(w) if topk_probs else dw
                 G["normal_sigma"] += np.float32(_core._gmoe_normal_backward(
-                    dw, coefs["normal"], ctx["c"], ctx["perm_n"], idx, float(P["normal_sigma"]),
+                    dn, coefs["normal"], ctx["c"], ctx["perm_n"], idx, float(P["normal_sigma"]),
                     _SIGMA_MIN, self._kl, _EPS))
+                if topk_probs:  # d/d(top-k probs) lands on the probabilities (idx unique per row)
+                    dprobs[np.arange(idx.shape[0])[:, None], idx] += dn
         elif coefs["balance"] != 0.0:
             _core._gmoe_balance_backward(dprobs, coefs["balance"], ctx["counts"], self.top_k)
         dlogits = _core._gmoe_topk_backward(dw, dprobs, probs, idx, w, ctx["renorm"])
@@ -482,7 +536,8 @@ class MoELoRAFFN:
     # ------------------------------------------------------------ parameters
     def _named(self, src: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Split packed arrays into PEFT-like names (views into src)."""
-        return named_moe_params(src, self.num_experts, self._projs, self.router, self.gcn_layers)
+        return named_moe_params(src, self.num_experts, self._projs, self.router, self.gcn_layers,
+                                self.gcn_dim)
 
     def parameter_names(self) -> list[str]:
         """Names of the trainable parameters, in ``state_dict`` order."""

@@ -110,6 +110,56 @@ def test_parity_kl_form_and_top3():
     check_parity(make("gelu", "graph", loss_form="kl", top_k=3), STRONG)
 
 
+@pytest.mark.parametrize("kind", ["swiglu", "gelu"])
+@pytest.mark.parametrize("opts", [
+    {"normal_count": "weights"},
+    {"normal_running_decay": 0.5},
+    {"normal_running_decay": 0.0, "normal_count": "weights"},
+    {"graph_readout": "per_expert"},
+    {"graph_readout": "per_expert", "normal_running_decay": 0.9, "loss_form": "kl"},
+])
+def test_parity_collapse_options(kind, opts):
+    # the options against router collapse, every gradient against autograd
+    check_parity(make(kind, "graph", **opts), STRONG)
+
+
+def test_normal_loss_reaches_unselected_experts():
+    # The official code counts the top-k probabilities before renormalisation, so
+    # the Normal loss's gradient reaches every logit through the softmax; counting
+    # the renormalised weights gives unselected experts exactly zero gradient
+    # (the loss cannot move a token to another expert).
+    x = np.random.default_rng(0).normal(size=(12, H)).astype(np.float32)
+    for count in ("topk_probs", "weights"):
+        layer = make("swiglu", "graph", normal_count=count)
+        randomise(layer)
+        layer.forward(x)
+        ctx = layer._ctx
+        layer.zero_grad()
+        layer.backward(np.zeros((12, H), np.float32), {"normal": 1.0})
+        probs, idx, w = ctx["probs"], ctx["idx"], ctx["w"]
+        dw = np.zeros_like(w)
+        dprobs = np.zeros_like(probs)
+        # the same dlogits as backward: recompute with the kernels
+        if count == "weights":
+            _core._gmoe_normal_backward(dw, 1.0, ctx["c"], ctx["perm_n"], idx,
+                                        float(layer._params["normal_sigma"]), 1e-3, False, 1e-8)
+        else:
+            d = np.zeros_like(w)
+            _core._gmoe_normal_backward(d, 1.0, ctx["c"], ctx["perm_n"], idx,
+                                        float(layer._params["normal_sigma"]), 1e-3, False, 1e-8)
+            dprobs[np.arange(12)[:, None], idx] += d
+        dl = _core._gmoe_topk_backward(dw, dprobs, probs, idx, w, True)
+        unselected = np.ones_like(dl, dtype=bool)
+        unselected[np.arange(12)[:, None], idx] = False
+        scale = np.abs(dl[~unselected]).max()
+        assert scale > 0
+        if count == "weights":  # zero up to float32 rounding of the renormalisation
+            assert np.abs(dl[unselected]).max() < 1e-6 * scale
+        else:
+            assert np.abs(dl[unselected]).max() > 1e-2 * scale
+        assert np.abs(layer.grads()["router.W_t.weight"]).max() > 0
+
+
 @pytest.mark.parametrize("only", ["poisson", "normal"])
 def test_gradients_through_sort_each_loss_alone(only):
     # Only the sorted-vector loss drives the router: its gradient must match torch.sort's.
@@ -228,8 +278,9 @@ def test_lambda_clamp():
         assert 1.0 <= float(layer.state_dict()["poisson_lambda"]) <= 2.0
 
 
-def test_running_counts():
-    layer = make("gelu", "graph")
+@pytest.mark.parametrize("count", ["topk_probs", "weights"])
+def test_running_counts(count):
+    layer = make("gelu", "graph", normal_count=count)
     x = np.random.default_rng(0).normal(size=(9, H)).astype(np.float32)
     r0 = layer.state_dict()["normal_running"]
     _, aux_eval = layer.forward(x, training=False)
@@ -237,12 +288,46 @@ def test_running_counts():
     _, aux_eval2 = layer.forward(x, training=False)
     assert aux_eval2["normal"] == aux_eval["normal"]
     layer.forward(x, training=True)
+    ctx = layer._ctx
     r1 = layer.state_dict()["normal_running"]
-    # renormalised top-k weights sum to 1 per token, times k
-    assert r1.sum() == pytest.approx(r0.sum() + 9 * 2, rel=1e-6)
+    if count == "weights":
+        # renormalised top-k weights sum to 1 per token, times k
+        assert r1.sum() == pytest.approx(r0.sum() + 9 * 2, rel=1e-6)
+    else:
+        # the official code's count: k * the top-k probabilities before renormalisation
+        ptop = np.take_along_axis(ctx["probs"], ctx["idx"], axis=1).astype(np.float64)
+        per_expert = np.bincount(ctx["idx"].ravel(), weights=ptop.ravel(), minlength=E)
+        np.testing.assert_allclose(r1 - r0, 2 * per_expert, rtol=1e-6)
+        assert (r1 - r0).sum() < 9 * 2 - 1e-3  # not the renormalised weights
     layer.forward(x, training=True)
     r2 = layer.state_dict()["normal_running"]
     np.testing.assert_allclose(r2 - r1, r1 - r0, rtol=1e-6)
+
+
+def test_running_count_decay():
+    x = np.random.default_rng(0).normal(size=(9, H)).astype(np.float32)
+    full = make("gelu", "graph")
+    half = make("gelu", "graph", normal_running_decay=0.5)
+    batch = make("gelu", "graph", normal_running_decay=0.0)
+    for layer in (full, half, batch):
+        layer.forward(x, training=True)
+    inc = full.state_dict()["normal_running"].copy()  # k * this batch's counts
+    for layer in (full, half, batch):
+        layer.forward(x, training=True)
+    np.testing.assert_allclose(full.state_dict()["normal_running"], 2 * inc, rtol=1e-6)
+    np.testing.assert_allclose(half.state_dict()["normal_running"], 1.5 * inc, rtol=1e-6)
+    np.testing.assert_allclose(batch.state_dict()["normal_running"], inc, rtol=1e-6)
+    # an evaluation forward reports the loss of the decayed count and keeps the buffer
+    r = half.state_dict()["normal_running"].copy()
+    _, aux = half.forward(x, training=False)
+    np.testing.assert_array_equal(half.state_dict()["normal_running"], r)
+    assert half._ctx["c"] == pytest.approx(0.5 * r + inc, rel=1e-6)
+    with pytest.raises(ValueError, match="normal_running_decay"):
+        make(normal_running_decay=1.5)
+    with pytest.raises(ValueError, match="normal_count"):
+        make(normal_count="counts")
+    with pytest.raises(ValueError, match="graph_readout"):
+        make(graph_readout="mean")
 
 
 def test_statistics():

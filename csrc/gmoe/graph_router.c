@@ -12,7 +12,8 @@
  * product with Ahat. No token limit and no graph building per batch.
  * act = ReLU after every GCN layer; the logit of expert e is
  * relu(Z_L[t, e]) . pvec (a shared g -> 1 projection without bias, which would
- * cancel in the softmax anyway).
+ * cancel in the softmax anyway), or with d->per_expert_proj expert e's own
+ * row pvec[e] (N,g).
  */
 #include "eg_gmoe.h"
 
@@ -114,13 +115,15 @@ eg_status eg_graph_router_forward(float *logits, float *Zt, float *Z, const floa
     }
     {
         const float *ZL = Z + (size_t)(L - 1) * layer;
+        const size_t pstride = d->per_expert_proj ? (size_t)g : 0;
         #pragma omp parallel for schedule(static)
         for (int t = 0; t < T; t++) {
             for (int e = 0; e < N; e++) {
                 const float *z = ZL + ((size_t)t * Nn + e) * g;
+                const float *pe = pvec + (size_t)e * pstride;
                 float acc = 0.0f;
                 for (int c = 0; c < g; c++) {
-                    acc += relu_nan(z[c]) * pvec[c];
+                    acc += relu_nan(z[c]) * pe[c];
                 }
                 logits[(size_t)t * N + e] = acc;
             }
@@ -164,25 +167,40 @@ eg_status eg_graph_router_backward(float *dx, float *dWs, float *dWt, float *dWl
         goto done;
     }
     const float *ZL = Z + (size_t)(L - 1) * layer;
-    /* logits = relu(Z_L[:, :N]) . pvec */
-    #pragma omp parallel for schedule(static)
-    for (int c = 0; c < g; c++) {
-        double acc = 0.0;
-        for (int t = 0; t < T; t++) {
-            for (int e = 0; e < N; e++) {
+    const size_t pstride = d->per_expert_proj ? (size_t)g : 0;
+    /* logits = relu(Z_L[:, :N]) . pvec (shared), or . pvec[e] (per expert) */
+    if (d->per_expert_proj) {
+        #pragma omp parallel for schedule(static)
+        for (int ec = 0; ec < N * g; ec++) {
+            int e = ec / g, c = ec % g;
+            double acc = 0.0;
+            for (int t = 0; t < T; t++) {
                 float z = ZL[((size_t)t * Nn + e) * g + c];
                 acc += (double)dlogits[(size_t)t * N + e] * (z > 0.0f ? z : 0.0f);
             }
+            dpvec[ec] += (float)acc;
         }
-        dpvec[c] += (float)acc;
+    } else {
+        #pragma omp parallel for schedule(static)
+        for (int c = 0; c < g; c++) {
+            double acc = 0.0;
+            for (int t = 0; t < T; t++) {
+                for (int e = 0; e < N; e++) {
+                    float z = ZL[((size_t)t * Nn + e) * g + c];
+                    acc += (double)dlogits[(size_t)t * N + e] * (z > 0.0f ? z : 0.0f);
+                }
+            }
+            dpvec[c] += (float)acc;
+        }
     }
     #pragma omp parallel for schedule(static)
     for (int t = 0; t < T; t++) {
         for (int n = 0; n < Nn; n++) {
             float *dh = dH + ((size_t)t * Nn + n) * g;
             float dl = n < N ? dlogits[(size_t)t * N + n] : 0.0f;
+            const float *pe = pvec + (n < N ? (size_t)n * pstride : 0);
             for (int c = 0; c < g; c++) {
-                dh[c] = dl * pvec[c];
+                dh[c] = dl * pe[c];
             }
         }
     }

@@ -172,17 +172,25 @@ void eg_linear_router_backward(float *dx, float *dWg, const float *dlogits, cons
  * symmetric normalised adjacency D^-1/2 (A+I) D^-1/2. act = ReLU.
  *   u = relu(X Ws^T) (N,g), t = relu(x Wt^T) (T,g),
  *   Z1[t] = Ahat [u; t_t] W1^T, H1 = relu(Z1), Z_l[t] = Ahat H_{l-1}[t] W_l^T,
- *   logits[t,e] = relu(Z_L[t,e]) . pvec.
+ *   logits[t,e] = relu(Z_L[t,e]) . pvec            (per_expert_proj == 0, pvec (g))
+ *   logits[t,e] = relu(Z_L[t,e]) . pvec[e*g..]     (per_expert_proj != 0, pvec (N,g)).
+ * The shared readout is the paper's; the per-expert one is engine_py's option
+ * against router collapse (docs/ALGORITHMS.md, "GMoE router collapse"): with
+ * a shared readout, experts with the same closed neighbourhood get identical
+ * token dependence. per_expert_proj is the last member, so an initialiser
+ * that lists only {T, H, N, g, L} gets the shared readout.
  * Saved: Zt (T,g) = x Wt^T, Z (L, T, N+1, g) pre-activations. */
 typedef struct {
     int T, H, N, g, L;
+    int per_expert_proj;
 } eg_graph_router_dims;
 
 eg_status eg_graph_router_forward(float *logits, float *Zt, float *Z, const float *x,
                                   const float *X, const float *Ws, const float *Wt,
                                   const float *Wl, const float *pvec, const float *Ahat,
                                   const eg_graph_router_dims *d, eg_err *err);
-/* dx (T,H) accumulated (+=), dWs, dWt, dWl (L,g,g), dpvec accumulated. */
+/* dx (T,H) accumulated (+=), dWs, dWt, dWl (L,g,g), dpvec ((g) or (N,g))
+ * accumulated. */
 eg_status eg_graph_router_backward(float *dx, float *dWs, float *dWt, float *dWl,
                                    float *dpvec, const float *dlogits, const float *x,
                                    const float *X, const float *Ws, const float *Wt,

@@ -338,11 +338,12 @@ static void test_route(int renorm, int which, int kl)
 /* ------------------------------------------------------------ graph router */
 enum { GT = 5, GH = 6, GN = 4, GG = 5, GL = 2 };
 static float *g_x, *g_X, *g_Ws, *g_Wt, *g_Wl, *g_p, *g_A, *g_c, *g_lg, *g_Zt, *g_Z;
+static int g_pe; /* per-expert readout: g_p is (GN, GG) */
 
 static double graph_loss(void)
 {
     eg_err err;
-    eg_graph_router_dims d = {GT, GH, GN, GG, GL};
+    eg_graph_router_dims d = {GT, GH, GN, GG, GL, g_pe};
     eg_graph_router_forward(g_lg, g_Zt, g_Z, g_x, g_X, g_Ws, g_Wt, g_Wl, g_p, g_A, &d, &err);
     return dotv(g_lg, g_c, GT * GN);
 }
@@ -388,22 +389,23 @@ static void graph_naive(float *lg)
         for (int e = 0; e < GN; e++) {
             double acc = 0.0;
             for (int c = 0; c < GG; c++) {
-                acc += Hc[e][c] * g_p[c];
+                acc += Hc[e][c] * g_p[(g_pe ? e * GG : 0) + c];
             }
             lg[t * GN + e] = (float)acc;
         }
     }
 }
 
-static void test_graph(void)
+static void test_graph(int per_expert)
 {
-    int Nn = GN + 1;
+    int Nn = GN + 1, np_ = per_expert ? GN * GG : GG;
+    g_pe = per_expert;
     g_x = randv(GT * GH, 1);
     g_X = randv(GN * GH, 1);
     g_Ws = randv(GG * GH, 1);
     g_Wt = randv(GG * GH, 1);
     g_Wl = randv(GL * GG * GG, 1);
-    g_p = randv(GG, 1);
+    g_p = randv(np_, 1);
     g_c = randv(GT * GN, 1);
     g_lg = zerov(GT * GN);
     g_Zt = zerov(GT * GG);
@@ -434,18 +436,20 @@ static void test_graph(void)
     for (int i = 0; i < GT * GN; i++) {
         md = fmax(md, fabs(ref[i] - g_lg[i]));
     }
-    CHECK(md < 1e-4, "graph router shared algebra vs dense per-token graph: %g", md);
+    CHECK(md < 1e-4, "graph router algebra vs dense per-token graph (per-expert readout %d): %g",
+          per_expert, md);
     float *dx = zerov(GT * GH), *dWs = zerov(GG * GH), *dWt = zerov(GG * GH);
-    float *dWl = zerov(GL * GG * GG), *dp = zerov(GG);
+    float *dWl = zerov(GL * GG * GG), *dp = zerov(np_);
     eg_err err;
-    eg_graph_router_dims d = {GT, GH, GN, GG, GL};
+    eg_graph_router_dims d = {GT, GH, GN, GG, GL, per_expert};
     CHECK(eg_graph_router_backward(dx, dWs, dWt, dWl, dp, g_c, g_x, g_X, g_Ws, g_Wt, g_Wl, g_p,
                                    g_A, g_Zt, g_Z, &d, &err) == EG_OK, "graph backward");
     gradcheck("graph dx", graph_loss, g_x, dx, GT * GH, 1e-3f, 5e-3);
     gradcheck("graph dWs", graph_loss, g_Ws, dWs, GG * GH, 1e-3f, 5e-3);
     gradcheck("graph dWt", graph_loss, g_Wt, dWt, GG * GH, 1e-3f, 5e-3);
     gradcheck("graph dWl", graph_loss, g_Wl, dWl, GL * GG * GG, 1e-3f, 5e-3);
-    gradcheck("graph dp", graph_loss, g_p, dp, GG, 1e-3f, 5e-3);
+    gradcheck(per_expert ? "graph dp (per expert)" : "graph dp", graph_loss, g_p, dp, np_, 1e-3f,
+              5e-3);
     free(g_x); free(g_X); free(g_Ws); free(g_Wt); free(g_Wl); free(g_p); free(g_c);
     free(g_lg); free(g_Zt); free(g_Z); free(g_A);
     free(dx); free(dWs); free(dWt); free(dWl); free(dp);
@@ -586,7 +590,8 @@ int main(void)
     }
     test_route(1, 3, 1);
     test_route(1, 4, 1);
-    test_graph();
+    test_graph(0);
+    test_graph(1);
     test_act_copies();
     test_act_tails();
     test_losses_underflow();

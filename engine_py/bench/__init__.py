@@ -34,7 +34,7 @@ __all__ = ["write_section", "write_json", "machine_info", "machine_line", "start
 # Benchmarks known to the CLI (module names under engine_py.bench).
 NAMES = ("encoder", "cache", "engine", "early_exit", "gmoe", "threads", "demo_study", "bpe",
          "qmatmul", "llm", "engine_llm", "engine_llm_exit", "finetune", "finetune_task",
-         "gmoe_llm")
+         "gmoe_llm", "gmoe_collapse")
 
 # Seconds between two load-average samples while a benchmark runs.
 LOAD_SAMPLE_SECONDS = 5.0

@@ -11,7 +11,12 @@
   installed here; with it, GCNConv would do the same) — NOT the shared-expert
   algebra the engine uses, so the parity test checks that algebra;
 * Poisson / Normal losses with torch.sort, torch.clamp and
-  torch.distributions, autograd for every gradient.
+  torch.distributions, autograd for every gradient. The Normal count
+  accumulates what the official GMoE code (GraphSparseMoe.forward) does: the
+  top-k softmax probabilities, taken before the in-place renormalisation of
+  the routing weights (``normal_count="topk_probs"``), or the renormalised
+  weights (``"weights"``); the previous count is multiplied by
+  ``normal_running_decay`` (1 in the official code).
 """
 from __future__ import annotations
 
@@ -71,6 +76,9 @@ class GMoERef:
         self.N, self.K, self.r = layer.num_experts, layer.top_k, layer.r
         self.scale = layer.lora_alpha / layer.r
         self.kl = layer.loss_form == "kl"
+        self.normal_count = layer.normal_count
+        self.decay = layer.normal_running_decay
+        self.per_expert = layer.router == "graph" and layer.graph_readout == "per_expert"
         self.projs = ["w1", "w3", "w2"] if self.kind == "swiglu" else ["wi", "wo"]
         f = layer._frozen
         t = lambda a: None if a is None else torch.tensor(a, dtype=dtype)  # noqa: E731
@@ -135,6 +143,8 @@ class GMoERef:
             h = torch.relu(Ahat @ (h @ W.T))
         p = self.params["router.proj.weight"]
         h = h.reshape(T, N + 1, -1)[:, :N, :]
+        if self.per_expert:  # (N, g): expert e's own readout row
+            return (h * p[None, :, :]).sum(-1)
         return (h @ p.T).squeeze(-1)
 
     def forward(self, x, running=None):
@@ -158,7 +168,8 @@ class GMoERef:
         if self.router == "graph":
             aux["poisson"] = self.poisson(probs)
             run = self.buffers["normal_running"] if running is None else torch.tensor(running)
-            aux["normal"] = self.normal(topi, w, run.to(self.dtype))
+            counted = topv if self.normal_count == "topk_probs" else w
+            aux["normal"] = self.normal(topi, counted, self.decay * run.to(self.dtype))
         else:
             counts = torch.bincount(topi.flatten(), minlength=N).to(self.dtype)
             f = counts / (T * K)
