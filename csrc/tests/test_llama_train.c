@@ -439,7 +439,7 @@ static void moe_fwd(void *c, float *out)
     out[0] = (float)(s - k->base);
 }
 
-static void test_model_moe(int router, int quant, int normal_weights, double decay)
+static void test_model_moe(int router, int quant, int normal_weights, double decay, int per_expert)
 {
     uint64_t rng = 77 + (uint64_t)router;
     eg_err err;
@@ -478,7 +478,8 @@ static void test_model_moe(int router, int quant, int normal_weights, double dec
     eg_llama_moe_config mc = {.experts = N, .top_k = K, .rank = 2, .alpha = 4.0f,
                               .router = router, .gcn_dim = 8, .gcn_layers = 2,
                               .coef = {0.05f, 0.8f, 0.1f, 0.01f}, .running_decay = decay,
-                              .normal_weights = normal_weights};
+                              .normal_weights = normal_weights,
+                              .per_expert_readout = per_expert};
     /* configuration errors first */
     eg_llama_moe_config bad = mc;
     bad.top_k = N + 1;
@@ -600,9 +601,9 @@ static void test_model_moe(int router, int quant, int normal_weights, double dec
     k.base = R[0];
     R[0] = 1.0f;
     gc_var vars[] = {{"params", P, G, np}};
-    char name[64];
-    snprintf(name, sizeof name, "llama moe (router %d, q8_0 %d, weights %d)", router, quant,
-             normal_weights);
+    char name[96];
+    snprintf(name, sizeof name, "llama moe (router %d, q8_0 %d, weights %d, per-expert %d)",
+             router, quant, normal_weights, per_expert);
     gradcheck(name, moe_fwd, &k, R, 1, vars, 1, 1e-2f, 2e-2, 2e-4);
     /* recomputation: the same loss and gradients, bit for bit */
     {
@@ -642,9 +643,10 @@ int main(void)
     test_model(0, 0, 0);
     test_model(1, 0, 1);
     test_model(0, 1, 1);
-    test_model_moe(EG_ROUTER_LINEAR, 0, 0, 1.0);
-    test_model_moe(EG_ROUTER_SWITCH, 1, 0, 1.0);
-    test_model_moe(EG_ROUTER_GRAPH, 0, 0, 1.0);
-    test_model_moe(EG_ROUTER_GRAPH, 1, 1, 0.5);
+    test_model_moe(EG_ROUTER_LINEAR, 0, 0, 1.0, 0);
+    test_model_moe(EG_ROUTER_SWITCH, 1, 0, 1.0, 0);
+    test_model_moe(EG_ROUTER_GRAPH, 0, 0, 1.0, 0);
+    test_model_moe(EG_ROUTER_GRAPH, 1, 1, 0.5, 0);
+    test_model_moe(EG_ROUTER_GRAPH, 0, 0, 0.5, 1);
     return eg_test_report("test_llama_train");
 }
