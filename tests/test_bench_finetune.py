@@ -87,3 +87,24 @@ def test_registered_with_the_cli(capsys):
         main(["bench", "finetune", "--help"])
     assert e.value.code == 0
     assert "PyTorch + PEFT" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("method", ["gmoe", "mixlora"])
+def test_bench_finetune_moe_tiny(tmp_path, method):
+    """--method gmoe / mixlora: the engine side trains the mixture of experts
+    and the PyTorch side is the official-style model, on the same batches
+    (their routers start from different draws, so their first losses differ
+    by the aux terms; the parity of the two is test_finetune_gmoe_grad's)."""
+    tiny = write_tiny_llm(tmp_path / "m", "llama", gguf_types=("F32",))
+    out = tmp_path / "r.json"
+    assert finetune.main(["--model", tiny.gguf["F32"], "--method", method, "--experts", "4",
+                          "--steps", "1", "--warmup", "1", "--batch-size", "3",
+                          "--prompt-words", "6", "--threads", "1", "--precisions", "float32",
+                          "--quiet", "--out", str(out)]) == 0
+    d = json.loads(out.read_text())
+    eng = d["results"]["engine_py float32"]
+    ref = d["results"]["PyTorch official-style float32"]
+    assert ref.get("tokens_per_s", 0) > 0, ref
+    assert eng["tokens_per_s"] > 0 and eng["rss_mb"] > 0 and ref["rss_mb"] > 0
+    assert eng["tokens_per_step"] == ref["tokens_per_step"]
+    assert ("GMoE fine-tuning" if method == "gmoe" else "MixLoRA fine-tuning") in d["markdown"]

@@ -76,10 +76,13 @@ def _worker_engine(job: dict) -> dict:
     from engine_py.finetune import Trainer
 
     engine_py.set_num_threads(job["threads"])
-    tr = Trainer(job["path"], r=job["r"], alpha=job["alpha"], lr=2e-4, batch_size=job["batch_size"],
-                 warmup_ratio=0.0, schedule="constant", max_grad_norm=1.0,
-                 precision=job["precision"], recompute=job.get("recompute", False),
-                 show_progress_bar=False)
+    method = job.get("method", "lora")
+    moe = {} if method == "lora" else dict(router=job["router"], experts=job["experts"],
+                                           top_k=job["top_k"], dropout=0.0)
+    tr = Trainer(job["path"], method=method, r=job["r"], alpha=job["alpha"], lr=2e-4,
+                 batch_size=job["batch_size"], warmup_ratio=0.0, schedule="constant",
+                 max_grad_norm=1.0, precision=job["precision"],
+                 recompute=job.get("recompute", False), show_progress_bar=False, **moe)
     prompts, answers, bs = job["prompts"], job["answers"], job["batch_size"]
     times, losses, tokens, cpu = [], [], [], []
     for s in range(job["warmup"] + job["steps"]):
@@ -151,7 +154,47 @@ def _worker_torch(job: dict) -> dict:
             "peft": peft.__version__}
 
 
-_WORKERS = {"engine_py": _worker_engine, "torch": _worker_torch}
+def _worker_torch_moe(job: dict) -> dict:
+    """The official-style PyTorch GMoE / MixLoRA model (engine_py.bench.gmoe_torch:
+    transformers decoder, plain-torch LoRA on q, k, v, o, a MixLoRA MoE in every
+    MLP with the torch_geometric GCN router or the linear router), float32,
+    AdamW lr 2e-4 and weight decay 0.01 (the GMoE reference), same batches."""
+    try:
+        import torch
+        import torch_geometric  # noqa: F401
+        from transformers import AutoTokenizer
+    except ImportError as exc:
+        return {"ok": False, "reason": f"{exc}"}
+    from engine_py.bench import gmoe_torch
+
+    torch.set_num_threads(job["threads"])
+    torch.manual_seed(0)
+    d, f = os.path.split(job["path"])
+    tok = AutoTokenizer.from_pretrained(d, gguf_file=f)
+    obj = gmoe_torch.build(job["path"], None, job["method"], job["router"], job["experts"],
+                           job["top_k"], job["r"], job["alpha"], "float32", seed=0)
+    opt = gmoe_torch.make_optimizer(obj, lr=2e-4, weight_decay=0.01)
+    prompts, answers, bs = job["prompts"], job["answers"], job["batch_size"]
+    times, losses, tokens, cpu = [], [], [], []
+    for s in range(job["warmup"] + job["steps"]):
+        p, a = prompts[s * bs:(s + 1) * bs], answers[s * bs:(s + 1) * bs]
+        c0, t0 = _cpu_s(), time.perf_counter()
+        seqs, starts = [], []
+        for q, ans in zip(p, a):
+            pi = tok(q, add_special_tokens=True)["input_ids"]
+            ai = tok(ans, add_special_tokens=False)["input_ids"]
+            seqs.append(pi + ai)
+            starts.append(len(pi))
+        loss = gmoe_torch.train_step(obj, opt, seqs, starts)
+        times.append(time.perf_counter() - t0)
+        cpu.append(_cpu_s() - c0)
+        losses.append(float(loss))
+        tokens.append(int(sum(len(q) for q in seqs)))
+    return {"ok": True, "times": times, "losses": losses, "tokens": tokens, "cpu": cpu,
+            "torch": torch.__version__}
+
+
+_WORKERS = {"engine_py": _worker_engine, "torch": _worker_torch, "torch_moe": _worker_torch_moe}
 
 
 def _run_child(job: dict, timeout: float, log) -> dict:
@@ -193,8 +236,19 @@ def summarize(res: dict, warmup: int) -> dict:
 def render_markdown(rows: list, info: dict, machine_line: str = "") -> str:
     """rows: [(label, summary or None, reason)], the PyTorch row labelled 'PyTorch + PEFT'."""
     ref = next((s for lab, s, _ in rows if lab.startswith("PyTorch") and s), None)
-    lines = [f"## LoRA fine-tuning (`python -m engine_py bench finetune{info.get('argv', '')}`)", "",
-             f"{info['model']}, LoRA r={info['r']} alpha={info['alpha']} on q, k, v, o, gate, up, down; "
+    method = info.get("method", "lora")
+    if method == "lora":
+        title, what = "LoRA fine-tuning", (f"LoRA r={info['r']} alpha={info['alpha']} on q, k, v, o, "
+                                           "gate, up, down")
+    else:
+        title = f"{'GMoE' if method == 'gmoe' else 'MixLoRA'} fine-tuning"
+        what = (f"LoRA r={info['r']} alpha={info['alpha']} on q, k, v, o and {info['experts']} LoRA "
+                f"experts (top-{info['top_k']}, {info['router']} router, the method's aux losses) "
+                "in every MLP; the PyTorch side is the official-style model of "
+                "engine_py.bench.gmoe_torch (torch_geometric GCNConv router on the per-token "
+                "batch graph, MixLoRA expert loop), weight decay 0.01")
+    lines = [f"## {title} (`python -m engine_py bench finetune{info.get('argv', '')}`)", "",
+             f"{info['model']}, {what}; "
              f"batches of {info['batch_size']} multiple-choice prompts (~{info['tokens_per_step']:.0f} "
              f"tokens a batch, loss on the answer tokens), AdamW constant lr 2e-4, clipping 1.0; "
              f"{info['warmup']} warm-up step(s) then {info['steps']} timed step(s) of the same batches "
@@ -240,6 +294,12 @@ def main(argv=None) -> int:
     ap.add_argument("--prompt-words", type=int, default=12,
                     help="words of text per prompt (SmolLM2: ~70 tokens with the template at 12, "
                          "~95 at 30)")
+    ap.add_argument("--method", default="lora", choices=("lora", "mixlora", "gmoe"),
+                    help="lora (PyTorch side: PEFT) or a mixture of LoRA experts (PyTorch side: "
+                         "the official-style model of engine_py.bench.gmoe_torch)")
+    ap.add_argument("--router", default=None, help="gmoe/mixlora router (default: graph / linear)")
+    ap.add_argument("--experts", type=int, default=8)
+    ap.add_argument("--top-k", type=int, default=2)
     ap.add_argument("--r", type=int, default=2)
     ap.add_argument("--alpha", type=float, default=4.0)
     ap.add_argument("--threads", type=int, default=2)
@@ -251,6 +311,8 @@ def main(argv=None) -> int:
     ap.add_argument("--quiet", action="store_true")
     add_output_args(ap, "finetune")
     args = ap.parse_args(argv)
+    if args.method != "lora" and args.section == "finetune":
+        args.section = f"finetune_{args.method}"
     if args.steps < 1 or args.warmup < 0 or args.batch_size < 1 or args.threads < 1:
         ap.error("--steps >= 1, --warmup >= 0, --batch-size >= 1, --threads >= 1")
     precs = [p for p in args.precisions.split(",") if p]
@@ -266,16 +328,20 @@ def main(argv=None) -> int:
         path, label = os.path.abspath(args.model), os.path.basename(args.model)
     n = (args.warmup + args.steps) * args.batch_size
     prompts, answers = make_examples(n, args.prompt_words)
+    router = args.router or {"gmoe": "graph", "mixlora": "linear"}.get(args.method)
     job = {"path": path, "prompts": prompts, "answers": answers, "batch_size": args.batch_size,
            "steps": args.steps, "warmup": args.warmup, "r": args.r, "alpha": args.alpha,
-           "threads": args.threads}
+           "threads": args.threads, "method": args.method, "router": router,
+           "experts": args.experts, "top_k": args.top_k}
     run = start_run()
     rows, results = [], {}
     sides = [("engine_py " + p.replace("+", " + "),
               dict(job, side="engine_py", precision=p.split("+")[0], recompute="+recompute" in p))
              for p in precs]
-    if not args.no_torch:
+    if not args.no_torch and args.method == "lora":
         sides.append(("PyTorch + PEFT float32", dict(job, side="torch")))
+    elif not args.no_torch:
+        sides.append(("PyTorch official-style float32", dict(job, side="torch_moe")))
     for lab, j in sides:
         log(f"{lab}: {args.warmup} + {args.steps} steps ...")
         res = _run_child(j, args.timeout, log)
@@ -292,6 +358,8 @@ def main(argv=None) -> int:
     machine = run.stop(threads=args.threads)
     tps = [s["tokens_per_step"] for _, s, _ in rows if s]
     info = {"model": label, "r": args.r, "alpha": args.alpha, "batch_size": args.batch_size,
+            "method": args.method, "router": router, "experts": args.experts,
+            "top_k": args.top_k,
             "tokens_per_step": sum(tps) / len(tps) if tps else 0.0, "warmup": args.warmup,
             "steps": args.steps, "threads": args.threads,
             "argv": (" " + " ".join(argv)) if argv else ""}
