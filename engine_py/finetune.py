@@ -163,7 +163,11 @@ class Trainer:
     weights), normal_running_decay (c = decay * running + batch; 1.0 is the
     reference), graph_readout ("shared": the paper's g -> 1 projection;
     "per_expert": one per expert, engine_py's option against router collapse,
-    docs/ALGORITHMS.md §B.5). Per-layer semantics = engine_py.gmoe.MoELoRAFFN. The defaults follow the GMoE reference configuration:
+    docs/ALGORITHMS.md §B.5), aux_reduction ("sum": the total loss adds
+    coef * aux of every layer, as ALGORITHMS.md §B.3 and the issue state it;
+    "mean": coef * the mean over layers, as the official code computes it —
+    with L layers, "sum" weighs the router losses L times more). Per-layer
+    semantics = engine_py.gmoe.MoELoRAFFN. The defaults follow the GMoE reference configuration:
     weight_decay 0.01, dropout 0.0005, constant lr without warm-up (lora:
     0.0, 0.0, cosine with 10% warm-up).
     """
@@ -179,7 +183,8 @@ class Trainer:
                  gcn_dim: int = 128, gcn_layers: int = 2, edge_density: float = 0.25,
                  loss_coefs: Optional[dict] = None, loss_form: str = "abs",
                  normal_count: str = "topk_probs", normal_running_decay: float = 1.0,
-                 graph_readout: str = "shared", show_progress_bar: Optional[bool] = None):
+                 graph_readout: str = "shared", aux_reduction: str = "sum",
+                 show_progress_bar: Optional[bool] = None):
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
         moe = method != "lora"
@@ -190,7 +195,7 @@ class Trainer:
         if moe:
             self._check_moe_args(method, r, experts, top_k, router, gcn_dim, gcn_layers,
                                  edge_density, loss_coefs, loss_form, normal_count,
-                                 normal_running_decay, graph_readout)
+                                 normal_running_decay, graph_readout, aux_reduction)
         if isinstance(r, bool) or not isinstance(r, (int, np.integer)) or not 1 <= r <= 4096:
             raise ValueError(f"r must be an integer in [1, 4096], got {r!r}")
         if not isinstance(alpha, (int, float)) or not math.isfinite(alpha):
@@ -253,7 +258,7 @@ class Trainer:
 
     def _check_moe_args(self, method, r, experts, top_k, router, gcn_dim, gcn_layers,
                         edge_density, loss_coefs, loss_form, normal_count,
-                        running_decay, graph_readout) -> None:
+                        running_decay, graph_readout, aux_reduction) -> None:
         from .gmoe import DEFAULT_LOSS_COEFS
 
         def intarg(name, v, lo, hi):
@@ -296,15 +301,22 @@ class Trainer:
             raise ValueError(f"graph_readout must be 'shared' or 'per_expert', got "
                              f"{graph_readout!r}")
         self.graph_readout = graph_readout
+        if aux_reduction not in ("sum", "mean"):
+            raise ValueError(f"aux_reduction must be 'sum' or 'mean', got {aux_reduction!r}")
+        self.aux_reduction = aux_reduction
 
     def _moe_core_config(self) -> dict:
         return {"experts": self.experts, "top_k": self.top_k, "rank": self.r, "alpha": self.alpha,
                 "router": ROUTERS.index(self.router), "gcn_dim": self.gcn_dim,
                 "gcn_layers": self.gcn_layers, "loss_kl": int(self.loss_form == "kl"),
-                "coef": [self.loss_coefs[k] for k in _AUX],
+                "coef": [self.loss_coefs[k] * self._aux_weight() for k in _AUX],
                 "running_decay": self.normal_running_decay,
                 "normal_weights": int(self.normal_count == "weights"),
                 "per_expert_readout": int(self.graph_readout == "per_expert")}
+
+    def _aux_weight(self) -> float:
+        """1 (aux losses summed over layers) or 1 / layers (their mean)."""
+        return 1.0 if self.aux_reduction == "sum" else 1.0 / self._hp["num_layers"]
 
     @property
     def _moe(self) -> bool:
@@ -476,7 +488,7 @@ class Trainer:
         nll, aux = 0.0, 0.0
         if self._moe:   # router losses: the mean over the micro-batches
             self._core.set_aux_scale(1.0 / len(parts))
-            coef = np.array([self.loss_coefs[k] for k in _AUX])
+            coef = np.array([self.loss_coefs[k] for k in _AUX]) * self._aux_weight()
             counts = 0
         for j, b in enumerate(parts):
             s, _ = self._core.step(b.ids, b.offsets, b.targets, scale=1.0 / n_t, backward=True,
@@ -619,7 +631,7 @@ class Trainer:
                 "edge_density": self.edge_density, "loss_coefs": self.loss_coefs,
                 "loss_form": self.loss_form, "normal_count": self.normal_count,
                 "normal_running_decay": self.normal_running_decay,
-                "graph_readout": self.graph_readout}
+                "graph_readout": self.graph_readout, "aux_reduction": self.aux_reduction}
 
     def save_checkpoint(self, directory, _fit=None) -> str:
         """Write the training state to `directory`: the LoRA parameters and

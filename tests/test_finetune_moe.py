@@ -138,6 +138,15 @@ def test_loss_includes_the_weighted_router_losses(path):
     assert la == pytest.approx(lb + 0.005 * aux["poisson"].sum() + 8.0 * aux["normal"].sum(),
                                rel=1e-6)
     assert not np.array_equal(ga, gb)   # the losses reach the router's gradients
+    # aux_reduction="mean" (the official code's): the layers' mean, not their sum
+    c = Trainer(path, method="gmoe", aux_reduction="mean", **KW)
+    c.set_lora_state(st)
+    lc, gc = c.loss_and_grads(PROMPTS[:3], ANSWERS[:3])
+    aux_c = c.moe_stats()["aux"]
+    assert lc == pytest.approx(lb + (0.005 * aux_c["poisson"].sum()
+                                     + 8.0 * aux_c["normal"].sum()) / 2, rel=1e-6)
+    with pytest.raises(ValueError, match="aux_reduction"):
+        Trainer(path, method="gmoe", aux_reduction="max")
 
 
 def test_predict_routes_through_the_experts(path):
