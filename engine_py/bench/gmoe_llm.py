@@ -11,7 +11,11 @@ Methods (engine_py.finetune.Trainer):
   experts (rank r) on the MLP, linear top-k router + load-balance loss;
 * ``gmoe``: the same experts with GMoE's graph router + Poisson distinction
   and Normal balance losses (reference coefficients 0.005 and 8.0);
-* ``gmoe-no-poisson`` / ``gmoe-no-normal``: GMoE without one of its losses.
+* ``gmoe-no-poisson`` / ``gmoe-no-normal``: GMoE without one of its losses;
+* on request (``--methods``): ``gmoe-fix`` (graph_readout="per_expert",
+  normal_running_decay=0.5, the options of ALGORITHMS.md §B.5) and
+  ``gmoe-mean`` (the router losses averaged over layers, as the official
+  code does, instead of summed).
 
 Every method trains with the same optimiser settings (AdamW, ``--lr``
 constant, weight decay 0.01, LoRA dropout 0.0005, batch 16, the same
@@ -38,6 +42,10 @@ import numpy as np
 __all__ = ["METHODS", "method_kwargs", "main"]
 
 METHODS = ("lora", "mixlora", "gmoe", "gmoe-no-poisson", "gmoe-no-normal")
+#: GMoE with engine_py's options (not in the default list): "gmoe-fix" the
+#: anti-collapse pair of ALGORITHMS.md §B.5, "gmoe-mean" the router losses
+#: averaged over layers as the official code does
+EXTRA_METHODS = ("gmoe-fix", "gmoe-mean")
 _COMMON = dict(schedule="constant", warmup_ratio=0.0, weight_decay=0.01, dropout=0.0005)
 
 
@@ -48,12 +56,17 @@ def method_kwargs(method: str, r: int, experts: int, top_k: int, lora_r: int) ->
     if method == "mixlora":
         return dict(method="mixlora", router="linear", r=r, alpha=2.0 * r, experts=experts,
                     top_k=top_k, **_COMMON)
-    if method.startswith("gmoe"):
+    if method in ("gmoe-fix", "gmoe-mean"):
+        opts = ({"graph_readout": "per_expert", "normal_running_decay": 0.5}
+                if method == "gmoe-fix" else {"aux_reduction": "mean"})
+        return dict(method="gmoe", router="graph", r=r, alpha=2.0 * r, experts=experts,
+                    top_k=top_k, **opts, **_COMMON)
+    if method in METHODS and method.startswith("gmoe"):
         coefs = {"gmoe": {}, "gmoe-no-poisson": {"poisson": 0.0},
                  "gmoe-no-normal": {"normal": 0.0}}[method]
         return dict(method="gmoe", router="graph", r=r, alpha=2.0 * r, experts=experts,
                     top_k=top_k, loss_coefs=coefs, **_COMMON)
-    raise ValueError(f"unknown method {method!r}; known: {METHODS}")
+    raise ValueError(f"unknown method {method!r}; known: {METHODS + EXTRA_METHODS}")
 
 
 def lora_params(hp: dict, r: int) -> int:
