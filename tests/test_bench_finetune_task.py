@@ -60,4 +60,4 @@ def test_study_runs_end_to_end_on_a_tiny_model(tmp_path, capsys):
         assert 0.0 <= s["test_acc"] <= 1.0 and s["train_seconds"] > 0 and s["tokens_per_s"] > 0
         assert np.isfinite(s["first_loss"]) and np.isfinite(s["last_loss"])
     md = capsys.readouterr().out
-    assert "| zero-shot (base model) |" in md and "mean ± std over 2 seeds" in md
+    assert "| engine_py float32: zero-shot (base model) |" in md and "mean ± std over 2 seeds" in md
