@@ -167,7 +167,7 @@ def torch_train_step(model, opt, params, batch, max_grad_norm=1.0) -> float:
         torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
     opt.step()
     opt.zero_grad(set_to_none=True)
-    return float(out.loss)
+    return float(out.loss.detach())
 
 
 def torch_choice_logprobs(model, tok, prompts, choices, batch_size: int = 16):

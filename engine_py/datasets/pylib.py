@@ -47,11 +47,14 @@ _FORMAT_VERSION = 1
 
 
 class _TocParser(HTMLParser):
-    """(href, link text) of the links inside the toctree-wrapper divs."""
+    """(href, link text, level) of the links inside the toctree-wrapper divs
+    of the main body (the first <div class="body">, as pydocs' parser)."""
 
     def __init__(self):
         super().__init__(convert_charrefs=True)
         self.depth = 0          # div depth
+        self.body_depth = None  # div depth of the main-body div while inside it
+        self.found_body = False
         self.toc_depth = None   # div depth of the open toctree-wrapper
         self.li_level = []      # toctree-lN levels of the open <li>s
         self.links = []         # (href, text, level)
@@ -62,7 +65,10 @@ class _TocParser(HTMLParser):
         cls = (a.get("class") or "").split()
         if tag == "div":
             self.depth += 1
-            if self.toc_depth is None and "toctree-wrapper" in cls:
+            if self.body_depth is None and not self.found_body and "body" in cls:
+                self.body_depth, self.found_body = self.depth, True
+            elif self.body_depth is not None and self.toc_depth is None \
+                    and "toctree-wrapper" in cls:
                 self.toc_depth = self.depth
             return
         if self.toc_depth is None:
@@ -78,6 +84,8 @@ class _TocParser(HTMLParser):
         if tag == "div":
             if self.toc_depth is not None and self.depth == self.toc_depth:
                 self.toc_depth = None
+            if self.body_depth is not None and self.depth == self.body_depth:
+                self.body_depth = None
             self.depth = max(0, self.depth - 1)
         elif tag == "li" and self.toc_depth is not None and self.li_level:
             self.li_level.pop()
@@ -92,8 +100,8 @@ class _TocParser(HTMLParser):
 
 
 def toctree_links(html: str, path: str) -> list:
-    """[(target page path, link text, toctree level)] of the links inside a
-    Sphinx page's toctree-wrapper divs, in document order: targets resolved
+    """[(target page path, link text, toctree level)] of the links inside the
+    toctree-wrapper divs of a Sphinx page's main body, in document order: targets resolved
     against ``path`` (relative POSIX path of the page), fragments dropped,
     links to the page itself and outside the build dropped."""
     if not isinstance(html, str):
