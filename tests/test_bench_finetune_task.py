@@ -97,6 +97,7 @@ def test_torch_side_runs_the_same_job(tmp_path, capsys):
     assert np.ptp(e) > 1e-3                                        # the batches differ
     np.testing.assert_allclose(t, e, rtol=1e-4)
     assert res["torch"]["zero_shot_acc"] == res["zero_shot_acc"]
+    assert len(res["questions_sha256"]) == 64 and res["dataset_provenance"]
     assert abs(tor["test_acc"] - eng["test_acc"]) <= 1 / 8 + 1e-9
     md = capsys.readouterr().out
     assert "| PyTorch + PEFT float32 (init: engine): LoRA, seed 3 |" in md

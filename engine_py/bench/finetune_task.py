@@ -36,7 +36,7 @@ import time
 
 import numpy as np
 
-__all__ = ["make_questions", "main"]
+__all__ = ["make_questions", "questions_digest", "main", "TASKS"]
 
 _QUESTION = ("Please choose the correct answer to the question: which section of the Debian "
              "archive does this package belong to?\nPackage: {text}\n{options}\n"
@@ -93,6 +93,18 @@ def make_questions(texts, labels, names, idx, n: int, rng: np.random.Generator,
         y.append(opts.index(true))
         answers.append(ch[y[-1]])
     return prompts, choices, np.asarray(y, np.int64), answers
+
+
+def questions_digest(tr_p, tr_a, te_p, te_c, te_y) -> str:
+    """SHA-256 of the questions (train prompts and answers, test prompts,
+    choices and true indices): equal digests = the same questions. The
+    Debian data follow the machine's apt lists, so an `apt-get update`
+    between two runs changes them."""
+    import hashlib
+    import json
+
+    blob = json.dumps([tr_p, tr_a, te_p, te_c, [int(v) for v in te_y]], ensure_ascii=False)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 
 def _acc_rows(label: str, side: dict) -> list:
@@ -290,6 +302,8 @@ def main(argv: list | None = None) -> int:
            "batch_size": args.batch_size, "lr": args.lr, "precision": args.precision,
            "train": args.train, "test": args.test, "n_choices": args.choices,
            "dataset": (getattr(g, "provenance", None) or g.name).split(";")[0], "zero_shot_acc": zero,
+           "dataset_provenance": getattr(g, "provenance", None) or g.name,
+           "questions_sha256": questions_digest(tr_p, tr_a, te_p, te_c, te_y),
            "seeds": out, "torch": torch_res,
            "test_answer_positions": np.bincount(np.asarray(te_y), minlength=args.choices).tolist(),
            "train_tokens_per_epoch": n_tokens // args.epochs if n_tokens else None}
