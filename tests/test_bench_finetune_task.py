@@ -81,7 +81,6 @@ def test_torch_side_runs_the_same_job(tmp_path, capsys):
     (the trajectories differ only by float32 rounding) and the same
     zero-shot choice scores; a PEFT side on another batch order would differ
     from step 1 on."""
-    pytest.importorskip("peft")
     import llm_fixtures as F
 
     m = F.write_tiny_llm(tmp_path / "m", "llama", gguf_types=("F32",))
@@ -107,7 +106,6 @@ def test_torch_side_runs_the_same_job(tmp_path, capsys):
 def test_torch_choice_logprobs_matches_the_trainer(tmp_path):
     """The PyTorch scoring rule is Trainer.choice_logprobs' (summed answer-token
     log-likelihood after the prompt with its special tokens)."""
-    pytest.importorskip("peft")
     import llm_fixtures as F
     from engine_py.bench.finetune import torch_choice_logprobs, torch_lora_model
     from engine_py.finetune import Trainer
