@@ -60,7 +60,79 @@ def test_study_runs_end_to_end_on_a_tiny_model(tmp_path, capsys):
         assert 0.0 <= s["test_acc"] <= 1.0 and s["train_seconds"] > 0 and s["tokens_per_s"] > 0
         assert np.isfinite(s["first_loss"]) and np.isfinite(s["last_loss"])
     md = capsys.readouterr().out
-    assert "| zero-shot (base model) |" in md and "mean ± std over 2 seeds" in md
+    assert "| engine_py float32: zero-shot (base model) |" in md and "mean ± std over 2 seeds" in md
+
+
+def _tiny_graph(tmp_path):
+    from engine_py.datasets.graph import TextGraph
+    from engine_py.datasets.io import save_packed
+
+    n = 60
+    g = TextGraph(texts=[f"p{i}: tool number {i}" for i in range(n)], edge_index=np.zeros((2, 0)),
+                  labels=np.arange(n) % len(NAMES), label_names=NAMES, train_idx=np.arange(0, 30),
+                  val_idx=np.arange(30, 40), test_idx=np.arange(40, 60), name="tiny")
+    save_packed(g, tmp_path / "g")
+    return str(tmp_path / "g")
+
+
+def test_torch_side_runs_the_same_job(tmp_path, capsys):
+    """--side both, float32, PEFT started from engine_py's LoRA A: the same
+    questions, batches, order and schedule give the same loss at every step
+    (the trajectories differ only by float32 rounding) and the same
+    zero-shot choice scores; a PEFT side on another batch order would differ
+    from step 1 on."""
+    import llm_fixtures as F
+
+    m = F.write_tiny_llm(tmp_path / "m", "llama", gguf_types=("F32",))
+    out = tmp_path / "r.json"
+    assert ft.main(["--model", m.gguf["F32"], "--graph", _tiny_graph(tmp_path), "--train", "16",
+                    "--test", "8", "--seeds", "3", "--batch-size", "4", "--lr", "2e-2",
+                    "--side", "both", "--threads", "1", "--no-progress", "--out", str(out)]) == 0
+    res = json.loads(out.read_text())["results"]
+    eng, tor = res["seeds"][0], res["torch"]["seeds"][0]
+    assert res["torch"]["init"] == "engine" and tor["seed"] == 3
+    assert len(eng["losses"]) == len(tor["losses"]) == 4          # 16 questions / batch 4
+    e, t = np.asarray(eng["losses"]), np.asarray(tor["losses"])
+    assert np.ptp(e) > 1e-3                                        # the batches differ
+    np.testing.assert_allclose(t, e, rtol=1e-4)
+    assert res["torch"]["zero_shot_acc"] == res["zero_shot_acc"]
+    assert len(res["questions_sha256"]) == 64 and res["dataset_provenance"]
+    assert abs(tor["test_acc"] - eng["test_acc"]) <= 1 / 8 + 1e-9
+    md = capsys.readouterr().out
+    assert "| PyTorch + PEFT float32 (init: engine): LoRA, seed 3 |" in md
+    assert "| engine_py float32: LoRA, seed 3 |" in md
+
+
+def test_torch_choice_logprobs_matches_the_trainer(tmp_path):
+    """The PyTorch scoring rule is Trainer.choice_logprobs' (summed answer-token
+    log-likelihood after the prompt with its special tokens)."""
+    import llm_fixtures as F
+    from engine_py.bench.finetune import torch_choice_logprobs, torch_lora_model
+    from engine_py.finetune import Trainer
+
+    m = F.write_tiny_llm(tmp_path / "m", "llama", gguf_types=("F32",))
+    prompts = ["Question: which one?\nAnswer:", "Another, longer question here\nAnswer:"]
+    choices = [[" libs", " net", " games"], [" web", " admin utils", " x"]]
+    ref = Trainer(m.gguf["F32"]).choice_logprobs(prompts, choices)
+    model, tok = torch_lora_model(m.gguf["F32"], 2, 4.0, 1)
+    got = torch_choice_logprobs(model, tok, prompts, choices, batch_size=4)
+    assert got.shape == (2, 3) and np.ptp(got) > 0
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_tasks_use_their_own_question():
+    rng = np.random.default_rng(0)
+    texts = [f"sec{i}\nsome text {i}" for i in range(20)]
+    labels = np.arange(20) % 5
+    names = ["Data Types", "Superseded Modules", "File Formats", "Development Tools", "Internationalization"]
+    p, c, y, a = ft.make_questions(texts, labels, names, np.arange(20), 5, rng,
+                                   template=ft.TASKS["pylib"][1])
+    assert all("chapter of the Python standard library" in q and "\nSection: sec" in q for q in p)
+    assert all(ch[yi] == " " + names[labels[int(q.split("Section: sec")[1].split("\n")[0])]]
+               for q, ch, yi in zip(p, c, y))
+    assert set(ft.TASKS) == {"debian", "pylib"}
+    with pytest.raises(SystemExit):
+        ft.main(["--task", "nosuch"])
 
 
 def test_gmoe_study_runs_end_to_end_on_a_tiny_model(tmp_path):
@@ -69,17 +141,11 @@ def test_gmoe_study_runs_end_to_end_on_a_tiny_model(tmp_path):
     and per-step histories, and the verdict line is computed from the runs."""
     import llm_fixtures as F
     from engine_py.bench import gmoe_llm as gl
-    from engine_py.datasets.graph import TextGraph
-    from engine_py.datasets.io import save_packed
 
     m = F.write_tiny_llm(tmp_path / "m", "llama", gguf_types=("F32",))
-    n = 60
-    g = TextGraph(texts=[f"p{i}: tool number {i}" for i in range(n)], edge_index=np.zeros((2, 0)),
-                  labels=np.arange(n) % len(NAMES), label_names=NAMES, train_idx=np.arange(0, 30),
-                  val_idx=np.arange(30, 40), test_idx=np.arange(40, 60), name="tiny")
-    save_packed(g, tmp_path / "g")
+    g = _tiny_graph(tmp_path)
     out = tmp_path / "r.json"
-    assert gl.main(["--model", m.gguf["F32"], "--tasks", f"packed:{tmp_path / 'g'}", "--train", "8",
+    assert gl.main(["--model", m.gguf["F32"], "--tasks", f"packed:{g}", "--train", "8",
                     "--test", "6", "--seeds", "0,1", "--batch-size", "4", "--experts", "4",
                     "--precision", "float32", "--no-progress", "--out", str(out)]) == 0
     doc = json.loads(out.read_text())

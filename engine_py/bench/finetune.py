@@ -33,7 +33,8 @@ import os
 import sys
 import time
 
-__all__ = ["make_examples", "render_markdown", "main"]
+__all__ = ["make_examples", "render_markdown", "main", "torch_lora_model", "torch_batch",
+           "torch_train_step", "torch_choice_logprobs", "torch_encode"]
 
 _CHOICES = ("alpha", "bravo", "charlie", "delta")
 
@@ -98,57 +99,129 @@ def _worker_engine(job: dict) -> dict:
             "precision": job["precision"]}
 
 
-def _worker_torch(job: dict) -> dict:
-    try:
-        import peft
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-    except ImportError as exc:
-        return {"ok": False, "reason": f"{exc}"}
-    torch.set_num_threads(job["threads"])
-    torch.manual_seed(0)
-    d, f = os.path.split(job["path"])
+# --- PyTorch + PEFT (also used by bench finetune-task) -------------------------
+
+TORCH_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def torch_lora_model(path: str, r: int, alpha: float, threads: int, seed: int = 0,
+                     adapter_dir=None):
+    """(PEFT model in train mode, tokenizer): the GGUF at `path` dequantized to
+    float32 by transformers, LoRA r/alpha on the seven projections, dropout
+    0. The LoRA A matrices come from PEFT's initialisation after
+    torch.manual_seed(seed), or from `adapter_dir` (a PEFT adapter folder,
+    e.g. an engine_py Trainer's save_adapter) loaded trainable."""
+    import peft
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+    d, f = os.path.split(path)
     model = AutoModelForCausalLM.from_pretrained(d, gguf_file=f, dtype=torch.float32)
     tok = AutoTokenizer.from_pretrained(d, gguf_file=f)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
-    cfg = peft.LoraConfig(r=job["r"], lora_alpha=job["alpha"], lora_dropout=0.0, task_type="CAUSAL_LM",
-                          target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
-                                          "up_proj", "down_proj"])
-    model = peft.get_peft_model(model, cfg)
+    if adapter_dir is not None:
+        model = peft.PeftModel.from_pretrained(model, os.fspath(adapter_dir), is_trainable=True)
+    else:
+        cfg = peft.LoraConfig(r=r, lora_alpha=alpha, lora_dropout=0.0, task_type="CAUSAL_LM",
+                              target_modules=list(TORCH_TARGETS))
+        model = peft.get_peft_model(model, cfg)
     model.train()
+    return model, tok
+
+
+def torch_encode(tok, prompts, answers) -> tuple:
+    """(token lists prompt + answer, index where each answer starts): the prompt
+    with the tokenizer's special tokens, the answer without (as engine_py)."""
+    seqs, starts = [], []
+    for q, ans in zip(prompts, answers):
+        pi = tok(q, add_special_tokens=True)["input_ids"]
+        ai = tok(ans, add_special_tokens=False)["input_ids"]
+        seqs.append(pi + ai)
+        starts.append(len(pi))
+    return seqs, starts
+
+
+def torch_batch(tok, prompts, answers) -> tuple:
+    """(ids, labels, attention mask, real tokens): right-padded, labels -100
+    outside the answer tokens."""
+    import torch
+
+    seqs, starts = torch_encode(tok, prompts, answers)
+    pad = tok.pad_token_id
+    n = max(len(s) for s in seqs)
+    ids = torch.tensor([s + [pad] * (n - len(s)) for s in seqs])
+    lab = torch.tensor([[-100] * a + s[a:] + [-100] * (n - len(s)) for s, a in zip(seqs, starts)])
+    mask = torch.tensor([[1] * len(s) + [0] * (n - len(s)) for s in seqs])
+    return ids, lab, mask, sum(len(s) for s in seqs)
+
+
+def torch_train_step(model, opt, params, batch, max_grad_norm=1.0) -> float:
+    """One AdamW step on the mean answer-token loss of a torch_batch (global
+    gradient norm clipped at max_grad_norm unless None); returns the loss."""
+    import torch
+
+    ids, lab, mask, _ = batch
+    out = model(input_ids=ids, attention_mask=mask, labels=lab, use_cache=False)
+    out.loss.backward()
+    if max_grad_norm is not None:
+        torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return float(out.loss.detach())
+
+
+def torch_choice_logprobs(model, tok, prompts, choices, batch_size: int = 16):
+    """(n_prompts, n_choices) summed log-likelihood of each choice's tokens
+    after its prompt (engine_py's Trainer.choice_logprobs rule), float64."""
+    import numpy as np
+    import torch
+
+    k = len(choices[0])
+    flat_p = [p for p in prompts for _ in range(k)]
+    flat_c = [c for cs in choices for c in cs]
+    seqs, starts = torch_encode(tok, flat_p, flat_c)
+    out = np.zeros(len(seqs))
+    was = model.training
+    model.eval()
+    with torch.inference_mode():
+        for b0 in range(0, len(seqs), batch_size):
+            ss, st = seqs[b0:b0 + batch_size], starts[b0:b0 + batch_size]
+            n = max(len(s) for s in ss)
+            ids = torch.tensor([s + [tok.pad_token_id] * (n - len(s)) for s in ss])
+            mask = torch.tensor([[1] * len(s) + [0] * (n - len(s)) for s in ss])
+            logp = torch.log_softmax(model(input_ids=ids, attention_mask=mask,
+                                           use_cache=False).logits.double(), dim=-1)
+            for i, (s, a) in enumerate(zip(ss, st)):
+                pos = torch.arange(a - 1, len(s) - 1)
+                out[b0 + i] = float(logp[i, pos, torch.tensor(s[a:])].sum())
+    model.train(was)
+    return out.reshape(len(prompts), k)
+
+
+def _worker_torch(job: dict) -> dict:
+    try:
+        import peft
+        import torch
+        import transformers  # noqa: F401
+    except ImportError as exc:
+        return {"ok": False, "reason": f"{exc}"}
+    model, tok = torch_lora_model(job["path"], job["r"], job["alpha"], job["threads"], seed=0)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=2e-4, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
     prompts, answers, bs = job["prompts"], job["answers"], job["batch_size"]
-    pad = tok.pad_token_id
-
-    def batch(p, a):
-        seqs, labels = [], []
-        for q, ans in zip(p, a):
-            pi = tok(q, add_special_tokens=True)["input_ids"]
-            ai = tok(ans, add_special_tokens=False)["input_ids"]
-            seqs.append(pi + ai)
-            labels.append([-100] * len(pi) + ai)
-        n = max(len(s) for s in seqs)
-        ids = torch.tensor([s + [pad] * (n - len(s)) for s in seqs])
-        lab = torch.tensor([lb + [-100] * (n - len(lb)) for lb in labels])
-        mask = torch.tensor([[1] * len(s) + [0] * (n - len(s)) for s in seqs])
-        return ids, lab, mask, sum(len(s) for s in seqs)
-
     times, losses, tokens, cpu = [], [], [], []
     for s in range(job["warmup"] + job["steps"]):
         p, a = prompts[s * bs:(s + 1) * bs], answers[s * bs:(s + 1) * bs]
         c0, t0 = _cpu_s(), time.perf_counter()
-        ids, lab, mask, ntok = batch(p, a)
-        out = model(input_ids=ids, attention_mask=mask, labels=lab, use_cache=False)
-        out.loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        b = torch_batch(tok, p, a)
+        loss = torch_train_step(model, opt, params, b, 1.0)
         times.append(time.perf_counter() - t0)
         cpu.append(_cpu_s() - c0)
-        losses.append(float(out.loss))
-        tokens.append(int(ntok))
+        losses.append(loss)
+        tokens.append(int(b[3]))
     return {"ok": True, "times": times, "losses": losses, "tokens": tokens, "cpu": cpu,
             "torch": torch.__version__,
             "peft": peft.__version__}

@@ -26,8 +26,10 @@ training (mean over the last steps): its coefficient of variation, the
 smallest expert share against the 1/(4N) floor, the router entropy; the
 per-step load, lambda and sigma go to the JSON for plots (notebook 07).
 
-Tasks (``--tasks``, comma-separated): ``debian`` — the Debian archive section of a package from its name
-and short description (bench finetune-task's questions). The zero-shot
+Tasks (``--tasks``, comma-separated): bench finetune-task's (``debian``: the
+Debian archive section of a package from its name and short description;
+``pylib``: the Python Library Reference chapter of a documentation
+section). The zero-shot
 accuracy of the base model is reported once per task. ``packed:<prefix>``:
 a TextGraph saved with engine_py.datasets.io.save_packed (for tests).
 """
@@ -78,24 +80,28 @@ def lora_params(hp: dict, r: int) -> int:
 
 
 def _questions(task: str, n_train: int, n_test: int, n_choices: int):
-    from engine_py.bench.finetune_task import make_questions
+    """bench finetune-task's questions of a task (its TASKS registry: debian,
+    pylib), or of a packed TextGraph (``packed:<prefix>``, for tests)."""
+    from engine_py.bench.finetune_task import TASKS, make_questions
 
-    if task == "debian":
-        from engine_py.datasets import debian_packages
-
-        g = debian_packages()
-    elif task.startswith("packed:"):   # a saved TextGraph (engine_py.datasets.io), for tests
+    if task.startswith("packed:"):
         from engine_py.datasets.io import load_packed
 
         g = load_packed(task[len("packed:"):])
+        template, what = TASKS["debian"][1], "a packed test graph"
+    elif task in TASKS:
+        loader, template, what = TASKS[task]
+        g = loader()
     else:
-        raise ValueError(f"unknown task {task!r}; known: debian, packed:<prefix>")
+        raise ValueError(f"unknown task {task!r}; known: {', '.join(TASKS)}, packed:<prefix>")
     names = list(g.label_names)
     rng = np.random.default_rng(0)
-    tr_p, _, _, tr_a = make_questions(g.texts, g.labels, names, g.train_idx, n_train, rng, n_choices)
-    te_p, te_c, te_y, _ = make_questions(g.texts, g.labels, names, g.test_idx, n_test, rng, n_choices)
-    desc = ("Debian archive section of a package from its name and short description ("
-            + (getattr(g, "provenance", None) or g.name).split(";")[0] + ")")
+    tr_p, _, _, tr_a = make_questions(g.texts, g.labels, names, g.train_idx, n_train, rng,
+                                      n_choices, template=template)
+    te_p, te_c, te_y, _ = make_questions(g.texts, g.labels, names, g.test_idx, n_test, rng,
+                                         n_choices, template=template)
+    desc = what[0].upper() + what[1:] + " (" + (getattr(g, "provenance", None)
+                                                 or g.name).split(";")[0] + ")"
     return tr_p, tr_a, te_p, te_c, te_y, desc
 
 

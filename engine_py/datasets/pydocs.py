@@ -44,7 +44,7 @@ import numpy as np
 from .graph import TextGraph, stratified_split
 
 __all__ = ["parse_doc_page", "graph_from_doc_pages", "python_docs", "find_python_doc_dir",
-           "SKIP_PAGES"]
+           "page_split", "SKIP_PAGES"]
 
 _FORMAT_VERSION = 1
 
@@ -236,15 +236,19 @@ def _label_of(path: str) -> str:
 
 def graph_from_doc_pages(pages: dict, min_class_size: int = 30, max_paragraphs: int = 2,
                          max_chars: int = 1000, seed: int = 0, provenance: str = "",
-                         name: str = "python-docs") -> TextGraph:
+                         name: str = "python-docs", label_of=None, split_by_page: bool = False,
+                         frac=(0.6, 0.2, 0.2)) -> TextGraph:
     """Build the section-link graph from ``{relative path: html text}``.
 
     Pages matching SKIP_PAGES are ignored. Nodes are numbered page by page in
     sorted path order, sections in document order; sections without a title
     and without text are dropped (links to their anchors go to the nearest
     kept enclosing section). Text, edges and labels as in the module
-    docstring; split: stratified 60/20/20 with ``seed``. Raises ValueError if
-    no page yields a section, or on bad arguments."""
+    docstring; split: stratified ``frac`` (60/20/20) with ``seed``.
+    ``label_of(path) -> str`` replaces the default label (the page's top-level
+    folder); ``split_by_page=True`` keeps every page's sections in one split
+    (page_split). Raises ValueError if no page yields a section, or on bad
+    arguments."""
     if not isinstance(pages, dict):
         raise TypeError("pages must be a dict {relative path: html}")
     for k, v in (("min_class_size", min_class_size), ("max_paragraphs", max_paragraphs),
@@ -272,7 +276,7 @@ def graph_from_doc_pages(pages: dict, min_class_size: int = 30, max_paragraphs: 
             nid = len(texts)
             kept[i] = nid
             texts.append(s["title"] + ("\n" + body if body else ""))
-            labels.append(_label_of(path))
+            labels.append((label_of or _label_of)(path))
             srcs.append((path, i))
             page_first.setdefault(path, nid)
         for i, s in enumerate(secs):
@@ -308,10 +312,52 @@ def graph_from_doc_pages(pages: dict, min_class_size: int = 30, max_paragraphs: 
     names = sorted(set(labels))
     pos = {s: k for k, s in enumerate(names)}
     y = np.asarray([pos[s] for s in labels], np.int64)
-    tr, va, te = stratified_split(y, seed=seed)
+    if split_by_page:
+        tr, va, te = page_split([p for p, _ in srcs], y, seed=seed, frac=frac)
+    else:
+        tr, va, te = stratified_split(y, seed=seed, frac=frac)
     return TextGraph(texts=texts, edge_index=edge_index, labels=y, label_names=names,
                      train_idx=tr, val_idx=va, test_idx=te, name=name,
                      provenance=provenance).validate()
+
+
+def page_split(node_pages, labels, seed: int = 0, frac=(0.6, 0.2, 0.2)):
+    """A split that keeps all the nodes of a page together (no section of a
+    test page is seen in training). Within each class (label order; a page's
+    class is its first node's), the class's pages in sorted order are
+    permuted by one numpy.random.default_rng(seed); pages go to train until
+    train holds >= round(frac[0] * n) of the class's n nodes, then to val
+    until train + val hold >= round((frac[0] + frac[1]) * n), then to test.
+    A class with two or more pages keeps at least one page in test when
+    frac[2] > 0. Returns (train_idx, val_idx, test_idx), sorted int64."""
+    labels = np.asarray(labels, np.int64)
+    node_pages = list(node_pages)
+    if len(node_pages) != len(labels):
+        raise ValueError(f"node_pages ({len(node_pages)}) and labels ({len(labels)}) differ in length")
+    if len(frac) != 3 or any(f < 0 for f in frac) or abs(sum(frac) - 1.0) > 1e-9:
+        raise ValueError(f"frac must be three non-negative fractions summing to 1, got {frac}")
+    nodes_of: dict = {}
+    for i, p in enumerate(node_pages):
+        nodes_of.setdefault(p, []).append(i)
+    rng = np.random.default_rng(seed)
+    parts = ([], [], [])
+    for c in np.unique(labels):
+        pages = sorted(p for p, ids in nodes_of.items() if labels[ids[0]] == c)
+        pages = [pages[k] for k in rng.permutation(len(pages))]
+        n = sum(len(nodes_of[p]) for p in pages)
+        goal_tr, goal_va = round(frac[0] * n), round((frac[0] + frac[1]) * n)
+        last_test = len(pages) >= 2 and frac[2] > 0
+        done = 0
+        for j, p in enumerate(pages):
+            if done < goal_tr and not (last_test and j == len(pages) - 1):
+                k = 0
+            elif done < goal_va and not (last_test and j == len(pages) - 1):
+                k = 1
+            else:
+                k = 2
+            parts[k].extend(nodes_of[p])
+            done += len(nodes_of[p])
+    return tuple(np.asarray(sorted(x), np.int64) for x in parts)
 
 
 # ------------------------------------------------------------- the package
