@@ -17,6 +17,7 @@
  */
 #include "eg_gmoe.h"
 
+#include <stdlib.h>
 #include <string.h>
 
 /* ReLU that keeps NaN (as torch.relu does): an overflow upstream (inf - inf)
@@ -34,6 +35,32 @@ static void relu_copy(float *dst, const float *src, size_t n)
         dst[i] = relu_nan(src[i]);
     }
 }
+
+/* Token reductions run over RED_CHUNKS fixed chunks of the tokens (one
+ * partial sum each, in double, added in chunk order), so they read the
+ * activations row by row and give the same bits for any thread count. */
+#define RED_CHUNKS 16
+
+static int chunk_lo(int k, int T)
+{
+    return (int)(((long long)T * k) / RED_CHUNKS);
+}
+
+/* Make *buf hold RED_CHUNKS * n doubles (grown as needed); -1 on ENOMEM. */
+static int chunk_sums_grow(double **buf, size_t n, size_t *have)
+{
+    if (n <= *have) {
+        return 0;
+    }
+    double *p = realloc(*buf, RED_CHUNKS * n * sizeof(double));
+    if (p == NULL) {
+        return -1;
+    }
+    *buf = p;
+    *have = n;
+    return 0;
+}
+#define chunk_sums(buf, n, T, have) chunk_sums_grow(&(buf), (n), (have))
 
 /* out[t] (Nn,g) = Ahat (or Ahat^T) Q[t] for every token. */
 static void apply_adj(float *out, const float *Q, const float *Ahat, int T, int Nn, int g,
@@ -160,6 +187,8 @@ eg_status eg_graph_router_backward(float *dx, float *dWs, float *dWt, float *dWl
     float *Sn = eg_aligned_alloc((size_t)Nn * g * sizeof(float));
     float *dP = eg_aligned_alloc((size_t)N * g * sizeof(float));
     float *dU = eg_aligned_alloc((size_t)N * g * sizeof(float));
+    double *red = NULL;   /* RED_CHUNKS partial sums of the token reductions */
+    size_t red_n = 0;
     eg_status st = EG_OK;
     if (dH == NULL || dZ == NULL || (L > 1 && Hp == NULL) || Upre == NULL || U == NULL ||
         tt == NULL || dq == NULL || dtt == NULL || Sn == NULL || dP == NULL || dU == NULL) {
@@ -168,29 +197,37 @@ eg_status eg_graph_router_backward(float *dx, float *dWs, float *dWt, float *dWl
     }
     const float *ZL = Z + (size_t)(L - 1) * layer;
     const size_t pstride = d->per_expert_proj ? (size_t)g : 0;
-    /* logits = relu(Z_L[:, :N]) . pvec (shared), or . pvec[e] (per expert) */
-    if (d->per_expert_proj) {
-        #pragma omp parallel for schedule(static)
-        for (int ec = 0; ec < N * g; ec++) {
-            int e = ec / g, c = ec % g;
-            double acc = 0.0;
-            for (int t = 0; t < T; t++) {
-                float z = ZL[((size_t)t * Nn + e) * g + c];
-                acc += (double)dlogits[(size_t)t * N + e] * (z > 0.0f ? z : 0.0f);
-            }
-            dpvec[ec] += (float)acc;
+    /* logits = relu(Z_L[:, :N]) . pvec (shared), or . pvec[e] (per expert):
+     * dpvec = sum over tokens of dlogits * relu(Z_L), read row by row in
+     * RED_CHUNKS fixed token chunks (double partial sums, added in chunk
+     * order: the result does not depend on the thread count) */
+    {
+        const size_t np = d->per_expert_proj ? (size_t)N * g : (size_t)g;
+        if (chunk_sums(red, np, T, &red_n) < 0) {
+            st = eg_seterr(err, EG_ENOMEM, "graph router backward: out of memory (T=%d)", T);
+            goto done;
         }
-    } else {
         #pragma omp parallel for schedule(static)
-        for (int c = 0; c < g; c++) {
-            double acc = 0.0;
-            for (int t = 0; t < T; t++) {
+        for (int k = 0; k < RED_CHUNKS; k++) {
+            double *acc = red + (size_t)k * np;
+            memset(acc, 0, np * sizeof *acc);
+            for (int t = chunk_lo(k, T); t < chunk_lo(k + 1, T); t++) {
                 for (int e = 0; e < N; e++) {
-                    float z = ZL[((size_t)t * Nn + e) * g + c];
-                    acc += (double)dlogits[(size_t)t * N + e] * (z > 0.0f ? z : 0.0f);
+                    const float *z = ZL + ((size_t)t * Nn + e) * g;
+                    const double dl = dlogits[(size_t)t * N + e];
+                    double *a = acc + (d->per_expert_proj ? (size_t)e * g : 0);
+                    for (int c = 0; c < g; c++) {
+                        a[c] += dl * (double)(z[c] > 0.0f ? z[c] : 0.0f);
+                    }
                 }
             }
-            dpvec[c] += (float)acc;
+        }
+        for (size_t i = 0; i < np; i++) {
+            double sum = 0.0;
+            for (int k = 0; k < RED_CHUNKS; k++) {
+                sum += red[(size_t)k * np + i];
+            }
+            dpvec[i] += (float)sum;
         }
     }
     #pragma omp parallel for schedule(static)
@@ -236,14 +273,31 @@ eg_status eg_graph_router_backward(float *dx, float *dWs, float *dWt, float *dWl
             }
         }
     }
-    #pragma omp parallel for schedule(static)
-    for (int nc = 0; nc < Nn * g; nc++) {
-        int n = nc / g, c = nc % g;
-        float acc = 0.0f;
-        for (int t = 0; t < T; t++) {
-            acc += dZ[((size_t)t * Nn + n) * g + c];
+    /* Sn = sum over tokens of dZ1[t] (Nn, g), in the fixed token chunks */
+    {
+        const size_t ns = (size_t)Nn * g;
+        if (chunk_sums(red, ns, T, &red_n) < 0) {
+            st = eg_seterr(err, EG_ENOMEM, "graph router backward: out of memory (T=%d)", T);
+            goto done;
         }
-        Sn[nc] = acc;
+        #pragma omp parallel for schedule(static)
+        for (int k = 0; k < RED_CHUNKS; k++) {
+            double *acc = red + (size_t)k * ns;
+            memset(acc, 0, ns * sizeof *acc);
+            for (int t = chunk_lo(k, T); t < chunk_lo(k + 1, T); t++) {
+                const float *dz = dZ + (size_t)t * ns;
+                for (size_t i = 0; i < ns; i++) {
+                    acc[i] += dz[i];
+                }
+            }
+        }
+        for (size_t i = 0; i < ns; i++) {
+            double sum = 0.0;
+            for (int k = 0; k < RED_CHUNKS; k++) {
+                sum += red[(size_t)k * ns + i];
+            }
+            Sn[i] = (float)sum;
+        }
     }
     for (int f = 0; f < N; f++) {
         for (int c = 0; c < g; c++) {
@@ -284,5 +338,6 @@ done:
     eg_aligned_free(Sn);
     eg_aligned_free(dP);
     eg_aligned_free(dU);
+    free(red);
     return st;
 }
