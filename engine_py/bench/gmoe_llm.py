@@ -135,6 +135,8 @@ def render_markdown(res: dict, machine_line: str) -> str:
              f"projections (the rank closest to MixLoRA's parameter count). Seeds: "
              f"{', '.join(str(s) for s in res['seeds'])} (the gmoe-no-* ablations: "
              f"{', '.join(str(s) for s in res.get('ablation_seeds', res['seeds']))}).", ""]
+    if res.get("note"):
+        lines += [f"**Note.** {res['note']}", ""]
     floor = 1.0 / (4 * res["experts"])
     for task in res["tasks"]:
         lines += [f"### Task: {task['name']}", "", task["description"] + ".", "",
