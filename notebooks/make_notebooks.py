@@ -926,7 +926,9 @@ GMOE_FT = [
         "(expert load per layer over the steps, router probabilities, lambda and sigma); then the "
         "study `python -m engine_py bench gmoe-llm` (LoRA vs MixLoRA vs GMoE and its ablations, "
         "3 seeds; docs/RESULTS.md), read from its JSON. The test suite runs this notebook with "
-        "`ENGINE_PY_NOTEBOOK_QUICK=1` on 48 training and 24 test questions."),
+        "`ENGINE_PY_NOTEBOOK_QUICK=1` on 48 training and 24 test questions; the committed outputs "
+        "come from such a quick run (3 steps: the routing plots show the start of training only), "
+        "opened in Jupyter it trains on 480 questions."),
     new_code_cell(
         "import json, os, pathlib, tempfile, time\n"
         "import numpy as np\n"
