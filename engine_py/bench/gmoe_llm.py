@@ -155,7 +155,9 @@ def render_markdown(res: dict, machine_line: str) -> str:
                 moe = f"{cv:.2f} | {mn:.3f}{' (below)' if mn < floor else ''} | {ent:.2f}"
             else:
                 moe = "— | — | —"
-            lines.append(f"| {m['method']} | {m['params']:,} | {acc.mean():.1f} ± {acc.std():.1f} | "
+            mean_std = (f"{acc.mean():.1f} ± {acc.std():.1f}" if len(acc) > 1
+                        else f"{acc.mean():.1f} (1 seed)")
+            lines.append(f"| {m['method']} | {m['params']:,} | {mean_std} | "
                          f"{' / '.join(f'{a:.1f}' for a in acc)} | {tps:.0f} | {moe} |")
         lines += ["", _verdict(task), ""]
     lines += [f"Machine: {machine_line}", ""]
