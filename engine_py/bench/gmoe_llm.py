@@ -143,8 +143,10 @@ def render_markdown(res: dict, machine_line: str) -> str:
                   f"Zero-shot (base model): {100 * task['zero_shot_acc']:.1f}%.", "",
                   "| method | trainable params | test accuracy % (mean ± std) | per seed | "
                   "train tokens/s | load CV (mean over layers) | smallest expert share "
-                  f"(min over layers; floor 1/4N = {floor:.3f}) | router entropy (nats) |",
-                  "|---|---:|---:|---|---:|---:|---:|---:|"]
+                  f"(min over layers; floor 1/4N = {floor:.3f}) | layers with an expert below "
+                  "the floor (mean over seeds) | experts below the floor per layer | "
+                  "router entropy (nats) |",
+                  "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|"]
         for m in task["methods"]:
             acc = np.array([r["test_acc"] for r in m["runs"]]) * 100
             tps = np.mean([r["tokens_per_s"] for r in m["runs"]])
@@ -152,9 +154,14 @@ def render_markdown(res: dict, machine_line: str) -> str:
                 cv = np.mean([np.mean(r["load_cv"]) for r in m["runs"]])
                 mn = min(min(r["min_share"]) for r in m["runs"])
                 ent = np.mean([np.mean(r["entropy"]) for r in m["runs"]])
-                moe = f"{cv:.2f} | {mn:.3f}{' (below)' if mn < floor else ''} | {ent:.2f}"
+                loads = [np.asarray(r["load"]) for r in m["runs"]]
+                nl = np.mean([(x.min(axis=1) < floor).sum() for x in loads])
+                ne = np.mean([(x < floor).sum(axis=1).mean() for x in loads])
+                moe = (f"{cv:.2f} | {mn:.3f}{' (below)' if mn < floor else ''} | "
+                       f"{nl:.1f} of {loads[0].shape[0]} | {ne:.1f} of {loads[0].shape[1]} | "
+                       f"{ent:.2f}")
             else:
-                moe = "— | — | —"
+                moe = "— | — | — | — | —"
             mean_std = (f"{acc.mean():.1f} ± {acc.std():.1f}" if len(acc) > 1
                         else f"{acc.mean():.1f} (1 seed)")
             lines.append(f"| {m['method']} | {m['params']:,} | {mean_std} | "
