@@ -1011,7 +1011,8 @@ GMOE_FT = [
         "        plt.show()\n"
         "        for m in task['methods']:\n"
         "            a = np.array([r['test_acc'] for r in m['runs']]) * 100\n"
-        "            print(f\"{m['method']:>16}: {a.mean():.1f} +- {a.std():.1f}  ({m['params']:,} params)\")"),
+        "            print(f\"{m['method']:>16}: {a.mean():.1f} +- {a.std():.1f} over {len(a)} seed(s)  \"\n"
+        "                  f\"({m['params']:,} params)\")"),
 ]
 NOTEBOOKS["07_gmoe_finetune.ipynb"] = GMOE_FT
 
