@@ -103,13 +103,17 @@ def test_run_study_tiny(tmp_path):
     assert md.count("| toy | tiny |") >= 5 + len(POLICIES) + 3
     json.dumps(res, default=float)   # JSON-ready
     # --render-from: the markdown again from the JSON, no measurement, and it says so
-    from engine_py.bench import machine_info, write_json
+    from engine_py.bench import machine_info, write_json, write_section
     from engine_py.bench.engine_llm import _render_from
     jp = write_json(str(tmp_path / "r.json"), {"command": "cmd", "machine": machine_info(), "results": res,
                                                 "sampled_graphs": {"toy": {"full_nodes": 900, "nodes": 90}}})
+    # another benchmark's section in the report (bench gmoe-llm writes one) survives the rewrite
+    write_section("gmoe_llm", "## GMoE study\n\nkept table", str(tmp_path / "r.md"))
     _render_from(jp, str(tmp_path / "r.md"))
     md2 = (tmp_path / "r.md").read_text()
     assert "Rendered again from" in md2 and "| toy | tiny | ENGINE |" in md2 and "Sampled graph" in md2
+    assert md2.count("<!-- bench:gmoe_llm:begin -->") == 1 and "kept table" in md2
+    assert md2.index("## Summary") < md2.index("## GMoE study")   # the engine report first
     assert "Largest peak of any phase" in md2
     # a second run reuses the cache (no build time)
     res2 = run_study({"toy": g}, {"tiny": enc}, seeds=[0], cache_dir=str(tmp_path / "c"),

@@ -28,7 +28,7 @@ import platform
 import re
 import threading
 
-__all__ = ["write_section", "write_json", "machine_info", "machine_line", "start_run", "finish",
+__all__ = ["write_section", "with_kept_sections", "write_json", "machine_info", "machine_line", "start_run", "finish",
            "add_output_args", "NAMES", "run_worker_script"]
 
 # Benchmarks known to the CLI (module names under engine_py.bench).
@@ -262,6 +262,25 @@ def write_section(name: str, markdown: str, path: str) -> str:
         f.write(text)
     os.replace(tmp, path)
     return path
+
+
+_SECTION = re.compile(r"<!-- bench:([\w.-]+):begin -->.*?<!-- bench:\1:end -->", re.S)
+
+
+def with_kept_sections(markdown: str, path: str) -> str:
+    """markdown followed by every `<!-- bench:NAME -->` section the file at
+    path holds (a report that rewrites its whole file, such as bench
+    engine-llm's docs/RESULTS.md, keeps the sections other benchmarks wrote
+    into it with write_section)."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        return markdown
+    with open(path, encoding="utf-8") as f:
+        old = f.read()
+    kept = [m.group(0) for m in _SECTION.finditer(old)]
+    if not kept:
+        return markdown
+    return markdown.rstrip() + "\n\n" + "\n\n".join(kept) + "\n"
 
 
 # Read when the benchmark starts: commits made while a long run goes on must

@@ -50,7 +50,7 @@ import time
 
 import numpy as np
 
-from . import machine_line, start_run, write_json
+from . import machine_line, start_run, with_kept_sections, write_json
 
 __all__ = ["run_study", "render_markdown", "subsample", "POLICIES", "main"]
 
@@ -676,8 +676,9 @@ def _render_from(json_path, out):
                     "\n\nMachine:", 1)
     print(md)
     if out:
+        text = with_kept_sections(md, out)   # other benchmarks' sections (bench gmoe-llm)
         with open(out, "w", encoding="utf-8") as f:
-            f.write(md)
+            f.write(text)
     return 0
 
 
@@ -738,8 +739,9 @@ def main(argv=None) -> int:
         if args.out:
             os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
             tmp = args.out + ".tmp"
+            text = with_kept_sections(md, args.out)   # other benchmarks' sections
             with open(tmp, "w", encoding="utf-8") as f:
-                f.write(md)
+                f.write(text)
             os.replace(tmp, args.out)
             write_json(jp, {"benchmark": "engine_llm", "command": cmd.strip(), "small_scale": small,
                             "sampled_graphs": {k: {"full_nodes": a, "nodes": b} for k, (a, b) in samples.items()},
