@@ -179,6 +179,10 @@ def _verdict(task: dict) -> str:
         return "GMoE vs MixLoRA: not both run."
     g, x = by["gmoe"], by["mixlora"]
     d = g.mean() - x.mean()
+    if len(g) < 2 or len(x) < 2:
+        return (f"**GMoE vs MixLoRA**: GMoE's accuracy is {'higher' if d > 0 else 'lower'} by "
+                f"{abs(d):.1f} pt with {min(len(g), len(x))} seed: no spread to compare, so this "
+                "run cannot test the paper's claim (higher accuracy, lower std).")
     noise = np.sqrt((g.var(ddof=1) if len(g) > 1 else 0) / len(g)
                     + (x.var(ddof=1) if len(x) > 1 else 0) / len(x))
     acc = ("higher" if d > 0 else "lower") + f" by {abs(d):.1f} pt"
