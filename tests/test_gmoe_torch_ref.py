@@ -23,6 +23,7 @@ pytest.importorskip("torch_geometric")
 
 from llm_fixtures import write_tiny_llm, _load  # noqa: E402
 from reference.gmoe_ref import GMoERef, total_loss  # noqa: E402
+from test_gmoe import randomise  # noqa: E402  (the layer tests' random state)
 
 from engine_py.bench import gmoe_torch  # noqa: E402
 from engine_py.gmoe import MoELoRAFFN  # noqa: E402
@@ -40,27 +41,6 @@ def _layer(router, **kw):
     return MoELoRAFFN(bw, kind="swiglu", router=router, **kw)
 
 
-def _randomise(layer, seed=1):
-    """Random values for every trainable tensor (B != 0) and the running counts."""
-    rng = np.random.default_rng(seed)
-    sd = layer.state_dict()
-    for k, v in sd.items():
-        if k in ("router.expert_features", "router.normalized_adjacency"):
-            continue
-        if k == "poisson_lambda":
-            sd[k] = np.array(1.3, np.float32)
-        elif k == "normal_sigma":
-            sd[k] = np.array(2.2, np.float32)
-        elif k == "normal_running":
-            sd[k] = rng.uniform(1.0, 10.0, v.shape)
-        elif k == "router.W_t.weight":
-            sd[k] = rng.normal(0, 0.5, v.shape).astype(np.float32)
-        else:
-            sd[k] = rng.normal(0, 0.4, v.shape).astype(np.float32)
-    layer.load_state_dict(sd)
-    return sd
-
-
 def _rel(a, b):
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     scale = np.abs(b).max()
@@ -72,7 +52,7 @@ def _one_layer(router, coefs=COEFS, T=40, seed=5, **kw):
     layer = _layer(router, **kw)
     init = layer.state_dict()
     ref = GMoERef(layer)                      # graph from the initial W_s, like the layer
-    sd = _randomise(layer)
+    sd = randomise(layer)
     ref.load(sd)
     f = layer._frozen
     mine = gmoe_torch.moe_from_state(f["W_in"], f["W_up"], f["W_out"], sd, router,
@@ -140,7 +120,7 @@ def test_wrong_graph_is_rejected():
     """The adjacency check can fail: a graph built from a different W_s
     (here: the randomised one instead of the initial one) is refused."""
     layer = _layer("graph")
-    sd = _randomise(layer)
+    sd = randomise(layer)
     f = layer._frozen
     with pytest.raises(ValueError, match="normalized_adjacency"):
         gmoe_torch.moe_from_state(f["W_in"], f["W_up"], f["W_out"], sd, "graph", E, 2, layer.r,
@@ -165,7 +145,7 @@ def test_running_counts_advance_like_the_engine():
 def test_comparison_detects_a_wrong_lora_scale():
     """The 1e-10 bound is tight: a reference whose LoRA scale is 1e-6 off fails it."""
     layer = _layer("linear")
-    sd = _randomise(layer)
+    sd = randomise(layer)
     f = layer._frozen
     mine = gmoe_torch.moe_from_state(f["W_in"], f["W_up"], f["W_out"], sd, "linear", E, 2,
                                      layer.r, layer.lora_alpha * (1 + 1e-6), "float64")

@@ -302,6 +302,48 @@ static void mdl_fwd(void *c, float *out)
     out[0] = (float)s;
 }
 
+/* A model with random weights (norms around 1; matrices f32 or Q8_0);
+ * *keep holds the nw weight buffers the model reads in place. */
+static eg_llama *random_model(const eg_llama_config *c, int quant, uint64_t *rng, void ***keep,
+                              size_t *nw)
+{
+    eg_err err;
+    eg_llama *m = NULL;
+    CHECK(eg_llama_create(&m, c, &err) == EG_OK, "create: %s", err.msg);
+    *nw = eg_llama_num_weights(m);
+    *keep = calloc(*nw + 1, sizeof **keep);
+    for (size_t i = 0; i < *nw; i++) {
+        const char *name;
+        int nd;
+        int64_t sh[2];
+        eg_llama_weight_info(m, i, &name, &nd, sh);
+        size_t cnt = (size_t)sh[0] * (nd == 2 ? (size_t)sh[1] : 1);
+        float *w = rnd(cnt, rng, nd == 2 ? 0.3f : 0.1f);
+        if (nd == 1 && strstr(name, "norm")) {
+            for (size_t j = 0; j < cnt; j++) {
+                w[j] += 1.0f;
+            }
+        }
+        (*keep)[i] = w;
+        if (nd == 2 && quant) {
+            (*keep)[i] = quant_q8_0(w, (int)sh[0], (int)sh[1]);
+            free(w);
+        }
+        CHECK(eg_llama_set_weight(m, name, nd == 2 && quant ? EG_GGML_Q8_0 : EG_GGML_F32, nd, sh,
+                                  (*keep)[i], &err) == EG_OK, "set %s: %s", name, err.msg);
+    }
+    return m;
+}
+
+static void free_model(eg_llama *m, void **keep, size_t nw)
+{
+    eg_llama_free(m);
+    for (size_t i = 0; i < nw; i++) {
+        free(keep[i]);
+    }
+    free(keep);
+}
+
 static void test_model(int untied, int quant, int bias)
 {
     uint64_t rng = 53 + untied + 2 * quant;
@@ -310,30 +352,9 @@ static void test_model(int untied, int quant, int bias)
                          .num_kv_heads = 2, .head_dim = 8, .intermediate_size = 64,
                          .max_position = 32, .rms_norm_eps = 1e-5f, .rope_theta = 1e4,
                          .rope_mode = bias ? EG_ROPE_NEOX : EG_ROPE_NORM, .qkv_bias = bias};
-    eg_llama *m = NULL;
-    CHECK(eg_llama_create(&m, &c, &err) == EG_OK, "create: %s", err.msg);
-    size_t nw = eg_llama_num_weights(m);
-    void **keep = calloc(nw + 1, sizeof *keep);
-    for (size_t i = 0; i < nw; i++) {
-        const char *name;
-        int nd;
-        int64_t sh[2];
-        eg_llama_weight_info(m, i, &name, &nd, sh);
-        size_t cnt = (size_t)sh[0] * (nd == 2 ? (size_t)sh[1] : 1);
-        float *w = rnd(cnt, &rng, nd == 2 ? 0.3f : 0.1f);
-        if (nd == 1 && strstr(name, "norm")) {
-            for (size_t j = 0; j < cnt; j++) {
-                w[j] += 1.0f;
-            }
-        }
-        keep[i] = w;
-        if (nd == 2 && quant) {
-            keep[i] = quant_q8_0(w, (int)sh[0], (int)sh[1]);
-            free(w);
-        }
-        CHECK(eg_llama_set_weight(m, name, nd == 2 && quant ? EG_GGML_Q8_0 : EG_GGML_F32, nd, sh,
-                                  keep[i], &err) == EG_OK, "set %s: %s", name, err.msg);
-    }
+    size_t nw;
+    void **keep;
+    eg_llama *m = random_model(&c, quant, &rng, &keep, &nw);
     float *head = rnd((size_t)41 * 32, &rng, 0.3f);
     eg_lora_config lc = {.rank = {2, 1, 3, 2, 2, 1, 2}, .alpha = {4, 2, 3, 1, 4, 5, 2},
                          .dropout = 0.0f};
@@ -406,11 +427,7 @@ static void test_model(int untied, int quant, int bias)
     CHECK(eg_llama_lora_step(t, bad_ids, off, 3, tg, 1.0f, 1, 0, &s, NULL, &err) == EG_EINVAL,
           "id outside vocab accepted");
     eg_llama_lora_free(t);
-    eg_llama_free(m);
-    for (size_t i = 0; i < nw; i++) {
-        free(keep[i]);
-    }
-    free(keep);
+    free_model(m, keep, nw);
     free(head);
 }
 
@@ -447,30 +464,9 @@ static void test_model_moe(int router, int quant, int normal_weights, double dec
                          .num_kv_heads = 2, .head_dim = 8, .intermediate_size = 64,
                          .max_position = 32, .rms_norm_eps = 1e-5f, .rope_theta = 1e4,
                          .rope_mode = EG_ROPE_NORM};
-    eg_llama *m = NULL;
-    CHECK(eg_llama_create(&m, &c, &err) == EG_OK, "create: %s", err.msg);
-    size_t nw = eg_llama_num_weights(m);
-    void **keep = calloc(nw + 1, sizeof *keep);
-    for (size_t i = 0; i < nw; i++) {
-        const char *name;
-        int nd;
-        int64_t sh[2];
-        eg_llama_weight_info(m, i, &name, &nd, sh);
-        size_t cnt = (size_t)sh[0] * (nd == 2 ? (size_t)sh[1] : 1);
-        float *w = rnd(cnt, &rng, nd == 2 ? 0.3f : 0.1f);
-        if (nd == 1 && strstr(name, "norm")) {
-            for (size_t j = 0; j < cnt; j++) {
-                w[j] += 1.0f;
-            }
-        }
-        keep[i] = w;
-        if (nd == 2 && quant) {
-            keep[i] = quant_q8_0(w, (int)sh[0], (int)sh[1]);
-            free(w);
-        }
-        CHECK(eg_llama_set_weight(m, name, nd == 2 && quant ? EG_GGML_Q8_0 : EG_GGML_F32, nd, sh,
-                                  keep[i], &err) == EG_OK, "set %s: %s", name, err.msg);
-    }
+    size_t nw;
+    void **keep;
+    eg_llama *m = random_model(&c, quant, &rng, &keep, &nw);
     eg_lora_config lc = {.rank = {2, 1, 0, 2, 0, 0, 0}, .alpha = {4, 2, 0, 1, 0, 0, 0}};
     eg_llama_lora *t = NULL;
     CHECK(eg_llama_lora_create(&t, m, &lc, 9, &err) == EG_OK, "lora create: %s", err.msg);
@@ -624,11 +620,7 @@ static void test_model_moe(int router, int quant, int normal_weights, double dec
         free(G0);
     }
     eg_llama_lora_free(t);
-    eg_llama_free(m);
-    for (size_t i = 0; i < nw; i++) {
-        free(keep[i]);
-    }
-    free(keep);
+    free_model(m, keep, nw);
 }
 
 int main(void)

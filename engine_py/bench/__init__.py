@@ -172,11 +172,12 @@ def add_output_args(parser, section: str) -> None:
     parser.add_argument("--no-write", action="store_true", help=argparse.SUPPRESS)
 
 
-def write_json(path: str, obj: dict) -> str:
-    """Write obj as JSON to path (temporary file + rename). Returns path."""
+def write_json(path: str, obj: dict, indent: int | None = 2) -> str:
+    """Write obj as JSON to path (temporary file + rename); indent None: one
+    line (large per-step histories). Returns path."""
     tmp = path + ".tmp"
     with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2, default=_json_default)
+        json.dump(obj, f, indent=indent, default=_json_default)
         f.write("\n")
     os.replace(tmp, path)
     return path
@@ -193,7 +194,7 @@ def _json_default(o):
 
 
 def finish(args, name: str, markdown: str, machine: dict, results: dict | None = None,
-           argv: list | None = None) -> str | None:
+           argv: list | None = None, json_indent: int | None = 2) -> str | None:
     """Print the markdown and, with --out, write it (see the module
     docstring). Returns the path written, or None."""
     print(markdown)
@@ -204,7 +205,7 @@ def finish(args, name: str, markdown: str, machine: dict, results: dict | None =
     if out.lower().endswith(".json"):
         cmd = "python -m engine_py bench " + " ".join([name.replace("_", "-")] + list(argv or []))
         path = write_json(out, {"benchmark": name, "command": cmd.strip(), "machine": machine,
-                                "results": results or {}, "markdown": markdown})
+                                "results": results or {}, "markdown": markdown}, json_indent)
     else:
         path = write_section(getattr(args, "section", None) or name, markdown, out)
     print(f"\nwrote {path}")

@@ -290,9 +290,11 @@ def main(argv: list | None = None) -> int:
                 if partial is not None:
                     from engine_py.bench import write_json
 
-                    write_json(partial, {"partial": True, "results": res})
+                    write_json(partial, {"partial": True, "results": res}, indent=None)
     machine = run.stop(threads=engine_py.get_num_threads())
-    finish(args, "gmoe_llm", render_markdown(res, machine_line(machine)), machine, res, argv)
+    # one line: the per-step load histories would take ~3 MB indented
+    finish(args, "gmoe_llm", render_markdown(res, machine_line(machine)), machine, res, argv,
+           json_indent=None)
     return 0
 
 

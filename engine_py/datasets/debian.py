@@ -340,7 +340,7 @@ def debian_packages(cache_dir=None, min_section_size: int = 50, seed: int = 0,
     architecture plus "all" (default: every architecture in the lists,
     duplicates resolved as documented). Raises RuntimeError if apt-cache is
     missing or the lists are empty."""
-    from .io import load_cached_packed, save_packed
+    from .io import load_cached_packed, store_cached_packed
 
     if min_section_size < 0:
         raise ValueError("min_section_size must be >= 0")
@@ -365,12 +365,5 @@ def debian_packages(cache_dir=None, min_section_size: int = 50, seed: int = 0,
                              min_section_size=min_section_size, seed=seed,
                              include_recommends=include_recommends, arch=arch,
                              native_arch=native, provenance=prov)
-    try:
-        cdir.mkdir(parents=True, exist_ok=True)
-        tmp = cdir / f".tmp-{os.getpid()}-debian-{key}"
-        t, a = save_packed(g, tmp)
-        os.replace(t, str(prefix) + ".nodes.jsonl.gz")
-        os.replace(a, str(prefix) + ".npz")
-    except OSError:
-        pass  # an unwritable cache is not an error
+    store_cached_packed(g, prefix)
     return g

@@ -19,6 +19,7 @@ import csv
 import gzip
 import io
 import json
+import os
 from pathlib import Path
 from typing import Optional
 
@@ -230,6 +231,21 @@ def load_cached_packed(prefix) -> Optional[TextGraph]:
         return load_packed(prefix)
     except (ValueError, OSError, KeyError):
         return None
+
+
+def store_cached_packed(g: TextGraph, prefix) -> None:
+    """Write g at prefix for load_cached_packed: both files under temporary
+    names in the same folder, then renamed, so readers never see half an
+    entry. An unwritable cache is not an error (the graph is rebuilt next
+    time)."""
+    prefix = Path(prefix)
+    try:
+        prefix.parent.mkdir(parents=True, exist_ok=True)
+        t, a = save_packed(g, prefix.parent / f".tmp-{os.getpid()}-{prefix.name}")
+        os.replace(t, str(prefix) + ".nodes.jsonl.gz")
+        os.replace(a, str(prefix) + ".npz")
+    except OSError:
+        pass
 
 
 def load_packed(prefix) -> TextGraph:

@@ -190,7 +190,7 @@ def python_library_chapters(doc_dir=None, cache_dir=None, min_class_size: int = 
     pylib-<hash> (packed format), keyed by a SHA-256 of the pages and the
     arguments."""
     from .debian import default_cache_dir
-    from .io import load_cached_packed, save_packed
+    from .io import load_cached_packed, store_cached_packed
 
     doc_dir = os.fspath(doc_dir) if doc_dir is not None else find_python_doc_dir()
     if not os.path.isdir(doc_dir):
@@ -221,12 +221,5 @@ def python_library_chapters(doc_dir=None, cache_dir=None, min_class_size: int = 
     g = library_chapters_from_pages(pages, min_class_size=min_class_size,
                                     max_paragraphs=max_paragraphs, max_chars=max_chars, seed=seed,
                                     frac=frac, provenance=prov)
-    try:
-        cdir.mkdir(parents=True, exist_ok=True)
-        tmp = cdir / f".tmp-{os.getpid()}-pylib-{key}"
-        t, a = save_packed(g, tmp)
-        os.replace(t, str(prefix) + ".nodes.jsonl.gz")
-        os.replace(a, str(prefix) + ".npz")
-    except OSError:
-        pass
+    store_cached_packed(g, prefix)
     return g
