@@ -5,7 +5,8 @@
  *
  * Type added to engine_py._core:
  *   Ladder(num_ladders, in_dim, reduced_dim, hidden, num_classes, gnn, gnn_layers,
- *          act, norm, heads, early_exit, dropout, T, seed)   G-Ladder (eg_engine.h)
+ *          act, norm, heads, early_exit, dropout, T, seed, precision=0)
+ *                                                   G-Ladder (eg_engine.h)
  *       .param_table() .buffer(kind) (a float32 view owned by the model)
  *       .begin() .forward_step() .loss() .backward() .zero_grad() .adamw_step()
  *       .train_batch() .predict_batch()  (whole batch, GIL released; predict
@@ -38,14 +39,14 @@ static int Ladder_init(LadderObject *self, PyObject *args, PyObject *kw)
 {
     static char *kwlist[] = {"num_ladders", "in_dim", "reduced_dim", "hidden", "num_classes", "gnn",
                              "gnn_layers", "act", "norm", "heads", "early_exit", "dropout", "T",
-                             "seed", NULL};
+                             "seed", "precision", NULL};
     eg_ladder_config c;
     memset(&c, 0, sizeof c);
     unsigned long long seed;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "iiiiiiiiiipffK", kwlist, &c.num_ladders, &c.in_dim,
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "iiiiiiiiiipffK|i", kwlist, &c.num_ladders, &c.in_dim,
                                      &c.reduced_dim, &c.hidden, &c.num_classes, &c.gnn,
                                      &c.gnn_layers, &c.act, &c.norm, &c.heads, &c.early_exit,
-                                     &c.dropout, &c.T, &seed)) {
+                                     &c.dropout, &c.T, &seed, &c.precision)) {
         return -1;
     }
     if (eg_py_init_once(self->m, "Ladder") < 0) {
@@ -152,10 +153,11 @@ static int Ladder_set_step(LadderObject *self, PyObject *v, void *c)
 
 /* Parsed batch arrays, held while the GIL is released. */
 typedef struct {
-    PyArrayObject *gp, *ptr, *src, *labels;
+    PyArrayObject *gp, *ptr, *src, *labels, *rows;
     PyArrayObject *H[64];
     int nH;
     int64_t G, N; /* subgraphs and nodes, set by parse_graph */
+    int64_t U;    /* state rows: N, or max(rows) + 1 when rows are given */
 } batch_args;
 
 static void batch_args_free(batch_args *b)
@@ -164,6 +166,7 @@ static void batch_args_free(batch_args *b)
     Py_XDECREF(b->ptr);
     Py_XDECREF(b->src);
     Py_XDECREF(b->labels);
+    Py_XDECREF(b->rows);
     for (int i = 0; i < b->nH; i++) {
         Py_XDECREF(b->H[i]);
     }
@@ -356,13 +359,38 @@ static PyObject *Ladder_adamw_step(LadderObject *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
-/* Shared by train_batch / predict_batch: parse (graph_ptr, indptr, indices, states list). */
+/* Shared by train_batch / predict_batch: parse (graph_ptr, indptr, indices,
+ * states list, rows or None). With rows (one int64 per node, in [0, N)) the
+ * states have U = max(rows) + 1 rows (eg_ladder_set_rows). */
 static int parse_full(LadderObject *self, batch_args *b, PyObject *gpo, PyObject *ptro,
-                      PyObject *srco, PyObject *hlist)
+                      PyObject *srco, PyObject *hlist, PyObject *rowso)
 {
     const eg_ladder_config *c = eg_ladder_get_config(self->m);
     if (parse_graph(self, b, gpo, ptro, srco) < 0) {
         return -1;
+    }
+    b->U = b->N;
+    if (rowso != NULL && rowso != Py_None) {
+        b->rows = eg_py_i64_vector(rowso, "rows");
+        if (b->rows == NULL) {
+            return -1;
+        }
+        if ((int64_t)PyArray_DIM(b->rows, 0) != b->N) {
+            PyErr_Format(PyExc_ValueError, "rows: need one state row per node (%lld), got %lld",
+                         (long long)b->N, (long long)PyArray_DIM(b->rows, 0));
+            return -1;
+        }
+        const int64_t *r = PyArray_DATA(b->rows);
+        int64_t top = -1;
+        for (int64_t n = 0; n < b->N; n++) {
+            if (r[n] < 0 || r[n] >= b->N) {
+                PyErr_Format(PyExc_ValueError, "rows[%lld] = %lld is outside [0, %lld)", (long long)n,
+                             (long long)r[n], (long long)b->N);
+                return -1;
+            }
+            top = r[n] > top ? r[n] : top;
+        }
+        b->U = top + 1;
     }
     PyObject *seq = PySequence_Fast(hlist, "states must be a sequence of arrays");
     if (seq == NULL) {
@@ -374,9 +402,9 @@ static int parse_full(LadderObject *self, batch_args *b, PyObject *gpo, PyObject
         Py_DECREF(seq);
         return -1;
     }
-    const npy_intp N = (npy_intp)b->N;
+    const npy_intp U = (npy_intp)b->U;
     for (int i = 0; i < c->num_ladders; i++) {
-        b->H[i] = parse_states(self, PySequence_Fast_GET_ITEM(seq, i), N, i);
+        b->H[i] = parse_states(self, PySequence_Fast_GET_ITEM(seq, i), U, i);
         if (b->H[i] == NULL) {
             Py_DECREF(seq);
             return -1;
@@ -387,12 +415,15 @@ static int parse_full(LadderObject *self, batch_args *b, PyObject *gpo, PyObject
     return 0;
 }
 
-static PyObject *Ladder_train_batch(LadderObject *self, PyObject *args)
+static PyObject *Ladder_train_batch(LadderObject *self, PyObject *args, PyObject *kw)
 {
-    PyObject *gpo, *ptro, *srco, *hlist, *yo;
+    static char *kwlist[] = {"graph_ptr", "indptr", "indices", "states", "labels", "seed", "lr",
+                             "weight_decay", "rows", NULL};
+    PyObject *gpo, *ptro, *srco, *hlist, *yo, *rowso = Py_None;
     unsigned long long seed;
     float lr, wd;
-    if (!PyArg_ParseTuple(args, "OOOOOKff", &gpo, &ptro, &srco, &hlist, &yo, &seed, &lr, &wd) ||
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOOOKff|O", kwlist, &gpo, &ptro, &srco, &hlist, &yo,
+                                     &seed, &lr, &wd, &rowso) ||
         ladder_ready(self) < 0) {
         return NULL;
     }
@@ -400,7 +431,7 @@ static PyObject *Ladder_train_batch(LadderObject *self, PyObject *args)
     batch_args b;
     memset(&b, 0, sizeof b);
     PyObject *res = NULL;
-    if (parse_full(self, &b, gpo, ptro, srco, hlist) < 0) {
+    if (parse_full(self, &b, gpo, ptro, srco, hlist, rowso) < 0) {
         goto fail;
     }
     const int64_t G = b.G, N = b.N;
@@ -423,7 +454,9 @@ static PyObject *Ladder_train_batch(LadderObject *self, PyObject *args)
      * a Ctrl-C during it is raised by Python as soon as it returns, with the
      * parameters fully updated, never half-way through AdamW. */
     EG_PY_NOGIL(st = eg_ladder_train_step(self->m, G, PyArray_DATA(b.gp), N, PyArray_DATA(b.ptr),
-                                          PyArray_DATA(b.src), H, PyArray_DATA(b.labels),
+                                          PyArray_DATA(b.src), b.U,
+                                          b.rows != NULL ? PyArray_DATA(b.rows) : NULL, H,
+                                          PyArray_DATA(b.labels),
                                           (uint64_t)seed, lr, wd, &loss, &err));
     eg_py_leave(&self->busy);
     res = eg_py_result(st, &err, NULL, PyFloat_FromDouble((double)loss));
@@ -432,17 +465,19 @@ fail:
     return res;
 }
 
-static PyObject *Ladder_predict_batch(LadderObject *self, PyObject *args)
+static PyObject *Ladder_predict_batch(LadderObject *self, PyObject *args, PyObject *kw)
 {
-    PyObject *gpo, *ptro, *srco, *hlist;
-    if (!PyArg_ParseTuple(args, "OOOO", &gpo, &ptro, &srco, &hlist) || ladder_ready(self) < 0) {
+    static char *kwlist[] = {"graph_ptr", "indptr", "indices", "states", "rows", NULL};
+    PyObject *gpo, *ptro, *srco, *hlist, *rowso = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOO|O", kwlist, &gpo, &ptro, &srco, &hlist, &rowso) ||
+        ladder_ready(self) < 0) {
         return NULL;
     }
     const eg_ladder_config *c = eg_ladder_get_config(self->m);
     batch_args b;
     memset(&b, 0, sizeof b);
     PyObject *res = NULL;
-    if (parse_full(self, &b, gpo, ptro, srco, hlist) < 0) {
+    if (parse_full(self, &b, gpo, ptro, srco, hlist, rowso) < 0) {
         goto fail;
     }
     const int64_t G = b.G, N = b.N;
@@ -460,6 +495,9 @@ static PyObject *Ladder_predict_batch(LadderObject *self, PyObject *args)
     Py_BEGIN_ALLOW_THREADS
     st = eg_ladder_begin(self->m, G, PyArray_DATA(b.gp), N, PyArray_DATA(b.ptr), PyArray_DATA(b.src),
                          0, 0, &err);
+    if (st == EG_OK && b.rows != NULL) {
+        st = eg_ladder_set_rows(self->m, b.U, PyArray_DATA(b.rows), &err);
+    }
     for (int i = 0; st == EG_OK && !stop && i < c->num_ladders; i++) {
         st = eg_ladder_forward_eval(self->m, i, PyArray_DATA(b.H[i]),
                                     out + (size_t)i * (size_t)G * (size_t)c->num_classes, &err);
@@ -535,10 +573,13 @@ static PyMethodDef Ladder_methods[] = {
     {"zero_grad", (PyCFunction)Ladder_zero_grad, METH_NOARGS, "Zero the gradient buffer."},
     {"adamw_step", (PyCFunction)Ladder_adamw_step, METH_VARARGS,
      "adamw_step(lr, weight_decay, beta1=0.9, beta2=0.999, eps=1e-8)."},
-    {"train_batch", (PyCFunction)Ladder_train_batch, METH_VARARGS,
-     "train_batch(graph_ptr, indptr, indices, states, labels, seed, lr, wd) -> loss."},
-    {"predict_batch", (PyCFunction)Ladder_predict_batch, METH_VARARGS,
-     "predict_batch(graph_ptr, indptr, indices, states) -> logits (K, G, C) (zeros for ladders without a head)."},
+    {"train_batch", (PyCFunction)(void (*)(void))Ladder_train_batch, METH_VARARGS | METH_KEYWORDS,
+     "train_batch(graph_ptr, indptr, indices, states, labels, seed, lr, wd, rows=None) -> loss.\n"
+     "rows (int64, one per node): node n uses state row rows[n]; the states then have\n"
+     "max(rows) + 1 rows, so a node repeated across subgraphs is projected once."},
+    {"predict_batch", (PyCFunction)(void (*)(void))Ladder_predict_batch, METH_VARARGS | METH_KEYWORDS,
+     "predict_batch(graph_ptr, indptr, indices, states, rows=None) -> logits (K, G, C) (zeros for\n"
+     "ladders without a head); rows as in train_batch."},
     {"has_head", (PyCFunction)Ladder_has_head, METH_O, "has_head(i) -> bool."},
     {"keep", (PyCFunction)Ladder_keep, METH_O,
      "keep(mask): eval only, after a forward_step: keep only the subgraphs with mask[g] (early exit)."},

@@ -48,6 +48,7 @@ __all__ = ["EngineClassifier", "InMemoryStates", "NotFittedError"]
 _GNN = {"sage": 0, "gcn": 1, "gat": 2}
 _ACT = {"elu": 0, "relu": 1}
 _NORM = {"id": 0, "ln": 1, "bn": 2}
+_PRECISION = {"float32": 0, "bfloat16": 1}
 _FORMAT = "engine_py.EngineClassifier"
 _FORMAT_VERSION = 2   # 2: config.json holds "classes" (1 is still read)
 _log = logging.getLogger(__name__)
@@ -261,13 +262,21 @@ class EngineClassifier:
     spaced, the paper's choice), ``"every:K"``, ``"last"``, ``"all"``.
     ``r`` (optional) sets ``reduced_dim = dim // r`` at fit time. ``heads`` is
     the GAT head count (used with ``gnn="gat"``).
+
+    ``precision``: ``"float32"`` (default) or ``"bfloat16"``: the products of
+    the projectors and GNNs, forward and backward, with both operands rounded
+    to bfloat16 and float32 sums (the AVX512-BF16 kernel where the CPU has
+    it, an exact emulation elsewhere); norms, activations, heads, losses and
+    AdamW stay float32, as in mixed-precision training. Measured accuracy
+    and speed: docs/PERFORMANCE.md. A node sampled into several subgraphs of
+    a batch is read and projected once in either precision.
     """
 
     def __init__(self, layers=None, reduced_dim=128, hidden=64, gnn="sage", gnn_layers=1,
                  activation="elu", norm="id", dropout=0.5, sampler="khop", max_neighbors=None,
                  walk_steps=64, restart=0.5, T=0.1, lr=1e-3, weight_decay=5e-4, epochs=200,
                  patience=20, batch_size=256, early_exit=True, seed=0, show_progress_bar=None,
-                 r=None, heads=4):
+                 r=None, heads=4, precision="float32"):
         self.layers = layers
         self.reduced_dim = reduced_dim
         self.hidden = hidden
@@ -291,6 +300,7 @@ class EngineClassifier:
         self.show_progress_bar = show_progress_bar
         self.r = r
         self.heads = heads
+        self.precision = precision
 
     # ------------------------------------------------------------ params
     @classmethod
@@ -355,6 +365,7 @@ class EngineClassifier:
         check_int(self.seed, "seed")
         check_int(self.r, "r", min=1, none=True)
         check_int(self.heads, "heads", min=1)
+        check_choice(self.precision, "precision", _PRECISION)
 
     def _resolve_layers(self, cache):
         cached = [int(x) for x in cache.layers]
@@ -383,8 +394,19 @@ class EngineClassifier:
                            walk_steps=self.walk_steps, restart=self.restart, seed=seed)
 
     def _gather(self, cache, batch: Batch):
+        """One (num_nodes, D) float32 state array per selected layer, a row per
+        batch node (repeated nodes repeated): what a per-node model takes."""
         return [np.ascontiguousarray(cache.gather(l, batch.nodes), dtype=np.float32)
                 for l in self.layers_]
+
+    def _gather_unique(self, cache, batch: Batch):
+        """(keys, rows, states): the batch's distinct node ids, each batch
+        node's row among them (keys[rows] == batch.nodes), and one (len(keys),
+        D) array per layer. A node sampled into several subgraphs is read
+        from the cache and projected once (train_batch/predict_batch rows=)."""
+        keys, rows = np.unique(batch.nodes, return_inverse=True)
+        states = [np.ascontiguousarray(cache.gather(l, keys), dtype=np.float32) for l in self.layers_]
+        return keys, rows.astype(np.int64, copy=False).reshape(-1), states
 
     def _predict_logits(self, cache, graph, node_ids, all_heads=False):
         out = []
@@ -393,11 +415,11 @@ class EngineClassifier:
         for s in range(0, len(node_ids), bs):
             t = node_ids[s:s + bs]
             b = self._sample(graph, t, eval_seed)
-            Hs = self._gather(cache, b)
+            keys, rows, Hs = self._gather_unique(cache, b)
             try:
-                z = self.model_.predict_batch(b.graph_ptr, b.indptr, b.indices, Hs)
+                z = self.model_.predict_batch(b.graph_ptr, b.indptr, b.indices, Hs, rows=rows)
             except ValueError:
-                _raise_if_nonfinite(Hs, self.layers_, b.nodes, cache)
+                _raise_if_nonfinite(Hs, self.layers_, keys, cache)
                 raise
             out.append(z if all_heads else z[-1])
         if not out:
@@ -413,7 +435,8 @@ class EngineClassifier:
         self.model_ = _core.Ladder(num_layers, int(dim), k, int(self.hidden), int(num_classes),
                                    _GNN[self.gnn], int(self.gnn_layers), _ACT[self.activation],
                                    _NORM[self.norm], int(self.heads), bool(self.early_exit),
-                                   float(self.dropout), float(self.T), _seed64(self.seed, 1))
+                                   float(self.dropout), float(self.T), _seed64(self.seed, 1),
+                                   precision=_PRECISION[self.precision])
         self._table = self.model_.param_table()
         self._params = self.model_.buffer("param")
 
@@ -470,13 +493,14 @@ class EngineClassifier:
                     b = self._sample(graph, t, _seed64(self.seed, 3, epoch))
                     if self.norm == "bn" and b.num_nodes < 2:
                         continue   # BatchNorm cannot train on one node (torch raises); skip it
-                    Hs = self._gather(cache, b)
+                    keys, rows, Hs = self._gather_unique(cache, b)
                     try:
                         loss = self.model_.train_batch(b.graph_ptr, b.indptr, b.indices, Hs, y[t],
                                                        _seed64(self.seed, 4, epoch, bi),
-                                                       float(self.lr), float(self.weight_decay))
+                                                       float(self.lr), float(self.weight_decay),
+                                                       rows=rows)
                     except ValueError:
-                        _raise_if_nonfinite(Hs, self.layers_, b.nodes, cache)
+                        _raise_if_nonfinite(Hs, self.layers_, keys, cache)
                         raise
                     if not math.isfinite(loss):
                         raise FloatingPointError(f"training loss became {loss} at epoch {epoch}; lower lr")

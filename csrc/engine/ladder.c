@@ -47,7 +47,7 @@ typedef struct {
 
 typedef struct {
     const float *H;   /* this ladder's states: arena copy, or borrowed for one call */
-    float *l1, *mean, *rstd, *r, *p, *x, *z, *o, *logits, *probs;
+    float *l1, *mean, *rstd, *r, *p, *x, *z, *o, *logits, *probs;   /* l1 .. p: U rows */
     float a;
     layer_act L[2];
 } ladder_act;
@@ -67,6 +67,12 @@ struct eg_ladder {
     uint64_t seed;
     int64_t N, G, E;
     int64_t *graph_ptr, *labels;
+    /* Shared state rows (eg_ladder_set_rows): the states hold U rows and
+     * node n uses row rows[n]; urow_ptr/urow_nodes (U+1, N) list each row's
+     * nodes in increasing order. rows == NULL: one row per node (U == N). */
+    int64_t U;
+    const int64_t *rows;
+    int64_t *urow_ptr, *urow_nodes;
     eg_gnn_graph g;
     ladder_act act[MAX_LADDERS];
 };
@@ -176,6 +182,10 @@ eg_status eg_ladder_create(eg_ladder **out, const eg_ladder_config *cfg, uint64_
     }
     if (!(c->T > 0.0f) || !isfinite(c->T)) {
         return eg_seterr(err, EG_EINVAL, "ladder: T must be a positive number, got %g", (double)c->T);
+    }
+    if (c->precision != EG_PREC_F32 && c->precision != EG_PREC_BF16) {
+        return eg_seterr(err, EG_EINVAL, "ladder: unknown precision %d (0 float32, 1 bfloat16)",
+                         c->precision);
     }
     if (c->gnn == EG_GNN_GAT) {
         for (int j = 0; j < c->gnn_layers; j++) {
@@ -408,6 +418,9 @@ eg_status eg_ladder_begin(eg_ladder *m, int64_t G, const int64_t *graph_ptr, int
     m->N = N;
     m->G = G;
     m->E = E;
+    m->U = N;
+    m->rows = NULL;
+    m->urow_ptr = m->urow_nodes = NULL;
     int64_t *gp, *p, *s, *rp, *rd, *re;
     ALLOC(gp, G + 1);
     ALLOC(p, N + 1);
@@ -430,6 +443,44 @@ eg_status eg_ladder_begin(eg_ladder *m, int64_t G, const int64_t *graph_ptr, int
     m->states_kept = 1;
     m->begun = 1;
     memset(m->act, 0, sizeof m->act);
+    return EG_OK;
+}
+
+eg_status eg_ladder_set_rows(eg_ladder *m, int64_t U, const int64_t *rows, eg_err *err)
+{
+    if (!m->begun || m->next != 0) {
+        return eg_seterr(err, EG_ESTATE, "ladder set_rows: needs a batch begun and no forward step run");
+    }
+    const int64_t N = m->N;
+    if (U < 1 || U > N) {
+        return eg_seterr(err, EG_EINVAL, "ladder set_rows: need 1 <= rows (%lld) <= nodes (%lld)",
+                         (long long)U, (long long)N);
+    }
+    int64_t *rp, *rn, *cur, *copy;
+    ALLOC(rp, U + 1);
+    ALLOC(rn, N);
+    ALLOC(cur, U);
+    ALLOC(copy, N);
+    memset(rp, 0, (size_t)(U + 1) * sizeof *rp);
+    for (int64_t n = 0; n < N; n++) {
+        if (rows[n] < 0 || rows[n] >= U) {
+            return eg_seterr(err, EG_EINVAL, "ladder set_rows: node %lld uses row %lld, outside [0, %lld)",
+                             (long long)n, (long long)rows[n], (long long)U);
+        }
+        rp[rows[n] + 1]++;
+    }
+    for (int64_t u = 0; u < U; u++) {
+        rp[u + 1] += rp[u];
+        cur[u] = rp[u];
+    }
+    for (int64_t n = 0; n < N; n++) {
+        rn[cur[rows[n]]++] = n;   /* n increases, so each row's list is in node order */
+    }
+    memcpy(copy, rows, (size_t)N * sizeof *copy);
+    m->U = U;
+    m->rows = copy;
+    m->urow_ptr = rp;
+    m->urow_nodes = rn;
     return EG_OK;
 }
 
@@ -484,11 +535,16 @@ static eg_status forward_step(eg_ladder *m, int i, const float *H, float *logits
                          m->next, m->begun ? "" : ", no batch begun");
     }
     const int N = (int)m->N, D = c->in_dim, k = c->reduced_dim, C = c->num_classes;
-    const size_t ND = (size_t)N * (size_t)D;
-    int64_t bad_row = first_nonfinite_row(H, N, D);
+    const int prec = c->precision;   /* the heads' tiny products stay float32 */
+    /* the projector runs once per state row: U rows, shared by the nodes
+     * that use them (eg_ladder_set_rows), or one per node */
+    const int U = (int)m->U;
+    const int64_t *rows = m->rows;
+    const size_t UD = (size_t)U * (size_t)D;
+    int64_t bad_row = first_nonfinite_row(H, U, D);
     if (bad_row >= 0) {
         return eg_seterr(err, EG_EINVAL,
-                         "ladder %d: the layer states contain NaN or inf (node row %lld of the batch)",
+                         "ladder %d: the layer states contain NaN or inf (state row %lld of the batch)",
                          i, (long long)bad_row);
     }
     const ladder_off *lo = &m->lo[i];
@@ -496,32 +552,42 @@ static eg_status forward_step(eg_ladder *m, int i, const float *H, float *logits
     const float *P = m->param;
     if (keep_states) {
         float *copy;
-        ALLOC(copy, ND);
-        memcpy(copy, H, ND * sizeof(float));
+        ALLOC(copy, UD);
+        memcpy(copy, H, UD * sizeof(float));
         a->H = copy;
     } else {
         a->H = H;
     }
     m->states_kept &= keep_states;
-    ALLOC(a->l1, (size_t)N * k);
-    ALLOC(a->mean, N);
-    ALLOC(a->rstd, N);
-    ALLOC(a->r, (size_t)N * k);
-    ALLOC(a->p, (size_t)N * k);
-    eg_linear_forward(a->l1, a->H, P + lo->p0w, P + lo->p0b, N, D, k);
-    eg_layernorm_forward(a->r, a->mean, a->rstd, a->l1, P + lo->p1w, P + lo->p1b, N, k);
-    eg_relu_forward(a->r, a->r, (size_t)N * k);   /* in place: the backward needs only r */
-    eg_linear_forward(a->p, a->r, P + lo->p3w, P + lo->p3b, N, k, k);
-    if (i == 0) {
+    ALLOC(a->l1, (size_t)U * k);
+    ALLOC(a->mean, U);
+    ALLOC(a->rstd, U);
+    ALLOC(a->r, (size_t)U * k);
+    ALLOC(a->p, (size_t)U * k);
+    eg_linear_forward(a->l1, a->H, P + lo->p0w, P + lo->p0b, U, D, k, prec);
+    eg_layernorm_forward(a->r, a->mean, a->rstd, a->l1, P + lo->p1w, P + lo->p1b, U, k);
+    eg_relu_forward(a->r, a->r, (size_t)U * k);   /* in place: the backward needs only r */
+    eg_linear_forward(a->p, a->r, P + lo->p3w, P + lo->p3b, U, k, k, prec);
+    const float *zp = i > 0 ? m->act[i - 1].z : NULL;
+    const float gate = i > 0 ? 1.0f / (1.0f + expf(-P[lo->alpha] / c->T)) : 1.0f;
+    a->a = gate;
+    if (i == 0 && rows == NULL) {
         a->x = a->p;
-        a->a = 1.0f;
     } else {
-        const float *zp = m->act[i - 1].z;
-        float gate = 1.0f / (1.0f + expf(-P[lo->alpha] / c->T));
-        a->a = gate;
+        /* x_n = a p_{row(n)} + (1 - a) z_{i-1, n} */
         ALLOC(a->x, (size_t)N * k);
-        for (size_t q = 0; q < (size_t)N * k; q++) {
-            a->x[q] = gate * a->p[q] + (1.0f - gate) * zp[q];
+        #pragma omp parallel for schedule(static) if (EG_OMP_WORTH(N, k))
+        for (int n = 0; n < N; n++) {
+            const float *pn = a->p + (size_t)(rows != NULL ? rows[n] : n) * k;
+            float *xn = a->x + (size_t)n * k;
+            if (zp == NULL) {
+                memcpy(xn, pn, (size_t)k * sizeof(float));
+            } else {
+                const float *zn = zp + (size_t)n * k;
+                for (int q = 0; q < k; q++) {
+                    xn[q] = gate * pn[q] + (1.0f - gate) * zn[q];
+                }
+            }
         }
     }
     float *cur = a->x;
@@ -533,11 +599,11 @@ static eg_status forward_step(eg_ladder *m, int i, const float *H, float *logits
         ALLOC(la->conv, no);
         if (c->gnn == EG_GNN_SAGE) {
             ALLOC(la->s1, (size_t)N * L->in);
-            eg_sage_forward(la->conv, la->s1, cur, P + L->w, P + L->b, P + L->w2, &m->g, L->in, L->out);
+            eg_sage_forward(la->conv, la->s1, cur, P + L->w, P + L->b, P + L->w2, &m->g, L->in, L->out, prec);
         } else if (c->gnn == EG_GNN_GCN) {
             ALLOC(la->s1, no);
             ALLOC(la->s2, N);
-            eg_gcn_forward(la->conv, la->s1, la->s2, cur, P + L->w, P + L->b, &m->g, L->in, L->out);
+            eg_gcn_forward(la->conv, la->s1, la->s2, cur, P + L->w, P + L->b, &m->g, L->in, L->out, prec);
         } else {
             int Hh = c->heads;
             ALLOC(la->s1, no);
@@ -545,7 +611,7 @@ static eg_status forward_step(eg_ladder *m, int i, const float *H, float *logits
             ALLOC(la->s3, (size_t)N * Hh);
             ALLOC(la->s4, (size_t)(m->E + N) * Hh);
             eg_gat_forward(la->conv, la->s1, la->s2, la->s3, la->s4, cur, P + L->w, P + L->as,
-                           P + L->ad, P + L->b, &m->g, L->in, Hh, L->out / Hh);
+                           P + L->ad, P + L->b, &m->g, L->in, Hh, L->out / Hh, prec);
         }
         if (!L->post) {
             cur = la->conv;
@@ -600,7 +666,7 @@ static eg_status forward_step(eg_ladder *m, int i, const float *H, float *logits
         ALLOC(a->o, (size_t)m->G * 2 * k);
         ALLOC(a->logits, (size_t)m->G * C);
         eg_readout_forward(a->o, a->z, m->graph_ptr, m->G, k);
-        eg_linear_forward(a->logits, a->o, P + lo->hw, P + lo->hb, (int)m->G, 2 * k, C);
+        eg_linear_forward(a->logits, a->o, P + lo->hw, P + lo->hb, (int)m->G, 2 * k, C, EG_PREC_F32);
         if (logits != NULL) {
             memcpy(logits, a->logits, (size_t)m->G * C * sizeof(float));
         }
@@ -666,6 +732,7 @@ eg_status eg_ladder_backward(eg_ladder *m, eg_err *err)
         return eg_seterr(err, EG_ESTATE, "ladder: backward after eg_ladder_forward_eval (states not kept)");
     }
     const int N = (int)m->N, D = c->in_dim, k = c->reduced_dim, C = c->num_classes, K = c->num_ladders;
+    const int prec = c->precision;
     const int G = (int)m->G;
     const float *P = m->param;
     float *GR = m->grad;
@@ -704,7 +771,7 @@ eg_status eg_ladder_backward(eg_ladder *m, eg_err *err)
         if (lo->has_head) {
             memset(dlogits, 0, (size_t)G * C * sizeof(float));
             eg_softmax_ce_backward(dlogits, a->probs, m->labels, G, C, 1.0f);
-            eg_linear_backward(dout, GR + lo->hw, GR + lo->hb, dlogits, a->o, P + lo->hw, G, 2 * k, C);
+            eg_linear_backward(dout, GR + lo->hw, GR + lo->hb, dlogits, a->o, P + lo->hw, G, 2 * k, C, EG_PREC_F32);
             eg_readout_backward(dz, dout, m->graph_ptr, G, k);
         }
         /* GNN layers, last to first; `cur` holds d(layer output) */
@@ -737,15 +804,15 @@ eg_status eg_ladder_backward(eg_ladder *m, eg_err *err)
             float *din = (j == 0) ? dprev : t3;
             if (c->gnn == EG_GNN_SAGE) {
                 eg_sage_backward(din, GR + L->w, GR + L->b, GR + L->w2, dconv, la->in, la->s1,
-                                 P + L->w, P + L->w2, &m->g, scratch, L->in, L->out);
+                                 P + L->w, P + L->w2, &m->g, scratch, L->in, L->out, prec);
             } else if (c->gnn == EG_GNN_GCN) {
                 eg_gcn_backward(din, GR + L->w, GR + L->b, dconv, la->in, la->s2, P + L->w, &m->g,
-                                scratch, L->in, L->out);
+                                scratch, L->in, L->out, prec);
             } else {
                 int Hh = c->heads;
                 eg_gat_backward(din, GR + L->w, GR + L->as, GR + L->ad, GR + L->b, dconv, la->in,
                                 la->s1, la->s2, la->s3, la->s4, P + L->w, P + L->as, P + L->ad,
-                                &m->g, scratch, L->in, Hh, L->out / Hh);
+                                &m->g, scratch, L->in, Hh, L->out / Hh, prec);
             }
             if (j > 0) {
                 /* move to a buffer not used by the next (earlier) layer's temporaries */
@@ -753,25 +820,52 @@ eg_status eg_ladder_backward(eg_ladder *m, eg_err *err)
                 cur = dz;
             }
         }
-        /* dprev = dL/dx_i.  Gate and projector. */
+        /* dprev = dL/dx_i.  Gate, then the projector over the U state rows:
+         * dp_u = a * (sum of dprev_n over the nodes n using row u) */
+        const int64_t *rows = m->rows;
+        const int U = (int)m->U;
+        const size_t Uk = (size_t)U * k;
         float *dp = dr;
         if (i > 0) {
             const float *zp = m->act[i - 1].z;
             float g = a->a;
             double da = 0.0;
-            for (size_t q = 0; q < Nk; q++) {
-                da += (double)dprev[q] * ((double)a->p[q] - (double)zp[q]);
-                dp[q] = g * dprev[q];
+            for (int n = 0; n < N; n++) {
+                const float *pn = a->p + (size_t)(rows != NULL ? rows[n] : n) * k;
+                const float *dn = dprev + (size_t)n * k, *zn = zp + (size_t)n * k;
+                for (int q = 0; q < k; q++) {
+                    da += (double)dn[q] * ((double)pn[q] - (double)zn[q]);
+                }
             }
             GR[lo->alpha] += (float)(da * g * (1.0 - g) / c->T);
-        } else {
-            memcpy(dp, dprev, Nk * sizeof(float));
         }
-        eg_linear_backward(t1, GR + lo->p3w, GR + lo->p3b, dp, a->r, P + lo->p3w, N, k, k);
-        eg_relu_backward(t1, t1, a->r, Nk);
+        if (rows == NULL) {
+            for (size_t q = 0; q < Nk; q++) {
+                dp[q] = a->a * dprev[q];
+            }
+        } else {
+            const int64_t *rp = m->urow_ptr, *rn = m->urow_nodes;
+            const float g = a->a;
+            #pragma omp parallel for schedule(static) if (EG_OMP_WORTH(N, k))
+            for (int u = 0; u < U; u++) {
+                float *du = dp + (size_t)u * k;
+                memset(du, 0, (size_t)k * sizeof(float));
+                for (int64_t j = rp[u]; j < rp[u + 1]; j++) {
+                    const float *dn = dprev + (size_t)rn[j] * k;
+                    for (int q = 0; q < k; q++) {
+                        du[q] += dn[q];
+                    }
+                }
+                for (int q = 0; q < k; q++) {
+                    du[q] *= g;
+                }
+            }
+        }
+        eg_linear_backward(t1, GR + lo->p3w, GR + lo->p3b, dp, a->r, P + lo->p3w, U, k, k, prec);
+        eg_relu_backward(t1, t1, a->r, Uk);
         eg_layernorm_backward(t2, GR + lo->p1w, GR + lo->p1b, t1, a->l1, P + lo->p1w, a->mean,
-                              a->rstd, N, k);
-        eg_linear_backward(NULL, GR + lo->p0w, GR + lo->p0b, t2, a->H, P + lo->p0w, N, D, k);
+                              a->rstd, U, k);
+        eg_linear_backward(NULL, GR + lo->p0w, GR + lo->p0b, t2, a->H, P + lo->p0w, U, D, k, prec);
         /* keep dL/dx_i for z_{i-1}: swap dprev into dx_next */
         if (i > 0) {
             if (dx_next == NULL) {
@@ -794,6 +888,9 @@ eg_status eg_ladder_keep(eg_ladder *m, const uint8_t *keep, eg_err *err)
     }
     if (m->training) {
         return eg_seterr(err, EG_ESTATE, "ladder keep: not allowed on a training batch");
+    }
+    if (m->rows != NULL) {
+        return eg_seterr(err, EG_ESTATE, "ladder keep: not allowed on a batch with shared state rows");
     }
     const int64_t G = m->G, N = m->N;
     int64_t G2 = 0, N2 = 0, E2 = 0;
@@ -850,6 +947,7 @@ eg_status eg_ladder_keep(eg_ladder *m, const uint8_t *keep, eg_err *err)
     m->graph_ptr = gp;
     m->g = (eg_gnn_graph){N2, E2, p, s, rp, rd, re};
     m->N = N2;
+    m->U = N2;
     m->G = G2;
     m->E = E2;
     m->act[m->next - 1].z = z;
@@ -861,11 +959,14 @@ eg_status eg_ladder_keep(eg_ladder *m, const uint8_t *keep, eg_err *err)
 /* ------------------------------------------------------- one-call training */
 
 eg_status eg_ladder_train_step(eg_ladder *m, int64_t G, const int64_t *graph_ptr, int64_t N,
-                               const int64_t *ptr, const int64_t *src, const float *const *H,
-                               const int64_t *labels, uint64_t seed, float lr, float weight_decay,
-                               float *loss, eg_err *err)
+                               const int64_t *ptr, const int64_t *src, int64_t U,
+                               const int64_t *rows, const float *const *H, const int64_t *labels,
+                               uint64_t seed, float lr, float weight_decay, float *loss, eg_err *err)
 {
     eg_status st = eg_ladder_begin(m, G, graph_ptr, N, ptr, src, 1, seed, err);
+    if (st == EG_OK && rows != NULL) {
+        st = eg_ladder_set_rows(m, U, rows, err);
+    }
     for (int i = 0; st == EG_OK && i < m->cfg.num_ladders; i++) {
         /* H outlives this call, so the backward below may borrow it */
         st = forward_step(m, i, H[i], NULL, 0, err);

@@ -19,7 +19,7 @@ size_t eg_gat_scratch_size(int64_t N, int64_t E, int H, int F)
 
 void eg_gat_forward(float *out, float *h, float *as, float *ad, float *att, const float *inp,
                     const float *w, const float *att_src, const float *att_dst, const float *b,
-                    const eg_gnn_graph *g, int C, int H, int F)
+                    const eg_gnn_graph *g, int C, int H, int F, int prec)
 {
     // inp (N,C), w (H*F,C) -> out (N,H*F); saves h, as, ad (N,H), att (E+N,H)
     int N = (int)g->n;
@@ -28,7 +28,7 @@ void eg_gat_forward(float *out, float *h, float *as, float *ad, float *att, cons
     if (N == 0) {
         return;
     }
-    eg_linear_forward(h, inp, w, NULL, N, C, HF);
+    eg_linear_forward(h, inp, w, NULL, N, C, HF, prec);
     #pragma omp parallel for schedule(static) if (EG_OMP_WORTH(g->n + g->ptr[g->n], HF))
     for (int64_t n = 0; n < g->n; n++) {
         const float *hn = h + (size_t)n * HF;
@@ -89,7 +89,7 @@ void eg_gat_backward(float *dinp, float *dw, float *datt_src, float *datt_dst, f
                      const float *dout, const float *inp, const float *h, const float *as,
                      const float *ad, const float *att, const float *w, const float *att_src,
                      const float *att_dst, const eg_gnn_graph *g, float *scratch, int C, int H,
-                     int F)
+                     int F, int prec)
 {
     int N = (int)g->n;
     const int HF = H * F;
@@ -185,5 +185,5 @@ void eg_gat_backward(float *dinp, float *dw, float *datt_src, float *datt_dst, f
             db[i] += (float)s3;
         }
     }
-    eg_linear_backward(dinp, dw, NULL, dh, inp, w, N, C, HF);
+    eg_linear_backward(dinp, dw, NULL, dh, inp, w, N, C, HF, prec);
 }

@@ -10,14 +10,14 @@
 #include <string.h>
 
 void eg_gcn_forward(float *out, float *h, float *dinv, const float *inp, const float *w,
-                    const float *b, const eg_gnn_graph *g, int C, int OC)
+                    const float *b, const eg_gnn_graph *g, int C, int OC, int prec)
 {
     // inp (N,C), w (OC,C), b (OC) -> out (N,OC), h (N,OC), dinv (N)
     int N = (int)g->n;
     if (N == 0) {
         return;
     }
-    eg_linear_forward(h, inp, w, NULL, N, C, OC);
+    eg_linear_forward(h, inp, w, NULL, N, C, OC, prec);
     for (int64_t v = 0; v < g->n; v++) {
         dinv[v] = (float)(1.0 / sqrt((double)(g->ptr[v + 1] - g->ptr[v] + 1)));
     }
@@ -47,7 +47,7 @@ void eg_gcn_forward(float *out, float *h, float *dinv, const float *inp, const f
 
 void eg_gcn_backward(float *dinp, float *dw, float *db, const float *dout, const float *inp,
                      const float *dinv, const float *w, const eg_gnn_graph *g, float *scratch,
-                     int C, int OC)
+                     int C, int OC, int prec)
 {
     int N = (int)g->n;
     if (N == 0) {
@@ -81,5 +81,5 @@ void eg_gcn_backward(float *dinp, float *dw, float *db, const float *dout, const
             db[c] += (float)s;
         }
     }
-    eg_linear_backward(dinp, dw, NULL, dh, inp, w, N, C, OC);
+    eg_linear_backward(dinp, dw, NULL, dh, inp, w, N, C, OC, prec);
 }

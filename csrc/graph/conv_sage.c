@@ -32,7 +32,7 @@ static void mean_aggregate(float *agg, const float *inp, const eg_gnn_graph *g, 
 }
 
 void eg_sage_forward(float *out, float *agg, const float *inp, const float *wl, const float *bl,
-                     const float *wr, const eg_gnn_graph *g, int C, int OC)
+                     const float *wr, const eg_gnn_graph *g, int C, int OC, int prec)
 {
     // inp (N,C), wl/wr (OC,C), bl (OC) -> out (N,OC), agg (N,C)
     int N = (int)g->n;
@@ -40,21 +40,21 @@ void eg_sage_forward(float *out, float *agg, const float *inp, const float *wl, 
         return;
     }
     mean_aggregate(agg, inp, g, C);
-    eg_linear_forward(out, agg, wl, bl, N, C, OC);
-    eg_sgemm(0, 1, N, OC, C, 1.0f, inp, C, wr, C, 1.0f, out, OC);
+    eg_linear_forward(out, agg, wl, bl, N, C, OC, prec);
+    eg_gemm_prec(prec, 0, 1, N, OC, C, 1.0f, inp, C, wr, C, 1.0f, out, OC);
 }
 
 void eg_sage_backward(float *dinp, float *dwl, float *dbl, float *dwr, const float *dout,
                       const float *inp, const float *agg, const float *wl, const float *wr,
-                      const eg_gnn_graph *g, float *scratch, int C, int OC)
+                      const eg_gnn_graph *g, float *scratch, int C, int OC, int prec)
 {
     int N = (int)g->n;
     if (N == 0) {
         return;
     }
     float *dagg = scratch;
-    eg_linear_backward(dagg, dwl, dbl, dout, agg, wl, N, C, OC);
-    eg_linear_backward(dinp, dwr, NULL, dout, inp, wr, N, C, OC);
+    eg_linear_backward(dagg, dwl, dbl, dout, agg, wl, N, C, OC, prec);
+    eg_linear_backward(dinp, dwr, NULL, dout, inp, wr, N, C, OC, prec);
     if (dinp == NULL) {
         return;
     }

@@ -44,6 +44,12 @@ void eg_bf16_pack_panel_t(uint16_t *dst, const float *W, size_t ldw, int c0, int
  * (a zero pad), contiguous. Threaded for large N * cols. */
 void eg_bf16_pack_rows(uint16_t *dst, const float *X, size_t ldx, size_t N, int cols);
 
+/* The rows of A^T as eg_bf16_pack_rows packs X: A is (K, M) with row stride
+ * lda, dst gets M rows of K bf16 (rounded up to even, zero pad). For
+ * products whose K runs over the rows of a row-major matrix (dW = dY^T X).
+ * Threaded for large M * K. */
+void eg_bf16_pack_rows_t(uint16_t *dst, const float *A, size_t lda, int M, int K);
+
 /* Y (N, rows; row stride ldy) = Xb @ Wp^T with the kernel. Only call when
  * eg_bf16_kernel_available(); never inside an OpenMP region. */
 void eg_bf16_gemm_packed(float *Y, size_t ldy, const uint16_t *Xb, size_t N, const uint16_t *Wp,

@@ -51,6 +51,10 @@ typedef struct {
     int early_exit;     /* exit head per ladder, summed loss */
     float dropout;      /* after each non-final GNN layer, in [0, 1) */
     float T;            /* gate temperature > 0 */
+    int precision;      /* EG_PREC_F32 (0) or EG_PREC_BF16 (eg_bf16.h): the
+                           products of the side structure (projector, GNN,
+                           heads), forward and backward; every other op and
+                           the optimizer stay float32 */
 } eg_ladder_config;
 
 #define EG_PARAM_NAME_LEN 96
@@ -92,22 +96,29 @@ int eg_ladder_has_head(const eg_ladder *m, int i);
 eg_status eg_ladder_begin(eg_ladder *m, int64_t G, const int64_t *graph_ptr, int64_t N,
                           const int64_t *ptr, const int64_t *src, int training, uint64_t seed,
                           eg_err *err);
+/* Optional, right after begin: the states passed to the forward steps hold
+ * U <= N distinct rows and node n uses row rows[n] (0 <= rows[n] < U), so a
+ * node that appears in several subgraphs of the batch is projected once and
+ * its projector gradient summed over its copies (the same algebra as one row
+ * per node, with fewer products). Not combinable with eg_ladder_keep. */
+eg_status eg_ladder_set_rows(eg_ladder *m, int64_t U, const int64_t *rows, eg_err *err);
 /* Nodes and subgraphs of the current batch (0, 0 before the first begin). */
 void eg_ladder_batch_dims(const eg_ladder *m, int64_t *num_nodes, int64_t *num_graphs);
-/* Run ladder i (i must be the next one) on its layer's states H (N, D),
- * which must be finite. If the ladder has a head and logits != NULL, writes
+/* Run ladder i (i must be the next one) on its layer's states H (N, D), or
+ * (U, D) after eg_ladder_set_rows, which must be finite. If the ladder has a head and logits != NULL, writes
  * its logits (G, C). */
 eg_status eg_ladder_forward_step(eg_ladder *m, int i, const float *H, float *logits, eg_err *err);
 /* As eg_ladder_forward_step, but H is not kept: a backward on this batch is
  * refused (EG_ESTATE). For prediction. */
 eg_status eg_ladder_forward_eval(eg_ladder *m, int i, const float *H, float *logits, eg_err *err);
-/* A whole training step in one call: begin (training), the K forward steps on
- * H[0..K-1] (each (N, D), used in place), the summed loss (written to *loss),
- * zero_grad, backward, AdamW (betas 0.9/0.999, eps 1e-8). */
+/* A whole training step in one call: begin (training), set_rows when rows
+ * != NULL, the K forward steps on H[0..K-1] (each (N, D), or (U, D) with
+ * rows; used in place), the summed loss (written to *loss), zero_grad,
+ * backward, AdamW (betas 0.9/0.999, eps 1e-8). */
 eg_status eg_ladder_train_step(eg_ladder *m, int64_t G, const int64_t *graph_ptr, int64_t N,
-                               const int64_t *ptr, const int64_t *src, const float *const *H,
-                               const int64_t *labels, uint64_t seed, float lr, float weight_decay,
-                               float *loss, eg_err *err);
+                               const int64_t *ptr, const int64_t *src, int64_t U,
+                               const int64_t *rows, const float *const *H, const int64_t *labels,
+                               uint64_t seed, float lr, float weight_decay, float *loss, eg_err *err);
 /* After all K steps: sum over heads of the mean cross-entropy; labels (G) in
  * [0, C). head_losses (K, may be NULL) gets each head's loss (0 if none). */
 eg_status eg_ladder_loss(eg_ladder *m, const int64_t *labels, float *loss, float *head_losses,

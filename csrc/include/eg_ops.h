@@ -14,6 +14,7 @@
 #define EG_OPS_H
 
 #include "eg.h"
+#include "eg_bf16.h"
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -143,13 +144,20 @@ void eg_lora_delta_backward(float *dx, size_t lddx, float *dA, float *dB, const 
 
 /* ---------------------------------------------------------------- dense */
 
+/* eg_sgemm's contract (C = alpha op(A) op(B) + beta C) at a precision:
+ * EG_PREC_F32 is eg_sgemm; EG_PREC_BF16 rounds A and B to bfloat16 and sums
+ * in float32 (the AVX512-BF16 kernel, or its emulation; ops/gemm_prec.c).
+ * The ops below that take `prec` pass it here for every product. */
+void eg_gemm_prec(int prec, int transA, int transB, int M, int N, int K, float alpha,
+                  const float *A, int lda, const float *B, int ldb, float beta, float *C, int ldc);
+
 /* inp (N,C), w (OC,C), b (OC) or NULL -> out (N,OC) = inp w^T + b */
 void eg_linear_forward(float *out, const float *inp, const float *w, const float *b,
-                       int N, int C, int OC);
+                       int N, int C, int OC, int prec);
 /* dinp (N,C) assigned (may be NULL); dw (OC,C) += dout^T inp; db (OC) += colsum
  * (may be NULL). */
 void eg_linear_backward(float *dinp, float *dw, float *db, const float *dout, const float *inp,
-                        const float *w, int N, int C, int OC);
+                        const float *w, int N, int C, int OC, int prec);
 
 /* LayerNorm over the last dim, eps = 1e-5 (torch default), affine.
  * inp (N,C), w/b (C) -> out (N,C); saves mean, rstd (N). */
@@ -230,20 +238,20 @@ void eg_csr_reverse(int64_t *rptr, int64_t *rdst, int64_t *reid, const int64_t *
  * none. Nodes without in-edges aggregate zeros. inp (N,C), wl/wr (OC,C),
  * bl (OC) -> out (N,OC); saves agg (N,C). */
 void eg_sage_forward(float *out, float *agg, const float *inp, const float *wl, const float *bl,
-                     const float *wr, const eg_gnn_graph *g, int C, int OC);
+                     const float *wr, const eg_gnn_graph *g, int C, int OC, int prec);
 /* dinp (N,C) assigned (may be NULL); scratch (N,C). */
 void eg_sage_backward(float *dinp, float *dwl, float *dbl, float *dwr, const float *dout,
                       const float *inp, const float *agg, const float *wl, const float *wr,
-                      const eg_gnn_graph *g, float *scratch, int C, int OC);
+                      const eg_gnn_graph *g, float *scratch, int C, int OC, int prec);
 
 /* PyG GCNConv: h = inp w^T; out[v] = sum_{u in N(v) + v} dinv[u] dinv[v] h[u] + b
  * with dinv = (in-degree + 1)^-1/2. b may be NULL. Saves h (N,OC), dinv (N). */
 void eg_gcn_forward(float *out, float *h, float *dinv, const float *inp, const float *w,
-                    const float *b, const eg_gnn_graph *g, int C, int OC);
+                    const float *b, const eg_gnn_graph *g, int C, int OC, int prec);
 /* dinp assigned (may be NULL); db may be NULL; scratch (N,OC). */
 void eg_gcn_backward(float *dinp, float *dw, float *db, const float *dout, const float *inp,
                      const float *dinv, const float *w, const eg_gnn_graph *g, float *scratch,
-                     int C, int OC);
+                     int C, int OC, int prec);
 
 /* PyG GATConv (concat=True, negative_slope=0.2, add_self_loops=True, no
  * attention dropout): h = inp w^T viewed (N,H,F); a_s[n,h] = <h[n,h], att_src[h]>,
@@ -254,7 +262,7 @@ void eg_gcn_backward(float *dinp, float *dw, float *db, const float *dout, const
  * graph's edges in forward order, row E+v the self-loop of v. */
 void eg_gat_forward(float *out, float *h, float *as, float *ad, float *att, const float *inp,
                     const float *w, const float *att_src, const float *att_dst, const float *b,
-                    const eg_gnn_graph *g, int C, int H, int F);
+                    const eg_gnn_graph *g, int C, int H, int F, int prec);
 /* dinp assigned (may be NULL); db may be NULL; scratch floats:
  * eg_gat_scratch_size(N, E, H, F). */
 size_t eg_gat_scratch_size(int64_t N, int64_t E, int H, int F);
@@ -262,7 +270,7 @@ void eg_gat_backward(float *dinp, float *dw, float *datt_src, float *datt_dst, f
                      const float *dout, const float *inp, const float *h, const float *as,
                      const float *ad, const float *att, const float *w, const float *att_src,
                      const float *att_dst, const eg_gnn_graph *g, float *scratch, int C, int H,
-                     int F);
+                     int F, int prec);
 
 /* Subgraph readout: for subgraph g with nodes graph_ptr[g] .. graph_ptr[g+1]-1
  * (root first, non-empty), out[g] = [z[root] ; mean z] (G, 2C). */

@@ -214,6 +214,65 @@ static void pack_row_avx512(uint16_t *d, const float *x, int cols)
         d[cols] = 0;
     }
 }
+
+/* 16 bf16 pairs (a[j], b[j]) as 16 32-bit lanes, a in the low half: the
+ * kernel's K-pair layout for two consecutive K rows of a node-major matrix.
+ * Lanes past the masks' ends are zero. */
+__attribute__((target("avx512f,avx512bw,avx512vl"), always_inline))
+static inline __m512i pairs16(const float *a, const float *b, __mmask16 m)
+{
+    const __m512i lo = _mm512_cvtepu16_epi32(round16_bf16(_mm512_maskz_loadu_ps(m, a)));
+    if (b == NULL) {
+        return lo;
+    }
+    const __m512i hi = _mm512_cvtepu16_epi32(round16_bf16(_mm512_maskz_loadu_ps(m, b)));
+    return _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16));
+}
+
+static inline __mmask16 mask16(int n)
+{
+    return n >= 16 ? (__mmask16)0xffff : n <= 0 ? (__mmask16)0 : (__mmask16)((1u << n) - 1);
+}
+
+/* eg_bf16_pack_panel_t: K rows k, k+1 of W give one pair row of the panel
+ * directly (no transpose: the panel's rows are W's columns). */
+__attribute__((target("avx512f,avx512bw,avx512vl")))
+static void pack_panel_t_avx512(uint16_t *dst, const float *W, size_t ldw, int c0, int nc, int rows)
+{
+    const int kpairs = (rows + 1) / 2;
+    const __mmask16 m0 = mask16(nc), m1 = mask16(nc - 16);
+    for (int kp = 0; kp < kpairs; kp++) {
+        const float *w0 = W + (size_t)(2 * kp) * ldw + c0;
+        const float *w1 = 2 * kp + 1 < rows ? w0 + ldw : NULL;
+        uint32_t *d = (uint32_t *)(void *)(dst + (size_t)kp * PANEL * 2);
+        _mm512_store_si512(d, pairs16(w0, w1, m0));
+        _mm512_store_si512(d + 16, pairs16(w0 + 16, w1 != NULL ? w1 + 16 : NULL, m1));
+    }
+}
+
+/* eg_bf16_pack_rows_t: 16 K pairs x 16 rows of the output at a time, built
+ * as pair rows (pairs16) and transposed so each output row gets 16
+ * consecutive pairs in one store. */
+__attribute__((target("avx512f,avx512bw,avx512vl")))
+static void pack_rows_t_avx512(uint16_t *dst, size_t kp2, const float *A, size_t lda, int i0, int i1,
+                               int K)
+{
+    const int kpairs = (K + 1) / 2;
+    const __mmask16 mi = mask16(i1 - i0);
+    for (int kp0 = 0; kp0 < kpairs; kp0 += 16) {
+        const int np = kpairs - kp0 < 16 ? kpairs - kp0 : 16;
+        __m512i v[16];
+        for (int c = 0; c < 16; c++) {
+            const int k = 2 * (kp0 + c);
+            v[c] = c < np ? pairs16(A + (size_t)k * lda + i0, k + 1 < K ? A + (size_t)(k + 1) * lda + i0 : NULL, mi)
+                          : _mm512_setzero_si512();
+        }
+        transpose16x16_epi32(v);
+        for (int i = 0; i < i1 - i0; i++) {
+            _mm512_mask_storeu_epi32(dst + (size_t)(i0 + i) * kp2 + 2 * (size_t)kp0, mask16(np), v[i]);
+        }
+    }
+}
 #endif
 
 void eg_bf16_pack_panel(uint16_t *dst, const float *W, size_t ldw, int nr, int cols)
@@ -229,6 +288,12 @@ void eg_bf16_pack_panel(uint16_t *dst, const float *W, size_t ldw, int nr, int c
 
 void eg_bf16_pack_panel_t(uint16_t *dst, const float *W, size_t ldw, int c0, int nc, int rows)
 {
+#ifdef EG_X86_CLONES
+    if (eg_bf16_kernel_available()) {
+        pack_panel_t_avx512(dst, W, ldw, c0, nc, rows);
+        return;
+    }
+#endif
     /* panel rows are the columns c0 .. c0+nc of W; K runs over W's rows */
     const int kpairs = (rows + 1) / 2;
     for (int kp = 0; kp < kpairs; kp++) {
@@ -273,6 +338,39 @@ void eg_bf16_pack_rows(uint16_t *dst, const float *X, size_t ldx, size_t N, int 
 #endif
         (void)vec;
         pack_row_scalar(dst + i * kp2, X + i * ldx, cols);
+    }
+}
+
+void eg_bf16_pack_rows_t(uint16_t *dst, const float *A, size_t lda, int M, int K)
+{
+    const size_t kp2 = (size_t)((K + 1) / 2) * 2;
+    const int blocks = (M + 15) / 16;
+#ifdef EG_X86_CLONES
+    const int vec = eg_bf16_kernel_available();
+#else
+    const int vec = 0;
+#endif
+    #pragma omp parallel for schedule(static) if ((size_t)M * (size_t)K >= ((size_t)1 << 17))
+    for (int b = 0; b < blocks; b++) {
+        const int i0 = 16 * b, i1 = i0 + 16 < M ? i0 + 16 : M;
+#ifdef EG_X86_CLONES
+        if (vec) {
+            pack_rows_t_avx512(dst, kp2, A, lda, i0, i1, K);
+            continue;
+        }
+#endif
+        (void)vec;
+        for (int k = 0; k < K; k++) {
+            const float *a = A + (size_t)k * lda;
+            for (int i = i0; i < i1; i++) {
+                dst[(size_t)i * kp2 + k] = round_bf16(a[i]);
+            }
+        }
+        if ((size_t)K < kp2) {
+            for (int i = i0; i < i1; i++) {
+                dst[(size_t)i * kp2 + K] = 0;
+            }
+        }
     }
 }
 

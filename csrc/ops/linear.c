@@ -7,7 +7,7 @@
 #include <string.h>
 
 void eg_linear_forward(float *out, const float *inp, const float *w, const float *b,
-                       int N, int C, int OC)
+                       int N, int C, int OC, int prec)
 {
     // inp (N,C), w (OC,C), b (OC) -> out (N,OC)
     if (N <= 0 || OC <= 0) {
@@ -16,7 +16,7 @@ void eg_linear_forward(float *out, const float *inp, const float *w, const float
     if (C <= 0) {
         memset(out, 0, (size_t)N * (size_t)OC * sizeof(float));
     } else {
-        eg_sgemm(0, 1, N, OC, C, 1.0f, inp, C, w, C, 0.0f, out, OC);
+        eg_gemm_prec(prec, 0, 1, N, OC, C, 1.0f, inp, C, w, C, 0.0f, out, OC);
     }
     if (b != NULL) {
         #pragma omp parallel for schedule(static) if (EG_OMP_WORTH(N, OC))
@@ -30,7 +30,7 @@ void eg_linear_forward(float *out, const float *inp, const float *w, const float
 }
 
 void eg_linear_backward(float *dinp, float *dw, float *db, const float *dout, const float *inp,
-                        const float *w, int N, int C, int OC)
+                        const float *w, int N, int C, int OC, int prec)
 {
     // dout (N,OC), inp (N,C), w (OC,C)
     if (N <= 0 || OC <= 0 || C <= 0) {
@@ -40,9 +40,9 @@ void eg_linear_backward(float *dinp, float *dw, float *db, const float *dout, co
         return;
     }
     if (dinp != NULL) {
-        eg_sgemm(0, 0, N, C, OC, 1.0f, dout, OC, w, C, 0.0f, dinp, C);
+        eg_gemm_prec(prec, 0, 0, N, C, OC, 1.0f, dout, OC, w, C, 0.0f, dinp, C);
     }
-    eg_sgemm(1, 0, OC, C, N, 1.0f, dout, OC, inp, C, 1.0f, dw, C);
+    eg_gemm_prec(prec, 1, 0, OC, C, N, 1.0f, dout, OC, inp, C, 1.0f, dw, C);
     if (db != NULL) {
         /* column sums: see EG_COL_BLOCK in eg_ops.h */
         #pragma omp parallel if (EG_OMP_WORTH(N, OC))

@@ -4,6 +4,7 @@
  * entries each), for SAGE / GCN / GAT, 1 and 2 GNN layers, norm id / ln,
  * early exit on / off; plus determinism, call-order and input validation.
  */
+#include "eg_bf16.h"
 #include "eg_engine.h"
 #include "eg_test.h"
 
@@ -156,7 +157,7 @@ static void test_api(void)
         CHECK(eg_ladder_backward(m, &err) == EG_OK, "backward");
         eg_ladder_adamw_step(m, 1e-2f, 1e-2f, 0.9f, 0.999f, 1e-8f);
         const float *Hs[K] = {H, H + (size_t)N * D, H + (size_t)2 * N * D};
-        CHECK(eg_ladder_train_step(m2, 3, GP, N, PTR, SRC, Hs, LABELS, 43, 1e-2f, 1e-2f, &loss_one,
+        CHECK(eg_ladder_train_step(m2, 3, GP, N, PTR, SRC, N, NULL, Hs, LABELS, 43, 1e-2f, 1e-2f, &loss_one,
                                    &err) == EG_OK, "train_step: %s", err.msg);
         CHECK(loss_seq == loss_one, "train_step loss %g vs %g", loss_one, loss_seq);
         CHECK(memcmp(eg_ladder_params(m), eg_ladder_params(m2), eg_ladder_total_floats(m) * 4) == 0,
@@ -211,10 +212,162 @@ static void test_api(void)
     eg_ladder_free(m2);
 }
 
+/* Shared state rows (eg_ladder_set_rows): node n of the batch uses row
+ * ROWS[n] of U distinct rows. The result must be the per-node model's on the
+ * expanded states (same logits, loss and gradients up to float32 summation
+ * order), for every GNN kind; with bf16 products up to bf16 rounding (the
+ * projector's gradient rows are summed before they are rounded, not after);
+ * bad rows are refused. */
+static const int64_t ROWS[N] = {0, 1, 2, 3, 1, 4, 2, 0, 3};
+enum { U = 5 };
+
+static double shared_rows_run(eg_ladder *m, const float *H, int shared, float *logits, int training)
+{
+    eg_err err;
+    CHECK(eg_ladder_begin(m, 3, GP, N, PTR, SRC, training, 9, &err) == EG_OK, "begin");
+    if (shared) {
+        CHECK(eg_ladder_set_rows(m, U, ROWS, &err) == EG_OK, "set_rows: %s", err.msg);
+    }
+    for (int i = 0; i < K; i++) {
+        CHECK(eg_ladder_forward_step(m, i, H + (size_t)i * (shared ? U : N) * D, logits + 9 * i, &err) == EG_OK,
+              "step: %s", err.msg);
+    }
+    float loss;
+    CHECK(eg_ladder_loss(m, LABELS, &loss, NULL, &err) == EG_OK, "loss");
+    eg_ladder_zero_grad(m);
+    CHECK(eg_ladder_backward(m, &err) == EG_OK, "backward: %s", err.msg);
+    return loss;
+}
+
+static void test_shared_rows(int gnn, int precision)
+{
+    eg_ladder_config cfg = {K, D, 4, 6, 3, gnn, 2, EG_ACT_ELU, EG_NORM_LN, 2, 1, 0.3f, 0.5f};
+    cfg.precision = precision;
+    eg_ladder *a, *b;
+    eg_err err;
+    CHECK(eg_ladder_create(&a, &cfg, 4, &err) == EG_OK, "create: %s", err.msg);
+    CHECK(eg_ladder_create(&b, &cfg, 4, &err) == EG_OK, "create");
+    float *Hu = malloc(sizeof(float) * K * U * D), *Hn = malloc(sizeof(float) * K * N * D);
+    uint64_t seed = 11;
+    for (int i = 0; i < K * U * D; i++) {
+        Hu[i] = 2.0f * eg_rng_uniform(&seed) - 1.0f;
+    }
+    for (int i = 0; i < K; i++) {
+        for (int n = 0; n < N; n++) {
+            memcpy(Hn + ((size_t)i * N + n) * D, Hu + ((size_t)i * U + ROWS[n]) * D, D * sizeof(float));
+        }
+    }
+    const double tol = precision == EG_PREC_BF16 ? 2e-2 : 1e-5;
+    float la[9 * K], lb[9 * K];
+    double lsa = shared_rows_run(a, Hu, 1, la, 1), lsb = shared_rows_run(b, Hn, 0, lb, 1);
+    double worst = 0.0;
+    for (int q = 0; q < 9 * K; q++) {
+        worst = fmax(worst, fabs((double)la[q] - lb[q]) / (1.0 + fabs((double)lb[q])));
+    }
+    CHECK(worst < tol && fabs(lsa - lsb) < tol * (1.0 + fabs(lsb)),
+          "shared rows gnn=%d prec=%d: logits off by %.3g, loss %.8g vs %.8g", gnn, precision, worst, lsa, lsb);
+    const float *ga = eg_ladder_grads(a), *gb = eg_ladder_grads(b);
+    if (precision == EG_PREC_F32) {
+        for (int pi = 0; pi < eg_ladder_num_params(a); pi++) {
+            const eg_param_desc *d = eg_ladder_param(a, pi);
+            double num = 0.0, den = 0.0;
+            for (size_t q = 0; q < d->size; q++) {
+                num = fmax(num, fabs((double)ga[d->offset + q] - gb[d->offset + q]));
+                den = fmax(den, fabs((double)gb[d->offset + q]));
+            }
+            CHECK(num <= tol * (den + 1e-6), "shared rows gnn=%d: gradient of %s off by %.3g (max %.3g)",
+                  gnn, d->name, num, den);
+        }
+    } else {
+        /* bf16: the gradient rows of a shared node are summed before they
+         * are rounded, so the two bf16 runs differ by rounding. Sharing must
+         * not make the bf16 gradient worse: its distance to the float32
+         * gradient stays within twice that of the per-node bf16 run. */
+        eg_ladder_config fcfg = cfg;
+        fcfg.precision = EG_PREC_F32;
+        eg_ladder *f;
+        CHECK(eg_ladder_create(&f, &fcfg, 4, &err) == EG_OK, "create f32");
+        float lf[9 * K];
+        shared_rows_run(f, Hn, 0, lf, 1);
+        const float *gf = eg_ladder_grads(f);
+        double es = 0.0, ep = 0.0, nf = 0.0;
+        for (size_t q = 0; q < eg_ladder_total_floats(f); q++) {
+            es += ((double)ga[q] - gf[q]) * ((double)ga[q] - gf[q]);
+            ep += ((double)gb[q] - gf[q]) * ((double)gb[q] - gf[q]);
+            nf += (double)gf[q] * gf[q];
+        }
+        CHECK(es > 0.0 && sqrt(es) <= 2.0 * sqrt(ep) && sqrt(es) < 1e-2 * sqrt(nf),
+              "shared rows bf16: error %.3g vs per-node bf16 %.3g (gradient norm %.3g)", sqrt(es),
+              sqrt(ep), sqrt(nf));
+        eg_ladder_free(f);
+    }
+    /* validation: rows out of range, U > N, after a forward step, keep */
+    int64_t bad[N];
+    memcpy(bad, ROWS, sizeof bad);
+    bad[4] = U;
+    CHECK(eg_ladder_begin(a, 3, GP, N, PTR, SRC, 0, 0, &err) == EG_OK, "begin");
+    CHECK(eg_ladder_set_rows(a, U, bad, &err) == EG_EINVAL, "row outside [0, U) refused");
+    bad[4] = -1;
+    CHECK(eg_ladder_set_rows(a, U, bad, &err) == EG_EINVAL, "negative row refused");
+    CHECK(eg_ladder_set_rows(a, N + 1, ROWS, &err) == EG_EINVAL, "more rows than nodes refused");
+    CHECK(eg_ladder_set_rows(a, U, ROWS, &err) == EG_OK, "set_rows");
+    CHECK(eg_ladder_forward_step(a, 0, Hu, la, &err) == EG_OK, "step");
+    CHECK(eg_ladder_set_rows(a, U, ROWS, &err) == EG_ESTATE, "set_rows after a step refused");
+    uint8_t keep[3] = {1, 0, 1};
+    CHECK(eg_ladder_keep(a, keep, &err) == EG_ESTATE, "keep with shared rows refused");
+    free(Hu);
+    free(Hn);
+    eg_ladder_free(a);
+    eg_ladder_free(b);
+}
+
+/* The bf16 ladder against the float32 one with the same weights: the loss
+ * and every gradient tensor close (bf16 keeps 8 bits: a few 1e-3 relative on
+ * these tiny shapes), and the float32 path unchanged by the option. */
+static void test_bf16_close(void)
+{
+    eg_ladder_config cfg = {K, D, 4, 6, 3, EG_GNN_SAGE, 2, EG_ACT_ELU, EG_NORM_LN, 2, 1, 0.0f, 0.5f};
+    eg_ladder *f, *h;
+    eg_err err;
+    CHECK(eg_ladder_create(&f, &cfg, 8, &err) == EG_OK, "create");
+    cfg.precision = EG_PREC_BF16;
+    CHECK(eg_ladder_create(&h, &cfg, 8, &err) == EG_OK, "create bf16");
+    float *H = states(21);
+    float lf[9 * K], lh[9 * K];
+    (void)lf;
+    double a = shared_rows_run(f, H, 0, lf, 0), b = shared_rows_run(h, H, 0, lh, 0);
+    CHECK(fabs(a - b) < 2e-2 * fabs(a) && a != b, "bf16 loss %.8g vs float32 %.8g", b, a);
+    const float *gf = eg_ladder_grads(f), *gh = eg_ladder_grads(h);
+    for (int pi = 0; pi < eg_ladder_num_params(f); pi++) {
+        const eg_param_desc *d = eg_ladder_param(f, pi);
+        double dot = 0.0, nf = 0.0, nh = 0.0;
+        for (size_t q = 0; q < d->size; q++) {
+            dot += (double)gf[d->offset + q] * gh[d->offset + q];
+            nf += (double)gf[d->offset + q] * gf[d->offset + q];
+            nh += (double)gh[d->offset + q] * gh[d->offset + q];
+        }
+        if (nf > 0.0) {
+            CHECK(dot / sqrt(nf * nh) > 0.995, "bf16 gradient of %s: cosine %.5f", d->name, dot / sqrt(nf * nh));
+        }
+    }
+    eg_ladder_config bad = cfg;
+    bad.precision = 7;
+    eg_ladder *m3 = NULL;
+    CHECK(eg_ladder_create(&m3, &bad, 1, &err) == EG_EINVAL && m3 == NULL, "unknown precision refused");
+    free(H);
+    eg_ladder_free(f);
+    eg_ladder_free(h);
+}
+
 int main(void)
 {
     eg_set_num_threads(2);
     test_api();
+    for (int gnn = 0; gnn < 3; gnn++) {
+        test_shared_rows(gnn, EG_PREC_F32);
+    }
+    test_shared_rows(EG_GNN_SAGE, EG_PREC_BF16);
+    test_bf16_close();
     for (int gnn = 0; gnn < 3; gnn++) {
         for (int layers = 1; layers <= 2; layers++) {
             gradcheck_model(gnn, layers, EG_NORM_ID, 1);

@@ -4,6 +4,7 @@
  * L accumulated in double), the ggml test-backend-ops way. Sizes are small so
  * this also runs quickly under ASan.
  */
+#include "eg_bf16.h"
 #include "eg_ops.h"
 #include "eg_optim.h"
 #include "eg_test.h"
@@ -45,7 +46,7 @@ typedef struct { const float *x, *w, *b; int N, C, OC; } lin_ctx;
 static void lin_fwd(void *c, float *out)
 {
     lin_ctx *k = c;
-    eg_linear_forward(out, k->x, k->w, k->b, k->N, k->C, k->OC);
+    eg_linear_forward(out, k->x, k->w, k->b, k->N, k->C, k->OC, EG_PREC_F32);
 }
 
 static void test_linear(void)
@@ -53,7 +54,7 @@ static void test_linear(void)
     int N = 7, C = 5, OC = 4;
     float *x = rnd((size_t)N * C, 1), *w = rnd((size_t)OC * C, 1), *b = rnd(OC, 1);
     float *out = zeros((size_t)N * OC), *ref = zeros((size_t)N * OC);
-    eg_linear_forward(out, x, w, b, N, C, OC);
+    eg_linear_forward(out, x, w, b, N, C, OC, EG_PREC_F32);
     for (int i = 0; i < N; i++) {
         for (int o = 0; o < OC; o++) {
             double s = b[o];
@@ -66,13 +67,13 @@ static void test_linear(void)
     CHECK(max_rel(out, ref, (size_t)N * OC) < 1e-5, "linear forward");
     float *R = rnd((size_t)N * OC, 1), *dx = zeros((size_t)N * C), *dw = zeros((size_t)OC * C),
           *db = zeros(OC);
-    eg_linear_backward(dx, dw, db, R, x, w, N, C, OC);
+    eg_linear_backward(dx, dw, db, R, x, w, N, C, OC, EG_PREC_F32);
     lin_ctx k = {x, w, b, N, C, OC};
     gc_var vars[] = {{"x", x, dx, (size_t)N * C}, {"w", w, dw, (size_t)OC * C}, {"b", b, db, OC}};
     gradcheck("linear", lin_fwd, &k, R, (size_t)N * OC, vars, 3, 1e-2f, 1e-3, 1e-4);
     /* accumulation: a second backward doubles dw */
     float w0 = dw[3];
-    eg_linear_backward(NULL, dw, NULL, R, x, w, N, C, OC);
+    eg_linear_backward(NULL, dw, NULL, R, x, w, N, C, OC, EG_PREC_F32);
     CHECK_CLOSE(dw[3], 2 * w0, 1e-5);
     free(x); free(w); free(b); free(out); free(ref); free(R); free(dx); free(dw); free(db);
 }
@@ -326,7 +327,7 @@ typedef struct { const float *x, *wl, *bl, *wr; float *agg; const eg_gnn_graph *
 static void sage_fwd(void *c, float *out)
 {
     sage_ctx *k = c;
-    eg_sage_forward(out, k->agg, k->x, k->wl, k->bl, k->wr, k->g, k->C, k->OC);
+    eg_sage_forward(out, k->agg, k->x, k->wl, k->bl, k->wr, k->g, k->C, k->OC, EG_PREC_F32);
 }
 
 static void test_sage(void)
@@ -335,7 +336,7 @@ static void test_sage(void)
     int N = 6, C = 5, OC = 3;
     float *x = rnd((size_t)N * C, 1), *wl = rnd((size_t)OC * C, 1), *bl = rnd(OC, 1),
           *wr = rnd((size_t)OC * C, 1), *agg = zeros((size_t)N * C), *out = zeros((size_t)N * OC);
-    eg_sage_forward(out, agg, x, wl, bl, wr, &g, C, OC);
+    eg_sage_forward(out, agg, x, wl, bl, wr, &g, C, OC, EG_PREC_F32);
     float ref[18];
     for (int v = 0; v < N; v++) {
         double m[5] = {0};
@@ -356,7 +357,7 @@ static void test_sage(void)
     CHECK(max_rel(out, ref, (size_t)N * OC) < 1e-5, "sage forward (isolated node: zeros aggregate)");
     float *R = rnd((size_t)N * OC, 1), *dx = zeros((size_t)N * C), *dwl = zeros((size_t)OC * C),
           *dbl = zeros(OC), *dwr = zeros((size_t)OC * C), *scr = zeros((size_t)N * C);
-    eg_sage_backward(dx, dwl, dbl, dwr, R, x, agg, wl, wr, &g, scr, C, OC);
+    eg_sage_backward(dx, dwl, dbl, dwr, R, x, agg, wl, wr, &g, scr, C, OC, EG_PREC_F32);
     sage_ctx k = {x, wl, bl, wr, agg, &g, C, OC};
     gc_var v[] = {{"x", x, dx, (size_t)N * C}, {"lin_l.weight", wl, dwl, (size_t)OC * C},
                   {"lin_l.bias", bl, dbl, OC}, {"lin_r.weight", wr, dwr, (size_t)OC * C}};
@@ -369,7 +370,7 @@ typedef struct { const float *x, *w, *b; float *h, *dinv; const eg_gnn_graph *g;
 static void gcn_fwd(void *c, float *out)
 {
     gcn_ctx *k = c;
-    eg_gcn_forward(out, k->h, k->dinv, k->x, k->w, k->b, k->g, k->C, k->OC);
+    eg_gcn_forward(out, k->h, k->dinv, k->x, k->w, k->b, k->g, k->C, k->OC, EG_PREC_F32);
 }
 
 static void test_gcn(void)
@@ -378,7 +379,7 @@ static void test_gcn(void)
     int N = 6, C = 4, OC = 3;
     float *x = rnd((size_t)N * C, 1), *w = rnd((size_t)OC * C, 1), *b = rnd(OC, 1);
     float *h = zeros((size_t)N * OC), *dinv = zeros(N), *out = zeros((size_t)N * OC);
-    eg_gcn_forward(out, h, dinv, x, w, b, &g, C, OC);
+    eg_gcn_forward(out, h, dinv, x, w, b, &g, C, OC, EG_PREC_F32);
     /* dense reference: A_hat = D^-1/2 (A + I) D^-1/2, degree = in-degree + 1 */
     double A[6][6] = {{0}};
     double deg[6];
@@ -406,12 +407,12 @@ static void test_gcn(void)
     CHECK(max_rel(out, ref, (size_t)N * OC) < 1e-5, "gcn forward vs dense");
     float *R = rnd((size_t)N * OC, 1), *dx = zeros((size_t)N * C), *dw = zeros((size_t)OC * C),
           *db = zeros(OC), *scr = zeros((size_t)N * OC);
-    eg_gcn_backward(dx, dw, db, R, x, dinv, w, &g, scr, C, OC);
+    eg_gcn_backward(dx, dw, db, R, x, dinv, w, &g, scr, C, OC, EG_PREC_F32);
     gcn_ctx k = {x, w, b, h, dinv, &g, C, OC};
     gc_var v[] = {{"x", x, dx, (size_t)N * C}, {"weight", w, dw, (size_t)OC * C}, {"bias", b, db, OC}};
     gradcheck("gcn", gcn_fwd, &k, R, (size_t)N * OC, v, 3, 1e-2f, 1e-3, 1e-4);
     /* bias-free variant for the GMoE router */
-    eg_gcn_forward(out, h, dinv, x, w, NULL, &g, C, OC);
+    eg_gcn_forward(out, h, dinv, x, w, NULL, &g, C, OC, EG_PREC_F32);
     CHECK_CLOSE(out[0] + b[0], ref[0], 1e-5);
     free(x); free(w); free(b); free(h); free(dinv); free(out); free(R); free(dx); free(dw); free(db); free(scr);
 }
@@ -425,7 +426,7 @@ typedef struct {
 static void gat_fwd(void *c, float *out)
 {
     gat_ctx *k = c;
-    eg_gat_forward(out, k->h, k->as, k->ad, k->att, k->x, k->w, k->as_, k->ad_, k->b, k->g, k->C, k->H, k->F);
+    eg_gat_forward(out, k->h, k->as, k->ad, k->att, k->x, k->w, k->as_, k->ad_, k->b, k->g, k->C, k->H, k->F, EG_PREC_F32);
 }
 
 static void test_gat(void)
@@ -436,7 +437,7 @@ static void test_gat(void)
           *adv = rnd(HF, 1), *b = rnd(HF, 1);
     float *h = zeros((size_t)N * HF), *as = zeros((size_t)N * H), *ad = zeros((size_t)N * H),
           *att = zeros((size_t)(8 + N) * H), *out = zeros((size_t)N * HF);
-    eg_gat_forward(out, h, as, ad, att, x, w, asv, adv, b, &g, C, H, F);
+    eg_gat_forward(out, h, as, ad, att, x, w, asv, adv, b, &g, C, H, F, EG_PREC_F32);
     /* naive reference over dense neighbour lists with self-loop */
     float ref[36];
     for (int v = 0; v < N; v++) {
@@ -484,7 +485,7 @@ static void test_gat(void)
     float *R = rnd((size_t)N * HF, 1), *dx = zeros((size_t)N * C), *dw = zeros((size_t)HF * C),
           *das = zeros(HF), *dad = zeros(HF), *db = zeros(HF);
     float *scr = zeros(eg_gat_scratch_size(N, 8, H, F));
-    eg_gat_backward(dx, dw, das, dad, db, R, x, h, as, ad, att, w, asv, adv, &g, scr, C, H, F);
+    eg_gat_backward(dx, dw, das, dad, db, R, x, h, as, ad, att, w, asv, adv, &g, scr, C, H, F, EG_PREC_F32);
     gat_ctx k = {x, w, asv, adv, b, h, as, ad, att, &g, C, H, F};
     gc_var v[] = {{"x", x, dx, (size_t)N * C}, {"lin.weight", w, dw, (size_t)HF * C},
                   {"att_src", asv, das, HF}, {"att_dst", adv, dad, HF}, {"bias", b, db, HF}};
@@ -563,9 +564,119 @@ static void test_adamw(void)
     free(p); free(m); free(v);
 }
 
+/* eg_gemm_prec: float32 is eg_sgemm's bits; bfloat16 is the float64 product
+ * of the bf16-rounded operands up to float32 summation error, for every
+ * transpose pair, odd shapes, more than one K block of the kernel (K > 640),
+ * accumulate (beta 1) and general alpha/beta. Run by the Python suite also
+ * with ENGINE_PY_ISA=avx2 (the emulation). */
+static float bf16_value(float x)
+{
+    float r = x;
+    eg_round_bf16_inplace(&r, 1);
+    return r;
+}
+
+/* eg_bf16_pack_rows_t (AVX-512 or scalar, by ENGINE_PY_ISA): row i of the
+ * output is column i of A rounded, an odd K padded with a zero, for shapes
+ * around the 16 x 16 blocks. */
+static void test_pack_rows_t(void)
+{
+    const int shapes[][2] = {{16, 32}, {17, 33}, {5, 3}, {40, 70}, {1, 1}};
+    for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
+        const int M = shapes[si][0], K = shapes[si][1], lda = M + 5;
+        const size_t kp2 = (size_t)((K + 1) / 2) * 2;
+        float *A = malloc(sizeof(float) * K * lda);
+        uint16_t *d = malloc(sizeof(uint16_t) * M * kp2);
+        uint64_t seed = 77 + si;
+        for (int i = 0; i < K * lda; i++) {
+            A[i] = (2.0f * eg_rng_uniform(&seed) - 1.0f) * 1e3f;
+        }
+        memset(d, 0xee, sizeof(uint16_t) * M * kp2);
+        eg_bf16_pack_rows_t(d, A, (size_t)lda, M, K);
+        int bad = 0;
+        for (int i = 0; i < M; i++) {
+            for (size_t k = 0; k < kp2; k++) {
+                float v = (int)k < K ? bf16_value(A[k * lda + i]) : 0.0f;
+                uint32_t bits;
+                memcpy(&bits, &v, 4);
+                bad += d[(size_t)i * kp2 + k] != (uint16_t)(bits >> 16);
+            }
+        }
+        CHECK(bad == 0, "pack_rows_t %dx%d: %d values wrong", M, K, bad);
+        free(A);
+        free(d);
+    }
+}
+
+static void test_gemm_prec(void)
+{
+    const int shapes[][3] = {{37, 45, 67}, {1, 33, 5}, {50, 64, 1301}, {12, 31, 2}};
+    for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
+        const int M = shapes[si][0], N = shapes[si][1], K = shapes[si][2];
+        for (int ta = 0; ta < 2; ta++) {
+            for (int tb = 0; tb < 2; tb++) {
+                const int lda = (ta ? M : K) + 3, ldb = (tb ? K : N) + 1, ldc = N + 2;
+                const int ar = ta ? K : M, br = tb ? N : K;
+                float *A = malloc(sizeof(float) * ar * lda), *B = malloc(sizeof(float) * br * ldb);
+                float *C = malloc(sizeof(float) * M * ldc), *C0 = malloc(sizeof(float) * M * ldc);
+                float *Cf = malloc(sizeof(float) * M * ldc), *Cs = malloc(sizeof(float) * M * ldc);
+                uint64_t seed = 1000 + si * 4 + ta * 2 + tb;
+                for (int i = 0; i < ar * lda; i++) {
+                    A[i] = 2.0f * eg_rng_uniform(&seed) - 1.0f;
+                }
+                for (int i = 0; i < br * ldb; i++) {
+                    B[i] = 2.0f * eg_rng_uniform(&seed) - 1.0f;
+                }
+                for (int i = 0; i < M * ldc; i++) {
+                    C0[i] = eg_rng_uniform(&seed);
+                }
+                const float alphas[] = {1.0f, 1.0f, 0.5f}, betas[] = {0.0f, 1.0f, 0.75f};
+                for (int ab = 0; ab < 3; ab++) {
+                    const float alpha = alphas[ab], beta = betas[ab];
+                    memcpy(C, C0, sizeof(float) * M * ldc);
+                    eg_gemm_prec(EG_PREC_BF16, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+                    double worst = 0.0;
+                    for (int i = 0; i < M; i++) {
+                        for (int j = 0; j < N; j++) {
+                            double acc = 0.0, mag = 0.0;
+                            for (int k = 0; k < K; k++) {
+                                float a = bf16_value(ta ? A[(size_t)k * lda + i] : A[(size_t)i * lda + k]);
+                                float b = bf16_value(tb ? B[(size_t)j * ldb + k] : B[(size_t)k * ldb + j]);
+                                acc += (double)a * b;
+                                mag += fabs((double)a * b);
+                            }
+                            double ref = alpha * acc + beta * (double)C0[(size_t)i * ldc + j];
+                            double e = fabs(C[(size_t)i * ldc + j] - ref) /
+                                       (mag + fabs(beta * (double)C0[(size_t)i * ldc + j]) + 1e-30);
+                            worst = fmax(worst, e);
+                        }
+                    }
+                    CHECK(worst < 4e-6, "gemm_prec bf16 %dx%dx%d ta=%d tb=%d alpha %g beta %g: error %.3g",
+                          M, N, K, ta, tb, alpha, beta, worst);
+                    /* the padding columns of C are never written */
+                    CHECK(C[ldc - 1] == C0[ldc - 1], "gemm_prec bf16 wrote outside C's columns");
+                }
+                memcpy(Cf, C0, sizeof(float) * M * ldc);
+                memcpy(Cs, C0, sizeof(float) * M * ldc);
+                eg_gemm_prec(EG_PREC_F32, ta, tb, M, N, K, 0.5f, A, lda, B, ldb, 1.0f, Cf, ldc);
+                eg_sgemm(ta, tb, M, N, K, 0.5f, A, lda, B, ldb, 1.0f, Cs, ldc);
+                CHECK(memcmp(Cf, Cs, sizeof(float) * M * ldc) == 0, "gemm_prec float32 is eg_sgemm");
+                free(A);
+                free(B);
+                free(C);
+                free(C0);
+                free(Cf);
+                free(Cs);
+            }
+        }
+    }
+}
+
 int main(void)
 {
     eg_set_num_threads(2);
+    test_pack_rows_t();
+    test_gemm_prec();
     test_linear();
     test_layernorm();
     test_batchnorm();
