@@ -42,10 +42,12 @@ def test_bench_engine_smoke(tmp_path, monkeypatch, capsys):
     except ImportError:
         pyg = False
     assert ("| PyTorch Geometric" in text) == pyg   # the end-to-end PyG row exists when PyG does
-    for row in ("| engine_py |", "PyTorch", "| layer cache (engine_py) |",
+    for row in ("| engine_py float32 |", "| engine_py bfloat16 |", "ratio torch / engine_py bfloat16", "PyTorch", "| layer cache (engine_py) |",
                 "re-encoded by engine_py's MiniLM encoder", "| MLP on last layer", "| SAGE on last layer"):
         assert row in text, row
     # the cache was built into the given folder and is reused by a second call
     assert any(f.endswith(".cache") for f in os.listdir(tmp_path / "c"))
     out = capsys.readouterr().out
-    assert "| engine_py |" in out and f"wrote {out_json}" in out
+    assert "| engine_py float32 |" in out and f"wrote {out_json}" in out
+    a = doc["results"]["a"]
+    assert a["epoch_s_median"]["engine_py_bf16"] > 0 and len(a["test_acc"]["engine_py_bf16"]) == 1

@@ -829,13 +829,17 @@ eg_status eg_ladder_backward(eg_ladder *m, eg_err *err)
         if (i > 0) {
             const float *zp = m->act[i - 1].z;
             float g = a->a;
+            /* one double sum per node row (vectorised), the rows in order */
             double da = 0.0;
             for (int n = 0; n < N; n++) {
                 const float *pn = a->p + (size_t)(rows != NULL ? rows[n] : n) * k;
                 const float *dn = dprev + (size_t)n * k, *zn = zp + (size_t)n * k;
+                double s = 0.0;
+                #pragma omp simd reduction(+ : s)
                 for (int q = 0; q < k; q++) {
-                    da += (double)dn[q] * ((double)pn[q] - (double)zn[q]);
+                    s += (double)dn[q] * ((double)pn[q] - (double)zn[q]);
                 }
+                da += s;
             }
             GR[lo->alpha] += (float)(da * g * (1.0 - g) / c->T);
         }

@@ -40,6 +40,12 @@ void eg_bf16_pack_panel(uint16_t *dst, const float *W, size_t ldw, int nr, int c
  * way, eg_bf16_gemm_packed computes X @ W (the backward product dX = dY W). */
 void eg_bf16_pack_panel_t(uint16_t *dst, const float *W, size_t ldw, int c0, int nc, int rows);
 
+/* Every panel of the product X @ W for a (rows, ncols) W (row stride ldw):
+ * panel p at dst + p * 32 * (rows rounded up to even) is
+ * eg_bf16_pack_panel_t(W, ldw, 32 p, ...), written in one pass over W's
+ * rows. Threaded for large matrices. */
+void eg_bf16_pack_panels_t(uint16_t *dst, const float *W, size_t ldw, int ncols, int rows);
+
 /* X (N, cols, row stride ldx) as bf16 rows of cols rounded up to even
  * (a zero pad), contiguous. Threaded for large N * cols. */
 void eg_bf16_pack_rows(uint16_t *dst, const float *X, size_t ldx, size_t N, int cols);

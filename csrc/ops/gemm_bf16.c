@@ -250,6 +250,29 @@ static void pack_panel_t_avx512(uint16_t *dst, const float *W, size_t ldw, int c
     }
 }
 
+/* eg_bf16_pack_panels_t for the K pairs [kp0, kp1): each pair of W's rows
+ * is read once, left to right, and split over every panel (the per-panel
+ * order above reads 32-float slices of every row, panel after panel, which
+ * streamed at a third of the speed on a 2254 x 384 matrix). */
+__attribute__((target("avx512f,avx512bw,avx512vl")))
+static void pack_panels_t_avx512(uint16_t *dst, const float *W, size_t ldw, int ncols, int rows,
+                                 int kp0, int kp1)
+{
+    const size_t kp2 = (size_t)((rows + 1) / 2) * 2;
+    const int panels = (ncols + PANEL - 1) / PANEL;
+    for (int kp = kp0; kp < kp1; kp++) {
+        const float *w0 = W + (size_t)(2 * kp) * ldw;
+        const float *w1 = 2 * kp + 1 < rows ? w0 + ldw : NULL;
+        for (int p = 0; p < panels; p++) {
+            const int c0 = PANEL * p;
+            uint32_t *d = (uint32_t *)(void *)(dst + (size_t)p * PANEL * kp2 + (size_t)kp * PANEL * 2);
+            _mm512_store_si512(d, pairs16(w0 + c0, w1 != NULL ? w1 + c0 : NULL, mask16(ncols - c0)));
+            _mm512_store_si512(d + 16, pairs16(w0 + c0 + 16, w1 != NULL ? w1 + c0 + 16 : NULL,
+                                               mask16(ncols - c0 - 16)));
+        }
+    }
+}
+
 /* eg_bf16_pack_rows_t: 16 K pairs x 16 rows of the output at a time, built
  * as pair rows (pairs16) and transposed so each output row gets 16
  * consecutive pairs in one store. */
@@ -317,6 +340,30 @@ void eg_bf16_pack_panel_t(uint16_t *dst, const float *W, size_t ldw, int c0, int
                 d[2 * r] = d[2 * r + 1] = 0;
             }
         }
+    }
+}
+
+void eg_bf16_pack_panels_t(uint16_t *dst, const float *W, size_t ldw, int ncols, int rows)
+{
+    const int kpairs = (rows + 1) / 2;
+#ifdef EG_X86_CLONES
+    if (eg_bf16_kernel_available()) {
+        const int chunk = 64;
+        const int nchunks = (kpairs + chunk - 1) / chunk;
+        #pragma omp parallel for schedule(static) if ((size_t)ncols * (size_t)rows >= ((size_t)1 << 17))
+        for (int c = 0; c < nchunks; c++) {
+            const int a = c * chunk, b = a + chunk < kpairs ? a + chunk : kpairs;
+            pack_panels_t_avx512(dst, W, ldw, ncols, rows, a, b);
+        }
+        return;
+    }
+#endif
+    (void)kpairs;
+    const size_t kp2 = (size_t)((rows + 1) / 2) * 2;
+    const int panels = (ncols + PANEL - 1) / PANEL;
+    for (int p = 0; p < panels; p++) {
+        const int c0 = PANEL * p, nc = ncols - c0 < PANEL ? ncols - c0 : PANEL;
+        eg_bf16_pack_panel_t(dst + (size_t)p * PANEL * kp2, W, ldw, c0, nc, rows);
     }
 }
 

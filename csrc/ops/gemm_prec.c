@@ -51,18 +51,17 @@ static int gemm_bf16_kernel(int transA, int transB, int M, int N, int K, const f
     } else {
         eg_bf16_pack_rows(xb, A, (size_t)lda, (size_t)M, K);
     }
-    const int panels = (N + PANEL - 1) / PANEL;
-    #pragma omp parallel for schedule(static) if ((size_t)N * (size_t)K >= ((size_t)1 << 17))
-    for (int p = 0; p < panels; p++) {
-        const int c0 = PANEL * p, nc = N - c0 < PANEL ? N - c0 : PANEL;
-        uint16_t *dst = wp + (size_t)p * PANEL * kp2;
-        if (transB) {
-            /* B is (N x K): panel rows are B's rows */
-            eg_bf16_pack_panel(dst, B + (size_t)c0 * ldb, (size_t)ldb, nc, K);
-        } else {
-            /* B is (K x N): panel rows are B's columns */
-            eg_bf16_pack_panel_t(dst, B, (size_t)ldb, c0, nc, K);
+    if (transB) {
+        /* B is (N x K): panel rows are B's rows */
+        const int panels = (N + PANEL - 1) / PANEL;
+        #pragma omp parallel for schedule(static) if ((size_t)N * (size_t)K >= ((size_t)1 << 17))
+        for (int p = 0; p < panels; p++) {
+            const int c0 = PANEL * p, nc = N - c0 < PANEL ? N - c0 : PANEL;
+            eg_bf16_pack_panel(wp + (size_t)p * PANEL * kp2, B + (size_t)c0 * ldb, (size_t)ldb, nc, K);
         }
+    } else {
+        /* B is (K x N): panel rows are B's columns */
+        eg_bf16_pack_panels_t(wp, B, (size_t)ldb, N, K);
     }
     eg_bf16_gemm_packed_acc(C, (size_t)ldc, xb, (size_t)M, wp, N, K, accumulate);
     eg_aligned_free(xb);

@@ -131,6 +131,10 @@ class _Pair:
                                  strict=True)
         self.opt = torch.optim.AdamW(self.ref.parameters(), lr=float(c.lr), betas=(0.9, 0.999),
                                      eps=1e-8, weight_decay=float(c.weight_decay))
+        # the fast path: the same model and initial weights with bf16 products
+        self.fast = EngineClassifier(seed=seed, show_progress_bar=False, precision="bfloat16", **hp)
+        self.fast._setup(cache, graph, g.labels, g.train_idx, None)
+        self.fast.load_state_dict(sd)
         self.seed = seed
 
 
@@ -201,21 +205,25 @@ class _PygPipeline:
 
 
 def run_pair(cache, graph, g, seed, hp, epochs, patience, EngineRef, log=print, pyg_epochs=0):
-    """Part (a) for one seed. Returns a dict of per-epoch times and accuracies."""
+    """Part (a) for one seed: engine_py float32, engine_py bfloat16 (the fast
+    path) and the torch reference, interleaved batch by batch on the same
+    batches from the same initial weights. Returns per-epoch times and
+    accuracies per side."""
     import torch
 
     from engine_py.engine import _seed64
 
     p = _Pair(cache, graph, g, seed, hp, EngineRef)
-    clf, ref, opt = p.clf, p.ref, p.opt
+    clf, ref, opt, fast = p.clf, p.ref, p.opt, p.fast
     y = g.labels.astype(np.int64)
     lr, wd, bs = float(clf.lr), float(clf.weight_decay), int(clf.batch_size)
     rng = np.random.default_rng(_seed64(seed, 2))
     train_idx, val_idx, test_idx = g.train_idx, g.val_idx, g.test_idx
-    best = {"eng": (-1.0, -1, None), "ref": (-1.0, -1, None)}
-    active = {"eng": True, "ref": True}
-    out = {"prep": [], "eng": [], "ref": [], "eng_eval": [], "ref_eval": [], "val": [],
-           "pyg": [], "pyg_val": [], "pyg_setup": None}
+    sides = ("eng", "fast", "ref")
+    best = {k: (-1.0, -1, None) for k in sides}
+    active = {k: True for k in sides}
+    out = {"prep": [], "expand": [], "eng": [], "fast": [], "ref": [], "eng_eval": [], "fast_eval": [], "ref_eval": [],
+           "val": [], "pyg": [], "pyg_val": [], "pyg_setup": None}
     pyg = None
     if pyg_epochs > 0:
         t0 = time.perf_counter()
@@ -223,94 +231,101 @@ def run_pair(cache, graph, g, seed, hp, epochs, patience, EngineRef, log=print, 
                            np.concatenate([train_idx, val_idx]))
         out["pyg_setup"] = time.perf_counter() - t0
 
+    def inputs(t, sample_seed):
+        """The batch, engine_py's states (one row per distinct node) and the
+        per-node states the torch reference takes (rows repeated)."""
+        b = clf._sample(graph, t, sample_seed)
+        keys, rows, st = clf._gather_unique(cache, b)
+        t0 = time.perf_counter()
+        tt = _to_torch(torch, b, [h[rows] for h in st])
+        return b, rows, st, tt, time.perf_counter() - t0
+
     def evaluate(ids):
-        pe, pr, te, tr, tp = [], [], 0.0, 0.0, 0.0
+        preds = {k: [] for k in sides}
+        secs = {k: 0.0 for k in sides}
         eval_seed = _seed64(seed, 0xE7A1)
         ref.eval()
         for s in range(0, len(ids), bs):
-            t = ids[s:s + bs]
+            b, rows, st, tt, _ = inputs(ids[s:s + bs], eval_seed)
+            for k, model in (("eng", clf), ("fast", fast)):
+                t0 = time.perf_counter()
+                z = model.model_.predict_batch(b.graph_ptr, b.indptr, b.indices, st, rows=rows)[-1]
+                secs[k] += time.perf_counter() - t0
+                preds[k].append(z.argmax(1))
             t0 = time.perf_counter()
-            b = clf._sample(graph, t, eval_seed)
-            st = clf._gather(cache, b)
-            tt = _to_torch(torch, b, st)
-            t1 = time.perf_counter()
-            z = clf.model_.predict_batch(b.graph_ptr, b.indptr, b.indices, st)[-1]
-            t2 = time.perf_counter()
             with torch.no_grad():
                 zr = ref(*tt)[-1]
-            t3 = time.perf_counter()
-            tp += t1 - t0
-            te += t2 - t1
-            tr += t3 - t2
-            pe.append(z.argmax(1))
-            pr.append(zr.argmax(1).numpy())
-        return (float(np.mean(np.concatenate(pe) == y[ids])),
-                float(np.mean(np.concatenate(pr) == y[ids])), te, tr)
+            secs["ref"] += time.perf_counter() - t0
+            preds["ref"].append(zr.argmax(1).numpy())
+        return {k: float(np.mean(np.concatenate(preds[k]) == y[ids])) for k in sides}, secs
 
     for epoch in range(epochs):
         perm = train_idx[rng.permutation(train_idx.size)]
-        t_prep = t_eng = t_ref = t_pyg = 0.0
+        t_prep = t_pyg = t_expand = 0.0
+        t_side = {k: 0.0 for k in sides}
         run_pyg = pyg is not None and epoch < pyg_epochs
         ref.train()
         for bi, s in enumerate(range(0, perm.size, bs)):
             t = perm[s:s + bs]
             t0 = time.perf_counter()
-            b = clf._sample(graph, t, _seed64(seed, 3, epoch))
-            st = clf._gather(cache, b)
-            tt = _to_torch(torch, b, st)
+            b, rows, st, tt, t_exp = inputs(t, _seed64(seed, 3, epoch))
             yt = torch.from_numpy(y[t])
-            t1 = time.perf_counter()
-            if active["eng"]:
-                loss = clf.model_.train_batch(b.graph_ptr, b.indptr, b.indices, st, y[t],
-                                              _seed64(seed, 4, epoch, bi), lr, wd)
-                if not np.isfinite(loss):
-                    raise FloatingPointError(f"engine_py loss {loss}")
-            t2 = time.perf_counter()
+            t_prep += time.perf_counter() - t0 - t_exp
+            t_expand += t_exp
+            step_seed = _seed64(seed, 4, epoch, bi)
+            for k, model in (("eng", clf), ("fast", fast)):
+                if active[k]:
+                    t0 = time.perf_counter()
+                    loss = model.model_.train_batch(b.graph_ptr, b.indptr, b.indices, st, y[t],
+                                                    step_seed, lr, wd, rows=rows)
+                    t_side[k] += time.perf_counter() - t0
+                    if not np.isfinite(loss):
+                        raise FloatingPointError(f"engine_py ({k}) loss {loss}")
             if active["ref"]:
+                t0 = time.perf_counter()
                 opt.zero_grad(set_to_none=True)
                 lt = EngineRef.loss(ref(*tt), yt)
                 lt.backward()
                 opt.step()
-            t3 = time.perf_counter()
+                t_side["ref"] += time.perf_counter() - t0
             if run_pyg:
+                t0 = time.perf_counter()
                 pyg.train_step(t, yt, EngineRef)
-            t4 = time.perf_counter()
-            t_prep += t1 - t0
-            t_eng += t2 - t1
-            t_ref += t3 - t2
-            t_pyg += t4 - t3
+                t_pyg += time.perf_counter() - t0
         out["prep"].append(t_prep)
-        if active["eng"]:
-            out["eng"].append(t_eng)
-        if active["ref"]:
-            out["ref"].append(t_ref)
+        out["expand"].append(t_expand)
+        for k in sides:
+            if active[k]:
+                out[k].append(t_side[k])
         if run_pyg:
             out["pyg"].append(t_pyg)
             out["pyg_val"].append(pyg.accuracy(val_idx, y, bs))
-        acc_e, acc_r, te, tr = evaluate(val_idx)
-        out["eng_eval"].append(te)
-        out["ref_eval"].append(tr)
-        out["val"].append((acc_e, acc_r))
-        for side, acc in (("eng", acc_e), ("ref", acc_r)):
-            if not active[side]:
+        accs, secs = evaluate(val_idx)
+        for k in sides:
+            out[k + "_eval"].append(secs[k])
+        out["val"].append(accs)
+        for k in sides:
+            if not active[k]:
                 continue
-            if acc > best[side][0]:
-                w = clf._params.copy() if side == "eng" else {k: v.clone() for k, v in ref.state_dict().items()}
-                best[side] = (acc, epoch, w)
-            if epoch - best[side][1] >= patience:
-                active[side] = False
+            if accs[k] > best[k][0]:
+                w = ({n: v.clone() for n, v in ref.state_dict().items()} if k == "ref" else
+                     (clf if k == "eng" else fast)._params.copy())
+                best[k] = (accs[k], epoch, w)
+            if epoch - best[k][1] >= patience:
+                active[k] = False
         log(f"  seed {seed} epoch {epoch:2d}: sample+gather {t_prep:6.2f} s | engine_py step "
-            f"{t_eng:6.2f} s val {100 * acc_e:5.2f}% | torch step {t_ref:6.2f} s val "
-            f"{100 * acc_r:5.2f}%" + (f" | PyG pipeline {t_pyg:6.2f} s val {100 * out['pyg_val'][-1]:5.2f}%"
-                                      if run_pyg else ""))
-        if not (active["eng"] or active["ref"]):
+            f"{t_side['eng']:6.2f} s val {100 * accs['eng']:5.2f}% | bf16 step {t_side['fast']:6.2f} s "
+            f"val {100 * accs['fast']:5.2f}% | torch step {t_side['ref']:6.2f} s val {100 * accs['ref']:5.2f}%"
+            + (f" | PyG pipeline {t_pyg:6.2f} s val {100 * out['pyg_val'][-1]:5.2f}%" if run_pyg else ""))
+        if not any(active.values()):
             break
     clf._params[:] = best["eng"][2]
+    fast._params[:] = best["fast"][2]
     ref.load_state_dict(best["ref"][2])
-    acc_e, acc_r, _, _ = evaluate(test_idx)
-    out.update(test_eng=acc_e, test_ref=acc_r, best_val_eng=best["eng"][0],
-               best_val_ref=best["ref"][0], best_epoch_eng=best["eng"][1],
-               best_epoch_ref=best["ref"][1], epochs_run=len(out["prep"]))
+    accs, _ = evaluate(test_idx)
+    out.update(epochs_run=len(out["prep"]))
+    for k in sides:
+        out.update({f"test_{k}": accs[k], f"best_val_{k}": best[k][0], f"best_epoch_{k}": best[k][1]})
     return out
 
 
@@ -471,19 +486,27 @@ def main(argv=None) -> int:
     pyg_t = [x for r in runs for x in r["pyg"]]
     pyg_v = [x for r in runs for x in r["pyg_val"]]
     # the same epochs of the other sides, for a like-for-like median
-    eng_first = [r["eng"][i] + r["prep"][i] for r in runs for i in range(len(r["pyg"]))]
-    ref_first = [r["ref"][i] + r["prep"][i] for r in runs for i in range(len(r["pyg"]))]
-    val_first = [r["val"][i][0] for r in runs for i in range(len(r["pyg"]))]
+    first = [(r, i) for r in runs for i in range(len(r["pyg"]))]
+    eng_first = [r["eng"][i] + r["prep"][i] for r, i in first]
+    fast_first = [r["fast"][i] + r["prep"][i] for r, i in first if i < len(r["fast"])]
+    ref_first = [r["ref"][i] + r["prep"][i] + r["expand"][i] for r, i in first]
+    val_first = [r["val"][i]["eng"] for r, i in first]
+    fval_first = [r["val"][i]["fast"] for r, i in first]
     eng_t = [x for r in runs for x in r["eng"]]
+    fast_t = [x for r in runs for x in r["fast"]]
     ref_t = [x for r in runs for x in r["ref"]]
     prep_t = [x for r in runs for x in r["prep"]]
     eng_ev = [x for r in runs for x in r["eng_eval"]]
+    fast_ev = [x for r in runs for x in r["fast_eval"]]
     ref_ev = [x for r in runs for x in r["ref_eval"]]
     acc_e = [r["test_eng"] for r in runs]
+    acc_f = [r["test_fast"] for r in runs]
     acc_r = [r["test_ref"] for r in runs]
     val_e = [r["best_val_eng"] for r in runs]
+    val_f = [r["best_val_fast"] for r in runs]
     val_r = [r["best_val_ref"] for r in runs]
     ratio = _med(ref_t) / _med(eng_t)
+    ratio_fast = _med(ref_t) / _med(fast_t)
 
     live = None
     if args.live_batches > 0:
@@ -511,22 +534,29 @@ def main(argv=None) -> int:
           f"seeds {seeds[0]}..{seeds[-1]}; {threads} threads for engine_py and torch.",
           "",
           "**(a) One training epoch** "
-          f"({nb} batches; step = forward + backward + AdamW). Both sides get the same batches: sampled "
-          "once by engine_py's C sampler and gathered once from the cache, then handed to torch via "
-          "`torch.from_numpy`; that sampling+gather time is reported on its own. PyTorch side: "
-          "tests/reference/engine_ref.py (plain torch, PyG semantics) started from engine_py's "
-          "initial weights, torch.optim.AdamW. Test accuracy at each side's best validation epoch.",
+          f"({nb} batches; step = forward + backward + AdamW). Three sides get the same batches: "
+          "sampled once by engine_py's C sampler, each distinct node's states gathered once from the "
+          "cache; engine_py takes them with `rows=` (a node repeated across subgraphs is projected "
+          "once), the torch side gets one row per subgraph node (`states[rows]`, not timed) via "
+          "`torch.from_numpy`; sampling+gather is reported on its own. engine_py float32 and "
+          "engine_py bfloat16 (`precision=\"bfloat16\"`: bf16 products, float32 everything else) "
+          "start from the same initial weights as the PyTorch side: tests/reference/engine_ref.py "
+          "(plain torch, PyG semantics), torch.optim.AdamW. Test accuracy at each side's best "
+          "validation epoch.",
           "",
           "| | epoch (training steps), median | validation pass, median | best val acc % | test acc % |",
           "|---|---:|---:|---:|---:|",
-          f"| engine_py | {_med(eng_t):.2f} s | {_med(eng_ev):.2f} s | {_pm(val_e)} | {_pm(acc_e)} |",
-          f"| PyTorch {torch.__version__} reference | {_med(ref_t):.2f} s | {_med(ref_ev):.2f} s | {_pm(val_r)} | {_pm(acc_r)} |",
-          f"| ratio (torch / engine_py); test difference | **{ratio:.2f}x** | {_med(ref_ev) / _med(eng_ev):.2f}x | | "
+          f"| engine_py float32 | {_med(eng_t):.2f} s | {_med(eng_ev):.2f} s | {_pm(val_e)} | {_pm(acc_e)} |",
+          f"| engine_py bfloat16 | {_med(fast_t):.2f} s | {_med(fast_ev):.2f} s | {_pm(val_f)} | {_pm(acc_f)} |",
+          f"| PyTorch {torch.__version__} reference (float32) | {_med(ref_t):.2f} s | {_med(ref_ev):.2f} s | {_pm(val_r)} | {_pm(acc_r)} |",
+          f"| ratio torch / engine_py float32; test difference | **{ratio:.2f}x** | {_med(ref_ev) / _med(eng_ev):.2f}x | | "
           f"{100 * (statistics.mean(acc_e) - statistics.mean(acc_r)):+.2f} pt |",
+          f"| ratio torch / engine_py bfloat16; test difference | **{ratio_fast:.2f}x** | {_med(ref_ev) / _med(fast_ev):.2f}x | | "
+          f"{100 * (statistics.mean(acc_f) - statistics.mean(acc_r)):+.2f} pt |",
           "",
-          f"Sampling + gathering (shared, not in either step time): median {_med(prep_t):.2f} s per epoch. "
+          f"Sampling + gathering (shared, not in any step time): median {_med(prep_t):.2f} s per epoch. "
           f"Epochs run per seed: {', '.join(str(r['epochs_run']) for r in runs)}; "
-          f"medians over {len(eng_t)} (engine_py) / {len(ref_t)} (torch) epochs.",
+          f"medians over {len(eng_t)} (float32) / {len(fast_t)} (bfloat16) / {len(ref_t)} (torch) epochs.",
           ]
     if pyg_t:
         import torch_geometric
@@ -541,10 +571,13 @@ def main(argv=None) -> int:
                "engine_py: C sampler + gather from the on-disk fp16 cache + C step. Per-epoch "
                "time includes everything done per batch.",
                "", "| | epoch, end to end (median) | val acc % after the epoch |", "|---|---:|---:|",
-               f"| engine_py (sample + gather + step) | {e2e:.2f} s | {_pm(val_first)} |",
-               f"| plain-torch reference (engine_py's batches + step) | {_med(ref_first):.2f} s | |",
+               f"| engine_py float32 (sample + gather + step) | {e2e:.2f} s | {_pm(val_first)} |",
+               f"| engine_py bfloat16 (sample + gather + step) | {_med(fast_first):.2f} s | {_pm(fval_first)} |",
+               f"| plain-torch reference (engine_py's batches, rows repeated, + step) | {_med(ref_first):.2f} s | |",
                f"| PyTorch Geometric {torch_geometric.__version__} pipeline | {_med(pyg_t):.2f} s | {_pm(pyg_v)} |",
-               f"| ratio (PyG / engine_py) | **{_med(pyg_t) / e2e:.2f}x** | |"]
+               f"| ratio PyG / engine_py float32 | **{_med(pyg_t) / e2e:.2f}x** | |",
+               f"| ratio PyG / engine_py bfloat16 | **{_med(pyg_t) / _med(fast_first):.2f}x** | |",
+               f"| ratio plain torch / engine_py bfloat16 | **{_med(ref_first) / _med(fast_first):.2f}x** | |"]
     if live is not None:
         rows = live["rows"]
         c, l = _med(rows["cached"]), _med(rows["live"])
@@ -569,6 +602,7 @@ def main(argv=None) -> int:
         md += ["", "**(c) Test accuracy** (mean ± std over seeds; selection on validation)", "",
                "| model | best val acc % | test acc % |", "|---|---:|---:|",
                f"| ENGINE (7 ladders on layers 0-6, engine_py) | {_pm(val_e)} | {_pm(acc_e)} |",
+               f"| ENGINE (engine_py, bfloat16 products) | {_pm(val_f)} | {_pm(acc_f)} |",
                f"| ENGINE (PyTorch reference, same batches) | {_pm(val_r)} | {_pm(acc_r)} |",
                f"| MLP on last layer (no edges) | {_pm([x[1] for x in base['MLP']])} | {_pm([x[0] for x in base['MLP']])} |",
                f"| SAGE on last layer | {_pm([x[1] for x in base['SAGE']])} | {_pm([x[0] for x in base['SAGE']])} |"]
@@ -583,17 +617,21 @@ def main(argv=None) -> int:
         "edges": g.num_edges, "classes": g.num_classes, "epochs": args.epochs,
         "patience": args.patience, "seeds": seeds, "threads": threads,
         "cache": {"path": cache.path, "built": built, "seconds": t_cache},
-        "a": {"epoch_s_median": {"engine_py": _med(eng_t), "torch": _med(ref_t)},
-              "eval_s_median": {"engine_py": _med(eng_ev), "torch": _med(ref_ev)},
-              "ratio_torch_over_engine_py": ratio, "sample_gather_s_median": _med(prep_t),
-              "test_acc": {"engine_py": acc_e, "torch": acc_r},
-              "best_val_acc": {"engine_py": val_e, "torch": val_r},
+        "a": {"epoch_s_median": {"engine_py": _med(eng_t), "engine_py_bf16": _med(fast_t),
+                                 "torch": _med(ref_t)},
+              "eval_s_median": {"engine_py": _med(eng_ev), "engine_py_bf16": _med(fast_ev),
+                                "torch": _med(ref_ev)},
+              "ratio_torch_over_engine_py": ratio, "ratio_torch_over_engine_py_bf16": ratio_fast,
+              "sample_gather_s_median": _med(prep_t),
+              "test_acc": {"engine_py": acc_e, "engine_py_bf16": acc_f, "torch": acc_r},
+              "best_val_acc": {"engine_py": val_e, "engine_py_bf16": val_f, "torch": val_r},
               "epochs_run": [r["epochs_run"] for r in runs]},
     }
     if pyg_t:
-        results["a_pyg"] = {"epoch_s_median": {"engine_py": _med(eng_first), "torch": _med(ref_first),
+        results["a_pyg"] = {"epoch_s_median": {"engine_py": _med(eng_first), "engine_py_bf16": _med(fast_first),
+                                               "torch": _med(ref_first),
                                                "pyg": _med(pyg_t)},
-                            "val_acc": {"engine_py": val_first, "pyg": pyg_v}}
+                            "val_acc": {"engine_py": val_first, "engine_py_bf16": fval_first, "pyg": pyg_v}}
     if live is not None:
         results["b"] = {"per_batch_s_median": {k: _med(v) for k, v in live["rows"].items() if v},
                         "batches_per_epoch": live["batches_per_epoch"],
