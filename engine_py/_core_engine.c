@@ -253,6 +253,39 @@ fail:
     return res;
 }
 
+static PyObject *Ladder_set_rows(LadderObject *self, PyObject *arg)
+{
+    if (ladder_ready(self) < 0) {
+        return NULL;
+    }
+    int64_t N, G;
+    eg_ladder_batch_dims(self->m, &N, &G);
+    PyArrayObject *rows = eg_py_i64_vector(arg, "rows");
+    if (rows == NULL) {
+        return NULL;
+    }
+    if ((int64_t)PyArray_DIM(rows, 0) != N) {
+        PyErr_Format(PyExc_ValueError, "rows: need one state row per node (%lld), got %lld",
+                     (long long)N, (long long)PyArray_DIM(rows, 0));
+        Py_DECREF(rows);
+        return NULL;
+    }
+    const int64_t *r = PyArray_DATA(rows);
+    int64_t top = -1;
+    for (int64_t n = 0; n < N; n++) {
+        top = r[n] > top ? r[n] : top;
+    }
+    if (ladder_enter(self) < 0) {
+        Py_DECREF(rows);
+        return NULL;
+    }
+    eg_err err;
+    eg_err_clear(&err);
+    eg_status st = eg_ladder_set_rows(self->m, top + 1, r, &err);
+    Py_DECREF(rows);
+    return eg_py_finish(&self->busy, st, &err, NULL);
+}
+
 static PyObject *Ladder_forward_step(LadderObject *self, PyObject *args)
 {
     int i, keep_states = 1;
@@ -267,7 +300,7 @@ static PyObject *Ladder_forward_step(LadderObject *self, PyObject *args)
         return NULL;
     }
     const eg_ladder_config *c = eg_ladder_get_config(self->m);
-    PyArrayObject *H = parse_states(self, ho, (npy_intp)N, i);
+    PyArrayObject *H = parse_states(self, ho, (npy_intp)eg_ladder_state_rows(self->m), i);
     if (H == NULL) {
         return NULL;
     }
@@ -565,6 +598,9 @@ static PyMethodDef Ladder_methods[] = {
      "buffer(kind) -> float32 view of 'param', 'grad', 'm' or 'v' (owned by the model)."},
     {"begin", (PyCFunction)Ladder_begin, METH_VARARGS,
      "begin(graph_ptr, indptr, indices, training, seed): start a batch."},
+    {"set_rows", (PyCFunction)Ladder_set_rows, METH_O,
+     "set_rows(rows): right after begin(): node n uses state row rows[n]; forward_step then takes\n"
+     "states of max(rows) + 1 rows (a node repeated across subgraphs is projected once)."},
     {"forward_step", (PyCFunction)Ladder_forward_step, METH_VARARGS,
      "forward_step(i, states, keep_states=True) -> exit logits (G, C) or None. keep_states=False: "
      "prediction only (no copy of states; backward refused)."},

@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=_cmd_demo)
     p = sub.add_parser("bench", help="run a benchmark and print its table (--out PATH also writes "
                                      "it: .json, else markdown)")
-    p.add_argument("name", help="encoder | cache | engine | early-exit | gmoe | threads | demo-study | qmatmul | "
+    p.add_argument("name", help="encoder | cache | engine | engine-step | early-exit | gmoe | threads | demo-study | qmatmul | "
                                 "llm | engine-llm | engine-llm-exit | finetune | finetune-task | gmoe-llm")
     p.add_argument("rest", nargs=argparse.REMAINDER, help="options of that benchmark")
     p.set_defaults(func=_cmd_bench)

@@ -338,6 +338,8 @@ int eg_ladder_has_head(const eg_ladder *m, int i)
     return i >= 0 && i < m->cfg.num_ladders && m->lo[i].has_head;
 }
 
+int64_t eg_ladder_state_rows(const eg_ladder *m) { return m->begun ? m->U : 0; }
+
 void eg_ladder_batch_dims(const eg_ladder *m, int64_t *num_nodes, int64_t *num_graphs)
 {
     *num_nodes = m->begun ? m->N : 0;

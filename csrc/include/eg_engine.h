@@ -102,6 +102,9 @@ eg_status eg_ladder_begin(eg_ladder *m, int64_t G, const int64_t *graph_ptr, int
  * its projector gradient summed over its copies (the same algebra as one row
  * per node, with fewer products). Not combinable with eg_ladder_keep. */
 eg_status eg_ladder_set_rows(eg_ladder *m, int64_t U, const int64_t *rows, eg_err *err);
+/* Rows the forward steps' states must have: the batch's nodes, or U after
+ * eg_ladder_set_rows (0 before the first begin). */
+int64_t eg_ladder_state_rows(const eg_ladder *m);
 /* Nodes and subgraphs of the current batch (0, 0 before the first begin). */
 void eg_ladder_batch_dims(const eg_ladder *m, int64_t *num_nodes, int64_t *num_graphs);
 /* Run ladder i (i must be the next one) on its layer's states H (N, D), or

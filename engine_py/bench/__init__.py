@@ -32,7 +32,7 @@ __all__ = ["write_section", "with_kept_sections", "write_json", "machine_info", 
            "add_output_args", "NAMES", "run_worker_script"]
 
 # Benchmarks known to the CLI (module names under engine_py.bench).
-NAMES = ("encoder", "cache", "engine", "early_exit", "gmoe", "threads", "demo_study", "bpe",
+NAMES = ("encoder", "cache", "engine", "engine_step", "early_exit", "gmoe", "threads", "demo_study", "bpe",
          "qmatmul", "llm", "engine_llm", "engine_llm_exit", "finetune", "finetune_task",
          "gmoe_llm", "gmoe_collapse")
 

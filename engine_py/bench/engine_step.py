@@ -1,0 +1,230 @@
+"""Benchmark: the levers of the ENGINE training step, alone and together.
+
+    python -m engine_py bench engine-step [--cache PATH] [--batches 12] [--reps 3]
+        [--threads T] [--out PATH [--section NAME]]
+
+One run, the same sampled batches of the Debian package graph (EngineClassifier
+defaults: 7 SAGE ladders, k 128, exit heads, batch 256 targets, khop), the same
+initial weights, every configuration interleaved batch by batch:
+
+- before: float32 products, one state row per subgraph node (the step as it
+  was before issue 18);
+- shared rows: a node sampled into several subgraphs of the batch is read
+  and projected once (`train_batch(..., rows=)`; exact algebra);
+- bf16: `EngineClassifier(precision="bfloat16")`, bf16 products with float32
+  sums for the projectors and GNNs, forward and backward;
+- bf16 + shared rows: the fast path `EngineClassifier.fit` takes.
+
+For each: the median training-step time (forward + backward + AdamW), the
+GEMM FLOPs of the step (counted from the batch's shapes) and the rate they
+run at, next to this machine's measured peaks (engine_py's float32 product
+-- OpenBLAS sgemm -- and its bf16 kernel, on a 2048 x 2048 x 2048 product),
+and a phase breakdown of the fastest and the slowest configuration
+(forward / loss / backward / AdamW, through the stepwise API; forward keeps
+a copy of the states, which the one-call step does not make).
+
+--cache PATH takes any layer cache of the same graph (e.g. a decoder LLM's,
+built with LayerCache.build); the default is bench engine's MiniLM cache.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+
+import numpy as np
+
+CONFIGS = (("before", "float32", False), ("shared rows", "float32", True),
+           ("bf16", "bfloat16", False), ("bf16 + shared rows", "bfloat16", True))
+
+
+def step_flops(N: int, U: int, G: int, D: int, k: int, C: int, K: int, heads: int) -> float:
+    """GEMM FLOPs of one default training step (SAGE, one GNN layer k -> k):
+    per ladder the projector's two products on U state rows (forward, dW, and
+    dX for the second), SAGE's lin_l and lin_r on N nodes (forward, dW, dX)
+    and, for ladders with a head, the head on G subgraphs."""
+    proj = 2 * U * D * k * 2 + 2 * U * k * k * 3
+    sage = 2 * (2 * N * k * k) * 3
+    head = 2 * G * 2 * k * C * 3
+    return float(K * (proj + sage) + heads * head)
+
+
+def _peaks(threads: int) -> dict:
+    """Measured float32 and bf16 product rates (GFLOP/s) of engine_py's own
+    products on a square 2048 problem (qmatmul with float32 weights: the
+    float32 path is one sgemm, the bf16 path the packed kernel)."""
+    from engine_py import _core
+
+    n = 2048
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((n, n), dtype=np.float32)
+    x = rng.standard_normal((n, n), dtype=np.float32)
+    out = {}
+    for prec in ("float32", "bfloat16"):
+        _core.qmatmul(x, w.tobytes(), 0, n, n, precision=prec)
+        best = float("inf")
+        for _ in range(3):
+            t0 = time.perf_counter()
+            _core.qmatmul(x, w.tobytes(), 0, n, n, precision=prec)
+            best = min(best, time.perf_counter() - t0)
+        out[prec] = 2.0 * n ** 3 / best / 1e9
+    return out
+
+
+def _phases(model, b, rows, states, y, seed, lr, wd) -> dict:
+    """One step through the stepwise API, timed per phase (seconds)."""
+    t = {}
+    t0 = time.perf_counter()
+    model.begin(b.graph_ptr, b.indptr, b.indices, True, seed)
+    if rows is not None:
+        model.set_rows(rows)
+    for i, h in enumerate(states):
+        model.forward_step(i, h)
+    t1 = time.perf_counter()
+    model.loss(y)
+    t2 = time.perf_counter()
+    model.zero_grad()
+    model.backward()
+    t3 = time.perf_counter()
+    model.adamw_step(lr, wd)
+    t4 = time.perf_counter()
+    t.update(forward=t1 - t0, loss=t2 - t1, backward=t3 - t2, adamw=t4 - t3)
+    return t
+
+
+def run(cache, graph, g, n_batches: int, reps: int, log=print) -> dict:
+    from engine_py import EngineClassifier
+
+    y = g.labels.astype(np.int64)
+    models = {}
+    for name, prec, _ in CONFIGS:
+        clf = EngineClassifier(seed=0, show_progress_bar=False, precision=prec)
+        clf._setup(cache, graph, g.labels, g.train_idx, None)
+        models[name] = clf
+    init = models["before"].state_dict()
+    for clf in models.values():
+        clf.load_state_dict(init)
+    c0 = models["before"]
+    lr, wd, bs = float(c0.lr), float(c0.weight_decay), int(c0.batch_size)
+    perm = g.train_idx[np.random.default_rng(11).permutation(g.train_idx.size)]
+    batches = []
+    for bi in range(n_batches):
+        t = perm[bi * bs:(bi + 1) * bs]
+        b = c0._sample(graph, t, 5)
+        keys, rows, hu = c0._gather_unique(cache, b)
+        batches.append((t, b, rows, hu, [h[rows] for h in hu]))
+    times = {name: [] for name, _, _ in CONFIGS}
+    for rep in range(reps):
+        for bi, (t, b, rows, hu, hn) in enumerate(batches):
+            for name, _, shared in CONFIGS:
+                m = models[name].model_
+                t0 = time.perf_counter()
+                if shared:
+                    m.train_batch(b.graph_ptr, b.indptr, b.indices, hu, y[t], bi, lr, wd, rows=rows)
+                else:
+                    m.train_batch(b.graph_ptr, b.indptr, b.indices, hn, y[t], bi, lr, wd)
+                times[name].append(time.perf_counter() - t0)
+        log(f"  rep {rep}: " + ", ".join(f"{n} {1e3 * statistics.median(v):.1f} ms" for n, v in times.items()))
+    K = len(c0.layers_)
+    heads = sum(bool(c0.model_.has_head(i)) for i in range(K))
+    shapes = [(b.num_nodes, hu[0].shape[0], t.size) for t, b, rows, hu, hn in batches]
+    res = {"configs": {}, "batches": n_batches, "reps": reps, "dim": int(cache.dim), "ladders": K,
+           "reduced_dim": int(c0.reduced_dim_), "classes": int(c0.num_classes_),
+           "nodes_median": float(np.median([s[0] for s in shapes])),
+           "unique_median": float(np.median([s[1] for s in shapes]))}
+    for name, prec, shared in CONFIGS:
+        fl = [step_flops(n, u if shared else n, gg, int(cache.dim), int(c0.reduced_dim_),
+                         int(c0.num_classes_), K, heads) for n, u, gg in shapes]
+        med = statistics.median(times[name])
+        res["configs"][name] = {"precision": prec, "shared_rows": shared, "step_s_median": med,
+                                "gflop_per_step": statistics.median(fl) / 1e9,
+                                "states_mb_per_step": statistics.median(
+                                    [K * (u if shared else n) * int(cache.dim) * 4 / 2 ** 20
+                                     for n, u, gg in shapes])}
+    # phase breakdown of the slowest and the fastest configuration
+    res["phases"] = {}
+    for name in ("before", "bf16 + shared rows"):
+        shared = name.endswith("rows")
+        ph = []
+        for bi, (t, b, rows, hu, hn) in enumerate(batches):
+            ph.append(_phases(models[name].model_, b, rows if shared else None, hu if shared else hn,
+                              y[t], bi, lr, wd))
+        res["phases"][name] = {k: statistics.median([p[k] for p in ph]) for k in ph[0]}
+    return res
+
+
+def render(res: dict, peaks: dict, what: str, argv) -> str:
+    base = res["configs"]["before"]["step_s_median"]
+    md = [f"## ENGINE training step: the levers (`python -m engine_py bench engine-step {' '.join(argv or [])}`)".replace(" `)", "`)"),
+          "", f"{what}. EngineClassifier defaults ({res['ladders']} SAGE ladders, k {res['reduced_dim']}, "
+          f"exit heads, batch 256 targets, khop); {res['batches']} batches x {res['reps']} repetitions, every "
+          f"configuration on the same batches from the same initial weights, interleaved batch by batch. "
+          f"A batch has a median of {res['nodes_median']:.0f} subgraph nodes and {res['unique_median']:.0f} "
+          "distinct nodes. GEMM FLOPs are counted from each batch's shapes.",
+          "", "| configuration | step, median | speed-up | GEMM GFLOP / step | GFLOP/s | states read / step |",
+          "|---|---:|---:|---:|---:|---:|"]
+    for name, c in res["configs"].items():
+        rate = c["gflop_per_step"] / c["step_s_median"]
+        md.append(f"| {name} | {1e3 * c['step_s_median']:.1f} ms | {base / c['step_s_median']:.2f}x | "
+                  f"{c['gflop_per_step']:.2f} | {rate:.0f} | {c['states_mb_per_step']:.1f} MB |")
+    md += ["", f"Peaks measured in this run (engine_py's products, 2048 x 2048 x 2048): float32 (OpenBLAS "
+           f"sgemm) {peaks['float32']:.0f} GFLOP/s, bf16 kernel {peaks['bfloat16']:.0f} GFLOP/s"
+           + ("" if peaks.get("bf16_kernel") else " (emulated: this CPU has no AVX512-BF16)") + ".",
+           "", "Phases (median per step, stepwise API):", "",
+           "| configuration | forward | loss | backward | AdamW |", "|---|---:|---:|---:|---:|"]
+    for name, p in res["phases"].items():
+        md.append(f"| {name} | {1e3 * p['forward']:.1f} ms | {1e3 * p['loss']:.2f} ms | "
+                  f"{1e3 * p['backward']:.1f} ms | {1e3 * p['adamw']:.2f} ms |")
+    return "\n".join(md)
+
+
+def main(argv=None) -> int:
+    import engine_py
+    from engine_py import Graph, LayerCache
+    from engine_py.bench import add_output_args, finish, machine_line, start_run
+    from engine_py.bench.engine import graph_and_cache, load_graph
+
+    ap = argparse.ArgumentParser(prog="python -m engine_py bench engine-step", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--cache", default=None, help="a layer cache of the Debian graph (default: "
+                    "bench engine's MiniLM cache, built on first use)")
+    ap.add_argument("--dataset", choices=("debian", "demo"), default="debian",
+                    help="without --cache: the graph whose MiniLM cache is used (demo: the shipped "
+                         "4,000-node graph)")
+    ap.add_argument("--subsample", type=int, default=None, help="without --cache: a random induced "
+                    "subgraph of N nodes (own cache)")
+    ap.add_argument("--cache-dir", default=None, help="where bench engine's caches live")
+    ap.add_argument("--batches", type=int, default=12)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--quiet", action="store_true")
+    add_output_args(ap, "engine_step")
+    args = ap.parse_args(argv)
+    log = (lambda *a, **k: None) if args.quiet else (lambda *a, **k: print(*a, **k, flush=True))
+    if args.threads:
+        engine_py.set_num_threads(args.threads)
+    threads = engine_py.get_num_threads()
+    run_ = start_run()
+    if args.cache:
+        g = load_graph("debian", None)
+        cache = LayerCache.open(args.cache)
+        if cache.num_nodes != g.num_nodes:
+            raise SystemExit(f"{args.cache} has {cache.num_nodes} nodes; this machine's Debian graph has "
+                             f"{g.num_nodes}")
+        graph = Graph(g.edge_index, g.num_nodes)
+        what = (f"Full Debian package graph ({g.num_nodes:,} nodes); layer cache "
+                f"{os.path.basename(args.cache)} (states {cache.layers}, dim {cache.dim})")
+    else:
+        g, enc, cache, graph, _ = graph_and_cache(args.dataset, args.subsample, args.cache_dir, log)
+        full = args.dataset == "debian" and not args.subsample
+        what = (f"{'Full Debian package graph' if full else args.dataset + ' graph'} ({g.num_nodes:,} nodes); "
+                f"all-MiniLM-L6-v2 cache, states 0-6, dim {cache.dim}")
+    res = run(cache, graph, g, args.batches, args.reps, log)
+    peaks = _peaks(threads)
+    peaks["bf16_kernel"] = bool(engine_py.info().get("bf16_kernel"))
+    res["peaks_gflops"] = peaks
+    machine = run_.stop(threads=threads)
+    text = render(res, peaks, what, argv) + f"\n\nMachine: {machine_line(machine)}."
+    finish(args, "engine_step", text, machine, res, argv)
+    return 0
