@@ -14,6 +14,7 @@
  * are updated in place (so they must be writeable). New outputs are returned.
  */
 #include "_core_gmoe.h"
+#include "eg_bf16.h"
 
 /* ---------------------------------------------------------------- helpers */
 int gmoe_check_prod(npy_intp a, npy_intp b, npy_intp c)
@@ -159,14 +160,18 @@ static PyObject *py_ffn_forward(PyObject *self, PyObject *args)
     PyObject *ox, *oidx, *ow, *o[11];
     float scale, p;
     unsigned long long seed;
-    if (!PyArg_ParseTuple(args, "iOOOOOOOOOOOOOOffK", &kind, &ox, &oidx, &ow, &o[0], &o[1],
+    int prec = 0;
+    if (!PyArg_ParseTuple(args, "iOOOOOOOOOOOOOOffK|i", &kind, &ox, &oidx, &ow, &o[0], &o[1],
                           &o[2], &o[3], &o[4], &o[5], &o[6], &o[7], &o[8], &o[9], &o[10], &scale,
-                          &p, &seed)) {
+                          &p, &seed, &prec)) {
         return NULL;
+    }
+    if (prec != EG_PREC_F32 && prec != EG_PREC_BF16) {
+        return PyErr_Format(PyExc_ValueError, "precision code %d: 0 (float32) or 1 (bfloat16)", prec);
     }
     void *x, *idx, *w;
     eg_moe_ffn_params prm;
-    eg_moe_ffn_dims d = {kind, 0, 0, 0, 0, 0, 0, scale, p, seed};
+    eg_moe_ffn_dims d = {kind, 0, 0, 0, 0, 0, 0, scale, p, seed, prec};
     if (ffn_inputs(kind, p, ox, oidx, ow, o, &x, &idx, &w, &prm, &d) < 0) {
         return NULL;
     }
@@ -193,16 +198,20 @@ static PyObject *py_ffn_backward(PyObject *self, PyObject *args)
     PyObject *ody, *ox, *oidx, *ow, *oG, *oU, *oH, *o[11], *og[6];
     float scale, p;
     unsigned long long seed;
-    if (!PyArg_ParseTuple(args, "iOOOOOOOOOOOOOOOOOOOOOOOOffK", &kind, &ody, &ox, &oidx, &ow,
+    int prec = 0;
+    if (!PyArg_ParseTuple(args, "iOOOOOOOOOOOOOOOOOOOOOOOOffK|i", &kind, &ody, &ox, &oidx, &ow,
                           &oG, &oU, &oH, &o[0], &o[1], &o[2], &o[3], &o[4], &o[5], &o[6], &o[7],
                           &o[8], &o[9], &o[10], &og[0], &og[1], &og[2], &og[3], &og[4], &og[5],
-                          &scale, &p, &seed)) {
+                          &scale, &p, &seed, &prec)) {
         return NULL;
+    }
+    if (prec != EG_PREC_F32 && prec != EG_PREC_BF16) {
+        return PyErr_Format(PyExc_ValueError, "precision code %d: 0 (float32) or 1 (bfloat16)", prec);
     }
     void *x, *idx, *w, *dy, *G, *U, *Hl;
     eg_moe_ffn_params prm;
     eg_moe_ffn_grads grd;
-    eg_moe_ffn_dims d = {kind, 0, 0, 0, 0, 0, 0, scale, p, seed};
+    eg_moe_ffn_dims d = {kind, 0, 0, 0, 0, 0, 0, scale, p, seed, prec};
     if (ffn_inputs(kind, p, ox, oidx, ow, o, &x, &idx, &w, &prm, &d) < 0) {
         return NULL;
     }

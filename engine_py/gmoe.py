@@ -227,6 +227,11 @@ class MoELoRAFFN:
         the top-k set is decided by one number per token; docs/ALGORITHMS.md
         §B.5 ("GMoE router collapse") measures the collapse this gives and
         shows per_expert with normal_running_decay=0.5 preventing it.
+    precision : ``"float32"`` (default) or ``"bfloat16"``: the frozen FFN
+        products (x W1^T, x W3^T, W2 a and their input gradients) with both
+        operands rounded to bfloat16 and float32 sums (the AVX512-BF16 kernel
+        where the CPU has it); the experts' LoRA terms, the router and the
+        losses stay float32. Measured: docs/PERFORMANCE.md.
 
     ``forward(x, training=True) -> (y, aux)``: x (..., H); aux holds the
     scalar router losses (``poisson``/``normal`` for graph, ``balance`` for
@@ -243,7 +248,7 @@ class MoELoRAFFN:
                  router: str = "graph", gcn_layers: int = 2, gcn_dim: int = 128,
                  edge_density: float = 0.25, seed: int = 0, loss_form: str = "abs",
                  normal_count: str = "topk_probs", normal_running_decay: float = 1.0,
-                 graph_readout: str = "shared"):
+                 graph_readout: str = "shared", precision: str = "float32"):
         if kind not in _KINDS:
             raise ValueError(f"kind must be 'swiglu' or 'gelu', got {kind!r}")
         if router not in _ROUTERS:
@@ -256,6 +261,10 @@ class MoELoRAFFN:
         if graph_readout not in ("shared", "per_expert"):
             raise ValueError("graph_readout must be 'shared' or 'per_expert', "
                              f"got {graph_readout!r}")
+        if precision not in ("float32", "bfloat16"):
+            raise ValueError(f"precision must be 'float32' or 'bfloat16', got {precision!r}")
+        self.precision = precision
+        self._prec = 1 if precision == "bfloat16" else 0
         normal_running_decay = check_float(normal_running_decay, "normal_running_decay",
                                            min=0.0, max=1.0)
         num_experts = check_int(num_experts, "num_experts", min=1, max=1024)
@@ -428,7 +437,7 @@ class MoELoRAFFN:
         ctx["p"], ctx["seed"] = p, seed
         y, ctx["G"], ctx["U"], ctx["Hl"] = _core._gmoe_ffn_forward(
             _KINDS[self.kind], x2, idx, w, *self._frozen_args(), *self._lora_args(),
-            self.scale, p, seed)
+            self.scale, p, seed, self._prec)
         if not np.isfinite(y).all():
             if self.kind == "swiglu":
                 proj = ("gate projection x @ W1.T (+ LoRA)" if not np.isfinite(ctx["G"]).all() else
@@ -493,7 +502,7 @@ class MoELoRAFFN:
         dx, dw = _core._gmoe_ffn_backward(
             _KINDS[self.kind], dy2, x2, idx, w, ctx["G"], ctx["U"], ctx["Hl"],
             *self._frozen_args(), *self._lora_args(), *self._lora_args(grads=True),
-            self.scale, ctx["p"], ctx["seed"])
+            self.scale, ctx["p"], ctx["seed"], self._prec)
         dprobs = np.zeros_like(probs)
         if self.router == "graph":
             if coefs["poisson"] != 0.0:

@@ -505,3 +505,44 @@ def test_activation_accuracy_wide_range(kind):
     # dx also holds the router path (through the weights); with identical experts and
     # renormalised weights that path is exactly zero
     np.testing.assert_allclose(dx, xt.grad.numpy(), rtol=5e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["swiglu", "gelu"])
+def test_bfloat16_frozen_products_close_to_float32(kind):
+    """precision="bfloat16" rounds the frozen FFN products' operands: y, dx
+    and the LoRA gradients stay close to float32 (bf16 keeps 8 bits), the
+    routing is the same (the router stays float32), and the option is
+    validated."""
+    f = make(kind, router="linear")
+    h = make(kind, router="linear", precision="bfloat16")
+    sd = randomise(f)
+    h.load_state_dict(sd)
+    x = np.random.default_rng(4).normal(0, 1, (64, H)).astype(np.float32)
+    yf, af = f.forward(x)
+    yh, ah = h.forward(x)
+    assert not np.array_equal(yf, yh)
+    assert rel(yh, yf) < 1e-2
+    np.testing.assert_array_equal(af["counts"], ah["counts"])
+    dy = np.random.default_rng(5).normal(0, 1, yf.shape).astype(np.float32)
+    dxf, dxh = f.backward(dy), h.backward(dy)
+    assert rel(dxh, dxf) < 1e-2
+    for name in f._grads:
+        if np.abs(f._grads[name]).max() > 0:
+            assert rel(h._grads[name], f._grads[name]) < 2e-2, name
+    with pytest.raises(ValueError, match="precision"):
+        make(kind, precision="float16")
+
+
+def test_bench_gmoe_smoke(tmp_path):
+    """bench gmoe times engine_py float32, engine_py bfloat16 and PyTorch on
+    the same layer and reports both ratios and both output errors."""
+    pytest.importorskip("torch")
+    import json
+
+    from engine_py.bench import gmoe as bench
+    out = tmp_path / "g.json"
+    assert bench.main(["--tokens", "128", "--repeats", "1", "--kinds", "swiglu", "--sizes", "32/64",
+                       "--routers", "graph", "--threads", "1", "--no-progress", "--out", str(out)]) == 0
+    row = json.loads(out.read_text())["results"]["rows"][0]
+    assert row["engine_py_bf16_tokens_per_s"] > 0 and row["speedup_bf16"] > 0
+    assert row["max_rel_diff_y"] < 1e-5 < row["max_rel_diff_y_bf16"] < 2e-2

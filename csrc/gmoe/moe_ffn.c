@@ -14,6 +14,7 @@
  * does not depend on the thread count.
  */
 #include "eg_gmoe.h"
+#include "eg_ops.h"
 
 #include <math.h>
 #include <omp.h>
@@ -293,13 +294,13 @@ eg_status eg_moe_ffn_forward(float *y, float *G, float *U, float *Hl, const floa
         st = eg_seterr(err, EG_ENOMEM, "moe_ffn forward: out of memory (T=%d, I=%d)", T, I);
         goto done;
     }
-    eg_sgemm(0, 1, T, I, H, 1.0f, x, H, prm->W_in, H, 0.0f, G0, I);
+    eg_gemm_prec(d->prec, 0, 1, T, I, H, 1.0f, x, H, prm->W_in, H, 0.0f, G0, I);
     if (swi) {
-        eg_sgemm(0, 1, T, I, H, 1.0f, x, H, prm->W_up, H, 0.0f, U0, I);
+        eg_gemm_prec(d->prec, 0, 1, T, I, H, 1.0f, x, H, prm->W_up, H, 0.0f, U0, I);
     }
     st = eg_moe_experts_forward(y, abar, G, U, Hl, x, G0, U0, idx, w, prm, d, err);
     if (st == EG_OK) {
-        eg_sgemm(0, 1, T, H, I, 1.0f, abar, I, prm->W_out, I, 1.0f, y, H);
+        eg_gemm_prec(d->prec, 0, 1, T, H, I, 1.0f, abar, I, prm->W_out, I, 1.0f, y, H);
     }
 done:
     eg_aligned_free(G0);
@@ -553,16 +554,16 @@ eg_status eg_moe_ffn_backward(float *dx, float *dw, eg_moe_ffn_grads *grd, const
         goto done;
     }
     /* dabar = dy W_out: the frozen output product's gradient, once per token */
-    eg_sgemm(0, 0, T, I, H, 1.0f, dy, H, prm->W_out, I, 0.0f, dab, I);
+    eg_gemm_prec(d->prec, 0, 0, T, I, H, 1.0f, dy, H, prm->W_out, I, 0.0f, dab, I);
     st = eg_moe_experts_backward(dx, dG0, dU0, dw, grd, dy, dab, x, idx, w, G, U, NULL, NULL,
                                  Hl, prm, d, err);
     if (st != EG_OK) {
         goto done;
     }
     /* frozen input products: dx += dG0 W_in (+ dU0 W_up), once per token */
-    eg_sgemm(0, 0, T, H, I, 1.0f, dG0, I, prm->W_in, H, 1.0f, dx, H);
+    eg_gemm_prec(d->prec, 0, 0, T, H, I, 1.0f, dG0, I, prm->W_in, H, 1.0f, dx, H);
     if (swi) {
-        eg_sgemm(0, 0, T, H, I, 1.0f, dU0, I, prm->W_up, H, 1.0f, dx, H);
+        eg_gemm_prec(d->prec, 0, 0, T, H, I, 1.0f, dU0, I, prm->W_up, H, 1.0f, dx, H);
     }
 done:
     eg_aligned_free(dab);

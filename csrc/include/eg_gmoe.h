@@ -70,6 +70,9 @@ typedef struct {
     float scale;    /* alpha / r */
     float p;        /* LoRA dropout */
     uint64_t seed;  /* dropout stream of this call */
+    int prec;       /* EG_PREC_F32 (0) or EG_PREC_BF16: the frozen W_in/W_up/W_out
+                       products of eg_moe_ffn_forward/backward (eg_gemm_prec);
+                       the experts' LoRA terms stay float32 */
 } eg_moe_ffn_dims;
 
 /* Frozen weights and the experts' LoRA pairs. Projection 0 is the input

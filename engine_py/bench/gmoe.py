@@ -4,7 +4,8 @@
                                    [--routers graph,linear] [--threads 1,2] [--out PATH]
 
 8 experts, top-2, r 2, alpha 4, hidden/intermediate 384/1536 and 576/1536,
-2,048 tokens, in float32 on the CPU. The PyTorch side is an efficient autograd
+2,048 tokens on the CPU; engine_py in float32 and with precision="bfloat16"
+(the frozen FFN products), PyTorch in float32. The PyTorch side is an efficient autograd
 implementation a user would write (it is not the dense test reference):
 frozen input products once per token, each expert computed only on its
 routed tokens (index_select / index_add_, as HF Mixtral), the graph router
@@ -124,20 +125,18 @@ def _torch_layer(torch, layer, kind):
     return forward, list(P.values())
 
 
-def _time_pair(fa, fb, repeats):
-    """Median seconds of fa and fb, runs interleaved (a, b, a, b, ...) so that
-    load changes on a shared machine hit both sides alike."""
-    fa()
-    fb()  # warm-up
-    ta, tb = [], []
+def _time_interleaved(fns, repeats):
+    """Median seconds of each function, runs interleaved (a, b, c, a, b, c,
+    ...) so that load changes on a shared machine hit every side alike."""
+    for f in fns:
+        f()   # warm-up
+    ts = [[] for _ in fns]
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        fa()
-        ta.append(time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        fb()
-        tb.append(time.perf_counter() - t0)
-    return statistics.median(ta), statistics.median(tb)
+        for f, t in zip(fns, ts):
+            t0 = time.perf_counter()
+            f()
+            t.append(time.perf_counter() - t0)
+    return [statistics.median(t) for t in ts]
 
 
 def _bench_size(torch, MoELoRAFFN, args, kind, nthreads, H, I, routers):
@@ -159,6 +158,9 @@ def _bench_size(torch, MoELoRAFFN, args, kind, nthreads, H, I, routers):
             if k.endswith("lora_B.weight"):
                 sd[k] = rng.normal(0, 0.02, sd[k].shape).astype(np.float32)
         layer.load_state_dict(sd)
+        fast = MoELoRAFFN(bw, kind=kind, num_experts=E, top_k=K, r=R, lora_alpha=ALPHA,
+                          router=router, gcn_dim=G, seed=0, precision="bfloat16")
+        fast.load_state_dict(sd)
         fwd, params = _torch_layer(torch, layer, kind)
         xt = torch.tensor(x, requires_grad=True)
         dyt = torch.tensor(dy)
@@ -169,7 +171,10 @@ def _bench_size(torch, MoELoRAFFN, args, kind, nthreads, H, I, routers):
             y_t, _ = fwd(torch.tensor(x))
         err = float(np.abs(y_e - y_t.numpy()).max() / max(np.abs(y_t.numpy()).max(), 1e-12))
 
-        def run_engine():
+        y_f, _ = fast.forward(x, training=False)
+        err_fast = float(np.abs(y_f - y_t.numpy()).max() / max(np.abs(y_t.numpy()).max(), 1e-12))
+
+        def run_engine(layer=layer):
             layer.zero_grad()
             layer.forward(x, training=True)
             layer.backward(dy)
@@ -181,12 +186,13 @@ def _bench_size(torch, MoELoRAFFN, args, kind, nthreads, H, I, routers):
             y, aux = fwd(xt)
             ((y * dyt).sum() + aux).backward()
 
-        te, tt = _time_pair(run_engine, run_torch, args.repeats)
-        rows.append((nthreads, kind, f"{H}/{I}", router, args.tokens / te, args.tokens / tt, tt / te,
-                     err))
+        te, tf, tt = _time_interleaved([run_engine, lambda: run_engine(fast), run_torch], args.repeats)
+        rows.append((nthreads, kind, f"{H}/{I}", router, args.tokens / te, args.tokens / tf,
+                     args.tokens / tt, tt / te, tt / tf, err, err_fast))
         print(f"threads {nthreads} {kind:6s} H/I {H}/{I} router {router:6s}: engine_py "
-              f"{args.tokens / te:8.0f} tok/s, torch {args.tokens / tt:8.0f} tok/s, ratio "
-              f"{tt / te:5.2f}x (max rel diff of y {err:.1e})", flush=True)
+              f"{args.tokens / te:8.0f} tok/s (bf16 {args.tokens / tf:8.0f}), torch {args.tokens / tt:8.0f} "
+              f"tok/s, ratio {tt / te:5.2f}x (bf16 {tt / tf:5.2f}x; max rel diff of y {err:.1e}, "
+              f"bf16 {err_fast:.1e})", flush=True)
     return rows
 
 
@@ -241,24 +247,27 @@ def main(argv=None) -> int:
     md = ["## GMoE layer (MoE-LoRA FFN) forward + backward",
           "",
           f"`python -m engine_py bench gmoe` — {E} experts, top-{K}, r {R}, alpha {ALPHA:g}, "
-          f"GCN dim {G}, {args.tokens} tokens, float32, median of {args.repeats} "
-          "interleaved runs. "
-          "PyTorch side: autograd, frozen products once, each expert on its routed tokens "
-          "only (index_select/index_add), batched dense GCN; both sides use the thread count "
-          "of the row.",
+          f"GCN dim {G}, {args.tokens} tokens, median of {args.repeats} interleaved runs of three "
+          "sides: engine_py float32, engine_py with `precision=\"bfloat16\"` (the frozen FFN "
+          "products in bf16 with float32 sums; LoRA, router and losses float32) and PyTorch "
+          "float32 (autograd, frozen products once, each expert on its routed tokens "
+          "only (index_select/index_add), batched dense GCN); every side uses the thread count "
+          "of the row. Max rel diff: max |y - y_torch| / max |y_torch|.",
           "",
-          "| threads | FFN | H/I | router | engine_py tokens/s | PyTorch tokens/s | speed-up | "
-          "max rel diff y |",
-          "|---:|---|---|---|---:|---:|---:|---:|"]
-    for n, kd, h, r, e, t, ratio, err in rows:
-        md.append(f"| {n} | {kd} | {h} | {r} | {e:,.0f} | {t:,.0f} | {ratio:.2f}x | {err:.1e} |")
+          "| threads | FFN | H/I | router | engine_py f32 tokens/s | engine_py bf16 tokens/s | PyTorch "
+          "tokens/s | speed-up f32 | speed-up bf16 | max rel diff y f32 | bf16 |",
+          "|---:|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for n, kd, h, r, e, f, t, ratio, rf, err, errf in rows:
+        md.append(f"| {n} | {kd} | {h} | {r} | {e:,.0f} | {f:,.0f} | {t:,.0f} | {ratio:.2f}x | "
+                  f"**{rf:.2f}x** | {err:.1e} | {errf:.1e} |")
     md += ["", f"Machine: {machine_line(machine)}; thread counts per row in the table (other jobs "
            "may share the CPUs: rows with more threads than idle cores are noisy).", ""]
     text = "\n".join(md)
     results = {"experts": E, "top_k": K, "r": R, "alpha": ALPHA, "gcn_dim": G, "tokens": args.tokens,
                "repeats": args.repeats, "torch_version": torch.__version__,
                "rows": [{"threads": n, "ffn": kd, "H/I": h, "router": r, "engine_py_tokens_per_s": e,
-                         "torch_tokens_per_s": t, "speedup": ratio, "max_rel_diff_y": err}
-                        for n, kd, h, r, e, t, ratio, err in rows]}
+                         "engine_py_bf16_tokens_per_s": f, "torch_tokens_per_s": t, "speedup": ratio,
+                         "speedup_bf16": rf, "max_rel_diff_y": err, "max_rel_diff_y_bf16": errf}
+                        for n, kd, h, r, e, f, t, ratio, rf, err, errf in rows]}
     finish(args, "gmoe", text, machine, results, argv)
     return 0
