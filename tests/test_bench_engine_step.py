@@ -44,3 +44,21 @@ def test_step_flops_counts_the_default_step():
     N, U, G, D, k, C = 10, 7, 3, 8, 4, 5
     want = (2 * U * D * k * 2 + 2 * U * k * k * 3) + 2 * (2 * N * k * k) * 3 + 2 * G * 2 * k * C * 3
     assert step_flops(N, U, G, D, k, C, 1, 1) == want
+
+
+def test_bench_engine_step_random_states(tmp_path):
+    """--random-states LxD times a decoder-sized step without a cache."""
+    import engine_py
+    from engine_py.bench import engine_step as bench
+
+    out = tmp_path / "r.json"
+    old = engine_py.get_num_threads()
+    try:
+        assert bench.main(["--dataset", "demo", "--subsample", "500", "--random-states", "3x40",
+                           "--batches", "1", "--reps", "1", "--threads", "1", "--quiet",
+                           "--out", str(out)]) == 0
+    finally:
+        engine_py.set_num_threads(old)
+    doc = json.loads(out.read_text())
+    assert doc["results"]["dim"] == 40 and doc["results"]["ladders"] == 3
+    assert "random float16 states, 3 layers of width 40" in doc["markdown"]

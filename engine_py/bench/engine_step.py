@@ -25,6 +25,11 @@ a copy of the states, which the one-call step does not make).
 
 --cache PATH takes any layer cache of the same graph (e.g. a decoder LLM's,
 built with LayerCache.build); the default is bench engine's MiniLM cache.
+--random-states LxD replaces the cache by L layers of random float16 states of
+width D for every node (e.g. 7x576: the "engine" selection of SmolLM2-135M,
+7x896: Qwen2.5-0.5B): the step's time depends on the shapes only, so this
+measures a decoder-sized step without building a decoder cache of the whole
+graph (its accuracy means nothing and is not reported).
 """
 from __future__ import annotations
 
@@ -37,6 +42,20 @@ import numpy as np
 
 CONFIGS = (("before", "float32", False), ("shared rows", "float32", True),
            ("bf16", "bfloat16", False), ("bf16 + shared rows", "bfloat16", True))
+
+
+class RandomStates:
+    """L layers of random float16 states (num_nodes, dim), gathered as float32
+    like a LayerCache: the shapes of a decoder cache, for timing only."""
+
+    def __init__(self, num_nodes: int, layers: int, dim: int, seed: int = 0):
+        rng = np.random.default_rng(seed)
+        self.num_nodes, self.dim, self.layers = int(num_nodes), int(dim), list(range(layers))
+        self._h = [rng.standard_normal((num_nodes, dim), dtype=np.float32).astype(np.float16)
+                   for _ in range(layers)]
+
+    def gather(self, layer, node_ids, out=None):
+        return self._h[int(layer)][np.asarray(node_ids)].astype(np.float32)
 
 
 def step_flops(N: int, U: int, G: int, D: int, k: int, C: int, K: int, heads: int) -> float:
@@ -195,6 +214,8 @@ def main(argv=None) -> int:
     ap.add_argument("--subsample", type=int, default=None, help="without --cache: a random induced "
                     "subgraph of N nodes (own cache)")
     ap.add_argument("--cache-dir", default=None, help="where bench engine's caches live")
+    ap.add_argument("--random-states", default=None, metavar="LxD",
+                    help="time on L layers of random states of width D (e.g. 7x576) instead of a cache")
     ap.add_argument("--batches", type=int, default=12)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--threads", type=int, default=None)
@@ -206,7 +227,14 @@ def main(argv=None) -> int:
         engine_py.set_num_threads(args.threads)
     threads = engine_py.get_num_threads()
     run_ = start_run()
-    if args.cache:
+    if args.random_states:
+        L, D = (int(v) for v in args.random_states.lower().split("x"))
+        g = load_graph(args.dataset, args.subsample)
+        cache = RandomStates(g.num_nodes, L, D)
+        graph = Graph(g.edge_index, g.num_nodes)
+        what = (f"{g.num_nodes:,}-node {args.dataset} graph{' (subsample)' if args.subsample else ''}; "
+                f"random float16 states, {L} layers of width {D} (a decoder cache's shape; timing only)")
+    elif args.cache:
         g = load_graph("debian", None)
         cache = LayerCache.open(args.cache)
         if cache.num_nodes != g.num_nodes:
