@@ -23,6 +23,9 @@
  *                     running (L,N) f64), writable views
  *     set_aux_scale(s); moe_stats() -> (counts (L,N), aux (L,4), entropy (L))
  *     moe_routes(layer) -> (probs (n,N), idx (n,K)) copies of the last step's
+ *         routing in that layer
+ *     attach_to_model(): the model's encode_layers routes through a copy of
+ *         these experts from now on (eg_llama_attach_moe)
  */
 #include "_core.h"
 
@@ -527,6 +530,39 @@ static PyObject *lt_moe_buffers(LoraTrainerObject *self, PyObject *noargs)
     return Py_BuildValue("(NNN)", a, b, c);
 }
 
+/* attach_to_model(): eg_llama_attach_moe on this trainer's own model. */
+static PyObject *lt_attach_to_model(LoraTrainerObject *self, PyObject *noargs)
+{
+    (void)noargs;
+    if (need_moe(self) < 0) {
+        return NULL;
+    }
+    eg_py_encoder e;
+    int r = eg_py_llama_encoder_of(self->model, "mean", &e);
+    if (r <= 0) {
+        if (r == 0) {
+            PyErr_SetString(PyExc_TypeError, "LoraTrainer's model is not a LlamaModel");
+        }
+        return NULL;
+    }
+    if (eg_py_enter(&self->busy, "LoraTrainer") < 0) {
+        return NULL;
+    }
+    if (eg_py_enter(e.busy, "LlamaModel") < 0) {
+        eg_py_leave(&self->busy);
+        return NULL;
+    }
+    eg_err err;
+    eg_err_clear(&err);
+    eg_status st = eg_llama_attach_moe((eg_llama *)e.model, self->t, &err);
+    eg_py_leave(e.busy);
+    eg_py_leave(&self->busy);
+    if (st != EG_OK) {
+        return eg_py_raise(&err, NULL);
+    }
+    Py_RETURN_NONE;
+}
+
 static PyObject *lt_set_aux_scale(LoraTrainerObject *self, PyObject *arg)
 {
     double s = PyFloat_AsDouble(arg);
@@ -602,6 +638,9 @@ static PyObject *lt_moe_routes(LoraTrainerObject *self, PyObject *arg)
 }
 
 static PyMethodDef lt_methods[] = {
+    {"attach_to_model", (PyCFunction)lt_attach_to_model, METH_NOARGS,
+     "route the model's layer-by-layer forward (LlamaModel.encode_layers, caches, early "
+     "exit) through a copy of this trainer's experts and routers, for good"},
     {"moe_slots", (PyCFunction)lt_moe_slots, METH_NOARGS,
      "moe_slots()\n--\n\n[(layer, part, offset, size)] of the experts' and routers' parameters."},
     {"moe_buffers", (PyCFunction)lt_moe_buffers, METH_NOARGS,

@@ -172,6 +172,17 @@ void eg_llama_moe_stats(const eg_llama_lora *t, int64_t *counts, double *aux, do
 void eg_llama_moe_routes(const eg_llama_lora *t, int layer, const float **probs,
                          const int32_t **idx, size_t *n_tok);
 
+/* Route t's model's layer-by-layer forward (eg_llama_run_layers: the
+ * encoder, layer caches, live early exit) through t's experts: a copy of
+ * t's expert and router parameters and router buffers (t's attention
+ * adapters are not used: merge them into the weights first) becomes m's
+ * FFN hook (eg_llama_set_ffn_hook), owned by m. Per token the router picks
+ * the top-k experts as the trainer's forward-only passes do (no dropout, no
+ * dense fallback, the running counts not moved). t must be a MoE trainer
+ * of m; non-finite parameters or buffers are EINVAL; ESTATE when m already
+ * has a hook. t may be freed afterwards. */
+eg_status eg_llama_attach_moe(eg_llama *m, const eg_llama_lora *t, eg_err *err);
+
 /* Cross-entropy of an LM head over n rows, in chunks (the full n x vocab
  * logits never exist): x (n, D), W (V, D), target (n) in [0, V). *nll_sum
  * (double); nll (n) per row, may be NULL; dx (n, D) ASSIGNED the gradient of

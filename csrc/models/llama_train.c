@@ -472,7 +472,7 @@ eg_status eg_llama_lora_step(eg_llama_lora *t, const int32_t *ids, const int64_t
                              "tokens", n);
         }
         for (int l = 0; l < L; l++) {
-            TRY(eg_moe_saved_alloc(t, &ms[l], share && l > 0 ? &ms[0] : NULL, n, err));
+            TRY(eg_moe_saved_alloc(t, a, &ms[l], share && l > 0 ? &ms[0] : NULL, n, err));
         }
         for (int l = 0; l < L; l++) {
             t->moe->last_probs[l] = NULL;
