@@ -10,7 +10,10 @@
  *     params, grads: float32 views of the core's buffers (base: the trainer)
  *     slots(): [(layer, module, offA, offB, in, out, rank)]
  *     step(ids, offsets, targets, scale=1.0, backward=True, seed=0)
- *         -> (nll_sum, token_nll): gradients of scale * nll_sum accumulate
+ *         -> (nll_sum, token_nll): gradients of scale * nll_sum accumulate;
+ *         in the main thread Ctrl-C stops it between two layers
+ *         (KeyboardInterrupt; parameters and MoE running counts unchanged,
+ *         the gradients partial)
  *     adamw_step(m, v, lr, beta1, beta2, eps, weight_decay, t)
  *
  * With moe={...} (GMoE / MixLoRA; eg_llama_lora_set_moe, set at construction
@@ -316,6 +319,22 @@ static PyObject *lt_slots(LoraTrainerObject *self, PyObject *noargs)
     return list;
 }
 
+/* The core's poll between layers of a step (eg_llama_lora_set_poll): *save
+ * is the thread state Py_BEGIN_ALLOW_THREADS saved; take the GIL, run the
+ * pending signal handlers, release it again. Nonzero: a handler raised. */
+typedef struct {
+    PyThreadState **save;
+} step_poll_ctx;
+
+static int step_poll(void *ctx)
+{
+    step_poll_ctx *p = ctx;
+    PyEval_RestoreThread(*p->save);
+    int stop = PyErr_CheckSignals() < 0;
+    *p->save = PyEval_SaveThread();
+    return stop;
+}
+
 static PyObject *lt_step(LoraTrainerObject *self, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"ids", "offsets", "targets", "scale", "backward", "seed", NULL};
@@ -358,15 +377,31 @@ static PyObject *lt_step(LoraTrainerObject *self, PyObject *args, PyObject *kwds
     eg_err_clear(&err);
     double s = 0.0;
     eg_status st;
-    EG_PY_NOGIL(st = eg_llama_lora_step(self->t, PyArray_DATA(ids), PyArray_DATA(off), n_seq,
-                                        tgp, (float)scale, backward, (uint64_t)seed, &s,
-                                        PyArray_DATA((PyArrayObject *)nll), &err));
+    /* Ctrl-C inside the step (a step on a real model takes seconds): in the
+     * main thread, the core polls step_poll between layers, which takes the
+     * GIL back for a moment and runs Python's pending signal handlers; a
+     * handler that raises (KeyboardInterrupt) stops the step with EG_EINTR,
+     * its exception already set (_core.h, EG_PY_CHECK_SIGNALS) */
+    step_poll_ctx pc = {NULL};
+    const int main_thread = PyThread_get_thread_ident() == eg_py_main_thread;
+    eg_llama_lora_set_poll(self->t, main_thread ? step_poll : NULL, &pc);
+    eg_py_sync_threads();
+    Py_BEGIN_ALLOW_THREADS
+    pc.save = &_save;
+    st = eg_llama_lora_step(self->t, PyArray_DATA(ids), PyArray_DATA(off), n_seq, tgp,
+                            (float)scale, backward, (uint64_t)seed, &s,
+                            PyArray_DATA((PyArrayObject *)nll), &err);
+    Py_END_ALLOW_THREADS
+    eg_llama_lora_set_poll(self->t, NULL, NULL);
     eg_py_leave(&self->busy);
     Py_DECREF(ids);
     Py_DECREF(off);
     Py_DECREF(tg);
     if (st != EG_OK) {
         Py_DECREF(nll);
+        if (st == EG_EINTR && PyErr_Occurred()) {
+            return NULL;   /* the handler's exception */
+        }
         return eg_py_raise(&err, NULL);
     }
     PyObject *res = Py_BuildValue("(dO)", s, nll);

@@ -485,6 +485,20 @@ class Trainer:
         parts = [LoraBatch(seqs[i:i + mb], starts[i:i + mb]) for i in range(0, len(seqs), mb)]
         n_t = sum(b.n_targets for b in parts)
         self._core.grads[:] = 0
+        # a step interrupted (Ctrl-C between two layers of a core step, or
+        # between micro-batches) leaves the trainer as before it: the core
+        # restores the running counts of the micro-batch it stops in; those
+        # of the micro-batches already done are restored here
+        run = self._core.moe_buffers()[2] if self._moe and self.router == "graph" else None
+        run0 = None if run is None else run.copy()
+        try:
+            return self._accumulate_parts(parts, n_t, seed)
+        except BaseException:
+            if run is not None:
+                run[...] = run0
+            raise
+
+    def _accumulate_parts(self, parts, n_t, seed):
         nll, aux = 0.0, 0.0
         if self._moe:   # router losses: the mean over the micro-batches
             self._core.set_aux_scale(1.0 / len(parts))

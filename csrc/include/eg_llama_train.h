@@ -75,6 +75,16 @@ eg_status eg_llama_lora_step(eg_llama_lora *t, const int32_t *ids, const int64_t
                              int n_seq, const int32_t *targets, float scale, int backward,
                              uint64_t seed, double *nll_sum, float *token_nll, eg_err *err);
 
+/* Interruption (Ctrl-C) inside a step: when poll is set, eg_llama_lora_step
+ * calls poll(ctx) from its own thread, outside any parallel region, before
+ * every layer of the forward and of the backward pass and before the loss
+ * (so at most one layer's work after a request). A nonzero return abandons
+ * the step: EG_EINTR, the gradient buffer holds partial sums (the caller
+ * discards it), the parameters are untouched (eg_llama_lora_step never
+ * writes them) and the MoE Normal running counts are put back to their
+ * values before the step — as after any failed step. poll = NULL: off. */
+void eg_llama_lora_set_poll(eg_llama_lora *t, int (*poll)(void *ctx), void *ctx);
+
 /* Activation recomputation (on != 0): a training step saves only each
  * layer's input and runs the layer's forward again in backward (one more
  * forward pass of compute; activation memory ~ (hidden size) floats per

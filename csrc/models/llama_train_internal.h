@@ -42,6 +42,8 @@ struct eg_llama_lora {
     double prof_t0;
     int recompute;
     eg_llama_moe *moe; /* NULL: plain LoRA on the FFN */
+    int (*poll)(void *ctx);   /* eg_llama_lora_set_poll; NULL: never interrupted */
+    void *poll_ctx;
 };
 
 /* What one layer's MoE FFN saves for backward. probs..c are per layer;
