@@ -525,7 +525,10 @@ class Trainer:
         by this same job (same data, hyper-parameters and model), training
         resumes after the checkpoint's step, and the result is bit for bit
         the one of an uninterrupted run (same machine and thread count).
-        Ctrl-C or a non-finite loss leaves the last checkpoint intact."""
+        Ctrl-C or a non-finite loss leaves the last checkpoint intact; Ctrl-C
+        is honoured between two layers of a core step (in the main thread)
+        and abandons the step whole: parameters, AdamW moments, running
+        counts, step_ and history_ stay as before it."""
         from ._progress import progress
 
         seqs, starts = self._pairs(prompts, answers)
