@@ -189,13 +189,30 @@ def test_pickle_fingerprint_and_layer_cache(cases, tmp_path):
     np.testing.assert_array_equal(np.stack([cache.layer(i) for i in (0, 1, 2)]), want)
 
 
-def test_live_early_exit(cases):
+def test_live_early_exit(cases, monkeypatch):
     """predict_new(exit="dynamic") runs the decoder layer by layer on shrinking
-    batches: its decisions equal the exit rule applied to heads read from the
-    cached states of the same MoE encoder (so the live states are those)."""
+    batches: every pooled state it computes equals the MoE encoder's own
+    (and is far from the base model's), and its decisions equal the exit rule
+    applied to heads read from the cached states of the same encoder."""
     from engine_py import EngineClassifier, Graph
+    from engine_py import early_exit
     from engine_py.early_exit import exit_decide
     from engine_py.engine import InMemoryStates
+
+    rec = []
+    init0, states0 = early_exit._LiveEncoder.__init__, early_exit._LiveEncoder.states
+
+    def init(self, encoder, token_ids):
+        init0(self, encoder, token_ids)
+        self._tokens = list(token_ids)
+
+    def states(self, layer, needed):
+        out = states0(self, layer, needed)
+        rec.append((layer, [self._tokens[i] for i in self.held], out.copy()))
+        return out
+
+    monkeypatch.setattr(early_exit._LiveEncoder, "__init__", init)
+    monkeypatch.setattr(early_exit._LiveEncoder, "states", states)
 
     path, d, tr, ref = cases[("gmoe", "graph", "hf")]
     enc = Encoder.from_pretrained(path, adapter=d)
@@ -227,6 +244,18 @@ def test_live_early_exit(cases):
     pred, layer = clf.predict_new(enc, [texts[v] for v in ids], nbrs, cache, graph=g2,
                                   exit="dynamic", patience=1, batch_size=4,
                                   return_exit_layer=True)
+    base = Encoder.from_pretrained(path)
+    seen = 0
+    for at, toks, got in rec:
+        for tok, row in zip(toks, got):
+            off = np.array([0, len(tok)], np.int64)
+            want = enc._model.encode_layers(tok, off, np.array([at], np.int32))[0, 0]
+            plain = base._model.encode_layers(tok, off, np.array([at], np.int32))[0, 0]
+            assert _rel(row, want) < 1e-5, at
+            if at > 0:
+                assert _rel(plain, want) > 1e-2, at
+                seen += 1
+    assert seen > 0   # the live path ran layers (through the experts)
     heads = clf.predict_logits(ids, cache=cache, graph=g_ref, all_heads=True)
     want_p, want_at = exit_decide(heads, patience=1)
     np.testing.assert_array_equal(layer, np.asarray(clf.layers_)[want_at])
