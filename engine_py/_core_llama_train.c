@@ -10,7 +10,10 @@
  *     params, grads: float32 views of the core's buffers (base: the trainer)
  *     slots(): [(layer, module, offA, offB, in, out, rank)]
  *     step(ids, offsets, targets, scale=1.0, backward=True, seed=0)
- *         -> (nll_sum, token_nll): gradients of scale * nll_sum accumulate
+ *         -> (nll_sum, token_nll): gradients of scale * nll_sum accumulate;
+ *         in the main thread Ctrl-C stops it between two layers
+ *         (KeyboardInterrupt; parameters and MoE running counts unchanged,
+ *         the gradients partial)
  *     adamw_step(m, v, lr, beta1, beta2, eps, weight_decay, t)
  *
  * With moe={...} (GMoE / MixLoRA; eg_llama_lora_set_moe, set at construction
@@ -23,6 +26,9 @@
  *                     running (L,N) f64), writable views
  *     set_aux_scale(s); moe_stats() -> (counts (L,N), aux (L,4), entropy (L))
  *     moe_routes(layer) -> (probs (n,N), idx (n,K)) copies of the last step's
+ *         routing in that layer
+ *     attach_to_model(): the model's encode_layers routes through a copy of
+ *         these experts from now on (eg_llama_attach_moe)
  */
 #include "_core.h"
 
@@ -313,6 +319,22 @@ static PyObject *lt_slots(LoraTrainerObject *self, PyObject *noargs)
     return list;
 }
 
+/* The core's poll between layers of a step (eg_llama_lora_set_poll): *save
+ * is the thread state Py_BEGIN_ALLOW_THREADS saved; take the GIL, run the
+ * pending signal handlers, release it again. Nonzero: a handler raised. */
+typedef struct {
+    PyThreadState **save;
+} step_poll_ctx;
+
+static int step_poll(void *ctx)
+{
+    step_poll_ctx *p = ctx;
+    PyEval_RestoreThread(*p->save);
+    int stop = PyErr_CheckSignals() < 0;
+    *p->save = PyEval_SaveThread();
+    return stop;
+}
+
 static PyObject *lt_step(LoraTrainerObject *self, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"ids", "offsets", "targets", "scale", "backward", "seed", NULL};
@@ -355,15 +377,31 @@ static PyObject *lt_step(LoraTrainerObject *self, PyObject *args, PyObject *kwds
     eg_err_clear(&err);
     double s = 0.0;
     eg_status st;
-    EG_PY_NOGIL(st = eg_llama_lora_step(self->t, PyArray_DATA(ids), PyArray_DATA(off), n_seq,
-                                        tgp, (float)scale, backward, (uint64_t)seed, &s,
-                                        PyArray_DATA((PyArrayObject *)nll), &err));
+    /* Ctrl-C inside the step (a step on a real model takes seconds): in the
+     * main thread, the core polls step_poll between layers, which takes the
+     * GIL back for a moment and runs Python's pending signal handlers; a
+     * handler that raises (KeyboardInterrupt) stops the step with EG_EINTR,
+     * its exception already set (_core.h, EG_PY_CHECK_SIGNALS) */
+    step_poll_ctx pc = {NULL};
+    const int main_thread = PyThread_get_thread_ident() == eg_py_main_thread;
+    eg_llama_lora_set_poll(self->t, main_thread ? step_poll : NULL, &pc);
+    eg_py_sync_threads();
+    Py_BEGIN_ALLOW_THREADS
+    pc.save = &_save;
+    st = eg_llama_lora_step(self->t, PyArray_DATA(ids), PyArray_DATA(off), n_seq, tgp,
+                            (float)scale, backward, (uint64_t)seed, &s,
+                            PyArray_DATA((PyArrayObject *)nll), &err);
+    Py_END_ALLOW_THREADS
+    eg_llama_lora_set_poll(self->t, NULL, NULL);
     eg_py_leave(&self->busy);
     Py_DECREF(ids);
     Py_DECREF(off);
     Py_DECREF(tg);
     if (st != EG_OK) {
         Py_DECREF(nll);
+        if (st == EG_EINTR && PyErr_Occurred()) {
+            return NULL;   /* the handler's exception */
+        }
         return eg_py_raise(&err, NULL);
     }
     PyObject *res = Py_BuildValue("(dO)", s, nll);
@@ -527,6 +565,39 @@ static PyObject *lt_moe_buffers(LoraTrainerObject *self, PyObject *noargs)
     return Py_BuildValue("(NNN)", a, b, c);
 }
 
+/* attach_to_model(): eg_llama_attach_moe on this trainer's own model. */
+static PyObject *lt_attach_to_model(LoraTrainerObject *self, PyObject *noargs)
+{
+    (void)noargs;
+    if (need_moe(self) < 0) {
+        return NULL;
+    }
+    eg_py_encoder e;
+    int r = eg_py_llama_encoder_of(self->model, "mean", &e);
+    if (r <= 0) {
+        if (r == 0) {
+            PyErr_SetString(PyExc_TypeError, "LoraTrainer's model is not a LlamaModel");
+        }
+        return NULL;
+    }
+    if (eg_py_enter(&self->busy, "LoraTrainer") < 0) {
+        return NULL;
+    }
+    if (eg_py_enter(e.busy, "LlamaModel") < 0) {
+        eg_py_leave(&self->busy);
+        return NULL;
+    }
+    eg_err err;
+    eg_err_clear(&err);
+    eg_status st = eg_llama_attach_moe((eg_llama *)e.model, self->t, &err);
+    eg_py_leave(e.busy);
+    eg_py_leave(&self->busy);
+    if (st != EG_OK) {
+        return eg_py_raise(&err, NULL);
+    }
+    Py_RETURN_NONE;
+}
+
 static PyObject *lt_set_aux_scale(LoraTrainerObject *self, PyObject *arg)
 {
     double s = PyFloat_AsDouble(arg);
@@ -602,6 +673,9 @@ static PyObject *lt_moe_routes(LoraTrainerObject *self, PyObject *arg)
 }
 
 static PyMethodDef lt_methods[] = {
+    {"attach_to_model", (PyCFunction)lt_attach_to_model, METH_NOARGS,
+     "route the model's layer-by-layer forward (LlamaModel.encode_layers, caches, early "
+     "exit) through a copy of this trainer's experts and routers, for good"},
     {"moe_slots", (PyCFunction)lt_moe_slots, METH_NOARGS,
      "moe_slots()\n--\n\n[(layer, part, offset, size)] of the experts' and routers' parameters."},
     {"moe_buffers", (PyCFunction)lt_moe_buffers, METH_NOARGS,

@@ -296,7 +296,11 @@ class Encoder:
         bytes per adapted weight in memory; not re-quantized, which would
         lose the adapter's small update), the others stay quantized. The
         adapter's files are part of the fingerprint, so a layer cache
-        records which fine-tuned model made it.
+        records which fine-tuned model made it. A GMoE / MixLoRA adapter
+        (``Trainer(method="gmoe" | "mixlora").save_adapter``): its attention
+        LoRA is merged the same way, and every layer's MLP routes each token
+        to its top-k LoRA experts over the frozen gate/up/down, as the
+        trainer's predict does (docs/FINETUNE.md).
 
         A config.json (or other JSON file of the folder) that is not valid
         JSON raises ValueError naming the file, line and column.
@@ -314,7 +318,7 @@ class Encoder:
         return enc
 
     def _merge_adapter(self, adapter: str) -> None:
-        from .finetune import adapter_deltas, merge_adapter_into
+        from .finetune import adapter_deltas, attach_moe_adapter, merge_adapter_into, read_adapter
 
         if self.kind == "bert":
             raise ValueError("adapter= is for decoder models (llama/qwen2 GGUF files or folders)")
@@ -331,7 +335,8 @@ class Encoder:
               "num_kv_heads": c["num_kv_heads"], "num_layers": c["num_layers"]}
         gguf = self._keep if os.path.isfile(self.path) else None
         permuted = gguf is not None and c.get("rope_mode") == "norm"
-        deltas = adapter_deltas(adapter, hp, permuted)
+        loaded = read_adapter(adapter, moe_ok=True)
+        deltas = adapter_deltas(adapter, hp, permuted, loaded)
         if gguf is not None:
             base = gguf.tensor
         else:
@@ -343,6 +348,10 @@ class Encoder:
             by_g = {hf_to_gguf_name(k): k for k in state}
             base = lambda name: state[by_g[name]]  # noqa: E731
         merged = merge_adapter_into(self._model, deltas, base)
+        if loaded[0]["peft_type"] != "LORA":
+            # GMoE / MixLoRA: the experts cannot be merged; the model's
+            # layer-by-layer forward routes every token through them
+            attach_moe_adapter(self._model, hp, adapter, loaded)
         self._keep = (self._keep, merged)
         self.adapter = os.path.abspath(adapter)
         self._adapter_files = files

@@ -485,6 +485,20 @@ class Trainer:
         parts = [LoraBatch(seqs[i:i + mb], starts[i:i + mb]) for i in range(0, len(seqs), mb)]
         n_t = sum(b.n_targets for b in parts)
         self._core.grads[:] = 0
+        # a step interrupted (Ctrl-C between two layers of a core step, or
+        # between micro-batches) leaves the trainer as before it: the core
+        # restores the running counts of the micro-batch it stops in; those
+        # of the micro-batches already done are restored here
+        run = self._core.moe_buffers()[2] if self._moe and self.router == "graph" else None
+        run0 = None if run is None else run.copy()
+        try:
+            return self._accumulate_parts(parts, n_t, seed)
+        except BaseException:
+            if run is not None:
+                run[...] = run0
+            raise
+
+    def _accumulate_parts(self, parts, n_t, seed):
         nll, aux = 0.0, 0.0
         if self._moe:   # router losses: the mean over the micro-batches
             self._core.set_aux_scale(1.0 / len(parts))
@@ -511,7 +525,10 @@ class Trainer:
         by this same job (same data, hyper-parameters and model), training
         resumes after the checkpoint's step, and the result is bit for bit
         the one of an uninterrupted run (same machine and thread count).
-        Ctrl-C or a non-finite loss leaves the last checkpoint intact."""
+        Ctrl-C or a non-finite loss leaves the last checkpoint intact; Ctrl-C
+        is honoured between two layers of a core step (in the main thread)
+        and abandons the step whole: parameters, AdamW moments, running
+        counts, step_ and history_ stay as before it."""
         from ._progress import progress
 
         seqs, starts = self._pairs(prompts, answers)
@@ -932,7 +949,8 @@ def read_adapter(adapter_dir, moe_ok: bool = False):
         if not moe_ok:
             raise ValueError(f"{cpath}: a {cfg['peft_type']} adapter (mixture of LoRA experts) "
                              "cannot be merged into the model's weights; load it with "
-                             "engine_py.finetune.Trainer.load(model_path, adapter_dir)")
+                             "engine_py.finetune.Trainer.load(model_path, adapter_dir) or "
+                             "Encoder.from_pretrained(model_path, adapter=adapter_dir)")
         if not isinstance(cfg.get("engine_py_moe"), dict):
             raise ValueError(f"{cpath}: a {cfg['peft_type']} adapter config needs engine_py_moe")
     elif not isinstance(cfg, dict) or cfg.get("peft_type") != "LORA":
@@ -950,17 +968,118 @@ def read_adapter(adapter_dir, moe_ok: bool = False):
     return cfg, targets, state
 
 
+def _is_moe_key(key: str) -> bool:
+    """A GMoE / MixLoRA adapter's MLP tensor (experts, router, buffers)."""
+    return key.startswith("base_model.model.model.layers.") and ".mlp." in key
+
+
+class _MoEAdapterState(Trainer):
+    """The Trainer's MoE adapter code (tensor names and shapes, set_lora_state's
+    checks, the router buffers) over a bare core built on an existing
+    LlamaModel, without loading a base model or tokenizer: what
+    Encoder.from_pretrained(adapter=gmoe_dir) uses to fill the experts it
+    attaches (attach_moe_adapter). Not a usable Trainer."""
+
+    def __init__(self, model, hp: dict, method: str, r: int, alpha: float, moe: dict):
+        self._hp, self.method = hp, method
+        self.r, self.alpha = r, alpha
+        self._check_moe_args(method, r, moe["experts"], moe["top_k"], moe["router"],
+                             moe["gcn_dim"], moe["gcn_layers"], moe["edge_density"],
+                             moe["loss_coefs"], moe["loss_form"], moe["normal_count"],
+                             moe["normal_running_decay"], moe["graph_readout"],
+                             moe["aux_reduction"])
+        # no attention adapters: the caller merges those into the weights
+        self._core = _core.LoraTrainer(model, [0] * len(MODULES), [0.0] * len(MODULES),
+                                       moe=self._moe_core_config())
+        self._permuted = False
+
+
+_MOE_SETTINGS = ("experts", "top_k", "router", "gcn_dim", "gcn_layers", "edge_density",
+                 "loss_coefs", "loss_form", "normal_count", "normal_running_decay",
+                 "graph_readout", "aux_reduction")
+
+
+def attach_moe_adapter(model, hp: dict, adapter_dir, loaded) -> None:
+    """Route a LlamaModel's layer-by-layer forward (encode_layers: Encoder,
+    LayerCache, live early exit) through the experts and routers of a GMoE /
+    MixLoRA adapter folder (loaded: read_adapter(adapter_dir, moe_ok=True)).
+    The attention adapters are not touched (merge them first:
+    adapter_deltas). Every MLP tensor the configuration needs must be there
+    with its shape, finite, including the graph router's buffers (expert
+    features, adjacency, running counts); anything else, another layer
+    count or hidden size, rank or expert count is refused with a ValueError
+    naming the file and the tensor."""
+    cfg, _, state = loaded
+    adapter_dir = os.fspath(adapter_dir)
+    cpath = os.path.join(adapter_dir, "adapter_config.json")
+    tpath = os.path.join(adapter_dir, "adapter_model.safetensors")
+    moe = cfg["engine_py_moe"]
+    missing = [k for k in _MOE_SETTINGS if k not in moe]
+    unknown = sorted(set(moe) - set(_MOE_SETTINGS))
+    if missing or unknown:
+        raise ValueError(f"{cpath}: engine_py_moe " + (f"lacks {missing}" if missing else
+                                                       f"has unknown settings {unknown}"))
+    r, alpha = cfg.get("r"), cfg.get("lora_alpha")
+    method = {v: k for k, v in _MOE_ADAPTER_TYPES.items()}[cfg["peft_type"]]
+    try:
+        if isinstance(r, bool) or not isinstance(r, int):
+            raise ValueError(f"r must be an integer, got {r!r}")
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
+            raise ValueError(f"lora_alpha must be a number, got {alpha!r}")
+        view = _MoEAdapterState(model, hp, method, r, float(alpha), moe)
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"{cpath}: {e}") from None
+    L, D = hp["num_layers"], hp["hidden_size"]
+    mstate = {k: v for k, v in state.items() if _is_moe_key(k)}
+    layers = {int(k.split(".")[4]) for k in mstate if k.split(".")[4].isdigit()}
+    if layers and max(layers) + 1 != L:
+        raise ValueError(f"{tpath}: the adapter holds MLP tensors for {max(layers) + 1} layers; "
+                         f"this model has {L}")
+    pre0 = "base_model.model.model.layers.0.mlp."
+    a0 = mstate.get(pre0 + "experts.0.w1.lora_A.weight")
+    if a0 is not None and np.ndim(a0) == 2:
+        if a0.shape[1] != D:
+            raise ValueError(f"{tpath}: {pre0}experts.0.w1.lora_A.weight has shape {a0.shape}: "
+                             f"the adapter was made for hidden size {a0.shape[1]}, this model "
+                             f"has {D}")
+        if a0.shape[0] != r:
+            raise ValueError(f"{tpath}: {pre0}experts.0.w1.lora_A.weight has shape {a0.shape}: "
+                             f"rank {a0.shape[0]}, the config says r = {r}")
+    n_exp = {int(k.split(".experts.")[1].split(".")[0]) for k in mstate if ".mlp.experts." in k
+             and k.split(".experts.")[1].split(".")[0].isdigit()}
+    if n_exp and max(n_exp) + 1 != view.experts:
+        raise ValueError(f"{tpath}: the adapter holds {max(n_exp) + 1} experts per layer, its "
+                         f"config says experts = {view.experts}")
+    for key in view.moe_buffers_state():
+        if key not in mstate:
+            raise ValueError(f"{tpath}: the graph router needs {key}, which is missing")
+    for key, v in mstate.items():
+        v = np.asarray(v)
+        if v.dtype.kind not in "fiu" or not np.isfinite(v).all():
+            raise ValueError(f"{tpath}: tensor {key} holds non-finite values")
+    try:
+        view.set_lora_state(mstate)
+    except ValueError as e:
+        raise ValueError(f"{tpath}: {e}") from None
+    view._core.attach_to_model()
+
+
 #: the GGUF tensor (engine_py LlamaModel weight) each LoRA target adapts
 _GGUF_NAME = {"q": "attn_q", "k": "attn_k", "v": "attn_v", "o": "attn_output",
               "gate": "ffn_gate", "up": "ffn_up", "down": "ffn_down"}
 
 
-def adapter_deltas(adapter_dir, hp: dict, permuted: bool) -> dict:
+def adapter_deltas(adapter_dir, hp: dict, permuted: bool, loaded=None) -> dict:
     """{LlamaModel weight name: float32 (alpha / r) * B @ A} for every matrix a
     PEFT LoRA adapter changes, in the model's row order (llama GGUF files:
     q/k rows permuted, as Trainer does). Shapes are checked against hp
-    (the model's hyper-parameters)."""
-    cfg, targets, state = read_adapter(adapter_dir)
+    (the model's hyper-parameters). loaded: read_adapter's result, when the
+    caller has it; a GMoE / MixLoRA one gives the attention adapters' deltas
+    (its MLP tensors are attach_moe_adapter's)."""
+    cfg, targets, state = read_adapter(adapter_dir) if loaded is None else loaded
+    tpath = os.path.join(os.fspath(adapter_dir), "adapter_model.safetensors")
+    if cfg["peft_type"] != "LORA":
+        state = {k: v for k, v in state.items() if not _is_moe_key(k)}
     r, alpha = int(cfg["r"]), float(cfg["lora_alpha"])
     if r < 1:
         raise ValueError(f"{adapter_dir}: rank r must be >= 1, got {r}")
@@ -976,10 +1095,11 @@ def adapter_deltas(adapter_dir, hp: dict, permuted: bool) -> dict:
             ka, kb = f"{pre}.lora_A.weight", f"{pre}.lora_B.weight"
             for key, shape in ((ka, (r, fin)), (kb, (fout, r))):
                 if key not in state:
-                    raise ValueError(f"adapter is missing {key}")
+                    raise ValueError(f"{tpath}: adapter is missing {key}")
                 if tuple(state[key].shape) != shape:
-                    raise ValueError(f"adapter tensor {key} has shape {tuple(state[key].shape)}, "
-                                     f"this model and rank need {shape}")
+                    raise ValueError(f"{tpath}: adapter tensor {key} has shape "
+                                     f"{tuple(state[key].shape)}, this model and rank need "
+                                     f"{shape}")
                 used.add(key)
             A = np.asarray(state[ka], dtype=np.float64)
             B = np.asarray(state[kb], dtype=np.float64)
@@ -988,7 +1108,7 @@ def adapter_deltas(adapter_dir, hp: dict, permuted: bool) -> dict:
             out[f"blk.{layer}.{_GGUF_NAME[name]}.weight"] = ((alpha / r) * (B @ A)).astype(np.float32)
     extra = sorted(set(state) - used)
     if extra:
-        raise ValueError(f"adapter has tensors this model does not: {extra[:3]}")
+        raise ValueError(f"{tpath}: adapter has tensors this model does not: {extra[:3]}")
     return out
 
 

@@ -248,7 +248,8 @@ def test_adapter_round_trip(path, tmp_path, method, router):
     p = ["the sun is", "snow is"]
     assert np.array_equal(t2.choice_logprobs(p, [" hot", " white"]),
                           tr.choice_logprobs(p, [" hot", " white"]))
-    # a MoE adapter is not a PEFT LoRA: merging it and the Encoder refuse it clearly
+    # a MoE adapter is not a PEFT LoRA: merging it is refused clearly (the Encoder
+    # routes through its experts: tests/test_encoder_moe_adapter.py)
     from engine_py.finetune import merge_adapter, read_adapter
 
     with pytest.raises(ValueError, match="cannot be merged"):

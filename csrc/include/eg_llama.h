@@ -85,6 +85,33 @@ eg_status eg_llama_embed(const eg_llama *m, eg_bert_state *s, const int32_t *ids
 /* As eg_bert_run_layers: advance s to hidden state `last`. */
 eg_status eg_llama_run_layers(const eg_llama *m, eg_bert_state *s, int last, eg_err *err);
 
+/* An FFN hook for the layer-by-layer forward (inference): a fine-tuned
+ * FFN whose output is, per token, abar W2^T + ylora over the model's frozen
+ * down matrix W2, given x = ffn_norm(h), G0 = x W1^T and U0 = x W3^T (the
+ * frozen gate and up products, which eg_llama_run_layers computes in the
+ * model's precision). GMoE / MixLoRA experts (eg_llama_attach_moe in
+ * eg_llama_train.h) are the one user: routing and expert terms stay in the
+ * MoE code, the frozen products in llama.c.
+ *   prepare: called once per eg_llama_run_layers call, before any layer,
+ *     to take the scratch for up to `rows` tokens from `a` (reset by the
+ *     caller between calls); *scratch is handed to every forward of that call.
+ *   forward: layer `layer`, n <= rows tokens: abar (n, F) and ylora (n, D)
+ *     ASSIGNED; G0, U0 (n, F) row stride F. Must not keep pointers.
+ *   free: releases ctx (eg_llama_free, or when the hook is replaced). */
+typedef struct {
+    void *ctx;
+    eg_status (*prepare)(void *ctx, eg_arena *a, size_t rows, void **scratch, eg_err *err);
+    eg_status (*forward)(void *ctx, void *scratch, int layer, float *abar, float *ylora,
+                         const float *x, const float *G0, const float *U0, size_t n,
+                         eg_err *err);
+    void (*free)(void *ctx);
+} eg_llama_ffn_hook;
+/* Install h (copied; the model owns h->ctx from now on, also on failure).
+ * ESTATE when the model already has a hook: one fine-tuned FFN per model. */
+eg_status eg_llama_set_ffn_hook(eg_llama *m, const eg_llama_ffn_hook *h, eg_err *err);
+/* Nonzero when a hook is installed. */
+int eg_llama_has_ffn_hook(const eg_llama *m);
+
 /* Last-token pooling: out (n_seq, D) row i = the last row of sequence i. */
 void eg_state_pool_last(const eg_bert_state *s, float *out);
 

@@ -75,6 +75,16 @@ eg_status eg_llama_lora_step(eg_llama_lora *t, const int32_t *ids, const int64_t
                              int n_seq, const int32_t *targets, float scale, int backward,
                              uint64_t seed, double *nll_sum, float *token_nll, eg_err *err);
 
+/* Interruption (Ctrl-C) inside a step: when poll is set, eg_llama_lora_step
+ * calls poll(ctx) from its own thread, outside any parallel region, before
+ * every layer of the forward and of the backward pass and before the loss
+ * (so at most one layer's work after a request). A nonzero return abandons
+ * the step: EG_EINTR, the gradient buffer holds partial sums (the caller
+ * discards it), the parameters are untouched (eg_llama_lora_step never
+ * writes them) and the MoE Normal running counts are put back to their
+ * values before the step — as after any failed step. poll = NULL: off. */
+void eg_llama_lora_set_poll(eg_llama_lora *t, int (*poll)(void *ctx), void *ctx);
+
 /* Activation recomputation (on != 0): a training step saves only each
  * layer's input and runs the layer's forward again in backward (one more
  * forward pass of compute; activation memory ~ (hidden size) floats per
@@ -171,6 +181,17 @@ void eg_llama_moe_stats(const eg_llama_lora *t, int64_t *counts, double *aux, do
  * borrowed, valid until the next step; *n_tok = 0 before any step. */
 void eg_llama_moe_routes(const eg_llama_lora *t, int layer, const float **probs,
                          const int32_t **idx, size_t *n_tok);
+
+/* Route t's model's layer-by-layer forward (eg_llama_run_layers: the
+ * encoder, layer caches, live early exit) through t's experts: a copy of
+ * t's expert and router parameters and router buffers (t's attention
+ * adapters are not used: merge them into the weights first) becomes m's
+ * FFN hook (eg_llama_set_ffn_hook), owned by m. Per token the router picks
+ * the top-k experts as the trainer's forward-only passes do (no dropout, no
+ * dense fallback, the running counts not moved). t must be a MoE trainer
+ * of m; non-finite parameters or buffers are EINVAL; ESTATE when m already
+ * has a hook. t may be freed afterwards. */
+eg_status eg_llama_attach_moe(eg_llama *m, const eg_llama_lora *t, eg_err *err);
 
 /* Cross-entropy of an LM head over n rows, in chunks (the full n x vocab
  * logits never exist): x (n, D), W (V, D), target (n) in [0, V). *nll_sum

@@ -8,6 +8,13 @@
  * activations: 2F floats per token) runs over the tokens in chunks of
  * FFN_CHUNK rows; attention needs all of a text's keys, so q/k/v are
  * computed for the whole batch.
+ *
+ * A model may carry an FFN hook (eg_llama_set_ffn_hook: GMoE / MixLoRA
+ * experts of a fine-tuned adapter). The frozen gate/up/down products stay
+ * here, in the model's precision; the hook adds what the experts change.
+ * Every path that runs layers (encode_layers, layer caches, live early
+ * exit, which runs one layer at a time on shrinking batches) goes through
+ * eg_llama_run_layers, so all of them see the hook.
  */
 #include "eg_bf16.h"
 #include "eg_llama.h"
@@ -45,6 +52,7 @@ struct eg_llama {
     size_t n_w;
     int embd, out_norm;
     layer_idx *layers;
+    eg_llama_ffn_hook hook;   /* hook.forward == NULL: the frozen FFN */
 };
 
 static int add_weight(eg_llama *m, const char *name, int ndim, int64_t d0, int64_t d1)
@@ -165,7 +173,34 @@ void eg_llama_free(eg_llama *m)
     }
     free(m->w);
     free(m->layers);
+    if (m->hook.free != NULL) {
+        m->hook.free(m->hook.ctx);
+    }
     free(m);
+}
+
+eg_status eg_llama_set_ffn_hook(eg_llama *m, const eg_llama_ffn_hook *h, eg_err *err)
+{
+    if (m->hook.forward != NULL) {
+        if (h->free != NULL) {
+            h->free(h->ctx);
+        }
+        return eg_seterr(err, EG_ESTATE, "this llama model already has an FFN hook (one "
+                         "fine-tuned FFN per model)");
+    }
+    if (h->forward == NULL || h->prepare == NULL) {
+        if (h->free != NULL) {
+            h->free(h->ctx);
+        }
+        return eg_seterr(err, EG_EINVAL, "an FFN hook needs prepare and forward");
+    }
+    m->hook = *h;
+    return EG_OK;
+}
+
+int eg_llama_has_ffn_hook(const eg_llama *m)
+{
+    return m->hook.forward != NULL;
 }
 
 const eg_llama_config *eg_llama_get_config(const eg_llama *m)
@@ -327,6 +362,24 @@ eg_status eg_llama_run_layers(const eg_llama *m, eg_bert_state *s, int last, eg_
         || sin_t == NULL || att == NULL) {
         return eg_seterr(err, EG_ENOMEM, "out of memory for llama activations of %zu tokens", n);
     }
+    /* with a hook: the mixture's SwiGLU input abar (chunk, F), its extra
+     * output terms ylora (chunk, D) and the hook's own scratch, taken once
+     * for every layer of this call (the arena is not reset per layer) */
+    const eg_llama_ffn_hook *hook = m->hook.forward != NULL ? &m->hook : NULL;
+    float *abar = NULL, *ylora = NULL;
+    void *hook_scratch = NULL;
+    if (hook != NULL) {
+        abar = eg_arena_alloc_n(&s->arena, chunk, (size_t)F * sizeof(float));
+        ylora = eg_arena_alloc_n(&s->arena, chunk, (size_t)D * sizeof(float));
+        if (abar == NULL || ylora == NULL) {
+            return eg_seterr(err, EG_ENOMEM, "out of memory for the FFN hook's activations of "
+                             "%zu tokens", chunk);
+        }
+        eg_status hst = hook->prepare(hook->ctx, &s->arena, chunk, &hook_scratch, err);
+        if (hst != EG_OK) {
+            return hst;
+        }
+    }
     for (int i = 0; i < s->n_seq; i++) {
         for (int64_t t = s->offsets[i]; t < s->offsets[i + 1]; t++) {
             pos[t] = (int32_t)(t - s->offsets[i]);
@@ -370,6 +423,29 @@ eg_status eg_llama_run_layers(const eg_llama *m, eg_bert_state *s, int last, eg_
         for (size_t r0 = 0; r0 < n; r0 += chunk) {
             const size_t nr = n - r0 < chunk ? n - r0 : chunk;
             const float *xr = x + r0 * D;
+            if (hook != NULL) {
+                /* G0, U0 as two (nr, F) blocks, the layout the MoE code reads */
+                float *G0 = gu, *U0 = gu + nr * (size_t)F;
+                st = eg_qmatmul_prec(G0, F, xr, D, nr, &w[li->gate].mat, NULL, prec, err);
+                if (st == EG_OK) {
+                    st = eg_qmatmul_prec(U0, F, xr, D, nr, &w[li->up].mat, NULL, prec, err);
+                }
+                if (st == EG_OK) {
+                    st = hook->forward(hook->ctx, hook_scratch, l, abar, ylora, xr, G0, U0, nr,
+                                       err);
+                }
+                /* out = abar W2^T + ylora, summed in this order as the
+                 * trainer's forward does (llama_train.c fwd_layer) */
+                if (st == EG_OK) {
+                    st = eg_qmatmul_prec(x + r0 * D, D, abar, F, nr, &w[li->down].mat, NULL, prec,
+                                         err);
+                }
+                if (st != EG_OK) {
+                    return st;
+                }
+                add_inplace(x + r0 * D, ylora, nr * (size_t)D);
+                continue;
+            }
             st = eg_qmatmul_prec(gu, 2 * (size_t)F, xr, D, nr, &w[li->gate].mat, NULL, prec, err);
             if (st == EG_OK) {
                 st = eg_qmatmul_prec(gu + F, 2 * (size_t)F, xr, D, nr, &w[li->up].mat, NULL, prec,

@@ -222,14 +222,13 @@ void eg_llama_moe_routes(const eg_llama_lora *t, int layer, const float **probs,
 
 /* ------------------------------------------------------------ one layer */
 
-eg_status eg_moe_saved_alloc(eg_llama_lora *t, eg_moe_saved *ms, const eg_moe_saved *share,
-                             size_t n, eg_err *err)
+eg_status eg_moe_saved_alloc(const eg_llama_lora *t, eg_arena *a, eg_moe_saved *ms,
+                             const eg_moe_saved *share, size_t n, eg_err *err)
 {
     const eg_llama_moe_config *mc = &t->moe->c;
     const size_t N = (size_t)mc->experts, K = (size_t)mc->top_k, r = (size_t)mc->rank;
     const size_t g = (size_t)mc->gcn_dim, GL = (size_t)mc->gcn_layers;
     const int graph = mc->router == EG_ROUTER_GRAPH;
-    eg_arena *a = &t->arena;
     memset(ms, 0, sizeof *ms);
     ms->probs = eg_arena_alloc_n(a, n, N * sizeof(float));
     ms->lse = eg_arena_alloc_n(a, n, sizeof(float));
@@ -448,4 +447,122 @@ eg_status eg_moe_layer_backward(eg_llama_lora *t, int l, const eg_moe_saved *ms,
     }
     eg_linear_router_backward(dx, G(EG_MOE_WG), dlogits, x, P(EG_MOE_WG), (int)n, D, N);
     return EG_OK;
+}
+
+/* ------------------------------------------- inference in the encoder's forward
+ *
+ * eg_llama_attach_moe copies a trainer's experts, routers and router buffers
+ * into a trainer of its own (no attention adapters: those are merged into the
+ * weights by the caller) that the model owns through its FFN hook. The hook
+ * runs eg_moe_layer_forward exactly as the trainer's forward-only passes
+ * (predict / score) do: no dropout, no aux losses, the running counts not
+ * moved. Its scratch comes from the caller's arena, so the owned trainer is
+ * only read and one model can serve several states. */
+
+typedef struct {
+    eg_moe_saved ms;
+    float *logits;   /* (rows, N) */
+} moe_hook_scratch;
+
+static eg_status moe_hook_prepare(void *ctx, eg_arena *a, size_t rows, void **scratch,
+                                  eg_err *err)
+{
+    const eg_llama_lora *t = ctx;
+    moe_hook_scratch *sc = eg_arena_alloc(a, sizeof *sc);
+    if (sc == NULL) {
+        return eg_seterr(err, EG_ENOMEM, "out of memory for the moe activations");
+    }
+    eg_status st = eg_moe_saved_alloc(t, a, &sc->ms, NULL, rows, err);
+    if (st != EG_OK) {
+        return st;
+    }
+    sc->logits = eg_arena_alloc_n(a, rows, (size_t)t->moe->c.experts * sizeof(float));
+    if (sc->logits == NULL) {
+        return eg_seterr(err, EG_ENOMEM, "out of memory for the moe activations of %zu tokens",
+                         rows);
+    }
+    *scratch = sc;
+    return EG_OK;
+}
+
+static eg_status moe_hook_forward(void *ctx, void *scratch, int layer, float *abar,
+                                  float *ylora, const float *x, const float *G0,
+                                  const float *U0, size_t n, eg_err *err)
+{
+    moe_hook_scratch *sc = scratch;
+    /* losses = training = 0: the trainer is not written (see above) */
+    return eg_moe_layer_forward(ctx, layer, &sc->ms, abar, ylora, sc->logits, x, G0, U0, n, 0.0f,
+                                0, 0, 0, err);
+}
+
+static void moe_hook_free(void *ctx)
+{
+    eg_llama_lora_free(ctx);
+}
+
+/* the first non-finite value of n floats, or -1 */
+static long first_nonfinite(const float *v, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (!isfinite(v[i])) {
+            return (long)i;
+        }
+    }
+    return -1;
+}
+
+eg_status eg_llama_attach_moe(eg_llama *m, const eg_llama_lora *src, eg_err *err)
+{
+    if (src->moe == NULL) {
+        return eg_seterr(err, EG_EINVAL, "attach_moe: the trainer has no experts (set_moe)");
+    }
+    if (src->m != m) {
+        return eg_seterr(err, EG_EINVAL, "attach_moe: the trainer was made for another model");
+    }
+    if (eg_llama_has_ffn_hook(m)) {
+        return eg_seterr(err, EG_ESTATE, "attach_moe: the model already has an FFN hook");
+    }
+    const eg_llama_moe *smo = src->moe;
+    const size_t L = (size_t)src->c.num_layers, D = (size_t)src->c.hidden_size;
+    const size_t N = (size_t)smo->c.experts;
+    /* the router's values decide which experts run: refuse NaN/inf here,
+     * whatever the caller checked (top-k of NaN probabilities is meaningless) */
+    for (size_t l = 0; l < L; l++) {
+        for (int k = 0; k < EG_MOE_NPART; k++) {
+            const size_t off = smo->off[l * EG_MOE_NPART + (size_t)k];
+            long bad = first_nonfinite(src->params + off, smo->size[k]);
+            if (bad >= 0) {
+                return eg_seterr(err, EG_EINVAL, "attach_moe: layer %zu, part %d holds a "
+                                 "non-finite value at %ld", l, k, bad);
+            }
+        }
+    }
+    const int graph = smo->c.router == EG_ROUTER_GRAPH;
+    if (graph && (first_nonfinite(smo->features, L * N * D) >= 0 ||
+                  first_nonfinite(smo->adjacency, L * (N + 1) * (N + 1)) >= 0)) {
+        return eg_seterr(err, EG_EINVAL, "attach_moe: non-finite expert features or adjacency");
+    }
+    eg_lora_config lc;
+    memset(&lc, 0, sizeof lc);
+    eg_llama_lora *t = NULL;
+    eg_status st = eg_llama_lora_create(&t, m, &lc, 0, err);
+    if (st == EG_OK) {
+        st = eg_llama_lora_set_moe(t, &smo->c, err);
+    }
+    if (st != EG_OK) {
+        eg_llama_lora_free(t);
+        return st;
+    }
+    for (size_t l = 0; l < L; l++) {
+        for (int k = 0; k < EG_MOE_NPART; k++) {
+            const size_t i = l * EG_MOE_NPART + (size_t)k;
+            memcpy(t->params + t->moe->off[i], src->params + smo->off[i],
+                   smo->size[k] * sizeof(float));
+        }
+    }
+    memcpy(t->moe->features, smo->features, L * N * D * sizeof(float));
+    memcpy(t->moe->adjacency, smo->adjacency, L * (N + 1) * (N + 1) * sizeof(float));
+    memcpy(t->moe->running, smo->running, L * N * sizeof(double));
+    const eg_llama_ffn_hook h = {t, moe_hook_prepare, moe_hook_forward, moe_hook_free};
+    return eg_llama_set_ffn_hook(m, &h, err);
 }

@@ -189,6 +189,12 @@ void eg_llama_lora_profile(eg_llama_lora *t, double out[EG_LORA_PROF_N], int res
     }
 }
 
+void eg_llama_lora_set_poll(eg_llama_lora *t, int (*poll)(void *ctx), void *ctx)
+{
+    t->poll = poll;
+    t->poll_ctx = ctx;
+}
+
 void eg_llama_lora_set_recompute(eg_llama_lora *t, int on)
 {
     t->recompute = on != 0;
@@ -367,9 +373,17 @@ static eg_status fwd_layer(eg_llama_lora *t, int l, saved_layer *S, eg_moe_saved
     return EG_OK;
 }
 
-eg_status eg_llama_lora_step(eg_llama_lora *t, const int32_t *ids, const int64_t *offsets,
-                             int n_seq, const int32_t *targets, float scale, int backward,
-                             uint64_t seed, double *nll_sum, float *token_nll, eg_err *err)
+/* between layers: stop when the caller's poll asks to (eg_llama_lora_set_poll) */
+#define POLL()                                                                  \
+    do {                                                                        \
+        if (t->poll != NULL && t->poll(t->poll_ctx)) {                          \
+            return eg_seterr(err, EG_EINTR, "training step interrupted");       \
+        }                                                                       \
+    } while (0)
+
+static eg_status step_impl(eg_llama_lora *t, const int32_t *ids, const int64_t *offsets,
+                           int n_seq, const int32_t *targets, float scale, int backward,
+                           uint64_t seed, double *nll_sum, float *token_nll, eg_err *err)
 {
     const eg_llama_config *c = &t->c;
     const int D = c->hidden_size, F = c->intermediate_size, hd = c->head_dim, V = c->vocab_size;
@@ -472,7 +486,7 @@ eg_status eg_llama_lora_step(eg_llama_lora *t, const int32_t *ids, const int64_t
                              "tokens", n);
         }
         for (int l = 0; l < L; l++) {
-            TRY(eg_moe_saved_alloc(t, &ms[l], share && l > 0 ? &ms[0] : NULL, n, err));
+            TRY(eg_moe_saved_alloc(t, a, &ms[l], share && l > 0 ? &ms[0] : NULL, n, err));
         }
         for (int l = 0; l < L; l++) {
             t->moe->last_probs[l] = NULL;
@@ -497,6 +511,7 @@ eg_status eg_llama_lora_step(eg_llama_lora *t, const int32_t *ids, const int64_t
                         ylora, logits, backward};
     t->prof_t0 = now_s();
     for (int l = 0; l < L; l++) {
+        POLL();
         lora_ctx k = {t, l, n, p, seed, drop, dhl};
         saved_layer work = sv[share ? 0 : l];
         work.h = sv[l].h;
@@ -507,6 +522,7 @@ eg_status eg_llama_lora_step(eg_llama_lora *t, const int32_t *ids, const int64_t
     const float *onorm = eg_llama_output_norm(t->m);
     const eg_qmat *head = t->head_set ? &t->head : eg_llama_embedding(t->m);
     float *dh_all = NULL;
+    POLL();
     if (nt > 0) {
         float *hs = eg_arena_alloc_n(a, nt, (size_t)D * sizeof(float));
         float *xs = eg_arena_alloc_n(a, nt, (size_t)D * sizeof(float));
@@ -581,6 +597,7 @@ eg_status eg_llama_lora_step(eg_llama_lora *t, const int32_t *ids, const int64_t
     float *dh = dh_all;
     PH(EG_LORA_PROF_BWD_OTHER);
     for (int l = L - 1; l >= 0; l--) {
+        POLL();
         eg_llama_layer_weights w;
         eg_llama_get_layer(t->m, l, &w);
         saved_layer *S = &sv[l], work;
@@ -662,4 +679,31 @@ eg_status eg_llama_lora_step(eg_llama_lora *t, const int32_t *ids, const int64_t
         PH(EG_LORA_PROF_BWD_OTHER);
     }
     return EG_OK;
+}
+
+eg_status eg_llama_lora_step(eg_llama_lora *t, const int32_t *ids, const int64_t *offsets,
+                             int n_seq, const int32_t *targets, float scale, int backward,
+                             uint64_t seed, double *nll_sum, float *token_nll, eg_err *err)
+{
+    /* a training step moves the Normal loss's running counts layer by layer
+     * in its forward: keep them, so that a step that stops half way
+     * (interrupted, out of memory) leaves the trainer's state as it was */
+    double *keep = NULL;
+    size_t nrun = 0;
+    if (t->moe != NULL && backward) {
+        nrun = (size_t)t->c.num_layers * (size_t)t->moe->c.experts;
+        keep = malloc(nrun * sizeof *keep);
+        if (keep == NULL) {
+            *nll_sum = 0.0;
+            return eg_seterr(err, EG_ENOMEM, "out of memory for the moe running counts");
+        }
+        memcpy(keep, t->moe->running, nrun * sizeof *keep);
+    }
+    eg_status st = step_impl(t, ids, offsets, n_seq, targets, scale, backward, seed, nll_sum,
+                             token_nll, err);
+    if (st != EG_OK && keep != NULL) {
+        memcpy(t->moe->running, keep, nrun * sizeof *keep);
+    }
+    free(keep);
+    return st;
 }

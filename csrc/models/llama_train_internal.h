@@ -42,6 +42,8 @@ struct eg_llama_lora {
     double prof_t0;
     int recompute;
     eg_llama_moe *moe; /* NULL: plain LoRA on the FFN */
+    int (*poll)(void *ctx);   /* eg_llama_lora_set_poll; NULL: never interrupted */
+    void *poll_ctx;
 };
 
 /* What one layer's MoE FFN saves for backward. probs..c are per layer;
@@ -57,10 +59,11 @@ typedef struct {
     float *Zt, *Z;            /* graph router: (n, g), (gcn_layers, n, N+1, g) */
 } eg_moe_saved;
 
-/* Allocate layer l's saved tensors for n tokens from the trainer's arena
- * (shared: Hl, Zt, Z come from `share` instead, when not NULL). */
-eg_status eg_moe_saved_alloc(eg_llama_lora *t, eg_moe_saved *ms, const eg_moe_saved *share,
-                             size_t n, eg_err *err);
+/* Allocate layer l's saved tensors for n tokens from arena a (the
+ * trainer's, or the encoder state's for eg_llama_attach_moe's hook);
+ * shared: Hl, Zt, Z come from `share` instead, when not NULL. */
+eg_status eg_moe_saved_alloc(const eg_llama_lora *t, eg_arena *a, eg_moe_saved *ms,
+                             const eg_moe_saved *share, size_t n, eg_err *err);
 
 /* Layer l's MoE FFN forward on x (n, D) = ffn_norm(h), given G0 = x W1^T
  * and U0 = x W3^T (n, F each, row stride F): routing into ms, abar (n, F)

@@ -4,9 +4,12 @@
  * checks (eg_gradcheck.h: float32 perturbations, loss accumulated in double)
  * of the LoRA delta op (with and without dropout), the chunked LM-head
  * cross-entropy (float and Q8_0 head), and the whole tiny model's loss with
- * respect to every LoRA parameter (tied and untied head, GQA, qkv biases).
+ * respect to every LoRA parameter (tied and untied head, GQA, qkv biases);
+ * the encoder's forward through attached MoE experts (eg_llama_attach_moe);
+ * interrupting a step (eg_llama_lora_set_poll).
  */
 #include "eg.h"
+#include "eg_bf16.h"
 #include "eg_llama_train.h"
 #include "eg_ops.h"
 #include "eg_gmoe.h"
@@ -623,6 +626,193 @@ static void test_model_moe(int router, int quant, int normal_weights, double dec
     free_model(m, keep, nw);
 }
 
+
+/* eg_llama_attach_moe: the encoder's layer-by-layer forward (eg_llama_run_layers)
+ * through the experts equals the trainer's forward-only pass: the LM-head
+ * cross-entropy of its last state is the nll of a forward-only step, to the
+ * bit (the same products in the same order; no attention adapters), and
+ * running one layer at a time (live early exit) gives the same bits. Bad
+ * attachments are refused. */
+static void test_moe_encoder_hook(int router, int quant, int prec)
+{
+    uint64_t rng = 991 + (uint64_t)router;
+    eg_err err;
+    eg_llama_config c = {.vocab_size = 41, .hidden_size = 32, .num_layers = 2, .num_heads = 4,
+                         .num_kv_heads = 2, .head_dim = 8, .intermediate_size = 64,
+                         .max_position = 32, .rms_norm_eps = 1e-5f, .rope_theta = 1e4,
+                         .rope_mode = EG_ROPE_NORM, .precision = prec};
+    size_t nw, nw2;
+    void **keep, **keep2;
+    eg_llama *m = random_model(&c, quant, &rng, &keep, &nw);
+    eg_llama *m2 = random_model(&c, quant, &rng, &keep2, &nw2);
+    eg_lora_config lc;
+    memset(&lc, 0, sizeof lc);
+    eg_llama_lora *t = NULL, *plain = NULL;
+    CHECK(eg_llama_lora_create(&t, m, &lc, 5, &err) == EG_OK, "lora create: %s", err.msg);
+    CHECK(eg_llama_lora_create(&plain, m, &lc, 5, &err) == EG_OK, "lora create: %s", err.msg);
+    CHECK(eg_llama_attach_moe(m, plain, &err) == EG_EINVAL, "a trainer without experts attached");
+    const int N = 4, K = router == EG_ROUTER_SWITCH ? 1 : 2;
+    eg_llama_moe_config mc = {.experts = N, .top_k = K, .rank = 2, .alpha = 4.0f,
+                              .router = router, .gcn_dim = 8, .gcn_layers = 2,
+                              .running_decay = 1.0};
+    CHECK(eg_llama_lora_set_moe(t, &mc, &err) == EG_OK, "set_moe: %s", err.msg);
+    size_t np = eg_llama_lora_num_params(t);
+    float *P = eg_llama_lora_params(t);
+    for (size_t j = 0; j < np; j++) {
+        P[j] = eg_rng_normal(&rng) * 0.3f;
+    }
+    float *feat, *adj;
+    double *run;
+    eg_llama_moe_buffers(t, &feat, &adj, &run);
+    for (int i = 0; i < 2 * N * 32; i++) {
+        feat[i] = eg_rng_normal(&rng) * 0.5f;
+    }
+    for (int i = 0; i < 2 * (N + 1) * (N + 1); i++) {
+        adj[i] = 0.2f;
+    }
+    const int32_t ids[12] = {1, 5, 7, 40, 3, 3, 9, 0, 2, 11, 12, 13};
+    const int64_t off[4] = {0, 5, 6, 12};
+    const int32_t tg[12] = {4, 7, 40, 3, 1, 0, 9, 2, 11, 6, 13, 8};
+    double want;
+    float want_tok[12];
+    CHECK(eg_llama_lora_step(t, ids, off, 3, tg, 1.0f, 0, 0, &want, want_tok, &err) == EG_OK,
+          "step: %s", err.msg);
+    CHECK(eg_llama_attach_moe(m2, t, &err) == EG_EINVAL, "a trainer of another model attached");
+    float keep_p = P[np - 1];
+    P[np - 1] = NAN;
+    CHECK(eg_llama_attach_moe(m, t, &err) == EG_EINVAL, "a NaN parameter attached");
+    P[np - 1] = keep_p;
+    eg_bert_state s0;
+    eg_bert_state_init(&s0);
+    CHECK(eg_llama_embed(m, &s0, ids, off, 3, &err) == EG_OK, "embed");
+    CHECK(eg_llama_run_layers(m, &s0, 2, &err) == EG_OK, "run: %s", err.msg);
+    CHECK(eg_llama_attach_moe(m, t, &err) == EG_OK, "attach: %s", err.msg);
+    CHECK(eg_llama_has_ffn_hook(m), "no hook");
+    CHECK(eg_llama_attach_moe(m, t, &err) == EG_ESTATE, "attached twice");
+    /* the copy is the model's: the trainer's values change nothing now */
+    P[0] += 1.0f;
+    eg_bert_state s, s1;
+    eg_bert_state_init(&s);
+    eg_bert_state_init(&s1);
+    CHECK(eg_llama_embed(m, &s, ids, off, 3, &err) == EG_OK, "embed");
+    CHECK(eg_llama_run_layers(m, &s, 2, &err) == EG_OK, "run: %s", err.msg);
+    CHECK(eg_llama_embed(m, &s1, ids, off, 3, &err) == EG_OK, "embed");
+    CHECK(eg_llama_run_layers(m, &s1, 1, &err) == EG_OK, "run 1: %s", err.msg);
+    CHECK(eg_llama_run_layers(m, &s1, 2, &err) == EG_OK, "run 2: %s", err.msg);
+    CHECK(memcmp(s.h, s1.h, 12 * 32 * sizeof(float)) == 0, "layer at a time differs");
+    double diff = 0.0;
+    for (int i = 0; i < 12 * 32; i++) {
+        diff = fmax(diff, fabs((double)s.h[i] - s0.h[i]));
+    }
+    CHECK(diff > 1e-2, "the experts change the last state by only %g", diff);
+    double got;
+    float got_tok[12];
+    CHECK(eg_lmhead_ce(&got, got_tok, NULL, s.h, tg, 12, eg_llama_embedding(m), 1.0f, &err)
+          == EG_OK, "ce");
+    CHECK(got == want, "encoder forward nll %.17g, trainer %.17g", got, want);
+    CHECK(memcmp(got_tok, want_tok, sizeof got_tok) == 0, "per-token nll differs");
+    eg_bert_state_free(&s);
+    eg_bert_state_free(&s1);
+    eg_bert_state_free(&s0);
+    eg_llama_lora_free(t);
+    eg_llama_lora_free(plain);
+    free_model(m, keep, nw);   /* frees the hook's copy */
+    free_model(m2, keep2, nw2);
+}
+
+
+/* eg_llama_lora_set_poll: the poll runs before every layer of the forward
+ * and backward passes and before the loss; a nonzero answer stops the step
+ * with EG_EINTR there, leaving the parameters and the MoE running counts as
+ * they were before the step; a step that is never stopped is unchanged by
+ * polling (same nll and gradients, bit for bit). */
+typedef struct {
+    int calls, stop_at;
+} poll_count;
+
+static int count_poll(void *ctx)
+{
+    poll_count *p = ctx;
+    return ++p->calls == p->stop_at;
+}
+
+static void test_step_poll(void)
+{
+    uint64_t rng = 4242;
+    eg_err err;
+    eg_llama_config c = {.vocab_size = 41, .hidden_size = 32, .num_layers = 3, .num_heads = 4,
+                         .num_kv_heads = 2, .head_dim = 8, .intermediate_size = 64,
+                         .max_position = 32, .rms_norm_eps = 1e-5f, .rope_theta = 1e4,
+                         .rope_mode = EG_ROPE_NORM};
+    size_t nw;
+    void **keep;
+    eg_llama *m = random_model(&c, 0, &rng, &keep, &nw);
+    eg_lora_config lc = {.rank = {2, 0, 2, 0, 0, 0, 0}, .alpha = {4, 0, 4, 0, 0, 0, 0}};
+    eg_llama_lora *t = NULL;
+    CHECK(eg_llama_lora_create(&t, m, &lc, 3, &err) == EG_OK, "create: %s", err.msg);
+    eg_llama_moe_config mc = {.experts = 4, .top_k = 2, .rank = 2, .alpha = 4.0f,
+                              .router = EG_ROUTER_GRAPH, .gcn_dim = 8, .gcn_layers = 2,
+                              .coef = {0.05f, 0.8f, 0, 0}, .running_decay = 1.0};
+    CHECK(eg_llama_lora_set_moe(t, &mc, &err) == EG_OK, "set_moe: %s", err.msg);
+    const size_t np = eg_llama_lora_num_params(t);
+    float *P = eg_llama_lora_params(t), *G = eg_llama_lora_grads(t);
+    for (size_t j = 0; j < np; j++) {
+        P[j] = eg_rng_normal(&rng) * 0.3f;
+    }
+    float *feat, *adj;
+    double *run;
+    eg_llama_moe_buffers(t, &feat, &adj, &run);
+    for (int i = 0; i < 3 * 4 * 32; i++) {
+        feat[i] = eg_rng_normal(&rng) * 0.5f;
+    }
+    for (int i = 0; i < 3 * 25; i++) {
+        adj[i] = 0.2f;
+    }
+    for (int i = 0; i < 3 * 4; i++) {
+        run[i] = 0.5 * i;
+    }
+    const int32_t ids[8] = {1, 5, 7, 40, 3, 3, 9, 0};
+    const int64_t off[3] = {0, 5, 8};
+    const int32_t tg[8] = {-100, 7, 40, 3, -100, 9, 0, 2};
+    float *P0 = malloc(np * sizeof *P0), *G1 = malloc(np * sizeof *G1);
+    double run0[12], run1[12];
+    memcpy(P0, P, np * sizeof *P0);
+    memcpy(run0, run, sizeof run0);
+    /* never stopped: 3 forward layers + loss + 3 backward layers = 7 polls */
+    poll_count pc = {0, 0};
+    eg_llama_lora_set_poll(t, count_poll, &pc);
+    double s1, s2;
+    memset(G, 0, np * sizeof *G);
+    CHECK(eg_llama_lora_step(t, ids, off, 2, tg, 1.0f, 1, 7, &s1, NULL, &err) == EG_OK,
+          "step: %s", err.msg);
+    CHECK(pc.calls == 7, "%d polls in a step of 3 layers", pc.calls);
+    memcpy(G1, G, np * sizeof *G1);
+    memcpy(run1, run, sizeof run1);
+    CHECK(memcmp(run1, run0, sizeof run0) != 0, "the step did not move the running counts");
+    /* stopped at each poll in turn */
+    for (int k = 1; k <= 7; k++) {
+        memcpy(run, run0, sizeof run0);
+        pc = (poll_count){0, k};
+        double s;
+        CHECK(eg_llama_lora_step(t, ids, off, 2, tg, 1.0f, 1, 7, &s, NULL, &err) == EG_EINTR,
+              "poll %d: not interrupted", k);
+        CHECK(pc.calls == k, "poll %d: %d calls", k, pc.calls);
+        CHECK(memcmp(run, run0, sizeof run0) == 0, "poll %d: running counts moved", k);
+        CHECK(memcmp(P, P0, np * sizeof *P) == 0, "poll %d: parameters changed", k);
+    }
+    /* off again: the same step, the same bits */
+    eg_llama_lora_set_poll(t, NULL, NULL);
+    memcpy(run, run0, sizeof run0);
+    memset(G, 0, np * sizeof *G);
+    CHECK(eg_llama_lora_step(t, ids, off, 2, tg, 1.0f, 1, 7, &s2, NULL, &err) == EG_OK, "step");
+    CHECK(s1 == s2 && memcmp(G, G1, np * sizeof *G) == 0 && memcmp(run, run1, sizeof run1) == 0,
+          "polling changed the step");
+    free(P0);
+    free(G1);
+    eg_llama_lora_free(t);
+    free_model(m, keep, nw);
+}
+
 int main(void)
 {
     test_qmatmul_t();
@@ -640,5 +830,10 @@ int main(void)
     test_model_moe(EG_ROUTER_GRAPH, 0, 0, 1.0, 0);
     test_model_moe(EG_ROUTER_GRAPH, 1, 1, 0.5, 0);
     test_model_moe(EG_ROUTER_GRAPH, 0, 0, 0.5, 1);
+    test_moe_encoder_hook(EG_ROUTER_GRAPH, 0, EG_PREC_F32);
+    test_moe_encoder_hook(EG_ROUTER_LINEAR, 1, EG_PREC_F32);
+    test_moe_encoder_hook(EG_ROUTER_SWITCH, 0, EG_PREC_BF16);
+    test_moe_encoder_hook(EG_ROUTER_GRAPH, 1, EG_PREC_BF16);
+    test_step_poll();
     return eg_test_report("test_llama_train");
 }
