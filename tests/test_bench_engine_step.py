@@ -35,6 +35,11 @@ def test_bench_engine_step_smoke(tmp_path):
     assert res["peaks_gflops"]["float32"] > 0 and res["peaks_gflops"]["bfloat16"] > 0
     assert set(res["phases"]) == {"before", "bf16 + shared rows"}
     assert "| bf16 + shared rows |" in doc["markdown"]
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return
+    assert res["torch_step_s_median"] > 0 and "PyTorch" in doc["markdown"]
 
 
 def test_step_flops_counts_the_default_step():

@@ -13,7 +13,11 @@ initial weights, every configuration interleaved batch by batch:
   and projected once (`train_batch(..., rows=)`; exact algebra);
 - bf16: `EngineClassifier(precision="bfloat16")`, bf16 products with float32
   sums for the projectors and GNNs, forward and backward;
-- bf16 + shared rows: the fast path `EngineClassifier.fit` takes.
+- bf16 + shared rows: the fast path `EngineClassifier.fit` takes;
+- and, with torch installed and from a source checkout, the plain-PyTorch
+  reference model (tests/reference/engine_ref.py, float32, torch.optim.AdamW,
+  the same initial weights and batches, one row per subgraph node) timed in
+  the same loop: the "vs PyTorch" column.
 
 For each: the median training-step time (forward + backward + AdamW), the
 GEMM FLOPs of the step (counted from the batch's shapes) and the rate they
@@ -112,6 +116,39 @@ def _phases(model, b, rows, states, y, seed, lr, wd) -> dict:
     return t
 
 
+def _torch_reference(clf, init):
+    """A step function of the plain-PyTorch reference model
+    (tests/reference/engine_ref.py, float32, torch.optim.AdamW) started from
+    the same weights, timing one training step on per-node states; None
+    without torch or outside a source checkout."""
+    try:
+        import torch
+
+        from engine_py.bench.engine import _engine_ref, _to_torch
+        EngineRef = _engine_ref()
+    except (ImportError, RuntimeError):
+        return None
+    torch.set_num_threads(__import__("engine_py").get_num_threads())
+    c = clf
+    model = EngineRef(len(c.layers_), c.in_dim_, c.reduced_dim_, c.hidden, c.num_classes_, c.gnn,
+                      c.gnn_layers, c.activation, c.norm, float(c.dropout), float(c.T),
+                      bool(c.early_exit), c.heads)
+    model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in init.items()}, strict=True)
+    opt = torch.optim.AdamW(model.parameters(), lr=float(c.lr), betas=(0.9, 0.999), eps=1e-8,
+                            weight_decay=float(c.weight_decay))
+    model.train()
+
+    def step(b, states, y):
+        args = _to_torch(torch, b, states)
+        yt = torch.from_numpy(y)
+        t0 = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        EngineRef.loss(model(*args), yt).backward()
+        opt.step()
+        return time.perf_counter() - t0
+    return step
+
+
 def run(cache, graph, g, n_batches: int, reps: int, log=print) -> dict:
     from engine_py import EngineClassifier
 
@@ -134,6 +171,9 @@ def run(cache, graph, g, n_batches: int, reps: int, log=print) -> dict:
         keys, rows, hu = c0._gather_unique(cache, b)
         batches.append((t, b, rows, hu, [h[rows] for h in hu]))
     times = {name: [] for name, _, _ in CONFIGS}
+    ref = _torch_reference(c0, init)
+    if ref is not None:
+        times["PyTorch reference"] = []
     for rep in range(reps):
         for bi, (t, b, rows, hu, hn) in enumerate(batches):
             for name, _, shared in CONFIGS:
@@ -144,6 +184,8 @@ def run(cache, graph, g, n_batches: int, reps: int, log=print) -> dict:
                 else:
                     m.train_batch(b.graph_ptr, b.indptr, b.indices, hn, y[t], bi, lr, wd)
                 times[name].append(time.perf_counter() - t0)
+            if ref is not None:
+                times["PyTorch reference"].append(ref(b, hn, y[t]))
         log(f"  rep {rep}: " + ", ".join(f"{n} {1e3 * statistics.median(v):.1f} ms" for n, v in times.items()))
     K = len(c0.layers_)
     heads = sum(bool(c0.model_.has_head(i)) for i in range(K))
@@ -161,6 +203,8 @@ def run(cache, graph, g, n_batches: int, reps: int, log=print) -> dict:
                                 "states_mb_per_step": statistics.median(
                                     [K * (u if shared else n) * int(cache.dim) * 4 / 2 ** 20
                                      for n, u, gg in shapes])}
+    if "PyTorch reference" in times:
+        res["torch_step_s_median"] = statistics.median(times["PyTorch reference"])
     # phase breakdown of the slowest and the fastest configuration
     res["phases"] = {}
     for name in ("before", "bf16 + shared rows"):
@@ -181,12 +225,18 @@ def render(res: dict, peaks: dict, what: str, argv) -> str:
           f"configuration on the same batches from the same initial weights, interleaved batch by batch. "
           f"A batch has a median of {res['nodes_median']:.0f} subgraph nodes and {res['unique_median']:.0f} "
           "distinct nodes. GEMM FLOPs are counted from each batch's shapes.",
-          "", "| configuration | step, median | speed-up | GEMM GFLOP / step | GFLOP/s | states read / step |",
-          "|---|---:|---:|---:|---:|---:|"]
+          "", "| configuration | step, median | speed-up | vs PyTorch | GEMM GFLOP / step | GFLOP/s | states read / step |",
+          "|---|---:|---:|---:|---:|---:|---:|"]
+    tref = res.get("torch_step_s_median")
     for name, c in res["configs"].items():
         rate = c["gflop_per_step"] / c["step_s_median"]
-        md.append(f"| {name} | {1e3 * c['step_s_median']:.1f} ms | {base / c['step_s_median']:.2f}x | "
+        vs = f"{tref / c['step_s_median']:.2f}x" if tref else "—"
+        md.append(f"| {name} | {1e3 * c['step_s_median']:.1f} ms | {base / c['step_s_median']:.2f}x | {vs} | "
                   f"{c['gflop_per_step']:.2f} | {rate:.0f} | {c['states_mb_per_step']:.1f} MB |")
+    if tref:
+        md.append(f"| PyTorch {__import__('torch').__version__} reference (float32, per-node rows) | "
+                  f"{1e3 * tref:.1f} ms | | 1.00x | {res['configs']['before']['gflop_per_step']:.2f} | "
+                  f"{res['configs']['before']['gflop_per_step'] / tref:.0f} | |")
     md += ["", f"Peaks measured in this run (engine_py's products, 2048 x 2048 x 2048): float32 (OpenBLAS "
            f"sgemm) {peaks['float32']:.0f} GFLOP/s, bf16 kernel {peaks['bfloat16']:.0f} GFLOP/s"
            + ("" if peaks.get("bf16_kernel") else " (emulated: this CPU has no AVX512-BF16)") + ".",
