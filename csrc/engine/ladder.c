@@ -11,6 +11,7 @@
  *   o_i = [z_i(root) ; mean_subgraph z_i],  logits_i = head_i(o_i)
  * Heads: exit_heads.i for i < K-1 when early_exit, the classifier for K-1.
  */
+#include "eg_bf16.h"
 #include "eg_engine.h"
 #include "eg_ops.h"
 #include "eg_optim.h"
@@ -47,6 +48,7 @@ typedef struct {
 
 typedef struct {
     const float *H;   /* this ladder's states: arena copy, or borrowed for one call */
+    const uint16_t *Hp; /* bf16 kernel path: H packed for the dW product (else NULL) */
     float *l1, *mean, *rstd, *r, *p, *x, *z, *o, *logits, *probs;   /* l1 .. p: U rows */
     float a;
     layer_act L[2];
@@ -543,30 +545,65 @@ static eg_status forward_step(eg_ladder *m, int i, const float *H, float *logits
     const int U = (int)m->U;
     const int64_t *rows = m->rows;
     const size_t UD = (size_t)U * (size_t)D;
-    int64_t bad_row = first_nonfinite_row(H, U, D);
-    if (bad_row >= 0) {
-        return eg_seterr(err, EG_EINVAL,
-                         "ladder %d: the layer states contain NaN or inf (state row %lld of the batch)",
-                         i, (long long)bad_row);
-    }
     const ladder_off *lo = &m->lo[i];
     ladder_act *a = &m->act[i];
     const float *P = m->param;
-    if (keep_states) {
+    ALLOC(a->l1, (size_t)U * k);
+    /* The bf16 kernel's path packs H once, while it is in cache, in both
+     * layouts its products need (rows for l1 = H W0^T now, panels for
+     * dW0 = dL1^T H in the backward), checking it for NaN/inf in the same
+     * pass; the float H is then not needed again, so it is never copied. */
+    const int packed = prec == EG_PREC_BF16 && eg_bf16_kernel_available();
+    const int need_grad = keep_states || m->training;   /* a backward may follow */
+    int bad = 0;
+    a->Hp = NULL;
+    if (packed) {
+        const size_t kpd = (size_t)((D + 1) / 2) * 2;
+        uint16_t *hb, *hp = NULL, *w0;
+        ALLOC(hb, (size_t)U * kpd);
+        ALLOC(w0, eg_bf16_packed_elems(k, D));
+        if (need_grad) {
+            ALLOC(hp, eg_bf16_packed_elems(D, U));
+            bad = eg_bf16_pack_rows_panels_t(hb, hp, H, (size_t)D, U, D);
+        } else {
+            bad = first_nonfinite_row(H, U, D) >= 0;
+            if (!bad) {
+                eg_bf16_pack_rows(hb, H, (size_t)D, (size_t)U, D);
+            }
+        }
+        if (!bad) {
+            for (int p0 = 0; p0 < k; p0 += 32) {
+                eg_bf16_pack_panel(w0 + (size_t)p0 * kpd, P + lo->p0w + (size_t)p0 * D, (size_t)D,
+                                   k - p0 < 32 ? k - p0 : 32, D);
+            }
+            eg_bf16_gemm_packed(a->l1, (size_t)k, hb, (size_t)U, w0, k, D);
+            eg_bias_forward(a->l1, P + lo->p0b, U, k);
+            a->Hp = hp;
+        }
+    } else {
+        bad = first_nonfinite_row(H, U, D) >= 0;
+    }
+    if (bad) {
+        return eg_seterr(err, EG_EINVAL,
+                         "ladder %d: the layer states contain NaN or inf (state row %lld of the batch)",
+                         i, (long long)first_nonfinite_row(H, U, D));
+    }
+    if (keep_states && !packed) {
         float *copy;
         ALLOC(copy, UD);
         memcpy(copy, H, UD * sizeof(float));
         a->H = copy;
     } else {
-        a->H = H;
+        a->H = packed ? NULL : H;
     }
     m->states_kept &= keep_states;
-    ALLOC(a->l1, (size_t)U * k);
     ALLOC(a->mean, U);
     ALLOC(a->rstd, U);
     ALLOC(a->r, (size_t)U * k);
     ALLOC(a->p, (size_t)U * k);
-    eg_linear_forward(a->l1, a->H, P + lo->p0w, P + lo->p0b, U, D, k, prec);
+    if (!packed) {
+        eg_linear_forward(a->l1, a->H, P + lo->p0w, P + lo->p0b, U, D, k, prec);
+    }
     eg_layernorm_forward(a->r, a->mean, a->rstd, a->l1, P + lo->p1w, P + lo->p1b, U, k);
     eg_relu_forward(a->r, a->r, (size_t)U * k);   /* in place: the backward needs only r */
     eg_linear_forward(a->p, a->r, P + lo->p3w, P + lo->p3b, U, k, k, prec);
@@ -871,7 +908,16 @@ eg_status eg_ladder_backward(eg_ladder *m, eg_err *err)
         eg_relu_backward(t1, t1, a->r, Uk);
         eg_layernorm_backward(t2, GR + lo->p1w, GR + lo->p1b, t1, a->l1, P + lo->p1w, a->mean,
                               a->rstd, U, k);
-        eg_linear_backward(NULL, GR + lo->p0w, GR + lo->p0b, t2, a->H, P + lo->p0w, U, D, k, prec);
+        if (a->Hp != NULL) {
+            /* dW0 += dL1^T H on the panels of H packed by the forward */
+            uint16_t *tb;
+            ALLOC(tb, (size_t)k * (size_t)((U + 1) / 2) * 2);
+            eg_bf16_pack_rows_t(tb, t2, (size_t)k, k, U);
+            eg_bf16_gemm_packed_acc(GR + lo->p0w, (size_t)D, tb, (size_t)k, a->Hp, D, U, 1);
+            eg_bias_backward(GR + lo->p0b, t2, U, k);
+        } else {
+            eg_linear_backward(NULL, GR + lo->p0w, GR + lo->p0b, t2, a->H, P + lo->p0w, U, D, k, prec);
+        }
         /* keep dL/dx_i for z_{i-1}: swap dprev into dx_next */
         if (i > 0) {
             if (dx_next == NULL) {

@@ -46,6 +46,14 @@ void eg_bf16_pack_panel_t(uint16_t *dst, const float *W, size_t ldw, int c0, int
  * rows. Threaded for large matrices. */
 void eg_bf16_pack_panels_t(uint16_t *dst, const float *W, size_t ldw, int ncols, int rows);
 
+/* One pass over X (N, cols; row stride ldx) giving both bf16 layouts a
+ * product and its weight gradient need: xb as eg_bf16_pack_rows (Y = X W^T)
+ * and wp as eg_bf16_pack_panels_t(X, ldx, cols, N) (dW = dY^T X). Returns
+ * nonzero when X holds a NaN or inf (then the packed values are not to be
+ * used). */
+int eg_bf16_pack_rows_panels_t(uint16_t *xb, uint16_t *wp, const float *X, size_t ldx, int N,
+                               int cols);
+
 /* X (N, cols, row stride ldx) as bf16 rows of cols rounded up to even
  * (a zero pad), contiguous. Threaded for large N * cols. */
 void eg_bf16_pack_rows(uint16_t *dst, const float *X, size_t ldx, size_t N, int cols);

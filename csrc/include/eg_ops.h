@@ -159,6 +159,11 @@ void eg_linear_forward(float *out, const float *inp, const float *w, const float
 void eg_linear_backward(float *dinp, float *dw, float *db, const float *dout, const float *inp,
                         const float *w, int N, int C, int OC, int prec);
 
+/* out (N, OC) += b (OC) on every row. */
+void eg_bias_forward(float *out, const float *b, int N, int OC);
+/* db (OC) += the column sums of dout (N, OC): a bias's gradient. */
+void eg_bias_backward(float *db, const float *dout, int N, int OC);
+
 /* LayerNorm over the last dim, eps = 1e-5 (torch default), affine.
  * inp (N,C), w/b (C) -> out (N,C); saves mean, rstd (N). */
 void eg_layernorm_forward(float *out, float *mean, float *rstd, const float *inp,

@@ -34,6 +34,7 @@
 #include "eg.h"
 #include "eg_bf16.h"
 
+#include <math.h>
 #include <string.h>
 #ifdef _OPENMP
 #include <omp.h>
@@ -273,6 +274,56 @@ static void pack_panels_t_avx512(uint16_t *dst, const float *W, size_t ldw, int 
     }
 }
 
+/* eg_bf16_pack_rows_panels_t for the row pairs [kp0, kp1): each pair of X's
+ * rows is read once and written both as two bf16 rows and as one pair row
+ * of every column panel; returns nonzero if a value was NaN or inf. */
+__attribute__((target("avx512f,avx512bw,avx512vl")))
+static int pack_rows_panels_t_avx512(uint16_t *xb, uint16_t *wp, const float *X, size_t ldx, int N,
+                                     int cols, int kp0, int kp1)
+{
+    const size_t kpc = (size_t)((cols + 1) / 2) * 2;   /* row stride of xb */
+    const size_t kpn = (size_t)((N + 1) / 2) * 2;      /* K (rows) of the panels, even */
+    const __m512i expo = _mm512_set1_epi32(0x7f800000);
+    __mmask16 bad = 0;
+    for (int kp = kp0; kp < kp1; kp++) {
+        const int r0 = 2 * kp;
+        const float *x0 = X + (size_t)r0 * ldx;
+        const float *x1 = r0 + 1 < N ? x0 + ldx : NULL;
+        for (int c0 = 0; c0 < cols; c0 += 16) {
+            const __mmask16 m = mask16(cols - c0);
+            const __m512 a = _mm512_maskz_loadu_ps(m, x0 + c0);
+            const __m512 b = x1 != NULL ? _mm512_maskz_loadu_ps(m, x1 + c0) : _mm512_setzero_ps();
+            bad |= _mm512_cmpeq_epi32_mask(_mm512_and_si512(_mm512_castps_si512(a), expo), expo);
+            bad |= _mm512_cmpeq_epi32_mask(_mm512_and_si512(_mm512_castps_si512(b), expo), expo);
+            const __m256i ra = round16_bf16(a), rb = round16_bf16(b);
+            _mm256_mask_storeu_epi16(xb + (size_t)r0 * kpc + c0, m, ra);
+            if (x1 != NULL) {
+                _mm256_mask_storeu_epi16(xb + (size_t)(r0 + 1) * kpc + c0, m, rb);
+            }
+            /* panel c0 / 32, its rows c0 % 32 .. +15, pair row kp */
+            uint32_t *d = (uint32_t *)(void *)(wp + (size_t)(c0 / PANEL) * PANEL * kpn) +
+                          (size_t)kp * PANEL + (c0 % PANEL);
+            const __m512i pr = _mm512_or_si512(_mm512_cvtepu16_epi32(ra),
+                                               _mm512_slli_epi32(_mm512_cvtepu16_epi32(rb), 16));
+            _mm512_storeu_si512(d, pr);
+        }
+        /* a partial last panel: its rows past cols are zero pairs */
+        const int tail = cols % PANEL;
+        if (tail != 0 && tail <= 16) {
+            uint32_t *d = (uint32_t *)(void *)(wp + (size_t)(cols / PANEL) * PANEL * kpn) +
+                          (size_t)kp * PANEL + 16;
+            _mm512_storeu_si512(d, _mm512_setzero_si512());
+        }
+        if (cols % 2) {
+            xb[(size_t)r0 * kpc + cols] = 0;
+            if (x1 != NULL) {
+                xb[(size_t)(r0 + 1) * kpc + cols] = 0;
+            }
+        }
+    }
+    return bad != 0;
+}
+
 /* eg_bf16_pack_rows_t: 16 K pairs x 16 rows of the output at a time, built
  * as pair rows (pairs16) and transposed so each output row gets 16
  * consecutive pairs in one store. */
@@ -365,6 +416,33 @@ void eg_bf16_pack_panels_t(uint16_t *dst, const float *W, size_t ldw, int ncols,
         const int c0 = PANEL * p, nc = ncols - c0 < PANEL ? ncols - c0 : PANEL;
         eg_bf16_pack_panel_t(dst + (size_t)p * PANEL * kp2, W, ldw, c0, nc, rows);
     }
+}
+
+int eg_bf16_pack_rows_panels_t(uint16_t *xb, uint16_t *wp, const float *X, size_t ldx, int N,
+                               int cols)
+{
+#ifdef EG_X86_CLONES
+    if (eg_bf16_kernel_available()) {
+        const int kpairs = (N + 1) / 2, chunk = 32;
+        const int nchunks = (kpairs + chunk - 1) / chunk;
+        int bad = 0;
+        #pragma omp parallel for schedule(static) reduction(| : bad) if ((size_t)N * (size_t)cols >= ((size_t)1 << 17))
+        for (int c = 0; c < nchunks; c++) {
+            const int a = c * chunk, b = a + chunk < kpairs ? a + chunk : kpairs;
+            bad |= pack_rows_panels_t_avx512(xb, wp, X, ldx, N, cols, a, b);
+        }
+        return bad;
+    }
+#endif
+    eg_bf16_pack_rows(xb, X, ldx, (size_t)N, cols);
+    eg_bf16_pack_panels_t(wp, X, ldx, cols, N);
+    int bad = 0;
+    for (int i = 0; i < N; i++) {
+        for (int j = 0; j < cols; j++) {
+            bad |= !(fabsf(X[(size_t)i * ldx + j]) <= 3.4028235e38f);
+        }
+    }
+    return bad;
 }
 
 void eg_bf16_pack_rows(uint16_t *dst, const float *X, size_t ldx, size_t N, int cols)

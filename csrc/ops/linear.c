@@ -19,12 +19,17 @@ void eg_linear_forward(float *out, const float *inp, const float *w, const float
         eg_gemm_prec(prec, 0, 1, N, OC, C, 1.0f, inp, C, w, C, 0.0f, out, OC);
     }
     if (b != NULL) {
-        #pragma omp parallel for schedule(static) if (EG_OMP_WORTH(N, OC))
-        for (int i = 0; i < N; i++) {
-            float *o = out + (size_t)i * OC;
-            for (int j = 0; j < OC; j++) {
-                o[j] += b[j];
-            }
+        eg_bias_forward(out, b, N, OC);
+    }
+}
+
+void eg_bias_forward(float *out, const float *b, int N, int OC)
+{
+    #pragma omp parallel for schedule(static) if (EG_OMP_WORTH(N, OC))
+    for (int i = 0; i < N; i++) {
+        float *o = out + (size_t)i * OC;
+        for (int j = 0; j < OC; j++) {
+            o[j] += b[j];
         }
     }
 }
@@ -44,23 +49,28 @@ void eg_linear_backward(float *dinp, float *dw, float *db, const float *dout, co
     }
     eg_gemm_prec(prec, 1, 0, OC, C, N, 1.0f, dout, OC, inp, C, 1.0f, dw, C);
     if (db != NULL) {
-        /* column sums: see EG_COL_BLOCK in eg_ops.h */
-        #pragma omp parallel if (EG_OMP_WORTH(N, OC))
-        {
-            int c0, c1;
-            eg_thread_columns(OC, &c0, &c1);
-            for (int b0 = c0; b0 < c1; b0 += EG_COL_BLOCK) {
-                int nb = c1 - b0 < EG_COL_BLOCK ? c1 - b0 : EG_COL_BLOCK;
-                double s[EG_COL_BLOCK] = {0};
-                for (int i = 0; i < N; i++) {
-                    const float *d = dout + (size_t)i * OC + b0;
-                    for (int j = 0; j < nb; j++) {
-                        s[j] += d[j];
-                    }
-                }
+        eg_bias_backward(db, dout, N, OC);
+    }
+}
+
+void eg_bias_backward(float *db, const float *dout, int N, int OC)
+{
+    /* column sums: see EG_COL_BLOCK in eg_ops.h */
+    #pragma omp parallel if (EG_OMP_WORTH(N, OC))
+    {
+        int c0, c1;
+        eg_thread_columns(OC, &c0, &c1);
+        for (int b0 = c0; b0 < c1; b0 += EG_COL_BLOCK) {
+            int nb = c1 - b0 < EG_COL_BLOCK ? c1 - b0 : EG_COL_BLOCK;
+            double s[EG_COL_BLOCK] = {0};
+            for (int i = 0; i < N; i++) {
+                const float *d = dout + (size_t)i * OC + b0;
                 for (int j = 0; j < nb; j++) {
-                    db[b0 + j] += (float)s[j];
+                    s[j] += d[j];
                 }
+            }
+            for (int j = 0; j < nb; j++) {
+                db[b0 + j] += (float)s[j];
             }
         }
     }

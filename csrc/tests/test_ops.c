@@ -608,6 +608,43 @@ static void test_pack_rows_t(void)
     }
 }
 
+/* eg_bf16_pack_rows_panels_t: the same bits as eg_bf16_pack_rows and
+ * eg_bf16_pack_panels_t done separately (odd N and cols, partial panels of
+ * <= 16 and > 16 rows), and the NaN/inf flag. */
+static void test_pack_rows_panels_t(void)
+{
+    const int shapes[][2] = {{7, 40}, {8, 384}, {33, 20}, {1, 3}, {64, 57}};
+    for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
+        const int N = shapes[si][0], cols = shapes[si][1];
+        const size_t kpc = (size_t)((cols + 1) / 2) * 2, np = eg_bf16_packed_elems(cols, N);
+        float *X = malloc(sizeof(float) * N * cols);
+        uint16_t *xa = eg_aligned_alloc(N * kpc * 2), *xb = eg_aligned_alloc(N * kpc * 2);
+        uint16_t *pa = eg_aligned_alloc(np * 2), *pb = eg_aligned_alloc(np * 2);
+        uint64_t seed = 300 + si;
+        for (int i = 0; i < N * cols; i++) {
+            X[i] = 2.0f * eg_rng_uniform(&seed) - 1.0f;
+        }
+        memset(xa, 0x55, N * kpc * 2);
+        memset(xb, 0x66, N * kpc * 2);
+        memset(pa, 0x55, np * 2);
+        memset(pb, 0x66, np * 2);
+        int bad = eg_bf16_pack_rows_panels_t(xa, pa, X, (size_t)cols, N, cols);
+        eg_bf16_pack_rows(xb, X, (size_t)cols, (size_t)N, cols);
+        eg_bf16_pack_panels_t(pb, X, (size_t)cols, cols, N);
+        CHECK(!bad && memcmp(xa, xb, N * kpc * 2) == 0 && memcmp(pa, pb, np * 2) == 0,
+              "pack_rows_panels_t %dx%d differs from the separate packers", N, cols);
+        X[(N - 1) * cols + cols / 2] = INFINITY;
+        CHECK(eg_bf16_pack_rows_panels_t(xa, pa, X, (size_t)cols, N, cols) != 0, "inf flagged");
+        X[(N - 1) * cols + cols / 2] = NAN;
+        CHECK(eg_bf16_pack_rows_panels_t(xa, pa, X, (size_t)cols, N, cols) != 0, "NaN flagged");
+        free(X);
+        eg_aligned_free(xa);
+        eg_aligned_free(xb);
+        eg_aligned_free(pa);
+        eg_aligned_free(pb);
+    }
+}
+
 static void test_gemm_prec(void)
 {
     const int shapes[][3] = {{37, 45, 67}, {1, 33, 5}, {50, 64, 1301}, {12, 31, 2}};
@@ -676,6 +713,7 @@ int main(void)
 {
     eg_set_num_threads(2);
     test_pack_rows_t();
+    test_pack_rows_panels_t();
     test_gemm_prec();
     test_linear();
     test_layernorm();
