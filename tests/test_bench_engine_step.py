@@ -61,9 +61,10 @@ def test_bench_engine_step_random_states(tmp_path):
     try:
         assert bench.main(["--dataset", "demo", "--subsample", "500", "--random-states", "3x40",
                            "--batches", "1", "--reps", "1", "--threads", "1", "--quiet",
-                           "--out", str(out)]) == 0
+                           "--clock", "cpu", "--out", str(out)]) == 0
     finally:
         engine_py.set_num_threads(old)
     doc = json.loads(out.read_text())
     assert doc["results"]["dim"] == 40 and doc["results"]["ladders"] == 3
     assert "random float16 states, 3 layers of width 40" in doc["markdown"]
+    assert doc["results"]["clock"] == "cpu" and "CPU time" in doc["markdown"]
