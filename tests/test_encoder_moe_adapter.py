@@ -23,6 +23,7 @@ pytest.importorskip("gguf")
 pytest.importorskip("torch_geometric")
 
 from llm_fixtures import write_tiny_llm  # noqa: E402
+from test_early_exit_llm import _graph_data  # noqa: E402
 
 from engine_py import Encoder  # noqa: E402
 from engine_py.bench import gmoe_torch  # noqa: E402
@@ -216,20 +217,8 @@ def test_live_early_exit(cases, monkeypatch):
 
     path, d, tr, ref = cases[("gmoe", "graph", "hf")]
     enc = Encoder.from_pretrained(path, adapter=d)
-    rng = np.random.default_rng(0)
-    words = [["fox", "dog", "cat", "bird"], ["graph", "edges", "messages", "nodes"],
-             ["python3", "perl", "libc6", "coreutils"]]
     n = 60
-    y = np.arange(n) % 3
-    texts = [" ".join(rng.choice(words[c], size=int(rng.integers(3, 8)))) + f" {i}"
-             for i, c in enumerate(y)]
-    src, dst = [], []
-    for v in range(n):
-        for u in rng.choice(np.flatnonzero(y == y[v]), size=2):
-            if u != v:
-                src += [v, u]
-                dst += [u, v]
-    ei = np.array([src, dst], np.int64)
+    texts, y, ei = _graph_data(n=n, seed=0)   # the live-exit tests' toy graph
     layers = [0, 1, 2]
     cache = InMemoryStates(enc.encode_layers(texts, layers=layers), layers)
     clf = EngineClassifier(layers=layers, epochs=10, reduced_dim=16, hidden=16, lr=3e-3,
