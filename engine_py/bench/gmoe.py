@@ -125,7 +125,7 @@ def _torch_layer(torch, layer, kind):
     return forward, list(P.values())
 
 
-def _time_interleaved(fns, repeats):
+def _time_interleaved(fns, repeats, clock=time.perf_counter):
     """Median seconds of each function, runs interleaved (a, b, c, a, b, c,
     ...) so that load changes on a shared machine hit every side alike."""
     for f in fns:
@@ -133,9 +133,9 @@ def _time_interleaved(fns, repeats):
     ts = [[] for _ in fns]
     for _ in range(repeats):
         for f, t in zip(fns, ts):
-            t0 = time.perf_counter()
+            t0 = clock()
             f()
-            t.append(time.perf_counter() - t0)
+            t.append(clock() - t0)
     return [statistics.median(t) for t in ts]
 
 
@@ -186,7 +186,9 @@ def _bench_size(torch, MoELoRAFFN, args, kind, nthreads, H, I, routers):
             y, aux = fwd(xt)
             ((y * dyt).sum() + aux).backward()
 
-        te, tf, tt = _time_interleaved([run_engine, lambda: run_engine(fast), run_torch], args.repeats)
+        clock = time.thread_time if args.clock == "cpu" else time.perf_counter
+        te, tf, tt = _time_interleaved([run_engine, lambda: run_engine(fast), run_torch], args.repeats,
+                                       clock)
         rows.append((nthreads, kind, f"{H}/{I}", router, args.tokens / te, args.tokens / tf,
                      args.tokens / tt, tt / te, tt / tf, err, err_fast))
         print(f"threads {nthreads} {kind:6s} H/I {H}/{I} router {router:6s}: engine_py "
@@ -209,6 +211,9 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", default=None,
                     help="comma-separated thread counts, each used by both sides "
                          "(default: engine_py's current setting)")
+    ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                    help="cpu: the calling thread's CPU time (needs --threads 1), which a loaded "
+                         "machine disturbs far less")
     from engine_py.bench import add_output_args
 
     add_output_args(ap, "gmoe")
@@ -225,6 +230,8 @@ def main(argv=None) -> int:
 
     thread_list = ([int(v) for v in args.threads.split(",") if v] if args.threads
                    else [engine_py.get_num_threads()])
+    if args.clock == "cpu" and thread_list != [1]:
+        ap.error("--clock cpu needs --threads 1")
     routers = [r for r in args.routers.split(",") if r]
     kinds = [k for k in args.kinds.split(",") if k]
     if any(k not in ("swiglu", "gelu") for k in kinds):
@@ -252,7 +259,8 @@ def main(argv=None) -> int:
           "products in bf16 with float32 sums; LoRA, router and losses float32) and PyTorch "
           "float32 (autograd, frozen products once, each expert on its routed tokens "
           "only (index_select/index_add), batched dense GCN); every side uses the thread count "
-          "of the row. Max rel diff: max |y - y_torch| / max |y_torch|.",
+          "of the row. Max rel diff: max |y - y_torch| / max |y_torch|."
+          + (" Times are the calling thread's CPU time (--clock cpu)." if args.clock == "cpu" else ""),
           "",
           "| threads | FFN | H/I | router | engine_py f32 tokens/s | engine_py bf16 tokens/s | PyTorch "
           "tokens/s | speed-up f32 | speed-up bf16 | max rel diff y f32 | bf16 |",
