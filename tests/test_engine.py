@@ -495,3 +495,18 @@ def test_bfloat16_save_load(data, tmp_path):
     np.testing.assert_array_equal(h.predict_proba(te), h2.predict_proba(te, cache=cache, graph=g))
     with pytest.raises(Exception, match="precision"):
         _fit(data, epochs=1, precision="float16")
+
+
+def test_bfloat16_odd_state_width():
+    """An odd state width pads the packed bf16 rows and panels: one training
+    run and the probabilities stay close to float32's at the same weights."""
+    cache, ei, y = sbm(n=300, dim=15, seed=3)
+    idx = np.random.default_rng(2).permutation(len(y))
+    data = (cache, ei, y, idx[:150], idx[150:200], idx[200:])
+    f = _fit(data, epochs=3)
+    h = _fit(data, epochs=1, precision="bfloat16")
+    h.load_state_dict(f.state_dict())
+    pf, ph = f.predict_proba(idx[200:]), h.predict_proba(idx[200:])
+    assert 0 < np.abs(pf - ph).max() < 0.05
+    h2 = _fit(data, epochs=3, precision="bfloat16")
+    assert np.isfinite(h2.predict_proba(idx[200:])).all()
