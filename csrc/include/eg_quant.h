@@ -237,6 +237,24 @@ eg_status eg_qmatmul_int8(float *Y, size_t ldy, const float *X, size_t ldx, size
 void eg_q8_quantize_rows(uint8_t *xu, float *xd, float *xds, const float *X, size_t ldx,
                          size_t N, int cols);
 
+/* The repacked layout: a panel of 16 rows is cols / 32 of these blocks, one
+ * per 32 columns; row r's value at column 4j + i of the block is
+ * d * q[j][r][i] + m with d = d0[r] for columns 0..15 and d1[r] for 16..31
+ * (equal unless the type has 16-column scales: Q6_K), m = m[r] (0 for
+ * types without mins). c0 / c1 = -128 * the sum of q over columns 0..15 /
+ * 16..31 for Q6_K; for the other types c0 is -128 * the sum over all 32
+ * and c1 = 0 (VPDPBUSD multiplies unsigned activation codes q + 128, and
+ * c removes the 128). Rows past a short panel's end are zero. */
+#define EG_INT8_PANEL_ROWS 16
+typedef struct {
+    int8_t q[8][EG_INT8_PANEL_ROWS][4];
+    float d0[EG_INT8_PANEL_ROWS];
+    float d1[EG_INT8_PANEL_ROWS];
+    float m[EG_INT8_PANEL_ROWS];
+    int32_t c0[EG_INT8_PANEL_ROWS];
+    int32_t c1[EG_INT8_PANEL_ROWS];
+} eg_int8_block;
+
 /* Bytes of one repacked 16-row panel of a matrix with cols columns, and the
  * repack itself (rows r0 .. r0 + nr of W, nr <= 16, into a 64-byte aligned
  * dst; scratch: cols int8 and 3 * cols / 32 floats). Exposed for tests. */

@@ -15,7 +15,7 @@
  * a block holding an inf or NaN gets dx = NaN, so that token's outputs are
  * NaN (a float32 product would give inf or NaN there too).
  *
- * Weights: each type's blocks are unpacked into one layout (blk8 below):
+ * Weights: each type's blocks are unpacked into one layout (eg_int8_block, eg_quant.h):
  * per 32 columns of a row, 32 signed codes w with value d * w + m — d the
  * block's float scale (Q6_K: one per 16 columns), m its min term (Q4_1,
  * Q5_1: m; Q4_K, Q5_K: -dmin * min, exact float products). The layout
@@ -59,18 +59,10 @@
 #define PR 16   /* rows per panel: the 16 int32 lanes of a zmm */
 #define QB 32   /* columns per block */
 
-/* One block (32 columns) of a 16-row panel: 832 bytes, 64-byte aligned
- * fields. q[j][r][i] is column 4j + i of row r. */
-typedef struct {
-    int8_t q[8][PR][4];
-    float d0[PR];     /* scale of columns 0..15 (all 32 unless split) */
-    float d1[PR];     /* scale of columns 16..31 (split types: Q6_K) */
-    float m[PR];      /* min term (types with mins), else 0 */
-    int32_t c0[PR];   /* -128 * sum of w over columns 0..15 (all 32 unless split) */
-    int32_t c1[PR];   /* -128 * sum of w over columns 16..31 (split), else 0 */
-} blk8;
+typedef eg_int8_block blk8;   /* eg_quant.h */
 
-_Static_assert(sizeof(blk8) == 832, "blk8 layout");
+_Static_assert(sizeof(blk8) == 832, "eg_int8_block layout");
+_Static_assert(PR == EG_INT8_PANEL_ROWS, "panel rows");
 
 enum { K_PLAIN = 0, K_MIN = 1, K_SPLIT = 2 };
 
