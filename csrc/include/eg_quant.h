@@ -257,16 +257,11 @@ typedef struct {
 
 /* Bytes of one repacked 16-row panel of a matrix with cols columns, and the
  * repack itself (rows r0 .. r0 + nr of W, nr <= 16, into a 64-byte aligned
- * dst; scratch: cols int8 and 3 * cols / 32 floats). Exposed for tests. */
+ * dst; scratch: 16 * cols int8 and 48 * cols / 32 floats). Exposed for
+ * tests. */
 size_t eg_int8_panel_bytes(int cols);
 void eg_int8_pack_panel(void *dst, const eg_qmat *W, int r0, int nr, int8_t *wscratch,
                         float *fscratch);
-
-/* Y (N, nrows) of one packed panel against quantized activations, with the
- * selected kernel (one thread). */
-void eg_int8_gemm_panel(float *Y, size_t ldy, const uint8_t *xu, const float *xd,
-                        const float *xds, size_t N, const void *panel, int type, int nrows,
-                        int cols);
 
 /* The kernel used here: 3 AVX512-VNNI, 2 AVX-VNNI (256-bit), 1 AVX2, 0
  * generic C (within ENGINE_PY_ISA's cap), and its name. */

@@ -89,15 +89,52 @@ static int kind_of(int type)
     }
 }
 
-/* fp16 bits to float, through the core's conversion (exact). */
-static inline float h2f(uint16_t h)
-{
-    float f;
-    eg_f16_to_f32(&h, &f, 1);
-    return f;
-}
-
 /* ------------------------------------------------ activation quantization */
+
+/* Tokens per activation tile: the kernels read XT tokens' codes for one
+ * block as 8 quads x XT tokens x 4 bytes (256 bytes), so one pointer and
+ * constant offsets reach every token (no per-token pointers in registers). */
+#define XT 8
+
+/* One block of 32 values: the codes q + 128, quad g (4 codes) at
+ * u + g * qstride; *d = dx, *ds = dx * sum(q). */
+static inline void q8_block(const float *xb, uint8_t *u, size_t qstride, float *d_out,
+                            float *ds_out)
+{
+    float amax = 0.0f;
+    int finite = 1;
+    for (int k = 0; k < QB; k++) {
+        const float a = fabsf(xb[k]);
+        finite &= a <= 3.4028234663852886e38f;   /* false for inf and NaN */
+        amax = a > amax ? a : amax;
+    }
+    uint8_t codes[QB];
+    float d = 0.0f;
+    int sum = 0;
+    if (!finite) {
+        d = NAN;
+        memset(codes, 128, QB);
+    } else if (amax < 0x1p-120f) {
+        /* zero, or so small that 127 / amax would overflow: the block's
+         * contribution (< 32 * 2^-120 * |w|) is dropped */
+        memset(codes, 128, QB);
+    } else {
+        d = amax / 127.0f;
+        const float id = 1.0f / d;
+        for (int k = 0; k < QB; k++) {
+            float v = nearbyintf(xb[k] * id);
+            v = v > 127.0f ? 127.0f : (v < -127.0f ? -127.0f : v);
+            const int q = (int)v;
+            sum += q;
+            codes[k] = (uint8_t)(q + 128);
+        }
+    }
+    for (int g = 0; g < QB / 4; g++) {
+        memcpy(u + (size_t)g * qstride, codes + 4 * g, 4);
+    }
+    *d_out = d;
+    *ds_out = d * (float)sum;
+}
 
 void eg_q8_quantize_rows(uint8_t *xu, float *xd, float *xds, const float *X, size_t ldx,
                          size_t N, int cols)
@@ -105,168 +142,58 @@ void eg_q8_quantize_rows(uint8_t *xu, float *xd, float *xds, const float *X, siz
     const int nblk = cols / QB;
     #pragma omp parallel for schedule(static) if (N * (size_t)cols >= ((size_t)1 << 16))
     for (size_t t = 0; t < N; t++) {
-        const float *x = X + t * ldx;
         for (int b = 0; b < nblk; b++) {
-            const float *xb = x + b * QB;
-            uint8_t *u = xu + t * (size_t)cols + (size_t)b * QB;
-            float amax = 0.0f;
-            int finite = 1;
-            for (int k = 0; k < QB; k++) {
-                const float a = fabsf(xb[k]);
-                finite &= a <= 3.4028234663852886e38f;   /* false for inf and NaN */
-                amax = a > amax ? a : amax;
-            }
-            float d = 0.0f;
-            int sum = 0;
-            if (!finite) {
-                d = NAN;
-                memset(u, 128, QB);
-            } else if (amax < 0x1p-120f) {
-                /* zero, or so small that 127 / amax would overflow: the
-                 * block's contribution (< 32 * 2^-120 * |w|) is dropped */
-                memset(u, 128, QB);
-            } else {
-                d = amax / 127.0f;
-                const float id = 1.0f / d;
-                for (int k = 0; k < QB; k++) {
-                    float v = nearbyintf(xb[k] * id);
-                    v = v > 127.0f ? 127.0f : (v < -127.0f ? -127.0f : v);
-                    const int q = (int)v;
-                    sum += q;
-                    u[k] = (uint8_t)(q + 128);
-                }
-            }
-            xd[t * (size_t)nblk + b] = d;
-            xds[t * (size_t)nblk + b] = d * (float)sum;
+            q8_block(X + t * ldx + (size_t)b * QB, xu + t * (size_t)cols + (size_t)b * QB, 4,
+                     xd + t * (size_t)nblk + b, xds + t * (size_t)nblk + b);
         }
     }
 }
 
-/* ------------------------------------------------------ weight unpacking */
-
-/* Row `src` of `type` (cols columns) unpacked: w[cols] codes, and per block
- * of 32: d0, d1 (scales of the two halves), m (min term). */
-static void unpack_row(int type, const uint8_t *s, int cols, int8_t *w, float *d0, float *d1,
-                       float *m)
+/* The same codes and scales in tiles of XT tokens: tile T, block b holds
+ * the codes at xt + (T * nb + b) * 256 + quad * 32 + token * 4 and the
+ * scales at xd[(T * nb + b) * XT + token]. Tokens past N in the last tile
+ * are zero codes (u = 128) with zero scales. */
+static void q8_quantize_tiles(uint8_t *xt, float *xd, float *xds, const float *X, size_t ldx,
+                              size_t N, int cols)
 {
-    const int nb32 = cols / QB;
-    switch (type) {
-    case EG_GGML_Q4_0:
-    case EG_GGML_Q4_1: {
-        const int has_m = type == EG_GGML_Q4_1;
-        const size_t ts = has_m ? sizeof(eg_block_q4_1) : sizeof(eg_block_q4_0);
-        for (int b = 0; b < nb32; b++, s += ts, w += QB) {
-            uint16_t dh, mh = 0;
-            memcpy(&dh, s, 2);
-            if (has_m) {
-                memcpy(&mh, s + 2, 2);
-            }
-            const uint8_t *qs = s + (has_m ? 4 : 2);
-            const int off = has_m ? 0 : 8;
-            for (int j = 0; j < 16; j++) {
-                w[j] = (int8_t)((qs[j] & 0x0F) - off);
-                w[j + 16] = (int8_t)((qs[j] >> 4) - off);
-            }
-            d0[b] = d1[b] = h2f(dh);
-            m[b] = has_m ? h2f(mh) : 0.0f;
-        }
-        return;
-    }
-    case EG_GGML_Q5_0:
-    case EG_GGML_Q5_1: {
-        const int has_m = type == EG_GGML_Q5_1;
-        const size_t ts = has_m ? sizeof(eg_block_q5_1) : sizeof(eg_block_q5_0);
-        for (int b = 0; b < nb32; b++, s += ts, w += QB) {
-            uint16_t dh, mh = 0;
-            uint8_t qhb[4];
-            memcpy(&dh, s, 2);
-            if (has_m) {
-                memcpy(&mh, s + 2, 2);
-            }
-            memcpy(qhb, s + (has_m ? 4 : 2), 4);
-            const uint32_t qh = (uint32_t)qhb[0] | (uint32_t)qhb[1] << 8 | (uint32_t)qhb[2] << 16
-                                | (uint32_t)qhb[3] << 24;
-            const uint8_t *qs = s + (has_m ? 8 : 6);
-            const int off = has_m ? 0 : 16;
-            for (int j = 0; j < 16; j++) {
-                w[j] = (int8_t)(((qs[j] & 0x0F) | (((qh >> j) & 1) << 4)) - off);
-                w[j + 16] = (int8_t)(((qs[j] >> 4) | (((qh >> (j + 16)) & 1) << 4)) - off);
-            }
-            d0[b] = d1[b] = h2f(dh);
-            m[b] = has_m ? h2f(mh) : 0.0f;
-        }
-        return;
-    }
-    case EG_GGML_Q8_0: {
-        const eg_block_q8_0 *x = (const eg_block_q8_0 *)(const void *)s;
-        for (int b = 0; b < nb32; b++, w += QB) {
-            memcpy(w, x[b].qs, QB);
-            d0[b] = d1[b] = h2f(x[b].d);
-            m[b] = 0.0f;
-        }
-        return;
-    }
-    case EG_GGML_Q4_K:
-    case EG_GGML_Q5_K: {
-        const int five = type == EG_GGML_Q5_K;
-        const size_t ts = five ? sizeof(eg_block_q5_K) : sizeof(eg_block_q4_K);
-        for (int i = 0; i < cols / EG_QK_K; i++, s += ts) {
-            uint16_t dh, dmh;
-            memcpy(&dh, s, 2);
-            memcpy(&dmh, s + 2, 2);
-            const uint8_t *sc12 = s + 4;
-            const uint8_t *qh = five ? s + 16 : NULL;
-            const uint8_t *qs = s + (five ? 48 : 16);
-            const float d = h2f(dh), dmin = h2f(dmh);
-            for (int g = 0; g < 8; g++, w += QB) {
-                int sc, mn;
-                if (g < 4) {
-                    sc = sc12[g] & 63;
-                    mn = sc12[g + 4] & 63;
+    const int nb = cols / QB;
+    const size_t ntiles = (N + XT - 1) / XT;
+    #pragma omp parallel for schedule(static) if (N * (size_t)cols >= ((size_t)1 << 16))
+    for (size_t T = 0; T < ntiles; T++) {
+        for (int j = 0; j < XT; j++) {
+            const size_t t = T * XT + (size_t)j;
+            for (int b = 0; b < nb; b++) {
+                const size_t tb = T * (size_t)nb + (size_t)b;
+                uint8_t *u = xt + tb * (QB * XT) + 4 * (size_t)j;
+                if (t < N) {
+                    q8_block(X + t * ldx + (size_t)b * QB, u, 4 * XT, xd + tb * XT + j,
+                             xds + tb * XT + j);
                 } else {
-                    sc = (sc12[g + 4] & 0x0F) | ((sc12[g - 4] >> 6) << 4);
-                    mn = (sc12[g + 4] >> 4) | ((sc12[g] >> 6) << 4);
-                }
-                const int shift = 4 * (g % 2);
-                for (int l = 0; l < QB; l++) {
-                    int v = (qs[32 * (g / 2) + l] >> shift) & 0x0F;
-                    if (five) {
-                        v |= ((qh[l] >> g) & 1) << 4;
+                    for (int g = 0; g < QB / 4; g++) {
+                        memset(u + (size_t)g * 4 * XT, 128, 4);
                     }
-                    w[l] = (int8_t)v;
+                    xd[tb * XT + j] = 0.0f;
+                    xds[tb * XT + j] = 0.0f;
                 }
-                /* d * sc and dmin * mn are exact (11 x 6 significant bits):
-                 * the dequantized value is (d * sc) * w - dmin * mn */
-                const int b = 8 * i + g;
-                d0[b] = d1[b] = d * (float)sc;
-                m[b] = -(dmin * (float)mn);
             }
         }
-        return;
-    }
-    case EG_GGML_Q6_K: {
-        const eg_block_q6_K *x = (const eg_block_q6_K *)(const void *)s;
-        for (int i = 0; i < cols / EG_QK_K; i++) {
-            const float d = h2f(x[i].d);
-            for (int e = 0; e < EG_QK_K; e++) {
-                const int h = e / 128, sh = (e % 128) / 32, l = e % 32;
-                const int lo = (x[i].ql[64 * h + 32 * (sh % 2) + l] >> (4 * (sh / 2))) & 0x0F;
-                const int hi = (x[i].qh[32 * h + l] >> (2 * sh)) & 3;
-                w[EG_QK_K * i + e] = (int8_t)((lo | (hi << 4)) - 32);
-            }
-            for (int g = 0; g < 8; g++) {
-                const int b = 8 * i + g;
-                d0[b] = d * (float)x[i].scales[2 * g];
-                d1[b] = d * (float)x[i].scales[2 * g + 1];
-                m[b] = 0.0f;
-            }
-        }
-        return;
-    }
-    default:
-        return;
     }
 }
+
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wpsabi"
+#endif
+typedef uint8_t u8x16 __attribute__((vector_size(16)));
+#define EG_ISA_BODY "../ops/qmatmul_int8_pack.h"
+#include "eg_isa.h"
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif
+
+typedef void (*pack_fn)(void *, const eg_qmat *, int, int, int8_t *, float *);
+#define PACK_SET(sfx) pack_panel##sfx
+static const pack_fn pack_copies[EG_ISA_NCOPIES] = EG_ISA_COPIES(PACK_SET);
 
 size_t eg_int8_panel_bytes(int cols)
 {
@@ -276,65 +203,37 @@ size_t eg_int8_panel_bytes(int cols)
 void eg_int8_pack_panel(void *dst, const eg_qmat *W, int r0, int nr, int8_t *wscratch,
                         float *fscratch)
 {
-    const int cols = (int)W->cols, nb = cols / QB;
-    const int split = kind_of(W->type) == K_SPLIT;
-    blk8 *P = dst;
-    float *d0 = fscratch, *d1 = fscratch + nb, *m = fscratch + 2 * (size_t)nb;
-    memset(P, 0, (size_t)nb * sizeof(blk8));
-    for (int r = 0; r < nr; r++) {
-        unpack_row(W->type, (const uint8_t *)W->data + (size_t)(r0 + r) * W->row_bytes, cols,
-                   wscratch, d0, d1, m);
-        for (int b = 0; b < nb; b++) {
-            const int8_t *w = wscratch + (size_t)b * QB;
-            blk8 *B = P + b;
-            int s0 = 0, s1 = 0;
-            for (int k = 0; k < 16; k++) {
-                s0 += w[k];
-                s1 += w[k + 16];
-            }
-            for (int j = 0; j < 8; j++) {
-                memcpy(B->q[j][r], w + 4 * j, 4);
-            }
-            B->d0[r] = d0[b];
-            B->d1[r] = d1[b];
-            B->m[r] = m[b];
-            if (split) {
-                B->c0[r] = -128 * s0;
-                B->c1[r] = -128 * s1;
-            } else {
-                B->c0[r] = -128 * (s0 + s1);
-            }
-        }
-    }
+    pack_copies[eg_isa_level()](dst, W, r0, nr, wscratch, fscratch);
 }
 
 /* --------------------------------------------------------------- kernels */
 
-/* One tile: Y[j][0..nrows) for tokens j < nt of xu (row stride ldu) over
- * every block of the panel P. The generic copy: the reference arithmetic
+/* Every kernel computes Y[j][0..nrows) for the tokens j < nt of a run of
+ * activation tiles (xt, xd, xds at the first tile; q8_quantize_tiles) over
+ * every block of the panel P. The generic copy is the reference arithmetic
  * (see the file comment); the others must match it bit for bit. */
-static void tile_generic(float *Y, size_t ldy, const uint8_t *xu, size_t ldu, const float *xd,
-                         const float *xds, size_t ldd, const blk8 *P, int nb, int nt, int nrows,
-                         int kind)
+static void tile_generic(float *Y, size_t ldy, const uint8_t *xt, const float *xd,
+                         const float *xds, const blk8 *P, int nb, int nt, int nrows, int kind)
 {
     for (int j = 0; j < nt; j++) {
-        const uint8_t *u = xu + (size_t)j * ldu;
+        const size_t T = (size_t)(j / XT), jj = (size_t)(j % XT);
         for (int r = 0; r < nrows; r++) {
             float acc = 0.0f;
             for (int b = 0; b < nb; b++) {
                 const blk8 *B = P + b;
-                const uint8_t *ub = u + (size_t)b * QB;
-                const float dx = xd[(size_t)j * ldd + b];
+                const size_t tb = T * (size_t)nb + (size_t)b;
+                const uint8_t *ub = xt + tb * (QB * XT) + 4 * jj;
+                const float dx = xd[tb * XT + jj];
                 int32_t i0 = B->c0[r], i1 = B->c1[r];
                 for (int q = 0; q < 8; q++) {
-                    int32_t s = 0;
+                    int32_t sq = 0;
                     for (int i = 0; i < 4; i++) {
-                        s += (int32_t)ub[4 * q + i] * B->q[q][r][i];
+                        sq += (int32_t)ub[(size_t)q * 4 * XT + i] * B->q[q][r][i];
                     }
                     if (kind == K_SPLIT && q >= 4) {
-                        i1 += s;
+                        i1 += sq;
                     } else {
-                        i0 += s;
+                        i0 += sq;
                     }
                 }
                 acc = fmaf((float)i0, B->d0[r] * dx, acc);
@@ -342,7 +241,7 @@ static void tile_generic(float *Y, size_t ldy, const uint8_t *xu, size_t ldu, co
                     acc = fmaf((float)i1, B->d1[r] * dx, acc);
                 }
                 if (kind == K_MIN) {
-                    acc = fmaf(B->m[r], xds[(size_t)j * ldd + b], acc);
+                    acc = fmaf(B->m[r], xds[tb * XT + jj], acc);
                 }
             }
             Y[(size_t)j * ldy + r] = acc;
@@ -351,12 +250,13 @@ static void tile_generic(float *Y, size_t ldy, const uint8_t *xu, size_t ldu, co
 }
 
 #ifdef EG_X86_CLONES
-/* AVX2: 16 rows as two ymm of 8 int32 lanes; the 4-byte dot of VPDPBUSD
- * emulated by VPMADDUBSW (u8 x s8 pairs to int16) + VPMADDWD (pairs of
- * int16 to int32). The int16 pairs cannot saturate for |w| <= 32 (2 x 255 x
- * 32 < 32767): every type but Q8_0. For Q8_0 the signs move to the other
- * operand: |w| (<= 128, unsigned) times q signed by w (|q| <= 127), the
- * classic trick, which gives sum q * w directly (no correction). */
+/* AVX2: 16 rows as two ymm of 8 int32 lanes, 4 tokens (half a tile) at a
+ * time; the 4-byte dot of VPDPBUSD emulated by VPMADDUBSW (u8 x s8 pairs
+ * to int16) + VPMADDWD (pairs of int16 to int32). The int16 pairs cannot
+ * saturate for |w| <= 32 (2 x 255 x 32 < 32767): every type but Q8_0. For
+ * Q8_0 the signs move to the other operand: |w| (<= 128, unsigned) times
+ * q signed by w (|q| <= 127), the classic trick, which gives sum q * w
+ * directly (no correction). */
 #define T2 4
 __attribute__((target("avx2,fma"), always_inline))
 static inline __m256i dot4_avx2(__m256i u, __m256i w, int q8)
@@ -375,27 +275,32 @@ static inline __m256i dot4_avx2(__m256i u, __m256i w, int q8)
 #define I8_VNNI 0
 #include "qmatmul_int8_avx2.h"
 
-__attribute__((target("avx2,fma")))
-static void tile_avx2(float *Y, size_t ldy, const uint8_t *xu, size_t ldu, const float *xd,
-                      const float *xds, size_t ldd, const blk8 *P, int nb, int nt, int nrows,
-                      int kind, int q8)
-{
-    for (int j0 = 0; j0 < nt; j0 += T2) {
-        const int n = nt - j0 < T2 ? nt - j0 : T2;
-#define EG_T2(K, Q) tile_avx2_body(Y + (size_t)j0 * ldy, ldy, xu + (size_t)j0 * ldu, ldu,     \
-                                   xd + (size_t)j0 * ldd, xds + (size_t)j0 * ldd, ldd, P, nb, \
-                                   n, nrows, K, Q)
-        if (q8) {
-            EG_T2(K_PLAIN, 1);
-        } else if (kind == K_MIN) {
-            EG_T2(K_MIN, 0);
-        } else if (kind == K_SPLIT) {
-            EG_T2(K_SPLIT, 0);
-        } else {
-            EG_T2(K_PLAIN, 0);
-        }
-#undef EG_T2
+/* Dispatch on the kind with constant arguments, so each instance of the
+ * inlined body is specialised. */
+#define EG_I8_RUN(BODY)                                                                      \
+    for (int j0 = 0; j0 < nt; j0 += T2) {                                                    \
+        const int n = nt - j0 < T2 ? nt - j0 : T2;                                           \
+        const size_t T = (size_t)(j0 / XT), jj = (size_t)(j0 % XT);                          \
+        const uint8_t *xq = xt + T * (size_t)nb * (QB * XT) + 4 * jj;                        \
+        const float *d = xd + T * (size_t)nb * XT + jj, *ds = xds + T * (size_t)nb * XT + jj; \
+        float *y = Y + (size_t)j0 * ldy;                                                     \
+        if (q8) {                                                                            \
+            BODY(y, ldy, xq, d, ds, P, nb, n, nrows, K_PLAIN, 1);                            \
+        } else if (kind == K_MIN) {                                                          \
+            BODY(y, ldy, xq, d, ds, P, nb, n, nrows, K_MIN, 0);                              \
+        } else if (kind == K_SPLIT) {                                                        \
+            BODY(y, ldy, xq, d, ds, P, nb, n, nrows, K_SPLIT, 0);                            \
+        } else {                                                                             \
+            BODY(y, ldy, xq, d, ds, P, nb, n, nrows, K_PLAIN, 0);                            \
+        }                                                                                    \
     }
+
+__attribute__((target("avx2,fma")))
+static void tile_avx2(float *Y, size_t ldy, const uint8_t *xt, const float *xd,
+                      const float *xds, const blk8 *P, int nb, int nt, int nrows, int kind,
+                      int q8)
+{
+    EG_I8_RUN(tile_avx2_body)
 }
 
 #if defined(__GNUC__) && __GNUC__ >= 11
@@ -408,83 +313,66 @@ static void tile_avx2(float *Y, size_t ldy, const uint8_t *xu, size_t ldu, const
  * Zen 5): the AVX2 tile with the emulation replaced by the instruction
  * (not for Q8_0, whose codes reach -128: the AVX2 trick handles it). */
 __attribute__((target("avx2,fma,avxvnni")))
-static void tile_avxvnni(float *Y, size_t ldy, const uint8_t *xu, size_t ldu, const float *xd,
-                         const float *xds, size_t ldd, const blk8 *P, int nb, int nt, int nrows,
-                         int kind, int q8)
+static void tile_avxvnni(float *Y, size_t ldy, const uint8_t *xt, const float *xd,
+                         const float *xds, const blk8 *P, int nb, int nt, int nrows, int kind,
+                         int q8)
 {
-    for (int j0 = 0; j0 < nt; j0 += T2) {
-        const int n = nt - j0 < T2 ? nt - j0 : T2;
-#define EG_T2(K, Q, V) tile_avxvnni_body(Y + (size_t)j0 * ldy, ldy, xu + (size_t)j0 * ldu,     \
-                                         ldu, xd + (size_t)j0 * ldd, xds + (size_t)j0 * ldd, ldd, \
-                                         P, nb, n, nrows, K, Q)
-        if (q8) {
-            EG_T2(K_PLAIN, 1, 0);
-        } else if (kind == K_MIN) {
-            EG_T2(K_MIN, 0, 1);
-        } else if (kind == K_SPLIT) {
-            EG_T2(K_SPLIT, 0, 1);
-        } else {
-            EG_T2(K_PLAIN, 0, 1);
-        }
-#undef EG_T2
-    }
+    EG_I8_RUN(tile_avxvnni_body)
 }
 #define EG_HAVE_AVXVNNI 1
 #endif
+#undef EG_I8_RUN
 
-/* AVX512-VNNI: 16 rows in the 16 lanes of a zmm, T5 tokens per tile; per
- * block and token, the integer sums start at the correction c and take 8
- * VPDPBUSD (4 bytes of the token broadcast against 4 columns of 16 rows). */
-#define T5 8
+/* AVX512-VNNI: 16 rows in the 16 lanes of a zmm, one tile of XT = 8
+ * tokens (padding tokens are computed on zero codes and not stored); per
+ * block and token, the integer sums start at the correction c and take
+ * VPDPBUSD of 4 bytes of the token (broadcast) against 4 columns of the 16
+ * rows. Q6_K's two halves run one after the other (the same float order:
+ * half 0's fma, then half 1's), so 8 integer accumulators suffice. */
 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"), always_inline))
-static inline void tile_vnni_body(float *Y, size_t ldy, const uint8_t *xu, size_t ldu,
-                                  const float *xd, const float *xds, size_t ldd, const blk8 *P,
-                                  int nb, int nt, int nrows, int kind)
+static inline void tile_vnni_body(float *Y, size_t ldy, const uint8_t *xt, const float *xd,
+                                  const float *xds, const blk8 *P, int nb, int nt, int nrows,
+                                  int kind)
 {
-    __m512 acc[T5];
-    for (int j = 0; j < T5; j++) {
+    __m512 acc[XT];
+    for (int j = 0; j < XT; j++) {
         acc[j] = _mm512_setzero_ps();
     }
     for (int b = 0; b < nb; b++) {
         const blk8 *B = P + b;
-        __m512i i0[T5], i1[T5];
-        const __m512i c0 = _mm512_load_si512(B->c0);
-        const __m512i c1 = _mm512_load_si512(B->c1);
-        for (int j = 0; j < T5; j++) {
-            i0[j] = c0;
-            i1[j] = c1;
-        }
-        const uint8_t *ub = xu + (size_t)b * QB;
+        const uint8_t *ub = xt + (size_t)b * (QB * XT);
+        const float *db = xd + (size_t)b * XT;
+        const int halves = kind == K_SPLIT ? 2 : 1;
+        for (int h = 0; h < halves; h++) {
+            __m512i ia[XT];
+            const __m512i c = _mm512_load_si512(h ? B->c1 : B->c0);
+            for (int j = 0; j < XT; j++) {
+                ia[j] = c;
+            }
+            const int q0 = kind == K_SPLIT ? 4 * h : 0, q1 = kind == K_SPLIT ? q0 + 4 : 8;
 #pragma GCC unroll 8
-        for (int q = 0; q < 8; q++) {
-            const __m512i w = _mm512_load_si512(B->q[q]);
+            for (int q = q0; q < q1; q++) {
+                const __m512i w = _mm512_load_si512(B->q[q]);
 #pragma GCC unroll 8
-            for (int j = 0; j < T5; j++) {
-                if (j < nt) {
+                for (int j = 0; j < XT; j++) {
                     int32_t quad;
-                    memcpy(&quad, ub + (size_t)j * ldu + 4 * q, 4);
-                    if (kind == K_SPLIT && q >= 4) {
-                        i1[j] = _mm512_dpbusd_epi32(i1[j], _mm512_set1_epi32(quad), w);
-                    } else {
-                        i0[j] = _mm512_dpbusd_epi32(i0[j], _mm512_set1_epi32(quad), w);
-                    }
+                    memcpy(&quad, ub + (size_t)q * 4 * XT + 4 * (size_t)j, 4);
+                    ia[j] = _mm512_dpbusd_epi32(ia[j], _mm512_set1_epi32(quad), w);
                 }
             }
-        }
-        const __m512 d0 = _mm512_load_ps(B->d0);
+            const __m512 dw = _mm512_load_ps(h ? B->d1 : B->d0);
 #pragma GCC unroll 8
-        for (int j = 0; j < T5; j++) {
-            if (j < nt) {
-                const __m512 dx = _mm512_set1_ps(xd[(size_t)j * ldd + b]);
-                acc[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(i0[j]), _mm512_mul_ps(d0, dx), acc[j]);
-                if (kind == K_SPLIT) {
-                    acc[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(i1[j]),
-                                             _mm512_mul_ps(_mm512_load_ps(B->d1), dx), acc[j]);
-                }
-                if (kind == K_MIN) {
-                    acc[j] = _mm512_fmadd_ps(_mm512_load_ps(B->m),
-                                             _mm512_set1_ps(xds[(size_t)j * ldd + b]), acc[j]);
-                }
+            for (int j = 0; j < XT; j++) {
+                acc[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ia[j]),
+                                         _mm512_mul_ps(dw, _mm512_set1_ps(db[j])), acc[j]);
+            }
+        }
+        if (kind == K_MIN) {
+            const __m512 mm = _mm512_load_ps(B->m);
+            const float *dsb = xds + (size_t)b * XT;
+#pragma GCC unroll 8
+            for (int j = 0; j < XT; j++) {
+                acc[j] = _mm512_fmadd_ps(mm, _mm512_set1_ps(dsb[j]), acc[j]);
             }
         }
     }
@@ -495,35 +383,22 @@ static inline void tile_vnni_body(float *Y, size_t ldy, const uint8_t *xu, size_
 }
 
 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni")))
-static void tile_vnni(float *Y, size_t ldy, const uint8_t *xu, size_t ldu, const float *xd,
-                      const float *xds, size_t ldd, const blk8 *P, int nb, int nt, int nrows,
-                      int kind)
+static void tile_vnni(float *Y, size_t ldy, const uint8_t *xt, const float *xd,
+                      const float *xds, const blk8 *P, int nb, int nt, int nrows, int kind)
 {
-    for (int j0 = 0; j0 < nt; j0 += T5) {
-        const int n = nt - j0 < T5 ? nt - j0 : T5;
-        /* constant token counts for whole tiles, so the loops unroll and
-         * the accumulators stay in registers */
-#define EG_T5(K, NT) tile_vnni_body(Y + (size_t)j0 * ldy, ldy, xu + (size_t)j0 * ldu, ldu,     \
-                                    xd + (size_t)j0 * ldd, xds + (size_t)j0 * ldd, ldd, P, nb, \
-                                    NT, nrows, K)
-        if (n == T5) {
-            if (kind == K_MIN) {
-                EG_T5(K_MIN, T5);
-            } else if (kind == K_SPLIT) {
-                EG_T5(K_SPLIT, T5);
-            } else {
-                EG_T5(K_PLAIN, T5);
-            }
+    for (int j0 = 0; j0 < nt; j0 += XT) {
+        const int n = nt - j0 < XT ? nt - j0 : XT;
+        const size_t T = (size_t)(j0 / XT);
+        const uint8_t *xq = xt + T * (size_t)nb * (QB * XT);
+        const float *d = xd + T * (size_t)nb * XT, *ds = xds + T * (size_t)nb * XT;
+        float *y = Y + (size_t)j0 * ldy;
+        if (kind == K_MIN) {
+            tile_vnni_body(y, ldy, xq, d, ds, P, nb, n, nrows, K_MIN);
+        } else if (kind == K_SPLIT) {
+            tile_vnni_body(y, ldy, xq, d, ds, P, nb, n, nrows, K_SPLIT);
         } else {
-            if (kind == K_MIN) {
-                EG_T5(K_MIN, n);
-            } else if (kind == K_SPLIT) {
-                EG_T5(K_SPLIT, n);
-            } else {
-                EG_T5(K_PLAIN, n);
-            }
+            tile_vnni_body(y, ldy, xq, d, ds, P, nb, n, nrows, K_PLAIN);
         }
-#undef EG_T5
     }
 }
 #endif
@@ -571,37 +446,36 @@ int eg_int8_force_level(int level)
     return old;
 }
 
-void eg_int8_gemm_panel(float *Y, size_t ldy, const uint8_t *xu, const float *xd,
-                        const float *xds, size_t N, const void *panel, int type, int nrows,
-                        int cols)
+/* Y (nt tokens, nrows) of one packed panel against the activation tiles
+ * starting at token 0 of xt (a multiple of XT), with the selected kernel. */
+static void gemm_panel(float *Y, size_t ldy, const uint8_t *xt, const float *xd,
+                       const float *xds, int nt, const blk8 *P, int type, int nrows, int nb)
 {
-    const int nb = cols / QB, kind = kind_of(type);
+    const int kind = kind_of(type);
     const int level = g_force_level >= 0 ? g_force_level : eg_int8_kernel_level();
-    const blk8 *P = panel;
     (void)level;
 #ifdef EG_X86_CLONES
     if (level == 3) {
-        tile_vnni(Y, ldy, xu, (size_t)cols, xd, xds, (size_t)nb, P, nb, (int)N, nrows, kind);
+        tile_vnni(Y, ldy, xt, xd, xds, P, nb, nt, nrows, kind);
         return;
     }
 #ifdef EG_HAVE_AVXVNNI
     if (level == 2) {
-        tile_avxvnni(Y, ldy, xu, (size_t)cols, xd, xds, (size_t)nb, P, nb, (int)N, nrows, kind,
-                     type == EG_GGML_Q8_0);
+        tile_avxvnni(Y, ldy, xt, xd, xds, P, nb, nt, nrows, kind, type == EG_GGML_Q8_0);
         return;
     }
 #endif
     if (level >= 1) {
-        tile_avx2(Y, ldy, xu, (size_t)cols, xd, xds, (size_t)nb, P, nb, (int)N, nrows, kind,
-                  type == EG_GGML_Q8_0);
+        tile_avx2(Y, ldy, xt, xd, xds, P, nb, nt, nrows, kind, type == EG_GGML_Q8_0);
         return;
     }
 #endif
-    tile_generic(Y, ldy, xu, (size_t)cols, xd, xds, (size_t)nb, P, nb, (int)N, nrows, kind);
+    tile_generic(Y, ldy, xt, xd, xds, P, nb, nt, nrows, kind);
 }
 
-/* Tokens per task: a panel (cols / 32 x 832 bytes: 23 KB at K = 896, 126 KB
- * at K = 4864) stays in L1/L2 while TOK tokens stream past it. */
+/* Tokens per task (a multiple of XT): a panel (cols / 32 x 832 bytes: 23 KB
+ * at K = 896, 126 KB at K = 4864) stays in L1/L2 while TOK tokens stream
+ * past it. */
 #define TOK 128
 
 eg_status eg_qmatmul_int8(float *Y, size_t ldy, const float *X, size_t ldx, size_t N,
@@ -613,11 +487,16 @@ eg_status eg_qmatmul_int8(float *Y, size_t ldy, const float *X, size_t ldx, size
         return eg_seterr(err, EG_EINVAL, "int8 products: type %s is not supported",
                          eg_ggml_type_name(W->type));
     }
+    if (N == 0) {
+        return EG_OK;
+    }
     const int panels = (rows + PR - 1) / PR;
     const size_t pbytes = eg_int8_panel_bytes(cols);
+    const size_t ntiles = (N + XT - 1) / XT;
     size_t wbytes, xbytes, dbytes;
-    if (eg_mul_ovf(pbytes, (size_t)panels, &wbytes) || eg_mul_ovf(N, (size_t)cols, &xbytes)
-        || eg_mul_ovf(N, (size_t)nb * sizeof(float), &dbytes)) {
+    if (eg_mul_ovf(pbytes, (size_t)panels, &wbytes)
+        || eg_mul_ovf(ntiles * XT, (size_t)cols, &xbytes)
+        || eg_mul_ovf(ntiles * XT, (size_t)nb * sizeof(float), &dbytes)) {
         return eg_seterr(err, EG_EOVERFLOW, "int8 products: sizes overflow");
     }
     int nthr = eg_get_num_threads();
@@ -625,13 +504,13 @@ eg_status eg_qmatmul_int8(float *Y, size_t ldy, const float *X, size_t ldx, size
         nthr = 1;
     }
     void *wp = eg_aligned_alloc(wbytes);
-    uint8_t *xu = eg_aligned_alloc(xbytes);
+    uint8_t *xt = eg_aligned_alloc(xbytes);
     float *xd = eg_aligned_alloc(dbytes), *xds = eg_aligned_alloc(dbytes);
-    int8_t *ws = eg_aligned_alloc((size_t)nthr * (size_t)cols);
-    float *fs = eg_aligned_alloc((size_t)nthr * 3 * (size_t)nb * sizeof(float));
-    if (wp == NULL || xu == NULL || xd == NULL || xds == NULL || ws == NULL || fs == NULL) {
+    int8_t *ws = eg_aligned_alloc((size_t)nthr * PR * (size_t)cols);
+    float *fs = eg_aligned_alloc((size_t)nthr * 3 * PR * (size_t)nb * sizeof(float));
+    if (wp == NULL || xt == NULL || xd == NULL || xds == NULL || ws == NULL || fs == NULL) {
         eg_aligned_free(wp);
-        eg_aligned_free(xu);
+        eg_aligned_free(xt);
         eg_aligned_free(xd);
         eg_aligned_free(xds);
         eg_aligned_free(ws);
@@ -639,7 +518,7 @@ eg_status eg_qmatmul_int8(float *Y, size_t ldy, const float *X, size_t ldx, size
         return eg_seterr(err, EG_ENOMEM, "out of memory for int8 copies of a %d x %d product "
                          "with %zu tokens", rows, cols, N);
     }
-    eg_q8_quantize_rows(xu, xd, xds, X, ldx, N, cols);
+    q8_quantize_tiles(xt, xd, xds, X, ldx, N, cols);
     const int nchunks = (int)((N + TOK - 1) / TOK);
     const int ntasks = panels * nchunks;
     #pragma omp parallel num_threads(nthr) if (nthr > 1 && (size_t)rows * cols * N >= ((size_t)1 << 20))
@@ -653,7 +532,7 @@ eg_status eg_qmatmul_int8(float *Y, size_t ldy, const float *X, size_t ldx, size
         for (int p = 0; p < panels; p++) {
             const int r0 = PR * p, nr = rows - r0 < PR ? rows - r0 : PR;
             eg_int8_pack_panel((char *)wp + (size_t)p * pbytes, W, r0, nr,
-                               ws + (size_t)me * cols, fs + (size_t)me * 3 * nb);
+                               ws + (size_t)me * PR * cols, fs + (size_t)me * 3 * PR * nb);
         }
         /* token chunks outermost: the threads share a chunk's codes in the
          * cache while each takes its own panels */
@@ -661,15 +540,17 @@ eg_status eg_qmatmul_int8(float *Y, size_t ldy, const float *X, size_t ldx, size
         for (int t = 0; t < ntasks; t++) {
             const int c = t / panels, p = t % panels;
             const size_t j0 = (size_t)c * TOK;
-            const size_t nt = N - j0 < TOK ? N - j0 : TOK;
+            const int nt = (int)(N - j0 < TOK ? N - j0 : TOK);
             const int r0 = PR * p, nr = rows - r0 < PR ? rows - r0 : PR;
-            eg_int8_gemm_panel(Y + j0 * ldy + r0, ldy, xu + j0 * (size_t)cols,
-                               xd + j0 * (size_t)nb, xds + j0 * (size_t)nb, nt,
-                               (const char *)wp + (size_t)p * pbytes, W->type, nr, cols);
+            const size_t T0 = j0 / XT;
+            gemm_panel(Y + j0 * ldy + r0, ldy, xt + T0 * (size_t)nb * (QB * XT),
+                       xd + T0 * (size_t)nb * XT, xds + T0 * (size_t)nb * XT, nt,
+                       (const blk8 *)(const void *)((const char *)wp + (size_t)p * pbytes),
+                       W->type, nr, nb);
         }
     }
     eg_aligned_free(wp);
-    eg_aligned_free(xu);
+    eg_aligned_free(xt);
     eg_aligned_free(xd);
     eg_aligned_free(xds);
     eg_aligned_free(ws);

@@ -439,8 +439,8 @@ static void test_int8_repack(int type, int cols)
     CHECK(eg_qmat_init(&w, type, rows, cols, m, "w", &err) == EG_OK, "%s", err.msg);
     CHECK(eg_int8_panel_bytes(cols) == (size_t)nb * sizeof(eg_int8_block), "panel bytes");
     eg_int8_block *P = eg_aligned_alloc(2 * eg_int8_panel_bytes(cols));
-    int8_t *ws = malloc((size_t)cols);
-    float *fs = malloc(3 * (size_t)nb * sizeof(float));
+    int8_t *ws = malloc((size_t)16 * cols);
+    float *fs = malloc(48 * (size_t)nb * sizeof(float));
     float *row = malloc((size_t)cols * sizeof(float));
     const int split = type == EG_GGML_Q6_K;
     const int mins = type == EG_GGML_Q4_1 || type == EG_GGML_Q5_1 || type == EG_GGML_Q4_K

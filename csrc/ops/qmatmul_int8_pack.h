@@ -1,0 +1,206 @@
+/*
+ * qmatmul_int8_pack.h — the weight repack of qmatmul_int8.c (unpacking each
+ * type's blocks into the eg_int8_block layout), included once per
+ * instruction set through eg_isa.h (SFX(name) gives each copy its suffix)
+ * so the compiler vectorises it for the CPU; integer and exact float work
+ * only, so every copy writes the same bytes. Not a public header.
+ */
+
+/* fp16 bits to float: the core's conversion (eg_f16_to_f32), inline and
+ * branch-free: the exponent and mantissa moved into float position and
+ * scaled by 2^112 (exact, subnormals included), inf/NaN given the float
+ * exponent. Tested against eg_f16_to_f32 through the repack test. */
+static inline float SFX(h2f)(uint16_t h)
+{
+    const uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
+    const uint32_t em = h & 0x7fffu;
+    const uint32_t b0 = em << 13;
+    float f;
+    memcpy(&f, &b0, 4);
+    f *= 0x1.0p112f;
+    uint32_t bits;
+    memcpy(&bits, &f, 4);
+    bits |= (em >= 0x7c00u) ? 0x7f800000u : 0u;
+    bits |= sign;
+    memcpy(&f, &bits, 4);
+    return f;
+}
+
+/* ------------------------------------------------------ weight unpacking */
+
+/* Row `src` of `type` (cols columns) unpacked: w[cols] codes, and per block
+ * of 32: d0, d1 (scales of the two halves), m (min term). */
+static void SFX(unpack_row)(int type, const uint8_t *restrict s, int cols, int8_t *restrict w,
+                            float *restrict d0, float *restrict d1, float *restrict m)
+{
+    const int nb32 = cols / QB;
+    switch (type) {
+    case EG_GGML_Q4_0:
+    case EG_GGML_Q4_1: {
+        const int has_m = type == EG_GGML_Q4_1;
+        const size_t ts = has_m ? sizeof(eg_block_q4_1) : sizeof(eg_block_q4_0);
+        for (int b = 0; b < nb32; b++, s += ts, w += QB) {
+            uint16_t dh, mh = 0;
+            memcpy(&dh, s, 2);
+            if (has_m) {
+                memcpy(&mh, s + 2, 2);
+            }
+            const uint8_t *qs = s + (has_m ? 4 : 2);
+            /* 16 bytes at once (gcc left the scalar loop unvectorised) */
+            const uint8_t off = has_m ? 0 : 8;
+            u8x16 v;
+            memcpy(&v, qs, 16);
+            const u8x16 lo = (v & 0x0F) - off, hi = (v >> 4) - off;
+            memcpy(w, &lo, 16);
+            memcpy(w + 16, &hi, 16);
+            d0[b] = d1[b] = SFX(h2f)(dh);
+            m[b] = has_m ? SFX(h2f)(mh) : 0.0f;
+        }
+        return;
+    }
+    case EG_GGML_Q5_0:
+    case EG_GGML_Q5_1: {
+        const int has_m = type == EG_GGML_Q5_1;
+        const size_t ts = has_m ? sizeof(eg_block_q5_1) : sizeof(eg_block_q5_0);
+        for (int b = 0; b < nb32; b++, s += ts, w += QB) {
+            uint16_t dh, mh = 0;
+            uint8_t qhb[4];
+            memcpy(&dh, s, 2);
+            if (has_m) {
+                memcpy(&mh, s + 2, 2);
+            }
+            memcpy(qhb, s + (has_m ? 4 : 2), 4);
+            const uint32_t qh = (uint32_t)qhb[0] | (uint32_t)qhb[1] << 8 | (uint32_t)qhb[2] << 16
+                                | (uint32_t)qhb[3] << 24;
+            const uint8_t *qs = s + (has_m ? 8 : 6);
+            const int off = has_m ? 0 : 16;
+            for (int j = 0; j < 16; j++) {
+                w[j] = (int8_t)(((qs[j] & 0x0F) | (((qh >> j) & 1) << 4)) - off);
+                w[j + 16] = (int8_t)(((qs[j] >> 4) | (((qh >> (j + 16)) & 1) << 4)) - off);
+            }
+            d0[b] = d1[b] = SFX(h2f)(dh);
+            m[b] = has_m ? SFX(h2f)(mh) : 0.0f;
+        }
+        return;
+    }
+    case EG_GGML_Q8_0: {
+        const eg_block_q8_0 *x = (const eg_block_q8_0 *)(const void *)s;
+        for (int b = 0; b < nb32; b++, w += QB) {
+            memcpy(w, x[b].qs, QB);
+            d0[b] = d1[b] = SFX(h2f)(x[b].d);
+            m[b] = 0.0f;
+        }
+        return;
+    }
+    case EG_GGML_Q4_K:
+    case EG_GGML_Q5_K: {
+        const int five = type == EG_GGML_Q5_K;
+        const size_t ts = five ? sizeof(eg_block_q5_K) : sizeof(eg_block_q4_K);
+        for (int i = 0; i < cols / EG_QK_K; i++, s += ts) {
+            uint16_t dh, dmh;
+            memcpy(&dh, s, 2);
+            memcpy(&dmh, s + 2, 2);
+            const uint8_t *sc12 = s + 4;
+            const uint8_t *qh = five ? s + 16 : NULL;
+            const uint8_t *qs = s + (five ? 48 : 16);
+            const float d = SFX(h2f)(dh), dmin = SFX(h2f)(dmh);
+            for (int g = 0; g < 8; g++, w += QB) {
+                int sc, mn;
+                if (g < 4) {
+                    sc = sc12[g] & 63;
+                    mn = sc12[g + 4] & 63;
+                } else {
+                    sc = (sc12[g + 4] & 0x0F) | ((sc12[g - 4] >> 6) << 4);
+                    mn = (sc12[g + 4] >> 4) | ((sc12[g] >> 6) << 4);
+                }
+                const int shift = 4 * (g % 2);
+                for (int l = 0; l < QB; l++) {
+                    int v = (qs[32 * (g / 2) + l] >> shift) & 0x0F;
+                    if (five) {
+                        v |= ((qh[l] >> g) & 1) << 4;
+                    }
+                    w[l] = (int8_t)v;
+                }
+                /* d * sc and dmin * mn are exact (11 x 6 significant bits):
+                 * the dequantized value is (d * sc) * w - dmin * mn */
+                const int b = 8 * i + g;
+                d0[b] = d1[b] = d * (float)sc;
+                m[b] = -(dmin * (float)mn);
+            }
+        }
+        return;
+    }
+    case EG_GGML_Q6_K: {
+        const eg_block_q6_K *x = (const eg_block_q6_K *)(const void *)s;
+        for (int i = 0; i < cols / EG_QK_K; i++) {
+            const float d = SFX(h2f)(x[i].d);
+            for (int h = 0; h < 2; h++) {
+                for (int sh = 0; sh < 4; sh++) {
+                    const uint8_t *ql = x[i].ql + 64 * h + 32 * (sh % 2);
+                    const uint8_t *qh = x[i].qh + 32 * h;
+                    int8_t *we = w + EG_QK_K * i + 128 * h + 32 * sh;
+                    for (int l = 0; l < 32; l++) {
+                        const int lo = (ql[l] >> (4 * (sh / 2))) & 0x0F;
+                        const int hi = (qh[l] >> (2 * sh)) & 3;
+                        we[l] = (int8_t)((lo | (hi << 4)) - 32);
+                    }
+                }
+            }
+            for (int g = 0; g < 8; g++) {
+                const int b = 8 * i + g;
+                d0[b] = d * (float)x[i].scales[2 * g];
+                d1[b] = d * (float)x[i].scales[2 * g + 1];
+                m[b] = 0.0f;
+            }
+        }
+        return;
+    }
+    default:
+        return;
+    }
+}
+
+/* Rows r0 .. r0 + nr (nr <= 16) of W as one panel at dst (eg_quant.h's
+ * eg_int8_block layout). wscratch: 16 * cols int8; fscratch: 48 * cols / 32
+ * floats. Rows are unpacked first, then each block is written in order. */
+static void SFX(pack_panel)(void *dst, const eg_qmat *W, int r0, int nr, int8_t *wscratch,
+                            float *fscratch)
+{
+    const int cols = (int)W->cols, nb = cols / QB;
+    const int split = kind_of(W->type) == K_SPLIT;
+    blk8 *P = dst;
+    float *d0 = fscratch, *d1 = fscratch + (size_t)PR * nb, *m = fscratch + (size_t)2 * PR * nb;
+    memset(wscratch, 0, (size_t)PR * cols);
+    memset(fscratch, 0, (size_t)3 * PR * nb * sizeof(float));
+    for (int r = 0; r < nr; r++) {
+        SFX(unpack_row)(W->type, (const uint8_t *)W->data + (size_t)(r0 + r) * W->row_bytes, cols,
+                        wscratch + (size_t)r * cols, d0 + (size_t)r * nb, d1 + (size_t)r * nb,
+                        m + (size_t)r * nb);
+    }
+    for (int b = 0; b < nb; b++) {
+        blk8 *B = P + b;
+        for (int q = 0; q < 8; q++) {
+            for (int r = 0; r < PR; r++) {
+                memcpy(B->q[q][r], wscratch + (size_t)r * cols + (size_t)b * QB + 4 * q, 4);
+            }
+        }
+        /* the code sums of the two halves, from the packed block: the
+         * quads summed lane by lane (64 lanes: 16 rows x 4), then each
+         * row's 4 lanes */
+        const int8_t *flat = &B->q[0][0][0];
+        int16_t t0[64], t1[64];
+        for (int l = 0; l < 64; l++) {
+            t0[l] = (int16_t)(flat[l] + flat[64 + l] + flat[128 + l] + flat[192 + l]);
+            t1[l] = (int16_t)(flat[256 + l] + flat[320 + l] + flat[384 + l] + flat[448 + l]);
+        }
+        for (int r = 0; r < PR; r++) {
+            const int s0 = t0[4 * r] + t0[4 * r + 1] + t0[4 * r + 2] + t0[4 * r + 3];
+            const int s1 = t1[4 * r] + t1[4 * r + 1] + t1[4 * r + 2] + t1[4 * r + 3];
+            B->d0[r] = d0[(size_t)r * nb + b];
+            B->d1[r] = d1[(size_t)r * nb + b];
+            B->m[r] = m[(size_t)r * nb + b];
+            B->c0[r] = -128 * (split ? s0 : s0 + s1);
+            B->c1[r] = split ? -128 * s1 : 0;
+        }
+    }
+}
