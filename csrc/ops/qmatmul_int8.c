@@ -96,90 +96,6 @@ static int kind_of(int type)
  * constant offsets reach every token (no per-token pointers in registers). */
 #define XT 8
 
-/* One block of 32 values: the codes q + 128, quad g (4 codes) at
- * u + g * qstride; *d = dx, *ds = dx * sum(q). */
-static inline void q8_block(const float *xb, uint8_t *u, size_t qstride, float *d_out,
-                            float *ds_out)
-{
-    float amax = 0.0f;
-    int finite = 1;
-    for (int k = 0; k < QB; k++) {
-        const float a = fabsf(xb[k]);
-        finite &= a <= 3.4028234663852886e38f;   /* false for inf and NaN */
-        amax = a > amax ? a : amax;
-    }
-    uint8_t codes[QB];
-    float d = 0.0f;
-    int sum = 0;
-    if (!finite) {
-        d = NAN;
-        memset(codes, 128, QB);
-    } else if (amax < 0x1p-120f) {
-        /* zero, or so small that 127 / amax would overflow: the block's
-         * contribution (< 32 * 2^-120 * |w|) is dropped */
-        memset(codes, 128, QB);
-    } else {
-        d = amax / 127.0f;
-        const float id = 1.0f / d;
-        for (int k = 0; k < QB; k++) {
-            float v = nearbyintf(xb[k] * id);
-            v = v > 127.0f ? 127.0f : (v < -127.0f ? -127.0f : v);
-            const int q = (int)v;
-            sum += q;
-            codes[k] = (uint8_t)(q + 128);
-        }
-    }
-    for (int g = 0; g < QB / 4; g++) {
-        memcpy(u + (size_t)g * qstride, codes + 4 * g, 4);
-    }
-    *d_out = d;
-    *ds_out = d * (float)sum;
-}
-
-void eg_q8_quantize_rows(uint8_t *xu, float *xd, float *xds, const float *X, size_t ldx,
-                         size_t N, int cols)
-{
-    const int nblk = cols / QB;
-    #pragma omp parallel for schedule(static) if (N * (size_t)cols >= ((size_t)1 << 16))
-    for (size_t t = 0; t < N; t++) {
-        for (int b = 0; b < nblk; b++) {
-            q8_block(X + t * ldx + (size_t)b * QB, xu + t * (size_t)cols + (size_t)b * QB, 4,
-                     xd + t * (size_t)nblk + b, xds + t * (size_t)nblk + b);
-        }
-    }
-}
-
-/* The same codes and scales in tiles of XT tokens: tile T, block b holds
- * the codes at xt + (T * nb + b) * 256 + quad * 32 + token * 4 and the
- * scales at xd[(T * nb + b) * XT + token]. Tokens past N in the last tile
- * are zero codes (u = 128) with zero scales. */
-static void q8_quantize_tiles(uint8_t *xt, float *xd, float *xds, const float *X, size_t ldx,
-                              size_t N, int cols)
-{
-    const int nb = cols / QB;
-    const size_t ntiles = (N + XT - 1) / XT;
-    #pragma omp parallel for schedule(static) if (N * (size_t)cols >= ((size_t)1 << 16))
-    for (size_t T = 0; T < ntiles; T++) {
-        for (int j = 0; j < XT; j++) {
-            const size_t t = T * XT + (size_t)j;
-            for (int b = 0; b < nb; b++) {
-                const size_t tb = T * (size_t)nb + (size_t)b;
-                uint8_t *u = xt + tb * (QB * XT) + 4 * (size_t)j;
-                if (t < N) {
-                    q8_block(X + t * ldx + (size_t)b * QB, u, 4 * XT, xd + tb * XT + j,
-                             xds + tb * XT + j);
-                } else {
-                    for (int g = 0; g < QB / 4; g++) {
-                        memset(u + (size_t)g * 4 * XT, 128, 4);
-                    }
-                    xd[tb * XT + j] = 0.0f;
-                    xds[tb * XT + j] = 0.0f;
-                }
-            }
-        }
-    }
-}
-
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wpsabi"
@@ -194,6 +110,40 @@ typedef uint8_t u8x16 __attribute__((vector_size(16)));
 typedef void (*pack_fn)(void *, const eg_qmat *, int, int, int8_t *, float *);
 #define PACK_SET(sfx) pack_panel##sfx
 static const pack_fn pack_copies[EG_ISA_NCOPIES] = EG_ISA_COPIES(PACK_SET);
+
+typedef struct {
+    void (*row)(uint8_t *, float *, float *, const float *, int);
+    void (*tile)(uint8_t *, float *, float *, const float *, size_t, size_t, int, size_t);
+} quant_fns;
+#define QUANT_SET(sfx) {q8_row##sfx, q8_tile##sfx}
+static const quant_fns quant_copies[EG_ISA_NCOPIES] = EG_ISA_COPIES(QUANT_SET);
+
+void eg_q8_quantize_rows(uint8_t *xu, float *xd, float *xds, const float *X, size_t ldx,
+                         size_t N, int cols)
+{
+    const quant_fns *qf = &quant_copies[eg_isa_level()];
+    #pragma omp parallel for schedule(static) if (N * (size_t)cols >= ((size_t)1 << 16))
+    for (size_t t = 0; t < N; t++) {
+        qf->row(xu + t * (size_t)cols, xd + t * (size_t)(cols / QB), xds + t * (size_t)(cols / QB),
+                X + t * ldx, cols);
+    }
+}
+
+/* The same codes and scales in tiles of XT tokens: tile T, block b holds
+ * the codes at xt + (T * nb + b) * 256 + quad * 32 + token * 4 and the
+ * scales at xd[(T * nb + b) * XT + token]. Tokens past N in the last tile
+ * are zero codes (u = 128) with zero scales. */
+static void q8_quantize_tiles(uint8_t *xt, float *xd, float *xds, const float *X, size_t ldx,
+                              size_t N, int cols)
+{
+    const quant_fns *qf = &quant_copies[eg_isa_level()];
+    const size_t ntiles = (N + XT - 1) / XT;
+    #pragma omp parallel for schedule(static) if (N * (size_t)cols >= ((size_t)1 << 16))
+    for (size_t T = 0; T < ntiles; T++) {
+        qf->tile(xt, xd, xds, X, ldx, N, cols, T);
+    }
+}
+
 
 size_t eg_int8_panel_bytes(int cols)
 {

@@ -3,8 +3,96 @@
  * type's blocks into the eg_int8_block layout), included once per
  * instruction set through eg_isa.h (SFX(name) gives each copy its suffix)
  * so the compiler vectorises it for the CPU; integer and exact float work
- * only, so every copy writes the same bytes. Not a public header.
+ * only, so every copy writes the same bytes. Also the activation quantizer
+ * (float32 operations without fusion or reassociation: the same values on
+ * every copy). Not a public header.
  */
+
+/* One block of 32 values: the codes q + 128, quad g (4 codes) at
+ * u + g * qstride; *d = dx, *ds = dx * sum(q). */
+static inline void SFX(q8_block)(const float *xb, uint8_t *u, size_t qstride, float *d_out,
+                            float *ds_out)
+{
+    /* max |x| on the bit patterns: with the sign cleared, the order of
+     * non-negative floats is that of their bits as unsigned integers, and
+     * every inf or NaN is above the largest finite float; an integer
+     * maximum vectorises (a float one does not without -ffast-math) */
+    uint32_t bits[QB];
+    memcpy(bits, xb, sizeof bits);
+    uint32_t umax = 0;
+    for (int k = 0; k < QB; k++) {
+        const uint32_t a = bits[k] & 0x7fffffffu;
+        umax = a > umax ? a : umax;
+    }
+    const int finite = umax <= 0x7f7fffffu;
+    float amax;
+    memcpy(&amax, &umax, 4);
+    uint8_t codes[QB];
+    float d = 0.0f;
+    int sum = 0;
+    if (!finite) {
+        d = NAN;
+        memset(codes, 128, QB);
+    } else if (amax < 0x1p-120f) {
+        /* zero, or so small that 127 / amax would overflow: the block's
+         * contribution (< 32 * 2^-120 * |w|) is dropped */
+        memset(codes, 128, QB);
+    } else {
+        d = amax / 127.0f;
+        const float id = 1.0f / d;
+        for (int k = 0; k < QB; k++) {
+            /* rint: adding and removing 1.5 * 2^23 rounds to an integer in
+             * the FPU's mode (nearest even), exactly for |v| < 2^22 (here
+             * |v| <= 127 and a rounding bit); unlike nearbyintf it needs no
+             * SSE4.1 and no library call, so the loop vectorises */
+            float v = xb[k] * id;
+            v = (v + 0x1.8p23f) - 0x1.8p23f;
+            v = v > 127.0f ? 127.0f : (v < -127.0f ? -127.0f : v);
+            const int q = (int)v;
+            sum += q;
+            codes[k] = (uint8_t)(q + 128);
+        }
+    }
+    for (int g = 0; g < QB / 4; g++) {
+        memcpy(u + (size_t)g * qstride, codes + 4 * g, 4);
+    }
+    *d_out = d;
+    *ds_out = d * (float)sum;
+}
+
+/* One token's row (cols values) into xu (row layout: quad g at xu + 4 g). */
+static void SFX(q8_row)(uint8_t *xu, float *xd, float *xds, const float *x, int cols)
+{
+    for (int b = 0; b < cols / QB; b++) {
+        SFX(q8_block)(x + (size_t)b * QB, xu + (size_t)b * QB, 4, xd + b, xds + b);
+    }
+}
+
+/* Tile T (tokens XT T .. XT T + XT - 1) of the tiled layout (qmatmul_int8.c:
+ * q8_quantize_tiles). */
+static void SFX(q8_tile)(uint8_t *xt, float *xd, float *xds, const float *X, size_t ldx,
+                         size_t N, int cols, size_t T)
+{
+    const int nb = cols / QB;
+    for (int j = 0; j < XT; j++) {
+        const size_t t = T * XT + (size_t)j;
+        for (int b = 0; b < nb; b++) {
+            const size_t tb = T * (size_t)nb + (size_t)b;
+            uint8_t *u = xt + tb * (QB * XT) + 4 * (size_t)j;
+            if (t < N) {
+                SFX(q8_block)(X + t * ldx + (size_t)b * QB, u, 4 * XT, xd + tb * XT + j,
+                              xds + tb * XT + j);
+            } else {
+                for (int g = 0; g < QB / 4; g++) {
+                    memset(u + (size_t)g * 4 * XT, 128, 4);
+                }
+                xd[tb * XT + j] = 0.0f;
+                xds[tb * XT + j] = 0.0f;
+            }
+        }
+    }
+}
+
 
 /* fp16 bits to float: the core's conversion (eg_f16_to_f32), inline and
  * branch-free: the exponent and mantissa moved into float position and
