@@ -40,6 +40,25 @@ static inline void SFX(q8_block)(const float *xb, uint8_t *u, size_t qstride, fl
     } else {
         d = amax / 127.0f;
         const float id = 1.0f / d;
+#if defined(__AVX512F__) && defined(__AVX512BW__)
+        /* the same operations as the loop below, 16 lanes at a time (min /
+         * max equal the comparisons for finite values; the conversion is
+         * exact on integer values) */
+        const __m512 vid = _mm512_set1_ps(id), magic = _mm512_set1_ps(0x1.8p23f);
+        const __m512 hi = _mm512_set1_ps(127.0f), lo = _mm512_set1_ps(-127.0f);
+        __m512i qv[2];
+        for (int h = 0; h < 2; h++) {
+            __m512 v = _mm512_mul_ps(_mm512_loadu_ps(xb + 16 * h), vid);
+            v = _mm512_sub_ps(_mm512_add_ps(v, magic), magic);
+            v = _mm512_min_ps(_mm512_max_ps(v, lo), hi);
+            qv[h] = _mm512_cvttps_epi32(v);
+        }
+        sum = _mm512_reduce_add_epi32(_mm512_add_epi32(qv[0], qv[1]));
+        const __m512i off = _mm512_set1_epi32(128);
+        _mm_storeu_si128((__m128i *)(void *)codes, _mm512_cvtepi32_epi8(_mm512_add_epi32(qv[0], off)));
+        _mm_storeu_si128((__m128i *)(void *)(codes + 16),
+                         _mm512_cvtepi32_epi8(_mm512_add_epi32(qv[1], off)));
+#else
         for (int k = 0; k < QB; k++) {
             /* rint: adding and removing 1.5 * 2^23 rounds to an integer in
              * the FPU's mode (nearest even), exactly for |v| < 2^22 (here
@@ -52,6 +71,7 @@ static inline void SFX(q8_block)(const float *xb, uint8_t *u, size_t qstride, fl
             sum += q;
             codes[k] = (uint8_t)(q + 128);
         }
+#endif
     }
     for (int g = 0; g < QB / 4; g++) {
         memcpy(u + (size_t)g * qstride, codes + 4 * g, 4);
