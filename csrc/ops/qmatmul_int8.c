@@ -444,6 +444,10 @@ eg_status eg_qmatmul_int8(float *Y, size_t ldy, const float *X, size_t ldx, size
     const size_t pbytes = eg_int8_panel_bytes(cols);
     const size_t ntiles = (N + XT - 1) / XT;
     size_t wbytes, xbytes, dbytes;
+    if ((N + TOK - 1) / TOK > (size_t)INT32_MAX / (size_t)panels) {   /* the task count is an int */
+        return eg_seterr(err, EG_EOVERFLOW, "int8 products: %zu tokens x %d rows is too many "
+                         "tasks", N, rows);
+    }
     if (eg_mul_ovf(pbytes, (size_t)panels, &wbytes)
         || eg_mul_ovf(ntiles * XT, (size_t)cols, &xbytes)
         || eg_mul_ovf(ntiles * XT, (size_t)nb * sizeof(float), &dbytes)) {

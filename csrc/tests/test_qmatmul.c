@@ -552,6 +552,10 @@ static void test_int8_product(int type, int rows, int cols)
     eg_qmat f;
     CHECK(eg_qmat_init(&f, EG_GGML_F32, 2, 32, x, "f", &err) == EG_OK, "f32");
     CHECK(eg_qmatmul_int8(y, 2, x, 32, 1, &f, &err) == EG_EINVAL, "F32 refused by the int8 kernel");
+    /* a task count past INT32_MAX is refused before anything is read */
+    eg_qmat huge;
+    CHECK(eg_qmat_init(&huge, EG_GGML_Q8_0, INT32_MAX, 32, m, "huge", &err) == EG_OK, "%s", err.msg);
+    CHECK(eg_qmatmul_int8(y, 1, x, 32, 4096, &huge, &err) == EG_EOVERFLOW, "task count overflow");
     free(x);
     free(wd);
     free(y);
