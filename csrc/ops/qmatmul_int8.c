@@ -440,7 +440,7 @@ eg_status eg_qmatmul_int8(float *Y, size_t ldy, const float *X, size_t ldx, size
     if (N == 0) {
         return EG_OK;
     }
-    const int panels = (rows + PR - 1) / PR;
+    const int panels = (int)(((int64_t)rows + PR - 1) / PR);   /* rows may be INT32_MAX */
     const size_t pbytes = eg_int8_panel_bytes(cols);
     const size_t ntiles = (N + XT - 1) / XT;
     size_t wbytes, xbytes, dbytes;
