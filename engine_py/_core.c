@@ -6,6 +6,7 @@
 #define EG_PY_IMPORT_ARRAY_HERE
 #include "_core.h"
 #include "eg_bf16.h"
+#include "eg_quant.h"
 #include "eg_isa.h"
 
 #include <stdarg.h>
@@ -118,7 +119,7 @@ static PyObject *py_build_info(PyObject *self, PyObject *noargs)
     (void)self;
     (void)noargs;
     eg_py_sync_threads();   /* report what a core call from this thread uses */
-    return Py_BuildValue("{s:s,s:s,s:s,s:s,s:i,s:i,s:s,s:s,s:O,s:z}",
+    return Py_BuildValue("{s:s,s:s,s:s,s:s,s:i,s:i,s:s,s:s,s:O,s:s,s:z}",
                          "version", EG_VERSION_STRING,
                          "blas", eg_blas_name(),
                          "blas_config", eg_blas_config(),
@@ -128,6 +129,7 @@ static PyObject *py_build_info(PyObject *self, PyObject *noargs)
                          "build_flags", eg_build_flags(),
                          "isa", eg_isa_name(eg_isa_level()),
                          "bf16_kernel", eg_bf16_kernel_available() ? Py_True : Py_False,
+                         "int8_kernel", eg_int8_kernel_name(eg_int8_kernel_level()),
                          "blas_error", eg_blas_last_error());
 }
 
@@ -372,9 +374,13 @@ int eg_py_precision_arg(PyObject *o, const char *what, int *out)
             *out = EG_PREC_BF16;
             return 0;
         }
+        if (PyUnicode_CompareWithASCIIString(o, "int8") == 0) {
+            *out = EG_PREC_INT8;
+            return 0;
+        }
     }
     PyErr_Format(PyUnicode_Check(o) ? PyExc_ValueError : PyExc_TypeError,
-                 "%s must be 'float32' or 'bfloat16', not %R", what, o);
+                 "%s must be 'float32', 'bfloat16' or 'int8', not %R", what, o);
     return -1;
 }
 

@@ -105,8 +105,8 @@ int eg_py_check_range(long long v, long long lo, long long hi, PyObject *exc, co
 
 /* An integer argument: any object with __index__ (int, NumPy integers; not
  * float, str or None: TypeError), in [lo, hi] as eg_py_check_range. */
-/* precision: None or "float32" -> EG_PREC_F32, "bfloat16" -> EG_PREC_BF16
- * (eg_bf16.h); anything else raises ValueError naming `what`. 0 or -1. */
+/* precision: None or "float32" -> EG_PREC_F32, "bfloat16" -> EG_PREC_BF16,
+ * "int8" -> EG_PREC_INT8 (eg_bf16.h); anything else raises ValueError naming `what`. 0 or -1. */
 int eg_py_precision_arg(PyObject *o, const char *what, int *out);
 
 int eg_py_int_arg(PyObject *o, long long lo, long long hi, PyObject *exc, const char *what,

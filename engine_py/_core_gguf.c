@@ -409,7 +409,103 @@ static PyObject *py_qmatmul_tuning(PyObject *self, PyObject *args)
     return Py_BuildValue("(ii)", d, t);
 }
 
+/* _q8_quantize(x) -> (codes int8 (N, cols), scales float32 (N, cols / 32)):
+ * the int8 precision's activation quantizer (eg_q8_quantize_rows), for
+ * tests. */
+static PyObject *py_q8_quantize(PyObject *self, PyObject *arg)
+{
+    (void)self;
+    if (!PyArray_Check(arg) || PyArray_TYPE((PyArrayObject *)arg) != NPY_FLOAT32
+        || PyArray_NDIM((PyArrayObject *)arg) != 2) {
+        PyErr_SetString(PyExc_TypeError, "_q8_quantize: x must be a 2-D float32 ndarray");
+        return NULL;
+    }
+    PyArrayObject *x = (PyArrayObject *)PyArray_FROM_OTF(arg, NPY_FLOAT32, NPY_ARRAY_IN_ARRAY);
+    if (x == NULL) {
+        return NULL;
+    }
+    const npy_intp n = PyArray_DIM(x, 0), cols = PyArray_DIM(x, 1);
+    if (cols % 32 != 0 || cols > INT32_MAX) {
+        Py_DECREF(x);
+        PyErr_Format(PyExc_ValueError, "_q8_quantize: columns (%zd) must be a multiple of 32",
+                     (Py_ssize_t)cols);
+        return NULL;
+    }
+    npy_intp qd[2] = {n, cols}, dd[2] = {n, cols / 32};
+    PyArrayObject *q = (PyArrayObject *)PyArray_SimpleNew(2, qd, NPY_UINT8);
+    PyArrayObject *d = (PyArrayObject *)PyArray_SimpleNew(2, dd, NPY_FLOAT32);
+    PyArrayObject *ds = (PyArrayObject *)PyArray_SimpleNew(2, dd, NPY_FLOAT32);
+    if (q == NULL || d == NULL || ds == NULL) {
+        Py_DECREF(x);
+        Py_XDECREF(q);
+        Py_XDECREF(d);
+        Py_XDECREF(ds);
+        return NULL;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    eg_q8_quantize_rows(PyArray_DATA(q), PyArray_DATA(d), PyArray_DATA(ds), PyArray_DATA(x),
+                        (size_t)cols, (size_t)n, (int)cols);
+    Py_END_ALLOW_THREADS
+    Py_DECREF(x);
+    Py_DECREF(ds);
+    /* codes as int8: u - 128 */
+    uint8_t *u = PyArray_DATA(q);
+    for (npy_intp i = 0; i < n * cols; i++) {
+        u[i] = (uint8_t)(u[i] ^ 0x80u);
+    }
+    PyObject *qi = PyArray_View(q, PyArray_DescrFromType(NPY_INT8), NULL);
+    Py_DECREF(q);
+    if (qi == NULL) {
+        Py_DECREF(d);
+        return NULL;
+    }
+    return Py_BuildValue("(NN)", qi, (PyObject *)d);
+}
+
+/* _int8_kernel(level=-1): force the int8 kernel level (tests; -1 clears);
+ * returns (the level now in use, the previous override). */
+static PyObject *py_int8_kernel(PyObject *self, PyObject *args)
+{
+    (void)self;
+    int level = -1;
+    if (!PyArg_ParseTuple(args, "|i:_int8_kernel", &level)) {
+        return NULL;
+    }
+    if (level > eg_int8_kernel_level()) {
+        PyErr_Format(PyExc_ValueError, "_int8_kernel: level %d is above this CPU's %d", level,
+                     eg_int8_kernel_level());
+        return NULL;
+    }
+    int old = eg_int8_force_level(level);
+    return Py_BuildValue("(ii)", level >= 0 ? level : eg_int8_kernel_level(), old);
+}
+
+/* _int8_peak(iters) -> ops: the VPDPBUSD peak probe (eg_int8_peak_ops); the
+ * caller times it. 0.0 without VNNI. */
+static PyObject *py_int8_peak(PyObject *self, PyObject *arg)
+{
+    (void)self;
+    long long iters;
+    if (eg_py_int_arg(arg, 0, (long long)1 << 40, NULL, "iters", &iters) < 0) {
+        return NULL;
+    }
+    double ops;
+    eg_py_sync_threads();
+    Py_BEGIN_ALLOW_THREADS
+    ops = eg_int8_peak_ops((long)iters);
+    Py_END_ALLOW_THREADS
+    return PyFloat_FromDouble(ops);
+}
+
 static PyMethodDef gguf_methods[] = {
+    {"_q8_quantize", py_q8_quantize, METH_O,
+     "_q8_quantize(x)\n--\n\nThe int8 precision's activation quantizer: (codes int8 (N, cols), "
+     "scales float32 (N, cols / 32))."},
+    {"_int8_kernel", py_int8_kernel, METH_VARARGS,
+     "_int8_kernel(level=-1)\n--\n\nTest hook: run int8 kernel `level` (0 generic, 1 avx2, "
+     "2 avxvnni, 3 avx512vnni; -1 clears); returns (level in use, previous override)."},
+    {"_int8_peak", py_int8_peak, METH_O,
+     "_int8_peak(iters)\n--\n\nRun the VPDPBUSD peak loop; returns the ops done (time it)."},
     {"_qmatmul_tuning", py_qmatmul_tuning, METH_VARARGS,
      "_qmatmul_tuning(direct_max=-1, tile_rows=-1)\n--\n\nTest/benchmark hook: set the largest "
      "batch of qmatmul's direct path and the rows per tile of its GEMM path (-1 keeps a value); "

@@ -5,7 +5,8 @@
  * LlamaModel(vocab_size, hidden_size, num_layers, num_heads, num_kv_heads,
  *            head_dim, intermediate_size, max_position, rms_norm_eps,
  *            rope_theta, rope_mode, qkv_bias, precision="float32")
- *     precision "bfloat16" rounds the products' inputs to bf16 (eg_bf16.h)
+ *     precision "bfloat16" rounds the products' inputs to bf16 (eg_bf16.h);
+ *     "int8" multiplies int8 activations by the weights' codes (eg_quant.h)
  *     weight_specs() -> [(name, shape)]
  *     set_weight(name, data, type, shape): data is any contiguous buffer
  *         (a GGUF raw() view, a NumPy array) holding the tensor in ggml type
@@ -298,7 +299,8 @@ static PyObject *model_get_config(LlamaModelObject *self, void *closure)
                          c->max_position, "rms_norm_eps", (double)c->rms_norm_eps, "rope_theta",
                          c->rope_theta, "rope_mode", c->rope_mode == EG_ROPE_NEOX ? "neox" : "norm",
                          "qkv_bias", c->qkv_bias ? Py_True : Py_False, "precision",
-                         c->precision == EG_PREC_BF16 ? "bfloat16" : "float32");
+                         c->precision == EG_PREC_BF16 ? "bfloat16"
+                         : c->precision == EG_PREC_INT8 ? "int8" : "float32");
 }
 
 static PyMethodDef model_methods[] = {

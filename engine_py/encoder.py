@@ -220,9 +220,10 @@ class Encoder:
         self.kind = kind
         #: "mean" (every token) or "last" (the last token; decoders only)
         self.pooling = pooling
-        #: "float32" (exact weights) or "bfloat16" (decoders: the products'
+        #: "float32" (exact weights), "bfloat16" (decoders: the products'
         #: inputs rounded to bf16, about twice as fast where the CPU has
-        #: AVX512-BF16; docs/LLM.md)
+        #: AVX512-BF16) or "int8" (decoders: int8 activations times the
+        #: weights' integer codes; docs/LLM.md)
         self.precision = precision
         #: a prompt around every text, e.g. "Package description: {text}"
         #: (ENGINE's per-dataset prompt for decoders), or None
@@ -277,7 +278,12 @@ class Encoder:
         are rounded to bfloat16 and the products summed in float32. Where the
         CPU has AVX512-BF16 this runs the products about twice as fast; the
         layer states stay within cosine 0.9999 of float32 but are not
-        bit-reproducible across CPUs (docs/LLM.md). Part of the fingerprint.
+        bit-reproducible across CPUs (docs/LLM.md). Or "int8": activations
+        quantized to 8 bits per block of 32 values (llama.cpp's q8_0 scheme)
+        and multiplied by the GGUF weights' integer codes with integer dot
+        products (VNNI where the CPU has it); the same bits on every CPU;
+        weights without integer codes (F32/F16/BF16 tensors, Q2_K, Q3_K, a
+        Hugging Face folder) take the bfloat16 path. Part of the fingerprint.
 
         max_length caps the tokens per text, [CLS] and [SEP] included; by
         default the folder's sentence_bert_config.json max_seq_length, else the
@@ -309,8 +315,8 @@ class Encoder:
         if pooling not in (None, "mean", "last"):
             raise ValueError(f"pooling must be 'mean' or 'last', got {pooling!r}")
         template = _check_template(template)
-        if precision not in (None, "float32", "bfloat16"):
-            raise ValueError(f"precision must be 'float32' or 'bfloat16', got {precision!r}")
+        if precision not in (None, "float32", "bfloat16", "int8"):
+            raise ValueError(f"precision must be 'float32', 'bfloat16' or 'int8', got {precision!r}")
         enc = cls._load(path, max_length, pooling, precision or "float32")
         enc.template = template
         if adapter is not None:
@@ -369,8 +375,8 @@ class Encoder:
         if os.path.isdir(path) and is_llama_folder(path):
             return cls._from_llama_folder(path, max_length, pooling or "mean", precision)
         if precision != "float32":
-            raise ValueError("precision='bfloat16' is for decoder models (GGUF files, llama/qwen2 "
-                             "folders); BERT-family encoders run in float32")
+            raise ValueError(f"precision={precision!r} is for decoder models (GGUF files, "
+                             "llama/qwen2 folders); BERT-family encoders run in float32")
         if pooling == "last":
             raise ValueError("pooling='last' is for decoder models (a causal model's last token "
                              "has seen the whole text); BERT-family encoders use mean pooling")

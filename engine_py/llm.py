@@ -99,8 +99,9 @@ def gguf_config(g, path: str) -> Dict[str, Any]:
 
 def load_gguf_model(path: str, precision: str = "float32"):
     """(LlamaModel, config dict, GGUFFile) for a .gguf file; the model reads
-    the file's mapping in place. precision: "float32" or "bfloat16" (the
-    products' inputs rounded to bf16; docs/LLM.md)."""
+    the file's mapping in place. precision: "float32", "bfloat16" (the
+    products' inputs rounded to bf16) or "int8" (int8 activations times the
+    weights' integer codes); docs/LLM.md."""
     from .io import GGUFFile
 
     g = GGUFFile(path)

@@ -119,6 +119,36 @@ def test_render_markdown_bf16_sides():
     assert "**engine_py bf16 / other** | **4.00x llama.cpp, 8.00x PyTorch, 4.00x PyTorch bf16**" in md
 
 
+def test_render_markdown_int8_side():
+    res = _results(True)
+    sides = res["models"][0]["cases"]["short"]["sides"]
+    sides["engine_py_bf16"] = {"ok": True, "tokens_per_s": 4000.0, "seconds": 1.6, "rss_mb": 260.0,
+                               "setting": "batch_size 32, AVX512-BF16 kernel"}
+    sides["engine_py_int8"] = {"ok": True, "tokens_per_s": 5000.0, "seconds": 0.28, "rss_mb": 255.0,
+                               "setting": "batch_size 32, int8 kernel avx512vnni"}
+    res["int8_gops"] = 1000.0
+    res["int8_kernel"] = "avx512vnni"
+    md = llm.render_markdown(res, "M")
+    # % of peak: the int8 side of the int8 peak (1.4 GFLOP / 0.28 s = 5 GFLOP/s of 1000)
+    assert "| engine_py, precision='int8' | 5,000 | 5.0 | 0% | 255 | batch_size 32, int8 kernel avx512vnni |" in md
+    assert "of the int8 peak (engine_py's VPDPBUSD loop, avx512vnni" in md and "1000.0 GOP/s" in md
+    assert ("**engine_py int8 / other** | **5.00x llama.cpp, 10.00x PyTorch, 2.50x engine_py f32, "
+            "1.25x engine_py bf16**") in md
+    res["int8_gops"] = 5.0 / 0.5   # 50% of a small peak
+    assert "| engine_py, precision='int8' | 5,000 | 5.0 | 50% |" in llm.render_markdown(res, "M")
+    assert llm.side_precision("engine_py_int8") == "int8"
+    assert llm.side_precision("torch_bf16") == "bfloat16" and llm.side_precision("engine_py") == "float32"
+
+
+def test_int8_peak_child():
+    r = llm._run_child({"side": "int8_peak", "threads": 1}, 300, lambda *a: None)
+    from engine_py import _core
+    if _core.build_info()["int8_kernel"] in ("avxvnni", "avx512vnni"):
+        assert r["ok"] and r["gops"] > 1.0, r
+    else:
+        assert not r["ok"] and "no VNNI" in r["reason"]
+
+
 def test_worker_child_reports_result_and_rss():
     # the smallest child: the sgemm peak (NumPy only), through the real child protocol
     r = llm._run_child({"side": "sgemm", "threads": 1}, 300, lambda *a: None)

@@ -240,3 +240,83 @@ def test_real_model_bfloat16_close_to_float32(fn_name):
     b = e16.encode_layers(texts, layers, batch_size=len(texts))
     assert not np.array_equal(a, b)
     assert _min_cosine(a, b) >= BF16_MIN_COSINE, _min_cosine(a, b)
+
+
+# ---------------------------------------------------------- precision="int8"
+# Activations quantized to int8 per block of 32 values, times the weights'
+# integer codes (csrc/ops/qmatmul_int8.c). The bound is the bf16 one: per
+# text, per layer, cosine >= 0.999 against the float32 states.
+
+INT8_MIN_COSINE = 0.999
+
+
+def _min_cosine_per_layer(a, b):
+    return [_min_cosine(a[i], b[i]) for i in range(a.shape[0])]
+
+
+@pytest.mark.parametrize("which", ["Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "F16"])
+def test_int8_states_are_close_to_float32(tiny, which):
+    path = tiny.gguf[which]
+    e32 = Encoder.from_pretrained(path)
+    e8 = Encoder.from_pretrained(path, precision="int8")
+    assert e8.precision == "int8"
+    layers = list(range(e32.num_layers + 1))
+    texts = TEXTS * 4   # > 64 tokens per batch: the products take the int8 path
+    a = e32.encode_layers(texts, layers, batch_size=len(texts))
+    b = e8.encode_layers(texts, layers, batch_size=len(texts))
+    assert not np.array_equal(a[1:], b[1:]), "precision='int8' changed nothing"
+    np.testing.assert_array_equal(a[0], b[0])   # the embeddings are a lookup: no products
+    assert _min_cosine(a, b) >= INT8_MIN_COSINE, _min_cosine_per_layer(a, b)
+    if which == "F16":
+        # no integer codes: the bf16 path (docs/LLM.md)
+        c = Encoder.from_pretrained(path, precision="bfloat16").encode_layers(
+            texts, layers, batch_size=len(texts))
+        np.testing.assert_array_equal(b, c)
+    else:
+        c = Encoder.from_pretrained(path, precision="bfloat16").encode_layers(
+            texts, layers, batch_size=len(texts))
+        assert not np.array_equal(b[1:], c[1:]), "precision='int8' ran the bf16 path"
+
+
+def test_int8_api_fingerprint_and_pickling(tiny):
+    path = tiny.gguf["Q4_1"]
+    a = Encoder.from_pretrained(path)
+    b = Encoder.from_pretrained(path, precision="int8")
+    c16 = Encoder.from_pretrained(path, precision="bfloat16")
+    assert len({a.fingerprint(), b.fingerprint(), c16.fingerprint()}) == 3
+    assert "precision='int8'" in repr(b)
+    c = pickle.loads(pickle.dumps(b))
+    assert c.precision == "int8" and c.fingerprint() == b.fingerprint()
+    texts = TEXTS * 4
+    np.testing.assert_array_equal(c.encode(texts, batch_size=len(texts)),
+                                  b.encode(texts, batch_size=len(texts)))
+    assert b._model.config["precision"] == "int8"   # LlamaModel(precision="int8")
+    for bad in ("int4", "INT8", "i8", 8):
+        with pytest.raises(ValueError, match="precision"):
+            Encoder.from_pretrained(path, precision=bad)
+
+
+def test_int8_is_refused_for_bert():
+    from engine_py.models import minilm_path
+    try:
+        p = minilm_path()
+    except (ModuleNotFoundError, FileNotFoundError, OSError) as exc:
+        pytest.skip(str(exc))
+    with pytest.raises(ValueError, match="decoder"):
+        Encoder.from_pretrained(p, precision="int8")
+
+
+@pytest.mark.parametrize("fn_name", ["smollm2_path", "qwen05_path"])
+def test_real_model_int8_close_to_float32(fn_name):
+    if os.environ.get("ENGINE_PY_ASAN") == "1":
+        pytest.skip("real models run in the plain suite")
+    path = _real(fn_name)
+    e32 = Encoder.from_pretrained(path)
+    e8 = Encoder.from_pretrained(path, precision="int8")
+    layers = list(range(e32.num_layers + 1))
+    texts = TEXTS_REAL * 4
+    a = e32.encode_layers(texts, layers, batch_size=len(texts))
+    b = e8.encode_layers(texts, layers, batch_size=len(texts))
+    assert not np.array_equal(a[1:], b[1:])
+    per_layer = _min_cosine_per_layer(a, b)
+    assert min(per_layer) >= INT8_MIN_COSINE, per_layer

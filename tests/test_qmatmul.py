@@ -389,3 +389,232 @@ def test_bf16_bad_precision():
             _core.qmatmul(x, raw, TYPES["Q8_0"], 8, 64, precision=bad)
     with pytest.raises(TypeError):
         _core.qmatmul(x, raw, TYPES["Q8_0"], 8, 64, precision=1)
+
+
+# --- precision="int8" -------------------------------------------------------
+# Activations quantized per token and per block of 32 columns (dx = amax/127,
+# q = rint(x / dx) in [-127, 127]), multiplied by the weights' integer codes
+# with exact integer sums, the float scales applied per block in one fixed
+# order (csrc/ops/qmatmul_int8.c). The reference is float64 from the
+# quantized activations; every kernel (generic, avx2, avxvnni, avx512vnni)
+# must give the same bits.
+
+INT8 = ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q4_K", "Q5_K", "Q6_K"]
+INT8_LEVELS = ("generic", "avx2", "avxvnni", "avx512vnni")
+
+
+def _q8_numpy(x):
+    """The activation quantizer's definition in NumPy float32: (codes int8,
+    scales float32 per block of 32)."""
+    n, k = x.shape
+    xb = x.reshape(n, k // 32, 32).astype(np.float32)
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        amax = np.abs(xb).max(-1)
+        d = (amax / np.float32(127)).astype(np.float32)
+        inv = (np.float32(1) / d).astype(np.float32)
+        q = np.clip(np.rint((xb * inv[..., None]).astype(np.float32)), -127, 127)
+    finite = np.isfinite(xb).all(-1)
+    small = finite & (amax < np.float32(2.0 ** -120))
+    q[~finite | small] = 0
+    d = np.where(small, np.float32(0), d)
+    d = np.where(~finite, np.float32(np.nan), d).astype(np.float32)
+    return q.astype(np.int8).reshape(n, k), d
+
+
+def _int8_reference(x, wd):
+    """(float64 product of the dequantized int8 activations and the weights,
+    a bound on float32 rounding of the kernel's per-block sums, the
+    quantization bound against x @ wd.T)."""
+    q, d = _q8_numpy(x)
+    nb = x.shape[1] // 32
+    xq = (q.reshape(len(x), nb, 32).astype(np.float64) * d[..., None].astype(np.float64)).reshape(x.shape)
+    w = wd.astype(np.float64)
+    ref = xq @ w.T
+    # per block, the kernel adds d*I and m*sum(q) separately: bound their size
+    # with the block's largest |w| (|m| and |d * code| are at most about that)
+    wmax = np.repeat(np.abs(w).reshape(len(w), nb, 32).max(-1), 32, axis=1)
+    scale = np.abs(xq) @ (np.abs(w) + 2 * wmax).T
+    rounding = (nb + 4) * 2.0 ** -23 * scale + 1e-30
+    # each activation moves by at most dx / 2 (plus float32 rounding of x / dx)
+    qerr = (np.repeat(d.astype(np.float64), 32, axis=1) * (0.5 + 1e-5)) @ np.abs(w).T
+    return ref, rounding, qerr
+
+
+@pytest.fixture
+def int8_level():
+    """Restores the int8 kernel override after a test."""
+    yield
+    _core._int8_kernel(-1)
+
+
+def _levels_here():
+    return list(range(_core._int8_kernel()[0] + 1))
+
+
+def test_q8_quantizer_matches_its_definition():
+    rng = np.random.default_rng(20)
+    x = (rng.standard_normal((9, 256)) * rng.choice([1e-3, 1.0, 1e4], (9, 1))).astype(np.float32)
+    x[0, :32] = 0.0                                   # a zero block
+    x[1, :32] = 1e-38                                 # too small: zero codes
+    x[1, 32:64] = np.linspace(-2, 2, 32)              # -2 and 2 hit +-127 exactly
+    x[2, :32] = np.arange(32) - 15.5 + 0.5            # halves after scaling: ties
+    x[3, 5] = np.inf                                  # inf: the block's scale is NaN
+    x[4, 40] = np.nan
+    x[5, 64:96] = -3.4e38                             # the largest floats
+    q, d = _core._q8_quantize(x)
+    q0, d0 = _q8_numpy(x)
+    assert q.dtype == np.int8 and d.dtype == np.float32 and q.shape == x.shape and d.shape == (9, 8)
+    np.testing.assert_array_equal(q, q0)
+    np.testing.assert_array_equal(d, d0)   # NaN == NaN in assert_array_equal
+    assert np.all(q[0, :32] == 0) and d[0, 0] == 0 and np.all(q[1, :32] == 0) and d[1, 0] == 0
+    assert q[1, 32] == -127 and q[1, 63] == 127
+    assert np.isnan(d[3, 0]) and np.all(q[3, :32] == 0) and np.isnan(d[4, 1])
+    assert np.abs(q).max() == 127 and not np.isnan(d[5, 2])
+    with pytest.raises(ValueError, match="multiple of 32"):
+        _core._q8_quantize(np.ones((2, 48), np.float32))
+    with pytest.raises(TypeError):
+        _core._q8_quantize(np.ones((2, 64)))
+
+
+@pytest.mark.parametrize("tn", INT8)
+def test_int8_matches_float64_reference_on_every_kernel(tn, path, int8_level):
+    _core._qmatmul_tuning(0, 0)      # every N takes the product path (N <= 64 is float32)
+    rows, cols = (45, 512) if BLOCK[tn] > 1 else (45, 96)   # a partial 16-row panel
+    raw, wd = _weights(tn, rows, cols, seed=21)
+    rng = np.random.default_rng(22)
+    x = rng.standard_normal((130, cols)).astype(np.float32)  # 130: past a 128-token chunk
+    x[3] *= 1e-3
+    x[4, :32] = 0.0
+    for lv in _levels_here():
+        _core._int8_kernel(lv)
+        for n in (1, 7, 8, 9, 130):   # token tiles of 4 and 8 with tails
+            y = _core.qmatmul(x[:n], raw, TYPES[tn], rows, cols, precision="int8")
+            assert y.shape == (n, rows) and y.dtype == np.float32
+            ref, rounding, qerr = _int8_reference(x[:n], wd)
+            err = np.abs(y.astype(np.float64) - ref)
+            assert np.all(err <= rounding), (INT8_LEVELS[lv], n, float(np.max(err / rounding)))
+            # against the float32 product: the activation rounding bound
+            y32 = x[:n].astype(np.float64) @ wd.astype(np.float64).T
+            assert np.all(np.abs(y - y32) <= qerr + rounding), (INT8_LEVELS[lv], n)
+        bias = rng.standard_normal(rows).astype(np.float32)
+        yb = _core.qmatmul(x, raw, TYPES[tn], rows, cols, bias=bias, precision="int8")
+        np.testing.assert_array_equal(yb, y + bias)
+
+
+@pytest.mark.parametrize("tn", INT8)
+def test_int8_kernels_give_the_same_bits_and_rows_do_not_depend_on_the_batch(tn, path, int8_level):
+    _core._qmatmul_tuning(0, 0)
+    rows, cols = (37, 768) if BLOCK[tn] > 1 else (37, 160)
+    raw, _ = _weights(tn, rows, cols, seed=23)
+    x = np.random.default_rng(24).standard_normal((140, cols)).astype(np.float32)
+    outs = []
+    for lv in _levels_here():
+        _core._int8_kernel(lv)
+        outs.append(_core.qmatmul(x, raw, TYPES[tn], rows, cols, precision="int8"))
+    for lv, o in enumerate(outs[1:], 1):
+        np.testing.assert_array_equal(o, outs[0], err_msg=f"{INT8_LEVELS[lv]} vs generic")
+    _core._int8_kernel(-1)
+    full = outs[-1]
+    for i in (0, 9, 129, 139):
+        np.testing.assert_array_equal(
+            _core.qmatmul(x[i:i + 1], raw, TYPES[tn], rows, cols, precision="int8")[0], full[i])
+    nt = engine_py.get_num_threads()
+    try:
+        engine_py.set_num_threads(1)
+        one = _core.qmatmul(x, raw, TYPES[tn], rows, cols, precision="int8")
+    finally:
+        engine_py.set_num_threads(nt)
+    np.testing.assert_array_equal(one, full)
+
+
+def test_int8_is_int8_and_other_types_take_the_bf16_path(path):
+    _core._qmatmul_tuning(0, 0)
+    x = np.random.default_rng(25).standard_normal((80, 256)).astype(np.float32)
+    raw, _ = _weights("Q8_0", 64, 256, seed=26)
+    y32 = _core.qmatmul(x, raw, TYPES["Q8_0"], 64, 256)
+    y16 = _core.qmatmul(x, raw, TYPES["Q8_0"], 64, 256, precision="bfloat16")
+    y8 = _core.qmatmul(x, raw, TYPES["Q8_0"], 64, 256, precision="int8")
+    assert not np.array_equal(y8, y32) and not np.array_equal(y8, y16)
+    rel = np.abs(y8 - y32).max() / np.abs(y32).max()
+    assert 1e-4 < rel < 3e-2, rel
+    for tn in ("F16", "BF16", "Q2_K", "Q3_K"):
+        raw, _ = _weights(tn, 40, 256, seed=27)
+        np.testing.assert_array_equal(_core.qmatmul(x, raw, TYPES[tn], 40, 256, precision="int8"),
+                                      _core.qmatmul(x, raw, TYPES[tn], 40, 256, precision="bfloat16"),
+                                      err_msg=tn)
+    wd = np.random.default_rng(28).standard_normal((40, 256)).astype(np.float32)
+    np.testing.assert_array_equal(
+        _core.qmatmul(x, wd.reshape(-1).view(np.uint8), 0, 40, 256, precision="int8"),
+        _core.qmatmul(x, wd.reshape(-1).view(np.uint8), 0, 40, 256, precision="bfloat16"))
+
+
+def test_int8_small_batches_take_the_float32_path(path):
+    raw, _ = _weights("Q4_K", 16, 256, seed=29)
+    x = np.random.default_rng(30).standard_normal((DIRECT_MAX, 256)).astype(np.float32)
+    np.testing.assert_array_equal(
+        _core.qmatmul(x, raw, TYPES["Q4_K"], 16, 256, precision="int8"),
+        _core.qmatmul(x, raw, TYPES["Q4_K"], 16, 256))
+
+
+def test_int8_non_finite_inputs_give_nan_rows(path):
+    _core._qmatmul_tuning(0, 0)
+    raw, _ = _weights("Q4_1", 20, 64, seed=31)
+    x = np.random.default_rng(32).standard_normal((5, 64)).astype(np.float32)
+    x[1, 3] = np.inf
+    x[2, 40] = np.nan
+    y = _core.qmatmul(x, raw, TYPES["Q4_1"], 20, 64, precision="int8")
+    assert np.all(np.isnan(y[1])) and np.all(np.isnan(y[2]))
+    assert np.all(np.isfinite(y[[0, 3, 4]]))
+
+
+def test_int8_bad_precision_and_kernel_hook():
+    raw, _ = _weights("Q8_0", 8, 64, seed=33)
+    x = np.ones((3, 64), np.float32)
+    for bad in ("int4", "INT8", "int8 ", "i8"):
+        with pytest.raises(ValueError, match="int8"):
+            _core.qmatmul(x, raw, TYPES["Q8_0"], 8, 64, precision=bad)
+    with pytest.raises(TypeError):
+        _core.qmatmul(x, raw, TYPES["Q8_0"], 8, 64, precision=8)
+    with pytest.raises(ValueError, match="above"):
+        _core._int8_kernel(99)
+    assert _core.build_info()["int8_kernel"] in INT8_LEVELS
+
+
+_CHILD_INT8 = r"""
+import sys
+import numpy as np
+from engine_py import _core
+from engine_py.bench.qmatmul import TYPES, random_qweight
+_core._qmatmul_tuning(0, 0)
+out = {"kernel": np.array(_core.build_info()["int8_kernel"])}
+for tn in sys.argv[2].split(","):
+    rows, cols = 45, (512 if tn.endswith("_K") else 96)
+    raw = random_qweight(tn, rows, cols, np.random.default_rng(34)).reshape(-1)
+    x = np.random.default_rng(35).standard_normal((77, cols)).astype(np.float32)
+    out[tn] = _core.qmatmul(x, raw, TYPES[tn], rows, cols, precision="int8")
+np.savez(sys.argv[1], **out)
+"""
+
+
+def test_int8_every_isa_level_gives_the_same_bits(tmp_path):
+    """ENGINE_PY_ISA=generic / avx2 select the generic C and AVX2 kernels (as
+    a CPU without AVX-512 or VNNI would): the same bits as this CPU's own."""
+    script = tmp_path / "child.py"
+    script.write_text(_CHILD_INT8)
+    res = {}
+    for lv in ("generic", "avx2", "native"):
+        env = dict(os.environ, PYTHONPATH=ROOT)
+        env.pop("ENGINE_PY_ISA", None)
+        if lv != "native":
+            env["ENGINE_PY_ISA"] = lv
+        out = tmp_path / f"{lv}.npz"
+        r = subprocess.run([sys.executable, str(script), str(out), ",".join(INT8)], env=env,
+                           capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, r.stderr[-3000:]
+        res[lv] = dict(np.load(out))
+    assert str(res["generic"]["kernel"]) == "generic"
+    cpu = _core.isa_levels()[1]
+    assert str(res["avx2"]["kernel"]) == ("avx2" if cpu != "generic" else "generic")
+    for lv in ("avx2", "native"):
+        for tn in INT8:
+            np.testing.assert_array_equal(res[lv][tn], res["generic"][tn], err_msg=f"{tn} {lv}")

@@ -14,8 +14,10 @@
 extern "C" {
 #endif
 
-/* Precision of the frozen-weight products (eg_qmatmul_prec). */
-enum { EG_PREC_F32 = 0, EG_PREC_BF16 = 1 };
+/* Precision of the frozen-weight products (eg_qmatmul_prec): float32,
+ * bfloat16 inputs with float32 sums, or int8 activations times the
+ * weights' integer codes (ops/qmatmul_int8.c; eg_quant.h). */
+enum { EG_PREC_F32 = 0, EG_PREC_BF16 = 1, EG_PREC_INT8 = 2 };
 
 /* 1 when the AVX512-BF16 kernel runs here (the CPU has it and
  * ENGINE_PY_ISA allows avx512), 0 when bf16 products are emulated with

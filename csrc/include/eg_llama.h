@@ -52,7 +52,7 @@ typedef struct {
     double rope_theta;
     int rope_mode;            /* EG_ROPE_NORM (GGUF llama) or EG_ROPE_NEOX */
     int qkv_bias;             /* 1: q/k/v projections have biases (qwen2) */
-    int precision;            /* EG_PREC_F32 (0, exact weights) or EG_PREC_BF16
+    int precision;            /* EG_PREC_F32 (0, exact weights), EG_PREC_BF16 or EG_PREC_INT8
                                  (eg_bf16.h): the products' precision */
 } eg_llama_config;
 

@@ -184,8 +184,11 @@ eg_status eg_qmatmul(float *Y, size_t ldy, const float *X, size_t ldx, size_t N,
 /* eg_qmatmul with a precision (eg_bf16.h): EG_PREC_F32 is eg_qmatmul;
  * EG_PREC_BF16 rounds X and the dequantized weights to bfloat16 and sums the
  * products in float32 (ops/gemm_bf16.c) when N > eg_qmatmul_direct_max();
- * smaller batches, which are bound by reading the weights rather than by
- * arithmetic, take the float32 direct path either way. */
+ * EG_PREC_INT8 multiplies int8-quantized X by the weights' integer codes
+ * (eg_qmatmul_int8) for the types that have them, and takes the bfloat16
+ * path for the others (F32, F16, BF16, Q2_K, Q3_K). Smaller batches, which
+ * are bound by reading the weights rather than by arithmetic, take the
+ * float32 direct path whatever the precision. */
 eg_status eg_qmatmul_prec(float *Y, size_t ldy, const float *X, size_t ldx, size_t N,
                           const eg_qmat *W, const float *bias, int precision, eg_err *err);
 
@@ -200,7 +203,8 @@ eg_status eg_qmatmul_t(float *dX, size_t ldx, const float *dY, size_t ldy, size_
                        const eg_qmat *W, int accumulate, eg_err *err);
 
 /* eg_qmatmul_t with a precision (eg_bf16.h): EG_PREC_F32 is eg_qmatmul_t;
- * EG_PREC_BF16 rounds dY and the dequantized W to bfloat16 and sums the
+ * EG_PREC_INT8 is EG_PREC_BF16 here (no int8 backward product); EG_PREC_BF16
+ * rounds dY and the dequantized W to bfloat16 and sums the
  * products in float32 — with the AVX512-BF16 kernel on panels of W^T packed
  * from one dequantized tile of W (at most 32 MiB; a larger W is done in row
  * blocks), else emulated (rounded float copies and eg_sgemm). Batches of at
@@ -208,6 +212,69 @@ eg_status eg_qmatmul_t(float *dX, size_t ldx, const float *dY, size_t ldy, size_
  * EG_ENOMEM. Never call inside an OpenMP region. */
 eg_status eg_qmatmul_t_prec(float *dX, size_t ldx, const float *dY, size_t ldy, size_t N,
                             const eg_qmat *W, int accumulate, int precision, eg_err *err);
+
+/* ---- int8 products (ops/qmatmul_int8.c; EG_PREC_INT8) ----
+ * Activations are quantized per token and per block of 32 columns (scale
+ * amax / 127, codes rounded to nearest even, clamped to +-127), the weights
+ * used as their integer codes with their scales and mins; integer sums are
+ * exact and the float scales applied in one fixed order, so every kernel
+ * (generic C, AVX2, AVX-VNNI, AVX512-VNNI) gives the same bits. */
+
+/* 1 for the types the int8 kernels read (Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 Q4_K Q5_K
+ * Q6_K); eg_qmatmul_prec sends the others to the bfloat16 path. */
+int eg_int8_supported_type(int type);
+
+/* Y (N, rows) = int8 product of X (N, cols) and W, cols % 32 == 0 and a
+ * supported type (else EINVAL); no bias. EG_OK, EG_ENOMEM, EG_EOVERFLOW.
+ * Never call inside an OpenMP region. */
+eg_status eg_qmatmul_int8(float *Y, size_t ldy, const float *X, size_t ldx, size_t N,
+                          const eg_qmat *W, eg_err *err);
+
+/* The activation quantizer: for N rows of X (cols % 32 == 0), xu (N, cols)
+ * gets the codes q + 128, xd (N, cols / 32) the scales dx, xds the products
+ * dx * sum(q) of each block. A block with max|x| < 2^-120 gets q = 0,
+ * dx = 0; a block holding an inf or NaN gets q = 0, dx = NaN. */
+void eg_q8_quantize_rows(uint8_t *xu, float *xd, float *xds, const float *X, size_t ldx,
+                         size_t N, int cols);
+
+/* The repacked layout: a panel of 16 rows is cols / 32 of these blocks, one
+ * per 32 columns; row r's value at column 4j + i of the block is
+ * d * q[j][r][i] + m with d = d0[r] for columns 0..15 and d1[r] for 16..31
+ * (equal unless the type has 16-column scales: Q6_K), m = m[r] (0 for
+ * types without mins). c0 / c1 = -128 * the sum of q over columns 0..15 /
+ * 16..31 for Q6_K; for the other types c0 is -128 * the sum over all 32
+ * and c1 = 0 (VPDPBUSD multiplies unsigned activation codes q + 128, and
+ * c removes the 128). Rows past a short panel's end are zero. */
+#define EG_INT8_PANEL_ROWS 16
+typedef struct {
+    int8_t q[8][EG_INT8_PANEL_ROWS][4];
+    float d0[EG_INT8_PANEL_ROWS];
+    float d1[EG_INT8_PANEL_ROWS];
+    float m[EG_INT8_PANEL_ROWS];
+    int32_t c0[EG_INT8_PANEL_ROWS];
+    int32_t c1[EG_INT8_PANEL_ROWS];
+} eg_int8_block;
+
+/* Bytes of one repacked 16-row panel of a matrix with cols columns, and the
+ * repack itself (rows r0 .. r0 + nr of W, nr <= 16, into a 64-byte aligned
+ * dst; scratch: 16 * cols int8 and 48 * cols / 32 floats). Exposed for
+ * tests. */
+size_t eg_int8_panel_bytes(int cols);
+void eg_int8_pack_panel(void *dst, const eg_qmat *W, int r0, int nr, int8_t *wscratch,
+                        float *fscratch);
+
+/* The kernel used here: 3 AVX512-VNNI, 2 AVX-VNNI (256-bit), 1 AVX2, 0
+ * generic C (within ENGINE_PY_ISA's cap), and its name. */
+int eg_int8_kernel_level(void);
+const char *eg_int8_kernel_name(int level);
+/* Tests: run kernel `level` (<= eg_int8_kernel_level(); -1 clears) instead;
+ * returns the previous override. Not thread-safe against running products. */
+int eg_int8_force_level(int level);
+
+/* The int8 peak probe: `iters` rounds of 12 independent VPDPBUSD on every
+ * core thread; returns the ops done (2 per multiply-add; the caller times
+ * the call), 0 when the CPU has no VNNI. */
+double eg_int8_peak_ops(long iters);
 
 /* Batches of at most this many tokens take eg_qmatmul's direct path. */
 #define EG_QMM_DIRECT_MAX 64

@@ -102,7 +102,8 @@ static eg_status check_cfg(const eg_llama_config *c, eg_err *err)
         return eg_seterr(err, EG_EINVAL, "llama config: rope_theta must be positive, got %g",
                          c->rope_theta);
     }
-    if (c->precision != EG_PREC_F32 && c->precision != EG_PREC_BF16) {
+    if (c->precision != EG_PREC_F32 && c->precision != EG_PREC_BF16
+        && c->precision != EG_PREC_INT8) {
         return eg_seterr(err, EG_EINVAL, "llama config: unknown precision %d", c->precision);
     }
     if (c->rope_mode != EG_ROPE_NORM && c->rope_mode != EG_ROPE_NEOX) {

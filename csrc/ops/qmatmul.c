@@ -354,7 +354,13 @@ eg_status eg_qmatmul_prec(float *Y, size_t ldy, const float *X, size_t ldx, size
         return EG_OK;
     }
     const qmm_kernels *kern = &copies[eg_isa_level()];
-    if (precision == EG_PREC_BF16 && N > (size_t)g_direct_max) {
+    if (precision == EG_PREC_INT8 && N > (size_t)g_direct_max && eg_int8_supported_type(W->type)) {
+        eg_status st = eg_qmatmul_int8(Y, ldy, X, ldx, N, W, err);
+        if (st != EG_OK) {
+            return st;
+        }
+    } else if (precision != EG_PREC_F32 && N > (size_t)g_direct_max) {
+        /* bf16, and int8 for the types without integer codes */
         eg_status st = qmm_bf16(kern, Y, ldy, X, ldx, N, W, err);
         if (st != EG_OK) {
             return st;
@@ -463,7 +469,8 @@ static eg_status qmm_t_bf16(const qmm_kernels *kern, float *dX, size_t ldx, cons
 eg_status eg_qmatmul_t_prec(float *dX, size_t ldx, const float *dY, size_t ldy, size_t N,
                             const eg_qmat *W, int accumulate, int precision, eg_err *err)
 {
-    if (precision != EG_PREC_BF16 || N <= (size_t)g_direct_max || N == 0) {
+    /* int8 has no backward product of its own: it takes the bf16 one */
+    if (precision == EG_PREC_F32 || N <= (size_t)g_direct_max || N == 0) {
         return eg_qmatmul_t(dX, ldx, dY, ldy, N, W, accumulate, err);
     }
     const qmm_kernels *kern = &copies[eg_isa_level()];

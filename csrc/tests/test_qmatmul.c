@@ -12,6 +12,10 @@
  * precision bf16 (eg_qmatmul_prec): within float32 summation error of the
  * double product of the bf16-rounded inputs and weights, on the AVX512-BF16
  * kernel or the emulation, with partial panels, token tiles and K blocks.
+ * int8 (EG_PREC_INT8): the activation quantizer on edge values (zero, tiny,
+ * inf, NaN, largest, exact blocks), the repack of every int8 type against
+ * eg_dequantize bit for bit, the product against a double reference on
+ * every kernel this CPU runs (all the same bits).
  * Also eg_qmat_init's refusals. `make test` runs it once per SIMD level
  * under ENGINE_PY_ISA in CI.
  */
@@ -20,7 +24,9 @@
 #include "eg_quant.h"
 #include "eg_test.h"
 
+#include <math.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 static uint64_t rng = 88172645463325252ull;
@@ -358,6 +364,208 @@ static void test_bf16_packing(void)
     }
 }
 
+/* ---------------------------------------------------------------- int8 */
+
+/* The activation quantizer on edge values: a zero block, a block too small
+ * to scale, inf and NaN blocks, the largest floats, exact ties. */
+static void test_q8_quantizer(void)
+{
+    enum { COLS = 256, NB = COLS / 32 };
+    float x[2 * COLS];
+    uint8_t u[2 * COLS];
+    float d[2 * NB], ds[2 * NB];
+    for (int k = 0; k < 2 * COLS; k++) {
+        x[k] = frand();
+    }
+    for (int k = 0; k < 32; k++) {
+        x[k] = 0.0f;                        /* block 0: zeros */
+        x[32 + k] = 1e-38f * (float)(k - 16);  /* block 1: below 2^-120 */
+        x[64 + k] = (float)(k - 16);        /* block 2: amax 16 */
+        x[128 + k] = k % 2 ? 3.4e38f : -3.4e38f;  /* block 4: the largest floats */
+    }
+    x[96 + 5] = INFINITY;                   /* block 3: inf */
+    x[COLS + 200] = NAN;                    /* row 1, block 6: NaN */
+    eg_q8_quantize_rows(u, d, ds, x, COLS, 2, COLS);
+    CHECK(d[0] == 0.0f && ds[0] == 0.0f, "zero block: d %g", (double)d[0]);
+    CHECK(d[1] == 0.0f, "tiny block: d %g", (double)d[1]);
+    for (int k = 0; k < 32; k++) {
+        CHECK(u[k] == 128 && u[32 + k] == 128 && u[96 + k] == 128, "zero codes at %d", k);
+    }
+    CHECK(isnan(d[3]) && isnan(ds[3]), "inf block: d %g", (double)d[3]);
+    CHECK(isnan(d[NB + 6]) && !isnan(d[NB + 5]), "NaN block");
+    CHECK(d[4] == 3.4e38f / 127.0f, "largest floats: d %g", (double)d[4]);
+    for (int k = 0; k < 32; k++) {
+        CHECK(u[128 + k] == (k % 2 ? 255 : 1), "largest floats: code %d", u[128 + k]);
+    }
+    /* block 2: x = k - 16, d = 16 / 127: x / d = (k - 16) * 7.9375 */
+    CHECK(d[2] == 16.0f / 127.0f, "d %g", (double)d[2]);
+    int sum = 0;
+    for (int k = 0; k < 32; k++) {
+        const int q = (int)u[64 + k] - 128;
+        const float want = nearbyintf(x[64 + k] * (1.0f / d[2]));
+        sum += q;
+        CHECK(q == (int)want, "k %d: q %d want %g", k, q, (double)want);
+        CHECK(fabs((double)q * d[2] - x[64 + k]) <= 0.5 * d[2] + 1e-6, "k %d: error", k);
+    }
+    CHECK(u[64] == 1, "-16 -> -127, got %d", (int)u[64] - 128);
+    CHECK(ds[2] == d[2] * (float)sum, "ds");
+    /* every random block: codes within +-127, one of them at +-127 */
+    for (int b = 5; b < 2 * NB; b++) {
+        if (b == NB + 6) {
+            continue;
+        }
+        int top = 0;
+        for (int k = 0; k < 32; k++) {
+            const int q = (int)u[32 * b + k] - 128;
+            CHECK(q >= -127 && q <= 127, "range");
+            top = abs(q) > top ? abs(q) : top;
+        }
+        CHECK(top == 127, "block %d: max |q| %d", b, top);
+    }
+}
+
+/* The repack of every int8 type reproduces eg_dequantize's weights:
+ * d * q + m in float32 is the dequantized value bit for bit, and the
+ * corrections are -128 * the code sums. 20 rows: a full and a short panel. */
+static void test_int8_repack(int type, int cols)
+{
+    const int rows = 20, nb = cols / 32;
+    const char *name = eg_ggml_type_name(type);
+    size_t nbytes;
+    unsigned char *m = random_matrix(type, rows, cols, &nbytes);
+    eg_qmat w;
+    eg_err err;
+    eg_err_clear(&err);
+    CHECK(eg_qmat_init(&w, type, rows, cols, m, "w", &err) == EG_OK, "%s", err.msg);
+    CHECK(eg_int8_panel_bytes(cols) == (size_t)nb * sizeof(eg_int8_block), "panel bytes");
+    eg_int8_block *P = eg_aligned_alloc(2 * eg_int8_panel_bytes(cols));
+    int8_t *ws = malloc((size_t)16 * cols);
+    float *fs = malloc(48 * (size_t)nb * sizeof(float));
+    float *row = malloc((size_t)cols * sizeof(float));
+    const int split = type == EG_GGML_Q6_K;
+    const int mins = type == EG_GGML_Q4_1 || type == EG_GGML_Q5_1 || type == EG_GGML_Q4_K
+                     || type == EG_GGML_Q5_K;
+    eg_int8_pack_panel(P, &w, 0, 16, ws, fs);
+    eg_int8_pack_panel(P + nb, &w, 16, 4, ws, fs);
+    int bad = 0;
+    for (int r = 0; r < 32; r++) {
+        const eg_int8_block *Pp = P + (r / 16) * nb;
+        const int lr = r % 16;
+        if (r >= rows) {
+            for (int b = 0; b < nb; b++) {
+                for (int j = 0; j < 8; j++) {
+                    bad += Pp[b].q[j][lr][0] != 0 || Pp[b].q[j][lr][3] != 0;
+                }
+                bad += Pp[b].d0[lr] != 0.0f || Pp[b].c0[lr] != 0 || Pp[b].m[lr] != 0.0f;
+            }
+            continue;
+        }
+        eg_qmat_row(&w, r, row);
+        for (int b = 0; b < nb; b++) {
+            const eg_int8_block *B = Pp + b;
+            int s0 = 0, s1 = 0;
+            for (int k = 0; k < 32; k++) {
+                const int q = B->q[k / 4][lr][k % 4];
+                const float dd = k < 16 ? B->d0[lr] : B->d1[lr];
+                const float p = dd * (float)q;
+                const float v = mins ? p + B->m[lr] : p;
+                bad += v != row[32 * b + k];
+                if (k < 16) {
+                    s0 += q;
+                } else {
+                    s1 += q;
+                }
+            }
+            if (!split) {
+                bad += B->d1[lr] != B->d0[lr] || B->c0[lr] != -128 * (s0 + s1) || B->c1[lr] != 0;
+            } else {
+                bad += B->c0[lr] != -128 * s0 || B->c1[lr] != -128 * s1;
+            }
+            bad += !mins && B->m[lr] != 0.0f;
+        }
+    }
+    CHECK(bad == 0, "%s: %d repacked values or sums differ", name, bad);
+    eg_aligned_free(P);
+    free(ws);
+    free(fs);
+    free(row);
+    free(m);
+}
+
+/* eg_qmatmul_prec(EG_PREC_INT8) against a double product of the quantized
+ * activations and eg_dequantize's weights, on every kernel this CPU runs,
+ * all giving the same bits; token counts over the tiles and the 128-token
+ * chunk. */
+static void test_int8_product(int type, int rows, int cols)
+{
+    const char *name = eg_ggml_type_name(type);
+    const int n = 131, nb = cols / 32;
+    size_t nbytes;
+    unsigned char *m = random_matrix(type, rows, cols, &nbytes);
+    eg_qmat w;
+    eg_err err;
+    eg_err_clear(&err);
+    CHECK(eg_qmat_init(&w, type, rows, cols, m, "w", &err) == EG_OK, "%s", err.msg);
+    float *x = malloc((size_t)n * cols * sizeof(float));
+    float *wd = malloc((size_t)rows * cols * sizeof(float));
+    float *y = malloc((size_t)n * rows * sizeof(float));
+    float *y0 = malloc((size_t)n * rows * sizeof(float));
+    uint8_t *u = malloc((size_t)n * cols);
+    float *d = malloc((size_t)n * nb * sizeof(float)), *ds = malloc((size_t)n * nb * sizeof(float));
+    for (size_t i = 0; i < (size_t)n * cols; i++) {
+        x[i] = frand();
+    }
+    for (int r = 0; r < rows; r++) {
+        eg_qmat_row(&w, r, wd + (size_t)r * cols);
+    }
+    eg_q8_quantize_rows(u, d, ds, x, (size_t)cols, (size_t)n, cols);
+    const int old = eg_qmatmul_direct_max(0);
+    for (int lv = 0; lv <= eg_int8_kernel_level(); lv++) {
+        eg_int8_force_level(lv);
+        CHECK(eg_qmatmul_prec(y, rows, x, cols, n, &w, NULL, EG_PREC_INT8, &err) == EG_OK, "%s",
+              err.msg);
+        double worst = 0.0;
+        for (int t = 0; t < n; t++) {
+            for (int r = 0; r < rows; r++) {
+                double ref = 0.0, mag = 0.0;
+                for (int k = 0; k < cols; k++) {
+                    const double xq = ((int)u[(size_t)t * cols + k] - 128) * (double)d[(size_t)t * nb + k / 32];
+                    const double wv = wd[(size_t)r * cols + k];
+                    ref += xq * wv;
+                    mag += fabs(xq) * (fabs(wv) + 0.1);
+                }
+                const double e = fabs(y[(size_t)t * rows + r] - ref) / ((nb + 4) * 0x1p-23 * mag);
+                worst = e > worst ? e : worst;
+            }
+        }
+        CHECK(worst <= 1.0, "%s level %s: error / bound %g", name, eg_int8_kernel_name(lv), worst);
+        if (lv == 0) {
+            memcpy(y0, y, (size_t)n * rows * sizeof(float));
+        } else {
+            CHECK(memcmp(y, y0, (size_t)n * rows * sizeof(float)) == 0, "%s: %s differs from generic",
+                  name, eg_int8_kernel_name(lv));
+        }
+    }
+    eg_int8_force_level(-1);
+    eg_qmatmul_direct_max(old);
+    /* not a type with integer codes: refused by the int8 entry point */
+    eg_qmat f;
+    CHECK(eg_qmat_init(&f, EG_GGML_F32, 2, 32, x, "f", &err) == EG_OK, "f32");
+    CHECK(eg_qmatmul_int8(y, 2, x, 32, 1, &f, &err) == EG_EINVAL, "F32 refused by the int8 kernel");
+    /* a task count past INT32_MAX is refused before anything is read */
+    eg_qmat huge;
+    CHECK(eg_qmat_init(&huge, EG_GGML_Q8_0, INT32_MAX, 32, m, "huge", &err) == EG_OK, "%s", err.msg);
+    CHECK(eg_qmatmul_int8(y, 1, x, 32, 4096, &huge, &err) == EG_EOVERFLOW, "task count overflow");
+    free(x);
+    free(wd);
+    free(y);
+    free(y0);
+    free(u);
+    free(d);
+    free(ds);
+    free(m);
+}
+
 static void test_init_errors(void)
 {
     eg_err err;
@@ -394,6 +602,14 @@ int main(void)
     test_bf16_t(EG_GGML_F32, 45, 70, 16);     /* blocks of 16, 16, 13 */
     test_bf16_t(EG_GGML_Q4_1, 1100, 96, 0);   /* K over several kernel K blocks */
     test_bf16_t(EG_GGML_Q6_K, 64, 512, 17);   /* odd tile made even: 18, 18, 18, 10 */
+    test_q8_quantizer();
+    const int i8types[] = {EG_GGML_Q4_0, EG_GGML_Q4_1, EG_GGML_Q5_0, EG_GGML_Q5_1, EG_GGML_Q8_0,
+                           EG_GGML_Q4_K, EG_GGML_Q5_K, EG_GGML_Q6_K};
+    for (size_t i = 0; i < sizeof i8types / sizeof i8types[0]; i++) {
+        const int k = i8types[i] >= EG_GGML_Q2_K ? 512 : 96;
+        test_int8_repack(i8types[i], k);
+        test_int8_product(i8types[i], 37, k);
+    }
     test_init_errors();
     return eg_test_report("test_qmatmul");
 }

@@ -31,6 +31,11 @@ that have bf16 arithmetic (AVX512-BF16, AMX): engine_py with
 Encoder.from_pretrained(gguf, precision="bfloat16"), and PyTorch +
 transformers with the model in torch.bfloat16. Their "% of peak" is of
 PyTorch's bfloat16 matmul at square sizes, measured in the same run.
+One more, engine_py with precision="int8" (int8 activations times the
+weights' integer codes, VPDPBUSD where the CPU has VNNI): its "% of peak"
+is of the int8 peak, engine_py's own loop of independent VPDPBUSD on every
+thread (2 ops per multiply-add; `_core._int8_peak`), measured in the same
+run; no int8 peak where the CPU has no VNNI.
 
 Every (side, model, workload, setting) runs in a child process of its own
 (python -m engine_py.bench.llm --worker ...), so that its peak RSS
@@ -242,12 +247,20 @@ def flops_per_text(cfg: dict, n_tokens: int) -> float:
 
 # --- markdown -----------------------------------------------------------------
 
-SIDES = ("engine_py", "engine_py_bf16", "xllamacpp", "torch", "torch_bf16")
+SIDES = ("engine_py", "engine_py_bf16", "engine_py_int8", "xllamacpp", "torch", "torch_bf16")
 SIDE_NAMES = {"engine_py": "engine_py", "engine_py_bf16": "engine_py, precision='bfloat16'",
+              "engine_py_int8": "engine_py, precision='int8'",
               "xllamacpp": "llama.cpp (xllamacpp)", "torch": "PyTorch + transformers, float32",
               "torch_bf16": "PyTorch + transformers, bfloat16"}
 # the sides whose products run in bfloat16: their % of peak is of the bf16 peak
 BF16_SIDES = ("engine_py_bf16", "torch_bf16")
+# the sides whose products run in int8: their % of peak is of the int8 peak
+INT8_SIDES = ("engine_py_int8",)
+
+
+def side_precision(side: str) -> str:
+    """The precision an engine_py or PyTorch side runs in."""
+    return "bfloat16" if side in BF16_SIDES else "int8" if side in INT8_SIDES else "float32"
 
 
 def _fmt(x, spec, missing="—"):
@@ -271,7 +284,10 @@ def render_markdown(res: dict, machine_line: str = "") -> str:
              f"(no lm_head); % of peak: of a float32 matmul through NumPy's BLAS, {res['threads']} "
              f"threads, same run: {_fmt(peak, '.1f')} GFLOP/s{res.get('sgemm_note', '')}"
              + (f"; for the bfloat16 sides, of PyTorch's bfloat16 matmul (same threads, same run): "
-                f"{res['bf16_gflops']:.1f} GFLOP/s" if res.get("bf16_gflops") else "") + ".",
+                f"{res['bf16_gflops']:.1f} GFLOP/s" if res.get("bf16_gflops") else "")
+             + (f"; for the int8 side, of the int8 peak (engine_py's VPDPBUSD loop, "
+                f"{res.get('int8_kernel', '?')}, same threads, same run; 2 ops per multiply-add): "
+                f"{res['int8_gops']:.1f} GOP/s" if res.get("int8_gops") else "") + ".",
              ""]
     for m in res["models"]:
         c = m["cfg"]
@@ -292,7 +308,8 @@ def render_markdown(res: dict, machine_line: str = "") -> str:
                                  f"| | | {_fmt(s.get('rss_mb'), '.0f', '')} | |")
                     continue
                 gf = cr["gflop"] / s["seconds"]
-                ref = res.get("bf16_gflops") if side in BF16_SIDES else peak
+                ref = (res.get("bf16_gflops") if side in BF16_SIDES
+                       else res.get("int8_gops") if side in INT8_SIDES else peak)
                 pct = f"{100.0 * gf / ref:.0f}%" if ref else "—"
                 setting = s.get("setting", "")
                 own = s.get("own_tokens")
@@ -300,10 +317,12 @@ def render_markdown(res: dict, machine_line: str = "") -> str:
                     setting += f"; its tokenizer counts {own:,} tokens"
                 lines.append(f"| {desc} | {SIDE_NAMES[side]} | {s['tokens_per_s']:,.0f} | {gf:.1f} | {pct} | "
                              f"{_fmt(s.get('rss_mb'), '.0f')} | {setting} |")
-            e, eb, x, t, tb = (cr["sides"].get(k) or {} for k in SIDES)
+            e, eb, e8, x, t, tb = (cr["sides"].get(k) or {} for k in SIDES)
             for mine, label, others in (
                     (e, "engine_py", ((x, "llama.cpp"), (t, "PyTorch"))),
-                    (eb, "engine_py bf16", ((x, "llama.cpp"), (t, "PyTorch"), (tb, "PyTorch bf16")))):
+                    (eb, "engine_py bf16", ((x, "llama.cpp"), (t, "PyTorch"), (tb, "PyTorch bf16"))),
+                    (e8, "engine_py int8", ((x, "llama.cpp"), (t, "PyTorch"), (tb, "PyTorch bf16"),
+                                            (e, "engine_py f32"), (eb, "engine_py bf16")))):
                 if not mine.get("ok"):
                     continue
                 rs = [f"{mine['tokens_per_s'] / o['tokens_per_s']:.2f}x {name}" for o, name in others
@@ -420,6 +439,8 @@ def _worker_engine(job: dict) -> dict:
     if precision == "bfloat16":
         kernel = engine_py._core.build_info().get("bf16_kernel")
         setting += ", AVX512-BF16 kernel" if kernel else ", no AVX512-BF16: emulated"
+    if precision == "int8":
+        setting += f", int8 kernel {engine_py._core.build_info().get('int8_kernel')}"
     return {"ok": True, "times": times, "own_tokens": own, "setting": setting}
 
 
@@ -515,8 +536,34 @@ def _worker_bf16_peak(job: dict) -> dict:
     return {"ok": True, "gflops": best, "torch": torch.__version__}
 
 
-_WORKERS = {"sgemm": _worker_sgemm, "bf16_peak": _worker_bf16_peak, "engine_py": _worker_engine,
-            "engine_py_bf16": _worker_engine, "xllamacpp": _worker_xllamacpp, "torch": _worker_torch,
+def _worker_int8_peak(job: dict) -> dict:
+    """The machine's int8 rate: engine_py's loop of independent VPDPBUSD on
+    every thread (2 ops per multiply-add), best of a few ~0.3 s timings."""
+    import engine_py
+
+    engine_py.set_num_threads(job["threads"])
+    kernel = engine_py._core.build_info().get("int8_kernel")
+    if engine_py._core._int8_peak(1000) == 0.0:
+        return {"ok": False, "reason": f"no VNNI (int8 kernel {kernel})", "kernel": kernel}
+    iters, best = 1_000_000, 0.0
+    while True:   # about 0.3 s per timing
+        t0 = time.perf_counter()
+        ops = engine_py._core._int8_peak(iters)
+        dt = time.perf_counter() - t0
+        if dt >= 0.3 or iters >= 1 << 34:
+            break
+        iters *= 2
+    best = ops / dt / 1e9
+    for _ in range(4):
+        t0 = time.perf_counter()
+        ops = engine_py._core._int8_peak(iters)
+        best = max(best, ops / (time.perf_counter() - t0) / 1e9)
+    return {"ok": True, "gops": best, "kernel": kernel}
+
+
+_WORKERS = {"sgemm": _worker_sgemm, "bf16_peak": _worker_bf16_peak, "int8_peak": _worker_int8_peak,
+            "engine_py": _worker_engine, "engine_py_bf16": _worker_engine, "engine_py_int8": _worker_engine,
+            "xllamacpp": _worker_xllamacpp, "torch": _worker_torch,
             "torch_bf16": _worker_torch}
 
 
@@ -631,7 +678,13 @@ def main(argv: list | None = None) -> int:
     if any(sd in BF16_SIDES for sd in sides):
         log("bf16 peak (PyTorch bfloat16 matmul) ...")
         bf16_peak = _run_child({"side": "bf16_peak", "threads": args.threads}, args.timeout, log).get("gflops")
+    int8_peak = int8_kernel = None
+    if any(sd in INT8_SIDES for sd in sides):
+        log("int8 peak (engine_py VPDPBUSD loop) ...")
+        i8 = _run_child({"side": "int8_peak", "threads": args.threads}, args.timeout, log)
+        int8_peak, int8_kernel = i8.get("gops"), i8.get("kernel")
     res = {"threads": args.threads, "reps": args.reps, "sgemm_gflops": peak, "bf16_gflops": bf16_peak,
+           "int8_gops": int8_peak, "int8_kernel": int8_kernel,
            "gomp_spincount": os.environ.get("GOMP_SPINCOUNT", "unset"),
            "sgemm_note": f" ({sg['blas']})" if sg.get("blas") else "",
            "command": "python -m engine_py bench llm" + (" " + " ".join(argv) if argv else ""),
@@ -690,7 +743,7 @@ def main(argv: list | None = None) -> int:
                 else:
                     log(f"{name} {case} {side} ...")
                     r = _run_child(dict(base, side=side,
-                                        precision="bfloat16" if side in BF16_SIDES else "float32",
+                                        precision=side_precision(side),
                                         batch_size=args.engine_batch if side.startswith("engine_py") else tb),
                                    args.timeout, log)
                     if r.get("ok"):
@@ -721,6 +774,12 @@ def main(argv: list | None = None) -> int:
         res["sgemm_gflops"] = max(peak or 0.0, sg2["gflops"])
         res["sgemm_note"] += (f"; the better of {_fmt(peak, '.1f')} at the start and {sg2['gflops']:.1f} "
                               f"at the end of the run")
+    if int8_peak is not None:
+        log("int8 peak again ...")
+        i82 = _run_child({"side": "int8_peak", "threads": args.threads}, args.timeout, log)
+        if i82.get("gops"):
+            res["int8_gops_start_end"] = [int8_peak, i82["gops"]]
+            res["int8_gops"] = max(int8_peak, i82["gops"])
     machine = run.stop(threads=args.threads)
     md = render_markdown(res, machine_line(machine))
     finish(args, "llm", md, machine, res, argv)

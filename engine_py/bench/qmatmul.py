@@ -14,6 +14,12 @@ matmul on weights dequantized beforehand (what a user with the float weights
 in memory would run), in the same run, same thread count. GFLOP/s counts
 2 * N * rows * cols per layer, summed over the layer's seven products (q, k,
 v, o, gate, up, down), best of --repeat timings of at least --seconds each.
+int8: precision='int8' (activations quantized to int8 per block of 32,
+times the weights' integer codes; VPDPBUSD where the CPU has VNNI), with its
+fraction of the int8 peak: engine_py's loop of independent VPDPBUSD on every
+thread (`_core._int8_peak`, 2 ops per multiply-add), measured at the start
+and the end of the run (the better kept). Batches of N <= 64 take the
+float32 path in bf16 and int8 alike.
 Writes a file only with --out.
 """
 from __future__ import annotations
@@ -87,6 +93,40 @@ def _best(fn, repeat: int, seconds: float) -> float:
     return best
 
 
+def _int8_peak(seconds: float = 0.3, repeat: int = 4):
+    """engine_py's int8 peak in GOP/s (a loop of independent VPDPBUSD on
+    every thread; 2 ops per multiply-add), best of `repeat` timings of about
+    `seconds`; None when the CPU has no VNNI."""
+    from engine_py import _core
+
+    if _core._int8_peak(1000) == 0.0:
+        return None
+    iters = 1_000_000
+    while True:
+        t0 = time.perf_counter()
+        ops = _core._int8_peak(iters)
+        dt = time.perf_counter() - t0
+        if dt >= seconds or iters >= 1 << 34:
+            break
+        iters *= 2
+    best = ops / dt / 1e9
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        ops = _core._int8_peak(iters)
+        best = max(best, ops / (time.perf_counter() - t0) / 1e9)
+    return best
+
+
+def _fill_int8_peak(line: str, peak) -> str:
+    """Put the int8 peak and the % of it into a table line (known only at
+    the end of the run)."""
+    import re
+
+    line = line.replace("PEAK_PLACEHOLDER", f"{peak:.1f} GOP/s" if peak else "none (no VNNI)")
+    return re.sub(r"PCT8\[([0-9.e+-]+)\]",
+                  lambda mm: f"{100.0 * float(mm.group(1)) / peak:.0f}%" if peak else "—", line)
+
+
 def main(argv=None) -> int:
     import engine_py
     from engine_py import _core
@@ -104,6 +144,8 @@ def main(argv=None) -> int:
     ap.add_argument("--per-product", action="store_true", help="also print each product's GFLOP/s")
     ap.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True,
                     help="also time precision='bfloat16' (bf16 inputs, float32 sums; default: on)")
+    ap.add_argument("--int8", action=argparse.BooleanOptionalAction, default=True,
+                    help="also time precision='int8' and the int8 peak (default: on)")
     ap.add_argument("--quiet", action="store_true")
     add_output_args(ap, "qmatmul")
     args = ap.parse_args(argv)
@@ -126,6 +168,9 @@ def main(argv=None) -> int:
     rng = np.random.default_rng(0)
     run = start_run()
     results = {}
+    int8_peak = _int8_peak() if args.int8 else None
+    if args.int8:
+        log(f"int8 peak (VPDPBUSD loop): {int8_peak or 0:.1f} GOP/s")
     lines = [f"## Quantized matmul (`python -m engine_py bench qmatmul"
              f"{' ' + ' '.join(argv) if argv else ''}`)", "",
              "GFLOP/s of one layer's seven products Y = X @ W^T (q, k, v, o, gate, up, down; 2*N*rows*cols "
@@ -136,15 +181,21 @@ def main(argv=None) -> int:
                 f"batches of N <= 64 take the float32 path; AVX512-BF16 kernel on this CPU: "
                 f"{'yes' if _core.build_info().get('bf16_kernel') else 'no, emulated'})." if args.bf16 else ""),
              ""]
+    if args.int8:
+        lines.insert(-1, f"int8: precision='int8' (int8 activations per 32-column block times the weights' "
+                         f"integer codes; kernel {_core.build_info().get('int8_kernel')}); % of the int8 peak "
+                         f"(engine_py's VPDPBUSD loop, same threads, 2 ops per multiply-add, the better of the "
+                         f"start and the end of the run): PEAK_PLACEHOLDER.")
     for m in models:
         label, prods, default_types = MODELS[m]
         types = args.types.split(",") if args.types else default_types
+        head = "| type | N | engine_py GFLOP/s | NumPy f32 GFLOP/s | ratio |"
         if args.bf16:
-            lines += [f"### {label}", "", "| type | N | engine_py GFLOP/s | NumPy f32 GFLOP/s | ratio "
-                      "| engine_py bf16 GFLOP/s | bf16 / NumPy f32 |", "|---|---:|---:|---:|---:|---:|---:|"]
-        else:
-            lines += [f"### {label}", "", "| type | N | engine_py GFLOP/s | NumPy f32 GFLOP/s | ratio |",
-                      "|---|---:|---:|---:|---:|"]
+            head += " engine_py bf16 GFLOP/s | bf16 / NumPy f32 |"
+        if args.int8:
+            head += " engine_py int8 GFLOP/s | int8 / NumPy f32 |" + (" int8 / bf16 |" if args.bf16 else "") \
+                + " % of int8 peak |"
+        lines += [f"### {label}", "", head, "|---|" + "---:|" * (head.count("|") - 2)]
         for tn in types:
             bs = _LAYOUT[tn][1]
             ws = []
@@ -164,6 +215,8 @@ def main(argv=None) -> int:
                       for _, r, c, raw, _ in ws]
                 tb = [_best(lambda: _core.qmatmul(xs[c], raw, TYPES[tn], r, c, precision="bfloat16"),
                             args.repeat, args.seconds) for _, r, c, raw, _ in ws] if args.bf16 else None
+                t8 = [_best(lambda: _core.qmatmul(xs[c], raw, TYPES[tn], r, c, precision="int8"),
+                            args.repeat, args.seconds) for _, r, c, raw, _ in ws] if args.int8 else None
                 tnp = [_best(lambda: xs[c] @ wd.T, args.repeat, args.seconds) for _, r, c, _, wd in ws]
                 time.sleep(0.2)
                 ge, gn = sum(flops) / sum(te) / 1e9, sum(flops) / sum(tnp) / 1e9
@@ -173,6 +226,13 @@ def main(argv=None) -> int:
                     gb = sum(flops) / sum(tb) / 1e9
                     results[m][tn][n]["engine_py_bf16"] = gb
                     row += f" {gb:.1f} | {gb / gn:.2f}x |"
+                if t8 is not None:
+                    g8 = sum(flops) / sum(t8) / 1e9
+                    results[m][tn][n]["engine_py_int8"] = g8
+                    row += f" {g8:.1f} | {g8 / gn:.2f}x |"
+                    if tb is not None:
+                        row += f" {g8 / gb:.2f}x |"
+                    row += f" PCT8[{g8!r}] |"
                 lines.append(row)
                 per = [f"{w[0]} {f / a / 1e9:.0f}/{f / b / 1e9:.0f}" for w, f, a, b in zip(ws, flops, te, tnp)]
                 log(f"{label} {tn}{which} N={n}: engine_py {ge:.1f} GFLOP/s, numpy {gn:.1f} ({ge / gn:.2f}x)"
@@ -180,6 +240,13 @@ def main(argv=None) -> int:
         lines.append("")
     if limiter is not None:
         limiter.restore_original_limits()
+    if args.int8:
+        # the machine may be shared: the better of the start and the end
+        end = _int8_peak()
+        if int8_peak is not None and end is not None:
+            int8_peak = max(int8_peak, end)
+        results["int8_peak_gops"] = int8_peak
+        lines = [_fill_int8_peak(line, int8_peak) for line in lines]
     machine = run.stop(threads=engine_py.get_num_threads())
     lines.append(f"Machine: {machine_line(machine)}.")
     print()
