@@ -108,3 +108,43 @@ def test_bench_finetune_moe_tiny(tmp_path, method):
     assert eng["tokens_per_s"] > 0 and eng["rss_mb"] > 0 and ref["rss_mb"] > 0
     assert eng["tokens_per_step"] == ref["tokens_per_step"]
     assert ("GMoE fine-tuning" if method == "gmoe" else "MixLoRA fine-tuning") in d["markdown"]
+
+
+def test_bench_finetune_methods_interleaved(tmp_path):
+    """--method gmoe,mixlora: one engine_py process trains both on the same
+    batches, interleaved; rows per method, each against its own PyTorch row,
+    and the step-time ratio of gmoe to mixlora from that one process."""
+    tiny = write_tiny_llm(tmp_path / "m", "llama", gguf_types=("F32",))
+    out = tmp_path / "r.json"
+    assert finetune.main(["--model", tiny.gguf["F32"], "--method", "gmoe,mixlora", "--experts", "4",
+                          "--steps", "2", "--warmup", "1", "--batch-size", "2",
+                          "--prompt-words", "5", "--threads", "1", "--precisions", "float32",
+                          "--quiet", "--out", str(out)]) == 0
+    d = json.loads(out.read_text())
+    res = d["results"]
+    g, m = res["engine_py gmoe float32"], res["engine_py mixlora float32"]
+    assert len(g["raw"]["times"]) == len(m["raw"]["times"]) == 3
+    assert g["raw"]["tokens"] == m["raw"]["tokens"]   # the same batches
+    assert g["first_loss"] != m["first_loss"]          # different aux losses: two trainers
+    ov = res["engine_py float32 overhead"]["methods"]["gmoe"]
+    assert ov["wall_ratio"] == pytest.approx(g["s_per_step"] / m["s_per_step"])
+    assert len(ov["step_ratios"]) == 2 and ov["cpu_ratio"] > 0
+    md = d["markdown"]
+    assert "GMoE vs MixLoRA fine-tuning" in md and "Step time against mixlora" in md
+    assert re.search(r"\| float32 \| gmoe \| [0-9.]+ \| [0-9.]+ \| [0-9.]+ \|", md)
+    if "PyTorch gmoe official-style float32" in res:
+        for meth in ("gmoe", "mixlora"):
+            ref = res[f"PyTorch {meth} official-style float32"]
+            assert ref.get("tokens_per_s", 0) > 0, ref
+            row = next(line for line in md.splitlines()
+                       if line.startswith(f"| engine_py {meth} float32 |"))
+            assert row.split("|")[4].strip().endswith("x")   # vs its own PyTorch row
+
+
+def test_bench_finetune_methods_bad(capsys):
+    for bad in (["--method", "gmoe,gmoe"], ["--method", "gmoe,foo"],
+                ["--method", "gmoe,mixlora", "--router", "switch"]):
+        with pytest.raises(SystemExit) as e:
+            finetune.main(bad + ["--quiet"])
+        assert e.value.code == 2
+    assert "--method" in capsys.readouterr().err

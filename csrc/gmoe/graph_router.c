@@ -9,13 +9,18 @@
  * splits into a shared term Ahat[:, :N] (u W1^T), computed once per batch,
  * plus the rank-one term Ahat[:, N] (t_t W1^T) per token. Later layers are a
  * batched GEMM over all T*(N+1) node rows followed by the small per-token
- * product with Ahat. No token limit and no graph building per batch.
+ * product with Ahat; the last layer is needed at the N expert nodes only, so
+ * there Ahat is applied first (M[t] = Ahat[:N, :] relu(Z_{L-1}[t])) and the
+ * GEMM runs over T*N rows instead of T*(N+1). No token limit and no graph
+ * building per batch. d->prec = EG_PREC_BF16 makes the products over the
+ * tokens bf16 (eg_gemm_prec); the rest stays float32.
  * act = ReLU after every GCN layer; the logit of expert e is
  * relu(Z_L[t, e]) . pvec (a shared g -> 1 projection without bias, which would
  * cancel in the softmax anyway), or with d->per_expert_proj expert e's own
  * row pvec[e] (N,g).
  */
 #include "eg_gmoe.h"
+#include "eg_ops.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -87,6 +92,32 @@ static void apply_adj(float *out, const float *Q, const float *Ahat, int T, int 
     }
 }
 
+/* M[t] (N,g) = Ahat[:N, :] relu(Zp[t]) (Zp[t] (Nn,g)), for every token: the
+ * last layer's input at the expert nodes. */
+static void adj_relu_experts(float *M, const float *Zp, const float *Ahat, int T, int N, int g)
+{
+    const int Nn = N + 1;
+    #pragma omp parallel for schedule(static)
+    for (int t = 0; t < T; t++) {
+        const float *z = Zp + (size_t)t * Nn * g;
+        float *m = M + (size_t)t * N * g;
+        for (int e = 0; e < N; e++) {
+            float *me = m + (size_t)e * g;
+            memset(me, 0, (size_t)g * sizeof(float));
+            for (int f = 0; f < Nn; f++) {
+                const float a = Ahat[(size_t)e * Nn + f];
+                if (a == 0.0f) {
+                    continue;
+                }
+                const float *zf = z + (size_t)f * g;
+                for (int c = 0; c < g; c++) {
+                    me[c] += a * relu_nan(zf[c]);
+                }
+            }
+        }
+    }
+}
+
 eg_status eg_graph_router_forward(float *logits, float *Zt, float *Z, const float *x,
                                   const float *X, const float *Ws, const float *Wt,
                                   const float *Wl, const float *pvec, const float *Ahat,
@@ -100,21 +131,25 @@ eg_status eg_graph_router_forward(float *logits, float *Zt, float *Z, const floa
     float *Cs = eg_aligned_alloc((size_t)Nn * g * sizeof(float));
     float *tt = eg_aligned_alloc((size_t)T * g * sizeof(float));
     float *q1 = eg_aligned_alloc((size_t)T * g * sizeof(float));
-    float *Hp = L > 1 ? eg_aligned_alloc(layer * sizeof(float)) : NULL;
-    float *Q = L > 1 ? eg_aligned_alloc(layer * sizeof(float)) : NULL;
+    const int prec = d->prec;
+    const size_t elayer = (size_t)T * N * g;   /* the last layer: expert rows only */
+    float *Hp = L > 2 ? eg_aligned_alloc(layer * sizeof(float)) : NULL;
+    float *Q = L > 2 ? eg_aligned_alloc(layer * sizeof(float)) : NULL;
+    float *M = L > 1 ? eg_aligned_alloc(elayer * sizeof(float)) : NULL;
+    float *G = L > 1 ? eg_aligned_alloc(elayer * sizeof(float)) : NULL;
     eg_status st = EG_OK;
     if (U == NULL || P1 == NULL || Cs == NULL || tt == NULL || q1 == NULL ||
-        (L > 1 && (Hp == NULL || Q == NULL))) {
+        (L > 2 && (Hp == NULL || Q == NULL)) || (L > 1 && (M == NULL || G == NULL))) {
         st = eg_seterr(err, EG_ENOMEM, "graph router forward: out of memory (T=%d)", T);
         goto done;
     }
     eg_sgemm(0, 1, N, g, H, 1.0f, X, H, Ws, H, 0.0f, U, g);
     relu_copy(U, U, (size_t)N * g);
-    eg_sgemm(0, 1, T, g, H, 1.0f, x, H, Wt, H, 0.0f, Zt, g);
+    eg_gemm_prec(prec, 0, 1, T, g, H, 1.0f, x, H, Wt, H, 0.0f, Zt, g);
     relu_copy(tt, Zt, (size_t)T * g);
     /* layer 1, shared expert term and per-token rank-one term */
     eg_sgemm(0, 1, N, g, g, 1.0f, U, g, Wl, g, 0.0f, P1, g);
-    eg_sgemm(0, 1, T, g, g, 1.0f, tt, g, Wl, g, 0.0f, q1, g);
+    eg_gemm_prec(prec, 0, 1, T, g, g, 1.0f, tt, g, Wl, g, 0.0f, q1, g);
     for (int n = 0; n < Nn; n++) {
         for (int c = 0; c < g; c++) {
             float acc = 0.0f;
@@ -135,16 +170,29 @@ eg_status eg_graph_router_forward(float *logits, float *Zt, float *Z, const floa
             }
         }
     }
-    for (int l = 1; l < L; l++) {
+    for (int l = 1; l < L - 1; l++) {
         relu_copy(Hp, Z + (size_t)(l - 1) * layer, layer);
-        eg_sgemm(0, 1, (int)nodes, g, g, 1.0f, Hp, g, Wl + (size_t)l * g * g, g, 0.0f, Q, g);
+        eg_gemm_prec(prec, 0, 1, (int)nodes, g, g, 1.0f, Hp, g, Wl + (size_t)l * g * g, g, 0.0f,
+                     Q, g);
         apply_adj(Z + (size_t)l * layer, Q, Ahat, T, Nn, g, 0);
     }
+    if (L > 1) {
+        /* last layer at the expert nodes: Z_L[t, :N] = (Ahat[:N, :] H_{L-1}[t]) W_L^T */
+        adj_relu_experts(M, Z + (size_t)(L - 2) * layer, Ahat, T, N, g);
+        eg_gemm_prec(prec, 0, 1, T * N, g, g, 1.0f, M, g, Wl + (size_t)(L - 1) * g * g, g, 0.0f,
+                     G, g);
+    }
     {
-        const float *ZL = Z + (size_t)(L - 1) * layer;
+        float *ZL = Z + (size_t)(L - 1) * layer;
         const size_t pstride = d->per_expert_proj ? (size_t)g : 0;
         #pragma omp parallel for schedule(static)
         for (int t = 0; t < T; t++) {
+            if (L > 1) {
+                /* save the expert rows in Z's layout; the token row is not computed */
+                memcpy(ZL + (size_t)t * Nn * g, G + (size_t)t * N * g,
+                       (size_t)N * g * sizeof(float));
+                memset(ZL + ((size_t)t * Nn + N) * g, 0, (size_t)g * sizeof(float));
+            }
             for (int e = 0; e < N; e++) {
                 const float *z = ZL + ((size_t)t * Nn + e) * g;
                 const float *pe = pvec + (size_t)e * pstride;
@@ -164,6 +212,8 @@ done:
     eg_aligned_free(q1);
     eg_aligned_free(Hp);
     eg_aligned_free(Q);
+    eg_aligned_free(M);
+    eg_aligned_free(G);
     return st;
 }
 
@@ -176,9 +226,13 @@ eg_status eg_graph_router_backward(float *dx, float *dWs, float *dWt, float *dWl
 {
     const int T = d->T, H = d->H, N = d->N, g = d->g, L = d->L, Nn = N + 1;
     const size_t nodes = (size_t)T * Nn, layer = nodes * g;
+    const int prec = d->prec;
+    const size_t elayer = (size_t)T * N * g;
     float *dH = eg_aligned_alloc(layer * sizeof(float));
     float *dZ = eg_aligned_alloc(layer * sizeof(float));
-    float *Hp = L > 1 ? eg_aligned_alloc(layer * sizeof(float)) : NULL;
+    float *Hp = L > 2 ? eg_aligned_alloc(layer * sizeof(float)) : NULL;
+    float *dG = L > 1 ? eg_aligned_alloc(elayer * sizeof(float)) : NULL;
+    float *M = L > 1 ? eg_aligned_alloc(elayer * sizeof(float)) : NULL;
     float *Upre = eg_aligned_alloc((size_t)N * g * sizeof(float));
     float *U = eg_aligned_alloc((size_t)N * g * sizeof(float));
     float *tt = eg_aligned_alloc((size_t)T * g * sizeof(float));
@@ -190,7 +244,8 @@ eg_status eg_graph_router_backward(float *dx, float *dWs, float *dWt, float *dWl
     double *red = NULL;   /* RED_CHUNKS partial sums of the token reductions */
     size_t red_n = 0;
     eg_status st = EG_OK;
-    if (dH == NULL || dZ == NULL || (L > 1 && Hp == NULL) || Upre == NULL || U == NULL ||
+    if (dH == NULL || dZ == NULL || (L > 2 && Hp == NULL) || (L > 1 && (dG == NULL || M == NULL)) ||
+        Upre == NULL || U == NULL ||
         tt == NULL || dq == NULL || dtt == NULL || Sn == NULL || dP == NULL || dU == NULL) {
         st = eg_seterr(err, EG_ENOMEM, "graph router backward: out of memory (T=%d)", T);
         goto done;
@@ -230,18 +285,61 @@ eg_status eg_graph_router_backward(float *dx, float *dWs, float *dWt, float *dWl
             dpvec[i] += (float)sum;
         }
     }
-    #pragma omp parallel for schedule(static)
-    for (int t = 0; t < T; t++) {
-        for (int n = 0; n < Nn; n++) {
-            float *dh = dH + ((size_t)t * Nn + n) * g;
-            float dl = n < N ? dlogits[(size_t)t * N + n] : 0.0f;
-            const float *pe = pvec + (n < N ? (size_t)n * pstride : 0);
-            for (int c = 0; c < g; c++) {
-                dh[c] = dl * pe[c];
+    int l0 = L - 1;   /* the layer the generic loop below starts from */
+    if (L == 1) {
+        #pragma omp parallel for schedule(static)
+        for (int t = 0; t < T; t++) {
+            for (int n = 0; n < Nn; n++) {
+                float *dh = dH + ((size_t)t * Nn + n) * g;
+                float dl = n < N ? dlogits[(size_t)t * N + n] : 0.0f;
+                const float *pe = pvec + (n < N ? (size_t)n * pstride : 0);
+                for (int c = 0; c < g; c++) {
+                    dh[c] = dl * pe[c];
+                }
             }
         }
+    } else {
+        /* last layer, expert rows only: Z_L[t, :N] = M[t] W_L^T with
+         * M[t] = Ahat[:N, :] relu(Z_{L-1}[t]) (recomputed here) */
+        #pragma omp parallel for schedule(static)
+        for (int t = 0; t < T; t++) {
+            for (int e = 0; e < N; e++) {
+                const float *z = ZL + ((size_t)t * Nn + e) * g;
+                float *dg = dG + ((size_t)t * N + e) * g;
+                const float dl = dlogits[(size_t)t * N + e];
+                const float *pe = pvec + (size_t)e * pstride;
+                for (int c = 0; c < g; c++) {
+                    dg[c] = z[c] > 0.0f ? dl * pe[c] : 0.0f;
+                }
+            }
+        }
+        adj_relu_experts(M, Z + (size_t)(L - 2) * layer, Ahat, T, N, g);
+        const float *WL = Wl + (size_t)(L - 1) * g * g;
+        eg_gemm_prec(prec, 1, 0, g, g, T * N, 1.0f, dG, g, M, g, 1.0f,
+                     dWl + (size_t)(L - 1) * g * g, g);
+        eg_gemm_prec(prec, 0, 0, T * N, g, g, 1.0f, dG, g, WL, g, 0.0f, M, g); /* M = dM */
+        /* dH_{L-1}[t, f] = sum_{e<N} Ahat[e, f] dM[t, e] */
+        #pragma omp parallel for schedule(static)
+        for (int t = 0; t < T; t++) {
+            const float *dm = M + (size_t)t * N * g;
+            for (int f = 0; f < Nn; f++) {
+                float *dh = dH + ((size_t)t * Nn + f) * g;
+                memset(dh, 0, (size_t)g * sizeof(float));
+                for (int e = 0; e < N; e++) {
+                    const float a = Ahat[(size_t)e * Nn + f];
+                    if (a == 0.0f) {
+                        continue;
+                    }
+                    const float *de = dm + (size_t)e * g;
+                    for (int c = 0; c < g; c++) {
+                        dh[c] += a * de[c];
+                    }
+                }
+            }
+        }
+        l0 = L - 2;
     }
-    for (int l = L - 1; l >= 0; l--) {
+    for (int l = l0; l >= 0; l--) {
         const float *Zl = Z + (size_t)l * layer;
         #pragma omp parallel for schedule(static)
         for (size_t i = 0; i < layer; i++) {
@@ -253,9 +351,11 @@ eg_status eg_graph_router_backward(float *dx, float *dWs, float *dWt, float *dWl
         /* Z_l[t] = Ahat Q[t], Q = relu(Z_{l-1}) W_l^T */
         apply_adj(dH, dZ, Ahat, T, Nn, g, 1); /* dH now holds dQ */
         relu_copy(Hp, Z + (size_t)(l - 1) * layer, layer);
-        eg_sgemm(1, 0, g, g, (int)nodes, 1.0f, dH, g, Hp, g, 1.0f, dWl + (size_t)l * g * g, g);
+        eg_gemm_prec(prec, 1, 0, g, g, (int)nodes, 1.0f, dH, g, Hp, g, 1.0f,
+                     dWl + (size_t)l * g * g, g);
         /* dH_{l-1} = dQ W_l, computed into dZ then swapped */
-        eg_sgemm(0, 0, (int)nodes, g, g, 1.0f, dH, g, Wl + (size_t)l * g * g, g, 0.0f, dZ, g);
+        eg_gemm_prec(prec, 0, 0, (int)nodes, g, g, 1.0f, dH, g, Wl + (size_t)l * g * g, g, 0.0f,
+                     dZ, g);
         float *sw = dH;
         dH = dZ;
         dZ = sw;
@@ -312,9 +412,9 @@ eg_status eg_graph_router_backward(float *dx, float *dWs, float *dWt, float *dWl
     relu_copy(U, Upre, (size_t)N * g);
     relu_copy(tt, Zt, (size_t)T * g);
     eg_sgemm(1, 0, g, g, N, 1.0f, dP, g, U, g, 1.0f, dWl, g);
-    eg_sgemm(1, 0, g, g, T, 1.0f, dq, g, tt, g, 1.0f, dWl, g);
+    eg_gemm_prec(prec, 1, 0, g, g, T, 1.0f, dq, g, tt, g, 1.0f, dWl, g);
     eg_sgemm(0, 0, N, g, g, 1.0f, dP, g, Wl, g, 0.0f, dU, g);
-    eg_sgemm(0, 0, T, g, g, 1.0f, dq, g, Wl, g, 0.0f, dtt, g);
+    eg_gemm_prec(prec, 0, 0, T, g, g, 1.0f, dq, g, Wl, g, 0.0f, dtt, g);
     for (size_t i = 0; i < (size_t)N * g; i++) {
         dU[i] = Upre[i] > 0.0f ? dU[i] : 0.0f;
     }
@@ -323,13 +423,15 @@ eg_status eg_graph_router_backward(float *dx, float *dWs, float *dWt, float *dWl
         dtt[i] = Zt[i] > 0.0f ? dtt[i] : 0.0f;
     }
     eg_sgemm(1, 0, g, H, N, 1.0f, dU, g, X, H, 1.0f, dWs, H);
-    eg_sgemm(1, 0, g, H, T, 1.0f, dtt, g, x, H, 1.0f, dWt, H);
-    eg_sgemm(0, 0, T, H, g, 1.0f, dtt, g, Wt, H, 1.0f, dx, H);
+    eg_gemm_prec(prec, 1, 0, g, H, T, 1.0f, dtt, g, x, H, 1.0f, dWt, H);
+    eg_gemm_prec(prec, 0, 0, T, H, g, 1.0f, dtt, g, Wt, H, 1.0f, dx, H);
 done:
     /* dH/dZ may have been swapped; both are freed either way */
     eg_aligned_free(dH);
     eg_aligned_free(dZ);
     eg_aligned_free(Hp);
+    eg_aligned_free(dG);
+    eg_aligned_free(M);
     eg_aligned_free(Upre);
     eg_aligned_free(U);
     eg_aligned_free(tt);

@@ -180,12 +180,21 @@ void eg_linear_router_backward(float *dx, float *dWg, const float *dlogits, cons
  * The shared readout is the paper's; the per-expert one is engine_py's option
  * against router collapse (docs/ALGORITHMS.md, "GMoE router collapse"): with
  * a shared readout, experts with the same closed neighbourhood get identical
- * token dependence. per_expert_proj is the last member, so an initialiser
- * that lists only {T, H, N, g, L} gets the shared readout.
- * Saved: Zt (T,g) = x Wt^T, Z (L, T, N+1, g) pre-activations. */
+ * token dependence. per_expert_proj and prec are the last members, so an
+ * initialiser that lists only {T, H, N, g, L} gets the shared readout in
+ * float32.
+ * prec: EG_PREC_F32 (0; every product float32) or EG_PREC_BF16 (eg_bf16.h):
+ * the products over the tokens (x Wt^T, the per-token GCN layers, their
+ * weight and input gradients) take bf16 operands with float32 sums
+ * (eg_gemm_prec); the token-independent expert terms, the adjacency, the
+ * ReLUs, the readout and every reduction stay float32.
+ * Saved: Zt (T,g) = x Wt^T, Z (L, T, N+1, g) pre-activations. With L > 1 the
+ * last layer's token-node rows Z[L-1, t, N] are set to 0: no logit reads them,
+ * so the last layer is computed for the N expert rows only. */
 typedef struct {
     int T, H, N, g, L;
     int per_expert_proj;
+    int prec;
 } eg_graph_router_dims;
 
 eg_status eg_graph_router_forward(float *logits, float *Zt, float *Z, const float *x,

@@ -24,6 +24,12 @@ shared machine), peak RSS of the child (VmHWM), the
 first step's loss (the adapters start with B = 0, so every side computes the
 base model's loss on the same batch there: a check that both run the same
 job), and the ratios against PyTorch. Writes a file only with --out.
+
+``--method gmoe,mixlora`` (any comma-separated methods) trains them in one
+engine_py process per precision, interleaved step by step on the same
+batches (ABBA order), and adds a table of each method's step time against
+the last method's (wall and CPU ratios, per-step ratios): the graph router's
+overhead over the linear router, both sides from the same run.
 """
 from __future__ import annotations
 
@@ -72,31 +78,47 @@ def _cpu_s() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def _worker_engine(job: dict) -> dict:
-    import engine_py
+def _engine_trainer(job: dict, method: str, router):
     from engine_py.finetune import Trainer
 
-    engine_py.set_num_threads(job["threads"])
-    method = job.get("method", "lora")
-    moe = {} if method == "lora" else dict(router=job["router"], experts=job["experts"],
+    moe = {} if method == "lora" else dict(router=router, experts=job["experts"],
                                            top_k=job["top_k"], dropout=0.0)
-    tr = Trainer(job["path"], method=method, r=job["r"], alpha=job["alpha"], lr=2e-4,
-                 batch_size=job["batch_size"], warmup_ratio=0.0, schedule="constant",
-                 max_grad_norm=1.0, precision=job["precision"],
-                 recompute=job.get("recompute", False), show_progress_bar=False, **moe)
+    return Trainer(job["path"], method=method, r=job["r"], alpha=job["alpha"], lr=2e-4,
+                   batch_size=job["batch_size"], warmup_ratio=0.0, schedule="constant",
+                   max_grad_norm=1.0, precision=job["precision"],
+                   recompute=job.get("recompute", False), show_progress_bar=False, **moe)
+
+
+def _worker_engine(job: dict) -> dict:
+    """One Trainer per method of job["methods"] (default: job["method"]) in
+    this process, trained step by step on the same batches. With several
+    methods the steps are interleaved (step s runs every method on batch s,
+    the order alternating between steps: ABBA...), so a slow spell of a shared
+    machine hits all of them alike. Result: times/losses/tokens/cpu of the
+    first method, and per method under "methods"."""
+    import engine_py
+
+    engine_py.set_num_threads(job["threads"])
+    methods = job.get("methods") or [job.get("method", "lora")]
+    routers = job.get("routers") or [job.get("router")] * len(methods)
+    trs = [_engine_trainer(job, m, r) for m, r in zip(methods, routers)]
     prompts, answers, bs = job["prompts"], job["answers"], job["batch_size"]
-    times, losses, tokens, cpu = [], [], [], []
+    per = {m: {"times": [], "losses": [], "tokens": [], "cpu": []} for m in methods}
     for s in range(job["warmup"] + job["steps"]):
         p, a = prompts[s * bs:(s + 1) * bs], answers[s * bs:(s + 1) * bs]
-        seqs, _ = tr._pairs(p, a)
-        c0, t0 = _cpu_s(), time.perf_counter()
-        tr.fit(p, a)
-        times.append(time.perf_counter() - t0)
-        cpu.append(_cpu_s() - c0)
-        losses.append(tr.history_[-1][1])
-        tokens.append(int(sum(len(q) for q in seqs)))
-    return {"ok": True, "times": times, "losses": losses, "tokens": tokens, "cpu": cpu,
-            "precision": job["precision"]}
+        order = list(range(len(methods)))
+        if s % 2 == 1:
+            order.reverse()
+        for i in order:
+            tr, rec = trs[i], per[methods[i]]
+            seqs, _ = tr._pairs(p, a)
+            c0, t0 = _cpu_s(), time.perf_counter()
+            tr.fit(p, a)
+            rec["times"].append(time.perf_counter() - t0)
+            rec["cpu"].append(_cpu_s() - c0)
+            rec["losses"].append(tr.history_[-1][1])
+            rec["tokens"].append(int(sum(len(q) for q in seqs)))
+    return dict(per[methods[0]], ok=True, precision=job["precision"], methods=per)
 
 
 # --- PyTorch + PEFT (also used by bench finetune-task) -------------------------
@@ -306,8 +328,54 @@ def summarize(res: dict, warmup: int) -> dict:
             "tokens_per_cpu_s": sum(tok) / sum(cpu) if cpu and sum(cpu) > 0 else None}
 
 
-def render_markdown(rows: list, info: dict, machine_line: str = "") -> str:
-    """rows: [(label, summary or None, reason)], the PyTorch row labelled 'PyTorch + PEFT'."""
+def overhead_row(per: dict, methods: list, warmup: int) -> dict:
+    """Step time of every method against the last one's, from one interleaved
+    child (per: method -> (summary, raw)): the ratio of mean wall times, of
+    CPU times, and the per-step wall ratios (same batch, adjacent in time)."""
+    base_s, base_raw = per[methods[-1]]
+    out = {"base": methods[-1], "methods": {}}
+    for m in methods[:-1]:
+        s, raw = per[m]
+        steps = [a / b for a, b in zip(raw["times"][warmup:], base_raw["times"][warmup:])]
+        steps_sorted = sorted(steps)
+        cpu = (s["cpu_s_per_step"] / base_s["cpu_s_per_step"]
+               if s.get("cpu_s_per_step") and base_s.get("cpu_s_per_step") else None)
+        out["methods"][m] = {"s_per_step": s["s_per_step"], "base_s_per_step": base_s["s_per_step"],
+                             "wall_ratio": s["s_per_step"] / base_s["s_per_step"],
+                             "cpu_ratio": cpu, "step_ratios": steps,
+                             "median_step_ratio": steps_sorted[len(steps_sorted) // 2]}
+    return out
+
+
+def _render_overhead(overhead: list, info: dict) -> list:
+    if not overhead:
+        return []
+    base = overhead[0][1]["base"]
+    lines = ["", f"**Step time against {base}, same process, interleaved** (step s trains every "
+             f"method on batch s, alternating which goes first; {info['steps']} timed step(s) "
+             f"after {info['warmup']} warm-up): wall = mean s / step ratio, CPU = CPU s / step "
+             "ratio, per step = the ratios of the individual steps (min / median / max).", "",
+             f"| precision | method | s / step | {base} s / step | wall ratio | CPU ratio "
+             "| per step (min / median / max) |",
+             "|---|---|---:|---:|---:|---:|---|"]
+    for prec, ov in overhead:
+        for m, r in ov["methods"].items():
+            st = r["step_ratios"]
+            cpu = f"{r['cpu_ratio']:.3f}" if r["cpu_ratio"] else "—"
+            lines.append(f"| {prec} | {m} | {r['s_per_step']:.2f} | {r['base_s_per_step']:.2f} | "
+                         f"{r['wall_ratio']:.3f} | {cpu} | {min(st):.3f} / "
+                         f"{r['median_step_ratio']:.3f} / {max(st):.3f} |")
+    return lines
+
+
+def render_markdown(rows: list, info: dict, machine_line: str = "", overhead=None) -> str:
+    """rows: [(label, summary or None, reason)], the PyTorch row labelled
+    'PyTorch + PEFT' (several methods: 'engine_py <method> <precision>' and
+    'PyTorch <method> ...', each compared with its own method's PyTorch row);
+    overhead: [(precision, overhead_row)] for several methods."""
+    methods = info.get("methods") or [info.get("method", "lora")]
+    if len(methods) > 1:
+        return _render_multi(rows, info, machine_line, overhead or [])
     ref = next((s for lab, s, _ in rows if lab.startswith("PyTorch") and s), None)
     method = info.get("method", "lora")
     if method == "lora":
@@ -329,25 +397,62 @@ def render_markdown(rows: list, info: dict, machine_line: str = "") -> str:
              "(peak RSS = its VmHWM). CPU s / step: user + system time of all the side's threads "
              "(on a shared machine wall time also counts waiting for a core; tokens per CPU second "
              "compares the work). First-step loss: the base model's loss on batch 1 (B = 0), "
-             "the same job on every side.", "",
-             "| side | s / step | tokens/s | vs PyTorch | CPU s / step | tokens per CPU s | vs PyTorch "
-             "| peak RSS MB | vs PyTorch | first-step loss |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "the same job on every side.", ""] + _TABLE_HEAD
+    lines += [_row_line(lab, s, reason, ref) for lab, s, reason in rows]
+    if machine_line:
+        lines += ["", f"Machine: {machine_line}."]
+    return "\n".join(lines)
+
+
+_TABLE_HEAD = ["| side | s / step | tokens/s | vs PyTorch | CPU s / step | tokens per CPU s | vs PyTorch "
+               "| peak RSS MB | vs PyTorch | first-step loss |",
+               "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+
+
+def _row_line(lab: str, s, reason: str, ref) -> str:
+    """One side's table row, its ratios against `ref` (a PyTorch summary or None)."""
+    if s is None:
+        return f"| {lab} | — | — | — | — | — | — | — | — | not run: {reason} |"
+    sp = f"{s['tokens_per_s'] / ref['tokens_per_s']:.2f}x" if ref else "—"
+    mem = f"{s['rss_mb'] / ref['rss_mb']:.2f}x" if ref and s.get("rss_mb") else "—"
+    tc = s.get("tokens_per_cpu_s")
+    cpu_ratio = (f"{tc / ref['tokens_per_cpu_s']:.2f}x"
+                 if tc and ref and ref.get("tokens_per_cpu_s") else "—")
+    cps = f"{s['cpu_s_per_step']:.2f}" if s.get("cpu_s_per_step") is not None else "—"
+    return (f"| {lab} | {s['s_per_step']:.2f} | {s['tokens_per_s']:.0f} | {sp} | {cps} | "
+            f"{tc:.0f} | {cpu_ratio} | {s['rss_mb']:.0f} | {mem} | {s['first_loss']:.5f} |"
+            if tc else
+            f"| {lab} | {s['s_per_step']:.2f} | {s['tokens_per_s']:.0f} | {sp} | {cps} | — | "
+            f"— | {s['rss_mb']:.0f} | {mem} | {s['first_loss']:.5f} |")
+
+
+def _render_multi(rows: list, info: dict, machine_line: str, overhead: list) -> str:
+    methods = info["methods"]
+    names = {"lora": "LoRA", "mixlora": "MixLoRA", "gmoe": "GMoE"}
+    title = " vs ".join(names[m] for m in methods) + " fine-tuning"
+    moe = [m for m in methods if m != "lora"]
+    what = (f"LoRA r={info['r']} alpha={info['alpha']}"
+            + (f"; {', '.join(names[m] for m in moe)}: LoRA on q, k, v, o and {info['experts']} LoRA "
+               f"experts (top-{info['top_k']}) in every MLP, routers "
+               + ", ".join(f"{names[m]} {rt}" for m, rt in zip(methods, info["routers"]) if m != "lora")
+               + " with the method's aux losses; their PyTorch side is the official-style model "
+               "of engine_py.bench.gmoe_torch, weight decay 0.01" if moe else ""))
+    lines = [f"## {title} (`python -m engine_py bench finetune{info.get('argv', '')}`)", "",
+             f"{info['model']}, {what}; batches of {info['batch_size']} multiple-choice prompts "
+             f"(~{info['tokens_per_step']:.0f} tokens a batch, loss on the answer tokens), AdamW "
+             f"constant lr 2e-4, clipping 1.0; {info['warmup']} warm-up step(s) then "
+             f"{info['steps']} timed step(s) of the same batches on every side; "
+             f"{info['threads']} thread(s). Every engine_py precision trains all methods in ONE "
+             "process, interleaved step by step (so its peak RSS counts all of them); every "
+             "PyTorch side runs in its own process, and each engine_py row is compared with its "
+             "own method's PyTorch row. CPU s / step: user + system time of the process's threads.",
+             ""] + _TABLE_HEAD
+    refs = {m: next((s for lab, s, _ in rows if lab.startswith(f"PyTorch {m} ") and s), None)
+            for m in methods}
     for lab, s, reason in rows:
-        if s is None:
-            lines.append(f"| {lab} | — | — | — | — | — | — | — | — | not run: {reason} |")
-            continue
-        sp = f"{s['tokens_per_s'] / ref['tokens_per_s']:.2f}x" if ref else "—"
-        mem = f"{s['rss_mb'] / ref['rss_mb']:.2f}x" if ref and s.get("rss_mb") else "—"
-        tc = s.get("tokens_per_cpu_s")
-        cpu_ratio = (f"{tc / ref['tokens_per_cpu_s']:.2f}x"
-                     if tc and ref and ref.get("tokens_per_cpu_s") else "—")
-        cps = f"{s['cpu_s_per_step']:.2f}" if s.get("cpu_s_per_step") is not None else "—"
-        lines.append(f"| {lab} | {s['s_per_step']:.2f} | {s['tokens_per_s']:.0f} | {sp} | {cps} | "
-                     f"{tc:.0f} | {cpu_ratio} | {s['rss_mb']:.0f} | {mem} | {s['first_loss']:.5f} |"
-                     if tc else
-                     f"| {lab} | {s['s_per_step']:.2f} | {s['tokens_per_s']:.0f} | {sp} | {cps} | — | "
-                     f"— | {s['rss_mb']:.0f} | {mem} | {s['first_loss']:.5f} |")
+        m = next((m for m in methods if lab.startswith((f"engine_py {m} ", f"PyTorch {m} "))), None)
+        lines.append(_row_line(lab, s, reason, refs.get(m)))
+    lines += _render_overhead(overhead, info)
     if machine_line:
         lines += ["", f"Machine: {machine_line}."]
     return "\n".join(lines)
@@ -367,9 +472,13 @@ def main(argv=None) -> int:
     ap.add_argument("--prompt-words", type=int, default=12,
                     help="words of text per prompt (SmolLM2: ~70 tokens with the template at 12, "
                          "~95 at 30)")
-    ap.add_argument("--method", default="lora", choices=("lora", "mixlora", "gmoe"),
-                    help="lora (PyTorch side: PEFT) or a mixture of LoRA experts (PyTorch side: "
-                         "the official-style model of engine_py.bench.gmoe_torch)")
+    ap.add_argument("--method", default="lora",
+                    help="lora (PyTorch side: PEFT) or a mixture of LoRA experts, mixlora / gmoe "
+                         "(PyTorch side: the official-style model of engine_py.bench.gmoe_torch); "
+                         "several, comma-separated (e.g. gmoe,mixlora): every engine_py precision "
+                         "trains all of them in one process, interleaved step by step on the same "
+                         "batches, and the report adds each method's step time against the last "
+                         "one's (gmoe,mixlora: the graph router's overhead over the linear router)")
     ap.add_argument("--router", default=None, help="gmoe/mixlora router (default: graph / linear)")
     ap.add_argument("--experts", type=int, default=8)
     ap.add_argument("--top-k", type=int, default=2)
@@ -384,8 +493,15 @@ def main(argv=None) -> int:
     ap.add_argument("--quiet", action="store_true")
     add_output_args(ap, "finetune")
     args = ap.parse_args(argv)
-    if args.method != "lora" and args.section == "finetune":
-        args.section = f"finetune_{args.method}"
+    methods = [m for m in args.method.split(",") if m]
+    if not methods or any(m not in ("lora", "mixlora", "gmoe") for m in methods) or \
+            len(set(methods)) != len(methods):
+        ap.error(f"--method: lora, mixlora or gmoe, or several of them without repeats "
+                 f"(got {args.method!r})")
+    if len(methods) > 1 and args.router is not None:
+        ap.error("--router applies to one --method (several methods use their default routers)")
+    if methods != ["lora"] and args.section == "finetune":
+        args.section = "finetune_" + "_".join(methods)
     if args.steps < 1 or args.warmup < 0 or args.batch_size < 1 or args.threads < 1:
         ap.error("--steps >= 1, --warmup >= 0, --batch-size >= 1, --threads >= 1")
     precs = [p for p in args.precisions.split(",") if p]
@@ -401,27 +517,49 @@ def main(argv=None) -> int:
         path, label = os.path.abspath(args.model), os.path.basename(args.model)
     n = (args.warmup + args.steps) * args.batch_size
     prompts, answers = make_examples(n, args.prompt_words)
-    router = args.router or {"gmoe": "graph", "mixlora": "linear"}.get(args.method)
+    default_router = {"gmoe": "graph", "mixlora": "linear"}
+    router = args.router or default_router.get(methods[0])
+    routers = [router] if len(methods) == 1 else [default_router.get(m) for m in methods]
     job = {"path": path, "prompts": prompts, "answers": answers, "batch_size": args.batch_size,
            "steps": args.steps, "warmup": args.warmup, "r": args.r, "alpha": args.alpha,
-           "threads": args.threads, "method": args.method, "router": router,
+           "threads": args.threads, "method": methods[0], "router": router,
+           "methods": methods, "routers": routers,
            "experts": args.experts, "top_k": args.top_k}
+    multi = len(methods) > 1
     run = start_run()
-    rows, results = [], {}
+    rows, results, overhead = [], {}, []
     sides = [("engine_py " + p.replace("+", " + "),
               dict(job, side="engine_py", precision=p.split("+")[0], recompute="+recompute" in p))
              for p in precs]
-    if not args.no_torch and args.method == "lora":
-        sides.append(("PyTorch + PEFT float32", dict(job, side="torch")))
-    elif not args.no_torch:
-        sides.append(("PyTorch official-style float32", dict(job, side="torch_moe")))
+    if not args.no_torch:
+        for m, rt in zip(methods, routers):
+            name = "PyTorch + PEFT float32" if m == "lora" else "PyTorch official-style float32"
+            sides.append(((name.replace("PyTorch", f"PyTorch {m}") if multi else name),
+                          dict(job, side="torch" if m == "lora" else "torch_moe", method=m,
+                               router=rt, methods=[m], routers=[rt])))
     for lab, j in sides:
         log(f"{lab}: {args.warmup} + {args.steps} steps ...")
         res = _run_child(j, args.timeout, log)
         if not res.get("ok"):
-            rows.append((lab, None, res.get("reason", "?")))
-            results[lab] = {"ok": False, "reason": res.get("reason")}
+            labs = ([lab.replace("engine_py", f"engine_py {m}") for m in methods]
+                    if multi and j["side"] == "engine_py" else [lab])
+            for lb in labs:
+                rows.append((lb, None, res.get("reason", "?")))
+                results[lb] = {"ok": False, "reason": res.get("reason")}
             log(f"    not run: {res.get('reason')}")
+            continue
+        if multi and j["side"] == "engine_py":
+            per = {}
+            for m in methods:
+                sub = dict(res["methods"][m], rss_mb=res.get("rss_mb"))
+                s = summarize(sub, args.warmup)
+                lb = lab.replace("engine_py", f"engine_py {m}")
+                results[lb] = dict(s, raw=sub)
+                rows.append((lb, s, ""))
+                per[m] = (s, sub)
+                log(f"    {m}: {s['s_per_step']:.2f} s/step, {s['tokens_per_s']:.0f} tokens/s")
+            overhead.append((lab[len("engine_py "):], overhead_row(per, methods, args.warmup)))
+            results[lab + " overhead"] = overhead[-1][1]
             continue
         s = summarize(res, args.warmup)
         results[lab] = dict(s, raw=res)
@@ -431,12 +569,12 @@ def main(argv=None) -> int:
     machine = run.stop(threads=args.threads)
     tps = [s["tokens_per_step"] for _, s, _ in rows if s]
     info = {"model": label, "r": args.r, "alpha": args.alpha, "batch_size": args.batch_size,
-            "method": args.method, "router": router, "experts": args.experts,
-            "top_k": args.top_k,
+            "method": methods[0], "methods": methods, "router": router, "routers": routers,
+            "experts": args.experts, "top_k": args.top_k,
             "tokens_per_step": sum(tps) / len(tps) if tps else 0.0, "warmup": args.warmup,
             "steps": args.steps, "threads": args.threads,
             "argv": (" " + " ".join(argv)) if argv else ""}
-    md = render_markdown(rows, info, machine_line(machine))
+    md = render_markdown(rows, info, machine_line(machine), overhead)
     print()
     finish(args, "finetune", md, machine, results, argv)
     return 0

@@ -262,7 +262,11 @@ def main(argv: list | None = None) -> int:
         zero = Trainer(path, **base_kw).score(te_p, te_c, te_y)
         log(f"{task}: zero-shot {100 * zero:.1f}%")
         res_m = [{"method": m, "params": None, "runs": []} for m in methods]
+        from engine_py.bench.finetune_task import questions_digest
+
+        # equal digests = the same questions (the debian task follows the apt lists)
         res["tasks"].append({"name": task, "description": desc, "zero_shot_acc": zero,
+                             "questions_sha256": questions_digest(tr_p, tr_a, te_p, te_c, te_y),
                              "methods": res_m})
         # seed-major: a study cut short still compares the methods on the same seeds
         for s in sorted(set(seeds) | set(abl_seeds)):
