@@ -12,13 +12,15 @@
  * product with Ahat; the last layer is needed at the N expert nodes only, so
  * there Ahat is applied first (M[t] = Ahat[:N, :] relu(Z_{L-1}[t])) and the
  * GEMM runs over T*N rows instead of T*(N+1). No token limit and no graph
- * building per batch. d->prec = EG_PREC_BF16 makes the products over the
- * tokens bf16 (eg_gemm_prec); the rest stays float32.
+ * building per batch. d->prec = EG_PREC_BF16 makes the backward's products
+ * over the tokens bf16 (eg_gemm_prec); the forward (which picks the experts)
+ * and the rest stay float32.
  * act = ReLU after every GCN layer; the logit of expert e is
  * relu(Z_L[t, e]) . pvec (a shared g -> 1 projection without bias, which would
  * cancel in the softmax anyway), or with d->per_expert_proj expert e's own
  * row pvec[e] (N,g).
  */
+#include "eg_bf16.h"
 #include "eg_gmoe.h"
 #include "eg_ops.h"
 
@@ -92,26 +94,69 @@ static void apply_adj(float *out, const float *Q, const float *Ahat, int T, int 
     }
 }
 
+/* Scratch of the calling thread, kept between calls and grown on demand: the
+ * router runs twice per layer and step, and fresh multi-MB buffers cost
+ * page faults and unmaps every time (a third of the router's CPU time at
+ * T ~ 1000 in bf16). One per thread, so concurrent callers (two models in
+ * two Python threads) never share it; forward and backward of one thread
+ * never run at the same time. Reachable until the thread exits. */
+static _Thread_local float *tl_ws = NULL;
+static _Thread_local size_t tl_ws_n = 0;   /* floats */
+
+/* Carve `k` float buffers of sizes n[i] (each rounded up to 64 bytes) from
+ * the thread's scratch into *out[i] (NULL when n[i] == 0); -1 on ENOMEM. */
+static int ws_carve(int k, const size_t *n, float ***out)
+{
+    size_t total = 0;
+    for (int i = 0; i < k; i++) {
+        total += (n[i] + 15) & ~(size_t)15;
+    }
+    if (total > tl_ws_n) {
+        eg_aligned_free(tl_ws);
+        tl_ws = eg_aligned_alloc(total * sizeof(float));
+        tl_ws_n = tl_ws != NULL ? total : 0;
+        if (tl_ws == NULL) {
+            return -1;
+        }
+    }
+    size_t off = 0;
+    for (int i = 0; i < k; i++) {
+        *out[i] = n[i] ? tl_ws + off : NULL;
+        off += (n[i] + 15) & ~(size_t)15;
+    }
+    return 0;
+}
+
 /* M[t] (N,g) = Ahat[:N, :] relu(Zp[t]) (Zp[t] (Nn,g)), for every token: the
  * last layer's input at the expert nodes. */
 static void adj_relu_experts(float *M, const float *Zp, const float *Ahat, int T, int N, int g)
 {
     const int Nn = N + 1;
+    enum { CH = 256 };   /* columns per pass: one node's ReLU row stays on the stack */
     #pragma omp parallel for schedule(static)
     for (int t = 0; t < T; t++) {
         const float *z = Zp + (size_t)t * Nn * g;
         float *m = M + (size_t)t * N * g;
-        for (int e = 0; e < N; e++) {
-            float *me = m + (size_t)e * g;
-            memset(me, 0, (size_t)g * sizeof(float));
+        memset(m, 0, (size_t)N * g * sizeof(float));
+        float row[CH];
+        for (int c0 = 0; c0 < g; c0 += CH) {
+            const int nc = g - c0 < CH ? g - c0 : CH;
+            /* node f's ReLU once, added to every expert row e with Ahat[e, f] != 0
+             * (the same sum, in the same order f = 0..N, as row by row) */
             for (int f = 0; f < Nn; f++) {
-                const float a = Ahat[(size_t)e * Nn + f];
-                if (a == 0.0f) {
-                    continue;
+                const float *zf = z + (size_t)f * g + c0;
+                for (int c = 0; c < nc; c++) {
+                    row[c] = relu_nan(zf[c]);
                 }
-                const float *zf = z + (size_t)f * g;
-                for (int c = 0; c < g; c++) {
-                    me[c] += a * relu_nan(zf[c]);
+                for (int e = 0; e < N; e++) {
+                    const float a = Ahat[(size_t)e * Nn + f];
+                    if (a == 0.0f) {
+                        continue;
+                    }
+                    float *me = m + (size_t)e * g + c0;
+                    for (int c = 0; c < nc; c++) {
+                        me[c] += a * row[c];
+                    }
                 }
             }
         }
@@ -126,22 +171,19 @@ eg_status eg_graph_router_forward(float *logits, float *Zt, float *Z, const floa
     // x (T,H), X (N,H), Ws/Wt (g,H), Wl (L,g,g), pvec (g), Ahat (N+1,N+1)
     const int T = d->T, H = d->H, N = d->N, g = d->g, L = d->L, Nn = N + 1;
     const size_t nodes = (size_t)T * Nn, layer = nodes * g;
-    float *U = eg_aligned_alloc((size_t)N * g * sizeof(float));
-    float *P1 = eg_aligned_alloc((size_t)N * g * sizeof(float));
-    float *Cs = eg_aligned_alloc((size_t)Nn * g * sizeof(float));
-    float *tt = eg_aligned_alloc((size_t)T * g * sizeof(float));
-    float *q1 = eg_aligned_alloc((size_t)T * g * sizeof(float));
-    const int prec = d->prec;
+    /* float32 whatever d->prec: the logits decide the top-k experts, and bf16
+     * rounding would flip near-ties (a bf16 model routes as a float32 one) */
+    const int prec = EG_PREC_F32;
     const size_t elayer = (size_t)T * N * g;   /* the last layer: expert rows only */
-    float *Hp = L > 2 ? eg_aligned_alloc(layer * sizeof(float)) : NULL;
-    float *Q = L > 2 ? eg_aligned_alloc(layer * sizeof(float)) : NULL;
-    float *M = L > 1 ? eg_aligned_alloc(elayer * sizeof(float)) : NULL;
-    float *G = L > 1 ? eg_aligned_alloc(elayer * sizeof(float)) : NULL;
-    eg_status st = EG_OK;
-    if (U == NULL || P1 == NULL || Cs == NULL || tt == NULL || q1 == NULL ||
-        (L > 2 && (Hp == NULL || Q == NULL)) || (L > 1 && (M == NULL || G == NULL))) {
-        st = eg_seterr(err, EG_ENOMEM, "graph router forward: out of memory (T=%d)", T);
-        goto done;
+    float *U, *P1, *Cs, *tt, *q1, *Hp, *Q, *M, *G;
+    {
+        const size_t n[] = {(size_t)N * g, (size_t)N * g, (size_t)Nn * g, (size_t)T * g,
+                            (size_t)T * g, L > 2 ? layer : 0, L > 2 ? layer : 0,
+                            L > 1 ? elayer : 0, L > 1 ? elayer : 0};
+        float **out[] = {&U, &P1, &Cs, &tt, &q1, &Hp, &Q, &M, &G};
+        if (ws_carve(9, n, out) < 0) {
+            return eg_seterr(err, EG_ENOMEM, "graph router forward: out of memory (T=%d)", T);
+        }
     }
     eg_sgemm(0, 1, N, g, H, 1.0f, X, H, Ws, H, 0.0f, U, g);
     relu_copy(U, U, (size_t)N * g);
@@ -204,17 +246,7 @@ eg_status eg_graph_router_forward(float *logits, float *Zt, float *Z, const floa
             }
         }
     }
-done:
-    eg_aligned_free(U);
-    eg_aligned_free(P1);
-    eg_aligned_free(Cs);
-    eg_aligned_free(tt);
-    eg_aligned_free(q1);
-    eg_aligned_free(Hp);
-    eg_aligned_free(Q);
-    eg_aligned_free(M);
-    eg_aligned_free(G);
-    return st;
+    return EG_OK;
 }
 
 eg_status eg_graph_router_backward(float *dx, float *dWs, float *dWt, float *dWl,
@@ -228,28 +260,20 @@ eg_status eg_graph_router_backward(float *dx, float *dWs, float *dWt, float *dWl
     const size_t nodes = (size_t)T * Nn, layer = nodes * g;
     const int prec = d->prec;
     const size_t elayer = (size_t)T * N * g;
-    float *dH = eg_aligned_alloc(layer * sizeof(float));
-    float *dZ = eg_aligned_alloc(layer * sizeof(float));
-    float *Hp = L > 2 ? eg_aligned_alloc(layer * sizeof(float)) : NULL;
-    float *dG = L > 1 ? eg_aligned_alloc(elayer * sizeof(float)) : NULL;
-    float *M = L > 1 ? eg_aligned_alloc(elayer * sizeof(float)) : NULL;
-    float *Upre = eg_aligned_alloc((size_t)N * g * sizeof(float));
-    float *U = eg_aligned_alloc((size_t)N * g * sizeof(float));
-    float *tt = eg_aligned_alloc((size_t)T * g * sizeof(float));
-    float *dq = eg_aligned_alloc((size_t)T * g * sizeof(float));
-    float *dtt = eg_aligned_alloc((size_t)T * g * sizeof(float));
-    float *Sn = eg_aligned_alloc((size_t)Nn * g * sizeof(float));
-    float *dP = eg_aligned_alloc((size_t)N * g * sizeof(float));
-    float *dU = eg_aligned_alloc((size_t)N * g * sizeof(float));
+    float *dH, *dZ, *Hp, *dG, *M, *Upre, *U, *tt, *dq, *dtt, *Sn, *dP, *dU;
+    {
+        const size_t n[] = {layer, layer, L > 2 ? layer : 0, L > 1 ? elayer : 0,
+                            L > 1 ? elayer : 0, (size_t)N * g, (size_t)N * g, (size_t)T * g,
+                            (size_t)T * g, (size_t)T * g, (size_t)Nn * g, (size_t)N * g,
+                            (size_t)N * g};
+        float **out[] = {&dH, &dZ, &Hp, &dG, &M, &Upre, &U, &tt, &dq, &dtt, &Sn, &dP, &dU};
+        if (ws_carve(13, n, out) < 0) {
+            return eg_seterr(err, EG_ENOMEM, "graph router backward: out of memory (T=%d)", T);
+        }
+    }
     double *red = NULL;   /* RED_CHUNKS partial sums of the token reductions */
     size_t red_n = 0;
     eg_status st = EG_OK;
-    if (dH == NULL || dZ == NULL || (L > 2 && Hp == NULL) || (L > 1 && (dG == NULL || M == NULL)) ||
-        Upre == NULL || U == NULL ||
-        tt == NULL || dq == NULL || dtt == NULL || Sn == NULL || dP == NULL || dU == NULL) {
-        st = eg_seterr(err, EG_ENOMEM, "graph router backward: out of memory (T=%d)", T);
-        goto done;
-    }
     const float *ZL = Z + (size_t)(L - 1) * layer;
     const size_t pstride = d->per_expert_proj ? (size_t)g : 0;
     /* logits = relu(Z_L[:, :N]) . pvec (shared), or . pvec[e] (per expert):
@@ -309,14 +333,16 @@ eg_status eg_graph_router_backward(float *dx, float *dWs, float *dWt, float *dWl
                 const float dl = dlogits[(size_t)t * N + e];
                 const float *pe = pvec + (size_t)e * pstride;
                 for (int c = 0; c < g; c++) {
-                    dg[c] = z[c] > 0.0f ? dl * pe[c] : 0.0f;
+                    const float v = dl * pe[c];   /* unconditional: the loop vectorises */
+                    dg[c] = z[c] > 0.0f ? v : 0.0f;
                 }
             }
         }
         adj_relu_experts(M, Z + (size_t)(L - 2) * layer, Ahat, T, N, g);
         const float *WL = Wl + (size_t)(L - 1) * g * g;
-        eg_gemm_prec(prec, 1, 0, g, g, T * N, 1.0f, dG, g, M, g, 1.0f,
-                     dWl + (size_t)(L - 1) * g * g, g);
+        /* float32 in both precisions: a (g,g) result over T*N terms is as fast
+         * as the bf16 kernel here (its transposed-A packing costs as much) */
+        eg_sgemm(1, 0, g, g, T * N, 1.0f, dG, g, M, g, 1.0f, dWl + (size_t)(L - 1) * g * g, g);
         eg_gemm_prec(prec, 0, 0, T * N, g, g, 1.0f, dG, g, WL, g, 0.0f, M, g); /* M = dM */
         /* dH_{L-1}[t, f] = sum_{e<N} Ahat[e, f] dM[t, e] */
         #pragma omp parallel for schedule(static)
@@ -343,7 +369,8 @@ eg_status eg_graph_router_backward(float *dx, float *dWs, float *dWt, float *dWl
         const float *Zl = Z + (size_t)l * layer;
         #pragma omp parallel for schedule(static)
         for (size_t i = 0; i < layer; i++) {
-            dZ[i] = Zl[i] > 0.0f ? dH[i] : 0.0f;
+            const float v = dH[i];   /* unconditional load: the loop vectorises */
+            dZ[i] = Zl[i] > 0.0f ? v : 0.0f;
         }
         if (l == 0) {
             break;
@@ -416,30 +443,18 @@ eg_status eg_graph_router_backward(float *dx, float *dWs, float *dWt, float *dWl
     eg_sgemm(0, 0, N, g, g, 1.0f, dP, g, Wl, g, 0.0f, dU, g);
     eg_gemm_prec(prec, 0, 0, T, g, g, 1.0f, dq, g, Wl, g, 0.0f, dtt, g);
     for (size_t i = 0; i < (size_t)N * g; i++) {
-        dU[i] = Upre[i] > 0.0f ? dU[i] : 0.0f;
+        const float v = dU[i];
+        dU[i] = Upre[i] > 0.0f ? v : 0.0f;
     }
     #pragma omp parallel for schedule(static) if (T > 64)
     for (size_t i = 0; i < (size_t)T * g; i++) {
-        dtt[i] = Zt[i] > 0.0f ? dtt[i] : 0.0f;
+        const float v = dtt[i];
+        dtt[i] = Zt[i] > 0.0f ? v : 0.0f;
     }
     eg_sgemm(1, 0, g, H, N, 1.0f, dU, g, X, H, 1.0f, dWs, H);
     eg_gemm_prec(prec, 1, 0, g, H, T, 1.0f, dtt, g, x, H, 1.0f, dWt, H);
     eg_gemm_prec(prec, 0, 0, T, H, g, 1.0f, dtt, g, Wt, H, 1.0f, dx, H);
 done:
-    /* dH/dZ may have been swapped; both are freed either way */
-    eg_aligned_free(dH);
-    eg_aligned_free(dZ);
-    eg_aligned_free(Hp);
-    eg_aligned_free(dG);
-    eg_aligned_free(M);
-    eg_aligned_free(Upre);
-    eg_aligned_free(U);
-    eg_aligned_free(tt);
-    eg_aligned_free(dq);
-    eg_aligned_free(dtt);
-    eg_aligned_free(Sn);
-    eg_aligned_free(dP);
-    eg_aligned_free(dU);
     free(red);
     return st;
 }

@@ -279,10 +279,11 @@ static eg_moe_ffn_dims expert_dims(const eg_llama_lora *t, size_t n, float p, ui
     return d;
 }
 
+/* The router's backward products follow the model's precision (its forward
+ * stays float32: eg_graph_router_dims). */
 static eg_graph_router_dims graph_dims(const eg_llama_lora *t, size_t n)
 {
     const eg_llama_moe_config *mc = &t->moe->c;
-    /* the router's products over the tokens follow the model's precision */
     eg_graph_router_dims d = {(int)n, t->c.hidden_size, mc->experts, mc->gcn_dim, mc->gcn_layers,
                               mc->per_expert_readout != 0, t->c.precision};
     return d;

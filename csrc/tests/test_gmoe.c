@@ -462,8 +462,9 @@ static void test_graph(int per_expert, int layers)
 /* prec = EG_PREC_BF16 (the products over the tokens with bf16 operands,
  * float32 sums) against float32 on the same inputs, at a size where the
  * products have real sums (T 300, H 96, N 8, g 32, 2 layers): logits and
- * every gradient close to float32 in norm (|bf16 - f32| / |f32|), and the
- * logits not equal to float32 (the option changes the products). */
+ * every gradient close to float32 in norm (|bf16 - f32| / |f32|), the logits
+ * equal to float32's (the forward stays float32) and dx not (the backward's
+ * products are bf16). */
 static void test_graph_bf16(void)
 {
     enum { T = 300, H = 96, N = 8, G = 32, L = 2, Nn = N + 1 };
@@ -509,14 +510,15 @@ static void test_graph_bf16(void)
         }
         printf("graph router bf16 vs float32 %s: |diff| / |f32| %.3g (max |diff| %.3g, max %.3g)\n",
                cmp[i].name, sqrt(d2 / n2), md, mx);
-        /* the logits carry the products' rounding (~2^-9 each); the gradients
-         * also every ReLU mask the rounding flips and the cancellation of the
-         * token sums (dense adjacency, random signs): measured 0.2-7% here */
-        const double tol = i == 0 ? 1e-2 : 0.1;
+        /* the backward's products round their operands (~2^-9 each); measured
+         * 0.2-0.4% here (with a bf16 forward it was 4-7%: flipped ReLU masks) */
+        const double tol = 2e-2;
         CHECK(n2 > 0 && sqrt(d2 / n2) <= tol, "graph router bf16 vs float32 %s: |diff| / |f32| %g",
               cmp[i].name, sqrt(d2 / n2));
         if (i == 0) {
-            CHECK(md > 0, "graph router bf16: the logits differ from float32 (%g)", md);
+            CHECK(md == 0, "graph router bf16: the forward is float32 (logits differ by %g)", md);
+        } else if (i == 1) {
+            CHECK(md > 0, "graph router bf16: the backward's products are bf16 (dx equal)");
         }
     }
     free(x); free(X); free(Ws); free(Wt); free(Wl); free(p); free(c); free(A);
