@@ -23,6 +23,29 @@
 
 #include "eg.h"
 
+#include <string.h>
+
+/* fp16 bits to float: the core's conversion (eg_f16_to_f32), inline and
+ * branch-free: the exponent and mantissa moved into float position and
+ * scaled by 2^112 (exact, subnormals included), inf/NaN given the float
+ * exponent. Used by the vectorised dequantizers and the int8 repack, which
+ * the repack and dequantization tests check against eg_f16_to_f32. */
+static inline float eg_h2f_inline(uint16_t h)
+{
+    const uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
+    const uint32_t em = h & 0x7fffu;
+    const uint32_t b0 = em << 13;
+    float f;
+    memcpy(&f, &b0, 4);
+    f *= 0x1.0p112f;
+    uint32_t bits;
+    memcpy(&bits, &f, 4);
+    bits |= (em >= 0x7c00u) ? 0x7f800000u : 0u;
+    bits |= sign;
+    memcpy(&f, &bits, 4);
+    return f;
+}
+
 #ifdef __cplusplus
 extern "C" {
 #endif

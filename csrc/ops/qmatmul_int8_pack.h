@@ -114,25 +114,6 @@ static void SFX(q8_tile)(uint8_t *xt, float *xd, float *xds, const float *X, siz
 }
 
 
-/* fp16 bits to float: the core's conversion (eg_f16_to_f32), inline and
- * branch-free: the exponent and mantissa moved into float position and
- * scaled by 2^112 (exact, subnormals included), inf/NaN given the float
- * exponent. Tested against eg_f16_to_f32 through the repack test. */
-static inline float SFX(h2f)(uint16_t h)
-{
-    const uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
-    const uint32_t em = h & 0x7fffu;
-    const uint32_t b0 = em << 13;
-    float f;
-    memcpy(&f, &b0, 4);
-    f *= 0x1.0p112f;
-    uint32_t bits;
-    memcpy(&bits, &f, 4);
-    bits |= (em >= 0x7c00u) ? 0x7f800000u : 0u;
-    bits |= sign;
-    memcpy(&f, &bits, 4);
-    return f;
-}
 
 /* ------------------------------------------------------ weight unpacking */
 
@@ -161,8 +142,8 @@ static void SFX(unpack_row)(int type, const uint8_t *restrict s, int cols, int8_
             const u8x16 lo = (v & 0x0F) - off, hi = (v >> 4) - off;
             memcpy(w, &lo, 16);
             memcpy(w + 16, &hi, 16);
-            d0[b] = d1[b] = SFX(h2f)(dh);
-            m[b] = has_m ? SFX(h2f)(mh) : 0.0f;
+            d0[b] = d1[b] = eg_h2f_inline(dh);
+            m[b] = has_m ? eg_h2f_inline(mh) : 0.0f;
         }
         return;
     }
@@ -186,8 +167,8 @@ static void SFX(unpack_row)(int type, const uint8_t *restrict s, int cols, int8_
                 w[j] = (int8_t)(((qs[j] & 0x0F) | (((qh >> j) & 1) << 4)) - off);
                 w[j + 16] = (int8_t)(((qs[j] >> 4) | (((qh >> (j + 16)) & 1) << 4)) - off);
             }
-            d0[b] = d1[b] = SFX(h2f)(dh);
-            m[b] = has_m ? SFX(h2f)(mh) : 0.0f;
+            d0[b] = d1[b] = eg_h2f_inline(dh);
+            m[b] = has_m ? eg_h2f_inline(mh) : 0.0f;
         }
         return;
     }
@@ -195,7 +176,7 @@ static void SFX(unpack_row)(int type, const uint8_t *restrict s, int cols, int8_
         const eg_block_q8_0 *x = (const eg_block_q8_0 *)(const void *)s;
         for (int b = 0; b < nb32; b++, w += QB) {
             memcpy(w, x[b].qs, QB);
-            d0[b] = d1[b] = SFX(h2f)(x[b].d);
+            d0[b] = d1[b] = eg_h2f_inline(x[b].d);
             m[b] = 0.0f;
         }
         return;
@@ -211,7 +192,7 @@ static void SFX(unpack_row)(int type, const uint8_t *restrict s, int cols, int8_
             const uint8_t *sc12 = s + 4;
             const uint8_t *qh = five ? s + 16 : NULL;
             const uint8_t *qs = s + (five ? 48 : 16);
-            const float d = SFX(h2f)(dh), dmin = SFX(h2f)(dmh);
+            const float d = eg_h2f_inline(dh), dmin = eg_h2f_inline(dmh);
             for (int g = 0; g < 8; g++, w += QB) {
                 int sc, mn;
                 if (g < 4) {
@@ -241,7 +222,7 @@ static void SFX(unpack_row)(int type, const uint8_t *restrict s, int cols, int8_
     case EG_GGML_Q6_K: {
         const eg_block_q6_K *x = (const eg_block_q6_K *)(const void *)s;
         for (int i = 0; i < cols / EG_QK_K; i++) {
-            const float d = SFX(h2f)(x[i].d);
+            const float d = eg_h2f_inline(x[i].d);
             for (int h = 0; h < 2; h++) {
                 for (int sh = 0; sh < 4; sh++) {
                     const uint8_t *ql = x[i].ql + 64 * h + 32 * (sh % 2);

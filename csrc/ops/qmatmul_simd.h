@@ -88,17 +88,7 @@ static void SFX(q_f16_row)(const uint8_t *s, float *y, int n)
     for (int k = 0; k < n; k++) {
         uint16_t h;
         memcpy(&h, s + 2 * k, 2);
-        uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
-        uint32_t em = h & 0x7fffu;
-        uint32_t b0 = em << 13;
-        float f;
-        memcpy(&f, &b0, 4);
-        f *= 0x1.0p112f;
-        uint32_t bits;
-        memcpy(&bits, &f, 4);
-        bits |= (em >= 0x7c00u) ? 0x7f800000u : 0u;
-        bits |= sign;
-        memcpy(&y[k], &bits, 4);
+        y[k] = eg_h2f_inline(h);
     }
 }
 
