@@ -30,15 +30,29 @@ path, ck = sys.argv[1], sys.argv[2]
 words = ("graph neural networks pass messages along edges a frozen language model encodes "
          "every node text").split()
 rng = np.random.default_rng(0)
-P = [" ".join(rng.choice(words, 60)) for _ in range(6)]
-A = [" yes", " no", " yes", " no", " yes", " no"]
+
+
+def batch(n):
+    return ([" ".join(rng.choice(words, 60)) for _ in range(n)], [" yes", " no"] * (n // 2))
+
+
+P, A = batch(6)
 tr = Trainer(path, method="gmoe", experts=4, gcn_dim=32, batch_size=6, epochs=2,
              show_progress_bar=False)
 tr.fit(P[:1], A[:1])                    # a short first fit: AdamW moments exist, step_ = 2
 tr.epochs = 1
-t0 = time.perf_counter()
-tr.loss_and_grads(P, A)                 # how long one whole step takes here
-print(json.dumps({"full": time.perf_counter() - t0}), flush=True)
+# one whole step must take long enough (>= 1.5 s) for a SIGINT to land inside
+# it on any machine: double the batch until it does (a fast, idle CI machine
+# runs the 6-prompt step in ~0.5 s)
+while True:
+    t0 = time.perf_counter()
+    tr.loss_and_grads(P, A)
+    full = time.perf_counter() - t0
+    if full >= 1.5 or len(P) >= 96:
+        break
+    P, A = batch(2 * len(P))
+tr.batch_size = len(P)                  # the batch is one core step
+print(json.dumps({"full": full}), flush=True)
 core = tr._core
 
 
@@ -58,7 +72,7 @@ class Announce:
         return core.step(*a, **k)
 
 
-for mb in (None, 3):   # one core step; two micro-batches, interrupted in the second
+for mb in (None, len(P) // 2):   # one core step; two micro-batches, interrupted in the second
     tr.micro_batch_size = mb
     before = {"params": core.params.copy(), "m": tr._m.copy(), "v": tr._v.copy(),
               "run": core.moe_buffers()[2].copy(), "step": tr.step_, "hist": len(tr.history_)}
