@@ -111,8 +111,12 @@ def test_sigint_inside_a_step(model, tmp_path):
     micro-batches, interrupted in the second (the Trainer restores those the
     first one moved). One subprocess for both, to keep the test short."""
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    # the child must get Python's own SIGINT handler: an ignored SIGINT (left
+    # by an earlier test in this process, or by the CI runner) is inherited
+    # through exec, and Python then keeps ignoring it
     p = subprocess.Popen([sys.executable, "-c", CHILD, model, str(tmp_path / "ck")],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     res = []
     try:
         line = p.stdout.readline()
