@@ -30,6 +30,24 @@
  * scaled by 2^112 (exact, subnormals included), inf/NaN given the float
  * exponent. Used by the vectorised dequantizers and the int8 repack, which
  * the repack and dequantization tests check against eg_f16_to_f32. */
+/* The header of a Q5_0 (has_m 0) / Q5_1 (has_m 1) block at s: the fp16
+ * scale, the fp16 min (Q5_1; 0 otherwise), the 32 fifth bits (bit j for
+ * value j) and where the packed low nibbles start. Shared by the
+ * dequantizers and the int8 repack. */
+static inline const uint8_t *eg_q5_header(const uint8_t *s, int has_m, uint16_t *dh, uint16_t *mh,
+                                          uint32_t *qh)
+{
+    uint8_t qhb[4];
+    memcpy(dh, s, 2);
+    *mh = 0;
+    if (has_m) {
+        memcpy(mh, s + 2, 2);
+    }
+    memcpy(qhb, s + (has_m ? 4 : 2), 4);
+    *qh = (uint32_t)qhb[0] | (uint32_t)qhb[1] << 8 | (uint32_t)qhb[2] << 16 | (uint32_t)qhb[3] << 24;
+    return s + (has_m ? 8 : 6);
+}
+
 static inline float eg_h2f_inline(uint16_t h)
 {
     const uint32_t sign = (uint32_t)(h & 0x8000u) << 16;

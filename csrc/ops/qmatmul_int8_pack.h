@@ -152,16 +152,9 @@ static void SFX(unpack_row)(int type, const uint8_t *restrict s, int cols, int8_
         const int has_m = type == EG_GGML_Q5_1;
         const size_t ts = has_m ? sizeof(eg_block_q5_1) : sizeof(eg_block_q5_0);
         for (int b = 0; b < nb32; b++, s += ts, w += QB) {
-            uint16_t dh, mh = 0;
-            uint8_t qhb[4];
-            memcpy(&dh, s, 2);
-            if (has_m) {
-                memcpy(&mh, s + 2, 2);
-            }
-            memcpy(qhb, s + (has_m ? 4 : 2), 4);
-            const uint32_t qh = (uint32_t)qhb[0] | (uint32_t)qhb[1] << 8 | (uint32_t)qhb[2] << 16
-                                | (uint32_t)qhb[3] << 24;
-            const uint8_t *qs = s + (has_m ? 8 : 6);
+            uint16_t dh, mh;
+            uint32_t qh;
+            const uint8_t *qs = eg_q5_header(s, has_m, &dh, &mh, &qh);
             const int off = has_m ? 0 : 16;
             for (int j = 0; j < 16; j++) {
                 w[j] = (int8_t)(((qs[j] & 0x0F) | (((qh >> j) & 1) << 4)) - off);

@@ -142,16 +142,9 @@ static void SFX(deq_row)(int type, const uint8_t *s, float *y, int cols)
         const int has_m = type == EG_GGML_Q5_1;
         const size_t ts = has_m ? sizeof(eg_block_q5_1) : sizeof(eg_block_q5_0);
         for (int i = 0; i < cols / EG_QK; i++, y += EG_QK, s += ts) {
-            uint16_t dh, mh = 0;
-            uint8_t qhb[4];
-            memcpy(&dh, s, 2);
-            if (has_m) {
-                memcpy(&mh, s + 2, 2);
-            }
-            memcpy(qhb, s + (has_m ? 4 : 2), 4);
-            const uint8_t *qs = s + (has_m ? 8 : 6);
-            const uint32_t qh = (uint32_t)qhb[0] | (uint32_t)qhb[1] << 8 | (uint32_t)qhb[2] << 16
-                                | (uint32_t)qhb[3] << 24;
+            uint16_t dh, mh;
+            uint32_t qh;
+            const uint8_t *qs = eg_q5_header(s, has_m, &dh, &mh, &qh);
             const float d = SFX(q_h2f)(dh);
             v16i q = SFX(q_bytes)(qs);
             v16i h0 = (((v16i){0} + (int32_t)(qh & 0xFFFF)) >> bit) & 1;
