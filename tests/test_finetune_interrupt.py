@@ -19,7 +19,11 @@ pytest.importorskip("transformers")
 
 from llm_fixtures import write_tiny_llm  # noqa: E402
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+import engine_py  # noqa: E402
+
+# the folder the engine_py under test was imported from (the sanitized build
+# under .ci/asan-pytest), for the child processes this file starts
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(engine_py.__file__)))
 
 CHILD = r'''
 import json, os, sys, time

@@ -82,13 +82,17 @@ def test_float32_step_same_bits_on_every_isa_level(tiny, tmp_path):
     import subprocess
     import sys
 
-    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    import engine_py
+
+    # the engine_py under test (the sanitized build under .ci/asan-pytest)
+    here = os.path.dirname(os.path.dirname(os.path.abspath(engine_py.__file__)))
     env = dict(os.environ, PYTHONPATH=here + os.pathsep + os.environ.get("PYTHONPATH", ""))
     out = {}
     for isa in ("generic", "avx2", "auto"):
         f = tmp_path / f"g_{isa}.npy"
-        subprocess.run([sys.executable, "-c", _ISA_SCRIPT, tiny.gguf["Q8_0"], str(f), *PROMPTS[:3]],
-                       check=True, env=dict(env, ENGINE_PY_ISA=isa))
+        r = subprocess.run([sys.executable, "-c", _ISA_SCRIPT, tiny.gguf["Q8_0"], str(f), *PROMPTS[:3]],
+                           env=dict(env, ENGINE_PY_ISA=isa), capture_output=True, text=True)
+        assert r.returncode == 0, (isa, r.returncode, r.stderr[-4000:])
         out[isa] = np.load(f)
     assert np.abs(out["auto"]).max() > 0
     assert np.array_equal(out["generic"], out["auto"]) and np.array_equal(out["avx2"], out["auto"])

@@ -37,7 +37,11 @@ def test_reference_router_is_rank_one_and_collapses(data):
         r = gc.train(data, seed=seed)
         # logits depend on the token through one number (token node ~500x the experts')
         assert r["rank1_init"] > 0.999 and r["token_expert_ratio"] > 100, r["rank1_init"]
-        assert r["min_share"] < CRIT and r["used"] < gc.N_EXPERTS, (seed, r["load_final"])
+        # the issue's criterion: some expert is starved below 1/(4N). How many
+        # experts end up unused is chaotic (it changed with the build's float
+        # bits: a sanitized build spread seed 1 over all 8, one at 0.5%), so it
+        # is not asserted.
+        assert r["min_share"] < CRIT, (seed, r["load_final"])
 
 
 def test_per_expert_readout_with_decay_keeps_every_expert(data):

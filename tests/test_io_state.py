@@ -13,7 +13,11 @@ import pytest
 import engine_py.io as eio
 from engine_py.io import SafetensorsError
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+import engine_py  # noqa: E402
+
+# the folder the engine_py under test was imported from (the sanitized build
+# under .ci/asan-pytest), for the child processes this file starts
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(engine_py.__file__)))
 
 
 def tiny_bert():

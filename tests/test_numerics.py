@@ -22,7 +22,9 @@ import engine_py
 from engine_py import _core
 from engine_py.testing import STATE_RTOL, assert_states_close, states_close
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# the folder the engine_py under test was imported from (the sanitized build
+# under .ci/asan-pytest), for the child processes this file starts
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(engine_py.__file__)))
 LEVELS = ("generic", "avx2", "avx512")
 
 _CHILD = """

@@ -27,7 +27,9 @@ from engine_py import _core
 gguf = pytest.importorskip("gguf")
 from engine_py.bench.qmatmul import TYPES, dequantize, random_qweight  # noqa: E402
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# the folder the engine_py under test was imported from (the sanitized build
+# under .ci/asan-pytest), for the child processes this file starts
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(engine_py.__file__)))
 
 
 def _find_smol():

@@ -17,7 +17,11 @@ import engine_py.io as eio
 from engine_py import _core
 from engine_py.io import SafetensorsError
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+import engine_py  # noqa: E402
+
+# the folder the engine_py under test was imported from (the sanitized build
+# under .ci/asan-pytest), for the child processes this file starts
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(engine_py.__file__)))
 
 ALL_DTYPES = [np.bool_, np.uint8, np.int8, np.int16, np.uint16, np.float16, np.int32, np.uint32,
               np.float32, np.float64, np.int64, np.uint64]

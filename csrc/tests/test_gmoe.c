@@ -663,8 +663,10 @@ int main(void)
     }
     test_route(1, 3, 1);
     test_route(1, 4, 1);
-    test_graph(0, 2);
-    test_graph(1, 2);
+    for (int layers = 1; layers <= 3; layers++) {
+        test_graph(0, layers);
+        test_graph(1, layers);
+    }
     test_graph_bf16();
     test_act_copies();
     test_act_tails();
