@@ -150,4 +150,22 @@ def test_engine_llm_exit_sweep(tmp_path):
     md = render({"graph": "toy", "model": "tiny", "precision": "float32", "layers": [0, 2, 4], "seed": 0,
                  "val_acc": info["val_acc"], "epochs": info["epochs"], "repeats": 1, "live": live})
     assert "| threshold 0.5 |" in md
+    # several seeds: a second model and draw; the summary is the seeds' mean ± std
+    from engine_py.bench.engine_llm_exit import render_seeds, summary_rows
+    clf1, info1 = _fit(dict(layers=[0, 2, 4], early_exit=True, **ENGINE_KW), cache,
+                       Graph(g.edge_index, g.num_nodes), g, 1, 3, 2)
+    live1 = live_sweep(clf1, enc, g, cache, pol, exit_nodes=6, seed=1, log=lambda *a: None)
+    runs = [{"graph": "toy", "model": "tiny", "precision": "float32", "layers": [0, 2, 4], "seed": s,
+             "val_acc": i["val_acc"], "epochs": i["epochs"], "repeats": 1, "live": lv}
+            for s, i, lv in ((0, info, live), (1, info1, live1))]
+    summ = summary_rows(runs)
+    sp = [live["patience 1"]["speedup"], live1["patience 1"]["speedup"]]
+    assert summ["patience 1"]["speedup"][0] == pytest.approx(np.mean(sp))
+    assert summ["patience 1"]["speedup"][1] == pytest.approx(np.std(sp, ddof=1))
+    assert summ["threshold 0.5"]["worst_rel_drop"] == max(live["threshold 0.5"]["rel_drop"],
+                                                          live1["threshold 0.5"]["rel_drop"])
+    assert "speedup" not in summ["full depth"]
+    md2 = render_seeds(runs, "cmd", "machine")
+    assert "ENGINE seeds [0, 1]" in md2 and "## Seed 0" in md2 and "## Seed 1" in md2
+    assert md2.count("| threshold 0.5 |") == 3   # summary + one table per seed
     cache.close()
