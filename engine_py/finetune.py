@@ -166,7 +166,10 @@ class Trainer:
     docs/ALGORITHMS.md §B.5), aux_reduction ("sum": the total loss adds
     coef * aux of every layer, as ALGORITHMS.md §B.3 and the issue state it;
     "mean": coef * the mean over layers, as the official code computes it —
-    with L layers, "sum" weighs the router losses L times more). Per-layer
+    with L layers, "sum" weighs the router losses L times more),
+    graph_balance (False: the reference; True: the graph router also gets
+    MixLoRA's load-balance loss, weight loss_coefs["balance"] — engine_py's
+    option against router collapse, docs/ALGORITHMS.md §B.5). Per-layer
     semantics = engine_py.gmoe.MoELoRAFFN. The defaults follow the GMoE reference configuration:
     weight_decay 0.01, dropout 0.0005, constant lr without warm-up (lora:
     0.0, 0.0, cosine with 10% warm-up).
@@ -184,7 +187,7 @@ class Trainer:
                  loss_coefs: Optional[dict] = None, loss_form: str = "abs",
                  normal_count: str = "topk_probs", normal_running_decay: float = 1.0,
                  graph_readout: str = "shared", aux_reduction: str = "sum",
-                 show_progress_bar: Optional[bool] = None):
+                 graph_balance: bool = False, show_progress_bar: Optional[bool] = None):
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
         moe = method != "lora"
@@ -195,7 +198,7 @@ class Trainer:
         if moe:
             self._check_moe_args(method, r, experts, top_k, router, gcn_dim, gcn_layers,
                                  edge_density, loss_coefs, loss_form, normal_count,
-                                 normal_running_decay, graph_readout, aux_reduction)
+                                 normal_running_decay, graph_readout, aux_reduction, graph_balance)
         if isinstance(r, bool) or not isinstance(r, (int, np.integer)) or not 1 <= r <= 4096:
             raise ValueError(f"r must be an integer in [1, 4096], got {r!r}")
         if not isinstance(alpha, (int, float)) or not math.isfinite(alpha):
@@ -258,7 +261,7 @@ class Trainer:
 
     def _check_moe_args(self, method, r, experts, top_k, router, gcn_dim, gcn_layers,
                         edge_density, loss_coefs, loss_form, normal_count,
-                        running_decay, graph_readout, aux_reduction) -> None:
+                        running_decay, graph_readout, aux_reduction, graph_balance=False) -> None:
         from .gmoe import DEFAULT_LOSS_COEFS
 
         def intarg(name, v, lo, hi):
@@ -304,12 +307,27 @@ class Trainer:
         if aux_reduction not in ("sum", "mean"):
             raise ValueError(f"aux_reduction must be 'sum' or 'mean', got {aux_reduction!r}")
         self.aux_reduction = aux_reduction
+        if not isinstance(graph_balance, (bool, np.bool_)):
+            raise ValueError(f"graph_balance must be True or False, got {graph_balance!r}")
+        if graph_balance and router != "graph":
+            raise ValueError(f"graph_balance adds MixLoRA's load balance to the graph router; "
+                             f"router {router!r} has it already (loss_coefs['balance'])")
+        self.graph_balance = bool(graph_balance)
+
+    def _aux_coefs(self) -> np.ndarray:
+        """The router losses' weights in _AUX order as the core applies them:
+        the graph router's load balance is 0 unless graph_balance (the GMoE
+        reference has none), and with aux_reduction="mean" every weight / layers."""
+        c = dict(self.loss_coefs)
+        if self.router == "graph" and not self.graph_balance:
+            c["balance"] = 0.0
+        return np.array([c[k] for k in _AUX]) * self._aux_weight()
 
     def _moe_core_config(self) -> dict:
         return {"experts": self.experts, "top_k": self.top_k, "rank": self.r, "alpha": self.alpha,
                 "router": ROUTERS.index(self.router), "gcn_dim": self.gcn_dim,
                 "gcn_layers": self.gcn_layers, "loss_kl": int(self.loss_form == "kl"),
-                "coef": [self.loss_coefs[k] * self._aux_weight() for k in _AUX],
+                "coef": [float(v) for v in self._aux_coefs()],
                 "running_decay": self.normal_running_decay,
                 "normal_weights": int(self.normal_count == "weights"),
                 "per_expert_readout": int(self.graph_readout == "per_expert")}
@@ -502,7 +520,7 @@ class Trainer:
         nll, aux = 0.0, 0.0
         if self._moe:   # router losses: the mean over the micro-batches
             self._core.set_aux_scale(1.0 / len(parts))
-            coef = np.array([self.loss_coefs[k] for k in _AUX]) * self._aux_weight()
+            coef = self._aux_coefs()
             counts = 0
         for j, b in enumerate(parts):
             s, _ = self._core.step(b.ids, b.offsets, b.targets, scale=1.0 / n_t, backward=True,
@@ -648,7 +666,9 @@ class Trainer:
                 "edge_density": self.edge_density, "loss_coefs": self.loss_coefs,
                 "loss_form": self.loss_form, "normal_count": self.normal_count,
                 "normal_running_decay": self.normal_running_decay,
-                "graph_readout": self.graph_readout, "aux_reduction": self.aux_reduction}
+                "graph_readout": self.graph_readout, "aux_reduction": self.aux_reduction,
+                # only when on: adapters and run fingerprints from before the option stay valid
+                **({"graph_balance": True} if self.graph_balance else {})}
 
     def save_checkpoint(self, directory, _fit=None) -> str:
         """Write the training state to `directory`: the LoRA parameters and
@@ -987,7 +1007,7 @@ class _MoEAdapterState(Trainer):
                              moe["gcn_dim"], moe["gcn_layers"], moe["edge_density"],
                              moe["loss_coefs"], moe["loss_form"], moe["normal_count"],
                              moe["normal_running_decay"], moe["graph_readout"],
-                             moe["aux_reduction"])
+                             moe["aux_reduction"], moe.get("graph_balance", False))
         # no attention adapters: the caller merges those into the weights
         self._core = _core.LoraTrainer(model, [0] * len(MODULES), [0.0] * len(MODULES),
                                        moe=self._moe_core_config())
@@ -997,6 +1017,8 @@ class _MoEAdapterState(Trainer):
 _MOE_SETTINGS = ("experts", "top_k", "router", "gcn_dim", "gcn_layers", "edge_density",
                  "loss_coefs", "loss_form", "normal_count", "normal_running_decay",
                  "graph_readout", "aux_reduction")
+#: settings an adapter may lack (written only when on; absent = off)
+_MOE_OPTIONAL = ("graph_balance",)
 
 
 def attach_moe_adapter(model, hp: dict, adapter_dir, loaded) -> None:
@@ -1015,7 +1037,7 @@ def attach_moe_adapter(model, hp: dict, adapter_dir, loaded) -> None:
     tpath = os.path.join(adapter_dir, "adapter_model.safetensors")
     moe = cfg["engine_py_moe"]
     missing = [k for k in _MOE_SETTINGS if k not in moe]
-    unknown = sorted(set(moe) - set(_MOE_SETTINGS))
+    unknown = sorted(set(moe) - set(_MOE_SETTINGS) - set(_MOE_OPTIONAL))
     if missing or unknown:
         raise ValueError(f"{cpath}: engine_py_moe " + (f"lacks {missing}" if missing else
                                                        f"has unknown settings {unknown}"))

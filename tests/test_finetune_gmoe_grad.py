@@ -113,14 +113,14 @@ def _relu_inputs(ref):
     return seen
 
 
-def _reference(path, st, st0, method, router, seqs, starts):
+def _reference(path, st, st0, method, router, seqs, starts, graph_balance=False):
     """The float64 reference at the first randomisation seed whose routing is
     well conditioned: (state, loss, grads, routes)."""
     base = _load(path)[0]
     for seed in range(1, 40):
         s = _randomise(st, seed)
         ref = gmoe_torch.build(path, s, method, router, EXPERTS, TOP_K, R, ALPHA, "float64",
-                               graph_state=st0, model=copy.deepcopy(base))
+                               graph_state=st0, model=copy.deepcopy(base), graph_balance=graph_balance)
         relu_in = _relu_inputs(ref)
         loss, grads, _, routes = gmoe_torch.loss_and_grads(ref, seqs, starts)
         if _well_conditioned(routes, ref.top_k) and min(relu_in, default=1.0) >= RELU_MARGIN:
@@ -128,16 +128,18 @@ def _reference(path, st, st0, method, router, seqs, starts):
     raise AssertionError("no well-conditioned randomisation found in 39 seeds")
 
 
-def _compare(path, router):
+def _compare(path, router, graph_balance=False):
     method = "mixlora" if router == "linear" else "gmoe"
     tr = Trainer(path, method=method, router=router, experts=EXPERTS, top_k=TOP_K, r=R,
-                 alpha=ALPHA, seed=0, dropout=0.0)   # the reference has no LoRA dropout
+                 alpha=ALPHA, seed=0, dropout=0.0,   # the reference has no LoRA dropout
+                 graph_balance=graph_balance)
     st0 = {**tr.lora_state(), **tr.moe_buffers_state()}
     for i in range(2):
         for b in BUFFERS[:2] if router == "graph" else ():
             assert f"base_model.model.model.layers.{i}.mlp.{b}" in st0, b
     seqs, starts = tr._pairs(PROMPTS, ANSWERS)
-    st, ref_loss, ref, ref_routes = _reference(path, st0, st0, method, router, seqs, starts)
+    st, ref_loss, ref, ref_routes = _reference(path, st0, st0, method, router, seqs, starts,
+                                               graph_balance)
     tr.set_lora_state(st)
     back = {**tr.lora_state(), **tr.moe_buffers_state()}
     for k, v in st.items():
@@ -185,6 +187,12 @@ def tiny(request, tmp_path_factory):
 def test_gmoe_grads_match_torch(tiny, router):
     worst = _compare(tiny.hf_dir, router)
     print(f"{tiny.arch} {router}: worst relative gradient error {worst:.3g}")
+
+
+def test_gmoe_graph_balance_grads_match_torch(tiny):
+    # Trainer(graph_balance=True): the graph router plus MixLoRA's load balance
+    worst = _compare(tiny.hf_dir, "graph", graph_balance=True)
+    print(f"{tiny.arch} graph + balance: worst relative gradient error {worst:.3g}")
 
 
 def test_gmoe_gguf_grads_match_torch(tiny):

@@ -24,6 +24,7 @@
 #include "eg_gmoe.h"
 #include "eg_ops.h"
 
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -99,9 +100,29 @@ static void apply_adj(float *out, const float *Q, const float *Ahat, int T, int 
  * page faults and unmaps every time (a third of the router's CPU time at
  * T ~ 1000 in bf16). One per thread, so concurrent callers (two models in
  * two Python threads) never share it; forward and backward of one thread
- * never run at the same time. Reachable until the thread exits. */
-static _Thread_local float *tl_ws = NULL;
-static _Thread_local size_t tl_ws_n = 0;   /* floats */
+ * never run at the same time. A pthread key rather than _Thread_local: its
+ * destructor frees the scratch when the thread exits (a thread pool's
+ * short-lived workers would otherwise leak one buffer each). */
+typedef struct {
+    float *p;
+    size_t n;   /* floats */
+} ws_scratch;
+
+static pthread_key_t ws_key;
+static pthread_once_t ws_once = PTHREAD_ONCE_INIT;
+static int ws_key_ok = 0;
+
+static void ws_free(void *v)
+{
+    ws_scratch *w = v;
+    eg_aligned_free(w->p);
+    free(w);
+}
+
+static void ws_key_init(void)
+{
+    ws_key_ok = pthread_key_create(&ws_key, ws_free) == 0;
+}
 
 /* Carve `k` float buffers of sizes n[i] (each rounded up to 64 bytes) from
  * the thread's scratch into *out[i] (NULL when n[i] == 0); -1 on ENOMEM. */
@@ -111,17 +132,29 @@ static int ws_carve(int k, const size_t *n, float ***out)
     for (int i = 0; i < k; i++) {
         total += (n[i] + 15) & ~(size_t)15;
     }
-    if (total > tl_ws_n) {
-        eg_aligned_free(tl_ws);
-        tl_ws = eg_aligned_alloc(total * sizeof(float));
-        tl_ws_n = tl_ws != NULL ? total : 0;
-        if (tl_ws == NULL) {
+    pthread_once(&ws_once, ws_key_init);
+    if (!ws_key_ok) {
+        return -1;
+    }
+    ws_scratch *w = pthread_getspecific(ws_key);
+    if (w == NULL) {
+        w = calloc(1, sizeof *w);
+        if (w == NULL || pthread_setspecific(ws_key, w) != 0) {
+            free(w);
+            return -1;
+        }
+    }
+    if (total > w->n) {
+        eg_aligned_free(w->p);
+        w->p = eg_aligned_alloc(total * sizeof(float));
+        w->n = w->p != NULL ? total : 0;
+        if (w->p == NULL) {
             return -1;
         }
     }
     size_t off = 0;
     for (int i = 0; i < k; i++) {
-        *out[i] = n[i] ? tl_ws + off : NULL;
+        *out[i] = n[i] ? w->p + off : NULL;
         off += (n[i] + 15) & ~(size_t)15;
     }
     return 0;

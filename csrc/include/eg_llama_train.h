@@ -150,7 +150,10 @@ typedef struct {
     int gcn_dim;      /* graph: g, 1 .. 4096 */
     int gcn_layers;   /* graph: 1 .. 16 */
     int loss_kl;      /* 0: the reference |log| form, 1: true KL terms */
-    float coef[EG_AUX_N];  /* loss weights; finite, >= 0 */
+    float coef[EG_AUX_N];  /* loss weights; finite, >= 0. The graph router adds Poisson and
+                            * Normal, and the load balance only when its weight is nonzero
+                            * (engine_py's option; the GMoE reference has none); linear and
+                            * switch add the balance, switch also z */
     double running_decay;  /* Normal loss: c = decay * running + batch; running <- c (1: reference) */
     int normal_weights;    /* Normal count per routed slot: 0 the top-k softmax probabilities
                             * (official GMoE code), 1 the renormalised top-k weights */

@@ -354,11 +354,15 @@ eg_status eg_moe_layer_forward(eg_llama_lora *t, int l, eg_moe_saved *ms, float 
         if (training) {
             memcpy(running, ms->c, (size_t)N * sizeof *running);
         }
-    } else {
+    }
+    /* MixLoRA's load balance: the linear and switch routers' loss; on the
+     * graph router only when its coefficient is set (engine_py's option
+     * against router collapse, ALGORITHMS.md §B.5; the reference passes 0) */
+    if (!graph || mc->coef[EG_AUX_BALANCE] != 0.0f) {
         aux[EG_AUX_BALANCE] = eg_balance_loss_forward(ms->counts, ms->probs, ms->idx, (int)n, N, K);
-        if (mc->router == EG_ROUTER_SWITCH) {
-            aux[EG_AUX_Z] = eg_zloss_forward(ms->lse, (int)n);
-        }
+    }
+    if (mc->router == EG_ROUTER_SWITCH) {
+        aux[EG_AUX_Z] = eg_zloss_forward(ms->lse, (int)n);
     }
     int64_t *counts = mo->counts + (size_t)l * (size_t)N;
     memset(counts, 0, (size_t)N * sizeof *counts);
@@ -430,7 +434,8 @@ eg_status eg_moe_layer_backward(eg_llama_lora *t, int l, const eg_moe_saved *ms,
                 dprobs[(i / (size_t)K) * (size_t)N + (size_t)ms->idx[i]] += dn[i];
             }
         }
-    } else if (cb != 0.0f) {
+    }
+    if (cb != 0.0f) {   /* the forward computed it: every router but a graph one at coef 0 */
         eg_balance_loss_backward(dprobs, cb, ms->counts, (int)n, N, K);
     }
     eg_router_topk_backward(dlogits, dw, dprobs, ms->probs, ms->idx, ms->w, (int)n, N, K,

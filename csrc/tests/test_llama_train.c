@@ -459,7 +459,10 @@ static void moe_fwd(void *c, float *out)
     out[0] = (float)(s - k->base);
 }
 
-static void test_model_moe(int router, int quant, int normal_weights, double decay, int per_expert)
+/* balance: the load-balance weight (the graph router adds that loss only when
+ * it is nonzero, engine_py's option) */
+static void test_model_moe(int router, int quant, int normal_weights, double decay, int per_expert,
+                           float balance)
 {
     uint64_t rng = 77 + (uint64_t)router;
     eg_err err;
@@ -476,7 +479,7 @@ static void test_model_moe(int router, int quant, int normal_weights, double dec
     const int N = 4, K = router == EG_ROUTER_SWITCH ? 1 : 2;
     eg_llama_moe_config mc = {.experts = N, .top_k = K, .rank = 2, .alpha = 4.0f,
                               .router = router, .gcn_dim = 8, .gcn_layers = 2,
-                              .coef = {0.05f, 0.8f, 0.1f, 0.01f}, .running_decay = decay,
+                              .coef = {0.05f, 0.8f, balance, 0.01f}, .running_decay = decay,
                               .normal_weights = normal_weights,
                               .per_expert_readout = per_expert};
     /* configuration errors first */
@@ -561,6 +564,9 @@ static void test_model_moe(int router, int quant, int normal_weights, double dec
     CHECK(router == EG_ROUTER_GRAPH ? aux[EG_AUX_POISSON] > 0 && aux[EG_AUX_NORMAL] > 0
                                     : aux[EG_AUX_BALANCE] > 0, "aux losses %g %g %g",
           aux[0], aux[1], aux[2]);
+    CHECK(balance != 0.0f ? aux[EG_AUX_BALANCE] > 0 && aux[EG_AUX_N + EG_AUX_BALANCE] > 0
+                          : aux[EG_AUX_BALANCE] == 0 && aux[EG_AUX_N + EG_AUX_BALANCE] == 0,
+          "balance loss %g with weight %g", aux[EG_AUX_BALANCE], (double)balance);
     if (router == EG_ROUTER_GRAPH) {
         /* the training step advanced the running counts by k * the batch's
          * renormalised weights (they sum to k * tokens) or top-k probabilities;
@@ -601,8 +607,8 @@ static void test_model_moe(int router, int quant, int normal_weights, double dec
     R[0] = 1.0f;
     gc_var vars[] = {{"params", P, G, np}};
     char name[96];
-    snprintf(name, sizeof name, "llama moe (router %d, q8_0 %d, weights %d, per-expert %d)",
-             router, quant, normal_weights, per_expert);
+    snprintf(name, sizeof name, "llama moe (router %d, q8_0 %d, weights %d, per-expert %d, "
+             "balance %g)", router, quant, normal_weights, per_expert, (double)balance);
     gradcheck(name, moe_fwd, &k, R, 1, vars, 1, 1e-2f, 2e-2, 2e-4);
     /* recomputation: the same loss and gradients, bit for bit */
     {
@@ -825,11 +831,13 @@ int main(void)
     test_model(0, 0, 0);
     test_model(1, 0, 1);
     test_model(0, 1, 1);
-    test_model_moe(EG_ROUTER_LINEAR, 0, 0, 1.0, 0);
-    test_model_moe(EG_ROUTER_SWITCH, 1, 0, 1.0, 0);
-    test_model_moe(EG_ROUTER_GRAPH, 0, 0, 1.0, 0);
-    test_model_moe(EG_ROUTER_GRAPH, 1, 1, 0.5, 0);
-    test_model_moe(EG_ROUTER_GRAPH, 0, 0, 0.5, 1);
+    test_model_moe(EG_ROUTER_LINEAR, 0, 0, 1.0, 0, 0.1f);
+    test_model_moe(EG_ROUTER_SWITCH, 1, 0, 1.0, 0, 0.1f);
+    test_model_moe(EG_ROUTER_GRAPH, 0, 0, 1.0, 0, 0.0f);
+    test_model_moe(EG_ROUTER_GRAPH, 1, 1, 0.5, 0, 0.0f);
+    test_model_moe(EG_ROUTER_GRAPH, 0, 0, 0.5, 1, 0.0f);
+    test_model_moe(EG_ROUTER_GRAPH, 0, 0, 1.0, 0, 0.1f);   /* + the load balance */
+    test_model_moe(EG_ROUTER_GRAPH, 1, 0, 0.5, 1, 0.1f);
     test_moe_encoder_hook(EG_ROUTER_GRAPH, 0, EG_PREC_F32);
     test_moe_encoder_hook(EG_ROUTER_LINEAR, 1, EG_PREC_F32);
     test_moe_encoder_hook(EG_ROUTER_SWITCH, 0, EG_PREC_BF16);

@@ -259,6 +259,7 @@ def moe_classes():
                 raise ValueError(f"normal_count must be 'topk_probs' or 'weights', got "
                                  f"{normal_count!r}")
             self.normal_count = normal_count
+            self.graph_balance = False   # build(graph_balance=True) sets it
             if router not in _ROUTERS:
                 raise ValueError(f"router must be one of {_ROUTERS}, got {router!r}")
             if loss_form not in ("abs", "kl"):
@@ -349,12 +350,14 @@ def moe_classes():
                 if self.training:
                     with torch.no_grad():
                         self.normal_running.copy_(c.detach().to(torch.float64))
-            else:
+            if self.router_kind != "graph" or self.graph_balance:
+                # MixLoRA's load balance (on the graph router: engine_py's
+                # graph_balance option; the GMoE reference has none)
                 counts = torch.bincount(topi.reshape(-1), minlength=N).to(x.dtype)
                 f = counts / (n * K)
                 aux["balance"] = N * (f * probs.mean(dim=0)).sum()
-                if self.router_kind == "switch":
-                    aux["z"] = (torch.logsumexp(logits, dim=-1) ** 2).mean()
+            if self.router_kind == "switch":
+                aux["z"] = (torch.logsumexp(logits, dim=-1) ** 2).mean()
             self.aux = aux
             self.probs, self.topk_idx, self.topk_weight = probs, topi, w
             return y
@@ -560,7 +563,7 @@ def build(model_dir_or_gguf, state: Optional[dict] = None, method: str = "gmoe",
           alpha: float = 4.0, dtype="float64", *, edge_density: float = 0.25,
           graph_state: Optional[dict] = None, coefs: Optional[dict] = None,
           loss_form: str = "abs", model=None, seed: int = 0,
-          normal_count: str = "topk_probs") -> GMoETorch:
+          normal_count: str = "topk_probs", graph_balance: bool = False) -> GMoETorch:
     """Load the decoder, freeze it, attach LoRA on q, k, v, o and a MixLoRA
     MoE in every layer's mlp, and load ``state`` (contract names, see the
     module docstring; None: :func:`init_state`).
@@ -572,7 +575,9 @@ def build(model_dir_or_gguf, state: Optional[dict] = None, method: str = "gmoe",
     DEFAULT_COEFS; missing keys weigh 0). normal_count: what the Normal
     balance loss counts per routed slot, "topk_probs" (the official GMoE
     code: the top-k probabilities before renormalisation) or "weights" (the
-    renormalised weights), as engine_py.gmoe.MoELoRAFFN. model: an already loaded
+    renormalised weights), as engine_py.gmoe.MoELoRAFFN. graph_balance: the graph
+    router also adds MixLoRA's load-balance loss (weight coefs["balance"]), as
+    Trainer(graph_balance=True). model: an already loaded
     transformers model to patch instead of loading one (it is modified).
     """
     import torch
@@ -620,6 +625,7 @@ def build(model_dir_or_gguf, state: Optional[dict] = None, method: str = "gmoe",
         moe = moe_from_state(*W, sub, router, experts, top_k, r, alpha, dt,
                              edge_density=edge_density, graph_state=gsub, loss_form=loss_form,
                              normal_count=normal_count)
+        moe.graph_balance = bool(graph_balance) and router == "graph"
         layer.mlp = moe
         moes.append(moe)
         for k, p in moe.named_contract_parameters():
