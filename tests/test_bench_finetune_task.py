@@ -173,3 +173,16 @@ def test_gmoe_study_runs_end_to_end_on_a_tiny_model(tmp_path):
     assert "GMoE vs MixLoRA" in doc["markdown"] and "reproduce" in doc["markdown"]
     with pytest.raises(ValueError, match="unknown method"):
         gl.main(["--model", m.gguf["F32"], "--methods", "lora,moe", "--no-progress"])
+    # the on-request GMoE variants: one option each over the reference's settings
+    ref = gl.method_kwargs("gmoe", 2, 8, 2, 11)
+    for meth, opt in (("gmoe-fix", {"graph_readout": "per_expert", "normal_running_decay": 0.5}),
+                      ("gmoe-mean", {"aux_reduction": "mean"}), ("gmoe-balance", {"graph_balance": True})):
+        kw = gl.method_kwargs(meth, 2, 8, 2, 11)
+        assert {k: v for k, v in kw.items() if k not in ref} == opt, meth
+        assert kw["router"] == "graph" and kw["method"] == "gmoe"
+    tr = Trainer(m.gguf["F32"], experts=4, show_progress_bar=False,
+                 **{k: v for k, v in gl.method_kwargs("gmoe-balance", 2, 4, 2, 11).items() if k != "experts"})
+    assert tr.graph_balance and tr._aux_coefs()[2] == tr.loss_coefs["balance"] > 0
+    assert Trainer(m.gguf["F32"], method="gmoe", experts=4, show_progress_bar=False)._aux_coefs()[2] == 0
+    with pytest.raises(ValueError, match="graph_balance"):
+        Trainer(m.gguf["F32"], method="mixlora", graph_balance=True, show_progress_bar=False)

@@ -258,6 +258,33 @@ def test_adapter_round_trip(path, tmp_path, method, router):
         merge_adapter(path, tmp_path / "ad", tmp_path / "merged")
 
 
+def test_graph_balance_adds_the_load_balance_and_round_trips(path, tmp_path):
+    """graph_balance=True: the graph router's total loss grows by exactly
+    coef * the summed per-layer balance losses it now reports (the reference
+    reports none); the setting is saved with the adapter and loaded back; an
+    adapter written without it loads as off."""
+    kw = dict(KW, dropout=0.0)
+    a = Trainer(path, method="gmoe", **kw)
+    _randomize(a)
+    b = Trainer(path, method="gmoe", graph_balance=True, **kw)
+    b.set_lora_state({**a.lora_state(), **a.moe_buffers_state()})   # expert graph, counts too
+    la, ga = a.loss_and_grads(PROMPTS[:3], ANSWERS[:3])
+    assert not a.moe_stats()["aux"]["balance"].any()
+    lb, gb = b.loss_and_grads(PROMPTS[:3], ANSWERS[:3])
+    bal = b.moe_stats()["aux"]["balance"]
+    assert (bal > 0).all() and bal.shape == (2,)
+    assert lb == pytest.approx(la + b.loss_coefs["balance"] * bal.sum(), rel=1e-6)
+    assert not np.array_equal(ga, gb)
+    b.save_adapter(tmp_path / "ad")
+    cfg = json.loads((tmp_path / "ad" / "adapter_config.json").read_text())
+    assert cfg["engine_py_moe"]["graph_balance"] is True
+    assert Trainer.load(path, tmp_path / "ad", show_progress_bar=False).graph_balance
+    a.save_adapter(tmp_path / "ref")
+    cfg = json.loads((tmp_path / "ref" / "adapter_config.json").read_text())
+    assert "graph_balance" not in cfg["engine_py_moe"]
+    assert not Trainer.load(path, tmp_path / "ref", show_progress_bar=False).graph_balance
+
+
 def test_adapter_mismatch_is_refused(path, tmp_path):
     tr = Trainer(path, method="gmoe", **KW)
     tr.save_adapter(tmp_path / "ad")

@@ -15,7 +15,9 @@ Methods (engine_py.finetune.Trainer):
 * on request (``--methods``): ``gmoe-fix`` (graph_readout="per_expert",
   normal_running_decay=0.5, the options of ALGORITHMS.md §B.5) and
   ``gmoe-mean`` (the router losses averaged over layers, as the official
-  code does, instead of summed).
+  code does, instead of summed), ``gmoe-balance`` (the graph router plus
+  MixLoRA's load-balance loss at MixLoRA's weight 0.01: Trainer
+  graph_balance=True).
 
 Every method trains with the same optimiser settings (AdamW, ``--lr``
 constant, weight decay 0.01, LoRA dropout 0.0005, batch 16, the same
@@ -46,8 +48,9 @@ __all__ = ["METHODS", "method_kwargs", "main"]
 METHODS = ("lora", "mixlora", "gmoe", "gmoe-no-poisson", "gmoe-no-normal")
 #: GMoE with engine_py's options (not in the default list): "gmoe-fix" the
 #: anti-collapse pair of ALGORITHMS.md §B.5, "gmoe-mean" the router losses
-#: averaged over layers as the official code does
-EXTRA_METHODS = ("gmoe-fix", "gmoe-mean")
+#: averaged over layers as the official code does, "gmoe-balance" the graph
+#: router with MixLoRA's load-balance loss added (graph_balance=True)
+EXTRA_METHODS = ("gmoe-fix", "gmoe-mean", "gmoe-balance")
 _COMMON = dict(schedule="constant", warmup_ratio=0.0, weight_decay=0.01, dropout=0.0005)
 
 
@@ -58,9 +61,10 @@ def method_kwargs(method: str, r: int, experts: int, top_k: int, lora_r: int) ->
     if method == "mixlora":
         return dict(method="mixlora", router="linear", r=r, alpha=2.0 * r, experts=experts,
                     top_k=top_k, **_COMMON)
-    if method in ("gmoe-fix", "gmoe-mean"):
-        opts = ({"graph_readout": "per_expert", "normal_running_decay": 0.5}
-                if method == "gmoe-fix" else {"aux_reduction": "mean"})
+    if method in EXTRA_METHODS:
+        opts = {"gmoe-fix": {"graph_readout": "per_expert", "normal_running_decay": 0.5},
+                "gmoe-mean": {"aux_reduction": "mean"},
+                "gmoe-balance": {"graph_balance": True}}[method]
         return dict(method="gmoe", router="graph", r=r, alpha=2.0 * r, experts=experts,
                     top_k=top_k, **opts, **_COMMON)
     if method in METHODS and method.startswith("gmoe"):
