@@ -186,3 +186,50 @@ def test_gmoe_study_runs_end_to_end_on_a_tiny_model(tmp_path):
     assert Trainer(m.gguf["F32"], method="gmoe", experts=4, show_progress_bar=False)._aux_coefs()[2] == 0
     with pytest.raises(ValueError, match="graph_balance"):
         Trainer(m.gguf["F32"], method="mixlora", graph_balance=True, show_progress_bar=False)
+
+
+def test_gmoe_study_runs_merge_into_one_table(tmp_path):
+    """bench gmoe-llm --merge: two runs of the same settings (different seeds
+    and methods) become one study, runs sorted by seed and labelled by source;
+    the same seed twice, other settings or other questions are refused."""
+    import llm_fixtures as F
+    from engine_py.bench import gmoe_llm as gl
+    from engine_py.bench import gmoe_llm_merge as gm
+
+    m = F.write_tiny_llm(tmp_path / "m", "llama", gguf_types=("F32",))
+    g = _tiny_graph(tmp_path)
+    common = ["--model", m.gguf["F32"], "--tasks", f"packed:{g}", "--train", "6", "--test", "4",
+              "--batch-size", "3", "--experts", "4", "--precision", "float32", "--no-progress",
+              "--lora-r", "2"]
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    assert gl.main(common + ["--methods", "lora,gmoe", "--seeds", "1", "--out", str(a)]) == 0
+    assert gl.main(common + ["--methods", "gmoe,gmoe-balance", "--seeds", "0", "--out", str(b)]) == 0
+    out, md = tmp_path / "m.json", tmp_path / "R.md"
+    md.write_text("# Results\n\nkept\n")
+    assert gl.main(["--merge", f"{a}=first", f"{b}=second", "--out", str(out), "--markdown", str(md),
+                    "--note", "A hand-written sentence."]) == 0
+    res = json.loads(out.read_text())["results"]
+    (task,) = res["tasks"]
+    by = {x["method"]: x for x in task["methods"]}
+    assert [x["method"] for x in task["methods"]] == ["lora", "gmoe", "gmoe-balance"]
+    assert [(r["seed"], r["source"]) for r in by["gmoe"]["runs"]] == [(0, "second"), (1, "first")]
+    ra = json.loads(a.read_text())["results"]["tasks"][0]["methods"]
+    assert by["lora"]["runs"][0]["test_acc"] == ra[0]["runs"][0]["test_acc"]   # not re-measured
+    assert res["seeds"] == [0, 1] and "A hand-written sentence." in res["note"]
+    text = md.read_text()
+    assert "kept" in text and "| gmoe-balance |" in text and "first: `python -m engine_py" in text
+    # refused: a seed in two sources, other settings, other questions
+    with pytest.raises(ValueError, match="seed 1 is in two sources"):
+        gm.merge([gm.load_source(str(a)), gm.load_source(str(a))])
+    doc = json.loads(b.read_text())
+    doc["results"]["lr"] = 0.5
+    (tmp_path / "c.json").write_text(json.dumps(doc))
+    with pytest.raises(ValueError, match="settings differ.*lr"):
+        gm.merge([gm.load_source(str(a)), gm.load_source(str(tmp_path / "c.json"))])
+    doc = json.loads(b.read_text())
+    doc["results"]["tasks"][0]["questions_sha256"] = "0" * 64
+    (tmp_path / "d.json").write_text(json.dumps(doc))
+    with pytest.raises(ValueError, match="different questions"):
+        gm.merge([gm.load_source(str(a)), gm.load_source(str(tmp_path / "d.json"))])
+    with pytest.raises(ValueError, match="no such study result"):
+        gm.load_source(str(tmp_path / "none.json"))

@@ -221,10 +221,21 @@ def main(argv: list | None = None) -> int:
                     help="LoRA's rank (default: the closest to MixLoRA's parameter count)")
     ap.add_argument("--precision", default="bfloat16", choices=("float32", "bfloat16"))
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--merge", nargs="+", default=None, metavar="JSON[=LABEL]",
+                    help="measure nothing: merge these runs' JSONs (--out of each, or the .partial "
+                         "of a run cut short) into one study; --out the merged JSON, --markdown "
+                         "the file whose gmoe_llm section gets the table (engine_py/bench/"
+                         "gmoe_llm_merge.py)")
+    ap.add_argument("--markdown", default=None, help="with --merge: markdown file for the table")
+    ap.add_argument("--note", default=None, help="with --merge: a sentence added to the note")
     from engine_py.bench import add_output_args
 
     add_output_args(ap, "gmoe_llm")
     args = ap.parse_args(argv)
+    if args.merge:
+        from engine_py.bench.gmoe_llm_merge import main_merge
+
+        return main_merge(args.merge, args.out, args.markdown, args.note)
     import engine_py
     from engine_py import models
     from engine_py.bench import finish, machine_line, start_run
