@@ -53,6 +53,7 @@ def test_run_study_tiny(tmp_path):
     names = list(p["models"])
     assert names[:4] == ["ENGINE", "MLP (last layer)", "SAGE (last layer)", "GCN (last layer)"]
     assert names[4].startswith("SAGE (best single layer") and p["best_single_layer"] in (0, 2, 4)
+    assert (p["pooling"], p["template"]) == ("mean", None)
     for r in p["models"].values():
         assert len(r["test_acc"]) == 2 and all(0 <= a <= 1 for a in r["test_acc"])
         assert all(s > 0 for s in r["seconds_per_epoch"]) and all(1 <= e <= 4 for e in r["epochs"])
@@ -100,6 +101,10 @@ def test_run_study_tiny(tmp_path):
     assert "Sampled graph" in md and "## Summary" in md and "## Cache vs re-encode" in md
     assert "## Peak resident memory" in md
     assert "SMALL-SCALE RUN" in md and "| toy | tiny | ENGINE |" in md
+    assert "| toy | tiny | float32 | 32 | mean | 0,2,4 |" in md   # the cache row names the pooling
+    p2 = dict(p, pooling="last", template="Doc: {text}")
+    md2 = render_markdown(dict(res, pairs=[p2]), command="cmd", machine="m", small=True)
+    assert "| toy | tiny | float32 | 32 | last, template `Doc: {text}` | 0,2,4 |" in md2
     assert md.count("| toy | tiny |") >= 5 + len(POLICIES) + 3
     json.dumps(res, default=float)   # JSON-ready
     # --render-from: the markdown again from the JSON, no measurement, and it says so
@@ -169,3 +174,26 @@ def test_engine_llm_exit_sweep(tmp_path):
     assert "ENGINE seeds [0, 1]" in md2 and "## Seed 0" in md2 and "## Seed 1" in md2
     assert md2.count("| threshold 0.5 |") == 3   # summary + one table per seed
     cache.close()
+
+
+def test_prompt_options_reach_the_encoder_cache_name_and_report(tmp_path):
+    """--pooling / --template: the decoders get them (MiniLM keeps mean pooling),
+    they change the encoder fingerprint and so the cache file, and the cache
+    table says which pooling and template a pair used."""
+    from engine_py.bench.engine_llm import _cache_path, _encoder_factory, add_prompt_args, render_markdown
+    import argparse
+
+    ap = argparse.ArgumentParser()
+    add_prompt_args(ap)
+    a = ap.parse_args(["--pooling", "last", "--template", "Section: {text}"])
+    assert (a.pooling, a.template) == ("last", "Section: {text}")
+    with pytest.raises(SystemExit):
+        ap.parse_args(["--pooling", "max"])
+    tiny = F.write_tiny_llm(tmp_path / "m", "llama", gguf_types=("F32",), layers=2, hidden=64,
+                            intermediate=96)
+    plain = Encoder.from_pretrained(tiny.gguf["F32"], max_length=16)
+    prompt = Encoder.from_pretrained(tiny.gguf["F32"], max_length=16, pooling=a.pooling, template=a.template)
+    g = _toy_graph()
+    assert _cache_path("c", "toy", g, "tiny", plain, [0, 2]) != _cache_path("c", "toy", g, "tiny", prompt, [0, 2])
+    mini = _encoder_factory("minilm", 16, "bfloat16", "last", "Section: {text}")()
+    assert (mini.pooling, mini.template, mini.precision) == ("mean", "Section: {text}", "float32")

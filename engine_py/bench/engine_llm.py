@@ -255,7 +255,8 @@ def run_precision(enc, texts, layers, batch_size=32, log=print):
 
     if getattr(enc, "precision", "float32") != "bfloat16":
         return None
-    ref = Encoder.from_pretrained(enc.path, max_length=int(enc.max_length), precision="float32")
+    ref = Encoder.from_pretrained(enc.path, max_length=int(enc.max_length), precision="float32",
+                                  pooling=enc.pooling, template=enc.template)
     texts = list(texts)
     enc.encode_layers(texts[:2], layers=layers, batch_size=batch_size)   # warm-up
     out = {}
@@ -301,7 +302,7 @@ def run_pair(gname, g, mname, enc, seeds, cache_dir, layers="engine", epochs=200
     res = {"graph": gname, "model": mname, "num_nodes": g.num_nodes, "num_edges": g.num_edges,
            "num_classes": g.num_classes, "encoder_layers": int(enc.num_layers), "layers": sel,
            "precision": getattr(enc, "precision", "float32"), "max_length": int(enc.max_length),
-           "cache": cinfo, "models": {}, "exit_cached": {}, "exit_live": {}, "rss_peak_bytes": rss}
+           "pooling": enc.pooling, "template": enc.template, "cache": cinfo, "models": {}, "exit_cached": {}, "exit_live": {}, "rss_peak_bytes": rss}
     specs = [("ENGINE", dict(layers=sel, early_exit=True, **ENGINE_KW), graph),
              ("MLP (last layer)", dict(layers=[last], early_exit=False), no_edges),
              ("SAGE (last layer)", dict(layers=[last], early_exit=False), graph),
@@ -503,16 +504,17 @@ def render_markdown(res: dict, command: str = "", machine: str = "", small: bool
         L.append(f"| {n} | {g['num_nodes']:,} | {g['num_edges']:,} | {g['num_classes']} | "
                  f"{' / '.join(map(str, g['split']))} |")
     L += ["", "## Layer caches", "",
-          "| graph | encoder | precision | max tokens | layers cached | size | build time | ms / node |",
-          "|---|---|---|---|---|---|---|---|"]
+          "| graph | encoder | precision | max tokens | pooling | layers cached | size | build time | ms / node |",
+          "|---|---|---|---|---|---|---|---|---|"]
     for p in res["pairs"]:
         c = p["cache"]
         bt = "reused (built earlier)" if c["build_seconds"] is None else f"{c['build_seconds']:.1f} s"
         if c["build_seconds"] is not None and c["rows_built"] < c["num_nodes"]:
             bt += f" for {c['rows_built']:,} rows (resumed a partial cache)"
         per = "-" if c["build_seconds"] is None else f"{1e3 * c['build_seconds'] / max(1, c['rows_built']):.1f}"
+        pool = p.get("pooling", "mean") + (f", template `{p['template']}`" if p.get("template") else "")
         L.append(f"| {p['graph']} | {p['model']} | {p.get('precision', 'float32')} | {p.get('max_length', '-')} | "
-                 f"{','.join(map(str, c['layers']))} | {c['bytes'] / 1e6:.1f} MB | {bt} | {per} |")
+                 f"{pool} | {','.join(map(str, c['layers']))} | {c['bytes'] / 1e6:.1f} MB | {bt} | {per} |")
     L += ["", f"## Test accuracy (mean ± std over seeds {res['seeds']}) and training time per epoch", "",
           "| graph | encoder | model | test acc % | s / epoch | epochs |", "|---|---|---|---|---|---|"]
     for p in res["pairs"]:
@@ -654,15 +656,29 @@ def _load_graphs(names, max_nodes, log):
     return out, samples
 
 
-def _encoder_factory(name, max_length, precision="float32"):
+def add_prompt_args(p):
+    """--pooling and --template (bench engine-llm and engine-llm-exit)."""
+    p.add_argument("--pooling", default="mean", choices=["mean", "last"],
+                   help="decoders' pooled state: mean over the tokens (default) or the last token "
+                        "(MiniLM: always mean)")
+    p.add_argument("--template", default=None,
+                   help='a prompt every node text is put into, one {text} field (e.g. "Python '
+                        'documentation section: {text}"); recorded in the cache fingerprint')
+
+
+def _encoder_factory(name, max_length, precision="float32", pooling="mean", template=None):
+    """A loader of one of the study's encoders. precision and pooling apply to
+    the decoders (MiniLM stays float32 and mean-pooled, as it was trained);
+    template (one {text} field) to every encoder."""
     from engine_py import Encoder, models
 
     paths = {"minilm": models.minilm_path, "smollm2": models.smollm2_path, "qwen05": models.qwen05_path}
     if name not in paths:
         raise SystemExit(f"unknown model {name!r} (minilm, smollm2, qwen05)")
-    # bfloat16 products exist for the decoders only (MiniLM stays float32)
-    prec = precision if name != "minilm" else "float32"
-    return lambda: Encoder.from_pretrained(paths[name](), max_length=max_length, precision=prec)
+    decoder = name != "minilm"
+    prec, pool = (precision, pooling) if decoder else ("float32", "mean")
+    return lambda: Encoder.from_pretrained(paths[name](), max_length=max_length, precision=prec,
+                                           pooling=pool, template=template)
 
 
 def _render_from(json_path, out):
@@ -698,6 +714,7 @@ def main(argv=None) -> int:
                    help="decoder products (default bfloat16: ~2x faster on AVX512-BF16 CPUs, layer states "
                         "within cosine 0.99999 of float32); MiniLM is always float32")
     p.add_argument("--layers", default="engine", help="cached/selected states: engine, every:K, all (default engine)")
+    add_prompt_args(p)
     p.add_argument("--epochs", type=int, default=200)
     p.add_argument("--patience", type=int, default=20)
     p.add_argument("--exit-nodes", type=int, default=200, help="held-out test nodes for live early exit")
@@ -729,7 +746,8 @@ def main(argv=None) -> int:
     log = lambda *a: print(*a, flush=True)   # noqa: E731
     graphs, samples = _load_graphs([s.strip() for s in args.graphs.split(",") if s.strip()],
                                    args.max_nodes, log)
-    encoders = {m.strip(): _encoder_factory(m.strip(), args.max_length, args.precision)
+    encoders = {m.strip(): _encoder_factory(m.strip(), args.max_length, args.precision, args.pooling,
+                                            args.template)
                 for m in args.models.split(",") if m.strip()}
     cmd = "python -m engine_py bench engine-llm " + " ".join(sys.argv[1:] if argv is None else argv)
     small = len(args.seeds) < 3 or (bool(samples) and len(samples) == len(graphs))

@@ -23,7 +23,8 @@ import time
 import numpy as np
 
 from . import machine_line, start_run, write_json
-from .engine_llm import ENGINE_KW, _build_cache, _cache_path, _encoder_factory, _fit, _held_out, _load_graphs
+from .engine_llm import (ENGINE_KW, _build_cache, _cache_path, _encoder_factory, _fit, _held_out, _load_graphs,
+                         add_prompt_args)
 
 #: default sweep: (label, patience, threshold)
 DEFAULT_POLICIES = "p1,p2,t0.8,t0.9,t0.95,t0.99"
@@ -171,6 +172,7 @@ def main(argv=None) -> int:
     p.add_argument("--max-length", type=int, default=128)
     p.add_argument("--precision", default="bfloat16", choices=["float32", "bfloat16"])
     p.add_argument("--layers", default="engine")
+    add_prompt_args(p)
     p.add_argument("--policies", default=DEFAULT_POLICIES, help="pK, tX or pK+tX, comma-separated")
     p.add_argument("--seeds", type=int, nargs="+", default=None,
                    help="one ENGINE model and one draw of held-out nodes per seed (default: --seed)")
@@ -194,7 +196,7 @@ def main(argv=None) -> int:
     log = lambda *a: print(*a, flush=True)   # noqa: E731
     graphs, samples = _load_graphs([args.graph], args.max_nodes, log)
     g = graphs[args.graph]
-    enc = _encoder_factory(args.model, args.max_length, args.precision)()
+    enc = _encoder_factory(args.model, args.max_length, args.precision, args.pooling, args.template)()
     sel = parse_layers(args.layers, int(enc.num_layers))
     cache_dir = args.cache_dir or os.path.join(os.environ.get("ENGINE_PY_CACHE") or os.path.join(
         os.path.expanduser("~"), ".cache", "engine_py"), "engine-llm")
