@@ -176,7 +176,9 @@ def test_gmoe_study_runs_end_to_end_on_a_tiny_model(tmp_path):
     # the on-request GMoE variants: one option each over the reference's settings
     ref = gl.method_kwargs("gmoe", 2, 8, 2, 11)
     for meth, opt in (("gmoe-fix", {"graph_readout": "per_expert", "normal_running_decay": 0.5}),
-                      ("gmoe-mean", {"aux_reduction": "mean"}), ("gmoe-balance", {"graph_balance": True})):
+                      ("gmoe-mean", {"aux_reduction": "mean"}), ("gmoe-balance", {"graph_balance": True}),
+                      ("gmoe-fix-balance", {"graph_readout": "per_expert", "normal_running_decay": 0.5,
+                                            "graph_balance": True})):
         kw = gl.method_kwargs(meth, 2, 8, 2, 11)
         assert {k: v for k, v in kw.items() if k not in ref} == opt, meth
         assert kw["router"] == "graph" and kw["method"] == "gmoe"

@@ -17,7 +17,8 @@ Methods (engine_py.finetune.Trainer):
   ``gmoe-mean`` (the router losses averaged over layers, as the official
   code does, instead of summed), ``gmoe-balance`` (the graph router plus
   MixLoRA's load-balance loss at MixLoRA's weight 0.01: Trainer
-  graph_balance=True).
+  graph_balance=True) and ``gmoe-fix-balance`` (both: gmoe-fix's options and
+  the load balance).
 
 Every method trains with the same optimiser settings (AdamW, ``--lr``
 constant, weight decay 0.01, LoRA dropout 0.0005, batch 16, the same
@@ -50,7 +51,7 @@ METHODS = ("lora", "mixlora", "gmoe", "gmoe-no-poisson", "gmoe-no-normal")
 #: anti-collapse pair of ALGORITHMS.md §B.5, "gmoe-mean" the router losses
 #: averaged over layers as the official code does, "gmoe-balance" the graph
 #: router with MixLoRA's load-balance loss added (graph_balance=True)
-EXTRA_METHODS = ("gmoe-fix", "gmoe-mean", "gmoe-balance")
+EXTRA_METHODS = ("gmoe-fix", "gmoe-mean", "gmoe-balance", "gmoe-fix-balance")
 _COMMON = dict(schedule="constant", warmup_ratio=0.0, weight_decay=0.01, dropout=0.0005)
 
 
@@ -64,7 +65,9 @@ def method_kwargs(method: str, r: int, experts: int, top_k: int, lora_r: int) ->
     if method in EXTRA_METHODS:
         opts = {"gmoe-fix": {"graph_readout": "per_expert", "normal_running_decay": 0.5},
                 "gmoe-mean": {"aux_reduction": "mean"},
-                "gmoe-balance": {"graph_balance": True}}[method]
+                "gmoe-balance": {"graph_balance": True},
+                "gmoe-fix-balance": {"graph_readout": "per_expert", "normal_running_decay": 0.5,
+                                     "graph_balance": True}}[method]
         return dict(method="gmoe", router="graph", r=r, alpha=2.0 * r, experts=experts,
                     top_k=top_k, **opts, **_COMMON)
     if method in METHODS and method.startswith("gmoe"):
