@@ -184,7 +184,9 @@ def test_gmoe_study_runs_end_to_end_on_a_tiny_model(tmp_path):
         assert kw["router"] == "graph" and kw["method"] == "gmoe"
     tr = Trainer(m.gguf["F32"], experts=4, show_progress_bar=False,
                  **{k: v for k, v in gl.method_kwargs("gmoe-balance", 2, 4, 2, 11).items() if k != "experts"})
-    assert tr.graph_balance and tr._aux_coefs()[2] == tr.loss_coefs["balance"] > 0
+    assert tr.graph_balance and tr._aux_coefs()[2] == tr.loss_coefs["balance"] == 0.01
+    assert gl.method_kwargs("gmoe-fix-balance", 2, 8, 2, 11, 1.5)["loss_coefs"] == {"balance": 1.5}
+    assert "loss_coefs" not in gl.method_kwargs("gmoe-fix", 2, 8, 2, 11, 1.5)
     assert Trainer(m.gguf["F32"], method="gmoe", experts=4, show_progress_bar=False)._aux_coefs()[2] == 0
     with pytest.raises(ValueError, match="graph_balance"):
         Trainer(m.gguf["F32"], method="mixlora", graph_balance=True, show_progress_bar=False)
@@ -205,7 +207,8 @@ def test_gmoe_study_runs_merge_into_one_table(tmp_path):
               "--lora-r", "2"]
     a, b = tmp_path / "a.json", tmp_path / "b.json"
     assert gl.main(common + ["--methods", "lora,gmoe", "--seeds", "1", "--out", str(a)]) == 0
-    assert gl.main(common + ["--methods", "gmoe,gmoe-balance", "--seeds", "0", "--out", str(b)]) == 0
+    assert gl.main(common + ["--methods", "gmoe,gmoe-balance", "--seeds", "0", "--balance-coef", "1",
+                             "--out", str(b)]) == 0
     out, md = tmp_path / "m.json", tmp_path / "R.md"
     md.write_text("# Results\n\nkept\n")
     assert gl.main(["--merge", f"{a}=first", f"{b}=second", "--out", str(out), "--markdown", str(md),
@@ -213,13 +216,14 @@ def test_gmoe_study_runs_merge_into_one_table(tmp_path):
     res = json.loads(out.read_text())["results"]
     (task,) = res["tasks"]
     by = {x["method"]: x for x in task["methods"]}
-    assert [x["method"] for x in task["methods"]] == ["lora", "gmoe", "gmoe-balance"]
+    # another balance weight is its own row
+    assert [x["method"] for x in task["methods"]] == ["lora", "gmoe", "gmoe-balance@1"]
     assert [(r["seed"], r["source"]) for r in by["gmoe"]["runs"]] == [(0, "second"), (1, "first")]
     ra = json.loads(a.read_text())["results"]["tasks"][0]["methods"]
     assert by["lora"]["runs"][0]["test_acc"] == ra[0]["runs"][0]["test_acc"]   # not re-measured
     assert res["seeds"] == [0, 1] and "A hand-written sentence." in res["note"]
     text = md.read_text()
-    assert "kept" in text and "| gmoe-balance |" in text and "first: `python -m engine_py" in text
+    assert "kept" in text and "| gmoe-balance@1 |" in text and "first: `python -m engine_py" in text
     # refused: a seed in two sources, other settings, other questions
     with pytest.raises(ValueError, match="seed 1 is in two sources"):
         gm.merge([gm.load_source(str(a)), gm.load_source(str(a))])

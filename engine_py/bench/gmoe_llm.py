@@ -55,8 +55,10 @@ EXTRA_METHODS = ("gmoe-fix", "gmoe-mean", "gmoe-balance", "gmoe-fix-balance")
 _COMMON = dict(schedule="constant", warmup_ratio=0.0, weight_decay=0.01, dropout=0.0005)
 
 
-def method_kwargs(method: str, r: int, experts: int, top_k: int, lora_r: int) -> dict:
-    """Trainer keyword arguments of a study method."""
+def method_kwargs(method: str, r: int, experts: int, top_k: int, lora_r: int,
+                  balance_coef: float | None = None) -> dict:
+    """Trainer keyword arguments of a study method. balance_coef: the load
+    balance's weight in the *-balance variants (default MixLoRA's 0.01)."""
     if method == "lora":
         return dict(method="lora", r=lora_r, alpha=2.0 * lora_r, **_COMMON)
     if method == "mixlora":
@@ -68,6 +70,8 @@ def method_kwargs(method: str, r: int, experts: int, top_k: int, lora_r: int) ->
                 "gmoe-balance": {"graph_balance": True},
                 "gmoe-fix-balance": {"graph_readout": "per_expert", "normal_running_decay": 0.5,
                                      "graph_balance": True}}[method]
+        if method.endswith("-balance") and balance_coef is not None:
+            opts = dict(opts, loss_coefs={"balance": float(balance_coef)})
         return dict(method="gmoe", router="graph", r=r, alpha=2.0 * r, experts=experts,
                     top_k=top_k, **opts, **_COMMON)
     if method in METHODS and method.startswith("gmoe"):
@@ -223,6 +227,8 @@ def main(argv: list | None = None) -> int:
     ap.add_argument("--lora-r", type=int, default=None,
                     help="LoRA's rank (default: the closest to MixLoRA's parameter count)")
     ap.add_argument("--precision", default="bfloat16", choices=("float32", "bfloat16"))
+    ap.add_argument("--balance-coef", type=float, default=None,
+                    help="load-balance weight of the gmoe-*balance methods (default MixLoRA's 0.01)")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--merge", nargs="+", default=None, metavar="JSON[=LABEL]",
                     help="measure nothing: merge these runs' JSONs (--out of each, or the .partial "
@@ -279,7 +285,9 @@ def main(argv: list | None = None) -> int:
         tr_p, tr_a, te_p, te_c, te_y, desc = _questions(task, args.train, args.test, args.choices)
         zero = Trainer(path, **base_kw).score(te_p, te_c, te_y)
         log(f"{task}: zero-shot {100 * zero:.1f}%")
-        res_m = [{"method": m, "params": None, "runs": []} for m in methods]
+        # a *-balance method at another weight is another row: "gmoe-balance@1"
+        res_m = [{"method": m if args.balance_coef is None or not m.endswith("-balance")
+                  else f"{m}@{args.balance_coef:g}", "params": None, "runs": []} for m in methods]
         from engine_py.bench.finetune_task import questions_digest
 
         # equal digests = the same questions (the debian task follows the apt lists)
@@ -293,7 +301,7 @@ def main(argv: list | None = None) -> int:
                     continue
                 runs = rm["runs"]
                 tr = Trainer(path, seed=s, **method_kwargs(m, args.r, args.experts, args.top_k,
-                                                           lora_r), **base_kw)
+                                                           lora_r, args.balance_coef), **base_kw)
                 n_tok = sum(len(p) + len(a) for p, a in zip(tr._encode(tr_p, True),
                                                             tr._encode(tr_a, False))) * args.epochs
                 t0 = time.perf_counter()
