@@ -376,12 +376,13 @@ class _Float32Trainer:
 
     alpha_error = 0.0
 
-    def __init__(self, path, method, router, experts, top_k, r, alpha, seed, dropout=0.0):
+    def __init__(self, path, method, router, experts, top_k, r, alpha, seed, dropout=0.0,
+                 graph_balance=False):
         from engine_py.finetune import Trainer
 
         assert dropout == 0.0   # the reference has no LoRA dropout
         self.path, self.kw = path, dict(method=method, router=router, experts=experts,
-                                        top_k=top_k, r=r, alpha=alpha)
+                                        top_k=top_k, r=r, alpha=alpha, graph_balance=graph_balance)
         self.obj = gmoe_torch.build(path, None, dtype="float32", seed=seed, **self.kw)
         self.init = self.obj.state()
         self._tok = Trainer(path, r=r, alpha=alpha)      # its tokenization (_pairs) only
