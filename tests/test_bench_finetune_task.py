@@ -224,6 +224,10 @@ def test_gmoe_study_runs_merge_into_one_table(tmp_path):
     assert res["seeds"] == [0, 1] and "A hand-written sentence." in res["note"]
     text = md.read_text()
     assert "kept" in text and "| gmoe-balance@1 |" in text and "first: `python -m engine_py" in text
+    # --section: another table beside it in the same file
+    assert gl.main(["--merge", str(b), "--markdown", str(md), "--section", "gmoe_other"]) == 0
+    text = md.read_text()
+    assert text.count("<!-- bench:gmoe_llm:begin -->") == 1 and "<!-- bench:gmoe_other:begin -->" in text
     # refused: a seed in two sources, other settings, other questions
     with pytest.raises(ValueError, match="seed 1 is in two sources"):
         gm.merge([gm.load_source(str(a)), gm.load_source(str(a))])

@@ -244,7 +244,7 @@ def main(argv: list | None = None) -> int:
     if args.merge:
         from engine_py.bench.gmoe_llm_merge import main_merge
 
-        return main_merge(args.merge, args.out, args.markdown, args.note)
+        return main_merge(args.merge, args.out, args.markdown, args.note, args.section)
     import engine_py
     from engine_py import models
     from engine_py.bench import finish, machine_line, start_run

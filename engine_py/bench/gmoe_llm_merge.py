@@ -119,9 +119,9 @@ def merge(sources, method_order=None, note: str | None = None) -> dict:
     return res
 
 
-def main_merge(specs, out=None, markdown=None, note=None) -> int:
+def main_merge(specs, out=None, markdown=None, note=None, section: str = "gmoe_llm") -> int:
     """The --merge entry point: JSON to `out` (*.json), the markdown section
-    `gmoe_llm` to `markdown` (replaced or added, the rest of the file kept)."""
+    `section` to `markdown` (replaced or added, the rest of the file kept)."""
     from . import machine_info, machine_line, write_json, write_section
     from .gmoe_llm import render_markdown
 
@@ -138,6 +138,6 @@ def main_merge(specs, out=None, markdown=None, note=None) -> int:
                          "results": res, "markdown": md}, indent=None)
         print(f"\nwrote {out}")
     if markdown:
-        write_section("gmoe_llm", md, markdown)
+        write_section(section, md, markdown)
         print(f"wrote {markdown}")
     return 0
