@@ -89,7 +89,8 @@ def merge(sources, method_order=None, note: str | None = None) -> dict:
             tk["questions_sha256"] = digests
         out_tasks.append(tk)
     res = {k: base.get(k) for k in SETTINGS}
-    res["command"] = "several runs merged (listed in the note)"
+    res["command"] = (f"several runs merged (listed in the note), {res['epochs']} epoch(s) of "
+                      f"{res['train']} questions")
     res["seeds"] = sorted({r["seed"] for t in out_tasks for m in t["methods"] for r in m["runs"]
                            if not m["method"].startswith("gmoe-no")})
     res["ablation_seeds"] = sorted({r["seed"] for t in out_tasks for m in t["methods"]
