@@ -462,15 +462,11 @@ eg_status eg_qmatmul_int8(float *Y, size_t ldy, const float *X, size_t ldx, size
     float *xd = eg_aligned_alloc(dbytes), *xds = eg_aligned_alloc(dbytes);
     int8_t *ws = eg_aligned_alloc((size_t)nthr * PR * (size_t)cols);
     float *fs = eg_aligned_alloc((size_t)nthr * 3 * PR * (size_t)nb * sizeof(float));
+    eg_status st = EG_OK;
     if (wp == NULL || xt == NULL || xd == NULL || xds == NULL || ws == NULL || fs == NULL) {
-        eg_aligned_free(wp);
-        eg_aligned_free(xt);
-        eg_aligned_free(xd);
-        eg_aligned_free(xds);
-        eg_aligned_free(ws);
-        eg_aligned_free(fs);
-        return eg_seterr(err, EG_ENOMEM, "out of memory for int8 copies of a %d x %d product "
-                         "with %zu tokens", rows, cols, N);
+        st = eg_seterr(err, EG_ENOMEM, "out of memory for int8 copies of a %d x %d product "
+                       "with %zu tokens", rows, cols, N);
+        goto done;
     }
     q8_quantize_tiles(xt, xd, xds, X, ldx, N, cols);
     const int nchunks = (int)((N + TOK - 1) / TOK);
@@ -503,13 +499,14 @@ eg_status eg_qmatmul_int8(float *Y, size_t ldy, const float *X, size_t ldx, size
                        W->type, nr, nb);
         }
     }
+done:
     eg_aligned_free(wp);
     eg_aligned_free(xt);
     eg_aligned_free(xd);
     eg_aligned_free(xds);
     eg_aligned_free(ws);
     eg_aligned_free(fs);
-    return EG_OK;
+    return st;
 }
 
 /* ------------------------------------------------------------ int8 peak */
