@@ -135,6 +135,17 @@ def _history(tr) -> dict:
     return out
 
 
+def _ablation_seeds(res: dict) -> str:
+    """" (the gmoe-no-* ablations: 0, 1)" when the study has gmoe-no-* rows;
+    nothing when it has none (their seeds would name runs that do not exist)."""
+    seeds = res.get("ablation_seeds", res["seeds"])
+    ran = any(m.get("method", "").startswith("gmoe-no-") for t in res.get("tasks", [])
+              for m in t.get("methods", []))
+    if not seeds or not ran:
+        return ""
+    return f" (the gmoe-no-* ablations: {', '.join(str(s) for s in seeds)})"
+
+
 def render_markdown(res: dict, machine_line: str) -> str:
     lines = [f"## LoRA vs MixLoRA vs GMoE fine-tuning (`{res['command']}`)", "",
              f"{res['model_name']}; {res['epochs']} epoch(s) of {res['train']} questions, batch "
@@ -144,8 +155,7 @@ def render_markdown(res: dict, machine_line: str) -> str:
              f"{res['experts']} experts, top-{res['top_k']}, rank {res['r']} (alpha {2 * res['r']}), "
              f"LoRA rank {res['r']} on q, k, v, o; LoRA: rank {res['lora_r']} on all seven "
              f"projections (the rank closest to MixLoRA's parameter count). Seeds: "
-             f"{', '.join(str(s) for s in res['seeds'])} (the gmoe-no-* ablations: "
-             f"{', '.join(str(s) for s in res.get('ablation_seeds', res['seeds']))}).", ""]
+             f"{', '.join(str(s) for s in res['seeds'])}{_ablation_seeds(res)}.", ""]
     if res.get("note"):
         lines += [f"**Note.** {res['note']}", ""]
     floor = 1.0 / (4 * res["experts"])
