@@ -224,6 +224,7 @@ def test_gmoe_study_runs_merge_into_one_table(tmp_path):
     assert res["seeds"] == [0, 1] and "A hand-written sentence." in res["note"]
     text = md.read_text()
     assert "kept" in text and "| gmoe-balance@1 |" in text and "first: `python -m engine_py" in text
+    assert "Seeds: 0, 1." in text and "gmoe-no-* ablations" not in text   # none in this study
     # --section: another table beside it in the same file
     assert gl.main(["--merge", str(b), "--markdown", str(md), "--section", "gmoe_other"]) == 0
     text = md.read_text()
