@@ -197,3 +197,64 @@ def test_prompt_options_reach_the_encoder_cache_name_and_report(tmp_path):
     assert _cache_path("c", "toy", g, "tiny", plain, [0, 2]) != _cache_path("c", "toy", g, "tiny", prompt, [0, 2])
     mini = _encoder_factory("minilm", 16, "bfloat16", "last", "Section: {text}")()
     assert (mini.pooling, mini.template, mini.precision) == ("mean", "Section: {text}", "float32")
+
+
+def test_merge_puts_pairs_of_runs_with_the_same_settings_into_one_study(tmp_path):
+    """bench engine-llm --merge: runs that measured different encoders with the
+    same settings become one study; every pair keeps its numbers and names
+    the run that measured it; other settings, a changed graph, a pair in two
+    sources and another benchmark's JSON are refused."""
+    from engine_py.bench import machine_info, write_json
+    from engine_py.bench import engine_llm as el
+    from engine_py.bench import engine_llm_merge as em
+
+    tiny = F.write_tiny_llm(tmp_path / "m", "llama", gguf_types=("F32",), layers=2, hidden=32,
+                            intermediate=48)
+    enc = Encoder.from_pretrained(tiny.gguf["F32"], max_length=16)
+    g = _toy_graph()
+    kw = dict(seeds=[0], cache_dir=str(tmp_path / "c"), layers="every:1", epochs=1, patience=1,
+              exit_nodes=0, timing_nodes=0, reencode_batches=0, pyg_epochs=0, precision_texts=0,
+              show=False, log=lambda *a: None)
+    base = ("python -m engine_py bench engine-llm --graphs toy --seeds 0 --epochs 1 --patience 1 "
+            "--layers every:1 --exit-nodes 0")
+    docs = {}
+    for name, models in (("a", "enc1"), ("b", "enc2,enc3")):
+        res = run_study({"toy": g}, {m: enc for m in models.split(",")}, **kw)
+        if name == "b":   # cut short: enc3 never ran
+            res["pairs"] = res["pairs"][:1]
+        cmd = f"{base} --models {models} --out {name}.md"
+        docs[name] = write_json(str(tmp_path / f"{name}.json"), {
+            "benchmark": "engine_llm", "command": cmd, "small_scale": True, "sampled_graphs": {},
+            "complete": len(res["pairs"]) == res["planned_pairs"], "machine": machine_info(), "results": res})
+    out = tmp_path / "merged.md"
+    assert el.main(["--merge", f"{docs['a']}=first", f"{docs['b']}=second", "--out", str(out)]) == 0
+    md = out.read_text()
+    doc = json.loads((tmp_path / "merged.json").read_text())
+    res = doc["results"]
+    assert [(p["model"], p["source"]) for p in res["pairs"]] == [("enc1", "first"), ("enc2", "second")]
+    assert res["planned_pairs"] == 3 and doc["merged"] and not doc["complete"]
+    a = json.loads(open(docs["a"]).read())["results"]["pairs"][0]
+    assert res["pairs"][0]["models"] == a["models"]   # not re-measured, not edited
+    assert "PARTIAL" in md and "2 of 3" in md and "Merged by `python -m engine_py bench engine-llm --merge" in md
+    assert "**first** measured toy × enc1:" in md and "**second** measured toy × enc2 (cut short" in md
+    assert "| toy | enc1 | ENGINE |" in md and "| toy | enc2 | ENGINE |" in md
+    assert "one run; every number below comes from it" not in md
+    # --render-from works on the merged JSON too
+    el._render_from(str(tmp_path / "merged.json"), str(tmp_path / "again.md"))
+    again = (tmp_path / "again.md").read_text()
+    assert "Rendered again from" in again and "**first** measured toy × enc1:" in again
+    # refused: other settings, a changed graph, a pair in two sources, another benchmark
+    from engine_py.bench import load_result
+    A, B = load_result(docs["a"]), load_result(docs["b"])
+    other = json.loads(open(docs["b"]).read())
+    other["command"] = other["command"].replace("--epochs 1", "--epochs 2")
+    with pytest.raises(ValueError, match="settings differ.*epochs"):
+        em.merge([A, ("c", other, False)])
+    other = json.loads(open(docs["b"]).read())
+    other["results"]["graphs"]["toy"]["num_edges"] += 1
+    with pytest.raises(ValueError, match="graph toy differs"):
+        em.merge([A, ("c", other, False)])
+    with pytest.raises(ValueError, match="toy × enc1 is also in a.json"):
+        em.merge([A, ("again", A[1], False)])
+    with pytest.raises(ValueError, match="not a bench engine-llm result"):
+        em.merge([A, ("g", dict(B[1], benchmark="gmoe_llm"), False)])

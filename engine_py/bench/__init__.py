@@ -265,6 +265,19 @@ def write_section(name: str, markdown: str, path: str) -> str:
     return path
 
 
+def load_result(spec: str):
+    """'path[=label]' -> (label, document, partial): a benchmark's JSON to
+    merge (bench gmoe-llm / engine-llm --merge). A missing path with a
+    `.partial` beside it loads that (a run cut short)."""
+    path, _, label = spec.partition("=")
+    label = label or os.path.basename(path)
+    for p, partial in ((path, False), (path + ".partial", True)):
+        if os.path.exists(p):
+            with open(p, encoding="utf-8") as f:
+                return label, json.load(f), partial
+    raise ValueError(f"no such study result: {path} (nor {path}.partial)")
+
+
 _SECTION = re.compile(r"<!-- bench:([\w.-]+):begin -->.*?<!-- bench:\1:end -->", re.S)
 
 

@@ -18,24 +18,11 @@ differs between sources, and a task whose question digests differ.
 """
 from __future__ import annotations
 
-import json
-import os
+from . import load_result as load_source   # noqa: F401 (the tests and main_merge use it)
 
 #: the study settings every merged source must share
 SETTINGS = ("model", "model_name", "epochs", "batch_size", "lr", "precision", "train", "test",
             "n_choices", "r", "experts", "top_k", "lora_r")
-
-
-def load_source(spec: str):
-    """'path[=label]' -> (label, document, partial). A missing path with a
-    `.partial` beside it loads that (a run cut short)."""
-    path, _, label = spec.partition("=")
-    label = label or os.path.basename(path)
-    for p, partial in ((path, False), (path + ".partial", True)):
-        if os.path.exists(p):
-            with open(p, encoding="utf-8") as f:
-                return label, json.load(f), partial
-    raise ValueError(f"no such study result: {path} (nor {path}.partial)")
 
 
 def merge(sources, method_order=None, note: str | None = None) -> dict:
