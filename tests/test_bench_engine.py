@@ -51,3 +51,28 @@ def test_bench_engine_smoke(tmp_path, monkeypatch, capsys):
     assert "| engine_py float32 |" in out and f"wrote {out_json}" in out
     a = doc["results"]["a"]
     assert a["epoch_s_median"]["engine_py_bf16"] > 0 and len(a["test_acc"]["engine_py_bf16"]) == 1
+    # --cache: the same study on a given cache (e.g. a decoder's), checked against the graph's texts
+    cfile = str(next(p for p in (tmp_path / "c").iterdir() if p.name.endswith(".cache")))
+    base = ["--dataset", "demo", "--subsample", "200", "--epochs", "1", "--seeds", "1", "--no-baselines",
+            "--threads", "1", "--quiet"]
+    try:
+        assert bench.main(base + ["--cache", cfile, "--live-batches", "0", "--out", str(tmp_path / "y.json")]) == 0
+        with pytest.raises(SystemExit, match="--live-batches 0"):
+            bench.main(base + ["--cache", cfile])
+        other = ["--subsample" if a == "--subsample" else a for a in base]
+        other[other.index("--subsample") + 1] = "150"
+        with pytest.raises(SystemExit, match="rows, but the graph has 150 nodes"):
+            bench.main(other + ["--cache", cfile, "--live-batches", "0"])
+    finally:
+        engine_py.set_num_threads(old)
+    text = json.loads((tmp_path / "y.json").read_text())["markdown"]
+    assert f"`{os.path.basename(cfile)}` (given with --cache" in text and "| engine_py bfloat16 |" in text
+    assert "| layer cache (engine_py) |" not in text   # no part (b)
+    # the same number of rows from other texts is refused too
+    g0 = bench.load_graph("demo", 200)
+    monkeypatch.setattr(bench, "load_graph", lambda *a, **k: g0.__class__(
+        **{**{f: getattr(g0, f) for f in ("texts", "edge_index", "labels", "label_names", "train_idx",
+                                           "val_idx", "test_idx", "name", "provenance")},
+           "texts": list(reversed(g0.texts))}))
+    with pytest.raises(SystemExit, match="built from other texts"):
+        bench.main(base + ["--cache", cfile, "--live-batches", "0"])

@@ -107,6 +107,23 @@ def graph_and_cache(dataset, subsample, cache_dir, log):
     log(f"cache {cache.path}: {'built' if built else 'reused'} in {t_cache:.1f} s")
     return g, enc, cache, Graph(g.edge_index, g.num_nodes), (t_cache if built else None)
 
+def open_given_cache(path, g):
+    """An existing layer cache of g's texts (--cache; e.g. a decoder LLM's
+    from bench engine-llm), checked against the graph: the same number of
+    rows, complete, and built from the same texts in the same order."""
+    from engine_py import LayerCache
+    from engine_py.cache import _digest_bytes, _texts_digest_int
+
+    cache = LayerCache.open(path)
+    if cache.num_nodes != g.num_nodes:
+        raise SystemExit(f"--cache {path}: {cache.num_nodes:,} rows, but the graph has {g.num_nodes:,} nodes")
+    if cache.rows_done < cache.num_nodes:
+        raise SystemExit(f"--cache {path}: only {cache.rows_done:,} of {cache.num_nodes:,} rows are built")
+    if cache.info()["texts_digest"] != _digest_bytes(_texts_digest_int(g.texts)):
+        raise SystemExit(f"--cache {path}: built from other texts than this graph's")
+    return cache
+
+
 def _med(xs):
     return statistics.median(xs) if xs else float("nan")
 
@@ -448,6 +465,10 @@ def main(argv=None) -> int:
     ap.add_argument("--no-baselines", action="store_true", help="skip part (c)'s MLP/SAGE runs")
     ap.add_argument("--cache-dir", default=None,
                     help="layer cache folder (default $ENGINE_PY_CACHE or ~/.cache/engine_py)")
+    ap.add_argument("--cache", default=None, metavar="FILE",
+                    help="train on this existing layer cache of the graph's texts instead of the MiniLM one "
+                         "(e.g. a decoder LLM's, from bench engine-llm; checked against the graph's texts). "
+                         "Part (b) re-encodes with MiniLM, so it needs --live-batches 0 here")
     ap.add_argument("--threads", type=int, default=None, help="engine_py and torch threads")
     ap.add_argument("--section", default="engine",
                     help="section name in a markdown --out (default: engine), e.g. engine-2threads for a "
@@ -467,7 +488,15 @@ def main(argv=None) -> int:
     torch.set_num_threads(threads)
     EngineRef = _engine_ref()
 
-    g, enc, cache, graph, t_cache = graph_and_cache(args.dataset, args.subsample, args.cache_dir, log)
+    if args.cache:
+        if args.live_batches > 0:
+            raise SystemExit("--cache: part (b) re-encodes the batch texts with MiniLM, not with the "
+                             "cache's encoder; pass --live-batches 0")
+        g = load_graph(args.dataset, args.subsample)
+        cache, graph, t_cache = open_given_cache(args.cache, g), Graph(g.edge_index, g.num_nodes), None
+        log(f"cache {cache.path}: given ({cache.num_nodes:,} x {len(cache.layers)} x {cache.dim})")
+    else:
+        g, enc, cache, graph, t_cache = graph_and_cache(args.dataset, args.subsample, args.cache_dir, log)
     built = t_cache is not None
     layers = list(cache.layers)
     hp = {}   # EngineClassifier defaults
@@ -527,8 +556,13 @@ def main(argv=None) -> int:
             f"{g.num_nodes:,} nodes, {g.num_edges:,} edges, {g.num_classes} classes; train/val/test "
             f"{g.train_idx.size:,}/{g.val_idx.size:,}/{g.test_idx.size:,}")
     md = [f"## ENGINE training (`python -m engine_py bench engine {' '.join(argv or [])}`)".replace(" `)", "`)"),
-          "", f"{what}. Layer cache: all-MiniLM-L6-v2 layers 0-6, mean-pooled, float16, built by engine_py "
-          f"({'built in this run' if built else 'reused'}; {cache.num_nodes:,} x {len(cache.layers)} x {cache.dim}). "
+          "", f"{what}. Layer cache: " + (
+              f"`{os.path.basename(cache.path)}` (given with --cache: layers {','.join(map(str, cache.layers))}, "
+              f"{cache.dtype}, {cache.num_nodes:,} x {len(cache.layers)} x {cache.dim}; built earlier by "
+              "engine_py, its encoder is named in the file name). " if args.cache else
+              f"all-MiniLM-L6-v2 layers 0-6, mean-pooled, float16, built by engine_py "
+              f"({'built in this run' if built else 'reused'}; {cache.num_nodes:,} x {len(cache.layers)} x "
+              f"{cache.dim}). ") +
           f"EngineClassifier defaults (7 SAGE ladders, k 128, exit heads, dropout 0.5, AdamW lr 1e-3, "
           f"wd 5e-4, batch 256 targets, khop sampler); up to {args.epochs} epochs, patience {args.patience}, "
           f"seeds {seeds[0]}..{seeds[-1]}; {threads} threads for engine_py and torch.",
