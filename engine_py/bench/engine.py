@@ -565,7 +565,7 @@ def main(argv=None) -> int:
               f"{cache.dim}). ") +
           f"EngineClassifier defaults (7 SAGE ladders, k 128, exit heads, dropout 0.5, AdamW lr 1e-3, "
           f"wd 5e-4, batch 256 targets, khop sampler); up to {args.epochs} epochs, patience {args.patience}, "
-          f"seeds {seeds[0]}..{seeds[-1]}; {threads} threads for engine_py and torch.",
+          f"seeds {seeds[0]}..{seeds[-1]}; {threads} thread{'s' if threads != 1 else ''} for engine_py and torch.",
           "",
           "**(a) One training epoch** "
           f"({nb} batches; step = forward + backward + AdamW). Three sides get the same batches: "
