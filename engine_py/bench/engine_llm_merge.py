@@ -7,7 +7,8 @@ cache build alone ~50 min), so the study of three encoders is run in pieces
 (`--models qwen05`, then `--models smollm2,minilm`). This puts the pairs of
 those runs into one document. Nothing is re-measured and no number is
 edited: every pair keeps all of its numbers from the one run that measured
-it (the pair records that run's label, command and machine), and the
+it (each pair records the label of that run; the merged JSON lists every
+run's command and machine), and the
 markdown says which run measured which pair.
 
 Refused (ValueError): sources whose measurement settings differ (every
@@ -112,7 +113,7 @@ def main_merge(specs, out_md=None, out_json=None) -> int:
     from .engine_llm import render_markdown
 
     sources = [load_result(s) for s in specs]
-    command = "python -m engine_py bench engine-llm --merge " + " ".join(specs)
+    command = "python -m engine_py bench engine-llm --merge " + " ".join(shlex.quote(s) for s in specs)
     res = merge(sources, command)
     small = any(doc.get("small_scale") for _, doc, _ in sources)
     samples = {}
