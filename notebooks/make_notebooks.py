@@ -859,6 +859,8 @@ STUDY = [
         "            cells.append(f'**{txt}**' if np.isclose(a.mean() / 100, best) else txt)\n"
         "        c, rss = p['cache'], p.get('rss_peak_bytes') or {}\n"
         "        bt = 'reused' if c['build_seconds'] is None else f\"{c['build_seconds'] / 60:.0f} min\"\n"
+        "        if c['build_seconds'] is not None and c.get('rows_built', c['num_nodes']) < c['num_nodes']:\n"
+        "            bt += f\" for its last {c['rows_built']:,} rows (a resumed build)\"\n"
         "        mem = ' / '.join(f\"{rss[k] / 1e6:,.0f} MB\" if rss.get(k) else '-' for k in ('cache_build', 'training'))\n"
         "        rows.append(f\"| {p['model']} ({p['encoder_layers']} layers) | \" + ' | '.join(cells) +\n"
         "                    f\" | {c['bytes'] / 1e6:,.0f} MB | {bt} | {mem} |\")\n"

@@ -239,6 +239,7 @@ def test_merge_puts_pairs_of_runs_with_the_same_settings_into_one_study(tmp_path
     assert "**first** measured toy × enc1:" in md and "**second** measured toy × enc2 (cut short" in md
     assert "| toy | enc1 | ENGINE |" in md and "| toy | enc2 | ENGINE |" in md
     assert "one run; every number below comes from it" not in md
+    assert "(each run's first pair (toy × enc1, toy × enc2) has the cleanest)" in md
     # --render-from works on the merged JSON too
     el._render_from(str(tmp_path / "merged.json"), str(tmp_path / "again.md"))
     again = (tmp_path / "again.md").read_text()

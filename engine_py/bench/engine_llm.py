@@ -618,8 +618,12 @@ def render_markdown(res: dict, command: str = "", machine: str = "", small: bool
              for k, v in (p.get("rss_peak_bytes") or {}).items() if isinstance(v, float)]
     if peaks:
         v, gr, mo, ph = max(peaks)
+        first = ("each run's first pair (" + ", ".join(f"{p['graph']} × {p['model']}" for i, p in
+                                                    enumerate(res["pairs"]) if i == 0 or
+                                                    p.get("source") != res["pairs"][i - 1].get("source"))
+                 + ") has the cleanest" if res.get("provenance") else "the first pair's are the cleanest")
         L += ["", f"Largest peak of any phase: {v / 1e6:.0f} MB ({gr} × {mo}, {ph}). Memory kept from "
-              "earlier pairs of the run counts in later pairs' peaks (the first pair's are the cleanest). "
+              f"earlier pairs of the run counts in later pairs' peaks ({first}). "
               "(Resetting the mark also resets getrusage's maxrss on Linux, so there is no separate "
               "whole-process figure.)"]
     return "\n".join(L) + "\n"
