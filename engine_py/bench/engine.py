@@ -2,7 +2,7 @@
 
     python -m engine_py bench engine [--dataset debian|demo] [--subsample N]
         [--epochs 20] [--patience 5] [--seeds 3] [--live-batches 5] [--no-hf]
-        [--cache-dir DIR] [--threads T] [--out PATH [--section NAME]]
+        [--cache-dir DIR | --cache FILE] [--threads T] [--out PATH [--section NAME]]
 
 Three measurements, all in the same run, on the same layer cache (every
 MiniLM-L6 layer 0..6, mean-pooled, float16; built once into --cache-dir,
@@ -35,6 +35,10 @@ default $ENGINE_PY_CACHE or ~/.cache/engine_py, and reused afterwards):
 
 --subsample N keeps a random induced subgraph of N nodes (and builds its own
 cache); the table states the dataset, size, epochs and seeds that were run.
+--cache FILE runs (a) and (c) on an existing cache of the same graph's texts
+instead (e.g. a decoder LLM's from bench engine-llm; rows, completeness and
+the texts' digest are checked); (b) needs the MiniLM encoder, so it is off
+(--live-batches 0).
 """
 from __future__ import annotations
 
@@ -106,6 +110,7 @@ def graph_and_cache(dataset, subsample, cache_dir, log):
     cache, t_cache, built = open_cache(g, enc, cache_dir, list(range(enc.num_layers + 1)))
     log(f"cache {cache.path}: {'built' if built else 'reused'} in {t_cache:.1f} s")
     return g, enc, cache, Graph(g.edge_index, g.num_nodes), (t_cache if built else None)
+
 
 def open_given_cache(path, g):
     """An existing layer cache of g's texts (--cache; e.g. a decoder LLM's
