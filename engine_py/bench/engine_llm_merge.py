@@ -25,8 +25,8 @@ import shlex
 NOT_SETTINGS = ("graphs", "models", "out", "json", "no_progress", "cache_dir", "render_from", "merge")
 
 
-def _settings(command: str) -> dict:
-    """The measurement settings of a `bench engine-llm` command line."""
+def _parse(command: str):
+    """A `bench engine-llm` command line's options (argparse namespace)."""
     from .engine_llm import build_parser
 
     words = shlex.split(command)
@@ -34,17 +34,17 @@ def _settings(command: str) -> dict:
         i = words.index("engine-llm")
     except ValueError:
         raise ValueError(f"not a bench engine-llm command: {command!r}") from None
-    args = vars(build_parser().parse_args(words[i + 1:]))
-    return {k: v for k, v in args.items() if k not in NOT_SETTINGS}
+    return build_parser().parse_args(words[i + 1:])
+
+
+def _settings(command: str) -> dict:
+    """The measurement settings of a `bench engine-llm` command line."""
+    return {k: v for k, v in vars(_parse(command)).items() if k not in NOT_SETTINGS}
 
 
 def _planned(command: str, graphs: dict) -> list:
     """The (graph, encoder) pairs a command set out to measure."""
-    from .engine_llm import build_parser
-
-    words = shlex.split(command)
-    args = build_parser().parse_args(words[words.index("engine-llm") + 1:])
-    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    models = [m.strip() for m in _parse(command).models.split(",") if m.strip()]
     return [(g, m) for m in models for g in graphs]
 
 
