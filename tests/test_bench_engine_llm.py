@@ -236,14 +236,20 @@ def test_merge_puts_pairs_of_runs_with_the_same_settings_into_one_study(tmp_path
     a = json.loads(open(docs["a"]).read())["results"]["pairs"][0]
     assert res["pairs"][0]["models"] == a["models"]   # not re-measured, not edited
     assert "PARTIAL" in md and "2 of 3" in md and "Merged by `python -m engine_py bench engine-llm --merge" in md
-    assert "**first** measured toy × enc1:" in md and "**second** measured toy × enc2 (cut short" in md
     assert "| toy | enc1 | ENGINE |" in md and "| toy | enc2 | ENGINE |" in md
+    # one section of tables per run: no table mixes the runs' numbers
+    first, second = md.split('## Run "first": toy × enc1')[1].split('## Run "second": toy × enc2')
+    assert "Measured by `" in first and "(cut short" in second
+    assert "| toy | enc1 |" in first and "| toy | enc2 |" not in first
+    assert "| toy | enc2 |" in second and "| toy | enc1 |" not in second
+    assert first.count("### Test accuracy") == 1 and second.count("### Test accuracy") == 1
+    assert "**toy × enc1** (first):" in md and "**toy × enc2** (second):" in md   # the summary
     assert "one run; every number below comes from it" not in md
-    assert "(each run's first pair (toy × enc1, toy × enc2) has the cleanest)" in md
+    assert first.count("(the first pair's are the cleanest)") == 1 == second.count("(the first pair's are the cleanest)")
     # --render-from works on the merged JSON too
     el._render_from(str(tmp_path / "merged.json"), str(tmp_path / "again.md"))
     again = (tmp_path / "again.md").read_text()
-    assert "Rendered again from" in again and "**first** measured toy × enc1:" in again
+    assert "Rendered again from" in again and '## Run "first": toy × enc1' in again
     # refused: other settings, a changed graph, a pair in two sources, another benchmark
     from engine_py.bench import load_result
     A, B = load_result(docs["a"]), load_result(docs["b"])

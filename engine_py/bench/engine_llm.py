@@ -458,7 +458,8 @@ def summary_lines(res: dict) -> list:
         diff = 100 * (eng - others[rival])
         verdict = ("ENGINE is best" if best == "ENGINE" else f"ENGINE does not win: {best} is best")
         noise = max(sd["ENGINE"], sd[rival]) * 100
-        L.append(f"- **{p['graph']} × {p['model']}**: {verdict} (ENGINE {100 * eng:.1f}% vs {rival} "
+        run = f" ({p['source']})" if p.get("source") else ""   # a merged study: the run that measured it
+        L.append(f"- **{p['graph']} × {p['model']}**{run}: {verdict} (ENGINE {100 * eng:.1f}% vs {rival} "
                  f"{100 * others[rival]:.1f}%, {diff:+.1f} points; larger seed std {noise:.1f}); "
                  f"best single state on validation: layer {p['best_single_layer']} of {p['encoder_layers']}.")
         b = _best_exit(p)
@@ -483,9 +484,12 @@ def summary_lines(res: dict) -> list:
 
 
 def render_markdown(res: dict, command: str = "", machine: str = "", small: bool = False,
-                    samples: dict | None = None, provenance: list | None = None) -> str:
-    """The study's markdown. provenance (bench engine-llm --merge): paragraphs
-    that say which run measured which pair, in place of the one-run sentence."""
+                    samples: dict | None = None, provenance: list | None = None,
+                    runs: list | None = None) -> str:
+    """The study's markdown. provenance and runs (bench engine-llm --merge):
+    paragraphs that say where the numbers come from, in place of the one-run
+    sentence, and [(heading, paragraph, pairs), ...], one section of tables
+    per run, so that no table mixes numbers from two runs."""
     L = ["# ENGINE on decoder LLMs: results", ""]
     done, planned = len(res["pairs"]), res.get("planned_pairs", len(res["pairs"]))
     if done < planned:
@@ -510,10 +514,22 @@ def render_markdown(res: dict, command: str = "", machine: str = "", small: bool
     for n, g in res["graphs"].items():
         L.append(f"| {n} | {g['num_nodes']:,} | {g['num_edges']:,} | {g['num_classes']} | "
                  f"{' / '.join(map(str, g['split']))} |")
-    L += ["", "## Layer caches", "",
+    if runs:
+        for heading, para, pairs in runs:
+            L += ["", f"## {heading}", "", para] + _pair_tables(pairs, res["seeds"], "###")
+    else:
+        L += _pair_tables(res["pairs"], res["seeds"], "##")
+    return "\n".join(L) + "\n"
+
+
+def _pair_tables(pairs: list, seeds, h: str) -> list:
+    """The markdown lines of the per-pair tables (caches, accuracy, gates,
+    early exit, time per exit layer, precision, re-encode, PyG, memory) of
+    pairs, with section headings of level h ("##" or "###")."""
+    L = ["", f"{h} Layer caches", "",
           "| graph | encoder | precision | max tokens | pooling | layers cached | size | build time | ms / node |",
           "|---|---|---|---|---|---|---|---|---|"]
-    for p in res["pairs"]:
+    for p in pairs:
         c = p["cache"]
         bt = "reused (built earlier)" if c["build_seconds"] is None else f"{c['build_seconds']:.1f} s"
         if c["build_seconds"] is not None and c["rows_built"] < c["num_nodes"]:
@@ -522,47 +538,47 @@ def render_markdown(res: dict, command: str = "", machine: str = "", small: bool
         pool = p.get("pooling", "mean") + (f", template `{p['template']}`" if p.get("template") else "")
         L.append(f"| {p['graph']} | {p['model']} | {p.get('precision', 'float32')} | {p.get('max_length', '-')} | "
                  f"{pool} | {','.join(map(str, c['layers']))} | {c['bytes'] / 1e6:.1f} MB | {bt} | {per} |")
-    L += ["", f"## Test accuracy (mean ± std over seeds {res['seeds']}) and training time per epoch", "",
+    L += ["", f"{h} Test accuracy (mean ± std over seeds {seeds}) and training time per epoch", "",
           "| graph | encoder | model | test acc % | s / epoch | epochs |", "|---|---|---|---|---|---|"]
-    for p in res["pairs"]:
+    for p in pairs:
         for name, r in p["models"].items():
             L.append(f"| {p['graph']} | {p['model']} | {name} | {_ms(r['test_acc'])} | "
                      f"{np.mean(r['seconds_per_epoch']):.3f} | {np.mean(r['epochs']):.0f} |")
     L += ["", "ENGINE's gates a_i = σ(α_i/T) (weight of the ladder's own layer vs the ladder below), "
           "mean over seeds, and the single-layer scan (SAGE, validation accuracy, first seed):", ""]
-    for p in res["pairs"]:
+    for p in pairs:
         gates = np.mean(np.asarray(p["models"]["ENGINE"].get("gates", [[]]), float), axis=0)
         scan = ", ".join(f"{l}: {100 * v:.1f}" for l, v in p["single_layer_val"].items())
         L.append(f"- {p['graph']} × {p['model']}: gates {np.round(gates, 2).tolist()}; val acc by layer {scan}")
-    L += ["", "## Early exit on the test nodes (cached heads, every seed)", "",
+    L += ["", f"{h} Early exit on the test nodes (cached heads, every seed)", "",
           "| graph | encoder | policy | acc % | rel. drop % | mean exit layer | layer speed-up | exit-layer histogram |",
           "|---|---|---|---|---|---|---|---|"]
-    for p in res["pairs"]:
+    for p in pairs:
         for label, r in p["exit_cached"].items():
             hist = " ".join(f"{l}:{c}" for l, c in zip(p["layers"], r["histogram"]))
             L.append(f"| {p['graph']} | {p['model']} | {label} | {_ms(r['acc'])} | {_ms(r['rel_drop'])} | "
                      f"{np.mean(r['mean_exit_layer']):.1f} of {p['layers'][-1]} | "
                      f"{np.mean(r['layer_speedup']):.2f}x | {hist} |")
-    L += ["", "## Early exit live on held-out nodes (predict_new: own text through the encoder, "
+    L += ["", f"{h} Early exit live on held-out nodes (predict_new: own text through the encoder, "
           "layer by layer; seed-0 model; wall clock)", "",
           "| graph | encoder | policy | nodes | seconds | speed-up | acc % | encoder layer-runs | histogram |",
           "|---|---|---|---|---|---|---|---|---|"]
-    for p in res["pairs"]:
+    for p in pairs:
         for label, r in p["exit_live"].items():
             hist = " ".join(f"{l}:{c}" for l, c in zip(p["layers"], r.get("histogram", []))) or "-"
             sp = f"{r['speedup']:.2f}x" if "speedup" in r else "1 (baseline)"
             L.append(f"| {p['graph']} | {p['model']} | {label} | {r['num_nodes']} | {r['seconds']:.2f} | {sp} | "
                      f"{100 * r['acc']:.1f} | {r['sequence_layers']} | {hist} |")
-    L += ["", "## Encoder time per node vs the layer it stops at (time_per_exit_layer)", "",
+    L += ["", f"{h} Encoder time per node vs the layer it stops at (time_per_exit_layer)", "",
           "| graph | encoder | layer: ms / node | slope ms / layer | R² |", "|---|---|---|---|---|"]
-    for p in res["pairs"]:
+    for p in pairs:
         t = p.get("time_per_exit_layer")
         if t:
             pts = ", ".join(f"{l}: {1e3 * s:.2f}" for l, s in zip(t["layers"], t["seconds_per_node"]))
             L.append(f"| {p['graph']} | {p['model']} | {pts} | {1e3 * t['slope']:.3f} | {t['r2']:.3f} |")
-    rows = [p for p in res["pairs"] if p.get("precision_check")]
+    rows = [p for p in pairs if p.get("precision_check")]
     if rows:
-        L += ["", "## bfloat16 vs float32 (decoders; the study's caches and live runs use bfloat16)", "",
+        L += ["", f"{h} bfloat16 vs float32 (decoders; the study's caches and live runs use bfloat16)", "",
               "The same test texts encoded by the bfloat16 encoder and by a float32 twin loaded from the "
               "same file (the cached layers, mean-pooled; batch as in the study).", "",
               "| graph | encoder | texts | float32 s | bfloat16 s | speed-up | min cosine (worst layer) | "
@@ -572,9 +588,9 @@ def render_markdown(res: dict, command: str = "", machine: str = "", small: bool
             L.append(f"| {p['graph']} | {p['model']} | {r['num_texts']} | {r['float32_seconds']:.2f} | "
                      f"{r['bfloat16_seconds']:.2f} | **{r['speedup']:.2f}x** | {min(r['cosine_min']):.6f} | "
                      f"{np.mean(r['cosine_mean']):.6f} |")
-    rows = [p for p in res["pairs"] if p.get("reencode")]
+    rows = [p for p in pairs if p.get("reencode")]
     if rows:
-        L += ["", "## Cache vs re-encode (a training step of the ENGINE model: states from the cache vs "
+        L += ["", f"{h} Cache vs re-encode (a training step of the ENGINE model: states from the cache vs "
               "the batch's subgraph texts re-encoded by the same encoder; sample + states + step)", "",
               "| graph | encoder | targets / batch | unique texts | cached s / batch | re-encode s / batch | ratio |",
               "|---|---|---|---|---|---|---|"]
@@ -584,10 +600,10 @@ def render_markdown(res: dict, command: str = "", machine: str = "", small: bool
                      f"{r['cached_seconds']:.3f} | {r['reencode_seconds']:.2f} | **{r['ratio']:.0f}x** |")
         L += ["", "Measured on the number of batches in the JSON (`reencode.batches`); an epoch has "
               "`batches_per_epoch` of them, so the per-epoch ratio is the same."]
-    rows = [p for p in res["pairs"] if p.get("pyg")]
+    rows = [p for p in pairs if p.get("pyg")]
     if rows:
         q0 = rows[0]["pyg"]
-        L += ["", "## Cached training epoch: engine_py vs plain PyTorch vs a PyTorch Geometric pipeline", "",
+        L += ["", f"{h} Cached training epoch: engine_py vs plain PyTorch vs a PyTorch Geometric pipeline", "",
               f"Same cache, same batches (sampled once by engine_py, seed {q0['seed']}), same initial weights; "
               f"torch {q0['torch_version']}, torch_geometric {q0['pyg_version']}; the PyG side assembles each "
               "batch with `Batch.from_data_list` from precomputed ego graphs and indexes float32 states in RAM "
@@ -605,28 +621,24 @@ def render_markdown(res: dict, command: str = "", machine: str = "", small: bool
                      f"{q['pyg_epoch_seconds'] / (q['engine_py_epoch_seconds'] + q['sample_gather_epoch_seconds']):.2f}x |")
         L += ["", "The PyG pipeline's time includes its batch assembly and state indexing; the last column "
               "counts engine_py's sampling and gathering too (end to end)."]
-    L += ["", "## Peak resident memory (VmHWM of the process, reset before each phase; includes the loaded "
+    L += ["", f"{h} Peak resident memory (VmHWM of the process, reset before each phase; includes the loaded "
           "encoder, the graph texts and the mapped cache pages touched)", "",
           "| graph | encoder | cache build | training (all models, seeds) | early exit | re-encode | PyG |",
           "|---|---|---|---|---|---|---|"]
-    for p in res["pairs"]:
+    for p in pairs:
         r = p.get("rss_peak_bytes") or {}
         f = lambda k: f"{r[k] / 1e6:.0f} MB" if r.get(k) else "-"   # noqa: E731
         L.append(f"| {p['graph']} | {p['model']} | {f('cache_build')} | {f('training')} | {f('early_exit')} | "
                  f"{f('reencode')} | {f('pyg')} |")
-    peaks = [(v, p["graph"], p["model"], k) for p in res["pairs"]
+    peaks = [(v, p["graph"], p["model"], k) for p in pairs
              for k, v in (p.get("rss_peak_bytes") or {}).items() if isinstance(v, float)]
     if peaks:
         v, gr, mo, ph = max(peaks)
-        first = ("each run's first pair (" + ", ".join(f"{p['graph']} × {p['model']}" for i, p in
-                                                    enumerate(res["pairs"]) if i == 0 or
-                                                    p.get("source") != res["pairs"][i - 1].get("source"))
-                 + ") has the cleanest" if res.get("provenance") else "the first pair's are the cleanest")
         L += ["", f"Largest peak of any phase: {v / 1e6:.0f} MB ({gr} × {mo}, {ph}). Memory kept from "
-              f"earlier pairs of the run counts in later pairs' peaks ({first}). "
+              f"earlier pairs of the run counts in later pairs' peaks (the first pair's are the cleanest). "
               "(Resetting the mark also resets getrusage's maxrss on Linux, so there is no separate "
               "whole-process figure.)"]
-    return "\n".join(L) + "\n"
+    return L
 
 
 def _parse_max_nodes(spec):
@@ -700,10 +712,12 @@ def _render_from(json_path, out):
     samples = {k: (v["full_nodes"], v["nodes"]) for k, v in (doc.get("sampled_graphs") or {}).items()}
     again = (f"Rendered again from `{json_path}` by `python -m engine_py bench engine-llm --render-from "
              f"{json_path}` (no new measurement).")
-    if doc.get("merged"):   # bench engine-llm --merge: the sources' machines are in the provenance
-        prov = list(doc["results"]["provenance"]) + [again]
+    if doc.get("merged"):   # bench engine-llm --merge: one section of tables per source run
+        from .engine_llm_merge import sections
+
+        prov, runs = sections(doc["results"], doc["machine"], doc["command"])
         md = render_markdown(doc["results"], small=doc.get("small_scale", False), samples=samples,
-                             provenance=prov)
+                             provenance=prov + [again], runs=runs)
     else:
         md = render_markdown(doc["results"], command=doc["command"], machine=machine_line(doc["machine"]),
                              small=doc.get("small_scale", False), samples=samples)

@@ -8,8 +8,9 @@ cache build alone ~50 min), so the study of three encoders is run in pieces
 those runs into one document. Nothing is re-measured and no number is
 edited: every pair keeps all of its numbers from the one run that measured
 it (each pair records the label of that run; the merged JSON lists every
-run's command and machine), and the
-markdown says which run measured which pair.
+run's command and machine). The markdown puts each run's pairs in a section
+of tables of its own, headed by that run's command and machine, so no table
+mixes numbers from two runs.
 
 Refused (ValueError): sources whose measurement settings differ (every
 option of the command except --graphs, --models, --out, --json,
@@ -48,10 +49,10 @@ def _planned(command: str, graphs: dict) -> list:
     return [(g, m) for m in models for g in graphs]
 
 
-def merge(sources, command: str = "python -m engine_py bench engine-llm --merge ...") -> dict:
+def merge(sources) -> dict:
     """The merged `results` dict (render_markdown's input) of sources =
     [(label, document, partial), ...], plus "sources" (what each one
-    measured) and "provenance" (the markdown's paragraphs)."""
+    measured)."""
     if not sources:
         raise ValueError("nothing to merge")
     base_label, base_doc, _ = sources[0]
@@ -89,18 +90,25 @@ def merge(sources, command: str = "python -m engine_py bench engine-llm --merge 
                        "complete": bool(doc.get("complete")),
                        "pairs": [f"{p['graph']} × {p['model']}" for p in doc["results"]["pairs"]]}
                       for label, doc, partial in sources]
+    return out
+
+
+def sections(res: dict, machines: list, command: str):
+    """render_markdown's provenance paragraphs and per-run sections of a merged
+    study: res from merge(), machines the sources' machine dicts in order."""
     from . import machine_line
 
-    lines = [f"Merged by `{command}` from {len(sources)} runs "
-             "with the same settings (no number re-measured or edited). Each graph × encoder pair's "
-             "numbers, in every table, come from the one run that measured it:"]
-    for s, (_, doc, _) in zip(out["sources"], sources):
-        what = ", ".join(s["pairs"]) or "no pair"
+    para = (f"Merged by `{command}` from {len(res['sources'])} runs with the same settings (no number "
+            "re-measured or edited). Each run's graph × encoder pairs are in a section of their own below, "
+            "so every table holds numbers from one run; the summary names the run behind each pair, and "
+            "the graph table is the same in every run (checked when merging).")
+    runs = []
+    for s, m in zip(res["sources"], machines):
         cut = "" if s["complete"] else " (cut short: the pairs it finished)"
-        lines.append(f"- **{s['label']}** measured {what}{cut}: `{s['command']}`. "
-                     f"Machine: {machine_line(doc['machine'])}")
-    out["provenance"] = ["\n".join(lines)]
-    return out
+        runs.append((f"Run \"{s['label']}\": {', '.join(s['pairs']) or 'no pair'}",
+                     f"Measured by `{s['command']}`{cut}. Machine: {machine_line(m) if m else 'not recorded'}",
+                     [p for p in res["pairs"] if p.get("source") == s["label"]]))
+    return [para], runs
 
 
 def main_merge(specs, out_md=None, out_json=None) -> int:
@@ -114,12 +122,14 @@ def main_merge(specs, out_md=None, out_json=None) -> int:
 
     sources = [load_result(s) for s in specs]
     command = "python -m engine_py bench engine-llm --merge " + " ".join(shlex.quote(s) for s in specs)
-    res = merge(sources, command)
+    res = merge(sources)
     small = any(doc.get("small_scale") for _, doc, _ in sources)
     samples = {}
     for _, doc, _ in sources:
         samples.update({k: (v["full_nodes"], v["nodes"]) for k, v in (doc.get("sampled_graphs") or {}).items()})
-    md = render_markdown(res, small=small, samples=samples, provenance=res["provenance"])
+    machines = [doc.get("machine") for _, doc, _ in sources]
+    prov, runs = sections(res, machines, command)
+    md = render_markdown(res, small=small, samples=samples, provenance=prov, runs=runs)
     print(md)
     if out_md:
         text = with_kept_sections(md, out_md)
@@ -129,6 +139,6 @@ def main_merge(specs, out_md=None, out_json=None) -> int:
         write_json(jp, {"benchmark": "engine_llm", "command": command, "merged": True, "small_scale": small,
                         "sampled_graphs": {k: {"full_nodes": a, "nodes": b} for k, (a, b) in samples.items()},
                         "complete": len(res["pairs"]) == res["planned_pairs"],
-                        "machine": [doc.get("machine") for _, doc, _ in sources], "results": res})
+                        "machine": machines, "results": res})
         print(f"wrote {out_md} and {jp}")
     return 0
