@@ -160,37 +160,99 @@ static int ws_carve(int k, const size_t *n, float ***out)
     return 0;
 }
 
-/* M[t] (N,g) = Ahat[:N, :] relu(Zp[t]) (Zp[t] (Nn,g)), for every token: the
- * last layer's input at the expert nodes. */
-static void adj_relu_experts(float *M, const float *Zp, const float *Ahat, int T, int N, int g)
+/* m (N,g) = Ahat[:N, :] relu(z) for one token's node rows z (Nn,g): the last
+ * layer's input at the expert nodes. */
+static void adj_relu_token(float *m, const float *z, const float *Ahat, int N, int g)
 {
     const int Nn = N + 1;
     enum { CH = 256 };   /* columns per pass: one node's ReLU row stays on the stack */
+    memset(m, 0, (size_t)N * g * sizeof(float));
+    float row[CH];
+    for (int c0 = 0; c0 < g; c0 += CH) {
+        const int nc = g - c0 < CH ? g - c0 : CH;
+        /* node f's ReLU once, added to every expert row e with Ahat[e, f] != 0
+         * (the same sum, in the same order f = 0..N, as row by row) */
+        for (int f = 0; f < Nn; f++) {
+            const float *zf = z + (size_t)f * g + c0;
+            for (int c = 0; c < nc; c++) {
+                row[c] = relu_nan(zf[c]);
+            }
+            for (int e = 0; e < N; e++) {
+                const float a = Ahat[(size_t)e * Nn + f];
+                if (a == 0.0f) {
+                    continue;
+                }
+                float *me = m + (size_t)e * g + c0;
+                for (int c = 0; c < nc; c++) {
+                    me[c] += a * row[c];
+                }
+            }
+        }
+    }
+}
+
+/* M[t] = Ahat[:N, :] relu(Zp[t]) for every token (Zp (T,Nn,g), M (T,N,g)). */
+static void adj_relu_experts(float *M, const float *Zp, const float *Ahat, int T, int N, int g)
+{
     #pragma omp parallel for schedule(static)
     for (int t = 0; t < T; t++) {
-        const float *z = Zp + (size_t)t * Nn * g;
-        float *m = M + (size_t)t * N * g;
-        memset(m, 0, (size_t)N * g * sizeof(float));
-        float row[CH];
-        for (int c0 = 0; c0 < g; c0 += CH) {
-            const int nc = g - c0 < CH ? g - c0 : CH;
-            /* node f's ReLU once, added to every expert row e with Ahat[e, f] != 0
-             * (the same sum, in the same order f = 0..N, as row by row) */
-            for (int f = 0; f < Nn; f++) {
-                const float *zf = z + (size_t)f * g + c0;
-                for (int c = 0; c < nc; c++) {
-                    row[c] = relu_nan(zf[c]);
-                }
-                for (int e = 0; e < N; e++) {
-                    const float a = Ahat[(size_t)e * Nn + f];
-                    if (a == 0.0f) {
-                        continue;
+        adj_relu_token(M + (size_t)t * N * g, Zp + (size_t)t * (N + 1) * g, Ahat, N, g);
+    }
+}
+
+/* The backward's last step over the tokens, layer 1's input side: for token t
+ * dq[t] = sum_n Ahat[n, N] dZ1[t, n] (the token node's rank-one term) and
+ * Sn = sum_t dZ1[t] (the shared expert term), the latter in RED_CHUNKS fixed
+ * token chunks (double partial sums in red, added in chunk order by the
+ * caller: the bits do not depend on the thread count). With dM != NULL (the
+ * two-layer GCN) dZ1[t] is first made here from the last layer's input
+ * gradient, dZ1[t, f] = [Z1[t, f] > 0] sum_{e<N} Ahat[e, f] dM[t, e], while
+ * dM[t] is in cache, instead of in passes of its own over all tokens. */
+static void layer1_tail(float *dq, double *red, float *dZ, const float *dM, const float *Z1,
+                        const float *Ahat, int T, int N, int g)
+{
+    const int Nn = N + 1;
+    const size_t ns = (size_t)Nn * g;
+    #pragma omp parallel for schedule(static)
+    for (int k = 0; k < RED_CHUNKS; k++) {
+        double *acc = red + (size_t)k * ns;
+        memset(acc, 0, ns * sizeof *acc);
+        for (int t = chunk_lo(k, T); t < chunk_lo(k + 1, T); t++) {
+            float *dz = dZ + (size_t)t * ns;
+            if (dM != NULL) {
+                const float *dm = dM + (size_t)t * N * g;
+                const float *z = Z1 + (size_t)t * ns;
+                for (int f = 0; f < Nn; f++) {
+                    float *dh = dz + (size_t)f * g;
+                    memset(dh, 0, (size_t)g * sizeof(float));
+                    for (int e = 0; e < N; e++) {
+                        const float a = Ahat[(size_t)e * Nn + f];
+                        if (a == 0.0f) {
+                            continue;
+                        }
+                        const float *de = dm + (size_t)e * g;
+                        for (int c = 0; c < g; c++) {
+                            dh[c] += a * de[c];
+                        }
                     }
-                    float *me = m + (size_t)e * g + c0;
-                    for (int c = 0; c < nc; c++) {
-                        me[c] += a * row[c];
+                    const float *zf = z + (size_t)f * g;
+                    for (int c = 0; c < g; c++) {
+                        const float v = dh[c];   /* unconditional load: the loop vectorises */
+                        dh[c] = zf[c] > 0.0f ? v : 0.0f;
                     }
                 }
+            }
+            float *o = dq + (size_t)t * g;
+            memset(o, 0, (size_t)g * sizeof(float));
+            for (int n = 0; n < Nn; n++) {
+                const float a = Ahat[(size_t)n * Nn + N];
+                const float *dzn = dz + (size_t)n * g;
+                for (int c = 0; c < g; c++) {
+                    o[c] += a * dzn[c];
+                }
+            }
+            for (size_t i = 0; i < ns; i++) {
+                acc[i] += dz[i];
             }
         }
     }
@@ -208,13 +270,13 @@ eg_status eg_graph_router_forward(float *logits, float *Zt, float *Z, const floa
      * rounding would flip near-ties (a bf16 model routes as a float32 one) */
     const int prec = EG_PREC_F32;
     const size_t elayer = (size_t)T * N * g;   /* the last layer: expert rows only */
-    float *U, *P1, *Cs, *tt, *q1, *Hp, *Q, *M, *G;
+    float *U, *P1, *Cs, *tt, *q1, *Hp, *Q, *M;
     {
         const size_t n[] = {(size_t)N * g, (size_t)N * g, (size_t)Nn * g, (size_t)T * g,
                             (size_t)T * g, L > 2 ? layer : 0, L > 2 ? layer : 0,
-                            L > 1 ? elayer : 0, L > 1 ? elayer : 0};
-        float **out[] = {&U, &P1, &Cs, &tt, &q1, &Hp, &Q, &M, &G};
-        if (ws_carve(9, n, out) < 0) {
+                            L > 1 ? elayer : 0};
+        float **out[] = {&U, &P1, &Cs, &tt, &q1, &Hp, &Q, &M};
+        if (ws_carve(8, n, out) < 0) {
             return eg_seterr(err, EG_ENOMEM, "graph router forward: out of memory (T=%d)", T);
         }
     }
@@ -244,6 +306,9 @@ eg_status eg_graph_router_forward(float *logits, float *Zt, float *Z, const floa
                 z[(size_t)n * g + c] = Cs[(size_t)n * g + c] + a * qt[c];
             }
         }
+        if (L == 2) {   /* the last layer's input, while this token's rows are in cache */
+            adj_relu_token(M + (size_t)t * N * g, z, Ahat, N, g);
+        }
     }
     for (int l = 1; l < L - 1; l++) {
         relu_copy(Hp, Z + (size_t)(l - 1) * layer, layer);
@@ -251,25 +316,23 @@ eg_status eg_graph_router_forward(float *logits, float *Zt, float *Z, const floa
                      Q, g);
         apply_adj(Z + (size_t)l * layer, Q, Ahat, T, Nn, g, 0);
     }
+    float *ZL = Z + (size_t)(L - 1) * layer;
     if (L > 1) {
-        /* last layer at the expert nodes: Z_L[t, :N] = (Ahat[:N, :] H_{L-1}[t]) W_L^T */
-        adj_relu_experts(M, Z + (size_t)(L - 2) * layer, Ahat, T, N, g);
+        /* last layer at the expert nodes: Z_L[t, :N] = (Ahat[:N, :] H_{L-1}[t]) W_L^T,
+         * stored as T*N expert rows (the slice's layout when L > 1) */
+        if (L > 2) {
+            adj_relu_experts(M, Z + (size_t)(L - 2) * layer, Ahat, T, N, g);
+        }
         eg_gemm_prec(prec, 0, 1, T * N, g, g, 1.0f, M, g, Wl + (size_t)(L - 1) * g * g, g, 0.0f,
-                     G, g);
+                     ZL, g);
     }
     {
-        float *ZL = Z + (size_t)(L - 1) * layer;
         const size_t pstride = d->per_expert_proj ? (size_t)g : 0;
+        const int zrows = L > 1 ? N : Nn;   /* rows per token in ZL */
         #pragma omp parallel for schedule(static)
         for (int t = 0; t < T; t++) {
-            if (L > 1) {
-                /* save the expert rows in Z's layout; the token row is not computed */
-                memcpy(ZL + (size_t)t * Nn * g, G + (size_t)t * N * g,
-                       (size_t)N * g * sizeof(float));
-                memset(ZL + ((size_t)t * Nn + N) * g, 0, (size_t)g * sizeof(float));
-            }
             for (int e = 0; e < N; e++) {
-                const float *z = ZL + ((size_t)t * Nn + e) * g;
+                const float *z = ZL + ((size_t)t * zrows + e) * g;
                 const float *pe = pvec + (size_t)e * pstride;
                 float acc = 0.0f;
                 for (int c = 0; c < g; c++) {
@@ -295,7 +358,7 @@ eg_status eg_graph_router_backward(float *dx, float *dWs, float *dWt, float *dWl
     const size_t elayer = (size_t)T * N * g;
     float *dH, *dZ, *Hp, *dG, *M, *Upre, *U, *tt, *dq, *dtt, *Sn, *dP, *dU;
     {
-        const size_t n[] = {layer, layer, L > 2 ? layer : 0, L > 1 ? elayer : 0,
+        const size_t n[] = {L == 2 ? 0 : layer, layer, L > 2 ? layer : 0, L > 1 ? elayer : 0,
                             L > 1 ? elayer : 0, (size_t)N * g, (size_t)N * g, (size_t)T * g,
                             (size_t)T * g, (size_t)T * g, (size_t)Nn * g, (size_t)N * g,
                             (size_t)N * g};
@@ -308,6 +371,7 @@ eg_status eg_graph_router_backward(float *dx, float *dWs, float *dWt, float *dWl
     size_t red_n = 0;
     eg_status st = EG_OK;
     const float *ZL = Z + (size_t)(L - 1) * layer;
+    const int zrows = L > 1 ? N : Nn;   /* rows per token in ZL (the forward's layout) */
     const size_t pstride = d->per_expert_proj ? (size_t)g : 0;
     /* logits = relu(Z_L[:, :N]) . pvec (shared), or . pvec[e] (per expert):
      * dpvec = sum over tokens of dlogits * relu(Z_L), read row by row in
@@ -325,7 +389,7 @@ eg_status eg_graph_router_backward(float *dx, float *dWs, float *dWt, float *dWl
             memset(acc, 0, np * sizeof *acc);
             for (int t = chunk_lo(k, T); t < chunk_lo(k + 1, T); t++) {
                 for (int e = 0; e < N; e++) {
-                    const float *z = ZL + ((size_t)t * Nn + e) * g;
+                    const float *z = ZL + ((size_t)t * zrows + e) * g;
                     const double dl = dlogits[(size_t)t * N + e];
                     double *a = acc + (d->per_expert_proj ? (size_t)e * g : 0);
                     for (int c = 0; c < g; c++) {
@@ -361,7 +425,7 @@ eg_status eg_graph_router_backward(float *dx, float *dWs, float *dWt, float *dWl
         #pragma omp parallel for schedule(static)
         for (int t = 0; t < T; t++) {
             for (int e = 0; e < N; e++) {
-                const float *z = ZL + ((size_t)t * Nn + e) * g;
+                const float *z = ZL + ((size_t)t * zrows + e) * g;
                 float *dg = dG + ((size_t)t * N + e) * g;
                 const float dl = dlogits[(size_t)t * N + e];
                 const float *pe = pvec + (size_t)e * pstride;
@@ -377,87 +441,71 @@ eg_status eg_graph_router_backward(float *dx, float *dWs, float *dWt, float *dWl
          * as the bf16 kernel here (its transposed-A packing costs as much) */
         eg_sgemm(1, 0, g, g, T * N, 1.0f, dG, g, M, g, 1.0f, dWl + (size_t)(L - 1) * g * g, g);
         eg_gemm_prec(prec, 0, 0, T * N, g, g, 1.0f, dG, g, WL, g, 0.0f, M, g); /* M = dM */
-        /* dH_{L-1}[t, f] = sum_{e<N} Ahat[e, f] dM[t, e] */
-        #pragma omp parallel for schedule(static)
-        for (int t = 0; t < T; t++) {
-            const float *dm = M + (size_t)t * N * g;
-            for (int f = 0; f < Nn; f++) {
-                float *dh = dH + ((size_t)t * Nn + f) * g;
-                memset(dh, 0, (size_t)g * sizeof(float));
-                for (int e = 0; e < N; e++) {
-                    const float a = Ahat[(size_t)e * Nn + f];
-                    if (a == 0.0f) {
-                        continue;
-                    }
-                    const float *de = dm + (size_t)e * g;
-                    for (int c = 0; c < g; c++) {
-                        dh[c] += a * de[c];
-                    }
-                }
-            }
-        }
         l0 = L - 2;
     }
-    for (int l = l0; l >= 0; l--) {
-        const float *Zl = Z + (size_t)l * layer;
-        #pragma omp parallel for schedule(static)
-        for (size_t i = 0; i < layer; i++) {
-            const float v = dH[i];   /* unconditional load: the loop vectorises */
-            dZ[i] = Zl[i] > 0.0f ? v : 0.0f;
-        }
-        if (l == 0) {
-            break;
-        }
-        /* Z_l[t] = Ahat Q[t], Q = relu(Z_{l-1}) W_l^T */
-        apply_adj(dH, dZ, Ahat, T, Nn, g, 1); /* dH now holds dQ */
-        relu_copy(Hp, Z + (size_t)(l - 1) * layer, layer);
-        eg_gemm_prec(prec, 1, 0, g, g, (int)nodes, 1.0f, dH, g, Hp, g, 1.0f,
-                     dWl + (size_t)l * g * g, g);
-        /* dH_{l-1} = dQ W_l, computed into dZ then swapped */
-        eg_gemm_prec(prec, 0, 0, (int)nodes, g, g, 1.0f, dH, g, Wl + (size_t)l * g * g, g, 0.0f,
-                     dZ, g);
-        float *sw = dH;
-        dH = dZ;
-        dZ = sw;
+    /* layer 1's input side needs RED_CHUNKS partial sums of (Nn, g) */
+    const size_t ns = (size_t)Nn * g;
+    if (chunk_sums(red, ns, T, &red_n) < 0) {
+        st = eg_seterr(err, EG_ENOMEM, "graph router backward: out of memory (T=%d)", T);
+        goto done;
     }
-    /* layer 1: Z1[t, n] = sum_{f<N} Ahat[n,f] P1_f + Ahat[n,N] q1_t */
-    #pragma omp parallel for schedule(static)
-    for (int t = 0; t < T; t++) {
-        float *o = dq + (size_t)t * g;
-        memset(o, 0, (size_t)g * sizeof(float));
-        for (int n = 0; n < Nn; n++) {
-            float a = Ahat[(size_t)n * Nn + N];
-            const float *dz = dZ + ((size_t)t * Nn + n) * g;
-            for (int c = 0; c < g; c++) {
-                o[c] += a * dz[c];
-            }
-        }
-    }
-    /* Sn = sum over tokens of dZ1[t] (Nn, g), in the fixed token chunks */
-    {
-        const size_t ns = (size_t)Nn * g;
-        if (chunk_sums(red, ns, T, &red_n) < 0) {
-            st = eg_seterr(err, EG_ENOMEM, "graph router backward: out of memory (T=%d)", T);
-            goto done;
-        }
-        #pragma omp parallel for schedule(static)
-        for (int k = 0; k < RED_CHUNKS; k++) {
-            double *acc = red + (size_t)k * ns;
-            memset(acc, 0, ns * sizeof *acc);
-            for (int t = chunk_lo(k, T); t < chunk_lo(k + 1, T); t++) {
-                const float *dz = dZ + (size_t)t * ns;
-                for (size_t i = 0; i < ns; i++) {
-                    acc[i] += dz[i];
+    if (L == 2) {
+        /* dZ1 straight from dM, token by token, with dq and Sn (layer1_tail) */
+        layer1_tail(dq, red, dZ, M, Z, Ahat, T, N, g);
+    } else {
+        if (L > 2) {
+            /* dH_{L-1}[t, f] = sum_{e<N} Ahat[e, f] dM[t, e] */
+            #pragma omp parallel for schedule(static)
+            for (int t = 0; t < T; t++) {
+                const float *dm = M + (size_t)t * N * g;
+                for (int f = 0; f < Nn; f++) {
+                    float *dh = dH + ((size_t)t * Nn + f) * g;
+                    memset(dh, 0, (size_t)g * sizeof(float));
+                    for (int e = 0; e < N; e++) {
+                        const float a = Ahat[(size_t)e * Nn + f];
+                        if (a == 0.0f) {
+                            continue;
+                        }
+                        const float *de = dm + (size_t)e * g;
+                        for (int c = 0; c < g; c++) {
+                            dh[c] += a * de[c];
+                        }
+                    }
                 }
             }
         }
-        for (size_t i = 0; i < ns; i++) {
-            double sum = 0.0;
-            for (int k = 0; k < RED_CHUNKS; k++) {
-                sum += red[(size_t)k * ns + i];
+        for (int l = l0; l >= 0; l--) {
+            const float *Zl = Z + (size_t)l * layer;
+            #pragma omp parallel for schedule(static)
+            for (size_t i = 0; i < layer; i++) {
+                const float v = dH[i];   /* unconditional load: the loop vectorises */
+                dZ[i] = Zl[i] > 0.0f ? v : 0.0f;
             }
-            Sn[i] = (float)sum;
+            if (l == 0) {
+                break;
+            }
+            /* Z_l[t] = Ahat Q[t], Q = relu(Z_{l-1}) W_l^T */
+            apply_adj(dH, dZ, Ahat, T, Nn, g, 1); /* dH now holds dQ */
+            relu_copy(Hp, Z + (size_t)(l - 1) * layer, layer);
+            eg_gemm_prec(prec, 1, 0, g, g, (int)nodes, 1.0f, dH, g, Hp, g, 1.0f,
+                         dWl + (size_t)l * g * g, g);
+            /* dH_{l-1} = dQ W_l, computed into dZ then swapped */
+            eg_gemm_prec(prec, 0, 0, (int)nodes, g, g, 1.0f, dH, g, Wl + (size_t)l * g * g, g,
+                         0.0f, dZ, g);
+            float *sw = dH;
+            dH = dZ;
+            dZ = sw;
         }
+        /* layer 1: Z1[t, n] = sum_{f<N} Ahat[n,f] P1_f + Ahat[n,N] q1_t */
+        layer1_tail(dq, red, dZ, NULL, Z, Ahat, T, N, g);
+    }
+    /* Sn = sum over tokens of dZ1[t] (Nn, g): the chunks' sums in chunk order */
+    for (size_t i = 0; i < ns; i++) {
+        double sum = 0.0;
+        for (int k = 0; k < RED_CHUNKS; k++) {
+            sum += red[(size_t)k * ns + i];
+        }
+        Sn[i] = (float)sum;
     }
     for (int f = 0; f < N; f++) {
         for (int c = 0; c < g; c++) {
