@@ -38,6 +38,7 @@ _os.environ.setdefault("GOMP_SPINCOUNT", "10000")
 
 from . import _core  # noqa: E402
 from ._isa import check_isa_env as _check_isa_env  # noqa: E402
+from ._isa import BFloat16EmulationWarning  # noqa: E402,F401
 
 _check_isa_env(_core)
 from ._threads import get_num_threads, set_num_threads  # noqa: E402,F401
@@ -78,7 +79,7 @@ def info() -> dict:
 
 
 __all__ = [
-    "__version__", "get_num_threads", "set_num_threads", "info",
+    "__version__", "get_num_threads", "set_num_threads", "info", "BFloat16EmulationWarning",
     "io", "datasets", "SafetensorsError", "load_safetensors", "save_safetensors", "load_state",
     "WordPieceTokenizer", "BPETokenizer", "TokenizerFormatError",
     "Graph", "Batch", "EngineClassifier", "InMemoryStates", "NotFittedError",

@@ -31,3 +31,40 @@ def check_isa_env(core) -> str:
         raise RuntimeError(f"ENGINE_PY_ISA={want} but this CPU supports at most {cpu}; "
                            "the variable can only lower the level")
     return used
+
+
+class BFloat16EmulationWarning(RuntimeWarning):
+    """``precision="bfloat16"`` on a CPU without the core's bf16 kernel
+    (AVX512-BF16): the products are emulated exactly (operands rounded to
+    bfloat16, float32 GEMMs), so the results are the same as on a BF16 CPU but
+    nothing runs faster than float32 (measured on an AVX2-only CPU: ENGINE
+    training ~14% slower, fine-tuning and decoders 0-14%). Silence it with
+    ``warnings.simplefilter("ignore", engine_py.BFloat16EmulationWarning)``."""
+
+
+def _user_stacklevel() -> int:
+    """warnings.warn's stacklevel (called from this module) of the first frame
+    outside the engine_py package: the user's line, however many of the
+    package's own frames (decorators, helpers) lie between."""
+    import sys
+
+    pkg = os.path.dirname(os.path.abspath(__file__)) + os.sep
+    f, level = sys._getframe(1), 1   # level 1: the function that calls warnings.warn
+    while f is not None and os.path.abspath(f.f_code.co_filename).startswith(pkg):
+        f, level = f.f_back, level + 1
+    return level
+
+
+def warn_if_bf16_emulated(core, precision, what: str) -> bool:
+    """Warn (BFloat16EmulationWarning, at the user's line) when precision is
+    "bfloat16" and the core has no bf16 kernel on this CPU (or ENGINE_PY_ISA
+    lowered it away). True when it warned."""
+    import warnings
+
+    if precision != "bfloat16" or core.build_info()["bf16_kernel"]:
+        return False
+    warnings.warn(f"{what}: precision='bfloat16' is emulated on this CPU (no AVX512-BF16 kernel, "
+                  "core ISA " + str(core.build_info().get("isa", "?")) + "): the same results as on "
+                  "a BF16 CPU, but no faster than float32 (often slower); use precision='float32' "
+                  "for speed here", BFloat16EmulationWarning, stacklevel=_user_stacklevel())
+    return True

@@ -40,6 +40,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from . import _core
+from ._isa import warn_if_bf16_emulated
 from ._guard import in_use_guard
 from ._progress import progress
 from ._validate import check_int, read_json
@@ -276,7 +277,9 @@ class Encoder:
         ``precision``: "float32" (default) or, for decoders, "bfloat16": the
         inputs of every weight product (activations and dequantized weights)
         are rounded to bfloat16 and the products summed in float32. Where the
-        CPU has AVX512-BF16 this runs the products about twice as fast; the
+        CPU has AVX512-BF16 this runs the products about twice as fast
+        (elsewhere it is emulated, no faster than float32, and a
+        ``BFloat16EmulationWarning`` says so); the
         layer states stay within cosine 0.9999 of float32 but are not
         bit-reproducible across CPUs (docs/LLM.md). Or "int8": activations
         quantized to 8 bits per block of 32 values (llama.cpp's q8_0 scheme)
@@ -317,6 +320,7 @@ class Encoder:
         template = _check_template(template)
         if precision not in (None, "float32", "bfloat16", "int8"):
             raise ValueError(f"precision must be 'float32', 'bfloat16' or 'int8', got {precision!r}")
+        warn_if_bf16_emulated(_core, precision, "Encoder")
         enc = cls._load(path, max_length, pooling, precision or "float32")
         enc.template = template
         if adapter is not None:

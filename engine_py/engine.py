@@ -37,6 +37,7 @@ from collections import OrderedDict
 import numpy as np
 
 from . import _core
+from ._isa import warn_if_bf16_emulated
 from ._guard import exclusive
 from ._progress import progress
 from ._validate import (InvalidParameterError, check_bool, check_choice, check_float, check_int,
@@ -266,7 +267,8 @@ class EngineClassifier:
     ``precision``: ``"float32"`` (default) or ``"bfloat16"``: the products of
     the projectors and GNNs, forward and backward, with both operands rounded
     to bfloat16 and float32 sums (the AVX512-BF16 kernel where the CPU has
-    it, an exact emulation elsewhere); norms, activations, heads, losses and
+    it; elsewhere an exact emulation, no faster than float32, and a
+    ``BFloat16EmulationWarning`` says so); norms, activations, heads, losses and
     AdamW stay float32, as in mixed-precision training. Measured accuracy
     and speed: docs/PERFORMANCE.md. A node sampled into several subgraphs of
     a batch is read and projected once in either precision.
@@ -366,6 +368,7 @@ class EngineClassifier:
         check_int(self.r, "r", min=1, none=True)
         check_int(self.heads, "heads", min=1)
         check_choice(self.precision, "precision", _PRECISION)
+        warn_if_bf16_emulated(_core, self.precision, "EngineClassifier")
 
     def _resolve_layers(self, cache):
         cached = [int(x) for x in cache.layers]

@@ -29,6 +29,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from . import _core
+from ._isa import warn_if_bf16_emulated
 from ._validate import read_json
 
 __all__ = ["Trainer", "MODULES", "METHODS", "ROUTERS", "LoraBatch", "merge_adapter",
@@ -143,7 +144,9 @@ class Trainer:
     model's context), micro_batch_size (gradient accumulation: each batch
     runs through the core this many examples at a time; default the whole
     batch), precision ("float32", exact, the default; "bfloat16": the
-    frozen products in bf16 with float32 sums, see docs/FINETUNE.md),
+    frozen products in bf16 with float32 sums, see docs/FINETUNE.md; on a
+    CPU without AVX512-BF16 it is emulated, no faster than float32, and a
+    BFloat16EmulationWarning says so),
     recompute (activation recomputation per layer: a step saves each layer's
     input only and runs the layer again in backward — ~1/10 of the
     activation memory for one more forward pass of compute, same results),
@@ -232,6 +235,7 @@ class Trainer:
         if precision not in ("float32", "bfloat16"):
             raise ValueError(f"precision must be 'float32' or 'bfloat16', got {precision!r}")
         self.precision = precision
+        warn_if_bf16_emulated(_core, precision, "Trainer")
         self.show_progress_bar = show_progress_bar
         (self._model, self._hp, self.tokenizer, head, self._keep,
          self.arch) = _load_base(self.model_path, precision)

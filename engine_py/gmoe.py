@@ -67,6 +67,7 @@ from typing import Any
 import numpy as np
 
 from . import _core
+from ._isa import warn_if_bf16_emulated
 from ._validate import InvalidParameterError, check_bool, check_float, check_int
 
 __all__ = ["MoELoRAFFN", "DEFAULT_LOSS_COEFS"]
@@ -230,7 +231,9 @@ class MoELoRAFFN:
     precision : ``"float32"`` (default) or ``"bfloat16"``: the frozen FFN
         products (x W1^T, x W3^T, W2 a and their input gradients) with both
         operands rounded to bfloat16 and float32 sums (the AVX512-BF16 kernel
-        where the CPU has it); the experts' LoRA terms, the router and the
+        where the CPU has it; elsewhere an exact emulation, no faster than
+        float32, with a ``BFloat16EmulationWarning``); the experts' LoRA
+        terms, the router and the
         losses stay float32. Measured: docs/PERFORMANCE.md.
 
     ``forward(x, training=True) -> (y, aux)``: x (..., H); aux holds the
@@ -264,6 +267,7 @@ class MoELoRAFFN:
         if precision not in ("float32", "bfloat16"):
             raise ValueError(f"precision must be 'float32' or 'bfloat16', got {precision!r}")
         self.precision = precision
+        warn_if_bf16_emulated(_core, precision, "MoELoRAFFN")
         self._prec = 1 if precision == "bfloat16" else 0
         normal_running_decay = check_float(normal_running_decay, "normal_running_decay",
                                            min=0.0, max=1.0)
