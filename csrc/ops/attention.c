@@ -27,6 +27,8 @@
 typedef float v16f __attribute__((vector_size(64)));
 typedef float v8f __attribute__((vector_size(32)));
 typedef double v8d __attribute__((vector_size(64)));
+typedef float v4f __attribute__((vector_size(16)));
+typedef double v4d __attribute__((vector_size(32)));
 #if defined(__GNUC__) && !defined(__clang__)
 /* v16f values only cross static, always-inlined helpers: no ABI to keep */
 #pragma GCC diagnostic ignored "-Wpsabi"

@@ -147,19 +147,27 @@ static void SFX(attention_head)(float *out, size_t ldo, const float *q, size_t l
  * in order, so every instruction-set copy gives the same bits. */
 #define BW_LANES 8
 
-static inline __attribute__((always_inline)) double SFX(dot_d)(const float *a, const float *b,
-                                                          int n)
+/* Lanes 0-3 (lo) and 4-7 (hi) of the double sums: acc_u += a[d+u] b[d+u].
+ * Two named halves rather than one 8-double vector: GCC kept the latter in
+ * memory across iterations (a store-forwarding chain per step of the dot). */
+static inline __attribute__((always_inline)) void SFX(mul_acc_d)(v4d *lo, v4d *hi, const float *a,
+                                                               const float *b)
 {
-    v8d acc = {0};
-    int d = 0;
-    for (; d + BW_LANES <= n; d += BW_LANES) {
-        v8f x, y;
-        memcpy(&x, a + d, sizeof x);
-        memcpy(&y, b + d, sizeof y);
-        acc += __builtin_convertvector(x, v8d) * __builtin_convertvector(y, v8d);
-    }
-    double lane[BW_LANES];
-    memcpy(lane, &acc, sizeof lane);
+    v4f a0, a1, b0, b1;
+    memcpy(&a0, a, sizeof a0);
+    memcpy(&a1, a + 4, sizeof a1);
+    memcpy(&b0, b, sizeof b0);
+    memcpy(&b1, b + 4, sizeof b1);
+    *lo += __builtin_convertvector(a0, v4d) * __builtin_convertvector(b0, v4d);
+    *hi += __builtin_convertvector(a1, v4d) * __builtin_convertvector(b1, v4d);
+}
+
+/* The lanes' sums finished: the tail a[d..n) into lanes 0.., then the lanes
+ * added in order. */
+static inline __attribute__((always_inline)) double SFX(lanes_sum_d)(v4d lo, v4d hi, const float *a,
+                                                                   const float *b, int d, int n)
+{
+    double lane[BW_LANES] = {lo[0], lo[1], lo[2], lo[3], hi[0], hi[1], hi[2], hi[3]};
     for (int u = 0; d < n; d++, u++) {
         lane[u] += (double)a[d] * (double)b[d];
     }
@@ -168,6 +176,38 @@ static inline __attribute__((always_inline)) double SFX(dot_d)(const float *a, c
         s += lane[u];
     }
     return s;
+}
+
+static inline __attribute__((always_inline)) double SFX(dot_d)(const float *a, const float *b,
+                                                          int n)
+{
+    v4d lo = {0}, hi = {0};
+    int d = 0;
+    for (; d + BW_LANES <= n; d += BW_LANES) {
+        SFX(mul_acc_d)(&lo, &hi, a + d, b + d);
+    }
+    return SFX(lanes_sum_d)(lo, hi, a, b, d, n);
+}
+
+/* out[c] = a . b_c for the four rows b_c = b + c * ld, each exactly as
+ * SFX(dot_d) computes it (same lanes, same order: the same bits), with four
+ * independent chains of additions in flight instead of one. */
+static inline __attribute__((always_inline)) void SFX(dot_d4)(double *out, const float *a,
+                                                             const float *b, size_t ld, int n)
+{
+    v4d lo0 = {0}, hi0 = {0}, lo1 = {0}, hi1 = {0}, lo2 = {0}, hi2 = {0}, lo3 = {0}, hi3 = {0};
+    const float *b1 = b + ld, *b2 = b + 2 * ld, *b3 = b + 3 * ld;
+    int d = 0;
+    for (; d + BW_LANES <= n; d += BW_LANES) {
+        SFX(mul_acc_d)(&lo0, &hi0, a + d, b + d);
+        SFX(mul_acc_d)(&lo1, &hi1, a + d, b1 + d);
+        SFX(mul_acc_d)(&lo2, &hi2, a + d, b2 + d);
+        SFX(mul_acc_d)(&lo3, &hi3, a + d, b3 + d);
+    }
+    out[0] = SFX(lanes_sum_d)(lo0, hi0, a, b, d, n);
+    out[1] = SFX(lanes_sum_d)(lo1, hi1, a, b1, d, n);
+    out[2] = SFX(lanes_sum_d)(lo2, hi2, a, b2, d, n);
+    out[3] = SFX(lanes_sum_d)(lo3, hi3, a, b3, d, n);
 }
 
 static void SFX(attention_bwd_pair)(float *dq, float *dk, float *dv, const float *dout,
@@ -194,7 +234,16 @@ static void SFX(attention_bwd_pair)(float *dq, float *dk, float *dv, const float
             const int seen = sh->causal ? i + 1 : L;
             const float *qi = q + (lo + i) * qs + qo;
             double mx = -INFINITY;
-            for (int j = 0; j < seen; j++) {
+            int j = 0;
+            for (; j + 4 <= seen; j += 4) {   /* four keys at a time: the same sums */
+                double acc4[4];
+                SFX(dot_d4)(acc4, qi, k + (lo + j) * ks + ko, ks, dh);
+                for (int c = 0; c < 4; c++) {
+                    P[(size_t)i * L + j + c] = (float)(acc4[c] * scale);
+                    mx = fmax(mx, P[(size_t)i * L + j + c]);
+                }
+            }
+            for (; j < seen; j++) {
                 const float *kj = k + (lo + j) * ks + ko;
                 double acc = SFX(dot_d)(qi, kj, dh);
                 P[(size_t)i * L + j] = (float)(acc * scale);
@@ -218,7 +267,22 @@ static void SFX(attention_bwd_pair)(float *dq, float *dk, float *dv, const float
             const float *doi = dout + (lo + i) * os + qo;
             /* dP_ij = dO_i . v_j ; dv_j += P_ij dO_i */
             double rowdot = 0.0;
-            for (int j = 0; j < seen; j++) {
+            int j = 0;
+            for (; j + 4 <= seen; j += 4) {   /* four values at a time: the same sums, same order */
+                double acc4[4];
+                SFX(dot_d4)(acc4, doi, v + (lo + j) * ks + ko, ks, dh);
+                for (int c = 0; c < 4; c++) {
+                    float *dvj = dv + (lo + j + c) * ks + ko;
+                    const float pij = P[(size_t)i * L + j + c];
+                    #pragma omp simd
+                    for (int d = 0; d < dh; d++) {
+                        dvj[d] += pij * doi[d];
+                    }
+                    dP[j + c] = (float)acc4[c];
+                    rowdot += acc4[c] * pij;
+                }
+            }
+            for (; j < seen; j++) {
                 const float *vj = v + (lo + j) * ks + ko;
                 float *dvj = dv + (lo + j) * ks + ko;
                 const float pij = P[(size_t)i * L + j];
