@@ -183,3 +183,28 @@ def test_non_finite_loss_stops_naming_the_step(tiny):
     with pytest.raises(FloatingPointError, match="step 0"):
         tr.fit(PROMPTS, ANSWERS)
     assert np.array_equal(tr._core.params, before, equal_nan=True)
+
+
+def test_gradient_clipping_scales_the_step_gradient_to_max_grad_norm(tiny):
+    """max_grad_norm: the gradient of a step whose norm exceeds it is scaled
+    to that norm (torch.nn.utils.clip_grad_norm_ with eps 1e-6) before
+    AdamW; None leaves it alone. The norm is summed in float64 in chunks."""
+    from engine_py.finetune import _norm_f64
+
+    rng = np.random.default_rng(0)
+    for n in (1, 5, (1 << 16) - 1, 1 << 16, (1 << 16) * 3 + 7):
+        x = rng.standard_normal(n).astype(np.float32)
+        assert _norm_f64(x) == pytest.approx(np.linalg.norm(x.astype(np.float64)), rel=1e-12)
+    assert _norm_f64(np.zeros(0, np.float32)) == 0.0
+
+    def step_grad_norm(max_norm):
+        tr = Trainer(tiny.gguf["Q8_0"], r=2, alpha=4, lr=1e-3, epochs=1, batch_size=len(PROMPTS),
+                     seed=4, max_grad_norm=max_norm, show_progress_bar=False).fit(PROMPTS, ANSWERS)
+        g = np.concatenate([np.ravel(v) for v in tr.lora_state(grads=True).values()])
+        return float(np.linalg.norm(g.astype(np.float64)))
+
+    free = step_grad_norm(None)
+    assert free > 1e-2
+    cap = free / 10
+    assert step_grad_norm(cap) == pytest.approx(cap * free / (free + 1e-6), rel=1e-5)
+    assert step_grad_norm(free * 10) == pytest.approx(free, rel=1e-6)   # below the cap: untouched
