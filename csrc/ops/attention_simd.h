@@ -17,6 +17,58 @@
  * 0..i0+nq-1, and row i sees keys 0..i.
  */
 
+/* The forward's products run on the copy's native vector (ATT_NW floats:
+ * one zmm, ymm or xmm register), a 16-lane block as 16 / ATT_NW column
+ * chunks: GCC lowers v16f to pairs of ymm on AVX2 through memory. All
+ * EG_QB query rows' accumulators stay in registers (named a0..a7; an array
+ * of them was left in memory), and each output lane is the same sum in the
+ * same order as with v16f: no bit changes between the copies. (GCC defines
+ * __AVX512F__ / __AVX2__ inside each copy's `#pragma GCC target`.) */
+#undef ATT_NW
+#if defined(__AVX512F__)
+#define ATT_NW 16
+#elif defined(__AVX2__)
+#define ATT_NW 8
+#else
+#define ATT_NW 4
+#endif
+typedef float SFX(nv) __attribute__((vector_size(ATT_NW * sizeof(float))));
+_Static_assert(LANES % ATT_NW == 0 && EG_QB == 8, "a 16-lane block is whole native vectors");
+
+static inline __attribute__((always_inline)) SFX(nv) SFX(ldnv)(const float *p)
+{
+    SFX(nv) v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+/* ATT_ACC_ADD(x, ld, v): a_r += x[r * ld] * v for the EG_QB (8) rows;
+ * ATT_ACC_STORE(p, ld): row r's accumulator to p + r * ld. */
+#ifndef ATT_ACC_ADD
+#define ATT_ACC_ADD(x, ld, v)                                                             \
+    do {                                                                                  \
+        a0 += (x)[0] * (v);                                                               \
+        a1 += (x)[(size_t)(ld)] * (v);                                                    \
+        a2 += (x)[2 * (size_t)(ld)] * (v);                                                \
+        a3 += (x)[3 * (size_t)(ld)] * (v);                                                \
+        a4 += (x)[4 * (size_t)(ld)] * (v);                                                \
+        a5 += (x)[5 * (size_t)(ld)] * (v);                                                \
+        a6 += (x)[6 * (size_t)(ld)] * (v);                                                \
+        a7 += (x)[7 * (size_t)(ld)] * (v);                                                \
+    } while (0)
+#define ATT_ACC_STORE(p, ld)                                                              \
+    do {                                                                                  \
+        memcpy((p), &a0, sizeof a0);                                                      \
+        memcpy((p) + (size_t)(ld), &a1, sizeof a1);                                       \
+        memcpy((p) + 2 * (size_t)(ld), &a2, sizeof a2);                                   \
+        memcpy((p) + 3 * (size_t)(ld), &a3, sizeof a3);                                   \
+        memcpy((p) + 4 * (size_t)(ld), &a4, sizeof a4);                                   \
+        memcpy((p) + 5 * (size_t)(ld), &a5, sizeof a5);                                   \
+        memcpy((p) + 6 * (size_t)(ld), &a6, sizeof a6);                                   \
+        memcpy((p) + 7 * (size_t)(ld), &a7, sizeof a7);                                   \
+    } while (0)
+#endif
+
 /* 16-float vector loads/stores without alignment assumptions. */
 static inline __attribute__((always_inline)) v16f SFX(ld16)(const float *p)
 {
@@ -91,21 +143,14 @@ static void SFX(attention_head)(float *out, size_t ldo, const float *q, size_t l
                 }
             }
         }
-        /* scores: S[r][j] = q_r . k_j */
-        for (size_t jb = 0; jb < Lkp; jb += LANES) {
-            v16f acc[EG_QB];
-            for (int r = 0; r < EG_QB; r++) {
-                acc[r] = (v16f){0};
-            }
+        /* scores: S[r][j] = q_r . k_j, one native vector of keys at a time */
+        for (size_t jb = 0; jb < Lkp; jb += ATT_NW) {
+            SFX(nv) a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0}, a4 = {0}, a5 = {0}, a6 = {0}, a7 = {0};
             for (int d = 0; d < dh; d++) {
-                v16f kv = SFX(ld16)(Kt + (size_t)d * Lp + jb);
-                for (int r = 0; r < EG_QB; r++) {
-                    acc[r] += Q[(size_t)r * dp + d] * kv;
-                }
+                const SFX(nv) kv = SFX(ldnv)(Kt + (size_t)d * Lp + jb);
+                ATT_ACC_ADD(Q + d, dp, kv);
             }
-            for (int r = 0; r < EG_QB; r++) {
-                SFX(st16)(S + (size_t)r * Lp + jb, acc[r]);
-            }
+            ATT_ACC_STORE(S + jb, Lp);
         }
         /* softmax numerators per row (eg_vmath.h, fixed-lane max and sum);
          * a causal row i sees i + 1 keys */
@@ -115,24 +160,26 @@ static void SFX(attention_head)(float *out, size_t ldo, const float *q, size_t l
             inv[r] = SFX(vm_softmax_lanes)(S + (size_t)r * Lp, seen, Lkp);
         }
         /* out_r = sum_j p_rj v_j / sum_r */
-        for (size_t db = 0; db < dp; db += LANES) {
-            v16f acc[EG_QB];
-            for (int r = 0; r < EG_QB; r++) {
-                acc[r] = (v16f){0};
-            }
+        for (size_t db = 0; db < (size_t)dh; db += ATT_NW) {   /* padding columns: never read */
+            SFX(nv) a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0}, a4 = {0}, a5 = {0}, a6 = {0}, a7 = {0};
             for (int j = 0; j < Lk; j++) {
-                v16f vv = SFX(ld16)(V + (size_t)j * dp + db);
-                for (int r = 0; r < EG_QB; r++) {
-                    acc[r] += S[(size_t)r * Lp + j] * vv;
-                }
+                const SFX(nv) vv = SFX(ldnv)(V + (size_t)j * dp + db);
+                ATT_ACC_ADD(S + j, Lp, vv);
             }
-            const int nd = dh - (int)db < LANES ? dh - (int)db : LANES;
+            float tmp[EG_QB * ATT_NW];
+            ATT_ACC_STORE(tmp, ATT_NW);
+            const int nd = dh - (int)db < ATT_NW ? dh - (int)db : ATT_NW;
             for (int r = 0; r < nq; r++) {
-                float tmp[LANES];
-                SFX(st16)(tmp, acc[r] * inv[r]);
+                const SFX(nv) o_r = SFX(ldnv)(tmp + (size_t)r * ATT_NW) * inv[r];
                 float *o = out + (size_t)(i0 + r) * ldo + db;
-                for (int d = 0; d < nd; d++) {
-                    o[d] = tmp[d];
+                if (nd == ATT_NW) {
+                    memcpy(o, &o_r, sizeof o_r);
+                } else {
+                    float t[ATT_NW];
+                    memcpy(t, &o_r, sizeof o_r);
+                    for (int d = 0; d < nd; d++) {
+                        o[d] = t[d];
+                    }
                 }
             }
         }
