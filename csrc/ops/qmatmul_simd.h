@@ -69,6 +69,46 @@ static inline __attribute__((always_inline)) v16i SFX(q_sbytes)(const int8_t *p)
     return r;
 }
 
+/* deq_row's element-wise blocks run on the copy's native width (Q_NW
+ * lanes: one zmm, ymm or xmm register): on AVX2, GCC lowers the 16-lane
+ * types through memory, lane by lane. Element-wise, so the width changes no
+ * bit. */
+#undef Q_NW
+#if defined(__AVX512F__)
+#define Q_NW 16
+#elif defined(__AVX2__)
+#define Q_NW 8
+#else
+#define Q_NW 4
+#endif
+typedef float SFX(qnv) __attribute__((vector_size(Q_NW * sizeof(float))));
+typedef int32_t SFX(qni) __attribute__((vector_size(Q_NW * sizeof(int32_t))));
+
+/* Q_NW bytes to int32 lanes, zero- (sgn = 0) or sign-extended (sgn = 1). */
+static inline __attribute__((always_inline)) SFX(qni) SFX(q_bytes_n)(const uint8_t *p, int sgn)
+{
+    SFX(qni) r;
+#if defined(__AVX512F__)
+    __m128i b = _mm_loadu_si128((const __m128i *)(const void *)p);
+    __m512i v = sgn ? _mm512_cvtepi8_epi32(b) : _mm512_cvtepu8_epi32(b);
+    memcpy(&r, &v, sizeof r);
+#elif defined(__AVX2__)
+    __m128i b = _mm_loadl_epi64((const __m128i *)(const void *)p);
+    __m256i v = sgn ? _mm256_cvtepi8_epi32(b) : _mm256_cvtepu8_epi32(b);
+    memcpy(&r, &v, sizeof r);
+#else
+    for (int l = 0; l < Q_NW; l++) {
+        r[l] = sgn ? (int32_t)(int8_t)p[l] : (int32_t)p[l];
+    }
+#endif
+    return r;
+}
+
+static inline __attribute__((always_inline)) void SFX(q_st_n)(float *p, SFX(qnv) v)
+{
+    memcpy(p, &v, sizeof v);
+}
+
 static inline __attribute__((always_inline)) v16f SFX(q_f)(v16i v)
 {
     return __builtin_convertvector(v, v16f);
@@ -118,9 +158,11 @@ static void SFX(deq_row)(int type, const uint8_t *s, float *y, int cols)
         const eg_block_q4_0 *x = (const eg_block_q4_0 *)(const void *)s;
         for (int i = 0; i < cols / EG_QK; i++, y += EG_QK) {
             const float d = SFX(q_h2f)(x[i].d);
-            v16i q = SFX(q_bytes)(x[i].qs);
-            SFX(q_st)(y, d * SFX(q_f)((q & lo4) - 8));
-            SFX(q_st)(y + 16, d * SFX(q_f)((q >> 4) - 8));
+            for (int c = 0; c < 16; c += Q_NW) {
+                SFX(qni) q = SFX(q_bytes_n)(x[i].qs + c, 0);
+                SFX(q_st_n)(y + c, d * __builtin_convertvector((q & 0x0F) - 8, SFX(qnv)));
+                SFX(q_st_n)(y + 16 + c, d * __builtin_convertvector((q >> 4) - 8, SFX(qnv)));
+            }
         }
         return;
     }
@@ -128,11 +170,13 @@ static void SFX(deq_row)(int type, const uint8_t *s, float *y, int cols)
         const eg_block_q4_1 *x = (const eg_block_q4_1 *)(const void *)s;
         for (int i = 0; i < cols / EG_QK; i++, y += EG_QK) {
             const float d = SFX(q_h2f)(x[i].d), m = SFX(q_h2f)(x[i].m);
-            v16i q = SFX(q_bytes)(x[i].qs);
-            v16f p0 = d * SFX(q_f)(q & lo4);
-            v16f p1 = d * SFX(q_f)(q >> 4);
-            SFX(q_st)(y, p0 + m);
-            SFX(q_st)(y + 16, p1 + m);
+            for (int c = 0; c < 16; c += Q_NW) {
+                SFX(qni) q = SFX(q_bytes_n)(x[i].qs + c, 0);
+                SFX(qnv) p0 = d * __builtin_convertvector(q & 0x0F, SFX(qnv));
+                SFX(qnv) p1 = d * __builtin_convertvector(q >> 4, SFX(qnv));
+                SFX(q_st_n)(y + c, p0 + m);
+                SFX(q_st_n)(y + 16 + c, p1 + m);
+            }
         }
         return;
     }
@@ -167,8 +211,10 @@ static void SFX(deq_row)(int type, const uint8_t *s, float *y, int cols)
         const eg_block_q8_0 *x = (const eg_block_q8_0 *)(const void *)s;
         for (int i = 0; i < cols / EG_QK; i++, y += EG_QK) {
             const float d = SFX(q_h2f)(x[i].d);
-            SFX(q_st)(y, SFX(q_f)(SFX(q_sbytes)(x[i].qs)) * d);
-            SFX(q_st)(y + 16, SFX(q_f)(SFX(q_sbytes)(x[i].qs + 16)) * d);
+            for (int c = 0; c < EG_QK; c += Q_NW) {
+                const SFX(qni) q = SFX(q_bytes_n)((const uint8_t *)x[i].qs + c, 1);
+                SFX(q_st_n)(y + c, __builtin_convertvector(q, SFX(qnv)) * d);
+            }
         }
         return;
     }
