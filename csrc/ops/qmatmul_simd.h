@@ -376,6 +376,51 @@ static inline __attribute__((always_inline)) void SFX(dot_block)(
         acc[j] = (v16f){0};
     }
     const int c16 = cols & ~15;
+#if defined(__AVX2__) && defined(__FMA__) && !defined(__AVX512F__)
+    /* AVX2: 16 accumulators of 16 lanes are 32 ymm registers (of 16), so
+     * GCC spilled them every step. Here each 8-lane half of the lanes runs
+     * on its own, two weight rows at a time (at most 8 accumulators): lane l
+     * still sums the k = l mod 16 terms in order of k, each a fused
+     * multiply-add as before, so the bits do not change. */
+    for (int hf = 0; hf < 16; hf += 8) {
+        for (int r0 = 0; r0 < NR; r0 += 2) {
+            const int two = NR - r0 > 1;
+            __m256 a00 = _mm256_setzero_ps(), a01 = a00, a02 = a00, a03 = a00;
+            __m256 a10 = a00, a11 = a00, a12 = a00, a13 = a00;
+            const float *w0 = w + (size_t)r0 * cols + hf, *w1 = w0 + (two ? cols : 0);
+            const float *x0 = x + hf;
+            for (int k = 0; k < c16; k += 16) {
+                const __m256 wa = _mm256_loadu_ps(w0 + k), wb = _mm256_loadu_ps(w1 + k);
+                __m256 xv = _mm256_loadu_ps(x0 + k);
+                a00 = _mm256_fmadd_ps(wa, xv, a00);
+                a10 = _mm256_fmadd_ps(wb, xv, a10);
+                if (NT > 1) {
+                    xv = _mm256_loadu_ps(x0 + ldx + k);
+                    a01 = _mm256_fmadd_ps(wa, xv, a01);
+                    a11 = _mm256_fmadd_ps(wb, xv, a11);
+                }
+                if (NT > 2) {
+                    xv = _mm256_loadu_ps(x0 + 2 * ldx + k);
+                    a02 = _mm256_fmadd_ps(wa, xv, a02);
+                    a12 = _mm256_fmadd_ps(wb, xv, a12);
+                }
+                if (NT > 3) {
+                    xv = _mm256_loadu_ps(x0 + 3 * ldx + k);
+                    a03 = _mm256_fmadd_ps(wa, xv, a03);
+                    a13 = _mm256_fmadd_ps(wb, xv, a13);
+                }
+            }
+            /* row r0 + 1's sums are used only when that row exists */
+            const __m256 rows[2][4] = {{a00, a01, a02, a03}, {a10, a11, a12, a13}};
+            for (int i = 0; i < 1 + two; i++) {
+                for (int t = 0; t < NT; t++) {
+                    memcpy((char *)&acc[4 * (r0 + i) + t] + hf * sizeof(float), &rows[i][t],
+                           sizeof(__m256));
+                }
+            }
+        }
+    }
+#else
     for (int k = 0; k < c16; k += 16) {
         v16f wv[4];
         for (int r = 0; r < NR; r++) {
@@ -388,6 +433,7 @@ static inline __attribute__((always_inline)) void SFX(dot_block)(
             }
         }
     }
+#endif
     if (c16 < cols) {   /* F16 / BF16 rows whose length is not a multiple of 16 */
         for (int r = 0; r < NR; r++) {
             for (int t = 0; t < NT; t++) {
