@@ -200,6 +200,27 @@ static void adj_relu_experts(float *M, const float *Zp, const float *Ahat, int T
     }
 }
 
+/* dh (Nn,g) = Ahat[:N, :]^T dm for one token: dh[f] = sum_{e<N} Ahat[e, f] dm[e]
+ * (the last layer's input gradient taken back to the node rows). */
+static void adj_t_experts_token(float *dh, const float *dm, const float *Ahat, int N, int g)
+{
+    const int Nn = N + 1;
+    for (int f = 0; f < Nn; f++) {
+        float *df = dh + (size_t)f * g;
+        memset(df, 0, (size_t)g * sizeof(float));
+        for (int e = 0; e < N; e++) {
+            const float a = Ahat[(size_t)e * Nn + f];
+            if (a == 0.0f) {
+                continue;
+            }
+            const float *de = dm + (size_t)e * g;
+            for (int c = 0; c < g; c++) {
+                df[c] += a * de[c];
+            }
+        }
+    }
+}
+
 /* The backward's last step over the tokens, layer 1's input side: for token t
  * dq[t] = sum_n Ahat[n, N] dZ1[t, n] (the token node's rank-one term) and
  * Sn = sum_t dZ1[t] (the shared expert term), the latter in RED_CHUNKS fixed
@@ -220,26 +241,11 @@ static void layer1_tail(float *dq, double *red, float *dZ, const float *dM, cons
         for (int t = chunk_lo(k, T); t < chunk_lo(k + 1, T); t++) {
             float *dz = dZ + (size_t)t * ns;
             if (dM != NULL) {
-                const float *dm = dM + (size_t)t * N * g;
+                adj_t_experts_token(dz, dM + (size_t)t * N * g, Ahat, N, g);
                 const float *z = Z1 + (size_t)t * ns;
-                for (int f = 0; f < Nn; f++) {
-                    float *dh = dz + (size_t)f * g;
-                    memset(dh, 0, (size_t)g * sizeof(float));
-                    for (int e = 0; e < N; e++) {
-                        const float a = Ahat[(size_t)e * Nn + f];
-                        if (a == 0.0f) {
-                            continue;
-                        }
-                        const float *de = dm + (size_t)e * g;
-                        for (int c = 0; c < g; c++) {
-                            dh[c] += a * de[c];
-                        }
-                    }
-                    const float *zf = z + (size_t)f * g;
-                    for (int c = 0; c < g; c++) {
-                        const float v = dh[c];   /* unconditional load: the loop vectorises */
-                        dh[c] = zf[c] > 0.0f ? v : 0.0f;
-                    }
+                for (size_t i = 0; i < ns; i++) {
+                    const float v = dz[i];   /* unconditional load: the loop vectorises */
+                    dz[i] = z[i] > 0.0f ? v : 0.0f;
                 }
             }
             float *o = dq + (size_t)t * g;
@@ -457,21 +463,7 @@ eg_status eg_graph_router_backward(float *dx, float *dWs, float *dWt, float *dWl
             /* dH_{L-1}[t, f] = sum_{e<N} Ahat[e, f] dM[t, e] */
             #pragma omp parallel for schedule(static)
             for (int t = 0; t < T; t++) {
-                const float *dm = M + (size_t)t * N * g;
-                for (int f = 0; f < Nn; f++) {
-                    float *dh = dH + ((size_t)t * Nn + f) * g;
-                    memset(dh, 0, (size_t)g * sizeof(float));
-                    for (int e = 0; e < N; e++) {
-                        const float a = Ahat[(size_t)e * Nn + f];
-                        if (a == 0.0f) {
-                            continue;
-                        }
-                        const float *de = dm + (size_t)e * g;
-                        for (int c = 0; c < g; c++) {
-                            dh[c] += a * de[c];
-                        }
-                    }
-                }
+                adj_t_experts_token(dH + (size_t)t * Nn * g, M + (size_t)t * N * g, Ahat, N, g);
             }
         }
         for (int l = l0; l >= 0; l--) {
