@@ -61,10 +61,13 @@ def warn_if_bf16_emulated(core, precision, what: str) -> bool:
     lowered it away). True when it warned."""
     import warnings
 
-    if precision != "bfloat16" or core.build_info()["bf16_kernel"]:
+    if precision != "bfloat16":
+        return False
+    info = core.build_info()
+    if info["bf16_kernel"]:
         return False
     warnings.warn(f"{what}: precision='bfloat16' is emulated on this CPU (no AVX512-BF16 kernel, "
-                  "core ISA " + str(core.build_info().get("isa", "?")) + "): the same results as on "
+                  "core ISA " + str(info.get("isa", "?")) + "): the same results as on "
                   "a BF16 CPU, but no faster than float32 (often slower); use precision='float32' "
                   "for speed here", BFloat16EmulationWarning, stacklevel=_user_stacklevel())
     return True
