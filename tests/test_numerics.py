@@ -64,6 +64,18 @@ for router in ("graph", "linear", "switch"):
     layer.step(lr=1e-2)
     y2, _ = layer.forward(x)
     out[f"moe_{router}_y"], out[f"moe_{router}_dx"], out[f"moe_{router}_y2"] = y, dx, y2
+# the graph router's per-token rows (graph_router_simd.h) on a width that is no
+# multiple of their 16 lanes, with 1 and 3 GCN layers and per-expert readouts
+for layers, readout in ((2, "per_expert"), (1, "shared"), (3, "shared")):
+    layer = MoELoRAFFN(bw, router="graph", num_experts=4, top_k=2, gcn_dim=20,
+                       gcn_layers=layers, graph_readout=readout, seed=2)
+    x = rng.standard_normal((23, H)).astype(np.float32)
+    y, aux = layer.forward(x)
+    dx = layer.backward(np.ones_like(y))
+    layer.step(lr=1e-2)
+    y2, _ = layer.forward(x)
+    key = f"moe_graph{layers}_{readout}"
+    out[key + "_y"], out[key + "_dx"], out[key + "_y2"] = y, dx, y2
 
 # a tiny Llama-family decoder (qwen2 layout: biases, neox RoPE, GQA) with
 # float32 and float16 weights, on packed texts of several lengths

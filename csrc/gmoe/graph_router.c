@@ -191,6 +191,34 @@ static void adj_relu_token(float *m, const float *z, const float *Ahat, int N, i
     }
 }
 
+/* Layer 1's pre-activation at node n with its rank-one term q1[t]:
+ * Z1[t, n, c] = Cs[n, c] + Ahat[n, N] q1[t, c]. One expression for the
+ * forward and for the backward's ReLU mask, so both see the same bits. */
+static inline float layer1_pre(float cs, float a, float q)
+{
+    return cs + a * q;
+}
+
+/* The per-token rows, one copy per instruction set (graph_router_simd.h). */
+#define LANES 16
+#define EG_ISA_BODY "../gmoe/graph_router_simd.h"
+#include "eg_isa.h"
+
+typedef struct {
+    void (*two_layer_input)(float *m, const float *q, const float *Cs, const float *Ahat, int N,
+                            int g);
+    void (*two_layer_tail)(float *o, double *acc, const float *dm, const float *q,
+                           const float *Cs, const float *Ahat, int N, int g);
+    float (*readout)(const float *z, const float *p, int g);
+    void (*readout_back)(double *acc, float *dg, const float *z, const float *p, float dl, int g);
+} gr_kernels;
+
+#define GR_SET(sfx)                                                                          \
+    {EG_CAT2(gr_two_layer_input, sfx), EG_CAT2(gr_two_layer_tail, sfx),                   \
+     EG_CAT2(gr_readout, sfx), EG_CAT2(gr_readout_back, sfx)}
+
+static const gr_kernels gr_copies[EG_ISA_NCOPIES] = EG_ISA_COPIES(GR_SET);
+
 /* M[t] = Ahat[:N, :] relu(Zp[t]) for every token (Zp (T,Nn,g), M (T,N,g)). */
 static void adj_relu_experts(float *M, const float *Zp, const float *Ahat, int T, int N, int g)
 {
@@ -221,16 +249,14 @@ static void adj_t_experts_token(float *dh, const float *dm, const float *Ahat, i
     }
 }
 
-/* The backward's last step over the tokens, layer 1's input side: for token t
+/* The backward's last step over the tokens, layer 1's input side (GCNs of
+ * one or of three and more layers), from dZ1 (T,Nn,g): for token t
  * dq[t] = sum_n Ahat[n, N] dZ1[t, n] (the token node's rank-one term) and
  * Sn = sum_t dZ1[t] (the shared expert term), the latter in RED_CHUNKS fixed
  * token chunks (double partial sums in red, added in chunk order by the
- * caller: the bits do not depend on the thread count). With dM != NULL (the
- * two-layer GCN) dZ1[t] is first made here from the last layer's input
- * gradient, dZ1[t, f] = [Z1[t, f] > 0] sum_{e<N} Ahat[e, f] dM[t, e], while
- * dM[t] is in cache, instead of in passes of its own over all tokens. */
-static void layer1_tail(float *dq, double *red, float *dZ, const float *dM, const float *Z1,
-                        const float *Ahat, int T, int N, int g)
+ * caller: the bits do not depend on the thread count). */
+static void layer1_tail(float *dq, double *red, const float *dZ, const float *Ahat, int T, int N,
+                        int g)
 {
     const int Nn = N + 1;
     const size_t ns = (size_t)Nn * g;
@@ -239,15 +265,7 @@ static void layer1_tail(float *dq, double *red, float *dZ, const float *dM, cons
         double *acc = red + (size_t)k * ns;
         memset(acc, 0, ns * sizeof *acc);
         for (int t = chunk_lo(k, T); t < chunk_lo(k + 1, T); t++) {
-            float *dz = dZ + (size_t)t * ns;
-            if (dM != NULL) {
-                adj_t_experts_token(dz, dM + (size_t)t * N * g, Ahat, N, g);
-                const float *z = Z1 + (size_t)t * ns;
-                for (size_t i = 0; i < ns; i++) {
-                    const float v = dz[i];   /* unconditional load: the loop vectorises */
-                    dz[i] = z[i] > 0.0f ? v : 0.0f;
-                }
-            }
+            const float *dz = dZ + (size_t)t * ns;
             float *o = dq + (size_t)t * g;
             memset(o, 0, (size_t)g * sizeof(float));
             for (int n = 0; n < Nn; n++) {
@@ -264,6 +282,53 @@ static void layer1_tail(float *dq, double *red, float *dZ, const float *dM, cons
     }
 }
 
+/* The two-layer GCN's backward over the tokens, from the last layer's input
+ * gradient dM (T,N,g) to layer 1's input side without storing dZ1
+ * (gr_two_layer_tail, token by token): dq[t] = sum_f Ahat[f, N] dZ1[t, f]
+ * and Sn = sum_t dZ1[t], the latter in RED_CHUNKS fixed token chunks (double
+ * partial sums in red, added in chunk order by the caller: the bits do not
+ * depend on the thread count). The same sums in the same order as
+ * layer1_tail over a stored dZ1. */
+static void two_layer_tail(float *dq, double *red, const float *dM, const float *q1,
+                           const float *Cs, const float *Ahat, int T, int N, int g)
+{
+    const gr_kernels *kr = &gr_copies[eg_isa_level()];
+    const size_t ns = (size_t)(N + 1) * g;
+    #pragma omp parallel for schedule(static)
+    for (int k = 0; k < RED_CHUNKS; k++) {
+        double *acc = red + (size_t)k * ns;
+        memset(acc, 0, ns * sizeof *acc);
+        for (int t = chunk_lo(k, T); t < chunk_lo(k + 1, T); t++) {
+            kr->two_layer_tail(dq + (size_t)t * g, acc, dM + (size_t)t * N * g, q1 + (size_t)t * g,
+                               Cs, Ahat, N, g);
+        }
+    }
+}
+
+/* Layer 1's shared expert term: U = relu(X Ws^T) (N,g) (Upre before the ReLU,
+ * may be NULL), P1 = U W1^T (N,g), Cs = Ahat[:, :N] P1 (Nn,g). */
+static void shared_layer1(float *Cs, float *P1, float *U, float *Upre, const float *X,
+                          const float *Ws, const float *W1, const float *Ahat, int N, int g,
+                          int H)
+{
+    const int Nn = N + 1;
+    eg_sgemm(0, 1, N, g, H, 1.0f, X, H, Ws, H, 0.0f, U, g);
+    if (Upre != NULL) {
+        memcpy(Upre, U, (size_t)N * g * sizeof(float));
+    }
+    relu_copy(U, U, (size_t)N * g);
+    eg_sgemm(0, 1, N, g, g, 1.0f, U, g, W1, g, 0.0f, P1, g);
+    for (int n = 0; n < Nn; n++) {
+        for (int c = 0; c < g; c++) {
+            float acc = 0.0f;
+            for (int f = 0; f < N; f++) {
+                acc += Ahat[(size_t)n * Nn + f] * P1[(size_t)f * g + c];
+            }
+            Cs[(size_t)n * g + c] = acc;
+        }
+    }
+}
+
 eg_status eg_graph_router_forward(float *logits, float *Zt, float *Z, const float *x,
                                   const float *X, const float *Ws, const float *Wt,
                                   const float *Wl, const float *pvec, const float *Ahat,
@@ -276,44 +341,44 @@ eg_status eg_graph_router_forward(float *logits, float *Zt, float *Z, const floa
      * rounding would flip near-ties (a bf16 model routes as a float32 one) */
     const int prec = EG_PREC_F32;
     const size_t elayer = (size_t)T * N * g;   /* the last layer: expert rows only */
+    const gr_kernels *kr = &gr_copies[eg_isa_level()];
     float *U, *P1, *Cs, *tt, *q1, *Hp, *Q, *M;
     {
         const size_t n[] = {(size_t)N * g, (size_t)N * g, (size_t)Nn * g, (size_t)T * g,
-                            (size_t)T * g, L > 2 ? layer : 0, L > 2 ? layer : 0,
-                            L > 1 ? elayer : 0};
+                            L == 2 ? 0 : (size_t)T * g, L > 2 ? layer : 0, L > 2 ? layer : 0,
+                            L > 2 ? elayer : 0};
         float **out[] = {&U, &P1, &Cs, &tt, &q1, &Hp, &Q, &M};
         if (ws_carve(8, n, out) < 0) {
             return eg_seterr(err, EG_ENOMEM, "graph router forward: out of memory (T=%d)", T);
         }
     }
-    eg_sgemm(0, 1, N, g, H, 1.0f, X, H, Ws, H, 0.0f, U, g);
-    relu_copy(U, U, (size_t)N * g);
+    if (L == 2) {
+        /* saved in Z's first slice: the last layer's input M (T,N,g), then q1 (T,g) */
+        M = Z;
+        q1 = Z + elayer;
+    }
+    /* layer 1, shared expert term and per-token rank-one term */
+    shared_layer1(Cs, P1, U, NULL, X, Ws, Wl, Ahat, N, g, H);
     eg_gemm_prec(prec, 0, 1, T, g, H, 1.0f, x, H, Wt, H, 0.0f, Zt, g);
     relu_copy(tt, Zt, (size_t)T * g);
-    /* layer 1, shared expert term and per-token rank-one term */
-    eg_sgemm(0, 1, N, g, g, 1.0f, U, g, Wl, g, 0.0f, P1, g);
     eg_gemm_prec(prec, 0, 1, T, g, g, 1.0f, tt, g, Wl, g, 0.0f, q1, g);
-    for (int n = 0; n < Nn; n++) {
-        for (int c = 0; c < g; c++) {
-            float acc = 0.0f;
-            for (int f = 0; f < N; f++) {
-                acc += Ahat[(size_t)n * Nn + f] * P1[(size_t)f * g + c];
-            }
-            Cs[(size_t)n * g + c] = acc;
+    if (L == 2) {
+        /* the last layer's input straight from q1: Z1 is never stored */
+        #pragma omp parallel for schedule(static)
+        for (int t = 0; t < T; t++) {
+            kr->two_layer_input(M + (size_t)t * N * g, q1 + (size_t)t * g, Cs, Ahat, N, g);
         }
-    }
-    #pragma omp parallel for schedule(static)
-    for (int t = 0; t < T; t++) {
-        float *z = Z + (size_t)t * Nn * g;
-        const float *qt = q1 + (size_t)t * g;
-        for (int n = 0; n < Nn; n++) {
-            float a = Ahat[(size_t)n * Nn + N];
-            for (int c = 0; c < g; c++) {
-                z[(size_t)n * g + c] = Cs[(size_t)n * g + c] + a * qt[c];
+    } else {
+        #pragma omp parallel for schedule(static)
+        for (int t = 0; t < T; t++) {
+            float *z = Z + (size_t)t * Nn * g;
+            const float *qt = q1 + (size_t)t * g;
+            for (int n = 0; n < Nn; n++) {
+                const float a = Ahat[(size_t)n * Nn + N];
+                for (int c = 0; c < g; c++) {
+                    z[(size_t)n * g + c] = layer1_pre(Cs[(size_t)n * g + c], a, qt[c]);
+                }
             }
-        }
-        if (L == 2) {   /* the last layer's input, while this token's rows are in cache */
-            adj_relu_token(M + (size_t)t * N * g, z, Ahat, N, g);
         }
     }
     for (int l = 1; l < L - 1; l++) {
@@ -338,13 +403,8 @@ eg_status eg_graph_router_forward(float *logits, float *Zt, float *Z, const floa
         #pragma omp parallel for schedule(static)
         for (int t = 0; t < T; t++) {
             for (int e = 0; e < N; e++) {
-                const float *z = ZL + ((size_t)t * zrows + e) * g;
-                const float *pe = pvec + (size_t)e * pstride;
-                float acc = 0.0f;
-                for (int c = 0; c < g; c++) {
-                    acc += relu_nan(z[c]) * pe[c];
-                }
-                logits[(size_t)t * N + e] = acc;
+                logits[(size_t)t * N + e] =
+                    kr->readout(ZL + ((size_t)t * zrows + e) * g, pvec + (size_t)e * pstride, g);
             }
         }
     }
@@ -362,14 +422,17 @@ eg_status eg_graph_router_backward(float *dx, float *dWs, float *dWt, float *dWl
     const size_t nodes = (size_t)T * Nn, layer = nodes * g;
     const int prec = d->prec;
     const size_t elayer = (size_t)T * N * g;
-    float *dH, *dZ, *Hp, *dG, *M, *Upre, *U, *tt, *dq, *dtt, *Sn, *dP, *dU;
+    const gr_kernels *kr = &gr_copies[eg_isa_level()];
+    float *dH, *dZ, *Hp, *dG, *M, *Upre, *U, *tt, *dq, *dtt, *Sn, *dP, *dU, *P1, *Cs;
     {
-        const size_t n[] = {L == 2 ? 0 : layer, layer, L > 2 ? layer : 0, L > 1 ? elayer : 0,
-                            L > 1 ? elayer : 0, (size_t)N * g, (size_t)N * g, (size_t)T * g,
-                            (size_t)T * g, (size_t)T * g, (size_t)Nn * g, (size_t)N * g,
-                            (size_t)N * g};
-        float **out[] = {&dH, &dZ, &Hp, &dG, &M, &Upre, &U, &tt, &dq, &dtt, &Sn, &dP, &dU};
-        if (ws_carve(13, n, out) < 0) {
+        const size_t n[] = {L == 2 ? 0 : layer, L == 2 ? 0 : layer, L > 2 ? layer : 0,
+                            L > 1 ? elayer : 0, L > 1 ? elayer : 0, (size_t)N * g,
+                            (size_t)N * g, (size_t)T * g, (size_t)T * g, (size_t)T * g,
+                            (size_t)Nn * g, (size_t)N * g, (size_t)N * g, (size_t)N * g,
+                            (size_t)Nn * g};
+        float **out[] = {&dH, &dZ, &Hp, &dG, &M, &Upre, &U, &tt, &dq, &dtt, &Sn, &dP, &dU, &P1,
+                         &Cs};
+        if (ws_carve(15, n, out) < 0) {
             return eg_seterr(err, EG_ENOMEM, "graph router backward: out of memory (T=%d)", T);
         }
     }
@@ -379,10 +442,14 @@ eg_status eg_graph_router_backward(float *dx, float *dWs, float *dWt, float *dWl
     const float *ZL = Z + (size_t)(L - 1) * layer;
     const int zrows = L > 1 ? N : Nn;   /* rows per token in ZL (the forward's layout) */
     const size_t pstride = d->per_expert_proj ? (size_t)g : 0;
+    /* layer 1's shared term as the forward made it (U, Upre for its ReLU mask) */
+    shared_layer1(Cs, P1, U, Upre, X, Ws, Wl, Ahat, N, g, H);
     /* logits = relu(Z_L[:, :N]) . pvec (shared), or . pvec[e] (per expert):
      * dpvec = sum over tokens of dlogits * relu(Z_L), read row by row in
      * RED_CHUNKS fixed token chunks (double partial sums, added in chunk
-     * order: the result does not depend on the thread count) */
+     * order: the result does not depend on the thread count). With L > 1 the
+     * same pass makes the last layer's pre-activation gradient
+     * dG[t, e] = [Z_L[t, e] > 0] dlogits[t, e] pvec(e) while the row is in cache. */
     {
         const size_t np = d->per_expert_proj ? (size_t)N * g : (size_t)g;
         if (chunk_sums(red, np, T, &red_n) < 0) {
@@ -395,12 +462,10 @@ eg_status eg_graph_router_backward(float *dx, float *dWs, float *dWt, float *dWl
             memset(acc, 0, np * sizeof *acc);
             for (int t = chunk_lo(k, T); t < chunk_lo(k + 1, T); t++) {
                 for (int e = 0; e < N; e++) {
-                    const float *z = ZL + ((size_t)t * zrows + e) * g;
-                    const double dl = dlogits[(size_t)t * N + e];
-                    double *a = acc + (d->per_expert_proj ? (size_t)e * g : 0);
-                    for (int c = 0; c < g; c++) {
-                        a[c] += dl * (double)(z[c] > 0.0f ? z[c] : 0.0f);
-                    }
+                    kr->readout_back(acc + (d->per_expert_proj ? (size_t)e * g : 0),
+                                     L > 1 ? dG + ((size_t)t * N + e) * g : NULL,
+                                     ZL + ((size_t)t * zrows + e) * g, pvec + (size_t)e * pstride,
+                                     dlogits[(size_t)t * N + e], g);
                 }
             }
         }
@@ -427,25 +492,18 @@ eg_status eg_graph_router_backward(float *dx, float *dWs, float *dWt, float *dWl
         }
     } else {
         /* last layer, expert rows only: Z_L[t, :N] = M[t] W_L^T with
-         * M[t] = Ahat[:N, :] relu(Z_{L-1}[t]) (recomputed here) */
-        #pragma omp parallel for schedule(static)
-        for (int t = 0; t < T; t++) {
-            for (int e = 0; e < N; e++) {
-                const float *z = ZL + ((size_t)t * zrows + e) * g;
-                float *dg = dG + ((size_t)t * N + e) * g;
-                const float dl = dlogits[(size_t)t * N + e];
-                const float *pe = pvec + (size_t)e * pstride;
-                for (int c = 0; c < g; c++) {
-                    const float v = dl * pe[c];   /* unconditional: the loop vectorises */
-                    dg[c] = z[c] > 0.0f ? v : 0.0f;
-                }
-            }
+         * M[t] = Ahat[:N, :] relu(Z_{L-1}[t]): saved by the forward when
+         * L == 2, recomputed here when L > 2 */
+        const float *Min = M;
+        if (L == 2) {
+            Min = Z;
+        } else {
+            adj_relu_experts(M, Z + (size_t)(L - 2) * layer, Ahat, T, N, g);
         }
-        adj_relu_experts(M, Z + (size_t)(L - 2) * layer, Ahat, T, N, g);
         const float *WL = Wl + (size_t)(L - 1) * g * g;
         /* float32 in both precisions: a (g,g) result over T*N terms is as fast
          * as the bf16 kernel here (its transposed-A packing costs as much) */
-        eg_sgemm(1, 0, g, g, T * N, 1.0f, dG, g, M, g, 1.0f, dWl + (size_t)(L - 1) * g * g, g);
+        eg_sgemm(1, 0, g, g, T * N, 1.0f, dG, g, Min, g, 1.0f, dWl + (size_t)(L - 1) * g * g, g);
         eg_gemm_prec(prec, 0, 0, T * N, g, g, 1.0f, dG, g, WL, g, 0.0f, M, g); /* M = dM */
         l0 = L - 2;
     }
@@ -456,8 +514,8 @@ eg_status eg_graph_router_backward(float *dx, float *dWs, float *dWt, float *dWl
         goto done;
     }
     if (L == 2) {
-        /* dZ1 straight from dM, token by token, with dq and Sn (layer1_tail) */
-        layer1_tail(dq, red, dZ, M, Z, Ahat, T, N, g);
+        /* dZ1 from dM and the mask remade from q1, token by token (two_layer_tail) */
+        two_layer_tail(dq, red, M, Z + elayer, Cs, Ahat, T, N, g);
     } else {
         if (L > 2) {
             /* dH_{L-1}[t, f] = sum_{e<N} Ahat[e, f] dM[t, e] */
@@ -489,7 +547,7 @@ eg_status eg_graph_router_backward(float *dx, float *dWs, float *dWt, float *dWl
             dZ = sw;
         }
         /* layer 1: Z1[t, n] = sum_{f<N} Ahat[n,f] P1_f + Ahat[n,N] q1_t */
-        layer1_tail(dq, red, dZ, NULL, Z, Ahat, T, N, g);
+        layer1_tail(dq, red, dZ, Ahat, T, N, g);
     }
     /* Sn = sum over tokens of dZ1[t] (Nn, g): the chunks' sums in chunk order */
     for (size_t i = 0; i < ns; i++) {
@@ -508,8 +566,6 @@ eg_status eg_graph_router_backward(float *dx, float *dWs, float *dWt, float *dWl
             dP[(size_t)f * g + c] = acc;
         }
     }
-    eg_sgemm(0, 1, N, g, H, 1.0f, X, H, Ws, H, 0.0f, Upre, g);
-    relu_copy(U, Upre, (size_t)N * g);
     relu_copy(tt, Zt, (size_t)T * g);
     eg_sgemm(1, 0, g, g, N, 1.0f, dP, g, U, g, 1.0f, dWl, g);
     eg_gemm_prec(prec, 1, 0, g, g, T, 1.0f, dq, g, tt, g, 1.0f, dWl, g);
