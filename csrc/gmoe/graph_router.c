@@ -11,7 +11,11 @@
  * batched GEMM over all T*(N+1) node rows followed by the small per-token
  * product with Ahat; the last layer is needed at the N expert nodes only, so
  * there Ahat is applied first (M[t] = Ahat[:N, :] relu(Z_{L-1}[t])) and the
- * GEMM runs over T*N rows instead of T*(N+1). No token limit and no graph
+ * GEMM runs over T*N rows instead of T*(N+1). With the default two layers
+ * Z1 is never stored: its rows are Cs + Ahat[:, N] q1[t], so the forward
+ * keeps q1 (T,g) and builds the last layer's input token by token, and the
+ * backward remakes that input and Z1's ReLU mask from q1 (per-token rows in
+ * graph_router_simd.h, one copy per instruction set). No token limit and no graph
  * building per batch. d->prec = EG_PREC_BF16 makes the backward's products
  * over the tokens bf16 (eg_gemm_prec); the forward (which picks the experts)
  * and the rest stay float32.
@@ -205,8 +209,8 @@ static inline float layer1_pre(float cs, float a, float q)
 #include "eg_isa.h"
 
 typedef struct {
-    void (*two_layer_input)(float *m, const float *q, const float *Cs, const float *Ahat, int N,
-                            int g);
+    void (*two_layer_input)(float *m, const float *q, const float *Cs, const float *Ahat,
+                            const int *first, int N, int g);
     void (*two_layer_tail)(float *o, double *acc, const float *dm, const float *q,
                            const float *Cs, const float *Ahat, int N, int g);
     float (*readout)(const float *z, const float *p, int g);
@@ -218,6 +222,20 @@ typedef struct {
      EG_CAT2(gr_readout, sfx), EG_CAT2(gr_readout_back, sfx)}
 
 static const gr_kernels gr_copies[EG_ISA_NCOPIES] = EG_ISA_COPIES(GR_SET);
+
+/* first[e] = the first node f with Ahat[e, f] != 0, N + 1 if none
+ * (gr_two_layer_input starts expert row e with that term). */
+static void first_links(int *first, const float *Ahat, int N)
+{
+    const int Nn = N + 1;
+    for (int e = 0; e < N; e++) {
+        int f = 0;
+        while (f < Nn && Ahat[(size_t)e * Nn + f] == 0.0f) {
+            f++;
+        }
+        first[e] = f;
+    }
+}
 
 /* M[t] = Ahat[:N, :] relu(Zp[t]) for every token (Zp (T,Nn,g), M (T,N,g)). */
 static void adj_relu_experts(float *M, const float *Zp, const float *Ahat, int T, int N, int g)
@@ -342,20 +360,20 @@ eg_status eg_graph_router_forward(float *logits, float *Zt, float *Z, const floa
     const int prec = EG_PREC_F32;
     const size_t elayer = (size_t)T * N * g;   /* the last layer: expert rows only */
     const gr_kernels *kr = &gr_copies[eg_isa_level()];
-    float *U, *P1, *Cs, *tt, *q1, *Hp, *Q, *M;
+    float *U, *P1, *Cs, *tt, *q1, *Hp, *Q, *M, *fb;
     {
         const size_t n[] = {(size_t)N * g, (size_t)N * g, (size_t)Nn * g, (size_t)T * g,
                             L == 2 ? 0 : (size_t)T * g, L > 2 ? layer : 0, L > 2 ? layer : 0,
-                            L > 2 ? elayer : 0};
-        float **out[] = {&U, &P1, &Cs, &tt, &q1, &Hp, &Q, &M};
-        if (ws_carve(8, n, out) < 0) {
+                            L > 1 ? elayer : 0, (size_t)N};
+        float **out[] = {&U, &P1, &Cs, &tt, &q1, &Hp, &Q, &M, &fb};
+        if (ws_carve(9, n, out) < 0) {
             return eg_seterr(err, EG_ENOMEM, "graph router forward: out of memory (T=%d)", T);
         }
     }
+    int *first = (int *)(void *)fb;   /* N ints in a float slot of the same size */
+    first_links(first, Ahat, N);
     if (L == 2) {
-        /* saved in Z's first slice: the last layer's input M (T,N,g), then q1 (T,g) */
-        M = Z;
-        q1 = Z + elayer;
+        q1 = Z;   /* saved in Z's first slice: layer 1's rank-one terms (T,g) */
     }
     /* layer 1, shared expert term and per-token rank-one term */
     shared_layer1(Cs, P1, U, NULL, X, Ws, Wl, Ahat, N, g, H);
@@ -363,10 +381,12 @@ eg_status eg_graph_router_forward(float *logits, float *Zt, float *Z, const floa
     relu_copy(tt, Zt, (size_t)T * g);
     eg_gemm_prec(prec, 0, 1, T, g, g, 1.0f, tt, g, Wl, g, 0.0f, q1, g);
     if (L == 2) {
-        /* the last layer's input straight from q1: Z1 is never stored */
+        /* the last layer's input straight from q1: Z1 is never stored, and M
+         * is remade by the backward (cheaper than writing it out and reading
+         * it back) */
         #pragma omp parallel for schedule(static)
         for (int t = 0; t < T; t++) {
-            kr->two_layer_input(M + (size_t)t * N * g, q1 + (size_t)t * g, Cs, Ahat, N, g);
+            kr->two_layer_input(M + (size_t)t * N * g, q1 + (size_t)t * g, Cs, Ahat, first, N, g);
         }
     } else {
         #pragma omp parallel for schedule(static)
@@ -423,19 +443,21 @@ eg_status eg_graph_router_backward(float *dx, float *dWs, float *dWt, float *dWl
     const int prec = d->prec;
     const size_t elayer = (size_t)T * N * g;
     const gr_kernels *kr = &gr_copies[eg_isa_level()];
-    float *dH, *dZ, *Hp, *dG, *M, *Upre, *U, *tt, *dq, *dtt, *Sn, *dP, *dU, *P1, *Cs;
+    float *dH, *dZ, *Hp, *dG, *M, *Upre, *U, *tt, *dq, *dtt, *Sn, *dP, *dU, *P1, *Cs, *Mr, *fb;
     {
         const size_t n[] = {L == 2 ? 0 : layer, L == 2 ? 0 : layer, L > 2 ? layer : 0,
                             L > 1 ? elayer : 0, L > 1 ? elayer : 0, (size_t)N * g,
                             (size_t)N * g, (size_t)T * g, (size_t)T * g, (size_t)T * g,
                             (size_t)Nn * g, (size_t)N * g, (size_t)N * g, (size_t)N * g,
-                            (size_t)Nn * g};
+                            (size_t)Nn * g, L == 2 ? elayer : 0, (size_t)N};
         float **out[] = {&dH, &dZ, &Hp, &dG, &M, &Upre, &U, &tt, &dq, &dtt, &Sn, &dP, &dU, &P1,
-                         &Cs};
-        if (ws_carve(15, n, out) < 0) {
+                         &Cs, &Mr, &fb};
+        if (ws_carve(17, n, out) < 0) {
             return eg_seterr(err, EG_ENOMEM, "graph router backward: out of memory (T=%d)", T);
         }
     }
+    int *first = (int *)(void *)fb;   /* N ints in a float slot of the same size */
+    first_links(first, Ahat, N);
     double *red = NULL;   /* RED_CHUNKS partial sums of the token reductions */
     size_t red_n = 0;
     eg_status st = EG_OK;
@@ -492,11 +514,15 @@ eg_status eg_graph_router_backward(float *dx, float *dWs, float *dWt, float *dWl
         }
     } else {
         /* last layer, expert rows only: Z_L[t, :N] = M[t] W_L^T with
-         * M[t] = Ahat[:N, :] relu(Z_{L-1}[t]): saved by the forward when
-         * L == 2, recomputed here when L > 2 */
+         * M[t] = Ahat[:N, :] relu(Z_{L-1}[t]), remade as the forward made it */
         const float *Min = M;
         if (L == 2) {
-            Min = Z;
+            #pragma omp parallel for schedule(static)
+            for (int t = 0; t < T; t++) {
+                kr->two_layer_input(Mr + (size_t)t * N * g, Z + (size_t)t * g, Cs, Ahat, first, N,
+                                    g);
+            }
+            Min = Mr;
         } else {
             adj_relu_experts(M, Z + (size_t)(L - 2) * layer, Ahat, T, N, g);
         }
@@ -515,7 +541,7 @@ eg_status eg_graph_router_backward(float *dx, float *dWs, float *dWt, float *dWl
     }
     if (L == 2) {
         /* dZ1 from dM and the mask remade from q1, token by token (two_layer_tail) */
-        two_layer_tail(dq, red, M, Z + elayer, Cs, Ahat, T, N, g);
+        two_layer_tail(dq, red, M, Z, Cs, Ahat, T, N, g);
     } else {
         if (L > 2) {
             /* dH_{L-1}[t, f] = sum_{e<N} Ahat[e, f] dM[t, e] */

@@ -13,11 +13,12 @@
 
 /* Two-layer GCN, one token: m (N,g) = Ahat[:N, :] relu(Z1[t]), with Z1[t]'s
  * rows made on the fly from q (g) and the shared term Cs (Nn,g):
- * Z1[t, f] = Cs[f] + Ahat[f, N] q, never stored. Each row of m starts as
- * 0 + (its first term), as a zeroed row would. */
+ * Z1[t, f] = Cs[f] + Ahat[f, N] q, never stored. first[e] is the first node
+ * f with Ahat[e, f] != 0 (Nn if none: first_links): that term starts row e
+ * as 0 + w row, as a zeroed row would, without a pass that zeroes it. */
 static void SFX(gr_two_layer_input)(float *restrict m, const float *restrict q,
-                                    const float *restrict Cs, const float *restrict Ahat, int N,
-                                    int g)
+                                    const float *restrict Cs, const float *restrict Ahat,
+                                    const int *restrict first, int N, int g)
 {
     const int Nn = N + 1;
     enum { CH = 256 };   /* columns per pass: one node's ReLU row stays on the stack */
@@ -33,20 +34,22 @@ static void SFX(gr_two_layer_input)(float *restrict m, const float *restrict q,
             for (int e = 0; e < N; e++) {
                 const float w = Ahat[(size_t)e * Nn + f];
                 float *me = m + (size_t)e * g + c0;
-                if (f == 0) {
-                    if (w == 0.0f) {
-                        for (int c = 0; c < nc; c++) {
-                            me[c] = 0.0f;
-                        }
-                    } else {
-                        for (int c = 0; c < nc; c++) {
-                            me[c] = 0.0f + w * row[c];
-                        }
+                if (f == first[e]) {
+                    for (int c = 0; c < nc; c++) {
+                        me[c] = 0.0f + w * row[c];
                     }
                 } else if (w != 0.0f) {
                     for (int c = 0; c < nc; c++) {
                         me[c] += w * row[c];
                     }
+                }
+            }
+        }
+        for (int e = 0; e < N; e++) {
+            if (first[e] == Nn) {   /* an expert linked to no node (not a GMoE graph) */
+                float *me = m + (size_t)e * g + c0;
+                for (int c = 0; c < nc; c++) {
+                    me[c] = 0.0f;
                 }
             }
         }

@@ -190,9 +190,11 @@ void eg_linear_router_backward(float *dx, float *dWg, const float *dlogits, cons
  * top-k experts: bf16 rounding flips near-ties, measured on a tiny model as
  * a 0.8% change of the loss), and so do the token-independent expert terms,
  * the adjacency, the ReLUs, the readout and every reduction.
- * Saved: Zt (T,g) = x Wt^T, Z (L, T, N+1, g) pre-activations. With L > 1 the
- * last layer's token-node rows Z[L-1, t, N] are set to 0: no logit reads them,
- * so the last layer is computed for the N expert rows only. */
+ * Saved: Zt (T,g) = x Wt^T and Z, a buffer of (L, T, N+1, g) floats opaque
+ * to the caller: GCN pre-activations, the last layer's at the N expert rows
+ * only (no logit reads the token node's); with L == 2 the first slice holds
+ * only layer 1's rank-one terms (T,g), from which the backward remakes what
+ * it needs (graph_router.c). */
 typedef struct {
     int T, H, N, g, L;
     int per_expert_proj;
