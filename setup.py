@@ -31,6 +31,14 @@ def core_sources():
     return srcs
 
 
+def core_headers():
+    # Headers the sources include, kernel bodies compiled once per instruction
+    # set among them (csrc/gmoe/graph_router_simd.h ...): an edit to one must
+    # rebuild the module, which setuptools does not see from the .c files.
+    return sorted(glob.glob(os.path.join("csrc", "**", "*.h"), recursive=True)
+                  + glob.glob(os.path.join("engine_py", "*.h")))
+
+
 def blas_config():
     choice = os.environ.get("ENGINE_PY_BLAS", "scipy-openblas32").strip().lower()
     if choice == "system":
@@ -93,6 +101,7 @@ macros = blas["macros"] + [("EG_BUILD_FLAGS", '"%s"' % " ".join(cflags))]
 ext = Extension(
     "engine_py._core",
     sources=core_sources(),
+    depends=core_headers(),
     include_dirs=[os.path.join("csrc", "include"), "engine_py", numpy.get_include()] + blas["include_dirs"],
     library_dirs=blas["library_dirs"],
     libraries=blas["libraries"] + ["m"],

@@ -106,6 +106,16 @@ def test_parity_default_coefs(router):
     check_parity(make("swiglu", router), None)
 
 
+@pytest.mark.parametrize("gcn_layers", [1, 2, 3])
+@pytest.mark.parametrize("readout", ["shared", "per_expert"])
+def test_parity_router_width_off_the_lanes(gcn_layers, readout):
+    # gcn_dim 21: the router's per-token rows run a full 16-lane block and a
+    # 5-wide tail (graph_router_simd.h); two layers take the path that never
+    # stores Z1, one and three layers the general one
+    check_parity(make("swiglu", "graph", gcn_dim=21, gcn_layers=gcn_layers,
+                      graph_readout=readout), STRONG)
+
+
 def test_parity_kl_form_and_top3():
     check_parity(make("gelu", "graph", loss_form="kl", top_k=3), STRONG)
 
