@@ -212,7 +212,7 @@ typedef struct {
     void (*two_layer_input)(float *m, const float *q, const float *Cs, const float *Ahat,
                             const int *first, int N, int g);
     void (*two_layer_tail)(float *o, double *acc, const float *dm, const float *q,
-                           const float *Cs, const float *Ahat, int N, int g);
+                           const float *Cs, const float *Ahat, const int *first_e, int N, int g);
     float (*readout)(const float *z, const float *p, int g);
     void (*readout_back)(double *acc, float *dg, const float *z, const float *p, float dl, int g);
 } gr_kernels;
@@ -223,8 +223,12 @@ typedef struct {
 
 static const gr_kernels gr_copies[EG_ISA_NCOPIES] = EG_ISA_COPIES(GR_SET);
 
-/* first[e] = the first node f with Ahat[e, f] != 0, N + 1 if none
- * (gr_two_layer_input starts expert row e with that term). */
+/* The first nonzero entries of Ahat's expert rows, which start the per-token
+ * sums of gr_two_layer_input and gr_two_layer_tail (the same for every token):
+ *   first[e]     (e < N)  = the first node f with Ahat[e, f] != 0, N + 1 if none;
+ *   first[N + f] (f <= N) = the first expert e < N with Ahat[e, f] != 0, N if none.
+ * first holds 2N + 1 ints. */
+#define FIRST_LINKS_LEN(N) (2 * (size_t)(N) + 1)
 static void first_links(int *first, const float *Ahat, int N)
 {
     const int Nn = N + 1;
@@ -234,6 +238,13 @@ static void first_links(int *first, const float *Ahat, int N)
             f++;
         }
         first[e] = f;
+    }
+    for (int f = 0; f < Nn; f++) {
+        int e = 0;
+        while (e < N && Ahat[(size_t)e * Nn + f] == 0.0f) {
+            e++;
+        }
+        first[N + f] = e;
     }
 }
 
@@ -308,7 +319,8 @@ static void layer1_tail(float *dq, double *red, const float *dZ, const float *Ah
  * depend on the thread count). The same sums in the same order as
  * layer1_tail over a stored dZ1. */
 static void two_layer_tail(float *dq, double *red, const float *dM, const float *q1,
-                           const float *Cs, const float *Ahat, int T, int N, int g)
+                           const float *Cs, const float *Ahat, const int *first_e, int T, int N,
+                           int g)
 {
     const gr_kernels *kr = &gr_copies[eg_isa_level()];
     const size_t ns = (size_t)(N + 1) * g;
@@ -318,7 +330,7 @@ static void two_layer_tail(float *dq, double *red, const float *dM, const float 
         memset(acc, 0, ns * sizeof *acc);
         for (int t = chunk_lo(k, T); t < chunk_lo(k + 1, T); t++) {
             kr->two_layer_tail(dq + (size_t)t * g, acc, dM + (size_t)t * N * g, q1 + (size_t)t * g,
-                               Cs, Ahat, N, g);
+                               Cs, Ahat, first_e, N, g);
         }
     }
 }
@@ -364,13 +376,13 @@ eg_status eg_graph_router_forward(float *logits, float *Zt, float *Z, const floa
     {
         const size_t n[] = {(size_t)N * g, (size_t)N * g, (size_t)Nn * g, (size_t)T * g,
                             L == 2 ? 0 : (size_t)T * g, L > 2 ? layer : 0, L > 2 ? layer : 0,
-                            L > 1 ? elayer : 0, (size_t)N};
+                            L > 1 ? elayer : 0, FIRST_LINKS_LEN(N)};
         float **out[] = {&U, &P1, &Cs, &tt, &q1, &Hp, &Q, &M, &fb};
         if (ws_carve(9, n, out) < 0) {
             return eg_seterr(err, EG_ENOMEM, "graph router forward: out of memory (T=%d)", T);
         }
     }
-    int *first = (int *)(void *)fb;   /* N ints in a float slot of the same size */
+    int *first = (int *)(void *)fb;   /* ints in a float slot of the same size */
     first_links(first, Ahat, N);
     if (L == 2) {
         q1 = Z;   /* saved in Z's first slice: layer 1's rank-one terms (T,g) */
@@ -449,14 +461,14 @@ eg_status eg_graph_router_backward(float *dx, float *dWs, float *dWt, float *dWl
                             L > 1 ? elayer : 0, L > 1 ? elayer : 0, (size_t)N * g,
                             (size_t)N * g, (size_t)T * g, (size_t)T * g, (size_t)T * g,
                             (size_t)Nn * g, (size_t)N * g, (size_t)N * g, (size_t)N * g,
-                            (size_t)Nn * g, L == 2 ? elayer : 0, (size_t)N};
+                            (size_t)Nn * g, L == 2 ? elayer : 0, FIRST_LINKS_LEN(N)};
         float **out[] = {&dH, &dZ, &Hp, &dG, &M, &Upre, &U, &tt, &dq, &dtt, &Sn, &dP, &dU, &P1,
                          &Cs, &Mr, &fb};
         if (ws_carve(17, n, out) < 0) {
             return eg_seterr(err, EG_ENOMEM, "graph router backward: out of memory (T=%d)", T);
         }
     }
-    int *first = (int *)(void *)fb;   /* N ints in a float slot of the same size */
+    int *first = (int *)(void *)fb;   /* ints in a float slot of the same size */
     first_links(first, Ahat, N);
     double *red = NULL;   /* RED_CHUNKS partial sums of the token reductions */
     size_t red_n = 0;
@@ -541,7 +553,7 @@ eg_status eg_graph_router_backward(float *dx, float *dWs, float *dWt, float *dWl
     }
     if (L == 2) {
         /* dZ1 from dM and the mask remade from q1, token by token (two_layer_tail) */
-        two_layer_tail(dq, red, M, Z, Cs, Ahat, T, N, g);
+        two_layer_tail(dq, red, M, Z, Cs, Ahat, first + N, T, N, g);
     } else {
         if (L > 2) {
             /* dH_{L-1}[t, f] = sum_{e<N} Ahat[e, f] dM[t, e] */

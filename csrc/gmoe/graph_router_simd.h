@@ -14,7 +14,7 @@
 /* Two-layer GCN, one token: m (N,g) = Ahat[:N, :] relu(Z1[t]), with Z1[t]'s
  * rows made on the fly from q (g) and the shared term Cs (Nn,g):
  * Z1[t, f] = Cs[f] + Ahat[f, N] q, never stored. first[e] is the first node
- * f with Ahat[e, f] != 0 (Nn if none: first_links): that term starts row e
+ * f with Ahat[e, f] != 0 (Nn if none; first_links): that term starts row e
  * as 0 + w row, as a zeroed row would, without a pass that zeroes it. */
 static void SFX(gr_two_layer_input)(float *restrict m, const float *restrict q,
                                     const float *restrict Cs, const float *restrict Ahat,
@@ -61,11 +61,12 @@ static void SFX(gr_two_layer_input)(float *restrict m, const float *restrict q,
  *   dZ1[t, f] = [Z1[t, f] > 0] sum_{e<N} Ahat[e, f] dm[e]
  * (the mask remade from q and Cs with layer1_pre, as the forward made Z1);
  * then o (g) = sum_f Ahat[f, N] dZ1[t, f] (the token node's rank-one term)
- * and acc (Nn,g, double) += dZ1[t] (the shared expert term). */
+ * and acc (Nn,g, double) += dZ1[t] (the shared expert term). first_e[f] is
+ * the first expert e with Ahat[e, f] != 0 (N if none; first_links). */
 static void SFX(gr_two_layer_tail)(float *restrict o, double *restrict acc,
                                    const float *restrict dm, const float *restrict q,
-                                   const float *restrict Cs, const float *restrict Ahat, int N,
-                                   int g)
+                                   const float *restrict Cs, const float *restrict Ahat,
+                                   const int *restrict first_e, int N, int g)
 {
     const int Nn = N + 1;
     enum { CH = 256 };
@@ -73,10 +74,7 @@ static void SFX(gr_two_layer_tail)(float *restrict o, double *restrict acc,
     for (int c0 = 0; c0 < g; c0 += CH) {
         const int nc = g - c0 < CH ? g - c0 : CH;
         for (int f = 0; f < Nn; f++) {
-            int e0 = 0;   /* the first expert linked to f starts the sum */
-            while (e0 < N && Ahat[(size_t)e0 * Nn + f] == 0.0f) {
-                e0++;
-            }
+            const int e0 = first_e[f];   /* the first expert linked to f starts the sum */
             if (e0 == N) {
                 for (int c = 0; c < nc; c++) {
                     row[c] = 0.0f;
