@@ -272,13 +272,26 @@ class EngineClassifier:
     AdamW stay float32, as in mixed-precision training. Measured accuracy
     and speed: docs/PERFORMANCE.md. A node sampled into several subgraphs of
     a batch is read and projected once in either precision.
+
+    ``input_rank`` (optional, an integer r; r >= the states' width D trains
+    on the full states as without it): train
+    each projector's first linear map on the top-r principal directions of
+    its layer's standardised states, chosen once per fit from the cache (no
+    labels), then fold it back to full width at the end of fit. The fitted
+    model is the same architecture with a ``projector.0.weight`` of rank at
+    most r; training does D/r times less work in that product and gathers
+    D/r times fewer bytes per batch, and holds the reduced states of every
+    node in memory (N * r * 4 bytes per selected layer). It restricts the
+    model, so check its accuracy on your task: docs/PERFORMANCE.md gives
+    the measured speed and accuracy, engine_py/_state_reduction.py the
+    algebra. ``input_basis_`` holds the basis of the last fit.
     """
 
     def __init__(self, layers=None, reduced_dim=128, hidden=64, gnn="sage", gnn_layers=1,
                  activation="elu", norm="id", dropout=0.5, sampler="khop", max_neighbors=None,
                  walk_steps=64, restart=0.5, T=0.1, lr=1e-3, weight_decay=5e-4, epochs=200,
                  patience=20, batch_size=256, early_exit=True, seed=0, show_progress_bar=None,
-                 r=None, heads=4, precision="float32"):
+                 r=None, heads=4, precision="float32", input_rank=None):
         self.layers = layers
         self.reduced_dim = reduced_dim
         self.hidden = hidden
@@ -303,6 +316,7 @@ class EngineClassifier:
         self.r = r
         self.heads = heads
         self.precision = precision
+        self.input_rank = input_rank
 
     # ------------------------------------------------------------ params
     @classmethod
@@ -368,6 +382,7 @@ class EngineClassifier:
         check_int(self.r, "r", min=1, none=True)
         check_int(self.heads, "heads", min=1)
         check_choice(self.precision, "precision", _PRECISION)
+        check_int(self.input_rank, "input_rank", min=1, none=True)
         warn_if_bf16_emulated(_core, self.precision, "EngineClassifier")
 
     def _resolve_layers(self, cache):
@@ -432,8 +447,11 @@ class EngineClassifier:
         return np.concatenate(out, axis=1 if all_heads else 0)
 
     # --------------------------------------------------------------- fit
-    def _build(self, num_layers, dim, num_classes):
-        k = int(self.reduced_dim) if self.r is None else max(1, dim // int(self.r))
+    def _build(self, num_layers, dim, num_classes, k=None):
+        """A freshly initialised core model for ``dim``-wide states; ``k`` (the
+        projector width) defaults to reduced_dim, or dim // r."""
+        if k is None:
+            k = int(self.reduced_dim) if self.r is None else max(1, dim // int(self.r))
         self.reduced_dim_ = k
         self.model_ = _core.Ladder(num_layers, int(dim), k, int(self.hidden), int(num_classes),
                                    _GNN[self.gnn], int(self.gnn_layers), _ACT[self.activation],
@@ -482,6 +500,8 @@ class EngineClassifier:
         train_idx, val_idx, y, graph = self._setup(cache, graph, labels, train_idx, val_idx)
         self.cache_, self.graph_ = cache, graph
         self.history_ = []
+        # input_rank: train on reduced states, fold back after the loop
+        basis, states = self._reduce_inputs(cache, show_progress_bar)
         rng = np.random.default_rng(_seed64(self.seed, 2))
         best_acc, best_epoch, best = -1.0, -1, None
         bs = int(self.batch_size)
@@ -496,14 +516,14 @@ class EngineClassifier:
                     b = self._sample(graph, t, _seed64(self.seed, 3, epoch))
                     if self.norm == "bn" and b.num_nodes < 2:
                         continue   # BatchNorm cannot train on one node (torch raises); skip it
-                    keys, rows, Hs = self._gather_unique(cache, b)
+                    keys, rows, Hs = self._gather_unique(states, b)
                     try:
                         loss = self.model_.train_batch(b.graph_ptr, b.indptr, b.indices, Hs, y[t],
                                                        _seed64(self.seed, 4, epoch, bi),
                                                        float(self.lr), float(self.weight_decay),
                                                        rows=rows)
                     except ValueError:
-                        _raise_if_nonfinite(Hs, self.layers_, keys, cache)
+                        _raise_if_nonfinite(Hs, self.layers_, keys, states)
                         raise
                     if not math.isfinite(loss):
                         raise FloatingPointError(f"training loss became {loss} at epoch {epoch}; lower lr")
@@ -512,7 +532,7 @@ class EngineClassifier:
                     bar.tick(f"batch {bi + 1}/{nb}")
                 rec = {"epoch": epoch, "loss": total / max(count, 1)}
                 if val_idx is not None and val_idx.size:
-                    acc = float(np.mean(self._predict_logits(cache, graph, val_idx).argmax(1) == y[val_idx]))
+                    acc = float(np.mean(self._predict_logits(states, graph, val_idx).argmax(1) == y[val_idx]))
                     rec["val_acc"] = acc
                     if acc > best_acc:
                         best_acc, best_epoch, best = acc, epoch, self._params.copy()
@@ -523,10 +543,46 @@ class EngineClassifier:
                     break
         if best is not None:
             self._params[:] = best
+        if basis is not None:
+            self._fold_inputs(basis)
         self.best_epoch_ = best_epoch
         self.best_val_acc_ = best_acc if best is not None else None
         self.n_epochs_ = len(self.history_)
         return self
+
+    def _reduce_inputs(self, cache, show_progress_bar):
+        """(basis, states) for fit: with input_rank below the states' width,
+        the per-layer basis (engine_py._state_reduction), every node's reduced
+        states, and a core model rebuilt for them (same projector width);
+        otherwise (None, cache)."""
+        self.input_basis_ = None
+        rank = self.input_rank
+        if rank is None or int(rank) >= self.in_dim_:
+            return None, cache
+        from ._state_reduction import fit_basis, reduce_states
+
+        with self._progress(len(self.layers_), "layer", show_progress_bar, desc="input basis",
+                            long=False) as bar:
+            basis = fit_basis(cache, self.layers_, int(rank), _seed64(self.seed, 5), bar=bar)
+        n = int(cache.num_nodes) * len(self.layers_)
+        with self._progress(n, "row", show_progress_bar, desc="reduce states") as bar:
+            states = reduce_states(cache, basis, bar=bar)
+        self.input_basis_ = basis
+        self._build(len(self.layers_), basis.rank, self.num_classes_, k=self.reduced_dim_)
+        return basis, states
+
+    def _fold_inputs(self, basis):
+        """Replace the reduced-input model by the full-width one computing the
+        same function of the full states (fold_first_linear per ladder)."""
+        from ._state_reduction import fold_first_linear
+
+        sd = self.state_dict()
+        for i in range(len(self.layers_)):
+            w, b = f"ladders.{i}.projector.0.weight", f"ladders.{i}.projector.0.bias"
+            sd[w], sd[b] = fold_first_linear(sd[w], sd[b], basis.mean[i], basis.scale[i],
+                                             basis.components[i])
+        self._build(len(self.layers_), self.in_dim_, self.num_classes_, k=self.reduced_dim_)
+        self.load_state_dict(sd)
 
     def _progress(self, total_or_iterable, unit, show=None, desc="ENGINE", long=True):
         """A progress bar / log lines (engine_py._progress) for this estimator's
@@ -764,6 +820,9 @@ class EngineClassifier:
     def _config(self):
         params = self.get_params()
         params["show_progress_bar"] = None
+        if params["input_rank"] is None:
+            # a default that older engine_py (no such parameter) can still read
+            del params["input_rank"]
         classes = self.classes_.tolist()
         # version 1 (readable by older engine_py) when the classes are 0..C-1;
         # 2 when they must be mapped, so an older reader refuses the file

@@ -57,6 +57,9 @@ def test_bench_engine_smoke(tmp_path, monkeypatch, capsys):
             "--threads", "1", "--quiet"]
     try:
         assert bench.main(base + ["--cache", cfile, "--live-batches", "0", "--out", str(tmp_path / "y.json")]) == 0
+        # --input-rank: a fourth side, EngineClassifier(input_rank=R), on the same batches
+        assert bench.main(base + ["--cache", cfile, "--live-batches", "0", "--input-rank", "16",
+                                  "--out", str(tmp_path / "r.json")]) == 0
         with pytest.raises(SystemExit, match="--live-batches 0"):
             bench.main(base + ["--cache", cfile])
         other = ["--subsample" if a == "--subsample" else a for a in base]
@@ -68,6 +71,13 @@ def test_bench_engine_smoke(tmp_path, monkeypatch, capsys):
     text = json.loads((tmp_path / "y.json").read_text())["markdown"]
     assert f"`{os.path.basename(cfile)}` (given with --cache" in text and "| engine_py bfloat16 |" in text
     assert "| layer cache (engine_py) |" not in text   # no part (b)
+    doc = json.loads((tmp_path / "r.json").read_text())
+    ir = doc["results"]["a"]["input_rank"]
+    assert ir["rank"] == 16 and ir["epoch_s_median"] > 0 and len(ir["test_acc"]) == 1
+    assert 0 <= ir["test_acc"][0] <= 1 and ir["reduce_s"][0] > 0
+    assert all(0 < e <= 1 for e in ir["explained"][0])
+    assert "| engine_py float32, input rank 16 |" in doc["markdown"]
+    assert "ratio torch / engine_py input rank 16" in doc["markdown"]
     # the same number of rows from other texts is refused too
     g0 = bench.load_graph("demo", 200)
     monkeypatch.setattr(bench, "load_graph", lambda *a, **k: g0.__class__(

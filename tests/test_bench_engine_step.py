@@ -68,3 +68,32 @@ def test_bench_engine_step_random_states(tmp_path):
     assert doc["results"]["dim"] == 40 and doc["results"]["ladders"] == 3
     assert "random float16 states, 3 layers of width 40" in doc["markdown"]
     assert doc["results"]["clock"] == "cpu" and "CPU time" in doc["markdown"]
+
+
+def test_bench_engine_step_input_rank(tmp_path):
+    """--input-rank R adds the reduced-input configurations and the PyTorch
+    reference on the same reduced states; their counted work is smaller."""
+    import engine_py
+    from engine_py.bench import engine_step as bench
+
+    out = tmp_path / "r.json"
+    old = engine_py.get_num_threads()
+    try:
+        assert bench.main(["--dataset", "demo", "--subsample", "500", "--random-states", "3x40",
+                           "--input-rank", "8", "--batches", "1", "--reps", "1", "--threads", "1",
+                           "--quiet", "--out", str(out)]) == 0
+    finally:
+        engine_py.set_num_threads(old)
+    res = json.loads(out.read_text())["results"]
+    cf = res["configs"]
+    assert {"shared rows + input rank", "bf16 + shared rows + input rank"} <= set(cf)
+    assert res["input_rank"] == 8 and res["reduce_s"] > 0 and len(res["explained"]) == 3
+    assert all(0 < e <= 1 for e in res["explained"])
+    assert cf["shared rows + input rank"]["gflop_per_step"] < cf["shared rows"]["gflop_per_step"]
+    assert cf["shared rows + input rank"]["states_mb_per_step"] == pytest.approx(
+        cf["shared rows"]["states_mb_per_step"] * 8 / 40)
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return
+    assert res["torch_reduced_step_s_median"] > 0 and res["torch_reduced_gflop"] > 0

@@ -510,3 +510,111 @@ def test_bfloat16_odd_state_width():
     assert 0 < np.abs(pf - ph).max() < 0.05
     h2 = _fit(data, epochs=3, precision="bfloat16")
     assert np.isfinite(h2.predict_proba(idx[200:])).all()
+
+
+# ------------------------------------------------------ input_rank (reduced-input training)
+
+def test_fold_first_linear_is_the_same_function():
+    from engine_py._state_reduction import fold_first_linear
+
+    rng = np.random.default_rng(3)
+    Dd, r, kk = 20, 6, 5
+    W, b = rng.normal(size=(kk, r)), rng.normal(size=kk)
+    mu, s = rng.normal(size=Dd) * 3, rng.uniform(0.5, 4, size=Dd)
+    P = np.linalg.qr(rng.normal(size=(Dd, r)))[0]
+    h = rng.normal(size=(30, Dd)) * s + mu
+    want = (((h - mu) / s) @ P) @ W.T + b
+    Wf, bf = fold_first_linear(W, b, mu, s, P)
+    assert Wf.shape == (kk, Dd) and bf.shape == (kk,) and Wf.dtype == np.float32
+    np.testing.assert_allclose(h @ Wf.T.astype(np.float64) + bf, want, rtol=1e-5, atol=1e-5)
+
+
+def test_state_basis_is_the_standardised_pca():
+    from engine_py._state_reduction import fit_basis, reduce_states
+
+    rng = np.random.default_rng(4)
+    # 3 strong directions in 10 dims, one dimension 1000x wider than the others
+    Z = rng.normal(size=(500, 3)) @ rng.normal(size=(3, 10)) + 0.01 * rng.normal(size=(500, 10))
+    Z[:, 7] *= 1000.0
+    Z[5, 2] = np.nan   # a bad row stays out of the statistics
+    st = InMemoryStates({0: Z.astype(np.float32), 4: (2 * Z + 1).astype(np.float32)})
+    b1 = fit_basis(st, [0, 4], 3, seed=1)
+    b2 = fit_basis(st, [0, 4], 3, seed=1)
+    assert b1.rank == 3 and b1.layers == [0, 4]
+    for i in range(2):
+        np.testing.assert_array_equal(b1.components[i], b2.components[i])   # deterministic
+        assert np.all(np.isfinite(b1.components[i])) and np.all(np.isfinite(b1.mean[i]))
+        np.testing.assert_allclose(b1.components[i].T @ b1.components[i], np.eye(3), atol=1e-10)
+        assert b1.explained[i] > 0.999    # rank 3 data: 3 standardised directions hold it all
+    # the standardisation: the wide dimension does not take a direction of its own
+    good = np.isfinite(Z).all(1)
+    X = (Z[good] - Z[good].mean(0)) / Z[good].std(0)
+    w = np.linalg.eigvalsh(X.T @ X / len(X))[::-1]
+    assert b1.explained[0] == pytest.approx(w[:3].sum() / w.sum(), rel=1e-9)
+    R = reduce_states(st, b1)
+    assert R.dim == 3 and R.num_nodes == 500 and sorted(R.layers) == [0, 4]
+    want = ((Z[:8] - b1.mean[0]) / b1.scale[0]) @ b1.components[0]
+    np.testing.assert_allclose(R.gather(0, np.arange(8))[good[:8]], want[good[:8]], rtol=1e-4, atol=1e-4)
+    assert not np.isfinite(R.gather(0, [5])).all()   # the NaN row stays non-finite
+    with pytest.raises(ValueError, match="input_rank must be in"):
+        fit_basis(st, [0], 10, seed=0)
+
+
+def test_input_rank_fold_keeps_the_trained_function(data):
+    """fit's last step: the reduced model on reduced states and the folded
+    full-width model on the full states give the same logits."""
+    cache, ei, y, tr, va, te = data
+    g = Graph(ei, cache.num_nodes)
+    est = EngineClassifier(reduced_dim=16, hidden=16, input_rank=5, dropout=0.0, batch_size=64,
+                           show_progress_bar=False)
+    est._setup(cache, g, y, tr, va)
+    basis, states = est._reduce_inputs(cache, False)
+    assert states.dim == 5 and est.state_dict()["ladders.0.projector.0.weight"].shape == (16, 5)
+    for s in range(3):   # a few steps so the weights are not the initial ones
+        b = est._sample(g, tr[64 * s:64 * (s + 1)], s)
+        keys, rows, Hs = est._gather_unique(states, b)
+        est.model_.train_batch(b.graph_ptr, b.indptr, b.indices, Hs, y[tr[64 * s:64 * (s + 1)]], s, 1e-2,
+                               5e-4, rows=rows)
+    before = est._predict_logits(states, g, te, all_heads=True)
+    est._fold_inputs(basis)
+    w = est.state_dict()["ladders.0.projector.0.weight"]
+    assert w.shape == (16, cache.dim) and np.linalg.matrix_rank(w.astype(np.float64), tol=1e-5) <= 5
+    after = est._predict_logits(cache, g, te, all_heads=True)
+    np.testing.assert_allclose(after, before, rtol=1e-4, atol=1e-4 * np.abs(before).max())
+
+
+def test_input_rank_fit_predict_save_load(data, tmp_path):
+    cache, ei, y, tr, va, te = data
+    g = Graph(ei, cache.num_nodes)
+    est = _fit(data, epochs=15, input_rank=4)
+    assert est.input_basis_ is not None and est.input_basis_.rank == 4
+    assert est.in_dim_ == cache.dim and est.model_.param_table()   # the full-width model
+    # the folded model scores the validation nodes as the reduced one did
+    assert abs(est.score(va, y[va]) - est.best_val_acc_) <= 1.0 / len(va) + 1e-12
+    assert est.score(te, y[te]) > 0.8
+    assert "input_rank=4" in repr(est)
+    path = str(tmp_path / "m")
+    est.save(path)
+    est2 = EngineClassifier.load(path)
+    assert est2.input_rank == 4
+    np.testing.assert_array_equal(est.predict_proba(te), est2.predict_proba(te, cache=cache, graph=g))
+    # without input_rank the saved config does not name it (older engine_py reads it)
+    plain = _fit(data, epochs=1)
+    plain.save(str(tmp_path / "p"))
+    assert "input_rank" not in open(os.path.join(tmp_path, "p", "config.json")).read()
+
+
+def test_input_rank_at_or_above_the_width_changes_nothing(data):
+    a = _fit(data, epochs=2)
+    b = _fit(data, epochs=2, input_rank=16)   # the states are 16 wide
+    assert b.input_basis_ is None
+    sa, sb = a.state_dict(), b.state_dict()
+    assert all(np.array_equal(sa[n], sb[n]) for n in sa)
+
+
+@pytest.mark.parametrize("bad", [0, -3, 2.5, "8", True])
+def test_input_rank_bad_values(data, bad):
+    from engine_py._validate import InvalidParameterError
+
+    with pytest.raises(InvalidParameterError, match="input_rank"):
+        _fit(data, epochs=1, input_rank=bad)

@@ -226,26 +226,57 @@ class _PygPipeline:
         return hits / max(1, len(ids))
 
 
-def run_pair(cache, graph, g, seed, hp, epochs, patience, EngineRef, log=print, pyg_epochs=0):
+def _reduced_side(cache, graph, g, seed, hp, clf, input_rank, precision):
+    """The input_rank side of part (a): what ``EngineClassifier(input_rank=R)``
+    trains (engine_py/_state_reduction.py), its initial weights those of
+    ``clf`` except the (k, R) first linear, and every node's reduced states.
+    Returns (classifier, states, seconds the basis and the reduction took)."""
+    from engine_py import EngineClassifier
+    from engine_py._state_reduction import fit_basis, reduce_states
+    from engine_py.engine import _seed64
+
+    red = EngineClassifier(seed=seed, show_progress_bar=False, precision=precision, **hp)
+    red._setup(cache, graph, g.labels, g.train_idx, None)
+    t0 = time.perf_counter()
+    basis = fit_basis(cache, red.layers_, int(input_rank), _seed64(seed, 5))
+    states = reduce_states(cache, basis)
+    secs = time.perf_counter() - t0
+    red._build(len(red.layers_), basis.rank, red.num_classes_, k=red.reduced_dim_)
+    sd = clf.state_dict()
+    red.load_state_dict({n: v for n, v in sd.items() if ".projector.0." not in n}
+                        | {n: v for n, v in red.state_dict().items() if ".projector.0." in n})
+    return red, states, secs, basis.explained
+
+
+def run_pair(cache, graph, g, seed, hp, epochs, patience, EngineRef, log=print, pyg_epochs=0,
+             input_rank=None, input_rank_precision="float32"):
     """Part (a) for one seed: engine_py float32, engine_py bfloat16 (the fast
-    path) and the torch reference, interleaved batch by batch on the same
-    batches from the same initial weights. Returns per-epoch times and
-    accuracies per side."""
+    path), with ``input_rank`` engine_py's reduced-input model too, and the
+    torch reference, interleaved batch by batch on the same batches from the
+    same initial weights. Returns per-epoch times and accuracies per side."""
     import torch
 
     from engine_py.engine import _seed64
 
     p = _Pair(cache, graph, g, seed, hp, EngineRef)
     clf, ref, opt, fast = p.clf, p.ref, p.opt, p.fast
+    red = red_states = None
+    if input_rank:
+        red, red_states, red_secs, explained = _reduced_side(cache, graph, g, seed, hp, clf, input_rank,
+                                                             input_rank_precision)
     y = g.labels.astype(np.int64)
     lr, wd, bs = float(clf.lr), float(clf.weight_decay), int(clf.batch_size)
     rng = np.random.default_rng(_seed64(seed, 2))
     train_idx, val_idx, test_idx = g.train_idx, g.val_idx, g.test_idx
-    sides = ("eng", "fast", "ref")
+    sides = ("eng", "fast", "ref") + (("red",) if red is not None else ())
+    models = {"eng": clf, "fast": fast, "red": red}
     best = {k: (-1.0, -1, None) for k in sides}
     active = {k: True for k in sides}
-    out = {"prep": [], "expand": [], "eng": [], "fast": [], "ref": [], "eng_eval": [], "fast_eval": [], "ref_eval": [],
-           "val": [], "pyg": [], "pyg_val": [], "pyg_setup": None}
+    out = {"prep": [], "expand": [], "val": [], "pyg": [], "pyg_val": [], "pyg_setup": None}
+    for k in sides:
+        out[k], out[k + "_eval"] = [], []
+    if red is not None:
+        out["reduce_s"], out["explained"] = red_secs, explained
     pyg = None
     if pyg_epochs > 0:
         t0 = time.perf_counter()
@@ -258,8 +289,11 @@ def run_pair(cache, graph, g, seed, hp, epochs, patience, EngineRef, log=print, 
         per-node states the torch reference takes (rows repeated)."""
         b = clf._sample(graph, t, sample_seed)
         keys, rows, st = clf._gather_unique(cache, b)
+        st = {"full": st}
+        if red is not None:
+            st["red"] = [red_states.gather(l, keys) for l in red.layers_]
         t0 = time.perf_counter()
-        tt = _to_torch(torch, b, [h[rows] for h in st])
+        tt = _to_torch(torch, b, [h[rows] for h in st["full"]])
         return b, rows, st, tt, time.perf_counter() - t0
 
     def evaluate(ids):
@@ -269,9 +303,12 @@ def run_pair(cache, graph, g, seed, hp, epochs, patience, EngineRef, log=print, 
         ref.eval()
         for s in range(0, len(ids), bs):
             b, rows, st, tt, _ = inputs(ids[s:s + bs], eval_seed)
-            for k, model in (("eng", clf), ("fast", fast)):
+            for k in sides:
+                if k == "ref":
+                    continue
                 t0 = time.perf_counter()
-                z = model.model_.predict_batch(b.graph_ptr, b.indptr, b.indices, st, rows=rows)[-1]
+                z = models[k].model_.predict_batch(b.graph_ptr, b.indptr, b.indices,
+                                                   st["red" if k == "red" else "full"], rows=rows)[-1]
                 secs[k] += time.perf_counter() - t0
                 preds[k].append(z.argmax(1))
             t0 = time.perf_counter()
@@ -295,11 +332,12 @@ def run_pair(cache, graph, g, seed, hp, epochs, patience, EngineRef, log=print, 
             t_prep += time.perf_counter() - t0 - t_exp
             t_expand += t_exp
             step_seed = _seed64(seed, 4, epoch, bi)
-            for k, model in (("eng", clf), ("fast", fast)):
-                if active[k]:
+            for k in sides:
+                if k != "ref" and active[k]:
                     t0 = time.perf_counter()
-                    loss = model.model_.train_batch(b.graph_ptr, b.indptr, b.indices, st, y[t],
-                                                    step_seed, lr, wd, rows=rows)
+                    loss = models[k].model_.train_batch(b.graph_ptr, b.indptr, b.indices,
+                                                        st["red" if k == "red" else "full"], y[t],
+                                                        step_seed, lr, wd, rows=rows)
                     t_side[k] += time.perf_counter() - t0
                     if not np.isfinite(loss):
                         raise FloatingPointError(f"engine_py ({k}) loss {loss}")
@@ -331,18 +369,21 @@ def run_pair(cache, graph, g, seed, hp, epochs, patience, EngineRef, log=print, 
                 continue
             if accs[k] > best[k][0]:
                 w = ({n: v.clone() for n, v in ref.state_dict().items()} if k == "ref" else
-                     (clf if k == "eng" else fast)._params.copy())
+                     models[k]._params.copy())
                 best[k] = (accs[k], epoch, w)
             if epoch - best[k][1] >= patience:
                 active[k] = False
         log(f"  seed {seed} epoch {epoch:2d}: sample+gather {t_prep:6.2f} s | engine_py step "
             f"{t_side['eng']:6.2f} s val {100 * accs['eng']:5.2f}% | bf16 step {t_side['fast']:6.2f} s "
             f"val {100 * accs['fast']:5.2f}% | torch step {t_side['ref']:6.2f} s val {100 * accs['ref']:5.2f}%"
+            + (f" | input rank step {t_side['red']:6.2f} s val {100 * accs['red']:5.2f}%" if red else "")
             + (f" | PyG pipeline {t_pyg:6.2f} s val {100 * out['pyg_val'][-1]:5.2f}%" if run_pyg else ""))
         if not any(active.values()):
             break
     clf._params[:] = best["eng"][2]
     fast._params[:] = best["fast"][2]
+    if red is not None:
+        red._params[:] = best["red"][2]
     ref.load_state_dict(best["ref"][2])
     accs, _ = evaluate(test_idx)
     out.update(epochs_run=len(out["prep"]))
@@ -478,6 +519,11 @@ def main(argv=None) -> int:
     ap.add_argument("--section", default="engine",
                     help="section name in a markdown --out (default: engine), e.g. engine-2threads for a "
                          "second configuration next to the main table")
+    ap.add_argument("--input-rank", type=int, default=None, metavar="R",
+                    help="part (a) also trains EngineClassifier(input_rank=R) on the same batches: the "
+                         "projector's first linear on each layer's top-R principal directions")
+    ap.add_argument("--input-rank-precision", choices=("float32", "bfloat16"), default="float32",
+                    help="precision of the --input-rank side (default float32)")
     ap.add_argument("--quiet", action="store_true")
     add_output_args(ap, "engine")
     args = ap.parse_args(argv)
@@ -515,7 +561,8 @@ def main(argv=None) -> int:
             pyg_epochs = 1
         except ImportError:
             pyg_epochs = 0
-    runs = [run_pair(cache, graph, g, s, hp, args.epochs, args.patience, EngineRef, log, pyg_epochs)
+    runs = [run_pair(cache, graph, g, s, hp, args.epochs, args.patience, EngineRef, log, pyg_epochs,
+                     args.input_rank, args.input_rank_precision)
             for s in progress(seeds, "bench engine (a)", "seed", show, logger="engine_py.bench")]
     pyg_t = [x for r in runs for x in r["pyg"]]
     pyg_v = [x for r in runs for x in r["pyg_val"]]
@@ -541,6 +588,12 @@ def main(argv=None) -> int:
     val_r = [r["best_val_ref"] for r in runs]
     ratio = _med(ref_t) / _med(eng_t)
     ratio_fast = _med(ref_t) / _med(fast_t)
+    red_t = red_ev = acc_x = val_x = None
+    if args.input_rank:
+        red_t = [x for r in runs for x in r["red"]]
+        red_ev = [x for r in runs for x in r["red_eval"]]
+        acc_x = [r["test_red"] for r in runs]
+        val_x = [r["best_val_red"] for r in runs]
 
     live = None
     if args.live_batches > 0:
@@ -592,11 +645,28 @@ def main(argv=None) -> int:
           f"{100 * (statistics.mean(acc_e) - statistics.mean(acc_r)):+.2f} pt |",
           f"| ratio torch / engine_py bfloat16; test difference | **{ratio_fast:.2f}x** | {_med(ref_ev) / _med(fast_ev):.2f}x | | "
           f"{100 * (statistics.mean(acc_f) - statistics.mean(acc_r)):+.2f} pt |",
+          ] + ([] if red_t is None else [
+          f"| engine_py {args.input_rank_precision}, input rank {args.input_rank} | {_med(red_t):.2f} s | "
+          f"{_med(red_ev):.2f} s | {_pm(val_x)} | {_pm(acc_x)} |",
+          f"| ratio torch / engine_py input rank {args.input_rank}; test difference | **{_med(ref_t) / _med(red_t):.2f}x** | "
+          f"{_med(ref_ev) / _med(red_ev):.2f}x | | {100 * (statistics.mean(acc_x) - statistics.mean(acc_r)):+.2f} pt |",
+          ]) + [
           "",
           f"Sampling + gathering (shared, not in any step time): median {_med(prep_t):.2f} s per epoch. "
           f"Epochs run per seed: {', '.join(str(r['epochs_run']) for r in runs)}; "
           f"medians over {len(eng_t)} (float32) / {len(fast_t)} (bfloat16) / {len(ref_t)} (torch) epochs.",
           ]
+    if red_t is not None:
+        ex = [e for r in runs for e in r["explained"]]
+        md += ["", f"Input rank {args.input_rank} (`EngineClassifier(input_rank={args.input_rank}"
+               + (f", precision=\"{args.input_rank_precision}\"" if args.input_rank_precision != "float32" else "")
+               + ")`): each ladder's first projector linear is trained on the top "
+               f"{args.input_rank} principal directions of its layer's standardised states "
+               f"({100 * min(ex):.1f}-{100 * max(ex):.1f}% of their variance), then folded back to the full "
+               "width. It starts from the same weights as the other sides except that (k x R) linear. Its "
+               "one-time cost per fit (basis + every node's reduced states, before the first epoch) was "
+               f"{_med([r['reduce_s'] for r in runs]):.1f} s per seed (median); epochs run per seed: "
+               f"{', '.join(str(len(r['red'])) for r in runs)}."]
     if pyg_t:
         import torch_geometric
         e2e = _med(eng_first)
@@ -666,6 +736,13 @@ def main(argv=None) -> int:
               "best_val_acc": {"engine_py": val_e, "engine_py_bf16": val_f, "torch": val_r},
               "epochs_run": [r["epochs_run"] for r in runs]},
     }
+    if red_t is not None:
+        results["a"]["input_rank"] = {
+            "rank": args.input_rank, "precision": args.input_rank_precision,
+            "epoch_s_median": _med(red_t), "eval_s_median": _med(red_ev),
+            "ratio_torch_over_input_rank": _med(ref_t) / _med(red_t), "test_acc": acc_x,
+            "best_val_acc": val_x, "reduce_s": [r["reduce_s"] for r in runs],
+            "explained": [r["explained"] for r in runs], "epochs_run": [len(r["red"]) for r in runs]}
     if pyg_t:
         results["a_pyg"] = {"epoch_s_median": {"engine_py": _med(eng_first), "engine_py_bf16": _med(fast_first),
                                                "torch": _med(ref_first),

@@ -44,8 +44,12 @@ import time
 
 import numpy as np
 
-CONFIGS = (("before", "float32", False), ("shared rows", "float32", True),
-           ("bf16", "bfloat16", False), ("bf16 + shared rows", "bfloat16", True))
+# (name, precision, shared rows, reduced input)
+CONFIGS = (("before", "float32", False, False), ("shared rows", "float32", True, False),
+           ("bf16", "bfloat16", False, False), ("bf16 + shared rows", "bfloat16", True, False))
+# with --input-rank R: the classifier's input_rank=R (engine_py/_state_reduction.py)
+REDUCED_CONFIGS = (("shared rows + input rank", "float32", True, True),
+                   ("bf16 + shared rows + input rank", "bfloat16", True, True))
 
 
 class RandomStates:
@@ -120,11 +124,13 @@ def _phases(model, b, rows, states, y, seed, lr, wd) -> dict:
 _clock = time.perf_counter
 
 
-def _torch_reference(clf, init):
+def _torch_reference(clf, init, in_dim=None):
     """A step function of the plain-PyTorch reference model
     (tests/reference/engine_ref.py, float32, torch.optim.AdamW) started from
     the same weights, timing one training step on per-node states; None
-    without torch or outside a source checkout."""
+    without torch or outside a source checkout. ``in_dim``: the width of the
+    states it takes (default the classifier's; with reduced states its first
+    linear keeps its own initial weights)."""
     try:
         import torch
 
@@ -134,10 +140,12 @@ def _torch_reference(clf, init):
         return None
     torch.set_num_threads(__import__("engine_py").get_num_threads())
     c = clf
-    model = EngineRef(len(c.layers_), c.in_dim_, c.reduced_dim_, c.hidden, c.num_classes_, c.gnn,
-                      c.gnn_layers, c.activation, c.norm, float(c.dropout), float(c.T),
-                      bool(c.early_exit), c.heads)
-    model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in init.items()}, strict=True)
+    model = EngineRef(len(c.layers_), c.in_dim_ if in_dim is None else in_dim, c.reduced_dim_, c.hidden,
+                      c.num_classes_, c.gnn, c.gnn_layers, c.activation, c.norm, float(c.dropout),
+                      float(c.T), bool(c.early_exit), c.heads)
+    own = model.state_dict()
+    model.load_state_dict({k: (torch.from_numpy(np.array(v)) if tuple(v.shape) == tuple(own[k].shape)
+                               else own[k]) for k, v in init.items()}, strict=True)
     opt = torch.optim.AdamW(model.parameters(), lr=float(c.lr), betas=(0.9, 0.999), eps=1e-8,
                             weight_decay=float(c.weight_decay))
     model.train()
@@ -153,19 +161,37 @@ def _torch_reference(clf, init):
     return step
 
 
-def run(cache, graph, g, n_batches: int, reps: int, log=print) -> dict:
+def run(cache, graph, g, n_batches: int, reps: int, log=print, input_rank=None) -> dict:
     from engine_py import EngineClassifier
+    from engine_py._state_reduction import fit_basis, reduce_states
+    from engine_py.engine import _seed64
 
     y = g.labels.astype(np.int64)
+    configs = CONFIGS + (REDUCED_CONFIGS if input_rank else ())
     models = {}
-    for name, prec, _ in CONFIGS:
+    for name, prec, _, _ in configs:
         clf = EngineClassifier(seed=0, show_progress_bar=False, precision=prec)
         clf._setup(cache, graph, g.labels, g.train_idx, None)
         models[name] = clf
     init = models["before"].state_dict()
-    for clf in models.values():
-        clf.load_state_dict(init)
+    for name, _, _, reduced in configs:
+        if not reduced:
+            models[name].load_state_dict(init)
     c0 = models["before"]
+    reduced_states, t_reduce, basis = None, None, None
+    if input_rank:
+        # what fit(input_rank=R) does once before its first epoch, timed
+        t0 = time.perf_counter()
+        basis = fit_basis(cache, c0.layers_, int(input_rank), _seed64(0, 5))
+        reduced_states = reduce_states(cache, basis)
+        t_reduce = time.perf_counter() - t0
+        K, C, k = len(c0.layers_), int(c0.num_classes_), int(c0.reduced_dim_)
+        for name, _, _, reduced in configs:
+            if reduced:
+                m = models[name]
+                m._build(K, basis.rank, C, k=k)
+                m.load_state_dict({n: v for n, v in init.items() if ".projector.0." not in n}
+                                  | {n: v for n, v in m.state_dict().items() if ".projector.0." in n})
     lr, wd, bs = float(c0.lr), float(c0.weight_decay), int(c0.batch_size)
     perm = g.train_idx[np.random.default_rng(11).permutation(g.train_idx.size)]
     batches = []
@@ -173,48 +199,68 @@ def run(cache, graph, g, n_batches: int, reps: int, log=print) -> dict:
         t = perm[bi * bs:(bi + 1) * bs]
         b = c0._sample(graph, t, 5)
         keys, rows, hu = c0._gather_unique(cache, b)
-        batches.append((t, b, rows, hu, [h[rows] for h in hu]))
-    times = {name: [] for name, _, _ in CONFIGS}
+        hr = ([reduced_states.gather(l, keys) for l in c0.layers_] if reduced_states is not None
+              else None)
+        batches.append((t, b, rows, hu, [h[rows] for h in hu], hr))
+    times = {name: [] for name, _, _, _ in configs}
+    refs = {}
     ref = _torch_reference(c0, init)
     if ref is not None:
-        times["PyTorch reference"] = []
+        refs["PyTorch reference"] = ref
+        if reduced_states is not None:
+            refs["PyTorch reference, reduced input"] = _torch_reference(c0, init, basis.rank)
+    for name in refs:
+        times[name] = []
     for rep in range(reps):
-        for bi, (t, b, rows, hu, hn) in enumerate(batches):
-            for name, _, shared in CONFIGS:
+        for bi, (t, b, rows, hu, hn, hr) in enumerate(batches):
+            for name, _, shared, reduced in configs:
                 m = models[name].model_
                 t0 = _clock()
                 if shared:
-                    m.train_batch(b.graph_ptr, b.indptr, b.indices, hu, y[t], bi, lr, wd, rows=rows)
+                    m.train_batch(b.graph_ptr, b.indptr, b.indices, hr if reduced else hu, y[t], bi, lr,
+                                  wd, rows=rows)
                 else:
                     m.train_batch(b.graph_ptr, b.indptr, b.indices, hn, y[t], bi, lr, wd)
                 times[name].append(_clock() - t0)
-            if ref is not None:
-                times["PyTorch reference"].append(ref(b, hn, y[t]))
+            for name, step in refs.items():
+                states = [h[rows] for h in hr] if name.endswith("reduced input") else hn
+                times[name].append(step(b, states, y[t]))
         log(f"  rep {rep}: " + ", ".join(f"{n} {1e3 * statistics.median(v):.1f} ms" for n, v in times.items()))
     K = len(c0.layers_)
     heads = sum(bool(c0.model_.has_head(i)) for i in range(K))
-    shapes = [(b.num_nodes, hu[0].shape[0], t.size) for t, b, rows, hu, hn in batches]
+    shapes = [(b.num_nodes, hu[0].shape[0], t.size) for t, b, rows, hu, hn, hr in batches]
     res = {"configs": {}, "batches": n_batches, "reps": reps, "dim": int(cache.dim), "ladders": K,
            "reduced_dim": int(c0.reduced_dim_), "classes": int(c0.num_classes_),
            "nodes_median": float(np.median([s[0] for s in shapes])),
            "unique_median": float(np.median([s[1] for s in shapes]))}
-    for name, prec, shared in CONFIGS:
-        fl = [step_flops(n, u if shared else n, gg, int(cache.dim), int(c0.reduced_dim_),
+    if basis is not None:
+        res["input_rank"] = basis.rank
+        res["reduce_s"] = t_reduce
+        res["explained"] = basis.explained
+    for name, prec, shared, reduced in configs:
+        D = basis.rank if reduced else int(cache.dim)
+        fl = [step_flops(n, u if shared else n, gg, D, int(c0.reduced_dim_),
                          int(c0.num_classes_), K, heads) for n, u, gg in shapes]
         med = statistics.median(times[name])
-        res["configs"][name] = {"precision": prec, "shared_rows": shared, "step_s_median": med,
+        res["configs"][name] = {"precision": prec, "shared_rows": shared, "input_rank": reduced,
+                                "step_s_median": med,
                                 "gflop_per_step": statistics.median(fl) / 1e9,
                                 "states_mb_per_step": statistics.median(
-                                    [K * (u if shared else n) * int(cache.dim) * 4 / 2 ** 20
+                                    [K * (u if shared else n) * D * 4 / 2 ** 20
                                      for n, u, gg in shapes])}
     if "PyTorch reference" in times:
         res["torch_step_s_median"] = statistics.median(times["PyTorch reference"])
+    if "PyTorch reference, reduced input" in times:
+        res["torch_reduced_step_s_median"] = statistics.median(times["PyTorch reference, reduced input"])
+        res["torch_reduced_gflop"] = statistics.median(
+            [step_flops(n, n, gg, basis.rank, int(c0.reduced_dim_), int(c0.num_classes_), K, heads)
+             for n, u, gg in shapes]) / 1e9
     # phase breakdown of the slowest and the fastest configuration
     res["phases"] = {}
     for name in ("before", "bf16 + shared rows"):
         shared = name.endswith("rows")
         ph = []
-        for bi, (t, b, rows, hu, hn) in enumerate(batches):
+        for bi, (t, b, rows, hu, hn, hr) in enumerate(batches):
             ph.append(_phases(models[name].model_, b, rows if shared else None, hu if shared else hn,
                               y[t], bi, lr, wd))
         res["phases"][name] = {k: statistics.median([p[k] for p in ph]) for k in ph[0]}
@@ -241,6 +287,21 @@ def render(res: dict, peaks: dict, what: str, argv) -> str:
         md.append(f"| PyTorch {__import__('torch').__version__} reference (float32, per-node rows) | "
                   f"{1e3 * tref:.1f} ms | | 1.00x | {res['configs']['before']['gflop_per_step']:.2f} | "
                   f"{res['configs']['before']['gflop_per_step'] / tref:.0f} | |")
+    trr = res.get("torch_reduced_step_s_median")
+    if trr:
+        md.append(f"| PyTorch reference on the same reduced states (input rank {res['input_rank']}) | "
+                  f"{1e3 * trr:.1f} ms | | {tref / trr:.2f}x | {res['torch_reduced_gflop']:.2f} | "
+                  f"{res['torch_reduced_gflop'] / trr:.0f} | |")
+    if "input_rank" in res:
+        ex = res["explained"]
+        md += ["", f"Input rank {res['input_rank']} (`EngineClassifier(input_rank={res['input_rank']})`): "
+               f"the rows with it train the projector's first linear on each layer's top-{res['input_rank']} "
+               f"principal directions of the standardised states ({100 * min(ex):.1f}-{100 * max(ex):.1f}% "
+               f"of their variance), computed once per fit: {res['reduce_s']:.1f} s in this run (basis and "
+               "every node's reduced states, wall clock), not counted in the step times. That model is "
+               "restricted, so its accuracy is measured separately (`bench engine --input-rank`). The "
+               "last row gives the PyTorch reference the same reduced states: its ratio to the first "
+               "PyTorch row is what the reduction alone buys a PyTorch user."]
     md += ["", f"Peaks measured in this run (engine_py's products, 2048 x 2048 x 2048): float32 (OpenBLAS "
            f"sgemm) {peaks['float32']:.0f} GFLOP/s, bf16 kernel {peaks['bfloat16']:.0f} GFLOP/s"
            + ("" if peaks.get("bf16_kernel") else " (emulated: this CPU has no AVX512-BF16)") + ".",
@@ -277,6 +338,9 @@ def main(argv=None) -> int:
                     help="wall: elapsed time (default); cpu: the calling thread's CPU time, which a "
                          "loaded machine disturbs far less (needs --threads 1: with more threads the "
                          "workers' time would be missed)")
+    ap.add_argument("--input-rank", type=int, default=None, metavar="R",
+                    help="also time EngineClassifier(input_rank=R) (float32 and bf16, shared rows) and the "
+                         "PyTorch reference on the same reduced states")
     ap.add_argument("--quiet", action="store_true")
     add_output_args(ap, "engine_step")
     args = ap.parse_args(argv)
@@ -313,7 +377,7 @@ def main(argv=None) -> int:
         full = args.dataset == "debian" and not args.subsample
         what = (f"{'Full Debian package graph' if full else args.dataset + ' graph'} ({g.num_nodes:,} nodes); "
                 f"all-MiniLM-L6-v2 cache, states 0-6, dim {cache.dim}")
-    res = run(cache, graph, g, args.batches, args.reps, log)
+    res = run(cache, graph, g, args.batches, args.reps, log, input_rank=args.input_rank)
     peaks = _peaks(threads)
     peaks["bf16_kernel"] = bool(engine_py.info().get("bf16_kernel"))
     res["peaks_gflops"] = peaks
