@@ -507,44 +507,48 @@ class EngineClassifier:
         bs = int(self.batch_size)
         nb = -(-train_idx.size // bs)
         bar = self._progress(int(self.epochs), "epoch", show_progress_bar)
-        with bar:
-            for epoch in range(int(self.epochs)):
-                perm = train_idx[rng.permutation(train_idx.size)]
-                total, count = 0.0, 0
-                for bi, s in enumerate(range(0, perm.size, bs)):
-                    t = perm[s:s + bs]
-                    b = self._sample(graph, t, _seed64(self.seed, 3, epoch))
-                    if self.norm == "bn" and b.num_nodes < 2:
-                        continue   # BatchNorm cannot train on one node (torch raises); skip it
-                    keys, rows, Hs = self._gather_unique(states, b)
-                    try:
-                        loss = self.model_.train_batch(b.graph_ptr, b.indptr, b.indices, Hs, y[t],
-                                                       _seed64(self.seed, 4, epoch, bi),
-                                                       float(self.lr), float(self.weight_decay),
-                                                       rows=rows)
-                    except ValueError:
-                        _raise_if_nonfinite(Hs, self.layers_, keys, states)
-                        raise
-                    if not math.isfinite(loss):
-                        raise FloatingPointError(f"training loss became {loss} at epoch {epoch}; lower lr")
-                    total += loss * t.size
-                    count += t.size
-                    bar.tick(f"batch {bi + 1}/{nb}")
-                rec = {"epoch": epoch, "loss": total / max(count, 1)}
-                if val_idx is not None and val_idx.size:
-                    acc = float(np.mean(self._predict_logits(states, graph, val_idx).argmax(1) == y[val_idx]))
-                    rec["val_acc"] = acc
-                    if acc > best_acc:
-                        best_acc, best_epoch, best = acc, epoch, self._params.copy()
-                self.history_.append(rec)
-                bar.set_postfix({k: v for k, v in rec.items() if k != "epoch"})
-                bar.update(1)
-                if best is not None and epoch - best_epoch >= int(self.patience):
-                    break
-        if best is not None:
-            self._params[:] = best
-        if basis is not None:
-            self._fold_inputs(basis)
+        try:
+            with bar:
+                for epoch in range(int(self.epochs)):
+                    perm = train_idx[rng.permutation(train_idx.size)]
+                    total, count = 0.0, 0
+                    for bi, s in enumerate(range(0, perm.size, bs)):
+                        t = perm[s:s + bs]
+                        b = self._sample(graph, t, _seed64(self.seed, 3, epoch))
+                        if self.norm == "bn" and b.num_nodes < 2:
+                            continue   # BatchNorm cannot train on one node (torch raises); skip it
+                        keys, rows, Hs = self._gather_unique(states, b)
+                        try:
+                            loss = self.model_.train_batch(b.graph_ptr, b.indptr, b.indices, Hs, y[t],
+                                                           _seed64(self.seed, 4, epoch, bi),
+                                                           float(self.lr), float(self.weight_decay),
+                                                           rows=rows)
+                        except ValueError:
+                            _raise_if_nonfinite(Hs, self.layers_, keys, states)
+                            raise
+                        if not math.isfinite(loss):
+                            raise FloatingPointError(f"training loss became {loss} at epoch {epoch}; lower lr")
+                        total += loss * t.size
+                        count += t.size
+                        bar.tick(f"batch {bi + 1}/{nb}")
+                    rec = {"epoch": epoch, "loss": total / max(count, 1)}
+                    if val_idx is not None and val_idx.size:
+                        acc = float(np.mean(self._predict_logits(states, graph, val_idx).argmax(1) == y[val_idx]))
+                        rec["val_acc"] = acc
+                        if acc > best_acc:
+                            best_acc, best_epoch, best = acc, epoch, self._params.copy()
+                    self.history_.append(rec)
+                    bar.set_postfix({k: v for k, v in rec.items() if k != "epoch"})
+                    bar.update(1)
+                    if best is not None and epoch - best_epoch >= int(self.patience):
+                        break
+            if best is not None:
+                self._params[:] = best
+        finally:
+            # also when interrupted (Ctrl-C, an error): the estimator keeps a
+            # full-width model that takes the cache's states
+            if basis is not None:
+                self._fold_inputs(basis)
         self.best_epoch_ = best_epoch
         self.best_val_acc_ = best_acc if best is not None else None
         self.n_epochs_ = len(self.history_)

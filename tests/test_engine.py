@@ -618,3 +618,20 @@ def test_input_rank_bad_values(data, bad):
 
     with pytest.raises(InvalidParameterError, match="input_rank"):
         _fit(data, epochs=1, input_rank=bad)
+
+
+def test_input_rank_interrupted_fit_leaves_a_full_width_model(data, monkeypatch):
+    cache, ei, y, tr, va, te = data
+    g = Graph(ei, cache.num_nodes)
+    est = EngineClassifier(reduced_dim=16, hidden=16, input_rank=4, epochs=3, batch_size=64,
+                           show_progress_bar=False)
+
+    def stop(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(EngineClassifier, "_predict_logits", stop)   # Ctrl-C after epoch 0's steps
+    with pytest.raises(KeyboardInterrupt):
+        est.fit(cache, g, y, tr, va)
+    monkeypatch.undo()
+    assert est.state_dict()["ladders.0.projector.0.weight"].shape == (16, cache.dim)
+    assert est.predict_proba(te, cache=cache, graph=g).shape == (len(te), 3)
