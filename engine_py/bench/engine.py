@@ -2,7 +2,8 @@
 
     python -m engine_py bench engine [--dataset debian|demo] [--subsample N]
         [--epochs 20] [--patience 5] [--seeds 3] [--live-batches 5] [--no-hf]
-        [--cache-dir DIR | --cache FILE] [--threads T] [--out PATH [--section NAME]]
+        [--cache-dir DIR | --cache FILE] [--threads T] [--input-rank R]
+        [--out PATH [--section NAME]]
 
 Three measurements, all in the same run, on the same layer cache (every
 MiniLM-L6 layer 0..6, mean-pooled, float16; built once into --cache-dir,
@@ -22,7 +23,11 @@ default $ENGINE_PY_CACHE or ~/.cache/engine_py, and reused afterwards):
     torch.set_num_threads(engine_py's thread count). Each epoch both models
     are evaluated on the validation split; each side keeps its best-validation
     weights (early stopping with --patience per side) and reports test
-    accuracy at that epoch. Medians over all epochs of all seeds.
+    accuracy at that epoch. Medians over all epochs of all seeds. With
+    --input-rank R a fourth side trains EngineClassifier(input_rank=R) on the
+    same batches (its own initial (k, R) first linear, the other weights
+    shared; the basis and reduced states are made once per seed and their
+    time is reported apart).
 (b) caching speed-up: a training step whose input states come from the cache
     vs the same step that re-encodes the texts of the batch's subgraph nodes
     (unique nodes of the batch, max_length 128) with engine_py's own MiniLM
@@ -626,7 +631,7 @@ def main(argv=None) -> int:
           f"seeds {seeds[0]}..{seeds[-1]}; {threads} thread{'s' if threads != 1 else ''} for engine_py and torch.",
           "",
           "**(a) One training epoch** "
-          f"({nb} batches; step = forward + backward + AdamW). Three sides get the same batches: "
+          f"({nb} batches; step = forward + backward + AdamW). {'Four' if red_t is not None else 'Three'} sides get the same batches: "
           "sampled once by engine_py's C sampler, each distinct node's states gathered once from the "
           "cache; engine_py takes them with `rows=` (a node repeated across subgraphs is projected "
           "once), the torch side gets one row per subgraph node (`states[rows]`, not timed) via "

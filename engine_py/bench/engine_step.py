@@ -1,7 +1,7 @@
 """Benchmark: the levers of the ENGINE training step, alone and together.
 
     python -m engine_py bench engine-step [--cache PATH] [--batches 12] [--reps 3]
-        [--threads T] [--out PATH [--section NAME]]
+        [--threads T] [--input-rank R] [--out PATH [--section NAME]]
 
 One run, the same sampled batches of the Debian package graph (EngineClassifier
 defaults: 7 SAGE ladders, k 128, exit heads, batch 256 targets, khop), the same
@@ -14,6 +14,10 @@ initial weights, every configuration interleaved batch by batch:
 - bf16: `EngineClassifier(precision="bfloat16")`, bf16 products with float32
   sums for the projectors and GNNs, forward and backward;
 - bf16 + shared rows: the fast path `EngineClassifier.fit` takes;
+- with --input-rank R: `EngineClassifier(input_rank=R)` with shared rows, in
+  float32 and in bf16 (the projector's first linear on each layer's top-R
+  principal directions; the basis and the reduced states are made once, timed
+  and reported apart), and the PyTorch reference on the same reduced states;
 - and, with torch installed and from a source checkout, the plain-PyTorch
   reference model (tests/reference/engine_ref.py, float32, torch.optim.AdamW,
   the same initial weights and batches, one row per subgraph node) timed in
