@@ -246,11 +246,17 @@ def _reduced_side(cache, graph, g, seed, hp, clf, input_rank, precision):
     basis = fit_basis(cache, red.layers_, int(input_rank), _seed64(seed, 5))
     states = reduce_states(cache, basis)
     secs = time.perf_counter() - t0
-    red._build(len(red.layers_), basis.rank, red.num_classes_, k=red.reduced_dim_)
-    sd = clf.state_dict()
-    red.load_state_dict({n: v for n, v in sd.items() if ".projector.0." not in n}
-                        | {n: v for n, v in red.state_dict().items() if ".projector.0." in n})
+    rebuild_for_rank(red, basis.rank, clf.state_dict())
     return red, states, secs, basis.explained
+
+
+def rebuild_for_rank(clf, rank, init):
+    """Rebuild set-up classifier ``clf`` for rank-wide reduced states, as
+    fit(input_rank=rank) does, with the weights ``init`` (a full-width state
+    dict) except its own freshly initialised (k, rank) first linears."""
+    clf._build(len(clf.layers_), rank, clf.num_classes_, k=clf.reduced_dim_)
+    clf.load_state_dict({n: v for n, v in init.items() if ".projector.0." not in n}
+                        | {n: v for n, v in clf.state_dict().items() if ".projector.0." in n})
 
 
 def run_pair(cache, graph, g, seed, hp, epochs, patience, EngineRef, log=print, pyg_epochs=0,

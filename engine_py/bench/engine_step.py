@@ -189,13 +189,11 @@ def run(cache, graph, g, n_batches: int, reps: int, log=print, input_rank=None) 
         basis = fit_basis(cache, c0.layers_, int(input_rank), _seed64(0, 5))
         reduced_states = reduce_states(cache, basis)
         t_reduce = time.perf_counter() - t0
-        K, C, k = len(c0.layers_), int(c0.num_classes_), int(c0.reduced_dim_)
+        from engine_py.bench.engine import rebuild_for_rank
+
         for name, _, _, reduced in configs:
             if reduced:
-                m = models[name]
-                m._build(K, basis.rank, C, k=k)
-                m.load_state_dict({n: v for n, v in init.items() if ".projector.0." not in n}
-                                  | {n: v for n, v in m.state_dict().items() if ".projector.0." in n})
+                rebuild_for_rank(models[name], basis.rank, init)
     lr, wd, bs = float(c0.lr), float(c0.weight_decay), int(c0.batch_size)
     perm = g.train_idx[np.random.default_rng(11).permutation(g.train_idx.size)]
     batches = []
