@@ -274,18 +274,17 @@ class EngineClassifier:
     a batch is read and projected once in either precision.
 
     ``input_rank`` (optional, an integer r; r >= the states' width D trains
-    on the full states as without it): train
-    each projector's first linear map on the top-r principal directions of
-    its layer's standardised states, chosen once per fit from the cache (no
-    labels), then fold it back to full width at the end of fit. The fitted
-    model is the same architecture with a ``projector.0.weight`` of rank at
-    most r; training does D/r times less work in that product and gathers
-    D/r times fewer bytes per batch, and holds the reduced states of every
-    node in memory (N * r * 4 bytes per selected layer). It restricts the
-    model, so check its accuracy on your task (on the Debian graph with
-    MiniLM states rank 128 kept the accuracy and rank 64 lost 1.25 points):
-    docs/PERFORMANCE.md gives the measured speed and accuracy,
-    engine_py/_state_reduction.py the
+    on the full states as without it): train each projector's first linear
+    map on the top-r principal directions of its layer's standardised
+    states, chosen once per fit from the cache (no labels), then fold it
+    back to full width at the end of fit. The fitted model is the same
+    architecture with a ``projector.0.weight`` of rank at most r. Training
+    does D/r times less work in that product, gathers D/r times fewer bytes
+    per batch, and holds the reduced states of every node in memory
+    (N * r * 4 bytes per selected layer). It restricts the model, so check
+    its accuracy on your task: on the Debian graph with MiniLM states rank
+    128 kept the accuracy and rank 64 lost 1.25 points. docs/PERFORMANCE.md
+    gives the measured speed and accuracy, engine_py/_state_reduction.py the
     algebra. ``input_basis_`` holds the basis of the last fit.
     """
 
@@ -526,7 +525,7 @@ class EngineClassifier:
                                                            float(self.lr), float(self.weight_decay),
                                                            rows=rows)
                         except ValueError:
-                            _raise_if_nonfinite(Hs, self.layers_, keys, states)
+                            _raise_if_nonfinite(Hs, self.layers_, keys, cache)   # the user's source
                             raise
                         if not math.isfinite(loss):
                             raise FloatingPointError(f"training loss became {loss} at epoch {epoch}; lower lr")

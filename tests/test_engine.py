@@ -635,3 +635,14 @@ def test_input_rank_interrupted_fit_leaves_a_full_width_model(data, monkeypatch)
     monkeypatch.undo()
     assert est.state_dict()["ladders.0.projector.0.weight"].shape == (16, cache.dim)
     assert est.predict_proba(te, cache=cache, graph=g).shape == (len(te), 3)
+
+
+def test_input_rank_names_a_nan_node_of_the_given_cache(data):
+    cache, ei, y, tr, va, te = data
+    bad_node = int(tr[0])
+    st = {l: cache.gather(l, np.arange(cache.num_nodes)).copy() for l in cache.layers}
+    st[1][bad_node, 3] = np.nan
+    est = EngineClassifier(reduced_dim=16, hidden=16, input_rank=4, epochs=1, batch_size=64,
+                           show_progress_bar=False)
+    with pytest.raises(ValueError, match=rf"layer-1 states of node {bad_node} contain NaN.*InMemoryStates"):
+        est.fit(InMemoryStates(st), Graph(ei, cache.num_nodes), y, tr, va)
