@@ -233,28 +233,27 @@ class _PygPipeline:
 
 def _reduced_side(cache, graph, g, seed, hp, clf, input_rank, precision):
     """The input_rank side of part (a): what ``EngineClassifier(input_rank=R)``
-    trains (engine_py/_state_reduction.py), its initial weights those of
-    ``clf`` except the (k, R) first linear, and every node's reduced states.
-    Returns (classifier, states, seconds the basis and the reduction took)."""
+    trains (its own fit-time reduction, engine_py/_state_reduction.py), its
+    initial weights those of ``clf`` except the (k, R) first linear, and every
+    node's reduced states. Returns (classifier, states, seconds the basis and
+    the reduction took, the variance share each layer's basis keeps)."""
     from engine_py import EngineClassifier
-    from engine_py._state_reduction import fit_basis, reduce_states
-    from engine_py.engine import _seed64
 
-    red = EngineClassifier(seed=seed, show_progress_bar=False, precision=precision, **hp)
+    red = EngineClassifier(seed=seed, show_progress_bar=False, precision=precision,
+                           input_rank=input_rank, **hp)
     red._setup(cache, graph, g.labels, g.train_idx, None)
     t0 = time.perf_counter()
-    basis = fit_basis(cache, red.layers_, int(input_rank), _seed64(seed, 5))
-    states = reduce_states(cache, basis)
+    basis, states = red._reduce_inputs(cache, False)
+    if basis is None:
+        raise SystemExit(f"--input-rank {input_rank}: must be below the states' width {cache.dim}")
     secs = time.perf_counter() - t0
-    rebuild_for_rank(red, basis.rank, clf.state_dict())
+    load_all_but_first_linear(red, clf.state_dict())
     return red, states, secs, basis.explained
 
 
-def rebuild_for_rank(clf, rank, init):
-    """Rebuild set-up classifier ``clf`` for rank-wide reduced states, as
-    fit(input_rank=rank) does, with the weights ``init`` (a full-width state
-    dict) except its own freshly initialised (k, rank) first linears."""
-    clf._build(len(clf.layers_), rank, clf.num_classes_, k=clf.reduced_dim_)
+def load_all_but_first_linear(clf, init):
+    """Load the full-width state dict ``init`` into ``clf``'s reduced-input
+    model, keeping clf's own (k, R) first projector linears."""
     clf.load_state_dict({n: v for n, v in init.items() if ".projector.0." not in n}
                         | {n: v for n, v in clf.state_dict().items() if ".projector.0." in n})
 

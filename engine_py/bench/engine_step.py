@@ -167,14 +167,14 @@ def _torch_reference(clf, init, in_dim=None):
 
 def run(cache, graph, g, n_batches: int, reps: int, log=print, input_rank=None) -> dict:
     from engine_py import EngineClassifier
-    from engine_py._state_reduction import fit_basis, reduce_states
-    from engine_py.engine import _seed64
+    from engine_py.bench.engine import load_all_but_first_linear
 
     y = g.labels.astype(np.int64)
     configs = CONFIGS + (REDUCED_CONFIGS if input_rank else ())
     models = {}
-    for name, prec, _, _ in configs:
-        clf = EngineClassifier(seed=0, show_progress_bar=False, precision=prec)
+    for name, prec, _, reduced in configs:
+        clf = EngineClassifier(seed=0, show_progress_bar=False, precision=prec,
+                               input_rank=input_rank if reduced else None)
         clf._setup(cache, graph, g.labels, g.train_idx, None)
         models[name] = clf
     init = models["before"].state_dict()
@@ -183,17 +183,16 @@ def run(cache, graph, g, n_batches: int, reps: int, log=print, input_rank=None) 
             models[name].load_state_dict(init)
     c0 = models["before"]
     reduced_states, t_reduce, basis = None, None, None
-    if input_rank:
-        # what fit(input_rank=R) does once before its first epoch, timed
-        t0 = time.perf_counter()
-        basis = fit_basis(cache, c0.layers_, int(input_rank), _seed64(0, 5))
-        reduced_states = reduce_states(cache, basis)
-        t_reduce = time.perf_counter() - t0
-        from engine_py.bench.engine import rebuild_for_rank
-
-        for name, _, _, reduced in configs:
-            if reduced:
-                rebuild_for_rank(models[name], basis.rank, init)
+    for name, _, _, reduced in configs:
+        if reduced:
+            # what fit(input_rank=R) does once before its first epoch; timed
+            # for the first model (the second gets the same basis and states)
+            t0 = time.perf_counter()
+            basis, reduced_states = models[name]._reduce_inputs(cache, False)
+            if basis is None:
+                raise SystemExit(f"--input-rank {input_rank}: must be below the states' width {cache.dim}")
+            t_reduce = t_reduce if t_reduce is not None else time.perf_counter() - t0
+            load_all_but_first_linear(models[name], init)
     lr, wd, bs = float(c0.lr), float(c0.weight_decay), int(c0.batch_size)
     perm = g.train_idx[np.random.default_rng(11).permutation(g.train_idx.size)]
     batches = []
