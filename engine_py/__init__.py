@@ -41,7 +41,7 @@ from ._isa import check_isa_env as _check_isa_env  # noqa: E402
 from ._isa import BFloat16EmulationWarning  # noqa: E402,F401
 
 _check_isa_env(_core)
-from ._threads import get_num_threads, set_num_threads  # noqa: E402,F401
+from ._threads import get_num_threads, set_num_threads, threads_auto  # noqa: E402,F401
 from . import _threads  # noqa: E402
 
 # The CPUs this process may use (affinity, cgroup quota), OMP_NUM_THREADS,
@@ -63,7 +63,8 @@ from .io import SafetensorsError, load_safetensors, load_state, save_safetensors
 def info() -> dict:
     """Build and runtime facts: version, BLAS in use (``blas_version``,
     ``blas_corename``: the kernel OpenBLAS picked for this CPU) and its thread
-    count, OpenMP threads, compiler flags, ``isa``: the SIMD level of the
+    count, OpenMP threads, ``threads_auto`` (whether the count follows the
+    load, ``set_num_threads("auto")``), compiler flags, ``isa``: the SIMD level of the
     core's own kernels (avx512 / avx2 / generic), ``cpu``: the CPU model, and
     ``blas_error``: None, or the message of the first failure to start
     threads for a BLAS call (sticky; the core then ran those products
@@ -73,13 +74,14 @@ def info() -> dict:
     d = dict(_core.build_info())
     d["version"] = __version__
     d["num_threads"] = get_num_threads()
+    d["threads_auto"] = threads_auto()
     d["cpu"] = cpu_model()
     d["blas_version"] = blas_version(d.get("blas_config", ""))
     return d
 
 
 __all__ = [
-    "__version__", "get_num_threads", "set_num_threads", "info", "BFloat16EmulationWarning",
+    "__version__", "get_num_threads", "set_num_threads", "threads_auto", "info", "BFloat16EmulationWarning",
     "io", "datasets", "SafetensorsError", "load_safetensors", "save_safetensors", "load_state",
     "WordPieceTokenizer", "BPETokenizer", "TokenizerFormatError",
     "Graph", "Batch", "EngineClassifier", "InMemoryStates", "NotFittedError",

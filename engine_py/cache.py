@@ -29,6 +29,7 @@ from . import _core
 from ._core import CacheCorruptError
 from ._guard import exclusive
 from ._progress import progress
+from ._threads import adapt as _adapt_threads
 from ._validate import check_bool, check_int, check_node_ids
 
 __all__ = ["LayerCache", "CacheCorruptError", "DTYPES", "build_with_dask", "select_layers",
@@ -304,6 +305,7 @@ class LayerCache:
                     f"(len(layers)={K}, batch={ids.size}, hidden_size={D})")
             self._f.write_rows(ids, states)
             bar.update(ids.size)
+            _adapt_threads()
 
         with bar:
             if client is None:

@@ -18,7 +18,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
     d = engine_py.info()
     width = max(len(k) for k in d)
     order = ["version", "cpu", "isa", "blas", "blas_version", "blas_corename", "blas_config",
-             "blas_threads", "omp_threads", "num_threads", "build_flags", "blas_error"]
+             "blas_threads", "omp_threads", "num_threads", "threads_auto", "build_flags", "blas_error"]
     for k in order + sorted(set(d) - set(order)):
         if k in d:
             print(f"{k:<{width}}  {d[k] if d[k] is not None else '-'}")

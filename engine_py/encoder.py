@@ -43,6 +43,7 @@ from . import _core
 from ._isa import warn_if_bf16_emulated
 from ._guard import in_use_guard
 from ._progress import progress
+from ._threads import adapt as _adapt_threads
 from ._validate import check_int, read_json
 
 __all__ = ["Encoder"]
@@ -598,6 +599,7 @@ class Encoder:
                     out[:, idx, :] = self._model.encode_layers(packed, offsets, lay,
                                                                pooling=self.pooling)
                 bar.update(len(idx))
+                _adapt_threads()
         return out
 
     def encode(self, texts: Sequence[str], batch_size: int = 32,

@@ -40,6 +40,7 @@ from . import _core
 from ._isa import warn_if_bf16_emulated
 from ._guard import exclusive
 from ._progress import progress
+from ._threads import adapt as _adapt_threads
 from ._validate import (InvalidParameterError, check_bool, check_choice, check_float, check_int,
                         check_node_ids, read_json)
 from .graph import Batch, Graph
@@ -441,6 +442,7 @@ class EngineClassifier:
                 _raise_if_nonfinite(Hs, self.layers_, keys, cache)
                 raise
             out.append(z if all_heads else z[-1])
+            _adapt_threads()
         if not out:
             k = len(self.layers_)
             shape = (k, 0, self.num_classes_) if all_heads else (0, self.num_classes_)
@@ -532,6 +534,7 @@ class EngineClassifier:
                         total += loss * t.size
                         count += t.size
                         bar.tick(f"batch {bi + 1}/{nb}")
+                        _adapt_threads()
                     rec = {"epoch": epoch, "loss": total / max(count, 1)}
                     if val_idx is not None and val_idx.size:
                         acc = float(np.mean(self._predict_logits(states, graph, val_idx).argmax(1) == y[val_idx]))
@@ -706,6 +709,7 @@ class EngineClassifier:
         starts = range(0, len(ids), bs)
         for s in self._progress(starts, "batch", desc="ENGINE predict",
                                 long=len(starts) >= (8 if encoder is not None else 200)):
+            _adapt_threads()
             t = ids[s:s + bs]
             b = self._sample(graph, t, eval_seed)
             kw = {}
@@ -769,6 +773,7 @@ class EngineClassifier:
         self.last_encoder_layers_ = 0
         starts = range(0, m, bs)
         for s in self._progress(starts, "batch", desc="ENGINE predict_new", long=len(starts) >= 8):
+            _adapt_threads()
             t = np.arange(s, min(m, s + bs), dtype=np.int64)
             b = self._sample(aug, n + t, eval_seed)
             new = b.nodes >= n

@@ -30,6 +30,7 @@ import numpy as np
 
 from . import _core
 from ._isa import warn_if_bf16_emulated
+from ._threads import adapt as _adapt_threads
 from ._validate import read_json
 
 __all__ = ["Trainer", "MODULES", "METHODS", "ROUTERS", "LoraBatch", "merge_adapter",
@@ -611,6 +612,7 @@ class Trainer:
                 self._core.adamw_step(self._m, self._v, lr, 0.9, 0.999, 1e-8,
                                       self.weight_decay, self.step_ + 1)
                 self._project_moe()
+                _adapt_threads()
                 self.step_ += 1
                 self.history_.append((self.step_, loss, lr))
                 if self._moe:

@@ -31,3 +31,9 @@ def test_bench_threads_smoke(tmp_path, capsys):
     doc = json.loads(out_json.read_text())
     assert doc["benchmark"] == "threads" and doc["machine"]["isa"] and doc["machine"]["loadavg"]
     assert set(doc["results"]["median_step_s"]) >= {"idle", "busy"}
+    # the "auto" side: one timed batch per column, run at a count between 1 and the default
+    assert "| auto | " in out and "| auto / best fixed count | " in out
+    for col in ("idle", "busy"):
+        assert "auto" in doc["results"]["median_step_s"][col]
+        counts = doc["results"]["auto_counts"][col]
+        assert sum(counts.values()) == 1 and all(1 <= int(n) <= before for n in counts)

@@ -279,3 +279,205 @@ def test_threadpoolctl_registration_is_optional():
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     r = subprocess.run([sys.executable, "-c", prog], env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stdout.strip() == "1", r.stderr
+
+
+# ------------------------------------------------- "auto": the count follows the load
+
+STAT = """cpu  900 10 300 5000 20 5 5 40 0 0
+cpu0 400 5 100 2500 10 2 3 20 0 0
+cpu1 500 5 200 2500 10 3 2 20 0 0
+intr 12345
+"""
+
+
+def test_busy_ticks_counts_busy_states_of_the_chosen_cpus():
+    # user + nice + system + irq + softirq + steal; idle and iowait are not busy
+    assert _threads.busy_ticks(STAT, [0]) == 400 + 5 + 100 + 2 + 3 + 20
+    assert _threads.busy_ticks(STAT, [1]) == 500 + 5 + 200 + 3 + 2 + 20
+    assert _threads.busy_ticks(STAT, [0, 1]) == 530 + 730
+    # old kernels print no steal column
+    assert _threads.busy_ticks("cpu0 1 2 3 4 5 6 7\n", [0]) == 1 + 2 + 3 + 6 + 7
+
+
+@pytest.mark.parametrize("text,cpus", [
+    (STAT, [0, 2]),                                  # a CPU without a line
+    ("cpu0 1 2 3\n", [0]),                           # too few fields
+    ("cpu0 1 2 x 4 5 6 7 8\n", [0]),                 # not a number
+    ("", [0]),
+])
+def test_busy_ticks_unreadable_is_none(text, cpus):
+    assert _threads.busy_ticks(text, cpus) is None
+
+
+@pytest.mark.parametrize("free,ceiling,want", [
+    (2.0, 2, 2), (1.7, 2, 2), (1.6, 2, 1), (1.0, 2, 1), (0.0, 2, 1), (-0.5, 2, 1),
+    (8.0, 4, 4), (3.2, 8, 3), (2.5, 1, 1),
+])
+def test_threads_for_free_cpus(free, ceiling, want):
+    assert _threads.threads_for_free_cpus(free, ceiling) == want
+
+
+class FakeMachine:
+    """/proc/stat, the wall clock and this process's CPU clock, driven by the test:
+    run(seconds, own=CPUs this process keeps busy, others=CPUs other processes keep busy)."""
+
+    def __init__(self, cpus=2, hz=100):
+        self.cpus, self.hz = cpus, hz
+        self.wall, self.own, self.ticks = 1000.0, 5.0, 0.0
+        self.readable = True
+
+    def run(self, seconds, own, others):
+        self.wall += seconds
+        self.own += own * seconds
+        self.ticks += min(self.cpus, own + others) * seconds * self.hz
+
+    def stat(self):
+        if not self.readable:
+            return None
+        t = int(self.ticks)   # all on cpu0: the sum over the CPUs is what counts
+        return f"cpu  {t} 0 0 0 0 0 0 0 0 0\ncpu0 {t} 0 0 0 0 0 0 0 0 0\n" + \
+            "".join(f"cpu{c} 0 0 0 0 0 0 0 0 0 0\n" for c in range(1, self.cpus))
+
+    def governor(self, ceiling):
+        return _threads.LoadGovernor(range(self.cpus), ceiling, read_stat=self.stat,
+                                     clock=lambda: self.wall, cpu_clock=lambda: self.own,
+                                     ticks_per_second=self.hz)
+
+
+def test_governor_drops_at_once_and_rises_after_two_windows():
+    m = FakeMachine(cpus=2)
+    g = m.governor(ceiling=2)
+    n = 2
+    assert g.observe(n) is None                      # the first sample has nothing to compare
+    m.run(0.5, own=1.0, others=1.0)                  # another process keeps one CPU busy
+    n = g.observe(n) or n
+    assert n == 1 and g.others == pytest.approx(1.0)
+    m.run(0.5, own=1.0, others=1.0)
+    assert g.observe(n) is None                      # still busy: stays at 1
+    m.run(0.5, own=1.0, others=0.0)                  # the other process ended
+    assert g.observe(n) is None                      # one window is not enough to rise
+    m.run(0.5, own=1.0, others=0.0)
+    assert g.observe(n) == 2
+    m.run(0.5, own=2.0, others=0.0)
+    assert g.observe(2) is None                      # alone on the machine: keeps 2
+    m.run(0.5, own=1.5, others=0.5)                  # half a CPU taken: not worth a second thread
+    assert g.observe(2) == 1
+
+
+def test_governor_a_lull_does_not_raise_the_count():
+    m = FakeMachine(cpus=2)
+    g = m.governor(ceiling=2)
+    g.observe(1)
+    for others in (0.0, 1.0, 0.0, 1.0, 0.0, 1.0):    # idle windows never two in a row
+        m.run(0.5, own=1.0, others=others)
+        assert g.observe(1) is None
+
+
+def test_governor_samples_at_most_every_window():
+    m = FakeMachine(cpus=2)
+    g = m.governor(ceiling=2)
+    g.observe(2)
+    m.run(g.WINDOW / 3, own=1.0, others=1.0)
+    assert g.observe(2) is None and g.others is None   # too soon: no sample taken
+    m.run(g.WINDOW, own=1.0, others=1.0)
+    assert g.observe(2) == 1
+
+
+def test_governor_respects_the_ceiling_and_many_cpus():
+    m = FakeMachine(cpus=8)
+    g = m.governor(ceiling=4)
+    g.observe(4)
+    m.run(1.0, own=4.0, others=0.0)
+    assert g.observe(4) is None                      # 8 free CPUs, ceiling 4
+    m.run(1.0, own=3.0, others=5.0)                  # 3 CPUs left free
+    assert g.observe(4) == 3
+
+
+def test_governor_without_proc_stat_keeps_the_count():
+    m = FakeMachine(cpus=2)
+    m.readable = False
+    g = m.governor(ceiling=2)
+    for _ in range(3):
+        m.run(1.0, own=1.0, others=1.0)
+        assert g.observe(2) is None
+    assert not g.working
+
+
+def test_set_num_threads_auto_and_back(restore_threads):
+    engine_py.set_num_threads("auto")
+    assert engine_py.threads_auto() and engine_py.info()["threads_auto"] is True
+    assert engine_py.get_num_threads() == _threads.default_num_threads()
+    engine_py.set_num_threads(1)                     # a fixed count ends "auto"
+    assert not engine_py.threads_auto() and engine_py.get_num_threads() == 1
+
+
+@pytest.mark.parametrize("bad", ["Auto", "2", "max", ""])
+def test_set_num_threads_other_strings_are_refused(bad, restore_threads):
+    with pytest.raises(TypeError, match="an integer or 'auto'"):
+        engine_py.set_num_threads(bad)
+    assert not engine_py.threads_auto()
+
+
+def test_environment_auto_at_import():
+    out, err = _import_in_child({"ENGINE_PY_NUM_THREADS": "auto"},
+                                code="print(engine_py.threads_auto(), engine_py.get_num_threads())")
+    assert out == f"True {_threads.default_num_threads()}" and "Warning" not in err
+
+
+def test_threadpool_limits_under_auto_cap_and_restore(restore_threads):
+    engine_py.set_num_threads("auto")
+    ceiling = _threads._governor.ceiling
+    with threadpoolctl.threadpool_limits(1):
+        assert engine_py.get_num_threads() == 1 and _threads._governor.ceiling == 1
+    assert engine_py.threads_auto() and _threads._governor.ceiling == ceiling
+
+
+def _busy_procs(n):
+    return [subprocess.Popen([sys.executable, "-c", "while True:\n    pass\n"]) for _ in range(n)]
+
+
+@needs_two_cpus
+@pytest.mark.skipif(AVAIL > 8 or not os.path.exists("/proc/stat"), reason="Linux, 2-8 CPUs")
+def test_auto_follows_a_real_busy_process(restore_threads):
+    # AVAIL - 1 busy loops leave one CPU free: the count drops to 1; once they
+    # end it comes back to the ceiling. adapt() is what the package's loops call.
+    import time
+
+    engine_py.set_num_threads("auto")
+    ceiling = engine_py.get_num_threads()
+    procs = _busy_procs(AVAIL - 1)
+    try:
+        deadline = time.monotonic() + 10
+        while engine_py.get_num_threads() != 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+            _threads.adapt()
+        assert engine_py.get_num_threads() == 1, _threads._governor.others
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+    deadline = time.monotonic() + 10
+    while engine_py.get_num_threads() != ceiling and time.monotonic() < deadline:
+        time.sleep(0.05)
+        _threads.adapt()
+    # back at the ceiling, unless some other job on this machine really keeps
+    # its CPUs busy (then the governor must have measured it)
+    others = _threads._governor.others
+    assert engine_py.get_num_threads() == ceiling or others > AVAIL - ceiling + 0.3, others
+
+
+def test_fit_lets_the_governor_choose_between_batches(monkeypatch):
+    from engine_py import EngineClassifier, Graph
+    import engine_py.engine as eng
+
+    calls = []
+    monkeypatch.setattr(eng, "_adapt_threads", lambda: calls.append(1))
+    rng = np.random.default_rng(0)
+    n = 300
+    states = engine_py.InMemoryStates(rng.standard_normal((2, n, 16)).astype(np.float32))
+    edges = rng.integers(0, n, size=(2, 900))
+    labels = rng.integers(0, 3, size=n)
+    clf = EngineClassifier(epochs=2, batch_size=64, reduced_dim=8, hidden=8, show_progress_bar=False)
+    clf.fit(states, Graph(edges, n), labels, np.arange(200), np.arange(200, 250))
+    # one call per training batch (4 per epoch) and per prediction batch (1 per epoch)
+    assert len(calls) == 2 * (4 + 1)

@@ -10,8 +10,12 @@ mean-pooled, float16 cache built once into --cache-dir, default
 $ENGINE_PY_CACHE or ~/.cache/engine_py, and reused), timed
 
 - at engine_py's default thread count (the CPUs this process may use, see
-  engine_py/_threads.py) and at 1 thread, the two interleaved batch by batch
-  on the same batches (so their ratio is not skewed by drift in the load);
+  engine_py/_threads.py), at 1 thread and under ``set_num_threads("auto")``
+  (the count follows the load: engine_py._threads.LoadGovernor), the three
+  interleaved batch by batch on the same batches (so their ratios are not
+  skewed by drift in the load). The "auto" side keeps its own governor
+  across the interleaving, which is what ``adapt()`` does in
+  EngineClassifier.fit between two batches; the counts it chose are printed;
 - with the machine as it is ("no extra load"; the 1-minute load average is
   printed with each column, since other users' jobs count too) and with
   --busy processes spinning in a Python busy loop beside it (what another
@@ -51,11 +55,18 @@ def _load() -> float:
     return os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
 
 
-def _steps(clf, cache, graph, y, order, n_batches, thread_counts, log, label):
-    """Per thread count: the list of step times over n_batches batches, the
-    counts interleaved batch by batch."""
+def _steps(clf, cache, graph, y, order, n_batches, thread_counts, log, label, chosen):
+    """Per thread count (or "auto"): the list of step times over n_batches
+    batches, the counts interleaved batch by batch; chosen["auto"] collects
+    the counts the governor picked."""
     import engine_py
+    from engine_py import _threads
     from engine_py.engine import _seed64
+
+    default = max(t for t in thread_counts if t != "auto")   # the run's default count
+    governor = _threads.LoadGovernor(_threads._affinity(), default)
+    auto_n = default
+    chosen.clear()
 
     bs = int(clf.batch_size)
     lr, wd = float(clf.lr), float(clf.weight_decay)
@@ -65,7 +76,13 @@ def _steps(clf, cache, graph, y, order, n_batches, thread_counts, log, label):
         s = (i % per_epoch) * bs
         t_ids = order[s:s + bs]
         for th in thread_counts:
-            engine_py.set_num_threads(th)
+            if th == "auto":
+                auto_n = governor.observe(auto_n) or auto_n
+                engine_py.set_num_threads(auto_n)
+                if i >= 2:
+                    chosen[auto_n] = chosen.get(auto_n, 0) + 1
+            else:
+                engine_py.set_num_threads(th)
             t0 = time.perf_counter()
             b = clf._sample(graph, t_ids, _seed64(0, 3, i))
             st = clf._gather(cache, b)
@@ -83,7 +100,7 @@ def _steps(clf, cache, graph, y, order, n_batches, thread_counts, log, label):
 
 def main(argv=None) -> int:
     import engine_py
-    from engine_py import EngineClassifier
+    from engine_py import EngineClassifier, _threads
     from engine_py.bench import add_output_args, finish, machine_line, start_run
     from engine_py.bench.engine import graph_and_cache
 
@@ -108,19 +125,23 @@ def main(argv=None) -> int:
     clf = EngineClassifier(epochs=1, seed=0, show_progress_bar=False)
     clf.fit(cache, graph, g.labels, g.train_idx[:clf.batch_size])   # builds the model (one step)
     order = g.train_idx[np.random.default_rng(7).permutation(g.train_idx.size)]
-    counts = [default, 1] if default != 1 else [1]
+    counts = ([default, 1] if default != 1 else [1]) + ["auto"]
 
-    results, loads = {}, {}
+    results, loads, chosen = {}, {}, {}
     try:
         loads["idle"] = _load()
         log(f"no extra load (load average {loads['idle']:.1f})")
-        results["idle"] = _steps(clf, cache, graph, y, order, args.batches, counts, log, "no extra load")
+        chosen["idle"] = {}
+        results["idle"] = _steps(clf, cache, graph, y, order, args.batches, counts, log, "no extra load",
+                                 chosen["idle"])
         if args.busy:
             procs = _start_busy(args.busy)
             try:
                 loads["busy"] = _load()
+                chosen["busy"] = {}
                 results["busy"] = _steps(clf, cache, graph, y, order, args.batches, counts, log,
-                                         f"{args.busy} busy process{'es' if args.busy > 1 else ''}")
+                                         f"{args.busy} busy process{'es' if args.busy > 1 else ''}",
+                                         chosen["busy"])
             finally:
                 _stop(procs)
     finally:
@@ -137,21 +158,37 @@ def main(argv=None) -> int:
              f"defaults, batch 256) on the demo graph ({g.num_nodes:,} nodes), median over "
              f"{args.batches} batches; the thread counts interleaved batch by batch on the same "
              f"batches. Default thread count here: {default} (the CPUs this process may use: "
-             f"affinity and cgroup quota, or OMP_NUM_THREADS / ENGINE_PY_NUM_THREADS).", "",
+             f"affinity and cgroup quota, or OMP_NUM_THREADS / ENGINE_PY_NUM_THREADS). "
+             f"\"auto\": `set_num_threads(\"auto\")`, the count re-chosen from the CPU time the "
+             f"other processes take (at most every {_threads.LoadGovernor.WINDOW} s; in brackets "
+             f"the counts it ran the timed batches with).", "",
              "| threads | " + " | ".join(c[1] for c in cols) + " |",
              "|---|" + "---:|" * len(cols)]
+    def picked(k):
+        return ", ".join(f"{n} thread{'s' if n != 1 else ''} x {c}" for n, c in sorted(chosen[k].items()))
+
     for t in counts:
         name = f"default ({t})" if t == default else str(t)
-        lines.append(f"| {name} | " + " | ".join(f"{1e3 * med[k][t]:.0f} ms" for k, _ in cols) + " |")
-    if len(counts) == 2:
+        if t == "auto":
+            lines.append("| auto | " + " | ".join(f"{1e3 * med[k][t]:.0f} ms ({picked(k)})"
+                                                   for k, _ in cols) + " |")
+        else:
+            lines.append(f"| {name} | " + " | ".join(f"{1e3 * med[k][t]:.0f} ms" for k, _ in cols) + " |")
+    if default != 1:
         lines.append("| default / 1 thread | " +
                      " | ".join(f"**{med[k][default] / med[k][1]:.2f}x**" for k, _ in cols) + " |")
+    lines.append("| auto / best fixed count | " +
+                 " | ".join(f"**{med[k]['auto'] / min(v for t, v in med[k].items() if t != 'auto'):.2f}x**"
+                            for k, _ in cols) + " |")
     spin = os.environ.get("GOMP_SPINCOUNT", "libgomp default")
     machine = run.stop(threads=default)
-    lines += ["", f"GOMP_SPINCOUNT={spin}. Machine: {machine_line(machine)}. A ratio above 1 means the default is slower than 1 thread: on a "
-              "machine whose other cores are busy, use `engine_py.set_num_threads(1)` or "
-              "`ENGINE_PY_NUM_THREADS=1`."]
+    lines += ["", f"GOMP_SPINCOUNT={spin}. Machine: {machine_line(machine)}. A ratio above 1 means "
+              "the default is slower than 1 thread: on a machine whose other cores are busy, use "
+              "`engine_py.set_num_threads(\"auto\")` (or `ENGINE_PY_NUM_THREADS=auto`), or a "
+              "fixed `set_num_threads(1)`."]
     print()
     res = {k: {str(t): v for t, v in r.items()} for k, r in med.items()}
-    finish(args, "threads", "\n".join(lines), machine, {"median_step_s": res, "load": loads}, argv)
+    auto = {k: {str(n): c for n, c in v.items()} for k, v in chosen.items()}
+    finish(args, "threads", "\n".join(lines), machine,
+           {"median_step_s": res, "load": loads, "auto_counts": auto}, argv)
     return 0
