@@ -160,7 +160,20 @@ def _verdict(acc, n_nodes, n_test, exit_drop, exit_speed):
             f"{100 * noise:.1f}-point noise level) on this graph; {graph}; {early}.")
 
 
-def run(cache_dir: str | None = None, epochs: int = 200, threads: int | None = None,
+def _thread_count(text: str):
+    """--threads: a positive integer or "auto"."""
+    if text == "auto":
+        return text
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f'must be a positive integer or "auto", got {text!r}')
+    return n
+
+
+def run(cache_dir: str | None = None, epochs: int = 200, threads: int | str | None = None,
         seeds=(0, 1, 2), timing_nodes: int = 400, show_progress_bar: bool | None = None) -> dict:
     """Run the demo and return its numbers (also printed)."""
     import engine_py
@@ -197,7 +210,8 @@ def run(cache_dir: str | None = None, epochs: int = 200, threads: int | None = N
     acc = {k: [] for k, *_ in specs}
     secs = {k: [] for k, *_ in specs}
     models = []
-    print(f"\ntraining each model with seeds {seeds} ({engine_py.get_num_threads()} thread(s)):")
+    how = " at most, following the load" if engine_py.threads_auto() else ""
+    print(f"\ntraining each model with seeds {seeds} ({engine_py.get_num_threads()} thread(s){how}):")
     for seed in seeds:
         for key, _name, kw, gr in specs:
             clf = EngineClassifier(epochs=epochs, seed=seed, show_progress_bar=show_progress_bar, **kw)
@@ -272,7 +286,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="where the layer cache goes (default $ENGINE_PY_CACHE or ~/.cache/engine_py)")
     p.add_argument("--epochs", type=int, default=200, help="at most this many epochs (early stopping "
                    "on validation accuracy decides; default 200)")
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--threads", type=_thread_count, default=None,
+                   help='a thread count, or "auto" (follows the machine load; see set_num_threads)')
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--timing-nodes", type=int, default=400,
                    help="test nodes for the live early-exit timing (default 400; best of 2 runs)")

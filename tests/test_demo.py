@@ -99,3 +99,14 @@ def test_demo_study_policy_helper_and_list(capsys):
     np.testing.assert_array_equal(pred, probs.argmax(1))
     assert demo_study.main(["--list"]) == 0
     assert "E4 k64 ln" in capsys.readouterr().out
+
+
+def test_demo_threads_argument_takes_a_count_or_auto():
+    import argparse
+
+    from engine_py.demo import _thread_count
+
+    assert _thread_count("auto") == "auto" and _thread_count("2") == 2
+    for bad in ("0", "-1", "two", "2.5", "Auto"):
+        with pytest.raises(argparse.ArgumentTypeError, match='positive integer or "auto"'):
+            _thread_count(bad)
