@@ -164,6 +164,7 @@ def main(argv=None) -> int:
              f"the counts it ran the timed batches with).", "",
              "| threads | " + " | ".join(c[1] for c in cols) + " |",
              "|---|" + "---:|" * len(cols)]
+
     def picked(k):
         return ", ".join(f"{n} thread{'s' if n != 1 else ''} x {c}" for n, c in sorted(chosen[k].items()))
 
